@@ -1,0 +1,138 @@
+"""The ``marscope`` command line: a thin face over the library.
+
+Every command parses its options, calls one public library function and prints the result.
+User errors (:class:`~marscope_stac.errors.MarscopeError`) print one line to stderr and exit
+with status 2; unexpected errors exit with status 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from marscope_stac import __version__
+from marscope_stac.errors import MarscopeError
+
+__all__ = ["cli", "main"]
+
+log = logging.getLogger("marscope_stac")
+
+
+class _Group(click.Group):
+    """Click group that turns library errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except MarscopeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"marscope: error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("marscope: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"marscope: unexpected error: {type(exc).__name__}: {exc} "
+                "(this is a bug; rerun with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    click.echo(f"marscope: warning: {message}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="marscope")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is being done.")
+@click.option("--debug", is_flag=True, help="Log everything and show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+    """Ask a planet a question: vision-language search of Mars imagery, published as STAC."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("marscope_stac").setLevel(level)
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+@cli.command("demo-data")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("catalogs/demo"),
+    show_default=True,
+    help="Folder of the catalog to write.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--size",
+    default="default",
+    show_default=True,
+    help="small (tests, seconds), default (the demo), large (benchmarks).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing catalog at --out.")
+def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
+    """Build the synthetic Mars demo world: CTX-like COGs, ground-truth labels and captions."""
+    from marscope_stac.demo import build_demo_catalog
+
+    result = build_demo_catalog(out, seed=seed, size=size, overwrite=overwrite, progress=True)
+    click.echo(result.summary())
+
+
+@cli.command("validate")
+@click.argument("path", type=click.Path(path_type=Path))
+def validate_cmd(path: Path) -> None:
+    """Validate a STAC catalog, collection or item offline (core and extension schemas)."""
+    from marscope_stac.validation import validate_catalog
+
+    report = validate_catalog(path)
+    click.echo(report.summary())
+
+
+@cli.command("demo")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="Folder holding catalogs/ and products/.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--size", default="default", show_default=True, help="Demo world size.")
+def demo_cmd(workdir: Path, seed: int, size: str) -> None:
+    """Run the whole chain on the embedded default (demo world, bundled model), offline."""
+    from marscope_stac.pipeline import run_demo
+
+    result = run_demo(workdir, seed=seed, size=size)
+    click.echo(result.summary())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``marscope`` console script."""
+    cli.main(args=argv, prog_name="marscope", standalone_mode=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

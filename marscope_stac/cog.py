@@ -1,0 +1,101 @@
+"""Cloud-Optimized GeoTIFF writing and checking (rio-cogeo deflate profile, 512 blocks).
+
+COGs keep their native (planetary) CRS; nothing is reprojected here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from pyproj import CRS
+from rasterio.io import MemoryFile
+from rio_cogeo.cogeo import cog_translate, cog_validate
+from rio_cogeo.profiles import cog_profiles
+
+from marscope_stac.errors import DataError
+
+__all__ = ["validate_cog", "write_cog"]
+
+
+def write_cog(
+    path: str | os.PathLike[str],
+    data: NDArray[Any],
+    crs: CRS,
+    transform: Affine,
+    nodata: float | None = None,
+    band_names: list[str] | None = None,
+    overview_resampling: str = "average",
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write ``data`` (bands, rows, cols) or (rows, cols) as a COG, atomically.
+
+    Args:
+        path: Destination ``.tif``.
+        data: Pixel values; their dtype is kept.
+        crs: Native CRS (e.g. ``IAU_2015:49910``); written as WKT so IAU codes survive.
+        transform: Affine pixel-to-CRS transform.
+        nodata: Nodata value, or None.
+        band_names: Band descriptions.
+        overview_resampling: Resampling for overviews (``average`` for images,
+            ``nearest`` for class maps).
+        tags: Dataset tags to store.
+
+    Returns:
+        The written path.
+    """
+    arr = data[None] if data.ndim == 2 else data
+    count, rows, cols = arr.shape
+    profile = {
+        "driver": "GTiff",
+        "dtype": arr.dtype.name,
+        "count": count,
+        "height": rows,
+        "width": cols,
+        "crs": rasterio.crs.CRS.from_wkt(crs.to_wkt()),
+        "transform": transform,
+        "nodata": nodata,
+    }
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tif", dir=dst.parent)
+    os.close(fd)
+    try:
+        with MemoryFile() as mem:
+            with mem.open(**profile) as ds:
+                ds.write(arr)
+                if band_names:
+                    for i, name in enumerate(band_names, start=1):
+                        ds.set_band_description(i, name)
+                if tags:
+                    ds.update_tags(**tags)
+            with mem.open() as src:
+                cog_translate(
+                    src,
+                    tmp,
+                    cog_profiles.get("deflate"),
+                    nodata=nodata,
+                    overview_resampling=overview_resampling,  # type: ignore[arg-type]
+                    in_memory=True,
+                    quiet=True,
+                    forward_band_tags=True,
+                )
+        Path(tmp).replace(dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+        raise
+    return dst
+
+
+def validate_cog(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`DataError` unless ``path`` is a valid Cloud-Optimized GeoTIFF."""
+    ok, errors, _warnings = cog_validate(str(path), quiet=True)
+    if not ok:
+        raise DataError(f"{path} is not a valid COG: {'; '.join(errors)}")

@@ -1,0 +1,111 @@
+"""Atomic file and folder writes, checksums.
+
+Outputs are first written next to their destination and then renamed into place, so an
+interrupted run never leaves a half-written file or catalog behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from marscope_stac.errors import OutputError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "file_multihash",
+    "staged_directory",
+]
+
+
+def file_multihash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Return the sha2-256 multihash of a file in hex (``"1220"`` + sha256): ``file:checksum``."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return "1220" + digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _check_parent_writable(out: Path) -> Path:
+    parent = out.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write to {out}: {probe} is not a writable folder; choose another --out"
+        )
+    return parent
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder in a staging area beside ``out`` and move it into place on success.
+
+    Yields the staging folder. When the block finishes without an exception, ``out`` is
+    replaced by it (an existing ``out`` is only replaced with ``overwrite=True``); when the
+    block raises, the staging folder is removed and ``out`` is left as it was.
+
+    Raises:
+        OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or its
+            parent folder cannot be written.
+    """
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target} exists and is not a folder; choose another output path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise OutputError(
+            f"{target} exists and is not empty; pass --overwrite to replace it "
+            "or choose another path"
+        )
+    parent = _check_parent_writable(target)
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}-staging-", dir=parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old: Path | None = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
+        old.rmdir()
+        target.rename(old)
+    try:
+        stage.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""Writing STAC with the project's conventions (DESIGN §3).
+
+Helpers that turn files and coordinate systems into the fields of the Solar System,
+projection v2, file, raster v2 and processing extensions, so every writer in the project
+produces the same, valid metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from affine import Affine
+from pyproj import CRS
+from pyproj.enums import WktVersion
+
+from marscope_stac import __version__
+from marscope_stac.bodies import Body
+from marscope_stac.fsutil import file_multihash
+
+__all__ = [
+    "CLASSIFICATION_V2",
+    "COG_MEDIA_TYPE",
+    "EMBEDDINGS_V0",
+    "FILE_V2",
+    "LABEL_V1",
+    "MLM_V1",
+    "PARQUET_MEDIA_TYPE",
+    "PROCESSING_V1",
+    "PROJ_V2",
+    "RASTER_V2",
+    "SSYS_V1",
+    "VIEW_V1",
+    "cog_band_fields",
+    "crs_code",
+    "file_fields",
+    "processing_fields",
+    "proj_fields",
+    "ssys_fields",
+]
+
+SSYS_V1 = "https://stac-extensions.github.io/ssys/v1.1.0/schema.json"
+PROJ_V2 = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+FILE_V2 = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+RASTER_V2 = "https://stac-extensions.github.io/raster/v2.0.0/schema.json"
+PROCESSING_V1 = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+LABEL_V1 = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
+VIEW_V1 = "https://stac-extensions.github.io/view/v1.0.0/schema.json"
+CLASSIFICATION_V2 = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+MLM_V1 = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
+EMBEDDINGS_V0 = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+def ssys_fields(body: Body) -> dict[str, Any]:
+    """Return the Solar System extension fields naming ``body``."""
+    return {"ssys:targets": [body.name], "ssys:target_class": body.target_class}
+
+
+def crs_code(crs: CRS) -> str | None:
+    """Return ``AUTHORITY:CODE`` of ``crs`` (e.g. ``IAU_2015:49910``), or None if it has none."""
+    auth = crs.to_authority(min_confidence=90)
+    return f"{auth[0]}:{auth[1]}" if auth else None
+
+
+def proj_fields(
+    crs: CRS,
+    transform: Affine | Sequence[float],
+    shape: tuple[int, int],
+) -> dict[str, Any]:
+    """Return projection v2 fields for a raster grid.
+
+    Args:
+        crs: Native CRS of the raster (an IAU CRS for planetary data).
+        transform: Affine pixel-to-CRS transform.
+        shape: ``(rows, cols)``.
+    """
+    t = transform if isinstance(transform, Affine) else Affine(*transform[:6])
+    rows, cols = shape
+    xs = [t.c, t.c + t.a * cols]
+    ys = [t.f, t.f + t.e * rows]
+    return {
+        "proj:code": crs_code(crs),
+        "proj:wkt2": crs.to_wkt(WktVersion.WKT2_2019),
+        "proj:projjson": crs.to_json_dict(),
+        "proj:shape": [int(rows), int(cols)],
+        "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+        "proj:bbox": [min(xs), min(ys), max(xs), max(ys)],
+    }
+
+
+def file_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return ``file:size`` and ``file:checksum`` (sha2-256 multihash) of a file."""
+    p = Path(path)
+    return {"file:size": p.stat().st_size, "file:checksum": file_multihash(p)}
+
+
+def processing_fields(lineage: str, when: str | None = None) -> dict[str, Any]:
+    """Return processing extension fields naming this software, and when given, the time.
+
+    Args:
+        lineage: What was done, in one or two sentences.
+        when: RFC 3339 time of processing; omitted when None (deterministic outputs).
+    """
+    out: dict[str, Any] = {
+        "processing:lineage": lineage,
+        "processing:software": {"marscope-stac": __version__},
+    }
+    if when is not None:
+        out["processing:datetime"] = when
+    return out
+
+
+def cog_band_fields(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a raster and return STAC 1.1 ``bands`` with raster v2 fields and statistics.
+
+    The values come from the file itself (data type, nodata, scale/offset, resolution), and
+    statistics are computed over valid pixels.
+    """
+    bands: list[dict[str, Any]] = []
+    with rasterio.open(path) as src:
+        res = float(abs(src.transform.a))
+        for i in range(1, src.count + 1):
+            arr = src.read(i, masked=True)
+            valid = arr.compressed()
+            band: dict[str, Any] = {
+                "name": src.descriptions[i - 1] or f"b{i}",
+                "data_type": src.dtypes[i - 1],
+                "raster:spatial_resolution": res,
+            }
+            if src.nodata is not None:
+                band["nodata"] = (
+                    float(src.nodata) if not float(src.nodata).is_integer() else int(src.nodata)
+                )
+            scale, offset = src.scales[i - 1], src.offsets[i - 1]
+            if scale != 1.0:
+                band["raster:scale"] = scale
+            if offset != 0.0:
+                band["raster:offset"] = offset
+            if valid.size:
+                band["statistics"] = {
+                    "minimum": float(valid.min()),
+                    "maximum": float(valid.max()),
+                    "mean": round(float(valid.mean()), 6),
+                    "stddev": round(float(valid.std()), 6),
+                    "valid_percent": round(100.0 * valid.size / max(arr.size, 1), 4),
+                }
+            bands.append(band)
+    return bands

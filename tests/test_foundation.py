@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import marscope_stac
+from marscope_stac import errors
+from marscope_stac.bodies import MARS, MOON, get_body, normalize_lon
+from marscope_stac.cli import cli
+from marscope_stac.fsutil import atomic_write_text, file_multihash, staged_directory
+
+
+def test_help_lists_commands() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "demo-data", "validate"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", ["demo", "demo-data", "validate"])
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert marscope_stac.__version__ in result.output
+
+
+def test_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "catalog.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "marscope_stac.cli", "validate", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "does not exist" in lines[0] and str(missing) in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--debug", "validate", str(tmp_path / "x")])
+    assert isinstance(result.exception, errors.CatalogError)
+
+
+def test_unexpected_error_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import marscope_stac.validation as validation
+
+    def boom(path: object) -> None:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(validation, "validate_catalog", boom)
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "unexpected error" in result.output and "--debug" in result.output
+
+
+def test_error_hierarchy() -> None:
+    for cls in (
+        errors.CatalogError,
+        errors.ConfigError,
+        errors.DataError,
+        errors.ModelError,
+        errors.OutputError,
+    ):
+        assert issubclass(cls, errors.MarscopeError)
+    assert issubclass(errors.SkippedInputWarning, UserWarning)
+
+
+def test_network_is_blocked() -> None:
+    with (
+        pytest.warns(UserWarning, match="socket"),
+        pytest.raises(Exception, match=r"[Ss]ocket"),
+    ):
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+def test_bodies() -> None:
+    assert MARS.geographic_code == "IAU_2015:49900"
+    assert MARS.equirectangular_code == "IAU_2015:49910"
+    assert MARS.radius_m == pytest.approx(3396190.0)
+    assert MOON.radius_m == pytest.approx(1737400.0)
+    assert get_body("mars") is MARS
+    with pytest.raises(errors.ConfigError, match="unknown body"):
+        get_body("Pluto-ish")
+    np.testing.assert_allclose(
+        normalize_lon([0, 180, 190, 359.5, -190]), [0, -180, -170, -0.5, 170]
+    )
+
+
+def test_atomic_write_and_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b.txt"
+    atomic_write_text(path, "hello")
+    assert path.read_text() == "hello"
+    # sha256("hello")
+    assert file_multihash(path) == (
+        "12202cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    )
+    assert [p.name for p in path.parent.iterdir()] == ["b.txt"]
+
+
+def test_staged_directory_replaces_only_on_success(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with staged_directory(out) as stage:
+        (stage / "x").write_text("1")
+    assert (out / "x").read_text() == "1"
+    with pytest.raises(errors.OutputError, match="--overwrite"), staged_directory(out):
+        pass
+    with pytest.raises(ValueError), staged_directory(out, overwrite=True) as stage:
+        (stage / "x").write_text("2")
+        raise ValueError("interrupted")
+    assert (out / "x").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with staged_directory(out, overwrite=True) as stage:
+        (stage / "y").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == ["y"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

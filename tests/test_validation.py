@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pystac
+import pytest
+from affine import Affine
+
+from marscope_stac.bodies import MARS
+from marscope_stac.errors import CatalogError
+from marscope_stac.stac_out import PROJ_V2, SSYS_V1, VIEW_V1, proj_fields, ssys_fields
+from marscope_stac.validation import install_offline_validator, validate_dict
+
+
+def _item(**extra: Any) -> dict[str, Any]:
+    item = pystac.Item(
+        id="x",
+        geometry={"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
+        bbox=[0, 0, 1, 1],
+        datetime=dt.datetime(2010, 1, 1, tzinfo=dt.UTC),
+        properties={
+            **ssys_fields(MARS),
+            **proj_fields(MARS.projected_crs(10), Affine(20, 0, 0, 0, -20, 0), (10, 10)),
+            **extra,
+        },
+        stac_extensions=[SSYS_V1, PROJ_V2] + ([VIEW_V1] if extra else []),
+    )
+    return item.to_dict()
+
+
+def test_valid_mars_item() -> None:
+    used = validate_dict(_item())
+    assert SSYS_V1 in used and PROJ_V2 in used
+    assert any("item.json" in u for u in used)
+
+
+def test_broken_projjson_rejected() -> None:
+    d = _item()
+    d["properties"]["proj:projjson"] = {"type": "NotACRS"}
+    with pytest.raises(CatalogError, match="invalid STAC"):
+        validate_dict(d)
+
+
+def test_bad_target_class_rejected() -> None:
+    d = _item()
+    d["properties"]["ssys:target_class"] = "rock"
+    with pytest.raises(CatalogError, match="invalid STAC"):
+        validate_dict(d)
+
+
+def test_view_fields_rule_checked() -> None:
+    validate_dict(_item(**{"view:sun_azimuth": 120.0, "view:sun_elevation": 30.0}))
+    with pytest.raises(CatalogError, match="view:sun_elevation"):
+        validate_dict(_item(**{"view:sun_azimuth": 120.0, "view:sun_elevation": 130.0}))
+
+
+def test_unknown_extension_is_named_not_fetched() -> None:
+    d = copy.deepcopy(_item())
+    d["stac_extensions"].append("https://stac-extensions.github.io/nope/v9.9.9/schema.json")
+    with pytest.raises(CatalogError, match=r"nope/v9\.9\.9.*not available offline"):
+        validate_dict(d)
+
+
+def test_pystac_validate_uses_offline_schemas() -> None:
+    install_offline_validator()
+    item = pystac.Item.from_dict(_item())
+    assert len(item.validate()) >= 3
