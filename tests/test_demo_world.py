@@ -1,0 +1,269 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from click.testing import CliRunner
+from pyproj import Transformer
+from rio_cogeo.cogeo import cog_validate
+
+from marscope_stac.bodies import MARS
+from marscope_stac.cli import cli
+from marscope_stac.demo import DemoCatalog, build_demo_catalog
+from marscope_stac.demo.terrain import LANDFORM_CLASSES
+from marscope_stac.errors import ConfigError, OutputError
+from marscope_stac.validation import install_offline_validator, validate_catalog
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _scenes(root: Path) -> list[tuple[pystac.Item, pystac.Item]]:
+    catalog = pystac.Catalog.from_file(str(root / "catalog.json"))
+    labels = {i.id: i for i in catalog.get_child("demo-labels").get_items()}  # type: ignore[union-attr]
+    images = list(catalog.get_child("demo-ctx").get_items())  # type: ignore[union-attr]
+    return [(img, labels[f"{img.id}-labels"]) for img in images]
+
+
+def test_catalog_reads_and_validates_offline(demo_root: Path) -> None:
+    report = validate_catalog(demo_root)
+    assert report.objects == 7  # catalog, 2 collections, 2 image items, 2 label items
+    install_offline_validator()
+    catalog = pystac.Catalog.from_file(str(demo_root / "catalog.json"))
+    assert catalog.validate_all() == 4  # every item (collections validated above)
+    for img, lab in _scenes(demo_root):
+        assert img.properties["ssys:targets"] == ["Mars"]
+        assert img.properties["proj:code"] == "IAU_2015:49910"
+        assert 0 <= img.properties["view:sun_azimuth"] < 360
+        assert 20 <= img.properties["view:sun_elevation"] <= 50
+        link = lab.get_single_link("source")
+        assert link is not None
+        assert (link.get_absolute_href() or "").endswith(f"{img.id}/{img.id}.json")
+
+
+def test_cogs_are_valid_and_keep_mars_crs(demo_root: Path) -> None:
+    for img, _ in _scenes(demo_root):
+        href = img.assets["image"].get_absolute_href()
+        assert href is not None
+        ok, errors, _ = cog_validate(href, quiet=True)
+        assert ok, errors
+        with rasterio.open(href) as src:
+            assert src.crs.to_string() == "IAU_2015:49910"
+            assert src.nodata == 0
+            assert src.dtypes[0] == "uint8"
+            assert src.overviews(1)
+            data = src.read(1)
+        assert data.min() >= 1  # 0 is nodata only
+        assert 60 < data.mean() < 180
+        asset = img.assets["image"].to_dict()
+        assert asset["file:size"] == os.path.getsize(href)
+        assert asset["file:checksum"].startswith("1220")
+        assert asset["bands"][0]["data_type"] == "uint8"
+
+
+def test_items_are_adjacent_and_split(demo_root: Path) -> None:
+    scenes = _scenes(demo_root)
+    bboxes = sorted(img.bbox for img, _ in scenes)  # type: ignore[type-var]
+    assert bboxes[0][2] == pytest.approx(bboxes[1][0])  # shared edge
+    splits = {img.properties["marscope:split"] for img, _ in scenes}
+    assert splits == {"train", "test"}
+
+
+def test_labels_have_classes_captions_and_mars_crs(demo_root: Path) -> None:
+    seen: set[str] = set()
+    for img, lab in _scenes(demo_root):
+        parquet = lab.assets["labels-parquet"].get_absolute_href()
+        gdf = gpd.read_parquet(parquet)
+        assert gdf.crs is not None and gdf.crs.to_string() == "IAU_2015:49900"
+        assert set(gdf.landform) <= set(LANDFORM_CLASSES)
+        seen |= set(gdf.landform)
+        assert (gdf.split == img.properties["marscope:split"]).all()
+        for caps in gdf.captions:
+            assert len(caps) >= 4 and len(set(caps)) == len(caps)
+            assert all(isinstance(c, str) and len(c) > 5 for c in caps)
+        west, south, east, north = img.bbox  # type: ignore[misc]
+        b = gdf.total_bounds
+        assert west - 1e-6 <= b[0] and b[2] <= east + 1e-6
+        assert south - 1e-6 <= b[1] and b[3] <= north + 1e-6
+        # GeoJSON copy names the Mars CRS, so GDAL readers do not assume Earth
+        gj = gpd.read_file(lab.assets["labels"].get_absolute_href())
+        assert gj.crs is not None and "Mars" in gj.crs.name
+        pts = gpd.read_parquet(lab.assets["points"].get_absolute_href())
+        assert len(pts) == len(gdf) and (pts.geom_type == "Point").all()
+        assert Path(lab.assets["preview"].get_absolute_href() or "").is_file()
+    assert seen == set(LANDFORM_CLASSES)
+
+
+def _pixel_sampler(img: pystac.Item) -> tuple[np.ndarray, object]:
+    href = img.assets["image"].get_absolute_href()
+    with rasterio.open(href) as src:
+        data = src.read(1).astype(np.float64)
+        transform = src.transform
+    tr = Transformer.from_crs(MARS.geographic_code, MARS.equirectangular_code, always_xy=True)
+
+    def to_px(lon: float, lat: float) -> tuple[float, float]:
+        x, y = tr.transform(lon, lat)
+        col, row = ~transform * (x, y)
+        return col, row
+
+    return data, to_px
+
+
+def _disc_mean(data: np.ndarray, col: float, row: float, r: float) -> float:
+    rows, cols = np.ogrid[: data.shape[0], : data.shape[1]]
+    mask = (cols - col) ** 2 + (rows - row) ** 2 <= r * r
+    return float(data[mask].mean())
+
+
+def test_crater_walls_are_lit_from_the_recorded_sun(demo_root: Path) -> None:
+    """Inside a crater, the wall facing the sun (far side) is brighter than the near side."""
+    res = MARS.metres_per_degree / 3000
+    checked = passed = 0
+    for img, lab in _scenes(demo_root):
+        data, to_px = _pixel_sampler(img)
+        az = np.radians(img.properties["view:sun_azimuth"])
+        toward_sun = np.array([np.sin(az), -np.cos(az)])  # (col, row) direction
+        pts = gpd.read_parquet(lab.assets["points"].get_absolute_href())
+        for row in pts[pts.landform == "impact_crater"].itertuples():
+            col0, row0 = to_px(row.geometry.x, row.geometry.y)  # type: ignore[operator]
+            radius_px = row.size_m / 2 / res
+            far = np.array([col0, row0]) - 0.55 * radius_px * toward_sun
+            near = np.array([col0, row0]) + 0.55 * radius_px * toward_sun
+            r = max(2.0, 0.2 * radius_px)
+            checked += 1
+            passed += _disc_mean(data, *far, r) > _disc_mean(data, *near, r) + 5
+    assert checked >= 2
+    assert passed / checked >= 0.9
+
+
+def test_dunes_dark_and_yardangs_bright_against_plains(demo_root: Path) -> None:
+    for img, lab in _scenes(demo_root):
+        href = img.assets["image"].get_absolute_href()
+        gdf = gpd.read_parquet(lab.assets["labels-parquet"].get_absolute_href())
+        gdf = gdf.to_crs(MARS.equirectangular_code)
+        with rasterio.open(href) as src:
+            from rasterio.features import geometry_mask
+
+            data = src.read(1).astype(float)
+
+            def mean_in(cls: str, src: rasterio.DatasetReader = src) -> float:
+                geoms = list(gdf[gdf.landform == cls].geometry)
+                if not geoms:
+                    return float("nan")
+                mask = ~geometry_mask(geoms, src.shape, src.transform)
+                return float(data[mask].mean())
+
+            plains = mean_in("plains")
+            assert mean_in("dune_field") < plains - 10
+            assert mean_in("yardang") > plains + 5
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(
+    demo_small: DemoCatalog, tmp_path: Path
+) -> None:
+    again = build_demo_catalog(tmp_path / "again", seed=demo_small.seed, size="small")
+    assert _tree_hashes(again.root) == _tree_hashes(demo_small.root)
+    other = build_demo_catalog(tmp_path / "other", seed=demo_small.seed + 1, size="small")
+    a, b = _tree_hashes(other.root), _tree_hashes(demo_small.root)
+    tif = "demo-ctx/ctx-demo-r0c0/ctx-demo-r0c0.tif"
+    assert a[tif] != b[tif]
+
+
+def test_catalog_records_its_settings(demo_root: Path) -> None:
+    record = json.loads((demo_root / "catalog.json").read_text())["marscope:demo"]
+    assert record["seed"] == 7 and record["size"] == "small"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"size": "huge"}, ConfigError, "unknown demo size 'huge'"),
+        ({"seed": -1}, ConfigError, "seed -1 is out of range"),
+        ({"seed": 2**40}, ConfigError, "out of range"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        build_demo_catalog(tmp_path / "out", **{"size": "small", **kwargs})
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="--overwrite"):
+        build_demo_catalog(out, size="small")
+    assert (out / "keep.txt").read_text() == "mine"
+    build_demo_catalog(out, size="small", overwrite=True)
+    assert not (out / "keep.txt").exists()
+    assert (out / "catalog.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output(tmp_path: Path) -> None:  # pragma: no cover - CI runs as root
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="not a writable folder"):
+            build_demo_catalog(ro / "out", size="small")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_under_a_file_is_unwritable(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="not a writable folder"):
+        build_demo_catalog(f / "out", size="small")
+
+
+def test_output_path_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        build_demo_catalog(f, size="small")
+
+
+def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import marscope_stac.demo.world as world
+
+    calls = {"n": 0}
+    real = world._build_scene
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(world, "_build_scene", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_demo_catalog(tmp_path / "out", size="small")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_demo_data_one_line_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["demo-data", "--out", str(tmp_path / "x"), "--size", "huge"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "unknown demo size" in result.output
+    result = runner.invoke(cli, ["demo-data", "--out", str(tmp_path / "y"), "--size", "small"])
+    assert result.exit_code == 0, result.output
+    assert "wrote demo catalog" in result.output
