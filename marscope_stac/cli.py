@@ -129,6 +129,83 @@ def demo_cmd(workdir: Path, seed: int, size: str) -> None:
     click.echo(result.summary())
 
 
+def _bbox(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4 or not (-90 <= parts[1] < parts[3] <= 90):
+        raise click.BadParameter("use WEST,SOUTH,EAST,NORTH in degrees, e.g. 150,-5,151,-4")
+    return parts
+
+
+@cli.command("tiles")
+@click.argument("catalog")
+@click.option(
+    "--grid",
+    default="lonlat:0.2",
+    show_default=True,
+    help="lonlat:<deg>[@<max|lat|>] or equal-area:<size>[km|m].",
+)
+@click.option("--tile-px", type=int, default=224, show_default=True, help="Tile side in pixels.")
+@click.option("--preview", type=click.Path(path_type=Path), help="Write a contact sheet PNG.")
+@click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees.")
+@click.option("--asset", help="Asset key of the data raster (default: picked by role/type).")
+@click.option("--collection", "collections", multiple=True, help="Only these collections.")
+@click.option("--datetime", help="Only items in this RFC 3339 interval (STAC API syntax).")
+@click.option("--max-tiles", type=int, default=48, show_default=True, help="Tiles on the sheet.")
+def tiles_cmd(
+    catalog: str,
+    grid: str,
+    tile_px: int,
+    preview: Path | None,
+    bbox: str | None,
+    asset: str | None,
+    collections: tuple[str, ...],
+    datetime: str | None,
+    max_tiles: int,
+) -> None:
+    """Plan the grid tiles of a STAC catalog / API and show a sample of what the model sees."""
+    from marscope_stac.tiles import preview_tiles
+
+    result = preview_tiles(
+        catalog,
+        grid=grid,
+        tile_px=tile_px,
+        preview=preview,
+        bbox=_bbox(bbox),
+        asset=asset,
+        collections=collections or None,
+        datetime=datetime,
+        max_tiles=max_tiles,
+    )
+    click.echo(result.summary())
+
+
+@cli.group("catalog")
+def catalog_group() -> None:
+    """Make STAC catalogs for your own data."""
+
+
+@catalog_group.command("build")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--body", help="Body shown by the rasters (default: recognised from the CRS).")
+@click.option("--collection-id", help="Collection id (default: the folder name).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing FOLDER/stac.")
+def catalog_build_cmd(
+    folder: Path, body: str | None, collection_id: str | None, overwrite: bool
+) -> None:
+    """Write a static STAC catalog (FOLDER/stac) for a folder of GeoTIFFs."""
+    from marscope_stac.folder_catalog import build_folder_catalog
+
+    result = build_folder_catalog(
+        folder, body=body, collection_id=collection_id, overwrite=overwrite
+    )
+    click.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``marscope`` console script."""
     cli.main(args=argv, prog_name="marscope", standalone_mode=True)

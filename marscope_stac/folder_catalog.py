@@ -1,0 +1,173 @@
+"""``marscope catalog build``: a static STAC catalog for a folder of GeoTIFFs.
+
+Users with downloaded tiles (e.g. CTX mosaic GeoTIFFs) get STAC in one command. Each GeoTIFF
+becomes an Item with the project's conventions (ssys, projection v2 read from the header,
+STAC 1.1 bands with raster v2 fields, file checksum); the body is recognised from the CRS
+(or given). The catalog is written to ``<folder>/stac/`` atomically, its asset hrefs relative
+to the GeoTIFFs, which are not moved or copied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pystac
+import rasterio
+from pyproj import CRS
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+from rio_cogeo.cogeo import cog_validate
+from shapely.geometry import box, mapping
+
+from marscope_stac.bodies import Body, get_body
+from marscope_stac.errors import CatalogError, DataError
+from marscope_stac.fsutil import staged_directory
+from marscope_stac.stac_in import body_of_crs
+from marscope_stac.stac_out import (
+    COG_MEDIA_TYPE,
+    FILE_V2,
+    PROJ_V2,
+    RASTER_V2,
+    SSYS_V1,
+    cog_band_fields,
+    file_fields,
+    proj_fields,
+    ssys_fields,
+)
+from marscope_stac.validation import validate_catalog
+
+__all__ = ["FolderCatalog", "build_folder_catalog"]
+
+
+@dataclass
+class FolderCatalog:
+    """What :func:`build_folder_catalog` wrote."""
+
+    root: Path
+    items: int
+    body: Body
+
+    def summary(self) -> str:
+        """One line for people."""
+        return f"wrote {self.root / 'catalog.json'}: {self.items} items of {self.body.name}"
+
+
+def _item_id(path: Path, folder: Path) -> str:
+    rel = path.relative_to(folder).with_suffix("").as_posix()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", rel).strip("-") or "item"
+
+
+def build_folder_catalog(
+    folder: str | Path,
+    body: str | None = None,
+    collection_id: str | None = None,
+    overwrite: bool = False,
+) -> FolderCatalog:
+    """Write a static STAC catalog for every GeoTIFF under ``folder`` into ``folder/stac``.
+
+    Args:
+        folder: Folder searched recursively for ``*.tif`` / ``*.tiff``.
+        body: Body shown by the rasters; recognised from their CRS when None.
+        collection_id: Id of the collection (default: the folder name).
+        overwrite: Replace an existing ``folder/stac``.
+
+    Raises:
+        CatalogError: if the folder does not exist, holds no GeoTIFF, a file has no CRS or a
+            CRS of an unknown body, or the files show different bodies.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise CatalogError(f"{root} is not a folder; give the folder holding your GeoTIFFs")
+    out = root / "stac"
+    tifs = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in (".tif", ".tiff")
+        and out not in p.parents
+        and not any(s.startswith(".") for s in p.relative_to(root).parts)
+    )
+    if not tifs:
+        raise CatalogError(f"no GeoTIFF (*.tif, *.tiff) found under {root}")
+    wanted = get_body(body) if body else None
+    items: list[pystac.Item] = []
+    found_body: Body | None = wanted
+    for tif in tifs:
+        try:
+            with rasterio.open(tif) as src:
+                if src.crs is None:
+                    raise CatalogError(f"{tif} has no CRS in its header; georeference it first")
+                crs = CRS.from_wkt(src.crs.to_wkt())
+                shape, transform, bounds = (src.height, src.width), src.transform, src.bounds
+                tags = src.tags()
+        except RasterioError as exc:
+            raise DataError(f"{tif} is not a readable GeoTIFF: {str(exc)[:120]}") from exc
+        tif_body = body_of_crs(crs)
+        if tif_body is None:
+            raise CatalogError(
+                f"{tif}: CRS {crs.name!r} is not of a known planetary body; pass --body "
+                "only if the CRS really is planetary, else reproject the file"
+            )
+        if found_body is None:
+            found_body = tif_body
+        if tif_body is not found_body:
+            raise CatalogError(
+                f"{tif} shows {tif_body.name} but other files show {found_body.name}; "
+                "make one catalog per body"
+            )
+        w, s, e, n = transform_bounds(
+            src.crs, rasterio.crs.CRS.from_wkt(tif_body.crs.to_wkt()), *bounds, densify_pts=21
+        )
+        when = _datetime(tags, tif)
+        ok, _, _ = cog_validate(str(tif), quiet=True)
+        item = pystac.Item(
+            id=_item_id(tif, root),
+            geometry=mapping(box(w, s, e, n)),
+            bbox=[w, s, e, n],
+            datetime=when,
+            properties={**ssys_fields(tif_body), **proj_fields(crs, transform, shape)},
+            stac_extensions=[SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2],
+        )
+        item.add_asset(
+            "data",
+            pystac.Asset(
+                href=str(tif.resolve()),
+                media_type=COG_MEDIA_TYPE if ok else pystac.MediaType.GEOTIFF,
+                roles=["data"],
+                title=tif.name,
+                extra_fields={"bands": cog_band_fields(tif), **file_fields(tif)},
+            ),
+        )
+        items.append(item)
+    assert found_body is not None
+    cid = collection_id or _item_id(root.resolve(), root.resolve().parent)
+    with staged_directory(out, overwrite=overwrite) as stage:
+        catalog = pystac.Catalog(id=f"{cid}-catalog", description=f"GeoTIFFs under {root}")
+        coll = pystac.Collection(
+            id=cid,
+            description=f"{len(items)} GeoTIFFs of {found_body.name} under {root}",
+            extent=pystac.Extent.from_items(items),
+            license="other",
+            stac_extensions=[SSYS_V1],
+        )
+        coll.extra_fields.update(ssys_fields(found_body))
+        coll.add_items(items)
+        catalog.add_child(coll)
+        catalog.normalize_hrefs(str(stage) + "/")
+        catalog.make_all_asset_hrefs_relative()
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        validate_catalog(stage)
+    return FolderCatalog(root=out, items=len(items), body=found_body)
+
+
+def _datetime(tags: dict[str, str], path: Path) -> dt.datetime:
+    """Acquisition time from the TIFF DATETIME tag, else the file's modification time."""
+    raw = tags.get("TIFFTAG_DATETIME")
+    if raw:
+        try:
+            return dt.datetime.strptime(raw.strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            pass
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC).replace(microsecond=0)

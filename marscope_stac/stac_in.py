@@ -1,0 +1,486 @@
+"""Tolerant reading of planetary STAC: local catalogs, STAC APIs, and what real catalogs hold.
+
+Real planetary catalogs are messy (``proj:epsg: null``, a quoted WKT1 string in ``proj:wkt2``,
+lon/lat in ``proj:bbox``, asset keys with spaces, 16-bit COGs with scale/offset and nodata 0,
+longitudes in 0..360). This module picks the data asset by role and media type, reads the
+raster header and trusts it over the STAC metadata, and normalises everything into
+:class:`SourceAsset` records: one readable raster each, with its body, native CRS, footprint in
+the body's lon/lat (-180..180), nodata and scale/offset.
+
+An item that cannot be used is skipped with a :class:`~marscope_stac.errors.SkippedInputWarning`
+and counted in :attr:`SourceSet.skipped`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pystac
+import rasterio
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+from shapely.geometry import MultiPolygon, box
+from shapely.geometry.base import BaseGeometry
+
+from marscope_stac.bodies import BODIES, MARS, Body, get_body
+from marscope_stac.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
+
+__all__ = [
+    "SourceAsset",
+    "SourceSet",
+    "body_of_crs",
+    "crs_from_stac",
+    "load_sources",
+    "pick_asset",
+]
+
+log = logging.getLogger(__name__)
+
+_TIFF_TYPES = ("image/tiff", "image/geotiff", "image/vnd.stac.geotiff", "application=geotiff")
+_NOT_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual", "browse"}
+
+
+@dataclass(frozen=True)
+class SourceAsset:
+    """One readable raster of a source item, normalised.
+
+    Attributes:
+        item_id: STAC Item id.
+        asset_key: Key of the asset in the item.
+        href: Absolute href of the raster.
+        body: Body the raster shows.
+        crs: Native CRS, from the raster header (STAC metadata only where the header has none).
+        bounds: Native bounds (left, bottom, right, top) in ``crs`` units.
+        res: Native pixel size (x, y) in ``crs`` units.
+        shape: (rows, cols).
+        dtype: Pixel data type.
+        nodata: Nodata value or None.
+        scale: Multiplier to physical values.
+        offset: Offset to physical values.
+        footprint: Footprint in the body's lon/lat, lon in -180..180 (split at the antimeridian).
+        datetime: Acquisition time, if known.
+    """
+
+    item_id: str
+    asset_key: str
+    href: str
+    body: Body
+    crs: CRS
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+    shape: tuple[int, int]
+    dtype: str
+    nodata: float | None
+    scale: float
+    offset: float
+    footprint: BaseGeometry
+    datetime: dt.datetime | None = None
+
+    @property
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) of the footprint."""
+        w, s, e, n = self.footprint.bounds
+        return float(w), float(s), float(e), float(n)
+
+
+@dataclass
+class SourceSet:
+    """The usable rasters of a request, the body they show, and what was skipped."""
+
+    body: Body
+    assets: list[SourceAsset] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for people."""
+        s = f"{len(self.assets)} rasters of {self.body.name}"
+        if self.skipped:
+            s += f", {len(self.skipped)} skipped"
+        return s
+
+
+# --------------------------------------------------------------------------------------------
+# CRS and body
+
+
+def crs_from_stac(props: dict[str, Any]) -> CRS | None:
+    """Read a CRS from projection-extension fields, tolerating real-world quirks.
+
+    Accepts ``proj:code`` and ``proj:epsg`` (v1), ``proj:wkt2`` holding WKT2 or WKT1, possibly
+    wrapped in an extra pair of quotes, and ``proj:projjson``. Returns None when no field is
+    set; raises :class:`CatalogError` when a field is set but cannot be parsed.
+    """
+    tried: list[str] = []
+    for key in ("proj:projjson", "proj:wkt2", "proj:code", "proj:epsg"):
+        value = props.get(key)
+        if value in (None, "", {}):
+            continue
+        if key == "proj:wkt2" and isinstance(value, str):
+            value = value.strip()
+            while len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1].strip()
+            value = value.replace('\\"', '"')
+        if key == "proj:epsg":
+            value = f"EPSG:{int(value)}"
+        try:
+            return CRS.from_user_input(value)
+        except (CRSError, TypeError, ValueError) as exc:
+            tried.append(f"{key}: {str(exc).splitlines()[0][:80]}")
+    if tried:
+        raise CatalogError(f"cannot parse the CRS ({'; '.join(tried)})")
+    return None
+
+
+def body_of_crs(crs: CRS) -> Body | None:
+    """Guess the body of a CRS from its datum/ellipsoid name and radius; None for Earth/unknown."""
+    geod = crs.geodetic_crs
+    names = " ".join(
+        str(x) for x in (crs.name, geod.name if geod else "", crs.datum.name if crs.datum else "")
+    ).lower()
+    for body in BODIES.values():
+        if body.name.lower() in names:
+            return body
+    ell = crs.ellipsoid
+    if ell is not None:
+        for body in BODIES.values():
+            if abs(ell.semi_major_metre - body.radius_m) / body.radius_m < 0.002:
+                return body
+    return None
+
+
+def _targets(obj: pystac.Item) -> list[str]:
+    targets = obj.properties.get("ssys:targets")
+    if not targets and obj.collection_id:
+        coll = obj.get_collection() if obj.get_single_link("collection") else None
+        if coll is not None:
+            targets = coll.extra_fields.get("ssys:targets")
+            if not targets and coll.summaries is not None:
+                targets = coll.summaries.get_list("ssys:targets")
+    if isinstance(targets, str):
+        targets = [targets]
+    return [str(t) for t in targets or []]
+
+
+# --------------------------------------------------------------------------------------------
+# assets
+
+
+def _is_tiff(asset: pystac.Asset) -> bool:
+    media = (asset.media_type or "").lower()
+    href = asset.href.lower().split("?", 1)[0]
+    return any(t in media for t in _TIFF_TYPES) or href.endswith((".tif", ".tiff"))
+
+
+def pick_asset(item: pystac.Item, asset: str | None = None) -> str:
+    """Return the key of the item's data raster.
+
+    With ``asset`` given, that key must exist. Otherwise GeoTIFF assets whose roles are not
+    thumbnail/overview/metadata are ranked: role ``data`` first, then cloud-optimized, then key.
+
+    Raises:
+        CatalogError: if no suitable asset exists (message names the item and its asset keys).
+    """
+    if asset is not None:
+        if asset not in item.assets:
+            raise CatalogError(
+                f"item {item.id} has no asset {asset!r} (it has: {', '.join(item.assets)}); "
+                "fix --asset"
+            )
+        return asset
+    ranked = []
+    for key, a in item.assets.items():
+        roles = set(a.roles or [])
+        if not _is_tiff(a) or (roles & _NOT_DATA_ROLES and "data" not in roles):
+            continue
+        cog = "cloud-optimized" in (a.media_type or "").lower()
+        ranked.append(("data" not in roles, not cog, key))
+    if not ranked:
+        raise CatalogError(
+            f"item {item.id} has no GeoTIFF data asset "
+            f"(assets: {', '.join(item.assets) or 'none'}); pass --asset KEY"
+        )
+    return sorted(ranked)[0][2]
+
+
+def _split_antimeridian(west: float, south: float, east: float, north: float) -> BaseGeometry:
+    """Footprint box for lon bounds that may be in 0..360 or cross the antimeridian."""
+    if east - west >= 360.0 - 1e-9:
+        return box(-180.0, south, 180.0, north)
+    w = (west + 180.0) % 360.0 - 180.0
+    e = w + (east - west)
+    if e <= 180.0 + 1e-9:
+        return box(w, south, min(e, 180.0), north)
+    return MultiPolygon([box(w, south, 180.0, north), box(-180.0, south, e - 360.0, north)])
+
+
+def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
+    a = item.assets[key]
+    href = a.get_absolute_href() or a.href
+    try:
+        with rasterio.open(href) as src:
+            crs_wkt = src.crs.to_wkt() if src.crs else None
+            bounds = tuple(src.bounds)
+            res = (abs(src.transform.a), abs(src.transform.e))
+            shape = (src.height, src.width)
+            dtype = src.dtypes[0]
+            nodata = src.nodata
+            scale, offset = float(src.scales[0]), float(src.offsets[0])
+            if src.transform.b or src.transform.d:
+                raise DataError(f"asset {key!r} of item {item.id} is rotated; warp it first")
+    except RasterioError as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise DataError(
+            f"asset {key!r} of item {item.id} is not a readable raster ({href}): {reason}"
+        ) from exc
+    stac_fields = {**item.properties, **a.extra_fields}
+    if crs_wkt is not None:
+        crs = CRS.from_wkt(crs_wkt)
+    else:
+        found = crs_from_stac(stac_fields)
+        if found is None:
+            raise CatalogError(f"asset {key!r} of item {item.id} has no CRS in its header or STAC")
+        crs = found
+    crs_body = body_of_crs(crs)
+    if crs_body is None:
+        raise CatalogError(
+            f"item {item.id}: CRS {crs.name!r} is not a known planetary CRS (Earth or unknown "
+            f"body) while the item is of {body.name}; fix its CRS"
+        )
+    if crs_body is not body:
+        raise CatalogError(
+            f"item {item.id} says {body.name} but its raster CRS is of {crs_body.name}"
+        )
+    # scale/offset: header first, then STAC bands (1.1) or raster:bands (1.0)
+    if scale == 1.0 and offset == 0.0:
+        bands = a.extra_fields.get("bands") or a.extra_fields.get("raster:bands") or []
+        if bands and isinstance(bands[0], dict):
+            scale = float(bands[0].get("raster:scale", bands[0].get("scale", 1.0)) or 1.0)
+            offset = float(bands[0].get("raster:offset", bands[0].get("offset", 0.0)) or 0.0)
+    if nodata is None:
+        bands = a.extra_fields.get("bands") or a.extra_fields.get("raster:bands") or []
+        if bands and isinstance(bands[0], dict) and bands[0].get("nodata") is not None:
+            nodata = float(bands[0]["nodata"])
+    west, south, east, north = transform_bounds(
+        rasterio.crs.CRS.from_wkt(crs.to_wkt()),
+        rasterio.crs.CRS.from_wkt(body.crs.to_wkt()),
+        *bounds,
+        densify_pts=21,
+    )
+    if crs.is_geographic:
+        west, east = bounds[0], bounds[2]
+    footprint = _split_antimeridian(west, south, east, north)
+    return SourceAsset(
+        item_id=item.id,
+        asset_key=key,
+        href=href,
+        body=body,
+        crs=crs,
+        bounds=bounds,
+        res=res,
+        shape=shape,
+        dtype=dtype,
+        nodata=nodata,
+        scale=scale,
+        offset=offset,
+        footprint=footprint,
+        datetime=item.datetime,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _items_from_local(path: Path) -> Iterator[pystac.Item]:
+    if path.is_dir():
+        for name in ("catalog.json", "collection.json", "stac/catalog.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            tifs = list(path.glob("*.tif")) + list(path.glob("*.tiff"))
+            hint = f"; run 'marscope catalog build {path}' first" if tifs else ""
+            raise CatalogError(f"{path} holds no catalog.json or collection.json{hint}")
+    if not path.exists():
+        raise CatalogError(f"{path} does not exist; give a STAC catalog, collection or item")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"{path} is not readable JSON: {str(exc)[:120]}") from exc
+    try:
+        obj = pystac.read_dict(d, href=str(path.resolve()))
+    except Exception as exc:  # pystac raises many kinds on malformed STAC
+        raise CatalogError(f"{path} is not valid STAC: {str(exc).splitlines()[0][:160]}") from exc
+    if isinstance(obj, pystac.Item):
+        yield obj
+        return
+    if isinstance(obj, pystac.ItemCollection):  # pragma: no cover - read_dict returns objects
+        yield from obj
+        return
+    assert isinstance(obj, pystac.Catalog)
+    try:
+        yield from obj.get_items(recursive=True)
+    except Exception as exc:
+        raise CatalogError(
+            f"cannot read the items of {path}: {str(exc).splitlines()[0][:160]}"
+        ) from exc
+
+
+def _items_from_api(
+    url: str,
+    collections: Sequence[str] | None,
+    bbox: Sequence[float] | None,
+    datetime: str | None,
+    max_items: int | None,
+) -> Iterator[pystac.Item]:
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    try:
+        client = Client.open(url)
+        search = client.search(
+            collections=list(collections) if collections else None,
+            bbox=list(bbox) if bbox else None,
+            datetime=datetime,
+            max_items=max_items,
+        )
+        yield from search.items()
+    except (APIError, OSError) as exc:
+        raise CatalogError(
+            f"cannot query the STAC API at {url}: {str(exc).splitlines()[0][:160]}"
+        ) from exc
+    except Exception as exc:
+        raise CatalogError(
+            f"STAC API at {url} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        ) from exc
+
+
+def _bbox_hits(geom: BaseGeometry, bbox: Sequence[float] | None) -> bool:
+    if bbox is None:
+        return True
+    w, s, e, n = bbox
+    area = _split_antimeridian(w, s, e if e >= w else e + 360.0, n)
+    return bool(geom.intersection(area).area > 0)
+
+
+def load_sources(
+    source: str | Path | Iterable[pystac.Item],
+    *,
+    collections: Sequence[str] | None = None,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    asset: str | None = None,
+    body: str | None = None,
+    max_items: int | None = None,
+) -> SourceSet:
+    """Read the usable rasters of a STAC source.
+
+    Args:
+        source: A local catalog/collection/item JSON or folder, a STAC API URL, or items.
+        collections: Only items of these collections.
+        bbox: Only items intersecting this lon/lat box (west, south, east, north).
+        datetime: Only items in this RFC 3339 interval (STAC API syntax).
+        asset: Asset key of the data raster; picked by role and media type when None.
+        body: Expected body; taken from ``ssys:targets`` when None (Mars when absent).
+        max_items: Stop after this many items.
+
+    Raises:
+        CatalogError: if the source cannot be read, mixes bodies, has no usable raster, or
+            nothing intersects ``bbox``.
+    """
+    if isinstance(source, str | Path):
+        label = str(source)
+        if isinstance(source, str) and _is_url(source) and not source.endswith(".json"):
+            items: Iterable[pystac.Item] = _items_from_api(
+                source, collections, bbox, datetime, max_items
+            )
+        elif isinstance(source, str) and _is_url(source):
+            try:
+                obj = pystac.read_file(source)
+            except Exception as exc:
+                raise CatalogError(
+                    f"cannot read {source}: {str(exc).splitlines()[0][:160]}"
+                ) from exc
+            if isinstance(obj, pystac.Item):
+                items = [obj]
+            elif isinstance(obj, pystac.Catalog):
+                items = obj.get_items(recursive=True)
+            else:
+                raise CatalogError(f"{source} is not a STAC catalog, collection or item")
+        else:
+            items = _items_from_local(Path(source))
+    else:
+        label = "items"
+        items = source
+    wanted = get_body(body) if body else None
+    out: list[SourceAsset] = []
+    skipped: list[tuple[str, str]] = []
+    bodies: dict[str, str] = {}
+    seen = 0
+    in_bbox = 0
+    for item in items:
+        if collections and item.collection_id not in collections:
+            continue
+        if "label:type" in item.properties:  # ground truth, not imagery
+            log.debug("ignoring label item %s", item.id)
+            continue
+        seen += 1
+        if max_items is not None and seen > max_items:
+            break
+        targets = _targets(item)
+        if len(targets) > 1:
+            raise CatalogError(f"item {item.id} names several bodies {targets}; split the request")
+        try:
+            item_body = get_body(targets[0]) if targets else (wanted or MARS)
+        except ConfigError:
+            raise CatalogError(
+                f"item {item.id} targets unknown body {targets[0]!r}; "
+                f"known: {', '.join(b.name for b in BODIES.values())}"
+            ) from None
+        if wanted is not None and item_body is not wanted:
+            raise CatalogError(
+                f"item {item.id} is of {item_body.name}, not {wanted.name}; "
+                "filter the catalog or change --body"
+            )
+        bodies.setdefault(item_body.name, item.id)
+        if len(bodies) > 1:
+            pairs = ", ".join(f"{b} ({i})" for b, i in bodies.items())
+            raise CatalogError(f"the request mixes bodies: {pairs}; query one body at a time")
+        try:
+            key = pick_asset(item, asset)
+            src = _read_header(item, key, item_body)
+        except (CatalogError, DataError) as exc:
+            skipped.append((item.id, str(exc)))
+            warnings.warn(f"skipped: {exc}", SkippedInputWarning, stacklevel=2)
+            continue
+        if not _bbox_hits(src.footprint, bbox):
+            continue
+        in_bbox += 1
+        out.append(src)
+    resolved_body = get_body(next(iter(bodies))) if bodies else (wanted or MARS)
+    if seen == 0:
+        raise CatalogError(f"no STAC item found in {label}")
+    if not out:
+        if skipped:
+            raise CatalogError(
+                f"none of the {seen} items of {label} has a readable raster; first problem: "
+                f"{skipped[0][1]}"
+            )
+        raise CatalogError(
+            f"no item of {label} intersects bbox {list(bbox or [])}; widen or move the bbox"
+        )
+    log.info("%s: %d rasters, %d skipped", label, len(out), len(skipped))
+    return SourceSet(body=resolved_body, assets=out, skipped=skipped)
