@@ -33,6 +33,8 @@ def write_cog(
     band_names: list[str] | None = None,
     overview_resampling: str = "average",
     tags: dict[str, str] | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> Path:
     """Write ``data`` (bands, rows, cols) or (rows, cols) as a COG, atomically.
 
@@ -46,6 +48,8 @@ def write_cog(
         overview_resampling: Resampling for overviews (``average`` for images,
             ``nearest`` for class maps).
         tags: Dataset tags to store.
+        scale: Multiplier from stored values to physical values (all bands).
+        offset: Offset from stored values to physical values (all bands).
 
     Returns:
         The written path.
@@ -75,6 +79,10 @@ def write_cog(
                         ds.set_band_description(i, name)
                 if tags:
                     ds.update_tags(**tags)
+                if scale is not None:
+                    ds.scales = (scale,) * count
+                if offset is not None:
+                    ds.offsets = (offset,) * count
             with mem.open() as src:
                 cog_translate(
                     src,

@@ -26,7 +26,7 @@ import pystac
 import rasterio
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
@@ -226,7 +226,12 @@ def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
     a = item.assets[key]
     href = a.get_absolute_href() or a.href
     try:
-        with rasterio.open(href) as src:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(href)
+        with src:
+            if src.transform.is_identity and not src.gcps[0]:
+                raise DataError(f"asset {key!r} of item {item.id} is not georeferenced ({href})")
             crs_wkt = src.crs.to_wkt() if src.crs else None
             bounds = tuple(src.bounds)
             res = (abs(src.transform.a), abs(src.transform.e))
@@ -351,7 +356,12 @@ def _items_from_api(
 
     try:
         client = Client.open(url)
+        methods = {
+            str(link.extra_fields.get("method", "GET")).upper()
+            for link in client.get_links("search")
+        }
         search = client.search(
+            method="POST" if "POST" in methods else "GET",
             collections=list(collections) if collections else None,
             bbox=list(bbox) if bbox else None,
             datetime=datetime,

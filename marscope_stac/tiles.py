@@ -188,8 +188,9 @@ class _SourceReader:
         if self.geographic:
             x, y = lon.copy(), lat
             left, _, right, _ = self.meta.bounds
-            x = np.where(x < left, x + 360.0, x)  # sources in 0..360 longitudes
-            x = np.where(x > right, x - 360.0, x)
+            # sources in 0..360 longitudes: shift only where that lands inside the raster
+            x = np.where((x < left) & (x + 360.0 <= right), x + 360.0, x)
+            x = np.where((x > right) & (x - 360.0 >= left), x - 360.0, x)
         else:
             x, y = self.to_src.transform(lon, lat)
         a = self.inv

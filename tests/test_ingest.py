@@ -1,0 +1,500 @@
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from _rasters import catalog_of, pattern, stac_item, usgs_style_catalog, write_geotiff
+from affine import Affine
+from click.testing import CliRunner
+
+from marscope_stac.bodies import MARS, MOON
+from marscope_stac.cli import cli
+from marscope_stac.errors import CatalogError, ConfigError, SkippedInputWarning
+from marscope_stac.folder_catalog import build_folder_catalog
+from marscope_stac.grid import EqualAreaGrid, LonLatGrid, parse_grid
+from marscope_stac.stac_in import crs_from_stac, load_sources
+from marscope_stac.tiles import iter_tile_batches, plan_tiles, read_batch
+
+# ------------------------------------------------------------------------------- grids
+
+
+def test_lonlat_planet_count_matches_formula() -> None:
+    g = parse_grid("lonlat:0.2@80")
+    assert g.n_cells == (160 / 0.2) * (360 / 0.2) == 1_440_000  # MarScope's global grid
+    assert parse_grid("lonlat:0.5").n_cells == 360 * 720
+    w, s, e, _n = g.bounds([0])[0]
+    assert (w, s) == (-180.0, -80.0) and e - w == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("km", [10.0, 50.0, 200.0])
+def test_equal_area_count_and_sizes(km: float) -> None:
+    g = EqualAreaGrid(km * 1000, MARS)
+    sphere = 4 * math.pi * MARS.radius_m**2
+    assert g.n_cells == pytest.approx(sphere / (km * 1000) ** 2, rel=0.02)
+    # every non-polar cell is close to km x km on the ground
+    rows = np.arange(g.n_rows)
+    s, n = g.row_lat_bounds(rows)
+    lat_c = np.radians((s + n) / 2)
+    widths = 2 * math.pi * MARS.radius_m * np.cos(lat_c) / g.row_n_cols(rows)
+    inner = np.abs(np.degrees(lat_c)) < 80
+    assert np.allclose(widths[inner], km * 1000, rtol=0.03)
+    assert g.row_n_cols([0])[0] >= 1 and g.row_n_cols([g.n_rows - 1])[0] >= 1
+
+
+def test_cell_ids_round_trip_and_bbox_query() -> None:
+    for g in (LonLatGrid(0.05), EqualAreaGrid(3000.0)):
+        idx = g.cells_in_bbox(150.0, -5.0, 150.3, -4.8)
+        assert len(idx) > 0
+        ids = g.cell_ids(idx)
+        assert [g.parse_cell_id(i) for i in ids] == idx.tolist()
+        b = g.bounds(idx)
+        assert (b[:, 2] > 150.0).all() and (b[:, 0] < 150.3).all()
+    with pytest.raises(ConfigError):
+        LonLatGrid(0.05).parse_cell_id("lonlat:0.2:1:1")
+    across = LonLatGrid(1.0).cells_in_bbox(179.5, 0, -179.5, 1)  # antimeridian
+    assert len(across) == 2
+
+
+@pytest.mark.parametrize(
+    "spec", ["hex:3", "lonlat:0.7", "lonlat:x", "equal-area:-5km", "lonlat:0.2@95"]
+)
+def test_bad_grid_specs(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_grid(spec)
+
+
+# ------------------------------------------------------------------------------- demo catalog
+
+
+def test_demo_catalog_sources_and_tiles(demo_root: Path) -> None:
+    sources = load_sources(demo_root)
+    assert sources.body is MARS and len(sources.assets) == 2 and not sources.skipped
+    assert all(a.crs.to_string() == "IAU_2015:49910" for a in sources.assets)
+    grid = parse_grid("lonlat:0.02")
+    plan = plan_tiles(sources, grid, 60)
+    assert len(plan) == (0.4 / 0.02) * (0.2 / 0.02) == 200  # two 0.2-degree scenes
+    batches = list(iter_tile_batches(plan, batch_size=32, workers=2))
+    valid = np.concatenate([b.valid for b in batches])
+    assert len(valid) == 200 and np.all(valid > 0.999)
+    pix = np.concatenate([b.pixels for b in batches])
+    assert pix.dtype == np.float32 and pix.min() >= 0.0 and pix.max() <= 1.0
+
+
+def test_cell_pixels_equal_direct_read(demo_root: Path) -> None:
+    """0.02-degree cells are exactly 60 source pixels: the tile equals the window read / 255."""
+    sources = load_sources(demo_root)
+    grid = parse_grid("lonlat:0.02")
+    plan = plan_tiles(sources, grid, 60)
+    batch = read_batch(plan.subset(0, 5))
+    src = next(a for a in sources.assets if a.item_id == batch.sources[3][0])
+    w, _s, _e, n = grid.bounds(batch.cells[3:4])[0]
+    with rasterio.open(src.href) as ds:
+        x0, y0 = w * MARS.metres_per_degree, n * MARS.metres_per_degree
+        col, row = ~ds.transform * (x0, y0)
+        window = rasterio.windows.Window(round(col), round(row), 60, 60)
+        direct = ds.read(1, window=window).astype(np.float32) / 255.0
+    np.testing.assert_allclose(batch.pixels[3], direct, atol=1e-5)
+    # coarser tiles (30 px) read the overview/decimated window: close to a 2x2 block mean
+    coarse = read_batch(plan_tiles(sources, grid, 30).subset(3, 4))
+    block = direct.reshape(30, 2, 30, 2).mean(axis=(1, 3))
+    assert np.abs(coarse.pixels[0] - block).mean() < 0.03
+
+
+def test_equal_area_tiles_on_demo(demo_root: Path) -> None:
+    sources = load_sources(demo_root)
+    grid = parse_grid("equal-area:1km")
+    plan = plan_tiles(sources, grid, 32)
+    batch = read_batch(plan.subset(0, len(plan)))
+    assert (batch.valid > 0).all() and (batch.valid > 0.999).mean() > 0.8
+
+
+# ------------------------------------------------------------------------------- USGS quirks
+
+
+def test_usgs_style_catalog(tmp_path: Path) -> None:
+    path = usgs_style_catalog(tmp_path / "usgs")
+    sources = load_sources(path)
+    (a,) = sources.assets
+    assert a.asset_key == "Image 16-bit COG"  # by role and media type, not the thumbnail
+    assert a.body is MARS
+    assert a.shape == (100, 200)  # the header wins over the wrong proj:shape
+    assert a.dtype == "uint16" and a.nodata == 0 and a.scale == 0.01 and a.offset == -5.0
+    west, south, east, north = a.lonlat_bounds
+    assert west == pytest.approx(-150.0) and east == pytest.approx(-149.8)  # 210E normalised
+    assert south == pytest.approx(10.0) and north == pytest.approx(10.1)
+    # a bbox in 0..360 longitudes finds it too
+    assert load_sources(path, bbox=[209.9, 9.9, 210.05, 10.05]).assets
+    plan = plan_tiles(sources, parse_grid("lonlat:0.05"), 50)
+    assert len(plan) == 4 * 2
+    batch = read_batch(plan)
+    corner = int(np.argmax(batch.valid < 1))  # the cell holding the nodata corner
+    assert 0.9 < batch.valid[corner] < 1.0
+    assert np.all(batch.valid >= 0.9)
+    assert batch.pixels.min() >= 0.0 and batch.pixels.max() <= 1.0
+
+
+def test_crs_from_quoted_wkt1_and_nulls() -> None:
+    from pyproj import CRS
+
+    wkt1 = CRS("IAU_2015:49910").to_wkt("WKT1_GDAL")
+    crs = crs_from_stac({"proj:epsg": None, "proj:wkt2": json.dumps(wkt1)})
+    assert crs is not None and "Mars" in crs.name
+    assert crs_from_stac({"proj:epsg": None}) is None
+    assert crs_from_stac({"proj:code": "IAU_2015:30100"}).name.startswith("Moon")  # type: ignore[union-attr]
+    with pytest.raises(CatalogError, match="cannot parse the CRS"):
+        crs_from_stac({"proj:wkt2": "GEOGCS[nonsense"})
+
+
+# ------------------------------------------------------------------------------- folder, mosaic
+
+
+def test_geotiff_folder_catalog_and_mosaic(tmp_path: Path) -> None:
+    folder = tmp_path / "ctx"
+    res = 0.05 / 64
+    for i, lon in enumerate((10.0, 10.1)):
+        t = Affine(res, 0, lon, 0, -res, 0.1)
+        write_geotiff(
+            folder / f"tile_{i}.tif",
+            pattern(128, 128, seed=i),
+            "IAU_2015:49900",
+            t,
+            nodata=0,
+            cog=False,
+        )
+    result = build_folder_catalog(folder)
+    assert result.items == 2 and result.body is MARS
+    assert (folder / "stac" / "catalog.json").is_file()
+    sources = load_sources(folder)  # finds folder/stac/catalog.json
+    assert len(sources.assets) == 2
+    # a cell straddling the seam at lon 10.1 is mosaicked from both files
+    grid = parse_grid("lonlat:0.05")
+    plan = plan_tiles(sources, grid, 64, bbox=[10.06, 0.0, 10.14, 0.1])
+    straddle = [k for k, ss in enumerate(plan.cell_sources) if len(ss) == 2]
+    assert not straddle  # 0.05 cells align with the seam ...
+    half = plan_tiles(sources, parse_grid("lonlat:0.04"), 64, bbox=[10.08, 0.04, 10.12, 0.08])
+    both = [k for k, ss in enumerate(half.cell_sources) if len(ss) == 2]
+    assert both  # ... 0.04 cells do not
+    batch = read_batch(half)
+    for k in both:
+        assert batch.valid[k] > 0.999 and len(batch.sources[k]) == 2
+    # second build refuses, overwrite works
+    with pytest.raises(Exception, match="--overwrite"):
+        build_folder_catalog(folder)
+    build_folder_catalog(folder, overwrite=True)
+
+
+def test_catalog_build_cli_and_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(cli, ["catalog", "build", str(empty)])
+    assert r.exit_code == 2 and "no GeoTIFF" in r.output
+    r = runner.invoke(cli, ["catalog", "build", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "is not a folder" in r.output
+    earth = tmp_path / "earth"
+    write_geotiff(earth / "e.tif", pattern(16, 16), "EPSG:4326", Affine(0.1, 0, 0, 0, -0.1, 0))
+    r = runner.invoke(cli, ["catalog", "build", str(earth)])
+    assert r.exit_code == 2 and "not of a known planetary body" in r.output
+
+
+# ------------------------------------------------------------------------------- polar, Moon
+
+
+def test_polar_cell_from_polar_stereographic(tmp_path: Path) -> None:
+    res = 200.0
+    half = 64 * res
+    t = Affine(res, 0, -half, 0, -res, half)
+    tif = write_geotiff(tmp_path / "np.tif", pattern(128, 128, seed=5), "IAU_2015:49930", t)
+    item = stac_item(
+        tmp_path,
+        "north-pole",
+        {"data": {"href": str(tif), "roles": ["data"], "type": "image/tiff"}},
+        bbox=[-180, 89.5, 180, 90],
+    )
+    sources = load_sources(item)
+    grid = EqualAreaGrid(5000.0)
+    plan = plan_tiles(sources, grid, 32)
+    top = [k for k, c in enumerate(plan.cells) if grid.row_col([c])[0][0] == grid.n_rows - 1]
+    assert top, "the polar cap row is planned"
+    batch = read_batch(plan)
+    assert batch.valid[top[0]] > 0.999
+    assert batch.pixels[top[0]].std() > 0.01
+
+
+def test_moon_works_the_same_way(tmp_path: Path) -> None:
+    m_per_deg = MOON.metres_per_degree
+    res = m_per_deg / 1000
+    t = Affine(res, 0, 20 * m_per_deg, 0, -res, 0.1 * m_per_deg)
+    tif = write_geotiff(tmp_path / "moon.tif", pattern(100, 100), "IAU_2015:30110", t)
+    item = stac_item(
+        tmp_path,
+        "moon",
+        {"data": {"href": str(tif), "roles": ["data"], "type": "image/tiff"}},
+        props={"ssys:targets": ["Moon"]},
+        bbox=[20, 0, 20.1, 0.1],
+    )
+    sources = load_sources(item)
+    assert sources.body is MOON
+    plan = plan_tiles(sources, parse_grid("lonlat:0.05", MOON), 50)
+    assert len(plan) == 4 and (read_batch(plan).valid > 0.999).all()
+    with pytest.raises(ConfigError, match="grid is for Mars"):
+        plan_tiles(sources, parse_grid("lonlat:0.05"), 50)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_missing_and_malformed_catalogs(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_sources(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CatalogError, match="not readable JSON"):
+        load_sources(bad)
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"type": "Feature", "id": 3}))
+    with pytest.raises(CatalogError, match="not valid STAC"):
+        load_sources(odd)
+    (tmp_path / "tifs").mkdir()
+    (tmp_path / "tifs" / "a.tif").write_bytes(b"")
+    with pytest.raises(CatalogError, match="marscope catalog build"):
+        load_sources(tmp_path / "tifs")
+
+
+def test_bad_items_are_skipped_counted_and_named(tmp_path: Path) -> None:
+    good = write_geotiff(
+        tmp_path / "good.tif",
+        pattern(60, 60),
+        "IAU_2015:49910",
+        Affine(19.76, 0, 150 * MARS.metres_per_degree, 0, -19.76, -4.8 * MARS.metres_per_degree),
+    )
+    (tmp_path / "text.tif").write_text("not a raster")
+    nocrs = tmp_path / "nocrs.tif"
+    with rasterio.open(
+        nocrs,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="uint8",
+        transform=Affine(20, 0, 0, 0, -20, 0),
+    ) as d:
+        d.write(np.ones((1, 8, 8), np.uint8))
+    items = [
+        stac_item(
+            tmp_path, "good", {"img": {"href": str(good), "roles": ["data"], "type": "image/tiff"}}
+        ),
+        stac_item(tmp_path, "no-raster", {"meta": {"href": "x.xml", "roles": ["metadata"]}}),
+        stac_item(
+            tmp_path,
+            "gone",
+            {"img": {"href": str(tmp_path / "404.tif"), "roles": ["data"], "type": "image/tiff"}},
+        ),
+        stac_item(
+            tmp_path,
+            "text",
+            {"img": {"href": str(tmp_path / "text.tif"), "roles": ["data"], "type": "image/tiff"}},
+        ),
+        stac_item(
+            tmp_path,
+            "bad-crs",
+            {"img": {"href": str(nocrs), "roles": ["data"], "type": "image/tiff"}},
+            props={"proj:wkt2": "PROJCS[broken"},
+        ),
+    ]
+    cat = catalog_of(tmp_path, items)
+    with pytest.warns(SkippedInputWarning) as record:
+        sources = load_sources(cat)
+    assert [a.item_id for a in sources.assets] == ["good"]
+    reasons = dict(sources.skipped)
+    assert set(reasons) == {"no-raster", "gone", "text", "bad-crs"}
+    assert "no GeoTIFF data asset" in reasons["no-raster"] and "--asset" in reasons["no-raster"]
+    assert "not a readable raster" in reasons["gone"] and "404.tif" in reasons["gone"]
+    assert "not a readable raster" in reasons["text"]
+    assert "cannot parse the CRS" in reasons["bad-crs"]
+    assert sum(issubclass(w.category, SkippedInputWarning) for w in record) == 4
+    with (
+        pytest.raises(CatalogError, match="has no asset 'nope'"),
+        pytest.warns(SkippedInputWarning),
+    ):
+        load_sources(cat, asset="nope")
+
+
+def test_mixed_bodies_and_empty_bbox(tmp_path: Path, demo_root: Path) -> None:
+    moon = stac_item(
+        tmp_path, "m", {"d": {"href": "x.tif", "roles": ["data"]}}, props={"ssys:targets": ["Moon"]}
+    )
+    mars = stac_item(
+        tmp_path, "r", {"d": {"href": "y.tif", "roles": ["data"]}}, props={"ssys:targets": ["Mars"]}
+    )
+    with pytest.raises(CatalogError, match="mixes bodies"), pytest.warns(SkippedInputWarning):
+        load_sources(catalog_of(tmp_path, [moon, mars]))
+    with pytest.raises(CatalogError, match="intersects bbox"):
+        load_sources(demo_root, bbox=[10, 10, 11, 11])
+
+
+def test_tiles_cli_preview(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sheet.png"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "tiles",
+            str(demo_root),
+            "--grid",
+            "lonlat:0.05",
+            "--tile-px",
+            "64",
+            "--preview",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "cells of 64 px" in r.output and out.is_file()
+    from PIL import Image
+
+    assert Image.open(out).size[0] == 8 * 96
+    r = CliRunner().invoke(cli, ["tiles", str(demo_root), "--bbox", "1,2,3"])
+    assert r.exit_code == 2 and "WEST,SOUTH,EAST,NORTH" in r.output
+
+
+def test_unreadable_source_in_a_batch_is_recorded(demo_root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "demo"
+    shutil.copytree(demo_root, copy)
+    sources = load_sources(copy)
+    plan = plan_tiles(sources, parse_grid("lonlat:0.05"), 32)
+    Path(sources.assets[0].href).write_bytes(b"corrupt")
+    batch = read_batch(plan)
+    bad = {c for c, _ in batch.errors}
+    assert bad and all(batch.valid[list(batch.cells).index(c)] == 0 for c in bad)
+    assert len(bad) < len(plan)  # the other scene still reads
+
+
+def test_ungeoreferenced_raster_is_skipped(tmp_path: Path, demo_root: Path) -> None:
+    raw = tmp_path / "raw.tif"
+    with rasterio.open(raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as d:
+        d.write(np.ones((1, 8, 8), np.uint8))
+    item = stac_item(
+        tmp_path, "raw", {"img": {"href": str(raw), "roles": ["data"], "type": "image/tiff"}}
+    )
+    with pytest.raises(CatalogError, match="not georeferenced"), pytest.warns(SkippedInputWarning):
+        load_sources(item)
+
+
+# ------------------------------------------------------------------------------- STAC API
+
+
+@pytest.fixture()
+def stac_api(demo_root: Path):  # type: ignore[no-untyped-def]
+    """A minimal STAC API (core + item-search) on 127.0.0.1 serving the demo items."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlparse
+
+    import pystac
+
+    items = []
+    for item in pystac.Catalog.from_file(str(demo_root / "catalog.json")).get_items(recursive=True):
+        d = item.to_dict(include_self_link=False)
+        for a in d["assets"].values():
+            a["href"] = str((Path(item.get_self_href() or "").parent / a["href"]).resolve())
+        d["links"] = []
+        d["collection"] = item.collection_id
+        items.append(d)
+    seen: list[dict[str, object]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _search(self, params: dict[str, object]) -> None:
+            seen.append(params)
+            colls = params.get("collections")
+            if isinstance(colls, str):
+                colls = colls.split(",")
+            bbox = params.get("bbox")
+            if isinstance(bbox, str):
+                bbox = [float(v) for v in bbox.split(",")]
+            out = []
+            for d in items:
+                if colls and d["collection"] not in colls:
+                    continue
+                b = d["bbox"]
+                if bbox and (
+                    b[2] <= bbox[0] or b[0] >= bbox[2] or b[3] <= bbox[1] or b[1] >= bbox[3]
+                ):
+                    continue
+                out.append(d)
+            self._send({"type": "FeatureCollection", "features": out, "links": []})
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path == "/search":
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                self._search(q)
+                return
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            self._send(
+                {
+                    "type": "Catalog",
+                    "id": "test-api",
+                    "stac_version": "1.1.0",
+                    "description": "test",
+                    "conformsTo": [
+                        "https://api.stacspec.org/v1.0.0/core",
+                        "https://api.stacspec.org/v1.0.0/item-search",
+                    ],
+                    "links": [
+                        {"rel": "self", "href": f"{base}/", "type": "application/json"},
+                        {"rel": "root", "href": f"{base}/", "type": "application/json"},
+                        {
+                            "rel": "search",
+                            "href": f"{base}/search",
+                            "method": "GET",
+                            "type": "application/geo+json",
+                        },
+                    ],
+                }
+            )
+
+        def do_POST(self) -> None:
+            n = int(self.headers.get("Content-Length", 0))
+            self._search(json.loads(self.rfile.read(n) or b"{}"))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.enable_socket
+def test_stac_api_search(stac_api) -> None:  # type: ignore[no-untyped-def]
+    url, seen = stac_api
+    sources = load_sources(url, collections=["demo-ctx"], bbox=[150.0, -5.0, 150.1, -4.9])
+    assert [a.item_id for a in sources.assets] == ["ctx-demo-r0c0"]
+    assert seen and seen[-1].get("collections") in (["demo-ctx"], "demo-ctx")
+    plan = plan_tiles(sources, parse_grid("lonlat:0.05"), 32)
+    assert len(plan) == 16  # the whole 0.2-degree scene
+
+
+@pytest.mark.enable_socket
+def test_unreachable_stac_api() -> None:
+    with pytest.raises(CatalogError, match="cannot query the STAC API"):
+        load_sources("http://127.0.0.1:9/")
