@@ -11,8 +11,11 @@ is never asked to cross bodies.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +176,8 @@ class _SourceReader:
 
     def __init__(self, meta: SourceAsset) -> None:
         self.meta = meta
-        self.ds = rasterio.open(meta.href)
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            self.ds = rasterio.open(meta.href)
         self.inv = ~self.ds.transform
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)
@@ -199,6 +203,37 @@ class _SourceReader:
         return np.asarray(col), np.asarray(row)
 
 
+_LOCAL = threading.local()
+_MAX_OPEN = 32
+
+
+def _reader(meta: SourceAsset) -> _SourceReader:
+    """A per-thread, reused open reader, so GDAL's block cache serves the following batches.
+
+    Local files are keyed by path, size and modification time, so a file that changed is
+    opened afresh.
+    """
+    cache: OrderedDict[tuple[str, int, int], _SourceReader] = (
+        getattr(_LOCAL, "readers", None) or OrderedDict()
+    )
+    _LOCAL.readers = cache
+    try:
+        st = Path(meta.href).stat()
+        key = (meta.href, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = (meta.href, -1, -1)
+    rd = cache.get(key)
+    if rd is not None and rd.meta == meta:
+        cache.move_to_end(key)
+        return rd
+    rd = _SourceReader(meta)
+    cache[key] = rd
+    while len(cache) > _MAX_OPEN:
+        _, old = cache.popitem(last=False)
+        old.close()
+    return rd
+
+
 def _control_points(tile_px: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Pixel-centre positions, and a coarser lattice through them where projections are smooth."""
     centres = np.arange(tile_px, dtype=np.float64) + 0.5
@@ -207,15 +242,106 @@ def _control_points(tile_px: int) -> tuple[NDArray[np.float64], NDArray[np.float
     return centres, np.linspace(0.5, tile_px - 0.5, 33)
 
 
-def _densify(
-    coarse: NDArray[np.float64], ctrl: NDArray[np.float64], centres: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Bilinear interpolation of a control lattice to every pixel centre."""
-    if len(ctrl) == len(centres):
+@functools.lru_cache(maxsize=16)
+def _interp_matrix(n_out: int, n_ctrl: int) -> NDArray[np.float64]:
+    """Linear weights from the control lattice to the pixel centres, shape (n_out, n_ctrl)."""
+    centres, ctrl = _control_points(n_out)
+    pos = np.interp(centres, ctrl, np.arange(n_ctrl, dtype=np.float64))
+    lo = np.minimum(np.floor(pos).astype(int), n_ctrl - 2)
+    frac = pos - lo
+    w = np.zeros((n_out, n_ctrl))
+    w[np.arange(n_out), lo] = 1.0 - frac
+    w[np.arange(n_out), lo + 1] = frac
+    return w
+
+
+def _densify(coarse: NDArray[np.float64], n_out: int) -> NDArray[np.float64]:
+    """Bilinear interpolation of a control lattice to every pixel centre (separable)."""
+    if coarse.shape[0] == n_out:
         return coarse
-    pos = np.interp(centres, ctrl, np.arange(len(ctrl), dtype=np.float64))
-    rr, cc = np.meshgrid(pos, pos, indexing="ij")
-    return ndimage.map_coordinates(coarse, [rr, cc], order=1, mode="nearest")
+    w = _interp_matrix(n_out, coarse.shape[0])
+    return np.asarray(w @ coarse @ w.T)
+
+
+def _axis_weights(pos: NDArray[np.float64], length: int, order: int) -> NDArray[np.float32]:
+    """Interpolation weights (len(pos), length) along one axis; rows of missing taps sum < 1."""
+    w = np.zeros((len(pos), length), np.float32)
+    rows = np.arange(len(pos))
+    if order == 0:
+        idx = np.floor(pos + 0.5).astype(int)
+        ok = (idx >= 0) & (idx < length)
+        w[rows[ok], idx[ok]] = 1.0
+        return w
+    lo = np.floor(pos).astype(int)
+    frac = pos - lo
+    for tap, weight in ((lo, 1.0 - frac), (lo + 1, frac)):
+        ok = (tap >= 0) & (tap < length)
+        w[rows[ok], tap[ok]] += weight[ok]
+    return w
+
+
+def _sample_separable(
+    arr: NDArray[np.float32], rows: NDArray[np.float64], cols: NDArray[np.float64], order: int
+) -> NDArray[np.float32]:
+    """Sample ``arr`` (NaN = no data) on the lattice ``rows x cols`` (array positions).
+
+    Two small matrix products per pass. Pixels whose interpolation taps touch no-data or the
+    raster edge, but lie within half a pixel of valid data, take the nearest value; pixels
+    outside the raster are NaN.
+    """
+    valid = np.isfinite(arr)
+    data = np.where(valid, arr, np.float32(0.0))
+    mask = valid.astype(np.float32)
+    wr = _axis_weights(rows, arr.shape[0], order)
+    wc = _axis_weights(cols, arr.shape[1], order).T
+    num, den = wr @ data @ wc, wr @ mask @ wc
+    out = np.where(den > 0.9999, num / np.maximum(den, 1e-12), np.float32(np.nan))
+    if order and np.isnan(out).any():
+        nr = _axis_weights(np.clip(rows, 0, arr.shape[0] - 1), arr.shape[0], 0)
+        nc = _axis_weights(np.clip(cols, 0, arr.shape[1] - 1), arr.shape[1], 0).T
+        near = np.where(nr @ mask @ nc > 0.5, nr @ data @ nc, np.float32(np.nan))
+        out = np.where(np.isnan(out), near, out)
+    r_in = (rows >= -0.5) & (rows <= arr.shape[0] - 0.5)
+    c_in = (cols >= -0.5) & (cols <= arr.shape[1] - 0.5)
+    out[~r_in, :] = np.nan
+    out[:, ~c_in] = np.nan
+    return out.astype(np.float32, copy=False)
+
+
+def _sample_general(
+    arr: NDArray[np.float32], rr: NDArray[np.float64], cc: NDArray[np.float64], order: int
+) -> NDArray[np.float32]:
+    """Sample ``arr`` at arbitrary array positions (rr, cc), same rules as the separable case."""
+    inside = (rr >= -0.5) & (rr <= arr.shape[0] - 0.5) & (cc >= -0.5) & (cc <= arr.shape[1] - 0.5)
+    tmp = ndimage.map_coordinates(
+        arr, [rr, cc], order=order, mode="constant", cval=np.nan, prefilter=False
+    ).astype(np.float32)
+    if order:
+        gap = np.isnan(tmp) & inside
+        if gap.any():
+            tmp[gap] = ndimage.map_coordinates(arr, [rr[gap], cc[gap]], order=0, mode="nearest")
+    tmp[~inside] = np.nan
+    return tmp
+
+
+def _read_window(
+    rd: _SourceReader, r0: int, r1: int, c0: int, c1: int, factor: int
+) -> tuple[NDArray[np.float32], float, float]:
+    """Read rows r0:r1, cols c0:c1 decimated by ``factor`` (COG overviews); NaN for nodata."""
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    if factor > 1:
+        shape = (max(1, (r1 - r0) // factor), max(1, (c1 - c0) // factor))
+        data = rd.ds.read(1, window=win, out_shape=shape, resampling=Resampling.average)
+    else:
+        data = rd.ds.read(1, window=win)
+    arr = data.astype(np.float32)
+    if rd.meta.nodata is not None:
+        arr[data == rd.meta.nodata] = np.nan
+    return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
+
+
+def _decimation(step: float) -> int:
+    return 2 ** math.floor(math.log2(step)) if step >= 2 else 1
 
 
 def _render_cell(
@@ -225,65 +351,51 @@ def _render_cell(
     resampling: Resampling,
     normalize: Normalize,
 ) -> tuple[NDArray[np.float32], float, list[str]]:
-    """Render one cell: inverse-map every tile pixel into each raster and sample it."""
+    """Render one cell: inverse-map every tile pixel into each raster and sample it.
+
+    Positions are computed on a control lattice and interpolated to every pixel. When the
+    mapping is separable (lon/lat cells over equirectangular or geographic rasters) only the
+    tile's row and column vectors are used.
+    """
     n = plan.tile_px
     cell = int(plan.cells[k])
-    centres, ctrl = _control_points(n)
+    _, ctrl = _control_points(n)
     lon, lat = plan.grid.tile_lonlat(cell, n, ctrl)
     out = np.full((n, n), np.nan, np.float32)
     used: list[str] = []
     dtype, scale = "float32", 1.0
     order = 0 if resampling == Resampling.nearest else 1
+    w_n = _interp_matrix(n, len(ctrl)) if len(ctrl) != n else None
     for si in plan.cell_sources[k]:
         rd = readers[si]
         meta = rd.meta
         ccol, crow = rd.pixel_coords(lon, lat)
         if not (np.isfinite(ccol).all() and np.isfinite(crow).all()):
             continue
-        col, row = _densify(ccol, ctrl, centres), _densify(crow, ctrl, centres)
-        # pixel-centre convention: pixel (i, j) covers [j, j+1) x [i, i+1)
-        col, row = col - 0.5, row - 0.5
-        c0 = max(0, math.floor(col.min()) - 1)
-        r0 = max(0, math.floor(row.min()) - 1)
-        c1 = min(rd.ds.width, math.ceil(col.max()) + 2)
-        r1 = min(rd.ds.height, math.ceil(row.max()) + 2)
+        # pixel-centre convention: array position = raster coordinate - 0.5
+        ccol, crow = ccol - 0.5, crow - 0.5
+        separable = np.ptp(ccol, axis=0).max() < 1e-6 and np.ptp(crow, axis=1).max() < 1e-6
+        c0 = max(0, math.floor(ccol.min()) - 1)
+        r0 = max(0, math.floor(crow.min()) - 1)
+        c1 = min(rd.ds.width, math.ceil(ccol.max()) + 2)
+        r1 = min(rd.ds.height, math.ceil(crow.max()) + 2)
         if c1 <= c0 or r1 <= r0:
             continue
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        # read a decimated window (COG overview) when the tile is much coarser than the source
-        step = max(
-            float(np.abs(np.diff(col, axis=1)).mean()) if n > 1 else 1.0,
-            float(np.abs(np.diff(row, axis=0)).mean()) if n > 1 else 1.0,
-        )
-        factor = 2 ** math.floor(math.log2(step)) if step >= 2 else 1
-        shape = (max(1, (r1 - r0) // factor), max(1, (c1 - c0) // factor))
-        data = rd.ds.read(
-            1,
-            window=win,
-            out_shape=shape,
-            resampling=Resampling.average if factor > 1 else Resampling.nearest,
-        )
-        arr = data.astype(np.float32)
-        if meta.nodata is not None:
-            arr[data == meta.nodata] = np.nan
-        fy, fx = (r1 - r0) / shape[0], (c1 - c0) / shape[1]
-        rr = (row + 0.5 - r0) / fy - 0.5
-        cc = (col + 0.5 - c0) / fx - 0.5
-        tmp = ndimage.map_coordinates(
-            arr, [rr, cc], order=order, mode="constant", cval=np.nan, prefilter=False
-        ).astype(np.float32)
-        if order:  # within half a pixel of an edge or of nodata, fall back to nearest
-            gap = np.isnan(tmp)
-            if gap.any():
-                gr, gc = rr[gap], cc[gap]
-                near = ndimage.map_coordinates(arr, [gr, gc], order=0, mode="nearest")
-                inside = (
-                    (gr >= -0.5)
-                    & (gr <= arr.shape[0] - 0.5)
-                    & (gc >= -0.5)
-                    & (gc <= arr.shape[1] - 0.5)
-                )
-                tmp[gap] = np.where(inside, near, np.nan)
+        span = max(ccol.max() - ccol.min(), crow.max() - crow.min())
+        factor = _decimation(span / max(n - 1, 1))
+        arr, fy, fx = _read_window(rd, r0, r1, c0, c1, factor)
+        if separable:
+            rows1, cols1 = crow[:, 0], ccol[0]
+            if w_n is not None:
+                rows1, cols1 = w_n @ rows1, w_n @ cols1
+            tmp = _sample_separable(
+                arr, (rows1 + 0.5 - r0) / fy - 0.5, (cols1 + 0.5 - c0) / fx - 0.5, order
+            )
+        else:
+            col, row = _densify(ccol, n), _densify(crow, n)
+            tmp = _sample_general(
+                arr, (row + 0.5 - r0) / fy - 0.5, (col + 0.5 - c0) / fx - 0.5, order
+            )
         fill = np.isnan(out) & ~np.isnan(tmp)
         if fill.any():
             out[fill] = tmp[fill] * meta.scale + meta.offset
@@ -305,7 +417,7 @@ def read_batch(
     """Render every cell of ``plan`` (one Dask task's work): open each raster once, read windows.
 
     A raster that fails to open or read marks its cells as errors (valid 0) and the batch
-    carries on.
+    carries on. Open rasters are kept per thread and reused by the next batches.
     """
     n = plan.tile_px
     rs = Resampling[resampling]
@@ -315,25 +427,20 @@ def read_batch(
     errors: list[tuple[int, str]] = []
     readers: dict[int, _SourceReader] = {}
     bad: dict[int, str] = {}
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_CACHEMAX=256):
+    for si, src in enumerate(plan.sources):
         try:
-            for si, src in enumerate(plan.sources):
-                try:
-                    readers[si] = _SourceReader(src)
-                except RasterioError as exc:
-                    bad[si] = f"cannot open {src.href}: {str(exc).splitlines()[0][:120]}"
-            for k in range(len(plan)):
-                broken = [bad[s] for s in plan.cell_sources[k] if s in bad]
-                if broken:
-                    errors.append((int(plan.cells[k]), broken[0]))
-                    continue
-                try:
-                    pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
-                except RasterioError as exc:
-                    errors.append((int(plan.cells[k]), str(exc).splitlines()[0][:160]))
-        finally:
-            for rd in readers.values():
-                rd.close()
+            readers[si] = _reader(src)
+        except RasterioError as exc:
+            bad[si] = f"cannot open {src.href}: {str(exc).splitlines()[0][:120]}"
+    for k in range(len(plan)):
+        broken = [bad[s] for s in plan.cell_sources[k] if s in bad]
+        if broken:
+            errors.append((int(plan.cells[k]), broken[0]))
+            continue
+        try:
+            pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
+        except RasterioError as exc:
+            errors.append((int(plan.cells[k]), str(exc).splitlines()[0][:160]))
     return TileBatch(plan.cells.copy(), pixels, valid, used, errors)
 
 
