@@ -206,6 +206,71 @@ def catalog_build_cmd(
     click.echo(result.summary())
 
 
+@cli.command("train")
+@click.argument("source")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder (checkpoints, model/, metrics).",
+)
+@click.option(
+    "--model",
+    default="marscope-tiny",
+    show_default=True,
+    help="open_clip architecture, or local-dir:/hf-hub: weights to fine-tune.",
+)
+@click.option("--pretrained", help="Pretrained tag or checkpoint file for an architecture.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--crop-px",
+    type=int,
+    default=60,
+    show_default=True,
+    help="Crop side in source pixels (a grid cell's ground size).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")
+@click.option("--half-weights", is_flag=True, help="Store the final weights in fp16.")
+def train_cmd(
+    source: str,
+    out: Path,
+    model: str,
+    pretrained: str | None,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    crop_px: int,
+    device: str,
+    no_resume: bool,
+    half_weights: bool,
+) -> None:
+    """Train an open_clip model on a labelled STAC catalog or a caption table (CSV/Parquet)."""
+    from marscope_stac.train import TrainConfig, train_from_source
+
+    cfg = TrainConfig(
+        epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, seed=seed
+    )
+    result = train_from_source(
+        source,
+        out,
+        model=model,
+        pretrained=pretrained,
+        config=cfg,
+        crop_px=crop_px,
+        device=device,
+        resume=not no_resume,
+        half_weights=half_weights,
+    )
+    click.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``marscope`` console script."""
     cli.main(args=argv, prog_name="marscope", standalone_mode=True)

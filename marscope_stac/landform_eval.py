@@ -1,0 +1,132 @@
+"""Per-landform retrieval figures of a model on a labelled catalog (e.g. the demo world).
+
+Embeds every grid cell of one split's imagery, queries each landform class by text (the
+class name, and optionally a paraphrase) with MarScope's prompt ensemble, and scores the
+ranking against the split's ground-truth points with the protocol of
+:mod:`marscope_stac.evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pystac
+from numpy.typing import NDArray
+
+from marscope_stac.demo.captions import CLASS_NAMES
+from marscope_stac.errors import CatalogError
+from marscope_stac.evaluate import PARAPHRASES, RetrievalScore, score_retrieval
+from marscope_stac.grid import parse_grid
+from marscope_stac.models import MARSCOPE_TEMPLATES, ClipModel
+from marscope_stac.stac_in import load_sources
+from marscope_stac.tiles import iter_tile_batches, plan_tiles
+
+__all__ = ["LandformReport", "embed_split", "evaluate_landforms"]
+
+
+@dataclass
+class LandformReport:
+    """Per-class retrieval figures."""
+
+    table: pd.DataFrame
+    grid: str
+    radius_deg: float
+    n_cells: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A table for people."""
+        cols = [c for c in self.table.columns if c.endswith(("best_f1", "auprc"))]
+        return (
+            f"{self.n_cells} cells of {self.grid}, r = {self.radius_deg:g} degree\n"
+            + self.table[cols].round(3).to_string()
+        )
+
+
+def _split_items(catalog: str | Path, split: str) -> tuple[list[pystac.Item], list[pystac.Item]]:
+    path = Path(catalog)
+    root = path / "catalog.json" if path.is_dir() else path
+    cat = pystac.Catalog.from_file(str(root))
+    images: list[pystac.Item] = []
+    labels: list[pystac.Item] = []
+    for item in cat.get_items(recursive=True):
+        if split != "all" and item.properties.get("marscope:split") != split:
+            continue
+        (labels if "label:type" in item.properties else images).append(item)
+    if not images or not labels:
+        raise CatalogError(f"{catalog} has no image and label items with split {split!r}")
+    return images, labels
+
+
+def embed_split(
+    model: ClipModel,
+    catalog: str | Path,
+    split: str = "test",
+    grid: str = "lonlat:0.02",
+    tile_px: int | None = None,
+    batch_size: int = 128,
+) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    """Embeddings and lon/lat centres of every cell of a split's imagery (in memory)."""
+    images, _ = _split_items(catalog, split)
+    sources = load_sources(images)
+    g = parse_grid(grid, sources.body)
+    plan = plan_tiles(sources, g, tile_px or model.image_size)
+    embs, cells = [], []
+    for batch in iter_tile_batches(plan, batch_size=batch_size):
+        keep = batch.valid > 0.5
+        embs.append(model.encode_images(batch.pixels[keep]))
+        cells.append(batch.cells[keep])
+    idx = np.concatenate(cells)
+    return np.concatenate(embs), g.centers(idx)
+
+
+def evaluate_landforms(
+    model: ClipModel,
+    catalog: str | Path,
+    split: str = "test",
+    grid: str = "lonlat:0.02",
+    tile_px: int | None = None,
+    radius_cells: float = 2.5,
+    paraphrases: dict[str, str] | None = PARAPHRASES,
+    classes: list[str] | None = None,
+) -> LandformReport:
+    """Best F1 over K and AUPRC per landform class, for class-name and paraphrased queries.
+
+    Args:
+        model: The model.
+        catalog: Labelled catalog (image items + label items with ``points`` assets).
+        split: Which split to evaluate (``test`` is the held-out area of the demo world).
+        grid: Grid of the cells to rank.
+        tile_px: Tile size (the model's input size by default).
+        radius_cells: Match radius in cells (MarScope: 0.5 degree / 0.2 degree = 2.5).
+        paraphrases: A differently phrased query per class, or None.
+        classes: Classes to evaluate (default: every class with points, except plains).
+    """
+    emb, centres = embed_split(model, catalog, split, grid, tile_px)
+    g = parse_grid(grid)
+    cell_deg = float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
+    radius = radius_cells * cell_deg
+    _, labels = _split_items(catalog, split)
+    pts = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
+    names = classes or sorted(c for c in pts.landform.unique() if c != "plains")
+    rows = {}
+    for cls in names:
+        p = pts[pts.landform == cls]
+        xy = np.column_stack([p.geometry.x, p.geometry.y])
+        row: dict[str, float] = {"points": len(p)}
+        queries = {"name": CLASS_NAMES.get(cls, cls.replace("_", " "))}
+        if paraphrases and cls in paraphrases:
+            queries["paraphrase"] = paraphrases[cls]
+        for kind, text in queries.items():
+            q = model.encode_queries([text], MARSCOPE_TEMPLATES)[0]
+            res: RetrievalScore = score_retrieval(emb @ q, centres, xy, radius)
+            row[f"{kind}_best_f1"] = res.best_f1
+            row[f"{kind}_auprc"] = res.auprc
+            row[f"{kind}_best_k"] = res.best_k
+        rows[cls] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return LandformReport(table, g.spec, radius, len(emb))

@@ -1,0 +1,125 @@
+"""STAC Items for models, with the Machine Learning Model (MLM) extension v1.5.2."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pystac
+import torch
+
+from marscope_stac.fsutil import atomic_write_text
+from marscope_stac.stac_out import FILE_V2, MLM_V1, file_fields
+from marscope_stac.validation import validate_dict
+
+__all__ = ["model_item"]
+
+
+def model_item(
+    folder: Path,
+    name: str,
+    arch: str,
+    image_size: int,
+    embed_dim: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    n_params: int,
+    hyperparameters: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    description: str = "",
+    when: dt.datetime | None = None,
+    pretrained_source: str | None = None,
+) -> Path:
+    """Write ``folder/model.json``: an MLM Item for an open_clip model in hub layout.
+
+    The item has a global (non-geographic) footprint-free geometry (null), the weights as the
+    ``mlm:model`` asset (safetensors) and the config as a second asset. It is validated
+    offline before it is written.
+    """
+    weights = folder / "open_clip_model.safetensors"
+    config = folder / "open_clip_config.json"
+    props: dict[str, Any] = {
+        "mlm:name": name,
+        "mlm:architecture": arch,
+        "mlm:tasks": ["similarity-search", "classification"],
+        "mlm:framework": "pytorch",
+        "mlm:framework_version": torch.__version__.split("+")[0],
+        "mlm:total_parameters": int(n_params),
+        "mlm:pretrained": pretrained_source is not None,
+        "mlm:pretrained_source": pretrained_source,
+        "mlm:accelerator": None,
+        "mlm:batch_size_suggestion": 128,
+        "mlm:input": [
+            {
+                "name": "image tile",
+                "bands": [],
+                "description": (
+                    "single-band orbital image tile scaled to 0..1, repeated to 3 channels, "
+                    f"resized to {image_size} px, normalised with mean {list(mean)} and std "
+                    f"{list(std)}"
+                ),
+                "input": {
+                    "shape": [-1, 3, image_size, image_size],
+                    "dim_order": ["batch", "channel", "height", "width"],
+                    "data_type": "float32",
+                },
+                "resize_type": "interpolation-linear",
+            }
+        ],
+        "mlm:output": [
+            {
+                "name": "embedding",
+                "tasks": ["similarity-search"],
+                "description": "L2-normalised image embedding, comparable with text embeddings",
+                "result": {
+                    "shape": [-1, embed_dim],
+                    "dim_order": ["batch", "embedding"],
+                    "data_type": "float32",
+                },
+            }
+        ],
+        "description": description or f"open_clip model {arch}",
+    }
+    if hyperparameters:
+        props["mlm:hyperparameters"] = hyperparameters
+    if metrics:
+        props["marscope:validation"] = metrics
+    item = pystac.Item(
+        id=name,
+        geometry=None,
+        bbox=None,
+        datetime=when or dt.datetime.now(dt.UTC),
+        properties=props,
+        stac_extensions=[MLM_V1, FILE_V2],
+    )
+    item.add_asset(
+        "weights",
+        pystac.Asset(
+            href="./open_clip_model.safetensors",
+            media_type="application/octet-stream; application=safetensors",
+            roles=["mlm:model", "mlm:weights", "data"],
+            title="open_clip weights (safetensors)",
+            extra_fields={
+                "mlm:artifact_type": "safetensors.torch.save_file",
+                **file_fields(weights),
+            },
+        ),
+    )
+    item.add_asset(
+        "config",
+        pystac.Asset(
+            href="./open_clip_config.json",
+            media_type=pystac.MediaType.JSON,
+            roles=["metadata"],
+            title="open_clip model configuration",
+            extra_fields=file_fields(config),
+        ),
+    )
+    d = item.to_dict(include_self_link=False, transform_hrefs=False)
+    validate_dict(d, href=str(folder / "model.json"))
+    path = folder / "model.json"
+    atomic_write_text(path, json.dumps(d, indent=1))
+    return path

@@ -1,0 +1,365 @@
+"""Vision-language models: any open_clip model, the MarScope weights, or the bundled model.
+
+A model is named the way open_clip names it:
+
+``bundled`` (default)
+    The small Mars model shipped in ``marscope_stac/data/models/marscope-tiny`` (open_clip
+    hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``), loaded as
+    ``local-dir:``.
+``hf-hub:claytonwang/MarsScope-v1``
+    The published MarScope weights (open_clip ViT-L-14-quickgelu); needs the Hugging Face hub.
+``local-dir:/path``
+    A folder in the hub layout, e.g. a downloaded copy of the MarScope repository or a model
+    written by ``marscope train``.
+``ViT-B-32`` plus ``pretrained``
+    Any open_clip architecture with a pretrained tag or a local ``.pt``/``.safetensors`` file
+    (or none: random weights, for benchmarks).
+
+Nothing here knows about geography: models take tiles (arrays in 0..1) and text and return
+L2-normalised embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from marscope_stac.errors import ConfigError, ModelError
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "MARSCOPE_HUB",
+    "MARSCOPE_TEMPLATES",
+    "ClipModel",
+    "bundled_model_dir",
+    "load_model",
+    "register_bundled_architectures",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "bundled"
+MARSCOPE_HUB = "hf-hub:claytonwang/MarsScope-v1"
+MARSCOPE_TEMPLATES: tuple[str, ...] = (
+    "a photo of {}, a type of martian terrain",
+    "a satellite photo of {}.",
+    "a high-resolution remote sensing image of {} on Mars.",
+)
+"""MarScope's prompt ensemble: a text query is the re-normalised mean over these templates."""
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the bundled model (open_clip hub layout)."""
+    return Path(str(files("marscope_stac") / "data" / "models" / "marscope-tiny"))
+
+
+def register_bundled_architectures() -> None:
+    """Make the project's architectures (``marscope-tiny``) known to open_clip by name."""
+    import open_clip
+
+    folder = Path(str(files("marscope_stac") / "data" / "models"))
+    if "marscope-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(folder)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Return the torch device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: if a GPU is requested but none is available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA GPU is available; use cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from exc
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"  # bf16 on CPUs is several times slower than fp32
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    return precision
+
+
+@dataclass
+class ClipModel:
+    """An open_clip model with its tokenizer and preprocessing, ready to embed tiles and text.
+
+    Attributes:
+        model: The open_clip model (eval mode).
+        tokenizer: Its tokenizer.
+        name: The name it was loaded by (``bundled``, ``hf-hub:...``, an architecture).
+        arch: Architecture name, when known.
+        pretrained: Weights source (tag, file, folder), when any.
+        image_size: Input side in pixels.
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation std.
+        device: Torch device.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    arch: str | None
+    pretrained: str | None
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+
+    @property
+    def embed_dim(self) -> int:
+        """Length of the embeddings."""
+        proj = getattr(self.model, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return int(proj.shape[-1])
+        if isinstance(proj, torch.nn.Linear):
+            return int(proj.out_features)
+        with torch.no_grad():
+            return int(self.encode_texts(["x"]).shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature (exp of ``logit_scale``)."""
+        ls = getattr(self.model, "logit_scale", None)
+        return float(ls.exp().item()) if isinstance(ls, torch.Tensor) else 100.0
+
+    def preprocess(self, tiles: NDArray[Any] | torch.Tensor) -> torch.Tensor:
+        """Tiles (n, H, W) single-band or (n, 3, H, W), values in 0..1 -> normalised input.
+
+        Single-band imagery (CTX, HiRISE) is repeated to three channels; tiles are resized
+        (bilinear, antialiased) to the model's input size.
+        """
+        x = torch.as_tensor(tiles, dtype=torch.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim == 3:
+            x = x[:, None].expand(-1, 3, -1, -1)
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ConfigError(f"tiles must be (n, H, W) or (n, 3, H, W), got {tuple(x.shape)}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def encode_images(
+        self, tiles: NDArray[Any] | torch.Tensor, batch_size: int = 128
+    ) -> NDArray[np.float32]:
+        """L2-normalised image embeddings (n, embed_dim) of tiles in 0..1."""
+        out = []
+        for i in range(0, len(tiles), batch_size):
+            x = self.preprocess(tiles[i : i + batch_size]).to(self.device, self.dtype)
+            f = self.model.encode_image(x)
+            out.append(F.normalize(f.float(), dim=-1).cpu().numpy())
+        if not out:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """L2-normalised text embeddings (n, embed_dim)."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        f = self.model.encode_text(tokens)
+        return F.normalize(f.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+    def encode_queries(
+        self, phrases: Sequence[str], templates: Sequence[str] | None = MARSCOPE_TEMPLATES
+    ) -> NDArray[np.float32]:
+        """One embedding per phrase: the re-normalised mean over prompt ``templates``.
+
+        With ``templates`` None or empty, each phrase is embedded as it is.
+        """
+        if not phrases:
+            raise ConfigError("no query text given")
+        for p in phrases:
+            if not p or not p.strip():
+                raise ConfigError("empty query text; type what to look for, e.g. 'alluvial fans'")
+        if not templates:
+            return self.encode_texts(phrases)
+        for t in templates:
+            if "{}" not in t:
+                raise ConfigError(f"prompt template {t!r} has no '{{}}' for the query text")
+        texts = [t.format(p) for p in phrases for t in templates]
+        emb = self.encode_texts(texts).reshape(len(phrases), len(templates), -1).mean(axis=1)
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this model (for manifests and STAC)."""
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "name": self.name,
+            "architecture": self.arch,
+            "pretrained": self.pretrained,
+            "image_size": self.image_size,
+            "embed_dim": self.embed_dim,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "parameters": int(n_params),
+        }
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    cfg_path = folder / "open_clip_config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{folder} has no open_clip_config.json; is it an open_clip model folder?")
+    try:
+        return dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{cfg_path} is not valid JSON: {exc}") from exc
+
+
+def load_model(
+    model: str = BUNDLED_MODEL,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> ClipModel:
+    """Load an open_clip model by name (see the module docstring for the names).
+
+    Args:
+        model: ``bundled``, ``hf-hub:ORG/REPO``, ``local-dir:PATH`` or an architecture name.
+        pretrained: With an architecture name: a pretrained tag or a local checkpoint file.
+        device: ``auto`` (GPU when present), ``cpu``, ``cuda[:N]``.
+        precision: ``auto`` (fp32 on CPU, bf16/fp16 on GPU), ``fp32``, ``fp16``, ``bf16``.
+
+    Raises:
+        ModelError: for an unknown architecture, missing/corrupt/mismatched weights, or a hub
+            that cannot be reached.
+        ConfigError: for a bad device or precision.
+    """
+    import open_clip
+
+    register_bundled_architectures()
+    dev = resolve_device(device)
+    prec = _precision(precision, dev)
+    name = model.strip()
+    arch: str | None = None
+    source: str | None = pretrained
+    if name == BUNDLED_MODEL:
+        folder = bundled_model_dir()
+        if not (folder / "open_clip_model.safetensors").is_file():
+            raise ModelError(
+                f"the bundled model is missing from {folder}; reinstall marscope-stac "
+                "or train one with 'marscope train'"
+            )
+        open_name = f"local-dir:{folder}"
+        arch = str(_read_config(folder).get("model_name", "marscope-tiny"))
+        source = str(folder)
+    elif name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1]).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"model folder {folder} does not exist")
+        arch = _read_config(folder).get("model_name")
+        open_name, source = f"local-dir:{folder}", str(folder)
+    elif name.startswith("hf-hub:"):
+        open_name = name
+    else:
+        if name not in open_clip.list_models():
+            raise ModelError(
+                f"unknown open_clip architecture {name!r}; see open_clip.list_models() "
+                "(e.g. ViT-B-32, ViT-L-14-quickgelu) or use bundled / hf-hub:ORG/REPO"
+            )
+        arch, open_name = name, name
+        looks_like_file = pretrained is not None and (
+            pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained
+        )
+        if looks_like_file and not Path(str(pretrained)).is_file():
+            raise ModelError(f"checkpoint file {pretrained} does not exist")
+    try:
+        with _quiet_open_clip():
+            net, _, _ = open_clip.create_model_and_transforms(
+                open_name,
+                pretrained=pretrained
+                if not open_name.startswith(("local-dir:", "hf-hub:"))
+                else None,
+                precision=prec,
+                device=dev,
+            )
+            tokenizer = open_clip.get_tokenizer(open_name)
+    except Exception as exc:
+        if name.startswith("hf-hub:"):
+            raise ModelError(
+                f"cannot download {name}: the model hub is unreachable or refused "
+                f"({type(exc).__name__}); download the repository where there is network and "
+                "pass --model local-dir:FOLDER"
+            ) from exc
+        mismatch = isinstance(exc, AssertionError) or any(
+            m in str(exc) for m in ("size mismatch", "Missing key", "Unexpected key")
+        )
+        if mismatch:
+            raise ModelError(
+                f"weights {pretrained or name} do not match architecture {arch or name}: "
+                f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'shapes differ'}"
+            ) from exc
+        if not isinstance(exc, RuntimeError | KeyError | ValueError | OSError):
+            raise ModelError(
+                f"cannot read the weights {pretrained or name}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; is the file complete?"
+            ) from exc
+        what = pretrained or name
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
+            raise ModelError(
+                f"weights {what} do not match architecture {arch or name}: {first}"
+            ) from exc
+        raise ModelError(f"cannot load model {name} ({what}): {first}") from exc
+    net.eval()
+    size = net.visual.image_size
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    cfg = getattr(net.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(
+        cfg.get("mean", getattr(net.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    )
+    std = tuple(
+        cfg.get("std", getattr(net.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    )
+    log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
+    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Any:
+    logger = logging.getLogger("root")
+    level = logging.getLogger().level
+    try:
+        logging.getLogger().setLevel(max(level, logging.WARNING))
+        yield
+    finally:
+        logging.getLogger().setLevel(level)
+        _ = logger

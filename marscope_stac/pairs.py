@@ -1,0 +1,299 @@
+"""Image-text pairs for contrastive training, from a labelled STAC catalog or a table.
+
+From a catalog (the demo world, or any catalog whose label items have a ``landform`` class
+and ``captions`` per feature, with ``source`` links to the imagery): every label feature of
+the requested split gives crops sampled inside its outline, each paired with one of its
+captions; background crops away from every feature are paired with the ``plains`` captions.
+From a table (CSV or Parquet with ``image`` and ``caption`` columns): each row is a pair, as
+users bring their own pairs (like MarScope's 200,000).
+
+Crops are cut at the ground size of a grid cell, so the model learns the scale it will see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pystac
+import rasterio
+import shapely
+from numpy.typing import NDArray
+from pyproj import Transformer
+
+from marscope_stac.errors import CatalogError, DataError
+
+__all__ = ["PairSet", "Scene", "load_catalog_pairs", "load_table_pairs"]
+
+
+@dataclass
+class Scene:
+    """One image held in memory with the labels on it (pixel coordinates)."""
+
+    item_id: str
+    image: NDArray[np.float32]  # 0..1, NaN where no data
+    features: gpd.GeoDataFrame  # geometry in pixel coordinates, landform, captions
+    background: list[str]
+
+
+@dataclass
+class PairSet:
+    """Pairs to train or validate on.
+
+    Either ``scenes`` (crops are sampled on the fly) or ``images`` (fixed images) is set.
+    """
+
+    crop_px: int
+    scenes: list[Scene] = field(default_factory=list)
+    images: NDArray[np.float32] | None = None
+    captions: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    background_share: float = 0.15
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names present."""
+        if self.images is not None:
+            return sorted(set(self.labels))
+        names = {str(c) for s in self.scenes for c in s.features["landform"]}
+        return sorted(names | {"plains"})
+
+    def __len__(self) -> int:
+        if self.images is not None:
+            return len(self.images)
+        return int(sum(len(s.features) for s in self.scenes))
+
+    def sample(
+        self, n: int, rng: np.random.Generator, augment: bool = True
+    ) -> tuple[NDArray[np.float32], list[str], list[str]]:
+        """Draw ``n`` (crop, caption, class) triples."""
+        if self.images is not None:
+            idx = rng.integers(0, len(self.images), n)
+            imgs = self.images[idx]
+            if augment:
+                imgs = np.stack([_augment(i, rng) for i in imgs])
+            return imgs, [self.captions[i] for i in idx], [self.labels[i] for i in idx]
+        crops: list[NDArray[np.float32]] = []
+        caps: list[str] = []
+        labs: list[str] = []
+        weights = np.array([max(len(s.features), 1) for s in self.scenes], float)
+        weights /= weights.sum()
+        while len(crops) < n:
+            scene = self.scenes[int(rng.choice(len(self.scenes), p=weights))]
+            if rng.uniform() < self.background_share or not len(scene.features):
+                got = _background_crop(scene, self.crop_px, rng)
+                if got is None:
+                    continue
+                caption = scene.background[int(rng.integers(len(scene.background)))]
+                crop, label = got, "plains"
+            else:
+                row = scene.features.iloc[int(rng.integers(len(scene.features)))]
+                feat = _feature_crop(scene, row.geometry, self.crop_px, rng, augment)
+                if feat is None:
+                    continue
+                crop = feat
+                caps_row = list(row["captions"])
+                caption, label = caps_row[int(rng.integers(len(caps_row)))], str(row["landform"])
+            crops.append(_augment(crop, rng) if augment else crop)
+            caps.append(caption)
+            labs.append(label)
+        return np.stack(crops), caps, labs
+
+    def fixed(self, rng: np.random.Generator) -> tuple[NDArray[np.float32], list[str], list[str]]:
+        """One deterministic crop per feature (at its reference point), for validation."""
+        if self.images is not None:
+            return self.images, list(self.captions), list(self.labels)
+        crops, caps, labs = [], [], []
+        for scene in self.scenes:
+            for row in scene.features.itertuples():
+                p = row.geometry.representative_point()
+                crop = _cut(scene.image, p.x, p.y, self.crop_px)
+                if crop is None:
+                    continue
+                crops.append(crop)
+                caps.append(str(row.captions[0]))
+                labs.append(str(row.landform))
+        _ = rng
+        return np.stack(crops), caps, labs
+
+
+def _cut(img: NDArray[np.float32], cx: float, cy: float, size: int) -> NDArray[np.float32] | None:
+    half = size / 2.0
+    c0, r0 = round(cx - half), round(cy - half)
+    if c0 < 0 or r0 < 0 or c0 + size > img.shape[1] or r0 + size > img.shape[0]:
+        return None
+    crop = img[r0 : r0 + size, c0 : c0 + size]
+    if np.isnan(crop).mean() > 0.05:
+        return None
+    return np.nan_to_num(crop, nan=float(np.nanmean(crop)))
+
+
+def _feature_crop(
+    scene: Scene, geom: Any, size: int, rng: np.random.Generator, augment: bool
+) -> NDArray[np.float32] | None:
+    """A crop centred on a random point of the feature (its reference point when small)."""
+    minx, miny, maxx, maxy = geom.bounds
+    for _ in range(20):
+        if max(maxx - minx, maxy - miny) < size * 0.6 or not augment:
+            p = geom.representative_point()
+            cx, cy = p.x, p.y
+        else:
+            cx, cy = rng.uniform(minx, maxx), rng.uniform(miny, maxy)
+            if not geom.contains(shapely.Point(cx, cy)):
+                continue
+        if augment:
+            cx += rng.normal(0, size * 0.12)
+            cy += rng.normal(0, size * 0.12)
+        crop = _cut(scene.image, cx, cy, size)
+        if crop is not None:
+            return crop
+    return None
+
+
+def _background_crop(
+    scene: Scene, size: int, rng: np.random.Generator
+) -> NDArray[np.float32] | None:
+    union = scene.features.geometry.union_all() if len(scene.features) else None
+    for _ in range(30):
+        cx = rng.uniform(size, scene.image.shape[1] - size)
+        cy = rng.uniform(size, scene.image.shape[0] - size)
+        if union is not None and union.distance(shapely.Point(cx, cy)) < size * 0.75:
+            continue
+        crop = _cut(scene.image, cx, cy, size)
+        if crop is not None:
+            return crop
+    return None
+
+
+def _augment(crop: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
+    """Flips and brightness/contrast jitter (no rotation: the sun direction is physical)."""
+    out = crop
+    if rng.uniform() < 0.5:
+        out = out[:, ::-1]
+    if rng.uniform() < 0.5:
+        out = out[::-1, :]
+    gain = rng.uniform(0.8, 1.25)
+    bias = rng.uniform(-0.08, 0.08)
+    m = float(out.mean())
+    return np.clip((out - m) * gain + m + bias, 0.0, 1.0).astype(np.float32)
+
+
+def load_catalog_pairs(
+    catalog: str | Path,
+    split: str = "train",
+    crop_px: int = 60,
+    label_asset: str = "labels-parquet",
+) -> PairSet:
+    """Pairs from the label items of ``split`` in a STAC catalog (see the module docstring).
+
+    Args:
+        catalog: Path of the catalog.
+        split: ``train`` or ``test`` (items' ``marscope:split``); ``all`` for every item.
+        crop_px: Crop side in source pixels (a grid cell's ground size).
+        label_asset: Key of the GeoParquet label asset with ``landform`` and ``captions``.
+
+    Raises:
+        CatalogError: if the catalog has no label item of that split, or labels lack captions.
+    """
+    path = Path(catalog)
+    root = path / "catalog.json" if path.is_dir() else path
+    if not root.is_file():
+        raise CatalogError(f"{catalog} is not a STAC catalog (no catalog.json)")
+    cat = pystac.Catalog.from_file(str(root))
+    scenes: list[Scene] = []
+    for item in cat.get_items(recursive=True):
+        if "label:type" not in item.properties:
+            continue
+        if split != "all" and item.properties.get("marscope:split") != split:
+            continue
+        if label_asset not in item.assets:
+            raise CatalogError(f"label item {item.id} has no asset {label_asset!r}")
+        link = item.get_single_link("source")
+        if link is None:
+            raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
+        source = link.resolve_stac_object(cat).target
+        assert isinstance(source, pystac.Item)
+        from marscope_stac.stac_in import pick_asset
+
+        href = source.assets[pick_asset(source)].get_absolute_href()
+        gdf = gpd.read_parquet(item.assets[label_asset].get_absolute_href())
+        if "captions" not in gdf or "landform" not in gdf:
+            raise CatalogError(f"labels of {item.id} have no 'landform' and 'captions' columns")
+        with rasterio.open(href) as src:
+            data = src.read(1, masked=True)
+            image = data.astype(np.float32).filled(np.nan)
+            transform = src.transform
+            crs = src.crs
+            scale = float(src.scales[0])
+            dtype = src.dtypes[0]
+        if dtype == "uint8" and scale == 1.0:
+            image = image / 255.0
+        else:
+            lo, hi = np.nanpercentile(image, [1, 99])
+            image = np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1)
+        tr = Transformer.from_crs(gdf.crs, crs.to_wkt(), always_xy=True)
+        inv = ~transform
+
+        def to_px(xy: NDArray[np.float64], tr: Transformer = tr, inv: Any = inv) -> Any:
+            x, y = tr.transform(xy[:, 0], xy[:, 1])
+            col = inv.a * x + inv.b * y + inv.c
+            row = inv.d * x + inv.e * y + inv.f
+            return np.column_stack([col, row])
+
+        px = gdf.copy()
+        px["geometry"] = [shapely.transform(g, to_px) for g in gdf.geometry]
+        background = [c for caps in px.loc[px.landform == "plains", "captions"] for c in caps]
+        feats = px[px.landform != "plains"].reset_index(drop=True)
+        scenes.append(Scene(item.id, image, feats, background or ["plains", "flat terrain"]))
+    if not scenes:
+        raise CatalogError(f"no label item with marscope:split={split!r} in {catalog}")
+    return PairSet(crop_px=crop_px, scenes=scenes)
+
+
+def load_table_pairs(table: str | Path, size: int = 64) -> PairSet:
+    """Pairs from a CSV or Parquet table with ``image`` (path) and ``caption`` columns.
+
+    Relative image paths are resolved against the table's folder. An optional ``label``
+    column gives classes (used to avoid penalising same-class pairs in the loss).
+
+    Raises:
+        DataError: if the table is empty, lacks the columns, or an image cannot be read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(table)
+    if not path.is_file():
+        raise DataError(f"caption table {path} does not exist")
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = {"image", "caption"} - set(df.columns)
+    if missing:
+        raise DataError(
+            f"caption table {path} lacks column(s) {sorted(missing)}; "
+            "it needs 'image' and 'caption'"
+        )
+    df = df.dropna(subset=["image", "caption"])
+    df = df[df["caption"].astype(str).str.strip() != ""]
+    if df.empty:
+        raise DataError(f"caption table {path} has no rows with an image and a caption")
+    images = []
+    for ref in df["image"].astype(str):
+        p = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        try:
+            with Image.open(p) as im:
+                g = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+                images.append(np.asarray(g, np.float32) / 255.0)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"cannot read image {p} (row of {path}): {exc}") from exc
+    labels = (
+        df["label"].astype(str).tolist() if "label" in df else [f"pair{i}" for i in range(len(df))]
+    )
+    return PairSet(
+        crop_px=size,
+        images=np.stack(images),
+        captions=df["caption"].astype(str).tolist(),
+        labels=labels,
+    )

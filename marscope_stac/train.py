@@ -1,0 +1,451 @@
+"""Contrastive image-text training of open_clip models (``marscope train``).
+
+The loss is CLIP's symmetric InfoNCE with one change for labelled data: pairs of the same
+class in a batch are not treated as negatives (the targets spread over every same-class
+pair), since "an alluvial fan" and "a debris fan" describe both fans equally well.
+
+Training writes, under ``out``:
+
+- ``checkpoints/last.pt`` after every epoch (model, optimiser, step, RNG states, history),
+  atomically, so an interrupted run resumes where it stopped and never loses a checkpoint;
+- ``model/`` at the end: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (the
+  open_clip hub layout, loadable as ``local-dir:out/model``) and ``model.json``, a STAC Item
+  with the MLM extension;
+- ``metrics.json`` and ``training.png`` (loss and validation curves).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from marscope_stac import __version__
+from marscope_stac.errors import ConfigError, ModelError
+from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text
+from marscope_stac.models import (
+    MARSCOPE_TEMPLATES,
+    ClipModel,
+    register_bundled_architectures,
+    resolve_device,
+)
+from marscope_stac.pairs import PairSet
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train_from_source",
+    "train_model",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (recorded in checkpoints and the model item)."""
+
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    val_classes_prompted: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` produced."""
+
+    out: Path
+    model_dir: Path
+    item_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+    def summary(self) -> str:
+        """Lines for people."""
+        last = self.history[-1] if self.history else {}
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "epoch")
+        return (
+            f"trained {len(self.history)} epochs"
+            + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else "")
+            + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
+            f"  last epoch: {metrics}"
+        )
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, labels: list[str] | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE; same-label pairs share the target mass instead of being negatives."""
+    logits = scale * img @ txt.T
+    if labels is None:
+        target = torch.eye(len(img), device=img.device)
+    else:
+        lab = np.asarray(labels)
+        target = torch.as_tensor(
+            (lab[:, None] == lab[None, :]).astype(np.float32), device=img.device
+        )
+    target = target / target.sum(dim=1, keepdim=True)
+    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_t = -(target.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (loss_i + loss_t) / 2
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    cm: ClipModel,
+    images: np.ndarray,
+    captions: list[str],
+    labels: list[str],
+    classes: list[str] | None = None,
+) -> dict[str, float]:
+    """Retrieval metrics on fixed pairs.
+
+    Returns image->text and text->image R@1/R@10 (a hit is the pair's own caption), the same
+    with a class-level hit (any caption of the same class), and zero-shot class accuracy
+    with MarScope's prompt templates when ``classes`` is given.
+    """
+    from marscope_stac.demo.captions import CLASS_NAMES
+
+    cm.model.eval()
+    fi = torch.as_tensor(cm.encode_images(images))
+    ft = torch.as_tensor(cm.encode_texts(captions))
+    sim = fi @ ft.T
+    n = len(images)
+    lab = np.asarray(labels)
+    out: dict[str, float] = {}
+    for name, s in (("i2t", sim), ("t2i", sim.T)):
+        order = torch.argsort(s, dim=1, descending=True).numpy()
+        own = order == np.arange(n)[:, None]
+        same = lab[order] == lab[:, None]
+        for k in (1, 10):
+            out[f"{name}_R@{k}"] = float(own[:, :k].any(axis=1).mean())
+            out[f"{name}_class_R@{k}"] = float(same[:, :k].any(axis=1).mean())
+    if classes:
+        phrases = [CLASS_NAMES.get(c, c.replace("_", " ")) for c in classes]
+        q = torch.as_tensor(cm.encode_queries(phrases, MARSCOPE_TEMPLATES))
+        pred = np.asarray(classes)[torch.argmax(fi @ q.T, dim=1).numpy()]
+        out["zero_shot_acc"] = float((pred == lab).mean())
+    return out
+
+
+def _param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(
+            p
+        )
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train_model(
+    pairs: PairSet,
+    out: str | Path,
+    model: str = "marscope-tiny",
+    pretrained: str | None = None,
+    config: TrainConfig | None = None,
+    val_pairs: PairSet | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+    half_weights: bool = False,
+    source_description: str = "",
+) -> TrainResult:
+    """Train (or fine-tune) an open_clip model on image-text pairs.
+
+    Args:
+        pairs: Training pairs.
+        out: Output folder (checkpoints, final model, metrics).
+        model: open_clip architecture (``marscope-tiny`` is the bundled one), or
+            ``local-dir:``/``hf-hub:`` to fine-tune existing weights.
+        pretrained: Pretrained tag or checkpoint file for an architecture name.
+        config: Hyper-parameters.
+        val_pairs: Held-out pairs, evaluated after every epoch.
+        device: ``auto``, ``cpu``, ``cuda[:N]``.
+        resume: Continue from ``out/checkpoints/last.pt`` when it exists.
+        progress: Show a progress bar.
+        half_weights: Store the final weights in fp16 (half the size).
+        source_description: Where the pairs came from (for the model item).
+
+    Raises:
+        ModelError: if the model cannot be built or a checkpoint does not match it.
+        ConfigError: for bad hyper-parameters or device.
+    """
+    import open_clip
+
+    cfg = config or TrainConfig()
+    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 2:
+        raise ConfigError("epochs and steps per epoch must be >= 1 and batch size >= 2")
+    if len(pairs) == 0:
+        raise ConfigError("no training pairs")
+    register_bundled_architectures()
+    out_dir = Path(out)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    dev = resolve_device(device)
+    _seed_all(cfg.seed)
+    try:
+        if model.startswith(("local-dir:", "hf-hub:")):
+            net = open_clip.create_model(model, device=dev)
+        else:
+            if model not in open_clip.list_models():
+                raise ModelError(f"unknown open_clip architecture {model!r}")
+            net = open_clip.create_model(model, pretrained=pretrained, device=dev)
+        tokenizer = open_clip.get_tokenizer(model)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot build model {model}: {str(exc).splitlines()[0][:160]}") from exc
+    size = net.visual.image_size
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(pcfg.get("mean", (0.45, 0.45, 0.45)))
+    std = tuple(pcfg.get("std", (0.2, 0.2, 0.2)))
+    cm = ClipModel(net, tokenizer, model, model, pretrained, size, mean, std, dev)
+    opt = torch.optim.AdamW(
+        _param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    total = cfg.epochs * cfg.steps_per_epoch
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume and ckpt_path.is_file():
+        try:
+            state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, EOFError) as exc:
+            raise ModelError(
+                f"checkpoint {ckpt_path} does not match model {model} or is damaged: "
+                f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"
+            ) from exc
+        start_epoch = int(state["epoch"])
+        history = list(state["history"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        log.info("resuming %s after epoch %d", ckpt_path, start_epoch)
+    rng = np.random.default_rng([cfg.seed, start_epoch])
+    classes = val_pairs.classes if val_pairs is not None else None
+    val_data = val_pairs.fixed(rng) if val_pairs is not None else None
+    use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        losses = []
+        t0 = time.perf_counter()
+        bar = tqdm(
+            range(cfg.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not progress,
+        )
+        for i in bar:
+            step = epoch * cfg.steps_per_epoch + i
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, cfg)
+            imgs, caps, labs = pairs.sample(cfg.batch_size, rng)
+            x = cm.preprocess(imgs).to(dev)
+            tok = tokenizer(caps).to(dev)
+            fi = F.normalize(net.encode_image(x), dim=-1)
+            ft = F.normalize(net.encode_text(tok), dim=-1)
+            loss = contrastive_loss(fi, ft, net.logit_scale.exp(), labs if use_labels else None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                net.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            rate = (i + 1) * cfg.batch_size / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", pairs_s=f"{rate:.0f}")
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        if val_data is not None:
+            record.update(evaluate_pairs(cm, *val_data, classes=classes))
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, record)
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "rng": _rng_state(),
+                "config": asdict(cfg),
+                "arch": model,
+            },
+        )
+    model_dir = _export(net, model, out_dir / "model", half_weights)
+    item_path = _model_item(cm, model_dir, cfg, history, source_description)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
+    _plot(history, out_dir / "training.png")
+    return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
+
+
+def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:
+    """Write the model in the open_clip hub layout (config + safetensors), atomically."""
+    import open_clip
+    from safetensors.torch import save
+
+    arch = model.split(":", 1)[1] if model.startswith(("local-dir:", "hf-hub:")) else model
+    model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
+    if model_cfg is None and model.startswith("local-dir:"):
+        model_cfg = json.loads((Path(arch) / "open_clip_config.json").read_text())["model_cfg"]
+    if model_cfg is None:
+        raise ModelError(f"cannot find the configuration of {model} to export it")
+    pcfg = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
+    name = Path(arch).name if model.startswith("local-dir:") else arch
+    config = {
+        "model_name": name,
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": list(pcfg.get("mean", (0.45, 0.45, 0.45))),
+            "std": list(pcfg.get("std", (0.2, 0.2, 0.2))),
+            "interpolation": "bilinear",
+            "resize_mode": "shortest",
+        },
+    }
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+        for k, v in net.state_dict().items()
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "open_clip_model.safetensors", save(state))
+    atomic_write_text(folder / "open_clip_config.json", json.dumps(config, indent=1))
+    return folder
+
+
+def _model_item(
+    cm: ClipModel, folder: Path, cfg: TrainConfig, history: list[dict[str, float]], source: str
+) -> Path:
+    """STAC Item with the MLM extension describing the exported model."""
+    from marscope_stac.mlm import model_item
+
+    item = model_item(
+        folder,
+        name=folder.parent.name,
+        arch=str(cm.arch),
+        image_size=cm.image_size,
+        embed_dim=cm.embed_dim,
+        mean=cm.mean,
+        std=cm.std,
+        n_params=sum(p.numel() for p in cm.model.parameters()),
+        hyperparameters={**asdict(cfg), "software": f"marscope-stac {__version__}"},
+        metrics=history[-1] if history else {},
+        description=source,
+        when=dt.datetime.now(dt.UTC),
+    )
+    return item
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(ep, [h["loss"] for h in history], "k-o", ms=3)
+    ax[0].set(xlabel="epoch", ylabel="training loss")
+    plotted = False
+    for key in ("i2t_R@1", "i2t_class_R@1", "zero_shot_acc"):
+        if any(key in h for h in history):
+            ax[1].plot(ep, [h.get(key, np.nan) for h in history], "-o", ms=3, label=key)
+            plotted = True
+    ax[1].set(xlabel="epoch", ylabel="held-out", ylim=(0, 1))
+    if plotted:
+        ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_from_source(
+    source: str | Path,
+    out: str | Path,
+    model: str = "marscope-tiny",
+    pretrained: str | None = None,
+    config: TrainConfig | None = None,
+    crop_px: int = 60,
+    device: str = "auto",
+    resume: bool = True,
+    half_weights: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on a labelled STAC catalog (train split; test split validates) or a table.
+
+    A ``.csv`` or ``.parquet`` source is a caption table (see
+    :func:`~marscope_stac.pairs.load_table_pairs`); anything else is a catalog.
+    """
+    from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
+
+    src = Path(source)
+    if src.suffix.lower() in (".csv", ".parquet"):
+        register_bundled_architectures()
+        pairs = load_table_pairs(src)
+        val = None
+        what = f"caption table {src}"
+    else:
+        pairs = load_catalog_pairs(src, "train", crop_px)
+        try:
+            val = load_catalog_pairs(src, "test", crop_px)
+        except ConfigError:
+            val = None
+        what = f"train split of STAC catalog {src} (held-out: test split)"
+    return train_model(
+        pairs,
+        out,
+        model=model,
+        pretrained=pretrained,
+        config=config,
+        val_pairs=val,
+        device=device,
+        resume=resume,
+        progress=progress,
+        half_weights=half_weights,
+        source_description=f"Trained on the {what}.",
+    )

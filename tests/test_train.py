@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from marscope_stac.cli import cli
+from marscope_stac.errors import CatalogError, DataError, ModelError
+from marscope_stac.models import load_model
+from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
+from marscope_stac.train import TrainConfig, contrastive_loss, train_model
+from marscope_stac.validation import validate_catalog
+
+TINY = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=8, warmup_steps=1)
+
+
+def test_catalog_pairs(demo_root: Path) -> None:
+    train = load_catalog_pairs(demo_root, "train", 60)
+    test = load_catalog_pairs(demo_root, "test", 60)
+    assert len(train) > 5 and len(test) > 5
+    assert "plains" in train.classes and "yardang" in train.classes
+    imgs, caps, labs = train.sample(12, np.random.default_rng(0))
+    assert imgs.shape == (12, 60, 60) and imgs.dtype == np.float32
+    assert imgs.min() >= 0 and imgs.max() <= 1 and len(caps) == len(labs) == 12
+    fixed = test.fixed(np.random.default_rng(0))
+    assert len(fixed[0]) == len(fixed[1]) > 0
+    with pytest.raises(CatalogError, match="split='nope'"):
+        load_catalog_pairs(demo_root, "nope")
+
+
+def test_loss_treats_same_class_as_positive() -> None:
+    import torch
+
+    f = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    plain = contrastive_loss(f, f, scale)
+    grouped = contrastive_loss(f, f, scale, ["a", "a", "b", "b"])
+    assert plain.item() < 1.0 and grouped.item() > 0  # different targets, both finite
+    same = contrastive_loss(f, f, scale, ["a", "b", "c", "d"])
+    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_train_writes_model_item_and_resumes(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = load_catalog_pairs(demo_root, "train", 60)
+    val = load_catalog_pairs(demo_root, "test", 60)
+    out = tmp_path / "run"
+    first = train_model(pairs, out, config=TINY, val_pairs=val, progress=False, device="cpu")
+    assert len(first.history) == 2 and "zero_shot_acc" in first.history[-1]
+    assert (out / "model" / "open_clip_model.safetensors").is_file()
+    assert (out / "training.png").is_file()
+    assert validate_catalog(first.item_path).objects == 1
+    item = json.loads(first.item_path.read_text())
+    assert item["properties"]["mlm:architecture"] == "marscope-tiny"
+    assert item["assets"]["weights"]["mlm:artifact_type"] == "safetensors.torch.save_file"
+    cm = load_model(f"local-dir:{out / 'model'}", device="cpu")
+    assert cm.encode_queries(["yardangs"]).shape == (1, 256)
+
+    # a longer run resumes after epoch 2 instead of starting over
+    more = TrainConfig(epochs=3, steps_per_epoch=2, batch_size=8, warmup_steps=1)
+    second = train_model(pairs, out, config=more, progress=False, device="cpu")
+    assert second.resumed_from == 2 and len(second.history) == 3
+
+    # an interruption mid-epoch keeps the last checkpoint; the next run picks it up
+    import marscope_stac.train as train_mod
+
+    calls = {"n": 0}
+    real = train_mod.contrastive_loss
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "contrastive_loss", flaky)
+    longer = TrainConfig(epochs=5, steps_per_epoch=2, batch_size=8, warmup_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(pairs, out, config=longer, progress=False, device="cpu")
+    monkeypatch.setattr(train_mod, "contrastive_loss", real)
+    third = train_model(pairs, out, config=longer, progress=False, device="cpu")
+    assert third.resumed_from == 4 and len(third.history) == 5
+
+
+def test_mismatched_checkpoint_is_refused(demo_root: Path, tmp_path: Path) -> None:
+    pairs = load_catalog_pairs(demo_root, "train", 60)
+    out = tmp_path / "run"
+    train_model(
+        pairs,
+        out,
+        config=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=4, warmup_steps=1),
+        progress=False,
+        device="cpu",
+    )
+    with pytest.raises(ModelError, match="does not match"):
+        train_model(pairs, out, model="RN50", config=TINY, progress=False, device="cpu")
+
+
+def _table(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir(exist_ok=True)
+    lines = ["image,caption,label"]
+    for i, (cap, lab) in enumerate(rows):
+        arr = (np.random.default_rng(i).uniform(0, 255, (40, 40))).astype(np.uint8)
+        Image.fromarray(arr).save(img_dir / f"{i}.png")
+        lines.append(f"imgs/{i}.png,{cap},{lab}")
+    path = tmp_path / "pairs.csv"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_table_pairs_train(tmp_path: Path) -> None:
+    path = _table(tmp_path, [("a crater", "c"), ("a dune", "d"), ("a fan", "f"), ("a crater", "c")])
+    pairs = load_table_pairs(path)
+    assert pairs.images is not None and pairs.images.shape == (4, 64, 64)
+    res = train_model(pairs, tmp_path / "out", config=TINY, progress=False, device="cpu")
+    assert (res.model_dir / "open_clip_config.json").is_file()
+
+
+def test_table_bad_inputs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("image,caption\n")
+    with pytest.raises(DataError, match="no rows"):
+        load_table_pairs(empty)
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("path,text\na.png,x\n")
+    with pytest.raises(DataError, match="lacks column"):
+        load_table_pairs(nocol)
+    broken = tmp_path / "broken.csv"
+    (tmp_path / "bad.png").write_text("not an image")
+    broken.write_text("image,caption\nbad.png,a crater\n")
+    with pytest.raises(DataError, match=r"cannot read image .*bad\.png"):
+        load_table_pairs(broken)
+
+
+def test_train_cli(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("image,caption\n")
+    r = CliRunner().invoke(cli, ["train", str(empty), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no rows" in r.output
+    r = CliRunner().invoke(
+        cli, ["train", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda:3"]
+    )
+    assert r.exit_code == 2
