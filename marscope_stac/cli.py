@@ -271,6 +271,71 @@ def train_cmd(
     click.echo(result.summary())
 
 
+@cli.command("embed")
+@click.argument("catalog")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("products"),
+    show_default=True,
+    help="Output STAC catalog folder.",
+)
+@click.option(
+    "--model",
+    default="bundled",
+    show_default=True,
+    help="bundled, hf-hub:ORG/REPO, local-dir:PATH or an open_clip architecture.",
+)
+@click.option("--pretrained", help="Pretrained tag or checkpoint file for an architecture.")
+@click.option("--grid", default="lonlat:0.02", show_default=True, help="Grid specification.")
+@click.option("--tile-px", type=int, help="Tile size (default: the model's input size).")
+@click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees.")
+@click.option("--asset", help="Asset key of the data raster.")
+@click.option("--collection", "collections", multiple=True, help="Only these collections.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Cells per Dask task.")
+@click.option("--workers", type=int, help="Local worker threads.")
+@click.option(
+    "--scheduler-address",
+    envvar="DASK_SCHEDULER_ADDRESS",
+    help="Dask scheduler to run on (also DASK_SCHEDULER_ADDRESS).",
+)
+@click.option("--device", default="auto", show_default=True)
+def embed_cmd(
+    catalog: str,
+    out: Path,
+    model: str,
+    pretrained: str | None,
+    grid: str,
+    tile_px: int | None,
+    bbox: str | None,
+    asset: str | None,
+    collections: tuple[str, ...],
+    batch_size: int,
+    workers: int | None,
+    scheduler_address: str | None,
+    device: str,
+) -> None:
+    """Embed every grid cell of a catalog: GeoParquet + FAISS index, published as STAC."""
+    from marscope_stac.embed import embed_catalog
+
+    result = embed_catalog(
+        catalog,
+        out,
+        model=model,
+        pretrained=pretrained,
+        grid=grid,
+        tile_px=tile_px,
+        bbox=_bbox(bbox),
+        asset=asset,
+        collections=collections or None,
+        batch_size=batch_size,
+        workers=workers,
+        scheduler_address=scheduler_address,
+        device=device,
+    )
+    click.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``marscope`` console script."""
     cli.main(args=argv, prog_name="marscope", standalone_mode=True)

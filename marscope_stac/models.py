@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -137,6 +138,20 @@ class ClipModel:
             return int(proj.out_features)
         with torch.no_grad():
             return int(self.encode_texts(["x"]).shape[1])
+
+    @property
+    def slug(self) -> str:
+        """Short file-name-safe name: ``bundled-marscope-tiny``, ``mymodel``, ``ViT-B-32``."""
+        if self.name == BUNDLED_MODEL:
+            name = f"bundled-{self.arch}"
+        elif self.name.startswith("local-dir:"):
+            folder = Path(self.name.split(":", 1)[1])
+            name = folder.parent.name if folder.name == "model" else folder.name
+        elif self.pretrained:
+            name = f"{self.name}-{Path(str(self.pretrained)).stem}"
+        else:
+            name = self.name.split(":", 1)[-1].replace("/", "-")
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "model"
 
     @property
     def dtype(self) -> torch.dtype:

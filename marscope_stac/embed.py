@@ -1,0 +1,420 @@
+"""Embed a catalog: every grid cell covered by the imagery, on one machine or a Dask cluster.
+
+:func:`embed_catalog` plans the cells, runs Dask tasks that each read the windows of a batch
+of cells and embed them with the model (loaded once per worker process and reused), and
+writes an embedding set under ``<out>/embeddings/<set id>/``:
+
+``shards/<n>.parquet``
+    GeoParquet shards, one per block of :data:`SHARD_CELLS` consecutive cell indexes. A shard
+    is written, atomically, once all its cells are embedded; a killed run resumes with the
+    shards not yet written, and a re-run with new imagery re-embeds only cells whose sources
+    changed.
+``embeddings.parquet`` and ``index.faiss``
+    All rows in cell order, and an exact FAISS inner-product index with the same row order.
+``manifest.json``
+    Model, grid, tile size, preprocessing, shard checksums and the cells that failed.
+
+The set is published as a STAC Item (embeddings extension) in the output catalog; see
+:mod:`marscope_stac.publish`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from marscope_stac.errors import ConfigError, OutputError
+from marscope_stac.fsutil import atomic_write_text, file_multihash
+from marscope_stac.grid import Grid, parse_grid
+from marscope_stac.models import ClipModel, load_model
+from marscope_stac.stac_in import SourceSet, load_sources
+from marscope_stac.store import (
+    EmbeddingTable,
+    build_faiss_index,
+    read_embeddings,
+    write_embeddings,
+)
+from marscope_stac.tiles import TilePlan, plan_tiles, read_batch
+
+__all__ = ["SHARD_CELLS", "EmbedResult", "EmbeddingSet", "embed_catalog"]
+
+log = logging.getLogger(__name__)
+
+SHARD_CELLS = 4096
+"""Cells per shard: a block of consecutive cell indexes (whole grid rows, mostly)."""
+
+_MODELS: dict[tuple[str, str | None, str], ClipModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
+    """The model, loaded once per process (Dask workers keep it between tasks)."""
+    key = (name, pretrained, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(name, pretrained, device=device)
+        return _MODELS[key]
+
+
+def embed_task(
+    plan: TilePlan, model: str, pretrained: str | None, device: str, min_valid: float
+) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+    """One Dask task: read the batch's tiles, embed those with enough valid pixels."""
+    batch = read_batch(plan)
+    cm = _model(model, pretrained, device)
+    keep = batch.valid >= min_valid
+    emb = (
+        cm.encode_images(batch.pixels[keep])
+        if keep.any()
+        else np.zeros((0, cm.embed_dim), np.float32)
+    )
+    table = EmbeddingTable(
+        batch.cells[keep], emb, batch.valid[keep], [batch.sources[i] for i in np.flatnonzero(keep)]
+    )
+    return table, batch.errors
+
+
+@dataclass
+class EmbeddingSet:
+    """An embedding set on disk."""
+
+    root: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        """``manifest.json``."""
+        return self.root / "manifest.json"
+
+    @property
+    def parquet(self) -> Path:
+        """The consolidated GeoParquet."""
+        return self.root / "embeddings.parquet"
+
+    @property
+    def index(self) -> Path:
+        """The FAISS index."""
+        return self.root / "index.faiss"
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest (empty when there is none yet)."""
+        if not self.manifest_path.is_file():
+            return {}
+        return dict(json.loads(self.manifest_path.read_text(encoding="utf-8")))
+
+    def shard_path(self, shard: int) -> Path:
+        """Path of shard ``shard``."""
+        return self.root / "shards" / f"{shard:06d}.parquet"
+
+    def table(self) -> EmbeddingTable:
+        """All rows (from the consolidated file)."""
+        return read_embeddings(self.parquet)
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed_catalog` did."""
+
+    embedding_set: EmbeddingSet
+    cells: int
+    embedded_now: int
+    reused: int
+    skipped_sources: int
+    failed_cells: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    item_path: Path | None = None
+
+    def summary(self) -> str:
+        """Lines for people."""
+        rate = self.embedded_now / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"embedding set {self.embedding_set.root}: {self.cells} cells "
+            f"({self.embedded_now} embedded now at {rate:.0f} cells/s, {self.reused} reused)",
+            f"  GeoParquet: {self.embedding_set.parquet}",
+            f"  FAISS index: {self.embedding_set.index}",
+        ]
+        if self.item_path is not None:
+            lines.append(f"  STAC item: {self.item_path}")
+        if self.failed_cells:
+            lines.append(f"  {len(self.failed_cells)} cells failed (see manifest.json)")
+        if self.skipped_sources:
+            lines.append(f"  {self.skipped_sources} source items skipped (see warnings)")
+        return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def set_id(model: ClipModel, grid: Grid, tile_px: int) -> str:
+    """Id of the embedding set of a model, grid and tile size."""
+    return _slug(f"emb-{model.slug}-{grid.spec}-{tile_px}px")
+
+
+def _check_compatible(manifest: dict[str, Any], expect: dict[str, Any], root: Path) -> None:
+    for key in ("model", "grid", "tile_px", "preprocessing"):
+        if key in manifest and manifest[key] != expect[key]:
+            raise OutputError(
+                f"embedding set {root} was made with a different {key} "
+                f"({manifest[key]!r} vs {expect[key]!r}); use another --out or delete it"
+            )
+
+
+def _client(scheduler_address: str | None) -> Any:
+    address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        return None
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address}: {exc}; check the address"
+        ) from exc
+
+
+def _run_local(
+    tasks: list[TilePlan], args: tuple[Any, ...], workers: int
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    """Run tasks on local threads, a few in flight, yielding (task number, result)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: dict[Any, int] = {}
+        it = iter(enumerate(tasks))
+        for _ in range(workers * 2):
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                k = pending.pop(fut)
+                yield k, fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
+
+
+def _run_cluster(
+    client: Any, tasks: list[TilePlan], args: tuple[Any, ...]
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    from distributed import as_completed
+
+    futures = {
+        client.submit(embed_task, t, *args, pure=False, retries=2): k for k, t in enumerate(tasks)
+    }
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+def embed_catalog(
+    source: str | Path,
+    out: str | Path = "products",
+    model: str = "bundled",
+    pretrained: str | None = None,
+    grid: str = "lonlat:0.02",
+    tile_px: int | None = None,
+    bbox: Sequence[float] | None = None,
+    asset: str | None = None,
+    collections: Sequence[str] | None = None,
+    batch_size: int = 128,
+    min_valid: float = 0.5,
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    publish: bool = True,
+) -> EmbedResult:
+    """Embed every grid cell of a STAC source and write (or update) an embedding set.
+
+    Args:
+        source: STAC catalog / collection / item, STAC API URL, or GeoTIFF folder with a
+            ``stac/`` catalog.
+        out: Output catalog folder; the set goes to ``out/embeddings/<set id>``.
+        model: Model name (see :func:`~marscope_stac.models.load_model`).
+        pretrained: Weights for an architecture name.
+        grid: Grid specification.
+        tile_px: Tile size (the model's input size by default).
+        bbox: Only cells in this lon/lat box.
+        asset: Data asset key.
+        collections: Only these collections.
+        batch_size: Cells per Dask task.
+        min_valid: Cells with less valid data are not embedded.
+        workers: Local worker threads (default: 1 on CPU, where torch already uses every
+            core; ignored on a cluster).
+        scheduler_address: Dask scheduler (else ``DASK_SCHEDULER_ADDRESS``, else local).
+        device: Torch device for the model.
+        progress: Show a progress bar.
+        publish: Publish the set as a STAC Item in ``out``.
+
+    Raises:
+        OutputError: if ``out`` holds a set of the same id made with other settings.
+    """
+    t_start = time.perf_counter()
+    if not 0.0 <= min_valid <= 1.0:
+        raise ConfigError(f"min valid fraction {min_valid} must be in [0, 1]")
+    cm = _model(model, pretrained, device)
+    sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
+    g = parse_grid(grid, sources.body)
+    px = tile_px or cm.image_size
+    plan = plan_tiles(sources, g, px, bbox=bbox)
+    es = EmbeddingSet(Path(out) / "embeddings" / set_id(cm, g, px))
+    expect = {
+        "model": cm.describe(),
+        "grid": g.spec,
+        "tile_px": px,
+        "preprocessing": {"normalize": "auto", "resampling": "bilinear", "min_valid": min_valid},
+    }
+    manifest = es.manifest()
+    _check_compatible(manifest, expect, es.root)
+    es.root.mkdir(parents=True, exist_ok=True)
+    if not os.access(es.root, os.W_OK):
+        raise OutputError(f"cannot write to {es.root}; choose another --out")
+
+    # which shards are complete and still match their sources
+    want: dict[int, list[int]] = defaultdict(list)
+    for k, cell in enumerate(plan.cells.tolist()):
+        want[cell // SHARD_CELLS].append(k)
+    done_tables: dict[int, EmbeddingTable] = {}
+    todo: list[int] = []
+    for shard, ks in sorted(want.items()):
+        path = es.shard_path(shard)
+        if path.is_file():
+            old = read_embeddings(path)
+            have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
+            stale = [
+                k
+                for k in ks
+                if sorted(have.get(int(plan.cells[k]), []))
+                != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
+            ]
+            failed_before = set(manifest.get("failed_cells", {}).get(str(shard), []))
+            stale = [
+                k
+                for k in stale
+                if int(plan.cells[k]) not in failed_before or int(plan.cells[k]) in have
+            ]
+            if not stale:
+                done_tables[shard] = old
+                continue
+        todo.append(shard)
+    # tasks: batches of cells within one shard
+    tasks: list[TilePlan] = []
+    task_shard: list[int] = []
+    for shard in todo:
+        ks = want[shard]
+        for i in range(0, len(ks), batch_size):
+            sel = ks[i : i + batch_size]
+            sub = TilePlan(
+                g, px, plan.cells[sel], plan.sources, [plan.cell_sources[k] for k in sel]
+            )
+            tasks.append(sub.subset(0, len(sel)))
+            task_shard.append(shard)
+    remaining: dict[int, int] = defaultdict(int)
+    for s in task_shard:
+        remaining[s] += 1
+    parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
+    failed: dict[str, list[int]] = {
+        k: v for k, v in manifest.get("failed_cells", {}).items() if int(k) in done_tables
+    }
+    failed_list: list[tuple[int, str]] = []
+    n_todo = int(sum(len(t) for t in tasks))
+    embedded = 0
+    args = (model, pretrained, device, min_valid)
+    client = _client(scheduler_address)
+    bar = tqdm(total=n_todo, desc="embedding cells", unit="cell", disable=not progress)
+    t_embed = time.perf_counter()
+    try:
+        runner = (
+            _run_cluster(client, tasks, args)
+            if client is not None
+            else _run_local(tasks, args, workers or 1)
+        )
+        for k, (table, errors) in runner:
+            shard = task_shard[k]
+            parts[shard].append(table)
+            failed_list.extend(errors)
+            if errors:
+                failed.setdefault(str(shard), []).extend(int(c) for c, _ in errors)
+            bar.update(len(tasks[k]))
+            embedded += len(table)
+            remaining[shard] -= 1
+            if remaining[shard] == 0:
+                merged = EmbeddingTable.concat(parts.pop(shard)).sorted()
+                write_embeddings(es.shard_path(shard), merged, g)
+                done_tables[shard] = merged
+                _write_manifest(es, expect, done_tables, failed, sources)
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+    seconds = time.perf_counter() - t_embed
+    # consolidate in cell order, then the FAISS index with the same row order
+    full = EmbeddingTable.concat([done_tables[s] for s in sorted(done_tables)])
+    write_embeddings(es.parquet, full, g, extra={"set": es.root.name})
+    build_faiss_index(full.embedding, es.index)
+    _write_manifest(es, expect, done_tables, failed, sources, final=True)
+    result = EmbedResult(
+        es,
+        len(full),
+        embedded,
+        len(full) - embedded,
+        len(sources.skipped),
+        failed_list,
+        seconds or (time.perf_counter() - t_start),
+    )
+    if publish:
+        from marscope_stac.publish import publish_embedding_set
+
+        src = str(source)
+        if not src.startswith(("http://", "https://")):
+            p = Path(src)
+            for name in ("catalog.json", "collection.json", "stac/catalog.json"):
+                if p.is_dir() and (p / name).is_file():
+                    p = p / name
+                    break
+            src = str(p)
+        result.item_path = publish_embedding_set(es, cm, sources, g, px, out, source_href=src)
+    return result
+
+
+def _write_manifest(
+    es: EmbeddingSet,
+    expect: dict[str, Any],
+    done: dict[int, EmbeddingTable],
+    failed: dict[str, list[int]],
+    sources: SourceSet,
+    final: bool = False,
+) -> None:
+    manifest = {
+        **expect,
+        "shard_cells": SHARD_CELLS,
+        "shards": {
+            str(s): {"rows": len(t), "checksum": file_multihash(es.shard_path(s))}
+            for s, t in sorted(done.items())
+        },
+        "failed_cells": failed,
+        "sources": sorted({a.item_id for a in sources.assets}),
+        "complete": final,
+    }
+    if final:
+        manifest["embeddings"] = {
+            "rows": int(sum(len(t) for t in done.values())),
+            "checksum": file_multihash(es.parquet),
+        }
+        manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
+    atomic_write_text(es.manifest_path, json.dumps(manifest, indent=1))
