@@ -285,38 +285,46 @@ def embed_catalog(
     if not os.access(es.root, os.W_OK):
         raise OutputError(f"cannot write to {es.root}; choose another --out")
 
-    # which shards are complete and still match their sources
+    # which cells are already embedded from the same sources (reused), which are to do
     want: dict[int, list[int]] = defaultdict(list)
     for k, cell in enumerate(plan.cells.tolist()):
         want[cell // SHARD_CELLS].append(k)
     done_tables: dict[int, EmbeddingTable] = {}
-    todo: list[int] = []
-    for shard, ks in sorted(want.items()):
-        path = es.shard_path(shard)
-        if path.is_file():
-            old = read_embeddings(path)
-            have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
-            stale = [
-                k
-                for k in ks
-                if sorted(have.get(int(plan.cells[k]), []))
-                != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
-            ]
-            failed_before = set(manifest.get("failed_cells", {}).get(str(shard), []))
-            stale = [
-                k
-                for k in stale
-                if int(plan.cells[k]) not in failed_before or int(plan.cells[k]) in have
-            ]
-            if not stale:
-                done_tables[shard] = old
-                continue
-        todo.append(shard)
+    kept: dict[int, EmbeddingTable] = {}
+    todo: dict[int, list[int]] = {}
+    for path in sorted((es.root / "shards").glob("*.parquet")):
+        shard = int(path.stem)
+        old = read_embeddings(path)
+        if shard not in want:
+            done_tables[shard] = old
+            continue
+        have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
+        stale = [
+            k
+            for k in want[shard]
+            if sorted(have.get(int(plan.cells[k]), []))
+            != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
+        ]
+        if not stale:
+            done_tables[shard] = old
+            continue
+        redo = set(plan.cells[stale].tolist())
+        keep = np.array([c not in redo for c in old.cell_index.tolist()], bool)
+        kept[shard] = EmbeddingTable(
+            old.cell_index[keep],
+            old.embedding[keep],
+            old.valid_fraction[keep],
+            [old.source_items[i] for i in np.flatnonzero(keep)],
+        )
+        todo[shard] = stale
+    for shard, ks in want.items():
+        if shard not in done_tables and shard not in todo:
+            todo[shard] = ks
     # tasks: batches of cells within one shard
     tasks: list[TilePlan] = []
     task_shard: list[int] = []
-    for shard in todo:
-        ks = want[shard]
+    for shard in sorted(todo):
+        ks = todo[shard]
         for i in range(0, len(ks), batch_size):
             sel = ks[i : i + batch_size]
             sub = TilePlan(
@@ -328,6 +336,8 @@ def embed_catalog(
     for s in task_shard:
         remaining[s] += 1
     parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
+    for shard, table in kept.items():
+        parts[shard].append(table)
     failed: dict[str, list[int]] = {
         k: v for k, v in manifest.get("failed_cells", {}).items() if int(k) in done_tables
     }

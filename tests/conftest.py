@@ -36,3 +36,32 @@ def demo_small(tmp_path_factory: pytest.TempPathFactory) -> DemoCatalog:
 @pytest.fixture()
 def demo_root(demo_small: DemoCatalog) -> Path:
     return demo_small.root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised marscope-tiny model in open_clip hub layout (local-dir:)."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from marscope_stac.models import register_bundled_architectures
+
+    register_bundled_architectures()
+    torch.manual_seed(1)
+    net = open_clip.create_model("marscope-tiny")
+    folder = tmp_path_factory.mktemp("models") / "tinyrand"
+    folder.mkdir()
+    cfg = {
+        "model_name": "marscope-tiny",
+        "model_cfg": open_clip.get_model_config("marscope-tiny"),
+        "preprocess_cfg": {"mean": [0.45] * 3, "std": [0.2] * 3},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+    return folder

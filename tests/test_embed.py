@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import marscope_stac.embed as embed_mod
+from marscope_stac.cli import cli
+from marscope_stac.embed import embed_catalog
+from marscope_stac.errors import OutputError
+from marscope_stac.store import read_embeddings, read_faiss_index
+from marscope_stac.validation import validate_catalog
+
+
+def _model(tiny_model_dir: Path) -> str:
+    return f"local-dir:{tiny_model_dir}"
+
+
+def test_embed_writes_valid_products(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "products"
+    res = embed_catalog(demo_root, out, model=_model(tiny_model_dir), progress=False)
+    assert res.cells == 200 and res.embedded_now == 200 and not res.failed_cells
+    # the whole output catalog validates offline (core + extensions)
+    report = validate_catalog(out)
+    assert report.objects >= 5
+    item = json.loads(res.item_path.read_text())  # type: ignore[union-attr]
+    assert "embeddings" in item["assets"] and "index" in item["assets"]
+    rels = {lk["rel"] for lk in item["links"]}
+    assert {"derived_from", "emb:model", "collection", "root"} <= rels
+    model_link = next(lk for lk in item["links"] if lk["rel"] == "emb:model")
+    assert (res.item_path.parent / model_link["href"]).resolve().is_file()  # type: ignore[union-attr]
+    # geopandas reads it with the Mars CRS intact
+    gdf = gpd.read_parquet(res.embedding_set.parquet)
+    assert gdf.crs is not None and gdf.crs.to_string() == "IAU_2015:49900"
+    assert len(gdf) == 200 and gdf.cell_id.is_unique
+    # the FAISS index returns, for a tile's own embedding, that tile first
+    table = read_embeddings(res.embedding_set.parquet)
+    index = read_faiss_index(res.embedding_set.index)
+    _, found = index.search(table.embedding, 1)
+    assert (found[:, 0] == np.arange(len(table))).mean() == 1.0
+    np.testing.assert_allclose(np.linalg.norm(table.embedding, axis=1), 1.0, atol=2e-3)
+
+
+def test_rerun_reuses_and_new_items_embed_only_new_cells(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "products"
+    first = embed_catalog(
+        demo_root,
+        out,
+        model=_model(tiny_model_dir),
+        progress=False,
+        bbox=[150.0, -5.0, 150.2, -4.8],
+    )
+    assert first.cells == 100
+    full = embed_catalog(demo_root, out, model=_model(tiny_model_dir), progress=False)
+    assert full.cells == 200 and full.reused == 100 and full.embedded_now == 100
+    again = embed_catalog(demo_root, out, model=_model(tiny_model_dir), progress=False)
+    assert again.embedded_now == 0 and again.reused == 200
+
+
+def test_kill_and_resume(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embed_mod, "SHARD_CELLS", 16)
+    ref = embed_catalog(
+        demo_root,
+        tmp_path / "ref",
+        model=_model(tiny_model_dir),
+        progress=False,
+        batch_size=8,
+        publish=False,
+    )
+    out = tmp_path / "products"
+    real = embed_mod.embed_task
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed_mod, "embed_task", dying)
+    with pytest.raises(KeyboardInterrupt):
+        embed_catalog(
+            demo_root, out, model=_model(tiny_model_dir), progress=False, batch_size=8, workers=1
+        )
+    es_root = out / "embeddings" / ref.embedding_set.root.name
+    written = sorted((es_root / "shards").glob("*.parquet"))
+    assert 0 < len(written) < 13  # some shards done, not all
+    monkeypatch.setattr(embed_mod, "embed_task", real)
+    res = embed_catalog(
+        demo_root, out, model=_model(tiny_model_dir), progress=False, batch_size=8, workers=1
+    )
+    assert res.reused > 0 and res.embedded_now + res.reused == 200
+    a, b = read_embeddings(res.embedding_set.parquet), read_embeddings(ref.embedding_set.parquet)
+    assert len(np.unique(a.cell_index)) == len(a.cell_index) == 200  # no duplicates, none missing
+    np.testing.assert_array_equal(a.cell_index, b.cell_index)
+    np.testing.assert_allclose(a.embedding, b.embedding, atol=2e-3)
+
+
+def test_different_model_writes_separate_set_and_mismatch_refused(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "products"
+    a = embed_catalog(
+        demo_root,
+        out,
+        model=_model(tiny_model_dir),
+        progress=False,
+        publish=False,
+        bbox=[150.0, -5.0, 150.05, -4.95],
+    )
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    b = embed_catalog(
+        demo_root,
+        out,
+        model=f"local-dir:{other}",
+        progress=False,
+        publish=False,
+        bbox=[150.0, -5.0, 150.05, -4.95],
+    )
+    assert a.embedding_set.root != b.embedding_set.root
+    with pytest.raises(OutputError, match="different preprocessing"):
+        embed_catalog(
+            demo_root,
+            out,
+            model=_model(tiny_model_dir),
+            progress=False,
+            publish=False,
+            min_valid=0.9,
+            bbox=[150.0, -5.0, 150.05, -4.95],
+        )
+
+
+def test_products_folder_that_is_not_a_catalog(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "stuff"
+    out.mkdir()
+    (out / "holiday.jpg").write_text("x")
+    with pytest.raises(OutputError, match="not a STAC catalog"):
+        embed_catalog(
+            demo_root,
+            out,
+            model=_model(tiny_model_dir),
+            progress=False,
+            bbox=[150.0, -5.0, 150.05, -4.95],
+        )
+
+
+def test_corrupt_source_tile_is_recorded(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "demo"
+    shutil.copytree(demo_root, copy)
+    res0 = embed_catalog(
+        copy, tmp_path / "p0", model=_model(tiny_model_dir), progress=False, publish=False
+    )
+    assert res0.cells == 200
+    tif = next((copy / "demo-ctx").glob("*r0c1/*.tif"))
+    data = bytearray(tif.read_bytes())
+    data[len(data) // 2 :] = b"\0" * (len(data) - len(data) // 2)  # truncate the pixels
+    tif.write_bytes(bytes(data))
+    res = embed_catalog(copy, tmp_path / "p1", model=_model(tiny_model_dir), progress=False)
+    assert res.failed_cells and res.cells < 200 and res.cells >= 100
+    manifest = json.loads(res.embedding_set.manifest_path.read_text())
+    assert manifest["failed_cells"] and manifest["complete"]
+    assert validate_catalog(tmp_path / "p1").objects >= 5
+
+
+@pytest.mark.enable_socket
+@pytest.mark.slow
+def test_local_cluster_matches_local_run(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from distributed import LocalCluster
+
+    local = embed_catalog(
+        demo_root, tmp_path / "local", model=_model(tiny_model_dir), progress=False, publish=False
+    )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        res = embed_catalog(
+            demo_root,
+            tmp_path / "cluster",
+            model=_model(tiny_model_dir),
+            progress=False,
+            scheduler_address=cluster.scheduler_address,
+            batch_size=32,
+            publish=False,
+        )
+    a = read_embeddings(local.embedding_set.parquet)
+    b = read_embeddings(res.embedding_set.parquet)
+    np.testing.assert_array_equal(a.cell_index, b.cell_index)
+    np.testing.assert_allclose(a.embedding, b.embedding, atol=2e-3)
+
+
+def test_embed_cli(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(demo_root),
+            "--out",
+            str(tmp_path / "p"),
+            "--model",
+            _model(tiny_model_dir),
+            "--bbox",
+            "150,-5,150.05,-4.95",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "embedding set" in r.output and "STAC item" in r.output
+    r = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "p"),
+            "--model",
+            _model(tiny_model_dir),
+        ],
+    )
+    assert r.exit_code == 2 and "does not exist" in r.output
