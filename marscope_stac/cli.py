@@ -121,11 +121,12 @@ def validate_cmd(path: Path) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--size", default="default", show_default=True, help="Demo world size.")
-def demo_cmd(workdir: Path, seed: int, size: str) -> None:
+@click.option("--model", default="bundled", show_default=True, help="Model to embed with.")
+def demo_cmd(workdir: Path, seed: int, size: str, model: str) -> None:
     """Run the whole chain on the embedded default (demo world, bundled model), offline."""
     from marscope_stac.pipeline import run_demo
 
-    result = run_demo(workdir, seed=seed, size=size)
+    result = run_demo(workdir, seed=seed, size=size, model=model)
     click.echo(result.summary())
 
 

@@ -23,9 +23,16 @@ from marscope_stac.evaluate import PARAPHRASES, RetrievalScore, score_retrieval
 from marscope_stac.grid import parse_grid
 from marscope_stac.models import MARSCOPE_TEMPLATES, ClipModel
 from marscope_stac.stac_in import load_sources
+from marscope_stac.store import EmbeddingTable
 from marscope_stac.tiles import iter_tile_batches, plan_tiles
 
-__all__ = ["LandformReport", "embed_split", "evaluate_landforms"]
+__all__ = [
+    "LandformReport",
+    "embed_split",
+    "evaluate_landforms",
+    "score_landforms",
+    "split_cells",
+]
 
 
 @dataclass
@@ -107,6 +114,32 @@ def evaluate_landforms(
         classes: Classes to evaluate (default: every class with points, except plains).
     """
     emb, centres = embed_split(model, catalog, split, grid, tile_px)
+    return score_landforms(
+        model, emb, centres, catalog, split, grid, radius_cells, paraphrases, classes
+    )
+
+
+def split_cells(
+    table: EmbeddingTable, catalog: str | Path, split: str = "test"
+) -> NDArray[np.bool_]:
+    """Rows of an embedding table read only from the split's image items."""
+    images, _ = _split_items(catalog, split)
+    ids = {i.id for i in images}
+    return np.array([bool(s) and set(s) <= ids for s in table.source_items], bool)
+
+
+def score_landforms(
+    model: ClipModel,
+    emb: NDArray[np.float32],
+    centres: NDArray[np.float64],
+    catalog: str | Path,
+    split: str = "test",
+    grid: str = "lonlat:0.02",
+    radius_cells: float = 2.5,
+    paraphrases: dict[str, str] | None = PARAPHRASES,
+    classes: list[str] | None = None,
+) -> LandformReport:
+    """Per-class figures from precomputed cell embeddings (see :func:`evaluate_landforms`)."""
     g = parse_grid(grid)
     cell_deg = float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
     radius = radius_cells * cell_deg

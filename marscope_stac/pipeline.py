@@ -1,7 +1,9 @@
 """The main job on the embedded default: the whole chain on the demo world, offline.
 
-:func:`run_demo` is what ``make demo`` / ``marscope demo`` runs. It grows with the project:
-today it builds (or reuses) the demo catalog and validates it.
+:func:`run_demo` is what ``make demo`` / ``marscope demo`` runs: build (or reuse) the demo
+catalog, embed every 0.02-degree cell with the bundled model into ``products/`` (GeoParquet +
+FAISS, published as STAC), and report per-landform retrieval (best F1 over K, MarScope's
+protocol) on the held-out area.
 """
 
 from __future__ import annotations
@@ -9,10 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marscope_stac.demo.world import DemoCatalog, build_demo_catalog, existing_demo
+from marscope_stac.demo.world import (
+    GENERATOR_VERSION,
+    DemoCatalog,
+    build_demo_catalog,
+    existing_demo,
+)
+from marscope_stac.embed import EmbedResult, embed_catalog
+from marscope_stac.landform_eval import LandformReport, score_landforms, split_cells
+from marscope_stac.models import load_model
 from marscope_stac.validation import ValidationReport, validate_catalog
 
-__all__ = ["DemoRun", "run_demo"]
+__all__ = ["DEMO_GRID", "DemoRun", "run_demo"]
+
+DEMO_GRID = "lonlat:0.02"
+"""Grid of the demo: 0.02-degree cells, 60 source pixels (~1.2 km) each."""
 
 
 @dataclass
@@ -21,6 +34,9 @@ class DemoRun:
 
     catalog: DemoCatalog
     validation: ValidationReport
+    embedding: EmbedResult | None = None
+    landforms: LandformReport | None = None
+    products_validation: ValidationReport | None = None
     steps: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -28,21 +44,31 @@ class DemoRun:
         lines = [self.catalog.summary(), self.validation.summary()]
         if self.catalog.previews:
             lines.append(f"  preview of one scene: {self.catalog.previews[0]}")
+        if self.embedding is not None:
+            lines.append(self.embedding.summary())
+        if self.products_validation is not None:
+            lines.append(self.products_validation.summary())
+        if self.landforms is not None:
+            lines.append("held-out area, per landform (text query -> best F1 over K, AUPRC):")
+            lines.append(self.landforms.summary())
         return "\n".join(lines)
 
 
 def run_demo(
-    workdir: str | Path = ".", seed: int = 0, size: str = "default", progress: bool = True
+    workdir: str | Path = ".",
+    seed: int = 0,
+    size: str = "default",
+    progress: bool = True,
+    model: str = "bundled",
 ) -> DemoRun:
     """Run the chain on the demo world under ``workdir`` (``catalogs/demo``, ``products/``).
 
-    An existing demo catalog with the same seed and size is reused; one with other settings
-    is rebuilt.
+    An existing demo catalog with the same seed and size is reused (one with other settings
+    is rebuilt); an existing embedding set is reused cell by cell.
     """
-    root = Path(workdir) / "catalogs" / "demo"
+    work = Path(workdir)
+    root = work / "catalogs" / "demo"
     record = existing_demo(root)
-    from marscope_stac.demo.world import GENERATOR_VERSION
-
     wanted = {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
     if record == wanted:
         catalog = DemoCatalog(root=root, seed=seed, size=size, reused=True)
@@ -54,4 +80,17 @@ def run_demo(
             root, seed=seed, size=size, overwrite=record is not None, progress=progress
         )
     report = validate_catalog(root)
-    return DemoRun(catalog=catalog, validation=report, steps=["demo-data", "validate"])
+    run = DemoRun(catalog=catalog, validation=report, steps=["demo-data", "validate"])
+    products = work / "products"
+    emb = embed_catalog(root, products, model=model, grid=DEMO_GRID, progress=progress)
+    run.embedding = emb
+    run.products_validation = validate_catalog(products)
+    cm = load_model(model)
+    table = emb.embedding_set.table()
+    keep = split_cells(table, root, "test")
+    from marscope_stac.grid import parse_grid
+
+    centres = parse_grid(DEMO_GRID).centers(table.cell_index[keep])
+    run.landforms = score_landforms(cm, table.embedding[keep], centres, root, "test", DEMO_GRID)
+    run.steps += ["embed", "evaluate"]
+    return run
