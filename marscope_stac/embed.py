@@ -20,6 +20,7 @@ The set is published as a STAC Item (embeddings extension) in the output catalog
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -368,6 +369,13 @@ def embed_catalog(
                 write_embeddings(es.shard_path(shard), merged, g)
                 done_tables[shard] = merged
                 _write_manifest(es, expect, done_tables, failed, sources)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise OutputError(
+                f"cannot write the embedding set in {es.root}: {exc.strerror}; free space or "
+                "fix permissions and run again (finished shards are kept)"
+            ) from exc
+        raise
     finally:
         bar.close()
         if client is not None:

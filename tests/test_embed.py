@@ -232,3 +232,24 @@ def test_embed_cli(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> Non
         ],
     )
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_disk_full_is_a_clear_error(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import marscope_stac.store as store
+
+    def full(path: object, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "atomic_write_bytes", full)
+    with pytest.raises(OutputError, match="No space left on device.*finished shards are kept"):
+        embed_catalog(
+            demo_root,
+            tmp_path / "p",
+            model=_model(tiny_model_dir),
+            progress=False,
+            bbox=[150.0, -5.0, 150.05, -4.95],
+        )
