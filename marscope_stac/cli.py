@@ -130,6 +130,21 @@ def demo_cmd(workdir: Path, seed: int, size: str, model: str) -> None:
     click.echo(result.summary())
 
 
+def _source_options(f: Any) -> Any:
+    """Options that select imagery from a STAC source (shared by several commands)."""
+    for opt in reversed(
+        [
+            click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees."),
+            click.option("--asset", help="Asset key of the data raster (default: by role/type)."),
+            click.option(
+                "--collection", "collections", multiple=True, help="Only these collections."
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
 def _bbox(value: str | None) -> list[float] | None:
     if value is None:
         return None
@@ -152,9 +167,7 @@ def _bbox(value: str | None) -> list[float] | None:
 )
 @click.option("--tile-px", type=int, default=224, show_default=True, help="Tile side in pixels.")
 @click.option("--preview", type=click.Path(path_type=Path), help="Write a contact sheet PNG.")
-@click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees.")
-@click.option("--asset", help="Asset key of the data raster (default: picked by role/type).")
-@click.option("--collection", "collections", multiple=True, help="Only these collections.")
+@_source_options
 @click.option("--datetime", help="Only items in this RFC 3339 interval (STAC API syntax).")
 @click.option("--max-tiles", type=int, default=48, show_default=True, help="Tiles on the sheet.")
 def tiles_cmd(
@@ -290,9 +303,7 @@ def train_cmd(
 @click.option("--pretrained", help="Pretrained tag or checkpoint file for an architecture.")
 @click.option("--grid", default="lonlat:0.02", show_default=True, help="Grid specification.")
 @click.option("--tile-px", type=int, help="Tile size (default: the model's input size).")
-@click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees.")
-@click.option("--asset", help="Asset key of the data raster.")
-@click.option("--collection", "collections", multiple=True, help="Only these collections.")
+@_source_options
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Cells per Dask task.")
 @click.option("--workers", type=int, help="Local worker threads.")
 @click.option(

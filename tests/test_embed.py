@@ -245,7 +245,7 @@ def test_disk_full_is_a_clear_error(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store, "atomic_write_bytes", full)
-    with pytest.raises(OutputError, match="No space left on device.*finished shards are kept"):
+    with pytest.raises(OutputError, match=r"No space left on device.*finished shards are kept"):
         embed_catalog(
             demo_root,
             tmp_path / "p",

@@ -314,6 +314,30 @@ def _lobe_halfwidth(s: NDArray[Any], w0: float, w1: float, spread: float) -> NDA
     return w0 + (w1 - w0) * np.clip(s, 0, 1) ** spread
 
 
+def _lobe_landform(
+    cls: str,
+    cv: _Canvas,
+    cx: float,
+    cy: float,
+    azimuth: float,
+    ss: NDArray[Any],
+    half_width: NDArray[Any],
+    length_m: float,
+    fresh: bool,
+) -> Landform:
+    """A lobe-shaped landform whose outline runs along ``ss`` (fractions of its length)."""
+    left = _local_to_px(cx, cy, cv.res, azimuth, ss * length_m, -half_width)
+    right = _local_to_px(cx, cy, cv.res, azimuth, ss * length_m, half_width)
+    geom = Polygon([*map(tuple, left), *map(tuple, right[::-1])]).buffer(0)
+    return Landform(
+        cls,
+        geom,
+        (geom.centroid.x, geom.centroid.y),
+        length_m,
+        {"azimuth": azimuth, "variant": "fresh" if fresh else "degraded"},
+    )
+
+
 def stamp_glacier_like_form(
     cv: _Canvas, cx: float, cy: float, length_m: float, azimuth: float, fresh: bool
 ) -> Landform:
@@ -353,16 +377,7 @@ def stamp_glacier_like_form(
     cv.protect[sl] = np.maximum(cv.protect[sl], (inside > 0).astype(np.float32) * 0.5)
     ss = np.linspace(0, 0.95, 40)
     hw_s = width / 2 * (0.55 + 0.45 * np.sin(np.pi * ss * 0.8 + 0.2))
-    left = _local_to_px(cx, cy, cv.res, azimuth, ss * length_m, -hw_s)
-    right = _local_to_px(cx, cy, cv.res, azimuth, ss * length_m, hw_s)
-    geom = Polygon([*map(tuple, left), *map(tuple, right[::-1])]).buffer(0)
-    return Landform(
-        "glacier_like_form",
-        geom,
-        (geom.centroid.x, geom.centroid.y),
-        length_m,
-        {"azimuth": azimuth, "variant": "fresh" if fresh else "degraded"},
-    )
+    return _lobe_landform("glacier_like_form", cv, cx, cy, azimuth, ss, hw_s, length_m, fresh)
 
 
 def stamp_landslide(
@@ -402,16 +417,7 @@ def stamp_landslide(
     cv.albedo[sl] *= (1.0 + (0.08 if fresh else 0.03) * in_lobe).astype(np.float32)
     ss = np.linspace(-0.15, 0.95, 40)
     hw_s = _lobe_halfwidth(np.clip(ss, 0, 1), w0, w1, 0.6)
-    left = _local_to_px(cx, cy, cv.res, azimuth, ss * length_m, -hw_s)
-    right = _local_to_px(cx, cy, cv.res, azimuth, ss * length_m, hw_s)
-    geom = Polygon([*map(tuple, left), *map(tuple, right[::-1])]).buffer(0)
-    return Landform(
-        "landslide",
-        geom,
-        (geom.centroid.x, geom.centroid.y),
-        length_m,
-        {"azimuth": azimuth, "variant": "fresh" if fresh else "degraded"},
-    )
+    return _lobe_landform("landslide", cv, cx, cy, azimuth, ss, hw_s, length_m, fresh)
 
 
 def stamp_pitted_cones(cv: _Canvas, cx: float, cy: float, field_radius_m: float) -> Landform:

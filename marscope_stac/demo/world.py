@@ -442,46 +442,46 @@ def _label_item(
             extra_fields={"label:assets": ["image"]},
         )
     )
-    item.add_asset(
-        "labels",
-        pystac.Asset(
-            href=str(geojson),
-            media_type=pystac.MediaType.GEOJSON,
-            roles=["labels", "labels-vector"],
-            title="Landform outlines (GeoJSON, Mars lon/lat IAU_2015:49900)",
-            extra_fields=file_fields(geojson),
+    for key, path, media, roles, title in (
+        (
+            "labels",
+            geojson,
+            pystac.MediaType.GEOJSON,
+            ["labels", "labels-vector"],
+            "Landform outlines (GeoJSON, Mars lon/lat IAU_2015:49900)",
         ),
-    )
-    item.add_asset(
-        "labels-parquet",
-        pystac.Asset(
-            href=str(parquet),
-            media_type=PARQUET_MEDIA_TYPE,
-            roles=["labels", "labels-vector"],
-            title="Landform outlines with captions (GeoParquet, IAU_2015:49900)",
-            extra_fields=file_fields(parquet),
+        (
+            "labels-parquet",
+            parquet,
+            PARQUET_MEDIA_TYPE,
+            ["labels", "labels-vector"],
+            "Landform outlines with captions (GeoParquet, IAU_2015:49900)",
         ),
-    )
-    item.add_asset(
-        "points",
-        pystac.Asset(
-            href=str(pts_path),
-            media_type=PARQUET_MEDIA_TYPE,
-            roles=["labels", "labels-points"],
-            title="Landform reference points (GeoParquet, IAU_2015:49900)",
-            extra_fields=file_fields(pts_path),
+        (
+            "points",
+            pts_path,
+            PARQUET_MEDIA_TYPE,
+            ["labels", "labels-points"],
+            "Landform reference points (GeoParquet, IAU_2015:49900)",
         ),
-    )
-    item.add_asset(
-        "preview",
-        pystac.Asset(
-            href=str(preview),
-            media_type=pystac.MediaType.PNG,
-            roles=["overview", "visual"],
-            title="Image with landform outlines",
-            extra_fields=file_fields(preview),
+        (
+            "preview",
+            preview,
+            pystac.MediaType.PNG,
+            ["overview", "visual"],
+            "Image with landform outlines",
         ),
-    )
+    ):
+        item.add_asset(
+            key,
+            pystac.Asset(
+                href=str(path),
+                media_type=media,
+                roles=roles,
+                title=title,
+                extra_fields=file_fields(path),
+            ),
+        )
     return item, preview_img
 
 
