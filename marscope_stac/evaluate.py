@@ -13,15 +13,26 @@ r = 0.5 degree (2.5 cells). On small areas like the demo world this module sweep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
+import shapely.affinity
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
+from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.errors import ConfigError
 
-__all__ = ["PARAPHRASES", "RetrievalScore", "retrieval_curve", "score_retrieval"]
+__all__ = [
+    "PARAPHRASES",
+    "RetrievalScore",
+    "curve_from_neighbours",
+    "neighbours_of_shapes",
+    "retrieval_curve",
+    "score_retrieval",
+]
 
 PARAPHRASES: dict[str, str] = {
     "alluvial_fan": "a triangular apron of sediment deposited where a canyon opens onto a plain",
@@ -80,18 +91,57 @@ def retrieval_curve(
         raise ConfigError("no ground-truth points to evaluate against")
     if radius_deg <= 0:
         raise ConfigError(f"radius {radius_deg} must be positive")
+    tree = cKDTree(_unit(cells))
+    near = tree.query_ball_point(_unit(pts), _chord(radius_deg))
+    return curve_from_neighbours(s, list(near))
+
+
+def neighbours_of_shapes(
+    cell_lonlat: ArrayLike, shapes: Sequence[BaseGeometry], radius_deg: float
+) -> list[NDArray[np.int64]]:
+    """For each ground-truth outline, the cells whose centre lies within ``radius_deg`` of it.
+
+    Distances are planar in lon/lat degrees, with the east-west scale corrected by cos(lat)
+    of the cell: good for the small radii used here, away from the poles.
+    """
+    cells = np.asarray(cell_lonlat, dtype=np.float64).reshape(-1, 2)
+    out = []
+    for shape in shapes:
+        lat0 = float(shape.centroid.y)
+        k = max(np.cos(np.radians(lat0)), 1e-6)
+        minx, miny, maxx, maxy = shape.bounds
+        pad_x, pad_y = radius_deg / k, radius_deg
+        cand = np.flatnonzero(
+            (cells[:, 0] >= minx - pad_x)
+            & (cells[:, 0] <= maxx + pad_x)
+            & (cells[:, 1] >= miny - pad_y)
+            & (cells[:, 1] <= maxy + pad_y)
+        )
+        scaled = shapely.affinity.scale(shape, xfact=k, yfact=1.0, origin=(0, 0))
+        pts = shapely.points(cells[cand, 0] * k, cells[cand, 1])
+        hit = shapely.dwithin(pts, scaled, radius_deg)
+        out.append(cand[hit].astype(np.int64))
+    return out
+
+
+def curve_from_neighbours(
+    scores: ArrayLike, near: Sequence[ArrayLike]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Precision and recall at every K given, per ground-truth object, its nearby cells."""
+    s = np.asarray(scores, dtype=np.float64)
+    if not len(near):
+        raise ConfigError("no ground-truth objects to evaluate against")
     order = np.argsort(-s, kind="stable")
     rank = np.empty(len(s), np.int64)
     rank[order] = np.arange(len(s))
-    tree = cKDTree(_unit(cells))
-    near = tree.query_ball_point(_unit(pts), _chord(radius_deg))
-    # recall: a point is found once its best-ranked nearby cell is retrieved
-    first = np.array([rank[n].min() if len(n) else len(s) for n in near])
+    # recall: an object is found once its best-ranked nearby cell is retrieved
+    idx = [np.asarray(n, np.int64) for n in near]
+    first = np.array([rank[n].min() if n.size else len(s) for n in idx])
     found_at = np.bincount(first[first < len(s)], minlength=len(s))
-    recall = np.cumsum(found_at) / len(pts)
-    # precision: retrieved cells near any point
+    recall = np.cumsum(found_at) / len(near)
+    # precision: retrieved cells near any object
     hit = np.zeros(len(s), bool)
-    for n in near:
+    for n in idx:
         hit[n] = True
     precision = np.cumsum(hit[order]) / np.arange(1, len(s) + 1)
     return precision, recall
@@ -100,12 +150,28 @@ def retrieval_curve(
 def score_retrieval(
     scores: ArrayLike,
     cell_lonlat: ArrayLike,
-    points_lonlat: ArrayLike,
+    points_lonlat: ArrayLike | None,
     radius_deg: float,
     max_k: int | None = None,
+    shapes: Sequence[BaseGeometry] | None = None,
 ) -> RetrievalScore:
-    """Best F1 over K, its K, precision and recall there, and AUPRC (see the module docstring)."""
-    precision, recall = retrieval_curve(scores, cell_lonlat, points_lonlat, radius_deg)
+    """Best F1 over K, its K, precision and recall there, and AUPRC (see the module docstring).
+
+    Ground truth is points (the published protocol) or, with ``shapes``, outlines: then a
+    cell counts as correct within ``radius_deg`` of any outline, and an outline is found when
+    one such cell is retrieved.
+    """
+    if shapes is not None:
+        if radius_deg < 0:
+            raise ConfigError(f"radius {radius_deg} must not be negative")
+        near = neighbours_of_shapes(cell_lonlat, shapes, radius_deg)
+        precision, recall = curve_from_neighbours(scores, near)
+        n_obj = len(shapes)
+    else:
+        if points_lonlat is None:
+            raise ConfigError("give ground-truth points or shapes")
+        precision, recall = retrieval_curve(scores, cell_lonlat, points_lonlat, radius_deg)
+        n_obj = int(np.asarray(points_lonlat).size // 2)
     if max_k is not None:
         precision, recall = precision[:max_k], recall[:max_k]
     f1 = np.where(
@@ -121,7 +187,7 @@ def score_retrieval(
         precision=float(precision[k]),
         recall=float(recall[k]),
         auprc=auprc,
-        n_points=int(np.asarray(points_lonlat).size // 2),
+        n_points=n_obj,
         n_cells=len(precision),
         radius_deg=float(radius_deg),
     )

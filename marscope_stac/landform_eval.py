@@ -103,6 +103,12 @@ def evaluate_landforms(
 ) -> LandformReport:
     """Best F1 over K and AUPRC per landform class, for class-name and paraphrased queries.
 
+    Besides the published point protocol (a cell is correct within ``radius_cells`` of a
+    landform's reference point), an outline protocol is reported (``*_outline_best_f1``): a
+    cell is correct when its centre lies within half a cell of a landform outline, i.e. it
+    overlaps the landform, and a landform is found when one of its cells is retrieved. It
+    does not penalise correct cells on large landforms far from their reference point.
+
     Args:
         model: The model.
         catalog: Labelled catalog (image items + label items with ``points`` assets).
@@ -145,6 +151,13 @@ def score_landforms(
     radius = radius_cells * cell_deg
     _, labels = _split_items(catalog, split)
     pts = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
+    outlines = (
+        pd.concat(
+            [gpd.read_parquet(i.assets["labels-parquet"].get_absolute_href()) for i in labels]
+        )
+        if all("labels-parquet" in i.assets for i in labels)
+        else None
+    )
     names = classes or sorted(c for c in pts.landform.unique() if c != "plains")
     rows = {}
     for cls in names:
@@ -156,10 +169,15 @@ def score_landforms(
             queries["paraphrase"] = paraphrases[cls]
         for kind, text in queries.items():
             q = model.encode_queries([text], MARSCOPE_TEMPLATES)[0]
-            res: RetrievalScore = score_retrieval(emb @ q, centres, xy, radius)
+            scores = emb @ q
+            res: RetrievalScore = score_retrieval(scores, centres, xy, radius)
             row[f"{kind}_best_f1"] = res.best_f1
             row[f"{kind}_auprc"] = res.auprc
             row[f"{kind}_best_k"] = res.best_k
+            if outlines is not None:
+                shapes = list(outlines[outlines.landform == cls].geometry)
+                poly = score_retrieval(scores, centres, None, 0.5 * cell_deg, shapes=shapes)
+                row[f"{kind}_outline_best_f1"] = poly.best_f1
         rows[cls] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     return LandformReport(table, g.spec, radius, len(emb))

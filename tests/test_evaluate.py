@@ -44,3 +44,25 @@ def test_bad_arguments() -> None:
         score_retrieval(np.zeros(3), cells, cells[:1], 0.1)
     with pytest.raises(ConfigError, match="positive"):
         score_retrieval(np.zeros(len(cells)), cells, cells[:1], 0.0)
+
+
+def test_outline_protocol() -> None:
+    from shapely.geometry import box
+
+    cells = _cells()
+    shapes = [box(0.5, 0.5, 0.56, 0.52), box(1.5, 0.2, 1.52, 0.26)]
+    inside = np.array(
+        [
+            s.buffer(0.01).contains(__import__("shapely").Point(x, y))
+            for x, y in cells
+            for s in shapes[:1]
+        ]
+    )
+    inside2 = np.array(
+        [shapes[1].buffer(0.01).contains(__import__("shapely").Point(x, y)) for x, y in cells]
+    )
+    scores = (inside | inside2).astype(float)
+    res = score_retrieval(scores, cells, None, 0.01, shapes=shapes)
+    assert res.best_f1 == pytest.approx(1.0) and res.n_points == 2
+    only_one = score_retrieval(inside.astype(float), cells, None, 0.01, shapes=shapes)
+    assert only_one.recall == pytest.approx(0.5)
