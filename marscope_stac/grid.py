@@ -156,6 +156,19 @@ class Grid(ABC):
             raise ConfigError(f"cell {cell_id!r} does not exist in grid {self.spec}")
         return int(self.index(row, col))
 
+    def locate(self, lon: ArrayLike, lat: ArrayLike) -> IntArray:
+        """Index of the cell containing each lon/lat position (-1 outside the grid)."""
+        lo = (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0
+        la = np.asarray(lat, dtype=np.float64)
+        south0, _ = self.row_lat_bounds(0)
+        height = float(self.row_lat_bounds(1)[0] - south0) if self.n_rows > 1 else 180.0
+        row = np.floor((la - float(south0)) / height).astype(np.int64)
+        ok = (row >= 0) & (row < self.n_rows)
+        rows = np.where(ok, row, 0)
+        ncols = self.row_n_cols(rows)
+        col = np.minimum(np.floor(lo / (360.0 / ncols)).astype(np.int64), ncols - 1)
+        return np.where(ok, self._row_offsets[rows] + col, -1).astype(np.int64)
+
     def footprint(self, index: int) -> Polygon:
         """Footprint polygon of one cell in the body's lon/lat CRS."""
         w, s, e, n = self.bounds([index])[0]

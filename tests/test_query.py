@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from pmtiles.reader import MmapSource, Reader, all_tiles
+from rio_cogeo.cogeo import cog_validate
+
+from marscope_stac.embed import embed_catalog
+from marscope_stac.errors import ConfigError, OutputError
+from marscope_stac.grid import parse_grid
+from marscope_stac.models import load_model
+from marscope_stac.products import query_products
+from marscope_stac.query import QuerySpec, and_not, near, run_query
+from marscope_stac.validation import validate_catalog
+
+
+@pytest.fixture(scope="module")
+def embedded(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("q") / "products"
+    res = embed_catalog(demo_small.root, out, model=f"local-dir:{tiny_model_dir}", progress=False)
+    return out, res, load_model(f"local-dir:{tiny_model_dir}", device="cpu")
+
+
+def _decode_mvt(data: bytes) -> list[tuple[int, bytes]]:
+    """Top-level protobuf fields of a tile: (field number, payload)."""
+    out, i = [], 0
+    while i < len(data):
+        key, i = _read_varint(data, i)
+        field, wire = key >> 3, key & 7
+        assert wire == 2
+        n, i = _read_varint(data, i)
+        out.append((field, data[i : i + n]))
+        i += n
+    return out
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def test_query_products_are_valid_and_readable(embedded) -> None:  # type: ignore[no-untyped-def]
+    out, _res, cm = embedded
+    prod = query_products(cm, QuerySpec(text=["yardangs"]), out, threshold=0.0)
+    assert validate_catalog(out).objects >= 7
+    ok, errors, _ = cog_validate(str(prod.assets["probability"]), quiet=True)
+    assert ok, errors
+    with rasterio.open(prod.assets["probability"]) as src:
+        assert src.crs.to_string() == "IAU_2015:49900"
+        assert src.nodata == 255 and src.scales[0] == pytest.approx(0.004)
+        data = src.read(1)
+    assert (data != 255).sum() == 200  # one pixel per embedded cell
+    for key in ("tiles", "detection-tiles"):
+        with prod.assets[key].open("rb") as fh:
+            reader = Reader(MmapSource(fh))
+            header = reader.header()
+            tiles = list(all_tiles(reader.get_bytes))
+        assert tiles and header["clustered"]
+        assert header["min_zoom"] <= header["max_zoom"]
+        ids = [t[0] for t in tiles]
+        assert len(ids) == len(set(ids))
+    # vector tiles hold a 'detections' layer with features
+    with prod.assets["detection-tiles"].open("rb") as fh:
+        tiles = list(all_tiles(Reader(MmapSource(fh)).get_bytes))
+    layers = _decode_mvt(gzip.decompress(tiles[0][1]))
+    assert layers and layers[0][0] == 3 and b"detections" in layers[0][1]
+    det = gpd.read_parquet(prod.assets["detections"])
+    assert det.crs is not None and det.crs.to_string() == "IAU_2015:49900"
+    assert len(det) == prod.n_detections > 0
+    item = json.loads(prod.item_path.read_text())
+    titles = {lk.get("title") for lk in item["links"] if lk["rel"] == "derived_from"}
+    assert "embedding set" in titles and len(titles) >= 3
+    assert item["properties"]["marscope:query"]["text"] == ["yardangs"]
+
+
+def test_same_query_is_idempotent_and_concurrent_safe(embedded) -> None:  # type: ignore[no-untyped-def]
+    out, _, cm = embedded
+    a = query_products(cm, QuerySpec(text=["dune fields"]), out)
+    b = query_products(cm, QuerySpec(text=["dune fields"]), out)
+    assert a.query_id == b.query_id
+    coll = json.loads((out / "queries" / "collection.json").read_text())
+    hrefs = [lk["href"] for lk in coll["links"] if lk["rel"] == "item"]
+    assert len(hrefs) == len(set(hrefs))
+    errors: list[BaseException] = []
+
+    def run(text: str) -> None:
+        try:
+            query_products(cm, QuerySpec(text=[text]), out)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(t,)) for t in ("craters", "channels", "landslides")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert validate_catalog(out).objects >= 9
+
+
+def test_examples_hybrid_refinement_and_composites(embedded) -> None:  # type: ignore[no-untyped-def]
+    _out, res, cm = embedded
+    table = res.embedding_set.table()
+    grid = parse_grid("lonlat:0.02")
+    centre = grid.centers(table.cell_index[:1])[0]
+    ex = run_query(cm, table, grid, QuerySpec(points=[(float(centre[0]), float(centre[1]))]))
+    assert int(np.argmax(ex.scores)) == 0  # the example itself scores highest
+    cid = grid.cell_ids(table.cell_index[5:6])[0]
+    hybrid = run_query(cm, table, grid, QuerySpec(text=["yardangs"], cells=[cid]))
+    assert np.all((hybrid.probability >= 0) & (hybrid.probability <= 1))
+    neg = grid.cell_ids(table.cell_index[7:8])[0]
+    refined = run_query(cm, table, grid, QuerySpec(cells=[cid], negative_cells=[neg]))
+    assert refined.scores[7] < ex.scores.max()
+    a, b = hybrid.probability, ex.probability
+    assert np.all(and_not(a, b) <= a)
+    nb = near(a, b, grid.centers(table.cell_index), 2.0, grid.body.radius_m)
+    assert np.all(nb <= a + 1e-6)
+
+
+def test_bad_queries(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out, res, cm = embedded
+    table = res.embedding_set.table()
+    grid = parse_grid("lonlat:0.02")
+    with pytest.raises(ConfigError, match="empty query"):
+        run_query(cm, table, grid, QuerySpec(text=["   "]))
+    with pytest.raises(ConfigError, match="too long"):
+        run_query(cm, table, grid, QuerySpec(text=["x" * 1000]))
+    with pytest.raises(ConfigError, match="outside the embedded area"):
+        run_query(cm, table, grid, QuerySpec(points=[(10.0, 10.0)]))
+    with pytest.raises(ConfigError, match="not a cell id"):
+        run_query(cm, table, grid, QuerySpec(cells=["lonlat:0.5:1:1"]))
+    with pytest.raises(ConfigError, match="nothing to look for"):
+        run_query(cm, table, grid, QuerySpec())
+    with pytest.raises(ConfigError, match="threshold"):
+        query_products(cm, QuerySpec(text=["fans"]), out, threshold=1.5)
+    other = load_model("RN50", device="cpu")
+    with pytest.raises(ConfigError, match="was made with model"):
+        query_products(other, QuerySpec(text=["fans"]), out)
+    notcat = tmp_path / "notcat"
+    notcat.mkdir()
+    (notcat / "data.csv").write_text("x")
+    with pytest.raises(OutputError, match="not a STAC catalog"):
+        query_products(cm, QuerySpec(text=["fans"]), notcat)
