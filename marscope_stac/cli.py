@@ -348,6 +348,140 @@ def embed_cmd(
     click.echo(result.summary())
 
 
+def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
+    out = []
+    for v in values:
+        try:
+            lon, lat = (float(x) for x in v.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: use LON,LAT in degrees, e.g. 150.1,-4.5") from None
+        out.append((lon, lat))
+    return out
+
+
+@cli.command("query")
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("products"),
+    show_default=True,
+    help="Products catalog (holding the embedding set).",
+)
+@click.option(
+    "--embeddings",
+    type=click.Path(path_type=Path),
+    help="Embedding set folder (default: the only one under OUT/embeddings).",
+)
+@click.option(
+    "--model", default="bundled", show_default=True, help="The model that made the embedding set."
+)
+@click.option("--pretrained", help="Weights for an architecture name.")
+@click.option("--point", "points", multiple=True, help="Example location LON,LAT.")
+@click.option("--cell", "cells", multiple=True, help="Example cell id.")
+@click.option(
+    "--image", "images", multiple=True, type=click.Path(path_type=Path), help="Example image file."
+)
+@click.option(
+    "--negative-point",
+    "neg_points",
+    multiple=True,
+    help="Counter-example location LON,LAT (refinement).",
+)
+@click.option(
+    "--negative-cell", "neg_cells", multiple=True, help="Counter-example cell id (refinement)."
+)
+@click.option(
+    "--image-weight",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Weight of examples in a hybrid query (MarScope: 0.3).",
+)
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    help="Prompt template with {} (default: MarScope's three).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Detection threshold on the calibrated probability.",
+)
+def query_cmd(
+    texts: tuple[str, ...],
+    out: Path,
+    embeddings: Path | None,
+    model: str,
+    pretrained: str | None,
+    points: tuple[str, ...],
+    cells: tuple[str, ...],
+    images: tuple[Path, ...],
+    neg_points: tuple[str, ...],
+    neg_cells: tuple[str, ...],
+    image_weight: float,
+    templates: tuple[str, ...],
+    threshold: float,
+) -> None:
+    """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
+    from marscope_stac.models import MARSCOPE_TEMPLATES, load_model
+    from marscope_stac.products import run_queries
+    from marscope_stac.query import QuerySpec
+
+    cm = load_model(model, pretrained)
+    base = QuerySpec(
+        points=_lonlat(points),
+        cells=list(cells),
+        images=[str(i) for i in images],
+        negatives_points=_lonlat(neg_points),
+        negative_cells=list(neg_cells),
+        image_weight=image_weight,
+        templates=list(templates) if templates else MARSCOPE_TEMPLATES,
+    )
+    for product in run_queries(cm, list(texts), base, out, embeddings, threshold):
+        click.echo(product.summary())
+
+
+@cli.command("evaluate")
+@click.argument("product", type=click.Path(path_type=Path))
+@click.option(
+    "--truth",
+    required=True,
+    help="Labelled STAC catalog, or GeoParquet / GeoJSON / CSV (lon, lat) of truth.",
+)
+@click.option("--landform", help="Only ground truth of this class.")
+@click.option("--split", help="With a catalog: only this split (e.g. test).")
+@click.option(
+    "--radius-cells",
+    type=float,
+    default=2.5,
+    show_default=True,
+    help="Point-protocol radius in cells (MarScope: 0.5 deg / 0.2 deg = 2.5).",
+)
+@click.option("--threshold", type=float, help="Per-cell threshold (default: the product's).")
+@click.option("--rank-by", default="probability", show_default=True, help="probability or score.")
+def evaluate_cmd(
+    product: Path,
+    truth: str,
+    landform: str | None,
+    split: str | None,
+    radius_cells: float,
+    threshold: float | None,
+    rank_by: str,
+) -> None:
+    """Score a query product against ground truth: best F1 over K, AUPRC, PR curve."""
+    from marscope_stac.landform_eval import evaluate_product
+
+    click.echo(
+        evaluate_product(
+            product, truth, landform, split, radius_cells, threshold, rank_by
+        ).summary()
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``marscope`` console script."""
     cli.main(args=argv, prog_name="marscope", standalone_mode=True)

@@ -29,7 +29,6 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-from numpy.typing import NDArray
 
 from marscope_stac import __version__
 from marscope_stac.cog import write_cog
@@ -61,7 +60,15 @@ from marscope_stac.stac_out import (
     ssys_fields,
 )
 
-__all__ = ["PMTILES_MEDIA_TYPE", "QueryProduct", "find_embedding_set", "query_products"]
+__all__ = [
+    "PMTILES_MEDIA_TYPE",
+    "QueryProduct",
+    "find_embedding_set",
+    "query_products",
+    "read_scores",
+    "run_queries",
+    "write_scores",
+]
 
 PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
 
@@ -213,6 +220,8 @@ def query_products(
             )
         )
         gdf.to_parquet(stage / "detections.parquet", index=False)
+        write_scores(stage / "scores.parquet", grid, result)
+        assets["scores"] = folder / "scores.parquet"
         assets["detections"] = folder / "detections.parquet"
         if feats:
             write_vector_pmtiles(
@@ -335,6 +344,13 @@ def _publish(
             "Detections (GeoParquet)",
         ),
     }
+    assets["scores"] = _asset(
+        folder / "scores.parquet",
+        folder,
+        PARQUET_MEDIA_TYPE,
+        ["data", "scores"],
+        "Per-cell score and probability (GeoParquet)",
+    )
     if (folder / "detections.pmtiles").is_file():
         assets["detection-tiles"] = _asset(
             folder / "detections.pmtiles",
@@ -390,6 +406,44 @@ def _publish(
     return catalog.add(coll_path, coll, folder / f"{qid}.json", item)
 
 
-def probability_of(product: QueryProduct) -> NDArray[np.float32]:
-    """The per-cell probabilities of a product (in the embedding set's row order)."""
-    return product.scored.probability
+def run_queries(
+    model: ClipModel,
+    texts: list[str],
+    base: QuerySpec,
+    out: str | Path = "products",
+    embeddings: str | Path | None = None,
+    threshold: float = 0.5,
+) -> list[QueryProduct]:
+    """One product per text (each combined with ``base``'s examples), or one for the examples.
+
+    Raises:
+        ConfigError: if there is neither text nor example.
+    """
+    from dataclasses import replace
+
+    if not texts and not (base.points or base.cells or base.images):
+        raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
+    specs = [replace(base, text=[t]) for t in texts] or [base]
+    return [query_products(model, s, out, embeddings, threshold) for s in specs]
+
+
+def write_scores(path: Path, grid: Grid, result: ScoredQuery) -> Path:
+    """Per-cell scores and probabilities as GeoParquet (cell centre points, body CRS)."""
+    centres = grid.centers(result.cells)
+    gdf = gpd.GeoDataFrame(
+        {
+            "cell_id": grid.cell_ids(result.cells),
+            "cell_index": result.cells,
+            "score": result.scores,
+            "probability": result.probability,
+        },
+        geometry=gpd.points_from_xy(centres[:, 0], centres[:, 1]),
+        crs=grid.body.geographic_code,
+    )
+    gdf.to_parquet(path, index=False)
+    return path
+
+
+def read_scores(path: str | Path) -> gpd.GeoDataFrame:
+    """Read a product's per-cell scores (see :func:`write_scores`)."""
+    return gpd.read_parquet(path)
