@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marscope_stac.demo.captions import CLASS_NAMES
 from marscope_stac.demo.world import (
     GENERATOR_VERSION,
     DemoCatalog,
@@ -18,14 +19,27 @@ from marscope_stac.demo.world import (
     existing_demo,
 )
 from marscope_stac.embed import EmbedResult, embed_catalog
-from marscope_stac.landform_eval import LandformReport, score_landforms, split_cells
+from marscope_stac.landform_eval import ProductEvaluation, evaluate_product
 from marscope_stac.models import load_model
+from marscope_stac.products import QueryProduct, query_products
+from marscope_stac.query import QuerySpec
 from marscope_stac.validation import ValidationReport, validate_catalog
 
 __all__ = ["DEMO_GRID", "DemoRun", "run_demo"]
 
 DEMO_GRID = "lonlat:0.02"
 """Grid of the demo: 0.02-degree cells, 60 source pixels (~1.2 km) each."""
+
+DEMO_QUERIES = (
+    "alluvial_fan",
+    "glacier_like_form",
+    "landslide",
+    "pitted_cone",
+    "yardang",
+    "impact_crater",
+    "dune_field",
+    "channel",
+)
 
 
 @dataclass
@@ -35,7 +49,8 @@ class DemoRun:
     catalog: DemoCatalog
     validation: ValidationReport
     embedding: EmbedResult | None = None
-    landforms: LandformReport | None = None
+    queries: dict[str, QueryProduct] = field(default_factory=dict)
+    evaluations: dict[str, ProductEvaluation] = field(default_factory=dict)
     products_validation: ValidationReport | None = None
     steps: list[str] = field(default_factory=list)
 
@@ -48,9 +63,25 @@ class DemoRun:
             lines.append(self.embedding.summary())
         if self.products_validation is not None:
             lines.append(self.products_validation.summary())
-        if self.landforms is not None:
-            lines.append("held-out area, per landform (text query -> best F1 over K, AUPRC):")
-            lines.append(self.landforms.summary())
+        if self.evaluations:
+            lines.append(
+                "held-out area, per landform: text query -> best F1 over K "
+                "(points, r = 2.5 cells / outlines), AUPRC; products:"
+            )
+            for cls, ev in self.evaluations.items():
+                q = self.queries[cls]
+                p = ev.points
+                o = ev.outlines
+                lines.append(
+                    f"  {CLASS_NAMES[cls]:20s} F1 {p.best_f1 if p else float('nan'):.3f} / "
+                    f"{o.best_f1 if o else float('nan'):.3f}  AUPRC "
+                    f"{p.auprc if p else float('nan'):.3f}   {q.item_path}"
+                )
+            any_q = next(iter(self.queries.values()))
+            lines.append(
+                f"  each folder holds probability.tif (COG), probability.pmtiles, "
+                f"detections.parquet/.pmtiles, preview.png; e.g. {any_q.folder}"
+            )
         return "\n".join(lines)
 
 
@@ -84,13 +115,13 @@ def run_demo(
     products = work / "products"
     emb = embed_catalog(root, products, model=model, grid=DEMO_GRID, progress=progress)
     run.embedding = emb
-    run.products_validation = validate_catalog(products)
     cm = load_model(model)
-    table = emb.embedding_set.table()
-    keep = split_cells(table, root, "test")
-    from marscope_stac.grid import parse_grid
-
-    centres = parse_grid(DEMO_GRID).centers(table.cell_index[keep])
-    run.landforms = score_landforms(cm, table.embedding[keep], centres, root, "test", DEMO_GRID)
-    run.steps += ["embed", "evaluate"]
+    for cls in DEMO_QUERIES:
+        product = query_products(
+            cm, QuerySpec(text=[CLASS_NAMES[cls]]), products, emb.embedding_set.root
+        )
+        run.queries[cls] = product
+        run.evaluations[cls] = evaluate_product(product.folder, root, cls, "test")
+    run.products_validation = validate_catalog(products)
+    run.steps += ["embed", "query", "evaluate"]
     return run
