@@ -86,7 +86,7 @@ def colorize(values: NDArray[np.float32], cmap: str = "magma") -> NDArray[np.uin
 
 def _png(rgba: NDArray[np.uint8]) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=False)
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -99,9 +99,10 @@ def _y_to_lat(y: NDArray[np.float64], n: int) -> NDArray[np.float64]:
     return np.degrees(np.arctan(np.sinh(math.pi * (1.0 - 2.0 * y / n))))
 
 
-def _zoom_range(res_deg: float, levels: int = 5) -> tuple[int, int]:
-    """Max zoom: a tile pixel no coarser than a quarter of a raster pixel at the equator."""
-    zmax = max(0, math.ceil(math.log2(360.0 / (256.0 * res_deg / 4.0))))
+def _zoom_range(res_deg: float, levels: int = 4) -> tuple[int, int]:
+    """Zoom levels fitted to the data: at the top zoom a tile pixel is no coarser than a
+    raster pixel at the equator; ``levels`` coarser zooms below it."""
+    zmax = max(0, math.ceil(math.log2(360.0 / (256.0 * res_deg))))
     zmax = min(zmax, 18)
     return max(0, zmax - levels), zmax
 
