@@ -100,8 +100,11 @@ def _y_to_lat(y: NDArray[np.float64], n: int) -> NDArray[np.float64]:
 
 
 def _zoom_range(res_deg: float, levels: int = 4) -> tuple[int, int]:
-    """Zoom levels fitted to the data: at the top zoom a tile pixel is no coarser than a
-    raster pixel at the equator; ``levels`` coarser zooms below it."""
+    """Zoom levels fitted to the data.
+
+    At the top zoom a tile pixel is no coarser than a raster pixel at the equator; ``levels``
+    coarser zooms lie below it.
+    """
     zmax = max(0, math.ceil(math.log2(360.0 / (256.0 * res_deg))))
     zmax = min(zmax, 18)
     return max(0, zmax - levels), zmax
