@@ -411,6 +411,7 @@ def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
     show_default=True,
     help="Detection threshold on the calibrated probability.",
 )
+@click.option("--classify", is_flag=True, help="Zero-shot classification: TEXTS are the classes.")
 def query_cmd(
     texts: tuple[str, ...],
     out: Path,
@@ -425,13 +426,18 @@ def query_cmd(
     image_weight: float,
     templates: tuple[str, ...],
     threshold: float,
+    classify: bool,
 ) -> None:
     """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
     from marscope_stac.models import MARSCOPE_TEMPLATES, load_model
-    from marscope_stac.products import run_queries
+    from marscope_stac.products import classify_products, run_queries
     from marscope_stac.query import QuerySpec
 
     cm = load_model(model, pretrained)
+    if classify:
+        classes = classify_products(cm, list(texts), out, embeddings, list(templates) or None)
+        click.echo(classes.summary())
+        return
     base = QuerySpec(
         points=_lonlat(points),
         cells=list(cells),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from pyproj import CRS
+from rasterio.enums import ColorInterp
 from rasterio.io import MemoryFile
 from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
@@ -74,6 +76,8 @@ def write_cog(
         with MemoryFile() as mem:
             with mem.open(**profile) as ds:
                 ds.write(arr)
+                if count != 3:  # data bands, never RGB(A): band 4 must not read as alpha
+                    ds.colorinterp = [ColorInterp.gray] * count
                 if band_names:
                     for i, name in enumerate(band_names, start=1):
                         ds.set_band_description(i, name)
@@ -83,7 +87,9 @@ def write_cog(
                     ds.scales = (scale,) * count
                 if offset is not None:
                     ds.offsets = (offset,) * count
-            with mem.open() as src:
+            with mem.open() as src, warnings.catch_warnings():
+                # rio-cogeo notes that nodata takes precedence over the internal mask: intended
+                warnings.filterwarnings("ignore", message=".*nodata.*", category=UserWarning)
                 cog_translate(
                     src,
                     tmp,

@@ -62,7 +62,9 @@ from marscope_stac.stac_out import (
 
 __all__ = [
     "PMTILES_MEDIA_TYPE",
+    "ClassProduct",
     "QueryProduct",
+    "classify_products",
     "find_embedding_set",
     "query_products",
     "read_scores",
@@ -447,3 +449,215 @@ def write_scores(path: Path, grid: Grid, result: ScoredQuery) -> Path:
 def read_scores(path: str | Path) -> gpd.GeoDataFrame:
     """Read a product's per-cell scores (see :func:`write_scores`)."""
     return gpd.read_parquet(path)
+
+
+CLASS_COLOURS = (
+    "808080",
+    "e6194b",
+    "3cb44b",
+    "ffe119",
+    "4363d8",
+    "f58231",
+    "911eb4",
+    "46f0f0",
+    "f032e6",
+    "bcf60c",
+    "fabebe",
+    "008080",
+    "e6beff",
+    "9a6324",
+)
+
+
+@dataclass
+class ClassProduct:
+    """What :func:`classify_products` wrote."""
+
+    query_id: str
+    folder: Path
+    item_path: Path
+    classes: list[str]
+    counts: dict[str, int]
+
+    def summary(self) -> str:
+        """Lines for people."""
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        return (
+            f"classification {self.query_id}: {counts}\n"
+            f"  class map: {self.folder / 'classes.tif'}\n"
+            f"  probabilities: {self.folder / 'probabilities.tif'}\n"
+            f"  STAC item: {self.item_path}"
+        )
+
+
+def classify_products(
+    model: ClipModel,
+    classes: list[str],
+    out: str | Path = "products",
+    embeddings: str | Path | None = None,
+    templates: Any = None,
+) -> ClassProduct:
+    """Zero-shot classification of every cell: per-class probability bands and a class map.
+
+    Probabilities are the softmax, at the model's temperature, over the classes and a
+    ``background`` class (the mean of the background prompts); the class map holds the most
+    probable class (0 = background). Both are COGs published with the classification
+    extension.
+    """
+    from marscope_stac.models import MARSCOPE_TEMPLATES
+    from marscope_stac.query import BACKGROUND_PROMPTS
+    from marscope_stac.stac_out import CLASSIFICATION_V2
+
+    names = [c.strip() for c in classes if c.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError("give at least two different class names to classify")
+    if len(names) > len(CLASS_COLOURS) - 1:
+        raise ConfigError(f"at most {len(CLASS_COLOURS) - 1} classes at once")
+    catalog = OutputCatalog(out)
+    es = find_embedding_set(out, model, embeddings)
+    grid = parse_grid(es.manifest()["grid"])
+    table = es.table()
+    tpl = templates or MARSCOPE_TEMPLATES
+    q = model.encode_queries(names, tpl)
+    bg = model.encode_queries(list(BACKGROUND_PROMPTS), tpl).mean(axis=0)
+    bg /= np.linalg.norm(bg)
+    logits = model.logit_scale * (table.embedding @ np.vstack([bg[None], q]).T)
+    logits -= logits.max(axis=1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(axis=1, keepdims=True)
+    label = prob.argmax(axis=1).astype(np.float32)
+    digest = hashlib.sha256(json.dumps([names, list(tpl), es.root.name]).encode()).hexdigest()
+    qid = f"classes-{digest[:10]}"
+    folder = Path(out) / "queries" / qid
+    class_map, transform = cells_to_raster(grid, table.cell_index, label)
+    bands = [
+        cells_to_raster(grid, table.cell_index, prob[:, k].astype(np.float32))[0]
+        for k in range(prob.shape[1])
+    ]
+    stack = np.stack([np.where(np.isnan(b), 255, np.round(b * 250)) for b in bands]).astype(
+        np.uint8
+    )
+    cmap_u8 = np.where(np.isnan(class_map), 255, class_map).astype(np.uint8)
+    all_names = ["background", *names]
+    with staged_directory(folder, overwrite=True) as stage:
+        write_cog(
+            stage / "classes.tif",
+            cmap_u8,
+            grid.body.crs,
+            transform,
+            nodata=255,
+            band_names=["class"],
+            overview_resampling="nearest",
+        )
+        write_cog(
+            stage / "probabilities.tif",
+            stack,
+            grid.body.crs,
+            transform,
+            nodata=255,
+            band_names=all_names,
+            scale=0.004,
+            offset=0.0,
+        )
+        rgb = np.zeros((*cmap_u8.shape, 4), np.uint8)
+        for k, colour in enumerate(CLASS_COLOURS[: len(all_names)]):
+            rgb[cmap_u8 == k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)] + [255]
+        from PIL import Image
+
+        img = Image.fromarray(rgb, "RGBA")
+        scale = max(1, min(1024 // max(cmap_u8.shape), 16))
+        img.resize(
+            (cmap_u8.shape[1] * scale, cmap_u8.shape[0] * scale), Image.Resampling.NEAREST
+        ).save(stage / "preview.png")
+    slug = [
+        re.sub(r"[^0-9A-Za-z_-]+", "-", n).strip("-") or f"class{k}"
+        for k, n in enumerate(all_names)
+    ]
+    classes_field = [
+        {"value": k, "name": slug[k], "description": all_names[k], "color_hint": CLASS_COLOURS[k]}
+        for k in range(len(all_names))
+    ]
+    rows, cols = cmap_u8.shape
+    west, north = transform.c, transform.f
+    east, south = west + transform.a * cols, north + transform.e * rows
+    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2],
+        "id": qid,
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [
+                [[west, south], [east, south], [east, north], [west, north], [west, south]]
+            ],
+        },
+        "bbox": [west, south, east, north],
+        "properties": {
+            **ssys_fields(grid.body),
+            "datetime": now,
+            **proj_fields(grid.body.crs, transform, (rows, cols)),
+            "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
+            "background prompt at the model's temperature.",
+            "processing:software": {"marscope-stac": __version__},
+            "marscope:classes": names,
+            "marscope:model": model.name,
+        },
+        "links": [
+            {
+                "rel": "derived_from",
+                "href": _rel(es.root / f"{es.root.name}.json", folder),
+                "type": "application/geo+json",
+                "title": "embedding set",
+            }
+        ],
+        "assets": {
+            "classes": _asset(
+                folder / "classes.tif",
+                folder,
+                COG_MEDIA_TYPE,
+                ["data"],
+                "Most probable class (COG)",
+                bands=cog_band_fields(folder / "classes.tif"),
+                **{"classification:classes": classes_field},
+            ),
+            "probabilities": _asset(
+                folder / "probabilities.tif",
+                folder,
+                COG_MEDIA_TYPE,
+                ["data"],
+                "Per-class probabilities (COG, one band each)",
+                bands=cog_band_fields(folder / "probabilities.tif"),
+            ),
+            "preview": _asset(
+                folder / "preview.png",
+                folder,
+                "image/png",
+                ["overview", "visual"],
+                "Class map preview",
+            ),
+        },
+    }
+    coll_path = folder.parent / "collection.json"
+    coll = (
+        json.loads(coll_path.read_text())
+        if coll_path.is_file()
+        else {
+            "type": "Collection",
+            "stac_version": "1.1.0",
+            "stac_extensions": [SSYS_V1],
+            "id": "queries",
+            "title": "Query products",
+            "description": "Probability maps and detections of landform queries.",
+            "license": "other",
+            **ssys_fields(grid.body),
+            "extent": {
+                "spatial": {"bbox": [[west, south, east, north]]},
+                "temporal": {"interval": [[now, now]]},
+            },
+            "links": [],
+        }
+    )
+    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
+    counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
+    return ClassProduct(qid, folder, item_path, names, counts)

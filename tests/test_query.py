@@ -156,3 +156,22 @@ def test_bad_queries(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyp
     (notcat / "data.csv").write_text("x")
     with pytest.raises(OutputError, match="not a STAC catalog"):
         query_products(cm, QuerySpec(text=["fans"]), notcat)
+
+
+def test_zero_shot_classification(embedded) -> None:  # type: ignore[no-untyped-def]
+    from marscope_stac.products import classify_products
+
+    out, _, cm = embedded
+    prod = classify_products(cm, ["yardangs", "dune fields", "impact craters"], out)
+    assert sum(prod.counts.values()) == 200
+    item = json.loads(prod.item_path.read_text())
+    classes = item["assets"]["classes"]["classification:classes"]
+    assert [c["value"] for c in classes] == [0, 1, 2, 3] and classes[0]["name"] == "background"
+    with rasterio.open(prod.folder / "probabilities.tif") as src:
+        assert src.count == 4 and src.crs.to_string() == "IAU_2015:49900"
+        p = src.read().astype(float) * 0.004
+    valid = p[0] < 1.0
+    assert np.allclose(p[:, valid].sum(axis=0), 1.0, atol=0.02)  # probabilities sum to one
+    assert validate_catalog(out).objects >= 8
+    with pytest.raises(ConfigError, match="at least two"):
+        classify_products(cm, ["yardangs"], out)
