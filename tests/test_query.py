@@ -175,3 +175,19 @@ def test_zero_shot_classification(embedded) -> None:  # type: ignore[no-untyped-
     assert validate_catalog(out).objects >= 8
     with pytest.raises(ConfigError, match="at least two"):
         classify_products(cm, ["yardangs"], out)
+
+
+def test_tile_maths_match_planetcantile_mars_tms() -> None:
+    from planetcantile import planetary_tms
+
+    from marscope_stac.render import _lat_to_y, _y_to_lat
+
+    tms = planetary_tms.get("MarsWebMercatorSphere")
+    for z, x, y in [(0, 0, 0), (3, 2, 3), (7, 100, 50), (9, 300, 260)]:
+        b = tms.bounds(x, y, z)
+        n = 2**z
+        assert b.left == pytest.approx(x / n * 360 - 180)
+        assert b.right == pytest.approx((x + 1) / n * 360 - 180)
+        assert b.top == pytest.approx(float(_y_to_lat(np.array([y], float), n)[0]))
+        assert b.bottom == pytest.approx(float(_y_to_lat(np.array([y + 1], float), n)[0]))
+        assert float(_lat_to_y(b.top, n)) == pytest.approx(y)
