@@ -22,6 +22,7 @@ from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from marscope_stac.errors import DataError
+from marscope_stac.fsutil import _umask
 
 __all__ = ["validate_cog", "write_cog"]
 
@@ -100,6 +101,7 @@ def write_cog(
                     quiet=True,
                     forward_band_tags=True,
                 )
+        Path(tmp).chmod(0o666 & ~_umask())
         Path(tmp).replace(dst)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -33,6 +33,12 @@ def file_multihash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return "1220" + digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     target = Path(path)
@@ -43,6 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        Path(tmp).chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         Path(tmp).replace(target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -90,6 +97,7 @@ def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}-staging-", dir=parent))
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield stage
     except BaseException:

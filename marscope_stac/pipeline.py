@@ -8,6 +8,7 @@ protocol) on the held-out area.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,12 @@ def run_demo(
         catalog.image_items = sorted(p.parent.name for p in root.glob("demo-ctx/*/*.json"))
         catalog.label_items = sorted(p.parent.name for p in root.glob("demo-labels/*/*.json"))
         catalog.previews = sorted(root.glob("demo-labels/*/preview.png"))
+        counts: dict[str, int] = {}
+        for path in root.glob("demo-labels/*/*.json"):
+            props = json.loads(path.read_text(encoding="utf-8")).get("properties", {})
+            for k, v in props.get("marscope:class_counts", {}).items():
+                counts[k] = counts.get(k, 0) + int(v)
+        catalog.counts = counts
     else:
         catalog = build_demo_catalog(
             root, seed=seed, size=size, overwrite=record is not None, progress=progress

@@ -128,3 +128,17 @@ def test_staged_directory_replaces_only_on_success(tmp_path: Path) -> None:
         (stage / "y").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["y"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        with staged_directory(tmp_path / "d") as stage:
+            (stage / "g").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
