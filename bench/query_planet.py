@@ -62,8 +62,8 @@ def main() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     emb16 = torch.from_numpy(emb.astype(np.float16))
     cells = np.arange(n, dtype=np.int64)
-    bg = rng.standard_normal((4, args.dim)).astype(np.float32)
-    bg /= np.linalg.norm(bg, axis=1, keepdims=True)
+    # background prompts resemble a few common terrain types, as "plains" does on Mars
+    bg = centres[10:14] / np.linalg.norm(centres[10:14], axis=1, keepdims=True)
     scale = 100.0
     bg_lse = torch.logsumexp(scale * (emb16 @ torch.from_numpy(bg).half().T).float(), dim=1)
     print(
