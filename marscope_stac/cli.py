@@ -412,6 +412,11 @@ def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
     help="Detection threshold on the calibrated probability.",
 )
 @click.option("--classify", is_flag=True, help="Zero-shot classification: TEXTS are the classes.")
+@click.option("--and-not", "and_not_text", help="Composite: the TEXT where this is absent.")
+@click.option("--near", "near_text", help="Composite: the TEXT with this nearby.")
+@click.option(
+    "--within-km", type=float, default=5.0, show_default=True, help="Distance for --near."
+)
 def query_cmd(
     texts: tuple[str, ...],
     out: Path,
@@ -427,6 +432,9 @@ def query_cmd(
     templates: tuple[str, ...],
     threshold: float,
     classify: bool,
+    and_not_text: str | None,
+    near_text: str | None,
+    within_km: float,
 ) -> None:
     """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
     from marscope_stac.models import MARSCOPE_TEMPLATES, load_model
@@ -437,6 +445,26 @@ def query_cmd(
     if classify:
         classes = classify_products(cm, list(texts), out, embeddings, list(templates) or None)
         click.echo(classes.summary())
+        return
+    if and_not_text or near_text:
+        from marscope_stac.products import composite_query
+
+        if len(texts) != 1 or (and_not_text and near_text):
+            raise click.UsageError("a composite takes one TEXT and one of --and-not / --near")
+        op, other = ("and-not", and_not_text) if and_not_text else ("near", near_text)
+        click.echo(
+            composite_query(
+                cm,
+                texts[0],
+                str(other),
+                op,
+                out,
+                embeddings,
+                threshold,
+                within_km,
+                list(templates) or None,
+            ).summary()
+        )
         return
     base = QuerySpec(
         points=_lonlat(points),

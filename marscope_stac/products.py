@@ -65,6 +65,7 @@ __all__ = [
     "ClassProduct",
     "QueryProduct",
     "classify_products",
+    "composite_query",
     "find_embedding_set",
     "query_products",
     "read_scores",
@@ -427,6 +428,50 @@ def run_queries(
         raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
     specs = [replace(base, text=[t]) for t in texts] or [base]
     return [query_products(model, s, out, embeddings, threshold) for s in specs]
+
+
+def composite_query(
+    model: ClipModel,
+    first: str,
+    second: str,
+    op: str,
+    out: str | Path = "products",
+    embeddings: str | Path | None = None,
+    threshold: float = 0.5,
+    within_km: float = 5.0,
+    templates: Any = None,
+) -> QueryProduct:
+    """Products of ``first AND NOT second`` (``op='and-not'``) or ``first NEAR second``.
+
+    Both are text queries; the composite is computed on their probability maps (see
+    :func:`marscope_stac.query.and_not` and :func:`marscope_stac.query.near`).
+    """
+    from marscope_stac.models import MARSCOPE_TEMPLATES
+    from marscope_stac.query import and_not, near
+
+    tpl = templates or MARSCOPE_TEMPLATES
+    es = find_embedding_set(out, model, embeddings)
+    grid = parse_grid(es.manifest()["grid"])
+    table = es.table()
+    a = run_query(model, table, grid, QuerySpec(text=[first], templates=tpl))
+    b = run_query(model, table, grid, QuerySpec(text=[second], templates=tpl))
+    if op == "and-not":
+        prob = and_not(a.probability, b.probability)
+        label = f"{first} and not {second}"
+    elif op == "near":
+        prob = near(
+            a.probability,
+            b.probability,
+            grid.centers(table.cell_index),
+            within_km,
+            grid.body.radius_m,
+        )
+        label = f"{first} near {second} within {within_km:g} km"
+    else:
+        raise ConfigError(f"unknown composite {op!r}; use and-not or near")
+    scored = ScoredQuery(a.cells, (a.scores * prob).astype(np.float32), prob, a.vector)
+    spec = QuerySpec(text=[label], templates=tpl)
+    return query_products(model, spec, out, es.root, threshold, scored=scored)
 
 
 def write_scores(path: Path, grid: Grid, result: ScoredQuery) -> Path:

@@ -191,3 +191,50 @@ def test_tile_maths_match_planetcantile_mars_tms() -> None:
         assert b.top == pytest.approx(float(_y_to_lat(np.array([y], float), n)[0]))
         assert b.bottom == pytest.approx(float(_y_to_lat(np.array([y + 1], float), n)[0]))
         assert float(_lat_to_y(b.top, n)) == pytest.approx(y)
+
+
+def test_composite_cli(embedded) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from marscope_stac.cli import cli
+
+    out, res, _ = embedded
+    model = res.embedding_set.manifest()["model"]["name"]
+    r = CliRunner().invoke(
+        cli,
+        [
+            "query",
+            "yardangs",
+            "--and-not",
+            "dune fields",
+            "--out",
+            str(out),
+            "--model",
+            model,
+            "--threshold",
+            "0",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "yardangs-and-not-dune-fields" in r.output
+    r = CliRunner().invoke(
+        cli,
+        [
+            "query",
+            "yardangs",
+            "--near",
+            "craters",
+            "--within-km",
+            "3",
+            "--out",
+            str(out),
+            "--model",
+            model,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        cli, ["query", "a", "b", "--near", "c", "--out", str(out), "--model", model]
+    )
+    assert r.exit_code == 2
+    assert validate_catalog(out).objects >= 9
