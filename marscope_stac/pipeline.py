@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marscope_stac.demo.captions import CLASS_NAMES
+from marscope_stac.demo.terrain import LANDFORM_CLASSES
 from marscope_stac.demo.world import (
     GENERATOR_VERSION,
     DemoCatalog,
@@ -31,16 +32,8 @@ __all__ = ["DEMO_GRID", "DemoRun", "run_demo"]
 DEMO_GRID = "lonlat:0.02"
 """Grid of the demo: 0.02-degree cells, 60 source pixels (~1.2 km) each."""
 
-DEMO_QUERIES = (
-    "alluvial_fan",
-    "glacier_like_form",
-    "landslide",
-    "pitted_cone",
-    "yardang",
-    "impact_crater",
-    "dune_field",
-    "channel",
-)
+DEMO_QUERIES = tuple(c for c in LANDFORM_CLASSES if c != "plains")
+"""Landforms the demo queries (by their plain-language names) and evaluates."""
 
 
 @dataclass

@@ -99,6 +99,33 @@ class QueryProduct:
         return "\n".join(lines)
 
 
+def _queries_collection(
+    path: Path, grid: Grid, bbox: list[float], start: str, end: str
+) -> dict[str, Any]:
+    """The ``queries`` collection, its extent grown to include ``bbox`` and the time range."""
+    if path.is_file():
+        coll = dict(json.loads(path.read_text()))
+        ob = coll["extent"]["spatial"]["bbox"][0]
+        coll["extent"]["spatial"]["bbox"] = [
+            [min(ob[0], bbox[0]), min(ob[1], bbox[1]), max(ob[2], bbox[2]), max(ob[3], bbox[3])]
+        ]
+        ((t0, t1),) = coll["extent"]["temporal"]["interval"]
+        coll["extent"]["temporal"]["interval"] = [[min(t0 or start, start), max(t1 or end, end)]]
+        return coll
+    return {
+        "type": "Collection",
+        "stac_version": "1.1.0",
+        "stac_extensions": [SSYS_V1],
+        "id": "queries",
+        "title": "Query products",
+        "description": "Probability maps, detections and class maps of landform queries.",
+        "license": "other",
+        **ssys_fields(grid.body),
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[start, end]]}},
+        "links": [],
+    }
+
+
 def find_embedding_set(
     out: str | Path, model: ClipModel | None = None, embeddings: str | Path | None = None
 ) -> EmbeddingSet:
@@ -379,33 +406,9 @@ def _publish(
         "assets": assets,
     }
     coll_path = folder.parent / "collection.json"
-    coll = {
-        "type": "Collection",
-        "stac_version": "1.1.0",
-        "stac_extensions": [SSYS_V1],
-        "id": "queries",
-        "title": "Query products",
-        "description": "Probability maps and detections of landform queries.",
-        "license": "other",
-        **ssys_fields(grid.body),
-        "extent": {
-            "spatial": {"bbox": [bbox]},
-            "temporal": {"interval": [[props["start_datetime"], props["end_datetime"]]]},
-        },
-        "links": [],
-    }
-    if coll_path.is_file():
-        old = json.loads(coll_path.read_text())
-        ob = old["extent"]["spatial"]["bbox"][0]
-        coll["extent"]["spatial"]["bbox"] = [
-            [
-                min(ob[0], west),
-                min(ob[1], south),
-                max(ob[2], east),
-                max(ob[3], north),
-            ]
-        ]
-        coll["links"] = old.get("links", [])
+    coll = _queries_collection(
+        coll_path, grid, bbox, props["start_datetime"], props["end_datetime"]
+    )
     return catalog.add(coll_path, coll, folder / f"{qid}.json", item)
 
 
@@ -684,25 +687,7 @@ def classify_products(
         },
     }
     coll_path = folder.parent / "collection.json"
-    coll = (
-        json.loads(coll_path.read_text())
-        if coll_path.is_file()
-        else {
-            "type": "Collection",
-            "stac_version": "1.1.0",
-            "stac_extensions": [SSYS_V1],
-            "id": "queries",
-            "title": "Query products",
-            "description": "Probability maps and detections of landform queries.",
-            "license": "other",
-            **ssys_fields(grid.body),
-            "extent": {
-                "spatial": {"bbox": [[west, south, east, north]]},
-                "temporal": {"interval": [[now, now]]},
-            },
-            "links": [],
-        }
-    )
+    coll = _queries_collection(coll_path, grid, [west, south, east, north], now, now)
     item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
     counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
     return ClassProduct(qid, folder, item_path, names, counts)
