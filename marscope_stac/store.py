@@ -51,11 +51,12 @@ class EmbeddingTable:
 
     @staticmethod
     def concat(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:
-        """Concatenate tables in order."""
+        """Concatenate tables in order (an empty result keeps the embedding width)."""
         tabs = [t for t in tables if len(t)]
         if not tabs:
+            dim = max((t.embedding.shape[1] for t in tables if t.embedding.ndim == 2), default=0)
             return EmbeddingTable(
-                np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32), []
+                np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.zeros(0, np.float32), []
             )
         return EmbeddingTable(
             np.concatenate([t.cell_index for t in tabs]),
@@ -108,7 +109,9 @@ def _geo_metadata(grid: Grid, bounds: NDArray[np.float64]) -> dict[str, Any]:
 def to_arrow(table: EmbeddingTable, grid: Grid, extra: dict[str, str] | None = None) -> pa.Table:
     """Arrow table with GeoParquet metadata for ``table``'s cells on ``grid``."""
     n = len(table)
-    dim = table.embedding.shape[1] if n else 0
+    dim = table.embedding.shape[1] if table.embedding.ndim == 2 else 0
+    if dim < 1:
+        raise DataError("cannot store embeddings of unknown width (empty table)")
     bounds = grid.bounds(table.cell_index) if n else np.zeros((0, 4))
     geoms = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3]) if n else []
     wkb = shapely.to_wkb(geoms) if n else []

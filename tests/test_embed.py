@@ -253,3 +253,29 @@ def test_disk_full_is_a_clear_error(
             progress=False,
             bbox=[150.0, -5.0, 150.05, -4.95],
         )
+
+
+def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from marscope_stac.models import load_model
+    from marscope_stac.products import query_products
+    from marscope_stac.query import QuerySpec
+    from marscope_stac.store import EmbeddingTable
+
+    empty = EmbeddingTable(
+        np.zeros(0, np.int64), np.zeros((0, 8), np.float32), np.zeros(0, np.float32), []
+    )
+    assert EmbeddingTable.concat([empty, empty]).embedding.shape == (0, 8)
+    out = tmp_path / "p"
+    res = embed_catalog(
+        demo_root,
+        out,
+        model=_model(tiny_model_dir),
+        grid="equal-area:1.2km",
+        progress=False,
+        batch_size=16,
+    )
+    assert res.cells > 150
+    cm = load_model(_model(tiny_model_dir), device="cpu")
+    prod = query_products(cm, QuerySpec(text=["yardangs"]), out, threshold=0.0)
+    assert prod.n_detections >= 1
+    assert validate_catalog(out).objects >= 7
