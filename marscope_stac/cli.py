@@ -250,6 +250,13 @@ def catalog_build_cmd(
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")
 @click.option("--half-weights", is_flag=True, help="Store the final weights in fp16.")
+@click.option(
+    "--prompt-share",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of captions replaced by MarScope-template sentences naming the class.",
+)
 def train_cmd(
     source: str,
     out: Path,
@@ -264,6 +271,7 @@ def train_cmd(
     device: str,
     no_resume: bool,
     half_weights: bool,
+    prompt_share: float,
 ) -> None:
     """Train an open_clip model on a labelled STAC catalog or a caption table (CSV/Parquet)."""
     from marscope_stac.train import TrainConfig, train_from_source
@@ -281,6 +289,7 @@ def train_cmd(
         device=device,
         resume=not no_resume,
         half_weights=half_weights,
+        prompt_share=prompt_share,
     )
     click.echo(result.summary())
 

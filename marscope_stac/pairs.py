@@ -53,6 +53,8 @@ class PairSet:
     captions: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     background_share: float = 0.15
+    prompt_share: float = 0.0
+    """Share of captions replaced by a prompt-template sentence naming the class (0: none)."""
 
     @property
     def classes(self) -> list[str]:
@@ -98,6 +100,8 @@ class PairSet:
                 crop = feat
                 caps_row = list(row["captions"])
                 caption, label = caps_row[int(rng.integers(len(caps_row)))], str(row["landform"])
+            if self.prompt_share and rng.uniform() < self.prompt_share:
+                caption = _prompt_caption(label, rng)
             crops.append(_augment(crop, rng) if augment else crop)
             caps.append(caption)
             labs.append(label)
@@ -119,6 +123,16 @@ class PairSet:
                 labs.append(str(row.landform))
         _ = rng
         return np.stack(crops), caps, labs
+
+
+def _prompt_caption(label: str, rng: np.random.Generator) -> str:
+    """A MarScope-template sentence around one of the class's nouns (query-style text)."""
+    from marscope_stac.demo.captions import _NOUNS
+    from marscope_stac.models import MARSCOPE_TEMPLATES
+
+    nouns = _NOUNS.get(label, [label.replace("_", " ")])
+    template = MARSCOPE_TEMPLATES[int(rng.integers(len(MARSCOPE_TEMPLATES)))]
+    return template.format(nouns[int(rng.integers(len(nouns)))])
 
 
 def _cut(img: NDArray[np.float32], cx: float, cy: float, size: int) -> NDArray[np.float32] | None:
@@ -187,6 +201,7 @@ def load_catalog_pairs(
     split: str = "train",
     crop_px: int = 60,
     label_asset: str = "labels-parquet",
+    prompt_share: float = 0.0,
 ) -> PairSet:
     """Pairs from the label items of ``split`` in a STAC catalog (see the module docstring).
 
@@ -195,6 +210,8 @@ def load_catalog_pairs(
         split: ``train`` or ``test`` (items' ``marscope:split``); ``all`` for every item.
         crop_px: Crop side in source pixels (a grid cell's ground size).
         label_asset: Key of the GeoParquet label asset with ``landform`` and ``captions``.
+        prompt_share: Share of training captions replaced by a MarScope-template sentence
+            naming one of the class's nouns, so query-style text is seen in training.
 
     Raises:
         CatalogError: if the catalog has no label item of that split, or labels lack captions.
@@ -251,7 +268,7 @@ def load_catalog_pairs(
         scenes.append(Scene(item.id, image, feats, background or ["plains", "flat terrain"]))
     if not scenes:
         raise CatalogError(f"no label item with marscope:split={split!r} in {catalog}")
-    return PairSet(crop_px=crop_px, scenes=scenes)
+    return PairSet(crop_px=crop_px, scenes=scenes, prompt_share=prompt_share)
 
 
 def load_table_pairs(table: str | Path, size: int = 64) -> PairSet:

@@ -415,6 +415,7 @@ def train_from_source(
     resume: bool = True,
     half_weights: bool = False,
     progress: bool = True,
+    prompt_share: float = 0.0,
 ) -> TrainResult:
     """Train on a labelled STAC catalog (train split; test split validates) or a table.
 
@@ -430,7 +431,7 @@ def train_from_source(
         val = None
         what = f"caption table {src}"
     else:
-        pairs = load_catalog_pairs(src, "train", crop_px)
+        pairs = load_catalog_pairs(src, "train", crop_px, prompt_share=prompt_share)
         try:
             val = load_catalog_pairs(src, "test", crop_px)
         except ConfigError:
