@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marscope_stac.demo.world import build_demo_catalog, existing_demo
+from marscope_stac.demo.world import ensure_demo_catalog
 from marscope_stac.embed import embed_catalog
 from marscope_stac.models import load_model
 
@@ -34,8 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     root = Path("bench/out/demo-" + args.size)
-    if existing_demo(root) is None:
-        build_demo_catalog(root, size=args.size, overwrite=True)
+    ensure_demo_catalog(root, size=args.size)
     cm = load_model(args.model)
     n = 1024
     x = np.random.default_rng(0).uniform(0, 1, (n, cm.image_size, cm.image_size))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marscope_stac.demo.world import build_demo_catalog, existing_demo
+from marscope_stac.demo.world import ensure_demo_catalog
 from marscope_stac.landform_eval import evaluate_landforms
 from marscope_stac.models import load_model
 from marscope_stac.pairs import load_catalog_pairs
@@ -32,8 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     root = Path(args.catalog)
-    if existing_demo(root) is None:
-        build_demo_catalog(root, size="default")
+    ensure_demo_catalog(root, size="default")
     cm = load_model(args.model, args.pretrained, device="auto")
     report = evaluate_landforms(cm, root, "test", args.grid)
     print(report.summary())

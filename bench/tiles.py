@@ -21,7 +21,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from marscope_stac.demo.world import build_demo_catalog, existing_demo
+from marscope_stac.demo.world import ensure_demo_catalog
 from marscope_stac.grid import parse_grid
 from marscope_stac.stac_in import load_sources
 from marscope_stac.tiles import TilePlan, iter_tile_batches, plan_tiles
@@ -75,8 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     root = Path("bench/out/demo-" + args.size)
-    if existing_demo(root) is None:
-        build_demo_catalog(root, size=args.size, overwrite=True)
+    ensure_demo_catalog(root, size=args.size)
     sources = load_sources(root)
     grid = parse_grid(args.grid, sources.body)
     print(f"demo catalog {root} ({args.size}), grid {grid.spec}")

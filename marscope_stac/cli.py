@@ -130,6 +130,30 @@ def demo_cmd(workdir: Path, seed: int, size: str, model: str) -> None:
     click.echo(result.summary())
 
 
+def _model_options(f: Any) -> Any:
+    """``--model`` (default ``bundled``) and ``--pretrained`` (shared by several commands)."""
+    f = click.option(
+        "--pretrained", help="Pretrained tag or checkpoint file for an architecture name."
+    )(f)
+    return click.option(
+        "--model",
+        default="bundled",
+        show_default=True,
+        help="bundled, hf-hub:ORG/REPO, local-dir:PATH or an open_clip architecture.",
+    )(f)
+
+
+def _products_option(f: Any) -> Any:
+    """``--out``: the products catalog folder."""
+    return click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("products"),
+        show_default=True,
+        help="Products STAC catalog folder.",
+    )(f)
+
+
 def _source_options(f: Any) -> Any:
     """Options that select imagery from a STAC source (shared by several commands)."""
     for opt in reversed(
@@ -296,20 +320,8 @@ def train_cmd(
 
 @cli.command("embed")
 @click.argument("catalog")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("products"),
-    show_default=True,
-    help="Output STAC catalog folder.",
-)
-@click.option(
-    "--model",
-    default="bundled",
-    show_default=True,
-    help="bundled, hf-hub:ORG/REPO, local-dir:PATH or an open_clip architecture.",
-)
-@click.option("--pretrained", help="Pretrained tag or checkpoint file for an architecture.")
+@_products_option
+@_model_options
 @click.option("--grid", default="lonlat:0.02", show_default=True, help="Grid specification.")
 @click.option("--tile-px", type=int, help="Tile size (default: the model's input size).")
 @_source_options
@@ -370,22 +382,13 @@ def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
 
 @cli.command("query")
 @click.argument("texts", nargs=-1)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("products"),
-    show_default=True,
-    help="Products catalog (holding the embedding set).",
-)
+@_products_option
 @click.option(
     "--embeddings",
     type=click.Path(path_type=Path),
     help="Embedding set folder (default: the only one under OUT/embeddings).",
 )
-@click.option(
-    "--model", default="bundled", show_default=True, help="The model that made the embedding set."
-)
-@click.option("--pretrained", help="Weights for an architecture name.")
+@_model_options
 @click.option("--point", "points", multiple=True, help="Example location LON,LAT.")
 @click.option("--cell", "cells", multiple=True, help="Example cell id.")
 @click.option(

@@ -8,18 +8,12 @@ protocol) on the held-out area.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from marscope_stac.demo.captions import CLASS_NAMES
 from marscope_stac.demo.terrain import LANDFORM_CLASSES
-from marscope_stac.demo.world import (
-    GENERATOR_VERSION,
-    DemoCatalog,
-    build_demo_catalog,
-    existing_demo,
-)
+from marscope_stac.demo.world import DemoCatalog, ensure_demo_catalog
 from marscope_stac.embed import EmbedResult, embed_catalog
 from marscope_stac.landform_eval import ProductEvaluation, evaluate_product
 from marscope_stac.models import load_model
@@ -93,23 +87,7 @@ def run_demo(
     """
     work = Path(workdir)
     root = work / "catalogs" / "demo"
-    record = existing_demo(root)
-    wanted = {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
-    if record == wanted:
-        catalog = DemoCatalog(root=root, seed=seed, size=size, reused=True)
-        catalog.image_items = sorted(p.parent.name for p in root.glob("demo-ctx/*/*.json"))
-        catalog.label_items = sorted(p.parent.name for p in root.glob("demo-labels/*/*.json"))
-        catalog.previews = sorted(root.glob("demo-labels/*/preview.png"))
-        counts: dict[str, int] = {}
-        for path in root.glob("demo-labels/*/*.json"):
-            props = json.loads(path.read_text(encoding="utf-8")).get("properties", {})
-            for k, v in props.get("marscope:class_counts", {}).items():
-                counts[k] = counts.get(k, 0) + int(v)
-        catalog.counts = counts
-    else:
-        catalog = build_demo_catalog(
-            root, seed=seed, size=size, overwrite=record is not None, progress=progress
-        )
+    catalog = ensure_demo_catalog(root, seed=seed, size=size, progress=progress)
     report = validate_catalog(root)
     run = DemoRun(catalog=catalog, validation=report, steps=["demo-data", "validate"])
     products = work / "products"

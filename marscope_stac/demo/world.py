@@ -70,6 +70,7 @@ __all__ = [
     "DemoCatalog",
     "WorldSize",
     "build_demo_catalog",
+    "ensure_demo_catalog",
 ]
 
 DEMO_PIXELS_PER_DEGREE = 3000
@@ -594,6 +595,35 @@ def _validate_tree(root: Path) -> None:
     expected = len(list(root.rglob("*.json")))
     if report.objects != expected:  # pragma: no cover - would be a bug in the writer
         raise CatalogError(f"only {report.objects} of {expected} JSON files in {root} are STAC")
+
+
+def ensure_demo_catalog(
+    out: str | Path = "catalogs/demo",
+    seed: int = 0,
+    size: str = "default",
+    progress: bool = False,
+) -> DemoCatalog:
+    """The demo catalog at ``out``, reused when built with this seed and size.
+
+    Otherwise it is (re)built with :func:`build_demo_catalog`.
+    """
+    root = Path(out)
+    record = existing_demo(root)
+    if record != {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION}:
+        return build_demo_catalog(
+            root, seed=seed, size=size, overwrite=record is not None, progress=progress
+        )
+    catalog = DemoCatalog(root=root, seed=seed, size=size, reused=True)
+    labels = sorted(root.glob(f"{LABEL_COLLECTION}/*/*.json"))
+    catalog.image_items = sorted(p.parent.name for p in root.glob(f"{IMAGE_COLLECTION}/*/*.json"))
+    catalog.label_items = [p.parent.name for p in labels]
+    catalog.previews = sorted(root.glob(f"{LABEL_COLLECTION}/*/preview.png"))
+    counts: Counter[str] = Counter()
+    for path in labels:
+        props = json.loads(path.read_text(encoding="utf-8")).get("properties", {})
+        counts.update({k: int(v) for k, v in props.get("marscope:class_counts", {}).items()})
+    catalog.counts = {k: counts.get(k, 0) for k in LANDFORM_CLASSES}
+    return catalog
 
 
 def remove_demo(out: str | Path) -> None:
