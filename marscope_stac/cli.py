@@ -258,7 +258,16 @@ def catalog_build_cmd(
     show_default=True,
     help="open_clip architecture, or local-dir:/hf-hub: weights to fine-tune.",
 )
-@click.option("--pretrained", help="Pretrained tag or checkpoint file for an architecture.")
+@click.option(
+    "--pretrained",
+    help="Pretrained tag or checkpoint file for an architecture; 'parts' starts marscope-small "
+    "from its packaged ImageNet image and sentence-transformers text encoders.",
+)
+@click.option(
+    "--lock-text",
+    is_flag=True,
+    help="Freeze the text transformer (train its projection only; Hugging Face towers).",
+)
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=100, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -286,6 +295,7 @@ def train_cmd(
     out: Path,
     model: str,
     pretrained: str | None,
+    lock_text: bool,
     epochs: int,
     steps_per_epoch: int,
     batch_size: int,
@@ -301,7 +311,12 @@ def train_cmd(
     from marscope_stac.train import TrainConfig, train_from_source
 
     cfg = TrainConfig(
-        epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, seed=seed
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        lock_text=lock_text,
     )
     result = train_from_source(
         source,

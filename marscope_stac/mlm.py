@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ from marscope_stac.stac_out import FILE_V2, MLM_V1, file_fields
 from marscope_stac.validation import validate_dict
 
 __all__ = ["model_item"]
+
+
+def mlm_name(text: str) -> str:
+    """A model name valid for ``mlm:name`` (a letter first, 3+ characters, no odd symbols)."""
+    name = re.sub(r"[^a-zA-Z0-9_.\-]+", "-", text).strip("-_.")
+    if not name or not name[0].isalpha():
+        name = f"model-{name}" if name else "model"
+    if len(name) < 3 or not name[-1].isalnum():
+        name = f"{name.rstrip('-_.')}-model"
+    return name
 
 
 def model_item(

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from marscope_stac.errors import ConfigError, ModelError
+from marscope_stac.parts import IMAGENET_MEAN, IMAGENET_STD, resolve_parts, uses_parts
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -67,13 +69,50 @@ def bundled_model_dir() -> Path:
     return Path(str(files("marscope_stac") / "data" / "models" / "marscope-tiny"))
 
 
+PROJECT_ARCHITECTURES: tuple[str, ...] = ("marscope-tiny", "marscope-small")
+"""Architectures defined by this project (``marscope_stac/data/models/NAME.json``)."""
+
+ARCH_PREPROCESS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "marscope-small": (IMAGENET_MEAN, IMAGENET_STD),
+}
+"""Normalisation of architectures whose image tower starts from ImageNet weights."""
+
+
+def project_arch_config(name: str) -> dict[str, Any]:
+    """The portable open_clip ``model_cfg`` of a project architecture (parts by package name)."""
+    path = Path(str(files("marscope_stac") / "data" / "models" / f"{name}.json"))
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
 def register_bundled_architectures() -> None:
-    """Make the project's architectures (``marscope-tiny``) known to open_clip by name."""
+    """Make the project's architectures (``marscope-tiny``, ``marscope-small``) known to open_clip.
+
+    ``marscope-small`` names packaged pretrained parts; they are resolved to the installed
+    folders here (see :mod:`marscope_stac.parts`). When such a package is missing, the
+    architecture stays unregistered and using it says what to install.
+    """
     import open_clip
 
-    folder = Path(str(files("marscope_stac") / "data" / "models"))
-    if "marscope-tiny" not in open_clip.list_models():
-        open_clip.add_model_config(folder)
+    known = set(open_clip.list_models())
+    with tempfile.TemporaryDirectory(prefix="marscope-archs-") as tmp:
+        for name in PROJECT_ARCHITECTURES:
+            if name in known:
+                continue
+            cfg = project_arch_config(name)
+            try:
+                cfg = resolve_parts(cfg)
+            except ModelError as exc:
+                log.debug("architecture %s not registered: %s", name, exc)
+                continue
+            (Path(tmp) / f"{name}.json").write_text(json.dumps(cfg), encoding="utf-8")
+        if any(Path(tmp).iterdir()):
+            open_clip.add_model_config(tmp)
+
+
+def check_project_architecture(name: str) -> None:
+    """Raise the install hint when a project architecture could not be registered."""
+    if name in PROJECT_ARCHITECTURES:
+        resolve_parts(project_arch_config(name))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -305,6 +344,7 @@ def load_model(
     elif name.startswith("hf-hub:"):
         open_name = name
     else:
+        check_project_architecture(name)
         if name not in open_clip.list_models():
             raise ModelError(
                 f"unknown open_clip architecture {name!r}; see open_clip.list_models() "
@@ -316,8 +356,20 @@ def load_model(
         )
         if looks_like_file and not Path(str(pretrained)).is_file():
             raise ModelError(f"checkpoint file {pretrained} does not exist")
+    if open_name.startswith("local-dir:") and arch in PROJECT_ARCHITECTURES:
+        cfg_parts = _read_config(Path(open_name.split(":", 1)[1])).get("model_cfg", {})
+        if uses_parts(cfg_parts):
+            # The folder names packaged parts (portable); build by architecture name instead.
+            check_project_architecture(str(arch))
+            weights = Path(open_name.split(":", 1)[1]) / "open_clip_model.safetensors"
+            if not weights.is_file():
+                raise ModelError(f"{weights.parent} has no open_clip_model.safetensors")
+            open_name, pretrained = str(arch), str(weights)
+    elif open_name in PROJECT_ARCHITECTURES:
+        check_project_architecture(open_name)
+    norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
     try:
-        with _quiet_open_clip():
+        with quiet_model_loading():
             net, _, _ = open_clip.create_model_and_transforms(
                 open_name,
                 pretrained=pretrained
@@ -325,6 +377,8 @@ def load_model(
                 else None,
                 precision=prec,
                 device=dev,
+                image_mean=norm[0] if norm else None,
+                image_std=norm[1] if norm else None,
             )
             tokenizer = open_clip.get_tokenizer(open_name)
     except Exception as exc:
@@ -369,12 +423,21 @@ def load_model(
 
 
 @contextlib.contextmanager
-def _quiet_open_clip() -> Any:
-    logger = logging.getLogger("root")
+def quiet_model_loading() -> Any:
+    """Silence open_clip's root-logger INFO lines and transformers' load reports."""
     level = logging.getLogger().level
+    tf_logging: Any = None
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as tf_logging
+    tf_level = tf_logging.get_verbosity() if tf_logging is not None else None
     try:
-        logging.getLogger().setLevel(max(level, logging.WARNING))
+        logging.getLogger().setLevel(max(level, logging.ERROR))
+        if tf_logging is not None:
+            tf_logging.set_verbosity_error()
+            tf_logging.disable_progress_bar()
         yield
     finally:
         logging.getLogger().setLevel(level)
-        _ = logger
+        if tf_logging is not None:
+            tf_logging.set_verbosity(tf_level)
+            tf_logging.enable_progress_bar()

@@ -35,12 +35,18 @@ from marscope_stac import __version__
 from marscope_stac.errors import ConfigError, ModelError
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text
 from marscope_stac.models import (
+    ARCH_PREPROCESS,
     MARSCOPE_TEMPLATES,
+    PROJECT_ARCHITECTURES,
     ClipModel,
+    check_project_architecture,
+    project_arch_config,
+    quiet_model_loading,
     register_bundled_architectures,
     resolve_device,
 )
 from marscope_stac.pairs import PairSet
+from marscope_stac.parts import TextFeatureCache, init_pretrained_parts
 
 __all__ = [
     "TrainConfig",
@@ -50,6 +56,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PRETRAINED_PARTS = "parts"
+"""``pretrained`` value that starts an architecture from its packaged pretrained parts."""
 
 
 @dataclass
@@ -64,6 +73,7 @@ class TrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     val_classes_prompted: bool = True
+    lock_text: bool = False
 
 
 @dataclass
@@ -228,22 +238,40 @@ def train_model(
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     dev = resolve_device(device)
     _seed_all(cfg.seed)
+    parts = pretrained == PRETRAINED_PARTS
     try:
-        if model.startswith(("local-dir:", "hf-hub:")):
-            net = open_clip.create_model(model, device=dev)
-        else:
-            if model not in open_clip.list_models():
-                raise ModelError(f"unknown open_clip architecture {model!r}")
-            net = open_clip.create_model(model, pretrained=pretrained, device=dev)
-        tokenizer = open_clip.get_tokenizer(model)
+        with quiet_model_loading():
+            if model.startswith(("local-dir:", "hf-hub:")):
+                net = open_clip.create_model(model, device=dev)
+            else:
+                check_project_architecture(model)
+                if model not in open_clip.list_models():
+                    raise ModelError(f"unknown open_clip architecture {model!r}")
+                net = open_clip.create_model(
+                    model, pretrained=None if parts else pretrained, device=dev
+                )
+            tokenizer = open_clip.get_tokenizer(model)
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelError(f"cannot build model {model}: {str(exc).splitlines()[0][:160]}") from exc
+    if parts:
+        for what in init_pretrained_parts(net):
+            log.info("initialised from %s", what)
     size = net.visual.image_size
     size = int(size[0] if isinstance(size, tuple | list) else size)
     pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}
-    mean = tuple(pcfg.get("mean", (0.45, 0.45, 0.45)))
-    std = tuple(pcfg.get("std", (0.2, 0.2, 0.2)))
+    default_norm = (tuple(pcfg.get("mean", (0.45,) * 3)), tuple(pcfg.get("std", (0.2,) * 3)))
+    mean, std = ARCH_PREPROCESS.get(model, default_norm)
+    net.visual.preprocess_cfg = {**pcfg, "mean": tuple(mean), "std": tuple(std)}
     cm = ClipModel(net, tokenizer, model, model, pretrained, size, mean, std, dev)
+    text_cache: TextFeatureCache | None = None
+    if cfg.lock_text:
+        if not TextFeatureCache.supports(getattr(net, "text", None) or torch.nn.Module()):
+            raise ConfigError(
+                f"--lock-text needs a Hugging Face text tower (e.g. marscope-small); "
+                f"{model} has none"
+            )
+        net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        text_cache = TextFeatureCache(net.text, tokenizer, dev)
     opt = torch.optim.AdamW(
         _param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
@@ -285,9 +313,11 @@ def train_model(
                 g["lr"] = _lr_at(step, total, cfg)
             imgs, caps, labs = pairs.sample(cfg.batch_size, rng)
             x = cm.preprocess(imgs).to(dev)
-            tok = tokenizer(caps).to(dev)
             fi = F.normalize(net.encode_image(x), dim=-1)
-            ft = F.normalize(net.encode_text(tok), dim=-1)
+            if text_cache is not None:
+                ft = F.normalize(text_cache(list(caps)), dim=-1)
+            else:
+                ft = F.normalize(net.encode_text(tokenizer(caps).to(dev)), dim=-1)
             loss = contrastive_loss(fi, ft, net.logit_scale.exp(), labs if use_labels else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -328,7 +358,11 @@ def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:
     from safetensors.torch import save
 
     arch = model.split(":", 1)[1] if model.startswith(("local-dir:", "hf-hub:")) else model
-    model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
+    model_cfg: dict[str, Any] | None
+    if arch in PROJECT_ARCHITECTURES:
+        model_cfg = project_arch_config(arch)  # portable: packaged parts by name, not path
+    else:
+        model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
     if model_cfg is None and model.startswith("local-dir:"):
         model_cfg = json.loads((Path(arch) / "open_clip_config.json").read_text())["model_cfg"]
     if model_cfg is None:
@@ -359,11 +393,11 @@ def _model_item(
     cm: ClipModel, folder: Path, cfg: TrainConfig, history: list[dict[str, float]], source: str
 ) -> Path:
     """STAC Item with the MLM extension describing the exported model."""
-    from marscope_stac.mlm import model_item
+    from marscope_stac.mlm import mlm_name, model_item
 
     item = model_item(
         folder,
-        name=folder.parent.name,
+        name=mlm_name(folder.parent.name),
         arch=str(cm.arch),
         image_size=cm.image_size,
         embed_dim=cm.embed_dim,
