@@ -21,7 +21,7 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from PIL import Image
-from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.fsutil import atomic_write_bytes
@@ -288,60 +288,102 @@ def _packed(values: Sequence[int]) -> bytes:
     return b"".join(_varint(v) for v in values)
 
 
-def _polygon_commands(geom: BaseGeometry) -> list[int]:
-    cmds: list[int] = []
-    cx = cy = 0
-    polys = list(getattr(geom, "geoms", [geom]))
-    for poly in polys:
-        poly = shapely.geometry.polygon.orient(poly, sign=1.0)  # positive area in tile coords
-        for ring in [poly.exterior, *poly.interiors]:
-            pts = np.round(np.asarray(ring.coords)[:-1]).astype(int)
-            # drop repeated points after rounding
-            keep = np.ones(len(pts), bool)
-            keep[1:] = np.any(np.diff(pts, axis=0) != 0, axis=1)
-            pts = pts[keep]
-            if len(pts) < 3:
-                continue
-            x, y = int(pts[0, 0]), int(pts[0, 1])
-            cmds += [(1 & 7) | (1 << 3), _zigzag(x - cx), _zigzag(y - cy)]
-            cx, cy = x, y
-            cmds.append((2 & 7) | ((len(pts) - 1) << 3))
-            for px, py in pts[1:]:
-                cmds += [_zigzag(int(px) - cx), _zigzag(int(py) - cy)]
-                cx, cy = int(px), int(py)
-            cmds.append((7 & 7) | (1 << 3))
-    return cmds
+def _varints(values: NDArray[np.uint64]) -> tuple[bytes, NDArray[np.int64]]:
+    """Protobuf varints of many values at once; returns the bytes and each value's end offset."""
+    v = values.astype(np.uint64)
+    nbytes = np.ones(len(v), np.int64)
+    for k in (7, 14, 21, 28, 35, 42, 49, 56, 63):
+        nbytes += v >= (np.uint64(1) << np.uint64(k))
+    ends = np.cumsum(nbytes)
+    out = np.zeros(int(ends[-1]) if len(ends) else 0, np.uint8)
+    starts = ends - nbytes
+    for j in range(int(nbytes.max()) if len(v) else 0):
+        sel = nbytes > j
+        byte = (v[sel] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        more = (nbytes[sel] > j + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[sel] + j] = (byte | more).astype(np.uint8)
+    return out.tobytes(), ends
+
+
+def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
+    """MVT geometry command streams (packed varints) of polygonal features, all at once.
+
+    Rings are oriented as MVT wants (exterior positive area in tile coordinates, holes
+    negative), rounded to the integer grid with repeated points dropped; rings left with fewer
+    than three points are skipped, and a feature with no ring left gets ``None``.
+    """
+    if len(geoms) == 0:
+        return []
+    parts, part_feat = shapely.get_parts(geoms, return_index=True)
+    parts = shapely.orient_polygons(parts, exterior_cw=False)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    coords, pt_ring = shapely.get_coordinates(rings, return_index=True)
+    pts = np.round(coords).astype(np.int64)
+    last = np.r_[pt_ring[1:] != pt_ring[:-1], True]  # closing point of each ring
+    first = np.r_[True, pt_ring[1:] != pt_ring[:-1]]
+    keep = ~last & (first | np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)])
+    pts, pt_ring = pts[keep], pt_ring[keep]
+    counts = np.bincount(pt_ring, minlength=len(rings))
+    ok_ring = counts >= 3
+    sel = ok_ring[pt_ring]
+    pts, pt_ring = pts[sel], pt_ring[sel]
+    ring_ids = np.flatnonzero(ok_ring)
+    m = counts[ring_ids]
+    ring_feat = part_feat[ring_part[ring_ids]]
+    pt_feat = ring_feat[np.repeat(np.arange(len(ring_ids)), m)]
+    result: list[bytes | None] = [None] * len(geoms)
+    if len(pts) == 0:
+        return result
+    # deltas from the cursor, which starts at (0, 0) for every feature
+    prev = np.vstack([[0, 0], pts[:-1]])
+    prev[np.r_[True, pt_feat[1:] != pt_feat[:-1]]] = 0
+    d = pts - prev
+    zz = ((d << 1) ^ (d >> 63)).astype(np.uint64)
+    ring_len = 2 * m + 3
+    ring_start = np.concatenate([[0], np.cumsum(ring_len)[:-1]])
+    stream = np.zeros(int(ring_len.sum()), np.uint64)
+    stream[ring_start] = 9  # MoveTo, count 1
+    stream[ring_start + 3] = (2 | ((m - 1) << 3)).astype(np.uint64)  # LineTo, count m - 1
+    stream[ring_start + ring_len - 1] = 15  # ClosePath
+    k = np.arange(len(pts)) - np.repeat(np.cumsum(m) - m, m)
+    posx = np.repeat(ring_start, m) + 1 + 2 * k + (k >= 1)
+    stream[posx] = zz[:, 0]
+    stream[posx + 1] = zz[:, 1]
+    data, ends = _varints(stream)
+    # rings of one feature are contiguous: slice each feature's bytes
+    ring_end_val = np.cumsum(ring_len)
+    feat_ids, first_ring = np.unique(ring_feat, return_index=True)
+    last_ring = np.r_[first_ring[1:], len(ring_feat)] - 1
+    start_val = ring_start[first_ring]
+    end_val = ring_end_val[last_ring]
+    byte_start = np.where(start_val > 0, ends[np.maximum(start_val - 1, 0)], 0)
+    byte_end = ends[end_val - 1]
+    for f, b0, b1 in zip(feat_ids, byte_start, byte_end, strict=True):
+        result[int(f)] = data[int(b0) : int(b1)]
+    return result
 
 
 def _mvt_tile(
     layer: str, features: list[tuple[BaseGeometry, dict[str, float]]], extent: int = 4096
 ) -> bytes:
-    keys: list[str] = []
-    values: list[float] = []
-    feats = b""
-    for fid, (geom, props) in enumerate(features, start=1):
-        cmds = _polygon_commands(geom)
-        if not cmds:
+    keys: dict[str, int] = {}
+    values: dict[float, int] = {}
+    feats: list[bytes] = []
+    encoded = _polygon_geometries(np.asarray([g for g, _ in features], dtype=object))
+    for fid, ((_, props), geometry) in enumerate(zip(features, encoded, strict=True), start=1):
+        if geometry is None:
             continue
         tags = []
         for k, v in props.items():
-            if k not in keys:
-                keys.append(k)
-            if float(v) not in values:
-                values.append(float(v))
-            tags += [keys.index(k), values.index(float(v))]
-        body = (
-            _field(1, 0, fid)
-            + _field(2, 2, _packed(tags))
-            + _field(3, 0, 3)
-            + _field(4, 2, _packed(cmds))
-        )
-        feats += _field(2, 2, body)
+            tags += [keys.setdefault(k, len(keys)), values.setdefault(float(v), len(values))]
+        body = _field(1, 0, fid) + _field(2, 2, _packed(tags))
+        body += _field(3, 0, 3) + _field(4, 2, geometry)
+        feats.append(_field(2, 2, body))
     if not feats:
         return b""
     import struct
 
-    layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + feats
+    layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + b"".join(feats)
     layer_bytes += b"".join(_field(3, 2, k.encode()) for k in keys)
     layer_bytes += b"".join(_field(4, 2, _field(3, 1, struct.pack("<d", v))) for v in values)
     layer_bytes += _field(5, 0, extent)
@@ -367,41 +409,47 @@ def write_vector_pmtiles(
     if not features:
         raise ValueError("no features to write")
     geoms = [g for g, _ in features]
-    west, south, east, north = shapely.union_all(geoms).bounds
+    west, south, east, north = (float(v) for v in shapely.total_bounds(geoms))
     zmin, zmax = zoom
     tiles: list[tuple[int, bytes]] = []
     extent = 4096
+    geom_array = np.asarray(geoms, dtype=object)
+    props_list = [p for _, p in features]
+    buffer = 64 / extent
     for z in range(zmin, zmax + 1):
         n = 2**z
         x0, x1, y0, y1 = _tile_range((west, south, east, north), z)
-        # project to global pixel space of this zoom (x right, y down), tile coords later
-        projected = []
-        for g, props in features:
 
-            def fwd(xy: NDArray[np.float64], n: int = n) -> NDArray[np.float64]:
-                x = (xy[:, 0] + 180.0) / 360.0 * n
-                y = _lat_to_y(xy[:, 1], n)
-                return np.column_stack([x, y])
+        # all features at once into this zoom's tile space (x right, y down; 1 unit = 1 tile)
+        def fwd(xy: NDArray[np.float64], n: int = n) -> NDArray[np.float64]:
+            return np.column_stack([(xy[:, 0] + 180.0) / 360.0 * n, _lat_to_y(xy[:, 1], n)])
 
-            projected.append((shapely.transform(g, fwd), props))
-        tree = shapely.STRtree([g for g, _ in projected])
+        projected = shapely.transform(geom_array, fwd)
+        if z < zmax:  # below the last zoom, detail under half a tile pixel is invisible
+            projected = shapely.simplify(projected, 0.5 / extent, preserve_topology=True)
+        tree = shapely.STRtree(projected)
         for ty in range(y0, y1 + 1):
             for tx in range(x0, x1 + 1):
-                buffer = 64 / extent
-                tb = box(tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer)
-                found = []
-                for i in tree.query(tb, predicate="intersects"):
-                    g, props = projected[int(i)]
-                    clipped = g.intersection(tb)
-                    if clipped.is_empty or not isinstance(clipped, Polygon | MultiPolygon):
-                        continue
-                    local = shapely.transform(
-                        clipped,
-                        lambda xy, tx=tx, ty=ty: np.column_stack(
-                            [(xy[:, 0] - tx) * extent, (xy[:, 1] - ty) * extent]
-                        ),
-                    )
-                    found.append((local, props))
+                idx = tree.query(
+                    box(tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer),
+                    predicate="intersects",
+                )
+                if len(idx) == 0:
+                    continue
+                idx.sort()
+                clipped = shapely.clip_by_rect(
+                    projected[idx], tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer
+                )
+                local = shapely.transform(
+                    clipped,
+                    lambda xy, tx=tx, ty=ty: np.column_stack(
+                        [(xy[:, 0] - tx) * extent, (xy[:, 1] - ty) * extent]
+                    ),
+                )
+                keep = ~shapely.is_empty(local) & np.isin(shapely.get_type_id(local), (3, 6))
+                found = [
+                    (g, props_list[int(i)]) for g, i in zip(local[keep], idx[keep], strict=True)
+                ]
                 data = _mvt_tile(layer, found, extent)
                 if data:
                     tiles.append((zxy_to_tileid(z, tx, ty), gzip.compress(data, mtime=0)))

@@ -238,3 +238,61 @@ def test_composite_cli(embedded) -> None:  # type: ignore[no-untyped-def]
     )
     assert r.exit_code == 2
     assert validate_catalog(out).objects >= 9
+
+
+def test_mvt_geometry_encoding() -> None:
+    """Command streams follow the MVT spec: cursor per feature, rings closed, holes reversed."""
+    from shapely.geometry import box
+
+    from marscope_stac.render import _polygon_geometries
+
+    def unpack(data: bytes) -> list[int]:
+        out, v, shift = [], 0, 0
+        for b in data:
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                out.append(v)
+                v, shift = 0, 0
+        return out
+
+    def zz(n: int) -> int:
+        return (n << 1) ^ (n >> 31)
+
+    square = box(10, 10, 20, 20)
+    holed = box(0, 0, 30, 30).difference(box(10, 10, 20, 20))
+    speck = box(5.1, 5.1, 5.3, 5.3)  # rounds to one point: no geometry
+    enc = _polygon_geometries(np.asarray([square, holed, speck], dtype=object))
+    assert enc[2] is None
+    cmds = unpack(enc[0])
+    # MoveTo(1) to the first vertex from (0, 0), LineTo(3), ClosePath(1)
+    assert cmds[0] == 9 and cmds[3] == 2 | (3 << 3) and cmds[-1] == 15 and len(cmds) == 11
+    xs, ys = [cmds[1]], [cmds[2]]
+    assert (xs[0], ys[0]) in {
+        (zz(10), zz(10)),
+        (zz(20), zz(10)),
+        (zz(20), zz(20)),
+        (zz(10), zz(20)),
+    }
+    # exterior then hole, both absolute positions restart from the feature's own origin
+    cmds2 = unpack(enc[1])
+    assert cmds2.count(9) == 2 and cmds2.count(15) == 2 and len(cmds2) == 22
+
+
+def test_vector_pmtiles_many_polygons(tmp_path: Path) -> None:
+    from marscope_stac.grid import parse_grid
+    from marscope_stac.render import _zoom_range, detections, write_vector_pmtiles
+
+    grid = parse_grid("lonlat:2@80")
+    p = np.random.default_rng(0).random(grid.n_cells).astype(np.float32) ** 4
+    feats = detections(grid, np.arange(grid.n_cells), p, 0.5)
+    assert len(feats) > 100
+    n = write_vector_pmtiles(tmp_path / "v.pmtiles", feats, {"name": "t"}, _zoom_range(2.0))
+    from pmtiles.reader import MmapSource, Reader, all_tiles
+
+    with (tmp_path / "v.pmtiles").open("rb") as f:
+        tiles = list(all_tiles(MmapSource(f)))
+        assert len(tiles) == n > 0
+        assert Reader(MmapSource(f)).header()["tile_type"].name == "MVT"
+    total = sum(len(_decode_mvt(gzip.decompress(t))) for _, t in tiles)
+    assert total > 0
