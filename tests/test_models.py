@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from marscope_stac.errors import ConfigError, ModelError
 from marscope_stac.models import (
+    BUNDLED_ARCH,
     MARSCOPE_TEMPLATES,
     bundled_model_dir,
     load_model,
@@ -141,7 +142,7 @@ def test_bundled_model_loads_and_is_small() -> None:
     emb = cm.encode_images(_tiles(3))
     assert emb.shape == (3, cm.embed_dim)
     item = json.loads((bundled_model_dir() / "model.json").read_text())
-    assert item["properties"]["mlm:architecture"] == ARCH
+    assert item["properties"]["mlm:architecture"] == BUNDLED_ARCH
 
 
 @pytest.mark.gpu
