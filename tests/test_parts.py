@@ -95,3 +95,22 @@ def test_lock_text_needs_a_hugging_face_tower(demo_root: Path, tmp_path: Path) -
 )
 def test_mlm_names_are_valid(text: str, name: str) -> None:
     assert mlm_name(text) == name
+
+
+def test_same_seed_same_weights(demo_root: Path, tmp_path: Path) -> None:
+    """The bundled model's recipe is reproducible: a seeded run writes byte-identical weights."""
+    pairs = load_catalog_pairs(demo_root, "train", 60)
+    digests = []
+    for run in ("a", "b"):
+        res = train_model(
+            pairs,
+            tmp_path / run,
+            model="marscope-small",
+            pretrained="parts",
+            config=TINY,
+            progress=False,
+            device="cpu",
+            half_weights=True,
+        )
+        digests.append((res.model_dir / "open_clip_model.safetensors").read_bytes())
+    assert digests[0] == digests[1]
