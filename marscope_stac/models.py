@@ -49,6 +49,7 @@ __all__ = [
     "ClipModel",
     "bundled_model_dir",
     "load_model",
+    "parts_model_folder",
     "register_bundled_architectures",
     "resolve_device",
 ]
@@ -116,6 +117,31 @@ def check_project_architecture(name: str) -> None:
     """Raise the install hint when a project architecture could not be registered."""
     if name in PROJECT_ARCHITECTURES:
         resolve_parts(project_arch_config(name))
+
+
+def parts_model_folder(name: str) -> tuple[str, str] | None:
+    """``(architecture, weights file)`` for a ``local-dir:`` model that names packaged parts.
+
+    Such folders (written by ``marscope train`` for ``marscope-small``) keep their config
+    portable by naming the text encoder's package instead of a path, so they are built by
+    architecture name and loaded from their weights file rather than through open_clip's
+    ``local-dir:`` schema. Returns None for any other name.
+
+    Raises:
+        ModelError: if the folder has no weights, or a part's package is missing.
+    """
+    if not name.startswith("local-dir:"):
+        return None
+    folder = Path(name.split(":", 1)[1]).expanduser()
+    cfg = _read_config(folder)
+    arch = cfg.get("model_name")
+    if arch not in PROJECT_ARCHITECTURES or not uses_parts(cfg.get("model_cfg", {})):
+        return None
+    check_project_architecture(str(arch))
+    weights = folder / "open_clip_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{folder} has no open_clip_model.safetensors")
+    return str(arch), str(weights)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -359,15 +385,9 @@ def load_model(
         )
         if looks_like_file and not Path(str(pretrained)).is_file():
             raise ModelError(f"checkpoint file {pretrained} does not exist")
-    if open_name.startswith("local-dir:") and arch in PROJECT_ARCHITECTURES:
-        cfg_parts = _read_config(Path(open_name.split(":", 1)[1])).get("model_cfg", {})
-        if uses_parts(cfg_parts):
-            # The folder names packaged parts (portable); build by architecture name instead.
-            check_project_architecture(str(arch))
-            weights = Path(open_name.split(":", 1)[1]) / "open_clip_model.safetensors"
-            if not weights.is_file():
-                raise ModelError(f"{weights.parent} has no open_clip_model.safetensors")
-            open_name, pretrained = str(arch), str(weights)
+    parts_folder = parts_model_folder(open_name)
+    if parts_folder is not None:
+        open_name, pretrained = parts_folder
     elif open_name in PROJECT_ARCHITECTURES:
         check_project_architecture(open_name)
     norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None

@@ -88,9 +88,7 @@ def init_pretrained_parts(net: torch.nn.Module) -> list[str]:
     loaded: list[str] = []
     visual = getattr(net, "visual", None)
     trunk = getattr(visual, "trunk", None)
-    arch = getattr(getattr(trunk, "default_cfg", None) or {}, "get", lambda _k: None)(
-        "architecture"
-    )
+    arch = (getattr(trunk, "default_cfg", None) or {}).get("architecture")
     if trunk is not None and arch in _IMAGE_PARTS:
         module, cls = _IMAGE_PARTS[arch]
         try:

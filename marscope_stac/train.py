@@ -40,6 +40,7 @@ from marscope_stac.models import (
     PROJECT_ARCHITECTURES,
     ClipModel,
     check_project_architecture,
+    parts_model_folder,
     project_arch_config,
     quiet_model_loading,
     register_bundled_architectures,
@@ -239,9 +240,14 @@ def train_model(
     dev = resolve_device(device)
     _seed_all(cfg.seed)
     parts = pretrained == PRETRAINED_PARTS
+    arch = model
     try:
         with quiet_model_loading():
-            if model.startswith(("local-dir:", "hf-hub:")):
+            parts_folder = parts_model_folder(model)
+            if parts_folder is not None:  # fine-tune a model built from packaged parts
+                arch = parts_folder[0]
+                net = open_clip.create_model(arch, pretrained=parts_folder[1], device=dev)
+            elif model.startswith(("local-dir:", "hf-hub:")):
                 net = open_clip.create_model(model, device=dev)
             else:
                 check_project_architecture(model)
@@ -250,7 +256,7 @@ def train_model(
                 net = open_clip.create_model(
                     model, pretrained=None if parts else pretrained, device=dev
                 )
-            tokenizer = open_clip.get_tokenizer(model)
+            tokenizer = open_clip.get_tokenizer(arch)
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelError(f"cannot build model {model}: {str(exc).splitlines()[0][:160]}") from exc
     if parts:
@@ -260,9 +266,9 @@ def train_model(
     size = int(size[0] if isinstance(size, tuple | list) else size)
     pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}
     default_norm = (tuple(pcfg.get("mean", (0.45,) * 3)), tuple(pcfg.get("std", (0.2,) * 3)))
-    mean, std = ARCH_PREPROCESS.get(model, default_norm)
+    mean, std = ARCH_PREPROCESS.get(arch, default_norm)
     net.visual.preprocess_cfg = {**pcfg, "mean": tuple(mean), "std": tuple(std)}
-    cm = ClipModel(net, tokenizer, model, model, pretrained, size, mean, std, dev)
+    cm = ClipModel(net, tokenizer, model, arch, pretrained, size, mean, std, dev)
     text_cache: TextFeatureCache | None = None
     if cfg.lock_text:
         if not TextFeatureCache.supports(getattr(net, "text", None) or torch.nn.Module()):
@@ -363,12 +369,14 @@ def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:
         model_cfg = project_arch_config(arch)  # portable: packaged parts by name, not path
     else:
         model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
+    name = arch
     if model_cfg is None and model.startswith("local-dir:"):
-        model_cfg = json.loads((Path(arch) / "open_clip_config.json").read_text())["model_cfg"]
+        source_cfg = json.loads((Path(arch) / "open_clip_config.json").read_text())
+        model_cfg = source_cfg["model_cfg"]
+        name = str(source_cfg.get("model_name") or Path(arch).name)  # keep the architecture
     if model_cfg is None:
         raise ModelError(f"cannot find the configuration of {model} to export it")
     pcfg = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
-    name = Path(arch).name if model.startswith("local-dir:") else arch
     config = {
         "model_name": name,
         "model_cfg": model_cfg,

