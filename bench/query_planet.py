@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,11 @@ def main() -> None:
     scale = 100.0
     if args.compact:
         vec_path = Path(tempfile.mkdtemp(prefix="bench-vectors-")) / "vectors.int8"
-        store, qt, exact, offset = _compact_index(
+        compact = _compact_index(
             centres, q, n, args.dim, args.compact, vec_path if args.rerank else None
         )
+        store, exact = compact.store, compact.exact
+        qt, offset = torch.from_numpy(q @ compact.proj).half(), float(q @ compact.mean)
         emb = None
         what = f"PCA-{args.compact} float16 compact index"
     else:
@@ -99,8 +102,8 @@ def main() -> None:
         exact, offset = None, 0.0
         what = "float16"
     if args.compact:  # background prompts in the compact space, plus their mean term
-        bq = torch.from_numpy((bg @ _PCA["proj"]).T.copy()).half()
-        bg_off = torch.from_numpy(bg @ _PCA["mean"])
+        bq = torch.from_numpy((bg @ compact.proj).T.copy()).half()
+        bg_off = torch.from_numpy(bg @ compact.mean)
     else:
         bq, bg_off = torch.from_numpy(bg).half().T, torch.zeros(len(bg))
     bg_lse = torch.logsumexp(scale * ((store @ bq).float() + bg_off), dim=1)
@@ -203,6 +206,7 @@ def main() -> None:
             del vectors
             vec_path.unlink()
             vec_path.with_suffix(".scale").unlink()
+            vec_path.parent.rmdir()
         print(
             f"  (an exact FAISS IndexFlatIP on float32 would hold {n * args.dim * 4 / 1e9:.0f} GB;"
             " not run)"
@@ -245,13 +249,20 @@ def _chunk(centres: np.ndarray, i: int, m: int, dim: int) -> np.ndarray:
     return e
 
 
-_PCA: dict[str, np.ndarray] = {}
+@dataclass
+class CompactIndex:
+    """Top principal components of every embedding, centred, in float16 (plus exact scores)."""
+
+    store: torch.Tensor
+    mean: np.ndarray
+    proj: np.ndarray
+    exact: np.ndarray
 
 
 def _compact_index(
     centres: np.ndarray, q: np.ndarray, n: int, dim: int, r: int, vec_path: Path | None
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, float]:
-    """Build the compact index chunk by chunk; return it, the query, exact scores, offset.
+) -> CompactIndex:
+    """Build the compact index chunk by chunk (and the int8 vectors at ``vec_path``).
 
     The index keeps the top ``r`` principal components (fitted on 200,000 vectors) of every
     embedding, centred, in float16: a score is ``q . mean + (P q) . (P (x - mean))``. The exact
@@ -265,7 +276,6 @@ def _compact_index(
     cov = np.cov(sample - mean, rowvar=False)
     _, vecs = np.linalg.eigh(cov)
     proj = np.ascontiguousarray(vecs[:, ::-1][:, :r]).astype(np.float32)
-    _PCA.update(mean=mean, proj=proj)
     store = torch.empty((n, r), dtype=torch.float16)
     exact = np.empty(n, np.float32)
     # the full vectors on disk as int8 with one scale per vector (for exact re-ranking)
@@ -285,8 +295,7 @@ def _compact_index(
         vectors.flush()
         scales.tofile(vec_path.with_suffix(".scale"))
         del vectors
-    offset = float(q @ mean)
-    return store, torch.from_numpy(q @ proj).half(), exact, offset
+    return CompactIndex(store, mean, proj, exact)
 
 
 if __name__ == "__main__":

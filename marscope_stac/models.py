@@ -388,8 +388,6 @@ def load_model(
     parts_folder = parts_model_folder(open_name)
     if parts_folder is not None:
         open_name, pretrained = parts_folder
-    elif open_name in PROJECT_ARCHITECTURES:
-        check_project_architecture(open_name)
     norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
     try:
         with quiet_model_loading():
