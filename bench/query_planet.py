@@ -1,301 +1,295 @@
-"""Planet-scale query: text -> full-planet probability COG + PMTiles + STAC item.
+"""Planet-scale queries on the path a user runs: ``marscope query`` cold, the engine warm.
 
-Run:  .venv/bin/python bench/query_planet.py [--cells 1440000] [--dim 768] [--repeats 3]
+Run:  .venv/bin/python bench/query_planet.py [--set lonlat:0.2@80:256] [--set ...] [--repeats 3]
+      .venv/bin/python bench/query_planet.py --set lonlat:0.0625@80:768:noparquet   (10x)
 
-Synthetic embeddings at MarScope's scale (the 0.2-degree grid with |lat| < 80: 1.44 million
-cells x 768-d, L2-normalised, stored as float16 like our embedding sets) are queried end to
-end: the query vector, scores for every cell (torch matrix-vector product on float16 data),
-calibrated probabilities (background logits precomputed once per set), the probability
-raster, COG, raster PMTiles, detections and the STAC Item in a products catalog. Side by side
-in the same run: the published pipeline's baseline, an exact FAISS IndexFlatIP on float32 for
-the top 20,000, and the agreement of our top 20,000 with exact float32 scoring.
+For each ``--set GRID:DIM[:noparquet]`` a synthetic embedding set is written with the
+library's own writer (``EmbeddingSetWriter``: GeoParquet + scoring arrays, exactly what
+``marscope embed`` writes; ``noparquet`` skips the GeoParquet, which queries never read) in a
+products catalog in a temporary folder. Vectors are clustered (256 "terrain types" plus
+noise, unit length); the query vector and the background prompts' vectors are put in the
+set's text cache under the names "impact craters" and the background prompts, as a model
+would have put them there. Then, in one run, side by side:
+
+- cold: ``marscope query "impact craters" --out PRODUCTS`` as a fresh process (after one
+  untimed run that warms the page cache), wall time and peak resident memory; with 256-d sets
+  also a text that is not cached yet, so the bundled model is loaded to encode it;
+- warm: ``QueryEngine.open(...)`` once, then ``engine.query(...)`` per repeat, in a child
+  process that reports its own peak memory; time per step (scores, raster, COG, raster
+  PMTiles, preview, detections, GeoParquets, vector PMTiles, STAC), medians;
+- the published pipeline's baseline on float32 (sets that fit in memory): an exact FAISS
+  ``IndexFlatIP`` top-20,000 search, and the top-20,000 agreement of the engine with exact
+  float32 scores (computed while the set was generated).
+
+Figures go to stdout; nothing is kept unless ``--keep``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from marscope_stac.fsutil import atomic_write_text
-from marscope_stac.grid import parse_grid
-from marscope_stac.publish import OutputCatalog
-from marscope_stac.query import QuerySpec, ScoredQuery
-from marscope_stac.render import _zoom_range, cells_to_raster, detections
-from marscope_stac.stac_out import (
-    COG_MEDIA_TYPE,
-    FILE_V2,
-    PROJ_V2,
-    SSYS_V1,
-    file_fields,
-    proj_fields,
-    ssys_fields,
-)
-from marscope_stac.validation import validate_dict
+HERE = Path(__file__).resolve().parent
+QUERY = "impact craters"
+NEW_QUERY = "a sinuous channel with streamlined islands"
+
+
+def _chunks(n: int, size: int = 1 << 17) -> list[tuple[int, int]]:
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def build_set(root: Path, grid_spec: str, dim: int, parquet: bool) -> dict:
+    """Write a synthetic set under ``root/products``; returns exact top-K data for checks."""
+    from marscope_stac.grid import parse_grid
+    from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+    from marscope_stac.query import background_logsumexp
+    from marscope_stac.store import (
+        EmbeddingSet,
+        EmbeddingSetWriter,
+        EmbeddingTable,
+        TextVectorCache,
+        write_background,
+    )
+
+    grid = parse_grid(grid_spec)
+    n = grid.n_cells
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((256, dim)).astype(np.float32)
+    q = centres[3] + 0.1 * rng.standard_normal(dim).astype(np.float32)
+    q /= np.linalg.norm(q)
+    bg = centres[10:14] / np.linalg.norm(centres[10:14], axis=1, keepdims=True)
+    model = "bundled" if dim == 256 else "ViT-L-14-quickgelu"
+    es = EmbeddingSet(root / "products" / "embeddings" / f"bench-{dim}d")
+    es.root.mkdir(parents=True)
+    es.write_manifest(
+        {
+            "model": {"name": model, "architecture": model, "embed_dim": dim, "image_size": 64},
+            "grid": grid.spec,
+            "tile_px": 64,
+            "complete": True,
+        }
+    )
+    exact = np.empty(n, np.float32)
+    keep_f32 = n * dim * 4 <= 6e9  # float32 copy for the FAISS baseline when it fits
+    f32 = np.empty((n, dim), np.float32) if keep_f32 else None
+    t0 = time.perf_counter()
+    cells = np.arange(n, dtype=np.int64)
+    with EmbeddingSetWriter(es, grid, cells, dim, parquet=parquet) as writer:
+        for a, b in _chunks(n):
+            r = np.random.default_rng([7, a])
+            e = centres[r.integers(0, 256, b - a)] + 0.7 * r.standard_normal(
+                (b - a, dim), np.float32
+            )
+            e /= np.linalg.norm(e, axis=1, keepdims=True)
+            exact[a:b] = e @ q
+            if f32 is not None:
+                f32[a:b] = e
+            src = [["synthetic"]] * (b - a) if parquet else [[] for _ in range(b - a)]
+            writer.append(EmbeddingTable(cells[a:b], e, np.ones(b - a, np.float32), src))
+    cache = TextVectorCache(es, es.manifest()["model"])
+    cache.put(QUERY, MARSCOPE_TEMPLATES, q)
+    for prompt, v in zip(BACKGROUND_PROMPTS, bg, strict=True):
+        cache.put(prompt, MARSCOPE_TEMPLATES, v)
+    lse = background_logsumexp(es.scoring_arrays(), bg, 100.0)
+    write_background(
+        es,
+        lse,
+        {
+            "prompts": list(BACKGROUND_PROMPTS),
+            "templates": list(MARSCOPE_TEMPLATES),
+            "logit_scale": 100.0,
+        },
+    )
+    size = sum(p.stat().st_size for p in es.root.iterdir() if p.is_file()) / 1e9
+    print(
+        f"{grid.spec}, {n:,} cells x {dim}-d ({model}): set written in "
+        f"{time.perf_counter() - t0:.0f} s, {size:.1f} GB on disk"
+        + ("" if parquet else " (no GeoParquet)")
+    )
+    np.save(root / "exact.npy", exact)
+    return {"model": model, "q": q, "f32": f32, "exact": exact}
+
+
+def cold_stats(root: Path, model: str, text: str, threshold: float, repeats: int) -> str:
+    runs = [_timed_child(root, model, text, threshold) for _ in range(repeats)]
+    walls = [w for w, _ in runs]
+    peak = max(r for _, r in runs)
+    return f"median {statistics.median(walls):.2f} s (min {min(walls):.2f}), peak {peak:.2f} GB"
+
+
+def _timed_child(root: Path, model: str, text: str, threshold: float) -> tuple[float, float]:
+    """Wall time and peak RSS (GB) of one ``marscope query`` process, measured by wait4."""
+    exe = Path(sys.executable).parent / "marscope"
+    cmd = [str(exe), "query", text, "--out", str(root / "products"), "--model", model]
+    cmd += ["--threshold", str(threshold)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if status != 0:
+        raise SystemExit(f"marscope query failed ({status}): {err}")
+    return wall, usage.ru_maxrss / 1024 / 1024
+
+
+def warm_child(args: argparse.Namespace) -> None:
+    """Child process: open the engine once, query ``repeats`` times, print JSON figures."""
+    import resource
+
+    from marscope_stac.engine import QueryEngine
+    from marscope_stac.query import QuerySpec
+
+    root = Path(args.warm)
+    t0 = time.perf_counter()
+    engine = QueryEngine.open(root / "products", model=args.model)
+    opened = time.perf_counter() - t0
+    steps: dict[str, list[float]] = {}
+    totals = []
+    product = None
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        product = engine.query(QuerySpec(text=[QUERY]), threshold=args.threshold)
+        totals.append(time.perf_counter() - t)
+        for k, v in product.timings.items():
+            steps.setdefault(k, []).append(v)
+    assert product is not None
+    exact = np.load(root / "exact.npy")
+    k = args.top
+    true_top = np.argpartition(-exact, k)[:k]
+    agree = len(np.intersect1d(product.scored.top(k), true_top)) / k
+    print(
+        json.dumps(
+            {
+                "open": opened,
+                "total": statistics.median(totals),
+                "steps": {s: statistics.median(v) for s, v in steps.items()},
+                "agreement": agree,
+                "scoring": product.scored.scoring,
+                "exact_rows": product.scored.exact_rows,
+                "detections": product.n_detections,
+                "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024,
+            }
+        )
+    )
+
+
+def faiss_baseline(f32: np.ndarray, q: np.ndarray, top: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of an exact FAISS IndexFlatIP top-K search; its top-K agreement is 1."""
+    import faiss
+
+    index = faiss.IndexFlatIP(f32.shape[1])
+    index.add(f32)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        index.search(q[None], top)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), float(faiss.omp_get_max_threads())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--grid", default="lonlat:0.2@80")
-    ap.add_argument("--dim", type=int, default=768)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--set", dest="sets", action="append", help="GRID:DIM[:noparquet]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top", type=int, default=20000)
     ap.add_argument(
         "--threshold",
         type=float,
         default=0.99,
-        help="detection threshold (synthetic scores are noisy: 0.5 picks ~12%%)",
+        help="detection threshold (synthetic probabilities are high: 0.99 keeps ~1%% of cells)",
     )
-    ap.add_argument(
-        "--compact",
-        type=int,
-        metavar="R",
-        help="compact index: keep R principal components in float16 (for 10x: "
-        "--grid lonlat:0.0625@80 --compact 256); the full vectors are never held in memory",
-    )
-    ap.add_argument(
-        "--rerank",
-        type=int,
-        default=5,
-        metavar="F",
-        help="compact mode: re-score the top F x --top candidates exactly from int8 copies of "
-        "the full vectors on disk (0: no re-ranking)",
-    )
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    ap.add_argument("--warm", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    grid = parse_grid(args.grid)
-    n = grid.n_cells
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    # clustered synthetic embeddings: a few hundred "terrain types" plus noise
-    centres = rng.standard_normal((256, args.dim)).astype(np.float32)
-    q = centres[3] + 0.1 * rng.standard_normal(args.dim).astype(np.float32)
-    q /= np.linalg.norm(q)
-    # background prompts resemble a few common terrain types, as "plains" does on Mars
-    bg = centres[10:14] / np.linalg.norm(centres[10:14], axis=1, keepdims=True)
-    scale = 100.0
-    if args.compact:
-        vec_path = Path(tempfile.mkdtemp(prefix="bench-vectors-")) / "vectors.int8"
-        compact = _compact_index(
-            centres, q, n, args.dim, args.compact, vec_path if args.rerank else None
-        )
-        store, exact = compact.store, compact.exact
-        qt, offset = torch.from_numpy(q @ compact.proj).half(), float(q @ compact.mean)
-        emb = None
-        what = f"PCA-{args.compact} float16 compact index"
-    else:
-        emb = centres[rng.integers(0, 256, n)] + 0.7 * rng.standard_normal(
-            (n, args.dim), dtype=np.float32
-        )
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        store = torch.from_numpy(emb.astype(np.float16))
-        qt = torch.from_numpy(q).half()
-        exact, offset = None, 0.0
-        what = "float16"
-    if args.compact:  # background prompts in the compact space, plus their mean term
-        bq = torch.from_numpy((bg @ compact.proj).T.copy()).half()
-        bg_off = torch.from_numpy(bg @ compact.mean)
-    else:
-        bq, bg_off = torch.from_numpy(bg).half().T, torch.zeros(len(bg))
-    bg_lse = torch.logsumexp(scale * ((store @ bq).float() + bg_off), dim=1)
-    print(
-        f"{n:,} cells x {args.dim} ({what}, {store.numel() * 2 / 1e9:.1f} GB in memory) "
-        f"prepared in {time.perf_counter() - t0:.1f} s; grid {grid.spec}"
-    )
-    emb16 = store
-    cells = np.arange(n, dtype=np.int64)
-    out = Path(tempfile.mkdtemp(prefix="bench-planet-"))
-    timings: dict[str, list[float]] = {}
-
-    def lap(name: str, t: float) -> float:
-        now = time.perf_counter()
-        timings.setdefault(name, []).append(now - t)
-        return now
-
-    from marscope_stac.cog import write_cog
-    from marscope_stac.render import write_raster_pmtiles
-
-    OutputCatalog(out)
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        start = t
-        scores = (emb16 @ qt).float() + offset
-        t = lap("scores (torch fp16 matvec)", t)
-        prob = torch.sigmoid(scale * scores - bg_lse).numpy()  # softmax vs background
-        t = lap("calibrated probabilities", t)
-        result = ScoredQuery(cells, scores.numpy(), prob, q)
-        values, transform = cells_to_raster(grid, result.cells, result.probability)
-        stored = np.where(np.isnan(values), 255, np.round(values * 250)).astype(np.uint8)
-        t = lap("probability raster", t)
-        write_cog(out / "p.tif", stored, grid.body.crs, transform, nodata=255, scale=0.004)
-        t = lap("COG", t)
-        write_raster_pmtiles(
-            out / "p.pmtiles", values, transform, {"name": "bench"}, _zoom_range(float(transform.a))
-        )
-        t = lap("raster PMTiles", t)
-        feats = detections(grid, result.cells, result.probability, args.threshold)
-        t = lap("detections", t)
-        item = {
-            "type": "Feature",
-            "stac_version": "1.1.0",
-            "stac_extensions": [SSYS_V1, PROJ_V2, FILE_V2],
-            "id": "bench",
-            "geometry": None,
-            "properties": {
-                "datetime": "2026-01-01T00:00:00Z",
-                **ssys_fields(grid.body),
-                **proj_fields(grid.body.crs, transform, values.shape),
-                "marscope:query": QuerySpec(text=["bench"]).describe(),
-            },
-            "links": [],
-            "assets": {
-                "probability": {
-                    "href": "./p.tif",
-                    "type": COG_MEDIA_TYPE,
-                    **file_fields(out / "p.tif"),
-                },
-                "tiles": {
-                    "href": "./p.pmtiles",
-                    "type": "application/vnd.pmtiles",
-                    **file_fields(out / "p.pmtiles"),
-                },
-            },
-        }
-        validate_dict(item)
-        atomic_write_text(out / "bench.json", json.dumps(item))
-        t = lap("STAC item (checksums, validation)", t)
-        timings.setdefault("total", []).append(time.perf_counter() - start)
-    print(f"  detections at p >= {args.threshold}: {len(feats)} polygons")
-    for k, v in timings.items():
-        print(f"  {k:34s} median {statistics.median(v) * 1000:8.1f} ms")
-    if exact is not None:
-        true_top = np.argpartition(-exact, args.top)[: args.top]
-        ours_top = np.argpartition(-((emb16 @ qt).float().numpy()), args.top)[: args.top]
-        agree = len(np.intersect1d(ours_top, true_top)) / args.top
-        print(
-            f"  top {args.top:,} agreement of the compact index with exact float32 scoring: "
-            f"{agree:.4f}"
-        )
-        if args.rerank:
-            vectors = np.memmap(vec_path, np.int8, "r", shape=(n, args.dim))
-            scales = np.fromfile(vec_path.with_suffix(".scale"), np.float32)
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                approx = (emb16 @ qt).float().numpy()
-                k = args.rerank * args.top
-                cand = np.sort(np.argpartition(-approx, k)[:k])
-                exactish = (vectors[cand].astype(np.float32) @ q) * scales[cand]
-                top = cand[np.argpartition(-exactish, args.top)[: args.top]]
-                times.append(time.perf_counter() - t)
-            agree2 = len(np.intersect1d(top, true_top)) / args.top
-            print(
-                f"  re-ranking the top {args.rerank * args.top:,} from the int8 vectors on disk "
-                f"({n * args.dim / 1e9:.1f} GB): median {statistics.median(times) * 1000:.0f} ms "
-                f"(scores included), top {args.top:,} agreement {agree2:.4f}"
-            )
-            del vectors
-            vec_path.unlink()
-            vec_path.with_suffix(".scale").unlink()
-            vec_path.parent.rmdir()
-        print(
-            f"  (an exact FAISS IndexFlatIP on float32 would hold {n * args.dim * 4 / 1e9:.0f} GB;"
-            " not run)"
-        )
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"  peak resident memory: {peak:.0f} MiB")
+    if args.warm:
+        warm_child(args)
         return
+    for spec in args.sets or ["lonlat:0.2@80:256", "lonlat:0.2@80:768"]:
+        noparquet = spec.endswith(":noparquet")
+        grid_spec, dim_s = spec.removesuffix(":noparquet").rsplit(":", 1)
+        dim = int(dim_s)
+        root = Path(tempfile.mkdtemp(prefix="bench-planet-"))
+        try:
+            bench_one(root, grid_spec, dim, not noparquet, args)
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
 
-    # the published pipeline's baseline: exact FAISS IndexFlatIP on float32, top K
-    import faiss
 
-    assert emb is not None
-    x32 = emb
-    index = faiss.IndexFlatIP(args.dim)
-    index.add(x32)
-    base = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        _, top_exact = index.search(q[None], args.top)
-        base.append(time.perf_counter() - t)
-    ours_top = np.argpartition(-(emb16 @ qt).float().numpy(), args.top)[: args.top]
-    agree = len(np.intersect1d(ours_top, top_exact[0])) / args.top
+def bench_one(
+    root: Path, grid_spec: str, dim: int, parquet: bool, args: argparse.Namespace
+) -> None:
+    built = build_set(root, grid_spec, dim, parquet)
+    model = built["model"]
+    _timed_child(root, model, QUERY, args.threshold)  # warms the page cache; not counted
     print(
-        f"  baseline FAISS IndexFlatIP fp32 top {args.top:,}: median "
-        f"{statistics.median(base) * 1000:.1f} ms (search only)"
+        f'  cold `marscope query "{QUERY}"` (text cached): '
+        f"{cold_stats(root, model, QUERY, args.threshold, args.repeats)}"
     )
-    print(f"  top {args.top:,} agreement of float16 scoring with exact float32: {agree:.4f}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak resident memory: {peak:.0f} MiB")
-
-
-_CHUNK = 400_000
-
-
-def _chunk(centres: np.ndarray, i: int, m: int, dim: int) -> np.ndarray:
-    """Chunk ``i`` of the synthetic embeddings (reproducible, generated on demand)."""
-    r = np.random.default_rng([1, i])
-    e = centres[r.integers(0, len(centres), m)] + 0.7 * r.standard_normal((m, dim), np.float32)
-    e /= np.linalg.norm(e, axis=1, keepdims=True)
-    return e
-
-
-@dataclass
-class CompactIndex:
-    """Top principal components of every embedding, centred, in float16 (plus exact scores)."""
-
-    store: torch.Tensor
-    mean: np.ndarray
-    proj: np.ndarray
-    exact: np.ndarray
-
-
-def _compact_index(
-    centres: np.ndarray, q: np.ndarray, n: int, dim: int, r: int, vec_path: Path | None
-) -> CompactIndex:
-    """Build the compact index chunk by chunk (and the int8 vectors at ``vec_path``).
-
-    The index keeps the top ``r`` principal components (fitted on 200,000 vectors) of every
-    embedding, centred, in float16: a score is ``q . mean + (P q) . (P (x - mean))``. The exact
-    float32 scores are computed from the full vectors while they stream past, for the
-    agreement check only.
-    """
-    from tqdm import tqdm
-
-    sample = _chunk(centres, 0, min(n, 200_000), dim)
-    mean = sample.mean(axis=0)
-    cov = np.cov(sample - mean, rowvar=False)
-    _, vecs = np.linalg.eigh(cov)
-    proj = np.ascontiguousarray(vecs[:, ::-1][:, :r]).astype(np.float32)
-    store = torch.empty((n, r), dtype=torch.float16)
-    exact = np.empty(n, np.float32)
-    # the full vectors on disk as int8 with one scale per vector (for exact re-ranking)
-    vectors = np.memmap(vec_path, np.int8, "w+", shape=(n, dim)) if vec_path else None
-    scales = np.empty(n, np.float32)
-    for s in tqdm(range(0, n, _CHUNK), desc="compact index", unit="chunk"):
-        m = min(_CHUNK, n - s)
-        e = _chunk(centres, 1 + s // _CHUNK, m, dim)
-        exact[s : s + m] = e @ q
-        if vectors is not None:
-            sc = np.abs(e).max(axis=1) / 127.0
-            vectors[s : s + m] = np.round(e / sc[:, None]).astype(np.int8)
-            scales[s : s + m] = sc
-        e -= mean
-        store[s : s + m] = torch.from_numpy(e @ proj).half()
-    if vectors is not None and vec_path is not None:
-        vectors.flush()
-        scales.tofile(vec_path.with_suffix(".scale"))
-        del vectors
-    return CompactIndex(store, mean, proj, exact)
+    if model == "bundled":
+        # a text the cache has not seen: the bundled model is loaded to encode it (then cached,
+        # so only the first run of each text pays; each repeat uses a new text)
+        walls, peak = [], 0.0
+        for k in range(args.repeats):
+            w, rss = _timed_child(root, model, f"{NEW_QUERY} {k}", args.threshold)
+            walls.append(w)
+            peak = max(peak, rss)
+        print(
+            f"  cold, a new text (loads the bundled model): median "
+            f"{statistics.median(walls):.2f} s, peak {peak:.2f} GB"
+        )
+    cmd = [sys.executable, __file__, "--warm", str(root), "--model", model]
+    cmd += [
+        "--repeats",
+        str(args.repeats),
+        "--top",
+        str(args.top),
+        "--threshold",
+        str(args.threshold),
+    ]
+    warm = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    steps = warm["steps"]
+    product_steps = ("scores", "raster", "COG", "raster PMTiles", "STAC")
+    core = sum(steps.get(s, 0.0) for s in product_steps)
+    print(
+        f"  warm engine (opened in {warm['open']:.2f} s; scoring {warm['scoring']}, "
+        f"{warm['exact_rows']:,} rows scored exactly; {warm['detections']:,} detections):"
+    )
+    for name, sec in steps.items():
+        print(f"    {name:24s} {sec * 1000:8.1f} ms")
+    print(
+        f"    text -> COG + raster PMTiles + STAC item (the steps above marked by "
+        f"{', '.join(product_steps)}): {core * 1000:.0f} ms"
+    )
+    print(
+        f"    every product (engine.query): {warm['total'] * 1000:.0f} ms; "
+        f"peak memory {warm['peak_gb']:.2f} GB"
+    )
+    print(f"  top {args.top:,} agreement with exact float32 scores: {warm['agreement']:.4f}")
+    if built["f32"] is not None:
+        base, _ = faiss_baseline(built["f32"], built["q"], args.top, args.repeats)
+        print(
+            f"  baseline: FAISS IndexFlatIP float32 top {args.top:,} search alone: "
+            f"{base * 1000:.0f} ms"
+        )
+    else:
+        print(
+            f"  baseline: FAISS IndexFlatIP float32 would hold "
+            f"{built['exact'].size * dim * 4 / 1e9:.0f} GB; not run"
+        )
 
 
 if __name__ == "__main__":

@@ -444,6 +444,14 @@ def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
 @click.option(
     "--within-km", type=float, default=5.0, show_default=True, help="Distance for --near."
 )
+@click.option(
+    "--scoring",
+    type=click.Choice(["auto", "exact", "int8"]),
+    default="auto",
+    show_default=True,
+    help="exact: float16 vectors; int8: int8 first pass, uncertain cells re-scored exactly; "
+    "auto: exact for small sets.",
+)
 def query_cmd(
     texts: tuple[str, ...],
     out: Path,
@@ -462,38 +470,14 @@ def query_cmd(
     and_not_text: str | None,
     near_text: str | None,
     within_km: float,
+    scoring: str,
 ) -> None:
     """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
-    from marscope_stac.models import MARSCOPE_TEMPLATES, load_model
-    from marscope_stac.products import classify_products, run_queries
+    from marscope_stac.engine import QueryRequest, run_query
+    from marscope_stac.prompts import MARSCOPE_TEMPLATES
     from marscope_stac.query import QuerySpec
 
-    cm = load_model(model, pretrained)
-    if classify:
-        classes = classify_products(cm, list(texts), out, embeddings, list(templates) or None)
-        click.echo(classes.summary())
-        return
-    if and_not_text or near_text:
-        from marscope_stac.products import composite_query
-
-        if len(texts) != 1 or (and_not_text and near_text):
-            raise click.UsageError("a composite takes one TEXT and one of --and-not / --near")
-        op, other = ("and-not", and_not_text) if and_not_text else ("near", near_text)
-        click.echo(
-            composite_query(
-                cm,
-                texts[0],
-                str(other),
-                op,
-                out,
-                embeddings,
-                threshold,
-                within_km,
-                list(templates) or None,
-            ).summary()
-        )
-        return
-    base = QuerySpec(
+    examples = QuerySpec(
         points=_lonlat(points),
         cells=list(cells),
         images=[str(i) for i in images],
@@ -502,7 +486,16 @@ def query_cmd(
         image_weight=image_weight,
         templates=list(templates) if templates else MARSCOPE_TEMPLATES,
     )
-    for product in run_queries(cm, list(texts), base, out, embeddings, threshold):
+    request = QueryRequest(
+        texts=list(texts),
+        examples=examples,
+        threshold=threshold,
+        classify=classify,
+        and_not=and_not_text,
+        near=near_text,
+        within_km=within_km,
+    )
+    for product in run_query(request, out, embeddings, model, pretrained, scoring):
         click.echo(product.summary())
 
 

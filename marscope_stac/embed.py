@@ -42,14 +42,18 @@ from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.models import ClipModel, load_model
 from marscope_stac.stac_in import SourceSet, load_sources
 from marscope_stac.store import (
+    EmbeddingSet,
+    EmbeddingSetWriter,
     EmbeddingTable,
     build_faiss_index,
     read_embeddings,
+    write_background,
     write_embeddings,
 )
 from marscope_stac.tiles import TilePlan, plan_tiles, read_batch
 
-__all__ = ["SHARD_CELLS", "EmbedResult", "EmbeddingSet", "embed_catalog"]
+__all__ = ["SHARD_CELLS", "EmbedResult", "embed_catalog"]
+
 
 log = logging.getLogger(__name__)
 
@@ -85,42 +89,6 @@ def embed_task(
         batch.cells[keep], emb, batch.valid[keep], [batch.sources[i] for i in np.flatnonzero(keep)]
     )
     return table, batch.errors
-
-
-@dataclass
-class EmbeddingSet:
-    """An embedding set on disk."""
-
-    root: Path
-
-    @property
-    def manifest_path(self) -> Path:
-        """``manifest.json``."""
-        return self.root / "manifest.json"
-
-    @property
-    def parquet(self) -> Path:
-        """The consolidated GeoParquet."""
-        return self.root / "embeddings.parquet"
-
-    @property
-    def index(self) -> Path:
-        """The FAISS index."""
-        return self.root / "index.faiss"
-
-    def manifest(self) -> dict[str, Any]:
-        """The manifest (empty when there is none yet)."""
-        if not self.manifest_path.is_file():
-            return {}
-        return dict(json.loads(self.manifest_path.read_text(encoding="utf-8")))
-
-    def shard_path(self, shard: int) -> Path:
-        """Path of shard ``shard``."""
-        return self.root / "shards" / f"{shard:06d}.parquet"
-
-    def table(self) -> EmbeddingTable:
-        """All rows (from the consolidated file)."""
-        return read_embeddings(self.parquet)
 
 
 @dataclass
@@ -381,11 +349,15 @@ def embed_catalog(
         if client is not None:
             client.close()
     seconds = time.perf_counter() - t_embed
-    # consolidate in cell order, then the FAISS index with the same row order
+    # consolidate in cell order (GeoParquet + scoring arrays), the FAISS index with the same
+    # row order, then the background term of the probabilities
     full = EmbeddingTable.concat([done_tables[s] for s in sorted(done_tables)])
-    write_embeddings(es.parquet, full, g, extra={"set": es.root.name})
+    _write_manifest(es, expect, done_tables, failed, sources)
+    with EmbeddingSetWriter(es, g, full.cell_index, cm.embed_dim, {"set": es.root.name}) as w:
+        w.append(full)
     build_faiss_index(full.embedding, es.index)
     _write_manifest(es, expect, done_tables, failed, sources, final=True)
+    _write_background(es, cm)
     result = EmbedResult(
         es,
         len(full),
@@ -418,6 +390,7 @@ def _write_manifest(
     sources: SourceSet,
     final: bool = False,
 ) -> None:
+    scoring = es.manifest().get("scoring") if final else None
     manifest = {
         **expect,
         "shard_cells": SHARD_CELLS,
@@ -435,4 +408,25 @@ def _write_manifest(
             "checksum": file_multihash(es.parquet),
         }
         manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
+        manifest["scoring"] = scoring
     atomic_write_text(es.manifest_path, json.dumps(manifest, indent=1))
+
+
+def _write_background(es: EmbeddingSet, cm: ClipModel) -> None:
+    """Store the background prompts' term of the probabilities, and their vectors, with the set."""
+    from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+    from marscope_stac.query import background_logsumexp
+    from marscope_stac.store import TextVectorCache
+
+    bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
+    cache = TextVectorCache(es, es.manifest()["model"])
+    for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
+        cache.put(prompt, MARSCOPE_TEMPLATES, vector)
+    t = float(cm.logit_scale)
+    lse = background_logsumexp(es.scoring_arrays(), bg, t)
+    description = {
+        "prompts": list(BACKGROUND_PROMPTS),
+        "templates": list(MARSCOPE_TEMPLATES),
+        "logit_scale": t,
+    }
+    write_background(es, lse, description)

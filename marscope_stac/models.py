@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from marscope_stac.errors import ConfigError, ModelError
 from marscope_stac.parts import IMAGENET_MEAN, IMAGENET_STD, resolve_parts, uses_parts
+from marscope_stac.prompts import MARSCOPE_TEMPLATES, check_phrases, check_templates
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -60,12 +61,6 @@ BUNDLED_MODEL = "bundled"
 BUNDLED_ARCH = "marscope-small"
 """Architecture of the bundled model (folder ``marscope_stac/data/models/marscope-small``)."""
 MARSCOPE_HUB = "hf-hub:claytonwang/MarsScope-v1"
-MARSCOPE_TEMPLATES: tuple[str, ...] = (
-    "a photo of {}, a type of martian terrain",
-    "a satellite photo of {}.",
-    "a high-resolution remote sensing image of {} on Mars.",
-)
-"""MarScope's prompt ensemble: a text query is the re-normalised mean over these templates."""
 
 
 def bundled_model_dir() -> Path:
@@ -287,16 +282,10 @@ class ClipModel:
 
         With ``templates`` None or empty, each phrase is embedded as it is.
         """
-        if not phrases:
-            raise ConfigError("no query text given")
-        for p in phrases:
-            if not p or not p.strip():
-                raise ConfigError("empty query text; type what to look for, e.g. 'alluvial fans'")
+        check_phrases(phrases)
         if not templates:
             return self.encode_texts(phrases)
-        for t in templates:
-            if "{}" not in t:
-                raise ConfigError(f"prompt template {t!r} has no '{{}}' for the query text")
+        check_templates(templates)
         texts = [t.format(p) for p in phrases for t in templates]
         emb = self.encode_texts(texts).reshape(len(phrases), len(templates), -1).mean(axis=1)
         norm = np.linalg.norm(emb, axis=1, keepdims=True)

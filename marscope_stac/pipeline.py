@@ -15,9 +15,9 @@ from marscope_stac.demo.captions import CLASS_NAMES
 from marscope_stac.demo.terrain import LANDFORM_CLASSES
 from marscope_stac.demo.world import DemoCatalog, ensure_demo_catalog
 from marscope_stac.embed import EmbedResult, embed_catalog
+from marscope_stac.engine import QueryEngine
 from marscope_stac.landform_eval import ProductEvaluation, evaluate_product
-from marscope_stac.models import load_model
-from marscope_stac.products import QueryProduct, query_products
+from marscope_stac.products import QueryProduct
 from marscope_stac.query import QuerySpec
 from marscope_stac.validation import ValidationReport, validate_catalog
 
@@ -93,11 +93,9 @@ def run_demo(
     products = work / "products"
     emb = embed_catalog(root, products, model=model, grid=DEMO_GRID, progress=progress)
     run.embedding = emb
-    cm = load_model(model)
+    engine = QueryEngine(emb.embedding_set, products, model=model)
     for cls in DEMO_QUERIES:
-        product = query_products(
-            cm, QuerySpec(text=[CLASS_NAMES[cls]]), products, emb.embedding_set.root
-        )
+        product = engine.query(QuerySpec(text=[CLASS_NAMES[cls]]))
         run.queries[cls] = product
         run.evaluations[cls] = evaluate_product(product.folder, root, cls, "test")
     run.products_validation = validate_catalog(products)

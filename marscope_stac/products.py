@@ -1,20 +1,23 @@
-"""Query products: probability COG, PNG preview, raster and vector PMTiles, detections, STAC.
+"""Query products on disk: probability COG, preview, raster and vector PMTiles, detections, STAC.
 
-:func:`query_products` scores an embedding set for a :class:`~marscope_stac.query.QuerySpec`
-and publishes, under ``<out>/queries/<query id>/``:
+:func:`write_query_product` publishes a scored query under ``<out>/queries/<query id>/``:
 
 - ``probability.tif``: COG of calibrated probabilities on the grid (uint8, probability =
   value x 0.004, nodata 255 where there is no imagery), in the body's lon/lat CRS;
 - ``preview.png``: the probability map in colour;
-- ``probability.pmtiles``: PNG raster tiles (Web-Mercator z/x/y on the body's sphere);
+- ``probability.pmtiles``: 8-bit palette PNG raster tiles (Web-Mercator z/x/y on the body's
+  sphere), two zoom levels beyond the grid's own resolution;
 - ``detections.parquet`` / ``detections.pmtiles``: cells at or above the threshold merged
   into polygons with probability attributes (GeoParquet in the body's CRS; vector tiles);
+- ``scores.parquet``: every cell's id, score and probability at its centre (GeoParquet);
 - a STAC Item with those assets, the query and its parameters, ``processing:*`` fields and
   ``derived_from`` links to the embedding item, the model item and the source rasters.
 
-The query id is derived from the query and the embedding set, so re-running the same query
-replaces its products atomically (a staging folder swapped into place) instead of adding a
-duplicate.
+The query id is derived from the query, the embedding set and every parameter that changes
+the products (threshold, scoring), so re-running the same query replaces its products
+atomically (a staging folder swapped into place) instead of adding a duplicate.
+:func:`write_class_product` does the same for zero-shot classification. Nothing here loads a
+model: the query engine (:mod:`marscope_stac.engine`) scores, this module writes.
 """
 
 from __future__ import annotations
@@ -23,29 +26,34 @@ import datetime as dt
 import hashlib
 import json
 import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from marscope_stac import __version__
 from marscope_stac.cog import write_cog
-from marscope_stac.embed import EmbeddingSet
 from marscope_stac.errors import ConfigError
 from marscope_stac.fsutil import staged_directory
-from marscope_stac.grid import Grid, parse_grid
-from marscope_stac.models import ClipModel
+from marscope_stac.geoparquet import point_wkb, write_geoparquet
+from marscope_stac.grid import Grid
 from marscope_stac.publish import OutputCatalog, _asset, _rel
-from marscope_stac.query import QuerySpec, ScoredQuery, run_query
+from marscope_stac.query import QuerySpec, ScoredQuery
 from marscope_stac.render import (
-    _zoom_range,
-    cells_to_raster,
-    detections,
+    RASTER_DEEPER,
+    RasterLayout,
+    quantize,
+    raster_detections,
     save_png,
     write_raster_pmtiles,
     write_vector_pmtiles,
+    zoom_range,
 )
 from marscope_stac.stac_out import (
     COG_MEDIA_TYPE,
@@ -59,26 +67,55 @@ from marscope_stac.stac_out import (
     proj_fields,
     ssys_fields,
 )
+from marscope_stac.store import EmbeddingSet
 
 __all__ = [
+    "CLASS_COLOURS",
     "PMTILES_MEDIA_TYPE",
     "ClassProduct",
     "QueryProduct",
-    "classify_products",
-    "composite_query",
-    "find_embedding_set",
-    "query_products",
+    "query_id",
     "read_scores",
-    "run_queries",
+    "write_class_product",
+    "write_query_product",
     "write_scores",
 ]
 
 PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
 
+CLASS_COLOURS = (
+    "808080",
+    "e6194b",
+    "3cb44b",
+    "ffe119",
+    "4363d8",
+    "f58231",
+    "911eb4",
+    "46f0f0",
+    "f032e6",
+    "bcf60c",
+    "fabebe",
+    "008080",
+    "e6beff",
+    "9a6324",
+)
+"""Class map colours (background first)."""
+
 
 @dataclass
 class QueryProduct:
-    """What :func:`query_products` wrote."""
+    """What :func:`write_query_product` wrote.
+
+    Attributes:
+        query_id: Id of the STAC item (and name of its folder).
+        folder: The product folder.
+        item_path: The STAC item.
+        scored: Scores and probabilities of every cell.
+        n_detections: Number of detection polygons.
+        threshold: Detection threshold.
+        assets: Asset key -> file.
+        timings: Seconds spent per step (scoring, raster, COG, ...).
+    """
 
     query_id: str
     folder: Path
@@ -87,6 +124,7 @@ class QueryProduct:
     n_detections: int
     threshold: float
     assets: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Lines for people."""
@@ -97,6 +135,55 @@ class QueryProduct:
         lines += [f"  {k}: {v}" for k, v in self.assets.items()]
         lines.append(f"  STAC item: {self.item_path}")
         return "\n".join(lines)
+
+
+@dataclass
+class ClassProduct:
+    """What :func:`write_class_product` wrote."""
+
+    query_id: str
+    folder: Path
+    item_path: Path
+    classes: list[str]
+    counts: dict[str, int]
+
+    def summary(self) -> str:
+        """Lines for people."""
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        return (
+            f"classification {self.query_id}: {counts}\n"
+            f"  class map: {self.folder / 'classes.tif'}\n"
+            f"  probabilities: {self.folder / 'probabilities.tif'}\n"
+            f"  STAC item: {self.item_path}"
+        )
+
+
+class _Clock:
+    """Seconds per named step."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def query_id(spec: QuerySpec, es: EmbeddingSet, threshold: float, scoring: str) -> str:
+    """Id of a query's products: a slug of its text and a digest of everything that shapes them."""
+    words = "-".join(spec.text) if spec.text else "examples"
+    slug = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40] or "query"
+    key: list[Any] = [spec.describe(), es.root.name]
+    if threshold != 0.5 or scoring != "exact":  # the defaults keep the ids they always had
+        key += [threshold, scoring]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{slug}-{digest}"
 
 
 def _queries_collection(
@@ -126,107 +213,132 @@ def _queries_collection(
     }
 
 
-def find_embedding_set(
-    out: str | Path, model: ClipModel | None = None, embeddings: str | Path | None = None
-) -> EmbeddingSet:
-    """The embedding set to query: the one given, or the only (matching) one under ``out``.
-
-    Raises:
-        ConfigError: if none or several sets match, or the set was made by another model.
-    """
-    if embeddings is not None:
-        es = EmbeddingSet(Path(embeddings))
-        if not es.parquet.is_file():
-            raise ConfigError(
-                f"{embeddings} is not a complete embedding set (no "
-                "embeddings.parquet); run 'marscope embed' first"
-            )
-    else:
-        root = Path(out) / "embeddings"
-        sets = [EmbeddingSet(p.parent) for p in sorted(root.glob("*/embeddings.parquet"))]
-        if model is not None:
-            same = [s for s in sets if s.manifest().get("model", {}).get("name") == model.name]
-            sets = same or sets
-        if not sets:
-            raise ConfigError(f"no embedding set under {root}; run 'marscope embed' first")
-        if len(sets) > 1:
-            names = ", ".join(s.root.name for s in sets)
-            raise ConfigError(
-                f"several embedding sets under {root} ({names}); pick one with --embeddings"
-            )
-        es = sets[0]
-    if model is not None:
-        made_by = es.manifest().get("model", {})
-        if made_by.get("name") != model.name or made_by.get("embed_dim") != model.embed_dim:
-            raise ConfigError(
-                f"embedding set {es.root.name} was made with model {made_by.get('name')!r}, "
-                f"not {model.name!r}; query it with that model or embed again"
-            )
-    return es
+def _raster_bbox(layout: RasterLayout) -> list[float]:
+    t = layout.transform
+    rows, cols = layout.shape
+    return [t.c, t.f + t.e * rows, t.c + t.a * cols, t.f]
 
 
-def _query_id(spec: QuerySpec, es: EmbeddingSet) -> str:
-    words = "-".join(spec.text) if spec.text else "examples"
-    slug = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40] or "query"
-    digest = hashlib.sha256(
-        json.dumps([spec.describe(), es.root.name], sort_keys=True).encode()
-    ).hexdigest()[:10]
-    return f"{slug}-{digest}"
+def _bbox_polygon(bbox: Sequence[float]) -> dict[str, Any]:
+    w, s, e, n = bbox
+    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
-def query_products(
-    model: ClipModel,
+# ----------------------------------------------------------------------------- files
+
+
+def write_scores(path: Path, grid: Grid, result: ScoredQuery) -> Path:
+    """Per-cell scores and probabilities as GeoParquet (cell centre points, body CRS)."""
+    cells = np.asarray(result.cells, np.int64)
+    row, col = grid.row_col(cells)
+    ids = pc.binary_join_element_wise(
+        pa.scalar(grid.spec),
+        pc.cast(pa.array(row), pa.string()),
+        pc.cast(pa.array(col), pa.string()),
+        ":",
+    )
+    centres = grid.centers(cells)
+    bbox = (
+        [*centres.min(axis=0).tolist(), *centres.max(axis=0).tolist()]
+        if len(cells)
+        else [0.0, 0.0, 0.0, 0.0]
+    )
+    return write_geoparquet(
+        path,
+        {
+            "cell_id": ids,
+            "cell_index": pa.array(cells),
+            "score": pa.array(np.asarray(result.scores, np.float32)),
+            "probability": pa.array(np.asarray(result.probability, np.float32)),
+        },
+        point_wkb(centres[:, 0], centres[:, 1]),
+        grid.body.crs,
+        ["Point"],
+        bbox,
+    )
+
+
+def read_scores(path: str | Path) -> Any:
+    """Read a product's per-cell scores (see :func:`write_scores`) as a GeoDataFrame."""
+    import geopandas as gpd
+
+    return gpd.read_parquet(path)
+
+
+def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, float]]]) -> Path:
+    import shapely
+
+    geoms = np.asarray([g for g, _ in feats], dtype=object)
+    bbox = [float(v) for v in shapely.total_bounds(geoms)] if feats else [0.0, 0.0, 0.0, 0.0]
+    if not feats:
+        bbox = [0.0, 0.0, 0.0, 0.0]
+    return write_geoparquet(
+        path,
+        {
+            "max_probability": pa.array([p["max_probability"] for _, p in feats], pa.float64()),
+            "mean_probability": pa.array([p["mean_probability"] for _, p in feats], pa.float64()),
+            "cells": pa.array([p["cells"] for _, p in feats], pa.int64()),
+        },
+        list(shapely.to_wkb(geoms)) if feats else [],
+        grid.body.crs,
+        sorted({g.geom_type for g, _ in feats}),
+        bbox,
+    )
+
+
+def write_query_product(
+    out: str | Path,
+    qid: str,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    result: ScoredQuery,
     spec: QuerySpec,
-    out: str | Path = "products",
-    embeddings: str | Path | None = None,
-    threshold: float = 0.5,
-    scored: ScoredQuery | None = None,
-    name: str | None = None,
+    threshold: float,
+    model_name: str,
+    timings: dict[str, float] | None = None,
 ) -> QueryProduct:
-    """Run ``spec`` on an embedding set and publish its products (see the module docstring).
+    """Write a scored query's files and STAC item (see the module docstring).
 
     Args:
-        model: The model that made the embedding set.
-        spec: The query.
-        out: Output catalog folder.
-        embeddings: Embedding set folder (default: the only one under ``out/embeddings``).
-        threshold: Detection threshold on the calibrated probability, in [0, 1].
-        scored: Precomputed scores (e.g. a composite); ``spec`` then only describes them.
-        name: Query id to use instead of the derived one.
+        out: Products catalog folder.
+        qid: Query id (:func:`query_id`).
+        es: The embedding set that was scored.
+        grid: Its grid.
+        layout: Its raster layout.
+        result: Scores and probabilities of every cell, in the set's row order.
+        spec: The query, as recorded in the item.
+        threshold: Detection threshold on the probability, in [0, 1].
+        model_name: Name of the model that made the set.
+        timings: Adds seconds per step to this dict.
 
     Raises:
-        ConfigError: for a bad threshold or query, or a set made by another model.
-        OutputError: if ``out`` is not a products catalog.
+        ConfigError: for a threshold outside [0, 1].
+        OutputError: if ``out`` is not a products catalog or cannot be written.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold {threshold} must be in [0, 1]")
-    catalog = OutputCatalog(out)  # checks that out is a catalog (or empty)
-    es = find_embedding_set(out, model, embeddings)
-    manifest = es.manifest()
-    grid = parse_grid(manifest["grid"])
-    table = es.table()
-    result = scored or run_query(model, table, grid, spec)
-    qid = name or _query_id(spec, es)
+    catalog = OutputCatalog(out)
+    clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
-    values, transform = cells_to_raster(grid, result.cells, result.probability)
-    stored = np.where(np.isnan(values), 255, np.round(np.clip(values, 0, 1) * 250)).astype(np.uint8)
-    feats = detections(grid, result.cells, result.probability, threshold)
+    values = layout.raster(result.probability)
+    stored = quantize(values)
+    clock.lap("raster")
     assets: dict[str, Path] = {}
     with staged_directory(folder, overwrite=True) as stage:
-        tif = write_cog(
+        write_cog(
             stage / "probability.tif",
             stored,
             grid.body.crs,
-            transform,
+            layout.transform,
             nodata=255,
             band_names=["probability"],
             scale=0.004,
             offset=0.0,
             overview_resampling="average",
         )
-        assets["probability"] = folder / tif.name
-        save_png(stage / "preview.png", values)
-        assets["preview"] = folder / "preview.png"
+        assets["probability"] = folder / "probability.tif"
+        clock.lap("COG")
         meta = {
             "name": qid,
             "description": f"probability of {', '.join(spec.text) or 'examples'}",
@@ -235,76 +347,112 @@ def query_products(
             "tile_matrix_set": f"{grid.body.name}WebMercatorSphere",
             "attribution": "MarScope-STAC",
         }
-        zmin, zmax = _zoom_range(float(transform.a))
-        write_raster_pmtiles(stage / "probability.pmtiles", values, transform, meta, (zmin, zmax))
-        assets["tiles"] = folder / "probability.pmtiles"
-        gdf = (
-            gpd.GeoDataFrame(
-                [p for _, p in feats], geometry=[g for g, _ in feats], crs=grid.body.geographic_code
-            )
-            if feats
-            else gpd.GeoDataFrame(
-                {"max_probability": [], "mean_probability": [], "cells": []},
-                geometry=[],
-                crs=grid.body.geographic_code,
-            )
+        zmin, base = zoom_range(float(layout.transform.a))
+        write_raster_pmtiles(
+            stage / "probability.pmtiles",
+            stored,
+            layout.transform,
+            meta,
+            (zmin, base + RASTER_DEEPER),
         )
-        gdf.to_parquet(stage / "detections.parquet", index=False)
-        write_scores(stage / "scores.parquet", grid, result)
-        assets["scores"] = folder / "scores.parquet"
+        assets["tiles"] = folder / "probability.pmtiles"
+        clock.lap("raster PMTiles")
+        save_png(stage / "preview.png", values)
+        assets["preview"] = folder / "preview.png"
+        clock.lap("preview")
+        feats = (
+            raster_detections(values, layout.transform, threshold)
+            if (result.probability >= threshold).any()
+            else []
+        )
+        clock.lap("detections")
+        _write_detections(stage / "detections.parquet", grid, feats)
         assets["detections"] = folder / "detections.parquet"
+        clock.lap("detections GeoParquet")
         if feats:
             write_vector_pmtiles(
-                stage / "detections.pmtiles", feats, meta, (max(0, zmax - 5), max(0, zmax - 1))
+                stage / "detections.pmtiles", feats, meta, (max(0, base - 5), max(0, base - 1))
             )
             assets["detection-tiles"] = folder / "detections.pmtiles"
-    item_path = _publish(
-        catalog,
-        folder,
-        qid,
-        spec,
-        es,
-        grid,
-        result,
-        threshold,
-        transform,
-        values.shape,
-        len(feats),
-        model,
+        clock.lap("vector PMTiles")
+        write_scores(stage / "scores.parquet", grid, result)
+        assets["scores"] = folder / "scores.parquet"
+        clock.lap("scores GeoParquet")
+    item = _query_item(
+        folder, qid, spec, es, grid, layout, result, threshold, len(feats), model_name
     )
-    return QueryProduct(qid, folder, item_path, result, len(feats), threshold, assets)
+    coll_path = folder.parent / "collection.json"
+    coll = _queries_collection(
+        coll_path,
+        grid,
+        item["bbox"],
+        item["properties"]["start_datetime"],
+        item["properties"]["end_datetime"],
+    )
+    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
+    clock.lap("STAC")
+    return QueryProduct(
+        qid, folder, item_path, result, len(feats), threshold, assets, clock.timings
+    )
 
 
-def _publish(
-    catalog: OutputCatalog,
+def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
+    """``derived_from`` links to the embedding item and, through it, the model and sources."""
+    emb_item = es.root / f"{es.root.name}.json"
+    if not emb_item.is_file():
+        return []
+    emb = json.loads(emb_item.read_text())
+    links = [
+        {
+            "rel": "derived_from",
+            "href": _rel(emb_item, folder),
+            "type": "application/geo+json",
+            "title": "embedding set",
+        }
+    ]
+    for lk in emb.get("links", []):
+        if lk.get("rel") in ("derived_from", "emb:model"):
+            href = lk["href"]
+            target = href if href.startswith("http") else emb_item.parent / href
+            links.append(
+                {
+                    "rel": "derived_from",
+                    "href": _rel(target, folder),
+                    "type": lk.get("type", "application/json"),
+                    "title": lk.get("title", "model" if lk["rel"] == "emb:model" else "source"),
+                }
+            )
+    return links
+
+
+def _embedding_times(es: EmbeddingSet) -> tuple[str, str]:
+    emb_item = es.root / f"{es.root.name}.json"
+    props = json.loads(emb_item.read_text()).get("properties", {}) if emb_item.is_file() else {}
+    now = _now()
+    return props.get("start_datetime", now), props.get("end_datetime", now)
+
+
+def _query_item(
     folder: Path,
     qid: str,
     spec: QuerySpec,
     es: EmbeddingSet,
     grid: Grid,
+    layout: RasterLayout,
     result: ScoredQuery,
     threshold: float,
-    transform: Any,
-    shape: tuple[int, ...],
     n_det: int,
-    model: ClipModel,
-) -> Path:
-    emb_item = es.root / f"{es.root.name}.json"
-    emb = (
-        json.loads(emb_item.read_text()) if emb_item.is_file() else {"links": [], "properties": {}}
-    )
-    rows, cols = int(shape[0]), int(shape[1])
-    west, north = transform.c, transform.f
-    east, south = west + transform.a * cols, north + transform.e * rows
-    bbox = [west, south, east, north]
-    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-    eprops = emb.get("properties", {})
+    model_name: str,
+) -> dict[str, Any]:
+    start, end = _embedding_times(es)
+    now = _now()
+    bbox = _raster_bbox(layout)
     props: dict[str, Any] = {
         **ssys_fields(grid.body),
         "datetime": None,
-        "start_datetime": eprops.get("start_datetime", now),
-        "end_datetime": eprops.get("end_datetime", now),
-        **proj_fields(grid.body.crs, transform, (rows, cols)),
+        "start_datetime": start,
+        "end_datetime": end,
+        **proj_fields(grid.body.crs, layout.transform, layout.shape),
         "processing:lineage": (
             "Cells of the embedding set scored by cosine similarity to the query vector; "
             "probabilities = softmax at the model's temperature of the query against "
@@ -315,276 +463,90 @@ def _publish(
         "marscope:query": spec.describe(),
         "marscope:threshold": threshold,
         "marscope:calibration": "softmax-vs-background-prompts",
+        "marscope:scoring": result.scoring,
         "marscope:grid": grid.spec,
         "marscope:detections": n_det,
-        "marscope:model": model.name,
+        "marscope:model": model_name,
     }
-    links: list[dict[str, Any]] = []
-    if emb_item.is_file():
-        links.append(
-            {
-                "rel": "derived_from",
-                "href": _rel(emb_item, folder),
-                "type": "application/geo+json",
-                "title": "embedding set",
-            }
-        )
-    for lk in emb.get("links", []):
-        if lk.get("rel") in ("derived_from", "emb:model"):
-            target = (
-                (emb_item.parent / lk["href"]) if not lk["href"].startswith("http") else lk["href"]
-            )
-            links.append(
-                {
-                    "rel": "derived_from",
-                    "href": _rel(target, folder),
-                    "type": lk.get("type", "application/json"),
-                    "title": lk.get("title", "model" if lk["rel"] == "emb:model" else "source"),
-                }
-            )
+
+    def asset(name: str, media: str, roles: list[str], title: str, **extra: Any) -> Any:
+        return _asset(folder / name, folder, media, roles, title, **extra)
+
     tif = folder / "probability.tif"
     assets = {
-        "probability": _asset(
-            tif,
-            folder,
+        "probability": asset(
+            "probability.tif",
             COG_MEDIA_TYPE,
             ["data"],
             "Calibrated probability (COG)",
             bands=cog_band_fields(tif),
         ),
-        "preview": _asset(
-            folder / "preview.png",
-            folder,
-            "image/png",
-            ["overview", "visual"],
-            "Probability map preview",
+        "preview": asset(
+            "preview.png", "image/png", ["overview", "visual"], "Probability map preview"
         ),
-        "tiles": _asset(
-            folder / "probability.pmtiles",
-            folder,
+        "tiles": asset(
+            "probability.pmtiles",
             PMTILES_MEDIA_TYPE,
             ["visual", "tiles"],
             "Probability raster tiles (PMTiles, PNG)",
         ),
-        "detections": _asset(
-            folder / "detections.parquet",
-            folder,
+        "detections": asset(
+            "detections.parquet",
             PARQUET_MEDIA_TYPE,
             ["data", "detections"],
             "Detections (GeoParquet)",
         ),
+        "scores": asset(
+            "scores.parquet",
+            PARQUET_MEDIA_TYPE,
+            ["data", "scores"],
+            "Per-cell score and probability (GeoParquet)",
+        ),
     }
-    assets["scores"] = _asset(
-        folder / "scores.parquet",
-        folder,
-        PARQUET_MEDIA_TYPE,
-        ["data", "scores"],
-        "Per-cell score and probability (GeoParquet)",
-    )
     if (folder / "detections.pmtiles").is_file():
-        assets["detection-tiles"] = _asset(
-            folder / "detections.pmtiles",
-            folder,
+        assets["detection-tiles"] = asset(
+            "detections.pmtiles",
             PMTILES_MEDIA_TYPE,
             ["visual", "tiles"],
             "Detections (PMTiles, vector)",
         )
-    item = {
+    return {
         "type": "Feature",
         "stac_version": "1.1.0",
         "stac_extensions": [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1],
         "id": qid,
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [
-                [[west, south], [east, south], [east, north], [west, north], [west, south]]
-            ],
-        },
+        "geometry": _bbox_polygon(bbox),
         "bbox": bbox,
         "properties": props,
-        "links": links,
+        "links": _source_links(es, folder),
         "assets": assets,
     }
-    coll_path = folder.parent / "collection.json"
-    coll = _queries_collection(
-        coll_path, grid, bbox, props["start_datetime"], props["end_datetime"]
-    )
-    return catalog.add(coll_path, coll, folder / f"{qid}.json", item)
 
 
-def run_queries(
-    model: ClipModel,
-    texts: list[str],
-    base: QuerySpec,
-    out: str | Path = "products",
-    embeddings: str | Path | None = None,
-    threshold: float = 0.5,
-) -> list[QueryProduct]:
-    """One product per text (each combined with ``base``'s examples), or one for the examples.
-
-    Raises:
-        ConfigError: if there is neither text nor example.
-    """
-    from dataclasses import replace
-
-    if not texts and not (base.points or base.cells or base.images):
-        raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
-    specs = [replace(base, text=[t]) for t in texts] or [base]
-    return [query_products(model, s, out, embeddings, threshold) for s in specs]
+# ----------------------------------------------------------------------------- classes
 
 
-def composite_query(
-    model: ClipModel,
-    first: str,
-    second: str,
-    op: str,
-    out: str | Path = "products",
-    embeddings: str | Path | None = None,
-    threshold: float = 0.5,
-    within_km: float = 5.0,
-    templates: Any = None,
-) -> QueryProduct:
-    """Products of ``first AND NOT second`` (``op='and-not'``) or ``first NEAR second``.
-
-    Both are text queries; the composite is computed on their probability maps (see
-    :func:`marscope_stac.query.and_not` and :func:`marscope_stac.query.near`).
-    """
-    from marscope_stac.models import MARSCOPE_TEMPLATES
-    from marscope_stac.query import and_not, near
-
-    tpl = templates or MARSCOPE_TEMPLATES
-    es = find_embedding_set(out, model, embeddings)
-    grid = parse_grid(es.manifest()["grid"])
-    table = es.table()
-    a = run_query(model, table, grid, QuerySpec(text=[first], templates=tpl))
-    b = run_query(model, table, grid, QuerySpec(text=[second], templates=tpl))
-    if op == "and-not":
-        prob = and_not(a.probability, b.probability)
-        label = f"{first} and not {second}"
-    elif op == "near":
-        prob = near(
-            a.probability,
-            b.probability,
-            grid.centers(table.cell_index),
-            within_km,
-            grid.body.radius_m,
-        )
-        label = f"{first} near {second} within {within_km:g} km"
-    else:
-        raise ConfigError(f"unknown composite {op!r}; use and-not or near")
-    scored = ScoredQuery(a.cells, (a.scores * prob).astype(np.float32), prob, a.vector)
-    spec = QuerySpec(text=[label], templates=tpl)
-    return query_products(model, spec, out, es.root, threshold, scored=scored)
-
-
-def write_scores(path: Path, grid: Grid, result: ScoredQuery) -> Path:
-    """Per-cell scores and probabilities as GeoParquet (cell centre points, body CRS)."""
-    centres = grid.centers(result.cells)
-    gdf = gpd.GeoDataFrame(
-        {
-            "cell_id": grid.cell_ids(result.cells),
-            "cell_index": result.cells,
-            "score": result.scores,
-            "probability": result.probability,
-        },
-        geometry=gpd.points_from_xy(centres[:, 0], centres[:, 1]),
-        crs=grid.body.geographic_code,
-    )
-    gdf.to_parquet(path, index=False)
-    return path
-
-
-def read_scores(path: str | Path) -> gpd.GeoDataFrame:
-    """Read a product's per-cell scores (see :func:`write_scores`)."""
-    return gpd.read_parquet(path)
-
-
-CLASS_COLOURS = (
-    "808080",
-    "e6194b",
-    "3cb44b",
-    "ffe119",
-    "4363d8",
-    "f58231",
-    "911eb4",
-    "46f0f0",
-    "f032e6",
-    "bcf60c",
-    "fabebe",
-    "008080",
-    "e6beff",
-    "9a6324",
-)
-
-
-@dataclass
-class ClassProduct:
-    """What :func:`classify_products` wrote."""
-
-    query_id: str
-    folder: Path
-    item_path: Path
-    classes: list[str]
-    counts: dict[str, int]
-
-    def summary(self) -> str:
-        """Lines for people."""
-        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
-        return (
-            f"classification {self.query_id}: {counts}\n"
-            f"  class map: {self.folder / 'classes.tif'}\n"
-            f"  probabilities: {self.folder / 'probabilities.tif'}\n"
-            f"  STAC item: {self.item_path}"
-        )
-
-
-def classify_products(
-    model: ClipModel,
-    classes: list[str],
-    out: str | Path = "products",
-    embeddings: str | Path | None = None,
-    templates: Any = None,
+def write_class_product(
+    out: str | Path,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    names: list[str],
+    templates: Sequence[str],
+    prob: NDArray[np.float32],
+    model_name: str,
 ) -> ClassProduct:
-    """Zero-shot classification of every cell: per-class probability bands and a class map.
+    """Write a zero-shot classification: class map and per-class probability COGs, STAC item.
 
-    Probabilities are the softmax, at the model's temperature, over the classes and a
-    ``background`` class (the mean of the background prompts); the class map holds the most
-    probable class (0 = background). Both are COGs published with the classification
-    extension.
+    ``prob`` holds one column per class, background first, rows in the set's order.
     """
-    from marscope_stac.models import MARSCOPE_TEMPLATES
-    from marscope_stac.query import BACKGROUND_PROMPTS
-    from marscope_stac.stac_out import CLASSIFICATION_V2
-
-    names = [c.strip() for c in classes if c.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ConfigError("give at least two different class names to classify")
-    if len(names) > len(CLASS_COLOURS) - 1:
-        raise ConfigError(f"at most {len(CLASS_COLOURS) - 1} classes at once")
     catalog = OutputCatalog(out)
-    es = find_embedding_set(out, model, embeddings)
-    grid = parse_grid(es.manifest()["grid"])
-    table = es.table()
-    tpl = templates or MARSCOPE_TEMPLATES
-    q = model.encode_queries(names, tpl)
-    bg = model.encode_queries(list(BACKGROUND_PROMPTS), tpl).mean(axis=0)
-    bg /= np.linalg.norm(bg)
-    logits = model.logit_scale * (table.embedding @ np.vstack([bg[None], q]).T)
-    logits -= logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits)
-    prob /= prob.sum(axis=1, keepdims=True)
     label = prob.argmax(axis=1).astype(np.float32)
-    digest = hashlib.sha256(json.dumps([names, list(tpl), es.root.name]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([names, list(templates), es.root.name]).encode()).hexdigest()
     qid = f"classes-{digest[:10]}"
     folder = Path(out) / "queries" / qid
-    class_map, transform = cells_to_raster(grid, table.cell_index, label)
-    bands = [
-        cells_to_raster(grid, table.cell_index, prob[:, k].astype(np.float32))[0]
-        for k in range(prob.shape[1])
-    ]
-    stack = np.stack([np.where(np.isnan(b), 255, np.round(b * 250)) for b in bands]).astype(
-        np.uint8
-    )
+    class_map = layout.raster(label)
+    stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
     cmap_u8 = np.where(np.isnan(class_map), 255, class_map).astype(np.uint8)
     all_names = ["background", *names]
     with staged_directory(folder, overwrite=True) as stage:
@@ -592,7 +554,7 @@ def classify_products(
             stage / "classes.tif",
             cmap_u8,
             grid.body.crs,
-            transform,
+            layout.transform,
             nodata=255,
             band_names=["class"],
             overview_resampling="nearest",
@@ -601,22 +563,47 @@ def classify_products(
             stage / "probabilities.tif",
             stack,
             grid.body.crs,
-            transform,
+            layout.transform,
             nodata=255,
             band_names=all_names,
             scale=0.004,
             offset=0.0,
         )
-        rgb = np.zeros((*cmap_u8.shape, 4), np.uint8)
-        for k, colour in enumerate(CLASS_COLOURS[: len(all_names)]):
-            rgb[cmap_u8 == k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)] + [255]
-        from PIL import Image
+        _class_preview(stage / "preview.png", cmap_u8, len(all_names))
+    item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
+    coll_path = folder.parent / "collection.json"
+    now = item["properties"]["datetime"]
+    coll = _queries_collection(coll_path, grid, item["bbox"], now, now)
+    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
+    counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
+    return ClassProduct(qid, folder, item_path, names, counts)
 
-        img = Image.fromarray(rgb, "RGBA")
-        scale = max(1, min(1024 // max(cmap_u8.shape), 16))
-        img.resize(
-            (cmap_u8.shape[1] * scale, cmap_u8.shape[0] * scale), Image.Resampling.NEAREST
-        ).save(stage / "preview.png")
+
+def _class_preview(path: Path, cmap_u8: NDArray[np.uint8], n_classes: int) -> None:
+    from PIL import Image
+
+    rgb = np.zeros((*cmap_u8.shape, 4), np.uint8)
+    for k, colour in enumerate(CLASS_COLOURS[:n_classes]):
+        rgb[cmap_u8 == k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)] + [255]
+    img = Image.fromarray(rgb, "RGBA")
+    scale = max(1, min(1024 // max(cmap_u8.shape), 16))
+    img.resize((cmap_u8.shape[1] * scale, cmap_u8.shape[0] * scale), Image.Resampling.NEAREST).save(
+        path
+    )
+
+
+def _class_item(
+    folder: Path,
+    qid: str,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    names: list[str],
+    all_names: list[str],
+    model_name: str,
+) -> dict[str, Any]:
+    from marscope_stac.stac_out import CLASSIFICATION_V2
+
     slug = [
         re.sub(r"[^0-9A-Za-z_-]+", "-", n).strip("-") or f"class{k}"
         for k, n in enumerate(all_names)
@@ -625,31 +612,24 @@ def classify_products(
         {"value": k, "name": slug[k], "description": all_names[k], "color_hint": CLASS_COLOURS[k]}
         for k in range(len(all_names))
     ]
-    rows, cols = cmap_u8.shape
-    west, north = transform.c, transform.f
-    east, south = west + transform.a * cols, north + transform.e * rows
-    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-    item = {
+    bbox = _raster_bbox(layout)
+    asset: Callable[..., Any] = lambda name, *a, **kw: _asset(folder / name, folder, *a, **kw)  # noqa: E731
+    return {
         "type": "Feature",
         "stac_version": "1.1.0",
         "stac_extensions": [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2],
         "id": qid,
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [
-                [[west, south], [east, south], [east, north], [west, north], [west, south]]
-            ],
-        },
-        "bbox": [west, south, east, north],
+        "geometry": _bbox_polygon(bbox),
+        "bbox": bbox,
         "properties": {
             **ssys_fields(grid.body),
-            "datetime": now,
-            **proj_fields(grid.body.crs, transform, (rows, cols)),
+            "datetime": _now(),
+            **proj_fields(grid.body.crs, layout.transform, layout.shape),
             "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
             "background prompt at the model's temperature.",
             "processing:software": {"marscope-stac": __version__},
             "marscope:classes": names,
-            "marscope:model": model.name,
+            "marscope:model": model_name,
         },
         "links": [
             {
@@ -660,34 +640,23 @@ def classify_products(
             }
         ],
         "assets": {
-            "classes": _asset(
-                folder / "classes.tif",
-                folder,
+            "classes": asset(
+                "classes.tif",
                 COG_MEDIA_TYPE,
                 ["data"],
                 "Most probable class (COG)",
                 bands=cog_band_fields(folder / "classes.tif"),
                 **{"classification:classes": classes_field},
             ),
-            "probabilities": _asset(
-                folder / "probabilities.tif",
-                folder,
+            "probabilities": asset(
+                "probabilities.tif",
                 COG_MEDIA_TYPE,
                 ["data"],
                 "Per-class probabilities (COG, one band each)",
                 bands=cog_band_fields(folder / "probabilities.tif"),
             ),
-            "preview": _asset(
-                folder / "preview.png",
-                folder,
-                "image/png",
-                ["overview", "visual"],
-                "Class map preview",
+            "preview": asset(
+                "preview.png", "image/png", ["overview", "visual"], "Class map preview"
             ),
         },
     }
-    coll_path = folder.parent / "collection.json"
-    coll = _queries_collection(coll_path, grid, [west, south, east, north], now, now)
-    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
-    counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
-    return ClassProduct(qid, folder, item_path, names, counts)

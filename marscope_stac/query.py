@@ -1,18 +1,29 @@
-"""Queries over an embedding set: scores, calibrated probabilities, refinement, composites.
+"""Scoring an embedding set: query vectors, scores, calibrated probabilities, composites.
 
-Everything here works on arrays and cell indexes (plus a model to embed text and images).
+Everything here works on arrays and cell indexes with numpy; texts and images are turned into
+vectors by functions the caller passes (the query engine, which owns the model and its cache).
 
 Query vectors
     Text: MarScope's prompt-ensemble embedding. Examples: the normalised mean of example
     embeddings (cells picked by lon/lat or cell id, or image files). Hybrid: ``w * image +
     (1 - w) * text`` re-normalised (MarScope: w = 0.3). Refinement: Rocchio's update
     ``q + a * mean(positives) - b * mean(negatives)`` re-normalised.
+Scores
+    Cosine similarity of every cell to the query. ``exact`` scoring reads the float16 vectors
+    (float32 arithmetic: the same numbers as a float32 matrix product on the stored values).
+    ``int8`` scoring reads the int8 copies (one byte a value) and then re-scores exactly every
+    cell whose result could depend on the rounding: cells that may be among the ``top_k`` best
+    and cells whose probability may be on either side of the detection threshold, each within
+    6 standard deviations of its rounding error. So the ranking of the best ``top_k`` cells and
+    the detections are those of exact scoring; the other cells' probabilities may differ by
+    about one storage step (0.004). ``auto`` picks ``exact`` up to :data:`EXACT_MAX_VALUES`
+    stored values and ``int8`` above.
 Probabilities
     A cell's probability of showing the query is the softmax, at the model's own temperature
-    (``logit_scale``), of its similarity to the query against its similarities to a fixed
-    set of background prompts (plain terrain): p = e^(t s_q) / (e^(t s_q) + sum_b e^(t s_b)).
-    It is 0.5 where the query explains the cell as well as all of background does together.
-    The default detection threshold is 0.5; any threshold in [0, 1] can be chosen.
+    ``t``, of its similarity to the query against its similarities to a fixed set of background
+    prompts (plain terrain): ``p = e^(t s_q) / (e^(t s_q) + sum_b e^(t s_b))``, computed as
+    ``sigmoid(t s_q - L)`` with ``L = log sum_b e^(t s_b)`` stored per cell. It is 0.5 where the
+    query explains the cell as well as all of background does together.
 Composites (on probability maps)
     ``A and not B`` = p_A (1 - p_B); ``A near B within r km`` = p_A * max p_B over cells whose
     centres lie within r km (great circle on the body's sphere).
@@ -20,38 +31,48 @@ Composites (on probability maps)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.spatial import cKDTree
 
 from marscope_stac.errors import ConfigError
 from marscope_stac.grid import Grid
-from marscope_stac.models import MARSCOPE_TEMPLATES, ClipModel
-from marscope_stac.store import EmbeddingTable
+from marscope_stac.prompts import MARSCOPE_TEMPLATES, check_phrases
+from marscope_stac.store import ScoringArrays
 
 __all__ = [
-    "BACKGROUND_PROMPTS",
+    "EXACT_MAX_VALUES",
+    "SCORING_MODES",
     "QuerySpec",
     "ScoredQuery",
     "and_not",
+    "background_logsumexp",
+    "example_rows",
     "near",
     "probabilities",
     "query_vector",
-    "run_query",
+    "score",
+    "score_rows",
 ]
 
-BACKGROUND_PROMPTS: tuple[str, ...] = (
-    "plains",
-    "smooth plains with small craters",
-    "flat featureless terrain",
-    "dusty ground",
-)
-"""What a cell is compared against when its probability is computed."""
+EXACT_MAX_VALUES = 1 << 27
+"""``auto`` scoring reads float16 vectors up to this many stored values (rows x dim)."""
 
-MAX_QUERY_CHARS = 300
+SCORING_MODES = ("auto", "exact", "int8")
+"""Scoring modes (see the module docstring)."""
+
+DEFAULT_TOP_K = 20_000
+"""Best cells whose ranking ``int8`` scoring keeps exact (MarScope's largest K)."""
+
+_BLOCK = 2048
+"""Rows per block of a scan: a block's float32 copy stays in the core's cache."""
 
 
 @dataclass
@@ -93,15 +114,31 @@ class QuerySpec:
         d["templates"] = list(self.templates)
         return d
 
+    @property
+    def has_examples(self) -> bool:
+        """Whether the query has positive examples (points, cells or images)."""
+        return bool(self.points or self.cells or self.images)
+
 
 @dataclass
 class ScoredQuery:
-    """Scores and probabilities of every embedded cell."""
+    """Scores and probabilities of every embedded cell.
+
+    Attributes:
+        cells: Cell index of each row.
+        scores: Cosine similarity to the query.
+        probability: Calibrated probability.
+        vector: The unit query vector.
+        scoring: How the scores were computed (``exact``, ``int8``, or ``composite``).
+        exact_rows: Rows scored exactly (all of them for ``exact``).
+    """
 
     cells: NDArray[np.int64]
     scores: NDArray[np.float32]
     probability: NDArray[np.float32]
     vector: NDArray[np.float32]
+    scoring: str = "exact"
+    exact_rows: int = -1
 
     def top(self, k: int) -> NDArray[np.int64]:
         """Row numbers of the ``k`` best cells."""
@@ -110,81 +147,260 @@ class ScoredQuery:
         return part[np.argsort(-self.scores[part], kind="stable")]
 
 
-def _unit(v: NDArray[np.float32]) -> NDArray[np.float32]:
+def _unit(v: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
     n = float(np.linalg.norm(v))
-    if n == 0:
+    if not n > 0:
         raise ConfigError("the query vector is zero; give different examples")
-    return (v / n).astype(np.float32)
+    return (np.asarray(v, np.float64) / n).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- scans
+
+
+@cache
+def _f16_table() -> NDArray[np.float32]:
+    """float32 value of every float16 bit pattern (numpy's own float16 cast is scalar code)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _scan(n: int, block_fn: Callable[[int, int], NDArray[np.float32]]) -> NDArray[np.float32]:
+    """Run ``block_fn(start, stop)`` over row blocks on all cores; concatenate the results."""
+    out = np.empty(n, np.float32)
+
+    def work(start: int) -> None:
+        stop = min(start + _BLOCK, n)
+        out[start:stop] = block_fn(start, stop)
+
+    starts = range(0, n, _BLOCK)
+    workers = _workers()
+    if workers == 1 or n <= _BLOCK * 4:
+        for s in starts:
+            work(s)
+        return out
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:  # one BLAS thread each
+        list(pool.map(work, starts))
+    return out
+
+
+def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
+    block = np.take(_f16_table(), np.ascontiguousarray(vectors).view(np.uint16))
+    return np.asarray(block @ q, np.float32)
+
+
+def score_rows(
+    arrays: ScoringArrays, q: NDArray[np.float32], rows: NDArray[np.int64] | None = None
+) -> NDArray[np.float32]:
+    """Exact scores (float32 arithmetic on the float16 vectors) of all rows or of ``rows``."""
+    v = arrays.vectors
+    if rows is None:
+        return _scan(len(v), lambda a, b: _exact_block(v[a:b], q))
+    return _scan(len(rows), lambda a, b: _exact_block(v[rows[a:b]], q))
+
+
+def _int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
+    v, s = arrays.int8, arrays.scale
+
+    def block(a: int, b: int) -> NDArray[np.float32]:
+        return np.asarray((v[a:b].astype(np.float32) @ q) * s[a:b], np.float32)
+
+    return _scan(len(v), block)
+
+
+def _uncertain_rows(
+    s8: NDArray[np.float32],
+    margin: NDArray[np.float32],
+    top_k: int,
+    threshold_scores: NDArray[np.float32] | None,
+) -> NDArray[np.int64]:
+    """Rows whose exact score may change the top ``top_k`` or the side of the threshold."""
+    k = min(max(top_k, 1), len(s8))
+    kth = np.partition(s8, len(s8) - k)[len(s8) - k]
+    uncertain = s8 + margin >= kth - float(margin.max())
+    if threshold_scores is not None:
+        uncertain |= np.abs(s8 - threshold_scores) <= margin
+    return np.flatnonzero(uncertain).astype(np.int64)
+
+
+def resolve_mode(mode: str, arrays: ScoringArrays) -> str:
+    """``exact`` or ``int8`` for a scoring mode and a set (see the module docstring).
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    if mode not in SCORING_MODES:
+        raise ConfigError(f"unknown scoring {mode!r}; use one of {', '.join(SCORING_MODES)}")
+    if mode == "auto":
+        return "exact" if len(arrays) * arrays.dim <= EXACT_MAX_VALUES else "int8"
+    return mode
+
+
+def probabilities(
+    scores: NDArray[np.float32], background: NDArray[np.float32], logit_scale: float
+) -> NDArray[np.float32]:
+    """Calibrated probability of each cell: ``sigmoid(t * score - background)``."""
+    with np.errstate(over="ignore"):
+        z = np.exp(np.asarray(background, np.float32) - np.float32(logit_scale) * scores)
+    return (1.0 / (1.0 + z)).astype(np.float32)
+
+
+def _threshold_scores(
+    threshold: float | None, background: NDArray[np.float32], logit_scale: float
+) -> NDArray[np.float32] | None:
+    """The score at which each cell's probability equals ``threshold``."""
+    if threshold is None or not 0.0 < threshold < 1.0:
+        return None
+    logit = math.log(threshold / (1.0 - threshold))
+    return ((logit + np.asarray(background, np.float32)) / np.float32(logit_scale)).astype(
+        np.float32
+    )
+
+
+def score(
+    arrays: ScoringArrays,
+    q: NDArray[np.float32],
+    logit_scale: float,
+    mode: str = "auto",
+    top_k: int = DEFAULT_TOP_K,
+    threshold: float | None = None,
+) -> ScoredQuery:
+    """Score every row of a set for the unit query ``q`` and calibrate the scores.
+
+    Args:
+        arrays: The set's scoring arrays (with their background term).
+        q: Unit query vector.
+        logit_scale: The model's temperature.
+        mode: ``auto``, ``exact`` or ``int8`` (see the module docstring).
+        top_k: With ``int8``: how many best cells keep an exact ranking.
+        threshold: With ``int8``: the detection threshold whose crossings stay exact.
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    if arrays.background is None:
+        raise ConfigError("the embedding set has no background term; open it with its model")
+    q = np.ascontiguousarray(q, np.float32)
+    bg = np.asarray(arrays.background)
+    how = resolve_mode(mode, arrays)
+    if how == "exact" or len(arrays) == 0:
+        s = score_rows(arrays, q)
+        exact = len(s)
+    else:
+        s = _int8_scores(arrays, q)
+        # rounding error of a row: sum of q_i * d_i, d_i uniform in +-scale/2, |q| = 1
+        margin = (6.0 / math.sqrt(12.0)) * np.asarray(arrays.scale, np.float32)
+        rows = _uncertain_rows(s, margin, top_k, _threshold_scores(threshold, bg, logit_scale))
+        s[rows] = score_rows(arrays, q, rows)
+        exact = len(rows)
+    prob = probabilities(s, bg, logit_scale)
+    return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, exact)
+
+
+def background_logsumexp(
+    arrays: ScoringArrays, background: NDArray[np.float32], logit_scale: float
+) -> NDArray[np.float32]:
+    """Per-cell ``log sum_b exp(t * s_b)`` over background vectors (exact scores)."""
+    t = np.float32(logit_scale)
+    cols = [score_rows(arrays, np.ascontiguousarray(b, np.float32)) for b in background]
+    logits = t * np.column_stack(cols) if cols else np.zeros((len(arrays), 0), np.float32)
+    m = logits.max(axis=1)
+    return (m + np.log(np.exp(logits - m[:, None]).sum(axis=1))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- query vectors
 
 
 def _rows_for_points(
-    table: EmbeddingTable, grid: Grid, points: Sequence[tuple[float, float]], what: str
+    arrays: ScoringArrays, grid: Grid, points: Sequence[tuple[float, float]], what: str
 ) -> list[int]:
-    rows = []
-    lookup = {int(c): i for i, c in enumerate(table.cell_index.tolist())}
     for lon, lat in points:
         if not (-360 <= lon <= 360 and -90 <= lat <= 90):
             raise ConfigError(f"{what} ({lon}, {lat}) is not a lon/lat position")
-        lon_n = (lon + 180.0) % 360.0 - 180.0
-        idx = grid.cells_in_bbox(lon_n - 1e-9, lat - 1e-9, lon_n + 1e-9, lat + 1e-9)
-        hit = [lookup[int(c)] for c in idx if int(c) in lookup]
-        if not hit:
+    if not points:
+        return []
+    cells = grid.locate(
+        np.array([p[0] for p in points], np.float64), np.array([p[1] for p in points], np.float64)
+    )
+    rows = np.where(cells >= 0, arrays.rows_of(np.maximum(cells, 0)), -1)
+    for (plon, plat), r in zip(points, rows.tolist(), strict=True):
+        if r < 0:
             raise ConfigError(
-                f"{what} ({lon}, {lat}) is outside the embedded area; pick a point with imagery"
+                f"{what} ({plon}, {plat}) is outside the embedded area; pick a point with imagery"
             )
-        rows.append(hit[0])
-    return rows
+    return [int(r) for r in rows]
 
 
-def _rows_for_cells(table: EmbeddingTable, grid: Grid, ids: Sequence[str], what: str) -> list[int]:
-    lookup = {int(c): i for i, c in enumerate(table.cell_index.tolist())}
+def _rows_for_cells(arrays: ScoringArrays, grid: Grid, ids: Sequence[str], what: str) -> list[int]:
     rows = []
     for cid in ids:
-        idx = grid.parse_cell_id(cid)
-        if idx not in lookup:
+        r = int(arrays.rows_of(np.array([grid.parse_cell_id(cid)]))[0])
+        if r < 0:
             raise ConfigError(f"{what} {cid} is not in the embedding set (no imagery there)")
-        rows.append(lookup[idx])
+        rows.append(r)
     return rows
 
 
-def _image_vectors(model: ClipModel, paths: Sequence[str]) -> NDArray[np.float32]:
-    from PIL import Image, UnidentifiedImageError
+def example_rows(
+    arrays: ScoringArrays,
+    grid: Grid,
+    points: Sequence[tuple[float, float]],
+    cells: Sequence[str],
+    what: str = "example",
+) -> list[int]:
+    """Rows of example cells given by lon/lat points and by cell ids.
 
-    from marscope_stac.errors import DataError
+    Raises:
+        ConfigError: for a position outside the set or an unknown cell id.
+    """
+    rows = _rows_for_points(arrays, grid, points, f"{what} point")
+    return rows + _rows_for_cells(arrays, grid, cells, f"{what} cell")
 
-    imgs = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                g = im.convert("L").resize((model.image_size, model.image_size))
-                imgs.append(np.asarray(g, np.float32) / 255.0)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read example image {p}: {exc}") from exc
-    return model.encode_images(np.stack(imgs))
+
+def _row_vectors(arrays: ScoringArrays, rows: Sequence[int]) -> NDArray[np.float32]:
+    idx = np.asarray(sorted(rows), np.int64)
+    return np.take(_f16_table(), np.asarray(arrays.vectors[idx]).view(np.uint16))
+
+
+TextVectors = Callable[[Sequence[str], Sequence[str]], NDArray[np.float32]]
+"""``(phrases, templates) -> (n, dim)`` unit vectors."""
+ImageVectors = Callable[[Sequence[str]], NDArray[np.float32]]
+"""``(image paths) -> (n, dim)`` unit vectors."""
 
 
 def query_vector(
-    model: ClipModel, table: EmbeddingTable, grid: Grid, spec: QuerySpec
+    spec: QuerySpec,
+    arrays: ScoringArrays,
+    grid: Grid,
+    text_vectors: TextVectors,
+    image_vectors: ImageVectors,
 ) -> NDArray[np.float32]:
-    """The unit query vector of ``spec`` (see the module docstring)."""
-    for t in spec.text:
-        if not t or not t.strip():
-            raise ConfigError("empty query text; type what to look for, e.g. 'alluvial fans'")
-        if len(t) > MAX_QUERY_CHARS:
-            raise ConfigError(
-                f"query text of {len(t)} characters is too long "
-                f"(at most {MAX_QUERY_CHARS}); describe the landform briefly"
-            )
+    """The unit query vector of ``spec`` (see the module docstring).
+
+    Raises:
+        ConfigError: for an empty or overlong text, a bad weight, examples outside the set, or
+            nothing to look for.
+    """
+    if spec.text:
+        check_phrases(spec.text)
     if not 0.0 <= spec.image_weight <= 1.0:
         raise ConfigError(f"image weight {spec.image_weight} must be in [0, 1]")
-    text = (
-        _unit(model.encode_queries(spec.text, spec.templates).mean(axis=0)) if spec.text else None
+    rows = example_rows(arrays, grid, spec.points, spec.cells)
+    neg_rows = example_rows(
+        arrays, grid, spec.negatives_points, spec.negative_cells, "counter-example"
     )
-    rows = _rows_for_points(table, grid, spec.points, "example point")
-    rows += _rows_for_cells(table, grid, spec.cells, "example cell")
-    examples = [table.embedding[r] for r in rows]
+    text = _unit(text_vectors(spec.text, spec.templates).mean(axis=0)) if spec.text else None
+    examples = list(_row_vectors(arrays, rows)) if rows else []
     if spec.images:
-        examples += list(_image_vectors(model, spec.images))
+        examples += list(image_vectors(spec.images))
     image = _unit(np.mean(examples, axis=0)) if examples else None
     if text is None and image is None:
         raise ConfigError("nothing to look for: give query text, example points, cells or images")
@@ -192,36 +408,14 @@ def query_vector(
         q = _unit(spec.image_weight * image + (1.0 - spec.image_weight) * text)
     else:
         q = text if text is not None else image  # type: ignore[assignment]
-    neg_rows = _rows_for_points(table, grid, spec.negatives_points, "counter-example point")
-    neg_rows += _rows_for_cells(table, grid, spec.negative_cells, "counter-example cell")
     if neg_rows:
         pos = np.mean(examples, axis=0) if examples else np.zeros_like(q)
-        neg = table.embedding[neg_rows].mean(axis=0)
+        neg = _row_vectors(arrays, neg_rows).mean(axis=0)
         q = _unit(q + spec.refine_positive * pos - spec.refine_negative * neg)
     return q
 
 
-def probabilities(
-    model: ClipModel,
-    embedding: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    background: Sequence[str] = BACKGROUND_PROMPTS,
-) -> NDArray[np.float32]:
-    """Calibrated probability of each cell (softmax against background prompts)."""
-    t = model.logit_scale
-    bg = model.encode_queries(list(background), MARSCOPE_TEMPLATES)
-    bg_scores = embedding @ bg.T  # (n, n_bg)
-    m = np.maximum(scores, bg_scores.max(axis=1))
-    num = np.exp(t * (scores - m))
-    den = num + np.exp(t * (bg_scores - m[:, None])).sum(axis=1)
-    return (num / den).astype(np.float32)
-
-
-def run_query(model: ClipModel, table: EmbeddingTable, grid: Grid, spec: QuerySpec) -> ScoredQuery:
-    """Score every embedded cell for ``spec`` and calibrate the scores to probabilities."""
-    q = query_vector(model, table, grid, spec)
-    scores = (table.embedding @ q).astype(np.float32)
-    return ScoredQuery(table.cell_index, scores, probabilities(model, table.embedding, scores), q)
+# ----------------------------------------------------------------------------- composites
 
 
 def and_not(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -237,7 +431,9 @@ def near(
     body_radius_m: float,
 ) -> NDArray[np.float32]:
     """Probability of A with B nearby: p_A * max p_B within ``radius_km`` of each cell."""
-    if radius_km <= 0:
+    from scipy.spatial import cKDTree
+
+    if not radius_km > 0:
         raise ConfigError(f"radius {radius_km} km must be positive")
     lon, lat = np.radians(centres_lonlat[:, 0]), np.radians(centres_lonlat[:, 1])
     xyz = np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])

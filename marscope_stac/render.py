@@ -12,7 +12,12 @@ import gzip
 import io
 import math
 import os
+import struct
+import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +33,78 @@ from marscope_stac.fsutil import atomic_write_bytes
 from marscope_stac.grid import Grid, LonLatGrid
 
 __all__ = [
+    "RASTER_DEEPER",
+    "RasterLayout",
     "cells_to_raster",
     "colorize",
     "detections",
+    "quantize",
+    "raster_detections",
     "write_raster_pmtiles",
     "write_vector_pmtiles",
+    "zoom_range",
 ]
 
 MAX_LAT = 85.0511287798066
+
+
+@dataclass(frozen=True)
+class RasterLayout:
+    """Where each cell of a set falls in a lon/lat raster over the set's extent.
+
+    For ``lonlat`` grids a pixel is a cell. For equal-area grids the pixel is the row height
+    square (in degrees) and each pixel takes the value of the cell containing its centre.
+    The layout depends only on the cells, so it is computed once per embedding set.
+
+    Attributes:
+        transform: Pixel-to-lon/lat transform.
+        shape: (rows, cols).
+        pixel_of_cell: Flat pixel of each cell (lonlat grids), else None.
+        cell_of_pixel: Cell row of each flat pixel, -1 where none (equal-area grids), else None.
+    """
+
+    transform: Affine
+    shape: tuple[int, int]
+    pixel_of_cell: NDArray[np.int64] | None
+    cell_of_pixel: NDArray[np.int64] | None
+
+    @classmethod
+    def of(cls, grid: Grid, cells: NDArray[np.int64]) -> RasterLayout:
+        """The layout of ``cells`` (any order) on ``grid``."""
+        cells = np.asarray(cells, np.int64)
+        if isinstance(grid, LonLatGrid):
+            row, col = grid.row_col(cells)
+            r0, r1, c0, c1 = int(row.min()), int(row.max()), int(col.min()), int(col.max())
+            # the same floating-point values as the cells' own bounds
+            south, north = grid.row_lat_bounds(np.arange(r0, r1 + 1))
+            res = float(np.min(north - south))
+            west = -180.0 + c0 * (360.0 / grid.n_cols)
+            transform = Affine(res, 0.0, west, 0.0, -res, float(north[-1]))
+            shape = (r1 - r0 + 1, c1 - c0 + 1)
+            return cls(transform, shape, (r1 - row) * shape[1] + (col - c0), None)
+        b = grid.bounds(cells)
+        west, south, east, north = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+        res = float(np.min(b[:, 3] - b[:, 1]))
+        rows = max(1, round((north - south) / res))
+        cols = max(1, round((east - west) / res))
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        idx = grid.locate((west + (xx + 0.5) * res).ravel(), (north - (yy + 0.5) * res).ravel())
+        order = np.argsort(cells)
+        pos = np.clip(np.searchsorted(cells[order], idx), 0, len(cells) - 1)
+        found = cells[order][pos] == idx
+        cell_of_pixel = np.where(found, order[pos], -1).astype(np.int64)
+        return cls(Affine(res, 0.0, west, 0.0, -res, north), (rows, cols), None, cell_of_pixel)
+
+    def raster(self, values: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        """The raster of per-cell ``values`` (NaN where there is no cell)."""
+        if self.pixel_of_cell is not None:
+            out = np.full(self.shape[0] * self.shape[1], np.nan, np.float32)
+            out[self.pixel_of_cell] = values
+            return out.reshape(self.shape)
+        assert self.cell_of_pixel is not None
+        v = np.asarray(values, np.float32)
+        out = np.where(self.cell_of_pixel >= 0, v[np.maximum(self.cell_of_pixel, 0)], np.nan)
+        return out.astype(np.float32).reshape(self.shape)
 
 
 def cells_to_raster(
@@ -43,51 +112,32 @@ def cells_to_raster(
     cells: NDArray[np.int64],
     values: NDArray[np.float32],
 ) -> tuple[NDArray[np.float32], Affine]:
-    """A lon/lat raster (NaN where no cell) over the cells' extent, one row per grid row.
+    """A lon/lat raster (NaN where no cell) over the cells' extent (see :class:`RasterLayout`)."""
+    layout = RasterLayout.of(grid, cells)
+    return layout.raster(values), layout.transform
 
-    For ``lonlat`` grids a pixel is a cell. For equal-area grids the pixel is the row height
-    square (in degrees) and each pixel takes the value of the cell containing its centre.
-    """
-    b = grid.bounds(cells)
-    west, south, east, north = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
-    res = float(np.min(b[:, 3] - b[:, 1]))
-    rows = max(1, round((north - south) / res))
-    cols = max(1, round((east - west) / res))
-    transform = Affine(res, 0.0, west, 0.0, -res, north)
-    out = np.full((rows, cols), np.nan, np.float32)
-    if isinstance(grid, LonLatGrid):
-        r = np.round((north - (b[:, 3] + b[:, 1]) / 2) / res - 0.5).astype(int)
-        c = np.round(((b[:, 0] + b[:, 2]) / 2 - west) / res - 0.5).astype(int)
-        out[r, c] = values
-        return out, transform
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    lon = west + (xx + 0.5) * res
-    lat = north - (yy + 0.5) * res
-    idx = grid.locate(lon.ravel(), lat.ravel())
-    order = np.argsort(cells)
-    pos = np.searchsorted(cells[order], idx)
-    pos = np.clip(pos, 0, len(cells) - 1)
-    found = cells[order][pos] == idx
-    flat = np.full(idx.shape, np.nan, np.float32)
-    flat[found] = values[order][pos[found]]
-    return flat.reshape(rows, cols), transform
+
+@cache
+def _lut(cmap: str) -> NDArray[np.uint8]:
+    """256 RGBA colours of a matplotlib colour map (imported once, only when drawing)."""
+    import matplotlib
+
+    return (matplotlib.colormaps[cmap](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
 
 
 def colorize(values: NDArray[np.float32], cmap: str = "magma") -> NDArray[np.uint8]:
     """RGBA image of values in 0..1; NaN is transparent."""
-    import matplotlib
-
-    lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
     idx = np.clip(np.nan_to_num(values, nan=0.0) * 255, 0, 255).astype(np.uint8)
-    rgba = lut[idx]
+    rgba = _lut(cmap)[idx]
     rgba[..., 3] = np.where(np.isnan(values), 0, 255)
     return rgba
 
 
-def _png(rgba: NDArray[np.uint8]) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+def quantize(values: NDArray[np.float32], steps: int = 250, nodata: int = 255) -> NDArray[np.uint8]:
+    """Values in 0..1 as uint8 ``round(v * steps)`` (NaN -> ``nodata``): the products' encoding."""
+    out = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * steps).astype(np.uint8)
+    out[np.isnan(values)] = nodata
+    return out
 
 
 def _lat_to_y(lat: NDArray[np.float64] | float, n: int) -> NDArray[np.float64]:
@@ -99,15 +149,20 @@ def _y_to_lat(y: NDArray[np.float64], n: int) -> NDArray[np.float64]:
     return np.degrees(np.arctan(np.sinh(math.pi * (1.0 - 2.0 * y / n))))
 
 
-def _zoom_range(res_deg: float, levels: int = 4) -> tuple[int, int]:
-    """Zoom levels fitted to the data.
+def zoom_range(res_deg: float, levels: int = 4, deeper: int = 0) -> tuple[int, int]:
+    """Zoom levels fitted to a raster of ``res_deg`` degree pixels.
 
-    At the top zoom a tile pixel is no coarser than a raster pixel at the equator; ``levels``
-    coarser zooms lie below it.
+    At zoom ``z`` a tile pixel at the equator is ``360 / (256 * 2^z)`` degrees. The base zoom
+    is the first whose pixels are no coarser than the raster's; ``levels`` coarser zooms lie
+    below it and ``deeper`` finer ones above it (raster tiles go two deeper, so cell edges
+    fall within a quarter cell of their true place, as the vector outlines do).
     """
-    zmax = max(0, math.ceil(math.log2(360.0 / (256.0 * res_deg))))
-    zmax = min(zmax, 18)
-    return max(0, zmax - levels), zmax
+    base = min(max(0, math.ceil(math.log2(360.0 / (256.0 * res_deg)))), 18)
+    return max(0, base - levels), min(base + deeper, 20)
+
+
+RASTER_DEEPER = 2
+"""Zoom levels that raster tiles go beyond the raster's own resolution."""
 
 
 def _tile_range(bounds: Sequence[float], z: int) -> tuple[int, int, int, int]:
@@ -157,54 +212,117 @@ def _write_archive(
     return len(tiles)
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@cache
+def _palette_chunks(cmap: str, steps: int, nodata: int) -> bytes:
+    """PLTE and tRNS chunks: index ``v`` is the colour of ``v / steps``; ``nodata`` is clear."""
+    idx = np.clip(np.rint(np.arange(256) / steps * 255), 0, 255).astype(int)
+    rgb = _lut(cmap)[idx, :3].copy()
+    alpha = np.full(256, 255, np.uint8)
+    alpha[nodata] = 0
+    rgb[nodata] = 0
+    return _png_chunk(b"PLTE", rgb.tobytes()) + _png_chunk(b"tRNS", alpha.tobytes())
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IHDR_256 = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 8, 3, 0, 0, 0))
+
+
+def _palette_png(tile: NDArray[np.uint8], palette: bytes) -> bytes:
+    """An 8-bit palette PNG of a 256 x 256 tile (filter 'up': repeated rows cost nothing)."""
+    raw = np.empty((256, 257), np.uint8)
+    raw[:, 0] = 2  # PNG filter type 2 (Up) on every row
+    raw[0, 1:] = tile[0]
+    raw[1:, 1:] = tile[1:] - tile[:-1]  # uint8 wrap-around is the filter's arithmetic
+    return (
+        _PNG_SIGNATURE
+        + _IHDR_256
+        + palette
+        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def write_raster_pmtiles(
     path: str | os.PathLike[str],
-    values: NDArray[np.float32],
+    values: NDArray[np.float32] | NDArray[np.uint8],
     transform: Affine,
     metadata: dict[str, Any],
     zoom: tuple[int, int] | None = None,
     cmap: str = "magma",
+    steps: int = 250,
+    nodata: int = 255,
 ) -> int:
-    """Write a PNG raster PMTiles archive of a lon/lat raster (NaN transparent).
+    """Write a PNG raster PMTiles archive of a lon/lat raster (no data transparent).
 
-    Returns the number of tiles written (tiles with no data are left out).
+    ``values`` are floats in 0..1 (NaN: no data) or already quantised bytes (``v * steps``,
+    ``nodata``). Tiles are 8-bit palette PNGs sampled at pixel centres on the Web-Mercator
+    z/x/y scheme of the body's sphere; tiles with no data are left out. Returns the number of
+    tiles written.
 
     Raises:
         ValueError: if the raster holds no data at all.
     """
     from pmtiles.tile import Compression, TileType, zxy_to_tileid
 
-    if np.isnan(values).all():
+    u8 = (
+        np.asarray(values, np.uint8)
+        if values.dtype == np.uint8
+        else quantize(np.asarray(values, np.float32), steps, nodata)
+    )
+    if (u8 == nodata).all():
         raise ValueError("nothing to render: the raster has no data")
-    rows, cols = values.shape
+    rows, cols = u8.shape
+    # one extra row and column of no data, where samples outside the raster point
+    padded = np.full((rows + 1, cols + 1), nodata, np.uint8)
+    padded[:rows, :cols] = u8
     res = transform.a
     bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
-    zmin, zmax = zoom or _zoom_range(res)
-    tiles: list[tuple[int, bytes]] = []
+    zmin, zmax = zoom or zoom_range(res, deeper=RASTER_DEEPER)
+    palette = _palette_chunks(cmap, steps, nodata)
     inv = ~transform
+    jobs: list[tuple[int, NDArray[np.int64], NDArray[np.int64]]] = []
     for z in range(zmin, zmax + 1):
         n = 2**z
         x0, x1, y0, y1 = _tile_range(bounds, z)
+        px = np.arange(x0 * 256, (x1 + 1) * 256, dtype=np.float64) + 0.5
+        col = np.floor(inv.a * (px / (256 * n) * 360.0 - 180.0) + inv.c).astype(np.int64)
+        col = np.where((col >= 0) & (col < cols), col, cols).reshape(-1, 256)
+        py = np.arange(y0 * 256, (y1 + 1) * 256, dtype=np.float64) + 0.5
+        row = np.floor(inv.e * _y_to_lat(py / 256, n) + inv.f).astype(np.int64)
+        row = np.where((row >= 0) & (row < rows), row, rows).reshape(-1, 256)
         for ty in range(y0, y1 + 1):
-            py = ty + (np.arange(256, dtype=np.float64) + 0.5) / 256.0
-            lat = _y_to_lat(py, n)
+            r = row[ty - y0]
+            if (r == rows).all():
+                continue
+            strip = padded[r]
             for tx in range(x0, x1 + 1):
-                lon = (tx + (np.arange(256) + 0.5) / 256.0) / n * 360.0 - 180.0
-                col = np.floor(inv.a * lon + inv.c).astype(int)
-                row = np.floor(inv.e * lat + inv.f).astype(int)
-                ok_c = (col >= 0) & (col < cols)
-                ok_r = (row >= 0) & (row < rows)
-                if not ok_c.any() or not ok_r.any():
+                c = col[tx - x0]
+                if (c == cols).all():
                     continue
-                tile = np.full((256, 256), np.nan, np.float32)
-                sub = values[np.clip(row, 0, rows - 1)][:, np.clip(col, 0, cols - 1)]
-                mask = ok_r[:, None] & ok_c[None, :]
-                tile[mask] = sub[mask]
-                if np.isnan(tile).all():
-                    continue
-                tiles.append((zxy_to_tileid(z, tx, ty), _png(colorize(tile, cmap))))
+                jobs.append((zxy_to_tileid(z, tx, ty), strip, c))
+
+    def encode(job: tuple[int, NDArray[np.uint8], NDArray[np.int64]]) -> tuple[int, bytes] | None:
+        tid, strip, c = job
+        tile = strip[:, c]
+        if (tile == nodata).all():
+            return None
+        return tid, _palette_png(tile, palette)
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        tiles = [t for t in pool.map(encode, jobs, chunksize=64) if t is not None]
     header = _header(bounds, zmin, zmax, TileType.PNG, Compression.NONE)
     return _write_archive(path, tiles, header, {**metadata, "format": "png"})
+
+
+def _workers() -> int:
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 8))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, min(os.cpu_count() or 1, 8))
 
 
 def detections(
@@ -212,18 +330,27 @@ def detections(
 ) -> list[tuple[BaseGeometry, dict[str, float]]]:
     """Merge edge-adjacent cells at or above ``threshold`` into polygons with attributes.
 
-    Works on the probability raster (:func:`cells_to_raster`): connected components are
-    labelled and traced to polygons in C (``rasterio.features.shapes``), so planet-scale maps
-    with many detections stay fast. Attributes: max and mean probability, number of cells.
+    See :func:`raster_detections`, which does the work on the probability raster.
+    """
+    if not (np.asarray(probability) >= threshold).any():
+        return []
+    values, transform = cells_to_raster(grid, cells, probability)
+    return raster_detections(values, transform, threshold)
+
+
+def raster_detections(
+    values: NDArray[np.float32], transform: Affine, threshold: float
+) -> list[tuple[BaseGeometry, dict[str, float]]]:
+    """Polygons of edge-connected pixels at or above ``threshold`` (NaN is no data).
+
+    Connected components are labelled and traced to polygons in C
+    (``rasterio.features.shapes``), so planet-scale maps with many detections stay fast.
+    Attributes: max and mean probability, number of cells; sorted by max probability.
     """
     from rasterio.features import shapes
     from scipy import ndimage
     from shapely.geometry import shape
 
-    hit = probability >= threshold
-    if not hit.any():
-        return []
-    values, transform = cells_to_raster(grid, cells, probability)
     mask = np.nan_to_num(values, nan=-1.0) >= threshold
     labels, n = ndimage.label(mask)
     if n == 0:
@@ -280,10 +407,6 @@ def _field(num: int, wire: int, payload: bytes | int) -> bytes:
     return key + _varint(len(data)) + data
 
 
-def _zigzag(n: int) -> int:
-    return (n << 1) ^ (n >> 31)
-
-
 def _packed(values: Sequence[int]) -> bytes:
     return b"".join(_varint(v) for v in values)
 
@@ -305,12 +428,27 @@ def _varints(values: NDArray[np.uint64]) -> tuple[bytes, NDArray[np.int64]]:
     return out.tobytes(), ends
 
 
+def _ring_area2(
+    pts: NDArray[np.int64], pt_ring: NDArray[np.int64], n_rings: int
+) -> NDArray[np.int64]:
+    """Twice the signed area of each ring of integer points (rings given point by point)."""
+    if len(pts) == 0:
+        return np.zeros(n_rings, np.int64)
+    start = np.r_[True, pt_ring[1:] != pt_ring[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(pts)), 0))
+    last_of_ring = np.r_[pt_ring[1:] != pt_ring[:-1], True]
+    nxt = np.where(last_of_ring, first, np.arange(len(pts)) + 1)
+    cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
+    return np.bincount(pt_ring, weights=cross, minlength=n_rings).astype(np.int64)
+
+
 def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
     """MVT geometry command streams (packed varints) of polygonal features, all at once.
 
     Rings are oriented as MVT wants (exterior positive area in tile coordinates, holes
     negative), rounded to the integer grid with repeated points dropped; rings left with fewer
-    than three points are skipped, and a feature with no ring left gets ``None``.
+    than three points or no area (simplified to a line at low zooms) are skipped, and a
+    feature with no ring left gets ``None``.
     """
     if len(geoms) == 0:
         return []
@@ -324,7 +462,7 @@ def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
     keep = ~last & (first | np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)])
     pts, pt_ring = pts[keep], pt_ring[keep]
     counts = np.bincount(pt_ring, minlength=len(rings))
-    ok_ring = counts >= 3
+    ok_ring = (counts >= 3) & (_ring_area2(pts, pt_ring, len(rings)) != 0)
     sel = ok_ring[pt_ring]
     pts, pt_ring = pts[sel], pt_ring[sel]
     ring_ids = np.flatnonzero(ok_ring)

@@ -256,8 +256,7 @@ def test_disk_full_is_a_clear_error(
 
 
 def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from marscope_stac.models import load_model
-    from marscope_stac.products import query_products
+    from marscope_stac.engine import QueryEngine
     from marscope_stac.query import QuerySpec
     from marscope_stac.store import EmbeddingTable
 
@@ -275,7 +274,8 @@ def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_p
         batch_size=16,
     )
     assert res.cells > 150
-    cm = load_model(_model(tiny_model_dir), device="cpu")
-    prod = query_products(cm, QuerySpec(text=["yardangs"]), out, threshold=0.0)
+    prod = QueryEngine.open(out, model=_model(tiny_model_dir)).query(
+        QuerySpec(text=["yardangs"]), threshold=0.0
+    )
     assert prod.n_detections >= 1
     assert validate_catalog(out).objects >= 7

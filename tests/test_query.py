@@ -13,11 +13,11 @@ from pmtiles.reader import MmapSource, Reader, all_tiles
 from rio_cogeo.cogeo import cog_validate
 
 from marscope_stac.embed import embed_catalog
+from marscope_stac.engine import QueryEngine
 from marscope_stac.errors import ConfigError, OutputError
 from marscope_stac.grid import parse_grid
 from marscope_stac.models import load_model
-from marscope_stac.products import query_products
-from marscope_stac.query import QuerySpec, and_not, near, run_query
+from marscope_stac.query import QuerySpec, and_not, near
 from marscope_stac.validation import validate_catalog
 
 
@@ -25,7 +25,8 @@ from marscope_stac.validation import validate_catalog
 def embedded(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("q") / "products"
     res = embed_catalog(demo_small.root, out, model=f"local-dir:{tiny_model_dir}", progress=False)
-    return out, res, load_model(f"local-dir:{tiny_model_dir}", device="cpu")
+    cm = load_model(f"local-dir:{tiny_model_dir}", device="cpu")
+    return out, res, QueryEngine.open(out, clip_model=cm)
 
 
 def _decode_mvt(data: bytes) -> list[tuple[int, bytes]]:
@@ -53,8 +54,8 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 def test_query_products_are_valid_and_readable(embedded) -> None:  # type: ignore[no-untyped-def]
-    out, _res, cm = embedded
-    prod = query_products(cm, QuerySpec(text=["yardangs"]), out, threshold=0.0)
+    out, _res, engine = embedded
+    prod = engine.query(QuerySpec(text=["yardangs"]), threshold=0.0)
     assert validate_catalog(out).objects >= 7
     ok, errors, _ = cog_validate(str(prod.assets["probability"]), quiet=True)
     assert ok, errors
@@ -87,9 +88,9 @@ def test_query_products_are_valid_and_readable(embedded) -> None:  # type: ignor
 
 
 def test_same_query_is_idempotent_and_concurrent_safe(embedded) -> None:  # type: ignore[no-untyped-def]
-    out, _, cm = embedded
-    a = query_products(cm, QuerySpec(text=["dune fields"]), out)
-    b = query_products(cm, QuerySpec(text=["dune fields"]), out)
+    out, _, engine = embedded
+    a = engine.query(QuerySpec(text=["dune fields"]))
+    b = engine.query(QuerySpec(text=["dune fields"]))
     assert a.query_id == b.query_id
     coll = json.loads((out / "queries" / "collection.json").read_text())
     hrefs = [lk["href"] for lk in coll["links"] if lk["rel"] == "item"]
@@ -98,7 +99,7 @@ def test_same_query_is_idempotent_and_concurrent_safe(embedded) -> None:  # type
 
     def run(text: str) -> None:
         try:
-            query_products(cm, QuerySpec(text=[text]), out)
+            engine.query(QuerySpec(text=[text]))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -114,18 +115,24 @@ def test_same_query_is_idempotent_and_concurrent_safe(embedded) -> None:  # type
 
 
 def test_examples_hybrid_refinement_and_composites(embedded) -> None:  # type: ignore[no-untyped-def]
-    _out, res, cm = embedded
+    _out, res, engine = embedded
     table = res.embedding_set.table()
     grid = parse_grid("lonlat:0.02")
     centre = grid.centers(table.cell_index[:1])[0]
-    ex = run_query(cm, table, grid, QuerySpec(points=[(float(centre[0]), float(centre[1]))]))
+    ex = engine.score(QuerySpec(points=[(float(centre[0]), float(centre[1]))]))
     assert int(np.argmax(ex.scores)) == 0  # the example itself scores highest
+    assert ex.scores[0] == pytest.approx(1.0, abs=1e-3)
     cid = grid.cell_ids(table.cell_index[5:6])[0]
-    hybrid = run_query(cm, table, grid, QuerySpec(text=["yardangs"], cells=[cid]))
+    text = engine.score(QuerySpec(text=["yardangs"]))
+    hybrid = engine.score(QuerySpec(text=["yardangs"], cells=[cid]))
+    # the hybrid vector is 0.7 text + 0.3 example, re-normalised
+    want = 0.7 * text.vector + 0.3 * table.embedding[5].astype(np.float32)
+    assert np.allclose(hybrid.vector, want / np.linalg.norm(want), atol=1e-3)
     assert np.all((hybrid.probability >= 0) & (hybrid.probability <= 1))
     neg = grid.cell_ids(table.cell_index[7:8])[0]
-    refined = run_query(cm, table, grid, QuerySpec(cells=[cid], negative_cells=[neg]))
-    assert refined.scores[7] < ex.scores.max()
+    refined = engine.score(QuerySpec(cells=[cid], negative_cells=[neg]))
+    plain = engine.score(QuerySpec(cells=[cid]))
+    assert refined.scores[7] < plain.scores[7]  # the counter-example moved away
     a, b = hybrid.probability, ex.probability
     assert np.all(and_not(a, b) <= a)
     nb = near(a, b, grid.centers(table.cell_index), 2.0, grid.body.radius_m)
@@ -133,36 +140,35 @@ def test_examples_hybrid_refinement_and_composites(embedded) -> None:  # type: i
 
 
 def test_bad_queries(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    out, res, cm = embedded
-    table = res.embedding_set.table()
-    grid = parse_grid("lonlat:0.02")
+    out, _res, engine = embedded
     with pytest.raises(ConfigError, match="empty query"):
-        run_query(cm, table, grid, QuerySpec(text=["   "]))
+        engine.score(QuerySpec(text=["   "]))
     with pytest.raises(ConfigError, match="too long"):
-        run_query(cm, table, grid, QuerySpec(text=["x" * 1000]))
+        engine.score(QuerySpec(text=["x" * 1000]))
     with pytest.raises(ConfigError, match="outside the embedded area"):
-        run_query(cm, table, grid, QuerySpec(points=[(10.0, 10.0)]))
+        engine.score(QuerySpec(points=[(10.0, 10.0)]))
     with pytest.raises(ConfigError, match="not a cell id"):
-        run_query(cm, table, grid, QuerySpec(cells=["lonlat:0.5:1:1"]))
+        engine.score(QuerySpec(cells=["lonlat:0.5:1:1"]))
     with pytest.raises(ConfigError, match="nothing to look for"):
-        run_query(cm, table, grid, QuerySpec())
+        engine.score(QuerySpec())
     with pytest.raises(ConfigError, match="threshold"):
-        query_products(cm, QuerySpec(text=["fans"]), out, threshold=1.5)
+        engine.query(QuerySpec(text=["fans"]), threshold=1.5)
     other = load_model("RN50", device="cpu")
     with pytest.raises(ConfigError, match="was made with model"):
-        query_products(other, QuerySpec(text=["fans"]), out)
+        QueryEngine.open(out, clip_model=other)
+    with pytest.raises(ConfigError, match="was made with model"):
+        QueryEngine.open(out, model="bundled")
     notcat = tmp_path / "notcat"
     notcat.mkdir()
     (notcat / "data.csv").write_text("x")
+    elsewhere = QueryEngine(engine.set, notcat, clip_model=engine.model)
     with pytest.raises(OutputError, match="not a STAC catalog"):
-        query_products(cm, QuerySpec(text=["fans"]), notcat)
+        elsewhere.query(QuerySpec(text=["fans"]))
 
 
 def test_zero_shot_classification(embedded) -> None:  # type: ignore[no-untyped-def]
-    from marscope_stac.products import classify_products
-
-    out, _, cm = embedded
-    prod = classify_products(cm, ["yardangs", "dune fields", "impact craters"], out)
+    out, _, engine = embedded
+    prod = engine.classify(["yardangs", "dune fields", "impact craters"])
     assert sum(prod.counts.values()) == 200
     item = json.loads(prod.item_path.read_text())
     classes = item["assets"]["classes"]["classification:classes"]
@@ -174,7 +180,7 @@ def test_zero_shot_classification(embedded) -> None:  # type: ignore[no-untyped-
     assert np.allclose(p[:, valid].sum(axis=0), 1.0, atol=0.02)  # probabilities sum to one
     assert validate_catalog(out).objects >= 8
     with pytest.raises(ConfigError, match="at least two"):
-        classify_products(cm, ["yardangs"], out)
+        engine.classify(["yardangs"])
 
 
 def test_tile_maths_match_planetcantile_mars_tms() -> None:
@@ -281,13 +287,13 @@ def test_mvt_geometry_encoding() -> None:
 
 def test_vector_pmtiles_many_polygons(tmp_path: Path) -> None:
     from marscope_stac.grid import parse_grid
-    from marscope_stac.render import _zoom_range, detections, write_vector_pmtiles
+    from marscope_stac.render import detections, write_vector_pmtiles, zoom_range
 
     grid = parse_grid("lonlat:2@80")
     p = np.random.default_rng(0).random(grid.n_cells).astype(np.float32) ** 4
     feats = detections(grid, np.arange(grid.n_cells), p, 0.5)
     assert len(feats) > 100
-    n = write_vector_pmtiles(tmp_path / "v.pmtiles", feats, {"name": "t"}, _zoom_range(2.0))
+    n = write_vector_pmtiles(tmp_path / "v.pmtiles", feats, {"name": "t"}, zoom_range(2.0))
     from pmtiles.reader import MmapSource, Reader, all_tiles
 
     with (tmp_path / "v.pmtiles").open("rb") as f:
