@@ -452,6 +452,14 @@ def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
     help="exact: float16 vectors; int8: int8 first pass, uncertain cells re-scored exactly; "
     "auto: exact for small sets.",
 )
+@click.option(
+    "--products",
+    "product_list",
+    default="all",
+    show_default=True,
+    help="Files to write besides the probability COG: all, or a comma-separated list of "
+    "tiles, preview, detections, scores ('' for the COG alone).",
+)
 def query_cmd(
     texts: tuple[str, ...],
     out: Path,
@@ -471,6 +479,7 @@ def query_cmd(
     near_text: str | None,
     within_km: float,
     scoring: str,
+    product_list: str,
 ) -> None:
     """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
     from marscope_stac.engine import QueryRequest, run_query
@@ -495,6 +504,8 @@ def query_cmd(
         near=near_text,
         within_km=within_km,
     )
+    if product_list != "all":
+        request.products = tuple(p.strip() for p in product_list.split(",") if p.strip())
     for product in run_query(request, out, embeddings, model, pretrained, scoring):
         click.echo(product.summary())
 

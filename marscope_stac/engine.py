@@ -30,6 +30,8 @@ from marscope_stac.errors import ConfigError, DataError
 from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.products import (
     CLASS_COLOURS,
+    OPTIONAL_PRODUCTS,
+    CellColumns,
     ClassProduct,
     QueryProduct,
     query_id,
@@ -126,6 +128,8 @@ class QueryRequest:
         and_not: Composite: the text where this is absent.
         near: Composite: the text with this nearby.
         within_km: Distance for ``near``.
+        products: Files to write besides the probability COG (see
+            :data:`~marscope_stac.products.OPTIONAL_PRODUCTS`; all by default).
     """
 
     texts: list[str] = field(default_factory=list)
@@ -135,6 +139,7 @@ class QueryRequest:
     and_not: str | None = None
     near: str | None = None
     within_km: float = 5.0
+    products: tuple[str, ...] = OPTIONAL_PRODUCTS
 
     def check(self) -> None:
         """Reject requests that do not make sense.
@@ -153,6 +158,11 @@ class QueryRequest:
             check_phrases([str(self.and_not if self.and_not is not None else self.near)])
         if not self.texts and not self.examples.has_examples and not self.classify:
             raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
+        unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown product {unknown[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
+            )
 
 
 class QueryEngine:
@@ -212,6 +222,7 @@ class QueryEngine:
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
         self._layout: RasterLayout | None = None
+        self._columns: CellColumns | None = None
 
     @classmethod
     def open(
@@ -333,6 +344,13 @@ class QueryEngine:
         return self._layout
 
     @property
+    def columns(self) -> CellColumns:
+        """Cell ids, indexes and centres of the set for ``scores.parquet`` (computed once)."""
+        if self._columns is None:
+            self._columns = CellColumns.of(self.grid, np.asarray(self.arrays.cells))
+        return self._columns
+
+    @property
     def model_name(self) -> str:
         """Name of the set's model, as recorded in its manifest."""
         return str(self.made_by.get("name"))
@@ -349,9 +367,15 @@ class QueryEngine:
         return score(self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold)
 
     def query(
-        self, spec: QuerySpec, threshold: float = 0.5, name: str | None = None
+        self,
+        spec: QuerySpec,
+        threshold: float = 0.5,
+        name: str | None = None,
+        products: Sequence[str] = OPTIONAL_PRODUCTS,
     ) -> QueryProduct:
         """Score ``spec`` and publish its products (see :mod:`marscope_stac.products`).
+
+        ``products`` picks the files written besides the probability COG.
 
         Raises:
             ConfigError: for a bad query or threshold.
@@ -362,7 +386,7 @@ class QueryEngine:
         t0 = time.perf_counter()
         result = self.score(spec, threshold)
         timings["scores"] = time.perf_counter() - t0
-        return self._publish(spec, result, threshold, name, timings)
+        return self._publish(spec, result, threshold, name, timings, products)
 
     def _publish(
         self,
@@ -371,10 +395,11 @@ class QueryEngine:
         threshold: float,
         name: str | None,
         timings: dict[str, float],
+        products: Sequence[str] = OPTIONAL_PRODUCTS,
     ) -> QueryProduct:
         t0 = time.perf_counter()
-        layout = self.layout
-        timings["layout"] = time.perf_counter() - t0
+        layout, columns = self.layout, self.columns
+        timings["set layout (once)"] = time.perf_counter() - t0
         qid = name or query_id(spec, self.set, threshold, result.scoring)
         return write_query_product(
             self.out,
@@ -387,6 +412,8 @@ class QueryEngine:
             threshold,
             self.model_name,
             timings,
+            columns,
+            products,
         )
 
     def composite(
@@ -397,6 +424,7 @@ class QueryEngine:
         threshold: float = 0.5,
         within_km: float = 5.0,
         templates: Sequence[str] = MARSCOPE_TEMPLATES,
+        products: Sequence[str] = OPTIONAL_PRODUCTS,
     ) -> QueryProduct:
         """Products of ``first AND NOT second`` (``op='and-not'``) or ``first NEAR second``.
 
@@ -422,7 +450,7 @@ class QueryEngine:
             a.cells, (a.scores * prob).astype(np.float32), prob, a.vector, a.scoring, a.exact_rows
         )
         spec = QuerySpec(text=[label], templates=tpl)
-        return self._publish(spec, scored, threshold, None, {})
+        return self._publish(spec, scored, threshold, None, {}, products)
 
     def classify(
         self, classes: Sequence[str], templates: Sequence[str] = MARSCOPE_TEMPLATES
@@ -473,14 +501,20 @@ class QueryEngine:
             op, other = ("and-not", request.and_not) if request.and_not else ("near", request.near)
             return [
                 self.composite(
-                    request.texts[0], str(other), op, request.threshold, request.within_km, tpl
+                    request.texts[0],
+                    str(other),
+                    op,
+                    request.threshold,
+                    request.within_km,
+                    tpl,
+                    request.products,
                 )
             ]
         specs = [replace(base, text=[t]) for t in request.texts] or [base]
         # encode every text at once (one model call when some are new)
         if request.texts:
             self.text_vectors(request.texts, tpl)
-        return [self.query(s, request.threshold) for s in specs]
+        return [self.query(s, request.threshold, None, request.products) for s in specs]
 
 
 def run_query(

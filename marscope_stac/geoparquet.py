@@ -61,12 +61,21 @@ def write_geoparquet(
     geometry_types: Sequence[str],
     bbox: Sequence[float],
     compression: str = "zstd",
+    dictionary: bool = True,
 ) -> Path:
-    """Write attribute ``columns`` plus a WKB ``geometry`` column as GeoParquet, atomically."""
+    """Write attribute ``columns`` plus a WKB ``geometry`` column as GeoParquet, atomically.
+
+    ``dictionary=False`` skips dictionary encoding (faster for columns of unique values).
+    """
     geom = geometry if isinstance(geometry, pa.Array) else pa.array(geometry, pa.binary())
     table = pa.table({**columns, "geometry": geom})
     meta = {b"geo": json.dumps(geo_metadata(crs, geometry_types, bbox)).encode()}
     buf = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(meta), buf, compression=compression)
+    pq.write_table(
+        table.replace_schema_metadata(meta),
+        buf,
+        compression=compression,
+        use_dictionary=dictionary,
+    )
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)

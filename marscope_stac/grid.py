@@ -136,9 +136,16 @@ class Grid(ABC):
         return np.column_stack([west, south, west + width, north])
 
     def centers(self, index: ArrayLike) -> FloatArray:
-        """Lon/lat centre of each cell, shape (n, 2)."""
-        b = self.bounds(index)
-        return np.column_stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2])
+        """Lon/lat centre of each cell, shape (n, 2) (the middle of :meth:`bounds`)."""
+        row, col = self.row_col(index)
+        south, north = self.row_lat_bounds(row)
+        width = 360.0 / self.row_n_cols(row)
+        west = -180.0 + col * width
+        out = np.empty((len(west), 2), np.float64)
+        np.add(west, west + width, out=out[:, 0])
+        np.add(south, north, out=out[:, 1])
+        out /= 2
+        return out
 
     def cell_ids(self, index: ArrayLike) -> list[str]:
         """Stable string id ``"<grid>:<row>:<col>"`` of each cell."""
@@ -240,6 +247,15 @@ class LonLatGrid(Grid):
         """(south, north) latitude of each given row."""
         south = self._lat0 + np.asarray(row, dtype=np.float64) * self.size
         return south, south + self.size
+
+    def row_col(self, index: ArrayLike) -> tuple[IntArray, IntArray]:
+        """(row, col) of each cell index (every row has the same number of cells)."""
+        idx = np.asarray(index, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_cells):
+            raise ConfigError(
+                f"cell index out of range for grid {self.spec} (0..{self.n_cells - 1})"
+            )
+        return idx // self._cols, idx % self._cols
 
     def render_target(self, index: int, tile_px: int) -> RenderTarget:
         """The cell's lon/lat box at ``tile_px`` x ``tile_px`` in the body's geographic CRS."""

@@ -28,6 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,11 @@ from marscope_stac.stac_out import (
 from marscope_stac.store import EmbeddingSet
 
 __all__ = [
+    "ASSET_FILES",
     "CLASS_COLOURS",
+    "OPTIONAL_PRODUCTS",
     "PMTILES_MEDIA_TYPE",
+    "CellColumns",
     "ClassProduct",
     "QueryProduct",
     "query_id",
@@ -82,6 +86,20 @@ __all__ = [
 ]
 
 PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
+
+OPTIONAL_PRODUCTS = ("tiles", "preview", "detections", "scores")
+"""Files a query may write besides its probability COG: raster PMTiles, preview PNG,
+detections (GeoParquet and vector PMTiles) and per-cell scores (GeoParquet)."""
+
+ASSET_FILES = {
+    "probability": "probability.tif",
+    "tiles": "probability.pmtiles",
+    "preview": "preview.png",
+    "detections": "detections.parquet",
+    "detection-tiles": "detections.pmtiles",
+    "scores": "scores.parquet",
+}
+"""Asset key -> file name in a query's folder."""
 
 CLASS_COLOURS = (
     "808080",
@@ -159,7 +177,7 @@ class ClassProduct:
 
 
 class _Clock:
-    """Seconds per named step."""
+    """Seconds per named step (steps may run in threads at the same time)."""
 
     def __init__(self, timings: dict[str, float]) -> None:
         self.timings = timings
@@ -169,6 +187,16 @@ class _Clock:
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + now - self.t
         self.t = now
+
+    def reset(self) -> None:
+        self.t = time.perf_counter()
+
+    def timed(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _now() -> str:
@@ -227,34 +255,56 @@ def _bbox_polygon(bbox: Sequence[float]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- files
 
 
-def write_scores(path: Path, grid: Grid, result: ScoredQuery) -> Path:
+@dataclass(frozen=True)
+class CellColumns:
+    """The query-independent columns of ``scores.parquet``: ids, indexes, centre points.
+
+    Built once per embedding set (the engine keeps them) and reused by every query.
+    """
+
+    cell_id: pa.Array
+    cell_index: pa.Array
+    geometry: pa.Array
+    bbox: list[float]
+
+    @classmethod
+    def of(cls, grid: Grid, cells: NDArray[np.int64]) -> CellColumns:
+        """The columns of ``cells`` on ``grid``."""
+        cells = np.asarray(cells, np.int64)
+        row, col = grid.row_col(cells)
+        ids = pc.binary_join_element_wise(
+            pa.scalar(grid.spec),
+            pc.cast(pa.array(row), pa.string()),
+            pc.cast(pa.array(col), pa.string()),
+            ":",
+        )
+        centres = grid.centers(cells)
+        bbox = (
+            [*centres.min(axis=0).tolist(), *centres.max(axis=0).tolist()]
+            if len(cells)
+            else [0.0, 0.0, 0.0, 0.0]
+        )
+        return cls(ids, pa.array(cells), point_wkb(centres[:, 0], centres[:, 1]), bbox)
+
+
+def write_scores(
+    path: Path, grid: Grid, result: ScoredQuery, columns: CellColumns | None = None
+) -> Path:
     """Per-cell scores and probabilities as GeoParquet (cell centre points, body CRS)."""
-    cells = np.asarray(result.cells, np.int64)
-    row, col = grid.row_col(cells)
-    ids = pc.binary_join_element_wise(
-        pa.scalar(grid.spec),
-        pc.cast(pa.array(row), pa.string()),
-        pc.cast(pa.array(col), pa.string()),
-        ":",
-    )
-    centres = grid.centers(cells)
-    bbox = (
-        [*centres.min(axis=0).tolist(), *centres.max(axis=0).tolist()]
-        if len(cells)
-        else [0.0, 0.0, 0.0, 0.0]
-    )
+    cols = columns or CellColumns.of(grid, result.cells)
     return write_geoparquet(
         path,
         {
-            "cell_id": ids,
-            "cell_index": pa.array(cells),
+            "cell_id": cols.cell_id,
+            "cell_index": cols.cell_index,
             "score": pa.array(np.asarray(result.scores, np.float32)),
             "probability": pa.array(np.asarray(result.probability, np.float32)),
         },
-        point_wkb(centres[:, 0], centres[:, 1]),
+        cols.geometry,
         grid.body.crs,
         ["Point"],
-        bbox,
+        cols.bbox,
+        dictionary=False,
     )
 
 
@@ -297,6 +347,8 @@ def write_query_product(
     threshold: float,
     model_name: str,
     timings: dict[str, float] | None = None,
+    columns: CellColumns | None = None,
+    products: Sequence[str] = OPTIONAL_PRODUCTS,
 ) -> QueryProduct:
     """Write a scored query's files and STAC item (see the module docstring).
 
@@ -311,6 +363,8 @@ def write_query_product(
         threshold: Detection threshold on the probability, in [0, 1].
         model_name: Name of the model that made the set.
         timings: Adds seconds per step to this dict.
+        columns: The set's cell columns for ``scores.parquet`` (computed when not given).
+        products: Which files to write besides the COG (see :data:`OPTIONAL_PRODUCTS`).
 
     Raises:
         ConfigError: for a threshold outside [0, 1].
@@ -318,66 +372,98 @@ def write_query_product(
     """
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold {threshold} must be in [0, 1]")
+    unknown = set(products) - set(OPTIONAL_PRODUCTS)
+    if unknown:
+        raise ConfigError(
+            f"unknown product {sorted(unknown)[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
+        )
     catalog = OutputCatalog(out)
     clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
     values = layout.raster(result.probability)
     stored = quantize(values)
     clock.lap("raster")
-    assets: dict[str, Path] = {}
-    with staged_directory(folder, overwrite=True) as stage:
-        write_cog(
-            stage / "probability.tif",
-            stored,
-            grid.body.crs,
-            layout.transform,
-            nodata=255,
-            band_names=["probability"],
-            scale=0.004,
-            offset=0.0,
-            overview_resampling="average",
-        )
-        assets["probability"] = folder / "probability.tif"
-        clock.lap("COG")
-        meta = {
-            "name": qid,
-            "description": f"probability of {', '.join(spec.text) or 'examples'}",
-            "body": grid.body.name,
-            "crs": grid.body.geographic_code,
-            "tile_matrix_set": f"{grid.body.name}WebMercatorSphere",
-            "attribution": "MarScope-STAC",
-        }
-        zmin, base = zoom_range(float(layout.transform.a))
-        write_raster_pmtiles(
-            stage / "probability.pmtiles",
-            stored,
-            layout.transform,
-            meta,
-            (zmin, base + RASTER_DEEPER),
-        )
-        assets["tiles"] = folder / "probability.pmtiles"
-        clock.lap("raster PMTiles")
-        save_png(stage / "preview.png", values)
-        assets["preview"] = folder / "preview.png"
-        clock.lap("preview")
-        feats = (
-            raster_detections(values, layout.transform, threshold)
-            if (result.probability >= threshold).any()
-            else []
-        )
-        clock.lap("detections")
-        _write_detections(stage / "detections.parquet", grid, feats)
-        assets["detections"] = folder / "detections.parquet"
-        clock.lap("detections GeoParquet")
-        if feats:
-            write_vector_pmtiles(
-                stage / "detections.pmtiles", feats, meta, (max(0, base - 5), max(0, base - 1))
+    meta = {
+        "name": qid,
+        "description": f"probability of {', '.join(spec.text) or 'examples'}",
+        "body": grid.body.name,
+        "crs": grid.body.geographic_code,
+        "tile_matrix_set": f"{grid.body.name}WebMercatorSphere",
+        "attribution": "MarScope-STAC",
+    }
+    zmin, base = zoom_range(float(layout.transform.a))
+    feats: list[tuple[Any, dict[str, float]]] = []
+    with staged_directory(folder, overwrite=True) as stage, ThreadPoolExecutor(2) as pool:
+        # GDAL and pyarrow release the GIL: the COG and the scores table are written in
+        # threads while the tiles, preview and detections are made here
+        background = [
+            pool.submit(
+                clock.timed,
+                "COG",
+                write_cog,
+                stage / "probability.tif",
+                stored,
+                grid.body.crs,
+                layout.transform,
+                nodata=255,
+                band_names=["probability"],
+                scale=0.004,
+                offset=0.0,
+                overview_resampling="average",
             )
-            assets["detection-tiles"] = folder / "detections.pmtiles"
-        clock.lap("vector PMTiles")
-        write_scores(stage / "scores.parquet", grid, result)
-        assets["scores"] = folder / "scores.parquet"
-        clock.lap("scores GeoParquet")
+        ]
+        if "scores" in products:
+            background.append(
+                pool.submit(
+                    clock.timed,
+                    "scores GeoParquet",
+                    write_scores,
+                    stage / "scores.parquet",
+                    grid,
+                    result,
+                    columns,
+                )
+            )
+        if "tiles" in products:
+            clock.timed(
+                "raster PMTiles",
+                write_raster_pmtiles,
+                stage / "probability.pmtiles",
+                stored,
+                layout.transform,
+                meta,
+                (zmin, base + RASTER_DEEPER),
+            )
+        if "preview" in products:
+            clock.timed("preview", save_png, stage / "preview.png", values)
+        if "detections" in products:
+            if (result.probability >= threshold).any():
+                feats = clock.timed(
+                    "detections", raster_detections, values, layout.transform, threshold
+                )
+            clock.timed(
+                "detections GeoParquet",
+                _write_detections,
+                stage / "detections.parquet",
+                grid,
+                feats,
+            )
+            if feats:
+                vector_zoom = (max(0, base - 5), max(0, base - 1))
+                clock.timed(
+                    "vector PMTiles",
+                    write_vector_pmtiles,
+                    stage / "detections.pmtiles",
+                    feats,
+                    meta,
+                    vector_zoom,
+                )
+        for future in background:
+            future.result()
+        assets = {
+            key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
+        }
+    clock.reset()
     item = _query_item(
         folder, qid, spec, es, grid, layout, result, threshold, len(feats), model_name
     )
@@ -472,44 +558,32 @@ def _query_item(
     def asset(name: str, media: str, roles: list[str], title: str, **extra: Any) -> Any:
         return _asset(folder / name, folder, media, roles, title, **extra)
 
-    tif = folder / "probability.tif"
-    assets = {
-        "probability": asset(
-            "probability.tif",
-            COG_MEDIA_TYPE,
-            ["data"],
-            "Calibrated probability (COG)",
-            bands=cog_band_fields(tif),
-        ),
-        "preview": asset(
-            "preview.png", "image/png", ["overview", "visual"], "Probability map preview"
-        ),
-        "tiles": asset(
-            "probability.pmtiles",
+    described = {
+        "probability": (COG_MEDIA_TYPE, ["data"], "Calibrated probability (COG)"),
+        "tiles": (
             PMTILES_MEDIA_TYPE,
             ["visual", "tiles"],
             "Probability raster tiles (PMTiles, PNG)",
         ),
-        "detections": asset(
-            "detections.parquet",
-            PARQUET_MEDIA_TYPE,
-            ["data", "detections"],
-            "Detections (GeoParquet)",
+        "preview": ("image/png", ["overview", "visual"], "Probability map preview"),
+        "detections": (PARQUET_MEDIA_TYPE, ["data", "detections"], "Detections (GeoParquet)"),
+        "detection-tiles": (
+            PMTILES_MEDIA_TYPE,
+            ["visual", "tiles"],
+            "Detections (PMTiles, vector)",
         ),
-        "scores": asset(
-            "scores.parquet",
+        "scores": (
             PARQUET_MEDIA_TYPE,
             ["data", "scores"],
             "Per-cell score and probability (GeoParquet)",
         ),
     }
-    if (folder / "detections.pmtiles").is_file():
-        assets["detection-tiles"] = asset(
-            "detections.pmtiles",
-            PMTILES_MEDIA_TYPE,
-            ["visual", "tiles"],
-            "Detections (PMTiles, vector)",
-        )
+    assets = {}
+    for key, (media, roles, title) in described.items():
+        name = ASSET_FILES[key]
+        if (folder / name).is_file():
+            extra = {"bands": cog_band_fields(folder / name)} if key == "probability" else {}
+            assets[key] = asset(name, media, roles, title, **extra)
     return {
         "type": "Feature",
         "stac_version": "1.1.0",

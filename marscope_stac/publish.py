@@ -87,8 +87,9 @@ class OutputCatalog:
     def _read(self, path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text(encoding="utf-8")))
 
-    def _write(self, path: Path, d: dict[str, Any]) -> None:
-        validate_dict(d, href=str(path))
+    def _write(self, path: Path, d: dict[str, Any], validated: bool = False) -> None:
+        if not validated:
+            validate_dict(d, href=str(path))
         atomic_write_text(path, json.dumps(d, indent=1))
 
     def _catalog(self) -> dict[str, Any]:
@@ -169,9 +170,9 @@ class OutputCatalog:
             for path, d in ((item_path, item), (collection_path, collection), (cat_path, cat)):
                 validate_dict(d, href=str(path))
             item_path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(item_path, item)
-            self._write(collection_path, collection)
-            self._write(cat_path, cat)
+            self._write(item_path, item, validated=True)
+            self._write(collection_path, collection, validated=True)
+            self._write(cat_path, cat, validated=True)
         return item_path
 
 

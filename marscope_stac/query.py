@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,6 +193,28 @@ def _scan(n: int, block_fn: Callable[[int, int], NDArray[np.float32]]) -> NDArra
     return out
 
 
+def gather_rows(arr: NDArray[Any], rows: NDArray[np.int64]) -> NDArray[Any]:
+    """Rows of an array (``rows`` sorted); rows of a memory-mapped file are read with pread.
+
+    Touching scattered rows through a mapping would map whole (large) page-cache folios
+    around each of them into the process, so a query could appear to hold most of a file;
+    reading runs of consecutive rows into a buffer keeps the process to what it needs.
+    """
+    if not isinstance(arr, np.memmap) or arr.filename is None or arr.ndim != 2 or not len(rows):
+        return np.asarray(arr[rows])
+    out = np.empty((len(rows), arr.shape[1]), arr.dtype)
+    flat = out.view(np.uint8).reshape(-1)
+    row_bytes = out.strides[0]
+    starts = np.flatnonzero(np.r_[True, np.diff(rows) != 1])
+    stops = np.r_[starts[1:], len(rows)]
+    with Path(arr.filename).open("rb", buffering=0) as fh:
+        fd = fh.fileno()
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            view = flat[a * row_bytes : b * row_bytes]
+            os.preadv(fd, [view.data], arr.offset + int(rows[a]) * row_bytes)
+    return out
+
+
 def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
     block = np.take(_f16_table(), np.ascontiguousarray(vectors).view(np.uint16))
     return np.asarray(block @ q, np.float32)
@@ -204,7 +227,7 @@ def score_rows(
     v = arrays.vectors
     if rows is None:
         return _scan(len(v), lambda a, b: _exact_block(v[a:b], q))
-    return _scan(len(rows), lambda a, b: _exact_block(v[rows[a:b]], q))
+    return _scan(len(rows), lambda a, b: _exact_block(gather_rows(v, rows[a:b]), q))
 
 
 def _int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -367,7 +390,7 @@ def example_rows(
 
 def _row_vectors(arrays: ScoringArrays, rows: Sequence[int]) -> NDArray[np.float32]:
     idx = np.asarray(sorted(rows), np.int64)
-    return np.take(_f16_table(), np.asarray(arrays.vectors[idx]).view(np.uint16))
+    return np.take(_f16_table(), gather_rows(arrays.vectors, idx).view(np.uint16))
 
 
 TextVectors = Callable[[Sequence[str], Sequence[str]], NDArray[np.float32]]

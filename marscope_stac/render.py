@@ -231,19 +231,40 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_256 = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 8, 3, 0, 0, 0))
 
 
-def _palette_png(tile: NDArray[np.uint8], palette: bytes) -> bytes:
-    """An 8-bit palette PNG of a 256 x 256 tile (filter 'up': repeated rows cost nothing)."""
-    raw = np.empty((256, 257), np.uint8)
-    raw[:, 0] = 2  # PNG filter type 2 (Up) on every row
-    raw[0, 1:] = tile[0]
-    raw[1:, 1:] = tile[1:] - tile[:-1]  # uint8 wrap-around is the filter's arithmetic
+def _deflate_rle(data: bytes | NDArray[np.uint8]) -> bytes:
+    """Zlib stream with run-length matching only: fast, and small for 'Up'-filtered tiles."""
+    c = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return c.compress(data.data if isinstance(data, np.ndarray) else data) + c.flush()
+
+
+def _palette_png(filtered: bytes | NDArray[np.uint8], palette: bytes) -> bytes:
+    """An 8-bit palette PNG of a 256 x 256 tile from its filtered scanlines (257 bytes each)."""
     return (
         _PNG_SIGNATURE
         + _IHDR_256
         + palette
-        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + _png_chunk(b"IDAT", _deflate_rle(filtered))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def _up_differences(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Each pixel minus the one above it (uint8 wrap-around): PNG's 'Up' filter (type 2).
+
+    Rows repeated by upsampling become zeros, which deflate to almost nothing.
+    """
+    d = np.empty_like(img)
+    d[0] = img[0]
+    np.subtract(img[1:], img[:-1], out=d[1:])
+    return d
+
+
+def _scanlines(diff: NDArray[np.uint8], k: int) -> NDArray[np.uint8]:
+    """The 256 filtered scanlines (filter byte + 256 bytes) of tile ``k`` of a tile row."""
+    buf = np.empty((256, 257), np.uint8)
+    buf[:, 0] = 2
+    buf[:, 1:] = diff[:, k * 256 : (k + 1) * 256]
+    return buf
 
 
 def write_raster_pmtiles(
@@ -284,36 +305,37 @@ def write_raster_pmtiles(
     zmin, zmax = zoom or zoom_range(res, deeper=RASTER_DEEPER)
     palette = _palette_chunks(cmap, steps, nodata)
     inv = ~transform
-    jobs: list[tuple[int, NDArray[np.int64], NDArray[np.int64]]] = []
+    # one job per row of tiles: its pixels are sampled in one gather, filtered at once,
+    # and each tile is compressed (zlib releases the GIL, so rows run in parallel)
+    jobs: list[tuple[int, int, int, NDArray[np.uint8], NDArray[np.int64]]] = []
     for z in range(zmin, zmax + 1):
         n = 2**z
         x0, x1, y0, y1 = _tile_range(bounds, z)
         px = np.arange(x0 * 256, (x1 + 1) * 256, dtype=np.float64) + 0.5
         col = np.floor(inv.a * (px / (256 * n) * 360.0 - 180.0) + inv.c).astype(np.int64)
-        col = np.where((col >= 0) & (col < cols), col, cols).reshape(-1, 256)
+        col = np.where((col >= 0) & (col < cols), col, cols)
         py = np.arange(y0 * 256, (y1 + 1) * 256, dtype=np.float64) + 0.5
         row = np.floor(inv.e * _y_to_lat(py / 256, n) + inv.f).astype(np.int64)
         row = np.where((row >= 0) & (row < rows), row, rows).reshape(-1, 256)
         for ty in range(y0, y1 + 1):
             r = row[ty - y0]
-            if (r == rows).all():
-                continue
-            strip = padded[r]
-            for tx in range(x0, x1 + 1):
-                c = col[tx - x0]
-                if (c == cols).all():
-                    continue
-                jobs.append((zxy_to_tileid(z, tx, ty), strip, c))
+            if not (r == rows).all():
+                jobs.append((z, x0, ty, padded[r], col))
 
-    def encode(job: tuple[int, NDArray[np.uint8], NDArray[np.int64]]) -> tuple[int, bytes] | None:
-        tid, strip, c = job
-        tile = strip[:, c]
-        if (tile == nodata).all():
-            return None
-        return tid, _palette_png(tile, palette)
+    def encode(job: tuple[int, int, int, NDArray[np.uint8], NDArray[np.int64]]) -> list[Any]:
+        z, x0, ty, strip, col = job
+        img = strip[:, col]
+        empty = (img == nodata).reshape(256, -1, 256).all(axis=(0, 2))
+        if empty.all():
+            return []
+        diff = _up_differences(img)
+        return [
+            (zxy_to_tileid(z, x0 + k, ty), _palette_png(_scanlines(diff, k), palette))
+            for k in np.flatnonzero(~empty).tolist()
+        ]
 
     with ThreadPoolExecutor(_workers()) as pool:
-        tiles = [t for t in pool.map(encode, jobs, chunksize=64) if t is not None]
+        tiles = [t for row_tiles in pool.map(encode, jobs) for t in row_tiles]
     header = _header(bounds, zmin, zmax, TileType.PNG, Compression.NONE)
     return _write_archive(path, tiles, header, {**metadata, "format": "png"})
 
@@ -407,10 +429,6 @@ def _field(num: int, wire: int, payload: bytes | int) -> bytes:
     return key + _varint(len(data)) + data
 
 
-def _packed(values: Sequence[int]) -> bytes:
-    return b"".join(_varint(v) for v in values)
-
-
 def _varints(values: NDArray[np.uint64]) -> tuple[bytes, NDArray[np.int64]]:
     """Protobuf varints of many values at once; returns the bytes and each value's end offset."""
     v = values.astype(np.uint64)
@@ -443,20 +461,35 @@ def _ring_area2(
 
 
 def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
+    """MVT geometry command streams of polygonal features, one ``bytes`` each (None: empty).
+
+    See :func:`_polygon_streams`, which returns them as one buffer and offsets.
+    """
+    data, start, end = _polygon_streams(geoms)
+    raw = data.tobytes()
+    return [raw[a:b] if b > a else None for a, b in zip(start.tolist(), end.tolist(), strict=True)]
+
+
+def _polygon_streams(
+    geoms: NDArray[Any], origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
+) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
     """MVT geometry command streams (packed varints) of polygonal features, all at once.
 
     Rings are oriented as MVT wants (exterior positive area in tile coordinates, holes
     negative), rounded to the integer grid with repeated points dropped; rings left with fewer
     than three points or no area (simplified to a line at low zooms) are skipped, and a
-    feature with no ring left gets ``None``.
+    feature with no ring left gets an empty stream. Coordinates are taken as
+    ``(xy - origin) * scale``. Returns one buffer with every stream and each feature's start
+    and end in it.
     """
+    none = np.zeros(len(geoms), np.int64)
     if len(geoms) == 0:
-        return []
+        return np.zeros(0, np.uint8), none, none
     parts, part_feat = shapely.get_parts(geoms, return_index=True)
     parts = shapely.orient_polygons(parts, exterior_cw=False)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, pt_ring = shapely.get_coordinates(rings, return_index=True)
-    pts = np.round(coords).astype(np.int64)
+    pts = np.round((coords - np.asarray(origin)) * scale).astype(np.int64)
     last = np.r_[pt_ring[1:] != pt_ring[:-1], True]  # closing point of each ring
     first = np.r_[True, pt_ring[1:] != pt_ring[:-1]]
     keep = ~last & (first | np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)])
@@ -469,9 +502,8 @@ def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
     m = counts[ring_ids]
     ring_feat = part_feat[ring_part[ring_ids]]
     pt_feat = ring_feat[np.repeat(np.arange(len(ring_ids)), m)]
-    result: list[bytes | None] = [None] * len(geoms)
     if len(pts) == 0:
-        return result
+        return np.zeros(0, np.uint8), none, none
     # deltas from the cursor, which starts at (0, 0) for every feature
     prev = np.vstack([[0, 0], pts[:-1]])
     prev[np.r_[True, pt_feat[1:] != pt_feat[:-1]]] = 0
@@ -494,36 +526,102 @@ def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
     last_ring = np.r_[first_ring[1:], len(ring_feat)] - 1
     start_val = ring_start[first_ring]
     end_val = ring_end_val[last_ring]
-    byte_start = np.where(start_val > 0, ends[np.maximum(start_val - 1, 0)], 0)
-    byte_end = ends[end_val - 1]
-    for f, b0, b1 in zip(feat_ids, byte_start, byte_end, strict=True):
-        result[int(f)] = data[int(b0) : int(b1)]
-    return result
+    start, end = none.copy(), none.copy()
+    start[feat_ids] = np.where(start_val > 0, ends[np.maximum(start_val - 1, 0)], 0)
+    end[feat_ids] = ends[end_val - 1]
+    return np.frombuffer(data, np.uint8), start, end
+
+
+def _interleave(
+    parts: Sequence[tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]],
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Concatenate byte ranges into records, all records at once.
+
+    Record ``r`` is ``buf[start[r]:start[r] + length[r]]`` of each part in turn. Returns all
+    records in one buffer and each record's length.
+    """
+    lengths = np.column_stack([ln for _, _, ln in parts])
+    rec_len = lengths.sum(axis=1)
+    ends = np.cumsum(rec_len)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
+    offsets = (ends - rec_len)[:, None] + np.cumsum(lengths, axis=1) - lengths
+    for j, (buf, start, ln) in enumerate(parts):
+        total = int(ln.sum())
+        if total:
+            within = np.arange(total) - np.repeat(np.cumsum(ln) - ln, ln)
+            out[np.repeat(offsets[:, j], ln) + within] = buf[np.repeat(start, ln) + within]
+    return out, rec_len
+
+
+def _const(data: bytes, n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
+    return np.frombuffer(data, np.uint8), np.zeros(n, np.int64), np.full(n, len(data), np.int64)
+
+
+def _varint_part(
+    values: NDArray[np.int64],
+) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
+    data, ends = _varints(values.astype(np.uint64))
+    lengths = np.diff(np.r_[0, ends])
+    return np.frombuffer(data, np.uint8), ends - lengths, lengths
 
 
 def _mvt_tile(
-    layer: str, features: list[tuple[BaseGeometry, dict[str, float]]], extent: int = 4096
+    layer: str,
+    geoms: NDArray[Any],
+    ids: NDArray[np.int64],
+    keys: Sequence[str],
+    props: NDArray[np.float64],
+    extent: int = 4096,
+    origin: tuple[float, float] = (0.0, 0.0),
 ) -> bytes:
-    keys: dict[str, int] = {}
-    values: dict[float, int] = {}
-    feats: list[bytes] = []
-    encoded = _polygon_geometries(np.asarray([g for g, _ in features], dtype=object))
-    for fid, ((_, props), geometry) in enumerate(zip(features, encoded, strict=True), start=1):
-        if geometry is None:
-            continue
-        tags = []
-        for k, v in props.items():
-            tags += [keys.setdefault(k, len(keys)), values.setdefault(float(v), len(values))]
-        body = _field(1, 0, fid) + _field(2, 2, _packed(tags))
-        body += _field(3, 0, 3) + _field(4, 2, geometry)
-        feats.append(_field(2, 2, body))
-    if not feats:
-        return b""
-    import struct
+    """One Mapbox Vector Tile layer of polygons, assembled with numpy.
 
-    layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + b"".join(feats)
-    layer_bytes += b"".join(_field(3, 2, k.encode()) for k in keys)
-    layer_bytes += b"".join(_field(4, 2, _field(3, 1, struct.pack("<d", v))) for v in values)
+    Geometries are in units of tiles with the tile's corner at ``origin``. ``ids`` are the
+    feature ids; ``props`` holds one row of attribute values per feature, one column per key
+    (stored as doubles). Features without geometry are left out.
+    """
+    data, g_start, g_end = _polygon_streams(geoms, origin, extent)
+    keep = g_end > g_start
+    if not keep.any():
+        return b""
+    g_start, g_len, ids, vals = g_start[keep], (g_end - g_start)[keep], ids[keep], props[keep]
+    n, k = vals.shape
+    # value table in order of first appearance, and each feature's value indexes
+    uniq, first, inverse = np.unique(vals.ravel(), return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    tags = np.empty((n, 2 * k), np.int64)
+    tags[:, 0::2] = np.arange(k)
+    tags[:, 1::2] = rank[inverse].reshape(n, k)
+    tag_bytes, tag_ends = _varints(tags.ravel().astype(np.uint64))
+    tag_end = tag_ends[2 * k - 1 :: 2 * k]
+    tag_len = np.diff(np.r_[0, tag_end])
+    tag_part = (np.frombuffer(tag_bytes, np.uint8), tag_end - tag_len, tag_len)
+    body, body_len = _interleave(
+        [
+            _const(b"\x08", n),  # id (field 1, varint)
+            _varint_part(ids),
+            _const(b"\x12", n),  # tags (field 2, packed)
+            _varint_part(tag_len),
+            tag_part,
+            _const(b"\x18\x03\x22", n),  # type POLYGON (field 3), geometry (field 4)
+            _varint_part(g_len),
+            (data, g_start, g_len),
+        ]
+    )
+    features, _ = _interleave(
+        [
+            _const(b"\x12", n),  # feature (layer field 2)
+            _varint_part(body_len),
+            (body, np.cumsum(body_len) - body_len, body_len),
+        ]
+    )
+    layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + features.tobytes()
+    layer_bytes += b"".join(_field(3, 2, key.encode()) for key in keys)
+    layer_bytes += b"".join(
+        _field(4, 2, _field(3, 1, struct.pack("<d", v))) for v in uniq[order].tolist()
+    )
     layer_bytes += _field(5, 0, extent)
     return _field(3, 2, layer_bytes)
 
@@ -552,7 +650,8 @@ def write_vector_pmtiles(
     tiles: list[tuple[int, bytes]] = []
     extent = 4096
     geom_array = np.asarray(geoms, dtype=object)
-    props_list = [p for _, p in features]
+    keys = list(features[0][1])
+    props = np.array([[float(p[key]) for key in keys] for _, p in features], np.float64)
     buffer = 64 / extent
     for z in range(zmin, zmax + 1):
         n = 2**z
@@ -566,38 +665,33 @@ def write_vector_pmtiles(
         if z < zmax:  # below the last zoom, detail under half a tile pixel is invisible
             projected = shapely.simplify(projected, 0.5 / extent, preserve_topology=True)
         tree = shapely.STRtree(projected)
-        for ty in range(y0, y1 + 1):
-            for tx in range(x0, x1 + 1):
-                idx = tree.query(
-                    box(tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer),
-                    predicate="intersects",
-                )
-                if len(idx) == 0:
-                    continue
-                idx.sort()
-                clipped = shapely.clip_by_rect(
-                    projected[idx], tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer
-                )
-                local = shapely.transform(
-                    clipped,
-                    lambda xy, tx=tx, ty=ty: np.column_stack(
-                        [(xy[:, 0] - tx) * extent, (xy[:, 1] - ty) * extent]
-                    ),
-                )
-                keep = ~shapely.is_empty(local) & np.isin(shapely.get_type_id(local), (3, 6))
-                found = [
-                    (g, props_list[int(i)]) for g, i in zip(local[keep], idx[keep], strict=True)
-                ]
-                data = _mvt_tile(layer, found, extent)
-                if data:
-                    tiles.append((zxy_to_tileid(z, tx, ty), gzip.compress(data, mtime=0)))
+
+        def encode(
+            xy: tuple[int, int], z: int = z, projected: NDArray[Any] = projected, tree: Any = tree
+        ) -> tuple[int, bytes] | None:
+            tx, ty = xy
+            rect = (tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer)
+            idx = np.sort(tree.query(box(*rect), predicate="intersects"))
+            if len(idx) == 0:
+                return None
+            clipped = shapely.clip_by_rect(projected[idx], *rect)
+            keep = ~shapely.is_empty(clipped) & np.isin(shapely.get_type_id(clipped), (3, 6))
+            sel = idx[keep]
+            data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty))
+            if not data:
+                return None
+            return zxy_to_tileid(z, tx, ty), gzip.compress(data, compresslevel=6, mtime=0)
+
+        xys = [(tx, ty) for ty in range(y0, y1 + 1) for tx in range(x0, x1 + 1)]
+        with ThreadPoolExecutor(_workers()) as pool:  # shapely and zlib release the GIL
+            tiles += [t for t in pool.map(encode, xys) if t is not None]
     header = _header((west, south, east, north), zmin, zmax, TileType.MVT, Compression.GZIP)
     meta = {
         **metadata,
         "vector_layers": [
             {
                 "id": layer,
-                "fields": {k: "Number" for k in features[0][1]},
+                "fields": dict.fromkeys(keys, "Number"),
                 "minzoom": zmin,
                 "maxzoom": zmax,
             }

@@ -302,3 +302,46 @@ def test_vector_pmtiles_many_polygons(tmp_path: Path) -> None:
         assert Reader(MmapSource(f)).header()["tile_type"].name == "MVT"
     total = sum(len(_decode_mvt(gzip.decompress(t))) for _, t in tiles)
     assert total > 0
+
+
+def test_vector_tiles_decode_with_an_independent_decoder(tmp_path: Path) -> None:
+    """mapbox-vector-tile reads our tiles: features, attributes, holes, no zero-area rings."""
+    import mapbox_vector_tile
+    from shapely.geometry import Polygon, box
+
+    from marscope_stac.render import write_vector_pmtiles
+
+    holed = box(10.0, 10.0, 12.0, 12.0).difference(box(10.5, 10.5, 11.0, 11.0))
+    sliver = Polygon([(20.0, 20.0), (21.0, 20.0), (21.0, 20.0000001), (20.0, 20.0000001)])
+    feats = [
+        (holed, {"max_probability": 0.9, "mean_probability": 0.7, "cells": 30}),
+        (
+            box(-5.0, -5.0, -4.0, -4.0),
+            {"max_probability": 0.6, "mean_probability": 0.6, "cells": 4},
+        ),
+        (sliver, {"max_probability": 0.55, "mean_probability": 0.55, "cells": 1}),
+    ]
+    write_vector_pmtiles(tmp_path / "v.pmtiles", feats, {"name": "t"}, (0, 3))
+    with (tmp_path / "v.pmtiles").open("rb") as fh:
+        tiles = dict(all_tiles(Reader(MmapSource(fh)).get_bytes))
+    z0 = mapbox_vector_tile.decode(gzip.decompress(tiles[(0, 0, 0)]))
+    layer = z0["detections"]
+    assert layer["extent"] == 4096
+    props = sorted(
+        (f["properties"]["cells"], f["properties"]["max_probability"]) for f in layer["features"]
+    )
+    assert props == [(4, 0.6), (30, 0.9)]  # the sliver has no area at zoom 0: left out
+    for f in layer["features"]:
+        assert f["geometry"]["type"] == "Polygon"
+        for ring in f["geometry"]["coordinates"]:
+            xy = np.asarray(ring, float)
+            area2 = np.sum(xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1])
+            assert area2 != 0
+    holed_feature = next(f for f in layer["features"] if f["properties"]["cells"] == 30)
+    assert len(holed_feature["geometry"]["coordinates"]) == 2  # exterior and hole
+    # at zoom 3 the holed polygon sits in tile (4, 3): x = (10 + 180) / 45 = 4.2
+    z3 = mapbox_vector_tile.decode(gzip.decompress(tiles[(3, 4, 3)]))
+    [f] = z3["detections"]["features"]
+    x, _y = np.asarray(f["geometry"]["coordinates"][0], float).T
+    # mapbox-vector-tile flips y (origin bottom-left): x = (lon + 180) / 45 - 4 in extent units
+    assert x.min() == pytest.approx((10 + 180) / 45 * 4096 - 4 * 4096, abs=1)

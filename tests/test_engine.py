@@ -1,0 +1,254 @@
+"""The query engine and the embedding set's scoring arrays."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from PIL import Image
+from pmtiles.reader import MmapSource, Reader, all_tiles
+
+from marscope_stac.embed import embed_catalog
+from marscope_stac.engine import QueryEngine, QueryRequest
+from marscope_stac.errors import ConfigError, DataError
+from marscope_stac.grid import parse_grid
+from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+from marscope_stac.query import QuerySpec, background_logsumexp, score
+from marscope_stac.render import zoom_range
+from marscope_stac.store import (
+    EmbeddingSet,
+    EmbeddingSetWriter,
+    EmbeddingTable,
+    TextVectorCache,
+    write_background,
+)
+
+
+@pytest.fixture(scope="module")
+def embedded(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("engine") / "products"
+    model = f"local-dir:{tiny_model_dir}"
+    res = embed_catalog(demo_small.root, out, model=model, progress=False)
+    return out, res.embedding_set, model
+
+
+def test_scoring_arrays_agree_with_the_geoparquet(embedded) -> None:  # type: ignore[no-untyped-def]
+    _out, es, _model = embedded
+    table = es.table()
+    arrays = es.scoring_arrays()
+    assert isinstance(arrays.vectors, np.memmap)  # opened without a copy
+    assert np.array_equal(arrays.cells, table.cell_index)
+    assert np.array_equal(arrays.vectors, table.embedding)  # the same float16 values
+    approx = arrays.int8.astype(np.float32) * arrays.scale[:, None]
+    err = np.abs(approx - table.embedding.astype(np.float32)).max(axis=1)
+    assert np.all(err <= arrays.scale / 2 + 1e-6)
+    manifest = es.manifest()
+    bg = manifest["scoring"]["background"]
+    assert bg["prompts"] == list(BACKGROUND_PROMPTS) and bg["logit_scale"] > 0
+    # the stored background term is log sum_b exp(t s_b) over the background prompt vectors
+    cache = TextVectorCache(es, manifest["model"])
+    vecs = np.vstack([cache.get(p, MARSCOPE_TEMPLATES) for p in BACKGROUND_PROMPTS])
+    logits = bg["logit_scale"] * (table.embedding.astype(np.float32) @ vecs.T)
+    want = np.log(np.exp(logits).sum(axis=1))
+    assert np.allclose(arrays.background, want, atol=1e-4)
+    assert (es.root / "manifest.json").is_file() and manifest["complete"] is True
+    for name, info in manifest["scoring"]["files"].items():
+        assert (es.root / name).stat().st_size == info["size"]
+
+
+def test_engine_probability_is_the_softmax_against_background(embedded) -> None:  # type: ignore[no-untyped-def]
+    out, es, model = embedded
+    engine = QueryEngine.open(out, model=model)
+    scored = engine.score(QuerySpec(text=["yardangs"]))
+    emb = es.table().embedding.astype(np.float32)
+    t = engine.logit_scale
+    q = engine.text_vectors(["yardangs"], MARSCOPE_TEMPLATES)[0]
+    bg = engine.text_vectors(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
+    s = emb @ q
+    num = np.exp(t * s)
+    want = num / (num + np.exp(t * (emb @ bg.T)).sum(axis=1))
+    assert np.allclose(scored.scores, s, atol=1e-6)
+    assert np.allclose(scored.probability, want, atol=1e-5)
+
+
+def test_cached_texts_need_no_model(embedded) -> None:  # type: ignore[no-untyped-def]
+    out, _es, model = embedded
+    QueryEngine.open(out, model=model).query(QuerySpec(text=["dune fields"]))
+    engine = QueryEngine.open(out, model=model)
+    product = engine.query(QuerySpec(text=["dune fields"]))
+    assert engine._model is None  # answered from the set's text cache
+    assert product.timings["scores"] >= 0 and "COG" in product.timings
+    # and a fresh `marscope query` process never imports torch for it
+    code = (
+        "import sys; from marscope_stac.cli import cli; "
+        f"cli.main(['query', 'dune fields', '--out', {str(out)!r}, '--model', {model!r}], "
+        "standalone_mode=False); print('torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "False", run.stdout
+    assert product.query_id in run.stdout
+
+
+def test_cli_and_engine_publish_the_same_products(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from marscope_stac.cli import cli
+
+    out, _es, model = embedded
+    engine = QueryEngine.open(out, model=model)
+    a = engine.query(QuerySpec(text=["channels"]), threshold=0.3)
+    with rasterio.open(a.assets["probability"]) as src:
+        first = src.read(1)
+    r = CliRunner().invoke(
+        cli, ["query", "channels", "--out", str(out), "--model", model, "--threshold", "0.3"]
+    )
+    assert r.exit_code == 0, r.output
+    assert a.query_id in r.output
+    with rasterio.open(a.assets["probability"]) as src:
+        assert np.array_equal(src.read(1), first)
+    # the threshold is part of the id: another threshold is another product
+    b = engine.query(QuerySpec(text=["channels"]), threshold=0.6)
+    assert b.query_id != a.query_id and a.folder.is_dir()
+    item = json.loads(b.item_path.read_text())
+    assert item["properties"]["marscope:threshold"] == 0.6
+    assert item["properties"]["marscope:scoring"] == "exact"
+
+
+def test_old_sets_are_upgraded_once(embedded, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    out, es, model = embedded
+    copy = tmp_path / "products"
+    shutil.copytree(out, copy)
+    old = EmbeddingSet(copy / "embeddings" / es.root.name)
+    manifest = old.manifest()
+    del manifest["scoring"]
+    old.write_manifest(manifest)
+    for name in ("cells.npy", "vectors.npy", "vectors-int8.npy", "vectors-scale.npy"):
+        (old.root / name).unlink()
+    (old.root / "background.npy").unlink()
+    with caplog.at_level("WARNING", logger="marscope_stac"):
+        engine = QueryEngine(old, copy, model=model)
+    assert "writing them once" in caplog.text
+    want = QueryEngine(es, out, model=model).score(QuerySpec(text=["yardangs"]))
+    got = engine.score(QuerySpec(text=["yardangs"]))
+    assert np.array_equal(got.scores, want.scores)
+    assert np.allclose(got.probability, want.probability, atol=1e-6)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="marscope_stac"):
+        QueryEngine(old, copy, model=model)
+    assert "writing them once" not in caplog.text
+
+
+def test_damaged_arrays_are_reported(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out, es, model = embedded
+    copy = tmp_path / "set"
+    shutil.copytree(es.root, copy)
+    with (copy / "vectors.npy").open("r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(DataError, match=r"vectors\.npy has changed"):
+        QueryEngine(copy, out, model=model)
+    # a missing array is rebuilt from the GeoParquet, as for sets made before arrays existed
+    (copy / "vectors.npy").unlink()
+    engine = QueryEngine(copy, out, model=model)
+    assert np.array_equal(engine.arrays.vectors, es.scoring_arrays().vectors)
+
+
+def _synthetic_set(root: Path, n_side: float = 1.0, dim: int = 48) -> EmbeddingSet:
+    """A set of clustered unit vectors on a whole-planet grid, written with the library."""
+    grid = parse_grid(f"lonlat:{n_side:g}@80")
+    n = grid.n_cells
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, dim)).astype(np.float32)
+    e = centres[rng.integers(0, 20, n)] + 0.8 * rng.standard_normal((n, dim), np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    es = EmbeddingSet(root / "embeddings" / "synthetic")
+    es.root.mkdir(parents=True)
+    es.write_manifest({"model": {"name": "synthetic", "embed_dim": dim}, "grid": grid.spec})
+    cells = np.arange(n, dtype=np.int64)
+    with EmbeddingSetWriter(es, grid, cells, dim) as w:
+        for a in range(0, n, 10_000):
+            b = min(a + 10_000, n)
+            w.append(EmbeddingTable(cells[a:b], e[a:b], np.ones(b - a, np.float32), [[]] * (b - a)))
+    bg = centres[:3] / np.linalg.norm(centres[:3], axis=1, keepdims=True)
+    lse = background_logsumexp(es.scoring_arrays(), bg, 50.0)
+    write_background(es, lse, {"prompts": ["a", "b", "c"], "templates": [], "logit_scale": 50.0})
+    cache = TextVectorCache(es, es.manifest()["model"])
+    q = centres[5] / np.linalg.norm(centres[5])
+    cache.put("target", MARSCOPE_TEMPLATES, q)
+    return es
+
+
+def test_int8_scoring_keeps_the_top_and_the_detections_exact(tmp_path: Path) -> None:
+    es = _synthetic_set(tmp_path)
+    arrays = es.scoring_arrays()
+    q = TextVectorCache(es, es.manifest()["model"]).get("target", MARSCOPE_TEMPLATES)
+    assert q is not None
+    exact = score(arrays, q, 50.0, "exact")
+    approx = score(arrays, q, 50.0, "int8", top_k=500, threshold=0.5)
+    assert approx.scoring == "int8" and 500 <= approx.exact_rows < len(arrays) // 2
+    top = exact.top(500)
+    assert set(top.tolist()) == set(approx.top(500).tolist())
+    assert np.array_equal(exact.scores[top], approx.scores[top])  # re-scored exactly
+    assert np.array_equal(exact.probability >= 0.5, approx.probability >= 0.5)
+    # elsewhere: within the rounding bound, |dp| <= t/4 |ds| and |ds| <= |q|_1 scale / 2
+    ds = np.abs(exact.scores - approx.scores)
+    assert np.all(ds <= np.abs(q).sum() * arrays.scale / 2 + 1e-6)
+    assert np.all(np.abs(exact.probability - approx.probability) <= 50.0 / 4 * ds + 1e-6)
+    # without re-scoring, int8 alone would differ somewhere in the top 500
+    raw = (arrays.int8.astype(np.float32) @ q) * arrays.scale
+    assert not np.array_equal(np.argsort(-raw)[:500], exact.top(500))
+
+
+def test_engine_on_a_synthetic_planet(tmp_path: Path) -> None:
+    es = _synthetic_set(tmp_path)
+    engine = QueryEngine(es, tmp_path, model="synthetic", scoring="int8")
+    [product] = engine.answer(QueryRequest(texts=["target"], threshold=0.9))
+    assert product.scored.scoring == "int8"
+    with rasterio.open(product.folder / "probability.tif") as src:
+        assert src.shape == (160, 360) and src.crs.to_string() == "IAU_2015:49900"
+    # raster tiles: palette PNGs, two zooms beyond the grid's resolution, values at the
+    # right place
+    with (product.folder / "probability.pmtiles").open("rb") as fh:
+        reader = Reader(MmapSource(fh))
+        header = reader.header()
+        tiles = dict(all_tiles(reader.get_bytes))
+    zmin, base = zoom_range(1.0)
+    assert (header["min_zoom"], header["max_zoom"]) == (zmin, base + 2)
+    z = header["max_zoom"]
+    png = Image.open(io.BytesIO(tiles[(z, 2**z // 2, 2**z // 2)]))
+    assert png.mode == "P" and png.size == (256, 256)
+    # the tile's south-east of (0, 0) corner pixel is cell (lon 0..1, lat -1..0)
+    rgba = np.asarray(png.convert("RGBA"))
+    cell = int(
+        np.asarray(engine.arrays.rows_of(parse_grid("lonlat:1@80").locate([0.5], [-0.5])))[0]
+    )
+    p = float(product.scored.probability[cell])
+    from marscope_stac.render import _lut
+
+    want = _lut("magma")[round(round(p * 250) / 250 * 255)][:3]
+    assert np.abs(rgba[1, 1, :3].astype(int) - want.astype(int)).max() <= 1
+    # scores GeoParquet: every cell, its id, CRS
+    scores = pq.read_table(product.folder / "scores.parquet")
+    assert scores.num_rows == 57_600
+    assert scores.column("cell_id")[0].as_py() == "lonlat:1@80:0:0"
+    assert (
+        b"IAU_2015" in scores.schema.metadata[b"geo"] or b"49900" in scores.schema.metadata[b"geo"]
+    )
+
+
+def test_request_checks() -> None:
+    with pytest.raises(ConfigError, match="threshold"):
+        QueryRequest(texts=["a"], threshold=2).check()
+    with pytest.raises(ConfigError, match="one TEXT"):
+        QueryRequest(texts=["a", "b"], near="c").check()
+    with pytest.raises(ConfigError, match="not both"):
+        QueryRequest(texts=["a"], near="c", and_not="d").check()
+    with pytest.raises(ConfigError, match="nothing to look for"):
+        QueryRequest().check()
