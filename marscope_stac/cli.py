@@ -538,7 +538,7 @@ def evaluate_cmd(
     rank_by: str,
 ) -> None:
     """Score a query product against ground truth: best F1 over K, AUPRC, PR curve."""
-    from marscope_stac.landform_eval import evaluate_product
+    from marscope_stac.evaluate import evaluate_product
 
     click.echo(
         evaluate_product(

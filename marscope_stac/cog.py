@@ -5,9 +5,7 @@ COGs keep their native (planetary) CRS; nothing is reprojected here.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from marscope_stac.errors import DataError
-from marscope_stac.fsutil import _umask
+from marscope_stac.fsutil import atomic_output
 
 __all__ = ["validate_cog", "write_cog"]
 
@@ -71,43 +69,46 @@ def write_cog(
     }
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tif", dir=dst.parent)
-    os.close(fd)
-    try:
-        with MemoryFile() as mem:
-            with mem.open(**profile) as ds:
-                ds.write(arr)
-                if count != 3:  # data bands, never RGB(A): band 4 must not read as alpha
-                    ds.colorinterp = [ColorInterp.gray] * count
-                if band_names:
-                    for i, name in enumerate(band_names, start=1):
-                        ds.set_band_description(i, name)
-                if tags:
-                    ds.update_tags(**tags)
-                if scale is not None:
-                    ds.scales = (scale,) * count
-                if offset is not None:
-                    ds.offsets = (offset,) * count
-            with mem.open() as src, warnings.catch_warnings():
-                # rio-cogeo notes that nodata takes precedence over the internal mask: intended
-                warnings.filterwarnings("ignore", message=".*nodata.*", category=UserWarning)
-                cog_translate(
-                    src,
-                    tmp,
-                    cog_profiles.get("deflate"),
-                    nodata=nodata,
-                    overview_resampling=overview_resampling,  # type: ignore[arg-type]
-                    in_memory=True,
-                    quiet=True,
-                    forward_band_tags=True,
-                )
-        Path(tmp).chmod(0o666 & ~_umask())
-        Path(tmp).replace(dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            Path(tmp).unlink()
-        raise
+    with atomic_output(dst, suffix=".tif") as tmp, MemoryFile() as mem:
+        with mem.open(**profile) as ds:
+            _fill(ds, arr, band_names, tags, scale, offset)
+        with mem.open() as src, warnings.catch_warnings():
+            # rio-cogeo notes that nodata takes precedence over the internal mask: intended
+            warnings.filterwarnings("ignore", message=".*nodata.*", category=UserWarning)
+            cog_translate(
+                src,
+                str(tmp),
+                cog_profiles.get("deflate"),
+                nodata=nodata,
+                overview_resampling=overview_resampling,  # type: ignore[arg-type]
+                in_memory=True,
+                quiet=True,
+                forward_band_tags=True,
+            )
     return dst
+
+
+def _fill(
+    ds: Any,
+    arr: NDArray[Any],
+    band_names: list[str] | None,
+    tags: dict[str, str] | None,
+    scale: float | None,
+    offset: float | None,
+) -> None:
+    """Pixels, band descriptions, tags, scales and offsets of a dataset open for writing."""
+    count = arr.shape[0]
+    ds.write(arr)
+    if count != 3:  # data bands, never RGB(A): band 4 must not read as alpha
+        ds.colorinterp = [ColorInterp.gray] * count
+    for i, name in enumerate(band_names or [], start=1):
+        ds.set_band_description(i, name)
+    if tags:
+        ds.update_tags(**tags)
+    if scale is not None:
+        ds.scales = (scale,) * count
+    if offset is not None:
+        ds.offsets = (offset,) * count
 
 
 def validate_cog(path: str | os.PathLike[str]) -> None:

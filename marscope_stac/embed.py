@@ -223,8 +223,7 @@ def embed_catalog(
         collections: Only these collections.
         batch_size: Cells per Dask task.
         min_valid: Cells with less valid data are not embedded.
-        workers: Local worker threads (default: 1 on CPU, where torch already uses every
-            core; ignored on a cluster).
+        workers: Local worker threads (default 1: torch already uses every core).
         scheduler_address: Dask scheduler (else ``DASK_SCHEDULER_ADDRESS``, else local).
         device: Torch device for the model.
         progress: Show a progress bar.
@@ -241,145 +240,233 @@ def embed_catalog(
     g = parse_grid(grid, sources.body)
     px = tile_px or cm.image_size
     plan = plan_tiles(sources, g, px, bbox=bbox)
-    es = EmbeddingSet(Path(out) / "embeddings" / set_id(cm, g, px))
+    es, expect = _open_set(Path(out), cm, g, px, min_valid)
+    run = _Run(es, g, expect, sources, _resume(es, plan))
+    tasks, task_shard = _make_tasks(plan, run.resume.todo, batch_size)
+    t_embed = time.perf_counter()
+    run.embed(
+        tasks,
+        task_shard,
+        (model, pretrained, device, min_valid),
+        workers,
+        scheduler_address,
+        progress,
+    )
+    seconds = time.perf_counter() - t_embed
+    rows = run.consolidate(cm)
+    result = EmbedResult(
+        es,
+        rows,
+        run.embedded,
+        rows - run.embedded,
+        len(sources.skipped),
+        run.failed_list,
+        seconds or (time.perf_counter() - t_start),
+    )
+    if publish:
+        from marscope_stac.publish import publish_embedding_set
+
+        result.item_path = publish_embedding_set(
+            es, cm, sources, g, px, out, source_href=_source_href(source)
+        )
+    return result
+
+
+def _open_set(
+    out: Path, cm: ClipModel, g: Grid, px: int, min_valid: float
+) -> tuple[EmbeddingSet, dict[str, Any]]:
+    """The set of a model, grid and tile size under ``out``, and what its manifest must say.
+
+    The set's folder is created, or the set already there checked to have been made the
+    same way.
+
+    Raises:
+        OutputError: if the set was made with other settings or cannot be written.
+    """
+    es = EmbeddingSet(out / "embeddings" / set_id(cm, g, px))
     expect = {
         "model": cm.describe(),
         "grid": g.spec,
         "tile_px": px,
         "preprocessing": {"normalize": "auto", "resampling": "bilinear", "min_valid": min_valid},
     }
-    manifest = es.manifest()
-    _check_compatible(manifest, expect, es.root)
+    _check_compatible(es.manifest(), expect, es.root)
     es.root.mkdir(parents=True, exist_ok=True)
     if not os.access(es.root, os.W_OK):
         raise OutputError(f"cannot write to {es.root}; choose another --out")
+    return es, expect
 
-    # which cells are already embedded from the same sources (reused), which are to do
+
+@dataclass
+class _Resume:
+    """What an embedding set already holds for a plan.
+
+    Attributes:
+        done: Shards that are complete and current (kept as they are).
+        kept: Rows of partly stale shards that stay.
+        todo: Per shard, the plan positions of the cells to embed.
+        failed: Per done shard, cells that failed before (from the manifest).
+    """
+
+    done: dict[int, EmbeddingTable]
+    kept: dict[int, EmbeddingTable]
+    todo: dict[int, list[int]]
+    failed: dict[str, list[int]]
+
+
+def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[int]:
+    """Plan positions whose cell is missing from ``old`` or was read from other sources."""
+    have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
+    return [
+        k
+        for k in positions
+        if sorted(have.get(int(plan.cells[k]), []))
+        != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
+    ]
+
+
+def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
+    """Which cells are already embedded from the same sources (reused), which are to do."""
     want: dict[int, list[int]] = defaultdict(list)
     for k, cell in enumerate(plan.cells.tolist()):
         want[cell // SHARD_CELLS].append(k)
-    done_tables: dict[int, EmbeddingTable] = {}
-    kept: dict[int, EmbeddingTable] = {}
-    todo: dict[int, list[int]] = {}
+    state = _Resume({}, {}, {}, {})
     for path in sorted((es.root / "shards").glob("*.parquet")):
         shard = int(path.stem)
         old = read_embeddings(path)
-        if shard not in want:
-            done_tables[shard] = old
-            continue
-        have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
-        stale = [
-            k
-            for k in want[shard]
-            if sorted(have.get(int(plan.cells[k]), []))
-            != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
-        ]
+        stale = _stale(old, want[shard], plan) if shard in want else []
         if not stale:
-            done_tables[shard] = old
+            state.done[shard] = old
             continue
         redo = set(plan.cells[stale].tolist())
-        keep = np.array([c not in redo for c in old.cell_index.tolist()], bool)
-        kept[shard] = EmbeddingTable(
-            old.cell_index[keep],
-            old.embedding[keep],
-            old.valid_fraction[keep],
-            [old.source_items[i] for i in np.flatnonzero(keep)],
+        state.kept[shard] = old.take(
+            np.array([c not in redo for c in old.cell_index.tolist()], bool)
         )
-        todo[shard] = stale
-    for shard, ks in want.items():
-        if shard not in done_tables and shard not in todo:
-            todo[shard] = ks
-    # tasks: batches of cells within one shard
+        state.todo[shard] = stale
+    for shard, positions in want.items():
+        if shard not in state.done and shard not in state.todo:
+            state.todo[shard] = positions
+    failed = es.manifest().get("failed_cells", {})
+    state.failed = {k: v for k, v in failed.items() if int(k) in state.done}
+    return state
+
+
+def _make_tasks(
+    plan: TilePlan, todo: dict[int, list[int]], batch_size: int
+) -> tuple[list[TilePlan], list[int]]:
+    """Tasks (batches of cells within one shard) and the shard of each."""
     tasks: list[TilePlan] = []
     task_shard: list[int] = []
     for shard in sorted(todo):
-        ks = todo[shard]
-        for i in range(0, len(ks), batch_size):
-            sel = ks[i : i + batch_size]
+        positions = todo[shard]
+        for i in range(0, len(positions), batch_size):
+            sel = positions[i : i + batch_size]
             sub = TilePlan(
-                g, px, plan.cells[sel], plan.sources, [plan.cell_sources[k] for k in sel]
+                plan.grid,
+                plan.tile_px,
+                plan.cells[sel],
+                plan.sources,
+                [plan.cell_sources[k] for k in sel],
             )
             tasks.append(sub.subset(0, len(sel)))
             task_shard.append(shard)
-    remaining: dict[int, int] = defaultdict(int)
-    for s in task_shard:
-        remaining[s] += 1
-    parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
-    for shard, table in kept.items():
-        parts[shard].append(table)
-    failed: dict[str, list[int]] = {
-        k: v for k, v in manifest.get("failed_cells", {}).items() if int(k) in done_tables
-    }
-    failed_list: list[tuple[int, str]] = []
-    n_todo = int(sum(len(t) for t in tasks))
-    embedded = 0
-    args = (model, pretrained, device, min_valid)
-    client = _client(scheduler_address)
-    bar = tqdm(total=n_todo, desc="embedding cells", unit="cell", disable=not progress)
-    t_embed = time.perf_counter()
-    try:
-        runner = (
-            _run_cluster(client, tasks, args)
-            if client is not None
-            else _run_local(tasks, args, workers or 1)
-        )
-        for k, (table, errors) in runner:
-            shard = task_shard[k]
-            parts[shard].append(table)
-            failed_list.extend(errors)
-            if errors:
-                failed.setdefault(str(shard), []).extend(int(c) for c, _ in errors)
-            bar.update(len(tasks[k]))
-            embedded += len(table)
-            remaining[shard] -= 1
-            if remaining[shard] == 0:
-                merged = EmbeddingTable.concat(parts.pop(shard)).sorted()
-                write_embeddings(es.shard_path(shard), merged, g)
-                done_tables[shard] = merged
-                _write_manifest(es, expect, done_tables, failed, sources)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise OutputError(
-                f"cannot write the embedding set in {es.root}: {exc.strerror}; free space or "
-                "fix permissions and run again (finished shards are kept)"
-            ) from exc
-        raise
-    finally:
-        bar.close()
-        if client is not None:
-            client.close()
-    seconds = time.perf_counter() - t_embed
-    # consolidate in cell order (GeoParquet + scoring arrays), the FAISS index with the same
-    # row order, then the background term of the probabilities
-    full = EmbeddingTable.concat([done_tables[s] for s in sorted(done_tables)])
-    _write_manifest(es, expect, done_tables, failed, sources)
-    with EmbeddingSetWriter(es, g, full.cell_index, cm.embed_dim, {"set": es.root.name}) as w:
-        w.append(full)
-    build_faiss_index(full.embedding, es.index)
-    _write_manifest(es, expect, done_tables, failed, sources, final=True)
-    _write_background(es, cm)
-    result = EmbedResult(
-        es,
-        len(full),
-        embedded,
-        len(full) - embedded,
-        len(sources.skipped),
-        failed_list,
-        seconds or (time.perf_counter() - t_start),
-    )
-    if publish:
-        from marscope_stac.publish import publish_embedding_set
+    return tasks, task_shard
 
-        src = str(source)
-        if not src.startswith(("http://", "https://")):
-            p = Path(src)
-            for name in ("catalog.json", "collection.json", "stac/catalog.json"):
-                if p.is_dir() and (p / name).is_file():
-                    p = p / name
-                    break
-            src = str(p)
-        result.item_path = publish_embedding_set(es, cm, sources, g, px, out, source_href=src)
-    return result
+
+@dataclass
+class _Run:
+    """One run of :func:`embed_catalog`: shards filled as their tasks finish."""
+
+    es: EmbeddingSet
+    grid: Grid
+    expect: dict[str, Any]
+    sources: SourceSet
+    resume: _Resume
+    failed_list: list[tuple[int, str]] = field(default_factory=list)
+    embedded: int = 0
+
+    @property
+    def failed(self) -> dict[str, list[int]]:
+        """Failed cells per shard (as the manifest records them)."""
+        return self.resume.failed
+
+    def embed(
+        self,
+        tasks: list[TilePlan],
+        task_shard: list[int],
+        args: tuple[Any, ...],
+        workers: int | None,
+        scheduler_address: str | None,
+        progress: bool,
+    ) -> None:
+        """Run the tasks (locally or on a cluster); write each shard once it is complete."""
+        remaining: dict[int, int] = defaultdict(int)
+        for s in task_shard:
+            remaining[s] += 1
+        parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
+        for shard, table in self.resume.kept.items():
+            parts[shard].append(table)
+        client = _client(scheduler_address)
+        total = int(sum(len(t) for t in tasks))
+        bar = tqdm(total=total, desc="embedding cells", unit="cell", disable=not progress)
+        try:
+            runner = (
+                _run_cluster(client, tasks, args)
+                if client is not None
+                else _run_local(tasks, args, workers or 1)
+            )
+            for k, (table, errors) in runner:
+                shard = task_shard[k]
+                parts[shard].append(table)
+                self.failed_list.extend(errors)
+                if errors:
+                    self.failed.setdefault(str(shard), []).extend(int(c) for c, _ in errors)
+                bar.update(len(tasks[k]))
+                self.embedded += len(table)
+                remaining[shard] -= 1
+                if remaining[shard] == 0:
+                    self._finish_shard(shard, EmbeddingTable.concat(parts.pop(shard)).sorted())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+                raise OutputError(
+                    f"cannot write the embedding set in {self.es.root}: {exc.strerror}; free "
+                    "space or fix permissions and run again (finished shards are kept)"
+                ) from exc
+            raise
+        finally:
+            bar.close()
+            if client is not None:
+                client.close()
+
+    def _finish_shard(self, shard: int, table: EmbeddingTable) -> None:
+        write_embeddings(self.es.shard_path(shard), table, self.grid)
+        self.resume.done[shard] = table
+        _write_manifest(self.es, self.expect, self.resume.done, self.failed, self.sources)
+
+    def consolidate(self, cm: ClipModel) -> int:
+        """Write the set's GeoParquet, scoring arrays, FAISS index and background; rows."""
+        done = self.resume.done
+        full = EmbeddingTable.concat([done[s] for s in sorted(done)])
+        _write_manifest(self.es, self.expect, done, self.failed, self.sources)
+        extra = {"set": self.es.root.name}
+        with EmbeddingSetWriter(self.es, self.grid, full.cell_index, cm.embed_dim, extra) as w:
+            w.append(full)
+        build_faiss_index(full.embedding, self.es.index)
+        _write_manifest(self.es, self.expect, done, self.failed, self.sources, final=True)
+        _write_background(self.es, cm)
+        return len(full)
+
+
+def _source_href(source: str | Path) -> str:
+    """The STAC file a local source names (its catalog or collection), or its URL."""
+    src = str(source)
+    if src.startswith(("http://", "https://")):
+        return src
+    p = Path(src)
+    for name in ("catalog.json", "collection.json", "stac/catalog.json"):
+        if p.is_dir() and (p / name).is_file():
+            return str(p / name)
+    return src
 
 
 def _write_manifest(

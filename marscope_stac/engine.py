@@ -39,6 +39,7 @@ from marscope_stac.products import (
     write_query_product,
 )
 from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES, check_phrases
+from marscope_stac.publish import refresh_embedding_item
 from marscope_stac.query import (
     DEFAULT_TOP_K,
     QuerySpec,
@@ -218,6 +219,7 @@ class QueryEngine:
         if self.arrays.background is None:
             self._add_background()
             self.arrays = self.set.scoring_arrays()
+            refresh_embedding_item(self.set, self.set.root.parent.parent)
         self.logit_scale = float(self.set.manifest()["scoring"]["background"]["logit_scale"])
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
@@ -474,8 +476,8 @@ class QueryEngine:
         q = self.text_vectors(names, tpl)
         bg = self.text_vectors(BACKGROUND_PROMPTS, tpl).mean(axis=0)
         bg /= np.linalg.norm(bg)
-        cols = [score_rows(self.arrays, v) for v in np.vstack([bg[None], q]).astype(np.float32)]
-        logits = self.logit_scale * np.column_stack(cols)
+        vectors = np.ascontiguousarray(np.vstack([bg[None], q]).T, np.float32)
+        logits = self.logit_scale * score_rows(self.arrays, vectors)
         logits -= logits.max(axis=1, keepdims=True)
         prob = np.exp(logits)
         prob /= prob.sum(axis=1, keepdims=True)

@@ -22,39 +22,24 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from affine import Affine
 from numpy.typing import ArrayLike, NDArray
-from pyproj import CRS
-from pyproj.crs import ProjectedCRS
-from pyproj.crs.coordinate_operation import AzimuthalEquidistantConversion
 from shapely.geometry import Polygon, box
 
-from marscope_stac.bodies import MARS, Body
+from marscope_stac.bodies import MARS, Body, normalize_lon
 from marscope_stac.errors import ConfigError
 
 __all__ = [
     "EqualAreaGrid",
     "Grid",
     "LonLatGrid",
-    "RenderTarget",
     "parse_grid",
 ]
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class RenderTarget:
-    """The N x N pixel grid one cell is rendered to: CRS, transform and size."""
-
-    crs: CRS
-    transform: Affine
-    size: int
 
 
 class Grid(ABC):
@@ -79,10 +64,6 @@ class Grid(ABC):
     @abstractmethod
     def row_lat_bounds(self, row: ArrayLike) -> tuple[FloatArray, FloatArray]:
         """(south, north) latitude of each given row, degrees."""
-
-    @abstractmethod
-    def render_target(self, index: int, tile_px: int) -> RenderTarget:
-        """The pixel grid cell ``index`` is rendered to at ``tile_px`` x ``tile_px``."""
 
     @abstractmethod
     def tile_lonlat(
@@ -257,12 +238,6 @@ class LonLatGrid(Grid):
             )
         return idx // self._cols, idx % self._cols
 
-    def render_target(self, index: int, tile_px: int) -> RenderTarget:
-        """The cell's lon/lat box at ``tile_px`` x ``tile_px`` in the body's geographic CRS."""
-        w, s, e, n = self.bounds([index])[0]
-        transform = Affine((e - w) / tile_px, 0.0, w, 0.0, -(n - s) / tile_px, n)
-        return RenderTarget(self.body.crs, transform, tile_px)
-
     def tile_lonlat(
         self, index: int, tile_px: int, points: NDArray[np.float64]
     ) -> tuple[FloatArray, FloatArray]:
@@ -309,28 +284,6 @@ class EqualAreaGrid(Grid):
         lat_c = np.radians((south + north) / 2.0)
         return np.maximum(1, np.round(360.0 * np.cos(lat_c) / self.dlat)).astype(np.int64)
 
-    def local_crs(self, lon: float, lat: float) -> CRS:
-        """Azimuthal equidistant CRS centred on (lon, lat) on the body's sphere."""
-        conv = AzimuthalEquidistantConversion(
-            latitude_natural_origin=lat, longitude_natural_origin=lon
-        )
-        return ProjectedCRS(
-            conversion=conv,
-            geodetic_crs=self.body.crs,
-            name=f"{self.body.name} AEQD {lat:.5f} {lon:.5f}",
-        )
-
-    def render_target(self, index: int, tile_px: int) -> RenderTarget:
-        """A ``cell_m`` square centred on the cell, in a local azimuthal equidistant CRS."""
-        lon, lat = self.centers([index])[0]
-        half = self.cell_m / 2.0
-        res = self.cell_m / tile_px
-        return RenderTarget(
-            self.local_crs(float(lon), float(lat)),
-            Affine(res, 0.0, -half, 0.0, -res, half),
-            tile_px,
-        )
-
     def tile_lonlat(
         self, index: int, tile_px: int, points: NDArray[np.float64]
     ) -> tuple[FloatArray, FloatArray]:
@@ -351,7 +304,7 @@ class EqualAreaGrid(Grid):
                 x * np.sin(c), rho * math.cos(lat0) * np.cos(c) - y * math.sin(lat0) * np.sin(c)
             )
         lon = np.where(rho > 0, lon, lon0)
-        lon_deg = (np.degrees(lon) + 180.0) % 360.0 - 180.0
+        lon_deg = normalize_lon(np.degrees(lon))
         return lon_deg, np.degrees(lat)
 
 

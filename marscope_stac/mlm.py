@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pystac
-import torch
 
 from marscope_stac.fsutil import atomic_write_text
 from marscope_stac.stac_out import FILE_V2, MLM_V1, file_fields
 from marscope_stac.validation import validate_dict
 
-__all__ = ["model_item"]
+__all__ = ["build_model_item", "model_item"]
 
 
 def mlm_name(text: str) -> str:
@@ -29,7 +28,25 @@ def mlm_name(text: str) -> str:
     return name
 
 
-def model_item(
+def _torch_version() -> str:
+    """Torch's version, read from the installed package's metadata (no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch").split("+")[0]
+    except PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        return "unknown"
+
+
+def model_item(folder: Path, *args: Any, **kwargs: Any) -> Path:
+    """Write ``folder/model.json``, the MLM item of :func:`build_model_item`, atomically."""
+    d = build_model_item(folder, *args, **kwargs)
+    path = folder / "model.json"
+    atomic_write_text(path, json.dumps(d, indent=1))
+    return path
+
+
+def build_model_item(
     folder: Path,
     name: str,
     arch: str,
@@ -43,8 +60,8 @@ def model_item(
     description: str = "",
     when: dt.datetime | None = None,
     pretrained_source: str | None = None,
-) -> Path:
-    """Write ``folder/model.json``: an MLM Item for an open_clip model in hub layout.
+) -> dict[str, Any]:
+    """An MLM Item for an open_clip model in hub layout in ``folder`` (not written).
 
     The item has a global (non-geographic) footprint-free geometry (null), the weights as the
     ``mlm:model`` asset (safetensors) and the config as a second asset. It is validated
@@ -57,7 +74,7 @@ def model_item(
         "mlm:architecture": arch,
         "mlm:tasks": ["similarity-search", "classification"],
         "mlm:framework": "pytorch",
-        "mlm:framework_version": torch.__version__.split("+")[0],
+        "mlm:framework_version": _torch_version(),
         "mlm:total_parameters": int(n_params),
         "mlm:pretrained": pretrained_source is not None,
         "mlm:pretrained_source": pretrained_source,
@@ -131,6 +148,4 @@ def model_item(
     )
     d = item.to_dict(include_self_link=False, transform_hrefs=False)
     validate_dict(d, href=str(folder / "model.json"))
-    path = folder / "model.json"
-    atomic_write_text(path, json.dumps(d, indent=1))
-    return path
+    return dict(d)

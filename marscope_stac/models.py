@@ -341,6 +341,35 @@ def load_model(
     dev = resolve_device(device)
     prec = _precision(precision, dev)
     name = model.strip()
+    open_name, arch, source, weights = _resolve(name, pretrained)
+    norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
+    try:
+        with quiet_model_loading():
+            net, _, _ = open_clip.create_model_and_transforms(
+                open_name,
+                pretrained=weights if not open_name.startswith(("local-dir:", "hf-hub:")) else None,
+                precision=prec,
+                device=dev,
+                image_mean=norm[0] if norm else None,
+                image_std=norm[1] if norm else None,
+            )
+            tokenizer = open_clip.get_tokenizer(open_name)
+    except Exception as exc:
+        raise _load_error(exc, name, arch, weights) from exc
+    net.eval()
+    size, mean, std = _image_preprocessing(net)
+    log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
+    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev)
+
+
+def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """(open_clip name, architecture, weights source, pretrained) of a model name.
+
+    Raises:
+        ModelError: for a missing bundled model, folder, checkpoint or unknown architecture.
+    """
+    import open_clip
+
     arch: str | None = None
     source: str | None = pretrained
     if name == BUNDLED_MODEL:
@@ -350,9 +379,8 @@ def load_model(
                 f"the bundled model is missing from {folder}; reinstall marscope-stac "
                 "or train one with 'marscope train'"
             )
-        open_name = f"local-dir:{folder}"
+        open_name, source = f"local-dir:{folder}", str(folder)
         arch = str(_read_config(folder).get("model_name", BUNDLED_ARCH))
-        source = str(folder)
     elif name.startswith("local-dir:"):
         folder = Path(name.split(":", 1)[1]).expanduser()
         if not folder.is_dir():
@@ -377,48 +405,38 @@ def load_model(
     parts_folder = parts_model_folder(open_name)
     if parts_folder is not None:
         open_name, pretrained = parts_folder
-    norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
-    try:
-        with quiet_model_loading():
-            net, _, _ = open_clip.create_model_and_transforms(
-                open_name,
-                pretrained=pretrained
-                if not open_name.startswith(("local-dir:", "hf-hub:"))
-                else None,
-                precision=prec,
-                device=dev,
-                image_mean=norm[0] if norm else None,
-                image_std=norm[1] if norm else None,
-            )
-            tokenizer = open_clip.get_tokenizer(open_name)
-    except Exception as exc:
-        if name.startswith("hf-hub:"):
-            raise ModelError(
-                f"cannot download {name}: the model hub is unreachable or refused "
-                f"({type(exc).__name__}); download the repository where there is network and "
-                "pass --model local-dir:FOLDER"
-            ) from exc
-        mismatch = isinstance(exc, AssertionError) or any(
-            m in str(exc) for m in ("size mismatch", "Missing key", "Unexpected key")
+    return open_name, arch, source, pretrained
+
+
+def _load_error(exc: Exception, name: str, arch: str | None, weights: str | None) -> ModelError:
+    """The one-line error for a model that open_clip could not build or load."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    what = weights or name
+    if name.startswith("hf-hub:"):
+        return ModelError(
+            f"cannot download {name}: the model hub is unreachable or refused "
+            f"({type(exc).__name__}); download the repository where there is network and "
+            "pass --model local-dir:FOLDER"
         )
-        if mismatch:
-            raise ModelError(
-                f"weights {pretrained or name} do not match architecture {arch or name}: "
-                f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'shapes differ'}"
-            ) from exc
-        if not isinstance(exc, RuntimeError | KeyError | ValueError | OSError):
-            raise ModelError(
-                f"cannot read the weights {pretrained or name}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; is the file complete?"
-            ) from exc
-        what = pretrained or name
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
-            raise ModelError(
-                f"weights {what} do not match architecture {arch or name}: {first}"
-            ) from exc
-        raise ModelError(f"cannot load model {name} ({what}): {first}") from exc
-    net.eval()
+    mismatch = isinstance(exc, AssertionError) or any(
+        m in text for m in ("size mismatch", "Missing key", "Unexpected key")
+    )
+    if mismatch:
+        reason = first[:160] if text else "shapes differ"
+        return ModelError(f"weights {what} do not match architecture {arch or name}: {reason}")
+    if not isinstance(exc, RuntimeError | KeyError | ValueError | OSError):
+        return ModelError(
+            f"cannot read the weights {what}: {type(exc).__name__}: "
+            f"{first[:160] if text else ''}; is the file complete?"
+        )
+    return ModelError(f"cannot load model {name} ({what}): {first}")
+
+
+def _image_preprocessing(net: Any) -> tuple[int, Any, Any]:
+    """Input size, mean and std of a model's image tower."""
+    import open_clip
+
     size = net.visual.image_size
     size = int(size[0] if isinstance(size, tuple | list) else size)
     cfg = getattr(net.visual, "preprocess_cfg", {}) or {}
@@ -428,8 +446,7 @@ def load_model(
     std = tuple(
         cfg.get("std", getattr(net.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
     )
-    log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
-    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev)
+    return size, mean, std
 
 
 @contextlib.contextmanager

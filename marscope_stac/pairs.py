@@ -127,10 +127,10 @@ class PairSet:
 
 def _prompt_caption(label: str, rng: np.random.Generator) -> str:
     """A MarScope-template sentence around one of the class's nouns (query-style text)."""
-    from marscope_stac.demo.captions import _NOUNS
     from marscope_stac.models import MARSCOPE_TEMPLATES
+    from marscope_stac.vocabulary import NOUNS
 
-    nouns = _NOUNS.get(label, [label.replace("_", " ")])
+    nouns = NOUNS.get(label, [label.replace("_", " ")])
     template = MARSCOPE_TEMPLATES[int(rng.integers(len(MARSCOPE_TEMPLATES)))]
     return template.format(nouns[int(rng.integers(len(nouns)))])
 

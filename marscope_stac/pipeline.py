@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marscope_stac.demo.captions import CLASS_NAMES
 from marscope_stac.demo.terrain import LANDFORM_CLASSES
 from marscope_stac.demo.world import DemoCatalog, ensure_demo_catalog
 from marscope_stac.embed import EmbedResult, embed_catalog
 from marscope_stac.engine import QueryEngine
-from marscope_stac.landform_eval import ProductEvaluation, evaluate_product
+from marscope_stac.evaluate import ProductEvaluation, evaluate_product
 from marscope_stac.products import QueryProduct
 from marscope_stac.query import QuerySpec
 from marscope_stac.validation import ValidationReport, validate_catalog
+from marscope_stac.vocabulary import CLASS_NAMES
 
 __all__ = ["DEMO_GRID", "DemoRun", "run_demo"]
 

@@ -47,6 +47,8 @@ from marscope_stac.grid import Grid
 from marscope_stac.publish import OutputCatalog, _asset, _rel
 from marscope_stac.query import QuerySpec, ScoredQuery
 from marscope_stac.render import (
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
     RASTER_DEEPER,
     RasterLayout,
     quantize,
@@ -381,9 +383,45 @@ def write_query_product(
     clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
     values = layout.raster(result.probability)
-    stored = quantize(values)
     clock.lap("raster")
-    meta = {
+    with staged_directory(folder, overwrite=True) as stage:
+        feats = _write_files(
+            stage,
+            _tile_metadata(qid, spec, grid),
+            grid,
+            layout,
+            values,
+            result,
+            threshold,
+            columns,
+            products,
+            clock,
+        )
+        assets = {
+            key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
+        }
+    clock.reset()
+    item = _query_item(
+        folder, qid, spec, es, grid, layout, result, threshold, len(feats), model_name
+    )
+    coll_path = folder.parent / "collection.json"
+    coll = _queries_collection(
+        coll_path,
+        grid,
+        item["bbox"],
+        item["properties"]["start_datetime"],
+        item["properties"]["end_datetime"],
+    )
+    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
+    clock.lap("STAC")
+    return QueryProduct(
+        qid, folder, item_path, result, len(feats), threshold, assets, clock.timings
+    )
+
+
+def _tile_metadata(qid: str, spec: QuerySpec, grid: Grid) -> dict[str, Any]:
+    """PMTiles metadata of a query's archives."""
+    return {
         "name": qid,
         "description": f"probability of {', '.join(spec.text) or 'examples'}",
         "body": grid.body.name,
@@ -391,11 +429,29 @@ def write_query_product(
         "tile_matrix_set": f"{grid.body.name}WebMercatorSphere",
         "attribution": "MarScope-STAC",
     }
+
+
+def _write_files(
+    stage: Path,
+    meta: dict[str, Any],
+    grid: Grid,
+    layout: RasterLayout,
+    values: NDArray[np.float32],
+    result: ScoredQuery,
+    threshold: float,
+    columns: CellColumns | None,
+    products: Sequence[str],
+    clock: _Clock,
+) -> list[tuple[Any, dict[str, float]]]:
+    """Write a query's files into ``stage``; returns the detections.
+
+    GDAL and pyarrow release the GIL: the COG and the scores table are written in threads
+    while the tiles, preview and detections are made here.
+    """
+    stored = quantize(values)
     zmin, base = zoom_range(float(layout.transform.a))
     feats: list[tuple[Any, dict[str, float]]] = []
-    with staged_directory(folder, overwrite=True) as stage, ThreadPoolExecutor(2) as pool:
-        # GDAL and pyarrow release the GIL: the COG and the scores table are written in
-        # threads while the tiles, preview and detections are made here
+    with ThreadPoolExecutor(2) as pool:
         background = [
             pool.submit(
                 clock.timed,
@@ -405,9 +461,9 @@ def write_query_product(
                 stored,
                 grid.body.crs,
                 layout.transform,
-                nodata=255,
+                nodata=PROBABILITY_NODATA,
                 band_names=["probability"],
-                scale=0.004,
+                scale=PROBABILITY_SCALE,
                 offset=0.0,
                 overview_resampling="average",
             )
@@ -437,49 +493,43 @@ def write_query_product(
         if "preview" in products:
             clock.timed("preview", save_png, stage / "preview.png", values)
         if "detections" in products:
-            if (result.probability >= threshold).any():
-                feats = clock.timed(
-                    "detections", raster_detections, values, layout.transform, threshold
-                )
-            clock.timed(
-                "detections GeoParquet",
-                _write_detections,
-                stage / "detections.parquet",
+            feats = _write_detection_files(
+                stage,
+                meta,
                 grid,
-                feats,
+                layout,
+                values,
+                threshold,
+                (max(0, base - 5), max(0, base - 1)),
+                clock,
             )
-            if feats:
-                vector_zoom = (max(0, base - 5), max(0, base - 1))
-                clock.timed(
-                    "vector PMTiles",
-                    write_vector_pmtiles,
-                    stage / "detections.pmtiles",
-                    feats,
-                    meta,
-                    vector_zoom,
-                )
         for future in background:
             future.result()
-        assets = {
-            key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
-        }
-    clock.reset()
-    item = _query_item(
-        folder, qid, spec, es, grid, layout, result, threshold, len(feats), model_name
+    return feats
+
+
+def _write_detection_files(
+    stage: Path,
+    meta: dict[str, Any],
+    grid: Grid,
+    layout: RasterLayout,
+    values: NDArray[np.float32],
+    threshold: float,
+    zoom: tuple[int, int],
+    clock: _Clock,
+) -> list[tuple[Any, dict[str, float]]]:
+    """Detections GeoParquet and vector PMTiles; returns the detections."""
+    feats: list[tuple[Any, dict[str, float]]] = []
+    if (np.nan_to_num(values, nan=-1.0) >= threshold).any():
+        feats = clock.timed("detections", raster_detections, values, layout.transform, threshold)
+    clock.timed(
+        "detections GeoParquet", _write_detections, stage / "detections.parquet", grid, feats
     )
-    coll_path = folder.parent / "collection.json"
-    coll = _queries_collection(
-        coll_path,
-        grid,
-        item["bbox"],
-        item["properties"]["start_datetime"],
-        item["properties"]["end_datetime"],
-    )
-    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
-    clock.lap("STAC")
-    return QueryProduct(
-        qid, folder, item_path, result, len(feats), threshold, assets, clock.timings
-    )
+    if feats:
+        clock.timed(
+            "vector PMTiles", write_vector_pmtiles, stage / "detections.pmtiles", feats, meta, zoom
+        )
+    return feats
 
 
 def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
@@ -621,7 +671,7 @@ def write_class_product(
     folder = Path(out) / "queries" / qid
     class_map = layout.raster(label)
     stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
-    cmap_u8 = np.where(np.isnan(class_map), 255, class_map).astype(np.uint8)
+    cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)
     all_names = ["background", *names]
     with staged_directory(folder, overwrite=True) as stage:
         write_cog(
@@ -629,7 +679,7 @@ def write_class_product(
             cmap_u8,
             grid.body.crs,
             layout.transform,
-            nodata=255,
+            nodata=PROBABILITY_NODATA,
             band_names=["class"],
             overview_resampling="nearest",
         )
@@ -638,9 +688,9 @@ def write_class_product(
             stack,
             grid.body.crs,
             layout.transform,
-            nodata=255,
+            nodata=PROBABILITY_NODATA,
             band_names=all_names,
-            scale=0.004,
+            scale=PROBABILITY_SCALE,
             offset=0.0,
         )
         _class_preview(stage / "preview.png", cmap_u8, len(all_names))

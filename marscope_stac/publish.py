@@ -30,7 +30,15 @@ from marscope_stac.stac_out import (
 )
 from marscope_stac.validation import validate_dict
 
-__all__ = ["FAISS_MEDIA_TYPE", "OutputCatalog", "publish_embedding_set", "publish_model"]
+__all__ = [
+    "FAISS_MEDIA_TYPE",
+    "NPY_MEDIA_TYPE",
+    "OutputCatalog",
+    "publish_embedding_set",
+    "publish_model",
+    "refresh_embedding_item",
+    "scoring_assets",
+]
 
 FAISS_MEDIA_TYPE = "application/octet-stream; application=faiss-index"
 """Media type used for FAISS index assets (none is registered); roles ``["index"]``."""
@@ -190,9 +198,54 @@ def _asset(
     }
 
 
+NPY_MEDIA_TYPE = "application/x-npy"
+"""Media type used for NumPy ``.npy`` arrays (none is registered)."""
+
+SCORING_ASSETS = {
+    "cells": ("cells.npy", "Cell index of each row (int64)"),
+    "vectors": ("vectors.npy", "Embeddings, float16, rows in the GeoParquet's order"),
+    "vectors-int8": ("vectors-int8.npy", "Embeddings as int8 (row ~ scale x int8)"),
+    "vectors-scale": ("vectors-scale.npy", "Scale of each int8 row (float32)"),
+    "background": ("background.npy", "Per-cell background term of the probability (float32)"),
+}
+"""Embedding-item assets of the scoring arrays: key -> (file, title)."""
+
+
+def scoring_assets(es: Any) -> dict[str, dict[str, Any]]:
+    """STAC assets of a set's scoring arrays (those on disk), role ``data`` + ``scoring``."""
+    return {
+        key: _asset(es.root / name, es.root, NPY_MEDIA_TYPE, ["data", "scoring"], title)
+        for key, (name, title) in SCORING_ASSETS.items()
+        if (es.root / name).is_file()
+    }
+
+
+def refresh_embedding_item(es: Any, out: str | Path) -> None:
+    """Bring an embedding item's assets up to date with its set's files (after an upgrade).
+
+    Sizes and checksums of the manifest and the scoring arrays are recomputed; nothing
+    happens when the set has not been published in ``out``.
+    """
+    item_path = es.root / f"{es.root.name}.json"
+    if not item_path.is_file():
+        return
+    catalog = OutputCatalog(out)
+    with catalog.locked():
+        item = catalog._read(item_path)
+        assets = item.setdefault("assets", {})
+        if "manifest" in assets:
+            assets["manifest"] = {
+                **assets["manifest"],
+                "file:size": es.manifest_path.stat().st_size,
+                "file:checksum": file_multihash(es.manifest_path),
+            }
+        assets.update(scoring_assets(es))
+        catalog._write(item_path, item)
+
+
 def publish_model(cm: Any, out: str | Path) -> Path:
     """Publish the model's MLM item in ``out/models/<id>/`` (hrefs point at the weights)."""
-    from marscope_stac.mlm import model_item
+    from marscope_stac.mlm import build_model_item
 
     folder = None
     if cm.pretrained and Path(str(cm.pretrained)).is_dir():
@@ -204,8 +257,8 @@ def publish_model(cm: Any, out: str | Path) -> Path:
         d = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         for a in d["assets"].values():
             a["href"] = _rel(folder / a["href"], target)
-    elif folder is not None:
-        path = model_item(
+    elif folder is not None:  # described here; nothing is written into the input folder
+        d = build_model_item(
             folder,
             mid,
             str(cm.arch),
@@ -216,7 +269,6 @@ def publish_model(cm: Any, out: str | Path) -> Path:
             sum(p.numel() for p in cm.model.parameters()),
             pretrained_source=str(cm.pretrained),
         )
-        d = json.loads(path.read_text())
         for a in d["assets"].values():
             a["href"] = _rel(folder / a["href"], target)
     else:  # architecture + checkpoint file, or a hub model: describe without assets on disk
@@ -291,45 +343,33 @@ def publish_model(cm: Any, out: str | Path) -> Path:
     return OutputCatalog(out).add(coll_path, coll, item_path, d)
 
 
-def publish_embedding_set(
-    es: Any,
-    cm: Any,
-    sources: Any,
-    grid: Any,
-    tile_px: int,
-    out: str | Path,
-    source_href: str | None = None,
-) -> Path:
-    """Publish an embedding set as a collection + item (embeddings extension) in ``out``.
-
-    The proposed embeddings extension (v0.0.1) validates against STAC core 1.0.0, so this
-    collection and item are written as STAC 1.0.0 (all their fields exist in 1.0.0).
-    """
-    import geopandas as gpd  # noqa: F401  (kept for readers of the GeoParquet)
+def _set_extent(es: Any, grid: Any) -> tuple[list[float], int, float]:
+    """Bounding box, number of cells and mean valid fraction of an embedding set."""
     import numpy as np
+    import pyarrow.parquet as pq
 
-    model_path = publish_model(cm, out)
-    root = es.root
-    table = es.table()
-    bounds = grid.bounds(table.cell_index)
+    cells = np.asarray(es.scoring_arrays().cells)
+    valid = pq.read_table(es.parquet, columns=["valid_fraction"]).column(0).to_numpy()
+    if not len(cells):
+        return [0.0, 0.0, 0.0, 0.0], 0, 0.0
+    bounds = grid.bounds(cells)
     bbox = [
         float(bounds[:, 0].min()),
         float(bounds[:, 1].min()),
         float(bounds[:, 2].max()),
         float(bounds[:, 3].max()),
     ]
-    geometry = {
-        "type": "Polygon",
-        "coordinates": [
-            [
-                [bbox[0], bbox[1]],
-                [bbox[2], bbox[1]],
-                [bbox[2], bbox[3]],
-                [bbox[0], bbox[3]],
-                [bbox[0], bbox[1]],
-            ]
-        ],
-    }
+    return bbox, len(cells), float(np.mean(valid))
+
+
+def _embedding_item(
+    es: Any, cm: Any, sources: Any, grid: Any, tile_px: int, model_path: Path
+) -> dict[str, Any]:
+    """The embedding set's item: extent, time range, quantisation, lineage, assets, links."""
+    root = es.root
+    bbox, n_cells, mean_valid = _set_extent(es, grid)
+    w, so, e, n = bbox
+    geometry = {"type": "Polygon", "coordinates": [[[w, so], [e, so], [e, n], [w, n], [w, so]]]}
     times = sorted(a.datetime for a in sources.assets if a.datetime is not None)
     now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     props: dict[str, Any] = {
@@ -342,7 +382,7 @@ def publish_embedding_set(
             "original_dtype": "float32",
             "quantized_dtype": "float16",
         },
-        "emb:spatial_coverage": f"{len(table)} cells of grid {grid.spec}",
+        "emb:spatial_coverage": f"{n_cells} cells of grid {grid.spec}",
         "processing:lineage": (
             f"Tiles of grid {grid.spec} rendered at {tile_px} px from {len(sources.assets)} "
             f"source rasters, embedded with {cm.name}; L2-normalised."
@@ -351,23 +391,22 @@ def publish_embedding_set(
         "processing:datetime": now,
         "marscope:grid": grid.spec,
         "marscope:tile_px": tile_px,
-        "marscope:cells": len(table),
-        "marscope:mean_valid_fraction": float(np.mean(table.valid_fraction)) if len(table) else 0,
+        "marscope:cells": n_cells,
+        "marscope:mean_valid_fraction": mean_valid,
     }
     links: list[dict[str, Any]] = [
         {"rel": "emb:model", "href": _rel(model_path, root), "type": "application/geo+json"},
     ]
-    for a in sources.assets:
-        href = a.href
-        links.append(
-            {
-                "rel": "derived_from",
-                "href": _rel(href, root),
-                "type": "image/tiff; application=geotiff",
-                "title": a.item_id,
-            }
-        )
-    item = {
+    links += [
+        {
+            "rel": "derived_from",
+            "href": _rel(a.href, root),
+            "type": "image/tiff; application=geotiff",
+            "title": a.item_id,
+        }
+        for a in sources.assets
+    ]
+    return {
         "type": "Feature",
         "stac_version": "1.0.0",
         "stac_extensions": [EMBEDDINGS_V0, SSYS_V1, FILE_V2, PROCESSING_V1],
@@ -376,30 +415,52 @@ def publish_embedding_set(
         "bbox": bbox,
         "properties": props,
         "links": links,
-        "assets": {
-            "embeddings": _asset(
-                es.parquet,
-                root,
-                PARQUET_MEDIA_TYPE,
-                ["data"],
-                "Cell embeddings (GeoParquet, IAU lon/lat)",
-            ),
-            "index": _asset(
-                es.index,
-                root,
-                FAISS_MEDIA_TYPE,
-                ["index"],
-                "FAISS IndexFlatIP, rows in the GeoParquet's order",
-            ),
-            "manifest": _asset(
-                es.manifest_path,
-                root,
-                "application/json",
-                ["metadata"],
-                "Embedding manifest (model, grid, shards, failures)",
-            ),
-        },
+        "assets": _embedding_assets(es),
     }
+
+
+def _embedding_assets(es: Any) -> dict[str, Any]:
+    """Assets of an embedding item: GeoParquet, FAISS index, manifest, scoring arrays."""
+    root = es.root
+    return {
+        "embeddings": _asset(
+            es.parquet,
+            root,
+            PARQUET_MEDIA_TYPE,
+            ["data"],
+            "Cell embeddings (GeoParquet, IAU lon/lat)",
+        ),
+        "index": _asset(
+            es.index,
+            root,
+            FAISS_MEDIA_TYPE,
+            ["index"],
+            "FAISS IndexFlatIP, rows in the GeoParquet's order",
+        ),
+        "manifest": _asset(
+            es.manifest_path,
+            root,
+            "application/json",
+            ["metadata"],
+            "Embedding manifest (model, grid, shards, failures)",
+        ),
+        **scoring_assets(es),
+    }
+
+
+def _embedding_collection(
+    es: Any,
+    cm: Any,
+    sources: Any,
+    grid: Any,
+    tile_px: int,
+    model_path: Path,
+    item: dict[str, Any],
+    source_href: str | None,
+) -> dict[str, Any]:
+    """The embedding set's collection (embeddings extension fields, links to model and data)."""
+    root = es.root
+    bbox, props = item["bbox"], item["properties"]
     first_source = source_href or (sources.assets[0].href if sources.assets else ".")
     coll = {
         "type": "Collection",
@@ -415,7 +476,7 @@ def publish_embedding_set(
         },
         **ssys_fields(sources.body),
         "emb:type": "chip",
-        "emb:dimensions": int(table.embedding.shape[1]),
+        "emb:dimensions": int(cm.embed_dim),
         "data_type": "float16",
         "emb:chip_layout": {
             "layout_type": "named_grid",
@@ -431,4 +492,25 @@ def publish_embedding_set(
             },
         ],
     }
+    return coll
+
+
+def publish_embedding_set(
+    es: Any,
+    cm: Any,
+    sources: Any,
+    grid: Any,
+    tile_px: int,
+    out: str | Path,
+    source_href: str | None = None,
+) -> Path:
+    """Publish an embedding set as a collection + item (embeddings extension) in ``out``.
+
+    The proposed embeddings extension (v0.0.1) validates against STAC core 1.0.0, so this
+    collection and item are written as STAC 1.0.0 (all their fields exist in 1.0.0).
+    """
+    model_path = publish_model(cm, out)
+    root = es.root
+    item = _embedding_item(es, cm, sources, grid, tile_px, model_path)
+    coll = _embedding_collection(es, cm, sources, grid, tile_px, model_path, item, source_href)
     return OutputCatalog(out).add(root / "collection.json", coll, root / f"{root.name}.json", item)

@@ -172,9 +172,14 @@ def _workers() -> int:
     return max(1, min(n, 8))
 
 
-def _scan(n: int, block_fn: Callable[[int, int], NDArray[np.float32]]) -> NDArray[np.float32]:
-    """Run ``block_fn(start, stop)`` over row blocks on all cores; concatenate the results."""
-    out = np.empty(n, np.float32)
+def _scan(
+    n: int, block_fn: Callable[[int, int], NDArray[np.float32]], width: int = 0
+) -> NDArray[np.float32]:
+    """Run ``block_fn(start, stop)`` over row blocks on all cores; concatenate the results.
+
+    Results are one value per row, or ``width`` values per row when ``width`` > 0.
+    """
+    out = np.empty((n, width) if width else n, np.float32)
 
     def work(start: int) -> None:
         stop = min(start + _BLOCK, n)
@@ -198,21 +203,32 @@ def gather_rows(arr: NDArray[Any], rows: NDArray[np.int64]) -> NDArray[Any]:
 
     Touching scattered rows through a mapping would map whole (large) page-cache folios
     around each of them into the process, so a query could appear to hold most of a file;
-    reading runs of consecutive rows into a buffer keeps the process to what it needs.
+    reading them into a buffer keeps the process to what it needs. Rows less than
+    :data:`_GAP_BYTES` apart are read in one call.
     """
     if not isinstance(arr, np.memmap) or arr.filename is None or arr.ndim != 2 or not len(rows):
         return np.asarray(arr[rows])
     out = np.empty((len(rows), arr.shape[1]), arr.dtype)
-    flat = out.view(np.uint8).reshape(-1)
     row_bytes = out.strides[0]
-    starts = np.flatnonzero(np.r_[True, np.diff(rows) != 1])
+    gap = max(1, _GAP_BYTES // row_bytes)
+    starts = np.flatnonzero(np.r_[True, np.diff(rows) > gap])
     stops = np.r_[starts[1:], len(rows)]
     with Path(arr.filename).open("rb", buffering=0) as fh:
         fd = fh.fileno()
         for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-            view = flat[a * row_bytes : b * row_bytes]
-            os.preadv(fd, [view.data], arr.offset + int(rows[a]) * row_bytes)
+            first, last = int(rows[a]), int(rows[b - 1]) + 1
+            offset = arr.offset + first * row_bytes
+            if last - first == b - a:  # consecutive rows: straight into the output
+                os.preadv(fd, [out[a:b].data], offset)
+            else:
+                span = np.empty((last - first, arr.shape[1]), arr.dtype)
+                os.preadv(fd, [span.data], offset)
+                out[a:b] = span[rows[a:b] - first]
     return out
+
+
+_GAP_BYTES = 8192
+"""Candidate rows closer than this are read together (one system call)."""
 
 
 def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -223,11 +239,16 @@ def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArra
 def score_rows(
     arrays: ScoringArrays, q: NDArray[np.float32], rows: NDArray[np.int64] | None = None
 ) -> NDArray[np.float32]:
-    """Exact scores (float32 arithmetic on the float16 vectors) of all rows or of ``rows``."""
+    """Exact scores (float32 arithmetic on the float16 vectors) of all rows or of ``rows``.
+
+    ``q`` is one vector, or several as columns (dim, k): then the result is (rows, k), all
+    read in one pass over the vectors.
+    """
     v = arrays.vectors
+    width = q.shape[1] if q.ndim == 2 else 0
     if rows is None:
-        return _scan(len(v), lambda a, b: _exact_block(v[a:b], q))
-    return _scan(len(rows), lambda a, b: _exact_block(gather_rows(v, rows[a:b]), q))
+        return _scan(len(v), lambda a, b: _exact_block(v[a:b], q), width)
+    return _scan(len(rows), lambda a, b: _exact_block(gather_rows(v, rows[a:b]), q), width)
 
 
 def _int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -333,8 +354,9 @@ def background_logsumexp(
 ) -> NDArray[np.float32]:
     """Per-cell ``log sum_b exp(t * s_b)`` over background vectors (exact scores)."""
     t = np.float32(logit_scale)
-    cols = [score_rows(arrays, np.ascontiguousarray(b, np.float32)) for b in background]
-    logits = t * np.column_stack(cols) if cols else np.zeros((len(arrays), 0), np.float32)
+    if not len(background):
+        return np.full(len(arrays), -np.inf, np.float32)
+    logits = t * score_rows(arrays, np.ascontiguousarray(np.asarray(background, np.float32).T))
     m = logits.max(axis=1)
     return (m + np.log(np.exp(logits - m[:, None]).sum(axis=1))).astype(np.float32)
 

@@ -31,7 +31,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
-from marscope_stac.bodies import BODIES, MARS, Body, get_body
+from marscope_stac.bodies import BODIES, MARS, Body, get_body, normalize_lon
 from marscope_stac.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
 
 __all__ = [
@@ -215,7 +215,7 @@ def _split_antimeridian(west: float, south: float, east: float, north: float) ->
     """Footprint box for lon bounds that may be in 0..360 or cross the antimeridian."""
     if east - west >= 360.0 - 1e-9:
         return box(-180.0, south, 180.0, north)
-    w = (west + 180.0) % 360.0 - 180.0
+    w = float(normalize_lon(west))
     e = w + (east - west)
     if e <= 180.0 + 1e-9:
         return box(w, south, min(e, 180.0), north)

@@ -3,10 +3,11 @@
 :func:`plan_tiles` decides which grid cells a :class:`~marscope_stac.stac_in.SourceSet` covers
 and which rasters each cell needs. :func:`tile_batches` turns the plan into Dask tasks, each
 reading a batch of cells: for every cell it reads only the source window under the cell (from a
-COG overview when the tile is coarser than the source), warps it to the cell's render target
-(:meth:`~marscope_stac.grid.Grid.render_target`) with GDAL, mosaics cells that span several
-rasters, and normalises the pixels to 0..1. Native planetary CRSs are kept end to end; PROJ
-is never asked to cross bodies.
+COG overview when the tile is coarser than the source), maps every tile pixel back into the
+raster (:meth:`~marscope_stac.grid.Grid.tile_lonlat`, then the raster's own CRS, on a control
+lattice interpolated to every pixel; separable for lon/lat cells over equirectangular rasters)
+and samples it, mosaics cells that span several rasters, and normalises the pixels to 0..1.
+Native planetary CRSs are kept end to end; PROJ is never asked to cross bodies.
 """
 
 from __future__ import annotations

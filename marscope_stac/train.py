@@ -73,7 +73,6 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 100
     seed: int = 0
-    val_classes_prompted: bool = True
     lock_text: bool = False
 
 
@@ -136,7 +135,7 @@ def evaluate_pairs(
     with a class-level hit (any caption of the same class), and zero-shot class accuracy
     with MarScope's prompt templates when ``classes`` is given.
     """
-    from marscope_stac.demo.captions import CLASS_NAMES
+    from marscope_stac.vocabulary import CLASS_NAMES
 
     cm.model.eval()
     fi = torch.as_tensor(cm.encode_images(images))
@@ -212,7 +211,8 @@ def train_model(
     Args:
         pairs: Training pairs.
         out: Output folder (checkpoints, final model, metrics).
-        model: open_clip architecture (``marscope-tiny`` is the bundled one), or
+        model: open_clip architecture (e.g. ``marscope-tiny`` from scratch, ``marscope-small``
+            with ``pretrained='parts'``; the bundled model is a ``marscope-small``), or
             ``local-dir:``/``hf-hub:`` to fine-tune existing weights.
         pretrained: Pretrained tag or checkpoint file for an architecture name.
         config: Hyper-parameters.

@@ -216,16 +216,35 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_output(tmp_path: Path) -> None:  # pragma: no cover - CI runs as root
+def test_unwritable_output(tmp_path: Path) -> None:
+    """A folder the user cannot write to is a one-line error.
+
+    Root writes anywhere, so under root (as CI runs) the check runs in a process without
+    the capability to override file permissions (util-linux ``setpriv``).
+    """
+    import subprocess
+    import sys
+
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
+    ro.chmod(0o555)
+    code = (
+        "from marscope_stac.demo import build_demo_catalog\n"
+        "from marscope_stac.errors import OutputError\n"
+        "try:\n"
+        f"    build_demo_catalog({str(ro / 'out')!r}, size='small')\n"
+        "except OutputError as exc:\n"
+        "    print('OutputError:', exc)\n"
+    )
+    cmd = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
     try:
-        with pytest.raises(OutputError, match="not a writable folder"):
-            build_demo_catalog(ro / "out", size="small")
+        run = subprocess.run(cmd, capture_output=True, text=True)
     finally:
-        ro.chmod(0o700)
+        ro.chmod(0o755)
+    assert "OutputError:" in run.stdout and "not a writable folder" in run.stdout, run.stderr
+    assert not (ro / "out").exists()
 
 
 def test_output_under_a_file_is_unwritable(tmp_path: Path) -> None:

@@ -62,6 +62,17 @@ def test_scoring_arrays_agree_with_the_geoparquet(embedded) -> None:  # type: ig
     assert (es.root / "manifest.json").is_file() and manifest["complete"] is True
     for name, info in manifest["scoring"]["files"].items():
         assert (es.root / name).stat().st_size == info["size"]
+    # the arrays are assets of the embedding item, with sizes and checksums
+    from marscope_stac.fsutil import file_multihash
+
+    item = json.loads((es.root / f"{es.root.name}.json").read_text())
+    for key in ("cells", "vectors", "vectors-int8", "vectors-scale", "background", "manifest"):
+        asset = item["assets"][key]
+        path = es.root / asset["href"]
+        assert asset["file:checksum"] == file_multihash(path), key
+    assert item["assets"]["vectors"]["type"] == "application/x-npy"
+    # publishing the model described it in the products, and wrote nothing into its folder
+    assert not (Path(_model.split(":", 1)[1]) / "model.json").exists()
 
 
 def test_engine_probability_is_the_softmax_against_background(embedded) -> None:  # type: ignore[no-untyped-def]
@@ -136,6 +147,13 @@ def test_old_sets_are_upgraded_once(embedded, tmp_path: Path, caplog) -> None:  
     with caplog.at_level("WARNING", logger="marscope_stac"):
         engine = QueryEngine(old, copy, model=model)
     assert "writing them once" in caplog.text
+    from marscope_stac.fsutil import file_multihash
+    from marscope_stac.validation import validate_catalog
+
+    item = json.loads((old.root / f"{old.root.name}.json").read_text())
+    assert item["assets"]["manifest"]["file:checksum"] == file_multihash(old.manifest_path)
+    assert item["assets"]["vectors"]["file:checksum"] == file_multihash(old.root / "vectors.npy")
+    assert validate_catalog(copy).objects >= 5
     want = QueryEngine(es, out, model=model).score(QuerySpec(text=["yardangs"]))
     got = engine.score(QuerySpec(text=["yardangs"]))
     assert np.array_equal(got.scores, want.scores)

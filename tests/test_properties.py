@@ -45,3 +45,33 @@ def test_index_row_col_round_trip(k: int, raw: int) -> None:
     centre = grid.centers([idx])[0]
     assert int(grid.locate([centre[0]], [centre[1]])[0]) == idx
     assert np.all(grid.row_n_cols(row) > col)
+
+
+def test_equal_area_tile_positions_match_proj_aeqd() -> None:
+    """The grid's own inverse azimuthal equidistant agrees with PROJ's on the Mars sphere."""
+    from pyproj import CRS, Transformer
+    from pyproj.crs import ProjectedCRS
+    from pyproj.crs.coordinate_operation import AzimuthalEquidistantConversion
+
+    from marscope_stac.grid import parse_grid
+
+    grid = parse_grid("equal-area:20km")
+    points = np.array([0.0, 3.5, 16.0, 31.99])
+    for lon, lat in [(0.0, 0.0), (137.4, -4.6), (-60.0, 62.0), (10.0, 89.5), (179.9, -85.0)]:
+        cell = int(grid.locate([lon], [lat])[0])
+        lon0, lat0 = grid.centers([cell])[0]
+        aeqd = ProjectedCRS(
+            conversion=AzimuthalEquidistantConversion(
+                latitude_natural_origin=float(lat0), longitude_natural_origin=float(lon0)
+            ),
+            geodetic_crs=CRS("IAU_2015:49900"),
+        )
+        to_lonlat = Transformer.from_crs(aeqd, CRS("IAU_2015:49900"), always_xy=True)
+        glon, glat = grid.tile_lonlat(cell, 32, points)
+        half = grid.cell_m / 2
+        coords = -half + grid.cell_m * points / 32
+        x, y = np.meshgrid(coords, -coords)
+        plon, plat = to_lonlat.transform(x, y)
+        dlon = (glon - plon + 180.0) % 360.0 - 180.0
+        assert np.abs(dlon * np.cos(np.radians(plat))).max() < 1e-7
+        assert np.abs(glat - plat).max() < 1e-7

@@ -35,13 +35,31 @@ def test_catalog_pairs(demo_root: Path) -> None:
 def test_loss_treats_same_class_as_positive() -> None:
     import torch
 
-    f = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     scale = torch.tensor(10.0)
-    plain = contrastive_loss(f, f, scale)
-    grouped = contrastive_loss(f, f, scale, ["a", "a", "b", "b"])
-    assert plain.item() < 1.0 and grouped.item() > 0  # different targets, both finite
-    same = contrastive_loss(f, f, scale, ["a", "b", "c", "d"])
-    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+
+    def reference(labels: list[str]) -> float:
+        """Symmetric cross-entropy against targets spread over same-label pairs (numpy)."""
+        logits = 10.0 * img.numpy().astype(np.float64) @ txt.numpy().T
+        lab = np.asarray(labels)
+        target = (lab[:, None] == lab[None, :]).astype(np.float64)
+        target /= target.sum(axis=1, keepdims=True)
+
+        def xent(z: np.ndarray, t: np.ndarray) -> float:
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            return float(-(t * logp).sum(axis=1).mean())
+
+        return (xent(logits, target) + xent(logits.T, target.T)) / 2
+
+    plain = contrastive_loss(img, txt, scale)
+    assert plain.item() == pytest.approx(reference(["a", "b", "c", "d"]), rel=1e-5)
+    grouped = contrastive_loss(img, txt, scale, ["a", "a", "b", "b"])
+    assert grouped.item() == pytest.approx(reference(["a", "a", "b", "b"]), rel=1e-5)
+    assert grouped.item() != pytest.approx(plain.item(), rel=1e-3)
+    distinct = contrastive_loss(img, txt, scale, ["a", "b", "c", "d"])
+    assert distinct.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
 def test_train_writes_model_item_and_resumes(

@@ -12,74 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from marscope_stac.vocabulary import CLASS_NAMES, NOUNS
+
 __all__ = ["CLASS_NAMES", "captions_for", "compass_word"]
 
-CLASS_NAMES: dict[str, str] = {
-    "alluvial_fan": "alluvial fans",
-    "glacier_like_form": "glacier-like forms",
-    "landslide": "landslides",
-    "pitted_cone": "pitted cones",
-    "yardang": "yardangs",
-    "impact_crater": "impact craters",
-    "dune_field": "dune fields",
-    "channel": "channels",
-    "plains": "plains",
-}
-"""Plain-language name of each class, as a user would type it in a query."""
-
-_NOUNS: dict[str, list[str]] = {
-    "alluvial_fan": [
-        "alluvial fan",
-        "fan-shaped sediment deposit",
-        "depositional fan",
-        "alluvial fan deposit",
-        "debris fan",
-    ],
-    "glacier_like_form": [
-        "glacier-like form",
-        "debris-covered glacier",
-        "viscous flow feature",
-        "ice-rich lobate flow",
-        "glacial tongue",
-    ],
-    "landslide": [
-        "landslide",
-        "mass-wasting deposit",
-        "landslide deposit",
-        "rock avalanche",
-        "slope failure",
-    ],
-    "pitted_cone": [
-        "field of pitted cones",
-        "group of pitted cones",
-        "cluster of cratered cones",
-        "set of small cones with summit pits",
-        "pitted cone field",
-    ],
-    "yardang": [
-        "yardang field",
-        "set of yardangs",
-        "wind-eroded ridges",
-        "field of streamlined yardangs",
-        "aeolian erosional ridges",
-    ],
-    "impact_crater": [
-        "impact crater",
-        "crater",
-        "bowl-shaped crater",
-        "simple crater",
-        "impact structure",
-    ],
-    "dune_field": [
-        "dune field",
-        "field of sand dunes",
-        "dark dune field",
-        "aeolian dunes",
-        "sand sea",
-    ],
-    "channel": ["channel", "valley", "fluvial channel", "incised valley", "outflow channel"],
-    "plains": ["plains", "smooth plains", "cratered plains", "flat terrain", "featureless plain"],
-}
 
 _EXTRAS: dict[str, list[str]] = {
     "alluvial_fan": [
@@ -249,7 +185,7 @@ def captions_for(
         rng: Random generator used to pick words.
         n: Number of captions.
     """
-    nouns, extras = _NOUNS[cls], _EXTRAS[cls]
+    nouns, extras = NOUNS[cls], _EXTRAS[cls]
     out: list[str] = []
     order = rng.permutation(len(_TEMPLATES))
     attempts = 0
