@@ -24,8 +24,11 @@ __all__ = [
     "MARS",
     "MOON",
     "Body",
+    "body_of_crs",
+    "chord_length",
     "get_body",
     "normalize_lon",
+    "unit_vectors",
 ]
 
 
@@ -122,3 +125,32 @@ def normalize_lon(lon: ArrayLike) -> NDArray[np.float64]:
     """Map longitudes in degrees (0..360 or any other range) to -180 <= lon < 180."""
     arr = np.asarray(lon, dtype=np.float64)
     return np.asarray((arr + 180.0) % 360.0 - 180.0, dtype=np.float64)
+
+
+def body_of_crs(crs: CRS) -> Body | None:
+    """Guess the body of a CRS from its datum/ellipsoid name and radius; None for Earth/unknown."""
+    geod = crs.geodetic_crs
+    names = " ".join(
+        str(x) for x in (crs.name, geod.name if geod else "", crs.datum.name if crs.datum else "")
+    ).lower()
+    for body in BODIES.values():
+        if body.name.lower() in names:
+            return body
+    ell = crs.ellipsoid
+    if ell is not None:
+        for body in BODIES.values():
+            if abs(ell.semi_major_metre - body.radius_m) / body.radius_m < 0.002:
+                return body
+    return None
+
+
+def unit_vectors(lonlat: ArrayLike) -> NDArray[np.float64]:
+    """Unit vectors (n, 3) on the sphere of lon/lat positions in degrees (n, 2)."""
+    ll = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+    lon, lat = np.radians(ll[:, 0]), np.radians(ll[:, 1])
+    return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+
+
+def chord_length(angle_rad: float) -> float:
+    """Straight-line distance between two unit vectors ``angle_rad`` apart on the sphere."""
+    return float(2.0 * math.sin(angle_rad / 2.0))

@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 from shapely.geometry.base import BaseGeometry
 
+from marscope_stac.bodies import chord_length, unit_vectors
 from marscope_stac.errors import CatalogError, ConfigError
 from marscope_stac.grid import parse_grid
 
@@ -60,12 +61,11 @@ PARAPHRASES: dict[str, str] = {
 
 
 def _unit(lonlat: NDArray[np.float64]) -> NDArray[np.float64]:
-    lon, lat = np.radians(lonlat[:, 0]), np.radians(lonlat[:, 1])
-    return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+    return unit_vectors(lonlat)
 
 
 def _chord(radius_deg: float) -> float:
-    return float(2.0 * np.sin(np.radians(radius_deg) / 2.0))
+    return chord_length(float(np.radians(radius_deg)))
 
 
 @dataclass
@@ -337,20 +337,7 @@ def evaluate_product(
 
     from marscope_stac.products import read_scores
 
-    folder = Path(product)
-    folder = folder.parent if folder.suffix == ".json" else folder
-    item_path = folder / f"{folder.name}.json"
-    if not (folder / "scores.parquet").is_file() or not item_path.is_file():
-        raise CatalogError(f"{product} is not a query product (no scores.parquet / item)")
-    item = json.loads(item_path.read_text())
-    grid = parse_grid(item["properties"]["marscope:grid"])
-    thr = float(
-        item["properties"].get("marscope:threshold", 0.5) if threshold is None else threshold
-    )
-    if not 0 <= thr <= 1:
-        raise ConfigError(f"threshold {thr} must be in [0, 1]")
-    if rank_by not in ("probability", "score"):
-        raise ConfigError(f"rank by {rank_by!r}: use probability or score")
+    folder, grid, thr = _open_product(product, threshold, rank_by)
     scores = read_scores(folder / "scores.parquet")
     pts, outlines, area = _load_truth(truth, landform, split)
     centres = np.column_stack([scores.geometry.x, scores.geometry.y])
@@ -374,14 +361,7 @@ def evaluate_product(
             np.asarray(n)
             for n in tree.query_ball_point(_unit(pts), _chord(radius_cells * cell_deg))
         ]
-    truth_cells = np.zeros(len(values), bool)
-    for n in near:
-        truth_cells[np.asarray(n, np.int64)] = True
-    pred = scores["probability"].to_numpy() >= thr
-    tp = float((pred & truth_cells).sum())
-    cp = tp / max(pred.sum(), 1)
-    cr = tp / max(truth_cells.sum(), 1)
-    cf = 2 * cp * cr / (cp + cr) if cp + cr else 0.0
+    cp, cr, cf = _cell_figures(scores["probability"].to_numpy() >= thr, near)
     ev = ProductEvaluation(
         folder.name,
         str(truth),
@@ -396,33 +376,78 @@ def evaluate_product(
         len(values),
     )
     if write:
-        tag = re.sub(r"[^a-z0-9]+", "-", f"{landform or Path(str(truth)).stem}-{split or 'all'}")
-        ev.report_path = folder / f"evaluation-{tag}.json"
-        ev.curve_path = folder / f"evaluation-{tag}.png"
-        record = {
-            "query": folder.name,
-            "truth": str(truth),
-            "landform": landform,
-            "split": split,
-            "rank_by": rank_by,
-            "threshold": thr,
-            "cells": len(values),
-            "points": point_score.as_dict(),
-            "outlines": outline_score.as_dict() if outline_score else None,
-            "cell_precision": cp,
-            "cell_recall": cr,
-            "cell_f1": cf,
-        }
-        from marscope_stac.fsutil import atomic_write_text
-
-        atomic_write_text(ev.report_path, json.dumps(record, indent=1))
-        precision, recall = (
+        curve = (
             curve_from_neighbours(values, near)
             if outlines
-            else (retrieval_curve(values, centres, pts, radius_cells * cell_deg))
+            else retrieval_curve(values, centres, pts, radius_cells * cell_deg)
         )
-        _plot_pr(precision, recall, ev.curve_path, f"{folder.name} vs {landform or truth}")
+        _write_report(ev, folder, rank_by, curve)
     return ev
+
+
+def _open_product(
+    product: str | Path, threshold: float | None, rank_by: str
+) -> tuple[Path, Any, float]:
+    """A query product's folder, grid and decision threshold (the product's by default).
+
+    Raises:
+        CatalogError: if ``product`` is not a query product.
+        ConfigError: for a bad threshold or ranking.
+    """
+    folder = Path(product)
+    folder = folder.parent if folder.suffix == ".json" else folder
+    item_path = folder / f"{folder.name}.json"
+    if not (folder / "scores.parquet").is_file() or not item_path.is_file():
+        raise CatalogError(f"{product} is not a query product (no scores.parquet / item)")
+    props = json.loads(item_path.read_text())["properties"]
+    thr = float(props.get("marscope:threshold", 0.5) if threshold is None else threshold)
+    if not 0 <= thr <= 1:
+        raise ConfigError(f"threshold {thr} must be in [0, 1]")
+    if rank_by not in ("probability", "score"):
+        raise ConfigError(f"rank by {rank_by!r}: use probability or score")
+    return folder, parse_grid(props["marscope:grid"]), thr
+
+
+def _cell_figures(pred: NDArray[np.bool_], near: Sequence[Any]) -> tuple[float, float, float]:
+    """Per-cell precision, recall and F1 of a thresholded map against truth neighbourhoods."""
+    truth_cells = np.zeros(len(pred), bool)
+    for n in near:
+        truth_cells[np.asarray(n, np.int64)] = True
+    tp = float((pred & truth_cells).sum())
+    cp = tp / max(pred.sum(), 1)
+    cr = tp / max(truth_cells.sum(), 1)
+    return cp, cr, 2 * cp * cr / (cp + cr) if cp + cr else 0.0
+
+
+def _write_report(
+    ev: ProductEvaluation,
+    folder: Path,
+    rank_by: str,
+    curve: tuple[NDArray[np.float64], NDArray[np.float64]],
+) -> None:
+    """The evaluation's JSON table and PR-curve PNG beside the product."""
+    from marscope_stac.fsutil import atomic_write_text
+
+    tag = re.sub(r"[^a-z0-9]+", "-", f"{ev.landform or Path(ev.truth).stem}-{ev.split or 'all'}")
+    ev.report_path = folder / f"evaluation-{tag}.json"
+    ev.curve_path = folder / f"evaluation-{tag}.png"
+    record = {
+        "query": folder.name,
+        "truth": ev.truth,
+        "landform": ev.landform,
+        "split": ev.split,
+        "rank_by": rank_by,
+        "threshold": ev.threshold,
+        "cells": ev.n_cells,
+        "points": ev.points.as_dict() if ev.points else None,
+        "outlines": ev.outlines.as_dict() if ev.outlines else None,
+        "cell_precision": ev.cell_precision,
+        "cell_recall": ev.cell_recall,
+        "cell_f1": ev.cell_f1,
+    }
+    atomic_write_text(ev.report_path, json.dumps(record, indent=1))
+    precision, recall = curve
+    _plot_pr(precision, recall, ev.curve_path, f"{folder.name} vs {ev.landform or ev.truth}")
 
 
 def _plot_pr(

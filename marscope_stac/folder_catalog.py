@@ -22,10 +22,9 @@ from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box, mapping
 
-from marscope_stac.bodies import Body, get_body
+from marscope_stac.bodies import Body, body_of_crs, get_body
 from marscope_stac.errors import CatalogError, DataError
 from marscope_stac.fsutil import staged_directory
-from marscope_stac.stac_in import body_of_crs
 from marscope_stac.stac_out import (
     COG_MEDIA_TYPE,
     FILE_V2,
@@ -58,6 +57,54 @@ class FolderCatalog:
 def _item_id(path: Path, folder: Path) -> str:
     rel = path.relative_to(folder).with_suffix("").as_posix()
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", rel).strip("-") or "item"
+
+
+def _tif_item(tif: Path, root: Path) -> tuple[pystac.Item, Body]:
+    """The STAC item of one GeoTIFF (footprint in its body's lon/lat), and that body.
+
+    Raises:
+        CatalogError: for a file without CRS or with a CRS of no known planetary body.
+        DataError: for a file that is not a readable GeoTIFF.
+    """
+    try:
+        with rasterio.open(tif) as src:
+            if src.crs is None:
+                raise CatalogError(f"{tif} has no CRS in its header; georeference it first")
+            crs = CRS.from_wkt(src.crs.to_wkt())
+            shape, transform, bounds = (src.height, src.width), src.transform, src.bounds
+            tags = src.tags()
+            src_crs = src.crs
+    except RasterioError as exc:
+        raise DataError(f"{tif} is not a readable GeoTIFF: {str(exc)[:120]}") from exc
+    tif_body = body_of_crs(crs)
+    if tif_body is None:
+        raise CatalogError(
+            f"{tif}: CRS {crs.name!r} is not of a known planetary body; pass --body "
+            "only if the CRS really is planetary, else reproject the file"
+        )
+    w, s, e, n = transform_bounds(
+        src_crs, rasterio.crs.CRS.from_wkt(tif_body.crs.to_wkt()), *bounds, densify_pts=21
+    )
+    ok, _, _ = cog_validate(str(tif), quiet=True)
+    item = pystac.Item(
+        id=_item_id(tif, root),
+        geometry=mapping(box(w, s, e, n)),
+        bbox=[w, s, e, n],
+        datetime=_datetime(tags, tif),
+        properties={**ssys_fields(tif_body), **proj_fields(crs, transform, shape)},
+        stac_extensions=[SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2],
+    )
+    item.add_asset(
+        "data",
+        pystac.Asset(
+            href=str(tif.resolve()),
+            media_type=COG_MEDIA_TYPE if ok else pystac.MediaType.GEOTIFF,
+            roles=["data"],
+            title=tif.name,
+            extra_fields={"bands": cog_band_fields(tif), **file_fields(tif)},
+        ),
+    )
+    return item, tif_body
 
 
 def build_folder_catalog(
@@ -95,21 +142,7 @@ def build_folder_catalog(
     items: list[pystac.Item] = []
     found_body: Body | None = wanted
     for tif in tifs:
-        try:
-            with rasterio.open(tif) as src:
-                if src.crs is None:
-                    raise CatalogError(f"{tif} has no CRS in its header; georeference it first")
-                crs = CRS.from_wkt(src.crs.to_wkt())
-                shape, transform, bounds = (src.height, src.width), src.transform, src.bounds
-                tags = src.tags()
-        except RasterioError as exc:
-            raise DataError(f"{tif} is not a readable GeoTIFF: {str(exc)[:120]}") from exc
-        tif_body = body_of_crs(crs)
-        if tif_body is None:
-            raise CatalogError(
-                f"{tif}: CRS {crs.name!r} is not of a known planetary body; pass --body "
-                "only if the CRS really is planetary, else reproject the file"
-            )
+        item, tif_body = _tif_item(tif, root)
         if found_body is None:
             found_body = tif_body
         if tif_body is not found_body:
@@ -117,29 +150,6 @@ def build_folder_catalog(
                 f"{tif} shows {tif_body.name} but other files show {found_body.name}; "
                 "make one catalog per body"
             )
-        w, s, e, n = transform_bounds(
-            src.crs, rasterio.crs.CRS.from_wkt(tif_body.crs.to_wkt()), *bounds, densify_pts=21
-        )
-        when = _datetime(tags, tif)
-        ok, _, _ = cog_validate(str(tif), quiet=True)
-        item = pystac.Item(
-            id=_item_id(tif, root),
-            geometry=mapping(box(w, s, e, n)),
-            bbox=[w, s, e, n],
-            datetime=when,
-            properties={**ssys_fields(tif_body), **proj_fields(crs, transform, shape)},
-            stac_extensions=[SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2],
-        )
-        item.add_asset(
-            "data",
-            pystac.Asset(
-                href=str(tif.resolve()),
-                media_type=COG_MEDIA_TYPE if ok else pystac.MediaType.GEOTIFF,
-                roles=["data"],
-                title=tif.name,
-                extra_fields={"bands": cog_band_fields(tif), **file_fields(tif)},
-            ),
-        )
         items.append(item)
     assert found_body is not None
     cid = collection_id or _item_id(root.resolve(), root.resolve().parent)

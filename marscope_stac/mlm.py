@@ -15,7 +15,7 @@ from marscope_stac.fsutil import atomic_write_text
 from marscope_stac.stac_out import FILE_V2, MLM_V1, file_fields
 from marscope_stac.validation import validate_dict
 
-__all__ = ["build_model_item", "model_item"]
+__all__ = ["build_model_item", "mlm_properties", "model_item"]
 
 
 def mlm_name(text: str) -> str:
@@ -46,36 +46,25 @@ def model_item(folder: Path, *args: Any, **kwargs: Any) -> Path:
     return path
 
 
-def build_model_item(
-    folder: Path,
+def mlm_properties(
     name: str,
     arch: str,
     image_size: int,
     embed_dim: int,
     mean: Sequence[float],
     std: Sequence[float],
-    n_params: int,
-    hyperparameters: dict[str, Any] | None = None,
-    metrics: dict[str, float] | None = None,
-    description: str = "",
-    when: dt.datetime | None = None,
+    n_params: int | None,
     pretrained_source: str | None = None,
+    description: str = "",
 ) -> dict[str, Any]:
-    """An MLM Item for an open_clip model in hub layout in ``folder`` (not written).
-
-    The item has a global (non-geographic) footprint-free geometry (null), the weights as the
-    ``mlm:model`` asset (safetensors) and the config as a second asset. It is validated
-    offline before it is written.
-    """
-    weights = folder / "open_clip_model.safetensors"
-    config = folder / "open_clip_config.json"
+    """The MLM extension's properties of an open_clip image-text model."""
     props: dict[str, Any] = {
         "mlm:name": name,
         "mlm:architecture": arch,
         "mlm:tasks": ["similarity-search", "classification"],
         "mlm:framework": "pytorch",
         "mlm:framework_version": _torch_version(),
-        "mlm:total_parameters": int(n_params),
+        "mlm:total_parameters": int(n_params) if n_params is not None else None,
         "mlm:pretrained": pretrained_source is not None,
         "mlm:pretrained_source": pretrained_source,
         "mlm:accelerator": None,
@@ -111,6 +100,37 @@ def build_model_item(
         ],
         "description": description or f"open_clip model {arch}",
     }
+    if n_params is None:
+        del props["mlm:total_parameters"]
+    return props
+
+
+def build_model_item(
+    folder: Path,
+    name: str,
+    arch: str,
+    image_size: int,
+    embed_dim: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    n_params: int,
+    hyperparameters: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    description: str = "",
+    when: dt.datetime | None = None,
+    pretrained_source: str | None = None,
+) -> dict[str, Any]:
+    """An MLM Item for an open_clip model in hub layout in ``folder`` (not written).
+
+    The item has a global (non-geographic) footprint-free geometry (null), the weights as the
+    ``mlm:model`` asset (safetensors) and the config as a second asset. It is validated
+    offline before it is written.
+    """
+    weights = folder / "open_clip_model.safetensors"
+    config = folder / "open_clip_config.json"
+    props = mlm_properties(
+        name, arch, image_size, embed_dim, mean, std, n_params, pretrained_source, description
+    )
     if hyperparameters:
         props["mlm:hyperparameters"] = hyperparameters
     if metrics:

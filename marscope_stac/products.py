@@ -44,7 +44,7 @@ from marscope_stac.errors import ConfigError
 from marscope_stac.fsutil import staged_directory
 from marscope_stac.geoparquet import point_wkb, write_geoparquet
 from marscope_stac.grid import Grid
-from marscope_stac.publish import OutputCatalog, _asset, _rel
+from marscope_stac.publish import OutputCatalog, file_asset, relative_href
 from marscope_stac.query import QuerySpec, ScoredQuery
 from marscope_stac.render import (
     PROBABILITY_NODATA,
@@ -541,7 +541,7 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
     links = [
         {
             "rel": "derived_from",
-            "href": _rel(emb_item, folder),
+            "href": relative_href(emb_item, folder),
             "type": "application/geo+json",
             "title": "embedding set",
         }
@@ -553,7 +553,7 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
             links.append(
                 {
                     "rel": "derived_from",
-                    "href": _rel(target, folder),
+                    "href": relative_href(target, folder),
                     "type": lk.get("type", "application/json"),
                     "title": lk.get("title", "model" if lk["rel"] == "emb:model" else "source"),
                 }
@@ -606,7 +606,7 @@ def _query_item(
     }
 
     def asset(name: str, media: str, roles: list[str], title: str, **extra: Any) -> Any:
-        return _asset(folder / name, folder, media, roles, title, **extra)
+        return file_asset(folder / name, folder, media, roles, title, **extra)
 
     described = {
         "probability": (COG_MEDIA_TYPE, ["data"], "Calibrated probability (COG)"),
@@ -737,7 +737,7 @@ def _class_item(
         for k in range(len(all_names))
     ]
     bbox = _raster_bbox(layout)
-    asset: Callable[..., Any] = lambda name, *a, **kw: _asset(folder / name, folder, *a, **kw)  # noqa: E731
+    asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
     return {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -758,7 +758,7 @@ def _class_item(
         "links": [
             {
                 "rel": "derived_from",
-                "href": _rel(es.root / f"{es.root.name}.json", folder),
+                "href": relative_href(es.root / f"{es.root.name}.json", folder),
                 "type": "application/geo+json",
                 "title": "embedding set",
             }

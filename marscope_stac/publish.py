@@ -34,9 +34,11 @@ __all__ = [
     "FAISS_MEDIA_TYPE",
     "NPY_MEDIA_TYPE",
     "OutputCatalog",
+    "file_asset",
     "publish_embedding_set",
     "publish_model",
     "refresh_embedding_item",
+    "relative_href",
     "scoring_assets",
 ]
 
@@ -46,7 +48,8 @@ FAISS_MEDIA_TYPE = "application/octet-stream; application=faiss-index"
 CATALOG_ID = "marscope-products"
 
 
-def _rel(target: str | Path, start: Path) -> str:
+def relative_href(target: str | Path, start: Path) -> str:
+    """The href of ``target`` from the folder ``start``: relative, or the URL as it is."""
     s = str(target)
     if s.startswith(("http://", "https://")):
         return s
@@ -127,7 +130,7 @@ class OutputCatalog:
         with self.locked():
             cat = self._catalog()
             cat_path = self.root / "catalog.json"
-            child = _rel(collection_path, self.root)
+            child = relative_href(collection_path, self.root)
             child = child if child.startswith(".") else f"./{child}"
             if not any(lk.get("rel") == "child" and lk.get("href") == child for lk in cat["links"]):
                 cat["links"].append(
@@ -144,7 +147,7 @@ class OutputCatalog:
                 items = [lk for lk in old.get("links", []) if lk.get("rel") == "item"]
             else:
                 items = []
-            href = _rel(item_path, cdir)
+            href = relative_href(item_path, cdir)
             href = href if href.startswith(".") else f"./{href}"
             if not any(lk["href"] == href for lk in items):
                 items.append({"rel": "item", "href": href, "type": "application/geo+json"})
@@ -154,8 +157,12 @@ class OutputCatalog:
                 if lk.get("rel") not in ("item", "root", "parent")
             ]
             collection["links"] += [
-                {"rel": "root", "href": _rel(cat_path, cdir), "type": "application/json"},
-                {"rel": "parent", "href": _rel(cat_path, cdir), "type": "application/json"},
+                {"rel": "root", "href": relative_href(cat_path, cdir), "type": "application/json"},
+                {
+                    "rel": "parent",
+                    "href": relative_href(cat_path, cdir),
+                    "type": "application/json",
+                },
                 *items,
             ]
             idir = item_path.parent
@@ -165,11 +172,15 @@ class OutputCatalog:
                 if lk.get("rel") not in ("root", "parent", "collection")
             ]
             item["links"] += [
-                {"rel": "root", "href": _rel(cat_path, idir), "type": "application/json"},
-                {"rel": "parent", "href": _rel(collection_path, idir), "type": "application/json"},
+                {"rel": "root", "href": relative_href(cat_path, idir), "type": "application/json"},
+                {
+                    "rel": "parent",
+                    "href": relative_href(collection_path, idir),
+                    "type": "application/json",
+                },
                 {
                     "rel": "collection",
-                    "href": _rel(collection_path, idir),
+                    "href": relative_href(collection_path, idir),
                     "type": "application/json",
                 },
             ]
@@ -184,11 +195,12 @@ class OutputCatalog:
         return item_path
 
 
-def _asset(
+def file_asset(
     path: Path, base: Path, media: str, roles: list[str], title: str, **extra: Any
 ) -> dict[str, Any]:
+    """A STAC asset of a local file (href relative to ``base``, ``file:size``/``checksum``)."""
     return {
-        "href": _rel(path, base) if not str(path).startswith("http") else str(path),
+        "href": relative_href(path, base) if not str(path).startswith("http") else str(path),
         "type": media,
         "roles": roles,
         "title": title,
@@ -214,7 +226,7 @@ SCORING_ASSETS = {
 def scoring_assets(es: Any) -> dict[str, dict[str, Any]]:
     """STAC assets of a set's scoring arrays (those on disk), role ``data`` + ``scoring``."""
     return {
-        key: _asset(es.root / name, es.root, NPY_MEDIA_TYPE, ["data", "scoring"], title)
+        key: file_asset(es.root / name, es.root, NPY_MEDIA_TYPE, ["data", "scoring"], title)
         for key, (name, title) in SCORING_ASSETS.items()
         if (es.root / name).is_file()
     }
@@ -243,6 +255,45 @@ def refresh_embedding_item(es: Any, out: str | Path) -> None:
         catalog._write(item_path, item)
 
 
+def _remote_model_item(cm: Any, mid: str) -> dict[str, Any]:
+    """MLM item of a model whose weights are not a folder here (hub, architecture + file)."""
+    from marscope_stac.mlm import mlm_properties
+    from marscope_stac.stac_out import MLM_V1
+
+    props = mlm_properties(
+        mid,
+        str(cm.arch or cm.name),
+        cm.image_size,
+        cm.embed_dim,
+        cm.mean,
+        cm.std,
+        sum(p.numel() for p in cm.model.parameters()),
+        str(cm.pretrained or cm.name),
+    )
+    d: dict[str, Any] = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": [MLM_V1],
+        "id": mid,
+        "geometry": None,
+        "properties": {
+            "datetime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+            **props,
+        },
+        "links": [],
+        "assets": {},
+    }
+    if cm.name.startswith("hf-hub:"):
+        repo = cm.name.split(":", 1)[1]
+        d["assets"]["weights"] = {
+            "href": f"https://huggingface.co/{repo}/resolve/main/open_clip_model.safetensors",
+            "type": "application/octet-stream; application=safetensors",
+            "roles": ["mlm:model", "mlm:weights"],
+            "mlm:artifact_type": "safetensors.torch.save_file",
+        }
+    return d
+
+
 def publish_model(cm: Any, out: str | Path) -> Path:
     """Publish the model's MLM item in ``out/models/<id>/`` (hrefs point at the weights)."""
     from marscope_stac.mlm import build_model_item
@@ -256,7 +307,7 @@ def publish_model(cm: Any, out: str | Path) -> Path:
     if folder is not None and (folder / "model.json").is_file():
         d = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         for a in d["assets"].values():
-            a["href"] = _rel(folder / a["href"], target)
+            a["href"] = relative_href(folder / a["href"], target)
     elif folder is not None:  # described here; nothing is written into the input folder
         d = build_model_item(
             folder,
@@ -270,56 +321,9 @@ def publish_model(cm: Any, out: str | Path) -> Path:
             pretrained_source=str(cm.pretrained),
         )
         for a in d["assets"].values():
-            a["href"] = _rel(folder / a["href"], target)
-    else:  # architecture + checkpoint file, or a hub model: describe without assets on disk
-        desc = cm.describe()
-        d = {
-            "type": "Feature",
-            "stac_version": "1.1.0",
-            "stac_extensions": ["https://stac-extensions.github.io/mlm/v1.5.2/schema.json"],
-            "id": mid,
-            "geometry": None,
-            "properties": {
-                "datetime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-                "mlm:name": mid,
-                "mlm:architecture": str(cm.arch or cm.name),
-                "mlm:tasks": ["similarity-search"],
-                "mlm:framework": "pytorch",
-                "mlm:pretrained_source": str(cm.pretrained or cm.name),
-                "mlm:input": [
-                    {
-                        "name": "image tile",
-                        "bands": [],
-                        "input": {
-                            "shape": [-1, 3, desc["image_size"], desc["image_size"]],
-                            "dim_order": ["batch", "channel", "height", "width"],
-                            "data_type": "float32",
-                        },
-                    }
-                ],
-                "mlm:output": [
-                    {
-                        "name": "embedding",
-                        "tasks": ["similarity-search"],
-                        "result": {
-                            "shape": [-1, desc["embed_dim"]],
-                            "dim_order": ["batch", "embedding"],
-                            "data_type": "float32",
-                        },
-                    }
-                ],
-            },
-            "links": [],
-            "assets": {},
-        }
-        if cm.name.startswith("hf-hub:"):
-            repo = cm.name.split(":", 1)[1]
-            d["assets"]["weights"] = {
-                "href": f"https://huggingface.co/{repo}/resolve/main/open_clip_model.safetensors",
-                "type": "application/octet-stream; application=safetensors",
-                "roles": ["mlm:model", "mlm:weights"],
-                "mlm:artifact_type": "safetensors.torch.save_file",
-            }
+            a["href"] = relative_href(folder / a["href"], target)
+    else:  # architecture + checkpoint file, or a hub model: described, weights by URL
+        d = _remote_model_item(cm, mid)
     item_path = target / f"{mid}.json"
     coll_path = Path(out) / "models" / "collection.json"
     coll = {
@@ -395,12 +399,16 @@ def _embedding_item(
         "marscope:mean_valid_fraction": mean_valid,
     }
     links: list[dict[str, Any]] = [
-        {"rel": "emb:model", "href": _rel(model_path, root), "type": "application/geo+json"},
+        {
+            "rel": "emb:model",
+            "href": relative_href(model_path, root),
+            "type": "application/geo+json",
+        },
     ]
     links += [
         {
             "rel": "derived_from",
-            "href": _rel(a.href, root),
+            "href": relative_href(a.href, root),
             "type": "image/tiff; application=geotiff",
             "title": a.item_id,
         }
@@ -423,21 +431,21 @@ def _embedding_assets(es: Any) -> dict[str, Any]:
     """Assets of an embedding item: GeoParquet, FAISS index, manifest, scoring arrays."""
     root = es.root
     return {
-        "embeddings": _asset(
+        "embeddings": file_asset(
             es.parquet,
             root,
             PARQUET_MEDIA_TYPE,
             ["data"],
             "Cell embeddings (GeoParquet, IAU lon/lat)",
         ),
-        "index": _asset(
+        "index": file_asset(
             es.index,
             root,
             FAISS_MEDIA_TYPE,
             ["index"],
             "FAISS IndexFlatIP, rows in the GeoParquet's order",
         ),
-        "manifest": _asset(
+        "manifest": file_asset(
             es.manifest_path,
             root,
             "application/json",
@@ -484,10 +492,14 @@ def _embedding_collection(
             "grid_id": grid.spec,
         },
         "links": [
-            {"rel": "emb:model", "href": _rel(model_path, root), "type": "application/geo+json"},
+            {
+                "rel": "emb:model",
+                "href": relative_href(model_path, root),
+                "type": "application/geo+json",
+            },
             {
                 "rel": "emb:source-data",
-                "href": _rel(first_source, root),
+                "href": relative_href(first_source, root),
                 "type": "image/tiff; application=geotiff",
             },
         ],

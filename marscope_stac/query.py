@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from marscope_stac.bodies import chord_length, unit_vectors
 from marscope_stac.errors import ConfigError
 from marscope_stac.grid import Grid
 from marscope_stac.prompts import MARSCOPE_TEMPLATES, check_phrases
@@ -480,9 +481,8 @@ def near(
 
     if not radius_km > 0:
         raise ConfigError(f"radius {radius_km} km must be positive")
-    lon, lat = np.radians(centres_lonlat[:, 0]), np.radians(centres_lonlat[:, 1])
-    xyz = np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
-    chord = 2.0 * np.sin(radius_km * 1000.0 / body_radius_m / 2.0)
+    xyz = unit_vectors(centres_lonlat)
+    chord = chord_length(radius_km * 1000.0 / body_radius_m)
     tree = cKDTree(xyz)
     best = np.array([b[idx].max() for idx in tree.query_ball_point(xyz, chord)], np.float32)
     return (a * best).astype(np.float32)

@@ -31,13 +31,12 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
-from marscope_stac.bodies import BODIES, MARS, Body, get_body, normalize_lon
+from marscope_stac.bodies import BODIES, MARS, Body, body_of_crs, get_body, normalize_lon
 from marscope_stac.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
 
 __all__ = [
     "SourceAsset",
     "SourceSet",
-    "body_of_crs",
     "crs_from_stac",
     "load_sources",
     "pick_asset",
@@ -137,23 +136,6 @@ def crs_from_stac(props: dict[str, Any]) -> CRS | None:
             tried.append(f"{key}: {str(exc).splitlines()[0][:80]}")
     if tried:
         raise CatalogError(f"cannot parse the CRS ({'; '.join(tried)})")
-    return None
-
-
-def body_of_crs(crs: CRS) -> Body | None:
-    """Guess the body of a CRS from its datum/ellipsoid name and radius; None for Earth/unknown."""
-    geod = crs.geodetic_crs
-    names = " ".join(
-        str(x) for x in (crs.name, geod.name if geod else "", crs.datum.name if crs.datum else "")
-    ).lower()
-    for body in BODIES.values():
-        if body.name.lower() in names:
-            return body
-    ell = crs.ellipsoid
-    if ell is not None:
-        for body in BODIES.values():
-            if abs(ell.semi_major_metre - body.radius_m) / body.radius_m < 0.002:
-                return body
     return None
 
 
@@ -386,6 +368,59 @@ def _bbox_hits(geom: BaseGeometry, bbox: Sequence[float] | None) -> bool:
     return bool(geom.intersection(area).area > 0)
 
 
+def _open_items(
+    source: str | Path | Iterable[pystac.Item],
+    collections: Sequence[str] | None,
+    bbox: Sequence[float] | None,
+    datetime: str | None,
+    max_items: int | None,
+) -> tuple[str, Iterable[pystac.Item]]:
+    """A label for messages and the items of a source (API search, remote or local STAC).
+
+    Raises:
+        CatalogError: if a remote source cannot be read or is not STAC.
+    """
+    if not isinstance(source, str | Path):
+        return "items", source
+    if isinstance(source, str) and _is_url(source) and not source.endswith(".json"):
+        return source, _items_from_api(source, collections, bbox, datetime, max_items)
+    if isinstance(source, str) and _is_url(source):
+        try:
+            obj = pystac.read_file(source)
+        except Exception as exc:
+            raise CatalogError(f"cannot read {source}: {str(exc).splitlines()[0][:160]}") from exc
+        if isinstance(obj, pystac.Item):
+            return source, [obj]
+        if isinstance(obj, pystac.Catalog):
+            return source, obj.get_items(recursive=True)
+        raise CatalogError(f"{source} is not a STAC catalog, collection or item")
+    return str(source), _items_from_local(Path(source))
+
+
+def _item_body(item: pystac.Item, wanted: Body | None) -> Body:
+    """The body an item shows (``ssys:targets``; the wanted body or Mars when absent).
+
+    Raises:
+        CatalogError: for several or unknown targets, or another body than the wanted one.
+    """
+    targets = _targets(item)
+    if len(targets) > 1:
+        raise CatalogError(f"item {item.id} names several bodies {targets}; split the request")
+    try:
+        item_body = get_body(targets[0]) if targets else (wanted or MARS)
+    except ConfigError:
+        raise CatalogError(
+            f"item {item.id} targets unknown body {targets[0]!r}; "
+            f"known: {', '.join(b.name for b in BODIES.values())}"
+        ) from None
+    if wanted is not None and item_body is not wanted:
+        raise CatalogError(
+            f"item {item.id} is of {item_body.name}, not {wanted.name}; "
+            "filter the catalog or change --body"
+        )
+    return item_body
+
+
 def load_sources(
     source: str | Path | Iterable[pystac.Item],
     *,
@@ -411,30 +446,7 @@ def load_sources(
         CatalogError: if the source cannot be read, mixes bodies, has no usable raster, or
             nothing intersects ``bbox``.
     """
-    if isinstance(source, str | Path):
-        label = str(source)
-        if isinstance(source, str) and _is_url(source) and not source.endswith(".json"):
-            items: Iterable[pystac.Item] = _items_from_api(
-                source, collections, bbox, datetime, max_items
-            )
-        elif isinstance(source, str) and _is_url(source):
-            try:
-                obj = pystac.read_file(source)
-            except Exception as exc:
-                raise CatalogError(
-                    f"cannot read {source}: {str(exc).splitlines()[0][:160]}"
-                ) from exc
-            if isinstance(obj, pystac.Item):
-                items = [obj]
-            elif isinstance(obj, pystac.Catalog):
-                items = obj.get_items(recursive=True)
-            else:
-                raise CatalogError(f"{source} is not a STAC catalog, collection or item")
-        else:
-            items = _items_from_local(Path(source))
-    else:
-        label = "items"
-        items = source
+    label, items = _open_items(source, collections, bbox, datetime, max_items)
     wanted = get_body(body) if body else None
     out: list[SourceAsset] = []
     skipped: list[tuple[str, str]] = []
@@ -450,21 +462,7 @@ def load_sources(
         seen += 1
         if max_items is not None and seen > max_items:
             break
-        targets = _targets(item)
-        if len(targets) > 1:
-            raise CatalogError(f"item {item.id} names several bodies {targets}; split the request")
-        try:
-            item_body = get_body(targets[0]) if targets else (wanted or MARS)
-        except ConfigError:
-            raise CatalogError(
-                f"item {item.id} targets unknown body {targets[0]!r}; "
-                f"known: {', '.join(b.name for b in BODIES.values())}"
-            ) from None
-        if wanted is not None and item_body is not wanted:
-            raise CatalogError(
-                f"item {item.id} is of {item_body.name}, not {wanted.name}; "
-                "filter the catalog or change --body"
-            )
+        item_body = _item_body(item, wanted)
         bodies.setdefault(item_body.name, item.id)
         if len(bodies) > 1:
             pairs = ", ".join(f"{b} ({i})" for b, i in bodies.items())

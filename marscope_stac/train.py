@@ -227,8 +227,6 @@ def train_model(
         ModelError: if the model cannot be built or a checkpoint does not match it.
         ConfigError: for bad hyper-parameters or device.
     """
-    import open_clip
-
     cfg = config or TrainConfig()
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 2:
         raise ConfigError("epochs and steps per epoch must be >= 1 and batch size >= 2")
@@ -239,6 +237,53 @@ def train_model(
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     dev = resolve_device(device)
     _seed_all(cfg.seed)
+    cm = _trainable_model(model, pretrained, dev)
+    text_cache = _locked_text(cm, model) if cfg.lock_text else None
+    opt = torch.optim.AdamW(
+        _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    start_epoch, history = _resume(ckpt_path, cm.model, opt, model, dev) if resume else (0, [])
+    rng = np.random.default_rng([cfg.seed, start_epoch])
+    classes = val_pairs.classes if val_pairs is not None else None
+    val_data = val_pairs.fixed(rng) if val_pairs is not None else None
+    use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
+    for epoch in range(start_epoch, cfg.epochs):
+        loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, use_labels, progress)
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
+        if val_data is not None:
+            record.update(evaluate_pairs(cm, *val_data, classes=classes))
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, record)
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "model": cm.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "rng": _rng_state(),
+                "config": asdict(cfg),
+                "arch": model,
+            },
+        )
+    model_dir = _export(cm.model, model, out_dir / "model", half_weights)
+    item_path = _model_item(cm, model_dir, cfg, history, source_description)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
+    _plot(history, out_dir / "training.png")
+    return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
+
+
+def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> ClipModel:
+    """Build the model to train, with its input normalisation.
+
+    ``model`` is an architecture (from scratch, a tag, a file or packaged parts) or existing
+    weights to fine-tune.
+
+    Raises:
+        ModelError: if the model cannot be built.
+    """
+    import open_clip
+
     parts = pretrained == PRETRAINED_PARTS
     arch = model
     try:
@@ -268,94 +313,92 @@ def train_model(
     default_norm = (tuple(pcfg.get("mean", (0.45,) * 3)), tuple(pcfg.get("std", (0.2,) * 3)))
     mean, std = ARCH_PREPROCESS.get(arch, default_norm)
     net.visual.preprocess_cfg = {**pcfg, "mean": tuple(mean), "std": tuple(std)}
-    cm = ClipModel(net, tokenizer, model, arch, pretrained, size, mean, std, dev)
-    text_cache: TextFeatureCache | None = None
-    if cfg.lock_text:
-        if not TextFeatureCache.supports(getattr(net, "text", None) or torch.nn.Module()):
-            raise ConfigError(
-                f"--lock-text needs a Hugging Face text tower (e.g. marscope-small); "
-                f"{model} has none"
-            )
-        net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
-        text_cache = TextFeatureCache(net.text, tokenizer, dev)
-    opt = torch.optim.AdamW(
-        _param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
-    )
+    return ClipModel(net, tokenizer, model, arch, pretrained, size, mean, std, dev)
+
+
+def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
+    """Freeze the text transformer; its pooled caption features are cached once per caption.
+
+    Raises:
+        ConfigError: if the model has no Hugging Face text tower.
+    """
+    net = cm.model
+    if not TextFeatureCache.supports(getattr(net, "text", None) or torch.nn.Module()):
+        raise ConfigError(
+            f"--lock-text needs a Hugging Face text tower (e.g. marscope-small); {model} has none"
+        )
+    net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    return TextFeatureCache(net.text, cm.tokenizer, cm.device)
+
+
+def _resume(
+    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device
+) -> tuple[int, list[dict[str, float]]]:
+    """Load the last checkpoint (model, optimizer, random states): (epochs done, history).
+
+    Raises:
+        ModelError: if the checkpoint does not match the model or is damaged.
+    """
+    if not ckpt_path.is_file():
+        return 0, []
+    try:
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, EOFError) as exc:
+        raise ModelError(
+            f"checkpoint {ckpt_path} does not match model {model} or is damaged: "
+            f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"
+        ) from exc
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    log.info("resuming %s after epoch %d", ckpt_path, int(state["epoch"]))
+    return int(state["epoch"]), list(state["history"])
+
+
+def _train_epoch(
+    cm: ClipModel,
+    opt: Any,
+    pairs: PairSet,
+    cfg: TrainConfig,
+    epoch: int,
+    rng: np.random.Generator,
+    text_cache: TextFeatureCache | None,
+    use_labels: bool,
+    progress: bool,
+) -> float:
+    """One epoch of contrastive steps; returns the mean loss."""
+    net, dev = cm.model, cm.device
+    net.train()
+    losses: list[float] = []
     total = cfg.epochs * cfg.steps_per_epoch
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if resume and ckpt_path.is_file():
-        try:
-            state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, EOFError) as exc:
-            raise ModelError(
-                f"checkpoint {ckpt_path} does not match model {model} or is damaged: "
-                f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"
-            ) from exc
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        log.info("resuming %s after epoch %d", ckpt_path, start_epoch)
-    rng = np.random.default_rng([cfg.seed, start_epoch])
-    classes = val_pairs.classes if val_pairs is not None else None
-    val_data = val_pairs.fixed(rng) if val_pairs is not None else None
-    use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        losses = []
-        t0 = time.perf_counter()
-        bar = tqdm(
-            range(cfg.steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="step",
-            disable=not progress,
-        )
-        for i in bar:
-            step = epoch * cfg.steps_per_epoch + i
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg)
-            imgs, caps, labs = pairs.sample(cfg.batch_size, rng)
-            x = cm.preprocess(imgs).to(dev)
-            fi = F.normalize(net.encode_image(x), dim=-1)
-            if text_cache is not None:
-                ft = F.normalize(text_cache(list(caps)), dim=-1)
-            else:
-                ft = F.normalize(net.encode_text(tokenizer(caps).to(dev)), dim=-1)
-            loss = contrastive_loss(fi, ft, net.logit_scale.exp(), labs if use_labels else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                net.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-            rate = (i + 1) * cfg.batch_size / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", pairs_s=f"{rate:.0f}")
-        record: dict[str, float] = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
-        if val_data is not None:
-            record.update(evaluate_pairs(cm, *val_data, classes=classes))
-        history.append(record)
-        log.info("epoch %d: %s", epoch + 1, record)
-        _save_checkpoint(
-            ckpt_path,
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "rng": _rng_state(),
-                "config": asdict(cfg),
-                "arch": model,
-            },
-        )
-    model_dir = _export(net, model, out_dir / "model", half_weights)
-    item_path = _model_item(cm, model_dir, cfg, history, source_description)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
-    _plot(history, out_dir / "training.png")
-    return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
+    t0 = time.perf_counter()
+    bar = tqdm(
+        range(cfg.steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="step",
+        disable=not progress,
+    )
+    for i in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(epoch * cfg.steps_per_epoch + i, total, cfg)
+        imgs, caps, labs = pairs.sample(cfg.batch_size, rng)
+        fi = F.normalize(net.encode_image(cm.preprocess(imgs).to(dev)), dim=-1)
+        if text_cache is not None:
+            ft = F.normalize(text_cache(list(caps)), dim=-1)
+        else:
+            ft = F.normalize(net.encode_text(cm.tokenizer(caps).to(dev)), dim=-1)
+        loss = contrastive_loss(fi, ft, net.logit_scale.exp(), labs if use_labels else None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            net.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        rate = (i + 1) * cfg.batch_size / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", pairs_s=f"{rate:.0f}")
+    return float(np.mean(losses))
 
 
 def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:

@@ -722,61 +722,101 @@ def render_scene(
     cv.dem += fractal_noise((size, size), rng, 3.2) * 25.0
     cv.dem += fractal_noise((size, size), rng, 2.2) * 1.5
     cv.albedo *= 1.0 + 0.12 * fractal_noise((size, size), rng, 3.0)
-    landforms: list[Landform] = []
-    occupied: list[tuple[float, float, float]] = []  # (x_m, y_m, r_m) from the top-left
+    placer = _Placer(extent, rng)
+    landforms, big_craters = _landforms(cv, rng, per_class, placer)
+    _natural_overlaps(cv, rng, landforms, big_craters)
+    landforms += _plains(placer, per_class, res_m)
+    _small_craters(cv, rng, size, extent)
+    _dust_mantle(cv, rng, size)
+    image = illuminate(cv.dem, cv.albedo, res_m, sun_azimuth, sun_elevation, rng)
+    return Scene(image, cv.dem, landforms, sun_azimuth, sun_elevation)
 
-    def place(radius_m: float, margin: float = 150.0) -> tuple[float, float] | None:
+
+class _Placer:
+    """Positions for landforms that keep clear of each other (metres from the top-left)."""
+
+    def __init__(self, extent: float, rng: np.random.Generator) -> None:
+        self.extent = extent
+        self.rng = rng
+        self.occupied: list[tuple[float, float, float]] = []
+
+    def place(self, radius_m: float, margin: float = 150.0) -> tuple[float, float] | None:
+        """A free position for a landform of ``radius_m``, or None after 400 tries."""
         for _ in range(400):
-            x = rng.uniform(radius_m * 0.6, extent - radius_m * 0.6)
-            y = rng.uniform(radius_m * 0.6, extent - radius_m * 0.6)
+            x = self.rng.uniform(radius_m * 0.6, self.extent - radius_m * 0.6)
+            y = self.rng.uniform(radius_m * 0.6, self.extent - radius_m * 0.6)
             if all(
-                math.hypot(x - ox, y - oy) > radius_m + orad + margin for ox, oy, orad in occupied
+                math.hypot(x - ox, y - oy) > radius_m + orad + margin
+                for ox, oy, orad in self.occupied
             ):
-                occupied.append((x, y, radius_m))
+                self.occupied.append((x, y, radius_m))
                 return x, y
         return None
 
+
+def _landforms(
+    cv: _Canvas, rng: np.random.Generator, per_class: int, placer: _Placer
+) -> tuple[list[Landform], list[tuple[float, float, float]]]:
+    """``per_class`` instances of every landform class, largest first; and the big craters."""
     order = [c for c in LANDFORM_CLASSES if c not in ("plains",)]
     slots = [_Slot(c, _footprint(c, rng)) for _ in range(per_class) for c in order]
     slots.sort(key=lambda s: -s.radius_m)
+    landforms: list[Landform] = []
     big_craters: list[tuple[float, float, float]] = []
     for slot in slots:
-        pos = place(slot.radius_m)
+        pos = placer.place(slot.radius_m)
         if pos is None:
             continue
-        cx, cy = pos[0] / res_m, pos[1] / res_m
+        cx, cy = pos[0] / cv.res, pos[1] / cv.res
         az = float(rng.uniform(0, 360))
         fresh = bool(rng.uniform() < 0.6)
-        r = slot.radius_m
-        lf: Landform
-        if slot.cls == "impact_crater":
-            lf = stamp_impact_crater(cv, cx, cy, 2 * r / 1.5, fresh)
-            if r / 1.5 > 420:
-                big_craters.append((cx, cy, r / 1.5))
-        elif slot.cls == "alluvial_fan":
-            # the apex sits on the mountain front, the fan spreads towards `az`
-            back = math.radians(az)
-            ax, ay = cx - math.sin(back) * r * 0.45 / res_m, cy + math.cos(back) * r * 0.45 / res_m
-            lf = stamp_alluvial_fan(cv, ax, ay, r * 0.95, az, fresh)
-        elif slot.cls == "glacier_like_form":
-            back = math.radians(az)
-            ax, ay = cx - math.sin(back) * r * 0.5 / res_m, cy + math.cos(back) * r * 0.5 / res_m
-            lf = stamp_glacier_like_form(cv, ax, ay, r * 1.1, az, fresh)
-        elif slot.cls == "landslide":
-            back = math.radians(az)
-            ax, ay = cx - math.sin(back) * r * 0.5 / res_m, cy + math.cos(back) * r * 0.5 / res_m
-            lf = stamp_landslide(cv, ax, ay, r * 1.0, az, fresh)
-        elif slot.cls == "pitted_cone":
-            lf = stamp_pitted_cones(cv, cx, cy, r * 0.8)
-        elif slot.cls == "yardang":
-            lf = stamp_yardangs(cv, cx, cy, r * 0.9, az)
-        elif slot.cls == "dune_field":
-            lf = stamp_dune_field(cv, cx, cy, r * 0.85, az, barchan=bool(rng.uniform() < 0.5))
-        else:
-            lf = stamp_channel(cv, cx, cy, r * 1.6, az, network=bool(rng.uniform() < 0.5))
-        landforms.append(lf)
+        if slot.cls == "impact_crater" and slot.radius_m / 1.5 > 420:
+            big_craters.append((cx, cy, slot.radius_m / 1.5))
+        landforms.append(_stamp(cv, rng, slot, cx, cy, az, fresh))
+    return landforms, big_craters
 
-    # natural overlaps: dunes on big crater floors, fresh craters on fans and landslides
+
+def _stamp(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    slot: _Slot,
+    cx: float,
+    cy: float,
+    az: float,
+    fresh: bool,
+) -> Landform:
+    """Draw one landform of ``slot``'s class centred at pixel (cx, cy), facing ``az``."""
+    r = slot.radius_m
+    res_m = cv.res
+    back = math.radians(az)
+    if slot.cls == "impact_crater":
+        return stamp_impact_crater(cv, cx, cy, 2 * r / 1.5, fresh)
+    if slot.cls in ("alluvial_fan", "glacier_like_form", "landslide"):
+        # the apex sits on the mountain front / alcove / scarp, the body spreads towards `az`
+        shift = 0.45 if slot.cls == "alluvial_fan" else 0.5
+        ax = cx - math.sin(back) * r * shift / res_m
+        ay = cy + math.cos(back) * r * shift / res_m
+        if slot.cls == "alluvial_fan":
+            return stamp_alluvial_fan(cv, ax, ay, r * 0.95, az, fresh)
+        if slot.cls == "glacier_like_form":
+            return stamp_glacier_like_form(cv, ax, ay, r * 1.1, az, fresh)
+        return stamp_landslide(cv, ax, ay, r * 1.0, az, fresh)
+    if slot.cls == "pitted_cone":
+        return stamp_pitted_cones(cv, cx, cy, r * 0.8)
+    if slot.cls == "yardang":
+        return stamp_yardangs(cv, cx, cy, r * 0.9, az)
+    if slot.cls == "dune_field":
+        return stamp_dune_field(cv, cx, cy, r * 0.85, az, barchan=bool(rng.uniform() < 0.5))
+    return stamp_channel(cv, cx, cy, r * 1.6, az, network=bool(rng.uniform() < 0.5))
+
+
+def _natural_overlaps(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    landforms: list[Landform],
+    big_craters: list[tuple[float, float, float]],
+) -> None:
+    """Dunes on big crater floors, fresh craters on fans and landslides (added in place)."""
     for ccx, ccy, crad in big_craters:
         if rng.uniform() < 0.5:
             lf = stamp_dune_field(
@@ -800,10 +840,12 @@ def render_scene(
             host.attrs["superposed_crater"] = True
             landforms.append(lf)
 
-    # plains: background patches away from every landform
-    n_plains = per_class
-    for _ in range(n_plains):
-        pos = place(500.0, margin=400.0)
+
+def _plains(placer: _Placer, n: int, res_m: float) -> list[Landform]:
+    """Background plains patches away from every landform."""
+    out = []
+    for _ in range(n):
+        pos = placer.place(500.0, margin=400.0)
         if pos is None:
             break
         px, py = pos[0] / res_m, pos[1] / res_m
@@ -816,9 +858,12 @@ def render_scene(
                 (px - half, py + half),
             ]
         )
-        landforms.append(Landform("plains", geom, (px, py), 900.0, {"variant": "plain"}))
+        out.append(Landform("plains", geom, (px, py), 900.0, {"variant": "plain"}))
+    return out
 
-    # small superposed craters everywhere: cumulative N(>D) ~ D^-2
+
+def _small_craters(cv: _Canvas, rng: np.random.Generator, size: int, extent: float) -> None:
+    """Small superposed craters everywhere: cumulative N(>D) ~ D^-2."""
     area_km2 = (extent / 1000.0) ** 2
     d_min, d_max = 40.0, 450.0
     n_small = int(area_km2 * 2.2)
@@ -830,15 +875,14 @@ def render_scene(
     for d, x, y, f in zip(diam, xs, ys, freshness, strict=True):
         _crater(cv, float(x), float(y), float(d), float(f), ejecta=d > 250)
 
-    # dust mantling: low-frequency patches smooth the relief and brighten the surface
+
+def _dust_mantle(cv: _Canvas, rng: np.random.Generator, size: int) -> None:
+    """Dust mantling: low-frequency patches smooth the relief and brighten the surface."""
     dust = smoothstep((fractal_noise((size, size), rng, 3.5) - 0.3) / 1.2) * 0.8
     dust *= 1.0 - np.clip(cv.protect, 0, 1) * 0.8
     smooth = ndimage.gaussian_filter(cv.dem, 1.6)
     cv.dem = (cv.dem * (1 - dust) + smooth * dust).astype(np.float32)
     cv.albedo *= (1.0 + 0.2 * dust).astype(np.float32)
-
-    image = illuminate(cv.dem, cv.albedo, res_m, sun_azimuth, sun_elevation, rng)
-    return Scene(image, cv.dem, landforms, sun_azimuth, sun_elevation)
 
 
 def illuminate(

@@ -372,29 +372,9 @@ def _label_item(
     lid = f"{image_item.id}-labels"
     out_dir = stage / LABEL_COLLECTION / lid
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    points = []
-    geoms = []
-    for k, lf in enumerate(landforms):
-        geom = to_multipolygon(lf.geometry.intersection(box(0, 0, *image.shape[::-1])))
-        if geom.is_empty:
-            continue
-        attrs = {key: v for key, v in lf.attrs.items()}
-        rows.append(
-            {
-                "id": f"{lid}-{k:03d}",
-                "landform": lf.cls,
-                "variant": str(attrs.get("variant", "")),
-                "size_m": round(float(lf.size_m), 1),
-                "azimuth": round(float(attrs["azimuth"]), 1) if "azimuth" in attrs else None,
-                "item_id": image_item.id,
-                "split": split,
-                "captions": captions_for(lf.cls, lf.size_m, attrs, rng),
-            }
-        )
-        geoms.append(_geom_to_lonlat(geom, transform, tr))
-        cx, cy = lf.center
-        points.append(_geom_to_lonlat(shapely.Point(cx, cy), transform, tr))
+    rows, geoms, points = _label_rows(
+        lid, landforms, image, image_item.id, transform, tr, split, rng
+    )
     crs = MARS.geographic_code
     gdf = gpd.GeoDataFrame(rows, geometry=geoms, crs=crs)
     pts = gpd.GeoDataFrame(rows, geometry=points, crs=crs).drop(columns=["captions"])
@@ -405,34 +385,12 @@ def _label_item(
     geojson = out_dir / "labels.geojson"
     geojson.write_text(_geojson(gdf), encoding="utf-8")
     preview, preview_img = _preview(out_dir, image, landforms)
-
-    counts = Counter(r["landform"] for r in rows)
-    props: dict[str, Any] = {
-        **ssys_fields(MARS),
-        "label:properties": ["landform"],
-        "label:classes": [{"name": "landform", "classes": list(LANDFORM_CLASSES)}],
-        "label:description": (
-            "Outlines of the landforms rendered into the scene, with a landform class and "
-            "several English captions per instance; 'plains' marks background patches."
-        ),
-        "label:type": "vector",
-        "label:tasks": ["classification", "detection", "segmentation"],
-        "label:methods": ["automated"],
-        "label:overviews": [
-            {
-                "property_key": "landform",
-                "counts": [{"name": k, "count": counts.get(k, 0)} for k in LANDFORM_CLASSES],
-            }
-        ],
-        "marscope:split": split,
-        "marscope:class_counts": {k: counts.get(k, 0) for k in LANDFORM_CLASSES},
-    }
     item = pystac.Item(
         id=lid,
         geometry=image_item.geometry,
         bbox=image_item.bbox,
         datetime=image_item.datetime,
-        properties=props,
+        properties=_label_properties(Counter(r["landform"] for r in rows), split),
         stac_extensions=[SSYS_V1, LABEL_V1, FILE_V2],
     )
     item.add_link(
@@ -443,6 +401,14 @@ def _label_item(
             extra_fields={"label:assets": ["image"]},
         )
     )
+    _add_label_assets(item, geojson, parquet, pts_path, preview)
+    return item, preview_img
+
+
+def _add_label_assets(
+    item: pystac.Item, geojson: Path, parquet: Path, points: Path, preview: Path
+) -> None:
+    """The label item's files: GeoJSON and GeoParquet outlines, points, preview."""
     for key, path, media, roles, title in (
         (
             "labels",
@@ -460,7 +426,7 @@ def _label_item(
         ),
         (
             "points",
-            pts_path,
+            points,
             PARQUET_MEDIA_TYPE,
             ["labels", "labels-points"],
             "Landform reference points (GeoParquet, IAU_2015:49900)",
@@ -483,7 +449,67 @@ def _label_item(
                 extra_fields=file_fields(path),
             ),
         )
-    return item, preview_img
+
+
+def _label_rows(
+    lid: str,
+    landforms: list[Landform],
+    image: np.ndarray,
+    image_id: str,
+    transform: Affine,
+    tr: Transformer,
+    split: str,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+    """Label rows (class, variant, size, captions...), outlines and centres in lon/lat."""
+    rows: list[dict[str, Any]] = []
+    points = []
+    geoms = []
+    for k, lf in enumerate(landforms):
+        geom = to_multipolygon(lf.geometry.intersection(box(0, 0, *image.shape[::-1])))
+        if geom.is_empty:
+            continue
+        attrs = dict(lf.attrs.items())
+        rows.append(
+            {
+                "id": f"{lid}-{k:03d}",
+                "landform": lf.cls,
+                "variant": str(attrs.get("variant", "")),
+                "size_m": round(float(lf.size_m), 1),
+                "azimuth": round(float(attrs["azimuth"]), 1) if "azimuth" in attrs else None,
+                "item_id": image_id,
+                "split": split,
+                "captions": captions_for(lf.cls, lf.size_m, attrs, rng),
+            }
+        )
+        geoms.append(_geom_to_lonlat(geom, transform, tr))
+        cx, cy = lf.center
+        points.append(_geom_to_lonlat(shapely.Point(cx, cy), transform, tr))
+    return rows, geoms, points
+
+
+def _label_properties(counts: Counter[str], split: str) -> dict[str, Any]:
+    """Label extension properties of a scene's label item."""
+    return {
+        **ssys_fields(MARS),
+        "label:properties": ["landform"],
+        "label:classes": [{"name": "landform", "classes": list(LANDFORM_CLASSES)}],
+        "label:description": (
+            "Outlines of the landforms rendered into the scene, with a landform class and "
+            "several English captions per instance; 'plains' marks background patches."
+        ),
+        "label:type": "vector",
+        "label:tasks": ["classification", "detection", "segmentation"],
+        "label:methods": ["automated"],
+        "label:overviews": [
+            {
+                "property_key": "landform",
+                "counts": [{"name": k, "count": counts.get(k, 0)} for k in LANDFORM_CLASSES],
+            }
+        ],
+        "marscope:split": split,
+        "marscope:class_counts": {k: counts.get(k, 0) for k in LANDFORM_CLASSES},
+    }
 
 
 def _geojson(gdf: gpd.GeoDataFrame) -> str:
