@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,33 +37,38 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def model_item(folder: Path, *args: Any, **kwargs: Any) -> Path:
+def model_item(
+    folder: Path,
+    properties: dict[str, Any],
+    hyperparameters: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    when: dt.datetime | None = None,
+) -> Path:
     """Write ``folder/model.json``, the MLM item of :func:`build_model_item`, atomically."""
-    d = build_model_item(folder, *args, **kwargs)
+    d = build_model_item(folder, properties, hyperparameters, metrics, when)
     path = folder / "model.json"
     atomic_write_text(path, json.dumps(d, indent=1))
     return path
 
 
 def mlm_properties(
-    name: str,
-    arch: str,
-    image_size: int,
-    embed_dim: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    n_params: int | None,
-    pretrained_source: str | None = None,
-    description: str = "",
+    cm: Any, name: str, pretrained_source: str | None = None, description: str = ""
 ) -> dict[str, Any]:
-    """The MLM extension's properties of an open_clip image-text model."""
+    """The MLM extension's properties of a loaded open_clip image-text model.
+
+    ``cm`` is a :class:`~marscope_stac.models.ClipModel` (architecture, input size and
+    normalisation, embedding width, parameters).
+    """
+    arch = str(cm.arch or cm.name)
+    image_size, embed_dim, mean, std = cm.image_size, cm.embed_dim, cm.mean, cm.std
+    n_params = int(sum(p.numel() for p in cm.model.parameters()))
     props: dict[str, Any] = {
         "mlm:name": name,
         "mlm:architecture": arch,
         "mlm:tasks": ["similarity-search", "classification"],
         "mlm:framework": "pytorch",
         "mlm:framework_version": _torch_version(),
-        "mlm:total_parameters": int(n_params) if n_params is not None else None,
+        "mlm:total_parameters": n_params,
         "mlm:pretrained": pretrained_source is not None,
         "mlm:pretrained_source": pretrained_source,
         "mlm:accelerator": None,
@@ -100,37 +104,25 @@ def mlm_properties(
         ],
         "description": description or f"open_clip model {arch}",
     }
-    if n_params is None:
-        del props["mlm:total_parameters"]
     return props
 
 
 def build_model_item(
     folder: Path,
-    name: str,
-    arch: str,
-    image_size: int,
-    embed_dim: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    n_params: int,
+    properties: dict[str, Any],
     hyperparameters: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
-    description: str = "",
     when: dt.datetime | None = None,
-    pretrained_source: str | None = None,
 ) -> dict[str, Any]:
     """An MLM Item for an open_clip model in hub layout in ``folder`` (not written).
 
-    The item has a global (non-geographic) footprint-free geometry (null), the weights as the
-    ``mlm:model`` asset (safetensors) and the config as a second asset. It is validated
-    offline before it is written.
+    The item has no geometry (a model has no footprint), the weights as the ``mlm:model``
+    asset (safetensors) and the config as a second asset; it is validated offline.
     """
+    props = dict(properties)
+    name = props["mlm:name"]
     weights = folder / "open_clip_model.safetensors"
     config = folder / "open_clip_config.json"
-    props = mlm_properties(
-        name, arch, image_size, embed_dim, mean, std, n_params, pretrained_source, description
-    )
     if hyperparameters:
         props["mlm:hyperparameters"] = hyperparameters
     if metrics:

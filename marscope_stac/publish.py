@@ -260,16 +260,7 @@ def _remote_model_item(cm: Any, mid: str) -> dict[str, Any]:
     from marscope_stac.mlm import mlm_properties
     from marscope_stac.stac_out import MLM_V1
 
-    props = mlm_properties(
-        mid,
-        str(cm.arch or cm.name),
-        cm.image_size,
-        cm.embed_dim,
-        cm.mean,
-        cm.std,
-        sum(p.numel() for p in cm.model.parameters()),
-        str(cm.pretrained or cm.name),
-    )
+    props = mlm_properties(cm, mid, str(cm.pretrained or cm.name))
     d: dict[str, Any] = {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -296,7 +287,7 @@ def _remote_model_item(cm: Any, mid: str) -> dict[str, Any]:
 
 def publish_model(cm: Any, out: str | Path) -> Path:
     """Publish the model's MLM item in ``out/models/<id>/`` (hrefs point at the weights)."""
-    from marscope_stac.mlm import build_model_item
+    from marscope_stac.mlm import build_model_item, mlm_properties
 
     folder = None
     if cm.pretrained and Path(str(cm.pretrained)).is_dir():
@@ -309,17 +300,7 @@ def publish_model(cm: Any, out: str | Path) -> Path:
         for a in d["assets"].values():
             a["href"] = relative_href(folder / a["href"], target)
     elif folder is not None:  # described here; nothing is written into the input folder
-        d = build_model_item(
-            folder,
-            mid,
-            str(cm.arch),
-            cm.image_size,
-            cm.embed_dim,
-            cm.mean,
-            cm.std,
-            sum(p.numel() for p in cm.model.parameters()),
-            pretrained_source=str(cm.pretrained),
-        )
+        d = build_model_item(folder, mlm_properties(cm, mid, str(cm.pretrained)))
         for a in d["assets"].values():
             a["href"] = relative_href(folder / a["href"], target)
     else:  # architecture + checkpoint file, or a hub model: described, weights by URL

@@ -263,28 +263,28 @@ def _palette_png(filtered: NDArray[np.uint8], palette: bytes) -> bytes:
     )
 
 
-def _filtered(img: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """PNG-filtered scanlines of a row of 256-pixel-wide tiles, and each line's filter type.
+def _sub_filtered(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """PNG 'Sub' filter (type 1) of scanlines of a row of 256-pixel-wide tiles.
 
-    A line equal to the one above uses 'Up' (type 2: all zeros); any other line uses 'Sub'
-    (type 1: each pixel minus its left neighbour within its tile, uint8 wrap-around), so runs
-    of a cell's value become zeros too and tiles deflate to almost nothing.
+    Each pixel minus its left neighbour within its tile (uint8 wrap-around), so runs of a
+    cell's value become zeros and tiles deflate to almost nothing.
     """
-    same = np.zeros(len(img), bool)
-    same[1:] = (img[1:] == img[:-1]).all(axis=1)
     sub = np.empty_like(img)
     sub[:, 0] = img[:, 0]
     np.subtract(img[:, 1:], img[:, :-1], out=sub[:, 1:])
     sub[:, ::256] = img[:, ::256]  # each tile's first pixel has no left neighbour
-    sub[same] = 0
-    return sub, np.where(same, 2, 1).astype(np.uint8)
+    return sub
 
 
-def _scanlines(data: NDArray[np.uint8], kinds: NDArray[np.uint8], k: int) -> NDArray[np.uint8]:
-    """The 256 filtered scanlines (filter byte + 256 bytes) of tile ``k`` of a tile row."""
-    buf = np.empty((256, 257), np.uint8)
-    buf[:, 0] = kinds
-    buf[:, 1:] = data[:, k * 256 : (k + 1) * 256]
+def _scanlines(sub: NDArray[np.uint8], new_line: NDArray[np.bool_], k: int) -> NDArray[np.uint8]:
+    """The 256 filtered scanlines (filter byte + 256 bytes) of tile ``k`` of a tile row.
+
+    Lines that sample a new source row use 'Sub' (their data is ``sub``, one line per new
+    row); lines that repeat the line above use 'Up' (type 2), whose data is all zeros.
+    """
+    buf = np.zeros((256, 257), np.uint8)
+    buf[:, 0] = np.where(new_line, 1, 2)
+    buf[new_line, 1:] = sub[:, k * 256 : (k + 1) * 256]
     return buf
 
 
@@ -341,17 +341,20 @@ def write_raster_pmtiles(
         for ty in range(y0, y1 + 1):
             r = row[ty - y0]
             if not (r == rows).all():
-                jobs.append((z, x0, ty, padded[r], col))
+                jobs.append((z, x0, ty, r, col))
 
-    def encode(job: tuple[int, int, int, NDArray[np.uint8], NDArray[np.int64]]) -> list[Any]:
-        z, x0, ty, strip, col = job
-        img = strip[:, col]
-        empty = (img == nodata).reshape(256, -1, 256).all(axis=(0, 2))
+    def encode(job: tuple[int, int, int, NDArray[np.int64], NDArray[np.int64]]) -> list[Any]:
+        z, x0, ty, r, col = job
+        # a tile line repeats the one above when it samples the same source row: only the
+        # distinct rows are sampled and filtered
+        new_line = np.r_[True, r[1:] != r[:-1]]
+        img = padded[r[new_line]][:, col]
+        empty = (img == nodata).reshape(len(img), -1, 256).all(axis=(0, 2))
         if empty.all():
             return []
-        data, kinds = _filtered(img)
+        sub = _sub_filtered(img)
         return [
-            (zxy_to_tileid(z, x0 + k, ty), _palette_png(_scanlines(data, kinds, k), palette))
+            (zxy_to_tileid(z, x0 + k, ty), _palette_png(_scanlines(sub, new_line, k), palette))
             for k in np.flatnonzero(~empty).tolist()
         ]
 
@@ -398,10 +401,13 @@ def raster_detections(
     labels, n = ndimage.label(mask)
     if n == 0:
         return []
-    idx = np.arange(1, n + 1)
-    vmax = ndimage.maximum(values, labels, idx)
-    vmean = ndimage.mean(values, labels, idx)
-    count = ndimage.sum(mask, labels, idx)
+    # per-component figures from the labelled pixels alone (ndimage's would sort the image)
+    lab, val = labels[mask], values[mask].astype(np.float64)
+    count = np.bincount(lab, minlength=n + 1)[1:]
+    vmean = np.bincount(lab, weights=val, minlength=n + 1)[1:] / np.maximum(count, 1)
+    vmax = np.full(n + 1, -np.inf)
+    np.maximum.at(vmax, lab, val)
+    vmax = vmax[1:]
     parts: dict[int, list[BaseGeometry]] = {}
     for geom, lab in shapes(
         labels.astype(np.int32), mask=mask, connectivity=4, transform=transform

@@ -444,20 +444,13 @@ def _model_item(
     cm: ClipModel, folder: Path, cfg: TrainConfig, history: list[dict[str, float]], source: str
 ) -> Path:
     """STAC Item with the MLM extension describing the exported model."""
-    from marscope_stac.mlm import mlm_name, model_item
+    from marscope_stac.mlm import mlm_name, mlm_properties, model_item
 
     item = model_item(
         folder,
-        name=mlm_name(folder.parent.name),
-        arch=str(cm.arch),
-        image_size=cm.image_size,
-        embed_dim=cm.embed_dim,
-        mean=cm.mean,
-        std=cm.std,
-        n_params=sum(p.numel() for p in cm.model.parameters()),
+        mlm_properties(cm, mlm_name(folder.parent.name), description=source),
         hyperparameters={**asdict(cfg), "software": f"marscope-stac {__version__}"},
         metrics=history[-1] if history else {},
-        description=source,
         when=dt.datetime.now(dt.UTC),
     )
     return item

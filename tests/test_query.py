@@ -345,3 +345,36 @@ def test_vector_tiles_decode_with_an_independent_decoder(tmp_path: Path) -> None
     x, _y = np.asarray(f["geometry"]["coordinates"][0], float).T
     # mapbox-vector-tile flips y (origin bottom-left): x = (lon + 180) / 45 - 4 in extent units
     assert x.min() == pytest.approx((10 + 180) / 45 * 4096 - 4 * 4096, abs=1)
+
+
+def test_raster_tiles_sample_pixel_centres(tmp_path: Path) -> None:
+    """Every raster tile decodes (PIL) to the raster's value at each pixel centre."""
+    import io
+
+    from affine import Affine
+    from PIL import Image
+
+    from marscope_stac.render import _lat_to_y, _y_to_lat, quantize, write_raster_pmtiles
+
+    rng = np.random.default_rng(5)
+    values = rng.random((30, 50)).astype(np.float32)
+    values[rng.random(values.shape) < 0.2] = np.nan
+    transform = Affine(0.5, 0, 100.0, 0, -0.5, 10.0)  # 100..125 E, -5..10 N
+    n = write_raster_pmtiles(tmp_path / "r.pmtiles", values, transform, {"name": "t"}, (2, 6))
+    with (tmp_path / "r.pmtiles").open("rb") as fh:
+        tiles = dict(all_tiles(Reader(MmapSource(fh)).get_bytes))
+    assert len(tiles) == n > 10
+    stored = quantize(values)
+    for (z, x, y), data in tiles.items():
+        png = Image.open(io.BytesIO(data))
+        assert png.mode == "P"
+        got = np.asarray(png)
+        size = 2**z
+        lon = (x + (np.arange(256) + 0.5) / 256) / size * 360 - 180
+        lat = _y_to_lat(y + (np.arange(256) + 0.5) / 256, size)
+        col = np.floor((lon - 100.0) / 0.5).astype(int)
+        row = np.floor((10.0 - lat) / 0.5).astype(int)
+        inside = (row[:, None] >= 0) & (row[:, None] < 30) & (col >= 0) & (col < 50)
+        want = np.where(inside, stored[np.clip(row, 0, 29)][:, np.clip(col, 0, 49)], 255)
+        assert np.array_equal(got, want), (z, x, y)
+        assert float(_lat_to_y(10.0, size)) <= y + 1  # tiles lie over the raster
