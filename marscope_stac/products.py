@@ -49,10 +49,10 @@ from marscope_stac.query import QuerySpec, ScoredQuery
 from marscope_stac.render import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
-    RASTER_DEEPER,
     RasterLayout,
     quantize,
     raster_detections,
+    raster_zoom_range,
     save_png,
     write_raster_pmtiles,
     write_vector_pmtiles,
@@ -449,7 +449,7 @@ def _write_files(
     while the tiles, preview and detections are made here.
     """
     stored = quantize(values)
-    zmin, base = zoom_range(float(layout.transform.a))
+    _, base = zoom_range(float(layout.transform.a))
     feats: list[tuple[Any, dict[str, float]]] = []
     with ThreadPoolExecutor(2) as pool:
         background = [
@@ -488,7 +488,7 @@ def _write_files(
                 stored,
                 layout.transform,
                 meta,
-                (zmin, base + RASTER_DEEPER),
+                raster_zoom_range(layout.transform, layout.shape),
             )
         if "preview" in products:
             clock.timed("preview", save_png, stage / "preview.png", values)

@@ -37,12 +37,14 @@ __all__ = [
     "PROBABILITY_SCALE",
     "PROBABILITY_STEPS",
     "RASTER_DEEPER",
+    "RASTER_TILE_BUDGET",
     "RasterLayout",
     "cells_to_raster",
     "colorize",
     "detections",
     "quantize",
     "raster_detections",
+    "raster_zoom_range",
     "write_raster_pmtiles",
     "write_vector_pmtiles",
     "zoom_range",
@@ -173,7 +175,33 @@ def zoom_range(res_deg: float, levels: int = 4, deeper: int = 0) -> tuple[int, i
 
 
 RASTER_DEEPER = 2
-"""Zoom levels that raster tiles go beyond the raster's own resolution."""
+"""Zoom levels that raster tiles go beyond the raster's own resolution (at most)."""
+
+RASTER_TILE_BUDGET = 8192
+"""Most tiles at the deepest raster zoom: beyond it the raster goes one level deeper only."""
+
+
+def raster_zoom_range(transform: Affine, shape: tuple[int, int]) -> tuple[int, int]:
+    """Zooms of a raster's tiles: from 4 below its resolution to 2 beyond it.
+
+    At two levels beyond, a tile pixel is at most a quarter of a cell, so cell edges fall
+    within an eighth of a cell of the vector outlines. When that deepest level would need
+    more than :data:`RASTER_TILE_BUDGET` tiles (a whole planet on a fine grid), the tiles
+    go one level beyond only (edges within a quarter of a cell), bounding the cost.
+    """
+    rows, cols = shape
+    bounds = (
+        transform.c,
+        transform.f + transform.e * rows,
+        transform.c + transform.a * cols,
+        transform.f,
+    )
+    zmin, base = zoom_range(float(transform.a))
+    for deeper in range(RASTER_DEEPER, 0, -1):
+        x0, x1, y0, y1 = _tile_range(bounds, base + deeper)
+        if (x1 - x0 + 1) * (y1 - y0 + 1) <= RASTER_TILE_BUDGET:
+            return zmin, base + deeper
+    return zmin, base + 1
 
 
 def _tile_range(bounds: Sequence[float], z: int) -> tuple[int, int, int, int]:
@@ -323,7 +351,7 @@ def write_raster_pmtiles(
     padded[:rows, :cols] = u8
     res = transform.a
     bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
-    zmin, zmax = zoom or zoom_range(res, deeper=RASTER_DEEPER)
+    zmin, zmax = zoom or raster_zoom_range(transform, (rows, cols))
     palette = _palette_chunks(cmap, steps, nodata)
     inv = ~transform
     # one job per row of tiles: its pixels are sampled in one gather, filtered at once,

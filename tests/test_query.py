@@ -378,3 +378,18 @@ def test_raster_tiles_sample_pixel_centres(tmp_path: Path) -> None:
         want = np.where(inside, stored[np.clip(row, 0, 29)][:, np.clip(col, 0, 49)], 255)
         assert np.array_equal(got, want), (z, x, y)
         assert float(_lat_to_y(10.0, size)) <= y + 1  # tiles lie over the raster
+
+
+def test_raster_zooms_go_two_levels_deeper_within_a_tile_budget() -> None:
+    from affine import Affine
+
+    from marscope_stac.render import RASTER_TILE_BUDGET, raster_zoom_range, zoom_range
+
+    # MarScope's planet grid: two levels beyond its resolution (830 tiles at zoom 5)
+    assert raster_zoom_range(Affine(0.2, 0, -180, 0, -0.2, 80), (800, 1800)) == (0, 5)
+    assert zoom_range(0.2) == (0, 3)
+    # ten times as many cells: two levels deeper would be 12,800 tiles, so one
+    assert RASTER_TILE_BUDGET < 12_800
+    assert raster_zoom_range(Affine(0.0625, 0, -180, 0, -0.0625, 80), (2560, 5760)) == (1, 6)
+    # the demo's area: two levels deeper
+    assert raster_zoom_range(Affine(0.02, 0, 150, 0, -0.02, -4.2), (40, 80)) == (3, 9)
