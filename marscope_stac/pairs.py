@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from pyproj import Transformer
 
 from marscope_stac.errors import CatalogError, DataError
+from marscope_stac.tiles import scale_pixels
 
 __all__ = ["PairSet", "Scene", "load_catalog_pairs", "load_table_pairs"]
 
@@ -247,11 +248,7 @@ def load_catalog_pairs(
             crs = src.crs
             scale = float(src.scales[0])
             dtype = src.dtypes[0]
-        if dtype == "uint8" and scale == 1.0:
-            image = image / 255.0
-        else:
-            lo, hi = np.nanpercentile(image, [1, 99])
-            image = np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1)
+        image = scale_pixels(image, ~np.isnan(image), dtype, scale)
         tr = Transformer.from_crs(gdf.crs, crs.to_wkt(), always_xy=True)
         inv = ~transform
 

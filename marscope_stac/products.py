@@ -39,12 +39,12 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from marscope_stac import __version__
+from marscope_stac.catalog import OutputCatalog, file_asset, relative_href
 from marscope_stac.cog import write_cog
 from marscope_stac.errors import ConfigError
 from marscope_stac.fsutil import staged_directory
 from marscope_stac.geoparquet import point_wkb, write_geoparquet
 from marscope_stac.grid import Grid
-from marscope_stac.publish import OutputCatalog, file_asset, relative_href
 from marscope_stac.query import QuerySpec, ScoredQuery
 from marscope_stac.render import (
     PROBABILITY_NODATA,
@@ -385,18 +385,8 @@ def write_query_product(
     values = layout.raster(result.probability)
     clock.lap("raster")
     with staged_directory(folder, overwrite=True) as stage:
-        feats = _write_files(
-            stage,
-            _tile_metadata(qid, spec, grid),
-            grid,
-            layout,
-            values,
-            result,
-            threshold,
-            columns,
-            products,
-            clock,
-        )
+        files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
+        feats = files.write(result, threshold, columns, products)
         assets = {
             key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
         }
@@ -431,105 +421,87 @@ def _tile_metadata(qid: str, spec: QuerySpec, grid: Grid) -> dict[str, Any]:
     }
 
 
-def _write_files(
-    stage: Path,
-    meta: dict[str, Any],
-    grid: Grid,
-    layout: RasterLayout,
-    values: NDArray[np.float32],
-    result: ScoredQuery,
-    threshold: float,
-    columns: CellColumns | None,
-    products: Sequence[str],
-    clock: _Clock,
-) -> list[tuple[Any, dict[str, float]]]:
-    """Write a query's files into ``stage``; returns the detections.
+@dataclass
+class _Files:
+    """What the files of one query product are made from, and where they go."""
 
-    GDAL and pyarrow release the GIL: the COG and the scores table are written in threads
-    while the tiles, preview and detections are made here.
-    """
-    stored = quantize(values)
-    _, base = zoom_range(float(layout.transform.a))
-    feats: list[tuple[Any, dict[str, float]]] = []
-    with ThreadPoolExecutor(2) as pool:
-        background = [
-            pool.submit(
-                clock.timed,
-                "COG",
-                write_cog,
-                stage / "probability.tif",
-                stored,
-                grid.body.crs,
-                layout.transform,
-                nodata=PROBABILITY_NODATA,
-                band_names=["probability"],
-                scale=PROBABILITY_SCALE,
-                offset=0.0,
-                overview_resampling="average",
-            )
-        ]
-        if "scores" in products:
-            background.append(
-                pool.submit(
-                    clock.timed,
-                    "scores GeoParquet",
-                    write_scores,
-                    stage / "scores.parquet",
-                    grid,
-                    result,
-                    columns,
+    stage: Path
+    meta: dict[str, Any]
+    grid: Grid
+    layout: RasterLayout
+    values: NDArray[np.float32]
+    clock: _Clock
+
+    def write(
+        self,
+        result: ScoredQuery,
+        threshold: float,
+        columns: CellColumns | None,
+        products: Sequence[str],
+    ) -> list[tuple[Any, dict[str, float]]]:
+        """Write the product's files; returns the detections.
+
+        GDAL and pyarrow release the GIL: the COG and the scores table are written in
+        threads while the tiles, preview and detections are made here.
+        """
+        stage, clock, transform = self.stage, self.clock, self.layout.transform
+        stored = quantize(self.values)
+        feats: list[tuple[Any, dict[str, float]]] = []
+        with ThreadPoolExecutor(2) as pool:
+            background = [pool.submit(clock.timed, "COG", self._cog, stored)]
+            if "scores" in products:
+                background.append(
+                    pool.submit(
+                        clock.timed,
+                        "scores GeoParquet",
+                        write_scores,
+                        stage / "scores.parquet",
+                        self.grid,
+                        result,
+                        columns,
+                    )
                 )
-            )
-        if "tiles" in products:
-            clock.timed(
-                "raster PMTiles",
-                write_raster_pmtiles,
-                stage / "probability.pmtiles",
-                stored,
-                layout.transform,
-                meta,
-                raster_zoom_range(layout.transform, layout.shape),
-            )
-        if "preview" in products:
-            clock.timed("preview", save_png, stage / "preview.png", values)
-        if "detections" in products:
-            feats = _write_detection_files(
-                stage,
-                meta,
-                grid,
-                layout,
-                values,
-                threshold,
-                (max(0, base - 5), max(0, base - 1)),
-                clock,
-            )
-        for future in background:
-            future.result()
-    return feats
+            if "tiles" in products:
+                zoom = raster_zoom_range(transform, self.layout.shape)
+                path = stage / "probability.pmtiles"
+                clock.timed(
+                    "raster PMTiles", write_raster_pmtiles, path, stored, transform, self.meta, zoom
+                )
+            if "preview" in products:
+                clock.timed("preview", save_png, stage / "preview.png", self.values)
+            if "detections" in products:
+                feats = self._detections(threshold)
+            for future in background:
+                future.result()
+        return feats
 
-
-def _write_detection_files(
-    stage: Path,
-    meta: dict[str, Any],
-    grid: Grid,
-    layout: RasterLayout,
-    values: NDArray[np.float32],
-    threshold: float,
-    zoom: tuple[int, int],
-    clock: _Clock,
-) -> list[tuple[Any, dict[str, float]]]:
-    """Detections GeoParquet and vector PMTiles; returns the detections."""
-    feats: list[tuple[Any, dict[str, float]]] = []
-    if (np.nan_to_num(values, nan=-1.0) >= threshold).any():
-        feats = clock.timed("detections", raster_detections, values, layout.transform, threshold)
-    clock.timed(
-        "detections GeoParquet", _write_detections, stage / "detections.parquet", grid, feats
-    )
-    if feats:
-        clock.timed(
-            "vector PMTiles", write_vector_pmtiles, stage / "detections.pmtiles", feats, meta, zoom
+    def _cog(self, stored: NDArray[np.uint8]) -> Path:
+        return write_cog(
+            self.stage / "probability.tif",
+            stored,
+            self.grid.body.crs,
+            self.layout.transform,
+            nodata=PROBABILITY_NODATA,
+            band_names=["probability"],
+            scale=PROBABILITY_SCALE,
+            offset=0.0,
+            overview_resampling="average",
         )
-    return feats
+
+    def _detections(self, threshold: float) -> list[tuple[Any, dict[str, float]]]:
+        """Detections GeoParquet and vector PMTiles; returns the detections."""
+        clock, transform = self.clock, self.layout.transform
+        feats: list[tuple[Any, dict[str, float]]] = []
+        if (np.nan_to_num(self.values, nan=-1.0) >= threshold).any():
+            feats = clock.timed("detections", raster_detections, self.values, transform, threshold)
+        path = self.stage / "detections.parquet"
+        clock.timed("detections GeoParquet", _write_detections, path, self.grid, feats)
+        if feats:
+            _, base = zoom_range(float(transform.a))
+            zoom = (max(0, base - 5), max(0, base - 1))
+            path = self.stage / "detections.pmtiles"
+            clock.timed("vector PMTiles", write_vector_pmtiles, path, feats, self.meta, zoom)
+        return feats
 
 
 def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:

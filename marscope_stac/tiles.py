@@ -46,6 +46,7 @@ __all__ = [
     "plan_tiles",
     "preview_tiles",
     "read_batch",
+    "scale_pixels",
     "tile_batches",
 ]
 
@@ -155,19 +156,35 @@ def _overlaps(boxes: NDArray[Any], geom: Any, min_share: float = 1e-6) -> NDArra
     return np.asarray(share > min_share)
 
 
+def scale_pixels(
+    values: NDArray[np.float32],
+    valid: NDArray[np.bool_],
+    dtype: str,
+    scale: float,
+    mode: Normalize = "auto",
+) -> NDArray[np.float32]:
+    """Pixel values scaled to 0..1 (invalid pixels keep whatever they had).
+
+    ``auto``: 8-bit images without a scale are divided by 255, anything else is stretched
+    between its 1st and 99th percentiles of valid pixels and clipped; ``percentile`` always
+    stretches; ``none`` leaves values as they are.
+    """
+    if mode == "none" or not valid.any():
+        return values
+    if mode == "auto" and dtype == "uint8" and scale == 1.0:
+        out = values / 255.0
+    else:
+        lo, hi = np.percentile(values[valid], [1.0, 99.0])
+        out = (values - lo) / max(hi - lo, 1e-12)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def _normalise(
     tile: NDArray[np.float32], valid: NDArray[np.bool_], dtype: str, scale: float, mode: Normalize
 ) -> NDArray[np.float32]:
     if not valid.any():
         return np.zeros_like(tile)
-    if mode == "none":
-        out = tile
-    elif mode == "auto" and dtype == "uint8" and scale == 1.0:
-        out = tile / 255.0
-    else:
-        lo, hi = np.percentile(tile[valid], [1.0, 99.0])
-        out = (tile - lo) / max(hi - lo, 1e-12)
-    out = np.clip(out, 0.0, 1.0) if mode != "none" else out
+    out = scale_pixels(tile, valid, dtype, scale, mode)
     fill = float(out[valid].mean())
     return np.where(valid, out, fill).astype(np.float32)
 

@@ -14,7 +14,7 @@ PACKAGE = Path(marscope_stac.__file__).parent
 LAYERS: list[set[str]] = [
     {"errors", "fsutil", "bodies", "prompts", "vocabulary", ""},
     {"grid", "geoparquet", "stac_out", "validation"},
-    {"stac_in", "cog", "mlm", "publish", "folder_catalog"},
+    {"stac_in", "cog", "mlm", "catalog", "publish", "folder_catalog"},
     {"tiles", "store", "render"},
     {"models", "parts", "pairs"},
     {"embed", "train", "query"},

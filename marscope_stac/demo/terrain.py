@@ -131,6 +131,19 @@ class _Canvas:
         east, north = np.broadcast_arrays(east, north)
         return (slice(r0, r1), slice(c0, c1)), east.astype(np.float32), north.astype(np.float32)
 
+    def oriented(
+        self, cx: float, cy: float, radius_px: float, azimuth: float
+    ) -> tuple[tuple[slice, slice], Array, Array, Array, Array]:
+        """The window around (cx, cy) with its offsets east/north and along/across ``azimuth``.
+
+        The window must touch the canvas (see :meth:`window` and :func:`_rotate`).
+        """
+        win = self.window(cx, cy, radius_px)
+        assert win is not None
+        sl, east, north = win
+        along, across = _rotate(east, north, azimuth)
+        return sl, east, north, along, across
+
 
 def _rotate(east: Array, north: Array, azimuth_deg: float) -> tuple[Array, Array]:
     """Return (along, across): along points to ``azimuth``, across to its right."""
@@ -261,10 +274,7 @@ def stamp_alluvial_fan(
     rng = cv.rng
     half = math.radians(rng.uniform(35, 65))
     _highland(cv, cx, cy, azimuth, radius_m * 2.2, radius_m * 0.9, radius_m * 0.12)
-    win = cv.window(cx, cy, radius_m * 1.4 / cv.res)
-    assert win is not None
-    sl, east, north = win
-    along, across = _rotate(east, north, azimuth)
+    sl, _east, _north, along, across = cv.oriented(cx, cy, radius_m * 1.4 / cv.res, azimuth)
     r = np.sqrt(along**2 + across**2)
     phi = np.arctan2(across, along)
     coef = _angular_noise(rng)
@@ -345,10 +355,7 @@ def stamp_glacier_like_form(
     rng = cv.rng
     width = length_m * rng.uniform(0.3, 0.45)
     _highland(cv, cx, cy, azimuth, width * 2.6, length_m * 0.5, length_m * 0.15)
-    win = cv.window(cx, cy, length_m * 1.3 / cv.res)
-    assert win is not None
-    sl, east, north = win
-    along, across = _rotate(east, north, azimuth)
+    sl, _east, _north, along, across = cv.oriented(cx, cy, length_m * 1.3 / cv.res, azimuth)
     s = along / length_m
     hw = width / 2 * (0.55 + 0.45 * np.sin(np.pi * np.clip(s, 0, 1) * 0.8 + 0.2))
     toe = 1.0 - smoothstep((s - 0.85) / 0.15)
@@ -388,10 +395,7 @@ def stamp_landslide(
     w0 = length_m * rng.uniform(0.15, 0.25)
     w1 = length_m * rng.uniform(0.45, 0.7)
     _highland(cv, cx, cy, azimuth, w1 * 3.0, length_m * 0.6, length_m * 0.2)
-    win = cv.window(cx, cy, length_m * 1.5 / cv.res)
-    assert win is not None
-    sl, east, north = win
-    along, across = _rotate(east, north, azimuth)
+    sl, _east, _north, along, across = cv.oriented(cx, cy, length_m * 1.5 / cv.res, azimuth)
     # amphitheatre alcove cut into the scarp
     alc = np.sqrt((along / (length_m * 0.25)) ** 2 + (across / (w0 * 1.3)) ** 2)
     h = -length_m * 0.1 * (1.0 - smoothstep((alc - 0.7) / 0.3)) * (along < 0)
@@ -494,11 +498,8 @@ def stamp_yardangs(cv: _Canvas, cx: float, cy: float, a_m: float, azimuth: float
     rng = cv.rng
     b_m = a_m * rng.uniform(0.5, 0.8)
     geom, coef = _field_outline(cv, cx, cy, a_m, b_m, azimuth)
-    win = cv.window(cx, cy, a_m * 1.25 / cv.res)
-    assert win is not None
-    sl, east, north = win
+    sl, east, north, along, across = cv.oriented(cx, cy, a_m * 1.25 / cv.res, azimuth)
     mask = _field_mask(east, north, a_m, b_m, azimuth, coef)
-    along, across = _rotate(east, north, azimuth)
     length = rng.uniform(250, 600)
     width = length * rng.uniform(0.12, 0.25)
     spacing = width * rng.uniform(1.8, 2.6)
@@ -536,11 +537,8 @@ def stamp_dune_field(
     rng = cv.rng
     b_m = a_m * rng.uniform(0.55, 0.9)
     geom, coef = _field_outline(cv, cx, cy, a_m, b_m, azimuth)
-    win = cv.window(cx, cy, a_m * 1.25 / cv.res)
-    assert win is not None
-    sl, east, north = win
+    sl, east, north, along, across = cv.oriented(cx, cy, a_m * 1.25 / cv.res, azimuth)
     mask = _field_mask(east, north, a_m, b_m, azimuth, coef, soft=0.2)
-    along, across = _rotate(east, north, azimuth)
     lam = rng.uniform(90, 200)
     height = lam * 0.08
     if barchan:
