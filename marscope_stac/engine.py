@@ -157,6 +157,8 @@ class QueryRequest:
             raise ConfigError("a composite takes one TEXT and one of --and-not / --near")
         if composite:
             check_phrases([str(self.and_not if self.and_not is not None else self.near)])
+        if self.near is not None and not self.within_km > 0:
+            raise ConfigError(f"--within-km {self.within_km} must be a positive distance")
         if not self.texts and not self.examples.has_examples and not self.classify:
             raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
         unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))
@@ -402,7 +404,7 @@ class QueryEngine:
         t0 = time.perf_counter()
         layout, columns = self.layout, self.columns
         timings["set layout (once)"] = time.perf_counter() - t0
-        qid = name or query_id(spec, self.set, threshold, result.scoring)
+        qid = name or query_id(spec, self.set, threshold, result.scoring, products)
         return write_query_product(
             self.out,
             qid,

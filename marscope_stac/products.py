@@ -131,7 +131,7 @@ class QueryProduct:
         folder: The product folder.
         item_path: The STAC item.
         scored: Scores and probabilities of every cell.
-        n_detections: Number of detection polygons.
+        n_detections: Number of detection polygons (None when they were not made).
         threshold: Detection threshold.
         assets: Asset key -> file.
         timings: Seconds spent per step (scoring, raster, COG, ...).
@@ -141,17 +141,19 @@ class QueryProduct:
     folder: Path
     item_path: Path
     scored: ScoredQuery
-    n_detections: int
+    n_detections: int | None
     threshold: float
     assets: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Lines for people."""
-        lines = [
-            f"query {self.query_id}: {self.n_detections} detections at p >= "
-            f"{self.threshold:g} over {len(self.scored.cells)} cells"
-        ]
+        found = (
+            "no detections made"
+            if self.n_detections is None
+            else (f"{self.n_detections} detections at p >= {self.threshold:g}")
+        )
+        lines = [f"query {self.query_id}: {found} over {len(self.scored.cells)} cells"]
         lines += [f"  {k}: {v}" for k, v in self.assets.items()]
         lines.append(f"  STAC item: {self.item_path}")
         return "\n".join(lines)
@@ -205,13 +207,25 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def query_id(spec: QuerySpec, es: EmbeddingSet, threshold: float, scoring: str) -> str:
-    """Id of a query's products: a slug of its text and a digest of everything that shapes them."""
+def query_id(
+    spec: QuerySpec,
+    es: EmbeddingSet,
+    threshold: float,
+    scoring: str,
+    products: Sequence[str] = OPTIONAL_PRODUCTS,
+) -> str:
+    """Id of a query's products: a slug of its text and a digest of everything that shapes them.
+
+    The query, the set, the threshold, the scoring and the files written all count, so a
+    query run with other settings never replaces another's products.
+    """
     words = "-".join(spec.text) if spec.text else "examples"
     slug = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40] or "query"
     key: list[Any] = [spec.describe(), es.root.name]
     if threshold != 0.5 or scoring != "exact":  # the defaults keep the ids they always had
         key += [threshold, scoring]
+    if set(products) != set(OPTIONAL_PRODUCTS):
+        key += [sorted(products)]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{slug}-{digest}"
 
@@ -392,7 +406,16 @@ def write_query_product(
         }
     clock.reset()
     item = _query_item(
-        folder, qid, spec, es, grid, layout, result, threshold, len(feats), model_name
+        folder,
+        qid,
+        spec,
+        es,
+        grid,
+        layout,
+        result,
+        threshold,
+        len(feats) if "detections" in products else None,
+        model_name,
     )
     coll_path = folder.parent / "collection.json"
     coll = _queries_collection(
@@ -405,7 +428,14 @@ def write_query_product(
     item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
     clock.lap("STAC")
     return QueryProduct(
-        qid, folder, item_path, result, len(feats), threshold, assets, clock.timings
+        qid,
+        folder,
+        item_path,
+        result,
+        len(feats) if "detections" in products else None,
+        threshold,
+        assets,
+        clock.timings,
     )
 
 
@@ -549,7 +579,7 @@ def _query_item(
     layout: RasterLayout,
     result: ScoredQuery,
     threshold: float,
-    n_det: int,
+    n_det: int | None,
     model_name: str,
 ) -> dict[str, Any]:
     start, end = _embedding_times(es)
@@ -573,7 +603,7 @@ def _query_item(
         "marscope:calibration": "softmax-vs-background-prompts",
         "marscope:scoring": result.scoring,
         "marscope:grid": grid.spec,
-        "marscope:detections": n_det,
+        "marscope:detections": n_det,  # null when the detections were not made
         "marscope:model": model_name,
     }
 
@@ -681,6 +711,8 @@ def _class_preview(path: Path, cmap_u8: NDArray[np.uint8], n_classes: int) -> No
     rgb = np.zeros((*cmap_u8.shape, 4), np.uint8)
     for k, colour in enumerate(CLASS_COLOURS[:n_classes]):
         rgb[cmap_u8 == k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)] + [255]
+    step = max(1, -(-max(cmap_u8.shape) // 1024))  # large maps: every n-th pixel
+    rgb, cmap_u8 = rgb[::step, ::step], cmap_u8[::step, ::step]
     img = Image.fromarray(rgb, "RGBA")
     scale = max(1, min(1024 // max(cmap_u8.shape), 16))
     img.resize((cmap_u8.shape[1] * scale, cmap_u8.shape[0] * scale), Image.Resampling.NEAREST).save(

@@ -14,10 +14,11 @@ Scores
     ``int8`` scoring reads the int8 copies (one byte a value) and then re-scores exactly every
     cell whose result could depend on the rounding: cells that may be among the ``top_k`` best
     and cells whose probability may be on either side of the detection threshold, each within
-    6 standard deviations of its rounding error. So the ranking of the best ``top_k`` cells and
-    the detections are those of exact scoring; the other cells' probabilities may differ by
-    about one storage step (0.004). ``auto`` picks ``exact`` up to :data:`EXACT_MAX_VALUES`
-    stored values and ``int8`` above.
+    6 standard deviations of its rounding error, and cells whose probability could move by
+    more than :data:`PROBABILITY_TOLERANCE` (half the products' storage step). So the ranking
+    of the best ``top_k`` cells and the detections are those of exact scoring, and every
+    probability is within about half a storage step (0.002, to first order) of it. ``auto``
+    picks ``exact`` up to :data:`EXACT_MAX_VALUES` stored values and ``int8`` above.
 Probabilities
     A cell's probability of showing the query is the softmax, at the model's own temperature
     ``t``, of its similarity to the query against its similarities to a fixed set of background
@@ -37,7 +38,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -199,39 +199,6 @@ def _scan(
     return out
 
 
-def gather_rows(arr: NDArray[Any], rows: NDArray[np.int64]) -> NDArray[Any]:
-    """Rows of an array (``rows`` sorted); rows of a memory-mapped file are read with pread.
-
-    Touching scattered rows through a mapping would map whole (large) page-cache folios
-    around each of them into the process, so a query could appear to hold most of a file;
-    reading them into a buffer keeps the process to what it needs. Rows less than
-    :data:`_GAP_BYTES` apart are read in one call.
-    """
-    if not isinstance(arr, np.memmap) or arr.filename is None or arr.ndim != 2 or not len(rows):
-        return np.asarray(arr[rows])
-    out = np.empty((len(rows), arr.shape[1]), arr.dtype)
-    row_bytes = out.strides[0]
-    gap = max(1, _GAP_BYTES // row_bytes)
-    starts = np.flatnonzero(np.r_[True, np.diff(rows) > gap])
-    stops = np.r_[starts[1:], len(rows)]
-    with Path(arr.filename).open("rb", buffering=0) as fh:
-        fd = fh.fileno()
-        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-            first, last = int(rows[a]), int(rows[b - 1]) + 1
-            offset = arr.offset + first * row_bytes
-            if last - first == b - a:  # consecutive rows: straight into the output
-                os.preadv(fd, [out[a:b].data], offset)
-            else:
-                span = np.empty((last - first, arr.shape[1]), arr.dtype)
-                os.preadv(fd, [span.data], offset)
-                out[a:b] = span[rows[a:b] - first]
-    return out
-
-
-_GAP_BYTES = 8192
-"""Candidate rows closer than this are read together (one system call)."""
-
-
 def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
     block = np.take(_f16_table(), np.ascontiguousarray(vectors).view(np.uint16))
     return np.asarray(block @ q, np.float32)
@@ -249,7 +216,7 @@ def score_rows(
     width = q.shape[1] if q.ndim == 2 else 0
     if rows is None:
         return _scan(len(v), lambda a, b: _exact_block(v[a:b], q), width)
-    return _scan(len(rows), lambda a, b: _exact_block(gather_rows(v, rows[a:b]), q), width)
+    return _scan(len(rows), lambda a, b: _exact_block(arrays.vector_rows(rows[a:b]), q), width)
 
 
 def _int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -266,14 +233,26 @@ def _uncertain_rows(
     margin: NDArray[np.float32],
     top_k: int,
     threshold_scores: NDArray[np.float32] | None,
+    p8: NDArray[np.float32],
+    logit_scale: float,
 ) -> NDArray[np.int64]:
-    """Rows whose exact score may change the top ``top_k`` or the side of the threshold."""
+    """Rows whose exact score could change the result.
+
+    That is: the top ``top_k``, the side of the threshold, or the probability by more than
+    :data:`PROBABILITY_TOLERANCE`.
+    """
     k = min(max(top_k, 1), len(s8))
     kth = np.partition(s8, len(s8) - k)[len(s8) - k]
     uncertain = s8 + margin >= kth - float(margin.max())
     if threshold_scores is not None:
         uncertain |= np.abs(s8 - threshold_scores) <= margin
+    # dp/ds = t p (1 - p): cells of intermediate probability are sensitive to the rounding
+    uncertain |= np.float32(logit_scale) * p8 * (1 - p8) * margin > PROBABILITY_TOLERANCE
     return np.flatnonzero(uncertain).astype(np.int64)
+
+
+PROBABILITY_TOLERANCE = 0.002
+"""Largest probability error left by int8 scoring (half the products' 0.004 storage step)."""
 
 
 def resolve_mode(mode: str, arrays: ScoringArrays) -> str:
@@ -343,7 +322,9 @@ def score(
         s = _int8_scores(arrays, q)
         # rounding error of a row: sum of q_i * d_i, d_i uniform in +-scale/2, |q| = 1
         margin = (6.0 / math.sqrt(12.0)) * np.asarray(arrays.scale, np.float32)
-        rows = _uncertain_rows(s, margin, top_k, _threshold_scores(threshold, bg, logit_scale))
+        p8 = probabilities(s, bg, logit_scale)
+        thr = _threshold_scores(threshold, bg, logit_scale)
+        rows = _uncertain_rows(s, margin, top_k, thr, p8, logit_scale)
         s[rows] = score_rows(arrays, q, rows)
         exact = len(rows)
     prob = probabilities(s, bg, logit_scale)
@@ -413,7 +394,7 @@ def example_rows(
 
 def _row_vectors(arrays: ScoringArrays, rows: Sequence[int]) -> NDArray[np.float32]:
     idx = np.asarray(sorted(rows), np.int64)
-    return np.take(_f16_table(), gather_rows(arrays.vectors, idx).view(np.uint16))
+    return np.take(_f16_table(), arrays.vector_rows(idx).view(np.uint16))
 
 
 TextVectors = Callable[[Sequence[str], Sequence[str]], NDArray[np.float32]]
@@ -475,14 +456,30 @@ def near(
     centres_lonlat: NDArray[np.float64],
     radius_km: float,
     body_radius_m: float,
+    floor: float = 1e-3,
 ) -> NDArray[np.float32]:
-    """Probability of A with B nearby: p_A * max p_B within ``radius_km`` of each cell."""
+    """Probability of A with B nearby: p_A * max p_B within ``radius_km`` of each cell.
+
+    Only cells where p_A and p_B reach ``floor`` take part (a product below it rounds to
+    zero in the products), so sparse maps of whole planets stay cheap.
+
+    Raises:
+        ConfigError: for a radius that is not positive.
+    """
     from scipy.spatial import cKDTree
 
     if not radius_km > 0:
         raise ConfigError(f"radius {radius_km} km must be positive")
+    out = np.zeros(len(a), np.float32)
+    rows_a = np.flatnonzero(a >= floor)
+    rows_b = np.flatnonzero(b >= floor)
+    if not len(rows_a) or not len(rows_b):
+        return out
     xyz = unit_vectors(centres_lonlat)
+    tree = cKDTree(xyz[rows_b])
     chord = chord_length(radius_km * 1000.0 / body_radius_m)
-    tree = cKDTree(xyz)
-    best = np.array([b[idx].max() for idx in tree.query_ball_point(xyz, chord)], np.float32)
-    return (a * best).astype(np.float32)
+    pb = b[rows_b]
+    for k, hits in zip(rows_a.tolist(), tree.query_ball_point(xyz[rows_a], chord), strict=True):
+        if hits:
+            out[k] = a[k] * pb[hits].max()
+    return out

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 import shapely
 from numpy.typing import NDArray
 
-from marscope_stac.errors import DataError
+from marscope_stac.errors import DataError, OutputError
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text, file_multihash
 from marscope_stac.geoparquet import geo_metadata
 from marscope_stac.grid import Grid
@@ -52,6 +53,7 @@ __all__ = [
     "EmbeddingSet",
     "EmbeddingSetWriter",
     "EmbeddingTable",
+    "RowFile",
     "ScoringArrays",
     "TextVectorCache",
     "build_faiss_index",
@@ -267,15 +269,25 @@ class _NpyStream:
         self.rows += len(arr)
         self._write(arr.reshape(-1).view(np.uint8).data)
 
-    def close(self) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
+        """Flush the temporary file to disk; returns its size and checksum."""
         if self.rows != self.shape[0]:
             raise DataError(f"{self.path.name}: {self.rows} rows written, {self.shape[0]} expected")
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
         self.tmp.chmod(0o644)
+        return {"size": self.tmp.stat().st_size, "checksum": "1220" + self.digest.hexdigest()}
+
+    def commit(self) -> None:
+        """Move the finished file into place."""
         self.tmp.replace(self.path)
-        return {"size": self.path.stat().st_size, "checksum": "1220" + self.digest.hexdigest()}
+
+    def close(self) -> dict[str, Any]:
+        """Finish and commit."""
+        info = self.finish()
+        self.commit()
+        return info
 
     def abort(self) -> None:
         self.fh.close()
@@ -284,6 +296,68 @@ class _NpyStream:
 
 
 # ----------------------------------------------------------------------------- embedding sets
+
+
+class RowFile:
+    """Rows of an ``.npy`` matrix read with ``pread`` from the file it was mapped from.
+
+    Touching scattered rows through a mapping would map whole (large) page-cache folios
+    around each of them into the process, so a query could appear to hold most of a file;
+    reading them into a buffer keeps the process to what it needs. The descriptor is the
+    one the mapping was made from, so a set replaced on disk meanwhile is never mixed in.
+    Rows less than :data:`ROW_GAP_BYTES` apart are read in one call.
+    """
+
+    def __init__(self, fd: int, offset: int, shape: tuple[int, ...], dtype: Any, name: str):
+        self.fd, self.offset, self.shape, self.dtype, self.name = fd, offset, shape, dtype, name
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def _pread(self, view: NDArray[Any], offset: int) -> None:
+        got = os.preadv(self.fd, [view.data], offset)
+        if got != view.nbytes:
+            raise DataError(f"{self.name} is shorter than its header says; embed again")
+
+    def read(self, rows: NDArray[np.int64]) -> NDArray[Any]:
+        """The given rows (sorted, repeats allowed)."""
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        if not len(rows):
+            return out
+        row_bytes = out.strides[0]
+        gap = max(1, ROW_GAP_BYTES // row_bytes)
+        starts = np.flatnonzero(np.r_[True, np.diff(rows) > gap])
+        stops = np.r_[starts[1:], len(rows)]
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            first, last = int(rows[a]), int(rows[b - 1]) + 1
+            offset = self.offset + first * row_bytes
+            if np.array_equal(rows[a:b], np.arange(first, last)):  # straight into the output
+                self._pread(out[a:b], offset)
+            else:
+                span = np.empty((last - first, *self.shape[1:]), self.dtype)
+                self._pread(span, offset)
+                out[a:b] = span[rows[a:b] - first]
+        return out
+
+
+ROW_GAP_BYTES = 8192
+"""Rows closer than this are read together (one system call)."""
+
+
+def _open_npy(path: Path) -> tuple[NDArray[Any], RowFile]:
+    """A read-only mapping of an ``.npy`` file and a row reader on the same open file."""
+    with path.open("rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(fh)
+        if fortran:
+            raise DataError(f"{path} is in Fortran order; embed again")
+        offset = fh.tell()
+        mapped = np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape)
+        rows = RowFile(os.dup(fh.fileno()), offset, shape, dtype, str(path))
+    return mapped, rows
 
 
 @dataclass
@@ -303,9 +377,16 @@ class ScoringArrays:
     int8: NDArray[np.int8]
     scale: NDArray[np.float32]
     background: NDArray[np.float32] | None
+    vector_file: RowFile | None = None
 
     def __len__(self) -> int:
         return len(self.cells)
+
+    def vector_rows(self, rows: NDArray[np.int64]) -> NDArray[np.float16]:
+        """float16 vectors of ``rows`` (sorted), read from the file the arrays were mapped from."""
+        if self.vector_file is None:
+            return np.asarray(self.vectors[rows])
+        return self.vector_file.read(rows)
 
     @property
     def dim(self) -> int:
@@ -404,7 +485,10 @@ class EmbeddingSet:
             try:
                 if files[name]["size"] != path.stat().st_size:
                     raise DataError(f"{path} has changed since it was written")
-                arr = np.load(path, mmap_mode="r")
+                if name == "vectors.npy":
+                    arr, arrays["rows"] = _open_npy(path)
+                else:
+                    arr = np.load(path, mmap_mode="r")
             except (KeyError, OSError, ValueError) as exc:
                 raise DataError(
                     f"{path} is missing or unreadable ({exc}); embed again to rebuild the set"
@@ -421,6 +505,7 @@ class EmbeddingSet:
             arrays["vectors-int8.npy"],
             arrays["vectors-scale.npy"],
             arrays["background.npy"],
+            arrays.get("rows"),
         )
 
 
@@ -471,7 +556,22 @@ class EmbeddingSetWriter:
             self._pq_tmp = Path(tmp)
 
     def append(self, table: EmbeddingTable) -> None:
-        """Append the next rows (their cells must be the next ones given at construction)."""
+        """Append the next rows (their cells must be the next ones given at construction).
+
+        Large tables are written block by block, so memory stays a few blocks' worth.
+        """
+        if len(table) > ROW_GROUP:
+            for start in range(0, len(table), ROW_GROUP):
+                stop = min(start + ROW_GROUP, len(table))
+                self.append(
+                    EmbeddingTable(
+                        table.cell_index[start:stop],
+                        table.embedding[start:stop],
+                        table.valid_fraction[start:stop],
+                        table.source_items[start:stop],
+                    )
+                )
+            return
         if not len(table):
             return
         cells = np.asarray(table.cell_index, np.int64)
@@ -501,10 +601,18 @@ class EmbeddingSetWriter:
 
     def close(self) -> dict[str, Any]:
         """Finish every file and record them in the manifest; returns the ``scoring`` entry."""
-        try:
-            files = {name: s.close() for name, s in self._streams.items()}
+        try:  # every file complete on disk before any replaces its predecessor
+            files = {name: s.finish() for name, s in self._streams.items()}
+            for stream in self._streams.values():
+                stream.commit()
             if self._pq_tmp is not None:
                 self._finish_parquet()
+        except OSError as exc:
+            self.abort()
+            raise OutputError(
+                f"cannot write the embedding set in {self.es.root}: {exc.strerror or exc}; "
+                "free space or fix permissions and run again"
+            ) from exc
         except BaseException:
             self.abort()
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -210,15 +211,16 @@ def test_int8_scoring_keeps_the_top_and_the_detections_exact(tmp_path: Path) -> 
     assert q is not None
     exact = score(arrays, q, 50.0, "exact")
     approx = score(arrays, q, 50.0, "int8", top_k=500, threshold=0.5)
-    assert approx.scoring == "int8" and 500 <= approx.exact_rows < len(arrays) // 2
+    assert approx.scoring == "int8" and 500 <= approx.exact_rows < len(arrays) * 0.9
     top = exact.top(500)
     assert set(top.tolist()) == set(approx.top(500).tolist())
     assert np.array_equal(exact.scores[top], approx.scores[top])  # re-scored exactly
     assert np.array_equal(exact.probability >= 0.5, approx.probability >= 0.5)
-    # elsewhere: within the rounding bound, |dp| <= t/4 |ds| and |ds| <= |q|_1 scale / 2
+    # elsewhere: within the rounding bound |ds| <= |q|_1 scale / 2, and every probability
+    # within about half a storage step (0.002) of exact scoring
     ds = np.abs(exact.scores - approx.scores)
     assert np.all(ds <= np.abs(q).sum() * arrays.scale / 2 + 1e-6)
-    assert np.all(np.abs(exact.probability - approx.probability) <= 50.0 / 4 * ds + 1e-6)
+    assert np.abs(exact.probability - approx.probability).max() <= 0.0025
     # without re-scoring, int8 alone would differ somewhere in the top 500
     raw = (arrays.int8.astype(np.float32) @ q) * arrays.scale
     assert not np.array_equal(np.argsort(-raw)[:500], exact.top(500))
@@ -270,3 +272,41 @@ def test_request_checks() -> None:
         QueryRequest(texts=["a"], near="c", and_not="d").check()
     with pytest.raises(ConfigError, match="nothing to look for"):
         QueryRequest().check()
+
+
+def test_examples_in_the_same_cell_and_rows_read_from_the_mapped_file(tmp_path: Path) -> None:
+    es = _synthetic_set(tmp_path)
+    arrays = es.scoring_arrays()
+    rows = np.array([4, 4, 6, 7, 7, 9000], np.int64)  # repeats and a gap
+    assert np.array_equal(arrays.vector_rows(rows), np.asarray(arrays.vectors)[rows])
+    # the reader keeps the file it was opened with: replacing the set's file changes nothing
+    fresh = np.asarray(arrays.vectors[:10]).copy()
+    path = es.root / "vectors.npy"
+    path.rename(es.root / "old.npy")
+    np.save(path, np.ones((10, arrays.dim), np.float16))
+    assert np.array_equal(arrays.vector_rows(np.arange(10)), fresh)
+    # a file shorter than its header says is an error, not garbage
+    from marscope_stac.store import RowFile
+
+    short = RowFile(os.open(path, os.O_RDONLY), 128, (10_000, arrays.dim), np.float16, "x.npy")
+    with pytest.raises(DataError, match="shorter than its header"):
+        short.read(np.array([9_999], np.int64))
+
+
+def test_near_matches_a_brute_force_search() -> None:
+    from marscope_stac.bodies import MARS
+    from marscope_stac.query import near
+
+    rng = np.random.default_rng(2)
+    centres = np.column_stack([rng.uniform(-10, 10, 400), rng.uniform(-10, 10, 400)])
+    a = (rng.random(400) ** 3).astype(np.float32)
+    b = (rng.random(400) ** 3).astype(np.float32)
+    got = near(a, b, centres, 120.0, MARS.radius_m)
+    lon, lat = np.radians(centres[:, 0]), np.radians(centres[:, 1])
+    cos = np.sin(lat)[:, None] * np.sin(lat) + np.cos(lat)[:, None] * np.cos(lat) * np.cos(
+        lon[:, None] - lon
+    )
+    dist_km = np.arccos(np.clip(cos, -1, 1)) * MARS.radius_m / 1000
+    want = a * np.where(dist_km <= 120.0, b[None, :], 0).max(axis=1)
+    assert np.allclose(got, np.where(want >= 1e-3, want, got), atol=1e-6)
+    assert np.all(np.abs(got - want) <= 1e-3)
