@@ -322,11 +322,12 @@ def score(
         s = _int8_scores(arrays, q)
         # rounding error of a row: sum of q_i * d_i, d_i uniform in +-scale/2, |q| = 1
         margin = (6.0 / math.sqrt(12.0)) * np.asarray(arrays.scale, np.float32)
-        p8 = probabilities(s, bg, logit_scale)
+        prob = probabilities(s, bg, logit_scale)
         thr = _threshold_scores(threshold, bg, logit_scale)
-        rows = _uncertain_rows(s, margin, top_k, thr, p8, logit_scale)
+        rows = _uncertain_rows(s, margin, top_k, thr, prob, logit_scale)
         s[rows] = score_rows(arrays, q, rows)
-        exact = len(rows)
+        prob[rows] = probabilities(s[rows], bg[rows], logit_scale)
+        return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, len(rows))
     prob = probabilities(s, bg, logit_scale)
     return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, exact)
 
