@@ -44,7 +44,7 @@ import shapely
 from numpy.typing import NDArray
 
 from marscope_stac.errors import DataError, OutputError
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text, file_multihash
+from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text
 from marscope_stac.geoparquet import geo_metadata
 from marscope_stac.grid import Grid
 
@@ -765,11 +765,6 @@ def read_faiss_index(path: str | Path) -> Any:
         return faiss.deserialize_index(data)
     except (OSError, RuntimeError) as exc:
         raise DataError(f"{path} is not a readable FAISS index: {exc}") from exc
-
-
-def checksum_matches(path: Path, info: dict[str, Any]) -> bool:
-    """Whether a file still has the size and checksum recorded for it."""
-    return path.stat().st_size == info.get("size") and file_multihash(path) == info.get("checksum")
 
 
 class TextVectorCache:
