@@ -242,8 +242,11 @@ def _uncertain_rows(
     :data:`PROBABILITY_TOLERANCE`.
     """
     k = min(max(top_k, 1), len(s8))
-    kth = np.partition(s8, len(s8) - k)[len(s8) - k]
-    uncertain = s8 + margin >= kth - float(margin.max())
+    # at least k rows score at least the k-th largest lower bound: a row of the exact
+    # top k reaches it
+    lower = s8 - margin
+    kth = np.partition(lower, len(s8) - k)[len(s8) - k]
+    uncertain = s8 + margin >= kth
     if threshold_scores is not None:
         uncertain |= np.abs(s8 - threshold_scores) <= margin
     # dp/ds = t p (1 - p): cells of intermediate probability are sensitive to the rounding

@@ -312,11 +312,6 @@ class RowFile:
         self.fd, self.offset, self.shape, self.dtype, self.name = fd, offset, shape, dtype, name
         self._close = weakref.finalize(self, os.close, fd)
 
-    def _pread(self, view: NDArray[Any], offset: int) -> None:
-        got = os.preadv(self.fd, [view.data], offset)
-        if got != view.nbytes:
-            raise DataError(f"{self.name} is shorter than its header says; embed again")
-
     def read(self, rows: NDArray[np.int64]) -> NDArray[Any]:
         """The given rows (sorted, repeats allowed)."""
         out = np.empty((len(rows), *self.shape[1:]), self.dtype)
@@ -324,18 +319,21 @@ class RowFile:
             return out
         row_bytes = out.strides[0]
         gap = max(1, ROW_GAP_BYTES // row_bytes)
+        # spans of rows read in one call each, laid end to end in one buffer
         starts = np.flatnonzero(np.r_[True, np.diff(rows) > gap])
-        stops = np.r_[starts[1:], len(rows)]
-        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-            first, last = int(rows[a]), int(rows[b - 1]) + 1
-            offset = self.offset + first * row_bytes
-            if np.array_equal(rows[a:b], np.arange(first, last)):  # straight into the output
-                self._pread(out[a:b], offset)
-            else:
-                span = np.empty((last - first, *self.shape[1:]), self.dtype)
-                self._pread(span, offset)
-                out[a:b] = span[rows[a:b] - first]
-        return out
+        first = rows[starts]
+        span = rows[np.r_[starts[1:], len(rows)] - 1] + 1 - first
+        at = np.r_[0, np.cumsum(span)]
+        where = rows - np.repeat(first - at[:-1], np.diff(np.r_[starts, len(rows)]))
+        direct = len(where) == at[-1] and bool(np.all(where == np.arange(len(where))))
+        buf = out if direct else np.empty((int(at[-1]), *self.shape[1:]), self.dtype)
+        view = memoryview(buf.reshape(-1).view(np.uint8))
+        byte_at = (at * row_bytes).tolist()
+        offsets = (self.offset + first * row_bytes).tolist()
+        for off, a, b in zip(offsets, byte_at[:-1], byte_at[1:], strict=True):
+            if os.preadv(self.fd, [view[a:b]], off) != b - a:
+                raise DataError(f"{self.name} is shorter than its header says; embed again")
+        return out if direct else buf[where]
 
 
 ROW_GAP_BYTES = 8192

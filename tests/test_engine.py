@@ -277,8 +277,15 @@ def test_request_checks() -> None:
 def test_examples_in_the_same_cell_and_rows_read_from_the_mapped_file(tmp_path: Path) -> None:
     es = _synthetic_set(tmp_path)
     arrays = es.scoring_arrays()
+    every = np.asarray(arrays.vectors)
     rows = np.array([4, 4, 6, 7, 7, 9000], np.int64)  # repeats and a gap
-    assert np.array_equal(arrays.vector_rows(rows), np.asarray(arrays.vectors)[rows])
+    assert np.array_equal(arrays.vector_rows(rows), every[rows])
+    rng = np.random.default_rng(5)
+    for size in (1, 30, 500):  # scattered, clustered and contiguous runs
+        rows = np.sort(rng.choice(len(every), size, replace=True)).astype(np.int64)
+        assert np.array_equal(arrays.vector_rows(rows), every[rows])
+    rows = np.arange(100, 400, dtype=np.int64)
+    assert np.array_equal(arrays.vector_rows(rows), every[rows])
     # the reader keeps the file it was opened with: replacing the set's file changes nothing
     fresh = np.asarray(arrays.vectors[:10]).copy()
     path = es.root / "vectors.npy"
