@@ -34,7 +34,7 @@ def main() -> None:
     root = Path(args.catalog)
     ensure_demo_catalog(root, size="default")
     cm = load_model(args.model, args.pretrained, device="auto")
-    report = evaluate_landforms(cm, root, "test", args.grid)
+    report = evaluate_landforms(cm, root, split="test", grid=args.grid)
     print(report.summary())
     t = report.table
     print(

@@ -47,7 +47,11 @@ class Body:
     target_class: str
 
     def iau_code(self, offset: int = 0) -> str:
-        """Return the IAU 2015 CRS code ``IAU_2015:<naif*100 + offset>``."""
+        """Return the IAU 2015 CRS code ``IAU_2015:<naif*100 + offset>``.
+
+        Offsets of the IAU 2015 family: 0 geographic, 10 equirectangular, 30 / 35 north /
+        south polar stereographic, 90 Mercator.
+        """
         return f"IAU_2015:{self.naif_id * 100 + offset}"
 
     @property
@@ -59,21 +63,6 @@ class Body:
     def equirectangular_code(self) -> str:
         """Equirectangular projection on the sphere, centred on lon 0 (``+10``)."""
         return self.iau_code(10)
-
-    @property
-    def mercator_code(self) -> str:
-        """Mercator projection on the sphere (``+90``)."""
-        return self.iau_code(90)
-
-    @property
-    def north_polar_code(self) -> str:
-        """Polar stereographic projection, north pole (``+30``)."""
-        return self.iau_code(30)
-
-    @property
-    def south_polar_code(self) -> str:
-        """Polar stereographic projection, south pole (``+35``)."""
-        return self.iau_code(35)
 
     @property
     def crs(self) -> CRS:

@@ -107,60 +107,30 @@ class OutputCatalog:
         with self.locked():
             cat = self._catalog()
             cat_path = self.root / "catalog.json"
-            child = relative_href(collection_path, self.root)
-            child = child if child.startswith(".") else f"./{child}"
-            if not any(lk.get("rel") == "child" and lk.get("href") == child for lk in cat["links"]):
-                cat["links"].append(
-                    {
-                        "rel": "child",
-                        "href": child,
-                        "type": "application/json",
-                        "title": collection.get("title", collection["id"]),
-                    }
-                )
-            cdir = collection_path.parent
+            child = _link("child", collection_path, self.root)
+            child["title"] = collection.get("title", collection["id"])
+            if not any(
+                lk.get("rel") == "child" and lk["href"] == child["href"] for lk in cat["links"]
+            ):
+                cat["links"].append(child)
+            cdir, idir = collection_path.parent, item_path.parent
+            items = []
             if collection_path.is_file():
                 old = self._read(collection_path)
                 items = [lk for lk in old.get("links", []) if lk.get("rel") == "item"]
-            else:
-                items = []
-            href = relative_href(item_path, cdir)
-            href = href if href.startswith(".") else f"./{href}"
-            if not any(lk["href"] == href for lk in items):
-                items.append({"rel": "item", "href": href, "type": "application/geo+json"})
-            collection["links"] = [
-                lk
-                for lk in collection.get("links", [])
-                if lk.get("rel") not in ("item", "root", "parent")
-            ]
-            collection["links"] += [
-                {"rel": "root", "href": relative_href(cat_path, cdir), "type": "application/json"},
-                {
-                    "rel": "parent",
-                    "href": relative_href(cat_path, cdir),
-                    "type": "application/json",
-                },
-                *items,
-            ]
-            idir = item_path.parent
-            item["links"] = [
-                lk
-                for lk in item.get("links", [])
-                if lk.get("rel") not in ("root", "parent", "collection")
-            ]
-            item["links"] += [
-                {"rel": "root", "href": relative_href(cat_path, idir), "type": "application/json"},
-                {
-                    "rel": "parent",
-                    "href": relative_href(collection_path, idir),
-                    "type": "application/json",
-                },
-                {
-                    "rel": "collection",
-                    "href": relative_href(collection_path, idir),
-                    "type": "application/json",
-                },
-            ]
+            new_item = _link("item", item_path, cdir, "application/geo+json")
+            if not any(lk["href"] == new_item["href"] for lk in items):
+                items.append(new_item)
+            _relink(collection, [_link("root", cat_path, cdir), _link("parent", cat_path, cdir)])
+            _relink(collection, items, "item")
+            _relink(
+                item,
+                [
+                    _link("root", cat_path, idir),
+                    _link("parent", collection_path, idir),
+                    _link("collection", collection_path, idir),
+                ],
+            )
             item["collection"] = collection["id"]
             # validate everything first, then write item, collection, catalog
             for path, d in ((item_path, item), (collection_path, collection), (cat_path, cat)):
@@ -170,6 +140,18 @@ class OutputCatalog:
             self._write(collection_path, collection, validated=True)
             self._write(cat_path, cat, validated=True)
         return item_path
+
+
+def _link(rel: str, target: Path, base: Path, media: str = "application/json") -> dict[str, Any]:
+    """A relative link from a file in ``base`` to ``target``."""
+    href = relative_href(target, base)
+    return {"rel": rel, "href": href if href.startswith(".") else f"./{href}", "type": media}
+
+
+def _relink(obj: dict[str, Any], links: list[dict[str, Any]], *rels: str) -> None:
+    """Replace the links of ``obj`` of the given rels (default: those of ``links``)."""
+    drop = set(rels) or {lk["rel"] for lk in links}
+    obj["links"] = [lk for lk in obj.get("links", []) if lk.get("rel") not in drop] + links
 
 
 def file_asset(

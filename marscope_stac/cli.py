@@ -7,6 +7,7 @@ with status 2; unexpected errors exit with status 1 (``--debug`` shows the trace
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -154,8 +155,28 @@ def _products_option(f: Any) -> Any:
     )(f)
 
 
+def _number_option(name: str, default: float, help_text: str) -> Any:
+    """A ``float`` option with a shown default."""
+    return click.option(name, type=float, default=default, show_default=True, help=help_text)
+
+
 def _source_options(f: Any) -> Any:
-    """Options that select imagery from a STAC source (shared by several commands)."""
+    """Options that select imagery from a STAC source (shared by several commands).
+
+    The command receives them as the library's ``bbox``, ``asset`` and ``collections``.
+    """
+
+    @functools.wraps(f)
+    def command(
+        *args: Any,
+        bbox: str | None = None,
+        asset: str | None = None,
+        collections: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> Any:
+        chosen = {"bbox": _bbox(bbox), "asset": asset, "collections": collections or None}
+        return f(*args, **chosen, **kwargs)
+
     for opt in reversed(
         [
             click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees."),
@@ -165,8 +186,8 @@ def _source_options(f: Any) -> Any:
             ),
         ]
     ):
-        f = opt(f)
-    return f
+        command = opt(command)
+    return command
 
 
 def _bbox(value: str | None) -> list[float] | None:
@@ -194,32 +215,11 @@ def _bbox(value: str | None) -> list[float] | None:
 @_source_options
 @click.option("--datetime", help="Only items in this RFC 3339 interval (STAC API syntax).")
 @click.option("--max-tiles", type=int, default=48, show_default=True, help="Tiles on the sheet.")
-def tiles_cmd(
-    catalog: str,
-    grid: str,
-    tile_px: int,
-    preview: Path | None,
-    bbox: str | None,
-    asset: str | None,
-    collections: tuple[str, ...],
-    datetime: str | None,
-    max_tiles: int,
-) -> None:
+def tiles_cmd(catalog: str, **options: Any) -> None:
     """Plan the grid tiles of a STAC catalog / API and show a sample of what the model sees."""
     from marscope_stac.tiles import preview_tiles
 
-    result = preview_tiles(
-        catalog,
-        grid=grid,
-        tile_px=tile_px,
-        preview=preview,
-        bbox=_bbox(bbox),
-        asset=asset,
-        collections=collections or None,
-        datetime=datetime,
-        max_tiles=max_tiles,
-    )
-    click.echo(result.summary())
+    click.echo(preview_tiles(catalog, **options).summary())
 
 
 @cli.group("catalog")
@@ -283,12 +283,10 @@ def catalog_build_cmd(
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")
 @click.option("--half-weights", is_flag=True, help="Store the final weights in fp16.")
-@click.option(
+@_number_option(
     "--prompt-share",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Share of captions replaced by MarScope-template sentences naming the class.",
+    0.0,
+    "Share of captions replaced by MarScope-template sentences naming the class.",
 )
 def train_cmd(
     source: str,
@@ -348,40 +346,11 @@ def train_cmd(
     help="Dask scheduler to run on (also DASK_SCHEDULER_ADDRESS).",
 )
 @click.option("--device", default="auto", show_default=True)
-def embed_cmd(
-    catalog: str,
-    out: Path,
-    model: str,
-    pretrained: str | None,
-    grid: str,
-    tile_px: int | None,
-    bbox: str | None,
-    asset: str | None,
-    collections: tuple[str, ...],
-    batch_size: int,
-    workers: int | None,
-    scheduler_address: str | None,
-    device: str,
-) -> None:
+def embed_cmd(catalog: str, **options: Any) -> None:
     """Embed every grid cell of a catalog: GeoParquet + FAISS index, published as STAC."""
     from marscope_stac.embed import embed_catalog
 
-    result = embed_catalog(
-        catalog,
-        out,
-        model=model,
-        pretrained=pretrained,
-        grid=grid,
-        tile_px=tile_px,
-        bbox=_bbox(bbox),
-        asset=asset,
-        collections=collections or None,
-        batch_size=batch_size,
-        workers=workers,
-        scheduler_address=scheduler_address,
-        device=device,
-    )
-    click.echo(result.summary())
+    click.echo(embed_catalog(catalog, **options).summary())
 
 
 def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
@@ -418,32 +387,18 @@ def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
 @click.option(
     "--negative-cell", "neg_cells", multiple=True, help="Counter-example cell id (refinement)."
 )
-@click.option(
-    "--image-weight",
-    type=float,
-    default=0.3,
-    show_default=True,
-    help="Weight of examples in a hybrid query (MarScope: 0.3).",
-)
+@_number_option("--image-weight", 0.3, "Weight of examples in a hybrid query (MarScope: 0.3).")
 @click.option(
     "--template",
     "templates",
     multiple=True,
     help="Prompt template with {} (default: MarScope's three).",
 )
-@click.option(
-    "--threshold",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="Detection threshold on the calibrated probability.",
-)
+@_number_option("--threshold", 0.5, "Detection threshold on the calibrated probability.")
 @click.option("--classify", is_flag=True, help="Zero-shot classification: TEXTS are the classes.")
 @click.option("--and-not", "and_not_text", help="Composite: the TEXT where this is absent.")
 @click.option("--near", "near_text", help="Composite: the TEXT with this nearby.")
-@click.option(
-    "--within-km", type=float, default=5.0, show_default=True, help="Distance for --near."
-)
+@_number_option("--within-km", 5.0, "Distance for --near.")
 @click.option(
     "--scoring",
     type=click.Choice(["auto", "exact", "int8"]),
@@ -519,12 +474,8 @@ def query_cmd(
 )
 @click.option("--landform", help="Only ground truth of this class.")
 @click.option("--split", help="With a catalog: only this split (e.g. test).")
-@click.option(
-    "--radius-cells",
-    type=float,
-    default=2.5,
-    show_default=True,
-    help="Point-protocol radius in cells (MarScope: 0.5 deg / 0.2 deg = 2.5).",
+@_number_option(
+    "--radius-cells", 2.5, "Point-protocol radius in cells (MarScope: 0.5 deg / 0.2 deg = 2.5)."
 )
 @click.option("--threshold", type=float, help="Per-cell threshold (default: the product's).")
 @click.option("--rank-by", default="probability", show_default=True, help="probability or score.")

@@ -234,15 +234,17 @@ class QueryEngine:
         out: str | Path = "products",
         embeddings: str | Path | None = None,
         model: str = "bundled",
-        pretrained: str | None = None,
-        clip_model: Any = None,
-        device: str = "auto",
-        scoring: str = "auto",
+        **options: Any,
     ) -> QueryEngine:
-        """The engine of the set given, or of the only set under ``out`` made by ``model``."""
+        """The engine of the set given, or of the only set under ``out`` made by ``model``.
+
+        ``options`` are the constructor's (``pretrained``, ``clip_model``, ``device``,
+        ``scoring``).
+        """
+        clip_model = options.get("clip_model")
         name = clip_model.name if clip_model is not None else model
         es = find_embedding_set(out, name, embeddings)
-        return cls(es, out, model, pretrained, clip_model, device, scoring)
+        return cls(es, out, model, **options)
 
     # -- the model, loaded on demand -------------------------------------------------------
 
@@ -531,5 +533,5 @@ def run_query(
 ) -> list[QueryProduct | ClassProduct]:
     """What ``marscope query`` does: open the set's engine and answer ``request``."""
     request.check()
-    engine = QueryEngine.open(out, embeddings, model, pretrained, scoring=scoring)
+    engine = QueryEngine.open(out, embeddings, model, pretrained=pretrained, scoring=scoring)
     return engine.answer(request)

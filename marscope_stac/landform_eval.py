@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -55,21 +56,22 @@ class LandformReport:
         )
 
 
+_BATCH = 128
+"""Tiles the model encodes at a time."""
+
+
 def embed_split(
-    model: ClipModel,
-    catalog: str | Path,
-    split: str = "test",
-    grid: str = "lonlat:0.02",
-    tile_px: int | None = None,
-    batch_size: int = 128,
+    model: ClipModel, images: list[Any], grid: str, tile_px: int | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
-    """Embeddings and lon/lat centres of every cell of a split's imagery (in memory)."""
-    images, _ = split_items(catalog, split)
+    """Embeddings and lon/lat centres of every cell of some image items (in memory).
+
+    ``images`` are STAC items (e.g. a split's, from :func:`~marscope_stac.evaluate.split_items`).
+    """
     sources = load_sources(images)
     g = parse_grid(grid, sources.body)
     plan = plan_tiles(sources, g, tile_px or model.image_size)
     embs, cells = [], []
-    for batch in iter_tile_batches(plan, batch_size=batch_size):
+    for batch in iter_tile_batches(plan, batch_size=_BATCH):
         keep = batch.valid > 0.5
         embs.append(model.encode_images(batch.pixels[keep]))
         cells.append(batch.cells[keep])
@@ -80,6 +82,7 @@ def embed_split(
 def evaluate_landforms(
     model: ClipModel,
     catalog: str | Path,
+    *,
     split: str = "test",
     grid: str = "lonlat:0.02",
     tile_px: int | None = None,
@@ -105,7 +108,7 @@ def evaluate_landforms(
         paraphrases: A differently phrased query per class, or None.
         classes: Classes to evaluate (default: every class with points, except plains).
     """
-    emb, centres = embed_split(model, catalog, split, grid, tile_px)
+    emb, centres = embed_split(model, split_items(catalog, split)[0], grid, tile_px)
     return score_landforms(
         model, emb, centres, catalog, split, grid, radius_cells, paraphrases, classes
     )

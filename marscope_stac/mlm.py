@@ -37,15 +37,12 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def model_item(
-    folder: Path,
-    properties: dict[str, Any],
-    hyperparameters: dict[str, Any] | None = None,
-    metrics: dict[str, float] | None = None,
-    when: dt.datetime | None = None,
-) -> Path:
-    """Write ``folder/model.json``, the MLM item of :func:`build_model_item`, atomically."""
-    d = build_model_item(folder, properties, hyperparameters, metrics, when)
+def model_item(folder: Path, properties: dict[str, Any], **details: Any) -> Path:
+    """Write ``folder/model.json``, the MLM item of :func:`build_model_item`, atomically.
+
+    ``details`` are :func:`build_model_item`'s (``hyperparameters``, ``metrics``, ``when``).
+    """
+    d = build_model_item(folder, properties, **details)
     path = folder / "model.json"
     atomic_write_text(path, json.dumps(d, indent=1))
     return path

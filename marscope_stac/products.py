@@ -71,6 +71,7 @@ from marscope_stac.stac_out import (
     ssys_fields,
 )
 from marscope_stac.store import EmbeddingSet
+from marscope_stac.text import count_list, join_lines
 
 __all__ = [
     "ASSET_FILES",
@@ -171,12 +172,11 @@ class ClassProduct:
 
     def summary(self) -> str:
         """Lines for people."""
-        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
-        return (
-            f"classification {self.query_id}: {counts}\n"
-            f"  class map: {self.folder / 'classes.tif'}\n"
-            f"  probabilities: {self.folder / 'probabilities.tif'}\n"
-            f"  STAC item: {self.item_path}"
+        return join_lines(
+            f"classification {self.query_id}: {count_list(self.counts)}",
+            f"  class map: {self.folder / 'classes.tif'}",
+            f"  probabilities: {self.folder / 'probabilities.tif'}",
+            f"  STAC item: {self.item_path}",
         )
 
 

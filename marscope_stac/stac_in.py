@@ -34,13 +34,7 @@ from shapely.geometry.base import BaseGeometry
 from marscope_stac.bodies import BODIES, MARS, Body, body_of_crs, get_body, normalize_lon
 from marscope_stac.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
 
-__all__ = [
-    "SourceAsset",
-    "SourceSet",
-    "crs_from_stac",
-    "load_sources",
-    "pick_asset",
-]
+__all__ = ["SourceAsset", "SourceSet", "crs_from_stac", "load_sources", "pick_asset"]
 
 log = logging.getLogger(__name__)
 

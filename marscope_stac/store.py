@@ -327,7 +327,7 @@ class RowFile:
         where = rows - np.repeat(first - at[:-1], np.diff(np.r_[starts, len(rows)]))
         direct = len(where) == at[-1] and bool(np.all(where == np.arange(len(where))))
         buf = out if direct else np.empty((int(at[-1]), *self.shape[1:]), self.dtype)
-        view = memoryview(buf.reshape(-1).view(np.uint8))
+        view = memoryview(buf).cast("B")  # type: ignore[arg-type]
         byte_at = (at * row_bytes).tolist()
         offsets = (self.offset + first * row_bytes).tolist()
         for off, a, b in zip(offsets, byte_at[:-1], byte_at[1:], strict=True):

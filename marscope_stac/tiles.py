@@ -37,6 +37,7 @@ from scipy import ndimage
 from marscope_stac.errors import ConfigError
 from marscope_stac.grid import Grid
 from marscope_stac.stac_in import SourceAsset, SourceSet, load_sources
+from marscope_stac.text import join_lines
 
 __all__ = [
     "TileBatch",
@@ -549,13 +550,12 @@ class TilePreview:
 
     def summary(self) -> str:
         """Lines for people."""
-        lines = [
+        sheet = None if self.sheet is None else f"contact sheet of {self.shown} tiles: {self.sheet}"
+        return join_lines(
             f"{self.sources.summary()}; grid {self.plan.grid.spec}: {len(self.plan)} cells "
-            f"of {self.plan.tile_px} px"
-        ]
-        if self.sheet is not None:
-            lines.append(f"contact sheet of {self.shown} tiles: {self.sheet}")
-        return "\n".join(lines)
+            f"of {self.plan.tile_px} px",
+            sheet,
+        )
 
 
 def preview_tiles(

@@ -12,7 +12,7 @@ import marscope_stac
 PACKAGE = Path(marscope_stac.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"errors", "fsutil", "bodies", "prompts", "vocabulary", ""},
+    {"errors", "fsutil", "bodies", "prompts", "vocabulary", "text", ""},
     {"grid", "geoparquet", "stac_out", "validation"},
     {"stac_in", "cog", "mlm", "catalog", "publish", "folder_catalog"},
     {"tiles", "store", "render"},

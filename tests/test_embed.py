@@ -3,10 +3,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pytest
+from _faults import interrupting
 from click.testing import CliRunner
 
 import marscope_stac.embed as embed_mod
@@ -16,14 +18,22 @@ from marscope_stac.errors import OutputError
 from marscope_stac.store import read_embeddings, read_faiss_index
 from marscope_stac.validation import validate_catalog
 
+SMALL = [150.0, -5.0, 150.05, -4.95]
+"""A bbox of a few demo cells."""
+
 
 def _model(tiny_model_dir: Path) -> str:
     return f"local-dir:{tiny_model_dir}"
 
 
+def _embed(source: Path, out: Path, model_dir: Path, **options: Any) -> Any:
+    """``embed_catalog`` with the test model, no progress bar."""
+    return embed_catalog(source, out, model=_model(model_dir), progress=False, **options)
+
+
 def test_embed_writes_valid_products(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "products"
-    res = embed_catalog(demo_root, out, model=_model(tiny_model_dir), progress=False)
+    res = _embed(demo_root, out, tiny_model_dir)
     assert res.cells == 200 and res.embedded_now == 200 and not res.failed_cells
     # the whole output catalog validates offline (core + extensions)
     report = validate_catalog(out)
@@ -50,17 +60,11 @@ def test_rerun_reuses_and_new_items_embed_only_new_cells(
     demo_root: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "products"
-    first = embed_catalog(
-        demo_root,
-        out,
-        model=_model(tiny_model_dir),
-        progress=False,
-        bbox=[150.0, -5.0, 150.2, -4.8],
-    )
+    first = _embed(demo_root, out, tiny_model_dir, bbox=[150.0, -5.0, 150.2, -4.8])
     assert first.cells == 100
-    full = embed_catalog(demo_root, out, model=_model(tiny_model_dir), progress=False)
+    full = _embed(demo_root, out, tiny_model_dir)
     assert full.cells == 200 and full.reused == 100 and full.embedded_now == 100
-    again = embed_catalog(demo_root, out, model=_model(tiny_model_dir), progress=False)
+    again = _embed(demo_root, out, tiny_model_dir)
     assert again.embedded_now == 0 and again.reused == 200
 
 
@@ -78,26 +82,14 @@ def test_kill_and_resume(
     )
     out = tmp_path / "products"
     real = embed_mod.embed_task
-    calls = {"n": 0}
-
-    def dying(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(embed_mod, "embed_task", dying)
+    monkeypatch.setattr(embed_mod, "embed_task", interrupting(real, 12))
     with pytest.raises(KeyboardInterrupt):
-        embed_catalog(
-            demo_root, out, model=_model(tiny_model_dir), progress=False, batch_size=8, workers=1
-        )
+        _embed(demo_root, out, tiny_model_dir, batch_size=8, workers=1)
     es_root = out / "embeddings" / ref.embedding_set.root.name
     written = sorted((es_root / "shards").glob("*.parquet"))
     assert 0 < len(written) < 13  # some shards done, not all
     monkeypatch.setattr(embed_mod, "embed_task", real)
-    res = embed_catalog(
-        demo_root, out, model=_model(tiny_model_dir), progress=False, batch_size=8, workers=1
-    )
+    res = _embed(demo_root, out, tiny_model_dir, batch_size=8, workers=1)
     assert res.reused > 0 and res.embedded_now + res.reused == 200
     a, b = read_embeddings(res.embedding_set.parquet), read_embeddings(ref.embedding_set.parquet)
     assert len(np.unique(a.cell_index)) == len(a.cell_index) == 200  # no duplicates, none missing
@@ -109,14 +101,7 @@ def test_different_model_writes_separate_set_and_mismatch_refused(
     demo_root: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "products"
-    a = embed_catalog(
-        demo_root,
-        out,
-        model=_model(tiny_model_dir),
-        progress=False,
-        publish=False,
-        bbox=[150.0, -5.0, 150.05, -4.95],
-    )
+    a = _embed(demo_root, out, tiny_model_dir, publish=False, bbox=[150.0, -5.0, 150.05, -4.95])
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
     b = embed_catalog(
@@ -129,15 +114,7 @@ def test_different_model_writes_separate_set_and_mismatch_refused(
     )
     assert a.embedding_set.root != b.embedding_set.root
     with pytest.raises(OutputError, match="different preprocessing"):
-        embed_catalog(
-            demo_root,
-            out,
-            model=_model(tiny_model_dir),
-            progress=False,
-            publish=False,
-            min_valid=0.9,
-            bbox=[150.0, -5.0, 150.05, -4.95],
-        )
+        _embed(demo_root, out, tiny_model_dir, publish=False, min_valid=0.9, bbox=SMALL)
 
 
 def test_products_folder_that_is_not_a_catalog(
@@ -147,13 +124,7 @@ def test_products_folder_that_is_not_a_catalog(
     out.mkdir()
     (out / "holiday.jpg").write_text("x")
     with pytest.raises(OutputError, match="not a STAC catalog"):
-        embed_catalog(
-            demo_root,
-            out,
-            model=_model(tiny_model_dir),
-            progress=False,
-            bbox=[150.0, -5.0, 150.05, -4.95],
-        )
+        _embed(demo_root, out, tiny_model_dir, bbox=SMALL)
 
 
 def test_corrupt_source_tile_is_recorded(

@@ -85,18 +85,12 @@ def test_train_writes_model_item_and_resumes(
     assert second.resumed_from == 2 and len(second.history) == 3
 
     # an interruption mid-epoch keeps the last checkpoint; the next run picks it up
+    from _faults import interrupting
+
     import marscope_stac.train as train_mod
 
-    calls = {"n": 0}
     real = train_mod.contrastive_loss
-
-    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "contrastive_loss", flaky)
+    monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 3))
     longer = TrainConfig(epochs=5, steps_per_epoch=2, batch_size=8, warmup_steps=1)
     with pytest.raises(KeyboardInterrupt):
         train_model(pairs, out, config=longer, progress=False, device="cpu")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from marscope_stac.demo.terrain import SIZES_M
 from marscope_stac.vocabulary import CLASS_NAMES, NOUNS
 
 __all__ = ["CLASS_NAMES", "captions_for", "compass_word"]
@@ -121,17 +122,7 @@ def _article(phrase: str) -> str:
 
 
 def _size_word(cls: str, size_m: float) -> str:
-    small, large = {
-        "impact_crater": (600.0, 1100.0),
-        "alluvial_fan": (900.0, 1300.0),
-        "glacier_like_form": (900.0, 1300.0),
-        "landslide": (1100.0, 1500.0),
-        "pitted_cone": (900.0, 1300.0),
-        "yardang": (1700.0, 2300.0),
-        "dune_field": (1300.0, 1900.0),
-        "channel": (3000.0, 3800.0),
-        "plains": (0.0, 1e9),
-    }[cls]
+    _, _, small, large = SIZES_M[cls]
     if size_m < small:
         return "small "
     if size_m > large:

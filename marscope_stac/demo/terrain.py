@@ -24,12 +24,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-__all__ = [
-    "LANDFORM_CLASSES",
-    "Landform",
-    "Scene",
-    "render_scene",
-]
+__all__ = ["LANDFORM_CLASSES", "SIZES_M", "Landform", "Scene", "render_scene"]
 
 Array = NDArray[np.float32]
 
@@ -130,6 +125,18 @@ class _Canvas:
         north = (cy - rows[:, None]) * self.res
         east, north = np.broadcast_arrays(east, north)
         return (slice(r0, r1), slice(c0, c1)), east.astype(np.float32), north.astype(np.float32)
+
+    def stamp(
+        self,
+        sl: tuple[slice, slice],
+        height: NDArray[np.floating[Any]],
+        albedo_factor: NDArray[np.floating[Any]],
+        mask: NDArray[np.floating[Any]],
+    ) -> None:
+        """Raise the window ``sl`` by ``height``, scale its albedo, protect it by ``mask``."""
+        self.dem[sl] += height.astype(np.float32)
+        self.albedo[sl] *= albedo_factor.astype(np.float32)
+        self.protect[sl] = np.maximum(self.protect[sl], mask)
 
     def oriented(
         self, cx: float, cy: float, radius_px: float, azimuth: float
@@ -512,9 +519,7 @@ def stamp_yardangs(cv: _Canvas, cx: float, cy: float, a_m: float, azimuth: float
     taper = 1.0 - 0.5 * (cell + 0.5)  # blunt upwind end, narrow downwind tail
     prof = np.clip(1.0 - (cell / 0.42) ** 2 - (v / taper) ** 2, 0, 1)
     h = height * np.sqrt(prof) * mask + height * 0.2 * mask
-    cv.dem[sl] += h.astype(np.float32)
-    cv.albedo[sl] *= (1.0 + 0.22 * mask).astype(np.float32)
-    cv.protect[sl] = np.maximum(cv.protect[sl], mask)
+    cv.stamp(sl, h, 1.0 + 0.22 * mask, mask)
     return Landform(
         "yardang",
         geom,
@@ -559,10 +564,8 @@ def stamp_dune_field(
         h = height * prof
         sand = mask
     h = h * mask
-    cv.dem[sl] += h.astype(np.float32)
     dark = np.maximum(sand, (h > height * 0.05).astype(np.float32) * mask)
-    cv.albedo[sl] *= (1.0 - 0.45 * dark).astype(np.float32)
-    cv.protect[sl] = np.maximum(cv.protect[sl], mask)
+    cv.stamp(sl, h, 1.0 - 0.45 * dark, mask)
     return Landform(
         "dune_field",
         geom,
@@ -676,6 +679,22 @@ def stamp_channel(
 # scene
 
 
+SIZES_M: dict[str, tuple[float, float, float, float]] = {
+    # class: footprint radius drawn in [lo, hi); captions call a landform "small" below the
+    # third size and "large" above the fourth (its footprint diameter, metres)
+    "impact_crater": (300.0, 900.0, 600.0, 1100.0),
+    "alluvial_fan": (700.0, 1500.0, 900.0, 1300.0),
+    "glacier_like_form": (700.0, 1300.0, 900.0, 1300.0),
+    "landslide": (900.0, 1600.0, 1100.0, 1500.0),
+    "pitted_cone": (450.0, 800.0, 900.0, 1300.0),
+    "yardang": (800.0, 1400.0, 1700.0, 2300.0),
+    "dune_field": (600.0, 1200.0, 1300.0, 1900.0),
+    "channel": (1500.0, 2600.0, 3000.0, 3800.0),
+    "plains": (0.0, 0.0, 0.0, 1e9),
+}
+"""Landform sizes of the demo world, for drawing and for captions (metres)."""
+
+
 @dataclass(frozen=True)
 class _Slot:
     cls: str
@@ -683,16 +702,7 @@ class _Slot:
 
 
 def _footprint(cls: str, rng: np.random.Generator) -> float:
-    lo, hi = {
-        "impact_crater": (300.0, 900.0),  # radius
-        "alluvial_fan": (700.0, 1500.0),
-        "glacier_like_form": (700.0, 1300.0),
-        "landslide": (900.0, 1600.0),
-        "pitted_cone": (450.0, 800.0),
-        "yardang": (800.0, 1400.0),
-        "dune_field": (600.0, 1200.0),
-        "channel": (1500.0, 2600.0),
-    }[cls]
+    lo, hi, _, _ = SIZES_M[cls]
     return float(rng.uniform(lo, hi))
 
 

@@ -61,6 +61,7 @@ from marscope_stac.stac_out import (
     proj_fields,
     ssys_fields,
 )
+from marscope_stac.text import count_list, join_lines
 from marscope_stac.validation import validate_catalog
 
 __all__ = [
@@ -141,12 +142,11 @@ class DemoCatalog:
     def summary(self) -> str:
         """A few lines for people."""
         verb = "reused" if self.reused else "wrote"
-        counts = ", ".join(f"{CLASS_NAMES[k]} {v}" for k, v in self.counts.items())
-        return (
+        return join_lines(
             f"{verb} demo catalog {self.catalog_path} (seed {self.seed}, size {self.size}): "
-            f"{len(self.image_items)} image items, {len(self.label_items)} label items\n"
-            f"  landforms: {counts}\n"
-            f"  overview: {self.root / LABEL_COLLECTION / 'overview.png'}"
+            f"{len(self.image_items)} image items, {len(self.label_items)} label items",
+            f"  landforms: {count_list(self.counts, CLASS_NAMES)}",
+            f"  overview: {self.root / LABEL_COLLECTION / 'overview.png'}",
         )
 
 
@@ -320,34 +320,18 @@ def _build_scene(
             "at the recorded sun angles, sensor noise, 8-bit."
         ),
     }
-    image_item = pystac.Item(
-        id=item_id,
-        geometry=geometry,
-        bbox=bbox,
-        datetime=when,
-        properties=props,
-        stac_extensions=[SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, VIEW_V1, PROCESSING_V1],
-    )
-    image_item.add_asset(
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, VIEW_V1, PROCESSING_V1]
+    image_item = pystac.Item(item_id, geometry, bbox, when, props, stac_extensions=extensions)
+    _add_file(
+        image_item,
         "image",
-        pystac.Asset(
-            href=str(tif),
-            media_type=COG_MEDIA_TYPE,
-            roles=["data"],
-            title="CTX-like panchromatic image (DN, nodata 0)",
-            extra_fields={"bands": cog_band_fields(tif), **file_fields(tif)},
-        ),
+        tif,
+        COG_MEDIA_TYPE,
+        ["data"],
+        "CTX-like panchromatic image (DN, nodata 0)",
+        bands=cog_band_fields(tif),
     )
-    image_item.add_asset(
-        "thumbnail",
-        pystac.Asset(
-            href=str(thumb),
-            media_type=pystac.MediaType.PNG,
-            roles=["thumbnail"],
-            title="Thumbnail",
-            extra_fields=file_fields(thumb),
-        ),
-    )
+    _add_file(image_item, "thumbnail", thumb, pystac.MediaType.PNG, ["thumbnail"], "Thumbnail")
 
     label_item, preview = _label_item(
         stage, scene.landforms, scene.image, image_item, transform, tr, split, rng
@@ -439,16 +423,22 @@ def _add_label_assets(
             "Image with landform outlines",
         ),
     ):
-        item.add_asset(
-            key,
-            pystac.Asset(
-                href=str(path),
-                media_type=media,
-                roles=roles,
-                title=title,
-                extra_fields=file_fields(path),
-            ),
-        )
+        _add_file(item, key, path, media, roles, title)
+
+
+def _add_file(
+    item: pystac.Item | pystac.Collection,
+    key: str,
+    path: Path,
+    media: str,
+    roles: list[str],
+    title: str,
+    **extra: Any,
+) -> None:
+    """Add a local file as an asset, with its ``file:`` size and checksum."""
+    asset = pystac.Asset(str(path), title, media_type=media, roles=roles)
+    asset.extra_fields = {**extra, **file_fields(path)}
+    item.add_asset(key, asset)
 
 
 def _label_rows(
@@ -605,15 +595,8 @@ def _finish_collections(
     path = stage / LABEL_COLLECTION / "overview.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     mosaic.save(path)
-    labels.add_asset(
-        "overview",
-        pystac.Asset(
-            href=str(path),
-            media_type=pystac.MediaType.PNG,
-            roles=["overview"],
-            title="All scenes with landform outlines; the held-out area is outlined in red",
-        ),
-    )
+    title = "All scenes with landform outlines; the held-out area is outlined in red"
+    _add_file(labels, "overview", path, pystac.MediaType.PNG, ["overview"], title)
 
 
 def _validate_tree(root: Path) -> None:
