@@ -11,26 +11,36 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from marscope_stac.errors import OutputError
-from marscope_stac.fsutil import atomic_write_text, file_multihash
+from marscope_stac.fsutil import atomic_write_json
+from marscope_stac.stac_out import (
+    JSON_MEDIA_TYPE,
+    STAC_ITEM_MEDIA_TYPE,
+    file_asset,
+    link,
+    relative_href,
+    stac_collection,
+)
 from marscope_stac.validation import validate_dict
 
-__all__ = ["CATALOG_ID", "OutputCatalog", "file_asset", "relative_href"]
+__all__ = ["CATALOG_ID", "ROOT_VERSION", "OutputCatalog", "file_asset", "relative_href"]
 
 CATALOG_ID = "marscope-products"
 
+ROOT_VERSION = "1.0.0"
+"""STAC version of the products root.
 
-def relative_href(target: str | Path, start: Path) -> str:
-    """The href of ``target`` from the folder ``start``: relative, or the URL as it is."""
-    s = str(target)
-    if s.startswith(("http://", "https://")):
-        return s
-    return os.path.relpath(Path(s).resolve(), start.resolve())
+The root is a STAC 1.0.0 Collection: the embedding sets' objects must be STAC 1.0.0 (the
+proposed embeddings extension v0.0.1 requires it), and stac-validator's recursive mode checks
+every object with its root's version, so a 1.1.0 root would fail them. Every other object is
+1.1.0. A 1.0.0 Collection is used because the 1.0.0 catalog schema is not available offline.
+"""
+
+ROOT_TITLE = "MarScope-STAC products"
 
 
 class OutputCatalog:
@@ -58,8 +68,11 @@ class OutputCatalog:
                 d = json.loads(cat.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise OutputError(f"{cat} is not valid JSON; fix or remove it") from exc
-            if d.get("type") != "Catalog":
-                raise OutputError(f"{cat} is not a STAC catalog (type {d.get('type')!r})")
+            if d.get("type") not in ("Catalog", "Collection") or d.get("id") != CATALOG_ID:
+                raise OutputError(
+                    f"{cat} is not a products catalog (type {d.get('type')!r}, id "
+                    f"{d.get('id')!r}); choose an empty folder or an existing products catalog"
+                )
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -78,20 +91,23 @@ class OutputCatalog:
     def _write(self, path: Path, d: dict[str, Any], validated: bool = False) -> None:
         if not validated:
             validate_dict(d, href=str(path))
-        atomic_write_text(path, json.dumps(d, indent=1))
+        atomic_write_json(path, d)
 
     def _catalog(self) -> dict[str, Any]:
+        """The root Collection (a root Catalog of earlier versions is upgraded)."""
         path = self.root / "catalog.json"
-        if path.is_file():
-            return self._read(path)
-        return {
-            "type": "Catalog",
-            "stac_version": "1.1.0",
-            "id": CATALOG_ID,
-            "title": "MarScope-STAC products",
-            "description": "Products made by marscope-stac: embedding sets, models, queries.",
-            "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"}],
-        }
+        old = self._read(path) if path.is_file() else {}
+        root = stac_collection(
+            CATALOG_ID,
+            ROOT_TITLE,
+            "Products made by marscope-stac: models, embedding sets, query products.",
+            (old.get("extent") and _extent_of(old)) or ([-180.0, -90.0, 180.0, 90.0], [None, None]),
+            old.get("summaries", {}),
+            version=ROOT_VERSION,
+        )
+        root["links"] = [lk for lk in old.get("links", []) if lk.get("rel") == "child"]
+        _relink(root, [link("root", path, self.root, JSON_MEDIA_TYPE, ROOT_TITLE)])
+        return root
 
     def add(
         self,
@@ -107,28 +123,32 @@ class OutputCatalog:
         with self.locked():
             cat = self._catalog()
             cat_path = self.root / "catalog.json"
-            child = _link("child", collection_path, self.root)
-            child["title"] = collection.get("title", collection["id"])
+            title = collection.get("title", collection["id"])
+            child = link("child", collection_path, self.root, JSON_MEDIA_TYPE, title)
             if not any(
                 lk.get("rel") == "child" and lk["href"] == child["href"] for lk in cat["links"]
             ):
                 cat["links"].append(child)
+            _grow(cat, collection)
             cdir, idir = collection_path.parent, item_path.parent
             items = []
             if collection_path.is_file():
                 old = self._read(collection_path)
                 items = [lk for lk in old.get("links", []) if lk.get("rel") == "item"]
-            new_item = _link("item", item_path, cdir, "application/geo+json")
-            if not any(lk["href"] == new_item["href"] for lk in items):
-                items.append(new_item)
-            _relink(collection, [_link("root", cat_path, cdir), _link("parent", cat_path, cdir)])
+            new_item = link("item", item_path, cdir, STAC_ITEM_MEDIA_TYPE, item["id"])
+            items = [lk for lk in items if lk["href"] != new_item["href"]] + [new_item]
+            up = [
+                link("root", cat_path, cdir, JSON_MEDIA_TYPE, ROOT_TITLE),
+                link("parent", cat_path, cdir, JSON_MEDIA_TYPE, ROOT_TITLE),
+            ]
+            _relink(collection, up)
             _relink(collection, items, "item")
             _relink(
                 item,
                 [
-                    _link("root", cat_path, idir),
-                    _link("parent", collection_path, idir),
-                    _link("collection", collection_path, idir),
+                    link("root", cat_path, idir, JSON_MEDIA_TYPE, ROOT_TITLE),
+                    link("parent", collection_path, idir, JSON_MEDIA_TYPE, title),
+                    link("collection", collection_path, idir, JSON_MEDIA_TYPE, title),
                 ],
             )
             item["collection"] = collection["id"]
@@ -142,28 +162,30 @@ class OutputCatalog:
         return item_path
 
 
-def _link(rel: str, target: Path, base: Path, media: str = "application/json") -> dict[str, Any]:
-    """A relative link from a file in ``base`` to ``target``."""
-    href = relative_href(target, base)
-    return {"rel": rel, "href": href if href.startswith(".") else f"./{href}", "type": media}
-
-
 def _relink(obj: dict[str, Any], links: list[dict[str, Any]], *rels: str) -> None:
     """Replace the links of ``obj`` of the given rels (default: those of ``links``)."""
     drop = set(rels) or {lk["rel"] for lk in links}
     obj["links"] = [lk for lk in obj.get("links", []) if lk.get("rel") not in drop] + links
 
 
-def file_asset(
-    path: Path, base: Path, media: str, roles: list[str], title: str, **extra: Any
-) -> dict[str, Any]:
-    """A STAC asset of a local file (href relative to ``base``, ``file:size``/``checksum``)."""
-    return {
-        "href": relative_href(path, base) if not str(path).startswith("http") else str(path),
-        "type": media,
-        "roles": roles,
-        "title": title,
-        "file:size": path.stat().st_size,
-        "file:checksum": file_multihash(path),
-        **extra,
-    }
+def _extent_of(d: dict[str, Any]) -> tuple[list[float], list[str | None]]:
+    ext = d["extent"]
+    return list(ext["spatial"]["bbox"][0]), list(ext["temporal"]["interval"][0])
+
+
+def _grow(root: dict[str, Any], collection: dict[str, Any]) -> None:
+    """Grow the root's extent and summaries to cover a child collection."""
+    if "extent" in collection:
+        (w, s, e, n), (t0, t1) = _extent_of(collection)
+        if root.get("summaries", {}).get("marscope:collections"):
+            (rw, rs, re_, rn), (r0, r1) = _extent_of(root)
+            w, s, e, n = min(w, rw), min(s, rs), max(e, re_), max(n, rn)
+            t0 = min(t for t in (t0, r0) if t) if t0 or r0 else None
+            t1 = max(t for t in (t1, r1) if t) if t1 or r1 else None
+        root["extent"] = {"spatial": {"bbox": [[w, s, e, n]]}, "temporal": {"interval": [[t0, t1]]}}
+    summaries = root.setdefault("summaries", {})
+    ids = set(summaries.get("marscope:collections", [])) | {collection["id"]}
+    summaries["marscope:collections"] = sorted(ids)
+    targets = set(summaries.get("ssys:targets", [])) | set(collection.get("ssys:targets", []))
+    if targets:
+        summaries["ssys:targets"] = sorted(targets)

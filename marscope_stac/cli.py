@@ -104,11 +104,26 @@ def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
 
 @cli.command("validate")
 @click.argument("path", type=click.Path(path_type=Path))
-def validate_cmd(path: Path) -> None:
-    """Validate a STAC catalog, collection or item offline (core and extension schemas)."""
-    from marscope_stac.validation import validate_catalog
+@click.option("--no-checksums", is_flag=True, help="Skip file:checksum (sizes are still checked).")
+@click.option(
+    "--within",
+    type=click.Path(path_type=Path),
+    help="Folder every file must stay in (default: the catalog's); e.g. DIR for DIR/stac.",
+)
+def validate_cmd(path: Path, no_checksums: bool, within: Path | None) -> None:
+    """Check a STAC catalog, collection or item offline: schemas, links, assets, checksums.
 
-    report = validate_catalog(path)
+    Every problem is printed on a line of its own; the exit status is 2 when there is any.
+    """
+    from marscope_stac.errors import CatalogError
+    from marscope_stac.validation import InvalidCatalogError, validate_catalog
+
+    try:
+        report = validate_catalog(path, checksums=not no_checksums, within=within)
+    except InvalidCatalogError as exc:
+        for line in exc.problems:
+            click.echo(line)
+        raise CatalogError(exc.report.summary() + "; see the lines above") from exc
     click.echo(report.summary())
 
 

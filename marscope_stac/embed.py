@@ -21,7 +21,6 @@ The set is published as a STAC Item (embeddings extension) in the output catalog
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -37,9 +36,9 @@ import numpy as np
 from tqdm import tqdm
 
 from marscope_stac.errors import ConfigError, OutputError
-from marscope_stac.fsutil import atomic_write_text, file_multihash
+from marscope_stac.fsutil import atomic_write_json, file_multihash
 from marscope_stac.grid import Grid, parse_grid
-from marscope_stac.models import ClipModel, load_model
+from marscope_stac.models import ClipModel, load_model, same_record
 from marscope_stac.stac_in import SourceSet, load_sources
 from marscope_stac.store import (
     EmbeddingSet,
@@ -133,6 +132,8 @@ def set_id(model: ClipModel, grid: Grid, tile_px: int) -> str:
 
 def _check_compatible(manifest: dict[str, Any], expect: dict[str, Any], root: Path) -> None:
     for key in ("model", "grid", "tile_px", "preprocessing"):
+        if key == "model" and key in manifest and same_record(manifest[key], expect[key]):
+            continue
         if key in manifest and manifest[key] != expect[key]:
             raise OutputError(
                 f"embedding set {root} was made with a different {key} "
@@ -496,7 +497,7 @@ def _write_manifest(
         }
         manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
         manifest["scoring"] = scoring
-    atomic_write_text(es.manifest_path, json.dumps(manifest, indent=1))
+    atomic_write_json(es.manifest_path, manifest)
 
 
 def _write_background(es: EmbeddingSet, cm: ClipModel) -> None:

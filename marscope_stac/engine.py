@@ -79,9 +79,10 @@ def same_model(made_by: str | None, requested: str) -> bool:
         return True
     prefix = "local-dir:"
     if made_by.startswith(prefix) and requested.startswith(prefix):
-        a = Path(made_by[len(prefix) :]).expanduser()
-        b = Path(requested[len(prefix) :]).expanduser()
-        return a.resolve() == b.resolve()
+        # sets record the folder's name (older ones its path): the same folder name matches
+        a = Path(made_by[len(prefix) :]).expanduser().resolve()
+        b = Path(requested[len(prefix) :]).expanduser().resolve()
+        return a == b or a.name == b.name
     return False
 
 

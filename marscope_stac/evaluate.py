@@ -14,6 +14,7 @@ r = 0.5 degree (2.5 cells). On small areas like the demo world this module sweep
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -273,6 +274,13 @@ class ProductEvaluation:
         return "\n".join(lines)
 
 
+def _portable(path: str, folder: Path) -> str:
+    """A URL as it is; a local path relative to ``folder`` (no machine's absolute path)."""
+    if "://" in path:
+        return path
+    return os.path.relpath(Path(path).resolve(), folder.resolve())
+
+
 def _load_truth(
     truth: str | Path, landform: str | None, split: str | None
 ) -> tuple[NDArray[np.float64] | None, list[Any] | None, Any]:
@@ -426,14 +434,14 @@ def _write_report(
     curve: tuple[NDArray[np.float64], NDArray[np.float64]],
 ) -> None:
     """The evaluation's JSON table and PR-curve PNG beside the product."""
-    from marscope_stac.fsutil import atomic_write_text
+    from marscope_stac.fsutil import atomic_write_json
 
     tag = re.sub(r"[^a-z0-9]+", "-", f"{ev.landform or Path(ev.truth).stem}-{ev.split or 'all'}")
     ev.report_path = folder / f"evaluation-{tag}.json"
     ev.curve_path = folder / f"evaluation-{tag}.png"
     record = {
         "query": folder.name,
-        "truth": ev.truth,
+        "truth": _portable(ev.truth, folder),
         "landform": ev.landform,
         "split": ev.split,
         "rank_by": rank_by,
@@ -445,7 +453,7 @@ def _write_report(
         "cell_recall": ev.cell_recall,
         "cell_f1": ev.cell_f1,
     }
-    atomic_write_text(ev.report_path, json.dumps(record, indent=1))
+    atomic_write_json(ev.report_path, record)
     precision, recall = curve
     _plot_pr(precision, recall, ev.curve_path, f"{folder.name} vs {ev.landform or ev.truth}")
 

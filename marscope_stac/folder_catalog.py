@@ -154,10 +154,12 @@ def build_folder_catalog(
     assert found_body is not None
     cid = collection_id or _item_id(root.resolve(), root.resolve().parent)
     with staged_directory(out, overwrite=overwrite) as stage:
-        catalog = pystac.Catalog(id=f"{cid}-catalog", description=f"GeoTIFFs under {root}")
+        catalog = pystac.Catalog(
+            id=f"{cid}-catalog", description=f"GeoTIFFs under {root.resolve().name}"
+        )
         coll = pystac.Collection(
             id=cid,
-            description=f"{len(items)} GeoTIFFs of {found_body.name} under {root}",
+            description=f"{len(items)} GeoTIFFs of {found_body.name} under {root.resolve().name}",
             extent=pystac.Extent.from_items(items),
             license="other",
             stac_extensions=[SSYS_V1],
@@ -168,7 +170,7 @@ def build_folder_catalog(
         catalog.normalize_hrefs(str(stage) + "/")
         catalog.make_all_asset_hrefs_relative()
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        validate_catalog(stage)
+        validate_catalog(stage, within=root)
     return FolderCatalog(root=out, items=len(items), body=found_body)
 
 

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from marscope_stac.errors import OutputError
 
 __all__ = [
     "atomic_output",
     "atomic_write_bytes",
+    "atomic_write_json",
     "atomic_write_text",
+    "copy_file",
     "file_multihash",
+    "json_text",
     "staged_directory",
 ]
 
@@ -70,9 +77,53 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def json_text(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON (RFC 8259) of ``obj``: a non-finite number (NaN, infinity) is written null."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> None:
+    """Write ``obj`` as strict JSON (:func:`json_text`) to ``path`` atomically."""
+    atomic_write_text(path, json_text(obj, indent))
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Put a copy of ``src`` at ``dst`` atomically: a hard link where possible, else a copy.
+
+    Nothing is done when ``dst`` already holds the same bytes (same size and checksum).
+    """
+    source, target = Path(src), Path(dst)
+    same_size = target.is_file() and target.stat().st_size == source.stat().st_size
+    if same_size and (target.samefile(source) or file_multihash(target) == file_multihash(source)):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(source, tmp)  # the same file, nothing copied (its mode is left alone)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return target
 
 
 def _check_parent_writable(out: Path) -> Path:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import pystac
-
-from marscope_stac.fsutil import atomic_write_text
-from marscope_stac.stac_out import FILE_V2, MLM_V1, file_fields
+from marscope_stac.bodies import MARS, Body
+from marscope_stac.fsutil import atomic_write_json
+from marscope_stac.stac_out import (
+    FILE_V2,
+    JSON_MEDIA_TYPE,
+    MLM_V1,
+    SSYS_V1,
+    file_asset,
+    ssys_fields,
+    stac_item,
+)
 from marscope_stac.validation import validate_dict
 
-__all__ = ["build_model_item", "mlm_properties", "model_item"]
+__all__ = ["PLANET_BBOX", "build_model_item", "mlm_properties", "model_item"]
 
 
 def mlm_name(text: str) -> str:
@@ -44,7 +50,7 @@ def model_item(folder: Path, properties: dict[str, Any], **details: Any) -> Path
     """
     d = build_model_item(folder, properties, **details)
     path = folder / "model.json"
-    atomic_write_text(path, json.dumps(d, indent=1))
+    atomic_write_json(path, d)
     return path
 
 
@@ -110,51 +116,42 @@ def build_model_item(
     hyperparameters: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     when: dt.datetime | None = None,
+    body: Body = MARS,
 ) -> dict[str, Any]:
     """An MLM Item for an open_clip model in hub layout in ``folder`` (not written).
 
-    The item has no geometry (a model has no footprint), the weights as the ``mlm:model``
-    asset (safetensors) and the config as a second asset; it is validated offline.
+    The item covers the whole body the model was made for (its footprint is the planet), has
+    the weights as the ``mlm:model`` asset (safetensors) and the config as a second asset;
+    it is validated offline.
     """
-    props = dict(properties)
-    name = props["mlm:name"]
-    weights = folder / "open_clip_model.safetensors"
-    config = folder / "open_clip_config.json"
+    props = {**ssys_fields(body), **properties}
     if hyperparameters:
         props["mlm:hyperparameters"] = hyperparameters
     if metrics:
         props["marscope:validation"] = metrics
-    item = pystac.Item(
-        id=name,
-        geometry=None,
-        bbox=None,
-        datetime=when or dt.datetime.now(dt.UTC),
-        properties=props,
-        stac_extensions=[MLM_V1, FILE_V2],
-    )
-    item.add_asset(
-        "weights",
-        pystac.Asset(
-            href="./open_clip_model.safetensors",
-            media_type="application/octet-stream; application=safetensors",
-            roles=["mlm:model", "mlm:weights", "data"],
-            title="open_clip weights (safetensors)",
-            extra_fields={
-                "mlm:artifact_type": "safetensors.torch.save_file",
-                **file_fields(weights),
-            },
+    props["datetime"] = (when or dt.datetime.now(dt.UTC)).isoformat().replace("+00:00", "Z")
+    assets = {
+        "weights": file_asset(
+            folder / "open_clip_model.safetensors",
+            folder,
+            "application/octet-stream; application=safetensors",
+            ["mlm:model", "mlm:weights", "data"],
+            "open_clip weights (safetensors)",
+            **{"mlm:artifact_type": "safetensors.torch.save_file"},
         ),
-    )
-    item.add_asset(
-        "config",
-        pystac.Asset(
-            href="./open_clip_config.json",
-            media_type=pystac.MediaType.JSON,
-            roles=["metadata"],
-            title="open_clip model configuration",
-            extra_fields=file_fields(config),
+        "config": file_asset(
+            folder / "open_clip_config.json",
+            folder,
+            JSON_MEDIA_TYPE,
+            ["metadata"],
+            "open_clip model configuration",
         ),
-    )
-    d = item.to_dict(include_self_link=False, transform_hrefs=False)
+    }
+    extensions = [MLM_V1, FILE_V2, SSYS_V1]
+    d = stac_item(props["mlm:name"], props, extensions, PLANET_BBOX, assets)
     validate_dict(d, href=str(folder / "model.json"))
-    return dict(d)
+    return d
+
+
+PLANET_BBOX = (-180.0, -90.0, 180.0, 90.0)
+"""Footprint of a model item: the whole body, in its lon/lat."""

@@ -23,6 +23,7 @@ L2-normalised embeddings.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from marscope_stac.errors import ConfigError, ModelError
+from marscope_stac.fsutil import file_multihash
 from marscope_stac.parts import IMAGENET_MEAN, IMAGENET_STD, resolve_parts, uses_parts
 from marscope_stac.prompts import MARSCOPE_TEMPLATES, check_phrases, check_templates
 
@@ -53,6 +55,7 @@ __all__ = [
     "parts_model_folder",
     "register_bundled_architectures",
     "resolve_device",
+    "same_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -291,19 +294,88 @@ class ClipModel:
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
 
+    @property
+    def weights_file(self) -> Path | None:
+        """The local weights file (a model folder's safetensors, a checkpoint), if any."""
+        if not self.pretrained:
+            return None
+        path = Path(self.pretrained).expanduser()
+        if path.is_dir():
+            path = path / "open_clip_model.safetensors"
+        return path if path.is_file() else None
+
+    @property
+    def weights_url(self) -> str | None:
+        """Where the weights are published: the hub repository, or open_clip's URL of a tag."""
+        if self.name.startswith("hf-hub:"):
+            return f"https://huggingface.co/{self.name.split(':', 1)[1]}"
+        if self.weights_file is not None or not self.pretrained or not self.arch:
+            return None
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(self.arch, self.pretrained) or {}
+        if cfg.get("hf_hub"):
+            return f"https://huggingface.co/{str(cfg['hf_hub']).strip('/')}"
+        return str(cfg["url"]) if cfg.get("url") else None
+
     def describe(self) -> dict[str, Any]:
-        """What identifies this model (for manifests and STAC)."""
+        """What identifies this model (for manifests and STAC), the same on every machine.
+
+        Local weights are named by their file name and checksum, never by their path.
+        """
         n_params = sum(p.numel() for p in self.model.parameters())
+        weights = self.weights_file
+        pretrained: str | None = self.pretrained
+        if weights is not None:
+            pretrained = f"{Path(str(self.pretrained)).name} {_checksum(weights)}"
         return {
-            "name": self.name,
+            "name": _base_name(self.name),
             "architecture": self.arch,
-            "pretrained": self.pretrained,
+            "pretrained": pretrained,
             "image_size": self.image_size,
             "embed_dim": self.embed_dim,
             "mean": list(self.mean),
             "std": list(self.std),
             "parameters": int(n_params),
         }
+
+
+def _checksum(path: Path) -> str:
+    """``file:checksum`` of a weights file, computed once per file version."""
+    st = path.stat()
+    return _checksum_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _checksum_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_multihash(path)
+
+
+def same_record(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a model record of a manifest (:meth:`ClipModel.describe`) is the model ``new``.
+
+    Records of earlier versions named local weights by their path; those match a record of
+    the same folder or file name (the checksum cannot be checked without the old file).
+    """
+    if old == new:
+        return True
+    pretrained = str(old.get("pretrained") or "")
+    if not Path(pretrained).is_absolute():
+        return False
+    legacy = {
+        **old,
+        "name": _base_name(str(old.get("name"))),
+        "pretrained": Path(pretrained).name,
+    }
+    now = {**new, "pretrained": str(new.get("pretrained") or "").split(" ")[0]}
+    return legacy == now
+
+
+def _base_name(name: str) -> str:
+    """``local-dir:NAME`` of a ``local-dir:PATH`` model name; other names unchanged."""
+    if name.startswith("local-dir:"):
+        return "local-dir:" + Path(name.split(":", 1)[1]).expanduser().resolve().name
+    return name
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -22,7 +22,6 @@ model: the query engine (:mod:`marscope_stac.engine`) scores, this module writes
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -39,7 +38,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from marscope_stac import __version__
-from marscope_stac.catalog import OutputCatalog, file_asset, relative_href
+from marscope_stac.catalog import OutputCatalog
 from marscope_stac.cog import write_cog
 from marscope_stac.errors import ConfigError
 from marscope_stac.fsutil import staged_directory
@@ -67,8 +66,13 @@ from marscope_stac.stac_out import (
     RASTER_V2,
     SSYS_V1,
     cog_band_fields,
+    file_asset,
+    now_utc,
     proj_fields,
+    relative_href,
     ssys_fields,
+    stac_collection,
+    stac_item,
 )
 from marscope_stac.store import EmbeddingSet
 from marscope_stac.text import count_list, join_lines
@@ -203,10 +207,6 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def query_id(
     spec: QuerySpec,
     es: EmbeddingSet,
@@ -242,30 +242,23 @@ def _queries_collection(
         ]
         ((t0, t1),) = coll["extent"]["temporal"]["interval"]
         coll["extent"]["temporal"]["interval"] = [[min(t0 or start, start), max(t1 or end, end)]]
+        coll.setdefault("summaries", {"ssys:targets": [grid.body.name]})
         return coll
-    return {
-        "type": "Collection",
-        "stac_version": "1.1.0",
-        "stac_extensions": [SSYS_V1],
-        "id": "queries",
-        "title": "Query products",
-        "description": "Probability maps, detections and class maps of landform queries.",
-        "license": "other",
-        **ssys_fields(grid.body),
-        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[start, end]]}},
-        "links": [],
-    }
+    return stac_collection(
+        "queries",
+        "Query products",
+        "Probability maps, detections and class maps of landform queries.",
+        (bbox, [start, end]),
+        {"ssys:targets": [grid.body.name]},
+        [SSYS_V1],
+        ssys_fields(grid.body),
+    )
 
 
 def _raster_bbox(layout: RasterLayout) -> list[float]:
     t = layout.transform
     rows, cols = layout.shape
     return [t.c, t.f + t.e * rows, t.c + t.a * cols, t.f]
-
-
-def _bbox_polygon(bbox: Sequence[float]) -> dict[str, Any]:
-    w, s, e, n = bbox
-    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
 # ----------------------------------------------------------------------------- files
@@ -566,7 +559,7 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
 def _embedding_times(es: EmbeddingSet) -> tuple[str, str]:
     emb_item = es.root / f"{es.root.name}.json"
     props = json.loads(emb_item.read_text()).get("properties", {}) if emb_item.is_file() else {}
-    now = _now()
+    now = now_utc()
     return props.get("start_datetime", now), props.get("end_datetime", now)
 
 
@@ -583,11 +576,10 @@ def _query_item(
     model_name: str,
 ) -> dict[str, Any]:
     start, end = _embedding_times(es)
-    now = _now()
+    now = now_utc()
     bbox = _raster_bbox(layout)
     props: dict[str, Any] = {
         **ssys_fields(grid.body),
-        "datetime": None,
         "start_datetime": start,
         "end_datetime": end,
         **proj_fields(grid.body.crs, layout.transform, layout.shape),
@@ -636,17 +628,8 @@ def _query_item(
         if (folder / name).is_file():
             extra = {"bands": cog_band_fields(folder / name)} if key == "probability" else {}
             assets[key] = asset(name, media, roles, title, **extra)
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "stac_extensions": [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1],
-        "id": qid,
-        "geometry": _bbox_polygon(bbox),
-        "bbox": bbox,
-        "properties": props,
-        "links": _source_links(es, folder),
-        "assets": assets,
-    }
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1]
+    return stac_item(qid, props, extensions, bbox, assets, _source_links(es, folder))
 
 
 # ----------------------------------------------------------------------------- classes
@@ -698,8 +681,10 @@ def write_class_product(
         _class_preview(stage / "preview.png", cmap_u8, len(all_names))
     item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
     coll_path = folder.parent / "collection.json"
-    now = item["properties"]["datetime"]
-    coll = _queries_collection(coll_path, grid, item["bbox"], now, now)
+    props = item["properties"]
+    coll = _queries_collection(
+        coll_path, grid, item["bbox"], props["start_datetime"], props["end_datetime"]
+    )
     item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
     counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
     return ClassProduct(qid, folder, item_path, names, counts)
@@ -742,49 +727,36 @@ def _class_item(
     ]
     bbox = _raster_bbox(layout)
     asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "stac_extensions": [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2],
-        "id": qid,
-        "geometry": _bbox_polygon(bbox),
-        "bbox": bbox,
-        "properties": {
-            **ssys_fields(grid.body),
-            "datetime": _now(),
-            **proj_fields(grid.body.crs, layout.transform, layout.shape),
-            "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
-            "background prompt at the model's temperature.",
-            "processing:software": {"marscope-stac": __version__},
-            "marscope:classes": names,
-            "marscope:model": model_name,
-        },
-        "links": [
-            {
-                "rel": "derived_from",
-                "href": relative_href(es.root / f"{es.root.name}.json", folder),
-                "type": "application/geo+json",
-                "title": "embedding set",
-            }
-        ],
-        "assets": {
-            "classes": asset(
-                "classes.tif",
-                COG_MEDIA_TYPE,
-                ["data"],
-                "Most probable class (COG)",
-                bands=cog_band_fields(folder / "classes.tif"),
-                **{"classification:classes": classes_field},
-            ),
-            "probabilities": asset(
-                "probabilities.tif",
-                COG_MEDIA_TYPE,
-                ["data"],
-                "Per-class probabilities (COG, one band each)",
-                bands=cog_band_fields(folder / "probabilities.tif"),
-            ),
-            "preview": asset(
-                "preview.png", "image/png", ["overview", "visual"], "Class map preview"
-            ),
-        },
+    start, end = _embedding_times(es)
+    props = {
+        **ssys_fields(grid.body),
+        "start_datetime": start,
+        "end_datetime": end,
+        **proj_fields(grid.body.crs, layout.transform, layout.shape),
+        "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
+        "background prompt at the model's temperature.",
+        "processing:software": {"marscope-stac": __version__},
+        "processing:datetime": now_utc(),
+        "marscope:classes": names,
+        "marscope:model": model_name,
     }
+    assets = {
+        "classes": asset(
+            "classes.tif",
+            COG_MEDIA_TYPE,
+            ["data"],
+            "Most probable class (COG)",
+            bands=cog_band_fields(folder / "classes.tif"),
+            **{"classification:classes": classes_field},
+        ),
+        "probabilities": asset(
+            "probabilities.tif",
+            COG_MEDIA_TYPE,
+            ["data"],
+            "Per-class probabilities (COG, one band each)",
+            bands=cog_band_fields(folder / "probabilities.tif"),
+        ),
+        "preview": asset("preview.png", "image/png", ["overview", "visual"], "Class map preview"),
+    }
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
+    return stac_item(qid, props, extensions, bbox, assets, _source_links(es, folder))

@@ -6,21 +6,31 @@ query products are written by :mod:`marscope_stac.products`.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 from marscope_stac import __version__
-from marscope_stac.catalog import OutputCatalog, file_asset, relative_href
-from marscope_stac.fsutil import file_multihash
+from marscope_stac.bodies import MARS
+from marscope_stac.catalog import OutputCatalog
+from marscope_stac.fsutil import copy_file, file_multihash
 from marscope_stac.stac_out import (
     EMBEDDINGS_V0,
     FILE_V2,
+    JSON_MEDIA_TYPE,
+    MLM_V1,
     PARQUET_MEDIA_TYPE,
     PROCESSING_V1,
     SSYS_V1,
+    STAC_ITEM_MEDIA_TYPE,
+    bbox_polygon,
+    file_asset,
+    link,
+    now_utc,
+    relative_href,
     ssys_fields,
+    stac_collection,
+    stac_item,
 )
 
 __all__ = [
@@ -80,77 +90,99 @@ def refresh_embedding_item(es: Any, out: str | Path) -> None:
         catalog._write(item_path, item)
 
 
-def _remote_model_item(cm: Any, mid: str) -> dict[str, Any]:
-    """MLM item of a model whose weights are not a folder here (hub, architecture + file)."""
-    from marscope_stac.mlm import mlm_properties
-    from marscope_stac.stac_out import MLM_V1
+def _remote_model_item(cm: Any, mid: str, body: Any) -> dict[str, Any]:
+    """MLM item of a model whose weights are not a file here: they are named by their URL."""
+    from marscope_stac.mlm import PLANET_BBOX, mlm_properties
 
-    props = mlm_properties(cm, mid, str(cm.pretrained or cm.name))
-    d: dict[str, Any] = {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "stac_extensions": [MLM_V1],
-        "id": mid,
-        "geometry": None,
-        "properties": {
-            "datetime": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-            **props,
-        },
-        "links": [],
-        "assets": {},
-    }
-    if cm.name.startswith("hf-hub:"):
-        repo = cm.name.split(":", 1)[1]
-        d["assets"]["weights"] = {
-            "href": f"https://huggingface.co/{repo}/resolve/main/open_clip_model.safetensors",
-            "type": "application/octet-stream; application=safetensors",
+    source = cm.pretrained or cm.name
+    if getattr(cm, "weights_file", None) is not None:
+        source = Path(str(cm.weights_file)).name  # never a local path
+    props = {**ssys_fields(body), **mlm_properties(cm, mid, str(source))}
+    assets: dict[str, Any] = {}
+    url = getattr(cm, "weights_url", None)
+    if url:
+        assets["weights"] = {
+            "href": url,
+            "type": "text/html" if "huggingface.co" in url else "application/octet-stream",
             "roles": ["mlm:model", "mlm:weights"],
-            "mlm:artifact_type": "safetensors.torch.save_file",
+            "title": "Published weights",
+            "mlm:artifact_type": "torch.save",
         }
+    return stac_item(mid, props, [MLM_V1, SSYS_V1], PLANET_BBOX, assets)
+
+
+MODEL_FILES = ("open_clip_model.safetensors", "open_clip_config.json")
+"""The files of a model folder (hub layout) that are published with its item."""
+
+
+def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, Any]:
+    """MLM item of a model with local weights, copied into ``target`` beside the item.
+
+    A model folder's own ``model.json`` (written by ``marscope train``) is kept; an
+    architecture with a checkpoint file gets a weights asset of that file.
+    """
+    from marscope_stac.mlm import PLANET_BBOX, build_model_item, mlm_properties
+
+    weights = Path(cm.weights_file)
+    folder = weights.parent
+    if weights.name != MODEL_FILES[0]:  # a checkpoint file
+        copy_file(weights, target / weights.name)
+        d = _remote_model_item(cm, mid, body)
+        d["stac_extensions"].append(FILE_V2)
+        d["assets"]["weights"] = file_asset(
+            target / weights.name,
+            target,
+            "application/octet-stream",
+            ["mlm:model", "mlm:weights", "data"],
+            "Checkpoint",
+            **{"mlm:artifact_type": "torch.save"},
+        )
+        return d
+    for name in MODEL_FILES:
+        copy_file(folder / name, target / name)
+    if not (folder / "model.json").is_file():  # described here; nothing is written into it
+        return build_model_item(target, mlm_properties(cm, mid, folder.name), body=body)
+    d = dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+    if d.get("geometry") is None:  # items of earlier versions: the model covers the planet
+        d["geometry"], d["bbox"] = bbox_polygon(PLANET_BBOX), list(PLANET_BBOX)
+        d["properties"] = {**ssys_fields(body), **d["properties"]}
+        d["stac_extensions"] = [*d["stac_extensions"], SSYS_V1]
     return d
 
 
-def publish_model(cm: Any, out: str | Path) -> Path:
-    """Publish the model's MLM item in ``out/models/<id>/`` (hrefs point at the weights)."""
-    from marscope_stac.mlm import build_model_item, mlm_properties
+def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
+    """Publish the model's MLM item in ``out/models/<id>/``, with the weights inside ``out``.
 
-    folder = None
-    if cm.pretrained and Path(str(cm.pretrained)).is_dir():
-        folder = Path(str(cm.pretrained))
+    Local weights (a model folder, a checkpoint) are copied beside the item (a hard link where
+    the file system allows), so the products folder can be moved or served as it is; weights
+    on a hub are referenced by their URL.
+    """
     mid = cm.slug
     target = Path(out) / "models" / mid
     target.mkdir(parents=True, exist_ok=True)
-    if folder is not None and (folder / "model.json").is_file():
-        d = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-        for a in d["assets"].values():
-            a["href"] = relative_href(folder / a["href"], target)
-    elif folder is not None:  # described here; nothing is written into the input folder
-        d = build_model_item(folder, mlm_properties(cm, mid, str(cm.pretrained)))
-        for a in d["assets"].values():
-            a["href"] = relative_href(folder / a["href"], target)
-    else:  # architecture + checkpoint file, or a hub model: described, weights by URL
-        d = _remote_model_item(cm, mid)
+    if getattr(cm, "weights_file", None) is not None:
+        d = _local_model_item(cm, mid, target, body)
+    else:
+        d = _remote_model_item(cm, mid, body)
+    d["id"] = mid  # the item's file is <id>.json
     item_path = target / f"{mid}.json"
     coll_path = Path(out) / "models" / "collection.json"
-    coll = {
-        "type": "Collection",
-        "stac_version": "1.1.0",
-        "id": "models",
-        "title": "Models",
-        "description": "Vision-language models used for the products.",
-        "license": "other",
-        "extent": {
-            "spatial": {"bbox": [[-180, -90, 180, 90]]},
-            "temporal": {"interval": [[None, None]]},
-        },
-        "links": [],
-    }
-    if coll_path.is_file():
-        coll = {
-            **json.loads(coll_path.read_text()),
-            "links": json.loads(coll_path.read_text()).get("links", []),
-        }
+    old = json.loads(coll_path.read_text()) if coll_path.is_file() else {}
+    names = sorted({*old.get("summaries", {}).get("mlm:architecture", []), str(cm.arch or mid)})
+    coll = stac_collection(
+        "models",
+        "Models",
+        "Vision-language models used for the products.",
+        (PLANET_BBOX_LIST, [None, None]),
+        {"mlm:architecture": names, "ssys:targets": [body.name]},
+        [SSYS_V1],
+        ssys_fields(body),
+        old.get("links", []),
+    )
     return OutputCatalog(out).add(coll_path, coll, item_path, d)
+
+
+PLANET_BBOX_LIST = [-180.0, -90.0, 180.0, 90.0]
 
 
 def _set_extent(es: Any, grid: Any) -> tuple[list[float], int, float]:
@@ -178,13 +210,10 @@ def _embedding_item(
     """The embedding set's item: extent, time range, quantisation, lineage, assets, links."""
     root = es.root
     bbox, n_cells, mean_valid = _set_extent(es, grid)
-    w, so, e, n = bbox
-    geometry = {"type": "Polygon", "coordinates": [[[w, so], [e, so], [e, n], [w, n], [w, so]]]}
     times = sorted(a.datetime for a in sources.assets if a.datetime is not None)
-    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    now = now_utc()
     props: dict[str, Any] = {
         **ssys_fields(sources.body),
-        "datetime": None,
         "start_datetime": (times[0].isoformat() if times else now).replace("+00:00", "Z"),
         "end_datetime": (times[-1].isoformat() if times else now).replace("+00:00", "Z"),
         "emb:quantization": {
@@ -204,33 +233,28 @@ def _embedding_item(
         "marscope:cells": n_cells,
         "marscope:mean_valid_fraction": mean_valid,
     }
-    links: list[dict[str, Any]] = [
-        {
-            "rel": "emb:model",
-            "href": relative_href(model_path, root),
-            "type": "application/geo+json",
-        },
-    ]
-    links += [
-        {
-            "rel": "derived_from",
-            "href": relative_href(a.href, root),
-            "type": "image/tiff; application=geotiff",
-            "title": a.item_id,
-        }
-        for a in sources.assets
-    ]
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "stac_extensions": [EMBEDDINGS_V0, SSYS_V1, FILE_V2, PROCESSING_V1],
-        "id": root.name,
-        "geometry": geometry,
-        "bbox": bbox,
-        "properties": props,
-        "links": links,
-        "assets": _embedding_assets(es),
-    }
+    links = [link("emb:model", model_path, root, STAC_ITEM_MEDIA_TYPE, f"Model {cm.slug}")]
+    links += _source_links(sources, root)
+    extensions = [EMBEDDINGS_V0, SSYS_V1, FILE_V2, PROCESSING_V1]
+    return stac_item(
+        root.name, props, extensions, bbox, _embedding_assets(es), links, EMBEDDINGS_VERSION
+    )
+
+
+EMBEDDINGS_VERSION = "1.0.0"
+"""STAC version of embedding sets' objects: the embeddings extension v0.0.1 requires 1.0.0."""
+
+
+def _source_links(sources: Any, root: Path) -> list[dict[str, Any]]:
+    """``derived_from`` links to the source STAC Items (their URL, or a relative path)."""
+    links: dict[str, dict[str, Any]] = {}
+    for a in sources.assets:
+        if a.item_href:  # the item itself: a URL, or a relative link into the local catalog
+            link = {"href": relative_href(a.item_href, root), "type": "application/geo+json"}
+        else:  # an item without a location (built in memory): its raster
+            link = {"href": relative_href(a.href, root), "type": "image/tiff; application=geotiff"}
+        links.setdefault(link["href"], {"rel": "derived_from", **link, "title": a.item_id})
+    return list(links.values())
 
 
 def _embedding_assets(es: Any) -> dict[str, Any]:
@@ -276,18 +300,7 @@ def _embedding_collection(
     root = es.root
     bbox, props = item["bbox"], item["properties"]
     first_source = source_href or (sources.assets[0].href if sources.assets else ".")
-    coll = {
-        "type": "Collection",
-        "stac_version": "1.0.0",
-        "stac_extensions": [EMBEDDINGS_V0, SSYS_V1],
-        "id": root.name,
-        "title": f"Embeddings {root.name}",
-        "description": f"Chip embeddings of {cm.name} on grid {grid.spec} ({tile_px} px).",
-        "license": "other",
-        "extent": {
-            "spatial": {"bbox": [bbox]},
-            "temporal": {"interval": [[props["start_datetime"], props["end_datetime"]]]},
-        },
+    fields = {
         **ssys_fields(sources.body),
         "emb:type": "chip",
         "emb:dimensions": int(cm.embed_dim),
@@ -297,20 +310,27 @@ def _embedding_collection(
             "chip_size": [tile_px, tile_px],
             "grid_id": grid.spec,
         },
-        "links": [
-            {
-                "rel": "emb:model",
-                "href": relative_href(model_path, root),
-                "type": "application/geo+json",
-            },
-            {
-                "rel": "emb:source-data",
-                "href": relative_href(first_source, root),
-                "type": "image/tiff; application=geotiff",
-            },
-        ],
     }
-    return coll
+    links = [
+        link("emb:model", model_path, root, STAC_ITEM_MEDIA_TYPE, f"Model {cm.slug}"),
+        link("emb:source-data", first_source, root, JSON_MEDIA_TYPE, "Source imagery"),
+    ]
+    return stac_collection(
+        root.name,
+        f"Embeddings {root.name}",
+        f"Chip embeddings of {cm.name} on grid {grid.spec} ({tile_px} px).",
+        (bbox, [props["start_datetime"], props["end_datetime"]]),
+        {
+            "ssys:targets": [sources.body.name],
+            "marscope:grid": [grid.spec],
+            "marscope:model": [cm.slug],
+            "emb:dimensions": [int(cm.embed_dim)],
+        },
+        [EMBEDDINGS_V0, SSYS_V1],
+        fields,
+        links,
+        EMBEDDINGS_VERSION,
+    )
 
 
 def publish_embedding_set(
@@ -327,7 +347,7 @@ def publish_embedding_set(
     The proposed embeddings extension (v0.0.1) validates against STAC core 1.0.0, so this
     collection and item are written as STAC 1.0.0 (all their fields exist in 1.0.0).
     """
-    model_path = publish_model(cm, out)
+    model_path = publish_model(cm, out, sources.body)
     root = es.root
     item = _embedding_item(es, cm, sources, grid, tile_px, model_path)
     coll = _embedding_collection(es, cm, sources, grid, tile_px, model_path, item, source_href)

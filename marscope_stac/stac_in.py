@@ -61,6 +61,7 @@ class SourceAsset:
         offset: Offset to physical values.
         footprint: Footprint in the body's lon/lat, lon in -180..180 (split at the antimeridian).
         datetime: Acquisition time, if known.
+        item_href: Where the source STAC Item is (absolute path or URL), if known.
     """
 
     item_id: str
@@ -77,6 +78,7 @@ class SourceAsset:
     offset: float
     footprint: BaseGeometry
     datetime: dt.datetime | None = None
+    item_href: str | None = None
 
     @property
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
@@ -274,6 +276,7 @@ def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
         offset=offset,
         footprint=footprint,
         datetime=item.datetime,
+        item_href=item.get_self_href(),
     )
 
 

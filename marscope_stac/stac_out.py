@@ -1,14 +1,26 @@
-"""Writing STAC with the project's conventions (DESIGN §3).
+"""Writing STAC with the project's conventions (DESIGN §3): the one STAC builder.
 
-Helpers that turn files and coordinate systems into the fields of the Solar System,
-projection v2, file, raster v2 and processing extensions, so every writer in the project
-produces the same, valid metadata.
+Every product item and collection is built here as a plain dict (:func:`stac_item`,
+:func:`stac_collection`, :func:`link`, :func:`file_asset`), with helpers that turn files and
+coordinate systems into the fields of the Solar System, projection v2, file, raster v2 and
+processing extensions, so every writer in the project produces the same, valid metadata:
+
+- STAC 1.1.0, except objects of the proposed embeddings extension (v0.0.1), whose schema
+  requires core 1.0.0;
+- an item always has a ``datetime``; one made from imagery of a time range also has
+  ``start_datetime`` / ``end_datetime`` and its ``datetime`` is the range's end (the newest
+  acquisition);
+- links between STAC files are relative (the catalog can be moved or served as it is) and
+  carry a type and a title; collections carry ``summaries``;
+- hrefs never hold a local absolute path: a local file is named relative to the JSON file
+  that refers to it, a remote one by its URL.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +38,7 @@ __all__ = [
     "COG_MEDIA_TYPE",
     "EMBEDDINGS_V0",
     "FILE_V2",
+    "JSON_MEDIA_TYPE",
     "LABEL_V1",
     "MLM_V1",
     "PARQUET_MEDIA_TYPE",
@@ -33,13 +46,21 @@ __all__ = [
     "PROJ_V2",
     "RASTER_V2",
     "SSYS_V1",
+    "STAC_ITEM_MEDIA_TYPE",
     "VIEW_V1",
+    "bbox_polygon",
     "cog_band_fields",
     "crs_code",
+    "file_asset",
     "file_fields",
+    "link",
+    "now_utc",
     "processing_fields",
     "proj_fields",
+    "relative_href",
     "ssys_fields",
+    "stac_collection",
+    "stac_item",
 ]
 
 SSYS_V1 = "https://stac-extensions.github.io/ssys/v1.1.0/schema.json"
@@ -54,6 +75,8 @@ MLM_V1 = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 EMBEDDINGS_V0 = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+JSON_MEDIA_TYPE = "application/json"
+STAC_ITEM_MEDIA_TYPE = "application/geo+json"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
@@ -152,3 +175,116 @@ def cog_band_fields(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 }
             bands.append(band)
     return bands
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+def now_utc() -> str:
+    """The current time, RFC 3339 in UTC (``...Z``)."""
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def relative_href(target: str | os.PathLike[str], start: Path) -> str:
+    """The href of ``target`` from the folder ``start``: relative (``./`` or ``../``), or a URL."""
+    s = str(target)
+    if s.startswith(("http://", "https://")):
+        return s
+    href = os.path.relpath(Path(s).resolve(), start.resolve())
+    return href if href.startswith(".") else f"./{href}"
+
+
+def link(
+    rel: str,
+    target: str | os.PathLike[str],
+    base: Path,
+    media: str = JSON_MEDIA_TYPE,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """A link from a JSON file in the folder ``base`` to ``target`` (file or URL)."""
+    d: dict[str, Any] = {"rel": rel, "href": relative_href(target, base), "type": media}
+    if title:
+        d["title"] = title
+    return d
+
+
+def file_asset(
+    path: Path, base: Path, media: str, roles: list[str], title: str, **extra: Any
+) -> dict[str, Any]:
+    """A STAC asset of a local file (href relative to ``base``, ``file:size``/``checksum``)."""
+    return {
+        "href": relative_href(path, base),
+        "type": media,
+        "roles": roles,
+        "title": title,
+        **file_fields(path),
+        **extra,
+    }
+
+
+def bbox_polygon(bbox: Sequence[float]) -> dict[str, Any]:
+    """The GeoJSON polygon of a (west, south, east, north) box."""
+    w, s, e, n = (float(v) for v in bbox)
+    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+
+
+def stac_item(
+    item_id: str,
+    properties: Mapping[str, Any],
+    extensions: Sequence[str],
+    bbox: Sequence[float] | None,
+    assets: Mapping[str, Any] | None = None,
+    links: Sequence[Mapping[str, Any]] = (),
+    version: str = "1.1.0",
+) -> dict[str, Any]:
+    """A STAC Item (see the module docstring for the conventions it applies).
+
+    The geometry is the polygon of ``bbox`` (None: an item with no footprint). A missing
+    ``datetime`` is the end of the ``start_datetime`` / ``end_datetime`` range when there is
+    one, else now.
+    """
+    props = dict(properties)
+    if props.get("datetime") is None:
+        props["datetime"] = props.get("end_datetime") or now_utc()
+    return {
+        "type": "Feature",
+        "stac_version": version,
+        "stac_extensions": list(extensions),
+        "id": item_id,
+        "geometry": bbox_polygon(bbox) if bbox is not None else None,
+        **({"bbox": [float(v) for v in bbox]} if bbox is not None else {}),
+        "properties": props,
+        "links": [dict(lk) for lk in links],
+        "assets": dict(assets or {}),
+    }
+
+
+def stac_collection(
+    collection_id: str,
+    title: str,
+    description: str,
+    extent: tuple[Sequence[float], Sequence[str | None]],
+    summaries: Mapping[str, Any],
+    extensions: Sequence[str] = (),
+    fields: Mapping[str, Any] | None = None,
+    links: Sequence[Mapping[str, Any]] = (),
+    version: str = "1.1.0",
+) -> dict[str, Any]:
+    """A STAC Collection: ``extent`` is (bbox, [start, end]); ``fields`` are top-level fields."""
+    bbox, interval = extent
+    return {
+        "type": "Collection",
+        "stac_version": version,
+        "stac_extensions": list(extensions),
+        "id": collection_id,
+        "title": title,
+        "description": description,
+        "license": "other",
+        **dict(fields or {}),
+        "extent": {
+            "spatial": {"bbox": [[float(v) for v in bbox]]},
+            "temporal": {"interval": [list(interval)]},
+        },
+        "summaries": dict(summaries),
+        "links": [dict(lk) for lk in links],
+    }

@@ -44,7 +44,7 @@ import shapely
 from numpy.typing import NDArray
 
 from marscope_stac.errors import DataError, OutputError
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text
+from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json
 from marscope_stac.geoparquet import geo_metadata
 from marscope_stac.grid import Grid
 
@@ -440,7 +440,7 @@ class EmbeddingSet:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the manifest atomically."""
-        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
+        atomic_write_json(self.manifest_path, manifest)
 
     def shard_path(self, shard: int) -> Path:
         """Path of shard ``shard``."""
@@ -800,4 +800,4 @@ class TextVectorCache:
         """Store a vector (best effort: a read-only set just stays uncached)."""
         d = {"text": text, "templates": list(templates), "vector": [float(v) for v in vector]}
         with contextlib.suppress(OSError):
-            atomic_write_text(self.path(text, templates), json.dumps(d))
+            atomic_write_json(self.path(text, templates), d, None)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from marscope_stac import __version__
 from marscope_stac.errors import ConfigError, ModelError
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_text
+from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json
 from marscope_stac.models import (
     ARCH_PREPROCESS,
     MARSCOPE_TEMPLATES,
@@ -268,7 +268,7 @@ def train_model(
         )
     model_dir = _export(cm.model, model, out_dir / "model", half_weights)
     item_path = _model_item(cm, model_dir, cfg, history, source_description)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
+    atomic_write_json(out_dir / "metrics.json", history)
     _plot(history, out_dir / "training.png")
     return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
 
@@ -436,7 +436,7 @@ def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:
     }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / "open_clip_model.safetensors", save(state))
-    atomic_write_text(folder / "open_clip_config.json", json.dumps(config, indent=1))
+    atomic_write_json(folder / "open_clip_config.json", config)
     return folder
 
 

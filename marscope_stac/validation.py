@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -30,28 +30,61 @@ from pystac.validation.local_validator import get_local_schema_cache
 from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
 
 from marscope_stac.errors import CatalogError
+from marscope_stac.fsutil import file_multihash
 
 __all__ = [
     "RULE_CHECKED_EXTENSIONS",
+    "STRUCTURE_RELS",
+    "VIEW_RANGES",
+    "InvalidCatalogError",
     "ValidationReport",
     "install_offline_validator",
     "offline_schema_cache",
     "validate_catalog",
     "validate_dict",
+    "view_rules_schema",
+    "write_offline_schemas",
 ]
 
 VIEW_V1 = "https://stac-extensions.github.io/view/v1.0.0/schema.json"
 
 
+VIEW_RANGES = {
+    "view:off_nadir": (0.0, 90.0),
+    "view:incidence_angle": (0.0, 90.0),
+    "view:azimuth": (0.0, 360.0),
+    "view:sun_azimuth": (0.0, 360.0),
+    "view:sun_elevation": (-90.0, 90.0),
+}
+"""The view v1.0.0 fields and the value ranges its specification gives."""
+
+
+def view_rules_schema() -> dict[str, Any]:
+    """A JSON Schema of :data:`VIEW_RANGES`, for tools that need a schema file offline.
+
+    This is the project's own statement of the rules it checks (the official view schema is
+    not available offline), not a copy of the published file.
+    """
+    fields = {
+        key: {"type": "number", "minimum": lo, "maximum": hi}
+        for key, (lo, hi) in VIEW_RANGES.items()
+    }
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": VIEW_V1,
+        "$comment": "Written by marscope-stac from the field ranges of the view v1.0.0 "
+        "specification, for offline validation; not the published schema file.",
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": fields},
+            "assets": {"type": "object", "additionalProperties": {"properties": fields}},
+        },
+    }
+
+
 def _check_view(obj: Mapping[str, Any]) -> list[str]:
     """Check view extension fields against the ranges in the view v1.0.0 specification."""
-    ranges = {
-        "view:off_nadir": (0.0, 90.0),
-        "view:incidence_angle": (0.0, 90.0),
-        "view:azimuth": (0.0, 360.0),
-        "view:sun_azimuth": (0.0, 360.0),
-        "view:sun_elevation": (-90.0, 90.0),
-    }
+    ranges = VIEW_RANGES
     problems: list[str] = []
     places: list[Mapping[str, Any]] = [obj.get("properties", {})]
     places += [a for a in obj.get("assets", {}).values() if isinstance(a, Mapping)]
@@ -81,6 +114,23 @@ RULE_CHECKED_EXTENSIONS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
 
 def _schema_root() -> Path:
     return Path(str(files("marscope_stac") / "data" / "stac-schemas"))
+
+
+def write_offline_schemas(folder: str | Path) -> dict[str, str]:
+    """Write every schema :func:`validate_catalog` uses offline into ``folder``.
+
+    Returns the URL -> file map, e.g. for stac-validator's ``--schema-map URL PATH``. The view
+    extension's entry is :func:`view_rules_schema`.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    schemas = {**offline_schema_cache(), VIEW_V1: view_rules_schema()}
+    found: dict[str, str] = {}
+    for i, (url, schema) in enumerate(sorted(schemas.items())):
+        path = out / f"{i:03d}-{url.rstrip('/').rsplit('/', 1)[-1]}"
+        path.write_text(json.dumps(schema), encoding="utf-8")
+        found[url] = str(path)
+    return found
 
 
 def _url_for(path: Path, root: Path) -> str:
@@ -199,18 +249,42 @@ def validate_dict(d: dict[str, Any], href: str | None = None) -> list[str]:
 
 @dataclass
 class ValidationReport:
-    """What :func:`validate_catalog` checked."""
+    """What :func:`validate_catalog` checked, and every problem it found."""
 
     root: Path
     objects: int = 0
     schemas: set[str] = field(default_factory=set)
+    links: int = 0
+    assets: int = 0
+    remote: int = 0
+    problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for people."""
+        if self.problems:
+            return f"{self.root}: {len(self.problems)} problems in {self.objects} STAC objects"
+        remote = f" ({self.remote} remote hrefs not fetched)" if self.remote else ""
         return (
-            f"{self.root}: {self.objects} STAC objects valid against "
-            f"{len(self.schemas)} schemas (offline)"
+            f"{self.root}: {self.objects} STAC objects valid against {len(self.schemas)} "
+            f"schemas; {self.links} links and {self.assets} assets resolve, sizes and "
+            f"checksums match (offline){remote}"
         )
+
+
+class InvalidCatalogError(CatalogError):
+    """A catalog has problems; :attr:`problems` lists them, one line each."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        n = len(report.problems)
+        first = report.problems[0] if report.problems else ""
+        more = f" (and {n - 1} more; run 'marscope validate' to see all)" if n > 1 else ""
+        super().__init__(f"{first}{more}")
+        self.problems = list(report.problems)
+        self.report = report
+
+
+STRUCTURE_RELS = frozenset({"root", "parent", "child", "item", "collection"})
+"""Links that make the catalog's tree: their targets must be inside the catalog's folder."""
 
 
 def _iter_json(root: Path) -> Iterable[Path]:
@@ -223,15 +297,146 @@ def _iter_json(root: Path) -> Iterable[Path]:
         yield path
 
 
-def validate_catalog(path: str | Path) -> ValidationReport:
-    """Validate every STAC object of a catalog folder (or one STAC JSON file), offline.
+def _is_remote(href: str) -> bool:
+    return href.startswith(("http://", "https://", "s3://", "gs://"))
+
+
+class _Checker:
+    """Checks the links and assets of the STAC objects of one catalog folder."""
+
+    def __init__(self, report: ValidationReport, boundary: Path, checksums: bool) -> None:
+        self.report, self.boundary, self.checksums = report, boundary.resolve(), checksums
+        self.tree: dict[Path, list[Path]] = {}  # child / item edges, for cycles
+        self.digests: dict[Path, str] = {}
+
+    def problem(self, where: Path, text: str) -> None:
+        self.report.problems.append(f"{where}: {text}")
+
+    def _target(self, where: Path, href: str, what: str) -> Path | None:
+        """The local file an href names, or None (remote, or reported as a problem)."""
+        if _is_remote(href):
+            self.report.remote += 1
+            return None
+        if href.startswith("file://"):
+            href = href[len("file://") :]
+        if Path(href).is_absolute():
+            self.problem(where, f"{what} has an absolute local path {href}; make it relative")
+            return None
+        return (where.parent / href.split("#", 1)[0]).resolve()
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.boundary or self.boundary in path.parents
+
+    def links(self, where: Path, d: Mapping[str, Any]) -> None:
+        for lk in d.get("links", []):
+            rel, href = str(lk.get("rel", "")), str(lk.get("href", ""))
+            if rel == "self" or not href:
+                continue
+            target = self._target(where, href, f"link {rel!r}")
+            if target is None:
+                continue
+            self.report.links += 1
+            if rel in STRUCTURE_RELS and not self._inside(target):
+                self.problem(where, f"link {rel!r} leaves the catalog's folder: {href}")
+            elif not target.is_file():
+                self.problem(where, f"link {rel!r} points at a missing file: {href}")
+            elif not self._inside(target) and not _is_stac_file(target):
+                self.problem(where, f"link {rel!r} leaves the catalog for a non-STAC file: {href}")
+            elif rel in ("child", "item"):
+                self.tree.setdefault(where.resolve(), []).append(target)
+
+    def assets(self, where: Path, d: Mapping[str, Any]) -> None:
+        for key, asset in (d.get("assets") or {}).items():
+            href = str(asset.get("href", ""))
+            target = self._target(where, href, f"asset {key!r}")
+            if target is None:
+                continue
+            self.report.assets += 1
+            if not self._inside(target):
+                self.problem(where, f"asset {key!r} leaves the catalog's folder: {href}")
+            elif not target.is_file():
+                self.problem(where, f"asset {key!r} is missing: {href}")
+            else:
+                self._check_file(where, key, target, asset)
+
+    def _check_file(self, where: Path, key: str, target: Path, asset: Mapping[str, Any]) -> None:
+        size = asset.get("file:size")
+        if size is not None and target.stat().st_size != size:
+            self.problem(
+                where, f"asset {key!r} is {target.stat().st_size} bytes, file:size says {size}"
+            )
+            return
+        checksum = asset.get("file:checksum")
+        if checksum and self.checksums:
+            if target not in self.digests:
+                self.digests[target] = file_multihash(target)
+            if self.digests[target] != checksum:
+                self.problem(where, f"asset {key!r} does not match its file:checksum")
+
+    def cycles(self) -> None:
+        """Report each child/item link that leads back to an object above it."""
+        state: dict[Path, int] = {}  # 1 on the path being walked, 2 done
+        for start in sorted(self.tree):
+            if state.get(start):
+                continue
+            stack: list[tuple[Path, Iterator[Path]]] = [(start, iter(self.tree[start]))]
+            state[start] = 1
+            while stack:
+                node, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    state[node] = 2
+                    stack.pop()
+                elif state.get(child) == 1:
+                    self.problem(node, f"link cycle: a child/item link leads back to {child}")
+                elif not state.get(child):
+                    state[child] = 1
+                    stack.append((child, iter(self.tree.get(child, []))))
+
+
+def _is_stac_file(path: Path) -> bool:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(d, dict) and "stac_version" in d
+
+
+def _boundary(root: Path) -> Path:
+    """The folder a catalog's files must stay in: the folder given, or a file's catalog root."""
+    if root.is_dir():
+        return root
+    try:
+        d = json.loads(root.read_text(encoding="utf-8"))
+        href = next(lk["href"] for lk in d.get("links", []) if lk.get("rel") == "root")
+    except (OSError, UnicodeDecodeError, ValueError, StopIteration, KeyError, TypeError):
+        return root.parent
+    target = (root.parent / str(href)).resolve()
+    return target.parent if not _is_remote(str(href)) and target.is_file() else root.parent
+
+
+def validate_catalog(
+    path: str | Path, checksums: bool = True, within: str | Path | None = None
+) -> ValidationReport:
+    """Check every STAC object of a catalog folder (or one STAC JSON file), offline.
+
+    Each object is validated against the core and extension schemas; its links and assets
+    must resolve, the tree's links (root, parent, child, item, collection) and every asset
+    must stay inside the catalog's folder, no href may be an absolute local path, assets must
+    match their ``file:size`` and ``file:checksum``, and child/item links must not form a
+    cycle. Links to other STAC objects outside the folder (lineage: ``derived_from``) must
+    resolve to STAC files. Remote hrefs are not fetched.
 
     Args:
         path: A folder holding a STAC catalog, a ``catalog.json`` / ``collection.json``, or an
             item JSON file.
+        checksums: Verify ``file:checksum`` (reads every asset; sizes are always checked).
+        within: The folder every file must stay in, when it is not the catalog's folder
+            (e.g. a catalog in ``DIR/stac`` describing the GeoTIFFs of ``DIR`` in place).
 
     Raises:
-        CatalogError: if the path does not exist, holds no STAC object, or any object is invalid.
+        CatalogError: if the path does not exist or holds no STAC object.
+        InvalidCatalogError: with every problem found (one line each), if there is any.
     """
     root = Path(path)
     if not root.exists():
@@ -241,15 +446,30 @@ def validate_catalog(path: str | Path) -> ValidationReport:
     if root.is_file() and root.suffix != ".json":
         raise CatalogError(f"{root} is not a JSON file; give a catalog folder or a STAC JSON file")
     report = ValidationReport(root=root)
+    boundary = Path(within) if within is not None else _boundary(root)
+    checker = _Checker(report, boundary, checksums)
     for json_path in _iter_json(root):
         try:
-            d = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CatalogError(f"{json_path} is not readable JSON: {exc}") from exc
+            d = json.loads(json_path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            report.problems.append(f"{json_path}: not valid JSON: {exc}")
+            continue
         if not isinstance(d, dict) or "stac_version" not in d:
             continue
-        report.schemas.update(validate_dict(d, href=str(json_path)))
         report.objects += 1
-    if report.objects == 0:
+        try:
+            report.schemas.update(validate_dict(d, href=str(json_path)))
+        except CatalogError as exc:
+            report.problems.append(str(exc))
+        checker.links(json_path, d)
+        checker.assets(json_path, d)
+    checker.cycles()
+    if report.objects == 0 and not report.problems:
         raise CatalogError(f"no STAC object found in {root}; is it a STAC catalog?")
+    if report.problems:
+        raise InvalidCatalogError(report)
     return report
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")

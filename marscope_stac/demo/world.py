@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shutil
 from collections import Counter
 from collections.abc import Iterable
@@ -503,10 +504,14 @@ def _label_properties(counts: Counter[str], split: str) -> dict[str, Any]:
 
 
 def _geojson(gdf: gpd.GeoDataFrame) -> str:
-    """GeoJSON text with a ``crs`` member naming the Mars CRS, so GDAL does not assume Earth."""
+    """RFC 7946 GeoJSON text (strict JSON: a missing value is null, never NaN).
+
+    Coordinates are planetocentric lon/lat on the Mars sphere; a ``crs`` member names
+    ``IAU_2015:49900`` (an arrangement RFC 7946 section 4 allows) so GDAL does not assume Earth.
+    """
     features = []
     for row in gdf.itertuples(index=False):
-        d = row._asdict()
+        d = {k: _json_value(v) for k, v in row._asdict().items()}
         geom = d.pop("geometry")
         features.append({"type": "Feature", "properties": d, "geometry": mapping(geom)})
     doc = {
@@ -515,7 +520,16 @@ def _geojson(gdf: gpd.GeoDataFrame) -> str:
         "crs": {"type": "name", "properties": {"name": MARS.geographic_code}},
         "features": features,
     }
-    return json.dumps(doc, separators=(",", ":"), default=_json_default)
+    return json.dumps(doc, separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
+def _json_value(v: Any) -> Any:
+    """A table value for JSON: numpy scalars as Python ones, NaN as None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _json_default(o: Any) -> Any:
