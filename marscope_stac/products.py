@@ -582,7 +582,6 @@ def _query_item(
         **ssys_fields(grid.body),
         "start_datetime": start,
         "end_datetime": end,
-        **proj_fields(grid.body.crs, layout.transform, layout.shape),
         "processing:lineage": (
             "Cells of the embedding set scored by cosine similarity to the query vector; "
             "probabilities = softmax at the model's temperature of the query against "
@@ -602,6 +601,7 @@ def _query_item(
     def asset(name: str, media: str, roles: list[str], title: str, **extra: Any) -> Any:
         return file_asset(folder / name, folder, media, roles, title, **extra)
 
+    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
     described = {
         "probability": (COG_MEDIA_TYPE, ["data"], "Calibrated probability (COG)"),
         "tiles": (
@@ -626,7 +626,9 @@ def _query_item(
     for key, (media, roles, title) in described.items():
         name = ASSET_FILES[key]
         if (folder / name).is_file():
-            extra = {"bands": cog_band_fields(folder / name)} if key == "probability" else {}
+            extra = {}
+            if key == "probability":  # the raster's grid: projection fields on its asset
+                extra = {**grid_fields, "bands": cog_band_fields(folder / name)}
             assets[key] = asset(name, media, roles, title, **extra)
     extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1]
     return stac_item(qid, props, extensions, bbox, assets, _source_links(es, folder))
@@ -728,11 +730,11 @@ def _class_item(
     bbox = _raster_bbox(layout)
     asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
     start, end = _embedding_times(es)
+    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
     props = {
         **ssys_fields(grid.body),
         "start_datetime": start,
         "end_datetime": end,
-        **proj_fields(grid.body.crs, layout.transform, layout.shape),
         "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
         "background prompt at the model's temperature.",
         "processing:software": {"marscope-stac": __version__},
@@ -746,6 +748,7 @@ def _class_item(
             COG_MEDIA_TYPE,
             ["data"],
             "Most probable class (COG)",
+            **grid_fields,
             bands=cog_band_fields(folder / "classes.tif"),
             **{"classification:classes": classes_field},
         ),
@@ -754,6 +757,7 @@ def _class_item(
             COG_MEDIA_TYPE,
             ["data"],
             "Per-class probabilities (COG, one band each)",
+            **grid_fields,
             bands=cog_band_fields(folder / "probabilities.tif"),
         ),
         "preview": asset("preview.png", "image/png", ["overview", "visual"], "Class map preview"),

@@ -213,16 +213,16 @@ def build_demo_catalog(
         }
         images = _collection(IMAGE_COLLECTION, "Synthetic CTX-like scenes (demo world)", world)
         labels = _collection(LABEL_COLLECTION, "Landform ground truth of the demo world", world)
-        catalog.add_child(images)
-        catalog.add_child(labels)
+        catalog.add_child(images, title=images.title)
+        catalog.add_child(labels, title=labels.title)
         counts: Counter[str] = Counter()
         cells = [(r, c) for r in range(world.rows) for c in range(world.cols)]
         bar = tqdm(cells, desc="demo scenes", unit="scene", disable=not progress)
         overview: list[tuple[int, int, Image.Image]] = []
         for r, c in bar:
             image_item, label_item, preview = _build_scene(stage, world, seed, r, c)
-            images.add_item(image_item)
-            labels.add_item(label_item)
+            images.add_item(image_item, title=image_item.id)
+            labels.add_item(label_item, title=label_item.id)
             counts.update(label_item.properties["marscope:class_counts"])
             overview.append((r, c, preview))
             result.image_items.append(image_item.id)

@@ -1,0 +1,236 @@
+"""Products as a publishable static catalog: portable, strict, accepted by independent tools.
+
+A work folder like the one ``make demo`` leaves (``catalogs/demo`` + ``products/``) is built
+from the small demo world and the test model, then checked with tools that are not ours
+(stac-validator's recursive mode and stac-check, both offline through a schema map), moved,
+and broken in the ways ``marscope validate`` must catch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from marscope_stac.cli import cli
+from marscope_stac.embed import embed_catalog
+from marscope_stac.engine import QueryEngine
+from marscope_stac.evaluate import evaluate_product
+from marscope_stac.models import load_model
+from marscope_stac.query import QuerySpec
+from marscope_stac.validation import (
+    InvalidCatalogError,
+    validate_catalog,
+    write_offline_schemas,
+)
+
+EXPLAINED_STAC_CHECK = {
+    # heuristic: longitude > 90 and more than twice the latitude looks swapped to it; the
+    # demo world lies at 150 E, 5 S
+    "geometry_coordinates_order",
+    # relocatable (self-contained) catalogs have no absolute self links
+    "check_links_self",
+    # the products root is a STAC 1.0.0 Collection kept in catalog.json (see README)
+    "check_catalog_id",
+    # a model item covers the whole planet: a bbox 360 degrees wide
+    "check_bbox_antimeridian",
+}
+"""stac-check warnings the README explains; any other is a defect."""
+
+
+@pytest.fixture(scope="module")
+def work(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """catalogs/demo + products/ with an embedding set, a query, a classification, an evaluation."""
+    root = tmp_path_factory.mktemp("work")
+    shutil.copytree(demo_small.root, root / "catalogs" / "demo")
+    out = root / "products"
+    model = f"local-dir:{tiny_model_dir}"
+    embed_catalog(root / "catalogs" / "demo", out, model=model, progress=False)
+    engine = QueryEngine.open(out, clip_model=load_model(model, device="cpu"))
+    product = engine.query(QuerySpec(text=["yardangs"]), threshold=0.3)
+    engine.classify(["yardangs", "impact craters"])
+    evaluate_product(product.folder, root / "catalogs" / "demo", landform="yardang")
+    return root
+
+
+def _json_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix in (".json", ".geojson"))
+
+
+def _strict(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_output_is_strict_json_without_local_paths(work: Path) -> None:
+    files = _json_files(work)
+    assert len(files) > 20 and any(p.suffix == ".geojson" for p in files)
+    home = str(work.resolve())
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        _strict(text)  # RFC 8259: no NaN / Infinity
+        assert home not in text and str(Path.cwd()) not in text, path
+        assert "/marscope_stac/data/" not in text, path  # nothing points into the package
+
+
+def test_model_weights_are_published_inside_the_products(work: Path) -> None:
+    (item_path,) = [
+        p for p in (work / "products" / "models").glob("*/*.json") if p.stem == p.parent.name
+    ]
+    item = json.loads(item_path.read_text())
+    assert item["id"] == item_path.stem and item["geometry"] is not None
+    weights = (item_path.parent / item["assets"]["weights"]["href"]).resolve()
+    assert weights.parent == item_path.parent and weights.stat().st_size > 0
+
+
+def test_derived_from_links_name_the_source_items(work: Path) -> None:
+    (emb,) = (work / "products" / "embeddings").glob("*/emb-*.json")
+    links = [lk for lk in json.loads(emb.read_text())["links"] if lk["rel"] == "derived_from"]
+    assert links and all(lk["type"] == "application/geo+json" for lk in links)
+    for lk in links:
+        source = json.loads((emb.parent / lk["href"]).read_text())
+        assert source["type"] == "Feature" and source["id"] == lk["title"]
+
+
+def test_label_geojson_reads_back_on_the_mars_sphere(work: Path) -> None:
+    from pyproj import CRS
+
+    path = next((work / "catalogs" / "demo").rglob("labels.geojson"))
+    doc = _strict(path.read_text())
+    assert doc["crs"]["properties"]["name"] == "IAU_2015:49900"
+    gdf = gpd.read_file(path)
+    assert gdf.crs is not None and gdf.crs.equals(CRS("IAU_2015:49900"), ignore_axis_order=True)
+
+
+def test_the_work_folder_moves_anywhere(work: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "a" / "b" / "c" / "published"
+    shutil.copytree(work, moved)
+    for part in ("products", "catalogs/demo"):
+        report = validate_catalog(moved / part)
+        assert report.links > 10 and report.assets > 10 and not report.problems
+    # a product opens through its item's hrefs alone
+    item_path = next((moved / "products" / "queries").glob("yardangs-*/yardangs-*.json"))
+    item = json.loads(item_path.read_text())
+    with rasterio.open(item_path.parent / item["assets"]["probability"]["href"]) as src:
+        assert src.crs.to_wkt().startswith("GEOGCRS") or "Mars" in src.crs.to_wkt()
+    gpd.read_parquet(item_path.parent / item["assets"]["detections"]["href"])
+
+
+def _schema_args(folder: Path) -> list[str]:
+    args: list[str] = []
+    for url, path in write_offline_schemas(folder).items():
+        args += ["-s", url, path]
+    return args
+
+
+@pytest.mark.parametrize("part", ["products", "catalogs/demo"])
+def test_stac_validator_recursive_offline(work: Path, tmp_path: Path, part: str) -> None:
+    exe = Path(sys.executable).with_name("stac-validator")
+    log = tmp_path / "log.json"
+    cmd = [str(exe), "validate", str(work / part / "catalog.json"), "--recursive"]
+    cmd += ["--no_output", "--log_file", str(log), *_schema_args(tmp_path / "schemas")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    results = json.loads(log.read_text())
+    bad = [r for r in results if not r.get("valid_stac")]
+    assert run.returncode == 0 and not bad, (run.stdout[-2000:], bad[:3])
+    walked = len([p for p in _json_files(work / part) if '"stac_version"' in p.read_text()])
+    assert len(results) == walked  # every STAC object was reached through the tree
+
+
+@pytest.mark.parametrize("part", ["products", "catalogs/demo"])
+def test_stac_check_finds_only_explained_warnings(
+    work: Path, tmp_path: Path, part: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stac_check.lint import Linter
+    from stac_validator.validate import StacValidate
+
+    schemas = write_offline_schemas(tmp_path / "schemas")
+    real_init = StacValidate.__init__
+
+    def offline(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["schema_map"] = dict(schemas)  # stac-check has no option for it
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(StacValidate, "__init__", offline)
+    seen: dict[str, list[str]] = {}
+    for path in _json_files(work / part):
+        if '"stac_version"' not in path.read_text():
+            continue
+        lint = Linter(str(path))
+        assert lint.valid_stac, (path, lint.error_msg)
+        for warning in lint.create_best_practices_dict():
+            seen.setdefault(warning, []).append(path.name)
+    unexplained = {k: v for k, v in seen.items() if k not in EXPLAINED_STAC_CHECK}
+    assert not unexplained, unexplained
+
+
+def _break(products: Path) -> dict[str, str]:
+    """Break a copy of a products catalog in each way validate must find; what to expect."""
+    query = next((products / "queries").glob("yardangs-*"))
+    item_path = query / f"{query.name}.json"
+    item = json.loads(item_path.read_text())
+    # a missing asset file, a changed file of the same size, an asset outside the tree
+    (query / "preview.png").unlink()
+    tif = query / "probability.tif"
+    data = bytearray(tif.read_bytes())
+    data[-1] ^= 0xFF
+    tif.write_bytes(bytes(data))
+    item["assets"]["passwd"] = {"href": "../../../../../../../../etc/passwd", "roles": ["data"]}
+    item["assets"]["abs"] = {"href": str(tif.resolve()), "roles": ["data"]}
+    item_path.write_text(json.dumps(item))
+    # a dangling item link, a link cycle, and a child link leaving the tree
+    coll_path = products / "queries" / "collection.json"
+    coll = json.loads(coll_path.read_text())
+    coll["links"].append({"rel": "item", "href": "./gone/gone.json", "type": "application/json"})
+    coll["links"].append({"rel": "child", "href": "../catalog.json", "type": "application/json"})
+    coll_path.write_text(json.dumps(coll))
+    root_path = products / "catalog.json"
+    root = json.loads(root_path.read_text())
+    root["links"].append({"rel": "child", "href": "../../../../etc/passwd"})
+    root_path.write_text(json.dumps(root))
+    return {
+        "missing asset": "asset 'preview' is missing",
+        "checksum": "asset 'probability' does not match its file:checksum",
+        "outside asset": "asset 'passwd' leaves the catalog's folder",
+        "absolute": "asset 'abs' has an absolute local path",
+        "dangling": "link 'item' points at a missing file: ./gone/gone.json",
+        "cycle": "link cycle",
+        "outside link": "link 'child' leaves the catalog's folder: ../../../../etc/passwd",
+    }
+
+
+def test_validate_reports_every_broken_link_asset_and_checksum(work: Path, tmp_path: Path) -> None:
+    products = tmp_path / "products"
+    shutil.copytree(work / "products", products)
+    expected = _break(products)
+    with pytest.raises(InvalidCatalogError) as caught:
+        validate_catalog(products)
+    problems = caught.value.problems
+    for what, text in expected.items():
+        assert any(text in p for p in problems), (what, problems)
+    # the command line: every problem on a line of stdout, one error line, exit 2
+    result = CliRunner().invoke(cli, ["validate", str(products)])
+    assert result.exit_code == 2
+    err = [line for line in result.stderr.splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("marscope: error:") and "problems" in err[0]
+    assert len(result.stdout.splitlines()) == len(problems)
+    assert "Traceback" not in result.output
+
+
+def test_validate_accepts_an_in_place_catalog_within_its_data_folder(work: Path) -> None:
+    # the demo's catalog describes its files inside its own folder; validating one item alone
+    # checks it against the whole catalog's folder (found through its root link)
+    item = next((work / "catalogs" / "demo").rglob("ctx-demo-*.json"))
+    assert validate_catalog(item).objects == 1
+    assert os.path.isfile(item)
