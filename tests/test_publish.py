@@ -9,7 +9,6 @@ and broken in the ways ``marscope validate`` must catch.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -228,9 +227,21 @@ def test_validate_reports_every_broken_link_asset_and_checksum(work: Path, tmp_p
     assert "Traceback" not in result.output
 
 
-def test_validate_accepts_an_in_place_catalog_within_its_data_folder(work: Path) -> None:
-    # the demo's catalog describes its files inside its own folder; validating one item alone
-    # checks it against the whole catalog's folder (found through its root link)
-    item = next((work / "catalogs" / "demo").rglob("ctx-demo-*.json"))
-    assert validate_catalog(item).objects == 1
-    assert os.path.isfile(item)
+def test_validate_checks_an_in_place_catalog_within_its_data_folder(tmp_path: Path) -> None:
+    from _rasters import pattern, write_geotiff
+    from affine import Affine
+
+    from marscope_stac.folder_catalog import build_folder_catalog
+
+    folder = tmp_path / "ctx"
+    transform = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
+    write_geotiff(folder / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", transform)
+    build_folder_catalog(folder)  # folder/stac describes folder/a.tif in place
+    runner = CliRunner()
+    outside = runner.invoke(cli, ["validate", str(folder / "stac")])
+    assert outside.exit_code == 2 and "leaves the catalog's folder" in outside.stdout
+    inside = runner.invoke(cli, ["validate", str(folder / "stac"), "--within", str(folder)])
+    assert inside.exit_code == 0, inside.output
+    # one item alone is checked against its catalog (found through its root link)
+    item = next((folder / "stac").rglob("a.json"))
+    assert validate_catalog(item, within=folder).objects == 1
