@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +21,52 @@ from pyproj import CRS
 
 from marscope_stac.fsutil import atomic_write_bytes
 
-__all__ = ["geo_metadata", "point_wkb", "write_geoparquet"]
+__all__ = ["BBOX_FIELDS", "Covering", "geo_metadata", "point_wkb", "write_geoparquet"]
 
 _POINT = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
 
 
-def geo_metadata(crs: CRS, geometry_types: Sequence[str], bbox: Sequence[float]) -> dict[str, Any]:
-    """The ``geo`` file metadata of a GeoParquet 1.1 file with one WKB ``geometry`` column."""
-    return {
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        "columns": {
-            "geometry": {
-                "encoding": "WKB",
-                "geometry_types": list(geometry_types),
-                "crs": crs.to_json_dict(),
-                "bbox": [float(v) for v in bbox],
-                "edges": "planar",
-            }
-        },
+def geo_metadata(
+    crs: CRS, geometry_types: Sequence[str], bbox: Sequence[float], covering: bool = True
+) -> dict[str, Any]:
+    """The ``geo`` file metadata of a GeoParquet 1.1 file with one WKB ``geometry`` column.
+
+    With ``covering``, the file's ``bbox`` column (:func:`bbox_column`) is declared as the
+    geometry's bounding-box covering, so readers can skip row groups by their statistics.
+    """
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": list(geometry_types),
+        "crs": crs.to_json_dict(),
+        "bbox": [float(v) for v in bbox],
+        "edges": "planar",
     }
+    if covering:
+        column["covering"] = {"bbox": {k: ["bbox", k] for k in BBOX_FIELDS}}
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+"""Fields of the bounding-box covering column."""
+
+
+@dataclass(frozen=True)
+class Covering:
+    """The ``bbox`` covering column of a table's geometries, and their total bounds."""
+
+    column: pa.StructArray
+    total: list[float]
+
+    @classmethod
+    def of(cls, bounds: NDArray[np.floating[Any]]) -> Covering:
+        """The covering of (n, 4) bounds (float32, rounded outwards so boxes still contain)."""
+        b = np.asarray(bounds, np.float64).reshape(-1, 4)
+        lo = np.nextafter(b[:, :2].astype(np.float32), np.float32(-np.inf))
+        hi = np.nextafter(b[:, 2:].astype(np.float32), np.float32(np.inf))
+        parts = [lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]]
+        column = pa.StructArray.from_arrays([pa.array(v) for v in parts], list(BBOX_FIELDS))
+        total = [*b[:, :2].min(axis=0), *b[:, 2:].max(axis=0)] if len(b) else [0.0] * 4
+        return cls(column, [float(v) for v in total])
 
 
 def point_wkb(x: NDArray[np.float64], y: NDArray[np.float64]) -> pa.Array:
@@ -59,17 +86,17 @@ def write_geoparquet(
     geometry: pa.Array | list[bytes],
     crs: CRS,
     geometry_types: Sequence[str],
-    bbox: Sequence[float],
+    covering: Covering,
     compression: str = "zstd",
     dictionary: bool = True,
 ) -> Path:
-    """Write attribute ``columns`` plus a WKB ``geometry`` column as GeoParquet, atomically.
+    """Write attribute ``columns``, a WKB ``geometry`` and its ``bbox`` covering, atomically.
 
     ``dictionary=False`` skips dictionary encoding (faster for columns of unique values).
     """
     geom = geometry if isinstance(geometry, pa.Array) else pa.array(geometry, pa.binary())
-    table = pa.table({**columns, "geometry": geom})
-    meta = {b"geo": json.dumps(geo_metadata(crs, geometry_types, bbox)).encode()}
+    table = pa.table({**columns, "geometry": geom, "bbox": covering.column})
+    meta = {b"geo": json.dumps(geo_metadata(crs, geometry_types, covering.total)).encode()}
     buf = io.BytesIO()
     pq.write_table(
         table.replace_schema_metadata(meta),

@@ -42,7 +42,7 @@ from marscope_stac.catalog import OutputCatalog
 from marscope_stac.cog import write_cog
 from marscope_stac.errors import ConfigError
 from marscope_stac.fsutil import staged_directory
-from marscope_stac.geoparquet import point_wkb, write_geoparquet
+from marscope_stac.geoparquet import Covering, point_wkb, write_geoparquet
 from marscope_stac.grid import Grid
 from marscope_stac.query import QuerySpec, ScoredQuery
 from marscope_stac.render import (
@@ -274,7 +274,7 @@ class CellColumns:
     cell_id: pa.Array
     cell_index: pa.Array
     geometry: pa.Array
-    bbox: list[float]
+    covering: Covering
 
     @classmethod
     def of(cls, grid: Grid, cells: NDArray[np.int64]) -> CellColumns:
@@ -288,12 +288,8 @@ class CellColumns:
             ":",
         )
         centres = grid.centers(cells)
-        bbox = (
-            [*centres.min(axis=0).tolist(), *centres.max(axis=0).tolist()]
-            if len(cells)
-            else [0.0, 0.0, 0.0, 0.0]
-        )
-        return cls(ids, pa.array(cells), point_wkb(centres[:, 0], centres[:, 1]), bbox)
+        boxes = Covering.of(np.concatenate([centres, centres], axis=1))  # a point's box
+        return cls(ids, pa.array(cells), point_wkb(centres[:, 0], centres[:, 1]), boxes)
 
 
 def write_scores(
@@ -312,7 +308,7 @@ def write_scores(
         cols.geometry,
         grid.body.crs,
         ["Point"],
-        cols.bbox,
+        cols.covering,
         dictionary=False,
     )
 
@@ -328,9 +324,7 @@ def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, f
     import shapely
 
     geoms = np.asarray([g for g, _ in feats], dtype=object)
-    bbox = [float(v) for v in shapely.total_bounds(geoms)] if feats else [0.0, 0.0, 0.0, 0.0]
-    if not feats:
-        bbox = [0.0, 0.0, 0.0, 0.0]
+    bounds = shapely.bounds(geoms) if feats else np.zeros((0, 4))
     return write_geoparquet(
         path,
         {
@@ -341,7 +335,7 @@ def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, f
         list(shapely.to_wkb(geoms)) if feats else [],
         grid.body.crs,
         sorted({g.geom_type for g, _ in feats}),
-        bbox,
+        Covering.of(bounds),
     )
 
 

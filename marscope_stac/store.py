@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 
 from marscope_stac.errors import DataError, OutputError
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json
-from marscope_stac.geoparquet import geo_metadata
+from marscope_stac.geoparquet import Covering, geo_metadata
 from marscope_stac.grid import Grid
 
 __all__ = [
@@ -161,6 +161,7 @@ def _arrow_rows(table: EmbeddingTable, grid: Grid) -> pa.Table:
             "cell_id": pa.array(grid.cell_ids(table.cell_index) if n else [], pa.string()),
             "cell_index": pa.array(table.cell_index, pa.int64()),
             "geometry": pa.array(list(wkb), pa.binary()),
+            "bbox": Covering.of(bounds).column,
             "source_items": pa.array(table.source_items, pa.list_(pa.string())),
             "valid_fraction": pa.array(table.valid_fraction, pa.float32()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb16, type=pa.float16()), dim),

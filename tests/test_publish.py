@@ -245,3 +245,27 @@ def test_validate_checks_an_in_place_catalog_within_its_data_folder(tmp_path: Pa
     # one item alone is checked against its catalog (found through its root link)
     item = next((folder / "stac").rglob("a.json"))
     assert validate_catalog(item, within=folder).objects == 1
+
+
+def test_geoparquet_tables_carry_a_bbox_covering(work: Path) -> None:
+    import pyarrow.parquet as pq
+    import shapely
+
+    query = next((work / "products" / "queries").glob("yardangs-*"))
+    (emb,) = (work / "products" / "embeddings").glob("*/embeddings.parquet")
+    for path in (query / "scores.parquet", query / "detections.parquet", emb):
+        table = pq.read_table(path)
+        geo = json.loads(table.schema.metadata[b"geo"])
+        assert geo["version"] == "1.1.0"
+        cover = geo["columns"]["geometry"]["covering"]["bbox"]
+        assert cover == {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}
+        boxes = table.column("bbox").combine_chunks()
+        bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy()))
+        for k, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
+            values = boxes.field(name).to_numpy()
+            assert (values <= bounds[:, k]).all() if k < 2 else (values >= bounds[:, k]).all()
+        # readers use it: a bbox filter returns just the rows in the box
+        w, s, e, n = geo["columns"]["geometry"]["bbox"]
+        half = (w, s, (w + e) / 2, n)
+        some = gpd.read_parquet(path, bbox=half)
+        assert 0 < len(some) <= table.num_rows or table.num_rows == 0
