@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,15 @@ from marscope_stac.stac_out import (
 )
 from marscope_stac.validation import validate_dict
 
-__all__ = ["CATALOG_ID", "ROOT_VERSION", "OutputCatalog", "file_asset", "relative_href"]
+__all__ = [
+    "CATALOG_ID",
+    "ROOT_VERSION",
+    "OutputCatalog",
+    "file_asset",
+    "item_folder",
+    "relative_href",
+    "write_static_catalog",
+]
 
 CATALOG_ID = "marscope-products"
 
@@ -189,3 +197,52 @@ def _grow(root: dict[str, Any], collection: dict[str, Any]) -> None:
     targets = set(summaries.get("ssys:targets", [])) | set(collection.get("ssys:targets", []))
     if targets:
         summaries["ssys:targets"] = sorted(targets)
+
+
+def item_folder(root: Path, collection_id: str, item_id: str) -> Path:
+    """Where :func:`write_static_catalog` puts an item: ``<root>/<collection>/<item>/``."""
+    return root / collection_id / item_id
+
+
+def write_static_catalog(
+    root: Path,
+    catalog: dict[str, Any],
+    collections: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]],
+) -> None:
+    """Write a self-contained static catalog (relative links with titles, no self links).
+
+    Layout: ``<root>/catalog.json``, ``<root>/<collection>/collection.json`` and
+    ``<root>/<collection>/<item>/<item>.json`` (see :func:`item_folder`); asset hrefs must
+    already be relative to the item's folder. Links the objects already hold (e.g. a label
+    item's ``source``) are kept.
+    """
+    cat_path = root / "catalog.json"
+    title = str(catalog.get("title") or catalog["id"])
+    cat_links = [link("root", cat_path, root, JSON_MEDIA_TYPE, title)]
+    for coll, items in collections:
+        cdir = root / coll["id"]
+        coll_path = cdir / "collection.json"
+        ctitle = str(coll.get("title") or coll["id"])
+        cat_links.append(link("child", coll_path, root, JSON_MEDIA_TYPE, ctitle))
+        coll_links = [
+            link("root", cat_path, cdir, JSON_MEDIA_TYPE, title),
+            link("parent", cat_path, cdir, JSON_MEDIA_TYPE, title),
+        ]
+        for item in items:
+            idir = item_folder(root, coll["id"], item["id"])
+            item_path = idir / f"{item['id']}.json"
+            coll_links.append(link("item", item_path, cdir, STAC_ITEM_MEDIA_TYPE, item["id"]))
+            item["collection"] = coll["id"]
+            _relink(
+                item,
+                [
+                    link("root", cat_path, idir, JSON_MEDIA_TYPE, title),
+                    link("parent", coll_path, idir, JSON_MEDIA_TYPE, ctitle),
+                    link("collection", coll_path, idir, JSON_MEDIA_TYPE, ctitle),
+                ],
+            )
+            atomic_write_json(item_path, item)
+        _relink(coll, coll_links)
+        atomic_write_json(coll_path, coll)
+    _relink(catalog, cat_links)
+    atomic_write_json(cat_path, catalog)

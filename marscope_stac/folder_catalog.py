@@ -10,20 +10,23 @@ to the GeoTIFFs, which are not moved or copied.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import pystac
+import numpy as np
 import rasterio
 from pyproj import CRS
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_validate
-from shapely.geometry import box, mapping
 
 from marscope_stac.bodies import Body, body_of_crs, get_body
-from marscope_stac.errors import CatalogError, DataError
+from marscope_stac.catalog import item_folder, write_static_catalog
+from marscope_stac.errors import CatalogError, ConfigError, DataError
 from marscope_stac.fsutil import staged_directory
 from marscope_stac.stac_out import (
     COG_MEDIA_TYPE,
@@ -32,9 +35,12 @@ from marscope_stac.stac_out import (
     RASTER_V2,
     SSYS_V1,
     cog_band_fields,
-    file_fields,
+    file_asset,
     proj_fields,
     ssys_fields,
+    stac_catalog,
+    stac_collection,
+    stac_item,
 )
 from marscope_stac.validation import validate_catalog
 
@@ -54,13 +60,21 @@ class FolderCatalog:
         return f"wrote {self.root / 'catalog.json'}: {self.items} items of {self.body.name}"
 
 
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a collection id given by a user may hold (it names a folder of the catalog)."""
+
+GEOTIFF_MEDIA_TYPE = "image/tiff; application=geotiff"
+
+
 def _item_id(path: Path, folder: Path) -> str:
     rel = path.relative_to(folder).with_suffix("").as_posix()
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", rel).strip("-") or "item"
 
 
-def _tif_item(tif: Path, root: Path) -> tuple[pystac.Item, Body]:
+def _tif_item(tif: Path, item_id: str, folder: Path) -> tuple[dict[str, Any], Body]:
     """The STAC item of one GeoTIFF (footprint in its body's lon/lat), and that body.
+
+    ``folder`` is where the item's JSON will be (its asset href is relative to it).
 
     Raises:
         CatalogError: for a file without CRS or with a CRS of no known planetary body.
@@ -86,25 +100,33 @@ def _tif_item(tif: Path, root: Path) -> tuple[pystac.Item, Body]:
         src_crs, rasterio.crs.CRS.from_wkt(tif_body.crs.to_wkt()), *bounds, densify_pts=21
     )
     ok, _, _ = cog_validate(str(tif), quiet=True)
-    item = pystac.Item(
-        id=_item_id(tif, root),
-        geometry=mapping(box(w, s, e, n)),
-        bbox=[w, s, e, n],
-        datetime=_datetime(tags, tif),
-        properties={**ssys_fields(tif_body), **proj_fields(crs, transform, shape)},
-        stac_extensions=[SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2],
+    props = {
+        **ssys_fields(tif_body),
+        **proj_fields(crs, transform, shape),
+        "datetime": _datetime(tags, tif),
+    }
+    asset = file_asset(
+        tif,
+        folder,
+        COG_MEDIA_TYPE if ok else GEOTIFF_MEDIA_TYPE,
+        ["data"],
+        tif.name,
+        bands=cog_band_fields(tif),
     )
-    item.add_asset(
-        "data",
-        pystac.Asset(
-            href=str(tif.resolve()),
-            media_type=COG_MEDIA_TYPE if ok else pystac.MediaType.GEOTIFF,
-            roles=["data"],
-            title=tif.name,
-            extra_fields={"bands": cog_band_fields(tif), **file_fields(tif)},
-        ),
-    )
-    return item, tif_body
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2]
+    return stac_item(item_id, props, extensions, [w, s, e, n], {"data": asset}), tif_body
+
+
+def _item_ids(tifs: list[Path], root: Path) -> list[str]:
+    """An id per file, from its path; names that clean up to the same id get a path hash."""
+    ids = [_item_id(t, root) for t in tifs]
+    seen = Counter(ids)
+    return [
+        i
+        if seen[i] == 1
+        else f"{i}-{hashlib.sha1(t.relative_to(root).as_posix().encode()).hexdigest()[:8]}"
+        for i, t in zip(ids, tifs, strict=True)
+    ]
 
 
 def build_folder_catalog(
@@ -138,38 +160,40 @@ def build_folder_catalog(
     )
     if not tifs:
         raise CatalogError(f"no GeoTIFF (*.tif, *.tiff) found under {root}")
-    wanted = get_body(body) if body else None
-    items: list[pystac.Item] = []
-    found_body: Body | None = wanted
-    for tif in tifs:
-        item, tif_body = _tif_item(tif, root)
-        if found_body is None:
-            found_body = tif_body
-        if tif_body is not found_body:
-            raise CatalogError(
-                f"{tif} shows {tif_body.name} but other files show {found_body.name}; "
-                "make one catalog per body"
-            )
-        items.append(item)
-    assert found_body is not None
     cid = collection_id or _item_id(root.resolve(), root.resolve().parent)
+    if not ID_PATTERN.fullmatch(cid) or cid in (".", ".."):
+        raise ConfigError(
+            f"collection id {cid!r} is not a plain name; use letters, digits, '.', '_', '-'"
+        )
+    wanted = get_body(body) if body else None
     with staged_directory(out, overwrite=overwrite) as stage:
-        catalog = pystac.Catalog(
-            id=f"{cid}-catalog", description=f"GeoTIFFs under {root.resolve().name}"
+        items: list[dict[str, Any]] = []
+        found_body: Body | None = wanted
+        for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):
+            item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
+            if found_body is None:
+                found_body = tif_body
+            if tif_body is not found_body:
+                raise CatalogError(
+                    f"{tif} shows {tif_body.name} but other files show {found_body.name}; "
+                    "make one catalog per body"
+                )
+            items.append(item)
+        assert found_body is not None
+        boxes = np.array([i["bbox"] for i in items])
+        times = sorted(i["properties"]["datetime"] for i in items)
+        name = root.resolve().name
+        coll = stac_collection(
+            cid,
+            f"GeoTIFFs under {name}",
+            f"{len(items)} GeoTIFFs of {found_body.name} under {name}",
+            ([*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)], [times[0], times[-1]]),
+            {"ssys:targets": [found_body.name]},
+            [SSYS_V1],
+            ssys_fields(found_body),
         )
-        coll = pystac.Collection(
-            id=cid,
-            description=f"{len(items)} GeoTIFFs of {found_body.name} under {root.resolve().name}",
-            extent=pystac.Extent.from_items(items),
-            license="other",
-            stac_extensions=[SSYS_V1],
-        )
-        coll.extra_fields.update(ssys_fields(found_body))
-        coll.add_items(items)
-        catalog.add_child(coll)
-        catalog.normalize_hrefs(str(stage) + "/")
-        catalog.make_all_asset_hrefs_relative()
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        catalog = stac_catalog(f"{cid}-catalog", f"{cid} catalog", f"GeoTIFFs under {name}")
+        write_static_catalog(stage, catalog, [(coll, items)])
         validate_catalog(stage, within=root)
     return FolderCatalog(root=out, items=len(items), body=found_body)
 

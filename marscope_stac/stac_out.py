@@ -58,7 +58,9 @@ __all__ = [
     "processing_fields",
     "proj_fields",
     "relative_href",
+    "rfc3339",
     "ssys_fields",
+    "stac_catalog",
     "stac_collection",
     "stac_item",
 ]
@@ -182,7 +184,12 @@ def cog_band_fields(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def now_utc() -> str:
     """The current time, RFC 3339 in UTC (``...Z``)."""
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    return rfc3339(dt.datetime.now(dt.UTC))
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """An aware datetime in RFC 3339, UTC (``...Z``)."""
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def relative_href(target: str | os.PathLike[str], start: Path) -> str:
@@ -236,22 +243,28 @@ def stac_item(
     assets: Mapping[str, Any] | None = None,
     links: Sequence[Mapping[str, Any]] = (),
     version: str = "1.1.0",
+    geometry: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A STAC Item (see the module docstring for the conventions it applies).
 
-    The geometry is the polygon of ``bbox`` (None: an item with no footprint). A missing
-    ``datetime`` is the end of the ``start_datetime`` / ``end_datetime`` range when there is
-    one, else now.
+    The geometry is ``geometry``, else the polygon of ``bbox`` (None: no footprint). A
+    missing ``datetime`` is the end of the ``start_datetime`` / ``end_datetime`` range when
+    there is one, else now; a :class:`datetime.datetime` is written in RFC 3339.
     """
     props = dict(properties)
     if props.get("datetime") is None:
         props["datetime"] = props.get("end_datetime") or now_utc()
+    for key in ("datetime", "start_datetime", "end_datetime"):
+        if isinstance(props.get(key), dt.datetime):
+            props[key] = rfc3339(props[key])
+    if geometry is None and bbox is not None:
+        geometry = bbox_polygon(bbox)
     return {
         "type": "Feature",
         "stac_version": version,
         "stac_extensions": list(extensions),
         "id": item_id,
-        "geometry": bbox_polygon(bbox) if bbox is not None else None,
+        "geometry": dict(geometry) if geometry is not None else None,
         **({"bbox": [float(v) for v in bbox]} if bbox is not None else {}),
         "properties": props,
         "links": [dict(lk) for lk in links],
@@ -263,15 +276,17 @@ def stac_collection(
     collection_id: str,
     title: str,
     description: str,
-    extent: tuple[Sequence[float], Sequence[str | None]],
+    extent: tuple[Sequence[float], Sequence[str | dt.datetime | None]],
     summaries: Mapping[str, Any],
     extensions: Sequence[str] = (),
     fields: Mapping[str, Any] | None = None,
     links: Sequence[Mapping[str, Any]] = (),
     version: str = "1.1.0",
+    license: str = "other",
 ) -> dict[str, Any]:
     """A STAC Collection: ``extent`` is (bbox, [start, end]); ``fields`` are top-level fields."""
     bbox, interval = extent
+    times = [rfc3339(t) if isinstance(t, dt.datetime) else t for t in interval]
     return {
         "type": "Collection",
         "stac_version": version,
@@ -279,12 +294,27 @@ def stac_collection(
         "id": collection_id,
         "title": title,
         "description": description,
-        "license": "other",
+        "license": license,
         **dict(fields or {}),
         "extent": {
             "spatial": {"bbox": [[float(v) for v in bbox]]},
-            "temporal": {"interval": [list(interval)]},
+            "temporal": {"interval": [times]},
         },
         "summaries": dict(summaries),
         "links": [dict(lk) for lk in links],
+    }
+
+
+def stac_catalog(
+    catalog_id: str, title: str, description: str, fields: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A STAC Catalog (its links are made by the writer)."""
+    return {
+        "type": "Catalog",
+        "stac_version": "1.1.0",
+        "id": catalog_id,
+        "title": title,
+        "description": description,
+        **dict(fields or {}),
+        "links": [],
     }
