@@ -392,38 +392,20 @@ def write_query_product(
             key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
         }
     clock.reset()
-    item = _query_item(
-        folder,
-        qid,
-        spec,
-        es,
-        grid,
-        layout,
-        result,
-        threshold,
-        len(feats) if "detections" in products else None,
-        model_name,
-    )
-    coll_path = folder.parent / "collection.json"
-    coll = _queries_collection(
-        coll_path,
-        grid,
-        item["bbox"],
-        item["properties"]["start_datetime"],
-        item["properties"]["end_datetime"],
-    )
-    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
+    n_det = len(feats) if "detections" in products else None
+    item = _query_item(folder, qid, spec, es, grid, layout, result, threshold, n_det, model_name)
+    item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     clock.lap("STAC")
-    return QueryProduct(
-        qid,
-        folder,
-        item_path,
-        result,
-        len(feats) if "detections" in products else None,
-        threshold,
-        assets,
-        clock.timings,
-    )
+    return QueryProduct(qid, folder, item_path, result, n_det, threshold, assets, clock.timings)
+
+
+def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], grid: Grid) -> Path:
+    """Add a query or class item to the ``queries`` collection (its extent grown to cover it)."""
+    coll_path = path.parent.parent / "collection.json"
+    props = item["properties"]
+    start, end = props["start_datetime"], props["end_datetime"]
+    coll = _queries_collection(coll_path, grid, item["bbox"], start, end)
+    return catalog.add(coll_path, coll, path, item)
 
 
 def _tile_metadata(qid: str, spec: QuerySpec, grid: Grid) -> dict[str, Any]:
@@ -676,12 +658,7 @@ def write_class_product(
         )
         _class_preview(stage / "preview.png", cmap_u8, len(all_names))
     item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
-    coll_path = folder.parent / "collection.json"
-    props = item["properties"]
-    coll = _queries_collection(
-        coll_path, grid, item["bbox"], props["start_datetime"], props["end_datetime"]
-    )
-    item_path = catalog.add(coll_path, coll, folder / f"{qid}.json", item)
+    item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
     return ClassProduct(qid, folder, item_path, names, counts)
 
