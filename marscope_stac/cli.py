@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -25,7 +26,37 @@ log = logging.getLogger("marscope_stac")
 
 
 class _Group(click.Group):
-    """Click group that turns library errors into one-line messages and exit codes."""
+    """Click group that turns library and usage errors into one-line messages and exit codes.
+
+    Exit status: 0 done, 2 a user or environment error (one ``marscope: error:`` line that
+    names the problem and the fix, usage errors included), 130 interrupted, 1 a bug.
+    """
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "marscope"
+            text = " ".join(exc.format_message().split())
+            click.echo(f"marscope: error: {text} (see '{where} --help')", err=True)
+            rv = 2
+        except click.ClickException as exc:
+            click.echo(f"marscope: error: {' '.join(exc.format_message().split())}", err=True)
+            rv = 2
+        except click.Abort:
+            click.echo("marscope: aborted", err=True)
+            rv = 1
+        code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -208,12 +239,29 @@ def _source_options(f: Any) -> Any:
 def _bbox(value: str | None) -> list[float] | None:
     if value is None:
         return None
+    hint = "use WEST,SOUTH,EAST,NORTH in degrees, e.g. 150,-5,151,-4"
     try:
         parts = [float(v) for v in value.split(",")]
     except ValueError:
-        parts = []
-    if len(parts) != 4 or not (-90 <= parts[1] < parts[3] <= 90):
-        raise click.BadParameter("use WEST,SOUTH,EAST,NORTH in degrees, e.g. 150,-5,151,-4")
+        raise click.BadParameter(
+            f"{value!r} is not 4 numbers; {hint}", param_hint="'--bbox'"
+        ) from None
+    if len(parts) != 4 or not all(math.isfinite(v) for v in parts):
+        raise click.BadParameter(
+            f"{value!r} is not 4 finite numbers; {hint}", param_hint="'--bbox'"
+        )
+    west, south, east, north = parts
+    for name, v in (("south", south), ("north", north)):
+        if not -90 <= v <= 90:
+            raise click.BadParameter(
+                f"{name} {v:g} is outside -90..90; {hint}", param_hint="'--bbox'"
+            )
+    if south >= north:
+        raise click.BadParameter(
+            f"south {south:g} is not below north {north:g}; {hint}", param_hint="'--bbox'"
+        )
+    if west == east:
+        raise click.BadParameter(f"west and east are both {west:g}; {hint}", param_hint="'--bbox'")
     return parts
 
 
@@ -368,13 +416,20 @@ def embed_cmd(catalog: str, **options: Any) -> None:
     click.echo(embed_catalog(catalog, **options).summary())
 
 
-def _lonlat(values: tuple[str, ...]) -> list[tuple[float, float]]:
+def _lonlat(values: tuple[str, ...], option: str = "--point") -> list[tuple[float, float]]:
     out = []
     for v in values:
         try:
             lon, lat = (float(x) for x in v.split(","))
         except ValueError:
-            raise click.BadParameter(f"{v!r}: use LON,LAT in degrees, e.g. 150.1,-4.5") from None
+            raise click.BadParameter(
+                f"{v!r}: use LON,LAT in degrees, e.g. 150.1,-4.5", param_hint=f"'{option}'"
+            ) from None
+        if not (math.isfinite(lon) and -90 <= lat <= 90):
+            raise click.BadParameter(
+                f"{v!r}: latitude must be in -90..90 and longitude finite, e.g. 150.1,-4.5",
+                param_hint=f"'{option}'",
+            )
         out.append((lon, lat))
     return out
 
@@ -460,7 +515,7 @@ def query_cmd(
         points=_lonlat(points),
         cells=list(cells),
         images=[str(i) for i in images],
-        negatives_points=_lonlat(neg_points),
+        negatives_points=_lonlat(neg_points, "--negative-point"),
         negative_cells=list(neg_cells),
         image_weight=image_weight,
         templates=list(templates) if templates else MARSCOPE_TEMPLATES,

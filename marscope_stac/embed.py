@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from marscope_stac.errors import ConfigError, OutputError
+from marscope_stac.errors import ConfigError, ModelError, OutputError, check_range
 from marscope_stac.fsutil import atomic_write_json, file_multihash
 from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.models import ClipModel, load_model, same_record
@@ -234,9 +234,8 @@ def embed_catalog(
         OutputError: if ``out`` holds a set of the same id made with other settings.
     """
     t_start = time.perf_counter()
-    if not 0.0 <= min_valid <= 1.0:
-        raise ConfigError(f"min valid fraction {min_valid} must be in [0, 1]")
-    cm = _model(model, pretrained, device)
+    _check_args(source, Path(out), min_valid, batch_size, tile_px, workers)
+    cm = _trained_model(model, pretrained, device)
     sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
     g = parse_grid(grid, sources.body)
     px = tile_px or cm.image_size
@@ -456,6 +455,59 @@ class _Run:
         _write_manifest(self.es, self.expect, done, self.failed, self.sources, final=True)
         _write_background(self.es, cm)
         return len(full)
+
+
+def _trained_model(model: str, pretrained: str | None, device: str) -> ClipModel:
+    """The model to embed with; one without trained weights is refused.
+
+    Raises:
+        ModelError: for an architecture without weights (random in every process).
+    """
+    cm = _model(model, pretrained, device)
+    if cm.pretrained is None and not cm.name.startswith("hf-hub:"):
+        raise ModelError(
+            f"model {cm.name} has no trained weights (an architecture alone gets new random "
+            "weights in every process); give --pretrained TAG_OR_FILE, a local-dir: or "
+            "hf-hub: model, or the bundled one"
+        )
+    return cm
+
+
+def _check_args(
+    source: str | Path,
+    out: Path,
+    min_valid: float,
+    batch_size: int,
+    tile_px: int | None,
+    workers: int | None,
+) -> None:
+    """Refuse values :func:`embed_catalog` cannot use, before anything is read or written."""
+    check_range("min valid fraction", min_valid, 0.0, 1.0)
+    check_range("--batch-size", batch_size, 1, integer=True)
+    check_range("--tile-px", tile_px, 8, 4096, integer=True)
+    check_range("--workers", workers, 1, integer=True)
+    _check_out_apart(source, out)
+
+
+def _check_out_apart(source: str | Path, out: Path) -> None:
+    """Refuse an output folder that is, holds or lies inside a local source catalog.
+
+    Raises:
+        OutputError: naming the overlap and the fix.
+    """
+    src = str(source)
+    if src.startswith(("http://", "https://")) or not Path(src).exists():
+        return
+    folder = Path(src).resolve()
+    folder = folder.parent if folder.is_file() else folder
+    if (folder / "stac" / "catalog.json").is_file() and not (folder / "catalog.json").is_file():
+        folder = folder / "stac"  # a GeoTIFF folder with its in-place catalog
+    target = out.resolve()
+    if target == folder or folder in target.parents or target in folder.parents:
+        raise OutputError(
+            f"--out {out} overlaps the input catalog {source}; products never go into an "
+            "input: choose a folder beside it (e.g. products/)"
+        )
 
 
 def _source_href(source: str | Path) -> str:

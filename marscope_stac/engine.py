@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from marscope_stac.errors import ConfigError, DataError
+from marscope_stac.errors import ConfigError, DataError, check_range
 from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.products import (
     CLASS_COLOURS,
@@ -149,8 +149,7 @@ class QueryRequest:
         Raises:
             ConfigError: naming what is wrong.
         """
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold {self.threshold} must be in [0, 1]")
+        check_range("--threshold", self.threshold, 0.0, 1.0)
         if self.and_not is not None and self.near is not None:
             raise ConfigError("a composite takes one of --and-not / --near, not both")
         composite = self.and_not is not None or self.near is not None
@@ -158,8 +157,15 @@ class QueryRequest:
             raise ConfigError("a composite takes one TEXT and one of --and-not / --near")
         if composite:
             check_phrases([str(self.and_not if self.and_not is not None else self.near)])
-        if self.near is not None and not self.within_km > 0:
-            raise ConfigError(f"--within-km {self.within_km} must be a positive distance")
+        if self.near is not None:
+            check_range("--within-km", self.within_km, 0.0, 20_000.0, above=True)
+        if (composite or self.classify) and self.examples.has_examples:
+            what = "--classify" if self.classify else "--and-not / --near"
+            raise ConfigError(
+                f"examples (--point/--cell/--image) are not used with {what}; "
+                "run them as a query of their own"
+            )
+        check_range("--image-weight", self.examples.image_weight, 0.0, 1.0)
         if not self.texts and not self.examples.has_examples and not self.classify:
             raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
         unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))

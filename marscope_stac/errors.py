@@ -7,6 +7,8 @@ and exits with status 2. Anything else that escapes is a bug and exits with stat
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "CatalogError",
     "ConfigError",
@@ -16,6 +18,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "SkippedInputWarning",
+    "check_range",
 ]
 
 
@@ -53,3 +56,38 @@ class MarscopeWarning(UserWarning):
 
 class SkippedInputWarning(MarscopeWarning):
     """An input (item, asset, tile) was skipped; the run carried on without it."""
+
+
+def check_range(
+    name: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    above: bool = False,
+) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number in [low, high].
+
+    ``above`` makes the low bound exclusive; ``integer`` requires a whole number; None passes
+    (an unset option). The message names the option, the value and the allowed range.
+    """
+    if value is None:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value)) and (not integer or float(value).is_integer())
+    if ok and low is not None:
+        ok = float(value) > low if above else float(value) >= low
+    if ok and high is not None:
+        ok = float(value) <= high
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        if low is not None and high is not None:
+            span = f"in ({low:g}, {high:g}]" if above else f"in [{low:g}, {high:g}]"
+        elif low is not None:
+            span = f"> {low:g}" if above else f">= {low:g}"
+        elif high is not None:
+            span = f"<= {high:g}"
+        else:
+            span = "finite"
+        raise ConfigError(f"{name} {value!r} is not valid; give {kind} {span}")

@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.bodies import chord_length, unit_vectors
-from marscope_stac.errors import CatalogError, ConfigError
+from marscope_stac.errors import CatalogError, ConfigError, DataError, check_range
 from marscope_stac.grid import parse_grid
 
 __all__ = [
@@ -302,20 +302,48 @@ def _load_truth(
     if not path.is_file():
         raise CatalogError(f"ground truth {truth} does not exist")
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path)
-        cols = {c.lower(): c for c in df.columns}
-        if "lon" not in cols or "lat" not in cols:
-            raise CatalogError(f"{path} needs 'lon' and 'lat' columns")
-        if landform and "landform" in cols:
-            df = df[df[cols["landform"]] == landform]
-        return df[[cols["lon"], cols["lat"]]].to_numpy(np.float64), None, None
-    gdf = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+        return _csv_truth(path, landform), None, None
+    gdf = _read_table(path)
     if landform and "landform" in gdf:
         gdf = gdf[gdf.landform == landform]
     if (gdf.geom_type == "Point").all():
         return np.column_stack([gdf.geometry.x, gdf.geometry.y]), None, None
     cent = gdf.geometry.representative_point()
     return np.column_stack([cent.x, cent.y]), list(gdf.geometry), None
+
+
+_TRUTH_HINT = "give a STAC catalog, or a GeoParquet / GeoJSON / CSV (lon, lat) table"
+
+
+def _csv_truth(path: Path, landform: str | None) -> NDArray[np.float64]:
+    """lon/lat of a CSV table of truth points."""
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path} is not a readable CSV table ({exc}); {_TRUTH_HINT}") from exc
+    cols = {str(c).lower(): c for c in df.columns}
+    if "lon" not in cols or "lat" not in cols:
+        raise CatalogError(f"{path} needs 'lon' and 'lat' columns")
+    if landform and "landform" in cols:
+        df = df[df[cols["landform"]] == landform]
+    xy = df[[cols["lon"], cols["lat"]]].to_numpy()
+    try:
+        return xy.astype(np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: lon/lat are not all numbers ({exc})") from exc
+
+
+def _read_table(path: Path) -> Any:
+    """A GeoParquet or any vector file GDAL reads, as a GeoDataFrame."""
+    try:
+        gdf = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+    except Exception as exc:  # pyogrio / pyarrow raise many kinds for a file that is not a table
+        raise DataError(
+            f"{path} is not a readable vector table ({type(exc).__name__}); {_TRUTH_HINT}"
+        ) from exc
+    if gdf.geometry is None or gdf.geometry.isna().all():
+        raise DataError(f"{path} has no geometries; {_TRUTH_HINT}")
+    return gdf
 
 
 def evaluate_product(
@@ -345,6 +373,7 @@ def evaluate_product(
 
     from marscope_stac.products import read_scores
 
+    check_range("--radius-cells", radius_cells, 0.0, 1000.0, above=True)
     folder, grid, thr = _open_product(product, threshold, rank_by)
     scores = read_scores(folder / "scores.parquet")
     pts, outlines, area = _load_truth(truth, landform, split)

@@ -316,11 +316,28 @@ def _items_from_local(path: Path) -> Iterator[pystac.Item]:
         return
     assert isinstance(obj, pystac.Catalog)
     try:
-        yield from obj.get_items(recursive=True)
+        yield from _walk(obj)
+    except CatalogError:
+        raise
     except Exception as exc:
         raise CatalogError(
             f"cannot read the items of {path}: {str(exc).splitlines()[0][:160]}"
         ) from exc
+
+
+def _walk(root: pystac.Catalog) -> Iterator[pystac.Item]:
+    """The items under a catalog, depth first, without recursion; a link cycle is an error."""
+    stack: list[tuple[pystac.Catalog, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        cat, above = stack.pop()
+        here = cat.get_self_href() or cat.id
+        if here in above:
+            raise CatalogError(
+                f"link cycle: {above[-1]} has a child link back to {here}; fix the catalog"
+            )
+        yield from cat.get_items()
+        children = list(cat.get_children())
+        stack.extend((child, (*above, here)) for child in reversed(children))
 
 
 def _items_from_api(
@@ -357,6 +374,89 @@ def _items_from_api(
         ) from exc
 
 
+Interval = tuple[dt.datetime | None, dt.datetime | None]
+
+
+def _nothing_found(
+    label: str,
+    seen: int,
+    skipped: list[tuple[str, str]],
+    collections: Sequence[str] | None,
+    other_collections: set[str],
+    datetime: str | None,
+    bbox: Sequence[float] | None,
+) -> CatalogError:
+    """The error that says why a request found no usable raster."""
+    if seen == 0 and collections and other_collections:
+        return CatalogError(
+            f"{label} has no collection {', '.join(collections)}; its collections: "
+            f"{', '.join(sorted(other_collections))}"
+        )
+    if seen == 0 and datetime is not None:
+        return CatalogError(f"no item of {label} in the time interval {datetime}; widen it")
+    if seen == 0:
+        return CatalogError(f"no STAC item found in {label}")
+    if skipped:
+        return CatalogError(
+            f"none of the {seen} items of {label} has a readable raster; first problem: "
+            f"{skipped[0][1]}"
+        )
+    return CatalogError(
+        f"no item of {label} intersects bbox {list(bbox or [])}; widen or move the bbox"
+    )
+
+
+def parse_interval(text: str | None) -> Interval | None:
+    """An RFC 3339 datetime or interval (``a/b``, ``a/..``, ``../b``) as (start, end).
+
+    Raises:
+        ConfigError: for text that is not one, naming the expected form.
+    """
+    if text is None:
+        return None
+    hint = "use an RFC 3339 time or interval, e.g. 2008-01-01T00:00:00Z/2012-12-31T00:00:00Z"
+    parts = text.strip().split("/")
+    if len(parts) > 2 or not text.strip():
+        raise ConfigError(f"--datetime {text!r} is not a time or interval; {hint}")
+    ends: list[dt.datetime | None] = []
+    for part in parts:
+        if part in ("", "..") and len(parts) == 2:
+            ends.append(None)
+            continue
+        try:
+            when = dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"--datetime {text!r}: {part!r} is not a time; {hint}") from None
+        ends.append(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    start, end = (ends[0], ends[-1])
+    if start is not None and end is not None and start > end:
+        raise ConfigError(f"--datetime {text!r} ends before it starts; {hint}")
+    return start, end
+
+
+def _in_interval(item: pystac.Item, interval: Interval | None) -> bool:
+    """Whether an item's time (or time range) meets the interval."""
+    if interval is None:
+        return True
+    props = item.properties
+    first = _when(props.get("start_datetime")) or item.datetime
+    last = _when(props.get("end_datetime")) or item.datetime
+    if first is None or last is None:
+        return True  # no time: not excluded
+    start, end = interval
+    return (end is None or first <= end) and (start is None or last >= start)
+
+
+def _when(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def _bbox_hits(geom: BaseGeometry, bbox: Sequence[float] | None) -> bool:
     if bbox is None:
         return True
@@ -389,7 +489,7 @@ def _open_items(
         if isinstance(obj, pystac.Item):
             return source, [obj]
         if isinstance(obj, pystac.Catalog):
-            return source, obj.get_items(recursive=True)
+            return source, _walk(obj)
         raise CatalogError(f"{source} is not a STAC catalog, collection or item")
     return str(source), _items_from_local(Path(source))
 
@@ -443,6 +543,7 @@ def load_sources(
         CatalogError: if the source cannot be read, mixes bodies, has no usable raster, or
             nothing intersects ``bbox``.
     """
+    interval = parse_interval(datetime)
     label, items = _open_items(source, collections, bbox, datetime, max_items)
     wanted = get_body(body) if body else None
     out: list[SourceAsset] = []
@@ -450,8 +551,12 @@ def load_sources(
     bodies: dict[str, str] = {}
     seen = 0
     in_bbox = 0
+    other_collections: set[str] = set()
     for item in items:
         if collections and item.collection_id not in collections:
+            other_collections.add(str(item.collection_id))
+            continue
+        if not _in_interval(item, interval):
             continue
         if "label:type" in item.properties:  # ground truth, not imagery
             log.debug("ignoring label item %s", item.id)
@@ -476,16 +581,7 @@ def load_sources(
         in_bbox += 1
         out.append(src)
     resolved_body = get_body(next(iter(bodies))) if bodies else (wanted or MARS)
-    if seen == 0:
-        raise CatalogError(f"no STAC item found in {label}")
     if not out:
-        if skipped:
-            raise CatalogError(
-                f"none of the {seen} items of {label} has a readable raster; first problem: "
-                f"{skipped[0][1]}"
-            )
-        raise CatalogError(
-            f"no item of {label} intersects bbox {list(bbox or [])}; widen or move the bbox"
-        )
+        raise _nothing_found(label, seen, skipped, collections, other_collections, datetime, bbox)
     log.info("%s: %d rasters, %d skipped", label, len(out), len(skipped))
     return SourceSet(body=resolved_body, assets=out, skipped=skipped)

@@ -34,7 +34,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from scipy import ndimage
 
-from marscope_stac.errors import ConfigError
+from marscope_stac.errors import ConfigError, OutputError, check_range
 from marscope_stac.grid import Grid
 from marscope_stac.stac_in import SourceAsset, SourceSet, load_sources
 from marscope_stac.text import join_lines
@@ -576,6 +576,10 @@ def preview_tiles(
     """
     from marscope_stac.grid import parse_grid
 
+    check_range("--tile-px", tile_px, 8, 4096, integer=True)
+    check_range("--max-tiles", max_tiles, 1, 10_000, integer=True)
+    if preview is not None and Path(preview).is_dir():
+        raise OutputError(f"--preview {preview} is a folder; give a PNG file name")
     sources = load_sources(
         source, collections=collections, bbox=bbox, datetime=datetime, asset=asset
     )

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from marscope_stac import __version__
-from marscope_stac.errors import ConfigError, ModelError
+from marscope_stac.errors import ConfigError, ModelError, check_range
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json
 from marscope_stac.models import (
     ARCH_PREPROCESS,
@@ -74,6 +74,16 @@ class TrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     lock_text: bool = False
+
+    def check(self) -> None:
+        """Raise :class:`~marscope_stac.errors.ConfigError` for a value training cannot use."""
+        check_range("--epochs", self.epochs, 1, integer=True)
+        check_range("--steps-per-epoch", self.steps_per_epoch, 1, integer=True)
+        check_range("--batch-size", self.batch_size, 2, integer=True)
+        check_range("--lr", self.lr, 0.0, 10.0, above=True)
+        check_range("weight decay", self.weight_decay, 0.0)
+        check_range("warm-up steps", self.warmup_steps, 0, integer=True)
+        check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
 
 
 @dataclass
@@ -228,8 +238,7 @@ def train_model(
         ConfigError: for bad hyper-parameters or device.
     """
     cfg = config or TrainConfig()
-    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 2:
-        raise ConfigError("epochs and steps per epoch must be >= 1 and batch size >= 2")
+    cfg.check()
     if len(pairs) == 0:
         raise ConfigError("no training pairs")
     register_bundled_architectures()
@@ -502,6 +511,9 @@ def train_from_source(
     """
     from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
 
+    (config or TrainConfig()).check()
+    check_range("--prompt-share", prompt_share, 0.0, 1.0)
+    check_range("--crop-px", crop_px, 8, 4096, integer=True)
     src = Path(source)
     if src.suffix.lower() in (".csv", ".parquet"):
         register_bundled_architectures()
