@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from marscope_stac.errors import ConfigError, ModelError, OutputError, check_range
-from marscope_stac.fsutil import atomic_write_json, file_multihash
+from marscope_stac.fsutil import atomic_write_json, file_multihash, sweep_stale
 from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.models import ClipModel, load_model, same_record
 from marscope_stac.stac_in import SourceSet, load_sources
@@ -235,6 +235,7 @@ def embed_catalog(
     """
     t_start = time.perf_counter()
     _check_args(source, Path(out), min_valid, batch_size, tile_px, workers)
+    sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, device)
     sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
     g = parse_grid(grid, sources.body)

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.errors import ConfigError, DataError, check_range
+from marscope_stac.fsutil import sweep_stale
 from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.products import (
     CLASS_COLOURS,
@@ -209,6 +210,8 @@ class QueryEngine:
             else EmbeddingSet(Path(embedding_set))
         )
         self.out = Path(out)
+        sweep_stale(self.out, depth=2)  # what killed queries left behind
+        sweep_stale(self.set.root)
         self._model = clip_model
         self._model_args = (
             clip_model.name if clip_model is not None else model,

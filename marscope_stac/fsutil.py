@@ -7,13 +7,18 @@ interrupted run never leaves a half-written file or catalog behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
-import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ __all__ = [
     "file_multihash",
     "json_text",
     "staged_directory",
+    "sweep_stale",
+    "temp_file",
 ]
 
 
@@ -56,9 +63,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temp_file(target, "" if suffix == ".tmp" else suffix)
     try:
         yield tmp
         tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -112,7 +117,7 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     if same_size and (target.samefile(source) or file_multihash(target) == file_multihash(source)):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_path(target, "tmp")
     try:
         try:
             os.link(source, tmp)  # the same file, nothing copied (its mode is left alone)
@@ -138,13 +143,129 @@ def _check_parent_writable(out: Path) -> Path:
     return parent
 
 
+def _temp_path(target: Path, kind: str, suffix: str = "") -> Path:
+    """A hidden name beside ``target`` that records this process (see :func:`sweep_stale`)."""
+    name = f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}{suffix}"
+    return target.with_name(name)
+
+
+_STALE = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<kind>tmp|staging|old)(\.\w+)?$"
+)
+_LEGACY = re.compile(r"^\.(.+-(staging|old)-\w+|.+\.\w{8}\.tmp)$")
+LEGACY_AGE_S = 3600.0
+"""Temporary files of earlier versions (no process id in the name) are removed after this."""
+
+
+def temp_file(target: str | os.PathLike[str], suffix: str = "") -> Path:
+    """Create an empty temporary file beside ``target`` (mode 0600), named for this process.
+
+    The caller renames it onto ``target`` or removes it; if the process dies first, the next
+    :func:`sweep_stale` of the folder removes it.
+    """
+    tmp = _temp_path(Path(target), "tmp", suffix)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike[str], depth: int = 0) -> int:
+    """Remove temporary files and folders that dead processes left in ``folder``.
+
+    Only hidden names this module makes (``.<name>.<pid>.<hex>.tmp|staging|old``) whose
+    process is gone are removed, and those of earlier versions once older than
+    :data:`LEGACY_AGE_S`; ``depth`` > 0 also sweeps the sub-folders, that many levels down.
+    Returns how many entries were removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        m = _STALE.match(entry.name)
+        stale = m is not None and not _alive(int(m["pid"]))
+        if m is None and _LEGACY.match(entry.name):
+            with contextlib.suppress(OSError):
+                stale = now - entry.lstat().st_mtime > LEGACY_AGE_S
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed += 1
+        elif depth > 0 and entry.is_dir() and not entry.name.startswith("."):
+            removed += sweep_stale(entry, depth - 1)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    libc = _libc()
+    if libc is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return libc
+
+
+@contextlib.contextmanager
+def _swap_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock for replacing ``target``: concurrent writers take turns.
+
+    The lock is on the parent folder itself, so no lock file is left beside the output.
+    """
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Build a folder in a staging area beside ``out`` and move it into place on success.
 
     Yields the staging folder. When the block finishes without an exception, ``out`` is
-    replaced by it (an existing ``out`` is only replaced with ``overwrite=True``); when the
-    block raises, the staging folder is removed and ``out`` is left as it was.
+    replaced by it (an existing ``out`` is only replaced with ``overwrite=True``): in one
+    atomic exchange where the system offers it, so ``out`` is never missing, and under a lock
+    so concurrent writers of the same ``out`` take turns (the last one wins). When the block
+    raises, the staging folder is removed and ``out`` is left as it was. What a killed
+    process leaves behind is removed by the next run (:func:`sweep_stale`).
 
     Raises:
         OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or its
@@ -160,17 +281,26 @@ def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
         )
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}-staging-", dir=parent))
-    stage.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+    sweep_stale(parent)
+    stage = _temp_path(target, "staging")
+    stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    with _swap_lock(target):
+        _replace(stage, target)
+
+
+def _replace(stage: Path, target: Path) -> None:
+    """Put ``stage`` at ``target``; what was there is deleted."""
+    if target.exists() and _exchange(stage, target):
+        shutil.rmtree(stage, ignore_errors=True)  # now the old content
+        return
     old: Path | None = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
-        old.rmdir()
+        old = _temp_path(target, "old")
         target.rename(old)
     try:
         stage.rename(target)

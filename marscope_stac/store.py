@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import shapely
 from numpy.typing import NDArray
 
 from marscope_stac.errors import DataError, OutputError
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json
+from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, temp_file
 from marscope_stac.geoparquet import Covering, geo_metadata
 from marscope_stac.grid import Grid
 
@@ -245,9 +244,8 @@ class _NpyStream:
         self.shape = shape
         self.rows = 0
         self.digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.tmp = Path(tmp)
-        self.fh: IO[bytes] = os.fdopen(fd, "wb")
+        self.tmp = temp_file(path)
+        self.fh: IO[bytes] = self.tmp.open("wb")
         head = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             head,
@@ -550,9 +548,7 @@ class EmbeddingSetWriter:
         self._pq_tmp: Path | None = None
         self._extra = extra
         if parquet:
-            fd, tmp = tempfile.mkstemp(prefix=".embeddings.parquet.", suffix=".tmp", dir=es.root)
-            os.close(fd)
-            self._pq_tmp = Path(tmp)
+            self._pq_tmp = temp_file(es.parquet)
 
     def append(self, table: EmbeddingTable) -> None:
         """Append the next rows (their cells must be the next ones given at construction).

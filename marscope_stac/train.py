@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from marscope_stac import __version__
 from marscope_stac.errors import ConfigError, ModelError, check_range
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json
+from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, sweep_stale
 from marscope_stac.models import (
     ARCH_PREPROCESS,
     MARSCOPE_TEMPLATES,
@@ -243,6 +243,7 @@ def train_model(
         raise ConfigError("no training pairs")
     register_bundled_architectures()
     out_dir = Path(out)
+    sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     dev = resolve_device(device)
     _seed_all(cfg.seed)
