@@ -7,6 +7,7 @@ with status 2; unexpected errors exit with status 1 (``--debug`` shows the trace
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -23,6 +24,20 @@ from marscope_stac.errors import MarscopeError
 __all__ = ["cli", "main"]
 
 log = logging.getLogger("marscope_stac")
+
+
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.EMFILE,
+}
+"""System errors of the environment (disk, permissions, paths): one line and exit 2."""
 
 
 class _Group(click.Group):
@@ -71,6 +86,16 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("marscope: interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRORS or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(
+                f"marscope: error: cannot use{where}: {exc.strerror}; free some space, fix the "
+                "permissions or choose another folder (finished work is kept)",
+                err=True,
+            )
+            ctx.exit(2)
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from marscope_stac.catalog import OutputCatalog
 from marscope_stac.errors import ConfigError, ModelError, OutputError, check_range
 from marscope_stac.fsutil import atomic_write_json, file_multihash, sweep_stale
 from marscope_stac.grid import Grid, parse_grid
@@ -488,6 +489,7 @@ def _check_args(
     check_range("--tile-px", tile_px, 8, 4096, integer=True)
     check_range("--workers", workers, 1, integer=True)
     _check_out_apart(source, out)
+    OutputCatalog(out)  # a products catalog, or a folder that can become one
 
 
 def _check_out_apart(source: str | Path, out: Path) -> None:

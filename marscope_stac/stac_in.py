@@ -574,7 +574,6 @@ def load_sources(
             src = _read_header(item, key, item_body)
         except (CatalogError, DataError) as exc:
             skipped.append((item.id, str(exc)))
-            warnings.warn(f"skipped: {exc}", SkippedInputWarning, stacklevel=2)
             continue
         if not _bbox_hits(src.footprint, bbox):
             continue
@@ -583,5 +582,12 @@ def load_sources(
     resolved_body = get_body(next(iter(bodies))) if bodies else (wanted or MARS)
     if not out:
         raise _nothing_found(label, seen, skipped, collections, other_collections, datetime, bbox)
+    if skipped:  # one warning for all of them (a planet's catalog may skip thousands)
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        warnings.warn(
+            f"skipped {len(skipped)} of {seen} items; {skipped[0][0]}: {skipped[0][1]}{more}",
+            SkippedInputWarning,
+            stacklevel=2,
+        )
     log.info("%s: %d rasters, %d skipped", label, len(out), len(skipped))
     return SourceSet(body=resolved_body, assets=out, skipped=skipped)

@@ -16,6 +16,7 @@ import functools
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from scipy import ndimage
 
-from marscope_stac.errors import ConfigError, OutputError, check_range
+from marscope_stac.errors import ConfigError, OutputError, SkippedInputWarning, check_range
+from marscope_stac.fsutil import atomic_output
 from marscope_stac.grid import Grid
 from marscope_stac.stac_in import SourceAsset, SourceSet, load_sources
 from marscope_stac.text import join_lines
@@ -534,8 +536,8 @@ def contact_sheet(
         short = cid.split(":", 2)[-1]
         draw.text((x + 2, y + size + 1), f"{short} {v:.0%}", fill=255)
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_output(path, suffix=".png") as tmp:
+        sheet.save(tmp, format="PNG")
     return path
 
 
@@ -598,5 +600,13 @@ def preview_tiles(
         )
         batches = list(iter_tile_batches(sample, batch_size=16))
         shown = len(sample)
+        errors = [e for b in batches for e in b.errors]
+        if errors:
+            warnings.warn(
+                f"{len(errors)} of {shown} tiles could not be read and are drawn empty; "
+                f"first: {errors[0][1]}",
+                SkippedInputWarning,
+                stacklevel=2,
+            )
         sheet = contact_sheet(batches, g, preview, max_tiles=max_tiles)
     return TilePreview(plan, sources, shown, sheet)

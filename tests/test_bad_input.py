@@ -1,0 +1,499 @@
+"""Bad input, command by command: one clean line, exit 2, nothing written into the inputs.
+
+Each case runs the real command line (the console script's ``main``) in-process and checks
+the exit status, that stderr is exactly one ``marscope: error:`` line, that there is no
+traceback, and that the input tree (demo catalog, products, model folder, truth files) is
+unchanged: no file added, removed or modified.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from marscope_stac.cli import cli
+from marscope_stac.embed import embed_catalog
+from marscope_stac.engine import QueryEngine
+from marscope_stac.models import load_model
+from marscope_stac.query import QuerySpec
+
+
+@dataclass(frozen=True)
+class World:
+    """The inputs every case may name."""
+
+    root: Path
+    cat: Path
+    out: Path
+    model: str
+    product: Path
+    tifs: Path
+    junk: Path
+
+
+@pytest.fixture(scope="module")
+def world(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from _rasters import pattern, write_geotiff
+    from affine import Affine
+
+    root = tmp_path_factory.mktemp("bad")
+    cat = root / "catalogs" / "demo"
+    shutil.copytree(demo_small.root, cat)
+    model_dir = root / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    model = f"local-dir:{model_dir}"
+    out = root / "products"
+    embed_catalog(cat, out, model=model, progress=False)
+    engine = QueryEngine.open(out, clip_model=load_model(model, device="cpu"))
+    product = engine.query(QuerySpec(text=["yardangs"])).folder
+    tifs = root / "tifs"
+    t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
+    write_geotiff(tifs / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", t)
+    junk = root / "junk"
+    junk.mkdir()
+    (junk / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (junk / "bad.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    (junk / "nolonlat.csv").write_text("x,y\n1,2\n")
+    (junk / "folder").mkdir()
+    (junk / "file.txt").write_text("a file, not a folder")
+    (junk / "empty").mkdir()
+    (junk / "notiff").mkdir()
+    (junk / "notiff" / "readme.txt").write_text("no rasters here")
+    (junk / "plain.tif").write_bytes(b"II*\x00 not a tiff")
+    cyc = junk / "cycle"
+    cyc.mkdir()
+    (cyc / "catalog.json").write_text(
+        json.dumps(
+            {
+                "type": "Catalog",
+                "stac_version": "1.1.0",
+                "id": "cycle",
+                "description": "links to itself",
+                "links": [
+                    {"rel": "root", "href": "./catalog.json"},
+                    {"rel": "child", "href": "./sub/catalog.json"},
+                ],
+            }
+        )
+    )
+    (cyc / "sub").mkdir()
+    (cyc / "sub" / "catalog.json").write_text(
+        json.dumps(
+            {
+                "type": "Catalog",
+                "stac_version": "1.1.0",
+                "id": "sub",
+                "description": "back up",
+                "links": [{"rel": "child", "href": "../catalog.json"}],
+            }
+        )
+    )
+    return World(root, cat, out, model, product, tifs, junk)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".marscope.lock")
+    }
+
+
+Case = Callable[[World], list[str]]
+
+CASES: dict[str, dict[str, Case]] = {
+    "demo-data": {
+        "negative seed": lambda w: ["demo-data", "--out", str(w.root / "n1"), "--seed", "-1"],
+        "unknown size": lambda w: ["demo-data", "--out", str(w.root / "n2"), "--size", "huge"],
+        "out is a file": lambda w: ["demo-data", "--out", str(w.junk / "file.txt")],
+        "out is a non-empty folder": lambda w: ["demo-data", "--out", str(w.cat)],
+        "seed not a number": lambda w: ["demo-data", "--seed", "abc"],
+    },
+    "validate": {
+        "missing path": lambda w: ["validate", str(w.root / "nope")],
+        "not JSON": lambda w: ["validate", str(w.junk / "picture.png")],
+        "no STAC inside": lambda w: ["validate", str(w.junk / "notiff")],
+        "garbage JSON": lambda w: ["validate", str(w.junk / "bad.geojson")],
+    },
+    "demo": {
+        "unknown size": lambda w: ["demo", "--workdir", str(w.root / "d1"), "--size", "huge"],
+        "seed not a number": lambda w: ["demo", "--seed", "x"],
+    },
+    "tiles": {
+        "bbox of 3 numbers": lambda w: ["tiles", str(w.cat), "--bbox", "1,2,3"],
+        "bbox latitude past the pole": lambda w: ["tiles", str(w.cat), "--bbox", "1,95,3,96"],
+        "bbox south above north": lambda w: ["tiles", str(w.cat), "--bbox", "10,5,20,-5"],
+        "bbox not numbers": lambda w: ["tiles", str(w.cat), "--bbox", "a,b,c,d"],
+        "tile-px 0": lambda w: ["tiles", str(w.cat), "--tile-px", "0"],
+        "tile-px negative": lambda w: ["tiles", str(w.cat), "--tile-px", "-5"],
+        "max-tiles negative": lambda w: [
+            "tiles",
+            str(w.cat),
+            "--max-tiles",
+            "-1",
+            "--preview",
+            str(w.root / "s.png"),
+        ],
+        "preview is a folder": lambda w: [
+            "tiles",
+            str(w.cat),
+            "--preview",
+            str(w.junk / "folder"),
+        ],
+        "unknown grid": lambda w: ["tiles", str(w.cat), "--grid", "hexagons:9"],
+        "unknown collection": lambda w: ["tiles", str(w.cat), "--collection", "nope"],
+        "datetime garbage": lambda w: ["tiles", str(w.cat), "--datetime", "yesterday"],
+        "datetime backwards": lambda w: [
+            "tiles",
+            str(w.cat),
+            "--datetime",
+            "2012-01-01T00:00:00Z/2008-01-01T00:00:00Z",
+        ],
+        "datetime matching nothing": lambda w: [
+            "tiles",
+            str(w.cat),
+            "--datetime",
+            "1990-01-01T00:00:00Z/1991-01-01T00:00:00Z",
+        ],
+        "unknown asset": lambda w: ["tiles", str(w.cat), "--asset", "nope"],
+        "missing catalog": lambda w: ["tiles", str(w.root / "nope")],
+        "link cycle": lambda w: ["tiles", str(w.junk / "cycle")],
+        "folder of GeoTIFFs without a catalog": lambda w: ["tiles", str(w.tifs)],
+    },
+    "catalog build": {
+        "missing folder": lambda w: ["catalog", "build", str(w.root / "nope")],
+        "no GeoTIFF": lambda w: ["catalog", "build", str(w.junk / "notiff")],
+        "collection id escaping the folder": lambda w: [
+            "catalog",
+            "build",
+            str(w.tifs),
+            "--collection-id",
+            "../../x",
+        ],
+        "unknown body": lambda w: ["catalog", "build", str(w.tifs), "--body", "Vulcan"],
+        "a file that is not a TIFF": lambda w: ["catalog", "build", str(w.junk)],
+    },
+    "train": {
+        "zero epochs": lambda w: [
+            "train",
+            str(w.cat),
+            "--out",
+            str(w.root / "t1"),
+            "--epochs",
+            "0",
+        ],
+        "lr nan": lambda w: ["train", str(w.cat), "--out", str(w.root / "t2"), "--lr", "nan"],
+        "lr negative": lambda w: ["train", str(w.cat), "--out", str(w.root / "t3"), "--lr", "-1"],
+        "prompt share 2": lambda w: [
+            "train",
+            str(w.cat),
+            "--out",
+            str(w.root / "t4"),
+            "--prompt-share",
+            "2",
+        ],
+        "batch size 1": lambda w: [
+            "train",
+            str(w.cat),
+            "--out",
+            str(w.root / "t5"),
+            "--batch-size",
+            "1",
+        ],
+        "crop 0": lambda w: ["train", str(w.cat), "--out", str(w.root / "t6"), "--crop-px", "0"],
+        "unknown architecture": lambda w: [
+            "train",
+            str(w.cat),
+            "--out",
+            str(w.root / "t7"),
+            "--model",
+            "no-such-net",
+        ],
+        "unknown device": lambda w: [
+            "train",
+            str(w.cat),
+            "--out",
+            str(w.root / "t8"),
+            "--device",
+            "tpu",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+        ],
+        "missing source": lambda w: ["train", str(w.root / "nope"), "--out", str(w.root / "t9")],
+        "caption table that is not one": lambda w: [
+            "train",
+            str(w.junk / "nolonlat.csv"),
+            "--out",
+            str(w.root / "t10"),
+        ],
+    },
+    "embed": {
+        "batch size 0": lambda w: ["embed", str(w.cat), "--out", str(w.out), "--batch-size", "0"],
+        "batch size negative": lambda w: [
+            "embed",
+            str(w.cat),
+            "--out",
+            str(w.out),
+            "--batch-size",
+            "-3",
+        ],
+        "tile-px 0": lambda w: ["embed", str(w.cat), "--out", str(w.out), "--tile-px", "0"],
+        "workers 0": lambda w: ["embed", str(w.cat), "--out", str(w.out), "--workers", "0"],
+        "out is the input catalog": lambda w: ["embed", str(w.cat), "--out", str(w.cat)],
+        "out inside the input catalog": lambda w: ["embed", str(w.cat), "--out", str(w.cat / "p")],
+        "out is a file": lambda w: ["embed", str(w.cat), "--out", str(w.junk / "file.txt")],
+        "out is a folder that is not a catalog": lambda w: [
+            "embed",
+            str(w.cat),
+            "--out",
+            str(w.junk),
+        ],
+        "architecture without weights": lambda w: [
+            "embed",
+            str(w.cat),
+            "--out",
+            str(w.root / "e1"),
+            "--model",
+            "marscope-tiny",
+        ],
+        "missing model folder": lambda w: [
+            "embed",
+            str(w.cat),
+            "--out",
+            str(w.root / "e2"),
+            "--model",
+            f"local-dir:{w.root / 'nope'}",
+        ],
+        "zero-size grid": lambda w: [
+            "embed",
+            str(w.cat),
+            "--out",
+            str(w.out),
+            "--grid",
+            "lonlat:0",
+        ],
+        "bad bbox": lambda w: ["embed", str(w.cat), "--out", str(w.out), "--bbox", "1,2"],
+        "bbox with no imagery": lambda w: [
+            "embed",
+            str(w.cat),
+            "--out",
+            str(w.out),
+            "--model",
+            w.model,
+            "--bbox",
+            "-10,-10,-9,-9",
+        ],
+    },
+    "query": {
+        "unknown scoring": lambda w: ["query", "x", "--out", str(w.out), "--scoring", "foo"],
+        "point not a pair": lambda w: ["query", "x", "--out", str(w.out), "--point", "abc"],
+        "point past the pole": lambda w: ["query", "x", "--out", str(w.out), "--point", "1,100"],
+        "threshold 2": lambda w: ["query", "x", "--out", str(w.out), "--threshold", "2"],
+        "threshold nan": lambda w: ["query", "x", "--out", str(w.out), "--threshold", "nan"],
+        "empty and-not": lambda w: ["query", "x", "--out", str(w.out), "--and-not", ""],
+        "negative distance": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--near",
+            "y",
+            "--within-km",
+            "-1",
+        ],
+        "distance nan": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--near",
+            "y",
+            "--within-km",
+            "nan",
+        ],
+        "examples with classify": lambda w: [
+            "query",
+            "a",
+            "b",
+            "--classify",
+            "--out",
+            str(w.out),
+            "--point",
+            "150.1,-4.5",
+        ],
+        "examples with a composite": lambda w: [
+            "query",
+            "a",
+            "--and-not",
+            "b",
+            "--out",
+            str(w.out),
+            "--point",
+            "150.1,-4.5",
+        ],
+        "and-not with near": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--and-not",
+            "y",
+            "--near",
+            "z",
+        ],
+        "empty text": lambda w: ["query", "", "--out", str(w.out)],
+        "nothing to look for": lambda w: ["query", "--out", str(w.out)],
+        "image weight 2": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--point",
+            "150.1,-4.5",
+            "--image-weight",
+            "2",
+        ],
+        "unknown product": lambda w: ["query", "x", "--out", str(w.out), "--products", "bogus"],
+        "missing embedding set": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--embeddings",
+            str(w.root / "nope"),
+        ],
+        "products folder with no set": lambda w: ["query", "x", "--out", str(w.junk / "empty")],
+        "template without braces": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--model",
+            w.model,
+            "--template",
+            "no braces",
+        ],
+        "image that is not one": lambda w: [
+            "query",
+            "--out",
+            str(w.out),
+            "--model",
+            w.model,
+            "--image",
+            str(w.junk / "picture.png"),
+        ],
+        "point off the imagery": lambda w: [
+            "query",
+            "--out",
+            str(w.out),
+            "--model",
+            w.model,
+            "--point",
+            "-100,40",
+        ],
+        "other model than the set's": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.out),
+            "--model",
+            "bundled",
+        ],
+    },
+    "evaluate": {
+        "missing truth": lambda w: ["evaluate", str(w.product), "--truth", str(w.root / "nope")],
+        "truth is a picture": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.junk / "picture.png"),
+        ],
+        "truth is broken GeoJSON": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.junk / "bad.geojson"),
+        ],
+        "truth CSV without lon/lat": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.junk / "nolonlat.csv"),
+        ],
+        "radius nan": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+            "--radius-cells",
+            "nan",
+        ],
+        "radius negative": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+            "--radius-cells",
+            "-1",
+        ],
+        "threshold 5": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+            "--threshold",
+            "5",
+        ],
+        "unknown ranking": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+            "--rank-by",
+            "luck",
+        ],
+        "not a product": lambda w: ["evaluate", str(w.junk), "--truth", str(w.cat)],
+        "unknown landform": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+            "--landform",
+            "unicorn",
+        ],
+    },
+}
+
+PARAMS = [
+    pytest.param(command, name, make, id=f"{command}: {name}")
+    for command, cases in CASES.items()
+    for name, make in cases.items()
+]
+
+
+def test_the_matrix_is_large() -> None:
+    assert len(PARAMS) >= 60 and len(CASES) >= 8
+
+
+@pytest.mark.parametrize(("command", "name", "make"), PARAMS)
+def test_bad_input_is_one_clean_line(world: World, command: str, name: str, make: Case) -> None:
+    inputs = [world.cat, world.out, world.root / "model", world.junk, world.tifs]
+    before = {str(p): _snapshot(p) for p in inputs}
+    with warnings.catch_warnings():  # as a user sees them: printed, not raised
+        warnings.simplefilter("default")
+        result = CliRunner().invoke(cli, make(world))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("marscope: error: "), lines
+    assert "Traceback" not in result.output and "this is a bug" not in result.output
+    for p in inputs:
+        assert _snapshot(p) == before[str(p)], f"{command} ({name}) changed {p}"
