@@ -740,12 +740,17 @@ def write_background(
 
 
 def build_faiss_index(embedding: NDArray[np.floating[Any]], path: str | Path) -> Path:
-    """Write an exact inner-product FAISS index (``IndexFlatIP``) over ``embedding`` rows."""
+    """Write an exact inner-product FAISS index (``IndexFlatIP``) over ``embedding`` rows.
+
+    The rows are taken as the set stores them (float16), so the index holds exactly the
+    GeoParquet's values whether a row was embedded now or read back from a shard.
+    """
     import faiss
 
     index = faiss.IndexFlatIP(embedding.shape[1])
     for start in range(0, len(embedding), ROW_GROUP):
-        index.add(np.ascontiguousarray(embedding[start : start + ROW_GROUP], dtype=np.float32))
+        block = np.asarray(embedding[start : start + ROW_GROUP]).astype(np.float16)
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
     data = faiss.serialize_index(index)
     atomic_write_bytes(path, bytes(np.asarray(data)))
     return Path(path)

@@ -1,0 +1,133 @@
+"""kill -9 loop: ``marscope embed`` and ``marscope query`` killed at random moments.
+
+Run:  .venv/bin/python bench/kill_loop.py [--kills 10] [--seed 0] [--keep]
+
+On the small demo world with the bundled model, in a temporary folder: a clean run of each
+command; then the same command started again and again in a fresh products folder, each
+time killed with SIGKILL after a random delay in (0.2 s, the clean run's time), ``--kills``
+times, and finally run to completion. Printed: how many runs were killed mid-way, whether
+``marscope validate`` (schemas, links, assets, sizes, checksums) passes, the temporary files
+left behind (none expected), and whether the results are identical to the clean run's
+(embedding set: cells, float16 and int8 vectors, FAISS index; queries: COG, PMTiles and
+preview bytes, GeoParquet tables). Exits 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def marscope(*args: str) -> list[str]:
+    return [sys.executable, "-m", "marscope_stac.cli", *args]
+
+
+def run(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[3:])} failed: {done.stderr[-1500:]}")
+    return time.perf_counter() - t0
+
+
+def kill_loop(args: list[str], clean_s: float, kills: int, rng: random.Random) -> int:
+    """Start and SIGKILL ``args`` ``kills`` times, then run it to the end; runs killed."""
+    killed = 0
+    for _ in range(kills):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(0.2, clean_s))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed += 1
+    run(args)
+    return killed
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob(".*") if not p.name.endswith(".lock")
+    )
+
+
+def same_files(a: Path, b: Path) -> list[str]:
+    """Files of tree ``a`` whose content differs in ``b`` (tables compared as tables)."""
+    differ = []
+    for fa in sorted(p for p in a.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = fa.relative_to(a)
+        fb = b / rel
+        if fa.suffix in (".json",) or "text-vectors" in rel.parts or "shards" in rel.parts:
+            continue  # STAC items and manifests hold times; shards are per-run work files
+        if not fb.is_file():
+            differ.append(f"{rel} missing")
+        elif fa.suffix == ".parquet":
+            if not pq.read_table(fa).equals(pq.read_table(fb)):
+                differ.append(str(rel))
+        elif fa.read_bytes() != fb.read_bytes():
+            differ.append(str(rel))
+    return differ
+
+
+def validate(folder: Path) -> str:
+    done = subprocess.run(marscope("validate", str(folder)), capture_output=True, text=True)
+    return "valid" if done.returncode == 0 else f"INVALID: {done.stdout[-800:]}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    from marscope_stac.demo import build_demo_catalog
+
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="marscope-kill-"))
+    failed = False
+    try:
+        cat = build_demo_catalog(tmp / "catalogs" / "demo", size="small").root
+        embed = ["embed", str(cat), "--batch-size", "8"]
+        clean_s = run(marscope(*embed, "--out", str(tmp / "clean")))
+        killed = kill_loop(marscope(*embed, "--out", str(tmp / "killed")), clean_s, args.kills, rng)
+        left = leftovers(tmp / "killed")
+        differ = same_files(tmp / "clean" / "embeddings", tmp / "killed" / "embeddings")
+        verdict = validate(tmp / "killed")
+        print(
+            f"embed: clean run {clean_s:.1f} s; {killed} of {args.kills} runs killed mid-way; "
+            f"then finished: {verdict}, {len(left)} temporary files left, "
+            f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ}'}"
+        )
+        failed |= bool(left or differ or verdict != "valid")
+        query = ["query", "impact craters", "alluvial fans", "dune fields"]
+        run(marscope(*query, "--out", str(tmp / "clean")))
+        clean_q = run(marscope(*query, "--out", str(tmp / "clean")))  # texts cached now
+        killed = kill_loop(marscope(*query, "--out", str(tmp / "killed")), clean_q, args.kills, rng)
+        left = leftovers(tmp / "killed")
+        differ = same_files(tmp / "clean" / "queries", tmp / "killed" / "queries")
+        verdict = validate(tmp / "killed")
+        print(
+            f"query: clean run {clean_q:.1f} s; {killed} of {args.kills} runs killed mid-way; "
+            f"then finished: {verdict}, {len(left)} temporary files left, "
+            f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ}'}"
+        )
+        failed |= bool(left or differ or verdict != "valid")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
