@@ -461,7 +461,9 @@ def read_batch(
         try:
             pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
         except RasterioError as exc:
-            errors.append((int(plan.cells[k]), str(exc).splitlines()[0][:160]))
+            names = ", ".join(Path(plan.sources[i].href).name for i in plan.cell_sources[k])
+            reason = str(exc).splitlines()[0][:120]
+            errors.append((int(plan.cells[k]), f"reading {names} failed ({reason}); is it whole?"))
     return TileBatch(plan.cells.copy(), pixels, valid, used, errors)
 
 

@@ -53,6 +53,10 @@ def world(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-unty
     embed_catalog(cat, out, model=model, progress=False)
     engine = QueryEngine.open(out, clip_model=load_model(model, device="cpu"))
     product = engine.query(QuerySpec(text=["yardangs"])).folder
+    broken = root / "broken-products"  # a products folder whose set manifest is garbage
+    shutil.copytree(out, broken)
+    (manifest,) = broken.glob("embeddings/*/manifest.json")
+    manifest.write_text("{ not json")
     tifs = root / "tifs"
     t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
     write_geotiff(tifs / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", t)
@@ -408,6 +412,14 @@ CASES: dict[str, dict[str, Case]] = {
             "--model",
             "bundled",
         ],
+        "garbage manifest": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.root / "broken-products"),
+            "--model",
+            w.model,
+        ],
     },
     "evaluate": {
         "missing truth": lambda w: ["evaluate", str(w.product), "--truth", str(w.root / "nope")],
@@ -487,6 +499,7 @@ def test_the_matrix_is_large() -> None:
 @pytest.mark.parametrize(("command", "name", "make"), PARAMS)
 def test_bad_input_is_one_clean_line(world: World, command: str, name: str, make: Case) -> None:
     inputs = [world.cat, world.out, world.root / "model", world.junk, world.tifs]
+    inputs.append(world.root / "broken-products")
     before = {str(p): _snapshot(p) for p in inputs}
     with warnings.catch_warnings():  # as a user sees them: printed, not raised
         warnings.simplefilter("default")
@@ -497,3 +510,109 @@ def test_bad_input_is_one_clean_line(world: World, command: str, name: str, make
     assert "Traceback" not in result.output and "this is a bug" not in result.output
     for p in inputs:
         assert _snapshot(p) == before[str(p)], f"{command} ({name}) changed {p}"
+
+
+def test_a_full_disk_is_one_line(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    import marscope_stac.fsutil as fsutil
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x"))
+
+    tifs = tmp_path / "tifs"
+    shutil.copytree(world.tifs, tifs)
+    monkeypatch.setattr(fsutil, "atomic_write_bytes", full)
+    result = CliRunner().invoke(cli, ["catalog", "build", str(tifs)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "No space left on device" in lines[0] and "Traceback" not in result.output
+    assert sorted(p.name for p in tifs.iterdir()) == ["a.tif"]  # nothing half-written
+
+
+def test_truncated_imagery_is_a_warning_not_black_tiles(world: World, tmp_path: Path) -> None:
+    cat = tmp_path / "cat"
+    shutil.copytree(world.cat, cat)
+    tif = next(cat.rglob("ctx-demo-r0c0.tif"))
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 3])  # cut short, header intact
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        result = CliRunner().invoke(
+            cli,
+            [
+                "tiles",
+                str(cat),
+                "--preview",
+                str(tmp_path / "s.png"),
+                "--max-tiles",
+                "400",
+                "--grid",
+                "lonlat:0.02",
+                "--tile-px",
+                "60",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "marscope: warning:" in result.stderr and "could not be read" in result.stderr
+    assert "ctx-demo-r0c0.tif" in result.stderr
+
+
+def test_stale_temporary_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from marscope_stac.fsutil import LEGACY_AGE_S, sweep_stale
+
+    dead = subprocess_pid_that_exited()
+    (tmp_path / f".probability.tif.{dead}.0123abcd.tmp.tif").write_text("partial")
+    (tmp_path / f".q-1.{dead}.89abcdef.staging").mkdir()
+    (tmp_path / f".q-1.{dead}.89abcdef.staging" / "x").write_text("partial")
+    mine = tmp_path / f".index.faiss.{os.getpid()}.00000000.tmp"  # a live process's file
+    mine.write_text("in use")
+    legacy = tmp_path / ".index.faiss.k2j3_abc.tmp"  # an earlier version's name, old
+    legacy.write_text("old")
+    old_time = time.time() - LEGACY_AGE_S - 10
+    os.utime(legacy, (old_time, old_time))
+    young = tmp_path / ".embeddings.parquet.a1b2c3d4.tmp"  # earlier version's, still young
+    young.write_text("maybe in use")
+    keep = tmp_path / "q-1"
+    keep.mkdir()
+    assert sweep_stale(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, young.name, "q-1"])
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def test_folder_catalog_ids_are_injective(tmp_path: Path) -> None:
+    from _rasters import pattern, write_geotiff
+    from affine import Affine
+
+    folder = tmp_path / "tiles"
+    for i, name in enumerate(("E+100N+40.tif", "E-100N-40.tif", "E_100N_40.tif")):
+        t = Affine(0.05 / 64, 0, 10.0 + i, 0, -0.05 / 64, 0.1)
+        write_geotiff(folder / name, pattern(64, 64, seed=i), "IAU_2015:49900", t)
+    result = CliRunner().invoke(cli, ["catalog", "build", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "3 items" in result.output
+    items = [p for p in (folder / "stac").rglob("*.json") if p.stem == p.parent.name]
+    ids = {json.loads(p.read_text())["id"] for p in items}
+    assert len(items) == len(ids) == 3 and "E_100N_40" in ids  # the colliding two get a hash
+
+
+def test_embedding_never_writes_into_the_model_folder(world: World) -> None:
+    model_dir = world.root / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]
