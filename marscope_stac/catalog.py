@@ -143,6 +143,7 @@ class OutputCatalog:
             if collection_path.is_file():
                 old = self._read(collection_path)
                 items = [lk for lk in old.get("links", []) if lk.get("rel") == "item"]
+                _union_extent(collection, old)  # read under the lock: concurrent adds grow it
             new_item = link("item", item_path, cdir, STAC_ITEM_MEDIA_TYPE, item["id"])
             items = [lk for lk in items if lk["href"] != new_item["href"]] + [new_item]
             up = [
@@ -179,6 +180,27 @@ def _relink(obj: dict[str, Any], links: list[dict[str, Any]], *rels: str) -> Non
 def _extent_of(d: dict[str, Any]) -> tuple[list[float], list[str | None]]:
     ext = d["extent"]
     return list(ext["spatial"]["bbox"][0]), list(ext["temporal"]["interval"][0])
+
+
+def _union_extent(collection: dict[str, Any], old: dict[str, Any]) -> None:
+    """Grow ``collection``'s extent to cover ``old``'s too (extents only ever grow)."""
+    if "extent" not in collection or "extent" not in old:
+        return
+    (w, s, e, n), (t0, t1) = _extent_of(collection)
+    (ow, os_, oe, on), (o0, o1) = _extent_of(old)
+    starts = [t for t in (t0, o0) if t]
+    ends = [t for t in (t1, o1) if t]
+    collection["extent"] = {
+        "spatial": {"bbox": [[min(w, ow), min(s, os_), max(e, oe), max(n, on)]]},
+        "temporal": {
+            "interval": [
+                [
+                    min(starts) if starts and t0 and o0 else None,
+                    max(ends) if ends and t1 and o1 else None,
+                ]
+            ]
+        },
+    }
 
 
 def _grow(root: dict[str, Any], collection: dict[str, Any]) -> None:
