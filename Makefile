@@ -16,6 +16,7 @@ STAMP := $(VENV)/.marscope-installed
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/python -m marscope_stac.webassets || echo "warning: the web map (marscope serve) needs npm"
 	@touch $(STAMP)
 
 install: $(STAMP)

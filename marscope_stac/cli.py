@@ -560,6 +560,52 @@ def query_cmd(
         click.echo(product.summary())
 
 
+@cli.command("serve")
+@click.argument("products", type=click.Path(path_type=Path), default=Path("products"))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--model", default="bundled", show_default=True, help="The embedding set's model.")
+@click.option("--embeddings", type=click.Path(path_type=Path), help="Embedding set folder.")
+@click.option(
+    "--static",
+    "static_out",
+    type=click.Path(path_type=Path),
+    help="Write a static site of the published products here instead of serving.",
+)
+def serve_cmd(
+    products: Path,
+    host: str,
+    port: int,
+    model: str,
+    embeddings: Path | None,
+    static_out: Path | None,
+) -> None:
+    """Ask the planet in a web map (MapLibre, offline) over the query engine, kept warm."""
+    from marscope_stac.server import serve, write_static_site
+
+    if static_out is not None:
+        site = write_static_site(products, static_out)
+        click.echo(f"static site in {site}; serve it with any web server that answers ranges")
+        return
+    server = serve(products, host, port, model, embeddings)
+    click.echo(f"MarScope-STAC map at {server.url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    finally:
+        server.shutdown()
+
+
+@cli.command("basemap")
+@click.argument("catalog")
+@_products_option
+@click.option("--name", help="Basemap id (default: the catalog's folder name).")
+def basemap_cmd(catalog: str, out: Path, name: str | None) -> None:
+    """Build the web map's imagery basemap (PMTiles) from a catalog's COGs."""
+    from marscope_stac.basemap import build_basemap
+
+    click.echo(build_basemap(catalog, out, name).summary())
+
+
 @cli.command("evaluate")
 @click.argument("product", type=click.Path(path_type=Path))
 @click.option(

@@ -237,6 +237,7 @@ class QueryEngine:
         self.mode = resolve_mode(scoring, self.arrays)
         self._layout: RasterLayout | None = None
         self._columns: CellColumns | None = None
+        self._bounds: list[float] | None = None
 
     @classmethod
     def open(
@@ -255,6 +256,19 @@ class QueryEngine:
         name = clip_model.name if clip_model is not None else model
         es = find_embedding_set(out, name, embeddings)
         return cls(es, out, model, **options)
+
+    def bounds(self) -> list[float]:
+        """The set's extent in the body's lon/lat: [west, south, east, north]."""
+        if self._bounds is None:
+            cells = np.asarray(self.arrays.cells)
+            b = self.grid.bounds(cells) if len(cells) else np.zeros((1, 4))
+            self._bounds = [
+                float(b[:, 0].min()),
+                float(b[:, 1].min()),
+                float(b[:, 2].max()),
+                float(b[:, 3].max()),
+            ]
+        return self._bounds
 
     # -- the model, loaded on demand -------------------------------------------------------
 

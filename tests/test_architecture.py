@@ -12,15 +12,15 @@ import marscope_stac
 PACKAGE = Path(marscope_stac.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"errors", "fsutil", "bodies", "prompts", "vocabulary", "text", ""},
+    {"errors", "fsutil", "bodies", "prompts", "vocabulary", "text", "webassets", ""},
     {"grid", "geoparquet", "stac_out", "validation"},
     {"stac_in", "cog", "mlm", "catalog", "publish", "folder_catalog"},
     {"tiles", "store", "render"},
     {"models", "parts", "pairs"},
     {"embed", "train", "query"},
-    {"products"},
+    {"products", "basemap"},
     {"engine", "evaluate", "landform_eval"},
-    {"pipeline", "demo", "cli"},
+    {"pipeline", "demo", "cli", "server"},
 ]
 """Bottom to top, as the data flows: bodies and grid, STAC, tiles and store, models,
 embedding and scoring, products, the query engine and evaluation, then the faces."""
