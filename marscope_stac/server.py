@@ -11,8 +11,9 @@
 - a JSON API: ``GET /api/config`` (body, radius, extent, basemap), ``GET /api/queries``
   (the published query products, newest first), ``POST /api/query`` (a
   :class:`~marscope_stac.engine.QueryRequest` as JSON: ``texts``, ``classify``, ``points``,
-  ``negative_points``, ``threshold``, ``image_weight``; answered by the engine kept warm,
-  publishing exactly what ``marscope query`` publishes) returning the products' STAC items.
+  ``negative_points``, ``threshold``, ``image_weight``, optionally ``products`` as
+  ``--products``; answered by the engine kept warm, publishing exactly what ``marscope
+  query`` with the same options publishes) returning the products' STAC items.
 
 :func:`write_static_site` writes the same page for a static host (browsing published
 products, no querying).
@@ -204,9 +205,15 @@ def _request(payload: dict[str, Any]) -> QueryRequest:
     examples = QuerySpec(
         points=pairs("points"), negatives_points=pairs("negative_points"), image_weight=weight
     )
-    return QueryRequest(
+    request = QueryRequest(
         texts=texts, examples=examples, threshold=threshold, classify=bool(payload.get("classify"))
     )
+    if "products" in payload:  # as `marscope query --products a,b`; every file when absent
+        wanted = payload["products"]
+        if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+            raise ConfigError("products must be a list of names")
+        request.products = tuple(wanted)
+    return request
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -175,6 +175,8 @@ async function runQuery(map) {
     points: state.examples.filter((e) => !e.negative).map((e) => [e.lon, e.lat]),
     negative_points: state.examples.filter((e) => e.negative).map((e) => [e.lon, e.lat]),
   };
+  // the map needs the tiles and detections; the per-cell scores table on request
+  if (!$("scores-table").checked) body.products = ["tiles", "preview", "detections"];
   if (body.classify) {
     body.points = [];
     body.negative_points = [];
@@ -223,6 +225,7 @@ async function start() {
     bounds: config.bbox ? [[config.bbox[0], config.bbox[1]], [config.bbox[2], config.bbox[3]]] : undefined,
     attributionControl: false,
     renderWorldCopies: false,
+    boxZoom: false, // shift-click adds a negative example
     canvasContextAttributes: { preserveDrawingBuffer: true },
   });
   window.marscopeMap = map;
@@ -232,8 +235,9 @@ async function start() {
     $("readout").textContent = `${e.lngLat.lng.toFixed(4)}° E, ${e.lngLat.lat.toFixed(4)}° N (${config.body})`;
   });
   map.on("click", (e) => {
+    const negative = e.originalEvent.shiftKey || $("negative-mode").checked;
     const hits = map.getLayer("detections-fill") ? map.queryRenderedFeatures(e.point, { layers: ["detections-fill"] }) : [];
-    if (hits.length && !e.originalEvent.shiftKey && !e.originalEvent.altKey) {
+    if (hits.length && !negative) {
       const p = hits[0].properties;
       const html = `<b>detection</b><br>max. probability ${Number(p.max_probability).toFixed(3)}<br>` +
         `mean probability ${Number(p.mean_probability).toFixed(3)}<br>${p.cells} cells<br>` +
@@ -241,7 +245,7 @@ async function start() {
       new maplibregl.Popup().setLngLat(e.lngLat).setHTML(html).addTo(map);
       return;
     }
-    if (!config.static) addExample(map, e.lngLat, e.originalEvent.shiftKey);
+    if (!config.static) addExample(map, e.lngLat, negative);
   });
   $("opacity").addEventListener("input", () => {
     $("opacity-value").textContent = Number($("opacity").value).toFixed(2);

@@ -1,0 +1,210 @@
+"""The web map in a real browser: Debian's Chromium, driven by Playwright (nothing downloaded).
+
+The server runs on the small demo world (test model, imagery basemap); the test types a query,
+waits for the probability layer, checks the screenshot's pixels over the demo area, opens a
+detection's popup, adds a negative example and sees the map change, and checks the console
+has no errors. A missing browser fails the test (``.ci/run`` installs ``chromium``).
+Set ``MARSCOPE_SCREENSHOT=path.png`` to keep the screenshot (the README's picture).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marscope_stac.basemap import build_basemap
+from marscope_stac.embed import embed_catalog
+from marscope_stac.engine import QueryEngine
+from marscope_stac.models import load_model
+from marscope_stac.server import MapServer, write_static_site
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
+"""The server and the browser talk over the loopback interface only."""
+
+
+@pytest.fixture(scope="module")
+def server(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("web")
+    cat = root / "catalogs" / "demo"
+    shutil.copytree(demo_small.root, cat)
+    out = root / "products"
+    model = f"local-dir:{tiny_model_dir}"
+    embed_catalog(cat, out, model=model, progress=False)
+    build_basemap(cat, out)
+    engine = QueryEngine.open(out, clip_model=load_model(model, device="cpu"))
+    srv = MapServer(out, engine, "127.0.0.1", 0)
+    srv.start()
+    yield srv
+    srv.shutdown()
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_files_are_served_with_ranges_etags_and_media_types(server: MapServer) -> None:
+    config = json.loads(_get(server.url + "api/config")[2])
+    assert config["body"] == "Mars" and config["basemap"].endswith(".pmtiles")
+    url = server.url + config["basemap"]
+    status, headers, body = _get(url, {"Range": "bytes=0-126"})
+    assert status == 206 and len(body) == 127 and body[:7] == b"PMTiles"
+    assert (
+        headers["Content-Type"] == "application/vnd.pmtiles" and headers["Accept-Ranges"] == "bytes"
+    )
+    assert headers["Content-Range"].startswith("bytes 0-126/")
+    status, _, _ = _get(url, {"If-None-Match": headers["ETag"]})
+    assert status == 304
+    assert _get(url, {"Range": "bytes=999999999-"})[0] == 416
+    for sneaky in (
+        "products/../../etc/passwd",
+        "products/%2e%2e/%2e%2e/etc/passwd",
+        "vendor/../app.js",
+    ):
+        assert _get(server.url + sneaky)[0] == 404
+    source = config["sources"][0]
+    status, headers, body = _get(server.url + source["url"])
+    assert status == 200 and json.loads(body)["id"] == source["id"]
+
+
+def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
+    def post(body: bytes) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            server.url + "api/query", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    status, answer = post(json.dumps({"texts": ["dune fields"], "threshold": 0.3}).encode())
+    assert status == 200
+    (product,) = answer["products"]
+    item = json.loads(_get(server.url + product["item"])[2])
+    assert item["id"] == product["id"] and item["properties"]["marscope:threshold"] == 0.3
+    # the same files and id as `marscope query "dune fields" --threshold 0.3` publishes
+    from marscope_stac.products import query_id
+    from marscope_stac.query import QuerySpec
+
+    engine = server.state.engine
+    assert engine is not None
+    spec = QuerySpec(text=["dune fields"])
+    assert product["id"] == query_id(spec, engine.set, 0.3, engine.mode)
+    assert post(b"[1, 2]")[0] == 400
+    assert post(json.dumps({"texts": [""]}).encode())[0] == 400
+    assert post(json.dumps({"texts": ["x"], "threshold": 7}).encode())[0] == 400
+    assert post(b"x" * 70_000)[0] == 413
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") is None,
+    reason="needs Debian's chromium (.ci/run installs it; in CI a missing browser fails)",
+)
+def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path) -> None:
+    assert CHROMIUM is not None, "chromium is not installed (apt-get install chromium)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 700})
+        problems: list[str] = []
+        page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+        page.on(
+            "console",
+            lambda msg: problems.append(msg.text) if msg.type == "error" else None,
+        )
+        page.goto(server.url)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        blank = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+        # ask
+        page.fill("#texts", "yardangs")
+        page.fill("#threshold-query", "0.05")
+        page.dispatch_event("#threshold-query", "input")
+        page.click("#run")
+        page.wait_for_selector("body[data-rendered]", timeout=60_000)
+        first = page.get_attribute("body", "data-rendered")
+        shot = page.screenshot()
+        if os.environ.get("MARSCOPE_SCREENSHOT"):
+            Path(os.environ["MARSCOPE_SCREENSHOT"]).write_bytes(shot)
+        img = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
+        # over the demo area the probability layer tints the grey imagery (magma: red > green)
+        box = page.evaluate(  # the centre of the map: the product is fitted into view
+            "() => { const r = window.marscopeMap.getContainer().getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2]; }"
+        )
+        x, y = int(box[0]), int(box[1])
+        area = img[y - 100 : y + 100, x - 100 : x + 100]
+        tinted = (area[..., 0] - area[..., 1] > 40).mean()
+        before = blank[y - 100 : y + 100, x - 100 : x + 100].astype(int)
+        assert tinted > 0.02, tinted
+        assert np.abs(area - before).mean() > 3
+        # the detection filter re-filters without a new query
+        count = (
+            "() => window.marscopeMap.queryRenderedFeatures({layers: ['detections-fill']}).length"
+        )
+        page.fill("#filter", "1")
+        page.dispatch_event("#filter", "input")
+        page.wait_for_timeout(300)
+        none = page.evaluate(count)
+        page.fill("#filter", "0")
+        page.dispatch_event("#filter", "input")
+        page.wait_for_function(f"({count})() > {none}", timeout=10_000)
+        # a detection's popup
+        hit = page.evaluate(
+            "() => { const m = window.marscopeMap;"
+            " const f = m.queryRenderedFeatures({layers: ['detections-fill']});"
+            " if (!f.length) return null; const c = f[0].geometry.coordinates[0][0];"
+            " const p = m.project(c); const r = m.getContainer().getBoundingClientRect();"
+            " return [p.x + r.left + 2, p.y + r.top + 2]; }"
+        )
+        assert hit is not None, "no detection drawn"
+        page.mouse.click(hit[0], hit[1])
+        page.wait_for_selector(".maplibregl-popup", timeout=10_000)
+        popup = page.inner_text(".maplibregl-popup")
+        assert "max. probability" in popup and "cells" in popup
+        # refine: a negative example where the layer is strongest, then ask again
+        page.click(".maplibregl-popup-close-button")
+        page.check("#negative-mode")
+        page.mouse.click(x - 80, y + 60)
+        assert "−" in page.inner_text("#examples")
+        page.click("#run")
+        page.wait_for_function(f"document.body.dataset.rendered !== '{first}'", timeout=60_000)
+        after = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
+        assert np.abs(after - img).mean() > 0.5  # the map changed
+        # scale bar on Mars' radius, not Earth's
+        per_px = float(page.get_attribute(".scale-bar", "data-metres-per-pixel") or 0)
+        zoom, lat = page.evaluate(
+            "() => [window.marscopeMap.getZoom(), window.marscopeMap.getCenter().lat]"
+        )
+        mars = 2 * np.pi * 3_396_190 * np.cos(np.radians(lat)) / (512 * 2**zoom)
+        assert abs(per_px / mars - 1) < 1e-6
+        browser.close()
+    assert not [p for p in problems if "favicon" not in p], problems
+
+
+def test_a_static_site_browses_published_products(server: MapServer, tmp_path: Path) -> None:
+    site = write_static_site(server.state.products, tmp_path / "site")
+    records = json.loads((site / "queries.json").read_text())
+    assert records and all((site / r["assets"]["probability"]).is_file() for r in records)
+    config = json.loads((site / "config.json").read_text())
+    assert config["static"] and (site / config["basemap"]).is_file()
+    assert (site / "vendor" / "maplibre-gl.mjs").is_file() and (site / "index.html").is_file()
