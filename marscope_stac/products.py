@@ -657,6 +657,17 @@ def write_class_product(
             offset=0.0,
         )
         _class_preview(stage / "preview.png", cmap_u8, len(all_names))
+        meta = {"name": qid, "description": "Zero-shot class map", "type": "overlay"}
+        colours = list(CLASS_COLOURS[: len(all_names)])
+        write_raster_pmtiles(
+            stage / "classes.pmtiles",
+            cmap_u8,
+            layout.transform,
+            meta,
+            raster_zoom_range(layout.transform, cmap_u8.shape),
+            nodata=PROBABILITY_NODATA,
+            colours=colours,
+        )
     item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
     item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
@@ -732,6 +743,9 @@ def _class_item(
             bands=cog_band_fields(folder / "probabilities.tif"),
         ),
         "preview": asset("preview.png", "image/png", ["overview", "visual"], "Class map preview"),
+        "tiles": asset(
+            "classes.pmtiles", PMTILES_MEDIA_TYPE, ["visual", "tiles"], "Class map tiles (PMTiles)"
+        ),
     }
     extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
     return stac_item(qid, props, extensions, bbox, assets, _source_links(es, folder))

@@ -266,6 +266,17 @@ def _palette_chunks(cmap: str, steps: int, nodata: int) -> bytes:
     return _png_chunk(b"PLTE", rgb.tobytes()) + _png_chunk(b"tRNS", alpha.tobytes())
 
 
+def _categorical_chunks(colours: Sequence[str], nodata: int) -> bytes:
+    """PLTE and tRNS chunks of a categorical palette (hex RGB per value); ``nodata`` clear."""
+    rgb = np.zeros((256, 3), np.uint8)
+    for k, colour in enumerate(colours[:256]):
+        rgb[k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)]
+    alpha = np.full(256, 255, np.uint8)
+    alpha[nodata] = 0
+    rgb[nodata] = 0
+    return _png_chunk(b"PLTE", rgb.tobytes()) + _png_chunk(b"tRNS", alpha.tobytes())
+
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_256 = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 8, 3, 0, 0, 0))
 
@@ -325,13 +336,15 @@ def write_raster_pmtiles(
     cmap: str = "magma",
     steps: int = PROBABILITY_STEPS,
     nodata: int = PROBABILITY_NODATA,
+    colours: Sequence[str] | None = None,
 ) -> int:
     """Write a PNG raster PMTiles archive of a lon/lat raster (no data transparent).
 
     ``values`` are floats in 0..1 (NaN: no data) or already quantised bytes (``v * steps``,
-    ``nodata``). Tiles are 8-bit palette PNGs sampled at pixel centres on the Web-Mercator
-    z/x/y scheme of the body's sphere; tiles with no data are left out. Returns the number of
-    tiles written.
+    ``nodata``). ``colours`` (hex RGB, one per byte value) replace the colour map, for
+    categorical rasters such as class maps. Tiles are 8-bit palette PNGs sampled at pixel
+    centres on the Web-Mercator z/x/y scheme of the body's sphere; tiles with no data are left
+    out. Returns the number of tiles written.
 
     Raises:
         ValueError: if the raster holds no data at all.
@@ -352,7 +365,9 @@ def write_raster_pmtiles(
     res = transform.a
     bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
     zmin, zmax = zoom or raster_zoom_range(transform, (rows, cols))
-    palette = _palette_chunks(cmap, steps, nodata)
+    palette = (
+        _categorical_chunks(colours, nodata) if colours else _palette_chunks(cmap, steps, nodata)
+    )
     inv = ~transform
     # one job per row of tiles: its pixels are sampled in one gather, filtered at once,
     # and each tile is compressed (zlib releases the GIL, so rows run in parallel)

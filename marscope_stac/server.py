@@ -11,7 +11,8 @@
 - a JSON API: ``GET /api/config`` (body, radius, extent, basemap), ``GET /api/queries``
   (the published query products, newest first), ``POST /api/query`` (a
   :class:`~marscope_stac.engine.QueryRequest` as JSON: ``texts``, ``classify``, ``points``,
-  ``negative_points``, ``threshold``, ``image_weight``, optionally ``products`` as
+  ``negative_points``, ``threshold``, ``image_weight``, ``and_not`` / ``near`` +
+  ``within_km`` (composites), optionally ``products`` as
   ``--products``; answered by the engine kept warm, publishing exactly what ``marscope
   query`` with the same options publishes) returning the products' STAC items.
 
@@ -137,6 +138,10 @@ def _product_record(item_path: Path, products: Path) -> dict[str, Any]:
         "bbox": item.get("bbox"),
         "created": props.get("processing:datetime") or props.get("datetime"),
         "assets": urls,
+        "legend": [
+            {"name": c.get("description") or c.get("name"), "colour": f"#{c.get('color_hint')}"}
+            for c in item.get("assets", {}).get("classes", {}).get("classification:classes", [])
+        ],
         "stac": item,
     }
 
@@ -205,8 +210,21 @@ def _request(payload: dict[str, Any]) -> QueryRequest:
     examples = QuerySpec(
         points=pairs("points"), negatives_points=pairs("negative_points"), image_weight=weight
     )
+    composite = {k: payload.get(k) for k in ("and_not", "near")}
+    if any(v is not None and not isinstance(v, str) for v in composite.values()):
+        raise ConfigError("and_not and near must be texts")
+    try:
+        within = float(payload.get("within_km", 5.0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("within_km must be a number") from exc
     request = QueryRequest(
-        texts=texts, examples=examples, threshold=threshold, classify=bool(payload.get("classify"))
+        texts=texts,
+        examples=examples,
+        threshold=threshold,
+        classify=bool(payload.get("classify")),
+        and_not=composite["and_not"],
+        near=composite["near"],
+        within_km=within,
     )
     if "products" in payload:  # as `marscope query --products a,b`; every file when absent
         wanted = payload["products"]

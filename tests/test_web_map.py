@@ -106,6 +106,17 @@ def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
     assert engine is not None
     spec = QuerySpec(text=["dune fields"])
     assert product["id"] == query_id(spec, engine.set, 0.3, engine.mode)
+    # zero-shot classification: a class map with its tiles and a legend
+    status, answer = post(json.dumps({"texts": ["yardangs", "craters"], "classify": True}).encode())
+    assert status == 200
+    (classes,) = answer["products"]
+    assert classes["assets"]["tiles"].endswith("classes.pmtiles")
+    assert [e["name"] for e in classes["legend"]] == ["background", "yardangs", "craters"]
+    assert _get(server.url + classes["assets"]["tiles"], {"Range": "bytes=0-6"})[2] == b"PMTiles"
+    # a composite
+    status, answer = post(json.dumps({"texts": ["yardangs"], "and_not": "craters"}).encode())
+    assert status == 200 and answer["products"][0]["id"].startswith("yardangs")
+    assert post(json.dumps({"texts": ["x"], "near": 3}).encode())[0] == 400
     assert post(b"[1, 2]")[0] == 400
     assert post(json.dumps({"texts": [""]}).encode())[0] == 400
     assert post(json.dumps({"texts": ["x"], "threshold": 7}).encode())[0] == 400
@@ -204,7 +215,15 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
 def test_a_static_site_browses_published_products(server: MapServer, tmp_path: Path) -> None:
     site = write_static_site(server.state.products, tmp_path / "site")
     records = json.loads((site / "queries.json").read_text())
-    assert records and all((site / r["assets"]["probability"]).is_file() for r in records)
+    assert records and all((site / r["assets"]["tiles"]).is_file() for r in records)
     config = json.loads((site / "config.json").read_text())
     assert config["static"] and (site / config["basemap"]).is_file()
     assert (site / "vendor" / "maplibre-gl.mjs").is_file() and (site / "index.html").is_file()
+
+
+def test_a_port_in_use_is_one_line(server: MapServer) -> None:
+    from marscope_stac.errors import ConfigError
+
+    port = server.httpd.server_address[1]
+    with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use; pass --port"):
+        MapServer(server.state.products, None, "127.0.0.1", port)

@@ -103,6 +103,15 @@ function showProduct(map, product) {
       paint: { "line-color": "#00e5ff", "line-width": 1.5 },
     });
   }
+  const legend = $("class-legend");
+  legend.innerHTML = "";
+  for (const entry of product.legend || []) {
+    const row = document.createElement("div");
+    row.innerHTML = `<span class="swatch" style="background:${entry.colour}"></span>`;
+    row.append(document.createTextNode(entry.name));
+    legend.appendChild(row);
+  }
+  $("legend").hidden = Boolean(product.legend && product.legend.length);
   if (product.bbox) map.fitBounds([[product.bbox[0], product.bbox[1]], [product.bbox[2], product.bbox[3]]], { padding: 20, duration: 0 });
   const links = [["item", "STAC item"], ["probability", "COG"], ["tiles", "PMTiles"], ["detections", "detections GeoParquet"], ["scores", "scores GeoParquet"]];
   $("downloads").innerHTML = "";
@@ -175,6 +184,11 @@ async function runQuery(map) {
     points: state.examples.filter((e) => !e.negative).map((e) => [e.lon, e.lat]),
     negative_points: state.examples.filter((e) => e.negative).map((e) => [e.lon, e.lat]),
   };
+  const composite = $("composite").value;
+  if (composite) {
+    body[composite] = $("composite-text").value;
+    body.within_km = Number($("within-km").value);
+  }
   // the map needs the tiles and detections; the per-cell scores table on request
   if (!$("scores-table").checked) body.products = ["tiles", "preview", "detections"];
   if (body.classify) {
