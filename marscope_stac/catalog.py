@@ -34,6 +34,7 @@ __all__ = [
     "file_asset",
     "item_folder",
     "relative_href",
+    "set_self_links",
     "write_static_catalog",
 ]
 
@@ -268,3 +269,53 @@ def write_static_catalog(
         atomic_write_json(coll_path, coll)
     _relink(catalog, cat_links)
     atomic_write_json(cat_path, catalog)
+
+
+def _set_self_link(path: Path, folder: Path, base_url: str | None) -> bool:
+    """Set (or remove) one STAC file's self link; whether the file changed."""
+    if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        return False
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(d, dict) or "stac_version" not in d:
+        return False
+    links = [lk for lk in d.get("links", []) if lk.get("rel") != "self"]
+    if base_url is not None:
+        href = base_url.rstrip("/") + "/" + path.relative_to(folder).as_posix()
+        media = STAC_ITEM_MEDIA_TYPE if d.get("type") == "Feature" else JSON_MEDIA_TYPE
+        links.append({"rel": "self", "href": href, "type": media})
+    if links == d.get("links"):
+        return False
+    d["links"] = links
+    atomic_write_json(path, d)
+    return True
+
+
+def set_self_links(root: str | Path, base_url: str | None) -> int:
+    """Give every STAC object under ``root`` an absolute ``self`` link under ``base_url``.
+
+    For a catalog about to be published at a known address (STAC's "published" catalogs):
+    ``base_url`` is where ``root`` will be served (e.g. ``https://example.org/products/``);
+    other links stay relative, so the tree still works when copied. ``base_url=None``
+    removes the self links again (a self-contained catalog). Files are rewritten atomically
+    under the products catalog lock when there is one. Returns the objects changed.
+
+    Raises:
+        ConfigError: for a base URL that is not http(s).
+    """
+    from marscope_stac.errors import ConfigError
+
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--base-url {base_url!r} is not an http(s) URL")
+    folder = Path(root)
+    lock = folder / ".marscope.lock"
+    with contextlib.ExitStack() as stack:
+        if lock.is_file():  # a products catalog: wait for writers to finish
+            fh = stack.enter_context(lock.open("a"))
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        changed = sum(
+            _set_self_link(path, folder, base_url) for path in sorted(folder.rglob("*.json"))
+        )
+    return changed

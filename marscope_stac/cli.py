@@ -332,6 +332,21 @@ def catalog_build_cmd(
     click.echo(result.summary())
 
 
+@catalog_group.command("publish")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--base-url", help="Where FOLDER will be served, e.g. https://example.org/products/")
+@click.option("--self-contained", is_flag=True, help="Remove the self links again.")
+def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool) -> None:
+    """Add absolute self links for a catalog's published address (or remove them)."""
+    from marscope_stac.catalog import set_self_links
+    from marscope_stac.errors import ConfigError
+
+    if (base_url is None) != self_contained:
+        raise ConfigError("give --base-url URL, or --self-contained to remove the self links")
+    n = set_self_links(folder, None if self_contained else base_url)
+    click.echo(f"{folder}: self links of {n} STAC objects {'removed' if self_contained else 'set'}")
+
+
 @cli.command("train")
 @click.argument("source")
 @click.option(

@@ -73,7 +73,7 @@ def _killed_then_finished(args: list[str], clean_seconds: float, seed: int) -> i
     rng = random.Random(seed)
     kills = 0
     for _ in range(KILLS):
-        kills += _kill_after(args, rng.uniform(0.3, max(clean_seconds, 1.0)))
+        kills += _kill_after(args, rng.uniform(0.3, max(clean_seconds, 0.6)))
     _run(args)
     return kills
 
@@ -94,7 +94,7 @@ def test_embed_killed_at_random_moments(inputs) -> None:  # type: ignore[no-unty
     root, cat, model = inputs
     clean = _run(_embed_args(cat, root / "clean", model))
     out = root / "killed"
-    kills = _killed_then_finished(_embed_args(cat, out, model), clean, seed=1)
+    kills = _killed_then_finished(_embed_args(cat, out, model), clean * 0.8, seed=1)
     assert kills >= 1
     validate_catalog(out)
     assert not _leftovers(out)
@@ -110,8 +110,9 @@ def test_query_killed_at_random_moments(inputs) -> None:  # type: ignore[no-unty
     ref = root / "q-ref"
     shutil.copytree(out, ref)
     args = ["query", "yardangs", "impact craters", "--model", model]
-    clean = _run(_marscope(*args, "--out", str(ref)))
-    kills = _killed_then_finished(_marscope(*args, "--out", str(out)), clean, seed=2)
+    _run(_marscope(*args, "--out", str(ref)))
+    warm = _run(_marscope(*args, "--out", str(ref)))  # texts cached: as fast as a run gets
+    kills = _killed_then_finished(_marscope(*args, "--out", str(out)), warm * 0.8, seed=2)
     assert kills >= 1
     validate_catalog(out)
     assert not _leftovers(out)

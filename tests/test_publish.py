@@ -269,3 +269,23 @@ def test_geoparquet_tables_carry_a_bbox_covering(work: Path) -> None:
         half = (w, s, (w + e) / 2, n)
         some = gpd.read_parquet(path, bbox=half)
         assert 0 < len(some) <= table.num_rows or table.num_rows == 0
+
+
+def test_publishing_at_an_address_adds_absolute_self_links(work: Path, tmp_path: Path) -> None:
+    shutil.copytree(work, tmp_path / "w")
+    products = tmp_path / "w" / "products"
+    runner = CliRunner()
+    url = "https://example.org/mars/products/"
+    result = runner.invoke(cli, ["catalog", "publish", str(products), "--base-url", url])
+    assert result.exit_code == 0, result.output
+    for path in _json_files(products):
+        d = json.loads(path.read_text())
+        if "stac_version" not in d:
+            continue
+        (self_link,) = [lk for lk in d["links"] if lk["rel"] == "self"]
+        assert self_link["href"] == url + path.relative_to(products).as_posix()
+    assert not validate_catalog(products).problems  # the other links stay relative
+    result = runner.invoke(cli, ["catalog", "publish", str(products), "--self-contained"])
+    assert result.exit_code == 0 and '"self"' not in (products / "catalog.json").read_text()
+    bad = runner.invoke(cli, ["catalog", "publish", str(products), "--base-url", "ftp://x"])
+    assert bad.exit_code == 2 and "not an http(s) URL" in bad.stderr
