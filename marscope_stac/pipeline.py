@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marscope_stac.basemap import Basemap, build_basemap
 from marscope_stac.demo.terrain import LANDFORM_CLASSES
 from marscope_stac.demo.world import DemoCatalog, ensure_demo_catalog
 from marscope_stac.embed import EmbedResult, embed_catalog
@@ -40,6 +41,7 @@ class DemoRun:
     queries: dict[str, QueryProduct] = field(default_factory=dict)
     evaluations: dict[str, ProductEvaluation] = field(default_factory=dict)
     products_validation: ValidationReport | None = None
+    basemap: Basemap | None = None
     steps: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -49,6 +51,8 @@ class DemoRun:
             lines.append(f"  preview of one scene: {self.catalog.previews[0]}")
         if self.embedding is not None:
             lines.append(self.embedding.summary())
+        if self.basemap is not None:
+            lines.append(self.basemap.summary())
         if self.products_validation is not None:
             lines.append(self.products_validation.summary())
         if self.evaluations:
@@ -70,6 +74,7 @@ class DemoRun:
                 f"  each folder holds probability.tif (COG), probability.pmtiles, "
                 f"detections.parquet/.pmtiles, preview.png; e.g. {any_q.folder}"
             )
+            lines.append("look at them in a web map: marscope serve  (http://127.0.0.1:8765/)")
         return "\n".join(lines)
 
 
@@ -98,6 +103,7 @@ def run_demo(
         product = engine.query(QuerySpec(text=[CLASS_NAMES[cls]]))
         run.queries[cls] = product
         run.evaluations[cls] = evaluate_product(product.folder, root, cls, "test")
+    run.basemap = build_basemap(root, products)  # the web map's imagery (marscope serve)
     run.products_validation = validate_catalog(products)
-    run.steps += ["embed", "query", "evaluate"]
+    run.steps += ["embed", "query", "evaluate", "basemap"]
     return run
