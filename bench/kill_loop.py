@@ -83,6 +83,28 @@ def validate(folder: Path) -> str:
     return "valid" if done.returncode == 0 else f"INVALID: {done.stdout[-800:]}"
 
 
+def check(
+    name: str,
+    command: list[str],
+    part: str,
+    clean_s: float,
+    tmp: Path,
+    kills: int,
+    rng: random.Random,
+) -> bool:
+    """Kill ``command`` into ``tmp/killed`` and compare with ``tmp/clean``; whether it failed."""
+    killed = kill_loop(marscope(*command, "--out", str(tmp / "killed")), clean_s, kills, rng)
+    left = leftovers(tmp / "killed")
+    differ = same_files(tmp / "clean" / part, tmp / "killed" / part)
+    verdict = validate(tmp / "killed")
+    print(
+        f"{name}: clean run {clean_s:.1f} s; {killed} of {kills} runs killed mid-way; "
+        f"then finished: {verdict}, {len(left)} temporary files left, "
+        f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ}'}"
+    )
+    return bool(left or differ or verdict != "valid")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
@@ -98,29 +120,11 @@ def main() -> None:
         cat = build_demo_catalog(tmp / "catalogs" / "demo", size="small").root
         embed = ["embed", str(cat), "--batch-size", "8"]
         clean_s = run(marscope(*embed, "--out", str(tmp / "clean")))
-        killed = kill_loop(marscope(*embed, "--out", str(tmp / "killed")), clean_s, args.kills, rng)
-        left = leftovers(tmp / "killed")
-        differ = same_files(tmp / "clean" / "embeddings", tmp / "killed" / "embeddings")
-        verdict = validate(tmp / "killed")
-        print(
-            f"embed: clean run {clean_s:.1f} s; {killed} of {args.kills} runs killed mid-way; "
-            f"then finished: {verdict}, {len(left)} temporary files left, "
-            f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ}'}"
-        )
-        failed |= bool(left or differ or verdict != "valid")
+        failed |= check("embed", embed, "embeddings", clean_s, tmp, args.kills, rng)
         query = ["query", "impact craters", "alluvial fans", "dune fields"]
         run(marscope(*query, "--out", str(tmp / "clean")))
         clean_q = run(marscope(*query, "--out", str(tmp / "clean")))  # texts cached now
-        killed = kill_loop(marscope(*query, "--out", str(tmp / "killed")), clean_q, args.kills, rng)
-        left = leftovers(tmp / "killed")
-        differ = same_files(tmp / "clean" / "queries", tmp / "killed" / "queries")
-        verdict = validate(tmp / "killed")
-        print(
-            f"query: clean run {clean_q:.1f} s; {killed} of {args.kills} runs killed mid-way; "
-            f"then finished: {verdict}, {len(left)} temporary files left, "
-            f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ}'}"
-        )
-        failed |= bool(left or differ or verdict != "valid")
+        failed |= check("query", query, "queries", clean_q, tmp, args.kills, rng)
     finally:
         if args.keep:
             print(f"kept {tmp}")
