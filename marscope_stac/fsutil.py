@@ -152,7 +152,7 @@ def _temp_path(target: Path, kind: str, suffix: str = "") -> Path:
 _STALE = re.compile(
     r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<kind>tmp|staging|old)(\.\w+)?$"
 )
-_LEGACY = re.compile(r"^\.(.+-(staging|old)-\w+|.+\.\w{8}\.tmp)$")
+_LEGACY = re.compile(r"^\.(.+-(staging|old)-[a-z0-9_]{8}|.+\.[a-z0-9_]{8}\.tmp)$")
 LEGACY_AGE_S = 3600.0
 """Temporary files of earlier versions (no process id in the name) are removed after this."""
 
@@ -180,13 +180,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(folder: str | os.PathLike[str], depth: int = 0) -> int:
+def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = "") -> int:
     """Remove temporary files and folders that dead processes left in ``folder``.
 
     Only hidden names this module makes (``.<name>.<pid>.<hex>.tmp|staging|old``) whose
     process is gone are removed, and those of earlier versions once older than
     :data:`LEGACY_AGE_S`; ``depth`` > 0 also sweeps the sub-folders, that many levels down.
-    Returns how many entries were removed.
+    With ``prefix``, only names that start with it are considered (a folder the user owns,
+    such as the parent of an output, is swept only for that output's leftovers). Returns how
+    many entries were removed.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -198,6 +200,8 @@ def sweep_stale(folder: str | os.PathLike[str], depth: int = 0) -> int:
         return 0
     now = time.time()
     for entry in entries:
+        if prefix and not entry.name.startswith(prefix):
+            continue
         m = _STALE.match(entry.name)
         stale = m is not None and not _alive(int(m["pid"]))
         if m is None and _LEGACY.match(entry.name):
@@ -281,7 +285,7 @@ def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
         )
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(parent)
+    sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers
     stage = _temp_path(target, "staging")
     stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
     try:

@@ -26,6 +26,8 @@ import email.utils
 import errno
 import json
 import mimetypes
+import os
+import re
 import shutil
 import threading
 import time
@@ -47,6 +49,9 @@ __all__ = ["MAX_REQUEST_BYTES", "MapServer", "serve", "write_static_site"]
 
 MAX_REQUEST_BYTES = 64 * 1024
 """Largest request body the API accepts."""
+
+MAX_TEXTS = 16
+"""Most texts one API request may ask for (each writes a product)."""
 
 MEDIA_TYPES = {
     ".pmtiles": "application/vnd.pmtiles",
@@ -75,11 +80,14 @@ def _media(path: Path) -> str:
 
 def _inside(root: Path, rel: str) -> Path | None:
     """The file ``rel`` names under ``root``, or None when it leaves it or does not exist."""
-    path = (root / unquote(rel).lstrip("/")).resolve()
-    base = root.resolve()
-    if path != base and base not in path.parents:
+    try:
+        path = (root / unquote(rel).lstrip("/")).resolve()
+        base = root.resolve()
+        if path != base and base not in path.parents:
+            return None
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a NUL byte, a name too long
         return None
-    return path if path.is_file() else None
 
 
 @dataclass
@@ -91,6 +99,8 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     static: bool = False
     sources: dict[str, tuple[Path, list[float]]] = field(default_factory=dict)
+    hosts: set[str] = field(default_factory=set)
+    port: int = 0
 
 
 def source_items(products: Path, engine: QueryEngine | None) -> dict[str, tuple[Path, list[float]]]:
@@ -148,11 +158,14 @@ def _product_record(item_path: Path, products: Path) -> dict[str, Any]:
 
 def list_products(products: Path) -> list[dict[str, Any]]:
     """The query products of a products catalog, newest first."""
-    records = [
-        _product_record(p, products)
-        for p in sorted((products / "queries").glob("*/*.json"))
-        if p.stem == p.parent.name
-    ]
+    records = []
+    for path in sorted((products / "queries").glob("*/*.json")):
+        if path.stem != path.parent.name:
+            continue
+        try:
+            records.append(_product_record(path, products))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # an unreadable item is left out, the others are listed
     return sorted(records, key=lambda r: str(r["created"] or ""), reverse=True)
 
 
@@ -202,6 +215,8 @@ def _request(payload: dict[str, Any]) -> QueryRequest:
     texts = payload.get("texts") or []
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ConfigError("texts must be a list of strings")
+    if len(texts) > MAX_TEXTS:
+        raise ConfigError(f"at most {MAX_TEXTS} texts per query")
     try:
         threshold = float(payload.get("threshold", 0.5))
         weight = float(payload.get("image_weight", 0.3))
@@ -258,7 +273,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": message})
 
     def _file(self, path: Path, head: bool = False) -> None:
-        st = path.stat()
+        with path.open("rb") as fh:  # one open file: a replaced product is never mixed in
+            self._send_file(fh, path, head)
+
+    def _send_file(self, fh: Any, path: Path, head: bool) -> None:
+        st = os.fstat(fh.fileno())
         etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
         if self.headers.get("If-None-Match") == etag:
             self.send_response(HTTPStatus.NOT_MODIFIED)
@@ -267,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start, end, status = 0, st.st_size - 1, HTTPStatus.OK
         ranged = self.headers.get("Range")
-        if ranged and self.headers.get("If-Range", etag) == etag:
+        if ranged and self.headers.get("If-Range", etag) == etag and _single_range(ranged):
             span = _byte_range(ranged, st.st_size)
             if span is None:
                 self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
@@ -289,15 +308,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head or not length:
             return
-        with path.open("rb") as fh:
-            fh.seek(start)
-            left = length
-            while left > 0:
-                chunk = fh.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                left -= len(chunk)
+        fh.seek(start)
+        left = length
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            left -= len(chunk)
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -336,10 +354,27 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _trusted(self) -> bool:
+        """A request from this server's own page: JSON, to the address it is bound to.
+
+        Browsers send cross-site form posts as text/plain or form data (refused here), and a
+        page of another site that rebinds its name to 127.0.0.1 keeps its own Host header.
+        """
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        host = (self.headers.get("Host") or "").strip().lower()
+        port = self.state.port
+        names = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", *self.state.hosts}
+        return kind == "application/json" and host in names
+
     def do_POST(self) -> None:
         route = urlparse(self.path).path
         if route != "/api/query":
             self._error(HTTPStatus.NOT_FOUND, f"{route} not found")
+            return
+        if not self._trusted():
+            self._error(
+                HTTPStatus.FORBIDDEN, "queries are taken from the map page only (JSON, same host)"
+            )
             return
         try:
             size = int(self.headers.get("Content-Length") or 0)
@@ -372,8 +407,16 @@ class _Handler(BaseHTTPRequestHandler):
         except MarscopeError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
             return
+        except Exception as exc:  # a bug: the page gets a JSON answer, not a dropped socket
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
         records = [_product_record(p.item_path, self.state.products) for p in products]
         self._json(HTTPStatus.OK, {"products": records, "seconds": time.perf_counter() - t0})
+
+
+def _single_range(header: str) -> bool:
+    """Whether a Range header is one well-formed ``bytes=`` range (others are ignored: 200)."""
+    return bool(re.fullmatch(r"\s*bytes\s*=\s*(\d+-\d*|-\d+)\s*", header))
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:
@@ -429,6 +472,8 @@ class MapServer:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.httpd.daemon_threads = True
         self.state = state
+        state.port = int(self.httpd.server_address[1])
+        state.hosts = {f"{host}:{state.port}".lower()}
 
     @property
     def url(self) -> str:
@@ -491,7 +536,9 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
         for name in ("index.html", "app.js", "app.css"):
             shutil.copy2(web / name, stage / name)
         shutil.copytree(vendor_dir(), stage / "vendor")
-        shutil.copytree(src, stage / "products", copy_function=_link_or_copy, ignore=_hidden)
+        shutil.copytree(
+            src, stage / "products", copy_function=_link_or_copy, ignore=_outside_or_hidden(src)
+        )
         state = _State(src, None, static=True)
         records = list_products(src)
         (stage / "queries.json").write_text(json.dumps(records), encoding="utf-8")
@@ -500,8 +547,19 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
-def _hidden(folder: str, names: list[str]) -> list[str]:
-    return [n for n in names if n.startswith(".")]
+def _outside_or_hidden(src: Path) -> Any:
+    """A copytree filter: hidden names, and links that lead out of ``src``, are left out."""
+    base = src.resolve()
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        out = []
+        for name in names:
+            target = (Path(folder) / name).resolve()
+            if name.startswith(".") or (target != base and base not in target.parents):
+                out.append(name)
+        return out
+
+    return ignore
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -328,7 +328,14 @@ class _Checker:
         return path == self.boundary or self.boundary in path.parents
 
     def links(self, where: Path, d: Mapping[str, Any]) -> None:
-        for lk in d.get("links", []):
+        links = d.get("links")
+        if not isinstance(links, list):
+            self.problem(where, "links is not a list")
+            return
+        for lk in links:
+            if not isinstance(lk, Mapping):
+                self.problem(where, f"a link is not an object: {lk!r:.60}")
+                continue
             rel, href = str(lk.get("rel", "")), str(lk.get("href", ""))
             if rel == "self" or not href:
                 continue
@@ -346,7 +353,14 @@ class _Checker:
                 self.tree.setdefault(where.resolve(), []).append(target)
 
     def assets(self, where: Path, d: Mapping[str, Any]) -> None:
-        for key, asset in (d.get("assets") or {}).items():
+        assets = d.get("assets") or {}
+        if not isinstance(assets, Mapping):
+            self.problem(where, "assets is not an object")
+            return
+        for key, asset in assets.items():
+            if not isinstance(asset, Mapping):
+                self.problem(where, f"asset {key!r} is not an object")
+                continue
             href = str(asset.get("href", ""))
             target = self._target(where, href, f"asset {key!r}")
             if target is None:
@@ -412,7 +426,13 @@ def _boundary(root: Path) -> Path:
     except (OSError, UnicodeDecodeError, ValueError, StopIteration, KeyError, TypeError):
         return root.parent
     target = (root.parent / str(href)).resolve()
-    return target.parent if not _is_remote(str(href)) and target.is_file() else root.parent
+    if _is_remote(str(href)) or not target.is_file() or target.parent not in root.resolve().parents:
+        return root.parent  # the root must be a catalog above the file
+    try:
+        kind = json.loads(target.read_text(encoding="utf-8")).get("type")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return root.parent
+    return target.parent if kind in ("Catalog", "Collection") else root.parent
 
 
 def validate_catalog(

@@ -289,3 +289,33 @@ def test_publishing_at_an_address_adds_absolute_self_links(work: Path, tmp_path:
     assert result.exit_code == 0 and '"self"' not in (products / "catalog.json").read_text()
     bad = runner.invoke(cli, ["catalog", "publish", str(products), "--base-url", "ftp://x"])
     assert bad.exit_code == 2 and "not an http(s) URL" in bad.stderr
+
+
+def test_validate_reports_malformed_objects_instead_of_failing(tmp_path: Path) -> None:
+    (tmp_path / "catalog.json").write_text(
+        json.dumps(
+            {
+                "type": "Catalog",
+                "stac_version": "1.1.0",
+                "id": "x",
+                "description": "d",
+                "links": None,
+            }
+        )
+    )
+    (tmp_path / "item.json").write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "id": "i",
+                "links": ["x"],
+                "assets": {"a": "b"},
+            }
+        )
+    )
+    with pytest.raises(InvalidCatalogError) as caught:
+        validate_catalog(tmp_path)
+    text = "\n".join(caught.value.problems)
+    assert "links is not a list" in text and "a link is not an object" in text
+    assert "asset 'a' is not an object" in text

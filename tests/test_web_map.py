@@ -71,10 +71,13 @@ def test_files_are_served_with_ranges_etags_and_media_types(server: MapServer) -
     status, _, _ = _get(url, {"If-None-Match": headers["ETag"]})
     assert status == 304
     assert _get(url, {"Range": "bytes=999999999-"})[0] == 416
+    assert _get(url, {"Range": "bytes=0-1,5-9"})[0] == 200  # multi-range: the whole file
     for sneaky in (
         "products/../../etc/passwd",
         "products/%2e%2e/%2e%2e/etc/passwd",
         "vendor/../app.js",
+        "products/%00x",
+        "products/" + "a" * 300,
     ):
         assert _get(server.url + sneaky)[0] == 404
     source = config["sources"][0]
@@ -121,6 +124,20 @@ def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
     assert post(json.dumps({"texts": [""]}).encode())[0] == 400
     assert post(json.dumps({"texts": ["x"], "threshold": 7}).encode())[0] == 400
     assert post(b"x" * 70_000)[0] == 413
+    assert post(json.dumps({"texts": ["x"] * 17}).encode())[0] == 400
+    # not from the page: a cross-site form post (text/plain) or another host name
+    for headers in (
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/json", "Host": "evil.example:80"},
+    ):
+        request = urllib.request.Request(
+            server.url + "api/query", data=b'{"texts": ["x"]}', headers=headers
+        )
+        try:
+            urllib.request.urlopen(request, timeout=30)
+            raise AssertionError("accepted")
+        except urllib.error.HTTPError as err:
+            assert err.code == 403
 
 
 @pytest.mark.skipif(

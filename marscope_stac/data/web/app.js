@@ -107,8 +107,10 @@ function showProduct(map, product) {
   legend.innerHTML = "";
   for (const entry of product.legend || []) {
     const row = document.createElement("div");
-    row.innerHTML = `<span class="swatch" style="background:${entry.colour}"></span>`;
-    row.append(document.createTextNode(entry.name));
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = entry.colour; // a style value, never markup
+    row.append(swatch, document.createTextNode(entry.name));
     legend.appendChild(row);
   }
   $("legend").hidden = Boolean(product.legend && product.legend.length);
@@ -253,10 +255,27 @@ async function start() {
     const hits = map.getLayer("detections-fill") ? map.queryRenderedFeatures(e.point, { layers: ["detections-fill"] }) : [];
     if (hits.length && !negative) {
       const p = hits[0].properties;
-      const html = `<b>detection</b><br>max. probability ${Number(p.max_probability).toFixed(3)}<br>` +
-        `mean probability ${Number(p.mean_probability).toFixed(3)}<br>${p.cells} cells<br>` +
-        sourcesNear(e.lngLat).map((s) => `<a href="${s.url}" target="_blank">${s.id}</a>`).join("<br>");
-      new maplibregl.Popup().setLngLat(e.lngLat).setHTML(html).addTo(map);
+      const box = document.createElement("div");
+      const lines = [
+        "detection",
+        `max. probability ${Number(p.max_probability).toFixed(3)}`,
+        `mean probability ${Number(p.mean_probability).toFixed(3)}`,
+        `${Number(p.cells)} cells`,
+      ];
+      lines.forEach((text, i) => {
+        const line = document.createElement(i === 0 ? "b" : "div");
+        line.textContent = text;
+        box.appendChild(line);
+      });
+      for (const source of sourcesNear(e.lngLat)) {
+        const a = document.createElement("a");
+        a.href = `sources/${encodeURIComponent(source.id)}.json`;
+        a.target = "_blank";
+        a.textContent = source.id; // text, never markup
+        box.appendChild(a);
+        box.appendChild(document.createElement("br"));
+      }
+      new maplibregl.Popup().setLngLat(e.lngLat).setDOMContent(box).addTo(map);
       return;
     }
     if (!config.static) addExample(map, e.lngLat, negative);
