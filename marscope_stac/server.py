@@ -104,13 +104,22 @@ class _State:
 
 
 def source_items(products: Path, engine: QueryEngine | None) -> dict[str, tuple[Path, list[float]]]:
-    """The source STAC Items of the engine's set that are on this machine: id -> (file, bbox).
+    """The source STAC Items of the embedding sets that are on this machine: id -> (file, bbox).
 
-    They come from the embedding item's ``derived_from`` links; remote ones are left out.
+    They come from the embedding items' ``derived_from`` links (the engine's set, or every
+    set of the products catalog without an engine); remote ones are left out.
     """
-    if engine is None:
-        return {}
-    item_path = engine.set.root / f"{engine.set.root.name}.json"
+    if engine is not None:
+        roots = [engine.set.root]
+    else:
+        roots = [p.parent for p in sorted((products / "embeddings").glob("*/manifest.json"))]
+    found: dict[str, tuple[Path, list[float]]] = {}
+    for root in roots:
+        found.update(_set_sources(root / f"{root.name}.json"))
+    return found
+
+
+def _set_sources(item_path: Path) -> dict[str, tuple[Path, list[float]]]:
     if not item_path.is_file():
         return {}
     found: dict[str, tuple[Path, list[float]]] = {}
@@ -518,8 +527,10 @@ def serve(
 def write_static_site(products: str | Path, out: str | Path) -> Path:
     """A static copy of the map for any static host: browse published products, no querying.
 
-    ``out`` gets the page, the vendor files, ``queries.json`` and a copy of the products
-    catalog (hard links where possible). Serve it with range requests (PMTiles needs them).
+    ``out`` gets the page, the vendor files, ``config.json`` / ``queries.json``, the source
+    items the popups link to, a copy of the products catalog and of the input catalogs beside
+    it that the products' lineage links name (hard links where possible), so ``marscope
+    validate`` passes on the copy. Serve it with range requests (PMTiles needs them).
 
     Raises:
         ConfigError: if the web map files are not installed.
@@ -539,12 +550,44 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
         shutil.copytree(
             src, stage / "products", copy_function=_link_or_copy, ignore=_outside_or_hidden(src)
         )
-        state = _State(src, None, static=True)
+        state = _State(src, None, static=True, sources=source_items(src, None))
+        (stage / "sources").mkdir()
+        for sid, (path, _) in state.sources.items():
+            shutil.copy2(path, stage / "sources" / f"{sid}.json")
+        _copy_lineage(src, stage)
+        index = (stage / "index.html").read_text(encoding="utf-8")
+        index = index.replace('<html lang="en">', '<html lang="en" data-static="1">')
+        (stage / "index.html").write_text(index, encoding="utf-8")
         records = list_products(src)
         (stage / "queries.json").write_text(json.dumps(records), encoding="utf-8")
         config = _config(state)
         (stage / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return Path(out)
+
+
+def _copy_lineage(products: Path, stage: Path) -> None:
+    """Copy the input catalogs the products link to (``emb:source-data``) beside them.
+
+    A catalog that sits beside the products folder (``catalogs/demo`` next to ``products``)
+    is copied to the same place relative to the site's ``products``, so the lineage links
+    of the copy resolve as they do in the work folder; others are left out.
+    """
+    work = products.resolve().parent
+    for coll in sorted((products / "embeddings").glob("*/collection.json")):
+        for link in json.loads(coll.read_text(encoding="utf-8")).get("links", []):
+            href = str(link.get("href", ""))
+            if link.get("rel") != "emb:source-data" or "://" in href:
+                continue
+            catalog = (coll.parent / href).resolve().parent
+            if work not in catalog.parents or products.resolve() in catalog.parents:
+                continue
+            target = stage / catalog.relative_to(work)
+            if not target.exists():
+                shutil.copytree(catalog, target, copy_function=_link_or_copy, ignore=_hidden)
+
+
+def _hidden(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith(".")]
 
 
 def _outside_or_hidden(src: Path) -> Any:

@@ -209,7 +209,7 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
         page.mouse.click(hit[0], hit[1])
         page.wait_for_selector(".maplibregl-popup", timeout=10_000)
         popup = page.inner_text(".maplibregl-popup")
-        assert "max. probability" in popup and "cells" in popup
+        assert "max. probability" in popup and " cell" in popup and "ctx-demo-" in popup
         # refine: a negative example where the layer is strongest, then ask again
         page.click(".maplibregl-popup-close-button")
         page.check("#negative-mode")
@@ -231,12 +231,23 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
 
 
 def test_a_static_site_browses_published_products(server: MapServer, tmp_path: Path) -> None:
+    from marscope_stac.query import QuerySpec
+
+    engine = server.state.engine
+    assert engine is not None
+    engine.query(QuerySpec(text=["craters"]))  # at least one published product
     site = write_static_site(server.state.products, tmp_path / "site")
     records = json.loads((site / "queries.json").read_text())
     assert records and all((site / r["assets"]["tiles"]).is_file() for r in records)
     config = json.loads((site / "config.json").read_text())
     assert config["static"] and (site / config["basemap"]).is_file()
-    assert (site / "vendor" / "maplibre-gl.mjs").is_file() and (site / "index.html").is_file()
+    assert (site / "vendor" / "maplibre-gl.mjs").is_file()
+    assert 'data-static="1"' in (site / "index.html").read_text()
+    assert config["sources"] and all((site / s["url"]).is_file() for s in config["sources"])
+    # the copy is a valid catalog: its lineage links reach the input catalog copied beside it
+    from marscope_stac.validation import validate_catalog
+
+    assert not validate_catalog(site / "products").problems
 
 
 def test_a_port_in_use_is_one_line(server: MapServer) -> None:

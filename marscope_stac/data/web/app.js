@@ -19,11 +19,9 @@ async function getJSON(url, options) {
 }
 
 async function loadConfig() {
-  try {
-    return await getJSON("api/config");
-  } catch (err) {
-    return await getJSON("config.json"); // a static site
-  }
+  // a static site (marscope serve --static) has its configuration in a file
+  if (document.documentElement.dataset.static) return await getJSON("config.json");
+  return await getJSON("api/config");
 }
 
 // ---------------------------------------------------------------- scale on the body's radius
@@ -211,7 +209,11 @@ async function runQuery(map) {
     showProduct(map, answer.products[0]);
     map.once("idle", () => {
       const seconds = ((performance.now() - t0) / 1000).toFixed(2);
-      $("status").textContent = `${answer.products[0].id}: ${answer.products[0].detections ?? 0} detections (${seconds} s)`;
+      const first = answer.products[0];
+      const what = first.legend && first.legend.length
+        ? `class map of ${first.legend.length - 1} classes`
+        : `${first.detections ?? 0} detections`;
+      $("status").textContent = `${first.id}: ${what} (${seconds} s)`;
       document.body.dataset.rendered = answer.products[0].id;
       document.body.dataset.seconds = seconds;
     });
@@ -260,7 +262,7 @@ async function start() {
         "detection",
         `max. probability ${Number(p.max_probability).toFixed(3)}`,
         `mean probability ${Number(p.mean_probability).toFixed(3)}`,
-        `${Number(p.cells)} cells`,
+        `${Number(p.cells)} ${Number(p.cells) === 1 ? "cell" : "cells"}`,
       ];
       lines.forEach((text, i) => {
         const line = document.createElement(i === 0 ? "b" : "div");
