@@ -50,6 +50,22 @@ __all__ = ["MAX_REQUEST_BYTES", "MapServer", "serve", "write_static_site"]
 MAX_REQUEST_BYTES = 64 * 1024
 """Largest request body the API accepts."""
 
+API_FIELDS = frozenset(
+    {
+        "texts",
+        "classify",
+        "points",
+        "negative_points",
+        "threshold",
+        "image_weight",
+        "and_not",
+        "near",
+        "within_km",
+        "products",
+    }
+)
+"""The fields ``POST /api/query`` takes."""
+
 MAX_TEXTS = 16
 """Most texts one API request may ask for (each writes a product)."""
 
@@ -221,6 +237,11 @@ def _request(payload: dict[str, Any]) -> QueryRequest:
         except (TypeError, ValueError, IndexError) as exc:
             raise ConfigError(f"{key} must be a list of [lon, lat] pairs") from exc
 
+    unknown = sorted(set(payload) - API_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown field {unknown[0]!r}; the query takes {', '.join(sorted(API_FIELDS))}"
+        )
     texts = payload.get("texts") or []
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ConfigError("texts must be a list of strings")

@@ -125,6 +125,8 @@ def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
     assert post(json.dumps({"texts": ["x"], "threshold": 7}).encode())[0] == 400
     assert post(b"x" * 70_000)[0] == 413
     assert post(json.dumps({"texts": ["x"] * 17}).encode())[0] == 400
+    status, body = post(json.dumps({"texts": ["x"], "bogus": 1}).encode())
+    assert status == 400 and "unknown field 'bogus'" in body["error"]
     # not from the page: a cross-site form post (text/plain) or another host name
     for headers in (
         {"Content-Type": "text/plain"},
