@@ -207,13 +207,10 @@ def _union_extent(collection: dict[str, Any], old: dict[str, Any]) -> None:
 def _grow(root: dict[str, Any], collection: dict[str, Any]) -> None:
     """Grow the root's extent and summaries to cover a child collection."""
     if "extent" in collection:
-        (w, s, e, n), (t0, t1) = _extent_of(collection)
         if root.get("summaries", {}).get("marscope:collections"):
-            (rw, rs, re_, rn), (r0, r1) = _extent_of(root)
-            w, s, e, n = min(w, rw), min(s, rs), max(e, re_), max(n, rn)
-            t0 = min(t for t in (t0, r0) if t) if t0 or r0 else None
-            t1 = max(t for t in (t1, r1) if t) if t1 or r1 else None
-        root["extent"] = {"spatial": {"bbox": [[w, s, e, n]]}, "temporal": {"interval": [[t0, t1]]}}
+            _union_extent(root, collection)
+        else:  # the first child: the root's placeholder extent is replaced
+            root["extent"] = json.loads(json.dumps(collection["extent"]))
     summaries = root.setdefault("summaries", {})
     ids = set(summaries.get("marscope:collections", [])) | {collection["id"]}
     summaries["marscope:collections"] = sorted(ids)

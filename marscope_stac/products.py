@@ -230,20 +230,12 @@ def query_id(
     return f"{slug}-{digest}"
 
 
-def _queries_collection(
-    path: Path, grid: Grid, bbox: list[float], start: str, end: str
-) -> dict[str, Any]:
-    """The ``queries`` collection, its extent grown to include ``bbox`` and the time range."""
-    if path.is_file():
-        coll = dict(json.loads(path.read_text()))
-        ob = coll["extent"]["spatial"]["bbox"][0]
-        coll["extent"]["spatial"]["bbox"] = [
-            [min(ob[0], bbox[0]), min(ob[1], bbox[1]), max(ob[2], bbox[2]), max(ob[3], bbox[3])]
-        ]
-        ((t0, t1),) = coll["extent"]["temporal"]["interval"]
-        coll["extent"]["temporal"]["interval"] = [[min(t0 or start, start), max(t1 or end, end)]]
-        coll.setdefault("summaries", {"ssys:targets": [grid.body.name]})
-        return coll
+def _queries_collection(grid: Grid, bbox: list[float], start: str, end: str) -> dict[str, Any]:
+    """The ``queries`` collection of one product's extent.
+
+    :meth:`~marscope_stac.catalog.OutputCatalog.add` merges it with the collection on disk
+    (extent, item links) under the catalog's lock.
+    """
     return stac_collection(
         "queries",
         "Query products",
@@ -404,7 +396,7 @@ def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], gr
     coll_path = path.parent.parent / "collection.json"
     props = item["properties"]
     start, end = props["start_datetime"], props["end_datetime"]
-    coll = _queries_collection(coll_path, grid, item["bbox"], start, end)
+    coll = _queries_collection(grid, item["bbox"], start, end)
     return catalog.add(coll_path, coll, path, item)
 
 

@@ -177,8 +177,7 @@ def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
         {"mlm:architecture": names, "ssys:targets": [body.name]},
         [SSYS_V1],
         ssys_fields(body),
-        old.get("links", []),
-    )
+    )  # the catalog keeps the collection's item links and merges its extent
     return OutputCatalog(out).add(coll_path, coll, item_path, d)
 
 

@@ -112,6 +112,13 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 Case = Callable[[World], list[str]]
 
+
+def _train(w: World, *options: str) -> list[str]:
+    """``marscope train`` on the demo catalog into a fresh folder, with ``options``."""
+    out = w.root / ("train-" + "-".join(o.strip("-") for o in options))
+    return ["train", str(w.cat), "--out", str(out), *options]
+
+
 CASES: dict[str, dict[str, Case]] = {
     "demo-data": {
         "negative seed": lambda w: ["demo-data", "--out", str(w.root / "n1"), "--seed", "-1"],
@@ -185,53 +192,16 @@ CASES: dict[str, dict[str, Case]] = {
         "a file that is not a TIFF": lambda w: ["catalog", "build", str(w.junk)],
     },
     "train": {
-        "zero epochs": lambda w: [
-            "train",
-            str(w.cat),
-            "--out",
-            str(w.root / "t1"),
-            "--epochs",
-            "0",
-        ],
-        "lr nan": lambda w: ["train", str(w.cat), "--out", str(w.root / "t2"), "--lr", "nan"],
-        "lr negative": lambda w: ["train", str(w.cat), "--out", str(w.root / "t3"), "--lr", "-1"],
-        "prompt share 2": lambda w: [
-            "train",
-            str(w.cat),
-            "--out",
-            str(w.root / "t4"),
-            "--prompt-share",
-            "2",
-        ],
-        "batch size 1": lambda w: [
-            "train",
-            str(w.cat),
-            "--out",
-            str(w.root / "t5"),
-            "--batch-size",
-            "1",
-        ],
-        "crop 0": lambda w: ["train", str(w.cat), "--out", str(w.root / "t6"), "--crop-px", "0"],
-        "unknown architecture": lambda w: [
-            "train",
-            str(w.cat),
-            "--out",
-            str(w.root / "t7"),
-            "--model",
-            "no-such-net",
-        ],
-        "unknown device": lambda w: [
-            "train",
-            str(w.cat),
-            "--out",
-            str(w.root / "t8"),
-            "--device",
-            "tpu",
-            "--epochs",
-            "1",
-            "--steps-per-epoch",
-            "1",
-        ],
+        "zero epochs": lambda w: _train(w, "--epochs", "0"),
+        "lr nan": lambda w: _train(w, "--lr", "nan"),
+        "lr negative": lambda w: _train(w, "--lr", "-1"),
+        "prompt share 2": lambda w: _train(w, "--prompt-share", "2"),
+        "batch size 1": lambda w: _train(w, "--batch-size", "1"),
+        "crop 0": lambda w: _train(w, "--crop-px", "0"),
+        "unknown architecture": lambda w: _train(w, "--model", "no-such-net"),
+        "unknown device": lambda w: _train(
+            w, "--device", "tpu", "--epochs", "1", "--steps-per-epoch", "1"
+        ),
         "missing source": lambda w: ["train", str(w.root / "nope"), "--out", str(w.root / "t9")],
         "caption table that is not one": lambda w: [
             "train",

@@ -319,3 +319,28 @@ def test_validate_reports_malformed_objects_instead_of_failing(tmp_path: Path) -
     text = "\n".join(caught.value.problems)
     assert "links is not a list" in text and "a link is not an object" in text
     assert "asset 'a' is not an object" in text
+
+
+def test_collection_extents_only_grow(tmp_path: Path) -> None:
+    from marscope_stac.catalog import OutputCatalog
+    from marscope_stac.stac_out import stac_collection, stac_item
+
+    catalog = OutputCatalog(tmp_path / "products")
+    coll_path = tmp_path / "products" / "queries" / "collection.json"
+    for k, (bbox, t) in enumerate(
+        (([0, 0, 1, 1], "2010-01-01T00:00:00Z"), ([5, -2, 6, -1], "2008-01-01T00:00:00Z"))
+    ):
+        coll = stac_collection("queries", "Q", "q", (bbox, [t, t]), {})
+        item = stac_item(f"q{k}", {"datetime": t}, [], bbox)
+        catalog.add(coll_path, coll, coll_path.parent / f"q{k}" / f"q{k}.json", item)
+    saved = json.loads(coll_path.read_text())
+    assert saved["extent"]["spatial"]["bbox"] == [[0, -2, 6, 1]]
+    assert saved["extent"]["temporal"]["interval"] == [
+        ["2008-01-01T00:00:00Z", "2010-01-01T00:00:00Z"]
+    ]
+    assert [lk["href"] for lk in saved["links"] if lk["rel"] == "item"] == [
+        "./q0/q0.json",
+        "./q1/q1.json",
+    ]
+    root = json.loads((tmp_path / "products" / "catalog.json").read_text())
+    assert root["extent"]["spatial"]["bbox"] == [[0, -2, 6, 1]]
