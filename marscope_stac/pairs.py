@@ -12,6 +12,8 @@ Crops are cut at the ground size of a grid cell, so the model learns the scale i
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,17 @@ from pyproj import Transformer
 from marscope_stac.errors import CatalogError, DataError
 from marscope_stac.tiles import scale_pixels
 
-__all__ = ["PairSet", "Scene", "load_catalog_pairs", "load_table_pairs"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PairMix",
+    "PairSet",
+    "Scene",
+    "load_catalog_pairs",
+    "load_cell_pairs",
+    "load_pairs",
+    "load_table_pairs",
+]
 
 
 @dataclass
@@ -76,10 +88,21 @@ class PairSet:
         """Draw ``n`` (crop, caption, class) triples."""
         if self.images is not None:
             idx = rng.integers(0, len(self.images), n)
-            imgs = self.images[idx]
+            imgs = self.images[idx].astype(np.float32)
             if augment:
                 imgs = np.stack([_augment(i, rng) for i in imgs])
-            return imgs, [self.captions[i] for i in idx], [self.labels[i] for i in idx]
+            chosen = [self.captions[i] for i in idx]
+            classes = [self.labels[i] for i in idx]
+            if self.prompt_share:
+                from marscope_stac.vocabulary import REAL_NOUNS
+
+                chosen = [
+                    _prompt_caption(lab, rng, real=True)
+                    if lab in REAL_NOUNS and rng.uniform() < self.prompt_share
+                    else cap
+                    for cap, lab in zip(chosen, classes, strict=True)
+                ]
+            return imgs, chosen, classes
         crops: list[NDArray[np.float32]] = []
         caps: list[str] = []
         labs: list[str] = []
@@ -111,7 +134,7 @@ class PairSet:
     def fixed(self, rng: np.random.Generator) -> tuple[NDArray[np.float32], list[str], list[str]]:
         """One deterministic crop per feature (at its reference point), for validation."""
         if self.images is not None:
-            return self.images, list(self.captions), list(self.labels)
+            return self.images.astype(np.float32), list(self.captions), list(self.labels)
         crops, caps, labs = [], [], []
         for scene in self.scenes:
             for row in scene.features.itertuples():
@@ -126,12 +149,12 @@ class PairSet:
         return np.stack(crops), caps, labs
 
 
-def _prompt_caption(label: str, rng: np.random.Generator) -> str:
+def _prompt_caption(label: str, rng: np.random.Generator, real: bool = False) -> str:
     """A MarScope-template sentence around one of the class's nouns (query-style text)."""
     from marscope_stac.models import MARSCOPE_TEMPLATES
-    from marscope_stac.vocabulary import NOUNS
+    from marscope_stac.vocabulary import NOUNS, REAL_NOUNS
 
-    nouns = NOUNS.get(label, [label.replace("_", " ")])
+    nouns = (REAL_NOUNS if real else NOUNS).get(label, [label.replace("_", " ")])
     template = MARSCOPE_TEMPLATES[int(rng.integers(len(MARSCOPE_TEMPLATES)))]
     return template.format(nouns[int(rng.integers(len(nouns)))])
 
@@ -311,3 +334,256 @@ def load_table_pairs(table: str | Path, size: int = 64) -> PairSet:
         captions=df["caption"].astype(str).tolist(),
         labels=labels,
     )
+
+
+# ----------------------------------------------------------------------------- grid cells
+
+_CELL_DEGREES = tuple(
+    [0.5, 0.6, 0.75, 0.9, 1.0, 1.2, 1.5, 1.8, 2.0, 2.5, 3.0, 3.6, 4.5, 5.0, 6.0, 7.5, 9.0, 10.0]
+)
+"""Lon/lat cell sizes that divide 180 degrees (candidate grids for cell pairs)."""
+
+CELL_PX = (4.5, 6.0, 8.0, 11.0, 16.0, 23.0, 32.0)
+"""Source pixels per cell of the grids cell pairs are rendered on (several ground scales)."""
+
+
+def _cell_sizes(res_deg: float, cell_px: Sequence[float]) -> list[float]:
+    """The divisor of 180 nearest (in log) to each wanted cell size in pixels."""
+    opts = np.array(_CELL_DEGREES)
+    return sorted({float(opts[np.argmin(np.abs(np.log(opts / (p * res_deg))))]) for p in cell_px})
+
+
+def _assign_features(
+    centres: NDArray[np.float64], size_deg: float, feats: gpd.GeoDataFrame, km_per_deg: float
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """For each cell, the feature it shows (-1: none) and the region it lies in (-1: none).
+
+    A compact feature is shown by the cells within max(0.55 cell, 0.3 diameter) of its centre
+    when its diameter is 0.3..5 cells; a linear one (the size is a length) within
+    max(0.55 cell, 0.25 length) when it is 0.5..8 cells long; the closest (relative to that
+    reach) wins. Regions (plains, highlands) give context to the cells within their radius.
+    """
+    from scipy.spatial import cKDTree
+
+    from marscope_stac.bodies import chord_length, unit_vectors
+
+    tree = cKDTree(unit_vectors(centres))
+    d_deg = feats["diameter_km"].to_numpy(float) / km_per_deg
+    xy = np.column_stack([feats.geometry.x, feats.geometry.y])
+    shape = feats["shape"].to_numpy()
+    main = np.full(len(centres), -1, np.int64)
+    best = np.full(len(centres), np.inf)
+    region = np.full(len(centres), -1, np.int64)
+    region_size = np.full(len(centres), np.inf)
+    for k in range(len(feats)):
+        if shape[k] == "region":
+            reach, lo, hi = 0.5 * d_deg[k], 0.0, np.inf
+        elif shape[k] == "linear":
+            reach, lo, hi = max(0.55 * size_deg, 0.25 * d_deg[k]), 0.5, 8.0
+        else:
+            reach, lo, hi = max(0.55 * size_deg, 0.3 * d_deg[k]), 0.3, 5.0
+        if not lo * size_deg <= d_deg[k] <= hi * size_deg:
+            continue
+        u = unit_vectors(xy[k : k + 1])[0]
+        near = np.asarray(tree.query_ball_point(u, chord_length(np.radians(reach))), np.int64)
+        if not near.size:
+            continue
+        if shape[k] == "region":
+            take = near[region_size[near] > d_deg[k]]
+            region[take], region_size[take] = k, d_deg[k]
+            continue
+        dist = np.linalg.norm(tree.data[near] - u, axis=1)
+        rel = dist / chord_length(np.radians(reach))
+        take = rel < best[near]
+        main[near[take]], best[near[take]] = k, rel[take]
+    return main, region
+
+
+def _cell_captions(
+    main: NDArray[np.int64],
+    region: NDArray[np.int64],
+    feats: gpd.GeoDataFrame,
+    rng: np.random.Generator,
+) -> tuple[list[str], list[str]]:
+    """One caption and class per cell: its feature (with its region as context), or region."""
+    caps_col = list(feats["captions"])
+    land = feats["landform"].to_numpy()
+    captions, labels = [], []
+    for m, r in zip(main.tolist(), region.tolist(), strict=True):
+        ctx = str(rng.choice(caps_col[r])) if r >= 0 else ""
+        if m >= 0:
+            cap = str(rng.choice(caps_col[m]))
+            if ctx and rng.uniform() < 0.4:
+                cap = f"{cap} in {ctx}"
+            captions.append(cap)
+            labels.append(str(land[m]))
+        else:
+            captions.append(ctx or "terrain with no named landform")
+            labels.append(str(land[r]) if r >= 0 else "terrain")
+    return captions, labels
+
+
+def load_cell_pairs(
+    catalog: str | Path,
+    split: str = "train",
+    tile_px: int = 64,
+    cell_px: Sequence[float] = CELL_PX,
+    max_per_grid: int = 4000,
+    seed: int = 0,
+    progress: bool = False,
+) -> PairSet:
+    """Pairs of grid-cell tiles and captions from catalogs with point labels of known size.
+
+    For label items marked ``marscope:pairs = grid-cells`` (e.g. the nomenclature labels of
+    :func:`~marscope_stac.realdata.build_real_data`), every image is cut on several lon/lat
+    grids (cells of ``cell_px`` source pixels: craters of a few to hundreds of km are seen
+    at the scale of the cells), tiles are rendered exactly as embedding renders them, and
+    each cell is captioned from the labelled feature it shows (see
+    :func:`_assign_features`). Cells that show none are paired with their region's caption;
+    as many of them are kept as cells with a feature.
+
+    Raises:
+        CatalogError: if the catalog has no such label item of ``split``.
+    """
+    from marscope_stac.grid import LonLatGrid
+    from marscope_stac.stac_in import load_sources
+    from marscope_stac.tiles import TilePlan, iter_tile_batches, plan_tiles
+
+    rng = np.random.default_rng(seed)
+    root = Path(catalog)
+    cat = pystac.Catalog.from_file(str(root / "catalog.json" if root.is_dir() else root))
+    images, captions, labels = [], [], []
+    found = False
+    for item in cat.get_items(recursive=True):
+        props = item.properties
+        if props.get("marscope:pairs") != "grid-cells":
+            continue
+        if split != "all" and props.get("marscope:split") != split:
+            continue
+        found = True
+        link = item.get_single_link("source")
+        if link is None:
+            raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
+        source = link.resolve_stac_object(cat).target
+        assert isinstance(source, pystac.Item)
+        sources = load_sources([source])
+        feats = gpd.read_parquet(item.assets["points"].get_absolute_href())
+        res = abs(float(source.properties["proj:transform"][0]))
+        km_per_deg = sources.body.metres_per_degree / 1000.0
+        for size in _cell_sizes(res, cell_px):
+            grid = LonLatGrid(size, sources.body, max_abs_lat=80.0)
+            plan = plan_tiles(sources, grid, tile_px)
+            main, region = _assign_features(grid.centers(plan.cells), size, feats, km_per_deg)
+            with_f = np.flatnonzero(main >= 0)
+            without = np.flatnonzero(main < 0)
+            if len(with_f) > max_per_grid:
+                with_f = rng.choice(with_f, max_per_grid, replace=False)
+            n_bg = min(len(without), max(len(with_f), 50))
+            pick = np.sort(np.concatenate([with_f, rng.choice(without, n_bg, replace=False)]))
+            sub = TilePlan(
+                grid,
+                tile_px,
+                plan.cells[pick],
+                plan.sources,
+                [plan.cell_sources[i] for i in pick],
+            )
+            caps, labs = _cell_captions(main[pick], region[pick], feats, rng)
+            k = 0
+            for batch in iter_tile_batches(sub, batch_size=256):
+                for j in range(len(batch.cells)):
+                    if batch.valid[j] > 0.98:
+                        images.append(batch.pixels[j].astype(np.float16))
+                        captions.append(caps[k + j])
+                        labels.append(labs[k + j])
+                k += len(batch.cells)
+            log.info("%s on %s: %d cells with a feature", item.id, grid.spec, len(with_f))
+    if not found:
+        raise CatalogError(f"no label item with grid-cell pairs and split {split!r} in {catalog}")
+    _ = progress
+    return PairSet(crop_px=tile_px, images=np.stack(images), captions=captions, labels=labels)
+
+
+# ----------------------------------------------------------------------------- mixtures
+
+
+@dataclass
+class PairMix:
+    """Several pair sets drawn together, each batch split among them by ``weights``."""
+
+    parts: list[PairSet]
+    weights: list[float]
+    images: None = None
+    labels: list[str] = field(default_factory=list)
+    prompt_share: float = 0.0
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names of every part."""
+        return sorted({c for p in self.parts for c in p.classes})
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def sample(
+        self, n: int, rng: np.random.Generator, augment: bool = True
+    ) -> tuple[NDArray[np.float32], list[str], list[str]]:
+        """Draw ``n`` triples, from each part in proportion to its weight."""
+        w = np.asarray(self.weights, float)
+        counts = rng.multinomial(n, w / w.sum())
+        imgs, caps, labs = [], [], []
+        for part, k in zip(self.parts, counts.tolist(), strict=True):
+            if k:
+                i, c, lab = part.sample(k, rng, augment)
+                imgs.append(i)
+                caps += c
+                labs += lab
+        side = max(i.shape[-1] for i in imgs)
+        return np.concatenate([_resize(i, side) for i in imgs]), caps, labs
+
+
+def _resize(imgs: NDArray[np.float32], side: int) -> NDArray[np.float32]:
+    """Images (n, h, w) resized to (n, side, side) as the models' preprocessing resizes."""
+    if imgs.shape[-2:] == (side, side):
+        return imgs
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(imgs, dtype=torch.float32)[:, None]
+    out = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    return out[:, 0].numpy()
+
+
+def has_cell_labels(catalog: str | Path) -> bool:
+    """Whether a catalog's label items ask for grid-cell pairs (real nomenclature labels)."""
+    root = Path(catalog)
+    path = root / "catalog.json" if root.is_dir() else root
+    cat = pystac.Catalog.from_file(str(path))
+    return any(
+        i.properties.get("marscope:pairs") == "grid-cells" for i in cat.get_items(recursive=True)
+    )
+
+
+def load_pairs(
+    source: str | Path,
+    split: str = "train",
+    crop_px: int = 60,
+    prompt_share: float = 0.0,
+    tile_px: int = 64,
+) -> PairSet:
+    """Pairs of one source: a caption table, a catalog of grid-cell labels, or scenes.
+
+    Raises:
+        CatalogError: if a catalog has no label item of ``split``.
+        DataError: for an unreadable table.
+    """
+    src = Path(source)
+    if src.suffix.lower() in (".csv", ".parquet"):
+        return load_table_pairs(src)
+    root = src / "catalog.json" if src.is_dir() else src
+    if not root.is_file():
+        raise CatalogError(f"{source} is not a STAC catalog (no catalog.json)")
+    if has_cell_labels(src):
+        pairs = load_cell_pairs(src, split, tile_px)
+        pairs.prompt_share = prompt_share
+        return pairs
+    return load_catalog_pairs(src, split, crop_px, prompt_share=prompt_share)

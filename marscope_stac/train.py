@@ -16,12 +16,14 @@ Training writes, under ``out``:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from marscope_stac import __version__
-from marscope_stac.errors import ConfigError, ModelError, check_range
+from marscope_stac.errors import CatalogError, ConfigError, ModelError, check_range
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, sweep_stale
 from marscope_stac.models import (
     ARCH_PREPROCESS,
@@ -46,7 +48,7 @@ from marscope_stac.models import (
     register_bundled_architectures,
     resolve_device,
 )
-from marscope_stac.pairs import PairSet
+from marscope_stac.pairs import PairMix, PairSet
 from marscope_stac.parts import TextFeatureCache, init_pretrained_parts
 
 __all__ = [
@@ -204,7 +206,7 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def train_model(
-    pairs: PairSet,
+    pairs: PairSet | PairMix,
     out: str | Path,
     model: str = "marscope-tiny",
     pretrained: str | None = None,
@@ -369,7 +371,7 @@ def _resume(
 def _train_epoch(
     cm: ClipModel,
     opt: Any,
-    pairs: PairSet,
+    pairs: PairSet | PairMix,
     cfg: TrainConfig,
     epoch: int,
     rng: np.random.Generator,
@@ -493,7 +495,7 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
 
 
 def train_from_source(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     out: str | Path,
     model: str = "marscope-tiny",
     pretrained: str | None = None,
@@ -504,40 +506,54 @@ def train_from_source(
     half_weights: bool = False,
     progress: bool = True,
     prompt_share: float = 0.0,
+    weights: Sequence[float] | None = None,
 ) -> TrainResult:
-    """Train on a labelled STAC catalog (train split; test split validates) or a table.
+    """Train on one or more labelled STAC catalogs or caption tables.
 
     A ``.csv`` or ``.parquet`` source is a caption table (see
-    :func:`~marscope_stac.pairs.load_table_pairs`); anything else is a catalog.
+    :func:`~marscope_stac.pairs.load_table_pairs`); a catalog gives its ``train`` split
+    (scenes with outlines, or grid cells for point labels of known size such as the real
+    nomenclature data of :mod:`marscope_stac.realdata`), and its ``test`` split, when it
+    has one, validates. Several sources are mixed: each batch is split among them in
+    proportion to ``weights`` (equal by default).
+
+    Raises:
+        ConfigError: for bad values, or weights that do not match the sources.
+        CatalogError: if a catalog has no training labels.
     """
-    from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
+    from marscope_stac.pairs import load_pairs
 
     (config or TrainConfig()).check()
     check_range("--prompt-share", prompt_share, 0.0, 1.0)
     check_range("--crop-px", crop_px, 8, 4096, integer=True)
-    src = Path(source)
-    if src.suffix.lower() in (".csv", ".parquet"):
-        register_bundled_architectures()
-        pairs = load_table_pairs(src)
-        val = None
-        what = f"caption table {src}"
-    else:
-        pairs = load_catalog_pairs(src, "train", crop_px, prompt_share=prompt_share)
-        try:
-            val = load_catalog_pairs(src, "test", crop_px)
-        except ConfigError:
-            val = None
-        what = f"train split of STAC catalog {src} (held-out: test split)"
+    sources = [source] if isinstance(source, str | Path) else list(source)
+    if not sources:
+        raise ConfigError("give at least one training source")
+    w = list(weights) if weights is not None else [1.0] * len(sources)
+    if len(w) != len(sources) or any(not v > 0 for v in w):
+        raise ConfigError(
+            f"--weights needs one positive number per source ({len(sources)}), got {w}"
+        )
+    register_bundled_architectures()
+    parts, vals, what = [], [], []
+    for src in sources:
+        parts.append(load_pairs(src, "train", crop_px, prompt_share))
+        table = Path(src).suffix.lower() in (".csv", ".parquet")
+        if not table:
+            with contextlib.suppress(CatalogError):
+                vals.append(load_pairs(src, "test", crop_px))
+        what.append(f"caption table {src}" if table else f"train split of STAC catalog {src}")
+    pairs = parts[0] if len(parts) == 1 else PairMix(parts, w)
     return train_model(
         pairs,
         out,
         model=model,
         pretrained=pretrained,
         config=config,
-        val_pairs=val,
+        val_pairs=vals[0] if vals else None,
         device=device,
         resume=resume,
         progress=progress,
         half_weights=half_weights,
-        source_description=f"Trained on the {what}.",
+        source_description="Trained on the " + "; ".join(what) + ".",
     )

