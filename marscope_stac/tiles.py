@@ -48,6 +48,7 @@ __all__ = [
     "iter_tile_batches",
     "plan_tiles",
     "preview_tiles",
+    "process_pool",
     "read_batch",
     "scale_pixels",
     "tile_batches",
@@ -202,6 +203,7 @@ class _SourceReader:
         self.inv = ~self.ds.transform
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)
+        self.separable: bool | None = None
 
     def close(self) -> None:
         self.ds.close()
@@ -211,11 +213,11 @@ class _SourceReader:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """(col, row) positions in this raster of lon/lat points."""
         if self.geographic:
-            x, y = lon.copy(), lat
             left, _, right, _ = self.meta.bounds
-            # sources in 0..360 longitudes: shift only where that lands inside the raster
-            x = np.where((x < left) & (x + 360.0 <= right), x + 360.0, x)
-            x = np.where((x > right) & (x - 360.0 >= left), x - 360.0, x)
+            # every longitude within 180 degrees of the raster's centre: sources in 0..360
+            # work, and positions stay continuous across the raster's edges
+            centre = 0.5 * (left + right)
+            x, y = centre + np.mod(lon - centre + 180.0, 360.0) - 180.0, lat
         else:
             x, y = self.to_src.transform(lon, lat)
         a = self.inv
@@ -365,6 +367,21 @@ def _decimation(step: float) -> int:
     return 2 ** math.floor(math.log2(step)) if step >= 2 else 1
 
 
+def _window(lo: float, hi: float, factor: int, size: int) -> tuple[int, int]:
+    """The pixels ``start:stop`` to read for array positions ``lo..hi`` along one axis.
+
+    One read pixel (``factor`` source pixels) of margin on each side for the interpolation
+    taps, in whole blocks of ``factor`` inside ``size``: decimated reads then average the
+    same blocks (the COG overview's) whatever window a cell is read with, so a batch read of
+    many cells gives each the pixels of its own read.
+    """
+    start = max(0, (math.floor(lo) - factor) // factor * factor)
+    stop = min(size, math.ceil(hi) + 1 + factor)
+    if factor > 1:
+        stop = min(-(-stop // factor) * factor, start + (size - start) // factor * factor)
+    return start, stop
+
+
 def _render_cell(
     plan: TilePlan,
     k: int,
@@ -396,14 +413,12 @@ def _render_cell(
         # pixel-centre convention: array position = raster coordinate - 0.5
         ccol, crow = ccol - 0.5, crow - 0.5
         separable = np.ptp(ccol, axis=0).max() < 1e-6 and np.ptp(crow, axis=1).max() < 1e-6
-        c0 = max(0, math.floor(ccol.min()) - 1)
-        r0 = max(0, math.floor(crow.min()) - 1)
-        c1 = min(rd.ds.width, math.ceil(ccol.max()) + 2)
-        r1 = min(rd.ds.height, math.ceil(crow.max()) + 2)
-        if c1 <= c0 or r1 <= r0:
-            continue
         span = max(ccol.max() - ccol.min(), crow.max() - crow.min())
         factor = _decimation(span / max(n - 1, 1))
+        r0, r1 = _window(crow.min(), crow.max(), factor, rd.ds.height)
+        c0, c1 = _window(ccol.min(), ccol.max(), factor, rd.ds.width)
+        if c1 <= c0 or r1 <= r0:
+            continue
         arr, fy, fx = _read_window(rd, r0, r1, c0, c1, factor)
         if separable:
             rows1, cols1 = crow[:, 0], ccol[0]
@@ -430,15 +445,274 @@ def _render_cell(
     return pix, frac, used
 
 
+# ----------------------------------------------------------------------------- batch rendering
+
+
+def _separable_source(rd: _SourceReader) -> bool:
+    """Whether a raster's columns follow longitude only and its rows latitude only.
+
+    True for geographic and equirectangular rasters without rotation: lon/lat cells then
+    map to it with one column vector per cell and one row vector per grid row.
+    """
+    if rd.separable is not None:
+        return rd.separable
+    if rd.geographic:
+        ok = abs(rd.inv.b) < 1e-12 and abs(rd.inv.d) < 1e-12
+    else:
+        w, s, e, n = rd.meta.footprint.bounds
+        lon, lat = np.meshgrid(np.linspace(w, e, 3), np.linspace(s, n, 3))
+        col, row = rd.pixel_coords(lon, lat)
+        ok = bool(
+            np.isfinite(col).all()
+            and np.isfinite(row).all()
+            and np.ptp(col, axis=0).max() < 1e-6
+            and np.ptp(row, axis=1).max() < 1e-6
+        )
+    rd.separable = ok
+    return ok
+
+
+def _taps(
+    pos: NDArray[np.float64], length: int, order: int
+) -> list[tuple[NDArray[np.intp], NDArray[np.float32]]]:
+    """Interpolation taps along one axis: (clipped index, weight; 0 where off the array)."""
+    if order == 0:
+        idx = np.floor(pos + 0.5).astype(np.intp)
+        ok = (idx >= 0) & (idx < length)
+        return [(np.clip(idx, 0, length - 1), ok.astype(np.float32))]
+    lo = np.floor(pos).astype(np.intp)
+    frac = (pos - lo).astype(np.float32)
+    out = []
+    for tap, weight in ((lo, 1.0 - frac), (lo + 1, frac)):
+        ok = (tap >= 0) & (tap < length)
+        out.append((np.clip(tap, 0, length - 1), np.where(ok, weight, np.float32(0.0))))
+    return out
+
+
+def _sample_strip(
+    arr: NDArray[np.float32], rows: NDArray[np.float64], cols: NDArray[np.float64], order: int
+) -> NDArray[np.float32]:
+    """Sample many tiles that share their row positions from one window, in array passes.
+
+    ``rows`` (n,) are the array rows of every tile's pixel rows, ``cols`` (m, n) each tile's
+    columns. The rules are those of :func:`_sample_separable`, tile by tile: returns (m, n, n).
+    """
+    h, w = arr.shape
+    m, n = cols.shape
+    valid = np.isfinite(arr)
+    gaps = not bool(valid.all())
+    data = np.where(valid, arr, np.float32(0.0)) if gaps else arr
+    rtaps, ctaps = _taps(rows, h, order), _taps(cols.ravel(), w, order)
+
+    def resample(img: NDArray[np.float32]) -> NDArray[np.float32]:
+        vert = sum((img[i] * wt[:, None] for i, wt in rtaps), np.zeros((n, w), np.float32))
+        out = np.take(vert, ctaps[0][0], axis=1) * ctaps[0][1]
+        for i, wt in ctaps[1:]:
+            out += np.take(vert, i, axis=1) * wt
+        return out
+
+    num = resample(data)
+    if gaps:
+        den = resample(valid.astype(np.float32))
+    else:
+        row_sum = np.sum([wt for _, wt in rtaps], axis=0)
+        col_sum = np.sum([wt for _, wt in ctaps], axis=0)
+        den = row_sum[:, None] * col_sum[None, :]
+    out = np.where(den > 0.9999, num / np.maximum(den, 1e-12), np.float32(np.nan))
+    if order and np.isnan(out).any():
+        nr = _taps(np.clip(rows, 0, h - 1), h, 0)[0][0]
+        nc = _taps(np.clip(cols.ravel(), 0, w - 1), w, 0)[0][0]
+        near = np.where(valid[nr][:, nc], data[nr][:, nc], np.float32(np.nan))
+        out = np.where(np.isnan(out), near, out)
+    out[~((rows >= -0.5) & (rows <= h - 0.5)), :] = np.nan
+    out[:, ~((cols.ravel() >= -0.5) & (cols.ravel() <= w - 0.5))] = np.nan
+    return np.ascontiguousarray(out.reshape(n, m, n).transpose(1, 0, 2), dtype=np.float32)
+
+
+def _cell_axes(
+    plan: TilePlan, ks: NDArray[np.intp]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Longitudes (m, n) of the pixel columns and latitudes (m, n) of the pixel rows."""
+    b = plan.grid.bounds(plan.cells[ks])
+    t = (np.arange(plan.tile_px, dtype=np.float64) + 0.5) / plan.tile_px
+    lon = b[:, :1] + (b[:, 2:3] - b[:, :1]) * t
+    lat = b[:, 3:4] - (b[:, 3:4] - b[:, 1:2]) * t
+    return lon, lat
+
+
+@dataclass
+class _Run:
+    """Cells of one grid row read from one window of one raster."""
+
+    cells: list[int]
+    rows: NDArray[np.float64]
+    cols: list[NDArray[np.float64]]
+    window: list[int]  # r0, r1, c0, c1
+    factor: int
+
+
+def _plan_runs(
+    plan: TilePlan, ks: NDArray[np.intp], rd: _SourceReader, max_px: int = 1 << 14
+) -> list[_Run]:
+    """Group cells (plan positions ``ks``) into runs that share a window of ``rd``."""
+    n = plan.tile_px
+    lon, lat = _cell_axes(plan, ks)
+    mid_lat = np.broadcast_to(lat.mean(axis=1, keepdims=True), lon.shape)
+    mid_lon = np.broadcast_to(lon.mean(axis=1, keepdims=True), lat.shape)
+    cc = rd.pixel_coords(lon, mid_lat)[0] - 0.5
+    rr = rd.pixel_coords(mid_lon, lat)[1] - 0.5
+    height, width = rd.ds.height, rd.ds.width
+    grid_rows = plan.grid.row_col(plan.cells[ks])[0]
+    groups: dict[tuple[int, ...], list[tuple[int, int, int, int]]] = {}
+    for j, k in enumerate(ks.tolist()):
+        if not (np.isfinite(cc[j]).all() and np.isfinite(rr[j]).all()):
+            continue
+        span = max(np.ptp(cc[j]), np.ptp(rr[j]))
+        factor = _decimation(span / max(n - 1, 1))
+        r0, r1 = _window(rr[j].min(), rr[j].max(), factor, height)
+        c0, c1 = _window(cc[j].min(), cc[j].max(), factor, width)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        key = (int(grid_rows[j]), r0, r1, factor)
+        groups.setdefault(key, []).append((c0, c1, j, k))
+    runs: list[_Run] = []
+    for (_, r0, r1, factor), members in groups.items():
+        members.sort()
+        run: _Run | None = None
+        for c0, c1, j, k in members:
+            if run is None or c0 > run.window[3] + factor or c1 - run.window[2] > max_px:
+                run = _Run([], rr[j], [], [r0, r1, c0, c1], factor)
+                runs.append(run)
+            run.cells.append(k)
+            run.cols.append(cc[j])
+            run.window[3] = max(run.window[3], c1)
+    return runs
+
+
+def _render_runs(
+    plan: TilePlan,
+    ks: NDArray[np.intp],
+    si: int,
+    rd: _SourceReader,
+    out: NDArray[np.float32],
+    used: list[list[int]],
+    order: int,
+) -> None:
+    """Fill the no-data pixels of cells ``ks`` from raster ``si``, a window per run."""
+    meta = rd.meta
+    for run in _plan_runs(plan, ks, rd):
+        r0, r1, c0, c1 = run.window
+        arr, fy, fx = _read_window(rd, r0, r1, c0, c1, run.factor)
+        cols = (np.stack(run.cols) + 0.5 - c0) / fx - 0.5
+        tiles = _sample_strip(arr, (run.rows + 0.5 - r0) / fy - 0.5, cols, order)
+        for k, tile in zip(run.cells, tiles, strict=True):
+            hole = np.isnan(out[k])
+            fill = hole & ~np.isnan(tile)
+            if fill.any():
+                out[k][fill] = tile[fill] * meta.scale + meta.offset
+                used[k].append(si)
+
+
+def _render_batch(
+    plan: TilePlan,
+    ks: NDArray[np.intp],
+    readers: dict[int, _SourceReader],
+    order: int,
+) -> tuple[NDArray[np.float32], list[list[int]]]:
+    """Raw values of cells ``ks`` (NaN: no data) and the rasters that filled each.
+
+    Passes: every cell's first raster, then the next raster for the cells that still have
+    no-data pixels (mosaics: the first raster wins, as in :func:`_render_cell`).
+    """
+    n = plan.tile_px
+    out = np.full((len(plan), n, n), np.nan, np.float32)
+    used: list[list[int]] = [[] for _ in range(len(plan))]
+    todo = ks
+    depth = 0
+    while len(todo):
+        by_source: dict[int, list[int]] = {}
+        for k in todo.tolist():
+            srcs = plan.cell_sources[k]
+            if depth < len(srcs):
+                by_source.setdefault(srcs[depth], []).append(k)
+        for si, members in by_source.items():
+            _render_runs(plan, np.array(members, np.intp), si, readers[si], out, used, order)
+        depth += 1
+        more = [k for k in todo.tolist() if depth < len(plan.cell_sources[k])]
+        todo = np.array([k for k in more if np.isnan(out[k]).any()], np.intp)
+    return out, used
+
+
+def _finish_tiles(
+    raw: NDArray[np.float32], dtype: str, scale: float, normalize: Normalize
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Normalised tiles (no data filled with each tile's mean) and their valid fractions."""
+    valid = ~np.isnan(raw)
+    frac = valid.mean(axis=(1, 2)).astype(np.float32)
+    if normalize == "auto" and dtype == "uint8" and scale == 1.0:
+        pix = np.clip(np.nan_to_num(raw) / 255.0, 0.0, 1.0).astype(np.float32)
+        count = valid.sum(axis=(1, 2))
+        total = np.where(valid, pix, np.float32(0.0)).sum(axis=(1, 2), dtype=np.float64)
+        mean = total / np.maximum(count, 1)
+        return np.where(valid, pix, mean[:, None, None].astype(np.float32)), frac
+    pix = np.stack(
+        [
+            _normalise(np.nan_to_num(t), v, dtype, scale, normalize)
+            for t, v in zip(raw, valid, strict=True)
+        ]
+    )
+    return pix, frac
+
+
+def _fast_cells(
+    plan: TilePlan, readers: dict[int, _SourceReader], bad: dict[int, str]
+) -> NDArray[np.bool_]:
+    """Cells the batch renderer takes: lon/lat cells whose rasters are all separable."""
+    from marscope_stac.grid import LonLatGrid
+
+    if not isinstance(plan.grid, LonLatGrid):
+        return np.zeros(len(plan), bool)
+    sep = {si: si not in bad and _separable_source(rd) for si, rd in readers.items()}
+    return np.array([all(sep.get(s, False) for s in ss) for ss in plan.cell_sources], bool)
+
+
+def _fill_fast(
+    plan: TilePlan,
+    ks: NDArray[np.intp],
+    readers: dict[int, _SourceReader],
+    rs: Resampling,
+    normalize: Normalize,
+    pixels: NDArray[np.float32],
+    valid: NDArray[np.float32],
+    used: list[list[str]],
+) -> None:
+    """Render cells ``ks`` with the batch renderer into ``pixels``, ``valid`` and ``used``."""
+    raw, filled = _render_batch(plan, ks, readers, 0 if rs == Resampling.nearest else 1)
+    # normalise together the cells whose last filling raster has the same pixel type
+    kinds: dict[tuple[str, float], list[int]] = {}
+    for k in ks.tolist():
+        last = plan.sources[filled[k][-1]] if filled[k] else plan.sources[plan.cell_sources[k][0]]
+        key = (last.dtype, last.scale) if filled[k] else ("float32", 1.0)
+        kinds.setdefault(key, []).append(k)
+        used[k] = [plan.sources[i].item_id for i in filled[k]]
+    for (dtype, scale), members in kinds.items():
+        pix, frac = _finish_tiles(raw[members], dtype, scale, normalize)
+        pixels[members], valid[members] = pix, frac
+
+
 def read_batch(
     plan: TilePlan,
     resampling: str = "bilinear",
     normalize: Normalize = "auto",
+    vectorised: bool = True,
 ) -> TileBatch:
     """Render every cell of ``plan`` (one Dask task's work): open each raster once, read windows.
 
-    A raster that fails to open or read marks its cells as errors (valid 0) and the batch
-    carries on. Open rasters are kept per thread and reused by the next batches.
+    Lon/lat cells over geographic or equirectangular rasters are rendered together: the
+    cells of one grid row that fall on one raster share one window read and are sampled in
+    a few array passes (``vectorised``; the pixels are those of the cell by cell path, which
+    renders every other cell). A raster that fails to open or read marks its cells as errors
+    (valid 0) and the batch carries on. Open rasters are kept per thread and reused.
     """
     n = plan.tile_px
     rs = Resampling[resampling]
@@ -453,7 +727,15 @@ def read_batch(
             readers[si] = _reader(src)
         except RasterioError as exc:
             bad[si] = f"cannot open {src.href}: {str(exc).splitlines()[0][:120]}"
+    fast = _fast_cells(plan, readers, bad) if vectorised else np.zeros(len(plan), bool)
+    if fast.any():
+        try:
+            _fill_fast(plan, np.flatnonzero(fast), readers, rs, normalize, pixels, valid, used)
+        except RasterioError:
+            fast[:] = False  # the cell by cell path names the cells that fail
     for k in range(len(plan)):
+        if fast[k]:
+            continue
         broken = [bad[s] for s in plan.cell_sources[k] if s in bad]
         if broken:
             errors.append((int(plan.cells[k]), broken[0]))
@@ -482,6 +764,27 @@ def tile_batches(
     ]
 
 
+_POOLS: dict[int, Any] = {}
+
+
+def process_pool(workers: int) -> Any:
+    """A lasting pool of ``workers`` tile-reading processes (started once, reused).
+
+    Processes start from a fork server, never by forking this process (which may hold
+    threads, GDAL handles or a GPU context).
+    """
+    pool = _POOLS.get(workers)
+    if pool is None:
+        import atexit
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        _POOLS[workers] = pool
+        atexit.register(pool.shutdown, cancel_futures=True)
+    return pool
+
+
 def iter_tile_batches(
     plan: TilePlan,
     batch_size: int = 64,
@@ -493,14 +796,21 @@ def iter_tile_batches(
     """Read the plan with Dask and yield batches in plan order, ``workers`` at a time.
 
     With a ``distributed.Client`` active, its cluster runs the tasks; otherwise the local
-    ``scheduler`` (threads by default: GDAL releases the GIL while it reads and warps).
+    ``scheduler``: ``threads`` (default: GDAL releases the GIL while it reads), or
+    ``processes``, worker processes of a lasting pool (:func:`process_pool`) for when the
+    sampling is the bottleneck (large tiles), since it holds the GIL.
     """
     tasks = tile_batches(plan, batch_size, resampling, normalize)
     n_workers = workers or os.cpu_count() or 1
+    extra: dict[str, Any] = {}
+    if scheduler == "processes":
+        extra["pool"] = process_pool(n_workers)
     window = max(1, 2 * n_workers)
     for i in range(0, len(tasks), window):
         chunk = tasks[i : i + window]
-        results: tuple[Any, ...] = dask.compute(*chunk, scheduler=scheduler, num_workers=n_workers)
+        results: tuple[Any, ...] = dask.compute(
+            *chunk, scheduler=scheduler, num_workers=n_workers, **extra
+        )
         yield from results
 
 

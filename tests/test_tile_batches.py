@@ -1,0 +1,117 @@
+"""The batch tile renderer gives the pixels of the cell-by-cell renderer, case by case.
+
+``read_batch(vectorised=False)`` renders every cell on its own (the reference); the default
+renders the cells of a grid row that fall on one raster from one window in array passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from _rasters import pattern, write_geotiff
+from marscope_stac.folder_catalog import build_folder_catalog
+from marscope_stac.grid import parse_grid
+from marscope_stac.stac_in import load_sources
+from marscope_stac.tiles import TileBatch, TilePlan, iter_tile_batches, plan_tiles, read_batch
+
+
+def _same(plan: TilePlan, resampling: str = "bilinear", normalize: str = "auto") -> TileBatch:
+    fast = read_batch(plan, resampling, normalize)  # type: ignore[arg-type]
+    slow = read_batch(plan, resampling, normalize, vectorised=False)  # type: ignore[arg-type]
+    # equal to float rounding; a position exactly between two pixels may pick the other
+    # neighbour in the nearest-pixel fallback at no-data edges (a tie, rare), which also
+    # moves the tile mean that fills its no-data pixels a little
+    diff = np.abs(fast.pixels - slow.pixels)
+    assert np.mean(diff > 1e-4) < 1e-3, f"{np.mean(diff > 1e-4):.2%} of the pixels differ"
+    assert np.median(diff) < 1e-6
+    np.testing.assert_array_equal(fast.valid, slow.valid)
+    assert fast.sources == slow.sources and fast.errors == slow.errors
+    return fast
+
+
+@pytest.mark.parametrize(
+    ("spec", "px"), [("lonlat:0.02", 64), ("lonlat:0.02", 224), ("lonlat:0.005", 96)]
+)
+def test_demo_tiles_match(demo_root: Path, spec: str, px: int) -> None:
+    sources = load_sources(demo_root)
+    plan = plan_tiles(sources, parse_grid(spec, sources.body), px)
+    batch = _same(plan.subset(0, min(len(plan), 150)))
+    assert (batch.valid > 0).all()
+
+
+def test_decimated_and_nearest_tiles_match(demo_root: Path) -> None:
+    sources = load_sources(demo_root)
+    # 0.05 degree cells at 16 px read COG overviews (a factor of 8 and more)
+    plan = plan_tiles(sources, parse_grid("lonlat:0.05", sources.body), 16)
+    _same(plan)
+    _same(plan_tiles(sources, parse_grid("lonlat:0.02", sources.body), 48), "nearest")
+    _same(plan_tiles(sources, parse_grid("lonlat:0.02", sources.body), 40), normalize="percentile")
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two geographic rasters in 0..360 longitudes meeting at 190 E, with no-data holes."""
+    folder = tmp_path_factory.mktemp("mosaic")
+    res = 0.05 / 64
+    for i, lon in enumerate((189.9, 190.0)):
+        img = pattern(128, 128, seed=i)
+        img[40:60, 100:128] = 0  # a hole at the seam: the other raster fills it
+        img[:5, :] = 0
+        t = Affine(res, 0, lon, 0, -res, 0.1)
+        write_geotiff(folder / f"t{i}.tif", img, "IAU_2015:49900", t, nodata=0, cog=i == 0)
+    build_folder_catalog(folder)
+    return folder
+
+
+@pytest.mark.parametrize("px", [32, 64, 150])
+def test_mosaic_holes_and_edges_match(mosaic: Path, px: int) -> None:
+    sources = load_sources(mosaic)
+    plan = plan_tiles(sources, parse_grid("lonlat:0.03"), px)
+    assert any(len(ss) == 2 for ss in plan.cell_sources)
+    batch = _same(plan)
+    assert ((batch.valid > 0) & (batch.valid < 1)).any()  # cells over the raster edges
+
+
+def test_projected_and_polar_sources_match(tmp_path: Path) -> None:
+    # equirectangular metres (separable: batched) and polar stereographic (cell by cell)
+    folder = tmp_path / "proj"
+    write_geotiff(
+        folder / "eqc.tif",
+        pattern(200, 200, seed=3),
+        "IAU_2015:49910",
+        Affine(100.0, 0, 0.0, 0, -100.0, 20000.0),
+        nodata=0,
+    )
+    build_folder_catalog(folder)
+    sources = load_sources(folder)
+    _same(plan_tiles(sources, parse_grid("lonlat:0.1"), 48))
+    _same(plan_tiles(sources, parse_grid("equal-area:5km"), 48))  # equal-area cells: not separable
+
+
+def test_unreadable_raster_fails_its_cells_only(demo_root: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    sources = load_sources(demo_root)
+    plan = plan_tiles(sources, parse_grid("lonlat:0.02", sources.body), 32).subset(0, 200)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(Path(plan.sources[0].href).read_bytes()[:5000])
+    plan.sources[0] = dataclasses.replace(plan.sources[0], href=str(broken))
+    batch = _same(plan)
+    failed = {c for c, _ in batch.errors}
+    assert failed and len(failed) < len(plan)
+    assert all(v == 0 for c, v in zip(batch.cells, batch.valid, strict=True) if int(c) in failed)
+
+
+def test_worker_processes_give_the_same_batches(demo_root: Path) -> None:
+    sources = load_sources(demo_root)
+    plan = plan_tiles(sources, parse_grid("lonlat:0.02", sources.body), 32).subset(0, 120)
+    threads = list(iter_tile_batches(plan, 40, workers=2))
+    procs = list(iter_tile_batches(plan, 40, workers=2, scheduler="processes"))
+    assert [len(b.cells) for b in procs] == [40, 40, 40]
+    for a, b in zip(threads, procs, strict=True):
+        np.testing.assert_array_equal(a.cells, b.cells)
+        np.testing.assert_array_equal(a.pixels, b.pixels)
