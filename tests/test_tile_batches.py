@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _rasters import pattern, write_geotiff
 from affine import Affine
 
-from _rasters import pattern, write_geotiff
 from marscope_stac.folder_catalog import build_folder_catalog
 from marscope_stac.grid import parse_grid
 from marscope_stac.stac_in import load_sources
