@@ -13,6 +13,7 @@ Crops are cut at the ground size of a grid cell, so the model learns the scale i
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class PairSet:
     background_share: float = 0.15
     prompt_share: float = 0.0
     """Share of captions replaced by a prompt-template sentence naming the class (0: none)."""
+    weights: NDArray[np.float64] | None = None
+    """Sampling probability of each fixed image (None: uniform)."""
 
     @property
     def classes(self) -> list[str]:
@@ -87,7 +90,10 @@ class PairSet:
     ) -> tuple[NDArray[np.float32], list[str], list[str]]:
         """Draw ``n`` (crop, caption, class) triples."""
         if self.images is not None:
-            idx = rng.integers(0, len(self.images), n)
+            if self.weights is not None:
+                idx = rng.choice(len(self.images), n, p=self.weights)
+            else:
+                idx = rng.integers(0, len(self.images), n)
             imgs = self.images[idx].astype(np.float32)
             if augment:
                 imgs = np.stack([_augment(i, rng) for i in imgs])
@@ -343,8 +349,9 @@ _CELL_DEGREES = tuple(
 )
 """Lon/lat cell sizes that divide 180 degrees (candidate grids for cell pairs)."""
 
-CELL_PX = (4.5, 6.0, 8.0, 11.0, 16.0, 23.0, 32.0)
-"""Source pixels per cell of the grids cell pairs are rendered on (several ground scales)."""
+CELL_PX = (4.5, 5.0, 6.0, 7.0, 8.0, 11.0, 16.0, 23.0, 32.0)
+"""Source pixels per cell of the grids cell pairs are rendered on (several ground scales;
+the finest, where a cell is a few pixels of a global mosaic, in several alignments)."""
 
 
 def _cell_sizes(res_deg: float, cell_px: Sequence[float]) -> list[float]:
@@ -430,7 +437,6 @@ def load_cell_pairs(
     cell_px: Sequence[float] = CELL_PX,
     max_per_grid: int = 4000,
     seed: int = 0,
-    progress: bool = False,
 ) -> PairSet:
     """Pairs of grid-cell tiles and captions from catalogs with point labels of known size.
 
@@ -452,7 +458,7 @@ def load_cell_pairs(
     rng = np.random.default_rng(seed)
     root = Path(catalog)
     cat = pystac.Catalog.from_file(str(root / "catalog.json" if root.is_dir() else root))
-    images, captions, labels = [], [], []
+    images, captions, labels, owner = [], [], [], []
     found = False
     for item in cat.get_items(recursive=True):
         props = item.properties
@@ -495,12 +501,34 @@ def load_cell_pairs(
                         images.append(batch.pixels[j].astype(np.float16))
                         captions.append(caps[k + j])
                         labels.append(labs[k + j])
+                        owner.append(item.id)
                 k += len(batch.cells)
             log.info("%s on %s: %d cells with a feature", item.id, grid.spec, len(with_f))
     if not found:
         raise CatalogError(f"no label item with grid-cell pairs and split {split!r} in {catalog}")
-    _ = progress
-    return PairSet(crop_px=tile_px, images=np.stack(images), captions=captions, labels=labels)
+    return PairSet(
+        crop_px=tile_px,
+        images=np.stack(images),
+        captions=captions,
+        labels=labels,
+        weights=_balance(owner, labels),
+    )
+
+
+def _balance(owner: list[str], labels: list[str]) -> NDArray[np.float64]:
+    """Sampling weights: each image an equal share, its classes by count ** -0.3.
+
+    Craters outnumber every other named landform; the damping keeps them the most common while
+    the rare classes (volcanoes, canyons) are seen far more than their share.
+    """
+    keys = list(zip(owner, labels, strict=True))
+    count = Counter(keys)
+    raw = np.array([count[k] ** -0.3 for k in keys])
+    per_owner: dict[str, float] = {}
+    for (o, _), r in zip(keys, raw, strict=True):
+        per_owner[o] = per_owner.get(o, 0.0) + r
+    w = np.array([r / per_owner[o] for (o, _), r in zip(keys, raw, strict=True)])
+    return w / w.sum()
 
 
 # ----------------------------------------------------------------------------- mixtures

