@@ -499,6 +499,11 @@ def train_cmd(
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Cells per Dask task.")
 @click.option("--workers", type=int, help="Local worker threads.")
 @click.option(
+    "--read-processes",
+    type=int,
+    help="Read tiles in N worker processes and embed in this one (GPU, large tiles).",
+)
+@click.option(
     "--scheduler-address",
     envvar="DASK_SCHEDULER_ADDRESS",
     help="Dask scheduler to run on (also DASK_SCHEDULER_ADDRESS).",

@@ -50,7 +50,15 @@ from marscope_stac.store import (
     write_background,
     write_embeddings,
 )
-from marscope_stac.tiles import TilePlan, plan_tiles, read_batch
+from marscope_stac.tiles import (
+    TileBatch,
+    TilePlan,
+    plan_tiles,
+    process_pool,
+    read_batch,
+    read_batch_shared,
+    receive_batch,
+)
 
 __all__ = ["SHARD_CELLS", "EmbedResult", "embed_catalog"]
 
@@ -77,8 +85,13 @@ def embed_task(
     plan: TilePlan, model: str, pretrained: str | None, device: str, min_valid: float
 ) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
     """One Dask task: read the batch's tiles, embed those with enough valid pixels."""
-    batch = read_batch(plan)
-    cm = _model(model, pretrained, device)
+    return embed_batch(_model(model, pretrained, device), read_batch(plan), min_valid)
+
+
+def embed_batch(
+    cm: ClipModel, batch: TileBatch, min_valid: float
+) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+    """Embed the tiles of a read batch that have at least ``min_valid`` of valid pixels."""
     keep = batch.valid >= min_valid
     emb = (
         cm.encode_images(batch.pixels[keep])
@@ -180,6 +193,36 @@ def _run_local(
                     pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
 
 
+def _run_processes(
+    tasks: list[TilePlan], args: tuple[Any, ...], processes: int
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    """Read tiles in worker processes, embed them here (one model, e.g. on the GPU).
+
+    Twice as many batches as processes are read ahead, so the model never waits for tiles
+    while the readers keep up.
+    """
+    from collections import deque
+
+    model, pretrained, device, min_valid = args
+    cm = _model(model, pretrained, device)
+    pool = process_pool(processes)
+    pending: deque[tuple[int, Any]] = deque()
+    it = iter(enumerate(tasks))
+
+    def submit() -> None:
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt[0], pool.submit(read_batch_shared, nxt[1])))
+
+    for _ in range(2 * processes):
+        submit()
+    while pending:
+        k, fut = pending.popleft()
+        batch = receive_batch(fut.result())
+        submit()
+        yield k, embed_batch(cm, batch, min_valid)
+
+
 def _run_cluster(
     client: Any, tasks: list[TilePlan], args: tuple[Any, ...]
 ) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
@@ -209,6 +252,7 @@ def embed_catalog(
     device: str = "auto",
     progress: bool = True,
     publish: bool = True,
+    read_processes: int | None = None,
 ) -> EmbedResult:
     """Embed every grid cell of a STAC source and write (or update) an embedding set.
 
@@ -230,12 +274,15 @@ def embed_catalog(
         device: Torch device for the model.
         progress: Show a progress bar.
         publish: Publish the set as a STAC Item in ``out``.
+        read_processes: Read tiles in this many worker processes and embed here with one
+            model (for a GPU, or large tiles where reading holds the GIL); local runs only.
 
     Raises:
         OutputError: if ``out`` holds a set of the same id made with other settings.
     """
     t_start = time.perf_counter()
     _check_args(source, Path(out), min_valid, batch_size, tile_px, workers)
+    check_range("--read-processes", read_processes, 1, 256, integer=True)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, device)
     sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
@@ -253,6 +300,7 @@ def embed_catalog(
         workers,
         scheduler_address,
         progress,
+        read_processes,
     )
     seconds = time.perf_counter() - t_embed
     rows = run.consolidate(cm)
@@ -400,6 +448,7 @@ class _Run:
         workers: int | None,
         scheduler_address: str | None,
         progress: bool,
+        read_processes: int | None = None,
     ) -> None:
         """Run the tasks (locally or on a cluster); write each shard once it is complete."""
         remaining: dict[int, int] = defaultdict(int)
@@ -412,11 +461,12 @@ class _Run:
         total = int(sum(len(t) for t in tasks))
         bar = tqdm(total=total, desc="embedding cells", unit="cell", disable=not progress)
         try:
-            runner = (
-                _run_cluster(client, tasks, args)
-                if client is not None
-                else _run_local(tasks, args, workers or 1)
-            )
+            if client is not None:
+                runner = _run_cluster(client, tasks, args)
+            elif read_processes:
+                runner = _run_processes(tasks, args, read_processes)
+            else:
+                runner = _run_local(tasks, args, workers or 1)
             for k, (table, errors) in runner:
                 shard = task_shard[k]
                 parts[shard].append(table)

@@ -237,6 +237,10 @@ class ClipModel:
         (bilinear, antialiased) to the model's input size.
         """
         x = torch.as_tensor(tiles, dtype=torch.float32)
+        return self._normalised(x)
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`preprocess` of a float tensor, on the tensor's device."""
         if x.ndim == 2:
             x = x[None]
         if x.ndim == 3:
@@ -253,8 +257,8 @@ class ClipModel:
                 align_corners=False,
                 antialias=True,
             )
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
     @torch.inference_mode()
@@ -264,7 +268,9 @@ class ClipModel:
         """L2-normalised image embeddings (n, embed_dim) of tiles in 0..1."""
         out = []
         for i in range(0, len(tiles), batch_size):
-            x = self.preprocess(tiles[i : i + batch_size]).to(self.device, self.dtype)
+            # single-band tiles go to the device as they are; channels and scaling there
+            raw = torch.as_tensor(np.asarray(tiles[i : i + batch_size]), dtype=torch.float32)
+            x = self._normalised(raw.to(self.device, non_blocking=True)).to(self.dtype)
             f = self.model.encode_image(x)
             out.append(F.normalize(f.float(), dim=-1).cpu().numpy())
         if not out:

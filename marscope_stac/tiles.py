@@ -50,6 +50,8 @@ __all__ = [
     "preview_tiles",
     "process_pool",
     "read_batch",
+    "read_batch_shared",
+    "receive_batch",
     "scale_pixels",
     "tile_batches",
 ]
@@ -730,6 +732,7 @@ def read_batch(
     resampling: str = "bilinear",
     normalize: Normalize = "auto",
     vectorised: bool = True,
+    out: NDArray[np.float32] | None = None,
 ) -> TileBatch:
     """Render every cell of ``plan`` (one Dask task's work): open each raster once, read windows.
 
@@ -738,10 +741,15 @@ def read_batch(
     a few array passes (``vectorised``; the pixels are those of the cell by cell path, which
     renders every other cell). A raster that fails to open or read marks its cells as errors
     (valid 0) and the batch carries on. Open rasters are kept per thread and reused.
+    ``out`` is an array (n cells, tile_px, tile_px) to render into (e.g. shared memory).
     """
     n = plan.tile_px
     rs = Resampling[resampling]
-    pixels = np.zeros((len(plan), n, n), np.float32)
+    if out is None:
+        pixels = np.zeros((len(plan), n, n), np.float32)
+    else:
+        pixels = out
+        pixels[...] = 0.0
     valid = np.zeros(len(plan), np.float32)
     used: list[list[str]] = [[] for _ in range(len(plan))]
     errors: list[tuple[int, str]] = []
@@ -779,24 +787,41 @@ def tile_batches(
     batch_size: int = 64,
     resampling: str = "bilinear",
     normalize: Normalize = "auto",
+    shared: bool = False,
 ) -> list[Delayed]:
-    """Split ``plan`` into Dask delayed tasks of ``batch_size`` cells (nothing is read yet)."""
+    """Split ``plan`` into Dask delayed tasks of ``batch_size`` cells (nothing is read yet).
+
+    ``shared``: the tasks leave their pixels in shared memory (for worker processes on this
+    machine; pass each result through :func:`receive_batch`).
+    """
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be at least 1")
+    fn = read_batch_shared if shared else read_batch
     return [
-        dask.delayed(read_batch, pure=True)(plan.subset(i, i + batch_size), resampling, normalize)
+        dask.delayed(fn, pure=True)(plan.subset(i, i + batch_size), resampling, normalize)
         for i in range(0, len(plan), batch_size)
     ]
 
 
 _POOLS: dict[int, Any] = {}
+_SHARED_PREFIX = "marscope-tiles-"
+
+
+def _shared_folder() -> Path:
+    """Where worker processes leave rendered pixels for the parent: memory when possible."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    import tempfile
+
+    return Path(tempfile.gettempdir())
 
 
 def process_pool(workers: int) -> Any:
     """A lasting pool of ``workers`` tile-reading processes (started once, reused).
 
     Processes start from a fork server, never by forking this process (which may hold
-    threads, GDAL handles or a GPU context).
+    threads, GDAL handles or a GPU context). Pixel files a killed run left are removed.
     """
     pool = _POOLS.get(workers)
     if pool is None:
@@ -804,10 +829,53 @@ def process_pool(workers: int) -> Any:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        from marscope_stac.fsutil import sweep_stale
+
+        sweep_stale(_shared_folder(), prefix=f".{_SHARED_PREFIX}")
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
         _POOLS[workers] = pool
         atexit.register(pool.shutdown, cancel_futures=True)
     return pool
+
+
+@dataclass(frozen=True)
+class _SharedPixels:
+    """Where a worker process left a batch's pixels (an ``.npy`` file in shared memory)."""
+
+    path: str
+
+
+def read_batch_shared(
+    plan: TilePlan, resampling: str = "bilinear", normalize: Normalize = "auto"
+) -> TileBatch:
+    """:func:`read_batch` in a worker process: pixels rendered into a shared-memory file.
+
+    Only the file's name goes back through the pipe; :func:`receive_batch` maps it in the
+    parent without copying.
+    """
+    from marscope_stac.fsutil import temp_file
+
+    path = temp_file(_shared_folder() / f"{_SHARED_PREFIX}{len(plan)}.npy", suffix=".npy")
+    n = plan.tile_px
+    buf = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(plan), n, n))
+    try:
+        batch = read_batch(plan, resampling, normalize, out=buf)
+        buf.flush()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    del buf
+    batch.pixels = _SharedPixels(str(path))  # type: ignore[assignment]
+    return batch
+
+
+def receive_batch(batch: TileBatch) -> TileBatch:
+    """Map the pixels a worker process left in shared memory (and remove the file)."""
+    ref = batch.pixels
+    if isinstance(ref, _SharedPixels):
+        batch.pixels = np.load(ref.path, mmap_mode="c")  # stays mapped after the unlink
+        Path(ref.path).unlink()
+    return batch
 
 
 def iter_tile_batches(
@@ -825,18 +893,20 @@ def iter_tile_batches(
     ``processes``, worker processes of a lasting pool (:func:`process_pool`) for when the
     sampling is the bottleneck (large tiles), since it holds the GIL.
     """
-    tasks = tile_batches(plan, batch_size, resampling, normalize)
     n_workers = workers or os.cpu_count() or 1
     extra: dict[str, Any] = {}
     if scheduler == "processes":
         extra["pool"] = process_pool(n_workers)
+        tasks = tile_batches(plan, batch_size, resampling, normalize, shared=True)
+    else:
+        tasks = tile_batches(plan, batch_size, resampling, normalize)
     window = max(1, 2 * n_workers)
     for i in range(0, len(tasks), window):
         chunk = tasks[i : i + window]
         results: tuple[Any, ...] = dask.compute(
             *chunk, scheduler=scheduler, num_workers=n_workers, **extra
         )
-        yield from results
+        yield from (receive_batch(b) for b in results)
 
 
 def contact_sheet(

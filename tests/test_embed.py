@@ -175,6 +175,26 @@ def test_local_cluster_matches_local_run(
     np.testing.assert_allclose(a.embedding, b.embedding, atol=2e-3)
 
 
+def test_reading_processes_match_local_run(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    local = _embed(demo_root, tmp_path / "local", tiny_model_dir, bbox=SMALL, publish=False)
+    procs = _embed(
+        demo_root,
+        tmp_path / "procs",
+        tiny_model_dir,
+        bbox=SMALL,
+        publish=False,
+        read_processes=2,
+        batch_size=4,
+    )
+    a = read_embeddings(local.embedding_set.parquet)
+    b = read_embeddings(procs.embedding_set.parquet)
+    np.testing.assert_array_equal(a.cell_index, b.cell_index)
+    np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
+    assert not list(Path("/dev/shm").glob(".marscope-tiles-*"))  # the pixel files are gone
+
+
 def test_embed_cli(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(
         cli,
