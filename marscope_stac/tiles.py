@@ -491,13 +491,33 @@ def _taps(
     return out
 
 
+def _tile_weights(
+    taps: list[tuple[NDArray[np.intp], NDArray[np.float32]]], k: int, n: int
+) -> tuple[int, NDArray[np.float32]]:
+    """Tile ``k``'s column weights as a dense (window columns, n) matrix and its first column."""
+    lo = min(int(i[k].min()) for i, _ in taps)
+    hi = max(int(i[k].max()) for i, _ in taps) + 1
+    w = np.zeros((hi - lo, n), np.float32)
+    j = np.arange(n)
+    for i, wt in taps:
+        w[i[k] - lo, j] += wt[k]
+    return lo, w
+
+
 def _sample_strip(
-    arr: NDArray[np.float32], rows: NDArray[np.float64], cols: NDArray[np.float64], order: int
-) -> NDArray[np.float32]:
-    """Sample many tiles that share their row positions from one window, in array passes.
+    arr: NDArray[np.float32],
+    rows: NDArray[np.float64],
+    cols: NDArray[np.float64],
+    order: int,
+    out: Sequence[NDArray[np.float32]],
+    gain: float = 1.0,
+) -> NDArray[np.bool_]:
+    """Sample tiles that share their row positions from one window, into ``out``.
 
     ``rows`` (n,) are the array rows of every tile's pixel rows, ``cols`` (m, n) each tile's
-    columns. The rules are those of :func:`_sample_separable`, tile by tile: returns (m, n, n).
+    columns, ``out`` m arrays (n, n). One vertical pass serves every tile; each tile is then
+    one small matrix product. The rules are those of :func:`_sample_separable`, tile by tile,
+    with values times ``gain``. Returns which tiles may hold NaN (no data).
     """
     h, w = arr.shape
     m, n = cols.shape
@@ -506,45 +526,52 @@ def _sample_strip(
     data = np.where(valid, arr, np.float32(0.0)) if gaps else arr
     rtaps = _taps(rows, h, order)
     ctaps = [(i.reshape(m, n), wt.reshape(m, n)) for i, wt in _taps(cols.ravel(), w, order)]
+    weights = [_tile_weights(ctaps, k, n) for k in range(m)]
 
-    def resample(img: NDArray[np.float32]) -> NDArray[np.float32]:
-        vert = img[rtaps[0][0]] * rtaps[0][1][:, None]
+    def vertical(img: NDArray[np.float32], scale: float) -> NDArray[np.float32]:
+        vert = img[rtaps[0][0]] * (rtaps[0][1] * np.float32(scale))[:, None]
         for i, wt in rtaps[1:]:
-            vert += img[i] * wt[:, None]
-        out = np.empty((m, n, n), np.float32)
-        for k in range(m):  # each tile written in place, rows contiguous
-            np.multiply(vert[:, ctaps[0][0][k]], ctaps[0][1][k], out=out[k])
-            for i, wt in ctaps[1:]:
-                out[k] += vert[:, i[k]] * wt[k]
-        return out
+            vert += img[i] * (wt * np.float32(scale))[:, None]
+        return vert
 
-    out = resample(data)
+    vert = vertical(data, gain)
+    for k, (lo, wk) in enumerate(weights):
+        np.matmul(vert[:, lo : lo + len(wk)], wk, out=out[k])
     row_sum = np.sum([wt for _, wt in rtaps], axis=0)
-    col_sum = np.sum([wt for _, wt in ctaps], axis=0)
+    holes = np.zeros(m, bool)
+    dens: list[NDArray[np.float32] | None]
     if gaps:
-        den = resample(valid.astype(np.float32))
-    elif row_sum.min() * col_sum.min() <= 0.9999:
-        den = row_sum[None, :, None] * col_sum[:, None, :]
+        vmask = vertical(valid.astype(np.float32), 1.0)
+        dens = [vmask[:, lo : lo + len(wk)] @ wk for lo, wk in weights]
     else:
-        den = None  # every pixel has all its taps: the weights sum to 1
-    if den is not None:
+        col_sum = np.sum([wt for _, wt in ctaps], axis=0)
+        edge = row_sum.min() * col_sum.min(axis=1) <= 0.9999
+        dens = [row_sum[:, None] * col_sum[k][None, :] if edge[k] else None for k in range(m)]
+    nr: NDArray[np.intp] | None = None
+    nc: NDArray[np.intp] | None = None
+    for k, den in enumerate(dens):
+        if den is None:
+            continue  # every pixel has all its taps: the weights sum to 1
         bad = den <= 0.9999
-        np.divide(out, np.maximum(den, 1e-12), out=out)
-        out[bad] = np.nan
-        if order and bad.any():
-            nr = _taps(np.clip(rows, 0, h - 1), h, 0)[0][0]
-            nc = _taps(np.clip(cols.ravel(), 0, w - 1), w, 0)[0][0].reshape(m, n)
-            for k in np.flatnonzero(bad.any(axis=(1, 2))).tolist():
-                near = np.where(valid[nr][:, nc[k]], data[nr][:, nc[k]], np.float32(np.nan))
-                out[k] = np.where(bad[k], near, out[k])
+        np.divide(out[k], np.maximum(den, 1e-12), out=out[k])
+        if bad.any():
+            holes[k] = True
+            out[k][bad] = np.nan
+            if order:
+                if nr is None or nc is None:
+                    nr = _taps(np.clip(rows, 0, h - 1), h, 0)[0][0]
+                    nc = _taps(np.clip(cols.ravel(), 0, w - 1), w, 0)[0][0].reshape(m, n)
+                ok = valid[nr][:, nc[k]]
+                near = np.where(ok, data[nr][:, nc[k]] * np.float32(gain), np.float32(np.nan))
+                out[k][bad] = near[bad]
     r_out = ~((rows >= -0.5) & (rows <= h - 0.5))
-    if r_out.any():
-        out[:, r_out, :] = np.nan
     c_out = ~((cols >= -0.5) & (cols <= w - 0.5))
-    if c_out.any():
-        k_idx, j_idx = np.nonzero(c_out)
-        out[k_idx, :, j_idx] = np.nan
-    return out
+    for k in range(m):
+        if r_out.any() or c_out[k].any():
+            holes[k] = True
+            out[k][r_out, :] = np.nan
+            out[k][:, c_out[k]] = np.nan
+    return holes
 
 
 def _cell_axes(
@@ -607,34 +634,62 @@ def _plan_runs(
     return runs
 
 
+@dataclass
+class _BatchState:
+    """Per cell of a batch: the rasters that filled it and whether it still has no data."""
+
+    used: list[list[int]]
+    holes: NDArray[np.bool_]
+    tried: NDArray[np.bool_]
+    linear: bool
+
+    @property
+    def gain(self) -> float:
+        """The factor folded into the sampling weights for linear (8-bit) data."""
+        return 1.0 / 255.0
+
+
 def _render_runs(
     plan: TilePlan,
     ks: NDArray[np.intp],
     si: int,
     rd: _SourceReader,
     out: NDArray[np.float32],
-    used: list[list[int]],
+    state: _BatchState,
     order: int,
 ) -> None:
-    """Fill the no-data pixels of cells ``ks`` from raster ``si``, a window per run."""
+    """Fill the cells ``ks`` from raster ``si``, a window read per run of cells.
+
+    Cells with nothing yet are rendered straight into ``out``; the others (mosaics) take
+    this raster's pixels only where they still have no data.
+    """
     meta = rd.meta
+    gain = state.gain if state.linear else meta.scale
     for run in _plan_runs(plan, ks, rd):
         r0, r1, c0, c1 = run.window
         arr, fy, fx = _read_window(rd, r0, r1, c0, c1, run.factor)
         cols = (np.stack(run.cols) + 0.5 - c0) / fx - 0.5
-        tiles = _sample_strip(arr, (run.rows + 0.5 - r0) / fy - 0.5, cols, order)
-        if meta.scale != 1.0 or meta.offset != 0.0:
-            tiles = tiles * np.float32(meta.scale) + np.float32(meta.offset)
-        for k, tile in zip(run.cells, tiles, strict=True):
-            if not used[k]:  # nothing there yet: take the tile as it is
-                out[k] = tile
-                if not np.isnan(tile).all():
-                    used[k].append(si)
+        rows = (run.rows + 0.5 - r0) / fy - 0.5
+        fresh = [not state.used[k] and not state.tried[k] for k in run.cells]
+        dests = [
+            out[k] if new else np.empty_like(out[k])
+            for k, new in zip(run.cells, fresh, strict=True)
+        ]
+        holes = _sample_strip(arr, rows, cols, order, dests, gain)
+        for k, tile, new, hole in zip(run.cells, dests, fresh, holes, strict=True):
+            if not state.linear and meta.offset:
+                tile += np.float32(meta.offset)
+            if new:
+                state.tried[k] = True
+                state.holes[k] = bool(hole) and bool(np.isnan(tile).any())
+                if not (state.holes[k] and np.isnan(tile).all()):
+                    state.used[k].append(si)
                 continue
             fill = np.isnan(out[k]) & ~np.isnan(tile)
             if fill.any():
                 out[k][fill] = tile[fill]
-                used[k].append(si)
+                state.used[k].append(si)
+                state.holes[k] = bool(np.isnan(out[k]).any())
 
 
 def _render_batch(
@@ -642,15 +697,14 @@ def _render_batch(
     ks: NDArray[np.intp],
     readers: dict[int, _SourceReader],
     order: int,
-) -> tuple[NDArray[np.float32], list[list[int]]]:
-    """Raw values of cells ``ks`` (NaN: no data) and the rasters that filled each.
+    out: NDArray[np.float32],
+    state: _BatchState,
+) -> None:
+    """Render cells ``ks`` into ``out`` (NaN: no data), recording the rasters used.
 
     Passes: every cell's first raster, then the next raster for the cells that still have
     no-data pixels (mosaics: the first raster wins, as in :func:`_render_cell`).
     """
-    n = plan.tile_px
-    out = np.full((len(plan), n, n), np.nan, np.float32)
-    used: list[list[int]] = [[] for _ in range(len(plan))]
     todo = ks
     depth = 0
     while len(todo):
@@ -660,35 +714,20 @@ def _render_batch(
             if depth < len(srcs):
                 by_source.setdefault(srcs[depth], []).append(k)
         for si, members in by_source.items():
-            _render_runs(plan, np.array(members, np.intp), si, readers[si], out, used, order)
+            _render_runs(plan, np.array(members, np.intp), si, readers[si], out, state, order)
         depth += 1
-        more = [k for k in todo.tolist() if depth < len(plan.cell_sources[k])]
-        todo = np.array([k for k in more if np.isnan(out[k]).any()], np.intp)
-    return out, used
+        todo = np.array(
+            [k for k in todo.tolist() if depth < len(plan.cell_sources[k]) and state.holes[k]],
+            np.intp,
+        )
 
 
-def _finish_tiles(
-    raw: NDArray[np.float32], dtype: str, scale: float, normalize: Normalize
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Normalised tiles (no data filled with each tile's mean) and their valid fractions."""
-    nan = np.isnan(raw)
-    holes = nan.any(axis=(1, 2))
-    frac = np.ones(len(raw), np.float32)
-    frac[holes] = 1.0 - nan[holes].mean(axis=(1, 2))
-    if normalize == "auto" and dtype == "uint8" and scale == 1.0:
-        pix = raw / np.float32(255.0)
-        np.clip(pix, 0.0, 1.0, out=pix)
-        for k in np.flatnonzero(holes).tolist():
-            ok = ~nan[k]
-            pix[k] = np.where(ok, pix[k], pix[k][ok].mean() if ok.any() else np.float32(0.0))
-        return pix, frac
-    pix = np.stack(
-        [
-            _normalise(np.nan_to_num(t), ~v, dtype, scale, normalize)
-            for t, v in zip(raw, nan, strict=True)
-        ]
-    )
-    return pix, frac
+def _fill_holes(tile: NDArray[np.float32]) -> float:
+    """Replace a tile's NaN by the mean of its other pixels (in place); the valid fraction."""
+    nan = np.isnan(tile)
+    ok = ~nan
+    tile[nan] = tile[ok].mean() if ok.any() else np.float32(0.0)
+    return float(ok.mean())
 
 
 def _fast_cells(
@@ -713,18 +752,33 @@ def _fill_fast(
     valid: NDArray[np.float32],
     used: list[list[str]],
 ) -> None:
-    """Render cells ``ks`` with the batch renderer into ``pixels``, ``valid`` and ``used``."""
-    raw, filled = _render_batch(plan, ks, readers, 0 if rs == Resampling.nearest else 1)
-    # normalise together the cells whose last filling raster has the same pixel type
-    kinds: dict[tuple[str, float], list[int]] = {}
+    """Render cells ``ks`` with the batch renderer into ``pixels``, ``valid`` and ``used``.
+
+    8-bit rasters under ``auto`` scale linearly (/255): that is folded into the sampling
+    weights, so tiles are finished where they are written. Other data are stretched tile by
+    tile afterwards, as the cell by cell path does.
+    """
+    srcs = {s for k in ks.tolist() for s in plan.cell_sources[k]}
+    linear = normalize == "auto" and all(
+        plan.sources[s].dtype == "uint8"
+        and plan.sources[s].scale == 1.0
+        and plan.sources[s].offset == 0.0
+        for s in srcs
+    )
+    n = len(plan)
+    state = _BatchState([[] for _ in range(n)], np.zeros(n, bool), np.zeros(n, bool), linear)
+    pixels[ks] = np.nan  # cells no raster reaches stay empty
+    _render_batch(plan, ks, readers, 0 if rs == Resampling.nearest else 1, pixels, state)
     for k in ks.tolist():
-        last = plan.sources[filled[k][-1]] if filled[k] else plan.sources[plan.cell_sources[k][0]]
-        key = (last.dtype, last.scale) if filled[k] else ("float32", 1.0)
-        kinds.setdefault(key, []).append(k)
-        used[k] = [plan.sources[i].item_id for i in filled[k]]
-    for (dtype, scale), members in kinds.items():
-        pix, frac = _finish_tiles(raw[members], dtype, scale, normalize)
-        pixels[members], valid[members] = pix, frac
+        used[k] = [plan.sources[i].item_id for i in state.used[k]]
+        if linear:
+            valid[k] = _fill_holes(pixels[k]) if state.holes[k] or not state.tried[k] else 1.0
+            continue
+        last = plan.sources[state.used[k][-1]] if state.used[k] else None
+        nan = np.isnan(pixels[k])
+        valid[k] = float(1.0 - nan.mean())
+        dtype, scale = (last.dtype, last.scale) if last is not None else ("float32", 1.0)
+        pixels[k] = _normalise(np.nan_to_num(pixels[k]), ~nan, dtype, scale, normalize)
 
 
 def read_batch(
@@ -766,6 +820,7 @@ def read_batch(
             _fill_fast(plan, np.flatnonzero(fast), readers, rs, normalize, pixels, valid, used)
         except RasterioError:
             fast[:] = False  # the cell by cell path names the cells that fail
+            pixels[...] = 0.0
     for k in range(len(plan)):
         if fast[k]:
             continue
