@@ -54,10 +54,8 @@ from marscope_stac.tiles import (
     TileBatch,
     TilePlan,
     plan_tiles,
-    process_pool,
     read_batch,
-    read_batch_shared,
-    receive_batch,
+    read_in_processes,
 )
 
 __all__ = ["SHARD_CELLS", "EmbedResult", "embed_catalog"]
@@ -196,30 +194,10 @@ def _run_local(
 def _run_processes(
     tasks: list[TilePlan], args: tuple[Any, ...], processes: int
 ) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
-    """Read tiles in worker processes, embed them here (one model, e.g. on the GPU).
-
-    Twice as many batches as processes are read ahead, so the model never waits for tiles
-    while the readers keep up.
-    """
-    from collections import deque
-
+    """Read tiles in worker processes, embed them here (one model, e.g. on the GPU)."""
     model, pretrained, device, min_valid = args
     cm = _model(model, pretrained, device)
-    pool = process_pool(processes)
-    pending: deque[tuple[int, Any]] = deque()
-    it = iter(enumerate(tasks))
-
-    def submit() -> None:
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt[0], pool.submit(read_batch_shared, nxt[1])))
-
-    for _ in range(2 * processes):
-        submit()
-    while pending:
-        k, fut = pending.popleft()
-        batch = receive_batch(fut.result())
-        submit()
+    for k, batch in enumerate(read_in_processes(tasks, processes)):
         yield k, embed_batch(cm, batch, min_valid)
 
 

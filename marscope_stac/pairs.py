@@ -459,6 +459,7 @@ def load_cell_pairs(
     root = Path(catalog)
     cat = pystac.Catalog.from_file(str(root / "catalog.json" if root.is_dir() else root))
     images, captions, labels, owner = [], [], [], []
+    share: dict[str, float] = {}
     found = False
     for item in cat.get_items(recursive=True):
         props = item.properties
@@ -467,6 +468,7 @@ def load_cell_pairs(
         if split != "all" and props.get("marscope:split") != split:
             continue
         found = True
+        share[item.id] = float(props.get("marscope:pair_weight", 1.0))
         link = item.get_single_link("source")
         if link is None:
             raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
@@ -477,7 +479,7 @@ def load_cell_pairs(
         res = abs(float(source.properties["proj:transform"][0]))
         km_per_deg = sources.body.metres_per_degree / 1000.0
         for size in _cell_sizes(res, cell_px):
-            grid = LonLatGrid(size, sources.body, max_abs_lat=80.0)
+            grid = LonLatGrid(size, sources.body)  # polar rows too, as embedding sees them
             plan = plan_tiles(sources, grid, tile_px)
             main, region = _assign_features(grid.centers(plan.cells), size, feats, km_per_deg)
             with_f = np.flatnonzero(main >= 0)
@@ -511,15 +513,16 @@ def load_cell_pairs(
         images=np.stack(images),
         captions=captions,
         labels=labels,
-        weights=_balance(owner, labels),
+        weights=_balance(owner, labels, share),
     )
 
 
-def _balance(owner: list[str], labels: list[str]) -> NDArray[np.float64]:
-    """Sampling weights: each image an equal share, its classes by count ** -0.3.
+def _balance(owner: list[str], labels: list[str], share: dict[str, float]) -> NDArray[np.float64]:
+    """Sampling weights: each image its share, its classes weighted by count ** -0.3.
 
-    Craters outnumber every other named landform; the damping keeps them the most common while
-    the rare classes (volcanoes, canyons) are seen far more than their share.
+    ``share`` is each label item's ``marscope:pair_weight`` (Mars twice the Moon). Craters
+    outnumber every other named landform; the damping keeps them the most common while the
+    rare classes (volcanoes, canyons) are seen far more than their share.
     """
     keys = list(zip(owner, labels, strict=True))
     count = Counter(keys)
@@ -527,7 +530,7 @@ def _balance(owner: list[str], labels: list[str]) -> NDArray[np.float64]:
     per_owner: dict[str, float] = {}
     for (o, _), r in zip(keys, raw, strict=True):
         per_owner[o] = per_owner.get(o, 0.0) + r
-    w = np.array([r / per_owner[o] for (o, _), r in zip(keys, raw, strict=True)])
+    w = np.array([r * share[o] / per_owner[o] for (o, _), r in zip(keys, raw, strict=True)])
     return w / w.sum()
 
 

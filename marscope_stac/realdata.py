@@ -506,10 +506,11 @@ class _Image:
     body: Body
     lon_range: tuple[float, float]
     title: str
+    pair_weight: float = 1.0
 
 
 _TRAIN = (
-    _Image("mars-relief-west", "mars-relief", MARS, (-180.0, 0.0), "Mars shaded relief, west"),
+    _Image("mars-relief-west", "mars-relief", MARS, (-180.0, 0.0), "Mars shaded relief, west", 2.0),
     _Image("moon-relief", "moon-relief", MOON, (-180.0, 180.0), "Moon shaded relief"),
 )
 _EVAL = (_Image("mars-relief-east", "mars-relief", MARS, (0.0, 180.0), "Mars shaded relief, east"),)
@@ -617,6 +618,7 @@ def _label_item(
         ],
         "marscope:split": split,
         "marscope:pairs": "grid-cells",
+        "marscope:pair_weight": spec.pair_weight,
     }
     assets = {
         "labels-parquet": file_asset(

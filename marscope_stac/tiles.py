@@ -12,13 +12,14 @@ Native planetary CRSs are kept end to end; PROJ is never asked to cross bodies.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,7 @@ __all__ = [
     "process_pool",
     "read_batch",
     "read_batch_shared",
+    "read_in_processes",
     "receive_batch",
     "scale_pixels",
     "tile_batches",
@@ -767,12 +769,14 @@ def _fill_fast(
     )
     n = len(plan)
     state = _BatchState([[] for _ in range(n)], np.zeros(n, bool), np.zeros(n, bool), linear)
-    pixels[ks] = np.nan  # cells no raster reaches stay empty
     _render_batch(plan, ks, readers, 0 if rs == Resampling.nearest else 1, pixels, state)
     for k in ks.tolist():
         used[k] = [plan.sources[i].item_id for i in state.used[k]]
+        if not state.tried[k]:  # no raster reaches it after all
+            pixels[k], valid[k] = 0.0, 0.0
+            continue
         if linear:
-            valid[k] = _fill_holes(pixels[k]) if state.holes[k] or not state.tried[k] else 1.0
+            valid[k] = _fill_holes(pixels[k]) if state.holes[k] else 1.0
             continue
         last = plan.sources[state.used[k][-1]] if state.used[k] else None
         nan = np.isnan(pixels[k])
@@ -799,11 +803,8 @@ def read_batch(
     """
     n = plan.tile_px
     rs = Resampling[resampling]
-    if out is None:
-        pixels = np.zeros((len(plan), n, n), np.float32)
-    else:
-        pixels = out
-        pixels[...] = 0.0
+    # every cell is written below: rendered, or zeros when it fails
+    pixels = np.zeros((len(plan), n, n), np.float32) if out is None else out
     valid = np.zeros(len(plan), np.float32)
     used: list[list[str]] = [[] for _ in range(len(plan))]
     errors: list[tuple[int, str]] = []
@@ -820,13 +821,13 @@ def read_batch(
             _fill_fast(plan, np.flatnonzero(fast), readers, rs, normalize, pixels, valid, used)
         except RasterioError:
             fast[:] = False  # the cell by cell path names the cells that fail
-            pixels[...] = 0.0
     for k in range(len(plan)):
         if fast[k]:
             continue
         broken = [bad[s] for s in plan.cell_sources[k] if s in bad]
         if broken:
             errors.append((int(plan.cells[k]), broken[0]))
+            pixels[k] = 0.0
             continue
         try:
             pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
@@ -834,6 +835,7 @@ def read_batch(
             names = ", ".join(Path(plan.sources[i].href).name for i in plan.cell_sources[k])
             reason = str(exc).splitlines()[0][:120]
             errors.append((int(plan.cells[k]), f"reading {names} failed ({reason}); is it whole?"))
+            pixels[k] = 0.0
     return TileBatch(plan.cells.copy(), pixels, valid, used, errors)
 
 
@@ -887,10 +889,21 @@ def process_pool(workers: int) -> Any:
         from marscope_stac.fsutil import sweep_stale
 
         sweep_stale(_shared_folder(), prefix=f".{_SHARED_PREFIX}")
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_one_thread_each,
+        )
         _POOLS[workers] = pool
         atexit.register(pool.shutdown, cancel_futures=True)
     return pool
+
+
+def _one_thread_each() -> None:
+    """In a reading process: one BLAS/OpenMP thread (the processes are the parallelism)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 @dataclass(frozen=True)
@@ -945,23 +958,60 @@ def iter_tile_batches(
 
     With a ``distributed.Client`` active, its cluster runs the tasks; otherwise the local
     ``scheduler``: ``threads`` (default: GDAL releases the GIL while it reads), or
-    ``processes``, worker processes of a lasting pool (:func:`process_pool`) for when the
-    sampling is the bottleneck (large tiles), since it holds the GIL.
+    ``processes``: the worker processes of a lasting pool (:func:`process_pool`), for when
+    sampling is the bottleneck (large tiles) since it holds the GIL; their pixels come back
+    through shared memory.
     """
     n_workers = workers or os.cpu_count() or 1
-    extra: dict[str, Any] = {}
     if scheduler == "processes":
-        extra["pool"] = process_pool(n_workers)
-        tasks = tile_batches(plan, batch_size, resampling, normalize, shared=True)
-    else:
-        tasks = tile_batches(plan, batch_size, resampling, normalize)
+        if batch_size < 1:
+            raise ConfigError(f"batch size {batch_size} must be at least 1")
+        subs = (plan.subset(i, i + batch_size) for i in range(0, len(plan), batch_size))
+        yield from read_in_processes(subs, n_workers, resampling, normalize)
+        return
+    tasks = tile_batches(plan, batch_size, resampling, normalize)
     window = max(1, 2 * n_workers)
     for i in range(0, len(tasks), window):
         chunk = tasks[i : i + window]
-        results: tuple[Any, ...] = dask.compute(
-            *chunk, scheduler=scheduler, num_workers=n_workers, **extra
-        )
-        yield from (receive_batch(b) for b in results)
+        results: tuple[Any, ...] = dask.compute(*chunk, scheduler=scheduler, num_workers=n_workers)
+        yield from results
+
+
+def read_in_processes(
+    plans: Iterable[TilePlan],
+    workers: int,
+    resampling: str = "bilinear",
+    normalize: Normalize = "auto",
+) -> Iterator[TileBatch]:
+    """Read each plan (a batch) in the worker processes; batches in order, pixels shared.
+
+    Twice as many batches as workers are in flight, so a consumer (e.g. a GPU) never waits
+    while the readers keep up.
+    """
+    from collections import deque
+
+    pool = process_pool(workers)
+    todo = iter(plans)
+    pending: deque[Any] = deque()
+
+    def submit() -> None:
+        sub = next(todo, None)
+        if sub is not None:
+            pending.append(pool.submit(read_batch_shared, sub, resampling, normalize))
+
+    for _ in range(2 * workers):
+        submit()
+    try:
+        while pending:
+            batch = pending.popleft().result()
+            submit()
+            yield receive_batch(batch)
+    finally:
+        for fut in pending:  # a consumer that stops early: drop the shared files
+            if fut.cancel():
+                continue
+            with contextlib.suppress(Exception):
+                receive_batch(fut.result())
 
 
 def contact_sheet(
