@@ -252,15 +252,13 @@ def embed_catalog(
         device: Torch device for the model.
         progress: Show a progress bar.
         publish: Publish the set as a STAC Item in ``out``.
-        read_processes: Read tiles in this many worker processes and embed here with one
-            model (for a GPU, or large tiles where reading holds the GIL); local runs only.
+        read_processes: Read tiles in N worker processes, embed here (a GPU); local only.
 
     Raises:
         OutputError: if ``out`` holds a set of the same id made with other settings.
     """
     t_start = time.perf_counter()
-    _check_args(source, Path(out), min_valid, batch_size, tile_px, workers)
-    check_range("--read-processes", read_processes, 1, 256, integer=True)
+    _check_args(source, Path(out), min_valid, batch_size, tile_px, workers, read_processes)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, device)
     sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
@@ -271,15 +269,8 @@ def embed_catalog(
     run = _Run(es, g, expect, sources, _resume(es, plan))
     tasks, task_shard = _make_tasks(plan, run.resume.todo, batch_size)
     t_embed = time.perf_counter()
-    run.embed(
-        tasks,
-        task_shard,
-        (model, pretrained, device, min_valid),
-        workers,
-        scheduler_address,
-        progress,
-        read_processes,
-    )
+    args = (model, pretrained, device, min_valid)
+    run.embed(tasks, task_shard, args, workers, scheduler_address, progress, read_processes)
     seconds = time.perf_counter() - t_embed
     rows = run.consolidate(cm)
     result = EmbedResult(
@@ -510,8 +501,10 @@ def _check_args(
     batch_size: int,
     tile_px: int | None,
     workers: int | None,
+    read_processes: int | None = None,
 ) -> None:
     """Refuse values :func:`embed_catalog` cannot use, before anything is read or written."""
+    check_range("--read-processes", read_processes, 1, 256, integer=True)
     check_range("min valid fraction", min_valid, 0.0, 1.0)
     check_range("--batch-size", batch_size, 1, integer=True)
     check_range("--tile-px", tile_px, 8, 4096, integer=True)

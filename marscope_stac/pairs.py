@@ -453,7 +453,6 @@ def load_cell_pairs(
     """
     from marscope_stac.grid import LonLatGrid
     from marscope_stac.stac_in import load_sources
-    from marscope_stac.tiles import TilePlan, iter_tile_batches, plan_tiles
 
     rng = np.random.default_rng(seed)
     root = Path(catalog)
@@ -480,32 +479,11 @@ def load_cell_pairs(
         km_per_deg = sources.body.metres_per_degree / 1000.0
         for size in _cell_sizes(res, cell_px):
             grid = LonLatGrid(size, sources.body)  # polar rows too, as embedding sees them
-            plan = plan_tiles(sources, grid, tile_px)
-            main, region = _assign_features(grid.centers(plan.cells), size, feats, km_per_deg)
-            with_f = np.flatnonzero(main >= 0)
-            without = np.flatnonzero(main < 0)
-            if len(with_f) > max_per_grid:
-                with_f = rng.choice(with_f, max_per_grid, replace=False)
-            n_bg = min(len(without), max(len(with_f), 50))
-            pick = np.sort(np.concatenate([with_f, rng.choice(without, n_bg, replace=False)]))
-            sub = TilePlan(
-                grid,
-                tile_px,
-                plan.cells[pick],
-                plan.sources,
-                [plan.cell_sources[i] for i in pick],
-            )
-            caps, labs = _cell_captions(main[pick], region[pick], feats, rng)
-            k = 0
-            for batch in iter_tile_batches(sub, batch_size=256):
-                for j in range(len(batch.cells)):
-                    if batch.valid[j] > 0.98:
-                        images.append(batch.pixels[j].astype(np.float16))
-                        captions.append(caps[k + j])
-                        labels.append(labs[k + j])
-                        owner.append(item.id)
-                k += len(batch.cells)
-            log.info("%s on %s: %d cells with a feature", item.id, grid.spec, len(with_f))
+            got = _grid_pairs(sources, grid, tile_px, feats, km_per_deg, max_per_grid, rng)
+            images += got[0]
+            captions += got[1]
+            labels += got[2]
+            owner += [item.id] * len(got[0])
     if not found:
         raise CatalogError(f"no label item with grid-cell pairs and split {split!r} in {catalog}")
     return PairSet(
@@ -515,6 +493,44 @@ def load_cell_pairs(
         labels=labels,
         weights=_balance(owner, labels, share),
     )
+
+
+def _grid_pairs(
+    sources: Any,
+    grid: Any,
+    tile_px: int,
+    feats: gpd.GeoDataFrame,
+    km_per_deg: float,
+    max_per_grid: int,
+    rng: np.random.Generator,
+) -> tuple[list[NDArray[np.float16]], list[str], list[str]]:
+    """Tiles, captions and classes of one grid: cells with a feature, as many without."""
+    from marscope_stac.tiles import TilePlan, iter_tile_batches, plan_tiles
+
+    plan = plan_tiles(sources, grid, tile_px)
+    main, region = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
+    with_f = np.flatnonzero(main >= 0)
+    without = np.flatnonzero(main < 0)
+    if len(with_f) > max_per_grid:
+        with_f = rng.choice(with_f, max_per_grid, replace=False)
+    n_bg = min(len(without), max(len(with_f), 50))
+    pick = np.sort(np.concatenate([with_f, rng.choice(without, n_bg, replace=False)]))
+    cell_sources = [plan.cell_sources[i] for i in pick]
+    sub = TilePlan(grid, tile_px, plan.cells[pick], plan.sources, cell_sources)
+    caps, labs = _cell_captions(main[pick], region[pick], feats, rng)
+    images: list[NDArray[np.float16]] = []
+    captions: list[str] = []
+    labels: list[str] = []
+    k = 0
+    for batch in iter_tile_batches(sub, batch_size=256):
+        for j in range(len(batch.cells)):
+            if batch.valid[j] > 0.98:
+                images.append(batch.pixels[j].astype(np.float16))
+                captions.append(caps[k + j])
+                labels.append(labs[k + j])
+        k += len(batch.cells)
+    log.info("%s: %d cells with a feature", grid.spec, len(with_f))
+    return images, captions, labels
 
 
 def _balance(owner: list[str], labels: list[str], share: dict[str, float]) -> NDArray[np.float64]:
