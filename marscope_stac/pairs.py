@@ -560,8 +560,7 @@ class PairMix:
     parts: list[PairSet]
     weights: list[float]
     images: None = None
-    labels: list[str] = field(default_factory=list)
-    prompt_share: float = 0.0
+    """Never fixed images (same-class pairs are told apart by their labels)."""
 
     @property
     def classes(self) -> list[str]:
