@@ -592,7 +592,9 @@ def _label_item(
     outlines = folder / "labels.parquet"
     features.to_parquet(points, index=False, compression="zstd")
     shapes = features.copy()
-    shapes["geometry"] = circles(features, spec.body)
+    w, e = spec.lon_range
+    # outlines cut to the image: valid lon/lat, and nothing past the hold-out line
+    shapes["geometry"] = circles(features, spec.body).intersection(shapely.box(w, -90, e, 90))
     shapes.to_parquet(outlines, index=False, compression="zstd")
     counts = Counter(features["landform"])
     classes = sorted(counts)

@@ -152,6 +152,11 @@ def test_train_part_holds_out_eastern_mars(real_train: Path, packages: Path) -> 
         real_train / "mars-labels" / "mars-relief-west-labels" / "points.parquet"
     )
     assert (labels.geometry.x < 0).all() and "Eastcrater" not in set(labels.name)
+    outlines = gpd.read_parquet(
+        real_train / "mars-labels" / "mars-relief-west-labels" / "labels.parquet"
+    )
+    west, _, east, _ = outlines.total_bounds
+    assert west >= -180 and east <= 0  # circles are cut at the image's edges
     moon = real_train / "moon-imagery" / "moon-relief" / "moon-relief.tif"
     with rasterio.open(moon) as src:
         assert src.width == W and "Moon" in src.crs.to_wkt()
