@@ -440,6 +440,12 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
     "--weights",
     help="Comma-separated share of each source in a batch, e.g. 1,1 (default: equal).",
 )
+@_number_option(
+    "--tile-context",
+    0.0,
+    "Margin every tile shows around its cell, in cell sides (1: the ring of neighbours); "
+    "the model asks embedding for the same.",
+)
 def train_cmd(
     sources: tuple[str, ...],
     out: Path,
@@ -457,6 +463,7 @@ def train_cmd(
     half_weights: bool,
     prompt_share: float,
     weights: str | None,
+    tile_context: float,
 ) -> None:
     """Train an open_clip model on labelled STAC catalogs or caption tables (CSV/Parquet).
 
@@ -472,6 +479,7 @@ def train_cmd(
         lr=lr,
         seed=seed,
         lock_text=lock_text,
+        tile_context=tile_context,
     )
     result = train_from_source(
         sources,

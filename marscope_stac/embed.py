@@ -241,7 +241,8 @@ def embed_catalog(
         model: Model name (see :func:`~marscope_stac.models.load_model`).
         pretrained: Weights for an architecture name.
         grid: Grid specification.
-        tile_px: Tile size (the model's input size by default).
+        tile_px: Tile size (the model's input size by default). A model trained on tiles
+            with context (``ClipModel.tile_context``) gets tiles that show its margin too.
         bbox: Only cells in this lon/lat box.
         asset: Data asset key.
         collections: Only these collections.
@@ -264,7 +265,7 @@ def embed_catalog(
     sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
     g = parse_grid(grid, sources.body)
     px = tile_px or cm.image_size
-    plan = plan_tiles(sources, g, px, bbox=bbox)
+    plan = plan_tiles(sources, g, px, bbox=bbox, context=cm.tile_context)
     es, expect = _open_set(Path(out), cm, g, px, min_valid)
     run = _Run(es, g, expect, sources, _resume(es, plan))
     tasks, task_shard = _make_tasks(plan, run.resume.todo, batch_size)
@@ -380,14 +381,7 @@ def _make_tasks(
         positions = todo[shard]
         for i in range(0, len(positions), batch_size):
             sel = positions[i : i + batch_size]
-            sub = TilePlan(
-                plan.grid,
-                plan.tile_px,
-                plan.cells[sel],
-                plan.sources,
-                [plan.cell_sources[k] for k in sel],
-            )
-            tasks.append(sub.subset(0, len(sel)))
+            tasks.append(plan.take(sel).subset(0, len(sel)))
             task_shard.append(shard)
     return tasks, task_shard
 

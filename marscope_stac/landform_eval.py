@@ -72,7 +72,7 @@ def embed_split(
     """
     sources = load_sources(images)
     g = parse_grid(grid, sources.body)
-    plan = plan_tiles(sources, g, tile_px or model.image_size)
+    plan = plan_tiles(sources, g, tile_px or model.image_size, context=model.tile_context)
     embs, cells = [], []
     for batch in iter_tile_batches(plan, batch_size=_BATCH):
         keep = batch.valid > 0.5

@@ -84,6 +84,12 @@ def mlm_properties(
                     "single-band orbital image tile scaled to 0..1, repeated to 3 channels, "
                     f"resized to {image_size} px, normalised with mean {list(mean)} and std "
                     f"{list(std)}"
+                    + (
+                        f"; the tile shows its grid cell and a margin of {cm.tile_context:g} "
+                        "cell sides around it"
+                        if cm.tile_context
+                        else ""
+                    )
                 ),
                 "input": {
                     "shape": [-1, 3, image_size, image_size],

@@ -182,6 +182,8 @@ class ClipModel:
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation std.
         device: Torch device.
+        tile_context: Margin its tiles show around their cell, in cell sides (0 for models
+            not trained with one; see :class:`~marscope_stac.tiles.TilePlan`).
     """
 
     model: Any
@@ -193,6 +195,7 @@ class ClipModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
+    tile_context: float = 0.0
 
     @property
     def embed_dim(self) -> int:
@@ -343,7 +346,7 @@ class ClipModel:
             "mean": list(self.mean),
             "std": list(self.std),
             "parameters": int(n_params),
-        }
+        } | ({"tile_context": self.tile_context} if self.tile_context else {})
 
 
 def _checksum(path: Path) -> str:
@@ -437,7 +440,24 @@ def load_model(
     net.eval()
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
-    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev)
+    ctx = _tile_context(open_name)
+    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
+
+
+def _tile_context(open_name: str) -> float:
+    """The tile context a ``local-dir:`` model was trained with (0 when it says none)."""
+    if not open_name.startswith("local-dir:"):
+        return 0.0
+    extra = _read_config(Path(open_name.split(":", 1)[1])).get("marscope") or {}
+    try:
+        value = float(extra.get("tile_context", 0.0)) if isinstance(extra, dict) else 0.0
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 4.0:
+        raise ModelError(
+            f"{open_name}: marscope.tile_context in open_clip_config.json must be 0..4"
+        )
+    return value
 
 
 def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | None, str | None]:

@@ -71,6 +71,13 @@ class PairSet:
     """Share of captions replaced by a prompt-template sentence naming the class (0: none)."""
     weights: NDArray[np.float64] | None = None
     """Sampling probability of each fixed image (None: uniform)."""
+    context: float = 0.0
+    """Margin that scene crops also show around their cell, in cell sides (as tiles do)."""
+
+    @property
+    def cut_px(self) -> int:
+        """Side of a scene crop in source pixels: the cell (``crop_px``) and its margin."""
+        return round(self.crop_px * (1.0 + 2.0 * self.context))
 
     @property
     def classes(self) -> list[str]:
@@ -117,14 +124,14 @@ class PairSet:
         while len(crops) < n:
             scene = self.scenes[int(rng.choice(len(self.scenes), p=weights))]
             if rng.uniform() < self.background_share or not len(scene.features):
-                got = _background_crop(scene, self.crop_px, rng)
+                got = _background_crop(scene, self.crop_px, rng, self.cut_px)
                 if got is None:
                     continue
                 caption = scene.background[int(rng.integers(len(scene.background)))]
                 crop, label = got, "plains"
             else:
                 row = scene.features.iloc[int(rng.integers(len(scene.features)))]
-                feat = _feature_crop(scene, row.geometry, self.crop_px, rng, augment)
+                feat = _feature_crop(scene, row.geometry, self.crop_px, rng, augment, self.cut_px)
                 if feat is None:
                     continue
                 crop = feat
@@ -145,7 +152,7 @@ class PairSet:
         for scene in self.scenes:
             for row in scene.features.itertuples():
                 p = row.geometry.representative_point()
-                crop = _cut(scene.image, p.x, p.y, self.crop_px)
+                crop = _cut(scene.image, p.x, p.y, self.cut_px)
                 if crop is None:
                     continue
                 crops.append(crop)
@@ -177,9 +184,17 @@ def _cut(img: NDArray[np.float32], cx: float, cy: float, size: int) -> NDArray[n
 
 
 def _feature_crop(
-    scene: Scene, geom: Any, size: int, rng: np.random.Generator, augment: bool
+    scene: Scene,
+    geom: Any,
+    size: int,
+    rng: np.random.Generator,
+    augment: bool,
+    cut: int | None = None,
 ) -> NDArray[np.float32] | None:
-    """A crop centred on a random point of the feature (its reference point when small)."""
+    """A crop centred on a random point of the feature (its reference point when small).
+
+    ``size`` is the cell; the crop is ``cut`` pixels wide (the cell and its margin).
+    """
     minx, miny, maxx, maxy = geom.bounds
     for _ in range(20):
         if max(maxx - minx, maxy - miny) < size * 0.6 or not augment:
@@ -192,14 +207,14 @@ def _feature_crop(
         if augment:
             cx += rng.normal(0, size * 0.12)
             cy += rng.normal(0, size * 0.12)
-        crop = _cut(scene.image, cx, cy, size)
+        crop = _cut(scene.image, cx, cy, cut or size)
         if crop is not None:
             return crop
     return None
 
 
 def _background_crop(
-    scene: Scene, size: int, rng: np.random.Generator
+    scene: Scene, size: int, rng: np.random.Generator, cut: int | None = None
 ) -> NDArray[np.float32] | None:
     union = scene.features.geometry.union_all() if len(scene.features) else None
     for _ in range(30):
@@ -207,7 +222,7 @@ def _background_crop(
         cy = rng.uniform(size, scene.image.shape[0] - size)
         if union is not None and union.distance(shapely.Point(cx, cy)) < size * 0.75:
             continue
-        crop = _cut(scene.image, cx, cy, size)
+        crop = _cut(scene.image, cx, cy, cut or size)
         if crop is not None:
             return crop
     return None
@@ -437,6 +452,7 @@ def load_cell_pairs(
     cell_px: Sequence[float] = CELL_PX,
     max_per_grid: int = 4000,
     seed: int = 0,
+    context: float = 0.0,
 ) -> PairSet:
     """Pairs of grid-cell tiles and captions from catalogs with point labels of known size.
 
@@ -446,7 +462,9 @@ def load_cell_pairs(
     at the scale of the cells), tiles are rendered exactly as embedding renders them, and
     each cell is captioned from the labelled feature it shows (see
     :func:`_assign_features`). Cells that show none are paired with their region's caption;
-    as many of them are kept as cells with a feature.
+    as many of them are kept as cells with a feature. With ``context`` the tiles show a
+    margin around their cell (:class:`~marscope_stac.tiles.TilePlan`); captions still say
+    what the cell shows.
 
     Raises:
         CatalogError: if the catalog has no such label item of ``split``.
@@ -479,7 +497,9 @@ def load_cell_pairs(
         km_per_deg = sources.body.metres_per_degree / 1000.0
         for size in _cell_sizes(res, cell_px):
             grid = LonLatGrid(size, sources.body)  # polar rows too, as embedding sees them
-            got = _grid_pairs(sources, grid, tile_px, feats, km_per_deg, max_per_grid, rng)
+            got = _grid_pairs(
+                sources, grid, (tile_px, context), feats, km_per_deg, max_per_grid, rng
+            )
             images += got[0]
             captions += got[1]
             labels += got[2]
@@ -492,22 +512,26 @@ def load_cell_pairs(
         captions=captions,
         labels=labels,
         weights=_balance(owner, labels, share),
+        context=context,
     )
 
 
 def _grid_pairs(
     sources: Any,
     grid: Any,
-    tile_px: int,
+    tiles: tuple[int, float],
     feats: gpd.GeoDataFrame,
     km_per_deg: float,
     max_per_grid: int,
     rng: np.random.Generator,
 ) -> tuple[list[NDArray[np.float16]], list[str], list[str]]:
-    """Tiles, captions and classes of one grid: cells with a feature, as many without."""
-    from marscope_stac.tiles import TilePlan, iter_tile_batches, plan_tiles
+    """Tiles (of ``tiles``: side in px, context), captions and classes of one grid.
 
-    plan = plan_tiles(sources, grid, tile_px)
+    Cells with a feature, and as many without.
+    """
+    from marscope_stac.tiles import iter_tile_batches, plan_tiles
+
+    plan = plan_tiles(sources, grid, tiles[0], context=tiles[1])
     main, region = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
     with_f = np.flatnonzero(main >= 0)
     without = np.flatnonzero(main < 0)
@@ -515,8 +539,7 @@ def _grid_pairs(
         with_f = rng.choice(with_f, max_per_grid, replace=False)
     n_bg = min(len(without), max(len(with_f), 50))
     pick = np.sort(np.concatenate([with_f, rng.choice(without, n_bg, replace=False)]))
-    cell_sources = [plan.cell_sources[i] for i in pick]
-    sub = TilePlan(grid, tile_px, plan.cells[pick], plan.sources, cell_sources)
+    sub = plan.take(pick)
     caps, labs = _cell_captions(main[pick], region[pick], feats, rng)
     images: list[NDArray[np.float16]] = []
     captions: list[str] = []
@@ -524,7 +547,7 @@ def _grid_pairs(
     k = 0
     for batch in iter_tile_batches(sub, batch_size=256):
         for j in range(len(batch.cells)):
-            if batch.valid[j] > 0.98:
+            if batch.valid[j] > 0.98:  # the cell's own pixels; a margin may reach past
                 images.append(batch.pixels[j].astype(np.float16))
                 captions.append(caps[k + j])
                 labels.append(labs[k + j])
@@ -615,8 +638,11 @@ def load_pairs(
     crop_px: int = 60,
     prompt_share: float = 0.0,
     tile_px: int = 64,
+    context: float = 0.0,
 ) -> PairSet:
     """Pairs of one source: a caption table, a catalog of grid-cell labels, or scenes.
+
+    ``context`` (in cell sides) is the margin every tile or crop shows around its cell.
 
     Raises:
         CatalogError: if a catalog has no label item of ``split``.
@@ -629,7 +655,9 @@ def load_pairs(
     if not root.is_file():
         raise CatalogError(f"{source} is not a STAC catalog (no catalog.json)")
     if has_cell_labels(src):
-        pairs = load_cell_pairs(src, split, tile_px)
+        pairs = load_cell_pairs(src, split, tile_px, context=context)
         pairs.prompt_share = prompt_share
         return pairs
-    return load_catalog_pairs(src, split, crop_px, prompt_share=prompt_share)
+    pairs = load_catalog_pairs(src, split, crop_px, prompt_share=prompt_share)
+    pairs.context = context
+    return pairs

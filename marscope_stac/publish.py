@@ -222,13 +222,16 @@ def _embedding_item(
         },
         "emb:spatial_coverage": f"{n_cells} cells of grid {grid.spec}",
         "processing:lineage": (
-            f"Tiles of grid {grid.spec} rendered at {tile_px} px from {len(sources.assets)} "
-            f"source rasters, embedded with {cm.name}; L2-normalised."
+            f"Tiles of grid {grid.spec} rendered at {tile_px} px"
+            + (f" (each with a margin of {cm.tile_context:g} cell)" if cm.tile_context else "")
+            + f" from {len(sources.assets)} source rasters, embedded with {cm.name}; "
+            "L2-normalised."
         ),
         "processing:software": {"marscope-stac": __version__},
         "processing:datetime": now,
         "marscope:grid": grid.spec,
         "marscope:tile_px": tile_px,
+        "marscope:tile_context": float(cm.tile_context),
         "marscope:cells": n_cells,
         "marscope:mean_valid_fraction": mean_valid,
     }

@@ -45,7 +45,10 @@ from marscope_stac.text import join_lines
 __all__ = [
     "TileBatch",
     "TilePlan",
+    "cell_coverage",
+    "check_context",
     "contact_sheet",
+    "grown_bounds",
     "iter_tile_batches",
     "plan_tiles",
     "preview_tiles",
@@ -71,6 +74,9 @@ class TilePlan:
         cells: Cell indexes, sorted.
         sources: The rasters.
         cell_sources: For each cell, indexes into ``sources`` (first wins in mosaics).
+        context: Margin around each cell that its tile also shows, in cell sides on every
+            side: 0 renders the cell alone, 1 the cell and the ring of its neighbours (a tile
+            three cells wide, the cell in the middle third).
     """
 
     grid: Grid
@@ -78,6 +84,7 @@ class TilePlan:
     cells: NDArray[np.int64]
     sources: list[SourceAsset]
     cell_sources: list[list[int]] = field(default_factory=list)
+    context: float = 0.0
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -92,6 +99,18 @@ class TilePlan:
             cells=self.cells[start:stop],
             sources=[self.sources[i] for i in used],
             cell_sources=[[remap[s] for s in ss] for ss in self.cell_sources[start:stop]],
+            context=self.context,
+        )
+
+    def take(self, positions: Sequence[int] | NDArray[np.intp]) -> TilePlan:
+        """The plan of the cells at ``positions`` (in that order), with every raster kept."""
+        return TilePlan(
+            self.grid,
+            self.tile_px,
+            self.cells[np.asarray(positions, dtype=np.intp)],
+            self.sources,
+            [self.cell_sources[k] for k in positions],
+            self.context,
         )
 
 
@@ -103,7 +122,8 @@ class TileBatch:
         cells: Cell indexes.
         pixels: ``float32`` array (n, tile_px, tile_px) in 0..1; pixels with no data hold the
             tile's mean so they do not read as structure.
-        valid: Fraction of each tile covered by data, 0..1.
+        valid: Fraction of each cell covered by data, 0..1 (of the tile's middle when the
+            tile shows context: a cell at the imagery's edge is judged by its own pixels).
         sources: For each cell, the ids of the items it was read from.
         errors: ``(cell index, reason)`` for cells that could not be read (their valid is 0).
     """
@@ -121,41 +141,84 @@ def plan_tiles(
     tile_px: int,
     bbox: Sequence[float] | None = None,
     limit: int | None = None,
+    context: float = 0.0,
 ) -> TilePlan:
     """Plan the tiles of every grid cell that intersects a source footprint (and ``bbox``).
 
+    With ``context`` (see :class:`TilePlan`) a cell also lists the rasters under its margin.
+
     Raises:
-        ConfigError: for a bad tile size, a grid of another body, or an empty plan.
+        ConfigError: for a bad tile size or context, a grid of another body, or an empty plan.
     """
     if not 8 <= tile_px <= 4096:
         raise ConfigError(f"tile size {tile_px} px is out of range; use 8..4096 (e.g. 224)")
+    check_context(context)
     if grid.body is not sources.body:
         raise ConfigError(
             f"the grid is for {grid.body.name} but the imagery is of {sources.body.name}"
         )
     by_cell: dict[int, list[int]] = {}
     area = shapely.box(*bbox) if bbox is not None and bbox[0] <= bbox[2] else None
+    near: dict[int, list[int]] = {}  # rasters under a cell's margin only
     for si, src in enumerate(sources.assets):
         for part in getattr(src.footprint, "geoms", [src.footprint]):
-            w, s, e, n = part.bounds
-            idx = grid.cells_in_bbox(w, s, e, n)
+            idx = _cells_near(grid, part.bounds, context)
             if not len(idx):
                 continue
             b = grid.bounds(idx)
-            boxes = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
-            hit = _overlaps(boxes, part)
+            own = _overlaps(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), part)
             if area is not None:
-                hit &= _overlaps(boxes, area)
-            for cell in idx[hit].tolist():
+                own &= _overlaps(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), area)
+            for cell in idx[own].tolist():
                 by_cell.setdefault(cell, []).append(si)
+            if context > 0:
+                g = grown_bounds(b, context)
+                seen = _overlaps(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]), part) & ~own
+                for cell in idx[seen].tolist():
+                    near.setdefault(cell, []).append(si)
     if not by_cell:
         raise ConfigError(f"no cell of grid {grid.spec} intersects the imagery (and bbox)")
     cells = np.array(sorted(by_cell), dtype=np.int64)
     if limit is not None:
         cells = cells[:limit]
-    # finest source first, so mosaics prefer the sharpest data
-    cell_sources = [sorted(by_cell[c], key=lambda i: sources.assets[i].res[0]) for c in cells]
-    return TilePlan(grid, tile_px, cells, list(sources.assets), cell_sources)
+
+    def finest(ids: list[int]) -> list[int]:  # mosaics prefer the sharpest data
+        return sorted(set(ids), key=lambda i: sources.assets[i].res[0])
+
+    cell_sources = [
+        finest(by_cell[c]) + [i for i in finest(near.get(c, [])) if i not in by_cell[c]]
+        for c in cells.tolist()
+    ]
+    return TilePlan(grid, tile_px, cells, list(sources.assets), cell_sources, context)
+
+
+def check_context(context: float) -> None:
+    """Raise :class:`ConfigError` unless ``context`` is a margin of 0..4 cell sides."""
+    if not (math.isfinite(context) and 0.0 <= context <= 4.0):
+        raise ConfigError(f"tile context {context} is out of range; use 0..4 cell sides (e.g. 1)")
+
+
+def grown_bounds(b: NDArray[np.float64], context: float) -> NDArray[np.float64]:
+    """Cell bounds (m, 4: west, south, east, north) grown by ``context`` cell sides each way."""
+    if context == 0:
+        return b
+    dx = (b[:, 2] - b[:, 0]) * context
+    dy = (b[:, 3] - b[:, 1]) * context
+    return np.stack([b[:, 0] - dx, b[:, 1] - dy, b[:, 2] + dx, b[:, 3] + dy], axis=1)
+
+
+def _cells_near(grid: Grid, bounds: Sequence[float], context: float) -> NDArray[np.int64]:
+    """Cells that intersect ``bounds`` or, with ``context``, whose margin may reach it."""
+    w, s, e, n = bounds
+    idx = grid.cells_in_bbox(w, s, e, n)
+    if context == 0 or not len(idx):
+        return idx
+    b = grid.bounds(idx)
+    mx = float(np.max(b[:, 2] - b[:, 0])) * context
+    my = float(np.max(b[:, 3] - b[:, 1])) * context
+    return grid.cells_in_bbox(
+        max(w - mx, -180.0), max(s - my, -90.0), min(e + mx, 180.0), min(n + my, 90.0)
+    )
 
 
 def _overlaps(boxes: NDArray[Any], geom: Any, min_share: float = 1e-6) -> NDArray[np.bool_]:
@@ -402,7 +465,8 @@ def _render_cell(
     n = plan.tile_px
     cell = int(plan.cells[k])
     _, ctrl = _control_points(n)
-    lon, lat = plan.grid.tile_lonlat(cell, n, ctrl)
+    c = plan.context
+    lon, lat = plan.grid.tile_lonlat(cell, n, ctrl * (1.0 + 2.0 * c) - c * n)
     out = np.full((n, n), np.nan, np.float32)
     used: list[str] = []
     dtype, scale = "float32", 1.0
@@ -444,7 +508,7 @@ def _render_cell(
         if not np.isnan(out).any():
             break
     valid = ~np.isnan(out)
-    frac = float(valid.mean())
+    frac = cell_coverage(valid, plan.context)
     pix = _normalise(np.nan_to_num(out), valid, dtype, scale, normalize)
     return pix, frac, used
 
@@ -580,7 +644,7 @@ def _cell_axes(
     plan: TilePlan, ks: NDArray[np.intp]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Longitudes (m, n) of the pixel columns and latitudes (m, n) of the pixel rows."""
-    b = plan.grid.bounds(plan.cells[ks])
+    b = grown_bounds(plan.grid.bounds(plan.cells[ks]), plan.context)
     t = (np.arange(plan.tile_px, dtype=np.float64) + 0.5) / plan.tile_px
     lon = b[:, :1] + (b[:, 2:3] - b[:, :1]) * t
     lat = b[:, 3:4] - (b[:, 3:4] - b[:, 1:2]) * t
@@ -724,11 +788,23 @@ def _render_batch(
         )
 
 
-def _fill_holes(tile: NDArray[np.float32]) -> float:
-    """Replace a tile's NaN by the mean of its other pixels (in place); the valid fraction."""
+def _fill_holes(tile: NDArray[np.float32], context: float) -> float:
+    """Replace a tile's NaN by the mean of its other pixels (in place); the cell's coverage."""
     nan = np.isnan(tile)
     ok = ~nan
     tile[nan] = tile[ok].mean() if ok.any() else np.float32(0.0)
+    return cell_coverage(ok, context)
+
+
+def cell_coverage(ok: NDArray[np.bool_], context: float) -> float:
+    """Share of a tile's own cell (its middle, with ``context``) that has data.
+
+    A cell at the imagery's edge is judged by its own pixels, not by its margin.
+    """
+    if context:
+        n = ok.shape[-1]
+        a = min(round(n * context / (1.0 + 2.0 * context)), (n - 1) // 2)
+        ok = ok[a : n - a, a : n - a]
     return float(ok.mean())
 
 
@@ -776,11 +852,11 @@ def _fill_fast(
             pixels[k], valid[k] = 0.0, 0.0
             continue
         if linear:
-            valid[k] = _fill_holes(pixels[k]) if state.holes[k] else 1.0
+            valid[k] = _fill_holes(pixels[k], plan.context) if state.holes[k] else 1.0
             continue
         last = plan.sources[state.used[k][-1]] if state.used[k] else None
         nan = np.isnan(pixels[k])
-        valid[k] = float(1.0 - nan.mean())
+        valid[k] = cell_coverage(~nan, plan.context)
         dtype, scale = (last.dtype, last.scale) if last is not None else ("float32", 1.0)
         pixels[k] = _normalise(np.nan_to_num(pixels[k]), ~nan, dtype, scale, normalize)
 

@@ -50,6 +50,7 @@ from marscope_stac.models import (
 )
 from marscope_stac.pairs import PairMix, PairSet
 from marscope_stac.parts import TextFeatureCache, init_pretrained_parts
+from marscope_stac.tiles import check_context
 
 __all__ = [
     "TrainConfig",
@@ -76,6 +77,9 @@ class TrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     lock_text: bool = False
+    tile_context: float = 0.0
+    """Margin every training tile shows around its cell, in cell sides; the exported model
+    asks embedding for the same (see :class:`~marscope_stac.tiles.TilePlan`)."""
 
     def check(self) -> None:
         """Raise :class:`~marscope_stac.errors.ConfigError` for a value training cannot use."""
@@ -86,6 +90,7 @@ class TrainConfig:
         check_range("weight decay", self.weight_decay, 0.0)
         check_range("warm-up steps", self.warmup_steps, 0, integer=True)
         check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_context(self.tile_context)
 
 
 @dataclass
@@ -278,7 +283,8 @@ def train_model(
                 "arch": model,
             },
         )
-    model_dir = _export(cm.model, model, out_dir / "model", half_weights)
+    model_dir = _export(cm.model, model, out_dir / "model", half_weights, cfg.tile_context)
+    cm.tile_context = cfg.tile_context
     item_path = _model_item(cm, model_dir, cfg, history, source_description)
     atomic_write_json(out_dir / "metrics.json", history)
     _plot(history, out_dir / "training.png")
@@ -413,8 +419,14 @@ def _train_epoch(
     return float(np.mean(losses))
 
 
-def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:
-    """Write the model in the open_clip hub layout (config + safetensors), atomically."""
+def _export(
+    net: torch.nn.Module, model: str, folder: Path, half: bool, tile_context: float = 0.0
+) -> Path:
+    """Write the model in the open_clip hub layout (config + safetensors), atomically.
+
+    A model trained on tiles with context records it under ``marscope.tile_context`` in the
+    config (open_clip ignores the key), so embedding renders its tiles the same way.
+    """
     import open_clip
     from safetensors.torch import save
 
@@ -442,6 +454,8 @@ def _export(net: torch.nn.Module, model: str, folder: Path, half: bool) -> Path:
             "resize_mode": "shortest",
         },
     }
+    if tile_context:
+        config["marscope"] = {"tile_context": tile_context}
     state = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
         for k, v in net.state_dict().items()
@@ -524,6 +538,7 @@ def train_from_source(
     from marscope_stac.pairs import load_pairs
 
     (config or TrainConfig()).check()
+    ctx = (config or TrainConfig()).tile_context
     check_range("--prompt-share", prompt_share, 0.0, 1.0)
     check_range("--crop-px", crop_px, 8, 4096, integer=True)
     sources = [source] if isinstance(source, str | Path) else list(source)
@@ -537,11 +552,11 @@ def train_from_source(
     register_bundled_architectures()
     parts, vals, what = [], [], []
     for src in sources:
-        parts.append(load_pairs(src, "train", crop_px, prompt_share))
+        parts.append(load_pairs(src, "train", crop_px, prompt_share, context=ctx))
         table = Path(src).suffix.lower() in (".csv", ".parquet")
         if not table:
             with contextlib.suppress(CatalogError):
-                vals.append(load_pairs(src, "test", crop_px))
+                vals.append(load_pairs(src, "test", crop_px, context=ctx))
         what.append(f"caption table {src}" if table else f"train split of STAC catalog {src}")
     pairs = parts[0] if len(parts) == 1 else PairMix(parts, w)
     return train_model(

@@ -270,3 +270,40 @@ def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_p
     )
     assert prod.n_detections >= 1
     assert validate_catalog(out).objects >= 7
+
+
+def test_a_model_trained_with_context_embeds_tiles_with_context(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from marscope_stac.errors import ModelError
+    from marscope_stac.grid import parse_grid
+    from marscope_stac.models import load_model
+    from marscope_stac.stac_in import load_sources
+    from marscope_stac.tiles import plan_tiles, read_batch
+
+    ringed = tmp_path / "ringed"
+    shutil.copytree(tiny_model_dir, ringed)
+    cfg_path = ringed / "open_clip_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"marscope": {"tile_context": 1.0}}))
+    cm = load_model(f"local-dir:{ringed}", device="cpu")
+    assert cm.tile_context == 1.0 and cm.describe()["tile_context"] == 1.0
+    res = _embed(demo_root, tmp_path / "p", ringed, grid="lonlat:0.02", bbox=SMALL)
+    item = json.loads(res.item_path.read_text())  # type: ignore[union-attr]
+    assert item["properties"]["marscope:tile_context"] == 1.0
+    # the stored vectors are those of tiles that show the cell and its neighbours
+    sources = load_sources(demo_root)
+    plan = plan_tiles(sources, parse_grid("lonlat:0.02"), cm.image_size, bbox=SMALL, context=1)
+    tiles = read_batch(plan)
+    table = read_embeddings(res.embedding_set.parquet)
+    order = np.argsort(table.cell_index)
+    np.testing.assert_array_equal(table.cell_index[order], tiles.cells)
+    want = cm.encode_images(tiles.pixels)
+    np.testing.assert_allclose(table.embedding[order], want, atol=2e-3)
+    plain = read_batch(plan_tiles(sources, parse_grid("lonlat:0.02"), cm.image_size, bbox=SMALL))
+    assert not np.allclose(cm.encode_images(plain.pixels), want, atol=2e-3)
+    # a set of the same model without context is another set (the model record differs)
+    assert res.embedding_set.root.name.startswith("emb-")
+    cfg_path.write_text(json.dumps(cfg | {"marscope": {"tile_context": "wide"}}))
+    with pytest.raises(ModelError, match="tile_context"):
+        load_model(f"local-dir:{ringed}", device="cpu")

@@ -191,9 +191,9 @@ def test_fetch_errors_are_one_line(tmp_path: Path) -> None:
     (bad / "stellarium-data_1_all.deb").write_bytes(b"not a deb")
     with pytest.raises(DataError, match="is not a Debian package"):
         fetch_package_files(tmp_path / "c", bad, ["nomenclature"])
-    r = CliRunner().invoke(
-        cli, ["real-data", "--out", str(tmp_path / "o"), "--packages", str(empty)]
-    )
+    cache = tmp_path / "empty-cache"  # not the user's cache, which may hold the files
+    args = ["real-data", "--out", str(tmp_path / "o"), "--packages", str(empty)]
+    r = CliRunner().invoke(cli, [*args, "--cache", str(cache)])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
 
 

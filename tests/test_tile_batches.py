@@ -115,3 +115,29 @@ def test_worker_processes_give_the_same_batches(demo_root: Path) -> None:
     for a, b in zip(threads, procs, strict=True):
         np.testing.assert_array_equal(a.cells, b.cells)
         np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def test_context_tiles_show_the_cell_in_their_middle(mosaic: Path) -> None:
+    sources = load_sources(mosaic)
+    grid = parse_grid("lonlat:0.01")
+    alone = plan_tiles(sources, grid, 20)
+    ringed = plan_tiles(sources, grid, 60, context=1.0)
+    np.testing.assert_array_equal(alone.cells, ringed.cells)  # the same cells are planned
+    # a cell at the seam of the two rasters lists the one under its margin as well
+    assert sum(len(ss) for ss in ringed.cell_sources) > sum(len(ss) for ss in alone.cell_sources)
+    batch = _same(ringed)
+    one = read_batch(alone)
+    inner = (one.valid == 1) & (batch.valid == 1)
+    assert inner.sum() > 10
+    # same pixel positions: the middle third of a context tile is the cell's own tile
+    np.testing.assert_allclose(batch.pixels[inner][:, 20:40, 20:40], one.pixels[inner], atol=1e-5)
+    # cells at the imagery's edge: their ring reaches past it
+    assert (batch.valid < 1).any()
+
+
+def test_context_out_of_range_is_refused(mosaic: Path) -> None:
+    from marscope_stac.errors import ConfigError
+
+    sources = load_sources(mosaic)
+    with pytest.raises(ConfigError, match="tile context"):
+        plan_tiles(sources, parse_grid("lonlat:0.01"), 20, context=-1)
