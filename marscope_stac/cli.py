@@ -348,6 +348,11 @@ def _bbox(value: str | None) -> list[float] | None:
 @_source_options
 @click.option("--datetime", help="Only items in this RFC 3339 interval (STAC API syntax).")
 @click.option("--max-tiles", type=int, default=48, show_default=True, help="Tiles on the sheet.")
+@_number_option(
+    "--context",
+    0.0,
+    "Margin each tile shows around its cell, in cell sides (as a model trained with it sees).",
+)
 def tiles_cmd(catalog: str, **options: Any) -> None:
     """Plan the grid tiles of a STAC catalog / API and show a sample of what the model sees."""
     from marscope_stac.tiles import preview_tiles

@@ -1158,11 +1158,13 @@ def preview_tiles(
     collections: Sequence[str] | None = None,
     datetime: str | None = None,
     max_tiles: int = 48,
+    context: float = 0.0,
 ) -> TilePreview:
     """Plan the tiles of a STAC source and draw a sample of them as a contact sheet.
 
-    Only the sampled tiles are read. See :func:`~marscope_stac.stac_in.load_sources` for the
-    source arguments and :func:`~marscope_stac.grid.parse_grid` for ``grid``.
+    Only the sampled tiles are read; ``context`` draws them as a model trained with that
+    margin sees them (see :class:`TilePlan`). See :func:`~marscope_stac.stac_in.load_sources`
+    for the source arguments and :func:`~marscope_stac.grid.parse_grid` for ``grid``.
     """
     from marscope_stac.grid import parse_grid
 
@@ -1174,18 +1176,12 @@ def preview_tiles(
         source, collections=collections, bbox=bbox, datetime=datetime, asset=asset
     )
     g = parse_grid(grid, sources.body)
-    plan = plan_tiles(sources, g, tile_px, bbox=bbox)
+    plan = plan_tiles(sources, g, tile_px, bbox=bbox, context=context)
     sheet = None
     shown = 0
     if preview is not None:
         pick = np.unique(np.linspace(0, len(plan) - 1, min(max_tiles, len(plan))).round())
-        sample = TilePlan(
-            g,
-            tile_px,
-            plan.cells[pick.astype(int)],
-            plan.sources,
-            [plan.cell_sources[int(i)] for i in pick],
-        )
+        sample = plan.take(pick.astype(np.intp))
         batches = list(iter_tile_batches(sample, batch_size=16))
         shown = len(sample)
         errors = [e for b in batches for e in b.errors]

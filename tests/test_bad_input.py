@@ -144,6 +144,7 @@ CASES: dict[str, dict[str, Case]] = {
         "bbox not numbers": lambda w: ["tiles", str(w.cat), "--bbox", "a,b,c,d"],
         "tile-px 0": lambda w: ["tiles", str(w.cat), "--tile-px", "0"],
         "tile-px negative": lambda w: ["tiles", str(w.cat), "--tile-px", "-5"],
+        "context negative": lambda w: ["tiles", str(w.cat), "--context", "-1"],
         "max-tiles negative": lambda w: [
             "tiles",
             str(w.cat),
@@ -198,6 +199,7 @@ CASES: dict[str, dict[str, Case]] = {
         "prompt share 2": lambda w: _train(w, "--prompt-share", "2"),
         "batch size 1": lambda w: _train(w, "--batch-size", "1"),
         "crop 0": lambda w: _train(w, "--crop-px", "0"),
+        "tile context 9": lambda w: _train(w, "--tile-context", "9"),
         "unknown architecture": lambda w: _train(w, "--model", "no-such-net"),
         "unknown device": lambda w: _train(
             w, "--device", "tpu", "--epochs", "1", "--steps-per-epoch", "1"

@@ -360,6 +360,11 @@ def test_tiles_cli_preview(demo_root: Path, tmp_path: Path) -> None:
     assert Image.open(out).size[0] == 8 * 96
     r = CliRunner().invoke(cli, ["tiles", str(demo_root), "--bbox", "1,2,3"])
     assert r.exit_code == 2 and "WEST,SOUTH,EAST,NORTH" in r.output
+    ringed = tmp_path / "ringed.png"
+    args = ["--grid", "lonlat:0.05", "--tile-px", "48", "--context", "1", "--preview", str(ringed)]
+    r = CliRunner().invoke(cli, ["tiles", str(demo_root), *args])
+    assert r.exit_code == 0, r.output
+    assert ringed.is_file() and ringed.read_bytes() != out.read_bytes()
 
 
 def test_unreadable_source_in_a_batch_is_recorded(demo_root: Path, tmp_path: Path) -> None:
