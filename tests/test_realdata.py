@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from marscope_stac.cli import cli
 from marscope_stac.errors import DataError
 from marscope_stac.landform_eval import score_real_queries
+from marscope_stac.models import load_model
 from marscope_stac.pairs import PairMix, load_cell_pairs, load_pairs
 from marscope_stac.realdata import (
     PACKAGE_FILES,
@@ -214,6 +215,10 @@ def test_cell_pairs_caption_what_each_cell_shows(real_train: Path) -> None:
     assert "terrain" in pairs.labels or "plains" in pairs.labels  # cells without a feature
     # tiles are rendered as embedding renders them: values 0..1, no empty tile
     assert float(pairs.images.min()) >= 0.0 and float(pairs.images.max()) <= 1.0
+    ringed = load_cell_pairs(real_train, "train", tile_px=32, cell_px=(6.0, 11.0), context=1.0)
+    assert ringed.context == 1.0 and ringed.images is not None
+    assert sorted(set(ringed.labels)) == sorted(set(pairs.labels))
+    assert ringed.images.shape[1:] == (32, 32)
     mix = PairMix([pairs, load_pairs(real_train, "train", tile_px=24)], [3.0, 1.0])
     imgs, caps, labs = mix.sample(16, np.random.default_rng(0))
     assert imgs.shape == (16, 32, 32) and len(caps) == len(labs) == 16
@@ -225,10 +230,16 @@ def test_training_mixes_sources(real_train: Path, demo_root: Path, tmp_path: Pat
     args += ["marscope-tiny", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8"]
     r = CliRunner().invoke(cli, [*args, "--weights", "1"])
     assert r.exit_code == 2 and "one positive number per source (2)" in r.output
-    r = CliRunner().invoke(cli, [*args, "--weights", "2,1", "--device", "cpu"])
+    args += ["--device", "cpu", "--tile-context", "1"]
+    r = CliRunner().invoke(cli, [*args, "--weights", "2,1"])
     assert r.exit_code == 0, r.output
     item = json.loads((out / "model" / "model.json").read_text())
     assert str(real_train) in json.dumps(item)
+    # trained on tiles with context: the model says so, and loading it reads it back
+    cfg = json.loads((out / "model" / "open_clip_config.json").read_text())
+    assert cfg["marscope"] == {"tile_context": 1.0}
+    assert "margin of 1 cell" in item["properties"]["mlm:input"][0]["description"]
+    assert load_model(f"local-dir:{out / 'model'}", device="cpu").tile_context == 1.0
 
 
 def test_real_query_scores_against_points() -> None:
