@@ -440,23 +440,25 @@ def load_model(
     net.eval()
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
-    ctx = _tile_context(open_name)
+    ctx = _tile_context(name)
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
 
 
-def _tile_context(open_name: str) -> float:
-    """The tile context a ``local-dir:`` model was trained with (0 when it says none)."""
-    if not open_name.startswith("local-dir:"):
+def _tile_context(name: str) -> float:
+    """The tile context a bundled or ``local-dir:`` model was trained with (0: none said)."""
+    if name == BUNDLED_MODEL:
+        folder = bundled_model_dir()
+    elif name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1]).expanduser()
+    else:
         return 0.0
-    extra = _read_config(Path(open_name.split(":", 1)[1])).get("marscope") or {}
+    extra = _read_config(folder).get("marscope") or {}
     try:
         value = float(extra.get("tile_context", 0.0)) if isinstance(extra, dict) else 0.0
     except (TypeError, ValueError):
         value = -1.0
     if not 0.0 <= value <= 4.0:
-        raise ModelError(
-            f"{open_name}: marscope.tile_context in open_clip_config.json must be 0..4"
-        )
+        raise ModelError(f"{name}: marscope.tile_context in open_clip_config.json must be 0..4")
     return value
 
 

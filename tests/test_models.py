@@ -145,6 +145,26 @@ def test_bundled_model_loads_and_is_small() -> None:
     assert item["properties"]["mlm:architecture"] == BUNDLED_ARCH
 
 
+@pytest.mark.skipif(
+    not (bundled_model_dir() / "open_clip_model.safetensors").is_file(),
+    reason="bundled weights not built",
+)
+def test_tile_context_of_a_parts_model_folder(tmp_path: Path) -> None:
+    # a marscope-small folder is built by architecture name from its weights file (not via
+    # open_clip's local-dir schema): its tile context is still read from its config
+    import shutil
+
+    folder = tmp_path / "ringed"
+    shutil.copytree(bundled_model_dir(), folder)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    ringed = cfg | {"marscope": {"tile_context": 1}}
+    (folder / "open_clip_config.json").write_text(json.dumps(ringed))
+    cm = load_model(f"local-dir:{folder}", device="cpu")
+    assert cm.tile_context == 1.0 and cm.describe()["tile_context"] == 1.0
+    plain = cfg.get("marscope", {}).get("tile_context", 0.0)
+    assert load_model(device="cpu").tile_context == plain
+
+
 @pytest.mark.gpu
 def test_gpu_embedding_matches_cpu(hub_folder) -> None:  # type: ignore[no-untyped-def]
     cpu = load_model(f"local-dir:{hub_folder[0]}", device="cpu")
