@@ -121,7 +121,14 @@ class PairSet:
         labs: list[str] = []
         weights = np.array([max(len(s.features), 1) for s in self.scenes], float)
         weights /= weights.sum()
+        tries = 0
         while len(crops) < n:
+            tries += 1
+            if tries > 200 * n + 1000:
+                raise DataError(
+                    f"crops of {self.cut_px} px (cell and margin) do not fit in the scenes; "
+                    "use a smaller --crop-px or --tile-context"
+                )
             scene = self.scenes[int(rng.choice(len(self.scenes), p=weights))]
             if rng.uniform() < self.background_share or not len(scene.features):
                 got = _background_crop(scene, self.crop_px, rng, self.cut_px)

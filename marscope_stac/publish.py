@@ -223,7 +223,7 @@ def _embedding_item(
         "emb:spatial_coverage": f"{n_cells} cells of grid {grid.spec}",
         "processing:lineage": (
             f"Tiles of grid {grid.spec} rendered at {tile_px} px"
-            + (f" (each with a margin of {cm.tile_context:g} cell)" if cm.tile_context else "")
+            + (f" with a margin of {cm.tile_context:g} cell sides" if cm.tile_context else "")
             + f" from {len(sources.assets)} source rasters, embedded with {cm.name}; "
             "L2-normalised."
         ),

@@ -183,7 +183,7 @@ def plan_tiles(
         cells = cells[:limit]
 
     def finest(ids: list[int]) -> list[int]:  # mosaics prefer the sharpest data
-        return sorted(set(ids), key=lambda i: sources.assets[i].res[0])
+        return sorted(dict.fromkeys(ids), key=lambda i: sources.assets[i].res[0])
 
     cell_sources = [
         finest(by_cell[c]) + [i for i in finest(near.get(c, [])) if i not in by_cell[c]]
@@ -278,18 +278,27 @@ class _SourceReader:
     def pixel_coords(
         self, lon: NDArray[np.float64], lat: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """(col, row) positions in this raster of lon/lat points."""
+        """(col, row) positions in this raster of lon/lat points.
+
+        Points past a pole (tiles with context reach there) are not finite for projected
+        rasters and outside geographic ones: no data.
+        """
         if self.geographic:
             left, _, right, _ = self.meta.bounds
-            # every longitude within 180 degrees of the raster's centre: sources in 0..360
-            # work, and positions stay continuous across the raster's edges
+            # each tile (the last axis) is kept continuous around its middle longitude, and
+            # that middle is put within 180 degrees of the raster's centre: sources in 0..360
+            # work, and a tile that crosses the raster's seam is not torn apart
             centre = 0.5 * (left + right)
-            x, y = centre + np.mod(lon - centre + 180.0, 360.0) - 180.0, lat
+            lon = np.asarray(lon, dtype=np.float64)
+            mid = np.take(lon, [lon.shape[-1] // 2], axis=-1) if lon.ndim else lon
+            mid = centre + np.mod(mid - centre + 180.0, 360.0) - 180.0
+            x, y = mid + np.mod(lon - mid + 180.0, 360.0) - 180.0, lat
         else:
             x, y = self.to_src.transform(lon, lat)
         a = self.inv
-        col = a.a * x + a.b * y + a.c
-        row = a.d * x + a.e * y + a.f
+        with np.errstate(invalid="ignore"):  # inf (no position) times a zero term
+            col = a.a * x + a.b * y + a.c
+            row = a.d * x + a.e * y + a.f
         return np.asarray(col), np.asarray(row)
 
 
@@ -430,6 +439,19 @@ def _read_window(
     return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
 
 
+def _finite_range(pos: NDArray[np.float64]) -> tuple[float, float]:
+    return float(pos.min()), float(pos.max())
+
+
+_FAR = -1e9
+"""A raster position far outside every raster: what points with no position sample (no data)."""
+
+
+def _outside(pos: NDArray[np.float64], fin: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """``pos`` with its non-finite entries (points past a pole) moved far outside the raster."""
+    return pos if fin.all() else np.where(fin, pos, _FAR)
+
+
 def _decimation(step: float) -> int:
     return 2 ** math.floor(math.log2(step)) if step >= 2 else 1
 
@@ -476,15 +498,18 @@ def _render_cell(
         rd = readers[si]
         meta = rd.meta
         ccol, crow = rd.pixel_coords(lon, lat)
-        if not (np.isfinite(ccol).all() and np.isfinite(crow).all()):
+        fin = np.isfinite(ccol) & np.isfinite(crow)
+        if not fin.any():
             continue
         # pixel-centre convention: array position = raster coordinate - 0.5
         ccol, crow = ccol - 0.5, crow - 0.5
+        (c_lo, c_hi), (r_lo, r_hi) = _finite_range(ccol[fin]), _finite_range(crow[fin])
+        ccol, crow = _outside(ccol, fin), _outside(crow, fin)
         separable = np.ptp(ccol, axis=0).max() < 1e-6 and np.ptp(crow, axis=1).max() < 1e-6
-        span = max(ccol.max() - ccol.min(), crow.max() - crow.min())
+        span = max(c_hi - c_lo, r_hi - r_lo)
         factor = _decimation(span / max(n - 1, 1))
-        r0, r1 = _window(crow.min(), crow.max(), factor, rd.ds.height)
-        c0, c1 = _window(ccol.min(), ccol.max(), factor, rd.ds.width)
+        r0, r1 = _window(r_lo, r_hi, factor, rd.ds.height)
+        c0, c1 = _window(c_lo, c_hi, factor, rd.ds.width)
         if c1 <= c0 or r1 <= r0:
             continue
         arr, fy, fx = _read_window(rd, r0, r1, c0, c1, factor)
@@ -676,11 +701,14 @@ def _plan_runs(
     grid_rows = plan.grid.row_col(plan.cells[ks])[0]
     groups: dict[tuple[int, ...], list[tuple[int, int, int, int]]] = {}
     for j, k in enumerate(ks.tolist()):
-        if not (np.isfinite(cc[j]).all() and np.isfinite(rr[j]).all()):
+        fin = np.isfinite(rr[j])  # rows past a pole: no data
+        if not (np.isfinite(cc[j]).all() and fin.any()):
             continue
-        span = max(np.ptp(cc[j]), np.ptp(rr[j]))
+        r_lo, r_hi = _finite_range(rr[j][fin])
+        rr[j] = _outside(rr[j], fin)
+        span = max(np.ptp(cc[j]), r_hi - r_lo)
         factor = _decimation(span / max(n - 1, 1))
-        r0, r1 = _window(rr[j].min(), rr[j].max(), factor, height)
+        r0, r1 = _window(r_lo, r_hi, factor, height)
         c0, c1 = _window(cc[j].min(), cc[j].max(), factor, width)
         if c1 <= c0 or r1 <= r0:
             continue

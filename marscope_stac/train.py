@@ -259,7 +259,9 @@ def train_model(
     opt = torch.optim.AdamW(
         _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
-    start_epoch, history = _resume(ckpt_path, cm.model, opt, model, dev) if resume else (0, [])
+    start_epoch, history = (
+        _resume(ckpt_path, cm.model, opt, model, dev, cfg.tile_context) if resume else (0, [])
+    )
     rng = np.random.default_rng([cfg.seed, start_epoch])
     classes = val_pairs.classes if val_pairs is not None else None
     val_data = val_pairs.fixed(rng) if val_pairs is not None else None
@@ -350,17 +352,24 @@ def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
 
 
 def _resume(
-    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device
+    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, context: float = 0.0
 ) -> tuple[int, list[dict[str, float]]]:
     """Load the last checkpoint (model, optimizer, random states): (epochs done, history).
 
     Raises:
-        ModelError: if the checkpoint does not match the model or is damaged.
+        ModelError: if the checkpoint does not match the model, was trained with another
+            tile context, or is damaged.
     """
     if not ckpt_path.is_file():
         return 0, []
     try:
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        before = float(state.get("config", {}).get("tile_context", 0.0))
+        if before != context:
+            raise ModelError(
+                f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
+                f"{context:g}; give the same value, another --out, or --no-resume"
+            )
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, EOFError) as exc:
@@ -540,6 +549,12 @@ def train_from_source(
     (config or TrainConfig()).check()
     ctx = (config or TrainConfig()).tile_context
     check_range("--prompt-share", prompt_share, 0.0, 1.0)
+    tables = [s for s in ([source] if isinstance(source, str | Path) else source)]
+    if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in tables):
+        raise ConfigError(
+            "--tile-context needs catalogs: a caption table's images have no margin around "
+            "them; train on tables without --tile-context"
+        )
     check_range("--crop-px", crop_px, 8, 4096, integer=True)
     sources = [source] if isinstance(source, str | Path) else list(source)
     if not sources:

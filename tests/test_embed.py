@@ -302,8 +302,11 @@ def test_a_model_trained_with_context_embeds_tiles_with_context(
     np.testing.assert_allclose(table.embedding[order], want, atol=2e-3)
     plain = read_batch(plan_tiles(sources, parse_grid("lonlat:0.02"), cm.image_size, bbox=SMALL))
     assert not np.allclose(cm.encode_images(plain.pixels), want, atol=2e-3)
-    # a set of the same model without context is another set (the model record differs)
-    assert res.embedding_set.root.name.startswith("emb-")
+    # the same weights without context (another folder) write a set of their own
+    plain_res = _embed(demo_root, tmp_path / "p", tiny_model_dir, grid="lonlat:0.02", bbox=SMALL)
+    assert plain_res.embedding_set.root != res.embedding_set.root
+    plain_item = json.loads(plain_res.item_path.read_text())  # type: ignore[union-attr]
+    assert plain_item["properties"]["marscope:tile_context"] == 0.0
     cfg_path.write_text(json.dumps(cfg | {"marscope": {"tile_context": "wide"}}))
     with pytest.raises(ModelError, match="tile_context"):
         load_model(f"local-dir:{ringed}", device="cpu")

@@ -131,8 +131,8 @@ def test_context_tiles_show_the_cell_in_their_middle(mosaic: Path) -> None:
     assert inner.sum() > 10
     # same pixel positions: the middle third of a context tile is the cell's own tile
     np.testing.assert_allclose(batch.pixels[inner][:, 20:40, 20:40], one.pixels[inner], atol=1e-5)
-    # cells at the imagery's edge: their ring reaches past it
-    assert (batch.valid < 1).any()
+    # cells partly over the imagery's edge: valid is their own share, as without context
+    np.testing.assert_array_equal(batch.valid, one.valid)
 
 
 def test_context_out_of_range_is_refused(mosaic: Path) -> None:
@@ -141,3 +141,46 @@ def test_context_out_of_range_is_refused(mosaic: Path) -> None:
     sources = load_sources(mosaic)
     with pytest.raises(ConfigError, match="tile context"):
         plan_tiles(sources, parse_grid("lonlat:0.01"), 20, context=-1)
+
+
+def test_context_across_a_global_rasters_seam(tmp_path: Path) -> None:
+    # a global geographic raster: the ring of a cell at -180 reaches past the raster's seam
+    folder = tmp_path / "globe"
+    write_geotiff(
+        folder / "g.tif",
+        pattern(180, 360, seed=5),
+        "IAU_2015:49900",
+        Affine(1.0, 0, -180.0, 0, -1.0, 90.0),
+        nodata=0,
+    )
+    build_folder_catalog(folder)
+    sources = load_sources(folder)
+    grid = parse_grid("lonlat:2")
+    plan = plan_tiles(sources, grid, 24, bbox=[-180, -10, 180, 10], context=1)
+    batch = _same(plan)
+    lon = grid.centers(batch.cells)[:, 0]
+    seam = (lon < -178) | (lon > 178)
+    assert seam.any() and (batch.valid[seam] == 1).all()
+    # the cell's own pixels are those of its tile without context (not torn or blurred)
+    alone = read_batch(plan_tiles(sources, grid, 8, bbox=[-180, -10, 180, 10]))
+    np.testing.assert_array_equal(alone.cells, batch.cells)
+    np.testing.assert_allclose(batch.pixels[seam][:, 8:16, 8:16], alone.pixels[seam], atol=1e-5)
+
+
+def test_context_past_the_pole_of_a_projected_raster(tmp_path: Path) -> None:
+    # equirectangular metres up to 90 N: margins past the pole have no position there
+    folder = tmp_path / "polar"
+    step = 3396190.0 * np.pi / 1800.0  # 0.1 degree
+    write_geotiff(
+        folder / "eqc.tif",
+        pattern(100, 100, seed=6),
+        "IAU_2015:49910",
+        Affine(step, 0, 0.0, 0, -step, 900 * step),
+        nodata=0,
+    )
+    build_folder_catalog(folder)
+    sources = load_sources(folder)
+    plan = plan_tiles(sources, parse_grid("lonlat:1"), 24, context=1)
+    batch = _same(plan)
+    top = parse_grid("lonlat:1").centers(batch.cells)[:, 1] > 89
+    assert top.any() and (batch.valid[top] == 1).all()

@@ -111,6 +111,10 @@ def test_mismatched_checkpoint_is_refused(demo_root: Path, tmp_path: Path) -> No
     )
     with pytest.raises(ModelError, match="does not match"):
         train_model(pairs, out, model="RN50", config=TINY, progress=False, device="cpu")
+    # a checkpoint of tiles without context does not go on with tiles with context
+    ringed = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=4, warmup_steps=1, tile_context=1)
+    with pytest.raises(ModelError, match="--tile-context 0, not 1"):
+        train_model(pairs, out, config=ringed, progress=False, device="cpu")
 
 
 def _table(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -132,6 +136,10 @@ def test_table_pairs_train(tmp_path: Path) -> None:
     assert pairs.images is not None and pairs.images.shape == (4, 64, 64)
     res = train_model(pairs, tmp_path / "out", config=TINY, progress=False, device="cpu")
     assert (res.model_dir / "open_clip_config.json").is_file()
+    r = CliRunner().invoke(
+        cli, ["train", str(path), "--out", str(tmp_path / "o"), "--tile-context", "1"]
+    )
+    assert r.exit_code == 2 and "--tile-context needs catalogs" in r.output
 
 
 def test_table_bad_inputs(tmp_path: Path) -> None:
