@@ -259,9 +259,7 @@ def train_model(
     opt = torch.optim.AdamW(
         _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
-    start_epoch, history = (
-        _resume(ckpt_path, cm.model, opt, model, dev, cfg.tile_context) if resume else (0, [])
-    )
+    start_epoch, history = _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [])
     rng = np.random.default_rng([cfg.seed, start_epoch])
     classes = val_pairs.classes if val_pairs is not None else None
     val_data = val_pairs.fixed(rng) if val_pairs is not None else None
@@ -352,7 +350,7 @@ def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
 
 
 def _resume(
-    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, context: float = 0.0
+    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, cfg: TrainConfig
 ) -> tuple[int, list[dict[str, float]]]:
     """Load the last checkpoint (model, optimizer, random states): (epochs done, history).
 
@@ -364,7 +362,7 @@ def _resume(
         return 0, []
     try:
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        before = float(state.get("config", {}).get("tile_context", 0.0))
+        before, context = float(state.get("config", {}).get("tile_context", 0.0)), cfg.tile_context
         if before != context:
             raise ModelError(
                 f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
