@@ -547,16 +547,15 @@ def train_from_source(
     (config or TrainConfig()).check()
     ctx = (config or TrainConfig()).tile_context
     check_range("--prompt-share", prompt_share, 0.0, 1.0)
-    tables = [s for s in ([source] if isinstance(source, str | Path) else source)]
-    if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in tables):
-        raise ConfigError(
-            "--tile-context needs catalogs: a caption table's images have no margin around "
-            "them; train on tables without --tile-context"
-        )
     check_range("--crop-px", crop_px, 8, 4096, integer=True)
     sources = [source] if isinstance(source, str | Path) else list(source)
     if not sources:
         raise ConfigError("give at least one training source")
+    if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
+        raise ConfigError(
+            "--tile-context needs catalogs: a caption table's images have no margin around "
+            "them; train on tables without --tile-context"
+        )
     w = list(weights) if weights is not None else [1.0] * len(sources)
     if len(w) != len(sources) or any(not v > 0 for v in w):
         raise ConfigError(

@@ -7,6 +7,7 @@ renders the cells of a grid row that fall on one raster from one window in array
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,6 +53,13 @@ def test_decimated_and_nearest_tiles_match(demo_root: Path) -> None:
     _same(plan_tiles(sources, parse_grid("lonlat:0.02", sources.body), 40), normalize="percentile")
 
 
+def _one_raster(folder: Path, img: np.ndarray, crs: str, transform: Affine) -> Any:
+    """The sources of a folder catalog of one GeoTIFF (no data 0)."""
+    write_geotiff(folder / "r.tif", img, crs, transform, nodata=0)
+    build_folder_catalog(folder)
+    return load_sources(folder)
+
+
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two geographic rasters in 0..360 longitudes meeting at 190 E, with no-data holes."""
@@ -78,16 +86,8 @@ def test_mosaic_holes_and_edges_match(mosaic: Path, px: int) -> None:
 
 def test_projected_and_polar_sources_match(tmp_path: Path) -> None:
     # equirectangular metres (separable: batched) and polar stereographic (cell by cell)
-    folder = tmp_path / "proj"
-    write_geotiff(
-        folder / "eqc.tif",
-        pattern(200, 200, seed=3),
-        "IAU_2015:49910",
-        Affine(100.0, 0, 0.0, 0, -100.0, 20000.0),
-        nodata=0,
-    )
-    build_folder_catalog(folder)
-    sources = load_sources(folder)
+    transform = Affine(100.0, 0, 0.0, 0, -100.0, 20000.0)
+    sources = _one_raster(tmp_path / "proj", pattern(200, 200, seed=3), "IAU_2015:49910", transform)
     _same(plan_tiles(sources, parse_grid("lonlat:0.1"), 48))
     _same(plan_tiles(sources, parse_grid("equal-area:5km"), 48))  # equal-area cells: not separable
 
@@ -145,16 +145,12 @@ def test_context_out_of_range_is_refused(mosaic: Path) -> None:
 
 def test_context_across_a_global_rasters_seam(tmp_path: Path) -> None:
     # a global geographic raster: the ring of a cell at -180 reaches past the raster's seam
-    folder = tmp_path / "globe"
-    write_geotiff(
-        folder / "g.tif",
+    sources = _one_raster(
+        tmp_path / "globe",
         pattern(180, 360, seed=5),
         "IAU_2015:49900",
         Affine(1.0, 0, -180.0, 0, -1.0, 90.0),
-        nodata=0,
     )
-    build_folder_catalog(folder)
-    sources = load_sources(folder)
     grid = parse_grid("lonlat:2")
     plan = plan_tiles(sources, grid, 24, bbox=[-180, -10, 180, 10], context=1)
     batch = _same(plan)
@@ -169,17 +165,11 @@ def test_context_across_a_global_rasters_seam(tmp_path: Path) -> None:
 
 def test_context_past_the_pole_of_a_projected_raster(tmp_path: Path) -> None:
     # equirectangular metres up to 90 N: margins past the pole have no position there
-    folder = tmp_path / "polar"
     step = 3396190.0 * np.pi / 1800.0  # 0.1 degree
-    write_geotiff(
-        folder / "eqc.tif",
-        pattern(100, 100, seed=6),
-        "IAU_2015:49910",
-        Affine(step, 0, 0.0, 0, -step, 900 * step),
-        nodata=0,
+    transform = Affine(step, 0, 0.0, 0, -step, 900 * step)
+    sources = _one_raster(
+        tmp_path / "polar", pattern(100, 100, seed=6), "IAU_2015:49910", transform
     )
-    build_folder_catalog(folder)
-    sources = load_sources(folder)
     plan = plan_tiles(sources, parse_grid("lonlat:1"), 24, context=1)
     batch = _same(plan)
     top = parse_grid("lonlat:1").centers(batch.cells)[:, 1] > 89
