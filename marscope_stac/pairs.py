@@ -371,6 +371,9 @@ _CELL_DEGREES = tuple(
 )
 """Lon/lat cell sizes that divide 180 degrees (candidate grids for cell pairs)."""
 
+COMPACT_MIN_CELLS = 0.8
+"""Smallest compact feature (diameter, in cells) a cell pair is captioned with."""
+
 CELL_PX = (4.5, 5.0, 6.0, 7.0, 8.0, 11.0, 16.0, 23.0, 32.0)
 """Source pixels per cell of the grids cell pairs are rendered on (several ground scales;
 the finest, where a cell is a few pixels of a global mosaic, in several alignments)."""
@@ -384,13 +387,16 @@ def _cell_sizes(res_deg: float, cell_px: Sequence[float]) -> list[float]:
 
 def _assign_features(
     centres: NDArray[np.float64], size_deg: float, feats: gpd.GeoDataFrame, km_per_deg: float
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """For each cell, the feature it shows (-1: none) and the region it lies in (-1: none).
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """Per cell: the feature it shows (-1: none), its region (-1: none), whether it is minor.
 
     A compact feature is shown by the cells within max(0.55 cell, 0.3 diameter) of its centre
-    when its diameter is 0.3..5 cells; a linear one (the size is a length) within
-    max(0.55 cell, 0.25 length) when it is 0.5..8 cells long; the closest (relative to that
-    reach) wins. Regions (plains, highlands) give context to the cells within their radius.
+    when its diameter is 0.8..5 cells (a crater that fills most of the cell is what the cell
+    shows at that scale; finer grids show the smaller ones); a linear one (the size is a
+    length) within max(0.55 cell, 0.25 length) when it is 0.5..8 cells long; the closest
+    (relative to that reach) wins. Cells within 0.55 cell of a compact feature of 0.3..0.8
+    cells are marked ``minor``: neither that landform at this scale nor clearly without it.
+    Regions (plains, highlands) give context to the cells within their radius.
     """
     from scipy.spatial import cKDTree
 
@@ -404,16 +410,20 @@ def _assign_features(
     best = np.full(len(centres), np.inf)
     region = np.full(len(centres), -1, np.int64)
     region_size = np.full(len(centres), np.inf)
+    minor = np.zeros(len(centres), bool)
     for k in range(len(feats)):
         if shape[k] == "region":
             reach, lo, hi = 0.5 * d_deg[k], 0.0, np.inf
         elif shape[k] == "linear":
             reach, lo, hi = max(0.55 * size_deg, 0.25 * d_deg[k]), 0.5, 8.0
         else:
-            reach, lo, hi = max(0.55 * size_deg, 0.3 * d_deg[k]), 0.3, 5.0
+            reach, lo, hi = max(0.55 * size_deg, 0.3 * d_deg[k]), COMPACT_MIN_CELLS, 5.0
+        u = unit_vectors(xy[k : k + 1])[0]
+        if shape[k] == "point" and 0.3 * size_deg <= d_deg[k] < lo * size_deg:
+            minor[tree.query_ball_point(u, chord_length(np.radians(0.55 * size_deg)))] = True
+            continue
         if not lo * size_deg <= d_deg[k] <= hi * size_deg:
             continue
-        u = unit_vectors(xy[k : k + 1])[0]
         near = np.asarray(tree.query_ball_point(u, chord_length(np.radians(reach))), np.int64)
         if not near.size:
             continue
@@ -425,7 +435,7 @@ def _assign_features(
         rel = dist / chord_length(np.radians(reach))
         take = rel < best[near]
         main[near[take]], best[near[take]] = k, rel[take]
-    return main, region
+    return main, region, minor & (main < 0)
 
 
 def _cell_captions(
@@ -539,9 +549,9 @@ def _grid_pairs(
     from marscope_stac.tiles import iter_tile_batches, plan_tiles
 
     plan = plan_tiles(sources, grid, tiles[0], context=tiles[1])
-    main, region = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
+    main, region, minor = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
     with_f = np.flatnonzero(main >= 0)
-    without = np.flatnonzero(main < 0)
+    without = np.flatnonzero((main < 0) & ~minor)
     if len(with_f) > max_per_grid:
         with_f = rng.choice(with_f, max_per_grid, replace=False)
     n_bg = min(len(without), max(len(with_f), 50))

@@ -27,7 +27,7 @@ from marscope_stac.cli import cli
 from marscope_stac.errors import DataError
 from marscope_stac.landform_eval import score_real_queries
 from marscope_stac.models import load_model
-from marscope_stac.pairs import PairMix, load_cell_pairs, load_pairs
+from marscope_stac.pairs import PairMix, _assign_features, load_cell_pairs, load_pairs
 from marscope_stac.realdata import (
     PACKAGE_FILES,
     build_real_data,
@@ -222,6 +222,25 @@ def test_cell_pairs_caption_what_each_cell_shows(real_train: Path) -> None:
     mix = PairMix([pairs, load_pairs(real_train, "train", tile_px=24)], [3.0, 1.0])
     imgs, caps, labs = mix.sample(16, np.random.default_rng(0))
     assert imgs.shape == (16, 32, 32) and len(caps) == len(labs) == 16
+
+
+def test_a_cell_shows_the_craters_that_fill_it() -> None:
+    # 2-degree cells (118.6 km on Mars): a 150 km crater is what its cells show; a 60 km one
+    # is too small to be (its cells are neither craters nor background); a 20 km one is noise
+    km_per_deg = 59.27
+    centres = np.array([[1.0, 1.0], [21.0, 1.0], [41.0, 1.0], [61.0, 1.0]])
+    feats = gpd.GeoDataFrame(
+        {"diameter_km": [150.0, 60.0, 20.0], "shape": ["point"] * 3},
+        geometry=gpd.points_from_xy([1.2, 21.2, 41.2], [1.1, 0.9, 1.0]),
+    )
+    main, region, minor = _assign_features(centres, 2.0, feats, km_per_deg)
+    assert main.tolist() == [0, -1, -1, -1]
+    assert minor.tolist() == [False, True, False, False]
+    assert region.tolist() == [-1] * 4
+    # on a grid twice as fine, the 60 km crater fills its cell and the 20 km one is minor
+    main, _, minor = _assign_features(centres, 1.0, feats, km_per_deg)
+    assert main.tolist() == [0, 1, -1, -1]
+    assert minor.tolist() == [False, False, True, False]
 
 
 def test_training_mixes_sources(real_train: Path, demo_root: Path, tmp_path: Path) -> None:
