@@ -440,16 +440,34 @@ def load_model(
     net.eval()
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
-    ctx = _tile_context(name)
+    ctx = _tile_context(name, _hub_snapshot(name) if name.startswith("hf-hub:") else None)
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
 
 
-def _tile_context(name: str) -> float:
-    """The tile context a bundled or ``local-dir:`` model was trained with (0: none said)."""
+def _hub_snapshot(name: str) -> str | None:
+    """The local snapshot folder of a hub model open_clip has just loaded (from the cache).
+
+    Its ``open_clip_config.json`` says the tile context, as a model folder's does (the
+    weights stay named by the hub repository, not by this cache).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name.split(":", 1)[1], "open_clip_config.json")
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def _tile_context(name: str, snapshot: str | None = None) -> float:
+    """The tile context a model was trained with (0: none said).
+
+    Bundled and ``local-dir:`` models say it in their folder, hub models in their cached
+    ``snapshot``; other models have none.
+    """
     if name == BUNDLED_MODEL:
         folder = bundled_model_dir()
     elif name.startswith("local-dir:"):
         folder = Path(name.split(":", 1)[1]).expanduser()
+    elif name.startswith("hf-hub:") and snapshot is not None:
+        folder = Path(snapshot)
     else:
         return 0.0
     extra = _read_config(folder).get("marscope") or {}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,33 @@ def test_bad_models_give_one_line_errors(hub_folder, tmp_path: Path) -> None:  #
         assert "local-dir" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_hub_model_loads_from_the_local_hugging_face_cache(  # type: ignore[no-untyped-def]
+    hub_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a hub repository in the Hugging Face cache layout, as 'hf-hub:' downloads leave it:
+    # with the hub offline it loads from there, weights and tile context included
+    from huggingface_hub import constants
+
+    folder, net = hub_folder
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--test-org--MarsScope-like"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    snap = repo / "snapshots" / rev
+    shutil.copytree(folder, snap)
+    cfg = json.loads((snap / "open_clip_config.json").read_text())
+    (snap / "open_clip_config.json").write_text(json.dumps(cfg | {"marscope": {"tile_context": 1}}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cm = load_model("hf-hub:test-org/MarsScope-like", device="cpu")
+    assert cm.tile_context == 1.0 and cm.mean == (0.45, 0.45, 0.45)
+    assert cm.weights_url == "https://huggingface.co/test-org/MarsScope-like"
+    ours = {k: v.float() for k, v in cm.model.state_dict().items()}
+    assert all(torch.equal(v.float(), ours[k]) for k, v in net.state_dict().items())
+    with pytest.raises(ModelError, match="local-dir"):  # not in the cache: one line
+        load_model("hf-hub:test-org/not-cached", device="cpu")
+
+
 def test_device_checks() -> None:
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
@@ -152,7 +180,6 @@ def test_bundled_model_loads_and_is_small() -> None:
 def test_tile_context_of_a_parts_model_folder(tmp_path: Path) -> None:
     # a marscope-small folder is built by architecture name from its weights file (not via
     # open_clip's local-dir schema): its tile context is still read from its config
-    import shutil
 
     folder = tmp_path / "ringed"
     shutil.copytree(bundled_model_dir(), folder)
