@@ -409,7 +409,7 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
     "--model",
     default="marscope-tiny",
     show_default=True,
-    help="open_clip architecture, or local-dir:/hf-hub: weights to fine-tune.",
+    help="open_clip architecture, or bundled / local-dir: / hf-hub: weights to fine-tune.",
 )
 @click.option(
     "--pretrained",
@@ -445,11 +445,11 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
     "--weights",
     help="Comma-separated share of each source in a batch, e.g. 1,1 (default: equal).",
 )
-@_number_option(
+@click.option(
     "--tile-context",
-    0.0,
-    "Margin every tile shows around its cell, in cell sides (1: the ring of neighbours); "
-    "the model asks embedding for the same.",
+    type=float,
+    help="Margin every tile shows around its cell, in cell sides (1: the ring of neighbours); "
+    "the model asks embedding for the same. [default: the fine-tuned model's, else 0]",
 )
 def train_cmd(
     sources: tuple[str, ...],
@@ -468,7 +468,7 @@ def train_cmd(
     half_weights: bool,
     prompt_share: float,
     weights: str | None,
-    tile_context: float,
+    tile_context: float | None,
 ) -> None:
     """Train an open_clip model on labelled STAC catalogs or caption tables (CSV/Parquet).
 

@@ -56,6 +56,7 @@ __all__ = [
     "register_bundled_architectures",
     "resolve_device",
     "same_record",
+    "trained_tile_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -442,6 +443,29 @@ def load_model(
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
     ctx = _tile_context(name, _hub_snapshot(name) if name.startswith("hf-hub:") else None)
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
+
+
+def trained_tile_context(model: str) -> float:
+    """The tile context ``model`` was trained with, without loading it (0: none said).
+
+    For a hub model its config is fetched (or taken from the Hugging Face cache).
+
+    Raises:
+        ModelError: if the model's config cannot be read or holds a bad value.
+    """
+    name = model.strip()
+    if not name.startswith("hf-hub:"):
+        return _tile_context(name)
+    snapshot = _hub_snapshot(name)
+    if snapshot is None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            found = hf_hub_download(name.split(":", 1)[1], "open_clip_config.json")
+        except Exception as exc:
+            raise _load_error(exc, name, None, None) from exc
+        snapshot = str(Path(found).parent)
+    return _tile_context(name, snapshot)
 
 
 def _hub_snapshot(name: str) -> str | None:

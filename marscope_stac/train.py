@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,18 @@ from marscope_stac.errors import CatalogError, ConfigError, ModelError, check_ra
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, sweep_stale
 from marscope_stac.models import (
     ARCH_PREPROCESS,
+    BUNDLED_MODEL,
     MARSCOPE_TEMPLATES,
     PROJECT_ARCHITECTURES,
     ClipModel,
+    bundled_model_dir,
     check_project_architecture,
     parts_model_folder,
     project_arch_config,
     quiet_model_loading,
     register_bundled_architectures,
     resolve_device,
+    trained_tile_context,
 )
 from marscope_stac.pairs import PairMix, PairSet
 from marscope_stac.parts import TextFeatureCache, init_pretrained_parts
@@ -55,6 +58,7 @@ from marscope_stac.tiles import check_context
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "settle_config",
     "train_from_source",
     "train_model",
 ]
@@ -77,9 +81,15 @@ class TrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     lock_text: bool = False
-    tile_context: float = 0.0
+    tile_context: float | None = None
     """Margin every training tile shows around its cell, in cell sides; the exported model
-    asks embedding for the same (see :class:`~marscope_stac.tiles.TilePlan`)."""
+    asks embedding for the same (see :class:`~marscope_stac.tiles.TilePlan`). None: the
+    context of the model being fine-tuned (0 for a new architecture)."""
+
+    @property
+    def context(self) -> float:
+        """The tile context as a number (None counts as 0)."""
+        return float(self.tile_context or 0.0)
 
     def check(self) -> None:
         """Raise :class:`~marscope_stac.errors.ConfigError` for a value training cannot use."""
@@ -90,7 +100,8 @@ class TrainConfig:
         check_range("weight decay", self.weight_decay, 0.0)
         check_range("warm-up steps", self.warmup_steps, 0, integer=True)
         check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
-        check_context(self.tile_context)
+        if self.tile_context is not None:
+            check_context(self.tile_context)
 
 
 @dataclass
@@ -244,8 +255,7 @@ def train_model(
         ModelError: if the model cannot be built or a checkpoint does not match it.
         ConfigError: for bad hyper-parameters or device.
     """
-    cfg = config or TrainConfig()
-    cfg.check()
+    cfg, model = settle_config(config, model)
     if len(pairs) == 0:
         raise ConfigError("no training pairs")
     register_bundled_architectures()
@@ -283,12 +293,32 @@ def train_model(
                 "arch": model,
             },
         )
-    model_dir = _export(cm.model, model, out_dir / "model", half_weights, cfg.tile_context)
-    cm.tile_context = cfg.tile_context
+    model_dir = _export(cm.model, model, out_dir / "model", half_weights, cfg.context)
+    cm.tile_context = cfg.context
     item_path = _model_item(cm, model_dir, cfg, history, source_description)
     atomic_write_json(out_dir / "metrics.json", history)
     _plot(history, out_dir / "training.png")
     return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
+
+
+def settle_config(config: TrainConfig | None, model: str) -> tuple[TrainConfig, str]:
+    """The checked config and model name a run trains with.
+
+    ``bundled`` names the bundled model's folder (to fine-tune it); a config that leaves the
+    tile context open takes the context the model was trained with
+    (:func:`~marscope_stac.models.trained_tile_context`), so fine-tuning keeps it.
+
+    Raises:
+        ConfigError: for a value training cannot use.
+        ModelError: for a model whose tile context cannot be read.
+    """
+    cfg = config or TrainConfig()
+    cfg.check()
+    if model.strip() == BUNDLED_MODEL:
+        model = f"local-dir:{bundled_model_dir()}"
+    if cfg.tile_context is None:
+        cfg = replace(cfg, tile_context=trained_tile_context(model))
+    return cfg, model
 
 
 def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> ClipModel:
@@ -362,7 +392,7 @@ def _resume(
         return 0, []
     try:
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        before, context = float(state.get("config", {}).get("tile_context", 0.0)), cfg.tile_context
+        before, context = float(state.get("config", {}).get("tile_context") or 0.0), cfg.context
         if before != context:
             raise ModelError(
                 f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
@@ -544,8 +574,8 @@ def train_from_source(
     """
     from marscope_stac.pairs import load_pairs
 
-    (config or TrainConfig()).check()
-    ctx = (config or TrainConfig()).tile_context
+    config, model = settle_config(config, model)
+    ctx = config.context
     check_range("--prompt-share", prompt_share, 0.0, 1.0)
     check_range("--crop-px", crop_px, 8, 4096, integer=True)
     sources = [source] if isinstance(source, str | Path) else list(source)
@@ -553,8 +583,8 @@ def train_from_source(
         raise ConfigError("give at least one training source")
     if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
         raise ConfigError(
-            "--tile-context needs catalogs: a caption table's images have no margin around "
-            "them; train on tables without --tile-context"
+            f"tile context {ctx:g} needs catalogs: a caption table's images have no margin "
+            "around them; train on tables with --tile-context 0"
         )
     w = list(weights) if weights is not None else [1.0] * len(sources)
     if len(w) != len(sources) or any(not v > 0 for v in w):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from marscope_stac.cli import cli
 from marscope_stac.errors import CatalogError, DataError, ModelError
-from marscope_stac.models import load_model
+from marscope_stac.models import bundled_model_dir, load_model
 from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
 from marscope_stac.train import TrainConfig, contrastive_loss, train_model
 from marscope_stac.validation import validate_catalog
@@ -139,7 +139,31 @@ def test_table_pairs_train(tmp_path: Path) -> None:
     r = CliRunner().invoke(
         cli, ["train", str(path), "--out", str(tmp_path / "o"), "--tile-context", "1"]
     )
-    assert r.exit_code == 2 and "--tile-context needs catalogs" in r.output
+    assert r.exit_code == 2 and "tile context 1 needs catalogs" in r.output
+
+
+@pytest.mark.skipif(
+    not (bundled_model_dir() / "open_clip_model.safetensors").is_file(),
+    reason="bundled weights not built",
+)
+def test_fine_tuning_keeps_the_models_tile_context(demo_root: Path, tmp_path: Path) -> None:
+    # the bundled model was trained on tiles with context: fine-tuning it keeps that context
+    # unless told otherwise, so the new weights are embedded the way they were trained
+    bundled = load_model(device="cpu").tile_context
+    base = ["train", "--model", "bundled", "--epochs", "1", "--steps-per-epoch", "1"]
+    base += ["--batch-size", "4", "--device", "cpu", "--lock-text"]
+    r = CliRunner().invoke(cli, [*base, str(demo_root), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    tuned = load_model(f"local-dir:{tmp_path / 'a' / 'model'}", device="cpu")
+    assert tuned.tile_context == bundled and tuned.arch == "marscope-small"
+    table = _table(tmp_path, [("a crater", "c"), ("a dune", "d"), ("a fan", "f")])
+    r = CliRunner().invoke(cli, [*base, str(table), "--out", str(tmp_path / "b")])
+    if bundled:  # a caption table has no margin: the message says how to go on
+        assert r.exit_code == 2 and "--tile-context 0" in r.output, r.output
+    args = [*base, str(table), "--out", str(tmp_path / "c"), "--tile-context", "0"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert load_model(f"local-dir:{tmp_path / 'c' / 'model'}", device="cpu").tile_context == 0.0
 
 
 def test_table_bad_inputs(tmp_path: Path) -> None:
