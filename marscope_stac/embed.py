@@ -326,12 +326,14 @@ class _Resume:
         kept: Rows of partly stale shards that stay.
         todo: Per shard, the plan positions of the cells to embed.
         failed: Per done shard, cells that failed before (from the manifest).
+        plans: Per shard, the digest of its cells and the rasters planned for each.
     """
 
     done: dict[int, EmbeddingTable]
     kept: dict[int, EmbeddingTable]
     todo: dict[int, list[int]]
     failed: dict[str, list[int]]
+    plans: dict[int, str] = field(default_factory=dict)
 
 
 def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[int]:
@@ -345,16 +347,38 @@ def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[in
     ]
 
 
+def _plan_digest(plan: TilePlan, positions: list[int]) -> str:
+    """A digest of cells ``positions`` of the plan and the rasters planned for each, in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in positions:
+        ids = "\t".join(plan.sources[s].item_id for s in plan.cell_sources[k])
+        h.update(f"{int(plan.cells[k])}\t{ids}\n".encode())
+    return h.hexdigest()
+
+
 def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
-    """Which cells are already embedded from the same sources (reused), which are to do."""
+    """Which cells are already embedded from the same sources (reused), which are to do.
+
+    A shard written for the same plan (same cells, same rasters planned for each; its digest
+    is in the manifest) and without failed cells is current as it is. Otherwise each cell is
+    checked against the rasters its row was read from; missing cells are embedded again.
+    """
     want: dict[int, list[int]] = defaultdict(list)
     for k, cell in enumerate(plan.cells.tolist()):
         want[cell // SHARD_CELLS].append(k)
-    state = _Resume({}, {}, {}, {})
+    state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks) for s, ks in want.items()})
+    manifest = es.manifest()
+    planned = manifest.get("plans", {})
+    failed = manifest.get("failed_cells", {})
     for path in sorted((es.root / "shards").glob("*.parquet")):
         shard = int(path.stem)
         old = read_embeddings(path)
-        stale = _stale(old, want[shard], plan) if shard in want else []
+        if shard not in want and planned.get(str(shard)):  # not in this run: as it was
+            state.plans[shard] = str(planned[str(shard)])
+        same = planned.get(str(shard)) == state.plans.get(shard) and not failed.get(str(shard))
+        stale = _stale(old, want[shard], plan) if shard in want and not same else []
         if not stale:
             state.done[shard] = old
             continue
@@ -366,7 +390,6 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
     for shard, positions in want.items():
         if shard not in state.done and shard not in state.todo:
             state.todo[shard] = positions
-    failed = es.manifest().get("failed_cells", {})
     state.failed = {k: v for k, v in failed.items() if int(k) in state.done}
     return state
 
@@ -456,18 +479,18 @@ class _Run:
     def _finish_shard(self, shard: int, table: EmbeddingTable) -> None:
         write_embeddings(self.es.shard_path(shard), table, self.grid)
         self.resume.done[shard] = table
-        _write_manifest(self.es, self.expect, self.resume.done, self.failed, self.sources)
+        _write_manifest(self.es, self.expect, self.resume, self.sources)
 
     def consolidate(self, cm: ClipModel) -> int:
         """Write the set's GeoParquet, scoring arrays, FAISS index and background; rows."""
         done = self.resume.done
         full = EmbeddingTable.concat([done[s] for s in sorted(done)])
-        _write_manifest(self.es, self.expect, done, self.failed, self.sources)
+        _write_manifest(self.es, self.expect, self.resume, self.sources)
         extra = {"set": self.es.root.name}
         with EmbeddingSetWriter(self.es, self.grid, full.cell_index, cm.embed_dim, extra) as w:
             w.append(full)
         build_faiss_index(full.embedding, self.es.index)
-        _write_manifest(self.es, self.expect, done, self.failed, self.sources, final=True)
+        _write_manifest(self.es, self.expect, self.resume, self.sources, final=True)
         _write_background(self.es, cm)
         return len(full)
 
@@ -543,12 +566,12 @@ def _source_href(source: str | Path) -> str:
 def _write_manifest(
     es: EmbeddingSet,
     expect: dict[str, Any],
-    done: dict[int, EmbeddingTable],
-    failed: dict[str, list[int]],
+    state: _Resume,
     sources: SourceSet,
     final: bool = False,
 ) -> None:
     scoring = es.manifest().get("scoring") if final else None
+    done = state.done
     manifest = {
         **expect,
         "shard_cells": SHARD_CELLS,
@@ -556,7 +579,8 @@ def _write_manifest(
             str(s): {"rows": len(t), "checksum": file_multihash(es.shard_path(s))}
             for s, t in sorted(done.items())
         },
-        "failed_cells": failed,
+        "plans": {str(s): state.plans[s] for s in sorted(done) if s in state.plans},
+        "failed_cells": state.failed,
         "sources": sorted({a.item_id for a in sources.assets}),
         "complete": final,
     }

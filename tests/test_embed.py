@@ -9,6 +9,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 from _faults import interrupting
+from _rasters import catalog_of, pattern, stac_item, write_geotiff
 from click.testing import CliRunner
 
 import marscope_stac.embed as embed_mod
@@ -66,6 +67,40 @@ def test_rerun_reuses_and_new_items_embed_only_new_cells(
     assert full.cells == 200 and full.reused == 100 and full.embedded_now == 100
     again = _embed(demo_root, out, tiny_model_dir)
     assert again.embedded_now == 0 and again.reused == 200
+
+
+def test_rerun_over_overlapping_rasters_embeds_nothing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # where two rasters overlap, a cell is read from the first (the second would only fill
+    # holes): a rerun knows the cell is current, as it was planned from the same rasters
+    from affine import Affine
+
+    src = tmp_path / "input"
+    items = []
+    for name, west in (("a", 150.0), ("b", 150.2)):
+        tif = write_geotiff(
+            src / f"{name}.tif",
+            pattern(200, 200, seed=len(items)),
+            "IAU_2015:49900",
+            Affine(0.002, 0, west, 0, -0.002, -4.6),
+            nodata=0,
+        )
+        asset = {"img": {"href": str(tif), "roles": ["data"], "type": "image/tiff"}}
+        items.append(stac_item(src, name, asset, bbox=[west, -5.0, west + 0.4, -4.6]))
+    cat = catalog_of(src, items)
+    ringed = tmp_path / "ringed"  # the same model, trained (it says) on tiles with context
+    shutil.copytree(tiny_model_dir, ringed)
+    cfg = json.loads((ringed / "open_clip_config.json").read_text())
+    (ringed / "open_clip_config.json").write_text(
+        json.dumps(cfg | {"marscope": {"tile_context": 1}})
+    )
+    for model in (tiny_model_dir, ringed):
+        out = tmp_path / f"products-{model.name}"
+        first = _embed(cat, out, model, grid="lonlat:0.02")
+        assert first.cells == 600 and first.embedded_now == 600
+        again = _embed(cat, out, model, grid="lonlat:0.02")
+        assert (again.embedded_now, again.reused) == (0, 600), model.name
 
 
 def test_kill_and_resume(
