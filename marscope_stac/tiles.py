@@ -28,6 +28,7 @@ import dask
 import numpy as np
 import rasterio
 import shapely
+import shapely.affinity
 from dask.delayed import Delayed
 from numpy.typing import NDArray
 from pyproj import Transformer
@@ -174,7 +175,7 @@ def plan_tiles(
             if context > 0:
                 g = grown_bounds(b, context)
                 seen = _overlaps(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]), part) & ~own
-                for cell in idx[seen].tolist():
+                for cell in [*idx[seen].tolist(), *_across_seam(grid, part, context)]:
                     near.setdefault(cell, []).append(si)
     if not by_cell:
         raise ConfigError(f"no cell of grid {grid.spec} intersects the imagery (and bbox)")
@@ -219,6 +220,25 @@ def _cells_near(grid: Grid, bounds: Sequence[float], context: float) -> NDArray[
     return grid.cells_in_bbox(
         max(w - mx, -180.0), max(s - my, -90.0), min(e + mx, 180.0), min(n + my, 90.0)
     )
+
+
+def _across_seam(grid: Grid, part: Any, context: float) -> list[int]:
+    """Cells on the other side of the antimeridian whose margin reaches ``part``.
+
+    For footprint parts that touch longitude -180 or 180 (footprints are split there).
+    """
+    w, s, e, n = part.bounds
+    cells: list[int] = []
+    sides = ((e >= 180.0 - 1e-9, -360.0, -180.0), (w <= -180.0 + 1e-9, 360.0, 179.999999))
+    for touches, shift, edge in sides:
+        if not touches:
+            continue
+        idx = _cells_near(grid, (edge, s, edge + 1e-6, n), context)
+        if len(idx):
+            g = grown_bounds(grid.bounds(idx), context)
+            moved = shapely.affinity.translate(part, xoff=shift)
+            cells += idx[_overlaps(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]), moved)].tolist()
+    return cells
 
 
 def _overlaps(boxes: NDArray[Any], geom: Any, min_share: float = 1e-6) -> NDArray[np.bool_]:
@@ -271,9 +291,24 @@ class _SourceReader:
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)
         self.separable: bool | None = None
+        self.wrap: int | None = None
+        self.wrap = self._wrap_columns()
 
     def close(self) -> None:
         self.ds.close()
+
+    def _wrap_columns(self) -> int | None:
+        """Columns per 360 degrees of longitude of a raster that covers all longitudes.
+
+        Such a raster (a global mosaic, geographic or equirectangular) continues across its
+        left and right edges: a tile that crosses the antimeridian reads on past the edge.
+        None for any other raster.
+        """
+        if self.ds.width < 2 or not _separable_source(self):
+            return None
+        col = self.pixel_coords(np.array([-90.0, 90.0]), np.zeros(2))[0]
+        per = 2.0 * abs(float(col[1] - col[0]))
+        return self.ds.width if abs(per - self.ds.width) < 0.5 else None
 
     def pixel_coords(
         self, lon: NDArray[np.float64], lat: NDArray[np.float64]
@@ -297,9 +332,13 @@ class _SourceReader:
             x, y = self.to_src.transform(lon, lat)
         a = self.inv
         with np.errstate(invalid="ignore"):  # inf (no position) times a zero term
-            col = a.a * x + a.b * y + a.c
+            col = np.asarray(a.a * x + a.b * y + a.c)
             row = a.d * x + a.e * y + a.f
-        return np.asarray(col), np.asarray(row)
+        if self.wrap and col.ndim:  # a global raster: each tile continuous around its middle
+            w = float(self.wrap)
+            m = np.take(col, [col.shape[-1] // 2], axis=-1)
+            col = m + np.mod(col - m + 0.5 * w, w) - 0.5 * w
+        return col, np.asarray(row)
 
 
 _LOCAL = threading.local()
@@ -426,17 +465,35 @@ def _sample_general(
 def _read_window(
     rd: _SourceReader, r0: int, r1: int, c0: int, c1: int, factor: int
 ) -> tuple[NDArray[np.float32], float, float]:
-    """Read rows r0:r1, cols c0:c1 decimated by ``factor`` (COG overviews); NaN for nodata."""
+    """Read rows r0:r1, cols c0:c1 decimated by ``factor`` (COG overviews); NaN for nodata.
+
+    Columns past the edges of a global raster (``rd.wrap``) are read from its other side.
+    """
+    pieces = []
+    c = c0
+    while c < c1:  # one piece per turn around the planet (one for any other raster)
+        base = math.floor(c / rd.wrap) * rd.wrap if rd.wrap else 0
+        stop = min(c1, base + rd.wrap) if rd.wrap else c1
+        pieces.append(_read_piece(rd, r0, r1, c - base, stop - base, factor))
+        c = stop
+    arr = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+    return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
+
+
+def _read_piece(
+    rd: _SourceReader, r0: int, r1: int, c0: int, c1: int, factor: int
+) -> NDArray[np.float32]:
+    """Rows r0:r1, cols c0:c1 (inside the raster) decimated by ``factor``; NaN for nodata."""
     win = Window(c0, r0, c1 - c0, r1 - r0)
     if factor > 1:
-        shape = (max(1, (r1 - r0) // factor), max(1, (c1 - c0) // factor))
+        shape = (max(1, (r1 - r0) // factor), max(1, round((c1 - c0) / factor)))
         data = rd.ds.read(1, window=win, out_shape=shape, resampling=Resampling.average)
     else:
         data = rd.ds.read(1, window=win)
     arr = data.astype(np.float32)
     if rd.meta.nodata is not None:
         arr[data == rd.meta.nodata] = np.nan
-    return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
+    return arr
 
 
 def _finite_range(pos: NDArray[np.float64]) -> tuple[float, float]:
@@ -456,16 +513,21 @@ def _decimation(step: float) -> int:
     return 2 ** math.floor(math.log2(step)) if step >= 2 else 1
 
 
-def _window(lo: float, hi: float, factor: int, size: int) -> tuple[int, int]:
+def _window(lo: float, hi: float, factor: int, size: int, wrap: bool = False) -> tuple[int, int]:
     """The pixels ``start:stop`` to read for array positions ``lo..hi`` along one axis.
 
     One read pixel (``factor`` source pixels) of margin on each side for the interpolation
     taps, in whole blocks of ``factor`` inside ``size``: decimated reads then average the
     same blocks (the COG overview's) whatever window a cell is read with, so a batch read of
-    many cells gives each the pixels of its own read.
+    many cells gives each the pixels of its own read. With ``wrap`` (the columns of a global
+    raster) the window may reach past either edge, up to one turn.
     """
-    start = max(0, (math.floor(lo) - factor) // factor * factor)
-    stop = min(size, math.ceil(hi) + 1 + factor)
+    start = (math.floor(lo) - factor) // factor * factor
+    stop = math.ceil(hi) + 1 + factor
+    if wrap:
+        start, stop = max(start, -size), min(-(-stop // factor) * factor, 2 * size)
+        return start, stop
+    start, stop = max(0, start), min(size, stop)
     if factor > 1:
         stop = min(-(-stop // factor) * factor, start + (size - start) // factor * factor)
     return start, stop
@@ -509,7 +571,7 @@ def _render_cell(
         span = max(c_hi - c_lo, r_hi - r_lo)
         factor = _decimation(span / max(n - 1, 1))
         r0, r1 = _window(r_lo, r_hi, factor, rd.ds.height)
-        c0, c1 = _window(c_lo, c_hi, factor, rd.ds.width)
+        c0, c1 = _window(c_lo, c_hi, factor, rd.ds.width, bool(rd.wrap))
         if c1 <= c0 or r1 <= r0:
             continue
         arr, fy, fx = _read_window(rd, r0, r1, c0, c1, factor)
@@ -553,7 +615,8 @@ def _separable_source(rd: _SourceReader) -> bool:
         ok = abs(rd.inv.b) < 1e-12 and abs(rd.inv.d) < 1e-12
     else:
         w, s, e, n = rd.meta.footprint.bounds
-        lon, lat = np.meshgrid(np.linspace(w, e, 3), np.linspace(s, n, 3))
+        # inner points: at a global raster's edges +-180 degrees may land on either side
+        lon, lat = np.meshgrid(np.linspace(w, e, 5)[1:-1], np.linspace(s, n, 5)[1:-1])
         col, row = rd.pixel_coords(lon, lat)
         ok = bool(
             np.isfinite(col).all()
@@ -709,7 +772,7 @@ def _plan_runs(
         span = max(np.ptp(cc[j]), r_hi - r_lo)
         factor = _decimation(span / max(n - 1, 1))
         r0, r1 = _window(r_lo, r_hi, factor, height)
-        c0, c1 = _window(cc[j].min(), cc[j].max(), factor, width)
+        c0, c1 = _window(cc[j].min(), cc[j].max(), factor, width, bool(rd.wrap))
         if c1 <= c0 or r1 <= r0:
             continue
         key = (int(grid_rows[j]), r0, r1, factor)

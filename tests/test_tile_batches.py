@@ -143,24 +143,46 @@ def test_context_out_of_range_is_refused(mosaic: Path) -> None:
         plan_tiles(sources, parse_grid("lonlat:0.01"), 20, context=-1)
 
 
-def test_context_across_a_global_rasters_seam(tmp_path: Path) -> None:
-    # a global geographic raster: the ring of a cell at -180 reaches past the raster's seam
-    sources = _one_raster(
-        tmp_path / "globe",
-        pattern(180, 360, seed=5),
-        "IAU_2015:49900",
-        Affine(1.0, 0, -180.0, 0, -1.0, 90.0),
-    )
+@pytest.mark.parametrize("crs", ["IAU_2015:49900", "IAU_2015:49910"])
+def test_context_across_a_global_rasters_seam(tmp_path: Path, crs: str) -> None:
+    # a global raster (degrees, or equirectangular metres): the ring of a cell at -180
+    # reaches past the raster's edge and reads on from its other side
+    step = 1.0 if crs.endswith("49900") else 3396190.0 * np.pi / 180.0
+    transform = Affine(step, 0, -180.0 * step, 0, -step, 90.0 * step)
+    sources = _one_raster(tmp_path / "globe", pattern(180, 360, seed=5), crs, transform)
     grid = parse_grid("lonlat:2")
     plan = plan_tiles(sources, grid, 24, bbox=[-180, -10, 180, 10], context=1)
     batch = _same(plan)
     lon = grid.centers(batch.cells)[:, 0]
-    seam = (lon < -178) | (lon > 178)
-    assert seam.any() and (batch.valid[seam] == 1).all()
+    west, east = lon < -178, lon > 178
+    assert west.any() and (batch.valid[west | east] == 1).all()
     # the cell's own pixels are those of its tile without context (not torn or blurred)
     alone = read_batch(plan_tiles(sources, grid, 8, bbox=[-180, -10, 180, 10]))
     np.testing.assert_array_equal(alone.cells, batch.cells)
-    np.testing.assert_allclose(batch.pixels[seam][:, 8:16, 8:16], alone.pixels[seam], atol=1e-5)
+    np.testing.assert_allclose(batch.pixels[:, 8:16, 8:16], alone.pixels, atol=1e-5)
+    # and the margin across the seam shows the cells on the other side of it
+    np.testing.assert_allclose(batch.pixels[west][:, 8:16, :8], alone.pixels[east], atol=1e-5)
+    np.testing.assert_allclose(batch.pixels[east][:, 8:16, 16:], alone.pixels[west], atol=1e-5)
+
+
+def test_context_across_the_antimeridian_between_rasters(tmp_path: Path) -> None:
+    # two rasters that meet at 180 degrees: a cell on one side lists the other under its
+    # margin, and its ring shows it
+    for name, west in (("east", 170.0), ("west", -180.0)):
+        img = pattern(40, 40, seed=7 if name == "east" else 8)
+        t = Affine(0.25, 0, west, 0, -0.25, 5.0)
+        write_geotiff(tmp_path / "pair" / f"{name}.tif", img, "IAU_2015:49900", t, nodata=0)
+    build_folder_catalog(tmp_path / "pair")
+    sources = load_sources(tmp_path / "pair")
+    grid = parse_grid("lonlat:2")
+    plan = plan_tiles(sources, grid, 24, bbox=[-180, -4, 180, 4], context=1)
+    lon = grid.centers(plan.cells)[:, 0]
+    west, east = lon < -178, lon > 178
+    assert all(len(plan.cell_sources[k]) == 2 for k in np.flatnonzero(west | east))
+    batch = _same(plan)
+    alone = read_batch(plan_tiles(sources, grid, 8, bbox=[-180, -4, 180, 4]))
+    np.testing.assert_allclose(batch.pixels[west][:, 8:16, :8], alone.pixels[east], atol=1e-5)
+    np.testing.assert_allclose(batch.pixels[east][:, 8:16, 16:], alone.pixels[west], atol=1e-5)
 
 
 def test_context_past_the_pole_of_a_projected_raster(tmp_path: Path) -> None:
