@@ -291,38 +291,44 @@ class _SourceReader:
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)
         self.separable: bool | None = None
-        self.wrap: int | None = None
-        self.wrap = self._wrap_columns()
+        # columns per turn of longitude (separable projected rasters), measured before
+        # pixel_coords unwraps with it; wrap: the width of a raster that covers every longitude
+        self.period: float | None = None
+        self.period = self._turn_columns()
+        self.wrap = (
+            self.ds.width if self.period and abs(self.period - self.ds.width) < 0.5 else None
+        )
 
     def close(self) -> None:
         self.ds.close()
 
-    def _wrap_columns(self) -> int | None:
-        """Columns per 360 degrees of longitude of a raster that covers all longitudes.
+    def _turn_columns(self) -> float | None:
+        """Columns per 360 degrees of longitude, for a raster whose columns follow longitude.
 
-        Such a raster (a global mosaic, geographic or equirectangular) continues across its
-        left and right edges: a tile that crosses the antimeridian reads on past the edge.
-        None for any other raster.
+        A raster that covers every longitude (a global mosaic) continues across its left and
+        right edges, and a tile that crosses the antimeridian reads on past the edge; a
+        projected one (PROJ returns longitudes past 180 on the other side) is unwrapped with
+        it. None for rasters whose columns do not follow longitude alone.
         """
         if self.ds.width < 2 or not _separable_source(self):
             return None
         col = self.pixel_coords(np.array([-90.0, 90.0]), np.zeros(2))[0]
         per = 2.0 * abs(float(col[1] - col[0]))
-        return self.ds.width if abs(per - self.ds.width) < 0.5 else None
+        return per if per > 0 else None
 
     def pixel_coords(
         self, lon: NDArray[np.float64], lat: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """(col, row) positions in this raster of lon/lat points.
 
-        Points past a pole (tiles with context reach there) are not finite for projected
-        rasters and outside geographic ones: no data.
+        Each tile (the last axis) is kept continuous around its middle longitude, and that
+        middle is put within half a turn of the raster's centre: sources in 0..360 work, and
+        a tile that crosses the antimeridian or the raster's seam is not torn apart. Points
+        past a pole (tiles with context reach there) are not finite for projected rasters and
+        outside geographic ones: no data.
         """
         if self.geographic:
             left, _, right, _ = self.meta.bounds
-            # each tile (the last axis) is kept continuous around its middle longitude, and
-            # that middle is put within 180 degrees of the raster's centre: sources in 0..360
-            # work, and a tile that crosses the raster's seam is not torn apart
             centre = 0.5 * (left + right)
             lon = np.asarray(lon, dtype=np.float64)
             mid = np.take(lon, [lon.shape[-1] // 2], axis=-1) if lon.ndim else lon
@@ -334,10 +340,11 @@ class _SourceReader:
         with np.errstate(invalid="ignore"):  # inf (no position) times a zero term
             col = np.asarray(a.a * x + a.b * y + a.c)
             row = a.d * x + a.e * y + a.f
-        if self.wrap and col.ndim:  # a global raster: each tile continuous around its middle
-            w = float(self.wrap)
+        if self.period and not self.geographic and col.ndim:
+            p, centre = self.period, 0.5 * self.ds.width
             m = np.take(col, [col.shape[-1] // 2], axis=-1)
-            col = m + np.mod(col - m + 0.5 * w, w) - 0.5 * w
+            mid = centre + np.mod(m - centre + 0.5 * p, p) - 0.5 * p
+            col = mid + np.mod(col - m + 0.5 * p, p) - 0.5 * p
         return col, np.asarray(row)
 
 
@@ -467,16 +474,27 @@ def _read_window(
 ) -> tuple[NDArray[np.float32], float, float]:
     """Read rows r0:r1, cols c0:c1 decimated by ``factor`` (COG overviews); NaN for nodata.
 
-    Columns past the edges of a global raster (``rd.wrap``) are read from its other side.
+    Columns past the edges of a global raster (``rd.wrap``) are read from its other side, at
+    full resolution, and averaged here in blocks of ``factor`` counted from ``c0`` (the
+    raster's width need not be a multiple of it).
     """
+    if not (rd.wrap and (c0 < 0 or c1 > rd.wrap)):
+        arr = _read_piece(rd, r0, r1, c0, c1, factor)
+        return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
     pieces = []
     c = c0
-    while c < c1:  # one piece per turn around the planet (one for any other raster)
-        base = math.floor(c / rd.wrap) * rd.wrap if rd.wrap else 0
-        stop = min(c1, base + rd.wrap) if rd.wrap else c1
-        pieces.append(_read_piece(rd, r0, r1, c - base, stop - base, factor))
+    while c < c1:  # one piece per turn around the planet
+        base = math.floor(c / rd.wrap) * rd.wrap
+        stop = min(c1, base + rd.wrap)
+        pieces.append(_read_piece(rd, r0, r1, c - base, stop - base, 1))
         c = stop
-    arr = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+    arr = np.concatenate(pieces, axis=1)
+    if factor > 1:
+        h, w = arr.shape[0] // factor, arr.shape[1] // factor
+        blocks = arr[: h * factor, : w * factor].reshape(h, factor, w, factor)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # blocks of no data: NaN
+            arr = np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
     return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
 
 
@@ -486,7 +504,7 @@ def _read_piece(
     """Rows r0:r1, cols c0:c1 (inside the raster) decimated by ``factor``; NaN for nodata."""
     win = Window(c0, r0, c1 - c0, r1 - r0)
     if factor > 1:
-        shape = (max(1, (r1 - r0) // factor), max(1, round((c1 - c0) / factor)))
+        shape = (max(1, (r1 - r0) // factor), max(1, (c1 - c0) // factor))
         data = rd.ds.read(1, window=win, out_shape=shape, resampling=Resampling.average)
     else:
         data = rd.ds.read(1, window=win)
@@ -775,10 +793,12 @@ def _plan_runs(
         c0, c1 = _window(cc[j].min(), cc[j].max(), factor, width, bool(rd.wrap))
         if c1 <= c0 or r1 <= r0:
             continue
-        key = (int(grid_rows[j]), r0, r1, factor)
+        # a window across a global raster's edge is read apart (see _read_window)
+        alone = j if rd.wrap and (c0 < 0 or c1 > width) else -1
+        key = (int(grid_rows[j]), r0, r1, factor, alone)
         groups.setdefault(key, []).append((c0, c1, j, k))
     runs: list[_Run] = []
-    for (_, r0, r1, factor), members in groups.items():
+    for (_, r0, r1, factor, _), members in groups.items():
         members.sort()
         run: _Run | None = None
         for c0, c1, j, k in members:

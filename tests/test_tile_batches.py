@@ -165,13 +165,30 @@ def test_context_across_a_global_rasters_seam(tmp_path: Path, crs: str) -> None:
     np.testing.assert_allclose(batch.pixels[east][:, 8:16, 16:], alone.pixels[west], atol=1e-5)
 
 
-def test_context_across_the_antimeridian_between_rasters(tmp_path: Path) -> None:
-    # two rasters that meet at 180 degrees: a cell on one side lists the other under its
-    # margin, and its ring shows it
+def test_decimated_reads_across_the_seam_of_an_odd_width_raster(tmp_path: Path) -> None:
+    # a global raster 1001 px wide, read through overviews (large cells, small tiles): the
+    # blocks averaged across its edge line up with those inside, in both renderers
+    lon = (np.arange(1001) + 0.5) * 360.0 / 1001 - 180.0
+    img = np.tile(np.round(125 + 100 * np.sin(np.radians(lon))).astype(np.uint8), (500, 1))
+    t = Affine(360.0 / 1001, 0, -180.0, 0, -180.0 / 500, 90.0)
+    sources = _one_raster(tmp_path / "odd", img, "IAU_2015:49900", t)
+    grid = parse_grid("lonlat:18")
+    alone = _same(plan_tiles(sources, grid, 8))
+    want = 125 + 100 * np.sin(np.radians(grid.centers(alone.cells)[:, 0]))
+    assert np.abs(alone.pixels[:, :, 3:5].mean(axis=(1, 2)) * 255 - want).max() < 12
+    ringed = _same(plan_tiles(sources, grid, 8, context=1))
+    assert (ringed.valid == 1).all()
+
+
+@pytest.mark.parametrize("crs", ["IAU_2015:49900", "IAU_2015:49910"])
+def test_context_across_the_antimeridian_between_rasters(tmp_path: Path, crs: str) -> None:
+    # two rasters (degrees, or equirectangular metres) that meet at 180 degrees: a cell on
+    # one side lists the other under its margin, and its ring shows it
+    step = 1.0 if crs.endswith("49900") else 3396190.0 * np.pi / 180.0
     for name, west in (("east", 170.0), ("west", -180.0)):
         img = pattern(40, 40, seed=7 if name == "east" else 8)
-        t = Affine(0.25, 0, west, 0, -0.25, 5.0)
-        write_geotiff(tmp_path / "pair" / f"{name}.tif", img, "IAU_2015:49900", t, nodata=0)
+        t = Affine(0.25 * step, 0, west * step, 0, -0.25 * step, 5.0 * step)
+        write_geotiff(tmp_path / "pair" / f"{name}.tif", img, crs, t, nodata=0)
     build_folder_catalog(tmp_path / "pair")
     sources = load_sources(tmp_path / "pair")
     grid = parse_grid("lonlat:2")
