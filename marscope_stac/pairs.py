@@ -28,7 +28,7 @@ import shapely
 from numpy.typing import NDArray
 from pyproj import Transformer
 
-from marscope_stac.errors import CatalogError, DataError
+from marscope_stac.errors import CatalogError, ConfigError, DataError
 from marscope_stac.tiles import scale_pixels
 
 log = logging.getLogger(__name__)
@@ -606,6 +606,21 @@ class PairMix:
     def classes(self) -> list[str]:
         """Class names of every part."""
         return sorted({c for p in self.parts for c in p.classes})
+
+    @property
+    def context(self) -> float:
+        """The tile context of the parts (the same for all).
+
+        Raises:
+            ConfigError: if the parts show different margins around their cells.
+        """
+        found = {p.context for p in self.parts}
+        if len(found) != 1:
+            raise ConfigError(
+                f"the pair sets show tiles with different context ({sorted(found)}); "
+                "load every source with the same context"
+            )
+        return found.pop()
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)

@@ -255,7 +255,7 @@ def train_model(
         ModelError: if the model cannot be built or a checkpoint does not match it.
         ConfigError: for bad hyper-parameters or device.
     """
-    cfg, model = settle_config(config, model)
+    cfg, model = settle_config(config, model, pairs.context)
     if len(pairs) == 0:
         raise ConfigError("no training pairs")
     register_bundled_architectures()
@@ -301,22 +301,33 @@ def train_model(
     return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
 
 
-def settle_config(config: TrainConfig | None, model: str) -> tuple[TrainConfig, str]:
+def settle_config(
+    config: TrainConfig | None, model: str, pairs_context: float | None = None
+) -> tuple[TrainConfig, str]:
     """The checked config and model name a run trains with.
 
-    ``bundled`` names the bundled model's folder (to fine-tune it); a config that leaves the
-    tile context open takes the context the model was trained with
-    (:func:`~marscope_stac.models.trained_tile_context`), so fine-tuning keeps it.
+    ``bundled`` names the bundled model's folder (to fine-tune it). The tile context is that
+    of the pairs when they are given (``pairs_context``: the model is exported with the
+    context of the tiles it learned from); otherwise a config that leaves it open takes the
+    context the model was trained with (:func:`~marscope_stac.models.trained_tile_context`),
+    so fine-tuning keeps it.
 
     Raises:
-        ConfigError: for a value training cannot use.
+        ConfigError: for a value training cannot use, or a context other than the pairs'.
         ModelError: for a model whose tile context cannot be read.
     """
     cfg = config or TrainConfig()
     cfg.check()
     if model.strip() == BUNDLED_MODEL:
         model = f"local-dir:{bundled_model_dir()}"
-    if cfg.tile_context is None:
+    if pairs_context is not None:
+        if cfg.tile_context is not None and cfg.tile_context != pairs_context:
+            raise ConfigError(
+                f"the training pairs show tiles with context {pairs_context:g}, not the "
+                f"{cfg.tile_context:g} asked for; load them with that context"
+            )
+        cfg = replace(cfg, tile_context=pairs_context)
+    elif cfg.tile_context is None:
         cfg = replace(cfg, tile_context=trained_tile_context(model))
     return cfg, model
 

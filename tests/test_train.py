@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from marscope_stac.cli import cli
-from marscope_stac.errors import CatalogError, DataError, ModelError
+from marscope_stac.errors import CatalogError, ConfigError, DataError, ModelError
 from marscope_stac.models import bundled_model_dir, load_model
 from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
 from marscope_stac.train import TrainConfig, contrastive_loss, train_model
@@ -113,8 +114,12 @@ def test_mismatched_checkpoint_is_refused(demo_root: Path, tmp_path: Path) -> No
         train_model(pairs, out, model="RN50", config=TINY, progress=False, device="cpu")
     # a checkpoint of tiles without context does not go on with tiles with context
     ringed = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=4, warmup_steps=1, tile_context=1)
+    ringed_pairs = dataclasses.replace(pairs, context=1.0)
     with pytest.raises(ModelError, match="--tile-context 0, not 1"):
-        train_model(pairs, out, config=ringed, progress=False, device="cpu")
+        train_model(ringed_pairs, out, config=ringed, progress=False, device="cpu")
+    # nor is a model said to see a margin its pairs do not show
+    with pytest.raises(ConfigError, match="pairs show tiles with context 0, not the 1"):
+        train_model(pairs, tmp_path / "other", config=ringed, progress=False, device="cpu")
 
 
 def _table(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
