@@ -52,6 +52,7 @@ __all__ = [
     "ClipModel",
     "bundled_model_dir",
     "load_model",
+    "model_folder",
     "parts_model_folder",
     "register_bundled_architectures",
     "resolve_device",
@@ -448,7 +449,8 @@ def load_model(
 def trained_tile_context(model: str) -> float:
     """The tile context ``model`` was trained with, without loading it (0: none said).
 
-    For a hub model its config is fetched (or taken from the Hugging Face cache).
+    For a hub model its config is fetched as loading it would (the latest revision; the
+    Hugging Face cache serves it without network).
 
     Raises:
         ModelError: if the model's config cannot be read or holds a bad value.
@@ -456,16 +458,28 @@ def trained_tile_context(model: str) -> float:
     name = model.strip()
     if not name.startswith("hf-hub:"):
         return _tile_context(name)
-    snapshot = _hub_snapshot(name)
-    if snapshot is None:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
 
-        try:
-            found = hf_hub_download(name.split(":", 1)[1], "open_clip_config.json")
-        except Exception as exc:
-            raise _load_error(exc, name, None, None) from exc
-        snapshot = str(Path(found).parent)
-    return _tile_context(name, snapshot)
+    try:
+        found = hf_hub_download(name.split(":", 1)[1], "open_clip_config.json")
+    except Exception as exc:
+        raise _load_error(exc, name, None, None) from exc
+    return _tile_context(name, str(Path(found).parent))
+
+
+def model_folder(model: str) -> Path | None:
+    """The folder holding a model's ``open_clip_config.json``, if it has one here.
+
+    The bundled model's folder, a ``local-dir:`` folder, or a hub model's snapshot in the
+    Hugging Face cache (None when it is not there yet, and for architecture names).
+    """
+    name = model.strip()
+    if name == BUNDLED_MODEL:
+        return bundled_model_dir()
+    if name.startswith("local-dir:"):
+        return Path(name.split(":", 1)[1]).expanduser()
+    snapshot = _hub_snapshot(name) if name.startswith("hf-hub:") else None
+    return Path(snapshot) if snapshot is not None else None
 
 
 def _hub_snapshot(name: str) -> str | None:

@@ -44,6 +44,7 @@ from marscope_stac.models import (
     ClipModel,
     bundled_model_dir,
     check_project_architecture,
+    model_folder,
     parts_model_folder,
     project_arch_config,
     quiet_model_loading,
@@ -485,8 +486,9 @@ def _export(
     else:
         model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
     name = arch
-    if model_cfg is None and model.startswith("local-dir:"):
-        source_cfg = json.loads((Path(arch) / "open_clip_config.json").read_text())
+    folder_of = model_folder(model) if model_cfg is None else None
+    if folder_of is not None:  # weights fine-tuned from a folder or a hub repository
+        source_cfg = json.loads((folder_of / "open_clip_config.json").read_text())
         model_cfg = source_cfg["model_cfg"]
         name = str(source_cfg.get("model_name") or Path(arch).name)  # keep the architecture
     if model_cfg is None:

@@ -8,8 +8,10 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from marscope_stac.cli import cli
 from marscope_stac.errors import ConfigError, ModelError
 from marscope_stac.models import (
     BUNDLED_ARCH,
@@ -120,14 +122,11 @@ def test_bad_models_give_one_line_errors(hub_folder, tmp_path: Path) -> None:  #
         assert "local-dir" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_hub_model_loads_from_the_local_hugging_face_cache(  # type: ignore[no-untyped-def]
-    hub_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a hub repository in the Hugging Face cache layout, as 'hf-hub:' downloads leave it:
-    # with the hub offline it loads from there, weights and tile context included
+def _hub_cache(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put ``folder`` in a Hugging Face cache as repository test-org/MarsScope-like (its
+    config saying tile context 1) and make that cache the hub, offline."""
     from huggingface_hub import constants
 
-    folder, net = hub_folder
     rev = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--test-org--MarsScope-like"
     (repo / "refs").mkdir(parents=True)
@@ -138,6 +137,15 @@ def test_hub_model_loads_from_the_local_hugging_face_cache(  # type: ignore[no-u
     (snap / "open_clip_config.json").write_text(json.dumps(cfg | {"marscope": {"tile_context": 1}}))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_hub_model_loads_from_the_local_hugging_face_cache(  # type: ignore[no-untyped-def]
+    hub_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a hub repository in the Hugging Face cache layout, as 'hf-hub:' downloads leave it:
+    # with the hub offline it loads from there, weights and tile context included
+    folder, net = hub_folder
+    _hub_cache(tmp_path, folder, monkeypatch)
     cm = load_model("hf-hub:test-org/MarsScope-like", device="cpu")
     assert cm.tile_context == 1.0 and cm.mean == (0.45, 0.45, 0.45)
     assert cm.weights_url == "https://huggingface.co/test-org/MarsScope-like"
@@ -145,6 +153,19 @@ def test_hub_model_loads_from_the_local_hugging_face_cache(  # type: ignore[no-u
     assert all(torch.equal(v.float(), ours[k]) for k, v in net.state_dict().items())
     with pytest.raises(ModelError, match="local-dir"):  # not in the cache: one line
         load_model("hf-hub:test-org/not-cached", device="cpu")
+
+
+def test_hub_model_fine_tunes_with_its_context(  # type: ignore[no-untyped-def]
+    hub_folder, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fine-tuning a hub model exports a folder with its architecture and its tile context
+    _hub_cache(tmp_path, hub_folder[0], monkeypatch)
+    args = ["train", str(demo_root), "--out", str(tmp_path / "run"), "--model"]
+    args += ["hf-hub:test-org/MarsScope-like", "--epochs", "1", "--steps-per-epoch", "1"]
+    r = CliRunner().invoke(cli, [*args, "--batch-size", "4", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    tuned = load_model(f"local-dir:{tmp_path / 'run' / 'model'}", device="cpu")
+    assert tuned.tile_context == 1.0 and tuned.embed_dim == 256
 
 
 def test_device_checks() -> None:
