@@ -361,24 +361,31 @@ def _plan_digest(plan: TilePlan, positions: list[int]) -> str:
 def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
     """Which cells are already embedded from the same sources (reused), which are to do.
 
-    A shard written for the same plan (same cells, same rasters planned for each; its digest
-    is in the manifest) and without failed cells is current as it is. Otherwise each cell is
-    checked against the rasters its row was read from; missing cells are embedded again.
+    A shard whose file is the one the manifest lists, written for the same plan (same cells,
+    same rasters planned for each: the digest in the manifest), is current; only its failed
+    cells are tried again. Otherwise (a plan of part of the shard, e.g. a bbox, or changed
+    imagery) each cell is checked against the rasters its row was read from, and missing
+    cells are embedded again.
     """
     want: dict[int, list[int]] = defaultdict(list)
     for k, cell in enumerate(plan.cells.tolist()):
         want[cell // SHARD_CELLS].append(k)
     state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks) for s, ks in want.items()})
     manifest = es.manifest()
-    planned = manifest.get("plans", {})
-    failed = manifest.get("failed_cells", {})
+    planned, failed = manifest.get("plans", {}), manifest.get("failed_cells", {})
     for path in sorted((es.root / "shards").glob("*.parquet")):
-        shard = int(path.stem)
-        old = read_embeddings(path)
-        if shard not in want and planned.get(str(shard)):  # not in this run: as it was
-            state.plans[shard] = str(planned[str(shard)])
-        same = planned.get(str(shard)) == state.plans.get(shard) and not failed.get(str(shard))
-        stale = _stale(old, want[shard], plan) if shard in want and not same else []
+        shard, old = int(path.stem), read_embeddings(path)
+        key, positions = str(shard), want.get(shard, [])
+        if _as_listed(manifest, key, path) and planned.get(key) == state.plans.get(shard):
+            retry = set(failed.get(key, []))
+            stale = [k for k in positions if int(plan.cells[k]) in retry]
+        else:
+            stale = _stale(old, positions, plan)
+            if not set(old.cell_index.tolist()) <= set(plan.cells[positions].tolist()):
+                # rows outside this plan: its digest does not describe the shard
+                state.plans.pop(shard, None)
+                if not stale and _as_listed(manifest, key, path) and planned.get(key):
+                    state.plans[shard] = str(planned[key])  # untouched: as it was
         if not stale:
             state.done[shard] = old
             continue
@@ -392,6 +399,12 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
             state.todo[shard] = positions
     state.failed = {k: v for k, v in failed.items() if int(k) in state.done}
     return state
+
+
+def _as_listed(manifest: dict[str, Any], key: str, path: Path) -> bool:
+    """Whether shard file ``path`` is the one the manifest lists (same checksum)."""
+    listed = manifest.get("shards", {}).get(key, {}).get("checksum")
+    return bool(listed) and listed == file_multihash(path)
 
 
 def _make_tasks(

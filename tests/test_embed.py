@@ -180,6 +180,11 @@ def test_corrupt_source_tile_is_recorded(
     manifest = json.loads(res.embedding_set.manifest_path.read_text())
     assert manifest["failed_cells"] and manifest["complete"]
     assert validate_catalog(tmp_path / "p1").objects >= 5
+    # once the file is mended, a rerun embeds the failed cells and only those
+    shutil.copy(demo_root / tif.relative_to(copy), tif)
+    mended = embed_catalog(copy, tmp_path / "p1", model=_model(tiny_model_dir), progress=False)
+    assert mended.cells == 200 and not mended.failed_cells
+    assert mended.embedded_now == 200 - res.cells
 
 
 @pytest.mark.enable_socket
