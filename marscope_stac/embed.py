@@ -21,6 +21,7 @@ The set is published as a STAC Item (embeddings extension) in the output catalog
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -349,8 +350,6 @@ def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[in
 
 def _plan_digest(plan: TilePlan, positions: list[int]) -> str:
     """A digest of cells ``positions`` of the plan and the rasters planned for each, in order."""
-    import hashlib
-
     h = hashlib.sha256()
     for k in positions:
         ids = "\t".join(plan.sources[s].item_id for s in plan.cell_sources[k])

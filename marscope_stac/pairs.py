@@ -419,7 +419,8 @@ def _assign_features(
         else:
             reach, lo, hi = max(0.55 * size_deg, 0.3 * d_deg[k]), COMPACT_MIN_CELLS, 5.0
         u = unit_vectors(xy[k : k + 1])[0]
-        if shape[k] == "point" and 0.3 * size_deg <= d_deg[k] < lo * size_deg:
+        compact = shape[k] not in ("region", "linear")
+        if compact and 0.3 * size_deg <= d_deg[k] < lo * size_deg:
             minor[tree.query_ball_point(u, chord_length(np.radians(0.55 * size_deg)))] = True
             continue
         if not lo * size_deg <= d_deg[k] <= hi * size_deg:

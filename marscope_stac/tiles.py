@@ -229,11 +229,12 @@ def _across_seam(grid: Grid, part: Any, context: float) -> list[int]:
     """
     w, s, e, n = part.bounds
     cells: list[int] = []
-    sides = ((e >= 180.0 - 1e-9, -360.0, -180.0), (w <= -180.0 + 1e-9, 360.0, 179.999999))
+    eps = 1e-6  # degrees: a part ends at the antimeridian; the strip of cells along it
+    sides = ((e >= 180.0 - eps, -360.0, -180.0), (w <= -180.0 + eps, 360.0, 180.0 - eps))
     for touches, shift, edge in sides:
         if not touches:
             continue
-        idx = _cells_near(grid, (edge, s, edge + 1e-6, n), context)
+        idx = _cells_near(grid, (edge, s, edge + eps, n), context)
         if len(idx):
             g = grown_bounds(grid.bounds(idx), context)
             moved = shapely.affinity.translate(part, xoff=shift)
