@@ -12,7 +12,7 @@ from PIL import Image
 from marscope_stac.cli import cli
 from marscope_stac.errors import CatalogError, ConfigError, DataError, ModelError
 from marscope_stac.models import bundled_model_dir, load_model
-from marscope_stac.pairs import load_catalog_pairs, load_table_pairs
+from marscope_stac.pairs import PairMix, PairSet, load_catalog_pairs, load_table_pairs
 from marscope_stac.train import TrainConfig, contrastive_loss, train_model
 from marscope_stac.validation import validate_catalog
 
@@ -120,6 +120,15 @@ def test_mismatched_checkpoint_is_refused(demo_root: Path, tmp_path: Path) -> No
     # nor is a model said to see a margin its pairs do not show
     with pytest.raises(ConfigError, match="pairs show tiles with context 0, not the 1"):
         train_model(pairs, tmp_path / "other", config=ringed, progress=False, device="cpu")
+
+
+def test_mixed_pairs_share_one_context() -> None:
+    imgs = np.zeros((2, 8, 8), np.float32)
+    plain = PairSet(8, images=imgs, captions=["a", "b"], labels=["a", "b"])
+    ringed = PairSet(8, images=imgs, captions=["a", "b"], labels=["a", "b"], context=1.0)
+    assert PairMix([ringed, dataclasses.replace(plain, context=1.0)], [1, 1]).context == 1.0
+    with pytest.raises(ConfigError, match="different context"):
+        _ = PairMix([plain, ringed], [1, 1]).context
 
 
 def _table(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
