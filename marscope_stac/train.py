@@ -303,15 +303,19 @@ def train_model(
 
 
 def settle_config(
-    config: TrainConfig | None, model: str, pairs_context: float | None = None
+    config: TrainConfig | None,
+    model: str,
+    pairs_context: float | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[TrainConfig, str]:
     """The checked config and model name a run trains with.
 
     ``bundled`` names the bundled model's folder (to fine-tune it). The tile context is that
     of the pairs when they are given (``pairs_context``: the model is exported with the
     context of the tiles it learned from); otherwise a config that leaves it open takes the
-    context the model was trained with (:func:`~marscope_stac.models.trained_tile_context`),
-    so fine-tuning keeps it.
+    context of the run's ``checkpoint`` when there is one (a resumed run goes on as it
+    started), else the context the model was trained with
+    (:func:`~marscope_stac.models.trained_tile_context`), so fine-tuning keeps it.
 
     Raises:
         ConfigError: for a value training cannot use, or a context other than the pairs'.
@@ -329,8 +333,21 @@ def settle_config(
             )
         cfg = replace(cfg, tile_context=pairs_context)
     elif cfg.tile_context is None:
-        cfg = replace(cfg, tile_context=trained_tile_context(model))
+        before = _checkpoint_context(checkpoint) if checkpoint is not None else None
+        ctx = before if before is not None else trained_tile_context(model)
+        cfg = replace(cfg, tile_context=ctx)
     return cfg, model
+
+
+def _checkpoint_context(path: Path) -> float | None:
+    """The tile context a checkpoint was trained with (None: no readable checkpoint there)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return float(state.get("config", {}).get("tile_context") or 0.0)
+    except (RuntimeError, KeyError, EOFError, OSError, AttributeError):
+        return None  # a damaged checkpoint: the resume reports it
 
 
 def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> ClipModel:
@@ -587,7 +604,8 @@ def train_from_source(
     """
     from marscope_stac.pairs import load_pairs
 
-    config, model = settle_config(config, model)
+    ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
+    config, model = settle_config(config, model, checkpoint=ckpt)
     ctx = config.context
     check_range("--prompt-share", prompt_share, 0.0, 1.0)
     check_range("--crop-px", crop_px, 8, 4096, integer=True)

@@ -259,6 +259,13 @@ def test_training_mixes_sources(real_train: Path, demo_root: Path, tmp_path: Pat
     assert cfg["marscope"] == {"tile_context": 1.0}
     assert "margin of 1 cell" in item["properties"]["mlm:input"][0]["description"]
     assert load_model(f"local-dir:{out / 'model'}", device="cpu").tile_context == 1.0
+    # run on for another epoch without repeating --tile-context: it goes on as it started
+    at = args.index("--epochs") + 1
+    more = [*args[:at], "2", *args[at + 1 : -2]]  # without --tile-context 1
+    r = CliRunner().invoke(cli, [*more, "--weights", "2,1"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((out / "metrics.json").read_text())) == 2
+    assert load_model(f"local-dir:{out / 'model'}", device="cpu").tile_context == 1.0
 
 
 def test_real_query_scores_against_points() -> None:
