@@ -225,20 +225,22 @@ def _cells_near(grid: Grid, bounds: Sequence[float], context: float) -> NDArray[
 def _across_seam(grid: Grid, part: Any, context: float) -> list[int]:
     """Cells on the other side of the antimeridian whose margin reaches ``part``.
 
-    For footprint parts that touch longitude -180 or 180 (footprints are split there).
+    The cells along longitude -180 (and 180) are grown by their margin and compared with the
+    footprint part moved by one turn, so a raster that ends at or near the antimeridian is
+    listed under the margins of the cells across it.
     """
     w, s, e, n = part.bounds
     cells: list[int] = []
-    eps = 1e-6  # degrees: a part ends at the antimeridian; the strip of cells along it
-    sides = ((e >= 180.0 - eps, -360.0, -180.0), (w <= -180.0 + eps, 360.0, 180.0 - eps))
-    for touches, shift, edge in sides:
-        if not touches:
-            continue
+    eps = 1e-6  # degrees: the strip of cells along the antimeridian
+    for shift, edge in ((-360.0, -180.0), (360.0, 180.0 - eps)):
         idx = _cells_near(grid, (edge, s, edge + eps, n), context)
-        if len(idx):
-            g = grown_bounds(grid.bounds(idx), context)
-            moved = shapely.affinity.translate(part, xoff=shift)
-            cells += idx[_overlaps(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]), moved)].tolist()
+        if not len(idx):
+            continue
+        g = grown_bounds(grid.bounds(idx), context)
+        if e + shift <= g[:, 0].min() or w + shift >= g[:, 2].max():
+            continue  # out of reach of every margin (the usual case)
+        moved = shapely.affinity.translate(part, xoff=shift)
+        cells += idx[_overlaps(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]), moved)].tolist()
     return cells
 
 

@@ -213,3 +213,19 @@ def test_context_past_the_pole_of_a_projected_raster(tmp_path: Path) -> None:
     batch = _same(plan)
     top = parse_grid("lonlat:1").centers(batch.cells)[:, 1] > 89
     assert top.any() and (batch.valid[top] == 1).all()
+
+
+def test_margin_across_the_antimeridian_finds_a_raster_that_stops_short(tmp_path: Path) -> None:
+    # a raster ending at 179.5 E is under the margin of the cells at -180..-178 (ring: 178 E)
+    for name, west, cols in (("east", 170.0, 38), ("west", -180.0, 40)):
+        t = Affine(0.25, 0, west, 0, -0.25, 5.0)
+        img = pattern(40, cols, seed=9)
+        write_geotiff(tmp_path / "gap" / f"{name}.tif", img, "IAU_2015:49900", t, nodata=0)
+    build_folder_catalog(tmp_path / "gap")
+    sources = load_sources(tmp_path / "gap")
+    grid = parse_grid("lonlat:2")
+    plan = plan_tiles(sources, grid, 24, bbox=[-180, -4, -178, 4], context=1)
+    names = [[plan.sources[i].item_id for i in ss] for ss in plan.cell_sources]
+    assert names and all(len(n) == 2 and "east" in n for n in names)
+    batch = _same(plan)
+    assert (batch.valid == 1).all()
