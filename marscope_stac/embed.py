@@ -375,7 +375,8 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
     for path in sorted((es.root / "shards").glob("*.parquet")):
         shard, old = int(path.stem), read_embeddings(path)
         key, positions = str(shard), want.get(shard, [])
-        if _as_listed(manifest, key, path) and planned.get(key) == state.plans.get(shard):
+        listed = _as_listed(manifest, key, path)  # hashes the file: once per shard
+        if listed and planned.get(key) == state.plans.get(shard):
             retry = set(failed.get(key, []))
             stale = [k for k in positions if int(plan.cells[k]) in retry]
         else:
@@ -383,7 +384,7 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
             if not set(old.cell_index.tolist()) <= set(plan.cells[positions].tolist()):
                 # rows outside this plan: its digest does not describe the shard
                 state.plans.pop(shard, None)
-                if not stale and _as_listed(manifest, key, path) and planned.get(key):
+                if not stale and listed and planned.get(key):
                     state.plans[shard] = str(planned[key])  # untouched: as it was
         if not stale:
             state.done[shard] = old

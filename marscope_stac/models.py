@@ -442,7 +442,7 @@ def load_model(
     net.eval()
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
-    ctx = _tile_context(name, _hub_snapshot(name) if name.startswith("hf-hub:") else None)
+    ctx = _tile_context(name, model_folder(name))
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
 
 
@@ -457,14 +457,14 @@ def trained_tile_context(model: str) -> float:
     """
     name = model.strip()
     if not name.startswith("hf-hub:"):
-        return _tile_context(name)
+        return _tile_context(name, model_folder(name))
     from huggingface_hub import hf_hub_download
 
     try:
         found = hf_hub_download(name.split(":", 1)[1], "open_clip_config.json")
     except Exception as exc:
         raise _load_error(exc, name, None, None) from exc
-    return _tile_context(name, str(Path(found).parent))
+    return _tile_context(name, Path(found).parent)
 
 
 def model_folder(model: str) -> Path | None:
@@ -486,7 +486,7 @@ def _hub_snapshot(name: str) -> str | None:
     """The local snapshot folder of a hub model open_clip has just loaded (from the cache).
 
     Its ``open_clip_config.json`` says the tile context, as a model folder's does (the
-    weights stay named by the hub repository, not by this cache).
+    weights stay named by the hub repository, not by this cache). None: not cached.
     """
     from huggingface_hub import try_to_load_from_cache
 
@@ -494,19 +494,9 @@ def _hub_snapshot(name: str) -> str | None:
     return str(Path(found).parent) if isinstance(found, str) else None
 
 
-def _tile_context(name: str, snapshot: str | None = None) -> float:
-    """The tile context a model was trained with (0: none said).
-
-    Bundled and ``local-dir:`` models say it in their folder, hub models in their cached
-    ``snapshot``; other models have none.
-    """
-    if name == BUNDLED_MODEL:
-        folder = bundled_model_dir()
-    elif name.startswith("local-dir:"):
-        folder = Path(name.split(":", 1)[1]).expanduser()
-    elif name.startswith("hf-hub:") and snapshot is not None:
-        folder = Path(snapshot)
-    else:
+def _tile_context(name: str, folder: Path | None) -> float:
+    """The tile context said in a model's config ``folder`` (0: no folder, or none said)."""
+    if folder is None:
         return 0.0
     extra = _read_config(folder).get("marscope") or {}
     try:

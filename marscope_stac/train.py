@@ -344,10 +344,14 @@ def _checkpoint_context(path: Path) -> float | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return float(state.get("config", {}).get("tile_context") or 0.0)
+        return _saved_context(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
     except (RuntimeError, KeyError, EOFError, OSError, AttributeError):
         return None  # a damaged checkpoint: the resume reports it
+
+
+def _saved_context(state: dict[str, Any]) -> float:
+    """The tile context recorded in a checkpoint's config (0 for runs before it was)."""
+    return float(state.get("config", {}).get("tile_context") or 0.0)
 
 
 def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> ClipModel:
@@ -421,7 +425,7 @@ def _resume(
         return 0, []
     try:
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        before, context = float(state.get("config", {}).get("tile_context") or 0.0), cfg.context
+        before, context = _saved_context(state), cfg.context
         if before != context:
             raise ModelError(
                 f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
