@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import geopandas as gpd
 import numpy as np
@@ -374,6 +374,10 @@ _CELL_DEGREES = tuple(
 COMPACT_MIN_CELLS = 0.8
 """Smallest compact feature (diameter, in cells) a cell pair is captioned with."""
 
+NEIGHBOUR_REACH = 3.0
+"""Cells within this many reaches of a feature they do not show are its neighbours."""
+
+
 CELL_PX = (4.5, 5.0, 6.0, 7.0, 8.0, 11.0, 16.0, 23.0, 32.0)
 """Source pixels per cell of the grids cell pairs are rendered on (several ground scales;
 the finest, where a cell is a few pixels of a global mosaic, in several alignments)."""
@@ -385,10 +389,24 @@ def _cell_sizes(res_deg: float, cell_px: Sequence[float]) -> list[float]:
     return sorted({float(opts[np.argmin(np.abs(np.log(opts / (p * res_deg))))]) for p in cell_px})
 
 
+class CellFeatures(NamedTuple):
+    """What each cell of a grid shows (see :func:`_assign_features`)."""
+
+    main: NDArray[np.int64]
+    """The feature the cell shows (-1: none)."""
+    region: NDArray[np.int64]
+    """The region it lies in (-1: none)."""
+    minor: NDArray[np.bool_]
+    """Near a feature too small to be what the cell shows: neither positive nor background."""
+    neighbour: NDArray[np.int64]
+    """For a cell showing nothing near a feature shown at this scale (the terrain that
+    feature stands out from), the nearest such feature (relative to its reach); else -1."""
+
+
 def _assign_features(
     centres: NDArray[np.float64], size_deg: float, feats: gpd.GeoDataFrame, km_per_deg: float
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-    """Per cell: the feature it shows (-1: none), its region (-1: none), whether it is minor.
+) -> CellFeatures:
+    """Per cell: the feature it shows, its region, whether it is minor or a neighbour.
 
     A compact feature is shown by the cells within max(0.55 cell, 0.3 diameter) of its centre
     when its diameter is 0.8..5 cells (a crater that fills most of the cell is what the cell
@@ -396,7 +414,8 @@ def _assign_features(
     length) within max(0.55 cell, 0.25 length) when it is 0.5..8 cells long; the closest
     (relative to that reach) wins. Cells within 0.55 cell of a compact feature of 0.3..0.8
     cells are marked ``minor``: neither that landform at this scale nor clearly without it.
-    Regions (plains, highlands) give context to the cells within their radius.
+    Regions (plains, highlands) give context to the cells within their radius. Cells within
+    ``NEIGHBOUR_REACH`` reaches of a shown feature that show nothing are its neighbours.
     """
     from scipy.spatial import cKDTree
 
@@ -411,6 +430,8 @@ def _assign_features(
     region = np.full(len(centres), -1, np.int64)
     region_size = np.full(len(centres), np.inf)
     minor = np.zeros(len(centres), bool)
+    neighbour = np.full(len(centres), -1, np.int64)
+    nearest = np.full(len(centres), np.inf)
     for k in range(len(feats)):
         if shape[k] == "region":
             reach, lo, hi = 0.5 * d_deg[k], 0.0, np.inf
@@ -436,7 +457,14 @@ def _assign_features(
         rel = dist / chord_length(np.radians(reach))
         take = rel < best[near]
         main[near[take]], best[near[take]] = k, rel[take]
-    return main, region, minor & (main < 0)
+        around = tree.query_ball_point(u, chord_length(np.radians(NEIGHBOUR_REACH * reach)))
+        around = np.asarray(around, np.int64)
+        rel = np.linalg.norm(tree.data[around] - u, axis=1) / chord_length(np.radians(reach))
+        take = rel < nearest[around]
+        neighbour[around[take]], nearest[around[take]] = k, rel[take]
+    minor &= main < 0
+    neighbour[(main >= 0) | minor] = -1
+    return CellFeatures(main, region, minor, neighbour)
 
 
 def _cell_captions(
@@ -545,20 +573,19 @@ def _grid_pairs(
 ) -> tuple[list[NDArray[np.float16]], list[str], list[str]]:
     """Tiles (of ``tiles``: side in px, context), captions and classes of one grid.
 
-    Cells with a feature, and as many without.
+    Cells with a feature, and without: see :func:`_background`.
     """
     from marscope_stac.tiles import iter_tile_batches, plan_tiles
 
     plan = plan_tiles(sources, grid, tiles[0], context=tiles[1])
-    main, region, minor = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
-    with_f = np.flatnonzero(main >= 0)
-    without = np.flatnonzero((main < 0) & ~minor)
+    cf = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
+    with_f = np.flatnonzero(cf.main >= 0)
     if len(with_f) > max_per_grid:
         with_f = rng.choice(with_f, max_per_grid, replace=False)
-    n_bg = min(len(without), max(len(with_f), 50))
-    pick = np.sort(np.concatenate([with_f, rng.choice(without, n_bg, replace=False)]))
+    land = feats["landform"].to_numpy()
+    pick = np.sort(np.concatenate([with_f, _background(cf, land[cf.main[with_f]], land, rng)]))
     sub = plan.take(pick)
-    caps, labs = _cell_captions(main[pick], region[pick], feats, rng)
+    caps, labs = _cell_captions(cf.main[pick], cf.region[pick], feats, rng)
     images: list[NDArray[np.float16]] = []
     captions: list[str] = []
     labels: list[str] = []
@@ -572,6 +599,38 @@ def _grid_pairs(
         k += len(batch.cells)
     log.info("%s: %d cells with a feature", grid.spec, len(with_f))
     return images, captions, labels
+
+
+def _background(
+    cf: CellFeatures,
+    shown: NDArray[Any],
+    landform: NDArray[Any],
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """Background cells of a grid (indices into its plan), for cells showing ``shown``.
+
+    For every cell showing a landform, one neighbour of a feature of that landform (where
+    there are enough): the plateau a canyon cuts, the plains around a volcano, what the
+    landform must be told apart from. Then as many cells as show a landform (at least 50)
+    from anywhere else.
+
+    Args:
+        cf: What the grid's cells show.
+        shown: The landform of each cell picked for its feature.
+        landform: The landform of each feature.
+        rng: Random generator.
+    """
+    without = (cf.main < 0) & ~cf.minor
+    near_land = np.full(len(cf.main), None, object)
+    near_land[cf.neighbour >= 0] = landform[cf.neighbour[cf.neighbour >= 0]]
+    first: list[NDArray[np.int64]] = []
+    for land, n in Counter(shown.tolist()).items():
+        near = np.flatnonzero(without & (near_land == land))
+        first.append(rng.choice(near, min(n, len(near)), replace=False))
+    taken = np.concatenate([np.zeros(0, np.int64), *first])
+    rest = np.setdiff1d(np.flatnonzero(without), taken)
+    n_rest = min(len(rest), max(len(shown), 50))
+    return np.concatenate([taken, rng.choice(rest, n_rest, replace=False)])
 
 
 def _balance(owner: list[str], labels: list[str], share: dict[str, float]) -> NDArray[np.float64]:

@@ -27,7 +27,13 @@ from marscope_stac.cli import cli
 from marscope_stac.errors import DataError
 from marscope_stac.landform_eval import score_real_queries
 from marscope_stac.models import load_model
-from marscope_stac.pairs import PairMix, _assign_features, load_cell_pairs, load_pairs
+from marscope_stac.pairs import (
+    PairMix,
+    _assign_features,
+    _background,
+    load_cell_pairs,
+    load_pairs,
+)
 from marscope_stac.realdata import (
     PACKAGE_FILES,
     build_real_data,
@@ -233,14 +239,44 @@ def test_a_cell_shows_the_craters_that_fill_it() -> None:
         {"diameter_km": [150.0, 60.0, 20.0], "shape": ["point"] * 3},
         geometry=gpd.points_from_xy([1.2, 21.2, 41.2], [1.1, 0.9, 1.0]),
     )
-    main, region, minor = _assign_features(centres, 2.0, feats, km_per_deg)
+    main, region, minor, _ = _assign_features(centres, 2.0, feats, km_per_deg)
     assert main.tolist() == [0, -1, -1, -1]
     assert minor.tolist() == [False, True, False, False]
     assert region.tolist() == [-1] * 4
     # on a grid twice as fine, the 60 km crater fills its cell and the 20 km one is minor
-    main, _, minor = _assign_features(centres, 1.0, feats, km_per_deg)
+    main, _, minor, _ = _assign_features(centres, 1.0, feats, km_per_deg)
     assert main.tolist() == [0, 1, -1, -1]
     assert minor.tolist() == [False, False, True, False]
+
+
+def test_background_cells_include_the_terrain_around_features() -> None:
+    # a 300 km canyon at (0, 1) and a 150 km crater at (100, 1) on 2-degree cells: the
+    # canyon's reach is 1.27 degrees, its neighbours lie within 3 reaches
+    km_per_deg = 59.27
+    lon = np.arange(-179.0, 180.0, 2.0)
+    feats = gpd.GeoDataFrame(
+        {
+            "diameter_km": [300.0, 150.0],
+            "shape": ["linear", "point"],
+            "landform": ["canyon", "impact_crater"],
+        },
+        geometry=gpd.points_from_xy([0.0, 100.0], [1.0, 1.0]),
+    )
+    cf = _assign_features(np.column_stack([lon, np.ones_like(lon)]), 2.0, feats, km_per_deg)
+    canyon = np.abs(lon) < 1.27
+    assert np.flatnonzero(cf.main == 0).tolist() == np.flatnonzero(canyon).tolist()
+    ring = (np.abs(lon) < 3 * 1.27) & ~canyon
+    assert np.flatnonzero(cf.neighbour == 0).tolist() == np.flatnonzero(ring).tolist()
+    assert (cf.neighbour[cf.main >= 0] == -1).all()
+    # one neighbour of its landform per cell showing one (for the canyon a random draw would
+    # find about 2 * 4 / 180), then as many cells as show a landform (at least 50) from
+    # anywhere else
+    land = feats["landform"].to_numpy()
+    shown = land[cf.main[cf.main >= 0]]
+    assert sorted(set(shown.tolist())) == ["canyon", "impact_crater"]
+    bg = _background(cf, shown, land, np.random.default_rng(0))
+    assert len(bg) == len(set(bg.tolist())) == len(shown) + 50
+    assert not (cf.main[bg] >= 0).any() and int(ring[bg].sum()) >= 2
 
 
 def test_training_mixes_sources(real_train: Path, demo_root: Path, tmp_path: Path) -> None:
