@@ -507,8 +507,9 @@ def load_cell_pairs(
     grids (cells of ``cell_px`` source pixels: craters of a few to hundreds of km are seen
     at the scale of the cells), tiles are rendered exactly as embedding renders them, and
     each cell is captioned from the labelled feature it shows (see
-    :func:`_assign_features`). Cells that show none are paired with their region's caption;
-    as many of them are kept as cells with a feature. With ``context`` the tiles show a
+    :func:`_assign_features`). Cells that show none are paired with their region's caption:
+    for each cell with a feature, one from around a feature of its landform, and as many
+    again from anywhere (see :func:`_background`). With ``context`` the tiles show a
     margin around their cell (:class:`~marscope_stac.tiles.TilePlan`); captions still say
     what the cell shows.
 
