@@ -377,7 +377,6 @@ COMPACT_MIN_CELLS = 0.8
 NEIGHBOUR_REACH = 3.0
 """Cells within this many reaches of a feature they do not show are its neighbours."""
 
-
 CELL_PX = (4.5, 5.0, 6.0, 7.0, 8.0, 11.0, 16.0, 23.0, 32.0)
 """Source pixels per cell of the grids cell pairs are rendered on (several ground scales;
 the finest, where a cell is a few pixels of a global mosaic, in several alignments)."""
