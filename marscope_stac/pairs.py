@@ -445,20 +445,20 @@ def _assign_features(
             continue
         if not lo * size_deg <= d_deg[k] <= hi * size_deg:
             continue
-        near = np.asarray(tree.query_ball_point(u, chord_length(np.radians(reach))), np.int64)
-        if not near.size:
-            continue
         if shape[k] == "region":
+            near = np.asarray(tree.query_ball_point(u, chord_length(np.radians(reach))), np.int64)
             take = near[region_size[near] > d_deg[k]]
             region[take], region_size[take] = k, d_deg[k]
             continue
-        dist = np.linalg.norm(tree.data[near] - u, axis=1)
-        rel = dist / chord_length(np.radians(reach))
-        take = rel < best[near]
-        main[near[take]], best[near[take]] = k, rel[take]
+        # one query for the cells it shows (rel <= 1) and its neighbours (rel <= 3)
         around = tree.query_ball_point(u, chord_length(np.radians(NEIGHBOUR_REACH * reach)))
         around = np.asarray(around, np.int64)
         rel = np.linalg.norm(tree.data[around] - u, axis=1) / chord_length(np.radians(reach))
+        near, near_rel = around[rel <= 1.0], rel[rel <= 1.0]
+        if not near.size:
+            continue  # shown by no cell here (it lies off the imagery): nobody's neighbour
+        take = near_rel < best[near]
+        main[near[take]], best[near[take]] = k, near_rel[take]
         take = rel < nearest[around]
         neighbour[around[take]], nearest[around[take]] = k, rel[take]
     minor &= main < 0
@@ -620,15 +620,14 @@ def _background(
         landform: The landform of each feature.
         rng: Random generator.
     """
-    without = (cf.main < 0) & ~cf.minor
-    near_land = np.full(len(cf.main), None, object)
+    near_land = np.full(len(cf.main), None, object)  # neighbours only show nothing
     near_land[cf.neighbour >= 0] = landform[cf.neighbour[cf.neighbour >= 0]]
-    first: list[NDArray[np.int64]] = []
+    first: list[NDArray[np.int64]] = [np.zeros(0, np.int64)]
     for land, n in Counter(shown.tolist()).items():
-        near = np.flatnonzero(without & (near_land == land))
+        near = np.flatnonzero(near_land == land)
         first.append(rng.choice(near, min(n, len(near)), replace=False))
-    taken = np.concatenate([np.zeros(0, np.int64), *first])
-    rest = np.setdiff1d(np.flatnonzero(without), taken)
+    taken = np.concatenate(first)
+    rest = np.setdiff1d(np.flatnonzero((cf.main < 0) & ~cf.minor), taken)
     n_rest = min(len(rest), max(len(shown), 50))
     return np.concatenate([taken, rng.choice(rest, n_rest, replace=False)])
 
