@@ -49,6 +49,7 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
+from shapely.affinity import translate
 
 from marscope_stac.bodies import MARS, MOON, Body, normalize_lon
 from marscope_stac.catalog import item_folder, write_static_catalog
@@ -80,10 +81,13 @@ __all__ = [
     "FEATURE_KINDS",
     "MOON_KINDS",
     "PACKAGE_FILES",
+    "POLAR_KINDS",
+    "POLAR_LAT",
     "FeatureKind",
     "PackageFile",
     "RealData",
     "build_real_data",
+    "circles",
     "feature_captions",
     "feature_kind",
     "fetch_package_files",
@@ -403,10 +407,29 @@ MOON_KINDS: dict[str, FeatureKind] = {
 """Types that mean something else on the Moon (lunar montes are massifs, not volcanoes)."""
 
 
-def feature_kind(code: str, body: Body) -> FeatureKind:
-    """How a feature type ``code`` of ``body`` is labelled."""
+POLAR_KINDS: dict[str, FeatureKind] = {
+    "PM": FeatureKind(
+        "polar_cap",
+        "region",
+        (
+            "the layered ice deposits of a polar cap (planum)",
+            "a polar plateau of layered ice and dust",
+            "the icy polar cap",
+        ),
+    ),
+}
+"""Types that mean something else at the poles of Mars (the polar plana are the ice caps)."""
+
+POLAR_LAT = 75.0
+"""Latitude (degrees, north or south) from which :data:`POLAR_KINDS` apply on Mars."""
+
+
+def feature_kind(code: str, body: Body, lat: float = 0.0) -> FeatureKind:
+    """How a feature type ``code`` of ``body`` at latitude ``lat`` is labelled."""
     if body is MOON and code in MOON_KINDS:
         return MOON_KINDS[code]
+    if body is MARS and abs(lat) >= POLAR_LAT and code in POLAR_KINDS:
+        return POLAR_KINDS[code]
     return FEATURE_KINDS[code]
 
 
@@ -421,9 +444,11 @@ def _size_word(km: float, kind: FeatureKind) -> str:
     return next(word for limit, word in steps if km >= limit)
 
 
-def feature_captions(code: str, diameter_km: float, body: Body = MARS) -> list[str]:
+def feature_captions(
+    code: str, diameter_km: float, body: Body = MARS, lat: float = 0.0
+) -> list[str]:
     """Captions of one nomenclature feature (type ``code``, size in km), in the demo style."""
-    kind = feature_kind(code, body)
+    kind = feature_kind(code, body, lat)
     km = f"{diameter_km:.0f} km" if diameter_km >= 1 else "less than a kilometre"
     size = _size_word(diameter_km, kind)
     out = [p.format(size=size, km=km) for p in kind.phrases]
@@ -462,7 +487,7 @@ def read_nomenclature(path: str | Path, body: Body) -> gpd.GeoDataFrame:
             continue
         if m is None or not diam > 0 or not -90 <= lat <= 90:
             continue
-        kind = feature_kind(parts[3], body)
+        kind = feature_kind(parts[3], body, lat)
         rows.append(
             {
                 "name": m["name"],
@@ -471,7 +496,7 @@ def read_nomenclature(path: str | Path, body: Body) -> gpd.GeoDataFrame:
                 "diameter_km": diam,
                 "landform": kind.landform,
                 "shape": kind.shape,
-                "captions": feature_captions(parts[3], diam, body),
+                "captions": feature_captions(parts[3], diam, body, lat),
                 "lon": float(normalize_lon(lon)),
                 "lat": lat,
             }
@@ -484,15 +509,34 @@ def read_nomenclature(path: str | Path, body: Body) -> gpd.GeoDataFrame:
 
 
 def circles(points: gpd.GeoDataFrame, body: Body, n: int = 48) -> gpd.GeoSeries:
-    """Outlines of radius diameter/2 around each point, on the sphere, in lon/lat degrees."""
+    """Outlines of radius diameter/2 around each point, on the sphere, in lon/lat degrees.
+
+    Each outline is the small circle at that great-circle distance, cut at the antimeridian
+    (a MultiPolygon where it crosses it); one around a pole is closed along the pole.
+    """
     km_per_deg = body.metres_per_degree / 1000.0
     theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    world = shapely.box(-180, -90, 180, 90)
     out = []
     for pt, d in zip(points.geometry, points["diameter_km"], strict=True):
-        r = min(0.5 * float(d) / km_per_deg, 60.0)
-        lat = np.clip(pt.y + r * np.sin(theta), -89.999, 89.999)
-        lon = pt.x + r * np.cos(theta) / max(math.cos(math.radians(pt.y)), 0.05)
-        out.append(shapely.Polygon(np.column_stack([lon, lat])))
+        r = np.radians(min(0.5 * float(d) / km_per_deg, 89.9))
+        phi, lam = np.radians(pt.y), np.radians(pt.x)
+        lat = np.arcsin(np.sin(phi) * np.cos(r) + np.cos(phi) * np.sin(r) * np.cos(theta))
+        dlon = np.arctan2(
+            np.sin(theta) * np.sin(r) * np.cos(phi), np.cos(r) - np.sin(phi) * np.sin(lat)
+        )
+        lon, lat = np.degrees(np.unwrap(lam + dlon)), np.degrees(lat)
+        if r >= np.pi / 2 - abs(phi):  # around a pole: once round in longitude
+            pole = 90.0 if phi >= 0 else -90.0
+            o = np.argsort(lon)
+            lon, lat = lon[o], lat[o]
+            ring = [*zip(lon, lat, strict=True), (lon[0] + 360, lat[0])]
+            ring += [(lon[0] + 360, pole), (lon[0], pole)]
+        else:
+            ring = list(zip(lon, lat, strict=True))
+        poly = shapely.Polygon(ring)
+        parts = [translate(poly, turn).intersection(world) for turn in (-360.0, 0.0, 360.0)]
+        out.append(shapely.union_all([q for q in parts if not q.is_empty]))
     return gpd.GeoSeries(out, crs=points.crs)
 
 
@@ -664,8 +708,9 @@ def _preview(tif: Path, features: gpd.GeoDataFrame, spec: _Image, out: Path) -> 
     inv = ~t
     colours = {"impact_crater": (255, 200, 0), "volcano": (255, 60, 60), "canyon": (80, 200, 255)}
     for geom, lf in zip(circles(features, spec.body), features["landform"], strict=True):
-        xy = [inv * (x, y) for x, y in geom.exterior.coords]
-        draw.line(xy, fill=colours.get(str(lf), (120, 255, 120)), width=1)
+        for part in getattr(geom, "geoms", [geom]):
+            xy = [inv * (x, y) for x, y in part.exterior.coords]
+            draw.line(xy, fill=colours.get(str(lf), (120, 255, 120)), width=1)
     buf = io.BytesIO()
     pic.save(buf, format="PNG")
     atomic_write_bytes(out, buf.getvalue())
@@ -692,11 +737,39 @@ class RealData:
 
 
 def _features_on(spec: _Image, nomenclature: Path) -> gpd.GeoDataFrame:
+    """The features labelled on an image: those centred on its longitudes, and more.
+
+    Regions (context, never a target) are kept where their circle reaches the image's
+    longitudes: the polar caps and the northern plains have nominal centres that may lie
+    on the other side.
+    """
     feats = read_nomenclature(nomenclature, spec.body)
     lon = feats.geometry.x.to_numpy()
     w, e = spec.lon_range
     keep = (lon >= w) & (lon < e) if e < 180 else (lon >= w) & (lon <= e)
+    radius = 0.5 * feats["diameter_km"].to_numpy(float) / (spec.body.metres_per_degree / 1000)
+    reach = _reaches_longitudes(lon, feats.geometry.y.to_numpy(), radius, (w, e))
+    keep |= (feats["shape"].to_numpy() == "region") & reach
     return feats[keep].reset_index(drop=True)
+
+
+def _reaches_longitudes(
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    radius_deg: NDArray[np.float64],
+    lon_range: tuple[float, float],
+) -> NDArray[np.bool_]:
+    """Whether the spherical caps (centre, great-circle radius) reach ``lon_range``."""
+    polar = radius_deg >= 90.0 - np.abs(lat)  # holds a pole: every longitude
+    ratio = np.sin(np.radians(np.minimum(radius_deg, 90.0))) / np.maximum(
+        np.cos(np.radians(lat)), 1e-12
+    )
+    half = np.degrees(np.arcsin(np.clip(ratio, 0.0, 1.0)))
+    w, e = lon_range
+    hit = np.zeros(len(lon), bool)
+    for turn in (-360.0, 0.0, 360.0):
+        hit |= (lon - half + turn < e) & (lon + half + turn >= w)
+    return polar | hit
 
 
 def build_real_data(

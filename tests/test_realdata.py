@@ -19,6 +19,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from _rasters import write_geotiff
 from affine import Affine
 from click.testing import CliRunner
@@ -37,6 +38,7 @@ from marscope_stac.pairs import (
 from marscope_stac.realdata import (
     PACKAGE_FILES,
     build_real_data,
+    circles,
     fetch_package_files,
     read_nomenclature,
 )
@@ -49,7 +51,8 @@ FEATURES = [
     ("Mars", "Eastcrater", "crater", "AA", -20.0, 60.0, 800.0),  # east: held out
     ("Mars", "Bigmons", "mons", "MO", 18.0, 226.0, 600.0),
     ("Mars", "Longvallis", "vallis", "VA", -5.0, 320.0, 700.0),
-    ("Mars", "Wideplanitia", "planitia", "PL", 40.0, 200.0, 3000.0),
+    ("Mars", "Wideplanitia", "planitia", "PL", 40.0, 200.0, 3000.0),  # reaches 166E
+    ("Mars", "Boreplanum", "planum", "PM", 86.0, 50.0, 1200.0),  # the north cap, centred east
     ("Mars", "Albedo", "albedo feature", "AL", 0.0, 10.0, 0.0),
     ("Moon", "Mooncrater", "crater", "AA", 0.0, 20.0, 400.0),
     ("Moon", "Hadley", "mons", "MO", 26.0, 4.0, 250.0),
@@ -125,7 +128,16 @@ def real_train(packages: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_nomenclature_is_parsed_on_each_body(packages: Path, tmp_path: Path) -> None:
     files = fetch_package_files(tmp_path, packages, ["nomenclature"])
     mars = read_nomenclature(files["nomenclature"], _body("Mars"))
-    assert set(mars.name) == {"Westcrater", "Eastcrater", "Bigmons", "Longvallis", "Wideplanitia"}
+    assert set(mars.name) == {
+        "Westcrater",
+        "Eastcrater",
+        "Bigmons",
+        "Longvallis",
+        "Wideplanitia",
+        "Boreplanum",
+    }
+    cap = mars.set_index("name").loc["Boreplanum"]
+    assert cap.landform == "polar_cap" and "the icy polar cap" in cap.captions
     west = mars.set_index("name").loc["Westcrater"]
     assert west.geometry.x == pytest.approx(-60.0) and west.landform == "impact_crater"
     assert "a 900 km impact crater with a flat floor" not in west.captions  # basin-sized
@@ -158,7 +170,10 @@ def test_train_part_holds_out_eastern_mars(real_train: Path, packages: Path) -> 
     labels = gpd.read_parquet(
         real_train / "mars-labels" / "mars-relief-west-labels" / "points.parquet"
     )
-    assert (labels.geometry.x < 0).all() and "Eastcrater" not in set(labels.name)
+    # targets by their centre; regions (context only) where they reach the west
+    targets = labels[labels["shape"] != "region"]
+    assert (targets.geometry.x < 0).all() and "Eastcrater" not in set(labels.name)
+    assert {"Wideplanitia", "Boreplanum"} <= set(labels.name)
     outlines = gpd.read_parquet(
         real_train / "mars-labels" / "mars-relief-west-labels" / "labels.parquet"
     )
@@ -180,10 +195,34 @@ def test_train_part_holds_out_eastern_mars(real_train: Path, packages: Path) -> 
 def test_eval_part_is_eastern_mars_only(real_train: Path, packages: Path) -> None:
     out = real_train.parent / "eval"
     result = build_real_data(out, "eval", cache=real_train.parent / "cache")
-    assert result.items == ["mars-relief-east"] and result.features == {"mars-relief-east": 1}
+    assert result.items == ["mars-relief-east"]
+    # the crater, the cap over the pole and the plains reaching 166E across the antimeridian
+    assert result.features == {"mars-relief-east": 3}
     with rasterio.open(out / "mars-imagery/mars-relief-east/mars-relief-east.tif") as src:
         assert src.bounds.left == pytest.approx(0) and src.bounds.right == pytest.approx(180)
         assert np.array_equal(src.read(1), np.maximum(_relief(1)[:, W // 2 :], 1))
+
+
+def test_outlines_are_small_circles_cut_at_the_antimeridian() -> None:
+    mars = _body("Mars")
+    r_km = 10.0 * mars.metres_per_degree / 1000.0  # 10 degrees
+    pts = gpd.GeoDataFrame(
+        {"diameter_km": [2 * r_km] * 4},
+        geometry=gpd.points_from_xy([0.0, 175.0, -30.0, 100.0], [0.0, 0.0, 85.0, -84.0]),
+        crs=mars.geographic_code,
+    )
+    plain, seam, north, south = circles(pts, mars, n=360)
+    assert plain.bounds == pytest.approx((-10, -10, 10, 10), abs=1e-6)
+    # across 180: two parts, one each side, together the same area
+    assert seam.geom_type == "MultiPolygon" and len(seam.geoms) == 2
+    assert seam.bounds[0] == pytest.approx(-180) and seam.bounds[2] == pytest.approx(180)
+    assert seam.area == pytest.approx(plain.area, rel=1e-6)
+    # around a pole: every longitude, down to 10 degrees from the centre's far side
+    assert north.bounds == pytest.approx((-180, 75, 180, 90), abs=1e-3)
+    assert north.contains(shapely.Point(150.0, 89.0)) and not north.contains(shapely.Point(150, 81))
+    assert south.bounds == pytest.approx((-180, -90, 180, -74), abs=1e-3)
+    assert south.contains(shapely.Point(-80.0, -87.0))  # 9 degrees past the pole
+    assert not south.contains(shapely.Point(-80.0, -85.0))  # 11 degrees
 
 
 def test_fetch_errors_are_one_line(tmp_path: Path) -> None:
