@@ -535,8 +535,10 @@ def circles(points: gpd.GeoDataFrame, body: Body, n: int = 48) -> gpd.GeoSeries:
         else:
             ring = list(zip(lon, lat, strict=True))
         poly = shapely.Polygon(ring)
-        parts = [translate(poly, turn).intersection(world) for turn in (-360.0, 0.0, 360.0)]
-        out.append(shapely.union_all([q for q in parts if not q.is_empty]))
+        pieces = [translate(poly, turn).intersection(world) for turn in (-360.0, 0.0, 360.0)]
+        # only the areas: a vertex on the antimeridian leaves a point or line behind
+        areas = [q for q in shapely.get_parts(pieces) if q.geom_type == "Polygon" and q.area > 0]
+        out.append(shapely.union_all(areas))
     return gpd.GeoSeries(out, crs=points.crs)
 
 

@@ -53,6 +53,10 @@ FEATURES = [
     ("Mars", "Longvallis", "vallis", "VA", -5.0, 320.0, 700.0),
     ("Mars", "Wideplanitia", "planitia", "PL", 40.0, 200.0, 3000.0),  # reaches 166E
     ("Mars", "Boreplanum", "planum", "PM", 86.0, 50.0, 1200.0),  # the north cap, centred east
+    ("Mars", "Austroplanum", "planum", "PM", -80.0, 300.0, 300.0),  # a southern polar planum
+    ("Mars", "Lowplanum", "planum", "PM", 10.0, 250.0, 400.0),  # a plateau, not a cap
+    ("Mars", "Edgecrater", "crater", "AA", 0.0, 3.0, 800.0),  # east, reaching the west
+    ("Mars", "Northplanitia", "planitia", "PL", 60.0, 15.0, 1186.0),  # reaches -5 at 60N
     ("Mars", "Albedo", "albedo feature", "AL", 0.0, 10.0, 0.0),
     ("Moon", "Mooncrater", "crater", "AA", 0.0, 20.0, 400.0),
     ("Moon", "Hadley", "mons", "MO", 26.0, 4.0, 250.0),
@@ -128,16 +132,12 @@ def real_train(packages: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_nomenclature_is_parsed_on_each_body(packages: Path, tmp_path: Path) -> None:
     files = fetch_package_files(tmp_path, packages, ["nomenclature"])
     mars = read_nomenclature(files["nomenclature"], _body("Mars"))
-    assert set(mars.name) == {
-        "Westcrater",
-        "Eastcrater",
-        "Bigmons",
-        "Longvallis",
-        "Wideplanitia",
-        "Boreplanum",
-    }
-    cap = mars.set_index("name").loc["Boreplanum"]
-    assert cap.landform == "polar_cap" and "the icy polar cap" in cap.captions
+    assert set(mars.name) == {f[1] for f in FEATURES if f[0] == "Mars" and f[-1] > 0}
+    by_name = mars.set_index("name")
+    for name in ("Boreplanum", "Austroplanum"):  # plana poleward of 75 degrees are ice caps
+        cap = by_name.loc[name]
+        assert cap.landform == "polar_cap" and "the icy polar cap" in cap.captions
+    assert by_name.loc["Lowplanum"].landform == "plains"
     west = mars.set_index("name").loc["Westcrater"]
     assert west.geometry.x == pytest.approx(-60.0) and west.landform == "impact_crater"
     assert "a 900 km impact crater with a flat floor" not in west.captions  # basin-sized
@@ -173,7 +173,16 @@ def test_train_part_holds_out_eastern_mars(real_train: Path, packages: Path) -> 
     # targets by their centre; regions (context only) where they reach the west
     targets = labels[labels["shape"] != "region"]
     assert (targets.geometry.x < 0).all() and "Eastcrater" not in set(labels.name)
-    assert {"Wideplanitia", "Boreplanum"} <= set(labels.name)
+    assert set(labels.name) == {
+        "Westcrater",
+        "Bigmons",
+        "Longvallis",
+        "Wideplanitia",
+        "Lowplanum",
+        "Austroplanum",
+        "Boreplanum",  # holds the pole
+        "Northplanitia",  # 15E, but 1/cos(60N) wider than its radius
+    }
     outlines = gpd.read_parquet(
         real_train / "mars-labels" / "mars-relief-west-labels" / "labels.parquet"
     )
@@ -196,8 +205,11 @@ def test_eval_part_is_eastern_mars_only(real_train: Path, packages: Path) -> Non
     out = real_train.parent / "eval"
     result = build_real_data(out, "eval", cache=real_train.parent / "cache")
     assert result.items == ["mars-relief-east"]
-    # the crater, the cap over the pole and the plains reaching 166E across the antimeridian
-    assert result.features == {"mars-relief-east": 3}
+    names = set(gpd.read_parquet(out / "mars-labels/mars-relief-east-labels/points.parquet").name)
+    # the craters and plains centred east, the cap over the pole, and the plains reaching
+    # 166E across the antimeridian
+    assert names == {"Eastcrater", "Edgecrater", "Northplanitia", "Boreplanum", "Wideplanitia"}
+    assert result.features == {"mars-relief-east": 5}
     with rasterio.open(out / "mars-imagery/mars-relief-east/mars-relief-east.tif") as src:
         assert src.bounds.left == pytest.approx(0) and src.bounds.right == pytest.approx(180)
         assert np.array_equal(src.read(1), np.maximum(_relief(1)[:, W // 2 :], 1))
@@ -217,6 +229,11 @@ def test_outlines_are_small_circles_cut_at_the_antimeridian() -> None:
     assert seam.geom_type == "MultiPolygon" and len(seam.geoms) == 2
     assert seam.bounds[0] == pytest.approx(-180) and seam.bounds[2] == pytest.approx(180)
     assert seam.area == pytest.approx(plain.area, rel=1e-6)
+    on_seam = gpd.GeoDataFrame(
+        {"diameter_km": [2 * r_km]}, geometry=[shapely.Point(170.0, 0.0)], crs=pts.crs
+    )
+    (touching,) = circles(on_seam, mars, n=360)  # a vertex exactly on 180
+    assert touching.geom_type == "Polygon" and touching.area == pytest.approx(plain.area)
     # around a pole: every longitude, down to 10 degrees from the centre's far side
     assert north.bounds == pytest.approx((-180, 75, 180, 90), abs=1e-3)
     assert north.contains(shapely.Point(150.0, 89.0)) and not north.contains(shapely.Point(150, 81))
