@@ -502,6 +502,23 @@ def train_cmd(
     click.echo(result.summary())
 
 
+@cli.command("average-models")
+@click.argument("models", nargs=-1, required=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder of the averaged model (then --model local-dir:OUT).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder at --out.")
+def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> None:
+    """Average the weights of models trained from the same start into one model."""
+    from marscope_stac.train import average_models
+
+    folder = average_models(list(models), out, overwrite=overwrite)
+    click.echo(f"averaged {len(models)} models: local-dir:{folder}")
+
+
 @cli.command("embed")
 @click.argument("catalog")
 @_products_option

@@ -35,7 +35,12 @@ from tqdm import tqdm
 
 from marscope_stac import __version__
 from marscope_stac.errors import CatalogError, ConfigError, ModelError, check_range
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, sweep_stale
+from marscope_stac.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    staged_directory,
+    sweep_stale,
+)
 from marscope_stac.models import (
     ARCH_PREPROCESS,
     BUNDLED_MODEL,
@@ -44,6 +49,7 @@ from marscope_stac.models import (
     ClipModel,
     bundled_model_dir,
     check_project_architecture,
+    load_model,
     model_folder,
     parts_model_folder,
     project_arch_config,
@@ -59,6 +65,7 @@ from marscope_stac.tiles import check_context
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "average_models",
     "settle_config",
     "train_from_source",
     "train_model",
@@ -649,3 +656,70 @@ def train_from_source(
         half_weights=half_weights,
         source_description="Trained on the " + "; ".join(what) + ".",
     )
+
+
+# ----------------------------------------------------------------------------- averaging
+
+
+def average_models(models: Sequence[str], out: str | Path, overwrite: bool = False) -> Path:
+    """Average the weights of trained models of one architecture into one model ("soup").
+
+    Models trained from the same start (e.g. several runs of the bundled recipe from the
+    packaged parts) average into a model of the same size that is usually better than each
+    (the noise of single runs cancels). Floating-point tensors are averaged, integer buffers
+    (batch-norm step counts) take the largest; the result is stored in the members' precision
+    (fp16 if any member is) with their tile context, as an open_clip hub folder with a model
+    item, written whole or not at all.
+
+    Args:
+        models: Model references (``local-dir:PATH``, ``bundled``...), at least two.
+        out: Folder of the averaged model (then ``--model local-dir:OUT``).
+        overwrite: Replace an existing folder at ``out``.
+
+    Raises:
+        ConfigError: for fewer than two models.
+        ModelError: if a model cannot be loaded or the models differ in architecture,
+            tensors or tile context.
+        OutputError: if ``out`` exists and ``overwrite`` is false.
+    """
+    from safetensors.torch import load_file
+
+    if len(models) < 2:
+        raise ConfigError("average-models needs at least two models to average")
+    members = [load_model(m, None, device="cpu") for m in models]
+    first = members[0]
+    for ref, cm in zip(models[1:], members[1:], strict=True):
+        if cm.tile_context != first.tile_context:
+            raise ModelError(
+                f"{ref} was trained with tile context {cm.tile_context:g}, {models[0]} with "
+                f"{first.tile_context:g}: only models that see the same tiles average"
+            )
+    states = [cm.model.state_dict() for cm in members]
+    for ref, st in zip(models[1:], states[1:], strict=True):
+        if any(k not in st or st[k].shape != v.shape for k, v in states[0].items()):
+            raise ModelError(f"{ref} has other tensors than {models[0]}; they cannot average")
+    avg: dict[str, torch.Tensor] = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            avg[k] = torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
+        else:
+            avg[k] = torch.stack([st[k] for st in states]).amax(0)
+    first.model.load_state_dict(avg)
+    half = False
+    for m in models:
+        folder = model_folder(m)
+        weights = folder / "open_clip_model.safetensors" if folder is not None else None
+        if weights is not None and weights.is_file():
+            half |= any(t.dtype == torch.float16 for t in load_file(weights).values())
+    with staged_directory(out, overwrite=overwrite) as stage:
+        _export(first.model, models[0], stage, half, first.tile_context)
+        from marscope_stac.mlm import mlm_name, mlm_properties, model_item
+
+        desc = f"Weight average of {len(models)} models: {', '.join(models)}"
+        model_item(
+            stage,
+            mlm_properties(first, mlm_name(Path(out).name), description=desc),
+            hyperparameters={"averaged_models": list(models)},
+            when=dt.datetime.now(dt.UTC),
+        )
+    return Path(out)

@@ -205,3 +205,51 @@ def test_train_cli(tmp_path: Path) -> None:
         cli, ["train", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda:3"]
     )
     assert r.exit_code == 2
+
+
+def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pystac
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from marscope_stac.train import average_models
+
+    # a second model of the same architecture: every floating-point weight + 1
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    base = load_file(other / "open_clip_model.safetensors")
+    save_file(
+        {k: v + 1 if v.is_floating_point() else v for k, v in base.items()},
+        other / "open_clip_model.safetensors",
+    )
+    refs = [f"local-dir:{tiny_model_dir}", f"local-dir:{other}"]
+    out = average_models(refs, tmp_path / "avg")
+    got = load_file(out / "open_clip_model.safetensors")
+    assert set(got) == set(base)
+    for k, v in base.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(got[k].float(), v.float() + 0.5, atol=2e-3, rtol=1e-3)
+    cm = load_model(f"local-dir:{out}", None, device="cpu")  # a model like any other
+    assert cm.encode_queries(["an impact crater"]).shape == (1, cm.embed_dim)
+    item = pystac.read_file(str(out / "model.json"))
+    assert item.properties["mlm:hyperparameters"]["averaged_models"] == refs
+    validate_catalog(out / "model.json")
+    # models that see other tiles do not average; the output is not written
+    ringed = tmp_path / "ringed"
+    shutil.copytree(tiny_model_dir, ringed)
+    cfg = json.loads((ringed / "open_clip_config.json").read_text())
+    cfg["marscope"] = {"tile_context": 1}
+    (ringed / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="tile context"):
+        average_models([refs[0], f"local-dir:{ringed}"], tmp_path / "bad")
+    r = CliRunner().invoke(
+        cli, ["average-models", refs[0], f"local-dir:{ringed}", "--out", str(tmp_path / "bad")]
+    )
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="at least two"):
+        average_models(refs[:1], tmp_path / "one")
+    r = CliRunner().invoke(cli, ["average-models", *refs, "--out", str(tmp_path / "avg2")])
+    assert r.exit_code == 0 and (tmp_path / "avg2" / "open_clip_model.safetensors").is_file()
