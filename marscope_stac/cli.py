@@ -512,7 +512,11 @@ def train_cmd(
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder at --out.")
 def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> None:
-    """Average the weights of models trained from the same start into one model."""
+    """Average the weights of models trained from the same start into one model.
+
+    MODELS are model references as --model takes them (bundled, local-dir:DIR,
+    hf-hub:ORG/REPO), at least two, of one architecture and tile context.
+    """
     from marscope_stac.train import average_models
 
     folder = average_models(list(models), out, overwrite=overwrite)

@@ -719,7 +719,21 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
         model_item(
             stage,
             mlm_properties(first, mlm_name(Path(out).name), description=desc),
-            hyperparameters={"averaged_models": list(models)},
+            hyperparameters={"averaged_models": list(models), "members": _recipes(models)},
             when=dt.datetime.now(dt.UTC),
         )
     return Path(out)
+
+
+def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
+    """Each model's training hyper-parameters, from its model item where it has one."""
+    out: list[dict[str, Any]] = []
+    for m in models:
+        folder = model_folder(m)
+        item = folder / "model.json" if folder is not None else None
+        props: dict[str, Any] = {}
+        if item is not None and item.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                props = json.loads(item.read_text()).get("properties", {})
+        out.append({"model": m, **(props.get("mlm:hyperparameters") or {})})
+    return out

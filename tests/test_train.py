@@ -235,6 +235,8 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
     assert cm.encode_queries(["an impact crater"]).shape == (1, cm.embed_dim)
     item = pystac.read_file(str(out / "model.json"))
     assert item.properties["mlm:hyperparameters"]["averaged_models"] == refs
+    members = item.properties["mlm:hyperparameters"]["members"]
+    assert [m["model"] for m in members] == refs  # with each one's recipe where it has one
     validate_catalog(out / "model.json")
     # models that see other tiles do not average; the output is not written
     ringed = tmp_path / "ringed"
