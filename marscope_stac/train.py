@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 PRETRAINED_PARTS = "parts"
 """``pretrained`` value that starts an architecture from its packaged pretrained parts."""
 
+PARTS_SOURCE = "pretrained image and text encoders from their PyPI wheels (marscope_stac.parts)"
+"""How a model item names the packaged pretrained parts it started from."""
+
 
 @dataclass
 class TrainConfig:
@@ -552,12 +555,23 @@ def _model_item(
 
     item = model_item(
         folder,
-        mlm_properties(cm, mlm_name(folder.parent.name), description=source),
+        mlm_properties(
+            cm, mlm_name(folder.parent.name), _pretrained_source(cm), description=source
+        ),
         hyperparameters={**asdict(cfg), "software": f"marscope-stac {__version__}"},
         metrics=history[-1] if history else {},
         when=dt.datetime.now(dt.UTC),
     )
     return item
+
+
+def _pretrained_source(cm: ClipModel) -> str | None:
+    """What a training run started from, for its model item (None: random weights)."""
+    if cm.pretrained == PRETRAINED_PARTS:
+        return f"{cm.arch}: {PARTS_SOURCE}"
+    if cm.pretrained:
+        return str(cm.pretrained)
+    return cm.name if cm.name.startswith(("bundled", "local-dir:", "hf-hub:")) else None
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:
@@ -716,17 +730,20 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
         from marscope_stac.mlm import mlm_name, mlm_properties, model_item
 
         desc = f"Weight average of {len(models)} models: {', '.join(models)}"
+        recipes = _recipes(models)
+        starts = {r.pop("pretrained_source", None) for r in recipes}
+        start = starts.pop() if len(starts) == 1 else None  # their common start, if known
         model_item(
             stage,
-            mlm_properties(first, mlm_name(Path(out).name), description=desc),
-            hyperparameters={"averaged_models": list(models), "members": _recipes(models)},
+            mlm_properties(first, mlm_name(Path(out).name), start, description=desc),
+            hyperparameters={"averaged_models": list(models), "members": recipes},
             when=dt.datetime.now(dt.UTC),
         )
     return Path(out)
 
 
 def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
-    """Each model's training hyper-parameters, from its model item where it has one."""
+    """Each model's training hyper-parameters and start, from its model item if it has one."""
     out: list[dict[str, Any]] = []
     for m in models:
         folder = model_folder(m)
@@ -735,5 +752,6 @@ def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
         if item is not None and item.is_file():
             with contextlib.suppress(OSError, ValueError):
                 props = json.loads(item.read_text()).get("properties", {})
-        out.append({"model": m, **(props.get("mlm:hyperparameters") or {})})
+        recipe = {"model": m, **(props.get("mlm:hyperparameters") or {})}
+        out.append(recipe | {"pretrained_source": props.get("mlm:pretrained_source")})
     return out

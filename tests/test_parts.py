@@ -73,6 +73,9 @@ def test_train_small_with_locked_text(demo_root: Path, tmp_path: Path) -> None:
     assert cfg["preprocess_cfg"]["mean"] == list(IMAGENET_MEAN)
     item = json.loads(res.item_path.read_text())
     assert item["id"] == "sm-model" and validate_catalog(res.item_path).objects == 1
+    # the item says what the run started from
+    assert item["properties"]["mlm:pretrained"] is True
+    assert "marscope_stac.parts" in item["properties"]["mlm:pretrained_source"]
     cm = load_model(f"local-dir:{out / 'model'}", device="cpu")
     assert cm.arch == "marscope-small" and cm.mean == IMAGENET_MEAN
     after = cm.model.text.transformer.state_dict()

@@ -76,6 +76,7 @@ def test_train_writes_model_item_and_resumes(
     assert validate_catalog(first.item_path).objects == 1
     item = json.loads(first.item_path.read_text())
     assert item["properties"]["mlm:architecture"] == "marscope-tiny"
+    assert item["properties"]["mlm:pretrained"] is False  # from random weights
     assert item["assets"]["weights"]["mlm:artifact_type"] == "safetensors.torch.save_file"
     cm = load_model(f"local-dir:{out / 'model'}", device="cpu")
     assert cm.encode_queries(["yardangs"]).shape == (1, 256)
@@ -237,6 +238,7 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
     assert item.properties["mlm:hyperparameters"]["averaged_models"] == refs
     members = item.properties["mlm:hyperparameters"]["members"]
     assert [m["model"] for m in members] == refs  # with each one's recipe where it has one
+    assert item.properties["mlm:pretrained"] is False  # as the members (no model item here)
     validate_catalog(out / "model.json")
     # models that see other tiles do not average; the output is not written
     ringed = tmp_path / "ringed"
