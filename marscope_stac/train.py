@@ -696,8 +696,6 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
             tensors or tile context.
         OutputError: if ``out`` exists and ``overwrite`` is false.
     """
-    from safetensors.torch import load_file
-
     if len(models) < 2:
         raise ConfigError("average-models needs at least two models to average")
     members = [load_model(m, None, device="cpu") for m in models]
@@ -719,12 +717,7 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
         else:
             avg[k] = torch.stack([st[k] for st in states]).amax(0)
     first.model.load_state_dict(avg)
-    half = False
-    for m in models:
-        folder = model_folder(m)
-        weights = folder / "open_clip_model.safetensors" if folder is not None else None
-        if weights is not None and weights.is_file():
-            half |= any(t.dtype == torch.float16 for t in load_file(weights).values())
+    half = any(_stored_half(m) for m in models)
     with staged_directory(out, overwrite=overwrite) as stage:
         _export(first.model, models[0], stage, half, first.tile_context)
         from marscope_stac.mlm import mlm_name, mlm_properties, model_item
@@ -740,6 +733,18 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
             when=dt.datetime.now(dt.UTC),
         )
     return Path(out)
+
+
+def _stored_half(model: str) -> bool:
+    """Whether a model's weights file holds fp16 tensors (read from its header only)."""
+    from safetensors import safe_open
+
+    folder = model_folder(model)
+    weights = folder / "open_clip_model.safetensors" if folder is not None else None
+    if weights is None or not weights.is_file():
+        return False
+    with safe_open(str(weights), "pt") as f:
+        return any(f.get_slice(k).get_dtype() == "F16" for k in f.keys())  # noqa: SIM118 (not iterable)
 
 
 def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
