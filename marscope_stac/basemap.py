@@ -24,7 +24,7 @@ from rasterio.warp import Resampling, reproject
 
 from marscope_stac.catalog import OutputCatalog
 from marscope_stac.errors import DataError, check_range
-from marscope_stac.fsutil import staged_directory
+from marscope_stac.fsutil import check_apart, source_folder, staged_directory
 from marscope_stac.render import raster_zoom_range, write_raster_pmtiles
 from marscope_stac.stac_in import load_sources
 from marscope_stac.stac_out import (
@@ -121,6 +121,9 @@ def build_basemap(
         OutputError: if ``out`` is not a products catalog.
     """
     check_range("--max-pixels", max_pixels, 1024, 2**31, integer=True)
+    src_folder = source_folder(source)
+    if src_folder is not None:
+        check_apart(out, {f"the input catalog {source}": src_folder})
     catalog = OutputCatalog(out)
     sources = load_sources(source)
     label = name or Path(str(source).rstrip("/")).resolve().name or "imagery"
@@ -128,7 +131,7 @@ def build_basemap(
     folder = Path(out) / "basemaps" / bid
     image, transform = _mosaic(sources, max_pixels)
     zoom = raster_zoom_range(transform, image.shape)
-    with staged_directory(folder, overwrite=True) as stage:
+    with staged_directory(folder, overwrite=True, owned=True) as stage:
         meta = {"name": bid, "description": f"Imagery of {label}", "type": "baselayer"}
         tiles = write_raster_pmtiles(
             stage / "imagery.pmtiles", image, transform, meta, zoom, "gray", 254, 0

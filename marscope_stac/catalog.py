@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from marscope_stac.errors import OutputError
+from marscope_stac.errors import CatalogError, ConfigError, OutputError
 from marscope_stac.fsutil import atomic_write_json
 from marscope_stac.stac_out import (
     JSON_MEDIA_TYPE,
@@ -31,6 +31,7 @@ __all__ = [
     "CATALOG_ID",
     "ROOT_VERSION",
     "OutputCatalog",
+    "check_base_url",
     "file_asset",
     "item_folder",
     "relative_href",
@@ -97,7 +98,34 @@ class OutputCatalog:
     def _read(self, path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text(encoding="utf-8")))
 
-    def _write(self, path: Path, d: dict[str, Any], validated: bool = False) -> None:
+    def base_url(self) -> str | None:
+        """Where the catalog is published, or None: recorded by ``marscope catalog publish``.
+
+        It is the folder of the root's absolute ``self`` link; every object written later
+        gets its own self link under it, so a published catalog stays published.
+        """
+        path = self.root / "catalog.json"
+        try:
+            links = self._read(path).get("links", [])
+        except (OSError, ValueError):
+            return None
+        for lk in links if isinstance(links, list) else []:
+            href = lk.get("href") if isinstance(lk, dict) and lk.get("rel") == "self" else None
+            if isinstance(href, str) and href.startswith(("http://", "https://")):
+                return href.rsplit("/", 1)[0] + "/"
+        return None
+
+    def _write(
+        self,
+        path: Path,
+        d: dict[str, Any],
+        validated: bool = False,
+        base_url: str | None = None,
+    ) -> None:
+        base = base_url if base_url is not None else self.base_url()
+        if base is not None:
+            _self_link(d, path, self.root, base)
+            validated = False
         if not validated:
             validate_dict(d, href=str(path))
         atomic_write_json(path, d)
@@ -114,7 +142,7 @@ class OutputCatalog:
             old.get("summaries", {}),
             version=ROOT_VERSION,
         )
-        root["links"] = [lk for lk in old.get("links", []) if lk.get("rel") == "child"]
+        root["links"] = [lk for lk in old.get("links", []) if lk.get("rel") in ("child", "self")]
         _relink(root, [link("root", path, self.root, JSON_MEDIA_TYPE, ROOT_TITLE)])
         return root
 
@@ -166,9 +194,10 @@ class OutputCatalog:
             for path, d in ((item_path, item), (collection_path, collection), (cat_path, cat)):
                 validate_dict(d, href=str(path))
             item_path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(item_path, item, validated=True)
-            self._write(collection_path, collection, validated=True)
-            self._write(cat_path, cat, validated=True)
+            base = self.base_url() or ""  # "" : not published, no self links
+            self._write(item_path, item, validated=True, base_url=base)
+            self._write(collection_path, collection, validated=True, base_url=base)
+            self._write(cat_path, cat, validated=True, base_url=base)
         return item_path
 
 
@@ -268,6 +297,16 @@ def write_static_catalog(
     atomic_write_json(cat_path, catalog)
 
 
+def _self_link(d: dict[str, Any], path: Path, folder: Path, base_url: str | None) -> None:
+    """Set (``base_url`` given) or remove (None or "") the absolute self link of one object."""
+    links = [lk for lk in d.get("links", []) if lk.get("rel") != "self"]
+    if base_url:
+        href = base_url.rstrip("/") + "/" + path.relative_to(folder).as_posix()
+        media = STAC_ITEM_MEDIA_TYPE if d.get("type") == "Feature" else JSON_MEDIA_TYPE
+        links.append({"rel": "self", "href": href, "type": media})
+    d["links"] = links
+
+
 def _set_self_link(path: Path, folder: Path, base_url: str | None) -> bool:
     """Set (or remove) one STAC file's self link; whether the file changed."""
     if any(part.startswith(".") for part in path.relative_to(folder).parts):
@@ -278,16 +317,41 @@ def _set_self_link(path: Path, folder: Path, base_url: str | None) -> bool:
         return False
     if not isinstance(d, dict) or "stac_version" not in d:
         return False
-    links = [lk for lk in d.get("links", []) if lk.get("rel") != "self"]
-    if base_url is not None:
-        href = base_url.rstrip("/") + "/" + path.relative_to(folder).as_posix()
-        media = STAC_ITEM_MEDIA_TYPE if d.get("type") == "Feature" else JSON_MEDIA_TYPE
-        links.append({"rel": "self", "href": href, "type": media})
-    if links == d.get("links"):
+    old = d.get("links")
+    if not isinstance(old, list) or not all(isinstance(lk, dict) for lk in old):
+        raise CatalogError(f"{path}: 'links' is not a list of link objects; fix the file")
+    _self_link(d, path, folder, base_url)
+    if d["links"] == old:
         return False
-    d["links"] = links
     atomic_write_json(path, d)
     return True
+
+
+def _is_stac(path: Path) -> bool:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(d, dict) and "stac_version" in d
+
+
+def check_base_url(base_url: str) -> str:
+    """Refuse a base URL that cannot be published under: not http(s), no host, white space.
+
+    Raises:
+        ConfigError: naming the problem and an example.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url) if base_url.isprintable() else None
+    ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+    ok = ok and not any(c.isspace() for c in base_url) and not (parts and parts.query)
+    if not ok:
+        raise ConfigError(
+            f"--base-url {base_url!r} is not an http(s) URL of a host; give one like "
+            "https://example.org/products/"
+        )
+    return base_url
 
 
 def set_self_links(root: str | Path, base_url: str | None) -> int:
@@ -300,13 +364,22 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
     under the products catalog lock when there is one. Returns the objects changed.
 
     Raises:
-        ConfigError: for a base URL that is not http(s).
+        ConfigError: for a base URL that is not an http(s) URL of a host.
+        CatalogError: if ``root`` is not a folder holding a STAC catalog (``catalog.json``
+            or ``collection.json``), or a STAC file's links are malformed.
     """
-    from marscope_stac.errors import ConfigError
-
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"--base-url {base_url!r} is not an http(s) URL")
+    if base_url is not None:
+        check_base_url(base_url)
     folder = Path(root)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise CatalogError(f"{folder} {what}; give the folder of a STAC catalog to publish")
+    roots = [folder / n for n in ("catalog.json", "collection.json") if (folder / n).is_file()]
+    if not roots or not any(_is_stac(p) for p in roots):
+        raise CatalogError(
+            f"{folder} holds no readable STAC catalog.json or collection.json; give the "
+            "folder of a STAC catalog to publish"
+        )
     lock = folder / ".marscope.lock"
     with contextlib.ExitStack() as stack:
         if lock.is_file():  # a products catalog: wait for writers to finish

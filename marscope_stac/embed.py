@@ -38,7 +38,13 @@ from tqdm import tqdm
 
 from marscope_stac.catalog import OutputCatalog
 from marscope_stac.errors import ConfigError, ModelError, OutputError, check_range
-from marscope_stac.fsutil import atomic_write_json, file_multihash, sweep_stale
+from marscope_stac.fsutil import (
+    atomic_write_json,
+    check_apart,
+    file_multihash,
+    source_folder,
+    sweep_stale,
+)
 from marscope_stac.grid import Grid, parse_grid
 from marscope_stac.models import ClipModel, load_model, same_record
 from marscope_stac.stac_in import SourceSet, load_sources
@@ -549,19 +555,9 @@ def _check_out_apart(source: str | Path, out: Path) -> None:
     Raises:
         OutputError: naming the overlap and the fix.
     """
-    src = str(source)
-    if src.startswith(("http://", "https://")) or not Path(src).exists():
-        return
-    folder = Path(src).resolve()
-    folder = folder.parent if folder.is_file() else folder
-    if (folder / "stac" / "catalog.json").is_file() and not (folder / "catalog.json").is_file():
-        folder = folder / "stac"  # a GeoTIFF folder with its in-place catalog
-    target = out.resolve()
-    if target == folder or folder in target.parents or target in folder.parents:
-        raise OutputError(
-            f"--out {out} overlaps the input catalog {source}; products never go into an "
-            "input: choose a folder beside it (e.g. products/)"
-        )
+    folder = source_folder(source)
+    if folder is not None:
+        check_apart(out, {f"the input catalog {source}": folder})
 
 
 def _source_href(source: str | Path) -> str:

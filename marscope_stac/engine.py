@@ -479,7 +479,10 @@ class QueryEngine:
         scored = ScoredQuery(
             a.cells, (a.scores * prob).astype(np.float32), prob, a.vector, a.scoring, a.exact_rows
         )
-        spec = QuerySpec(text=[label], templates=tpl)
+        which: dict[str, Any] = {"op": op, "first": first, "second": second}
+        if op == "near":
+            which["within_km"] = within_km
+        spec = QuerySpec(text=[label], templates=tpl, composite=which)
         return self._publish(spec, scored, threshold, None, {}, products)
 
     def classify(

@@ -13,6 +13,7 @@ __all__ = [
     "CatalogError",
     "ConfigError",
     "DataError",
+    "DataWarning",
     "MarscopeError",
     "MarscopeWarning",
     "ModelError",
@@ -52,6 +53,10 @@ class OutputError(MarscopeError):
 
 class MarscopeWarning(UserWarning):
     """Base class of warnings the user can act on."""
+
+
+class DataWarning(MarscopeWarning):
+    """Stored data was found damaged or inconsistent and was not used (it is made again)."""
 
 
 class SkippedInputWarning(MarscopeWarning):

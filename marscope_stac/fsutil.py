@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +31,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_apart",
+    "check_output_file",
+    "check_output_folder",
+    "clone_file",
     "copy_file",
     "file_multihash",
+    "is_project_folder",
     "json_text",
+    "source_folder",
     "staged_directory",
     "sweep_stale",
     "temp_file",
@@ -61,7 +68,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
     For writers that want a file name (GDAL, pyarrow): the block writes the yielded path;
     on an exception the temporary file is removed and ``path`` is left as it was.
     """
-    target = Path(path)
+    target = check_output_file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(target, "" if suffix == ".tmp" else suffix)
     try:
@@ -108,27 +115,164 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Put a copy of ``src`` at ``dst`` atomically: a hard link where possible, else a copy.
+    """Put a copy of ``src`` at ``dst`` atomically: a reflink where the file system offers one.
 
-    Nothing is done when ``dst`` already holds the same bytes (same size and checksum).
+    Never a hard link: a hard link is the same file, so a later in-place write to either
+    (another tool, an editor) would change both, e.g. a product's weights and the installed
+    model's. Nothing is done when ``dst`` already holds the same bytes (size and checksum).
     """
-    source, target = Path(src), Path(dst)
+    source, target = Path(src), check_output_file(dst)
     same_size = target.is_file() and target.stat().st_size == source.stat().st_size
-    if same_size and (target.samefile(source) or file_multihash(target) == file_multihash(source)):
+    if same_size and not target.samefile(source) and _same_bytes(source, target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(target, "tmp")
     try:
-        try:
-            os.link(source, tmp)  # the same file, nothing copied (its mode is left alone)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(source, tmp)
+        clone_file(source, tmp)
         tmp.replace(target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     return target
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return file_multihash(a) == file_multihash(b)
+
+
+_FICLONE = 0x40049409
+"""Linux ``ioctl`` that makes ``dst`` share ``src``'s blocks copy-on-write (btrfs, XFS)."""
+
+
+def clone_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy ``src`` to a new file ``dst``: a copy-on-write reflink where possible, else bytes.
+
+    Either way ``dst`` is an independent file (unlike a hard link): writing one never
+    changes the other.
+    """
+    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:  # no reflinks here (ext4, tmpfs, another file system)
+            pass
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output file path that exists and is not a regular file.
+
+    A write-then-rename would replace whatever is at ``path``: a device node, a FIFO, a
+    socket or a folder is never a file the project owns, so it is refused before anything
+    is opened (a FIFO is not opened at all: opening one would block).
+
+    Raises:
+        OutputError: naming the path, what it is and the fix.
+    """
+    target = Path(path)
+    if str(path) == "":
+        raise OutputError("an output path is empty; give a file name")
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:  # a symlink loop, a name too long, a parent that is a file
+        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+    if not stat.S_ISREG(mode):
+        raise OutputError(
+            f"{target} exists and is {_kind(mode)}, not a file this program wrote; "
+            "choose another output path"
+        )
+    return target
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+_PROJECT_FILES = ("catalog.json", "collection.json")
+_MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+
+
+def is_project_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
+
+    ``--overwrite`` replaces only such folders: a STAC root (``catalog.json`` or
+    ``collection.json``) or a STAC item file at its top, or an open_clip model folder.
+    A user's folder of other files is never one.
+    """
+    root = Path(folder)
+    if all((root / name).is_file() for name in _MODEL_FILES):
+        return True
+    try:
+        tops = sorted(p for p in root.iterdir() if p.suffix == ".json" and p.is_file())
+    except OSError:
+        return False
+    named = [root / n for n in _PROJECT_FILES if (root / n).is_file()]
+    return any(_is_stac_file(p) for p in (named or tops[:64]))
+
+
+def _is_stac_file(path: Path) -> bool:
+    try:
+        if path.stat().st_size > 16 << 20:
+            return False
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return b'"stac_version"' in head and b'"type"' in head
+
+
+def source_folder(source: str | os.PathLike[str]) -> Path | None:
+    """The local folder a catalog source names (its folder, or ``FOLDER/stac``), or None.
+
+    None for URLs and paths that do not exist.
+    """
+    text = str(source)
+    if "://" in text or not Path(text).exists():
+        return None
+    folder = Path(text).resolve()
+    folder = folder.parent if folder.is_file() else folder
+    if (folder / "stac" / "catalog.json").is_file() and not (folder / "catalog.json").is_file():
+        folder = folder / "stac"  # a GeoTIFF folder with its in-place catalog
+    return folder
+
+
+def check_apart(
+    out: str | os.PathLike[str],
+    inputs: dict[str, str | os.PathLike[str]],
+    option: str = "--out",
+) -> None:
+    """Refuse an output folder that is, holds or lies inside one of the local ``inputs``.
+
+    ``inputs`` maps a description for the message (``"the input catalog X"``) to a local
+    path (a folder, or a file whose folder counts); URLs and missing paths are ignored.
+
+    Raises:
+        OutputError: naming the overlap and the fix.
+    """
+    target = Path(out).resolve()
+    for what, src in inputs.items():
+        text = str(src)
+        if "://" in text or not Path(text).exists():
+            continue
+        folder = Path(text).resolve()
+        folder = folder.parent if folder.is_file() else folder
+        if target == folder or folder in target.parents or target in folder.parents:
+            raise OutputError(
+                f"{option} {out} overlaps {what}; outputs never go into an input or replace "
+                "it: choose a folder beside it"
+            )
 
 
 def _check_parent_writable(out: Path) -> Path:
@@ -261,7 +405,9 @@ def _swap_lock(target: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def staged_directory(
+    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False
+) -> Iterator[Path]:
     """Build a folder in a staging area beside ``out`` and move it into place on success.
 
     Yields the staging folder. When the block finishes without an exception, ``out`` is
@@ -271,18 +417,15 @@ def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
     raises, the staging folder is removed and ``out`` is left as it was. What a killed
     process leaves behind is removed by the next run (:func:`sweep_stale`).
 
+    ``overwrite`` replaces only a folder the project wrote (:func:`is_project_folder`),
+    never a user's folder of other files; ``owned`` says ``out`` lies inside an output
+    catalog the caller has checked, whose sub-folders are all the project's.
+
     Raises:
-        OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or its
-            parent folder cannot be written.
+        OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or it
+            is not a folder this project wrote, or its parent folder cannot be written.
     """
-    target = Path(out)
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target} exists and is not a folder; choose another output path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise OutputError(
-            f"{target} exists and is not empty; pass --overwrite to replace it "
-            "or choose another path"
-        )
+    target = check_output_folder(out, overwrite, owned=owned)
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers
@@ -295,6 +438,36 @@ def staged_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
         raise
     with _swap_lock(target):
         _replace(stage, target)
+
+
+def check_output_folder(
+    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False
+) -> Path:
+    """Refuse an output folder :func:`staged_directory` would refuse, before any work.
+
+    Raises:
+        OutputError: see :func:`staged_directory`.
+    """
+    target = Path(out)
+    if str(out) == "":
+        raise OutputError("the output folder is empty; give a folder name")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise OutputError(
+            f"{target} exists and is not a folder this program wrote; choose another output path"
+        )
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise OutputError(
+                f"{target} exists and is not empty; pass --overwrite to replace it "
+                "or choose another path"
+            )
+        if not owned and not is_project_folder(target):
+            raise OutputError(
+                f"{target} is not a catalog or model folder this program wrote, so --overwrite "
+                "will not replace it; choose another path (or remove it yourself)"
+            )
+    _check_parent_writable(target)
+    return target
 
 
 def _replace(stage: Path, target: Path) -> None:

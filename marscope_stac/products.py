@@ -67,6 +67,7 @@ from marscope_stac.stac_out import (
     SSYS_V1,
     cog_band_fields,
     file_asset,
+    lineage_href,
     now_utc,
     proj_fields,
     relative_href,
@@ -207,6 +208,23 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
+def set_fingerprint(es: EmbeddingSet) -> dict[str, Any]:
+    """What identifies an embedding set's content for product ids.
+
+    Its folder name, its model, the checksums of its scoring arrays and the calibration
+    (background term and temperature): a set embedded again with other data or another
+    model gives other ids, so its products never replace those of the earlier set.
+    """
+    manifest = es.manifest()
+    scoring = manifest.get("scoring") or {}
+    return {
+        "set": es.root.name,
+        "model": (manifest.get("model") or {}).get("name"),
+        "files": scoring.get("files"),
+        "calibration": scoring.get("background"),
+    }
+
+
 def query_id(
     spec: QuerySpec,
     es: EmbeddingSet,
@@ -216,18 +234,37 @@ def query_id(
 ) -> str:
     """Id of a query's products: a slug of its text and a digest of everything that shapes them.
 
-    The query, the set, the threshold, the scoring and the files written all count, so a
-    query run with other settings never replaces another's products.
+    The digest covers every input that changes the pixels or files: the texts, examples,
+    counter-examples and their weights, the prompt templates, the composite operator and
+    its operand (``spec.composite``), the threshold, the scoring mode, the products written and
+    the set's content, model and calibration (:func:`set_fingerprint`). Two different
+    requests never share an id; the same request asked again (CLI, API or page) gets the
+    same one.
     """
     words = "-".join(spec.text) if spec.text else "examples"
     slug = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40] or "query"
-    key: list[Any] = [spec.describe(), es.root.name]
-    if threshold != 0.5 or scoring != "exact":  # the defaults keep the ids they always had
-        key += [threshold, scoring]
-    if set(products) != set(OPTIONAL_PRODUCTS):
-        key += [sorted(products)]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    key = {
+        "kind": "query",
+        "query": spec.describe(),
+        "refine": [spec.refine_positive, spec.refine_negative],
+        "threshold": threshold,
+        "scoring": scoring,
+        "products": sorted(products),
+        "set": set_fingerprint(es),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{slug}-{digest}"
+
+
+def class_id(es: EmbeddingSet, names: Sequence[str], templates: Sequence[str]) -> str:
+    """Id of a zero-shot classification's products (see :func:`query_id`)."""
+    key = {
+        "kind": "classes",
+        "classes": list(names),
+        "templates": list(templates),
+        "set": set_fingerprint(es),
+    }
+    return "classes-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _queries_collection(grid: Grid, bbox: list[float], start: str, end: str) -> dict[str, Any]:
@@ -377,7 +414,7 @@ def write_query_product(
     folder = Path(out) / "queries" / qid
     values = layout.raster(result.probability)
     clock.lap("raster")
-    with staged_directory(folder, overwrite=True) as stage:
+    with staged_directory(folder, overwrite=True, owned=True) as stage:
         files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
         feats = files.write(result, threshold, columns, products)
         assets = {
@@ -516,7 +553,7 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
             links.append(
                 {
                     "rel": "derived_from",
-                    "href": relative_href(target, folder),
+                    "href": lineage_href(target, folder),
                     "type": lk.get("type", "application/json"),
                     "title": lk.get("title", "model" if lk["rel"] == "emb:model" else "source"),
                 }
@@ -621,14 +658,13 @@ def write_class_product(
     """
     catalog = OutputCatalog(out)
     label = prob.argmax(axis=1).astype(np.float32)
-    digest = hashlib.sha256(json.dumps([names, list(templates), es.root.name]).encode()).hexdigest()
-    qid = f"classes-{digest[:10]}"
+    qid = class_id(es, names, templates)
     folder = Path(out) / "queries" / qid
     class_map = layout.raster(label)
     stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
     cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)
     all_names = ["background", *names]
-    with staged_directory(folder, overwrite=True) as stage:
+    with staged_directory(folder, overwrite=True, owned=True) as stage:
         write_cog(
             stage / "classes.tif",
             cmap_u8,

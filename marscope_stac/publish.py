@@ -25,6 +25,7 @@ from marscope_stac.stac_out import (
     STAC_ITEM_MEDIA_TYPE,
     bbox_polygon,
     file_asset,
+    lineage_href,
     link,
     now_utc,
     relative_href,
@@ -153,7 +154,7 @@ def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, A
 def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
     """Publish the model's MLM item in ``out/models/<id>/``, with the weights inside ``out``.
 
-    Local weights (a model folder, a checkpoint) are copied beside the item (a hard link where
+    Local weights (a model folder, a checkpoint) are copied beside the item (a reflink where
     the file system allows), so the products folder can be moved or served as it is; weights
     on a hub are referenced by their URL.
     """
@@ -251,8 +252,8 @@ def _source_links(sources: Any, root: Path) -> list[dict[str, Any]]:
     """``derived_from`` links to the source STAC Items (their URL, or a relative path)."""
     links: dict[str, dict[str, Any]] = {}
     for a in sources.assets:
-        if a.item_href:  # the item itself: a URL, or a relative link into the local catalog
-            link = {"href": relative_href(a.item_href, root), "type": "application/geo+json"}
+        if a.item_href:  # the item: a URL (its own, or its published one), or a relative link
+            link = {"href": lineage_href(a.item_href, root), "type": "application/geo+json"}
         else:  # an item without a location (built in memory): its raster
             link = {"href": relative_href(a.href, root), "type": "image/tiff; application=geotiff"}
         links.setdefault(link["href"], {"rel": "derived_from", **link, "title": a.item_id})
@@ -315,7 +316,12 @@ def _embedding_collection(
     }
     links = [
         link("emb:model", model_path, root, STAC_ITEM_MEDIA_TYPE, f"Model {cm.slug}"),
-        link("emb:source-data", first_source, root, JSON_MEDIA_TYPE, "Source imagery"),
+        {
+            "rel": "emb:source-data",
+            "href": lineage_href(first_source, root),
+            "type": JSON_MEDIA_TYPE,
+            "title": "Source imagery",
+        },
     ]
     return stac_collection(
         root.name,

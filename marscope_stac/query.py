@@ -92,6 +92,8 @@ class QuerySpec:
         templates: Prompt templates (MarScope's three by default; empty: none).
         refine_positive: Rocchio weight of the positive examples in refinement.
         refine_negative: Rocchio weight of the negative examples in refinement.
+        composite: For a composite's product: the operator and both texts (``op``,
+            ``first``, ``second``, ``within_km``); ``text`` then holds its label.
     """
 
     text: list[str] = field(default_factory=list)
@@ -104,6 +106,7 @@ class QuerySpec:
     templates: Sequence[str] = MARSCOPE_TEMPLATES
     refine_positive: float = 0.5
     refine_negative: float = 0.5
+    composite: dict[str, object] | None = None
 
     def describe(self) -> dict[str, object]:
         """The query as recorded in products."""
@@ -114,6 +117,10 @@ class QuerySpec:
                 d[key] = [list(v) if isinstance(v, tuple) else v for v in value]
         d["image_weight"] = self.image_weight
         d["templates"] = list(self.templates)
+        if self.composite is not None:
+            d["composite"] = dict(self.composite)
+        if self.negatives_points or self.negative_cells:
+            d["refine"] = [self.refine_positive, self.refine_negative]
         return d
 
     @property

@@ -55,7 +55,7 @@ from marscope_stac.bodies import MARS, MOON, Body, normalize_lon
 from marscope_stac.catalog import item_folder, write_static_catalog
 from marscope_stac.cog import write_cog
 from marscope_stac.errors import ConfigError, DataError
-from marscope_stac.fsutil import atomic_write_bytes, staged_directory
+from marscope_stac.fsutil import atomic_write_bytes, check_output_folder, staged_directory
 from marscope_stac.stac_out import (
     COG_MEDIA_TYPE,
     FILE_V2,
@@ -798,6 +798,7 @@ def build_real_data(
     if part not in PARTS:
         raise ConfigError(f"unknown part {part!r}; use one of {', '.join(PARTS)}")
     images = PARTS[part]
+    check_output_folder(out, overwrite)  # before anything is fetched
     roles = sorted({"nomenclature", *(s.role for s in images)})
     files = fetch_package_files(cache, packages, roles)
     split = "train" if part == "train" else "test"

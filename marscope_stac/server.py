@@ -550,19 +550,20 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
 
     ``out`` gets the page, the vendor files, ``config.json`` / ``queries.json``, the source
     items the popups link to, a copy of the products catalog and of the input catalogs beside
-    it that the products' lineage links name (hard links where possible), so ``marscope
+    it that the products' lineage links name (reflinks where possible), so ``marscope
     validate`` passes on the copy. Serve it with range requests (PMTiles needs them).
 
     Raises:
         ConfigError: if the web map files are not installed.
         OutputError: if ``out`` exists and is not empty.
     """
-    from marscope_stac.fsutil import staged_directory
+    from marscope_stac.fsutil import check_apart, staged_directory
 
     gone = missing()
     if gone:
         raise ConfigError(f"the web map files are not installed ({gone[0]}); run make install")
     src = Path(products)
+    check_apart(out, {f"the products folder {products}": src}, "--static")
     with staged_directory(out) as stage:
         web = _web_dir()
         for name in ("index.html", "app.js", "app.css"):
@@ -627,7 +628,8 @@ def _outside_or_hidden(src: Path) -> Any:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        Path(dst).hardlink_to(src)
-    except OSError:
-        shutil.copy2(src, dst)
+    """Copy a file into the site: a reflink where possible, never a hard link (see clone_file)."""
+    from marscope_stac.fsutil import clone_file
+
+    clone_file(src, dst)
+    shutil.copystat(src, dst)

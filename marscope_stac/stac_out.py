@@ -19,6 +19,8 @@ processing extensions, so every writer in the project produces the same, valid m
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,10 +55,12 @@ __all__ = [
     "crs_code",
     "file_asset",
     "file_fields",
+    "lineage_href",
     "link",
     "now_utc",
     "processing_fields",
     "proj_fields",
+    "published_url",
     "relative_href",
     "rfc3339",
     "ssys_fields",
@@ -199,6 +203,49 @@ def relative_href(target: str | os.PathLike[str], start: Path) -> str:
         return s
     href = os.path.relpath(Path(s).resolve(), start.resolve())
     return href if href.startswith(".") else f"./{href}"
+
+
+def published_url(path: str | os.PathLike[str]) -> str | None:
+    """The http(s) ``self`` link of a local STAC file, when its catalog has been published."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return _self_url(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _self_url(path: str, mtime_ns: int, size: int) -> str | None:
+    if size > 16 << 20:
+        return None
+    try:
+        d = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    links = d.get("links") if isinstance(d, dict) else None
+    for lk in links if isinstance(links, list) else []:
+        if isinstance(lk, dict) and lk.get("rel") == "self":
+            href = lk.get("href")
+            if isinstance(href, str) and href.startswith(("http://", "https://")):
+                return href
+    return None
+
+
+def lineage_href(target: str | os.PathLike[str], start: Path) -> str:
+    """The href of an input (a lineage link's target) from the folder ``start``.
+
+    A URL stays a URL; a local STAC file of a published catalog (one with an absolute
+    ``self`` link, see ``marscope catalog publish``) is named by that URL, so products
+    made from it can be published without the input catalog beside them; any other local
+    file gets a relative href.
+    """
+    s = str(target)
+    if not s.startswith(("http://", "https://")):
+        url = published_url(s)
+        if url is not None:
+            return url
+    return relative_href(target, start)
 
 
 def link(

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 import shapely
 from numpy.typing import NDArray
 
-from marscope_stac.errors import DataError, OutputError
+from marscope_stac.errors import DataError, DataWarning, OutputError
 from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, temp_file
 from marscope_stac.geoparquet import Covering, geo_metadata
 from marscope_stac.grid import Grid
@@ -771,7 +772,10 @@ class TextVectorCache:
     """Query vectors of texts, stored beside an embedding set (``text-vectors/``).
 
     A vector is kept per (model, text, prompt templates), one small JSON file each, written
-    atomically, so repeated queries need no model and concurrent writers cannot clash.
+    atomically, so repeated queries need no model and concurrent writers cannot clash. Each
+    entry carries a checksum of its key and vector (:meth:`checksum`), verified on every
+    read: a damaged or altered entry is reported (:class:`~marscope_stac.errors.DataWarning`),
+    never used, and the caller computes it again.
 
     Args:
         es: The embedding set.
@@ -787,19 +791,47 @@ class TextVectorCache:
         key = json.dumps([self._model, text, list(templates)])
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
+    def checksum(self, text: str, templates: Sequence[str], vector: NDArray[np.float32]) -> str:
+        """Multihash (sha2-256) of an entry: the model, text and templates, and the vector."""
+        digest = hashlib.sha256(json.dumps([self._model, text, list(templates)]).encode())
+        digest.update(np.ascontiguousarray(vector, "<f4").tobytes())
+        return "1220" + digest.hexdigest()
+
     def get(self, text: str, templates: Sequence[str]) -> NDArray[np.float32] | None:
-        """The stored vector, or None."""
+        """The stored vector, or None when there is none or it fails its checksum."""
         path = self.path(text, templates)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if d["text"] == text and d["templates"] == list(templates):
-                return np.asarray(d["vector"], np.float32)
-        except (OSError, ValueError, KeyError, TypeError):
+            raw = path.read_bytes()
+        except OSError:
             return None
-        return None
+        try:
+            d = json.loads(raw)
+            vector = np.asarray(d["vector"], np.float32)
+            ok = d["text"] == text and d["templates"] == list(templates) and vector.ndim == 1
+            if ok and "checksum" not in d:  # written before entries had checksums
+                log.info("cached text vector %s has no checksum; computing it again", path)
+                return None
+            ok = ok and d["checksum"] == self.checksum(text, templates, vector)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            ok = False
+        if not ok:
+            warnings.warn(
+                f"cached text vector {path} is damaged or altered (checksum mismatch); "
+                "computing it again",
+                DataWarning,
+                stacklevel=2,
+            )
+            return None
+        return vector
 
     def put(self, text: str, templates: Sequence[str], vector: NDArray[np.floating[Any]]) -> None:
         """Store a vector (best effort: a read-only set just stays uncached)."""
-        d = {"text": text, "templates": list(templates), "vector": [float(v) for v in vector]}
+        v = np.asarray(vector, np.float32)
+        d = {
+            "text": text,
+            "templates": list(templates),
+            "vector": [float(x) for x in v],
+            "checksum": self.checksum(text, templates, v),
+        }
         with contextlib.suppress(OSError):
             atomic_write_json(self.path(text, templates), d, None)

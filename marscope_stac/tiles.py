@@ -38,7 +38,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from marscope_stac.errors import ConfigError, OutputError, SkippedInputWarning, check_range
-from marscope_stac.fsutil import atomic_output
+from marscope_stac.fsutil import atomic_output, check_output_file
 from marscope_stac.grid import Grid
 from marscope_stac.stac_in import SourceAsset, SourceSet, load_sources
 from marscope_stac.text import join_lines
@@ -1286,6 +1286,8 @@ def preview_tiles(
     check_range("--max-tiles", max_tiles, 1, 10_000, integer=True)
     if preview is not None and Path(preview).is_dir():
         raise OutputError(f"--preview {preview} is a folder; give a PNG file name")
+    if preview is not None:
+        check_output_file(preview)  # a device, FIFO or socket is refused before any work
     sources = load_sources(
         source, collections=collections, bbox=bbox, datetime=datetime, asset=asset
     )

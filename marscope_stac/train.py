@@ -38,6 +38,8 @@ from marscope_stac.errors import CatalogError, ConfigError, ModelError, check_ra
 from marscope_stac.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
+    check_apart,
+    source_folder,
     staged_directory,
     sweep_stale,
 )
@@ -637,6 +639,8 @@ def train_from_source(
     sources = [source] if isinstance(source, str | Path) else list(source)
     if not sources:
         raise ConfigError("give at least one training source")
+    catalogs = [s for s in sources if Path(s).suffix.lower() not in (".csv", ".parquet")]
+    check_apart(out, {f"the training catalog {s}": source_folder(s) or s for s in catalogs})
     if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
         raise ConfigError(
             f"tile context {ctx:g} needs catalogs: a caption table's images have no margin "
@@ -698,6 +702,8 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
     """
     if len(models) < 2:
         raise ConfigError("average-models needs at least two models to average")
+    folders = {m: model_folder(m) for m in models}
+    check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
     members = [load_model(m, None, device="cpu") for m in models]
     first = members[0]
     for ref, cm in zip(models[1:], members[1:], strict=True):

@@ -210,8 +210,14 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="--overwrite"):
         build_demo_catalog(out, size="small")
     assert (out / "keep.txt").read_text() == "mine"
-    build_demo_catalog(out, size="small", overwrite=True)
-    assert not (out / "keep.txt").exists()
+    with pytest.raises(OutputError, match="not a catalog or model folder this program wrote"):
+        build_demo_catalog(out, size="small", overwrite=True)  # a user's folder: never replaced
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    build_demo_catalog(out, size="small")
+    (out / "extra.txt").write_text("a file in a catalog the program wrote")
+    build_demo_catalog(out, size="small", seed=1, overwrite=True)  # its own catalog: replaced
+    assert not (out / "extra.txt").exists()
     assert (out / "catalog.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

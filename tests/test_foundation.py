@@ -114,8 +114,10 @@ def test_atomic_write_and_checksum(tmp_path: Path) -> None:
 
 def test_staged_directory_replaces_only_on_success(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    stac = '{"type": "Catalog", "stac_version": "1.1.0"}'
     with staged_directory(out) as stage:
         (stage / "x").write_text("1")
+        (stage / "catalog.json").write_text(stac)  # a catalog: --overwrite may replace it
     assert (out / "x").read_text() == "1"
     with pytest.raises(errors.OutputError, match="--overwrite"), staged_directory(out):
         pass
@@ -126,6 +128,13 @@ def test_staged_directory_replaces_only_on_success(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with staged_directory(out, overwrite=True) as stage:
         (stage / "y").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == ["y"]
+    # "y" alone is not a folder it recognises
+    with (
+        pytest.raises(errors.OutputError, match="not a catalog or model folder"),
+        staged_directory(out, overwrite=True),
+    ):
+        pass
     assert sorted(p.name for p in out.iterdir()) == ["y"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

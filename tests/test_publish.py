@@ -344,3 +344,109 @@ def test_collection_extents_only_grow(tmp_path: Path) -> None:
     ]
     root = json.loads((tmp_path / "products" / "catalog.json").read_text())
     assert root["extent"]["spatial"]["bbox"] == [[0, -2, 6, 1]]
+
+
+def _self_href(path: Path) -> str | None:
+    links = [lk for lk in json.loads(path.read_text())["links"] if lk["rel"] == "self"]
+    return links[0]["href"] if links else None
+
+
+def test_a_published_catalog_stays_published(
+    work: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    shutil.copytree(work, tmp_path / "w")
+    products = tmp_path / "w" / "products"
+    url = "https://example.org/mars/products/"
+    runner = CliRunner()
+    assert (
+        runner.invoke(cli, ["catalog", "publish", str(products), "--base-url", url]).exit_code == 0
+    )
+    once = {p: p.read_bytes() for p in _json_files(products)}
+    again = runner.invoke(cli, ["catalog", "publish", str(products), "--base-url", url])
+    assert again.exit_code == 0 and "of 0 STAC objects set" in again.output  # idempotent
+    assert {p: p.read_bytes() for p in _json_files(products)} == once
+    model = f"local-dir:{tiny_model_dir}"
+    engine = QueryEngine.open(products, clip_model=load_model(model, device="cpu"))
+    product = engine.query(QuerySpec(text=["dune fields"]))
+    engine.classify(["dune fields", "yardangs"])
+    for path in (
+        products / "catalog.json",
+        products / "queries" / "collection.json",
+        product.item_path,
+    ):
+        assert _self_href(path) == url + path.relative_to(products).as_posix(), path
+    for path in _json_files(products):  # every STAC object, old and new, has its self link
+        d = json.loads(path.read_text())
+        if "stac_version" in d:
+            assert _self_href(path) == url + path.relative_to(products).as_posix(), path
+    assert not validate_catalog(products).problems
+
+
+def test_products_of_a_published_input_link_it_by_url(
+    demo_small, tiny_model_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    cat = tmp_path / "catalogs" / "demo"
+    shutil.copytree(demo_small.root, cat)
+    src_url = "https://example.org/mars/catalogs/demo/"
+    assert (
+        CliRunner().invoke(cli, ["catalog", "publish", str(cat), "--base-url", src_url]).exit_code
+        == 0
+    )
+    out = tmp_path / "products"
+    model = f"local-dir:{tiny_model_dir}"
+    embed_catalog(cat, out, model=model, progress=False)
+    engine = QueryEngine.open(out, clip_model=load_model(model, device="cpu"))
+    product = engine.query(QuerySpec(text=["yardangs"]))
+    lineage = [
+        lk["href"]
+        for path in (product.item_path, *out.glob("embeddings/*/*.json"))
+        for lk in json.loads(path.read_text()).get("links", [])
+        if lk["rel"] in ("derived_from", "emb:source-data")
+    ]
+    assert any(h.startswith(src_url) for h in lineage)
+    assert not [h for h in lineage if h.startswith("..") and "catalogs" in h], lineage
+    alone = tmp_path / "alone" / "products"  # products/ published without catalogs/ beside it
+    shutil.copytree(out, alone)
+    assert not validate_catalog(alone).problems
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing", "--base-url", "https://example.org/"], "does not exist"),
+        (["file", "--base-url", "https://example.org/"], "is not a folder"),
+        (["nostac", "--base-url", "https://example.org/"], "no readable STAC"),
+        (["unreadable", "--base-url", "https://example.org/"], "no readable STAC"),
+        (["ok", "--base-url", "https://example.org/a b/"], "not an http(s) URL of a host"),
+        (["ok", "--base-url", "https://example.org/a\nb/"], "not an http(s) URL of a host"),
+        (["ok", "--base-url", "http://"], "not an http(s) URL of a host"),
+        (["ok", "--base-url", "ftp://example.org/"], "not an http(s) URL of a host"),
+        (["badlinks", "--base-url", "https://example.org/"], "'links' is not a list"),
+    ],
+)
+def test_catalog_publish_refuses_what_it_cannot_publish(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "nostac").mkdir()
+    (tmp_path / "nostac" / "notes.txt").write_text("x")
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "catalog.json").write_text("{ not json")
+    for name, links in (("ok", []), ("badlinks", "a string")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "catalog.json").write_text(
+            json.dumps(
+                {
+                    "type": "Catalog",
+                    "stac_version": "1.1.0",
+                    "id": name,
+                    "description": "d",
+                    "links": links,
+                }
+            )
+        )
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(cli, ["catalog", "publish", str(tmp_path / args[0]), *args[1:]])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -1,0 +1,193 @@
+"""Nothing a user owns is destroyed: --overwrite, outputs inside inputs, special files, copies.
+
+Each case runs the real command line in-process on inputs built here and checks that the
+command refuses with one line (exit 2) and leaves every input exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from marscope_stac.cli import cli
+from marscope_stac.errors import OutputError
+from marscope_stac.fsutil import (
+    atomic_write_bytes,
+    check_output_file,
+    copy_file,
+    is_project_folder,
+    staged_directory,
+)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _refused(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("marscope: error: "), lines
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def user_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "my-notes"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("three years of work")
+    (folder / "data.json").write_text('{"not": "stac"}')
+    return folder
+
+
+def test_overwrite_never_replaces_a_folder_the_project_did_not_write(user_folder: Path) -> None:
+    before = _tree(user_folder)
+    line = _refused(["demo-data", "--out", str(user_folder), "--overwrite", "--size", "small"])
+    assert "not a catalog or model folder this program wrote" in line
+    assert _tree(user_folder) == before
+
+
+def test_overwrite_of_real_data_refuses_a_user_folder(user_folder: Path) -> None:
+    before = _tree(user_folder)
+    _refused(["real-data", "--out", str(user_folder), "--overwrite", "--packages", "/nonexistent"])
+    assert _tree(user_folder) == before
+
+
+def test_overwrite_replaces_what_the_project_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "cat"
+    with staged_directory(out) as stage:
+        (stage / "catalog.json").write_text('{"type": "Catalog", "stac_version": "1.1.0"}')
+    with pytest.raises(OutputError, match="--overwrite"), staged_directory(out) as stage:
+        pass
+    with staged_directory(out, overwrite=True) as stage:
+        (stage / "catalog.json").write_text('{"type": "Catalog", "stac_version": "1.1.0"}')
+        (stage / "new.txt").write_text("second")
+    assert (out / "new.txt").read_text() == "second"
+
+
+@pytest.mark.parametrize(
+    ("files", "ours"),
+    [
+        ({"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}'}, True),
+        ({"collection.json": '{"type": "Collection", "stac_version": "1.1.0"}'}, True),
+        ({"q-1.json": '{"type": "Feature", "stac_version": "1.1.0"}', "p.tif": "x"}, True),
+        ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, True),
+        ({"catalog.json": '{"type": "Catalog"}'}, False),  # not STAC
+        ({"open_clip_config.json": "{}"}, False),  # half a model is not one
+        ({"notes.txt": "mine"}, False),
+        ({"data.json": '{"stac": "no"}'}, False),
+    ],
+)
+def test_which_folders_the_project_recognises(
+    tmp_path: Path, files: dict[str, str], ours: bool
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert is_project_folder(tmp_path) is ours
+
+
+def test_average_models_never_replaces_its_own_input(tiny_model_dir: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_model_dir, a)
+    shutil.copytree(tiny_model_dir, b)
+    before = _tree(a)
+    for out in (a, a / "sub", tmp_path):
+        line = _refused(
+            ["average-models", f"local-dir:{a}", f"local-dir:{b}", "--out", str(out), "--overwrite"]
+        )
+        assert "overlaps the input model" in line
+    assert _tree(a) == before
+
+
+def test_train_out_inside_its_catalog_is_refused(demo_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cat = tmp_path / "cat"
+    shutil.copytree(demo_small.root, cat)
+    before = _tree(cat)
+    line = _refused(["train", str(cat), "--out", str(cat / "run"), "--epochs", "1"])
+    assert "overlaps the training catalog" in line
+    assert _tree(cat) == before
+
+
+def test_basemap_out_inside_its_catalog_is_refused(demo_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cat = tmp_path / "cat"
+    shutil.copytree(demo_small.root, cat)
+    before = _tree(cat)
+    line = _refused(["basemap", str(cat), "--out", str(cat / "products")])
+    assert "overlaps the input catalog" in line
+    assert _tree(cat) == before
+
+
+def test_static_site_inside_the_products_is_refused(tmp_path: Path) -> None:
+    products = tmp_path / "products"
+    products.mkdir()
+    (products / "catalog.json").write_text('{"type": "Catalog", "stac_version": "1.1.0"}')
+    before = _tree(products)
+    line = _refused(["serve", str(products), "--static", str(products / "site")])
+    assert "overlaps the products folder" in line
+    assert _tree(products) == before
+
+
+@pytest.fixture
+def special_files(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """A FIFO, a socket and a folder, made in the test's own temporary folder."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    yield {"a FIFO": fifo, "a socket": sock_path, "a folder": folder}
+    sock.close()
+
+
+def test_atomic_writes_never_rename_over_special_files(special_files: dict[str, Path]) -> None:
+    for kind, path in special_files.items():
+        mode = path.lstat().st_mode
+        with pytest.raises(OutputError, match=kind):
+            atomic_write_bytes(path, b"data")
+        with pytest.raises(OutputError, match=kind):
+            check_output_file(path)
+        assert path.lstat().st_mode == mode  # still what it was
+    assert stat.S_ISFIFO(special_files["a FIFO"].lstat().st_mode)
+
+
+def test_tiles_preview_onto_a_fifo_is_refused_before_any_work(
+    demo_small,  # type: ignore[no-untyped-def]
+    special_files: dict[str, Path],
+) -> None:
+    fifo = special_files["a FIFO"]
+    line = _refused(["tiles", str(demo_small.root), "--preview", str(fifo)])
+    assert "FIFO" in line and stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_empty_output_paths_are_refused() -> None:
+    assert "empty" in _refused(["demo-data", "--out", "", "--size", "small"])
+    with pytest.raises(OutputError, match="empty"):
+        check_output_file("")
+
+
+def test_copies_are_never_hard_links(tmp_path: Path) -> None:
+    src = tmp_path / "weights.bin"
+    original = os.urandom(4096)
+    src.write_bytes(original)
+    dst = copy_file(src, tmp_path / "out" / "weights.bin")
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_ino != src.stat().st_ino and src.stat().st_nlink == 1
+    # an old hard link is replaced by an independent copy
+    linked = tmp_path / "linked.bin"
+    os.link(src, linked)
+    copy_file(src, linked)
+    assert linked.stat().st_ino != src.stat().st_ino and src.stat().st_nlink == 1
+    with linked.open("r+b") as fh:  # an in-place write to the copy leaves the source alone
+        fh.write(b"\0" * 16)
+    assert src.read_bytes() == original and linked.read_bytes() != original
