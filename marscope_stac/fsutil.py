@@ -43,6 +43,7 @@ __all__ = [
     "staged_directory",
     "sweep_stale",
     "temp_file",
+    "text_vector_checksum",
 ]
 
 
@@ -52,6 +53,17 @@ def file_multihash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     with Path(path).open("rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
+    return "1220" + digest.hexdigest()
+
+
+def text_vector_checksum(model_key: str, text: str, templates: list[str], vector: bytes) -> str:
+    """Multihash of a cached text vector: its model, text, templates and float32 LE bytes.
+
+    Written with every entry of an embedding set's text-vector cache and verified on every
+    read (the query engine) and by ``marscope validate``.
+    """
+    digest = hashlib.sha256(json.dumps([model_key, text, list(templates)]).encode())
+    digest.update(vector)
     return "1220" + digest.hexdigest()
 
 

@@ -44,7 +44,12 @@ import shapely
 from numpy.typing import NDArray
 
 from marscope_stac.errors import DataError, DataWarning, OutputError
-from marscope_stac.fsutil import atomic_write_bytes, atomic_write_json, temp_file
+from marscope_stac.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    temp_file,
+    text_vector_checksum,
+)
 from marscope_stac.geoparquet import Covering, geo_metadata
 from marscope_stac.grid import Grid
 
@@ -793,9 +798,8 @@ class TextVectorCache:
 
     def checksum(self, text: str, templates: Sequence[str], vector: NDArray[np.float32]) -> str:
         """Multihash (sha2-256) of an entry: the model, text and templates, and the vector."""
-        digest = hashlib.sha256(json.dumps([self._model, text, list(templates)]).encode())
-        digest.update(np.ascontiguousarray(vector, "<f4").tobytes())
-        return "1220" + digest.hexdigest()
+        data = np.ascontiguousarray(vector, "<f4").tobytes()
+        return text_vector_checksum(self._model, text, list(templates), data)
 
     def get(self, text: str, templates: Sequence[str]) -> NDArray[np.float32] | None:
         """The stored vector, or None when there is none or it fails its checksum."""

@@ -30,7 +30,7 @@ from pystac.validation.local_validator import get_local_schema_cache
 from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
 
 from marscope_stac.errors import CatalogError
-from marscope_stac.fsutil import file_multihash
+from marscope_stac.fsutil import file_multihash, text_vector_checksum
 
 __all__ = [
     "RULE_CHECKED_EXTENSIONS",
@@ -236,15 +236,39 @@ def validate_dict(d: dict[str, Any], href: str | None = None) -> list[str]:
     try:
         used = validator.validate(d, kind, version, list(d.get("stac_extensions", [])), href)
     except STACValidationError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " | ".join(line.strip() for line in first[:2] if line.strip())
-        raise CatalogError(f"invalid STAC at {where}: {detail}") from exc
+        raise CatalogError(f"invalid STAC at {where}: {schema_problem(exc)}") from exc
     except GetSchemaError as exc:  # a $ref to a schema that is not here
         raise CatalogError(
             f"cannot validate {where}: {exc}; add the schema file to "
             "marscope_stac/data/stac-schemas"
         ) from exc
     return [u for u in used if u]
+
+
+def schema_problem(exc: Exception) -> str:
+    """One short line for a schema failure: the field path, what is wrong, the rule broken.
+
+    The deepest, most relevant error is chosen (jsonschema's best match, followed into
+    ``anyOf``/``oneOf`` branches); values in the message are cut short.
+    """
+    import jsonschema
+
+    errors = getattr(exc, "source", None)
+    errors = errors if isinstance(errors, list) else [errors] if errors is not None else []
+    errors = [e for e in errors if isinstance(e, jsonschema.ValidationError)]
+    best = jsonschema.exceptions.best_match(errors) if errors else None
+    if best is None:
+        return " ".join(str(exc).split())[:200]
+    while best.context:
+        deeper = jsonschema.exceptions.best_match(best.context)
+        if deeper is None:
+            break
+        best = deeper
+    field_path = "/".join(str(p) for p in best.absolute_path) or "(the object itself)"
+    message = " ".join(best.message.split())
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"field {field_path}: {message} (schema rule '{best.validator}')"
 
 
 @dataclass
@@ -308,6 +332,10 @@ class _Checker:
         self.report, self.boundary, self.checksums = report, boundary.resolve(), checksums
         self.tree: dict[Path, list[Path]] = {}  # child / item edges, for cycles
         self.digests: dict[Path, str] = {}
+        self.objects: dict[Path, Mapping[str, Any]] = {}  # every STAC object read
+        self.owners: dict[Path, list[Path]] = {}  # object -> objects linking it (child/item)
+        self.up: dict[Path, dict[str, Path]] = {}  # object -> its parent / collection targets
+        self.selves: dict[Path, str] = {}  # object -> its absolute self href
 
     def problem(self, where: Path, text: str) -> None:
         self.report.problems.append(f"{where}: {text}")
@@ -337,6 +365,8 @@ class _Checker:
                 self.problem(where, f"a link is not an object: {lk!r:.60}")
                 continue
             rel, href = str(lk.get("rel", "")), str(lk.get("href", ""))
+            if rel == "self" and _is_remote(href):
+                self.selves[where.resolve()] = href
             if rel == "self" or not href:
                 continue
             target = self._target(where, href, f"link {rel!r}")
@@ -351,6 +381,9 @@ class _Checker:
                 self.problem(where, f"link {rel!r} leaves the catalog for a non-STAC file: {href}")
             elif rel in ("child", "item"):
                 self.tree.setdefault(where.resolve(), []).append(target)
+                self.owners.setdefault(target, []).append(where.resolve())
+            elif rel in ("parent", "collection"):
+                self.up.setdefault(where.resolve(), {})[rel] = target
 
     def assets(self, where: Path, d: Mapping[str, Any]) -> None:
         assets = d.get("assets") or {}
@@ -406,6 +439,103 @@ class _Checker:
                 elif not state.get(child):
                     state[child] = 1
                     stack.append((child, iter(self.tree.get(child, []))))
+
+    def structure(self, root: Path, whole_tree: bool) -> None:
+        """Checks across objects: ids, collections, parents, orphans and self links."""
+        by_collection: dict[tuple[Path, str], list[Path]] = {}
+        for path, d in self.objects.items():
+            ups = self.up.get(path, {})
+            owners = self.owners.get(path, [])
+            if d.get("type") == "Feature":
+                for owner in owners:
+                    by_collection.setdefault((owner, str(d.get("id"))), []).append(path)
+                self._collection_field(path, d, ups, owners)
+            parent = ups.get("parent")
+            if parent is not None and owners and parent not in owners and parent in self.objects:
+                self.problem(
+                    path,
+                    f"parent link names {parent.name} ({self.objects[parent].get('id')!r}), but "
+                    f"{owners[0].name} ({self.objects[owners[0]].get('id')!r}) is what links it",
+                )
+        for (owner, oid), paths in sorted(by_collection.items()):
+            if len(set(paths)) > 1:
+                names = ", ".join(str(p) for p in sorted(set(paths)))
+                self.problem(owner, f"two or more items with the id {oid!r}: {names}")
+        if whole_tree:
+            self._orphans(root)
+        self._self_links()
+
+    def _collection_field(
+        self, path: Path, d: Mapping[str, Any], ups: dict[str, Path], owners: list[Path]
+    ) -> None:
+        field_id = d.get("collection")
+        linked = [ups[k] for k in ("collection",) if k in ups] + owners
+        for target in linked:
+            other = self.objects.get(target)
+            if other is None or other.get("type") != "Collection":
+                continue
+            if field_id != other.get("id"):
+                self.problem(
+                    path,
+                    f"its collection field says {field_id!r}, but it belongs to the collection "
+                    f"{other.get('id')!r} ({target.name}); make them agree",
+                )
+                return
+
+    def _orphans(self, root: Path) -> None:
+        tops = {p.resolve() for p in (root / "catalog.json", root / "collection.json")}
+        for path, d in sorted(self.objects.items()):
+            if path in tops or self.owners.get(path):
+                continue
+            if d.get("type") in ("Feature", "Collection"):
+                self.problem(path, "no catalog or collection links this object (an orphan)")
+
+    def _self_links(self) -> None:
+        """Every absolute self link names its own file under one published base URL."""
+        bases: dict[str, list[Path]] = {}
+        for path, href in self.selves.items():
+            try:
+                rel = path.relative_to(self.boundary).as_posix()
+            except ValueError:
+                continue
+            if not href.endswith("/" + rel):
+                self.problem(path, f"self link {href} does not name this file ({rel})")
+                continue
+            bases.setdefault(href[: -len(rel)], []).append(path)
+        if len(bases) > 1:
+            main = max(bases, key=lambda b: len(bases[b]))
+            for base, paths in sorted(bases.items()):
+                if base != main:
+                    for path in paths:
+                        self.problem(
+                            path, f"self link is under {base}, the rest of the catalog under {main}"
+                        )
+
+    def text_vectors(self, root: Path) -> None:
+        """Verify the checksums of the text-vector caches of the embedding sets under root."""
+        for folder in sorted(root.rglob("text-vectors")):
+            manifest = folder.parent / "manifest.json"
+            try:
+                model = json.loads(manifest.read_text(encoding="utf-8"))["model"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            key = json.dumps(model, sort_keys=True)
+            for entry in sorted(folder.glob("*.json")):
+                self._text_vector(entry, key)
+
+    def _text_vector(self, entry: Path, key: str) -> None:
+        import numpy as np
+
+        try:
+            d = json.loads(entry.read_text(encoding="utf-8"))
+            if "checksum" not in d:
+                return  # an entry of an earlier version: recomputed when used
+            data = np.asarray(d["vector"], "<f4").tobytes()
+            ok = d["checksum"] == text_vector_checksum(key, d["text"], d["templates"], data)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            ok = False
+        if not ok:
+            self.problem(entry, "cached text vector is damaged or altered (checksum mismatch)")
 
 
 def _is_stac_file(path: Path) -> bool:
@@ -477,6 +607,7 @@ def validate_catalog(
         if not isinstance(d, dict) or "stac_version" not in d:
             continue
         report.objects += 1
+        checker.objects[json_path.resolve()] = d
         try:
             report.schemas.update(validate_dict(d, href=str(json_path)))
         except CatalogError as exc:
@@ -484,6 +615,9 @@ def validate_catalog(
         checker.links(json_path, d)
         checker.assets(json_path, d)
     checker.cycles()
+    checker.structure(root, whole_tree=root.is_dir())
+    if root.is_dir():
+        checker.text_vectors(root)
     if report.objects == 0 and not report.problems:
         raise CatalogError(f"no STAC object found in {root}; is it a STAC catalog?")
     if report.problems:

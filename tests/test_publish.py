@@ -450,3 +450,97 @@ def test_catalog_publish_refuses_what_it_cannot_publish(
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def _edit(path: Path, change: Any) -> None:
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+def _query_item(products: Path) -> Path:
+    query = next((products / "queries").glob("yardangs-*"))
+    return query / f"{query.name}.json"
+
+
+def _duplicate_id(products: Path) -> None:
+    item = _query_item(products)
+    twin = products / "queries" / "twin"
+    shutil.copytree(item.parent, twin)
+    (twin / item.name).rename(twin / "twin.json")
+    _edit(
+        products / "queries" / "collection.json",
+        lambda c: c["links"].append(
+            {"rel": "item", "href": "./twin/twin.json", "type": "application/geo+json"}
+        ),
+    )
+
+
+def _orphan(products: Path) -> None:
+    item = _query_item(products)
+    lost = products / "queries" / "lost"
+    shutil.copytree(item.parent, lost)
+    (lost / item.name).rename(lost / "lost.json")
+    _edit(lost / "lost.json", lambda d: d.update(id="lost"))
+
+
+def _wrong_parent(d: dict[str, Any]) -> None:
+    for lk in d["links"]:
+        if lk["rel"] == "parent":
+            lk["href"] = "../../models/collection.json"
+
+
+def _tamper_cache(products: Path) -> None:
+    entry = next(products.glob("embeddings/*/text-vectors/*.json"))
+    _edit(entry, lambda d: d.update(vector=[-v for v in d["vector"]]))
+
+
+def _other_host(products: Path) -> None:
+    assert (
+        CliRunner()
+        .invoke(cli, ["catalog", "publish", str(products), "--base-url", "https://a.example/p/"])
+        .exit_code
+        == 0
+    )
+    item = _query_item(products)
+    rel = item.relative_to(products).as_posix()
+    _edit(item, lambda d: d["links"].append({"rel": "self", "href": f"https://b.example/p/{rel}"}))
+    _edit(
+        item, lambda d: d.update(links=[lk for lk in d["links"] if "a.example" not in lk["href"]])
+    )
+
+
+STRUCTURAL_MISSES: dict[str, tuple[Any, str]] = {
+    "duplicate ids in one collection": (_duplicate_id, "two or more items with the id"),
+    "collection field names another collection": (
+        lambda p: _edit(_query_item(p), lambda d: d.update(collection="models")),
+        "its collection field says 'models'",
+    ),
+    "an item nothing links": (_orphan, "no catalog or collection links this object"),
+    "parent link to the wrong collection": (
+        lambda p: _edit(_query_item(p), _wrong_parent),
+        "parent link names collection.json ('models')",
+    ),
+    "a self link to another host": (_other_host, "self link is under https://b.example/p/"),
+    "a tampered text-vector cache": (_tamper_cache, "cached text vector is damaged or altered"),
+    "a schema error": (
+        lambda p: _edit(_query_item(p), lambda d: d["properties"].update(datetime=5)),
+        "field properties/datetime",
+    ),
+}
+
+
+@pytest.mark.parametrize("miss", sorted(STRUCTURAL_MISSES))
+def test_validate_catches_each_structural_miss(work: Path, tmp_path: Path, miss: str) -> None:
+    shutil.copytree(work, tmp_path / "w")
+    products = tmp_path / "w" / "products"
+    assert validate_catalog(products).objects > 0  # sound before the break
+    breaker, expected = STRUCTURAL_MISSES[miss]
+    breaker(products)
+    result = CliRunner().invoke(cli, ["validate", str(products)])
+    assert result.exit_code == 2, result.output
+    found = [line for line in result.stdout.splitlines() if expected in line]
+    assert found, result.stdout
+    assert all(len(line) < 400 for line in result.stdout.splitlines())  # short lines
+    err = [line for line in result.stderr.splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("marscope: error:")
