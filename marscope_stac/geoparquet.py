@@ -21,7 +21,21 @@ from pyproj import CRS
 
 from marscope_stac.fsutil import atomic_write_bytes
 
-__all__ = ["BBOX_FIELDS", "Covering", "geo_metadata", "point_wkb", "write_geoparquet"]
+__all__ = [
+    "BBOX_FIELDS",
+    "ROW_GROUP_ROWS",
+    "Covering",
+    "geo_metadata",
+    "point_wkb",
+    "write_geoparquet",
+]
+
+ROW_GROUP_ROWS = 16384
+"""Rows per row group of the GeoParquet tables the project writes (scores, embeddings,
+detections), sized for bbox filtering: rows follow the grid, so a group is a narrow band of
+cells, and a reader that filters on the ``bbox`` covering's statistics (GeoParquet 1.1,
+``geopandas.read_parquet(bbox=...)``) skips every group outside its box. At 1.44 M cells a
+0.4-degree box reads 1-2 of 88 groups (``bench/parquet_bbox.py``)."""
 
 _POINT = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
 
@@ -89,10 +103,12 @@ def write_geoparquet(
     covering: Covering,
     compression: str = "zstd",
     dictionary: bool = True,
+    row_group_size: int = ROW_GROUP_ROWS,
 ) -> Path:
     """Write attribute ``columns``, a WKB ``geometry`` and its ``bbox`` covering, atomically.
 
-    ``dictionary=False`` skips dictionary encoding (faster for columns of unique values).
+    ``dictionary=False`` skips dictionary encoding (faster for columns of unique values);
+    rows go in groups of ``row_group_size`` (see :data:`ROW_GROUP_ROWS`).
     """
     geom = geometry if isinstance(geometry, pa.Array) else pa.array(geometry, pa.binary())
     table = pa.table({**columns, "geometry": geom, "bbox": covering.column})
@@ -103,6 +119,8 @@ def write_geoparquet(
         buf,
         compression=compression,
         use_dictionary=dictionary,
+        row_group_size=row_group_size,
+        write_statistics=True,
     )
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)

@@ -50,7 +50,7 @@ from marscope_stac.fsutil import (
     temp_file,
     text_vector_checksum,
 )
-from marscope_stac.geoparquet import Covering, geo_metadata
+from marscope_stac.geoparquet import ROW_GROUP_ROWS, Covering, geo_metadata
 from marscope_stac.grid import Grid
 
 __all__ = [
@@ -77,7 +77,8 @@ SCORING_FILES = ("cells.npy", "vectors.npy", "vectors-int8.npy", "vectors-scale.
 """The scoring arrays every complete set holds (``background.npy`` comes with a model)."""
 
 ROW_GROUP = 65536
-"""Rows per GeoParquet row group."""
+"""Rows per block when a large table is processed piece by piece (GeoParquet row groups are
+smaller, :data:`~marscope_stac.geoparquet.ROW_GROUP_ROWS`, for bbox filtering)."""
 
 
 @dataclass
@@ -196,7 +197,7 @@ def write_embeddings(
     table: EmbeddingTable,
     grid: Grid,
     extra: dict[str, str] | None = None,
-    row_group_size: int = ROW_GROUP,
+    row_group_size: int = ROW_GROUP_ROWS,
 ) -> Path:
     """Write ``table`` as GeoParquet at ``path`` (atomically, zstd-compressed)."""
     buf = io.BytesIO()
@@ -598,7 +599,7 @@ class EmbeddingSetWriter:
                     self._pq_tmp, rows.schema.with_metadata(meta), compression="zstd"
                 )
             for start in range(0, len(rows), ROW_GROUP):
-                self._pq.write_table(rows.slice(start, ROW_GROUP))
+                self._pq.write_table(rows.slice(start, ROW_GROUP), ROW_GROUP_ROWS)
 
     def close(self) -> dict[str, Any]:
         """Finish every file and record them in the manifest; returns the ``scoring`` entry."""

@@ -544,3 +544,36 @@ def test_validate_catches_each_structural_miss(work: Path, tmp_path: Path, miss:
     assert all(len(line) < 400 for line in result.stdout.splitlines())  # short lines
     err = [line for line in result.stderr.splitlines() if line]
     assert len(err) == 1 and err[0].startswith("marscope: error:")
+
+
+def test_large_tables_are_in_row_groups_a_bbox_read_can_skip(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from marscope_stac.geoparquet import ROW_GROUP_ROWS
+    from marscope_stac.grid import parse_grid
+    from marscope_stac.products import write_scores
+    from marscope_stac.query import ScoredQuery
+
+    grid = parse_grid("lonlat:0.5@80")  # 230,400 cells
+    cells = np.arange(grid.n_cells, dtype=np.int64)
+    scores = np.linspace(0, 1, len(cells), dtype=np.float32)
+    path = write_scores(
+        tmp_path / "scores.parquet", grid, ScoredQuery(cells, scores, scores, scores)
+    )
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == -(-grid.n_cells // ROW_GROUP_ROWS) >= 10
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    cols = [names.index(f"bbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
+    box = (150.1, -4.9, 150.5, -4.5)  # 0.4 degrees
+    touched = 0
+    for g in range(meta.num_row_groups):
+        st = [meta.row_group(g).column(c).statistics for c in cols]
+        touched += (
+            st[0].min <= box[2]
+            and st[2].max >= box[0]
+            and st[1].min <= box[3]
+            and (st[3].max >= box[1])
+        )
+    assert 1 <= touched <= 2  # of 15 groups: the rest are skipped by a bbox reader
+    assert len(gpd.read_parquet(path, bbox=box)) == 1
