@@ -25,7 +25,7 @@ from rasterio.warp import Resampling, reproject
 from marscope_stac.catalog import OutputCatalog
 from marscope_stac.errors import DataError, check_range
 from marscope_stac.fsutil import check_apart, source_folder, staged_directory
-from marscope_stac.render import raster_zoom_range, write_raster_pmtiles
+from marscope_stac.render import raster_zoom_range, tile_metadata, write_raster_pmtiles
 from marscope_stac.stac_in import load_sources
 from marscope_stac.stac_out import (
     FILE_V2,
@@ -132,7 +132,7 @@ def build_basemap(
     image, transform = _mosaic(sources, max_pixels)
     zoom = raster_zoom_range(transform, image.shape)
     with staged_directory(folder, overwrite=True, owned=True) as stage:
-        meta = {"name": bid, "description": f"Imagery of {label}", "type": "baselayer"}
+        meta = tile_metadata(bid, f"Imagery of {label}", sources.body, "baselayer")
         tiles = write_raster_pmtiles(
             stage / "imagery.pmtiles", image, transform, meta, zoom, "gray", 254, 0
         )
@@ -161,7 +161,15 @@ def build_basemap(
         ["visual", "tiles"],
         "Imagery tiles (PMTiles, grey PNG)",
     )
-    item = stac_item(bid, props, [SSYS_V1, FILE_V2, PROCESSING_V1], bbox, {"tiles": asset})
+    item = stac_item(
+        bid,
+        props,
+        [SSYS_V1, FILE_V2, PROCESSING_V1],
+        bbox,
+        {"tiles": asset},
+        title=f"Imagery basemap {bid}",
+        description=f"Imagery of {label} as web-map tiles (PMTiles) for marscope serve.",
+    )
     coll = stac_collection(
         "basemaps",
         "Basemaps",

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.errors import CatalogError, ConfigError, OutputError
-from marscope_stac.fsutil import atomic_write_json
+from marscope_stac.fsutil import atomic_write_json, atomic_write_text
 from marscope_stac.stac_out import (
     JSON_MEDIA_TYPE,
     STAC_ITEM_MEDIA_TYPE,
     file_asset,
     link,
+    now_utc,
     relative_href,
     stac_collection,
 )
@@ -52,6 +53,34 @@ every object with its root's version, so a 1.1.0 root would fail them. Every oth
 
 ROOT_TITLE = "MarScope-STAC products"
 
+TERMS_FILE = "LICENSE.md"
+"""The products' terms, at the catalog's root: written once, never replaced (edit it)."""
+
+TERMS_TEXT = """# Terms of these products
+
+These products (probability maps, detections, embeddings, model copies and their STAC
+metadata) were made with marscope-stac from the inputs that each STAC Item names in its
+`derived_from` links: source imagery, an embedding set and a model. The terms of those
+inputs apply to the products made from them.
+
+Whoever publishes this catalog may state their own terms here: marscope-stac writes this
+file only when it is missing and never replaces it. Every collection links it as its
+`license` (`"license": "other"` in STAC).
+"""
+
+PROVIDERS = [
+    {
+        "name": "marscope-stac",
+        "description": "Open-source software that made these products: vision-language "
+        "search of planetary imagery, published as STAC.",
+        "roles": ["processor"],
+    }
+]
+"""The ``providers`` of every products collection."""
+
+SUMMARY_FIELDS = ("marscope:model", "marscope:grid", "marscope:scoring", "gsd", "mlm:framework")
+"""Item properties whose values a products collection summarises (the set of values seen)."""
+
 
 class OutputCatalog:
     """A static STAC catalog of products at ``root`` (created when missing)."""
@@ -67,7 +96,7 @@ class OutputCatalog:
                 if self.root.is_dir()
                 else []
             )
-            allowed = {"README.md", "embeddings", "queries", "models"}
+            allowed = {"README.md", TERMS_FILE, "embeddings", "queries", "models"}
             if any(p.name not in allowed for p in entries):
                 raise OutputError(
                     f"{self.root} is not a STAC catalog (no catalog.json) and is not empty; "
@@ -166,6 +195,8 @@ class OutputCatalog:
                 lk.get("rel") == "child" and lk["href"] == child["href"] for lk in cat["links"]
             ):
                 cat["links"].append(child)
+            self._describe(collection, collection_path, item)
+            self._describe(cat, cat_path, None)
             _grow(cat, collection)
             cdir, idir = collection_path.parent, item_path.parent
             items = []
@@ -173,6 +204,7 @@ class OutputCatalog:
                 old = self._read(collection_path)
                 items = [lk for lk in old.get("links", []) if lk.get("rel") == "item"]
                 _union_extent(collection, old)  # read under the lock: concurrent adds grow it
+                _merge_descriptions(collection, old)
             new_item = link("item", item_path, cdir, STAC_ITEM_MEDIA_TYPE, item["id"])
             items = [lk for lk in items if lk["href"] != new_item["href"]] + [new_item]
             up = [
@@ -190,6 +222,10 @@ class OutputCatalog:
                 ],
             )
             item["collection"] = collection["id"]
+            props = item.setdefault("properties", {})
+            now = now_utc()
+            props.setdefault("created", props.get("processing:datetime") or now)
+            props["updated"] = now
             # validate everything first, then write item, collection, catalog
             for path, d in ((item_path, item), (collection_path, collection), (cat_path, cat)):
                 validate_dict(d, href=str(path))
@@ -199,6 +235,44 @@ class OutputCatalog:
             self._write(collection_path, collection, validated=True, base_url=base)
             self._write(cat_path, cat, validated=True, base_url=base)
         return item_path
+
+    def _describe(self, coll: dict[str, Any], path: Path, item: dict[str, Any] | None) -> None:
+        """Providers, the terms and their link; with an item: its assets and summaries."""
+        terms = self.root / TERMS_FILE
+        if not terms.exists():
+            atomic_write_text(terms, TERMS_TEXT)
+        coll.setdefault("providers", PROVIDERS)
+        coll["license"] = coll.get("license") or "other"
+        _relink(
+            coll,
+            [link("license", terms, path.parent, "text/markdown", "Terms of these products")],
+        )
+        if item is None:
+            return
+        if coll.get("stac_version") == "1.1.0":  # item_assets is core from STAC 1.1
+            described = coll.setdefault("item_assets", {})
+            for key, asset in item.get("assets", {}).items():
+                described[key] = {k: asset[k] for k in ("type", "roles", "title") if k in asset}
+        props = item.get("properties", {})
+        summaries = coll.setdefault("summaries", {})
+        for key in SUMMARY_FIELDS:
+            value = props.get(key)
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                seen = summaries.get(key)
+                values = set(seen) if isinstance(seen, list) else set()
+                summaries[key] = sorted(values | {value})
+
+
+def _merge_descriptions(collection: dict[str, Any], old: dict[str, Any]) -> None:
+    """Keep what an earlier write of the collection described: item assets and summaries."""
+    described = old.get("item_assets")
+    if isinstance(described, dict):
+        collection["item_assets"] = {**described, **collection.get("item_assets", {})}
+    summaries = collection.setdefault("summaries", {})
+    for key, seen in (old.get("summaries") or {}).items():
+        if key in SUMMARY_FIELDS and isinstance(seen, list):
+            now = summaries.get(key)
+            summaries[key] = sorted(set(seen) | set(now if isinstance(now, list) else []))
 
 
 def _relink(obj: dict[str, Any], links: list[dict[str, Any]], *rels: str) -> None:
@@ -212,8 +286,12 @@ def _extent_of(d: dict[str, Any]) -> tuple[list[float], list[str | None]]:
     return list(ext["spatial"]["bbox"][0]), list(ext["temporal"]["interval"][0])
 
 
-def _union_extent(collection: dict[str, Any], old: dict[str, Any]) -> None:
-    """Grow ``collection``'s extent to cover ``old``'s too (extents only ever grow)."""
+def _union_extent(collection: dict[str, Any], old: dict[str, Any], known: bool = False) -> None:
+    """Grow ``collection``'s extent to cover ``old``'s too (extents only ever grow).
+
+    A null start or end is an open interval, so it stays null; with ``known`` (the root,
+    which spans its children) it is a child that says nothing, and the known times count.
+    """
     if "extent" not in collection or "extent" not in old:
         return
     (w, s, e, n), (t0, t1) = _extent_of(collection)
@@ -225,8 +303,8 @@ def _union_extent(collection: dict[str, Any], old: dict[str, Any]) -> None:
         "temporal": {
             "interval": [
                 [
-                    min(starts) if starts and t0 and o0 else None,
-                    max(ends) if ends and t1 and o1 else None,
+                    min(starts) if starts and (known or (t0 and o0)) else None,
+                    max(ends) if ends and (known or (t1 and o1)) else None,
                 ]
             ]
         },
@@ -237,7 +315,7 @@ def _grow(root: dict[str, Any], collection: dict[str, Any]) -> None:
     """Grow the root's extent and summaries to cover a child collection."""
     if "extent" in collection:
         if root.get("summaries", {}).get("marscope:collections"):
-            _union_extent(root, collection)
+            _union_extent(root, collection, known=True)
         else:  # the first child: the root's placeholder extent is replaced
             root["extent"] = json.loads(json.dumps(collection["extent"]))
     summaries = root.setdefault("summaries", {})

@@ -204,17 +204,18 @@ def _number_list(name: str, value: str) -> list[float]:
 
 
 @cli.command("validate")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option("--no-checksums", is_flag=True, help="Skip file:checksum (sizes are still checked).")
 @click.option(
     "--within",
     type=click.Path(path_type=Path),
     help="Folder every file must stay in (default: the catalog's); e.g. DIR for DIR/stac.",
 )
-def validate_cmd(path: Path, no_checksums: bool, within: Path | None) -> None:
-    """Check a STAC catalog, collection or item offline: schemas, links, assets, checksums.
+def validate_cmd(path: str, no_checksums: bool, within: Path | None) -> None:
+    """Check a STAC catalog, collection or item: schemas, links, assets, checksums.
 
-    Every problem is printed on a line of its own; the exit status is 2 when there is any.
+    PATH is a folder, a STAC JSON file, or the http(s) URL of a published catalog. Every
+    problem is printed on a line of its own; the exit status is 2 when there is any.
     """
     from marscope_stac.errors import CatalogError
     from marscope_stac.validation import InvalidCatalogError, validate_catalog

@@ -20,7 +20,13 @@ from marscope_stac.stac_out import (
 )
 from marscope_stac.validation import validate_dict
 
-__all__ = ["PLANET_BBOX", "build_model_item", "mlm_properties", "model_item"]
+__all__ = [
+    "PLANET_BBOX",
+    "build_model_item",
+    "mlm_properties",
+    "model_item",
+    "without_local_paths",
+]
 
 
 def mlm_name(text: str) -> str:
@@ -63,7 +69,7 @@ def mlm_properties(
     normalisation, embedding width, parameters).
     """
     arch = str(cm.arch or cm.name)
-    image_size, embed_dim, mean, std = cm.image_size, cm.embed_dim, cm.mean, cm.std
+    embed_dim = cm.embed_dim
     n_params = int(sum(p.numel() for p in cm.model.parameters()))
     props: dict[str, Any] = {
         "mlm:name": name,
@@ -76,44 +82,118 @@ def mlm_properties(
         "mlm:pretrained_source": pretrained_source,
         "mlm:accelerator": None,
         "mlm:batch_size_suggestion": 128,
-        "mlm:input": [
-            {
-                "name": "image tile",
-                "bands": [],
-                "description": (
-                    "single-band orbital image tile scaled to 0..1, repeated to 3 channels, "
-                    f"resized to {image_size} px, normalised with mean {list(mean)} and std "
-                    f"{list(std)}"
-                    + (
-                        f"; the tile shows its grid cell and a margin of {cm.tile_context:g} "
-                        "cell sides around it"
-                        if cm.tile_context
-                        else ""
-                    )
-                ),
-                "input": {
-                    "shape": [-1, 3, image_size, image_size],
-                    "dim_order": ["batch", "channel", "height", "width"],
-                    "data_type": "float32",
-                },
-                "resize_type": "interpolation-linear",
-            }
-        ],
-        "mlm:output": [
-            {
-                "name": "embedding",
-                "tasks": ["similarity-search"],
-                "description": "L2-normalised image embedding, comparable with text embeddings",
-                "result": {
-                    "shape": [-1, embed_dim],
-                    "dim_order": ["batch", "embedding"],
-                    "data_type": "float32",
-                },
-            }
-        ],
+        "mlm:input": [_image_input(cm), _text_input(cm)],
+        "mlm:output": _outputs(int(embed_dim)),
         "description": description or f"open_clip model {arch}",
     }
     return props
+
+
+def _image_input(cm: Any) -> dict[str, Any]:
+    """The MLM input of the image encoder: a tile, its size and normalisation."""
+    image_size, mean, std = cm.image_size, cm.mean, cm.std
+    return {
+        "name": "image tile",
+        "bands": [],
+        "description": (
+            "single-band orbital image tile scaled to 0..1, repeated to 3 channels, "
+            f"resized to {image_size} px, normalised with mean {list(mean)} and std "
+            f"{list(std)}"
+            + (
+                f"; the tile shows its grid cell and a margin of {cm.tile_context:g} "
+                "cell sides around it"
+                if cm.tile_context
+                else ""
+            )
+        ),
+        "input": {
+            "shape": [-1, 3, image_size, image_size],
+            "dim_order": ["batch", "channel", "height", "width"],
+            "data_type": "float32",
+        },
+        "value_scaling": [
+            {"type": "z-score", "mean": float(m), "stddev": float(s)}
+            for m, s in zip(mean, std, strict=True)
+        ],
+        "resize_type": "interpolation-linear",
+    }
+
+
+def _text_input(cm: Any) -> dict[str, Any]:
+    """The MLM input of the text encoder: a tokenised query."""
+    return {
+        "name": "query text",
+        "bands": [],
+        "description": (
+            "a text query (a landform name or a sentence), wrapped in prompt templates "
+            "and tokenised with the model's own open_clip tokenizer; the template "
+            "embeddings are averaged and L2-normalised"
+        ),
+        "input": {
+            "shape": [-1, int(getattr(cm.model, "context_length", 77) or 77)],
+            "dim_order": ["batch", "token"],
+            "data_type": "int64",
+        },
+    }
+
+
+def _outputs(embed_dim: int) -> list[dict[str, Any]]:
+    """The MLM outputs: image and text embeddings in one space."""
+    return [
+        {
+            "name": "embedding",
+            "tasks": ["similarity-search"],
+            "description": "L2-normalised image embedding, comparable with text embeddings",
+            "result": {
+                "shape": [-1, embed_dim],
+                "dim_order": ["batch", "embedding"],
+                "data_type": "float32",
+            },
+        },
+        {
+            "name": "text embedding",
+            "tasks": ["similarity-search", "classification"],
+            "description": (
+                "L2-normalised text embedding in the same space: its cosine similarity to "
+                "an image embedding scores the tile; a softmax at the model's temperature "
+                "against background prompts gives the probability"
+            ),
+            "result": {
+                "shape": [-1, embed_dim],
+                "dim_order": ["batch", "embedding"],
+                "data_type": "float32",
+            },
+        },
+    ]
+
+
+def _local_name(text: str) -> str:
+    """A model reference or path without the folders it sits in on this machine."""
+    prefix = "local-dir:" if text.startswith("local-dir:") else ""
+    path = Path(text[len(prefix) :])
+    parts = [p for p in path.parts if p not in ("/", "model", ".", "..")]
+    return prefix + (parts[-1] if parts else path.name)
+
+
+def without_local_paths(value: Any) -> Any:
+    """``value`` with local paths cut to their last folder name.
+
+    ``local-dir:build/m1/model`` becomes ``local-dir:m1`` and ``/home/me/catalogs/demo``
+    becomes ``demo``, so a model item names nothing of the machine it was made on.
+    """
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str) and _looks_local(value):
+        return _local_name(value)
+    return value
+
+
+def _looks_local(text: str) -> bool:
+    if text.startswith(("local-dir:", "/", "./", "../", "~")):
+        return True
+    return "/" in text and ":" not in text and not any(c.isspace() for c in text)
 
 
 def build_model_item(
@@ -131,8 +211,10 @@ def build_model_item(
     it is validated offline.
     """
     props = {**ssys_fields(body), **properties}
+    if isinstance(props.get("mlm:pretrained_source"), str):
+        props["mlm:pretrained_source"] = without_local_paths(props["mlm:pretrained_source"])
     if hyperparameters:
-        props["mlm:hyperparameters"] = hyperparameters
+        props["mlm:hyperparameters"] = without_local_paths(hyperparameters)
     if metrics:
         props["marscope:validation"] = metrics
     props["datetime"] = (when or dt.datetime.now(dt.UTC)).isoformat().replace("+00:00", "Z")
@@ -154,7 +236,14 @@ def build_model_item(
         ),
     }
     extensions = [MLM_V1, FILE_V2, SSYS_V1]
-    d = stac_item(props["mlm:name"], props, extensions, PLANET_BBOX, assets)
+    d = stac_item(
+        props["mlm:name"],
+        props,
+        extensions,
+        PLANET_BBOX,
+        assets,
+        title=f"Model {props['mlm:name']}",
+    )
     validate_dict(d, href=str(folder / "model.json"))
     return d
 

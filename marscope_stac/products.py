@@ -53,6 +53,7 @@ from marscope_stac.render import (
     raster_detections,
     raster_zoom_range,
     save_png,
+    tile_metadata,
     write_raster_pmtiles,
     write_vector_pmtiles,
     zoom_range,
@@ -439,14 +440,7 @@ def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], gr
 
 def _tile_metadata(qid: str, spec: QuerySpec, grid: Grid) -> dict[str, Any]:
     """PMTiles metadata of a query's archives."""
-    return {
-        "name": qid,
-        "description": f"probability of {', '.join(spec.text) or 'examples'}",
-        "body": grid.body.name,
-        "crs": grid.body.geographic_code,
-        "tile_matrix_set": f"{grid.body.name}WebMercatorSphere",
-        "attribution": "MarScope-STAC",
-    }
+    return tile_metadata(qid, f"probability of {', '.join(spec.text) or 'examples'}", grid.body)
 
 
 @dataclass
@@ -614,7 +608,7 @@ def _query_item(
             ["visual", "tiles"],
             "Probability raster tiles (PMTiles, PNG)",
         ),
-        "preview": ("image/png", ["overview", "visual"], "Probability map preview"),
+        "preview": ("image/png", ["thumbnail", "overview", "visual"], "Probability map preview"),
         "detections": (PARQUET_MEDIA_TYPE, ["data", "detections"], "Detections (GeoParquet)"),
         "detection-tiles": (
             PMTILES_MEDIA_TYPE,
@@ -636,7 +630,28 @@ def _query_item(
                 extra = {**grid_fields, "bands": cog_band_fields(folder / name)}
             assets[key] = asset(name, media, roles, title, **extra)
     extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1]
-    return stac_item(qid, props, extensions, bbox, assets, _source_links(es, folder))
+    title, description = _query_words(spec, grid, es, model_name, n_det, threshold)
+    links = _source_links(es, folder)
+    return stac_item(
+        qid, props, extensions, bbox, assets, links, title=title, description=description
+    )
+
+
+def _query_words(
+    spec: QuerySpec,
+    grid: Grid,
+    es: EmbeddingSet,
+    model_name: str,
+    n_det: int | None,
+    threshold: float,
+) -> tuple[str, str]:
+    """Title and description of a query product's item."""
+    what = " + ".join(spec.text) if spec.text else "the given examples"
+    found = "" if n_det is None else f"; {n_det} detections at p >= {threshold:g}"
+    return f"Where: {what}"[:120], (
+        f"Calibrated probability that each cell of grid {grid.spec} shows {what}, scored "
+        f"over embedding set {es.root.name} made with model {model_name}{found}."
+    )
 
 
 # ----------------------------------------------------------------------------- classes
@@ -685,7 +700,7 @@ def write_class_product(
             offset=0.0,
         )
         _class_preview(stage / "preview.png", cmap_u8, len(all_names))
-        meta = {"name": qid, "description": "Zero-shot class map", "type": "overlay"}
+        meta = tile_metadata(qid, "Zero-shot class map", grid.body)
         colours = list(CLASS_COLOURS[: len(all_names)])
         write_raster_pmtiles(
             stage / "classes.pmtiles",
@@ -770,10 +785,25 @@ def _class_item(
             **grid_fields,
             bands=cog_band_fields(folder / "probabilities.tif"),
         ),
-        "preview": asset("preview.png", "image/png", ["overview", "visual"], "Class map preview"),
+        "preview": asset(
+            "preview.png", "image/png", ["thumbnail", "overview", "visual"], "Class map preview"
+        ),
         "tiles": asset(
             "classes.pmtiles", PMTILES_MEDIA_TYPE, ["visual", "tiles"], "Class map tiles (PMTiles)"
         ),
     }
     extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
-    return stac_item(qid, props, extensions, bbox, assets, _source_links(es, folder))
+    return stac_item(
+        qid,
+        props,
+        extensions,
+        bbox,
+        assets,
+        _source_links(es, folder),
+        title=f"Classes: {', '.join(names)}"[:120],
+        description=(
+            f"Zero-shot classification of every cell of grid {grid.spec} into "
+            f"{', '.join(names)} or background, over embedding set {es.root.name} made with "
+            f"model {model_name}."
+        ),
+    )

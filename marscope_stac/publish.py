@@ -109,11 +109,23 @@ def _remote_model_item(cm: Any, mid: str, body: Any) -> dict[str, Any]:
             "title": "Published weights",
             "mlm:artifact_type": "torch.save",
         }
-    return stac_item(mid, props, [MLM_V1, SSYS_V1], PLANET_BBOX, assets)
+    return stac_item(mid, props, [MLM_V1, SSYS_V1], PLANET_BBOX, assets, title=f"Model {mid}")
 
 
 MODEL_FILES = ("open_clip_model.safetensors", "open_clip_config.json")
 """The files of a model folder (hub layout) that are published with its item."""
+
+
+def _cut_local_refs(text: str) -> str:
+    """A description with its ``local-dir:PATH`` model references cut to the folder name."""
+    from marscope_stac.mlm import without_local_paths
+
+    return " ".join(
+        without_local_paths(w.rstrip(",")) + ("," if w.endswith(",") else "")
+        if w.startswith("local-dir:")
+        else w
+        for w in text.split(" ")
+    )
 
 
 def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, Any]:
@@ -143,7 +155,20 @@ def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, A
         copy_file(folder / name, target / name)
     if not (folder / "model.json").is_file():  # described here; nothing is written into it
         return build_model_item(target, mlm_properties(cm, mid, folder.name), body=body)
+    from marscope_stac.mlm import without_local_paths
+
     d = dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+    props = d.setdefault("properties", {})
+    for key in ("mlm:hyperparameters", "mlm:pretrained_source"):
+        if key in props:  # items written before local paths were cut
+            props[key] = without_local_paths(props[key])
+    props.setdefault("title", f"Model {mid}")
+    props.setdefault("description", f"Model {mid}")
+    fresh = mlm_properties(cm, mid, None)
+    for key in ("mlm:input", "mlm:output"):  # what this version says of its inputs and outputs
+        props[key] = fresh[key]
+    if isinstance(props.get("description"), str):
+        props["description"] = _cut_local_refs(props["description"])
     if d.get("geometry") is None:  # items of earlier versions: the model covers the planet
         d["geometry"], d["bbox"] = bbox_polygon(PLANET_BBOX), list(PLANET_BBOX)
         d["properties"] = {**ssys_fields(body), **d["properties"]}
@@ -174,7 +199,7 @@ def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
         "models",
         "Models",
         "Vision-language models used for the products.",
-        (PLANET_BBOX_LIST, [None, None]),
+        (PLANET_BBOX_LIST, [d["properties"]["datetime"], d["properties"]["datetime"]]),
         {"mlm:architecture": names, "ssys:targets": [body.name]},
         [SSYS_V1],
         ssys_fields(body),
@@ -240,7 +265,18 @@ def _embedding_item(
     links += _source_links(sources, root)
     extensions = [EMBEDDINGS_V0, SSYS_V1, FILE_V2, PROCESSING_V1]
     return stac_item(
-        root.name, props, extensions, bbox, _embedding_assets(es), links, EMBEDDINGS_VERSION
+        root.name,
+        props,
+        extensions,
+        bbox,
+        _embedding_assets(es),
+        links,
+        EMBEDDINGS_VERSION,
+        title=f"Embeddings of {n_cells} cells ({cm.slug}, {grid.spec})",
+        description=(
+            f"Chip embeddings ({int(cm.embed_dim)}-d) of every cell of grid {grid.spec} with "
+            f"imagery, by model {cm.slug}: GeoParquet, FAISS index and scoring arrays."
+        ),
     )
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
+from marscope_stac.bodies import Body
 from marscope_stac.fsutil import atomic_write_bytes
 from marscope_stac.grid import Grid, LonLatGrid
 
@@ -45,12 +46,30 @@ __all__ = [
     "quantize",
     "raster_detections",
     "raster_zoom_range",
+    "tile_metadata",
     "write_raster_pmtiles",
     "write_vector_pmtiles",
     "zoom_range",
 ]
 
 MAX_LAT = 85.0511287798066
+
+
+def tile_metadata(name: str, description: str, body: Body, kind: str = "overlay") -> dict[str, Any]:
+    """PMTiles metadata every archive the project writes carries: what it shows, and where.
+
+    The body, its geographic CRS and the tile matrix set (the Web Mercator maths on the
+    body's sphere) say how to read the z/x/y tiles, which no PMTiles header can.
+    """
+    return {
+        "name": name,
+        "description": description,
+        "type": kind,
+        "body": body.name,
+        "crs": body.geographic_code,
+        "tile_matrix_set": f"{body.name}WebMercatorSphere",
+        "attribution": "MarScope-STAC",
+    }
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +63,7 @@ __all__ = [
     "proj_fields",
     "published_url",
     "relative_href",
+    "resolution_m",
     "rfc3339",
     "ssys_fields",
     "stac_catalog",
@@ -153,7 +155,7 @@ def cog_band_fields(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     bands: list[dict[str, Any]] = []
     with rasterio.open(path) as src:
-        res = float(abs(src.transform.a))
+        res = resolution_m(src.crs, float(abs(src.transform.a)))
         for i in range(1, src.count + 1):
             arr = src.read(i, masked=True)
             valid = arr.compressed()
@@ -181,6 +183,23 @@ def cog_band_fields(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 }
             bands.append(band)
     return bands
+
+
+def resolution_m(crs: Any, step: float) -> float:
+    """A pixel step in the CRS's units, in metres (``raster:spatial_resolution``, ``gsd``).
+
+    Degrees of a geographic CRS are converted on the body's sphere at the equator (its
+    semi-major axis: never Earth's unless the CRS is Earth's); projected units by their
+    factor to metres.
+    """
+    if crs is None:
+        return step
+    c = CRS.from_user_input(crs)
+    if c.is_geographic:
+        radius = c.ellipsoid.semi_major_metre if c.ellipsoid is not None else None
+        return float(step * math.pi / 180.0 * radius) if radius else step
+    factor = c.axis_info[0].unit_conversion_factor if c.axis_info else 1.0
+    return float(step * factor)
 
 
 # ----------------------------------------------------------------------------- builder
@@ -291,14 +310,36 @@ def stac_item(
     links: Sequence[Mapping[str, Any]] = (),
     version: str = "1.1.0",
     geometry: Mapping[str, Any] | None = None,
+    *,
+    title: str | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """A STAC Item (see the module docstring for the conventions it applies).
 
     The geometry is ``geometry``, else the polygon of ``bbox`` (None: no footprint). A
     missing ``datetime`` is the end of the ``start_datetime`` / ``end_datetime`` range when
-    there is one, else now; a :class:`datetime.datetime` is written in RFC 3339.
+    there is one, else now; a :class:`datetime.datetime` is written in RFC 3339. Common
+    metadata is filled in: ``title`` and ``description`` (default: the id, and the
+    processing lineage), ``created`` / ``updated`` (the processing time, when there is one)
+    and ``gsd`` (the finest ``raster:spatial_resolution`` of the assets' bands, metres).
     """
     props = dict(properties)
+    props["title"] = title or props.get("title") or item_id
+    lineage = props.get("processing:lineage")
+    props["description"] = description or props.get("description") or lineage or item_id
+    when = props.get("processing:datetime")
+    if isinstance(when, str):
+        props.setdefault("created", when)
+        props.setdefault("updated", when)
+    gsd = [
+        b["raster:spatial_resolution"]
+        for a in (assets or {}).values()
+        if isinstance(a, Mapping)
+        for b in a.get("bands") or []
+        if isinstance(b, Mapping) and isinstance(b.get("raster:spatial_resolution"), int | float)
+    ]
+    if gsd and "gsd" not in props:
+        props["gsd"] = float(min(gsd))
     if props.get("datetime") is None:
         props["datetime"] = props.get("end_datetime") or now_utc()
     for key in ("datetime", "start_datetime", "end_datetime"):

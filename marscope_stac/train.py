@@ -726,9 +726,9 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
     half = any(_stored_half(m) for m in models)
     with staged_directory(out, overwrite=overwrite) as stage:
         _export(first.model, models[0], stage, half, first.tile_context)
-        from marscope_stac.mlm import mlm_name, mlm_properties, model_item
+        from marscope_stac.mlm import mlm_name, mlm_properties, model_item, without_local_paths
 
-        desc = f"Weight average of {len(models)} models: {', '.join(models)}"
+        desc = f"Weight average of {len(models)} models: {', '.join(without_local_paths(models))}"
         recipes = _recipes(models)
         starts = {r.pop("pretrained_source", None) for r in recipes}
         start = starts.pop() if len(starts) == 1 else None  # their common start, if known

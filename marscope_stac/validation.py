@@ -275,7 +275,7 @@ def schema_problem(exc: Exception) -> str:
 class ValidationReport:
     """What :func:`validate_catalog` checked, and every problem it found."""
 
-    root: Path
+    root: Path | str
     objects: int = 0
     schemas: set[str] = field(default_factory=set)
     links: int = 0
@@ -565,6 +565,150 @@ def _boundary(root: Path) -> Path:
     return target.parent if kind in ("Catalog", "Collection") else root.parent
 
 
+REMOTE_LIMIT = 20_000
+"""Most STAC objects :func:`validate_catalog` fetches from a URL."""
+
+
+def _fetch(url: str, method: str = "GET", tries: int = 4, timeout: float = 30.0) -> bytes | int:
+    """The body of ``url`` (its size for ``HEAD``), retried with backoff.
+
+    5xx answers, 429 (waiting as ``Retry-After`` says) and connection errors are retried;
+    a 404 or another 4xx raises at once.
+
+    Raises:
+        CatalogError: naming the URL and what went wrong.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    last = ""
+    for attempt in range(tries):
+        request = urllib.request.Request(url, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                if method == "HEAD":
+                    return int(answer.headers.get("Content-Length") or 0)
+                data: bytes = answer.read()
+                return data
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code} {exc.reason}"
+            if exc.code < 500 and exc.code != 429:
+                break
+            wait = exc.headers.get("Retry-After") if exc.headers else None
+            delay = float(wait) if wait and wait.isdigit() else 0.5 * 2**attempt
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(getattr(exc, "reason", exc))
+            delay = 0.5 * 2**attempt
+        if attempt + 1 < tries:
+            time.sleep(min(delay, 10.0))
+    raise CatalogError(f"cannot read {url}: {last}; check the URL and that the server answers")
+
+
+class _Mirror:
+    """A local copy of a catalog published at a URL, laid out as on its host.
+
+    The catalog's JSON files are fetched through their structure links (and lineage links
+    to STAC files on the same host); each asset is fetched to check its checksum, or only
+    its size (``HEAD``) without checksums, kept as a sparse file of that size.
+    """
+
+    def __init__(self, url: str, folder: Path, checksums: bool) -> None:
+        from urllib.parse import urlsplit
+
+        self.url = url if url.endswith(".json") else url.rstrip("/") + "/catalog.json"
+        parts = urlsplit(self.url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.folder, self.checksums = folder, checksums
+        self.root = self.local(self.url)
+
+    def local(self, url: str) -> Path:
+        from urllib.parse import unquote, urlsplit
+
+        return self.folder / unquote(urlsplit(url).path).lstrip("/")
+
+    def fetch_tree(self) -> None:
+        from urllib.parse import urljoin
+
+        queue, seen = [self.url], {self.url}
+        while queue:
+            if len(seen) > REMOTE_LIMIT:
+                raise CatalogError(f"{self.url} has more than {REMOTE_LIMIT} STAC objects")
+            url = queue.pop()
+            try:
+                data = _fetch(url)
+            except CatalogError:
+                if url == self.url:
+                    raise
+                continue  # reported as a link to a missing file
+            body = data if isinstance(data, bytes) else b""
+            target = self.local(url)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(body)
+            try:
+                d = json.loads(body)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(d, dict):
+                continue
+            for lk in d.get("links") or []:
+                href = lk.get("href") if isinstance(lk, dict) else None
+                if not isinstance(href, str) or lk.get("rel") == "self" or _is_remote(href):
+                    continue
+                full = urljoin(url, href).split("#", 1)[0]
+                if not full.startswith(self.origin) or full in seen:
+                    continue
+                if full.endswith(".json"):
+                    seen.add(full)
+                    queue.append(full)
+                else:  # a linked file that is not STAC (a licence, a README)
+                    self._asset(full)
+            for asset in (d.get("assets") or {}).values():
+                href = asset.get("href") if isinstance(asset, dict) else None
+                if isinstance(href, str) and not _is_remote(href):
+                    self._asset(urljoin(url, href))
+
+    def _asset(self, url: str) -> None:
+        if not url.startswith(self.origin):
+            return
+        target = self.local(url)
+        if target.exists():
+            return
+        try:
+            data = _fetch(url, "GET" if self.checksums else "HEAD")
+        except CatalogError:
+            return  # reported as a missing asset
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            target.write_bytes(data)
+        else:
+            with target.open("wb") as fh:
+                fh.truncate(data)
+
+    def name(self, line: str) -> str:
+        """A problem line with the local copy's paths named by their URLs."""
+        return line.replace(str(self.folder), self.origin)
+
+
+def _validate_url(url: str, checksums: bool) -> ValidationReport:
+    """:func:`validate_catalog` of a catalog at an http(s) URL (see :class:`_Mirror`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="marscope-validate-") as tmp:
+        mirror = _Mirror(url, Path(tmp), checksums)
+        mirror.fetch_tree()
+        try:
+            report = validate_catalog(mirror.root.parent, checksums)
+        except InvalidCatalogError as exc:
+            exc.report.problems = [mirror.name(p) for p in exc.report.problems]
+            exc.report.root = url
+            raise InvalidCatalogError(exc.report) from None
+        except CatalogError as exc:
+            raise CatalogError(mirror.name(str(exc))) from None
+        report.root = url
+        return report
+
+
 def validate_catalog(
     path: str | Path, checksums: bool = True, within: str | Path | None = None
 ) -> ValidationReport:
@@ -578,8 +722,10 @@ def validate_catalog(
     resolve to STAC files. Remote hrefs are not fetched.
 
     Args:
-        path: A folder holding a STAC catalog, a ``catalog.json`` / ``collection.json``, or an
-            item JSON file.
+        path: A folder holding a STAC catalog, a ``catalog.json`` / ``collection.json``, an
+            item JSON file, or the http(s) URL of a published catalog (its ``catalog.json``
+            or its folder): the tree is fetched (with retries) into a temporary folder and
+            checked the same way; problems name the URLs.
         checksums: Verify ``file:checksum`` (reads every asset; sizes are always checked).
         within: The folder every file must stay in, when it is not the catalog's folder
             (e.g. a catalog in ``DIR/stac`` describing the GeoTIFFs of ``DIR`` in place).
@@ -588,6 +734,8 @@ def validate_catalog(
         CatalogError: if the path does not exist or holds no STAC object.
         InvalidCatalogError: with every problem found (one line each), if there is any.
     """
+    if str(path).startswith(("http://", "https://")):
+        return _validate_url(str(path), checksums)
     root = Path(path)
     if not root.exists():
         raise CatalogError(

@@ -577,3 +577,138 @@ def test_large_tables_are_in_row_groups_a_bbox_read_can_skip(tmp_path: Path) -> 
         )
     assert 1 <= touched <= 2  # of 15 groups: the rest are skipped by a bbox reader
     assert len(gpd.read_parquet(path, bbox=box)) == 1
+
+
+@pytest.fixture
+def served(work: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A copy of the work folder served over HTTP on 127.0.0.1 (a real server, its own port)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    site = tmp_path / "site"
+    shutil.copytree(work, site)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=site))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield site, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_validate_checks_a_catalog_given_by_url(served: tuple[Path, str]) -> None:
+    site, url = served
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["validate", f"{url}/products/catalog.json"])
+    assert ok.exit_code == 0, ok.output
+    report = validate_catalog(f"{url}/products/")
+    local = validate_catalog(site / "products")
+    assert (report.objects, report.assets, report.links) == (
+        local.objects,
+        local.assets,
+        local.links,
+    )
+    # break it on the server: a missing asset and a changed file are named by their URLs
+    query = next((site / "products" / "queries").glob("yardangs-*"))
+    (query / "preview.png").unlink()
+    tif = query / "probability.tif"
+    data = bytearray(tif.read_bytes())
+    data[-1] ^= 0xFF
+    tif.write_bytes(bytes(data))
+    bad = runner.invoke(cli, ["validate", f"{url}/products"])
+    assert bad.exit_code == 2
+    lines = bad.stdout.splitlines()
+    assert any(
+        line.startswith(f"{url}/products/queries/") and "'preview' is missing" in line
+        for line in lines
+    ), lines
+    assert any("does not match its file:checksum" in line for line in lines), lines
+    quick = runner.invoke(cli, ["validate", f"{url}/products", "--no-checksums"])
+    assert "checksum" not in quick.stdout and "'preview' is missing" in quick.stdout
+    gone = runner.invoke(cli, ["validate", f"{url}/nothing/catalog.json"])
+    err = [line for line in gone.stderr.splitlines() if line]
+    assert gone.exit_code == 2 and len(err) == 1 and "HTTP 404" in err[0]
+
+
+def _stac_objects(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in _json_files(root):
+        d = json.loads(path.read_text())
+        if isinstance(d, dict) and "stac_version" in d:
+            found.append((path, d))
+    return found
+
+
+def test_metadata_a_catalog_user_expects(work: Path, tmp_path: Path) -> None:
+    import math
+
+    from pmtiles.reader import MmapSource, Reader
+
+    from marscope_stac.basemap import build_basemap
+
+    shutil.copytree(work, tmp_path / "w")
+    products = tmp_path / "w" / "products"
+    build_basemap(tmp_path / "w" / "catalogs" / "demo", products)
+    objects = _stac_objects(products)
+    for path, d in objects:
+        fields = d["properties"] if d["type"] == "Feature" else d
+        assert fields.get("title") and fields.get("description"), path
+        if d["type"] == "Feature":
+            assert fields["created"] and fields["updated"], path
+        else:
+            assert d["providers"][0]["roles"] == ["processor"], path
+            assert d["license"] == "other", path
+            (lic,) = [lk for lk in d["links"] if lk["rel"] == "license"]
+            assert (path.parent / lic["href"]).resolve() == (products / "LICENSE.md").resolve()
+            start, end = d["extent"]["temporal"]["interval"][0]
+            assert start and end, path  # the root spans its children; models have times
+    assert (products / "LICENSE.md").read_text().startswith("# Terms of these products")
+    query = next(d for p, d in objects if d["id"].startswith("yardangs-"))
+    cell_m = 0.02 * math.pi / 180 * 3396190  # a 0.02-degree cell on the Mars sphere
+    (band,) = query["assets"]["probability"]["bands"]
+    assert band["raster:spatial_resolution"] == pytest.approx(cell_m, rel=1e-6)
+    assert query["properties"]["gsd"] == pytest.approx(cell_m, rel=1e-6)
+    assert "thumbnail" in query["assets"]["preview"]["roles"]
+    assert query["properties"]["title"] == "Where: yardangs"
+    queries = json.loads((products / "queries" / "collection.json").read_text())
+    assert {"probability", "preview", "scores"} <= set(queries["item_assets"])
+    assert queries["summaries"]["marscope:grid"] == ["lonlat:0.02"]
+    model = next(d for p, d in objects if "mlm:input" in d.get("properties", {}))
+    inputs = {i["name"]: i for i in model["properties"]["mlm:input"]}
+    assert set(inputs) == {"image tile", "query text"}
+    assert inputs["image tile"]["value_scaling"][0]["type"] == "z-score"
+    assert [o["name"] for o in model["properties"]["mlm:output"]] == [
+        "embedding",
+        "text embedding",
+    ]
+    # every PMTiles archive says which body, CRS and tile matrix its z/x/y are on
+    for archive in products.rglob("*.pmtiles"):
+        with archive.open("rb") as fh:
+            meta = Reader(MmapSource(fh)).metadata()
+        assert meta["body"] == "Mars" and meta["crs"] == "IAU_2015:49900", archive
+        assert meta["tile_matrix_set"] == "MarsWebMercatorSphere", archive
+    assert {p.name for p in products.rglob("*.pmtiles")} >= {
+        "imagery.pmtiles",
+        "classes.pmtiles",
+        "probability.pmtiles",
+    }
+
+
+def test_model_items_name_nothing_local(work: Path) -> None:
+    from marscope_stac.models import model_folder
+
+    bundled = model_folder("bundled")
+    assert bundled is not None
+    text = (bundled / "model.json").read_text()
+    assert "build/" not in text and "local-dir:/" not in text
+    for path in (work / "products" / "models").rglob("*.json"):
+        assert str(work) not in path.read_text() and "/tmp/" not in path.read_text(), path
