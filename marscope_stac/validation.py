@@ -260,7 +260,7 @@ def schema_problem(exc: Exception) -> str:
     if best is None:
         return " ".join(str(exc).split())[:200]
     while best.context:
-        deeper = jsonschema.exceptions.best_match(best.context)
+        deeper = jsonschema.exceptions.best_match(_branch(best.context))
         if deeper is None:
             break
         best = deeper
@@ -269,6 +269,21 @@ def schema_problem(exc: Exception) -> str:
     if len(message) > 160:
         message = message[:157] + "..."
     return f"field {field_path}: {message} (schema rule '{best.validator}')"
+
+
+def _branch(errors: Iterable[Any]) -> list[Any]:
+    """The errors of the ``anyOf``/``oneOf`` branch meant for the object.
+
+    Branches that fail on the object's own ``type`` (an Item checked against the Collection
+    branch) are not the object's; of the rest, the one with the fewest errors.
+    """
+    branches: dict[Any, list[Any]] = {}
+    for e in errors:
+        branches.setdefault(e.schema_path[0] if e.schema_path else None, []).append(e)
+    mine = [
+        b for b in branches.values() if not any(list(e.absolute_path) == ["type"] for e in b)
+    ] or list(branches.values())
+    return min(mine, key=len)
 
 
 @dataclass
@@ -446,9 +461,9 @@ class _Checker:
         for path, d in self.objects.items():
             ups = self.up.get(path, {})
             owners = self.owners.get(path, [])
+            for owner in owners:
+                by_collection.setdefault((owner, str(d.get("id"))), []).append(path)
             if d.get("type") == "Feature":
-                for owner in owners:
-                    by_collection.setdefault((owner, str(d.get("id"))), []).append(path)
                 self._collection_field(path, d, ups, owners)
             parent = ups.get("parent")
             if parent is not None and owners and parent not in owners and parent in self.objects:
@@ -460,7 +475,7 @@ class _Checker:
         for (owner, oid), paths in sorted(by_collection.items()):
             if len(set(paths)) > 1:
                 names = ", ".join(str(p) for p in sorted(set(paths)))
-                self.problem(owner, f"two or more items with the id {oid!r}: {names}")
+                self.problem(owner, f"links two or more objects with the id {oid!r}: {names}")
         if whole_tree:
             self._orphans(root)
         self._self_links()

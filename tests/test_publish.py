@@ -510,32 +510,188 @@ def _other_host(products: Path) -> None:
     )
 
 
-STRUCTURAL_MISSES: dict[str, tuple[Any, str]] = {
-    "duplicate ids in one collection": (_duplicate_id, "two or more items with the id"),
-    "collection field names another collection": (
+def _query_folder(products: Path) -> Path:
+    return _query_item(products).parent
+
+
+def _asset(products: Path, key: str, change: Any) -> None:
+    _edit(_query_item(products), lambda d: change(d["assets"][key]))
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _add_link(path: Path, link: dict[str, Any]) -> None:
+    _edit(path, lambda d: d["links"].append(link))
+
+
+def _orphan_collection(products: Path) -> None:
+    lost = products / "lost"
+    lost.mkdir()
+    coll = json.loads((products / "queries" / "collection.json").read_text())
+    coll["id"] = "lost"
+    coll["links"] = [lk for lk in coll["links"] if lk["rel"] not in ("item",)]
+    (lost / "collection.json").write_text(json.dumps(coll))
+
+
+def _twin_collection(products: Path) -> None:
+    shutil.copytree(products / "models", products / "models-twin")
+    _add_link(
+        products / "catalog.json",
+        {"rel": "child", "href": "./models-twin/collection.json", "type": "application/json"},
+    )
+
+
+def _queries(products: Path) -> Path:
+    return products / "queries" / "collection.json"
+
+
+BREAKAGE_MATRIX: dict[str, tuple[Any, str]] = {
+    # what validate caught before (each on its own here)
+    "a missing asset file": (
+        lambda p: (_query_folder(p) / "preview.png").unlink(),
+        "asset 'preview' is missing",
+    ),
+    "a changed file of the same size": (
+        lambda p: _flip_last_byte(_query_folder(p) / "probability.tif"),
+        "asset 'probability' does not match its file:checksum",
+    ),
+    "an asset outside the tree": (
+        lambda p: _edit(
+            _query_item(p),
+            lambda d: d["assets"].update(passwd={"href": "../../../../../../../etc/passwd"}),
+        ),
+        "asset 'passwd' leaves the catalog's folder",
+    ),
+    "an absolute local asset path": (
+        lambda p: _asset(p, "preview", lambda a: a.update(href=str(_query_folder(p) / "x.png"))),
+        "asset 'preview' has an absolute local path",
+    ),
+    "a dangling item link": (
+        lambda p: _add_link(_queries(p), {"rel": "item", "href": "./gone/gone.json"}),
+        "link 'item' points at a missing file: ./gone/gone.json",
+    ),
+    "a link cycle": (
+        lambda p: _add_link(_queries(p), {"rel": "child", "href": "../catalog.json"}),
+        "link cycle",
+    ),
+    "a child link leaving the tree": (
+        lambda p: _add_link(p / "catalog.json", {"rel": "child", "href": "../../../etc/passwd"}),
+        "link 'child' leaves the catalog's folder",
+    ),
+    "a file that is not strict JSON": (
+        lambda p: _query_item(p).write_text(
+            _query_item(p).read_text().replace('"marscope:threshold": 0.3', '"x": NaN')
+        ),
+        "not valid JSON",
+    ),
+    # what it misses no more
+    "duplicate item ids in one collection": (
+        _duplicate_id,
+        "links two or more objects with the id",
+    ),
+    "duplicate collection ids in one catalog": (
+        _twin_collection,
+        "links two or more objects with the id",
+    ),
+    "an item's collection field names another collection": (
         lambda p: _edit(_query_item(p), lambda d: d.update(collection="models")),
         "its collection field says 'models'",
     ),
+    "an item whose collection link is another collection": (
+        lambda p: _edit(
+            _query_item(p),
+            lambda d: [
+                lk.update(href="../../models/collection.json")
+                for lk in d["links"]
+                if lk["rel"] == "collection"
+            ],
+        ),
+        "its collection field says 'queries', but it belongs to the collection 'models'",
+    ),
     "an item nothing links": (_orphan, "no catalog or collection links this object"),
-    "parent link to the wrong collection": (
+    "a collection nothing links": (_orphan_collection, "lost/collection.json: no catalog"),
+    "a parent link to the wrong collection": (
         lambda p: _edit(_query_item(p), _wrong_parent),
         "parent link names collection.json ('models')",
     ),
     "a self link to another host": (_other_host, "self link is under https://b.example/p/"),
-    "a tampered text-vector cache": (_tamper_cache, "cached text vector is damaged or altered"),
-    "a schema error": (
+    "a self link naming another file": (
+        lambda p: _add_link(
+            _query_item(p), {"rel": "self", "href": "https://a.example/p/queries/other.json"}
+        ),
+        "does not name this file",
+    ),
+    "a tampered text-vector cache entry": (
+        _tamper_cache,
+        "cached text vector is damaged or altered",
+    ),
+    "a garbage text-vector cache entry": (
+        lambda p: next(p.glob("embeddings/*/text-vectors/*.json")).write_text("{ not json"),
+        "cached text vector is damaged or altered",
+    ),
+    "a core schema error (short line, field path)": (
         lambda p: _edit(_query_item(p), lambda d: d["properties"].update(datetime=5)),
         "field properties/datetime",
+    ),
+    "an extension schema error": (
+        lambda p: _asset(p, "probability", lambda a: a.update({"proj:code": 5})),
+        "field assets/probability/proj:code",
+    ),
+    "a required field missing": (
+        lambda p: _edit(_query_item(p), lambda d: d.pop("geometry")),
+        "'geometry' is a required property",
+    ),
+    "an extension schema that is not offline": (
+        lambda p: _edit(
+            _query_item(p),
+            lambda d: d["stac_extensions"].append("https://example.org/nothing/v9/schema.json"),
+        ),
+        "is not available offline",
+    ),
+    "a file:size that does not match": (
+        lambda p: _asset(p, "preview", lambda a: a.update({"file:size": 1})),
+        "file:size says 1",
+    ),
+    "links that are not a list": (
+        lambda p: _edit(_queries(p), lambda d: d.update(links="./x.json")),
+        "links is not a list",
+    ),
+    "a link that is not an object": (
+        lambda p: _add_link(_queries(p), "./x.json"),  # type: ignore[arg-type]
+        "a link is not an object",
+    ),
+    "assets that are not an object": (
+        lambda p: _edit(_query_item(p), lambda d: d.update(assets=["x"])),
+        "assets is not an object",
+    ),
+    "a lineage link to a file that is not STAC": (
+        lambda p: _add_link(
+            _query_item(p), {"rel": "derived_from", "href": "../../../catalogs/README.txt"}
+        ),
+        "link 'derived_from'",
+    ),
+    "the embeddings table changed": (
+        lambda p: _flip_last_byte(next(p.glob("embeddings/*/embeddings.parquet"))),
+        "asset 'embeddings' does not match its file:checksum",
     ),
 }
 
 
-@pytest.mark.parametrize("miss", sorted(STRUCTURAL_MISSES))
-def test_validate_catches_each_structural_miss(work: Path, tmp_path: Path, miss: str) -> None:
+def test_the_breakage_matrix_is_complete() -> None:
+    assert len(BREAKAGE_MATRIX) >= 29
+
+
+@pytest.mark.parametrize("miss", sorted(BREAKAGE_MATRIX))
+def test_validate_catches_each_breakage(work: Path, tmp_path: Path, miss: str) -> None:
     shutil.copytree(work, tmp_path / "w")
     products = tmp_path / "w" / "products"
     assert validate_catalog(products).objects > 0  # sound before the break
-    breaker, expected = STRUCTURAL_MISSES[miss]
+    (tmp_path / "w" / "catalogs" / "README.txt").write_text("not STAC")
+    breaker, expected = BREAKAGE_MATRIX[miss]
     breaker(products)
     result = CliRunner().invoke(cli, ["validate", str(products)])
     assert result.exit_code == 2, result.output
