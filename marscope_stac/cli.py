@@ -36,8 +36,23 @@ _ENVIRONMENT_ERRORS = {
     errno.ENOTDIR,
     errno.ENAMETOOLONG,
     errno.EMFILE,
+    errno.ENOENT,
+    errno.ELOOP,
+    errno.ENXIO,
+    errno.ENODEV,
+    errno.EBUSY,
+    errno.ETXTBSY,
 }
 """System errors of the environment (disk, permissions, paths): one line and exit 2."""
+
+_OS_FIXES = {
+    errno.ENOENT: "check the path (it does not exist)",
+    errno.ELOOP: "a symbolic link points back at itself; fix the link",
+    errno.ENXIO: "give a regular file",
+    errno.ENODEV: "give a regular file",
+    errno.ENAMETOOLONG: "give a shorter path",
+}
+"""What to do about a system error, where it is not the disk or the permissions."""
 
 
 class _Group(click.Group):
@@ -90,21 +105,39 @@ class _Group(click.Group):
             if exc.errno not in _ENVIRONMENT_ERRORS or (ctx.obj and ctx.obj.get("debug")):
                 raise
             where = f" {exc.filename}" if exc.filename else ""
-            click.echo(
-                f"marscope: error: cannot use{where}: {exc.strerror}; free some space, fix the "
-                "permissions or choose another folder (finished work is kept)",
-                err=True,
+            fix = _OS_FIXES.get(
+                exc.errno or 0,
+                "free some space, fix the permissions or choose another folder "
+                "(finished work is kept)",
             )
+            click.echo(f"marscope: error: cannot use{where}: {exc.strerror}; {fix}", err=True)
             ctx.exit(2)
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if isinstance(exc, ValueError) and "null byte" in str(exc):  # from os / pathlib
+                click.echo(
+                    "marscope: error: a path or value holds a NUL character; remove it", err=True
+                )
+                ctx.exit(2)
             click.echo(
                 f"marscope: unexpected error: {type(exc).__name__}: {exc} "
                 "(this is a bug; rerun with --debug for the traceback)",
                 err=True,
             )
             ctx.exit(1)
+
+
+class _NonEmptyPath(click.Path):
+    """A path option or argument that refuses an empty value (it would mean the cwd)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_PATH = _NonEmptyPath(path_type=Path)
 
 
 def _show_warning(
@@ -137,7 +170,7 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @cli.command("demo-data")
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     default=Path("catalogs/demo"),
     show_default=True,
     help="Folder of the catalog to write.",
@@ -161,7 +194,7 @@ def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
 @cli.command("real-data")
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     default=Path("catalogs/real"),
     show_default=True,
     help="Folder of the catalog to write.",
@@ -175,12 +208,12 @@ def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
 )
 @click.option(
     "--cache",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     help="Cache of fetched package files [default: ~/.cache/marscope-stac/packages].",
 )
 @click.option(
     "--packages",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     help="Folder of already downloaded .deb/.whl archives (instead of apt-get/pip).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalog at --out.")
@@ -208,7 +241,7 @@ def _number_list(name: str, value: str) -> list[float]:
 @click.option("--no-checksums", is_flag=True, help="Skip file:checksum (sizes are still checked).")
 @click.option(
     "--within",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     help="Folder every file must stay in (default: the catalog's); e.g. DIR for DIR/stac.",
 )
 def validate_cmd(path: str, no_checksums: bool, within: Path | None) -> None:
@@ -232,7 +265,7 @@ def validate_cmd(path: str, no_checksums: bool, within: Path | None) -> None:
 @cli.command("demo")
 @click.option(
     "--workdir",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     default=Path(),
     show_default=True,
     help="Folder holding catalogs/ and products/.",
@@ -265,7 +298,7 @@ def _products_option(f: Any) -> Any:
     """``--out``: the products catalog folder."""
     return click.option(
         "--out",
-        type=click.Path(path_type=Path),
+        type=_PATH,
         default=Path("products"),
         show_default=True,
         help="Products STAC catalog folder.",
@@ -345,7 +378,7 @@ def _bbox(value: str | None) -> list[float] | None:
     help="lonlat:<deg>[@<max|lat|>] or equal-area:<size>[km|m].",
 )
 @click.option("--tile-px", type=int, default=224, show_default=True, help="Tile side in pixels.")
-@click.option("--preview", type=click.Path(path_type=Path), help="Write a contact sheet PNG.")
+@click.option("--preview", type=_PATH, help="Write a contact sheet PNG.")
 @_source_options
 @click.option("--datetime", help="Only items in this RFC 3339 interval (STAC API syntax).")
 @click.option("--max-tiles", type=int, default=48, show_default=True, help="Tiles on the sheet.")
@@ -367,7 +400,7 @@ def catalog_group() -> None:
 
 
 @catalog_group.command("build")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=_PATH)
 @click.option("--body", help="Body shown by the rasters (default: recognised from the CRS).")
 @click.option("--collection-id", help="Collection id (default: the folder name).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing FOLDER/stac.")
@@ -384,7 +417,7 @@ def catalog_build_cmd(
 
 
 @catalog_group.command("publish")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=_PATH)
 @click.option("--base-url", help="Where FOLDER will be served, e.g. https://example.org/products/")
 @click.option("--self-contained", is_flag=True, help="Remove the self links again.")
 def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool) -> None:
@@ -402,7 +435,7 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
 @click.argument("sources", nargs=-1, required=True)
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     required=True,
     help="Output folder (checkpoints, model/, metrics).",
 )
@@ -507,7 +540,7 @@ def train_cmd(
 @click.argument("models", nargs=-1, required=True)
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     required=True,
     help="Folder of the averaged model (then --model local-dir:OUT).",
 )
@@ -574,15 +607,13 @@ def _lonlat(values: tuple[str, ...], option: str = "--point") -> list[tuple[floa
 @_products_option
 @click.option(
     "--embeddings",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     help="Embedding set folder (default: the only one under OUT/embeddings).",
 )
 @_model_options
 @click.option("--point", "points", multiple=True, help="Example location LON,LAT.")
 @click.option("--cell", "cells", multiple=True, help="Example cell id.")
-@click.option(
-    "--image", "images", multiple=True, type=click.Path(path_type=Path), help="Example image file."
-)
+@click.option("--image", "images", multiple=True, type=_PATH, help="Example image file.")
 @click.option(
     "--negative-point",
     "neg_points",
@@ -671,15 +702,15 @@ def query_cmd(
 
 
 @cli.command("serve")
-@click.argument("products", type=click.Path(path_type=Path), default=Path("products"))
+@click.argument("products", type=_PATH, default=Path("products"))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--model", default="bundled", show_default=True, help="The embedding set's model.")
-@click.option("--embeddings", type=click.Path(path_type=Path), help="Embedding set folder.")
+@click.option("--embeddings", type=_PATH, help="Embedding set folder.")
 @click.option(
     "--static",
     "static_out",
-    type=click.Path(path_type=Path),
+    type=_PATH,
     help="Write a static site of the published products here instead of serving.",
 )
 def serve_cmd(
@@ -717,7 +748,7 @@ def basemap_cmd(catalog: str, out: Path, name: str | None) -> None:
 
 
 @cli.command("evaluate")
-@click.argument("product", type=click.Path(path_type=Path))
+@click.argument("product", type=_PATH)
 @click.option(
     "--truth",
     required=True,

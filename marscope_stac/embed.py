@@ -172,6 +172,12 @@ def _client(scheduler_address: str | None) -> Any:
         raise ConfigError(
             f"cannot reach the Dask scheduler at {address}: {exc}; check the address"
         ) from exc
+    except (ValueError, TypeError) as exc:  # not an address at all
+        raise ConfigError(
+            f"the scheduler address {address!r} (--scheduler-address or "
+            f"DASK_SCHEDULER_ADDRESS) is not a Dask scheduler address ({exc}); give one like "
+            "tcp://host:8786"
+        ) from None
 
 
 def _run_local(

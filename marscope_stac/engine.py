@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +40,12 @@ from marscope_stac.products import (
     write_class_product,
     write_query_product,
 )
-from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES, check_phrases
+from marscope_stac.prompts import (
+    BACKGROUND_PROMPTS,
+    MARSCOPE_TEMPLATES,
+    check_phrases,
+    check_templates,
+)
 from marscope_stac.publish import refresh_embedding_item
 from marscope_stac.query import (
     DEFAULT_TOP_K,
@@ -70,6 +76,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_EXAMPLE_PIXELS = 64_000_000
+"""Largest example image (pixels) a query reads; examples are tile-sized crops."""
 
 
 def same_model(made_by: str | None, requested: str) -> bool:
@@ -167,6 +176,7 @@ class QueryRequest:
                 "run them as a query of their own"
             )
         check_range("--image-weight", self.examples.image_weight, 0.0, 1.0)
+        check_templates(self.examples.templates)
         if not self.texts and not self.examples.has_examples and not self.classify:
             raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
         unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))
@@ -330,9 +340,23 @@ class QueryEngine:
         imgs = []
         for p in paths:
             try:
-                with Image.open(p) as im:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    im = Image.open(p)
+                with im:
+                    w, h = im.size
+                    if w * h > MAX_EXAMPLE_PIXELS:
+                        raise DataError(
+                            f"example image {p} is {w} x {h} px; give a tile-sized image (at "
+                            f"most {MAX_EXAMPLE_PIXELS:,} pixels, e.g. a crop around the example)"
+                        )
                     g = im.convert("L").resize((size, size))
                     imgs.append(np.asarray(g, np.float32) / 255.0)
+            except Image.DecompressionBombError:
+                raise DataError(
+                    f"example image {p} is too large to read; give a tile-sized image (at most "
+                    f"{MAX_EXAMPLE_PIXELS:,} pixels, e.g. a crop around the example)"
+                ) from None
             except (OSError, UnidentifiedImageError, ValueError) as exc:
                 raise DataError(f"cannot read example image {p}: {exc}") from exc
         return np.asarray(self.model.encode_images(np.stack(imgs)), np.float32)

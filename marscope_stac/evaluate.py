@@ -328,9 +328,17 @@ def _csv_truth(path: Path, landform: str | None) -> NDArray[np.float64]:
         df = df[df[cols["landform"]] == landform]
     xy = df[[cols["lon"], cols["lat"]]].to_numpy()
     try:
-        return xy.astype(np.float64)
-    except ValueError as exc:
+        xy = xy.astype(np.float64)
+    except (ValueError, TypeError) as exc:
         raise DataError(f"{path}: lon/lat are not all numbers ({exc})") from exc
+    bad = ~np.isfinite(xy).all(axis=1) | (np.abs(xy[:, 1]) > 90)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}: {int(bad.sum())} rows have no valid position (the first: row {row + 2}, "
+            f"lon {xy[row, 0]}, lat {xy[row, 1]}); give finite lon and lat in -90..90"
+        )
+    return xy
 
 
 def _read_table(path: Path) -> Any:

@@ -150,6 +150,10 @@ def build_folder_catalog(
     root = Path(folder)
     if not root.is_dir():
         raise CatalogError(f"{root} is not a folder; give the folder holding your GeoTIFFs")
+    if collection_id is not None and not collection_id.strip():
+        raise ConfigError("--collection-id is empty; give a name, or leave it out")
+    if body is not None and not body.strip():
+        raise ConfigError("--body is empty; give a body name (e.g. Mars, Moon), or leave it out")
     out = root / "stac"
     tifs = sorted(
         p

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from marscope_stac.errors import OutputError
+from marscope_stac.errors import DataError, OutputError
 
 __all__ = [
     "atomic_output",
@@ -39,6 +39,8 @@ __all__ = [
     "file_multihash",
     "is_project_folder",
     "json_text",
+    "read_regular",
+    "safe_resolve",
     "source_folder",
     "staged_directory",
     "sweep_stale",
@@ -65,6 +67,38 @@ def text_vector_checksum(model_key: str, text: str, templates: list[str], vector
     digest = hashlib.sha256(json.dumps([model_key, text, list(templates)]).encode())
     digest.update(vector)
     return "1220" + digest.hexdigest()
+
+
+MAX_DOCUMENT_BYTES = 256 << 20
+"""Largest JSON document the project reads (a STAC object, a manifest, a model config)."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """The bytes of a regular file, refusing what would hang or flood a reader.
+
+    A FIFO, socket, device or folder is refused before it is opened (opening a FIFO blocks
+    until a writer comes), and so is a file larger than ``limit`` bytes.
+
+    Raises:
+        DataError: naming the path and what it is.
+        OSError: if it cannot be read (missing, permissions, a symlink loop).
+    """
+    p = Path(path)
+    mode = p.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{p} is {_kind(mode)}, not a file; give a regular file")
+    size = p.stat().st_size
+    if size > limit:
+        raise DataError(f"{p} is {size:,} bytes, more than {limit:,}; is it the right file?")
+    return p.read_bytes()
+
+
+def safe_resolve(path: str | os.PathLike[str]) -> Path:
+    """``Path.resolve`` that never raises: a symlink loop gives the absolute path as is."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(path).absolute()
 
 
 def _umask() -> int:

@@ -42,6 +42,13 @@ IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 
 
+MAX_ROWS = 2_000_000
+"""Most rows a grid may have (cells of about 10 m on Mars, finer than any global mosaic)."""
+
+MAX_BOX_CELLS = 400_000_000
+"""Most cells :meth:`Grid.cells_in_bbox` lists at once (3.2 GB of indexes)."""
+
+
 class Grid(ABC):
     """A tiling of a whole body into cells with stable ids."""
 
@@ -177,6 +184,16 @@ class Grid(ABC):
         rows = np.arange(self.n_rows)
         s, n = self.row_lat_bounds(rows)
         rows = rows[(n > south) & (s < north)]
+        share = max(east - west, 0.0) / 360.0
+        estimate = (
+            float(np.sum(self.row_n_cols(rows), dtype=np.float64)) * share if len(rows) else 0
+        )
+        if estimate > MAX_BOX_CELLS:
+            raise ConfigError(
+                f"the box {west:g},{south:g},{east:g},{north:g} holds about {estimate:,.0f} cells "
+                f"of grid {self.spec}, more than {MAX_BOX_CELLS:,}; choose a coarser grid or a "
+                "smaller box"
+            )
         out = []
         for r in rows.tolist():
             ncols = int(self.row_n_cols(r))
@@ -192,6 +209,11 @@ class LonLatGrid(Grid):
     """Fixed-degree lon/lat cells; ``max_abs_lat`` drops polar rows (MarScope: 80)."""
 
     def __init__(self, size_deg: float, body: Body = MARS, max_abs_lat: float = 90.0) -> None:
+        if math.isfinite(size_deg) and size_deg > 0 and 180.0 / size_deg > MAX_ROWS:
+            raise ConfigError(
+                f"lonlat cell size {size_deg:g} degree is too small for {body.name} (more than "
+                f"{MAX_ROWS:,} rows); the finest grid is lonlat:{180.0 / MAX_ROWS:g}"
+            )
         if not (0 < size_deg <= 90) or abs(180.0 / size_deg - round(180.0 / size_deg)) > 1e-6:
             raise ConfigError(
                 f"lonlat cell size {size_deg} degree does not divide 180; use e.g. 0.2, 0.05"
@@ -259,7 +281,7 @@ class EqualAreaGrid(Grid):
         self.cell_m = float(cell_m)
         deg = self.cell_m / body.metres_per_degree
         self._rows = max(1, round(180.0 / deg))
-        if self._rows > 2_000_000:
+        if self._rows > MAX_ROWS:
             raise ConfigError(f"equal-area cell size {cell_m} m is too small for {body.name}")
         self.dlat = 180.0 / self._rows
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from marscope_stac.errors import ConfigError, ModelError
-from marscope_stac.fsutil import file_multihash
+from marscope_stac.errors import ConfigError, DataError, ModelError
+from marscope_stac.fsutil import file_multihash, read_regular
 from marscope_stac.parts import IMAGENET_MEAN, IMAGENET_STD, resolve_parts, uses_parts
 from marscope_stac.prompts import MARSCOPE_TEMPLATES, check_phrases, check_templates
 
@@ -394,9 +394,18 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise ModelError(f"{folder} has no open_clip_config.json; is it an open_clip model folder?")
     try:
-        return dict(json.loads(cfg_path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{cfg_path} is not valid JSON: {exc}") from exc
+        cfg = json.loads(read_regular(cfg_path, 16 << 20))
+    except (ValueError, RecursionError, DataError) as exc:  # not UTF-8, not JSON, too deep
+        raise ModelError(
+            f"{cfg_path} is not a readable JSON model configuration ({str(exc)[:100]}); "
+            "is the model folder complete?"
+        ) from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_cfg", {}), dict):
+        raise ModelError(
+            f"{cfg_path} is not an open_clip model configuration (a JSON object with "
+            "model_name and model_cfg); is it the right file?"
+        )
+    return cfg
 
 
 def load_model(
@@ -424,6 +433,11 @@ def load_model(
     dev = resolve_device(device)
     prec = _precision(precision, dev)
     name = model.strip()
+    if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
+        raise ConfigError(
+            f"--pretrained is for an architecture name; {name} already has its weights "
+            "(leave --pretrained out)"
+        )
     open_name, arch, source, weights = _resolve(name, pretrained)
     norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
     try:

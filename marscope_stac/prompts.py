@@ -56,11 +56,24 @@ def check_phrases(phrases: Sequence[str]) -> None:
 
 
 def check_templates(templates: Sequence[str]) -> None:
-    """Reject prompt templates without a ``{}`` placeholder.
+    """Reject prompt templates that do not hold exactly one ``{}`` and nothing else to fill.
+
+    A literal brace is written doubled (``{{`` / ``}}``), as in Python's ``str.format``.
 
     Raises:
-        ConfigError: naming the template.
+        ConfigError: naming the template and the fix.
     """
+    import string
+
     for t in templates:
-        if "{}" not in t:
-            raise ConfigError(f"prompt template {t!r} has no '{{}}' for the query text")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError as exc:
+            raise ConfigError(
+                f"prompt template {t!r} is malformed ({exc}); write literal braces as {{{{ }}}}"
+            ) from None
+        if fields != [""]:
+            raise ConfigError(
+                f"prompt template {t!r} must hold exactly one '{{}}' for the query text and no "
+                "other field; write literal braces as {{ }}"
+            )

@@ -31,6 +31,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +42,7 @@ from urllib.parse import unquote, urlparse
 
 from marscope_stac.bodies import get_body
 from marscope_stac.engine import QueryEngine, QueryRequest
-from marscope_stac.errors import ConfigError, MarscopeError
+from marscope_stac.errors import ConfigError, MarscopeError, SkippedInputWarning
 from marscope_stac.query import QuerySpec
 from marscope_stac.webassets import missing, vendor_dir
 
@@ -563,6 +564,11 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
     if gone:
         raise ConfigError(f"the web map files are not installed ({gone[0]}); run make install")
     src = Path(products)
+    if not (src / "catalog.json").is_file():
+        raise ConfigError(
+            f"{products} is not a products catalog (no catalog.json); give the folder that "
+            "'marscope query' wrote (e.g. products)"
+        )
     check_apart(out, {f"the products folder {products}": src}, "--static")
     with staged_directory(out) as stage:
         web = _web_dir()
@@ -602,6 +608,15 @@ def _copy_lineage(products: Path, stage: Path) -> None:
                 continue
             catalog = (coll.parent / href).resolve().parent
             if work not in catalog.parents or products.resolve() in catalog.parents:
+                continue
+            if not catalog.is_dir():
+                warnings.warn(
+                    f"the input catalog {catalog} that the products' lineage links name is not "
+                    "beside them; the static site is written without it (its lineage links "
+                    "will not resolve: put the catalog back, or publish it and its URLs)",
+                    SkippedInputWarning,
+                    stacklevel=2,
+                )
                 continue
             target = stage / catalog.relative_to(work)
             if not target.exists():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -145,7 +146,14 @@ def _targets(obj: pystac.Item) -> list[str]:
                 targets = coll.summaries.get_list("ssys:targets")
     if isinstance(targets, str):
         targets = [targets]
-    return [str(t) for t in targets or []]
+    if targets is not None and not (
+        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    ):
+        raise CatalogError(
+            f"item {obj.id} ({obj.get_self_href()}): ssys:targets is {targets!r:.60}, not a "
+            'list of body names; fix the item (e.g. ["Mars"])'
+        )
+    return list(targets or [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,9 +208,66 @@ def _split_antimeridian(west: float, south: float, east: float, north: float) ->
     return MultiPolygon([box(w, south, 180.0, north), box(-180.0, south, e - 360.0, north)])
 
 
+def _band_number(item: pystac.Item, key: str, band: dict[str, Any], *names: str) -> float | None:
+    """A number of an asset's first band (the first of ``names`` present), or None.
+
+    Raises:
+        CatalogError: if it is there but not a number, naming the item, asset and field.
+    """
+    for name in names:
+        value = band.get(name)
+        if value is None:
+            continue
+        if name == "nodata" and value in ("nan", "inf", "-inf"):  # STAC 1.1 allows these
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CatalogError(
+                f"item {item.id} ({item.get_self_href()}): asset {key!r} band field {name} is "
+                f"{value!r:.40}, not a number; fix the item"
+            )
+        return float(value)
+    return None
+
+
+def _first_band(item: pystac.Item, key: str, a: pystac.Asset) -> dict[str, Any]:
+    """The asset's first band (STAC 1.1 ``bands`` or raster 1.x ``raster:bands``), or {}.
+
+    Raises:
+        CatalogError: if the field is there but not a list of objects.
+    """
+    for name in ("bands", "raster:bands"):
+        bands = a.extra_fields.get(name)
+        if bands is None:
+            continue
+        if not isinstance(bands, list) or not all(isinstance(b, dict) for b in bands):
+            raise CatalogError(
+                f"item {item.id} ({item.get_self_href()}): asset {key!r} field {name} is "
+                f"{bands!r:.40}, not a list of band objects; fix the item"
+            )
+        if bands:
+            return dict(bands[0])
+    return {}
+
+
+def _check_local_raster(item: pystac.Item, key: str, href: str) -> None:
+    """Refuse a local asset that is not a regular file (a FIFO would block the reader)."""
+    if "://" in href and not href.startswith("file://"):
+        return
+    path = Path(href.removeprefix("file://"))
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing: the raster reader says so
+    if not stat.S_ISREG(mode):
+        raise DataError(
+            f"asset {key!r} of item {item.id} is not a regular file ({href}); give a GeoTIFF"
+        )
+
+
 def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
     a = item.assets[key]
     href = a.get_absolute_href() or a.href
+    _check_local_raster(item, key, href)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -243,15 +308,12 @@ def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
             f"item {item.id} says {body.name} but its raster CRS is of {crs_body.name}"
         )
     # scale/offset: header first, then STAC bands (1.1) or raster:bands (1.0)
+    band = _first_band(item, key, a)
     if scale == 1.0 and offset == 0.0:
-        bands = a.extra_fields.get("bands") or a.extra_fields.get("raster:bands") or []
-        if bands and isinstance(bands[0], dict):
-            scale = float(bands[0].get("raster:scale", bands[0].get("scale", 1.0)) or 1.0)
-            offset = float(bands[0].get("raster:offset", bands[0].get("offset", 0.0)) or 0.0)
+        scale = _band_number(item, key, band, "raster:scale", "scale") or 1.0
+        offset = _band_number(item, key, band, "raster:offset", "offset") or 0.0
     if nodata is None:
-        bands = a.extra_fields.get("bands") or a.extra_fields.get("raster:bands") or []
-        if bands and isinstance(bands[0], dict) and bands[0].get("nodata") is not None:
-            nodata = float(bands[0]["nodata"])
+        nodata = _band_number(item, key, band, "nodata")
     west, south, east, north = transform_bounds(
         rasterio.crs.CRS.from_wkt(crs.to_wkt()),
         rasterio.crs.CRS.from_wkt(body.crs.to_wkt()),

@@ -106,9 +106,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`~marscope_stac.errors.ConfigError` for a value training cannot use."""
-        check_range("--epochs", self.epochs, 1, integer=True)
-        check_range("--steps-per-epoch", self.steps_per_epoch, 1, integer=True)
-        check_range("--batch-size", self.batch_size, 2, integer=True)
+        check_range("--epochs", self.epochs, 1, 100_000, integer=True)
+        check_range("--steps-per-epoch", self.steps_per_epoch, 1, 10_000_000, integer=True)
+        check_range("--batch-size", self.batch_size, 2, 65_536, integer=True)
         check_range("--lr", self.lr, 0.0, 10.0, above=True)
         check_range("weight decay", self.weight_decay, 0.0)
         check_range("warm-up steps", self.warmup_steps, 0, integer=True)
@@ -647,7 +647,7 @@ def train_from_source(
             "around them; train on tables with --tile-context 0"
         )
     w = list(weights) if weights is not None else [1.0] * len(sources)
-    if len(w) != len(sources) or any(not v > 0 for v in w):
+    if len(w) != len(sources) or any(not (v > 0 and math.isfinite(v)) for v in w):
         raise ConfigError(
             f"--weights needs one positive number per source ({len(sources)}), got {w}"
         )

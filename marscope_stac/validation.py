@@ -29,8 +29,8 @@ from pystac.errors import STACValidationError
 from pystac.validation.local_validator import get_local_schema_cache
 from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
 
-from marscope_stac.errors import CatalogError
-from marscope_stac.fsutil import file_multihash, text_vector_checksum
+from marscope_stac.errors import CatalogError, DataError
+from marscope_stac.fsutil import file_multihash, read_regular, safe_resolve, text_vector_checksum
 
 __all__ = [
     "RULE_CHECKED_EXTENSIONS",
@@ -344,7 +344,7 @@ class _Checker:
     """Checks the links and assets of the STAC objects of one catalog folder."""
 
     def __init__(self, report: ValidationReport, boundary: Path, checksums: bool) -> None:
-        self.report, self.boundary, self.checksums = report, boundary.resolve(), checksums
+        self.report, self.boundary, self.checksums = report, safe_resolve(boundary), checksums
         self.tree: dict[Path, list[Path]] = {}  # child / item edges, for cycles
         self.digests: dict[Path, str] = {}
         self.objects: dict[Path, Mapping[str, Any]] = {}  # every STAC object read
@@ -365,7 +365,7 @@ class _Checker:
         if Path(href).is_absolute():
             self.problem(where, f"{what} has an absolute local path {href}; make it relative")
             return None
-        return (where.parent / href.split("#", 1)[0]).resolve()
+        return safe_resolve(where.parent / href.split("#", 1)[0])
 
     def _inside(self, path: Path) -> bool:
         return path == self.boundary or self.boundary in path.parents
@@ -381,7 +381,7 @@ class _Checker:
                 continue
             rel, href = str(lk.get("rel", "")), str(lk.get("href", ""))
             if rel == "self" and _is_remote(href):
-                self.selves[where.resolve()] = href
+                self.selves[safe_resolve(where)] = href
             if rel == "self" or not href:
                 continue
             target = self._target(where, href, f"link {rel!r}")
@@ -395,10 +395,10 @@ class _Checker:
             elif not self._inside(target) and not _is_stac_file(target):
                 self.problem(where, f"link {rel!r} leaves the catalog for a non-STAC file: {href}")
             elif rel in ("child", "item"):
-                self.tree.setdefault(where.resolve(), []).append(target)
-                self.owners.setdefault(target, []).append(where.resolve())
+                self.tree.setdefault(safe_resolve(where), []).append(target)
+                self.owners.setdefault(target, []).append(safe_resolve(where))
             elif rel in ("parent", "collection"):
-                self.up.setdefault(where.resolve(), {})[rel] = target
+                self.up.setdefault(safe_resolve(where), {})[rel] = target
 
     def assets(self, where: Path, d: Mapping[str, Any]) -> None:
         assets = d.get("assets") or {}
@@ -498,7 +498,7 @@ class _Checker:
                 return
 
     def _orphans(self, root: Path) -> None:
-        tops = {p.resolve() for p in (root / "catalog.json", root / "collection.json")}
+        tops = {safe_resolve(p) for p in (root / "catalog.json", root / "collection.json")}
         for path, d in sorted(self.objects.items()):
             if path in tops or self.owners.get(path):
                 continue
@@ -555,8 +555,8 @@ class _Checker:
 
 def _is_stac_file(path: Path) -> bool:
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        d = json.loads(read_regular(path))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, DataError):
         return False
     return isinstance(d, dict) and "stac_version" in d
 
@@ -566,16 +566,19 @@ def _boundary(root: Path) -> Path:
     if root.is_dir():
         return root
     try:
-        d = json.loads(root.read_text(encoding="utf-8"))
+        d = json.loads(read_regular(root))
         href = next(lk["href"] for lk in d.get("links", []) if lk.get("rel") == "root")
-    except (OSError, UnicodeDecodeError, ValueError, StopIteration, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError, DataError, StopIteration, KeyError, TypeError):
         return root.parent
-    target = (root.parent / str(href)).resolve()
-    if _is_remote(str(href)) or not target.is_file() or target.parent not in root.resolve().parents:
+    except AttributeError:  # not an object, or links that are not
+        return root.parent
+    target = safe_resolve(root.parent / str(href))
+    inside = target.parent in safe_resolve(root).parents
+    if _is_remote(str(href)) or not target.is_file() or not inside:
         return root.parent  # the root must be a catalog above the file
     try:
-        kind = json.loads(target.read_text(encoding="utf-8")).get("type")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        kind = json.loads(read_regular(target)).get("type")
+    except (OSError, ValueError, RecursionError, DataError, AttributeError):
         return root.parent
     return target.parent if kind in ("Catalog", "Collection") else root.parent
 
@@ -756,6 +759,8 @@ def validate_catalog(
         raise CatalogError(
             f"{root} does not exist; give the path of a STAC catalog folder or JSON file"
         )
+    if root.exists() and not root.is_dir() and not root.is_file():
+        read_regular(root)  # raises, naming what it is (a FIFO, a device, a socket)
     if root.is_file() and root.suffix != ".json":
         raise CatalogError(f"{root} is not a JSON file; give a catalog folder or a STAC JSON file")
     report = ValidationReport(root=root)
@@ -763,14 +768,23 @@ def validate_catalog(
     checker = _Checker(report, boundary, checksums)
     for json_path in _iter_json(root):
         try:
-            d = json.loads(json_path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            report.problems.append(f"{json_path}: not valid JSON: {exc}")
+            d = json.loads(read_regular(json_path), parse_constant=_no_constant)
+        except RecursionError:
+            report.problems.append(f"{json_path}: not valid JSON: nested too deeply")
+            continue
+        except DataError as exc:
+            report.problems.append(str(exc))
+            continue
+        except OSError as exc:
+            report.problems.append(f"{json_path}: cannot be read: {exc.strerror or exc}")
+            continue
+        except (UnicodeDecodeError, ValueError) as exc:
+            report.problems.append(f"{json_path}: not valid JSON: {str(exc)[:160]}")
             continue
         if not isinstance(d, dict) or "stac_version" not in d:
             continue
         report.objects += 1
-        checker.objects[json_path.resolve()] = d
+        checker.objects[safe_resolve(json_path)] = d
         try:
             report.schemas.update(validate_dict(d, href=str(json_path)))
         except CatalogError as exc:

@@ -96,7 +96,7 @@ def test_query_is_mean_of_marscope_templates(hub_folder) -> None:  # type: ignor
     np.testing.assert_allclose(own, cm.encode_texts(["fans on Mars"])[0], atol=1e-5)
     with pytest.raises(ConfigError, match="empty query"):
         cm.encode_queries(["  "])
-    with pytest.raises(ConfigError, match="has no"):
+    with pytest.raises(ConfigError, match="must hold exactly one"):
         cm.encode_queries(["fans"], ["no placeholder"])
 
 

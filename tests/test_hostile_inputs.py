@@ -1,0 +1,387 @@
+"""Hostile inputs a new user tried (issue #28), each a regression test through the real CLI.
+
+Every case: exit status 0 or 2 (never 1, the status of a bug), one ``marscope: error:`` line
+on an error, no traceback, the inputs unchanged, and done within a deadline (FIFOs and other
+special files are refused before they are opened, so nothing hangs). The special files are
+made in the test's own temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import struct
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from marscope_stac.cli import cli
+from marscope_stac.embed import embed_catalog
+from marscope_stac.engine import QueryEngine
+from marscope_stac.models import load_model
+from marscope_stac.query import QuerySpec
+
+DEADLINE_S = 120
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the cases read: a catalog, products with a query, a model folder, scratch."""
+
+    root: Path
+    cat: Path
+    products: Path
+    product: Path
+    model: Path
+
+
+@pytest.fixture(scope="module")
+def inputs(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("hostile")
+    cat = root / "catalogs" / "demo"
+    shutil.copytree(demo_small.root, cat)
+    model = root / "model"
+    shutil.copytree(tiny_model_dir, model)
+    products = root / "products"
+    embed_catalog(cat, products, model=f"local-dir:{model}", progress=False)
+    engine = QueryEngine.open(products, clip_model=load_model(f"local-dir:{model}", device="cpu"))
+    product = engine.query(QuerySpec(text=["yardangs"])).folder
+    return Inputs(root, cat, products, product, model)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s (a hang)")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.name.startswith(".marscope.lock") or p.is_symlink() or not p.is_file():
+            continue
+        out[str(p.relative_to(root))] = (p.stat().st_size, p.stat().st_mtime_ns)
+    return out
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    with warnings.catch_warnings(), _deadline(DEADLINE_S):
+        warnings.simplefilter("default")
+        result = CliRunner().invoke(cli, args, env=env)
+    err = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code in (0, 2), (result.exit_code, result.output)
+    if result.exit_code == 2:
+        assert len(err) == 1 and err[0].startswith("marscope: error: "), err
+    return result.exit_code, err
+
+
+def _copy_cat(inputs: Inputs, tmp_path: Path) -> Path:
+    cat = tmp_path / "cat"
+    shutil.copytree(inputs.cat, cat)
+    return cat
+
+
+def _first_item(cat: Path) -> Path:
+    return sorted(cat.glob("demo-ctx/*/*.json"))[0]
+
+
+def _edit(path: Path, change: Callable[[dict], object]) -> None:  # type: ignore[type-arg]
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+def _bands(field: str, value: object) -> Callable[[dict], object]:  # type: ignore[type-arg]
+    def change(d: dict) -> None:  # type: ignore[type-arg]
+        for asset in d["assets"].values():
+            for band in asset.get("bands") or []:
+                band[field] = value
+
+    return change
+
+
+STAC_DAMAGE: dict[str, tuple[Callable[[dict], object], str]] = {  # type: ignore[type-arg]
+    "ssys:targets a number": (
+        lambda d: d["properties"].update({"ssys:targets": 5}),
+        "ssys:targets is 5, not a list of body names",
+    ),
+    "bands an object": (
+        lambda d: [a.update(bands={"x": 1}) for a in d["assets"].values()],
+        "field bands is {'x': 1}, not a list of band objects",
+    ),
+    "raster:bands an object": (
+        lambda d: [a.update({"raster:bands": {"x": 1}}) for a in d["assets"].values()],
+        "",
+    ),
+    "a band scale as text": (_bands("raster:scale", "abc"), "raster:scale is 'abc', not a number"),
+    "a band nodata as text": (_bands("nodata", "abc"), ""),  # the COG header's nodata wins
+    "proj:epsg as text": (
+        lambda d: [a.update({"proj:epsg": "abc"}) for a in d["assets"].values()],
+        "",
+    ),
+    "links a string": (lambda d: d.update(links="abc"), ""),
+    "links numbers": (lambda d: d.update(links=[1, 2]), ""),
+    "JSON nested 100,000 deep": (lambda d: None, ""),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(STAC_DAMAGE))
+@pytest.mark.parametrize("command", ["tiles", "embed", "validate"])
+def test_malformed_stac_items(inputs: Inputs, tmp_path: Path, damage: str, command: str) -> None:
+    cat = _copy_cat(inputs, tmp_path)
+    item = _first_item(cat)
+    change, expected = STAC_DAMAGE[damage]
+    if damage.startswith("JSON nested"):
+        item.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        _edit(item, change)
+    before = _tree(cat)
+    args = {
+        "tiles": ["tiles", str(cat)],
+        "embed": ["embed", str(cat), "--out", str(tmp_path / "out"), "--model", "bundled"],
+        "validate": ["validate", str(cat)],
+    }[command]
+    code, err = _run(args)
+    if command == "validate":
+        assert code == 2  # every damage is a problem validate names
+    elif expected:
+        assert any(expected in line for line in err), err  # an error, or a skip's warning
+    assert _tree(cat) == before
+
+
+def test_a_symlink_loop_and_fifos_never_hang(inputs: Inputs, tmp_path: Path) -> None:
+    cat = _copy_cat(inputs, tmp_path)
+    item = _first_item(cat)
+    item.unlink()
+    item.symlink_to(item)  # a loop
+    code, _ = _run(["validate", str(cat)])
+    assert code == 2
+    _run(["tiles", str(cat)])
+    fifo_cat = tmp_path / "fifo-cat"
+    fifo_cat.mkdir()
+    os.mkfifo(fifo_cat / "catalog.json")
+    code, err = _run(["validate", str(fifo_cat)])
+    assert code == 2
+    code, err = _run(["validate", str(fifo_cat / "catalog.json")])
+    assert code == 2 and "is a FIFO, not a file" in err[0]
+    code, err = _run(["tiles", str(fifo_cat)])
+    assert code == 2
+    asset_cat = tmp_path / "fifo-asset"
+    shutil.copytree(inputs.cat, asset_cat)
+    for tif in asset_cat.glob("demo-ctx/*/*.tif"):
+        tif.unlink()
+        os.mkfifo(tif)
+    for args in (
+        ["tiles", str(asset_cat), "--preview", str(tmp_path / "s.png")],
+        ["embed", str(asset_cat), "--out", str(tmp_path / "o"), "--model", "bundled"],
+    ):
+        code, err = _run(args)
+        assert code == 2 and "is not a regular file" in err[0], err
+
+
+def _huge_png(path: Path, side: int) -> None:
+    """A PNG whose header says ``side`` x ``side`` pixels (its data is a stub)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def _model_copy(inputs: Inputs, tmp_path: Path, name: str, data: bytes) -> str:
+    folder = tmp_path / "broken-model"
+    shutil.copytree(inputs.model, folder)
+    (folder / name).write_bytes(data)
+    return f"local-dir:{folder}"
+
+
+CASES: dict[str, tuple[Callable[[Inputs, Path], list[str]], str]] = {
+    "query template with another field": (
+        lambda i, t: ["query", "x", "--out", str(i.products), "--template", "{} {x}"],
+        "must hold exactly one '{}'",
+    ),
+    "query template with a lone brace": (
+        lambda i, t: ["query", "x", "--out", str(i.products), "--template", "{} {"],
+        "is malformed",
+    ),
+    "train weights inf": (
+        lambda i, t: ["train", str(i.cat), str(i.cat), "--out", str(t / "t"), "--weights", "inf,1"],
+        "--weights needs one positive number per source",
+    ),
+    "train epochs 10^12": (
+        lambda i, t: ["train", str(i.cat), "--out", str(t / "t"), "--epochs", "1000000000000"],
+        "--epochs",
+    ),
+    "train batch size 10^9": (
+        lambda i, t: ["train", str(i.cat), "--out", str(t / "t"), "--batch-size", "1000000000"],
+        "--batch-size",
+    ),
+    "tiles grid lonlat:1e-9": (
+        lambda i, t: ["tiles", str(i.cat), "--grid", "lonlat:1e-9"],
+        "is too small for Mars",
+    ),
+    "embed grid lonlat:1e-9": (
+        lambda i, t: ["embed", str(i.cat), "--out", str(t / "o"), "--grid", "lonlat:1e-9"],
+        "is too small for Mars",
+    ),
+    "demo-data out empty": (lambda i, t: ["demo-data", "--out", ""], "is empty"),
+    "embed out empty": (lambda i, t: ["embed", str(i.cat), "--out", ""], "is empty"),
+    "train out empty": (lambda i, t: ["train", str(i.cat), "--out", ""], "is empty"),
+    "a bogus scheduler address": (
+        lambda i, t: [
+            "embed",
+            str(i.cat),
+            "--out",
+            str(t / "o"),
+            "--scheduler-address",
+            "bogus://x",
+        ],
+        "is not a Dask scheduler address",
+    ),
+    "catalog build body empty": (
+        lambda i, t: ["catalog", "build", str(i.root / "tifs"), "--body", ""],
+        "--body is empty",
+    ),
+    "catalog build collection id empty": (
+        lambda i, t: ["catalog", "build", str(i.root / "tifs"), "--collection-id", ""],
+        "--collection-id is empty",
+    ),
+    "a 30000 px example image": (
+        lambda i, t: (
+            _huge_png(t / "big.png", 30000),
+            [
+                "query",
+                "--out",
+                str(i.products),
+                "--model",
+                f"local-dir:{i.model}",
+                "--image",
+                str(t / "big.png"),
+            ],
+        )[1],
+        "is too large to read",
+    ),
+    "a NaN longitude in a truth table": (
+        lambda i, t: (
+            (t / "truth.csv").write_text("lon,lat\nnan,1\n150.1,-4.9\n"),
+            ["evaluate", str(i.product), "--truth", str(t / "truth.csv")],
+        )[1],
+        "rows have no valid position",
+    ),
+    "a model config that is a list": (
+        lambda i, t: [
+            "embed",
+            str(i.cat),
+            "--out",
+            str(t / "o"),
+            "--model",
+            _model_copy(i, t, "open_clip_config.json", b"[1, 2]"),
+        ],
+        "is not an open_clip model configuration",
+    ),
+    "a model config that is not UTF-8": (
+        lambda i, t: [
+            "average-models",
+            _model_copy(i, t, "open_clip_config.json", b"\xff\xfe\x00garbage"),
+            "bundled",
+            "--out",
+            str(t / "avg"),
+        ],
+        "is not a readable JSON model configuration",
+    ),
+    "garbage weights": (
+        lambda i, t: [
+            "embed",
+            str(i.cat),
+            "--out",
+            str(t / "o"),
+            "--model",
+            _model_copy(i, t, "open_clip_model.safetensors", b"garbage" * 10),
+        ],
+        "cannot read the weights",
+    ),
+    "pretrained with the bundled model": (
+        lambda i, t: [
+            "embed",
+            str(i.cat),
+            "--out",
+            str(t / "o"),
+            "--model",
+            "bundled",
+            "--pretrained",
+            "x.pt",
+        ],
+        "--pretrained is for an architecture name",
+    ),
+    "serve --static of a missing products folder": (
+        lambda i, t: ["serve", str(t / "nope"), "--static", str(t / "site")],
+        "is not a products catalog",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_options_and_files(inputs: Inputs, tmp_path: Path, case: str) -> None:
+    tifs = inputs.root / "tifs"
+    if not tifs.exists():
+        tifs.mkdir()
+        shutil.copy(next(inputs.cat.glob("demo-ctx/*/*.tif")), tifs / "a.tif")
+    watched = [inputs.cat, inputs.products, inputs.model]
+    before = [_tree(p) for p in watched]
+    make, expected = CASES[case]
+    code, err = _run(make(inputs, tmp_path))
+    assert code == 2 and expected in err[0], err
+    assert [_tree(p) for p in watched] == before
+
+
+def test_garbage_scheduler_address_in_the_environment(inputs: Inputs, tmp_path: Path) -> None:
+    code, err = _run(
+        ["embed", str(inputs.cat), "--out", str(tmp_path / "o")],
+        env={"DASK_SCHEDULER_ADDRESS": "garbage"},
+    )
+    assert code == 2 and "DASK_SCHEDULER_ADDRESS" in err[0]
+
+
+def test_static_site_of_moved_products_warns_and_works(inputs: Inputs, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "products"
+    shutil.copytree(inputs.products, moved)
+    code, err = _run(["serve", str(moved), "--static", str(tmp_path / "site")])
+    assert code == 0 and (tmp_path / "site" / "index.html").is_file()
+    assert len(err) == 1 and err[0].startswith("marscope: warning: the input catalog")
+
+
+def test_a_box_of_too_many_cells_is_refused_before_any_allocation() -> None:
+    from marscope_stac.errors import ConfigError
+    from marscope_stac.grid import parse_grid
+
+    with pytest.raises(ConfigError, match="choose a coarser grid or a smaller box"):
+        parse_grid("lonlat:0.0001").cells_in_bbox(-180.0, -80.0, 180.0, 80.0)
+    with pytest.raises(ConfigError, match="choose a coarser grid or a smaller box"):
+        parse_grid("equal-area:10m").cells_in_bbox(-180.0, -80.0, 180.0, 80.0)
+    assert (
+        100 * 100
+        <= len(parse_grid("lonlat:0.0001").cells_in_bbox(150, -5, 150.01, -4.99))
+        <= 101**2
+    )
