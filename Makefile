@@ -11,7 +11,11 @@ CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.marscope-installed
 
-.PHONY: demo test install lint clean-products
+FUZZ_SECONDS ?= 1800
+FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiffs \
+	test_fuzzed_scheduler_environment
+
+.PHONY: demo test install lint fuzz clean-products
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +35,17 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# the fuzzing suite with fresh random inputs, FUZZ_SECONDS shared among its properties; a
+# property still finding nothing when its time is up counts as passed (timeout's 124)
+fuzz: $(STAMP)
+	@n=$$(echo $(FUZZ_TESTS) | wc -w); each=$$(( $(FUZZ_SECONDS) / n )); \
+	for t in $(FUZZ_TESTS); do \
+	  echo "fuzz: $$t for $$each s"; \
+	  MARSCOPE_FUZZ=1 timeout -s INT $$each $(BIN)/pytest -q -x -p no:cacheprovider \
+	    "tests/test_fuzz.py::$$t"; rc=$$?; \
+	  if [ $$rc -ne 0 ] && [ $$rc -ne 124 ]; then echo "fuzz: $$t found a failure"; exit 1; fi; \
+	done; echo "fuzz: nothing found in $(FUZZ_SECONDS) s"
 
 clean-products:
 	rm -rf products/* catalogs/demo

@@ -1,15 +1,17 @@
-"""kill -9 loop: ``marscope embed`` and ``marscope query`` killed at random moments.
+"""kill -9 loop: ``embed``, ``query``, ``catalog publish`` and ``train`` killed at random.
 
 Run:  .venv/bin/python bench/kill_loop.py [--kills 10] [--seed 0] [--keep]
+      [--only embed,query,publish,train]
 
 On the small demo world with the bundled model, in a temporary folder: a clean run of each
-command; then the same command started again and again in a fresh products folder, each
-time killed with SIGKILL after a random delay in (0.2 s, the clean run's time), ``--kills``
-times, and finally run to completion. Printed: how many runs were killed mid-way, whether
-``marscope validate`` (schemas, links, assets, sizes, checksums) passes, the temporary files
-left behind (none expected), and whether the results are identical to the clean run's
+command; then the same command started again and again in a fresh output, each time killed
+with SIGKILL after a random delay in (0.2 s, the clean run's time), ``--kills`` times, and
+finally run to completion. Printed: how many runs were killed mid-way, whether ``marscope
+validate`` (schemas, links, assets, sizes, checksums) passes, the temporary files left
+behind (none expected), and whether the results are identical to the clean run's
 (embedding set: cells, float16 and int8 vectors, FAISS index; queries: COG, PMTiles and
-preview bytes, GeoParquet tables). Exits 1 when any check fails.
+preview bytes, GeoParquet tables; publish: every STAC file of a 2,000-item catalog; train:
+the weights and every epoch's figures). Exits 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -105,26 +107,95 @@ def check(
     return bool(left or differ or verdict != "valid")
 
 
+def big_catalog(root: Path, n: int = 2000) -> Path:
+    """A static catalog of ``n`` small items in one collection (no assets), for publish."""
+    from marscope_stac.catalog import write_static_catalog
+    from marscope_stac.stac_out import stac_catalog, stac_collection, stac_item
+
+    items = [
+        stac_item(
+            f"item-{k:05d}",
+            {"datetime": "2020-01-01T00:00:00Z", "ssys:targets": ["Mars"]},
+            [],
+            [k % 360 - 180.0, -1.0, k % 360 - 179.5, 1.0],
+        )
+        for k in range(n)
+    ]
+    coll = stac_collection(
+        "tiles", "Tiles", "A large collection.", ([-180.0, -1.0, 180.0, 1.0], [None, None]), {}
+    )
+    catalog = stac_catalog("big", "Big", f"{n} items to publish.")
+    write_static_catalog(root, catalog, [(coll, items)])
+    return root
+
+
+def check_publish(tmp: Path, kills: int, rng: random.Random) -> bool:
+    """``catalog publish`` of a 2,000-item catalog killed mid-way, then run to the end."""
+    url = ["--base-url", "https://example.org/big/"]
+    clean, killed = big_catalog(tmp / "publish-clean"), big_catalog(tmp / "publish-killed")
+    clean_s = run(marscope("catalog", "publish", str(clean), *url))
+    n_killed = kill_loop(marscope("catalog", "publish", str(killed), *url), clean_s, kills, rng)
+    left = leftovers(killed)
+    files = sorted(p.relative_to(clean) for p in clean.rglob("*.json"))
+    differ = [str(f) for f in files if (clean / f).read_bytes() != (killed / f).read_bytes()]
+    print(
+        f"catalog publish ({len(files)} STAC files): clean run {clean_s:.1f} s; {n_killed} of "
+        f"{kills} runs killed mid-way; then finished: {validate(killed)}, {len(left)} "
+        f"temporary files left, "
+        f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ[:5]}'}"
+    )
+    return bool(left or differ)
+
+
+def check_train(cat: Path, tmp: Path, kills: int, rng: random.Random) -> bool:
+    """``train`` (4 epochs of the tiny architecture) killed mid-way, then run to the end."""
+    command = ["train", str(cat), "--model", "marscope-tiny", "--epochs", "4"]
+    command += ["--steps-per-epoch", "4", "--batch-size", "16", "--crop-px", "32"]
+    clean_s = run(marscope(*command, "--out", str(tmp / "train-clean")))
+    killed = kill_loop(marscope(*command, "--out", str(tmp / "train-killed")), clean_s, kills, rng)
+    left = leftovers(tmp / "train-killed")
+    differ = [
+        name
+        for name in ("model/open_clip_model.safetensors", "metrics.json")
+        if (tmp / "train-clean" / name).read_bytes() != (tmp / "train-killed" / name).read_bytes()
+    ]
+    same = "weights and figures identical to the clean run"
+    print(
+        f"train: clean run {clean_s:.1f} s; {killed} of {kills} runs killed mid-way; then "
+        f"finished: {len(left)} temporary files left, {differ or same}"
+    )
+    return bool(left or differ)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--only", default="embed,query,publish,train")
     args = ap.parse_args()
     from marscope_stac.demo import build_demo_catalog
 
+    only = set(args.only.split(","))
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="marscope-kill-"))
     failed = False
     try:
         cat = build_demo_catalog(tmp / "catalogs" / "demo", size="small").root
-        embed = ["embed", str(cat), "--batch-size", "8"]
-        clean_s = run(marscope(*embed, "--out", str(tmp / "clean")))
-        failed |= check("embed", embed, "embeddings", clean_s, tmp, args.kills, rng)
-        query = ["query", "impact craters", "alluvial fans", "dune fields"]
-        run(marscope(*query, "--out", str(tmp / "clean")))
-        clean_q = run(marscope(*query, "--out", str(tmp / "clean")))  # texts cached now
-        failed |= check("query", query, "queries", clean_q, tmp, args.kills, rng)
+        if only & {"embed", "query"}:
+            embed = ["embed", str(cat), "--batch-size", "8"]
+            clean_s = run(marscope(*embed, "--out", str(tmp / "clean")))
+            if "embed" in only:
+                failed |= check("embed", embed, "embeddings", clean_s, tmp, args.kills, rng)
+        if "query" in only:
+            query = ["query", "impact craters", "alluvial fans", "dune fields"]
+            run(marscope(*query, "--out", str(tmp / "clean")))
+            clean_q = run(marscope(*query, "--out", str(tmp / "clean")))  # texts cached now
+            failed |= check("query", query, "queries", clean_q, tmp, args.kills, rng)
+        if "publish" in only:
+            failed |= check_publish(tmp, args.kills, rng)
+        if "train" in only:
+            failed |= check_train(cat, tmp, args.kills, rng)
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -6,9 +6,23 @@ probability COGs, PMTiles and STAC Items. See the README for a tour.
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from marscope_stac.errors import MarscopeError, MarscopeWarning
+
+# torch's compiler makes a cache folder at import (``$TMPDIR/torchinductor_<user>``), left
+# behind empty in the shared temporary folder by every run; unless the user chose one, it
+# goes to this project's own cache folder instead
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "marscope-stac"
+        / "torchinductor"
+    ),
+)
 
 try:
     __version__ = version("marscope-stac")

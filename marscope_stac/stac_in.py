@@ -27,6 +27,7 @@ import pystac
 import rasterio
 from pyproj import CRS
 from pyproj.exceptions import CRSError
+from pystac.stac_io import DefaultStacIO
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, box
@@ -34,6 +35,7 @@ from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.bodies import BODIES, MARS, Body, body_of_crs, get_body, normalize_lon
 from marscope_stac.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
+from marscope_stac.fsutil import read_regular, safe_resolve
 
 __all__ = ["SourceAsset", "SourceSet", "crs_from_stac", "load_sources", "pick_asset"]
 
@@ -363,11 +365,13 @@ def _items_from_local(path: Path) -> Iterator[pystac.Item]:
     if not path.exists():
         raise CatalogError(f"{path} does not exist; give a STAC catalog, collection or item")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        d = json.loads(read_regular(path))
+    except RecursionError:
+        raise CatalogError(f"{path} is not readable JSON: nested too deeply") from None
+    except (OSError, UnicodeDecodeError, ValueError, DataError) as exc:
         raise CatalogError(f"{path} is not readable JSON: {str(exc)[:120]}") from exc
     try:
-        obj = pystac.read_dict(d, href=str(path.resolve()))
+        obj = pystac.read_dict(d, href=str(safe_resolve(path)), stac_io=SafeStacIO())
     except Exception as exc:  # pystac raises many kinds on malformed STAC
         raise CatalogError(f"{path} is not valid STAC: {str(exc).splitlines()[0][:160]}") from exc
     if isinstance(obj, pystac.Item):
@@ -385,6 +389,26 @@ def _items_from_local(path: Path) -> Iterator[pystac.Item]:
         raise CatalogError(
             f"cannot read the items of {path}: {str(exc).splitlines()[0][:160]}"
         ) from exc
+
+
+class SafeStacIO(DefaultStacIO):
+    """pystac's reader, refusing local files that would hang or flood it.
+
+    A FIFO, socket, device or folder named by a link is refused before it is opened, and so
+    is a file over :data:`~marscope_stac.fsutil.MAX_DOCUMENT_BYTES`; JSON nested too deeply
+    is an error, not a crash.
+    """
+
+    def read_text_from_href(self, href: str) -> str:
+        if "://" not in href or href.startswith("file://"):
+            return read_regular(href.removeprefix("file://")).decode("utf-8")
+        return str(super().read_text_from_href(href))
+
+    def json_loads(self, txt: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return dict(json.loads(txt))
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def _walk(root: pystac.Catalog) -> Iterator[pystac.Item]:
@@ -545,7 +569,7 @@ def _open_items(
         return source, _items_from_api(source, collections, bbox, datetime, max_items)
     if isinstance(source, str) and _is_url(source):
         try:
-            obj = pystac.read_file(source)
+            obj = pystac.read_file(source, stac_io=SafeStacIO())
         except Exception as exc:
             raise CatalogError(f"cannot read {source}: {str(exc).splitlines()[0][:160]}") from exc
         if isinstance(obj, pystac.Item):

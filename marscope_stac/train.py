@@ -219,10 +219,12 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, so a resumed run goes on exactly as it would."""
     return {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
+        "numpy": rng.bit_generator.state,
     }
 
 
@@ -282,10 +284,16 @@ def train_model(
     opt = torch.optim.AdamW(
         _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
-    start_epoch, history = _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [])
-    rng = np.random.default_rng([cfg.seed, start_epoch])
+    start_epoch, history, saved = (
+        _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
+    )
+    rng = np.random.default_rng([cfg.seed, 0])
     classes = val_pairs.classes if val_pairs is not None else None
     val_data = val_pairs.fixed(rng) if val_pairs is not None else None
+    if saved is not None:  # the batches go on where the checkpoint left them
+        rng.bit_generator.state = saved
+    elif start_epoch:  # a checkpoint of an earlier version, without the state
+        rng = np.random.default_rng([cfg.seed, start_epoch])
     use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, use_labels, progress)
@@ -301,7 +309,7 @@ def train_model(
                 "optimizer": opt.state_dict(),
                 "epoch": epoch + 1,
                 "history": history,
-                "rng": _rng_state(),
+                "rng": _rng_state(rng),
                 "config": asdict(cfg),
                 "arch": model,
             },
@@ -426,15 +434,17 @@ def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
 
 def _resume(
     ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, cfg: TrainConfig
-) -> tuple[int, list[dict[str, float]]]:
-    """Load the last checkpoint (model, optimizer, random states): (epochs done, history).
+) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
+    """Load the last checkpoint (model, optimizer, random states).
+
+    Returns (epochs done, history, the batch sampler's random state or None).
 
     Raises:
         ModelError: if the checkpoint does not match the model, was trained with another
             tile context, or is damaged.
     """
     if not ckpt_path.is_file():
-        return 0, []
+        return 0, [], None
     try:
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
         before, context = _saved_context(state), cfg.context
@@ -453,7 +463,7 @@ def _resume(
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
     log.info("resuming %s after epoch %d", ckpt_path, int(state["epoch"]))
-    return int(state["epoch"]), list(state["history"])
+    return int(state["epoch"]), list(state["history"]), state["rng"].get("numpy")
 
 
 def _train_epoch(
@@ -659,7 +669,8 @@ def train_from_source(
         if not table:
             with contextlib.suppress(CatalogError):
                 vals.append(load_pairs(src, "test", crop_px, context=ctx))
-        what.append(f"caption table {src}" if table else f"train split of STAC catalog {src}")
+        name = src if "://" in str(src) else Path(src).resolve().name  # nothing local named
+        what.append(f"caption table {name}" if table else f"train split of STAC catalog {name}")
     pairs = parts[0] if len(parts) == 1 else PairMix(parts, w)
     return train_model(
         pairs,

@@ -385,3 +385,22 @@ def test_a_box_of_too_many_cells_is_refused_before_any_allocation() -> None:
         <= len(parse_grid("lonlat:0.0001").cells_in_bbox(150, -5, 150.01, -4.99))
         <= 101**2
     )
+
+
+@pytest.mark.parametrize("name", ["catalog.json", "demo-ctx/collection.json"])
+def test_deeply_nested_catalogs_and_collections(inputs: Inputs, tmp_path: Path, name: str) -> None:
+    """Found by the fuzzing suite: a root nested 1,979 deep crashed pystac's reader."""
+    cat = _copy_cat(inputs, tmp_path)
+    (cat / name).write_text("[" * 1979 + "]" * 1979)
+    for command in ("tiles", "validate"):
+        code, _ = _run([command, str(cat)])
+        assert code == 2
+
+
+def test_items_linked_to_a_fifo_never_hang(inputs: Inputs, tmp_path: Path) -> None:
+    cat = _copy_cat(inputs, tmp_path)
+    item = _first_item(cat)
+    item.unlink()
+    os.mkfifo(item)
+    code, _ = _run(["tiles", str(cat)])
+    assert code in (0, 2)  # refused or skipped, never blocked on the FIFO

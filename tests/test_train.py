@@ -101,6 +101,35 @@ def test_train_writes_model_item_and_resumes(
     assert third.resumed_from == 4 and len(third.history) == 5
 
 
+def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _faults import interrupting
+    from safetensors.torch import load_file
+
+    import marscope_stac.train as train_mod
+
+    pairs = load_catalog_pairs(demo_root, "train", 60)
+    val = load_catalog_pairs(demo_root, "test", 60)
+    cfg = TrainConfig(epochs=3, steps_per_epoch=2, batch_size=8, warmup_steps=1)
+    straight = train_model(
+        pairs, tmp_path / "a", config=cfg, val_pairs=val, progress=False, device="cpu"
+    )
+    real = train_mod.contrastive_loss
+    monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 4))  # in epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train_model(pairs, tmp_path / "b", config=cfg, val_pairs=val, progress=False, device="cpu")
+    monkeypatch.setattr(train_mod, "contrastive_loss", real)
+    resumed = train_model(
+        pairs, tmp_path / "b", config=cfg, val_pairs=val, progress=False, device="cpu"
+    )
+    assert resumed.resumed_from == 1
+    assert resumed.history == straight.history  # same losses and validation figures
+    a = load_file(tmp_path / "a" / "model" / "open_clip_model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "open_clip_model.safetensors")
+    assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
 def test_mismatched_checkpoint_is_refused(demo_root: Path, tmp_path: Path) -> None:
     pairs = load_catalog_pairs(demo_root, "train", 60)
     out = tmp_path / "run"
