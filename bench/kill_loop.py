@@ -41,13 +41,28 @@ def run(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+STARTUP_S: list[float] = []
+
+
+def startup_s() -> float:
+    """Seconds the command line takes to start (Python and imports), measured once."""
+    if not STARTUP_S:
+        STARTUP_S.append(run(marscope("--version")))
+    return STARTUP_S[0]
+
+
 def kill_loop(args: list[str], clean_s: float, kills: int, rng: random.Random) -> int:
-    """Start and SIGKILL ``args`` ``kills`` times, then run it to the end; runs killed."""
+    """Start and SIGKILL ``args`` ``kills`` times, then run it to the end; runs killed.
+
+    Each kill comes after a random delay between the command line's start-up time and the
+    clean run's time, so that it lands while the command works.
+    """
     killed = 0
+    low = min(startup_s(), 0.8 * clean_s)
     for _ in range(kills):
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(0.2, clean_s))
+            proc.wait(timeout=rng.uniform(low, clean_s))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

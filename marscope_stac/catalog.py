@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.errors import CatalogError, ConfigError, OutputError
-from marscope_stac.fsutil import atomic_write_json, atomic_write_text, sweep_stale
+from marscope_stac.fsutil import atomic_write_json, atomic_write_text, folder_lock, sweep_stale
 from marscope_stac.stac_out import (
     JSON_MEDIA_TYPE,
     STAC_ITEM_MEDIA_TYPE,
@@ -462,6 +462,7 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
         )
     lock = folder / ".marscope.lock"
     with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_lock(folder))  # two publishes of one catalog take turns
         if lock.is_file():  # a products catalog: wait for writers to finish
             fh = stack.enter_context(lock.open("a"))
             fcntl.flock(fh, fcntl.LOCK_EX)

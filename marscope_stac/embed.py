@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,13 @@ import numpy as np
 from tqdm import tqdm
 
 from marscope_stac.catalog import OutputCatalog
-from marscope_stac.errors import ConfigError, ModelError, OutputError, check_range
+from marscope_stac.errors import (
+    ConfigError,
+    ModelError,
+    OutputError,
+    SkippedInputWarning,
+    check_range,
+)
 from marscope_stac.fsutil import (
     atomic_write_json,
     check_apart,
@@ -287,6 +294,13 @@ def embed_catalog(
     run.embed(tasks, task_shard, args, workers, scheduler_address, progress, read_processes)
     seconds = time.perf_counter() - t_embed
     rows = run.consolidate(cm)
+    if rows == 0 and len(plan) and not run.failed_list:
+        warnings.warn(
+            f"none of the {len(plan)} planned cells has {min_valid:.0%} valid pixels: the "
+            "rasters hold no data there (all nodata or NaN); the embedding set is empty",
+            SkippedInputWarning,
+            stacklevel=2,
+        )
     result = EmbedResult(
         es,
         rows,

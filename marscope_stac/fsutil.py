@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from marscope_stac.errors import DataError, OutputError
+from marscope_stac.errors import DataError, MarscopeError, OutputError
 
 __all__ = [
     "atomic_output",
@@ -37,6 +37,7 @@ __all__ = [
     "clone_file",
     "copy_file",
     "file_multihash",
+    "folder_lock",
     "is_project_folder",
     "json_text",
     "read_regular",
@@ -450,17 +451,19 @@ def _libc() -> Any:
 
 
 @contextlib.contextmanager
-def _swap_lock(target: Path) -> Iterator[None]:
-    """An exclusive lock for replacing ``target``: concurrent writers take turns.
-
-    The lock is on the parent folder itself, so no lock file is left beside the output.
-    """
-    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock on a folder itself (no lock file is left in it): writers take turns."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _swap_lock(target: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock for replacing ``target``, on its parent folder."""
+    return folder_lock(target.parent)
 
 
 @contextlib.contextmanager
@@ -492,6 +495,16 @@ def staged_directory(
     stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
     try:
         yield stage
+    except MarscopeError as exc:  # name the output, not its staging folder
+        shutil.rmtree(stage, ignore_errors=True)
+        text = str(exc)
+        if str(stage) not in text:
+            raise
+        try:
+            renamed = type(exc)(text.replace(str(stage), str(target)))
+        except TypeError:  # an error type with another constructor
+            raise exc from None
+        raise renamed from exc
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
 from affine import Affine
 from pyproj import CRS
@@ -159,6 +160,8 @@ def cog_band_fields(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         for i in range(1, src.count + 1):
             arr = src.read(i, masked=True)
             valid = arr.compressed()
+            if valid.dtype.kind == "f":
+                valid = valid[np.isfinite(valid)]  # NaN without a nodata value is no value
             band: dict[str, Any] = {
                 "name": src.descriptions[i - 1] or f"b{i}",
                 "data_type": src.dtypes[i - 1],

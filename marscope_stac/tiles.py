@@ -1308,5 +1308,13 @@ def preview_tiles(
                 SkippedInputWarning,
                 stacklevel=2,
             )
+        empty = sum(int((b.valid <= 0).sum()) for b in batches)
+        if empty and not errors:
+            warnings.warn(
+                f"{empty} of {shown} tiles hold no valid pixel (all nodata or NaN) and are "
+                "drawn empty",
+                SkippedInputWarning,
+                stacklevel=2,
+            )
         sheet = contact_sheet(batches, g, preview, max_tiles=max_tiles)
     return TilePreview(plan, sources, shown, sheet)

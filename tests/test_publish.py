@@ -868,3 +868,28 @@ def test_model_items_name_nothing_local(work: Path) -> None:
     assert "build/" not in text and "local-dir:/" not in text
     for path in (work / "products" / "models").rglob("*.json"):
         assert str(work) not in path.read_text() and "/tmp/" not in path.read_text(), path
+
+
+def test_publishes_of_one_catalog_take_turns(work: Path, tmp_path: Path) -> None:
+    """A publish waits for another's lock on the catalog, so self links are never split."""
+    import time
+
+    from marscope_stac.fsutil import folder_lock
+
+    cat = tmp_path / "demo"
+    shutil.copytree(work / "catalogs" / "demo", cat)
+    code = "import sys; from marscope_stac.cli import main; main(sys.argv[1:])"
+    url = "https://late.example/demo/"
+    with folder_lock(cat):  # as a publish running now holds it
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "catalog", "publish", str(cat), "--base-url", url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(8)  # far longer than the publish takes
+        assert proc.poll() is None  # it waits
+        assert '"self"' not in (cat / "catalog.json").read_text()
+    assert proc.wait(timeout=120) == 0
+    for path, d in _stac_objects(cat):
+        (self_link,) = [lk for lk in d["links"] if lk["rel"] == "self"]
+        assert self_link["href"] == url + path.relative_to(cat).as_posix()
