@@ -19,7 +19,8 @@ from typing import Any, TextIO
 import click
 
 from marscope_stac import __version__
-from marscope_stac.errors import MarscopeError
+from marscope_stac.errors import MarscopeError, on_release, release_held_warnings
+from marscope_stac.text import one_line
 
 __all__ = ["cli", "main"]
 
@@ -74,11 +75,11 @@ class _Group(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "marscope"
-            text = " ".join(exc.format_message().split())
+            text = one_line(exc.format_message())
             click.echo(f"marscope: error: {text} (see '{where} --help')", err=True)
             rv = 2
         except click.ClickException as exc:
-            click.echo(f"marscope: error: {' '.join(exc.format_message().split())}", err=True)
+            click.echo(f"marscope: error: {one_line(exc.format_message())}", err=True)
             rv = 2
         except click.Abort:
             click.echo("marscope: aborted", err=True)
@@ -90,18 +91,27 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            rv = super().invoke(ctx)
+        except click.exceptions.Exit as exc:
+            if exc.exit_code == 0:
+                _WARNINGS.release()
+            else:
+                _WARNINGS.drop()
+            raise
+        except (click.exceptions.Abort, click.ClickException):
+            _WARNINGS.drop()
             raise
         except MarscopeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"marscope: error: {exc}", err=True)
+            click.echo(f"marscope: error: {one_line(str(exc))}{_WARNINGS.drop()}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
+            _WARNINGS.release()
             click.echo("marscope: interrupted", err=True)
             ctx.exit(130)
         except OSError as exc:
+            held = _WARNINGS.drop()
             if exc.errno not in _ENVIRONMENT_ERRORS or (ctx.obj and ctx.obj.get("debug")):
                 raise
             where = f" {exc.filename}" if exc.filename else ""
@@ -110,9 +120,10 @@ class _Group(click.Group):
                 "free some space, fix the permissions or choose another folder "
                 "(finished work is kept)",
             )
-            click.echo(f"marscope: error: cannot use{where}: {exc.strerror}; {fix}", err=True)
+            click.echo(f"marscope: error: cannot use{where}: {exc.strerror}; {fix}{held}", err=True)
             ctx.exit(2)
         except Exception as exc:
+            _WARNINGS.drop()
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             if isinstance(exc, ValueError) and "null byte" in str(exc):  # from os / pathlib
@@ -121,11 +132,15 @@ class _Group(click.Group):
                 )
                 ctx.exit(2)
             click.echo(
-                f"marscope: unexpected error: {type(exc).__name__}: {exc} "
-                "(this is a bug; rerun with --debug for the traceback)",
+                one_line(
+                    f"marscope: unexpected error: {type(exc).__name__}: {exc} "
+                    "(this is a bug; rerun with --debug for the traceback)"
+                ),
                 err=True,
             )
             ctx.exit(1)
+        _WARNINGS.release()
+        return rv
 
 
 class _NonEmptyPath(click.Path):
@@ -140,15 +155,47 @@ class _NonEmptyPath(click.Path):
 _PATH = _NonEmptyPath(path_type=Path)
 
 
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    click.echo(f"marscope: warning: {message}", err=True)
+class _Warnings:
+    """Warnings as one ``marscope: warning:`` line each, held while a command checks input.
+
+    Held warnings are shown when the work starts (:func:`release_held_warnings`) or the
+    command ends well; when it ends in an error they are dropped and counted on the error's
+    line, so an error is always one line. ``-v`` / ``--debug`` show them at once.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[str] | None = None
+
+    def show(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = f"marscope: warning: {one_line(str(message))}"
+        if self.held is not None:
+            if text not in self.held:
+                self.held.append(text)
+        else:
+            click.echo(text, err=True)
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for text in held:
+            click.echo(text, err=True)
+
+    def drop(self) -> str:
+        """Forget the held warnings; what to add to an error line about them."""
+        held, self.held = self.held or [], None
+        n = len(held)
+        return f" ({n} warning{'s' if n > 1 else ''} before it; -v shows them)" if n else ""
+
+
+_WARNINGS = _Warnings()
+_show_warning = _WARNINGS.show
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,6 +212,8 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     logging.getLogger("marscope_stac").setLevel(level)
     if not debug:
         warnings.showwarning = _show_warning
+    _WARNINGS.held = None if (verbose or debug) else []
+    on_release(_WARNINGS.release)
 
 
 @cli.command("demo-data")
@@ -729,6 +778,7 @@ def serve_cmd(
         click.echo(f"static site in {site}; serve it with any web server that answers ranges")
         return
     server = serve(products, host, port, model, embeddings)
+    release_held_warnings()  # a server runs until stopped: show what was found so far
     click.echo(f"MarScope-STAC map at {server.url} (Ctrl-C to stop)")
     try:
         server.serve_forever()

@@ -44,6 +44,7 @@ from marscope_stac.errors import (
     OutputError,
     SkippedInputWarning,
     check_range,
+    release_held_warnings,
 )
 from marscope_stac.fsutil import (
     atomic_write_json,
@@ -294,13 +295,7 @@ def embed_catalog(
     run.embed(tasks, task_shard, args, workers, scheduler_address, progress, read_processes)
     seconds = time.perf_counter() - t_embed
     rows = run.consolidate(cm)
-    if rows == 0 and len(plan) and not run.failed_list:
-        warnings.warn(
-            f"none of the {len(plan)} planned cells has {min_valid:.0%} valid pixels: the "
-            "rasters hold no data there (all nodata or NaN); the embedding set is empty",
-            SkippedInputWarning,
-            stacklevel=2,
-        )
+    _warn_if_empty(rows, len(plan), bool(run.failed_list), min_valid)
     result = EmbedResult(
         es,
         rows,
@@ -484,6 +479,7 @@ class _Run:
             parts[shard].append(table)
         client = _client(scheduler_address)
         total = int(sum(len(t) for t in tasks))
+        release_held_warnings()  # the work starts: show what was found while planning
         bar = tqdm(total=total, desc="embedding cells", unit="cell", disable=not progress)
         try:
             if client is not None:
@@ -567,6 +563,17 @@ def _check_args(
     check_range("--workers", workers, 1, integer=True)
     _check_out_apart(source, out)
     OutputCatalog(out)  # a products catalog, or a folder that can become one
+
+
+def _warn_if_empty(rows: int, planned: int, failed: bool, min_valid: float) -> None:
+    """Warn when cells were planned but none held enough data to embed."""
+    if rows == 0 and planned and not failed:
+        warnings.warn(
+            f"none of the {planned} planned cells has {min_valid:.0%} valid pixels: the "
+            "rasters hold no data there (all nodata or NaN); the embedding set is empty",
+            SkippedInputWarning,
+            stacklevel=3,
+        )
 
 
 def _check_out_apart(source: str | Path, out: Path) -> None:

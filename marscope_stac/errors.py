@@ -8,6 +8,7 @@ and exits with status 2. Anything else that escapes is a bug and exits with stat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 __all__ = [
     "CatalogError",
@@ -20,7 +21,28 @@ __all__ = [
     "OutputError",
     "SkippedInputWarning",
     "check_range",
+    "release_held_warnings",
 ]
+
+_RELEASE_HOOKS: list[Callable[[], None]] = []
+"""What front ends run when held warnings should be shown (see release_held_warnings)."""
+
+
+def release_held_warnings() -> None:
+    """Show the warnings a front end holds back, now that the work itself starts.
+
+    The command line holds warnings while a command checks its inputs, so that an error
+    found there is one line; long work (a progress bar, a server) calls this first, so the
+    warnings show while it runs rather than at its end.
+    """
+    for hook in list(_RELEASE_HOOKS):
+        hook()
+
+
+def on_release(hook: Callable[[], None]) -> None:
+    """Register ``hook`` to run on :func:`release_held_warnings` (once per hook)."""
+    if hook not in _RELEASE_HOOKS:
+        _RELEASE_HOOKS.append(hook)
 
 
 class MarscopeError(Exception):

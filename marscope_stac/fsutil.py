@@ -289,7 +289,7 @@ def source_folder(source: str | os.PathLike[str]) -> Path | None:
     text = str(source)
     if "://" in text or not Path(text).exists():
         return None
-    folder = Path(text).resolve()
+    folder = safe_resolve(text)
     folder = folder.parent if folder.is_file() else folder
     if (folder / "stac" / "catalog.json").is_file() and not (folder / "catalog.json").is_file():
         folder = folder / "stac"  # a GeoTIFF folder with its in-place catalog
@@ -309,12 +309,12 @@ def check_apart(
     Raises:
         OutputError: naming the overlap and the fix.
     """
-    target = Path(out).resolve()
+    target = safe_resolve(out)
     for what, src in inputs.items():
         text = str(src)
         if "://" in text or not Path(text).exists():
             continue
-        folder = Path(text).resolve()
+        folder = safe_resolve(text)
         folder = folder.parent if folder.is_file() else folder
         if target == folder or folder in target.parents or target in folder.parents:
             raise OutputError(
@@ -324,7 +324,7 @@ def check_apart(
 
 
 def _check_parent_writable(out: Path) -> Path:
-    parent = out.resolve().parent
+    parent = safe_resolve(out).parent
     probe = parent
     while not probe.exists():
         probe = probe.parent

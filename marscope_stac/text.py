@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-__all__ = ["count_list", "join_lines"]
+__all__ = ["count_list", "join_lines", "one_line"]
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line for a terminal.
+
+    Line breaks and tabs become spaces (runs of spaces fold to one); other characters that
+    are not printable (a NUL, a record separator, a Unicode line separator) are written as
+    Python escapes, so a bad path is shown, never lost or split over lines.
+    """
+    out = []
+    for ch in text:
+        if ch in "\n\r\t":
+            out.append(" ")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return re.sub(" {2,}", " ", "".join(out)).strip()
 
 
 def join_lines(*parts: str | None) -> str:

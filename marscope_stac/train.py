@@ -31,10 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from marscope_stac import __version__
-from marscope_stac.errors import CatalogError, ConfigError, ModelError, check_range
+from marscope_stac.errors import (
+    CatalogError,
+    ConfigError,
+    ModelError,
+    check_range,
+    release_held_warnings,
+)
 from marscope_stac.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -287,13 +294,8 @@ def train_model(
     start_epoch, history, saved = (
         _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
     )
-    rng = np.random.default_rng([cfg.seed, 0])
+    rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
     classes = val_pairs.classes if val_pairs is not None else None
-    val_data = val_pairs.fixed(rng) if val_pairs is not None else None
-    if saved is not None:  # the batches go on where the checkpoint left them
-        rng.bit_generator.state = saved
-    elif start_epoch:  # a checkpoint of an earlier version, without the state
-        rng = np.random.default_rng([cfg.seed, start_epoch])
     use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, use_labels, progress)
@@ -432,6 +434,24 @@ def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
     return TextFeatureCache(net.text, cm.tokenizer, cm.device)
 
 
+def _sampler(
+    seed: int, val_pairs: PairSet | None, start_epoch: int, saved: dict[str, Any] | None
+) -> tuple[np.random.Generator, tuple[NDArray[np.float32], list[str], list[str]] | None]:
+    """The batch sampler's generator and the fixed validation batch of a run.
+
+    The validation batch is drawn first, the same for a fresh and a resumed run; a resumed
+    run's generator then goes on from the checkpoint's state, so its batches are those an
+    uninterrupted run would draw.
+    """
+    rng = np.random.default_rng([seed, 0])
+    val_data = val_pairs.fixed(rng) if val_pairs is not None else None
+    if saved is not None:
+        rng.bit_generator.state = saved
+    elif start_epoch:  # a checkpoint of an earlier version, without the state
+        rng = np.random.default_rng([seed, start_epoch])
+    return rng, val_data
+
+
 def _resume(
     ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, cfg: TrainConfig
 ) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
@@ -483,6 +503,7 @@ def _train_epoch(
     losses: list[float] = []
     total = cfg.epochs * cfg.steps_per_epoch
     t0 = time.perf_counter()
+    release_held_warnings()  # the work starts: show what was found while preparing
     bar = tqdm(
         range(cfg.steps_per_epoch),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",

@@ -223,10 +223,16 @@ def validate_dict(d: dict[str, Any], href: str | None = None) -> list[str]:
         CatalogError: if the object is invalid or a schema is not available offline.
     """
     validator = OfflineSTACValidator()
+    where = href or d.get("id", "?")
+    extensions = d.get("stac_extensions", [])
+    if not isinstance(extensions, list) or not all(isinstance(e, str) for e in extensions):
+        raise CatalogError(
+            f"invalid STAC at {where}: field stac_extensions: {extensions!r:.60} is not a list "
+            "of schema URLs"
+        )
     kind = _object_type(d)
     version = str(d.get("stac_version", ""))
-    where = href or d.get("id", "?")
-    for ext in d.get("stac_extensions", []):
+    for ext in extensions:
         key = str(ext).split("#", 1)[0]
         if key not in validator.schema_cache and key not in RULE_CHECKED_EXTENSIONS:
             raise CatalogError(
@@ -789,6 +795,11 @@ def validate_catalog(
             report.schemas.update(validate_dict(d, href=str(json_path)))
         except CatalogError as exc:
             report.problems.append(str(exc))
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a malformed object
+            report.problems.append(
+                f"{json_path}: not a well-formed STAC object ({type(exc).__name__}: "
+                f"{str(exc)[:120]})"
+            )
         checker.links(json_path, d)
         checker.assets(json_path, d)
     checker.cycles()

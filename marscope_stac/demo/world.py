@@ -44,7 +44,7 @@ from marscope_stac.catalog import write_static_catalog
 from marscope_stac.cog import write_cog
 from marscope_stac.demo.captions import CLASS_NAMES, captions_for
 from marscope_stac.demo.terrain import LANDFORM_CLASSES, Landform, render_scene, to_multipolygon
-from marscope_stac.errors import CatalogError, ConfigError
+from marscope_stac.errors import CatalogError, ConfigError, release_held_warnings
 from marscope_stac.fsutil import staged_directory
 from marscope_stac.stac_out import (
     COG_MEDIA_TYPE,
@@ -217,6 +217,7 @@ def build_demo_catalog(
         label_items: list[dict[str, Any]] = []
         counts: Counter[str] = Counter()
         cells = [(r, c) for r in range(world.rows) for c in range(world.cols)]
+        release_held_warnings()
         bar = tqdm(cells, desc="demo scenes", unit="scene", disable=not progress)
         overview: list[tuple[int, int, Image.Image]] = []
         for r, c in bar:
