@@ -484,6 +484,7 @@ class _Checker:
                 self.problem(owner, f"links two or more objects with the id {oid!r}: {names}")
         if whole_tree:
             self._orphans(root)
+            self._unpublished()
         self._self_links()
 
     def _collection_field(
@@ -510,6 +511,18 @@ class _Checker:
                 continue
             if d.get("type") in ("Feature", "Collection"):
                 self.problem(path, "no catalog or collection links this object (an orphan)")
+
+    def _unpublished(self) -> None:
+        """In a published catalog (absolute self links), every object has its self link."""
+        if not self.selves:
+            return
+        for path in sorted(self.objects):
+            if path not in self.selves:
+                self.problem(
+                    path,
+                    "no self link, while the catalog is published (others have absolute self "
+                    "links); run marscope catalog publish again",
+                )
 
     def _self_links(self) -> None:
         """Every absolute self link names its own file under one published base URL."""

@@ -619,6 +619,18 @@ BREAKAGE_MATRIX: dict[str, tuple[Any, str]] = {
         "parent link names collection.json ('models')",
     ),
     "a self link to another host": (_other_host, "self link is under https://b.example/p/"),
+    "an object without its self link in a published catalog": (
+        lambda p: (
+            CliRunner().invoke(
+                cli, ["catalog", "publish", str(p), "--base-url", "https://a.example/p/"]
+            ),
+            _edit(
+                _query_item(p),
+                lambda d: d.update(links=[lk for lk in d["links"] if lk["rel"] != "self"]),
+            ),
+        ),
+        "no self link, while the catalog is published",
+    ),
     "a self link naming another file": (
         lambda p: _add_link(
             _query_item(p), {"rel": "self", "href": "https://a.example/p/queries/other.json"}
