@@ -39,6 +39,7 @@ from marscope_stac.errors import (
     CatalogError,
     ConfigError,
     ModelError,
+    OutputError,
     check_range,
     release_held_warnings,
 )
@@ -281,7 +282,7 @@ def train_model(
     if len(pairs) == 0:
         raise ConfigError("no training pairs")
     register_bundled_architectures()
-    out_dir = Path(out)
+    out_dir = check_run_folder(out)
     sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     dev = resolve_device(device)
@@ -432,6 +433,21 @@ def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
         )
     net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     return TextFeatureCache(net.text, cm.tokenizer, cm.device)
+
+
+def check_run_folder(out: str | Path) -> Path:
+    """Refuse a training output that exists and is not a folder (a file, a FIFO, a device).
+
+    Raises:
+        OutputError: naming it and the fix.
+    """
+    path = Path(out)
+    if str(out) == "" or (path.exists() and not path.is_dir()):
+        raise OutputError(
+            f"--out {out} is not a folder (it exists as something else, or is empty); give "
+            "the folder of the training run"
+        )
+    return path
 
 
 def _sampler(
@@ -662,6 +678,7 @@ def train_from_source(
     """
     from marscope_stac.pairs import load_pairs
 
+    check_run_folder(out)
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
     config, model = settle_config(config, model, checkpoint=ckpt)
     ctx = config.context

@@ -249,6 +249,10 @@ CASES: dict[str, tuple[Callable[[Inputs, Path], list[str]], str]] = {
     "demo-data out empty": (lambda i, t: ["demo-data", "--out", ""], "is empty"),
     "embed out empty": (lambda i, t: ["embed", str(i.cat), "--out", ""], "is empty"),
     "train out empty": (lambda i, t: ["train", str(i.cat), "--out", ""], "is empty"),
+    "train out a FIFO (found by the fuzzer)": (
+        lambda i, t: (os.mkfifo(t / "fifo"), ["train", str(i.cat), "--out", str(t / "fifo")])[1],
+        "is not a folder",
+    ),
     "a bogus scheduler address": (
         lambda i, t: [
             "embed",
