@@ -661,6 +661,10 @@ def load_sources(
         except (CatalogError, DataError) as exc:
             skipped.append((item.id, str(exc)))
             continue
+        except (TypeError, AttributeError, ValueError, KeyError) as exc:  # wrong field types
+            where = item.get_self_href() or item.id
+            skipped.append((item.id, f"{where} is malformed ({type(exc).__name__}: {exc})"))
+            continue
         if not _bbox_hits(src.footprint, bbox):
             continue
         in_bbox += 1
