@@ -112,8 +112,10 @@ class _Group(click.Group):
             ctx.exit(130)
         except OSError as exc:
             held = _WARNINGS.drop()
-            if exc.errno not in _ENVIRONMENT_ERRORS or (ctx.obj and ctx.obj.get("debug")):
+            if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if exc.errno not in _ENVIRONMENT_ERRORS:  # rasterio's, or another library's
+                _unexpected(ctx, exc)
             where = f" {exc.filename}" if exc.filename else ""
             fix = _OS_FIXES.get(
                 exc.errno or 0,
@@ -126,21 +128,37 @@ class _Group(click.Group):
             _WARNINGS.drop()
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            if isinstance(exc, ValueError) and "null byte" in str(exc):  # from os / pathlib
-                click.echo(
-                    "marscope: error: a path or value holds a NUL character; remove it", err=True
-                )
-                ctx.exit(2)
-            click.echo(
-                one_line(
-                    f"marscope: unexpected error: {type(exc).__name__}: {exc} "
-                    "(this is a bug; rerun with --debug for the traceback)"
-                ),
-                err=True,
-            )
-            ctx.exit(1)
+            _unexpected(ctx, exc)
         _WARNINGS.release()
         return rv
+
+
+def _unexpected(ctx: click.Context, exc: BaseException) -> None:
+    """One line for an exception no handler expected.
+
+    A full disk said in text only (libtiff) or a NUL in a path is the user's (exit 2);
+    anything else is a bug (exit 1).
+    """
+    if "No space left on device" in str(exc):  # libtiff / GDAL say it in text only
+        click.echo(
+            one_line(
+                f"marscope: error: the disk is full ({type(exc).__name__}: {exc}); free some "
+                "space and run again (finished work is kept)"
+            ),
+            err=True,
+        )
+        ctx.exit(2)
+    if isinstance(exc, ValueError) and "null byte" in str(exc):  # from os / pathlib
+        click.echo("marscope: error: a path or value holds a NUL character; remove it", err=True)
+        ctx.exit(2)
+    click.echo(
+        one_line(
+            f"marscope: unexpected error: {type(exc).__name__}: {exc} "
+            "(this is a bug; rerun with --debug for the traceback)"
+        ),
+        err=True,
+    )
+    ctx.exit(1)
 
 
 class _NonEmptyPath(click.Path):

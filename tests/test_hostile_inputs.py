@@ -462,3 +462,30 @@ def test_average_models_with_member_items_of_another_shape(
         ]
     )
     assert code == 0 and (tmp_path / "avg" / "model.json").is_file(), err
+
+
+def test_libtiffs_disk_full_error_is_one_line(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GDAL/libtiff report a full disk as a RasterioIOError whose text names it."""
+    from rasterio.errors import RasterioIOError
+
+    import marscope_stac.products as products
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RasterioIOError(
+            "TIFFAppendToStrip:Write error at scanline 0: No space left on device"
+        )
+
+    out = tmp_path / "products"
+    shutil.copytree(inputs.products, out)
+    before = _tree(out)
+    monkeypatch.setattr(products, "write_cog", full)
+    code, err = _run(
+        ["query", "dune fields", "--out", str(out), "--model", f"local-dir:{inputs.model}"]
+    )
+    assert code == 2 and "the disk is full" in err[0] and "No space left on device" in err[0]
+    after = _tree(out)
+    assert {k: v for k, v in after.items() if "text-vectors" not in k} == {
+        k: v for k, v in before.items() if "text-vectors" not in k
+    }  # no half-written product (only the text cache may have grown)
