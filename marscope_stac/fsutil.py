@@ -116,7 +116,8 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
     For writers that want a file name (GDAL, pyarrow): the block writes the yielded path;
     on an exception the temporary file is removed and ``path`` is left as it was.
     """
-    target = check_output_file(path)
+    # absolute: a relative name such as ``x:/y`` is read as a URI by GDAL and pyarrow
+    target = check_output_file(path).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(target, "" if suffix == ".tmp" else suffix)
     try:
@@ -355,7 +356,7 @@ def temp_file(target: str | os.PathLike[str], suffix: str = "") -> Path:
     The caller renames it onto ``target`` or removes it; if the process dies first, the next
     :func:`sweep_stale` of the folder removes it.
     """
-    tmp = _temp_path(Path(target), "tmp", suffix)
+    tmp = _temp_path(Path(target).absolute(), "tmp", suffix)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return tmp
 
@@ -487,7 +488,8 @@ def staged_directory(
         OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or it
             is not a folder this project wrote, or its parent folder cannot be written.
     """
-    target = check_output_folder(out, overwrite, owned=owned)
+    # absolute: a relative name such as ``x:/y`` is read as a URI by GDAL and pyarrow
+    target = check_output_folder(out, overwrite, owned=owned).absolute()
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers

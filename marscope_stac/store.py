@@ -411,6 +411,10 @@ class EmbeddingSet:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # absolute: pyarrow and GDAL read a relative name such as ``x:/y`` as a URI
+        self.root = Path(self.root).absolute()
+
     @property
     def manifest_path(self) -> Path:
         """``manifest.json``."""

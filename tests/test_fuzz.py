@@ -121,12 +121,31 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Run with ``folder`` as the working folder: relative outputs land there."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def check_cli(args: list[str], watched: list[Path], env: dict[str, str] | None = None) -> int:
-    """Run the CLI; assert the contract for any input; returns the exit status."""
+    """Run the CLI; assert the contract for any input; returns the exit status.
+
+    It runs in a scratch working folder, so a generated relative path never writes into the
+    checkout (generated values never name a path above it: see :func:`_confined`).
+    """
     before = [_tree(p) for p in watched]
-    with warnings.catch_warnings(), _deadline(DEADLINE_S):
+    home = sorted(p.name for p in Path.cwd().iterdir())  # the checkout, where pytest runs
+    scratch = Path(tempfile.mkdtemp(prefix="marscope-fuzz-cwd-"))
+    with warnings.catch_warnings(), _deadline(DEADLINE_S), _inside(scratch):
         warnings.simplefilter("default")
         result = CliRunner().invoke(cli, args, env=env)
+    shutil.rmtree(scratch, ignore_errors=True)
+    assert sorted(p.name for p in Path.cwd().iterdir()) == home, (args, "wrote outside")
     err = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.output, (args, result.output[-3000:])
     assert result.exit_code in (0, 2), (args, result.exit_code, result.output[-3000:])
@@ -162,7 +181,7 @@ hostile_text = st.one_of(
             "1,2,3,4",
             "-200,-100,200,100",
             "180,-90,-180,90",
-            "../../../../etc",
+            "../x",
             "lonlat:1e-9",
             "lonlat:0",
             "equal-area:0m",
@@ -183,12 +202,26 @@ hostile_text = st.one_of(
 )
 
 
+def _confined(value: str) -> str:
+    """A generated value that cannot name a path outside the scratch working folder.
+
+    Absolute paths and home folders become relative, and ``..`` steps are broken, so a
+    command writing its output where the value says writes into the scratch folder (the
+    fuzzer runs as whoever runs the tests, maybe root: it must never write to /etc).
+    """
+    value = value.replace("..", "_.")
+    return "./" + value.lstrip("/~") if value.startswith(("/", "~")) else value
+
+
 def _special(bench: Bench, name: str) -> str:
     return str(bench.specials.get(name, bench.root / "special" / name))
 
 
 def hostile_value(bench: Bench) -> st.SearchStrategy[str]:
-    return st.one_of(hostile_text, st.sampled_from(SPECIAL_NAMES).map(lambda n: _special(bench, n)))
+    return st.one_of(
+        hostile_text.map(_confined),
+        st.sampled_from(SPECIAL_NAMES).map(lambda n: _special(bench, n)),
+    )
 
 
 json_values: st.SearchStrategy[Any] = st.recursive(
@@ -483,7 +516,7 @@ def test_fuzzed_geotiffs(
 
 
 @budget(15)
-@given(address=hostile_text)
+@given(address=hostile_text.map(_confined))
 def test_fuzzed_scheduler_environment(bench: Bench, address: str) -> None:
     """A garbage ``DASK_SCHEDULER_ADDRESS`` is one clean line (or ignored when empty)."""
     out = Path(tempfile.mkdtemp(dir=bench.root, prefix="env-"))
