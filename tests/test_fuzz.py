@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import warnings
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _cli import deadline, tree
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -99,29 +99,6 @@ def bench(demo_small, tiny_model_dir, tmp_path_factory) -> Iterator[Bench]:  # t
 
 
 @contextlib.contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s (a hang)")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.name.startswith(".marscope.lock") or p.is_symlink() or not p.is_file():
-            continue
-        out[str(p.relative_to(root))] = (p.stat().st_size, p.stat().st_mtime_ns)
-    return out
-
-
-@contextlib.contextmanager
 def _inside(folder: Path) -> Iterator[None]:
     """Run with ``folder`` as the working folder: relative outputs land there."""
     before = Path.cwd()
@@ -138,10 +115,10 @@ def check_cli(args: list[str], watched: list[Path], env: dict[str, str] | None =
     It runs in a scratch working folder, so a generated relative path never writes into the
     checkout (generated values never name a path above it: see :func:`_confined`).
     """
-    before = [_tree(p) for p in watched]
+    before = [tree(p) for p in watched]
     home = sorted(p.name for p in Path.cwd().iterdir())  # the checkout, where pytest runs
     scratch = Path(tempfile.mkdtemp(prefix="marscope-fuzz-cwd-"))
-    with warnings.catch_warnings(), _deadline(DEADLINE_S), _inside(scratch):
+    with warnings.catch_warnings(), deadline(DEADLINE_S), _inside(scratch):
         warnings.simplefilter("default")
         result = CliRunner().invoke(cli, args, env=env)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -152,7 +129,7 @@ def check_cli(args: list[str], watched: list[Path], env: dict[str, str] | None =
     if result.exit_code == 2:
         assert len(err) == 1 and err[0].startswith("marscope: error: "), (args, err)
     for p, b in zip(watched, before, strict=True):
-        assert _tree(p) == b, (args, f"changed {p}")
+        assert tree(p) == b, (args, f"changed {p}")
     return int(result.exit_code)
 
 

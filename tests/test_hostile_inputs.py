@@ -8,19 +8,18 @@ made in the test's own temporary folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _cli import deadline, tree
 from click.testing import CliRunner
 
 from marscope_stac.cli import cli
@@ -57,31 +56,8 @@ def inputs(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-unt
     return Inputs(root, cat, products, product, model)
 
 
-@contextlib.contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s (a hang)")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.name.startswith(".marscope.lock") or p.is_symlink() or not p.is_file():
-            continue
-        out[str(p.relative_to(root))] = (p.stat().st_size, p.stat().st_mtime_ns)
-    return out
-
-
 def _run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    with warnings.catch_warnings(), _deadline(DEADLINE_S):
+    with warnings.catch_warnings(), deadline(DEADLINE_S):
         warnings.simplefilter("default")
         result = CliRunner().invoke(cli, args, env=env)
     err = [line for line in result.stderr.splitlines() if line.strip()]
@@ -152,7 +128,7 @@ def test_malformed_stac_items(inputs: Inputs, tmp_path: Path, damage: str, comma
         item.write_text("[" * 100_000 + "]" * 100_000)
     else:
         _edit(item, change)
-    before = _tree(cat)
+    before = tree(cat)
     args = {
         "tiles": ["tiles", str(cat)],
         "embed": ["embed", str(cat), "--out", str(tmp_path / "out"), "--model", "bundled"],
@@ -163,7 +139,7 @@ def test_malformed_stac_items(inputs: Inputs, tmp_path: Path, damage: str, comma
         assert code == 2  # every damage is a problem validate names
     elif expected:
         assert any(expected in line for line in err), err  # an error, or a skip's warning
-    assert _tree(cat) == before
+    assert tree(cat) == before
 
 
 def test_a_symlink_loop_and_fifos_never_hang(inputs: Inputs, tmp_path: Path) -> None:
@@ -353,11 +329,11 @@ def test_hostile_options_and_files(inputs: Inputs, tmp_path: Path, case: str) ->
         tifs.mkdir()
         shutil.copy(next(inputs.cat.glob("demo-ctx/*/*.tif")), tifs / "a.tif")
     watched = [inputs.cat, inputs.products, inputs.model]
-    before = [_tree(p) for p in watched]
+    before = [tree(p) for p in watched]
     make, expected = CASES[case]
     code, err = _run(make(inputs, tmp_path))
     assert code == 2 and expected in err[0], err
-    assert [_tree(p) for p in watched] == before
+    assert [tree(p) for p in watched] == before
 
 
 def test_garbage_scheduler_address_in_the_environment(inputs: Inputs, tmp_path: Path) -> None:
@@ -479,13 +455,13 @@ def test_libtiffs_disk_full_error_is_one_line(
 
     out = tmp_path / "products"
     shutil.copytree(inputs.products, out)
-    before = _tree(out)
+    before = tree(out)
     monkeypatch.setattr(products, "write_cog", full)
     code, err = _run(
         ["query", "dune fields", "--out", str(out), "--model", f"local-dir:{inputs.model}"]
     )
     assert code == 2 and "the disk is full" in err[0] and "No space left on device" in err[0]
-    after = _tree(out)
+    after = tree(out)
     assert {k: v for k, v in after.items() if "text-vectors" not in k} == {
         k: v for k, v in before.items() if "text-vectors" not in k
     }  # no half-written product (only the text cache may have grown)
