@@ -186,6 +186,11 @@ def _client(scheduler_address: str | None) -> Any:
             f"DASK_SCHEDULER_ADDRESS) is not a Dask scheduler address ({exc}); give one like "
             "tcp://host:8786"
         ) from None
+    except Exception as exc:  # the client's many other ways of not connecting
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: "
+            f"{str(exc)[:120]}); check --scheduler-address or DASK_SCHEDULER_ADDRESS"
+        ) from None
 
 
 def _run_local(

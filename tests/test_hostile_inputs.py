@@ -465,3 +465,12 @@ def test_libtiffs_disk_full_error_is_one_line(
     assert {k: v for k, v in after.items() if "text-vectors" not in k} == {
         k: v for k, v in before.items() if "text-vectors" not in k
     }  # no half-written product (only the text cache may have grown)
+
+
+def test_a_scheduler_address_naming_an_unknown_host(inputs: Inputs, tmp_path: Path) -> None:
+    """Found by the fuzzer: ``lonlat:0`` as DASK_SCHEDULER_ADDRESS (a host lookup fails)."""
+    code, err = _run(
+        ["embed", str(inputs.cat), "--out", str(tmp_path / "o")],
+        env={"DASK_SCHEDULER_ADDRESS": "lonlat:0"},
+    )
+    assert code == 2 and "lonlat:0" in err[0]
