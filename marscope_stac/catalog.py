@@ -26,7 +26,7 @@ from marscope_stac.stac_out import (
     relative_href,
     stac_collection,
 )
-from marscope_stac.validation import validate_dict
+from marscope_stac.validation import is_stac_file, validate_dict
 
 __all__ = [
     "CATALOG_ID",
@@ -405,14 +405,6 @@ def _set_self_link(path: Path, folder: Path, base_url: str | None) -> bool:
     return True
 
 
-def _is_stac(path: Path) -> bool:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(d, dict) and "stac_version" in d
-
-
 def check_base_url(base_url: str) -> str:
     """Refuse a base URL that cannot be published under: not http(s), no host, white space.
 
@@ -455,7 +447,7 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise CatalogError(f"{folder} {what}; give the folder of a STAC catalog to publish")
     roots = [folder / n for n in ("catalog.json", "collection.json") if (folder / n).is_file()]
-    if not roots or not any(_is_stac(p) for p in roots):
+    if not roots or not any(is_stac_file(p) for p in roots):
         raise CatalogError(
             f"{folder} holds no readable STAC catalog.json or collection.json; give the "
             "folder of a STAC catalog to publish"

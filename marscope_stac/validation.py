@@ -39,6 +39,7 @@ __all__ = [
     "InvalidCatalogError",
     "ValidationReport",
     "install_offline_validator",
+    "is_stac_file",
     "offline_schema_cache",
     "validate_catalog",
     "validate_dict",
@@ -398,7 +399,7 @@ class _Checker:
                 self.problem(where, f"link {rel!r} leaves the catalog's folder: {href}")
             elif not target.is_file():
                 self.problem(where, f"link {rel!r} points at a missing file: {href}")
-            elif not self._inside(target) and not _is_stac_file(target):
+            elif not self._inside(target) and not is_stac_file(target):
                 self.problem(where, f"link {rel!r} leaves the catalog for a non-STAC file: {href}")
             elif rel in ("child", "item"):
                 self.tree.setdefault(safe_resolve(where), []).append(target)
@@ -572,7 +573,8 @@ class _Checker:
             self.problem(entry, "cached text vector is damaged or altered (checksum mismatch)")
 
 
-def _is_stac_file(path: Path) -> bool:
+def is_stac_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a JSON object with ``stac_version``."""
     try:
         d = json.loads(read_regular(path))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, DataError):
