@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from marscope_stac.demo.world import ensure_demo_catalog
-from marscope_stac.embed import embed_catalog
-from marscope_stac.models import load_model
+from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.models.clip import load_model
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ model is). Two figures in one run:
 
 - raw forward: ``encode_image`` on random input already on the device, in the model's
   precision (bf16 on a GPU), batch ``--batch``: the model's ceiling;
-- end to end: :func:`marscope_stac.embed.embed_catalog` exactly as ``marscope embed
+- end to end: :func:`marscope_stac.embed.run.embed_catalog` exactly as ``marscope embed
   --read-processes N`` runs it on the demo world's COGs: tiles read and rendered in N worker
   processes (shared-memory hand-over), embedded in this process, shards written.
 """
@@ -33,12 +33,16 @@ from pathlib import Path
 
 import torch
 
-from marscope_stac.demo.world import ensure_demo_catalog
-from marscope_stac.embed import embed_catalog
-from marscope_stac.grid import parse_grid
-from marscope_stac.models import load_model, quiet_model_loading, register_bundled_architectures
-from marscope_stac.stac_in import load_sources
-from marscope_stac.tiles import plan_tiles
+from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.models.clip import (
+    load_model,
+    quiet_model_loading,
+    register_bundled_architectures,
+)
+from marscope_stac.stac.read import load_sources
+from marscope_stac.tiles.sampling import plan_tiles
 
 OUT = Path("bench/out")
 

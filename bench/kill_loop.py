@@ -124,8 +124,8 @@ def check(
 
 def big_catalog(root: Path, n: int = 2000) -> Path:
     """A static catalog of ``n`` small items in one collection (no assets), for publish."""
-    from marscope_stac.catalog import write_static_catalog
-    from marscope_stac.stac_out import stac_catalog, stac_collection, stac_item
+    from marscope_stac.stac.build import stac_catalog, stac_collection, stac_item
+    from marscope_stac.stac.catalog import write_static_catalog
 
     items = [
         stac_item(
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--only", default="embed,query,publish,train")
     args = ap.parse_args()
-    from marscope_stac.demo import build_demo_catalog
+    from marscope_stac.datasets.demo import build_demo_catalog
 
     only = set(args.only.split(","))
     rng = random.Random(args.seed)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from marscope_stac.demo.world import ensure_demo_catalog
-from marscope_stac.landform_eval import evaluate_landforms
-from marscope_stac.models import load_model
-from marscope_stac.pairs import load_catalog_pairs
-from marscope_stac.train import evaluate_pairs
+from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.eval.protocol import evaluate_landforms
+from marscope_stac.models.clip import load_model
+from marscope_stac.train.loop import evaluate_pairs
+from marscope_stac.train.pairs import load_catalog_pairs
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/parquet_bbox.py [--grid lonlat:0.2@80] [--boxes 200
 
 Writes the scores table of one query over every cell of ``--grid`` (1.44 M cells at
 ``lonlat:0.2@80``, MarScope's planet grid) with the library's own writer
-(``marscope_stac.products.write_scores``, what ``marscope query`` writes), then for
+(``marscope_stac.products.write.write_scores``, what ``marscope query`` writes), then for
 ``--boxes`` random boxes of ``--size`` degrees reports the share of the file's row groups (and
 of its compressed bytes) whose ``bbox`` covering statistics intersect the box: what a reader
 that filters on them (geopandas ``read_parquet(bbox=...)``, GDAL, DuckDB) reads. Also times
@@ -46,9 +46,9 @@ def main() -> None:
 
     import geopandas as gpd
 
-    from marscope_stac.grid import parse_grid
-    from marscope_stac.products import write_scores
-    from marscope_stac.query import ScoredQuery
+    from marscope_stac.grid.grids import parse_grid
+    from marscope_stac.products.write import write_scores
+    from marscope_stac.query.scoring import ScoredQuery
 
     grid = parse_grid(args.grid)
     cells = np.arange(grid.n_cells, dtype=np.int64)

@@ -51,15 +51,14 @@ def _chunks(n: int, size: int = 1 << 17) -> list[tuple[int, int]]:
 
 def build_set(root: Path, grid_spec: str, dim: int, parquet: bool) -> dict:
     """Write a synthetic set under ``root/products``; returns exact top-K data for checks."""
-    from marscope_stac.grid import parse_grid
-    from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
-    from marscope_stac.query import background_logsumexp
-    from marscope_stac.store import (
+    from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+    from marscope_stac.grid.grids import parse_grid
+    from marscope_stac.index.background import background_logsumexp, write_background
+    from marscope_stac.index.store import (
         EmbeddingSet,
         EmbeddingSetWriter,
         EmbeddingTable,
         TextVectorCache,
-        write_background,
     )
 
     grid = parse_grid(grid_spec)
@@ -144,7 +143,7 @@ _COLD = (
     "    kb = int(status.split('VmHWM:')[1].split()[0])\n"
     "    sys.stderr.write(f'\\nVmHWM {kb}\\n')\n"
     "atexit.register(hwm)\n"
-    "from marscope_stac.cli import main\n"
+    "from marscope_stac.cli.main import main\n"
     "main(sys.argv[1:])\n"
 )
 """A ``marscope`` process (the console script's ``main``) that reports its peak memory."""
@@ -171,8 +170,8 @@ def _timed_child(root: Path, model: str, text: str, threshold: float) -> tuple[f
 
 def warm_child(args: argparse.Namespace) -> None:
     """Child process: open the engine once, query ``repeats`` times, print JSON figures."""
-    from marscope_stac.engine import QueryEngine
-    from marscope_stac.query import QuerySpec
+    from marscope_stac.engine.engine import QueryEngine
+    from marscope_stac.query.scoring import QuerySpec
 
     root = Path(args.warm)
     t0 = time.perf_counter()

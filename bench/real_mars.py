@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from marscope_stac.landform_eval import evaluate_real
-from marscope_stac.models import ClipModel, load_model
-from marscope_stac.realdata import build_real_data
+from marscope_stac.datasets.real import build_real_data
+from marscope_stac.eval.protocol import evaluate_real
+from marscope_stac.models.clip import ClipModel, load_model
 
 BUNDLED = "marscope_stac/data/models/marscope-small"
 

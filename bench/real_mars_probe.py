@@ -6,10 +6,10 @@ The held-out figure of ``bench/real_mars.py`` (impact craters >= 100 km, r = 2 d
 8,100 cells of ``lonlat:2`` east of 0 degrees) asks a vision-language model to find craters
 in 6-pixel cells of a 0.35 degree/px shaded-relief mosaic. This script bounds what such
 imagery supports: it renders the same cells with the project's tile renderer
-(:func:`~marscope_stac.tiles.plan_tiles`, with and without context), trains a small CNN on
+(:func:`~marscope_stac.tiles.sampling.plan_tiles`, with and without context), trains a small CNN on
 the **western** hemisphere's cells (label: within 2 degrees of a >= 100 km crater, the
 evaluation's own truth) and scores its ranking of the **eastern** cells with the same
-protocol (:func:`~marscope_stac.evaluate.score_retrieval`). No eastern pixel or label is
+protocol (:func:`~marscope_stac.eval.evaluate.score_retrieval`). No eastern pixel or label is
 trained on. A text-queried model that learns craters among every other landform, from
 captions, should not be expected to beat this detector.
 """
@@ -29,12 +29,12 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from marscope_stac.bodies import chord_length, unit_vectors
-from marscope_stac.evaluate import score_retrieval, split_items
-from marscope_stac.grid import parse_grid
-from marscope_stac.realdata import build_real_data
-from marscope_stac.stac_in import load_sources
-from marscope_stac.tiles import iter_tile_batches, plan_tiles
+from marscope_stac.core.bodies import chord_length, unit_vectors
+from marscope_stac.datasets.real import build_real_data
+from marscope_stac.eval.evaluate import score_retrieval, split_items
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.stac.read import load_sources
+from marscope_stac.tiles.sampling import iter_tile_batches, plan_tiles
 
 
 def _cells(catalog: Path, split: str, context: float, px: int) -> tuple[NDArray, NDArray, Any]:

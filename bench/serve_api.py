@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/serve_api.py [--set lonlat:0.2@80:256] [--repeats 5
 
 Writes the synthetic planet embedding set of ``bench/query_planet.py`` (1.44 M cells on
 MarScope's grid by default; its query text is cached as a model would have cached it), starts
-:class:`~marscope_stac.server.MapServer` on 127.0.0.1 with the engine the command opens (kept
+:class:`~marscope_stac.web.server.MapServer` on 127.0.0.1 with the engine the command opens (kept
 warm), and times what the page does for a query: the HTTP request that answers it (every
 product written and published, as ``marscope query`` does) and the reads the map then makes
 (the product's item and the first bytes of its PMTiles). Medians of ``--repeats``.
@@ -43,7 +43,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from query_planet import QUERY, build_set
 
-    from marscope_stac.server import serve
+    from marscope_stac.web.server import serve
 
     root = Path(tempfile.mkdtemp(prefix="marscope-serve-"))
     try:

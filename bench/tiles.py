@@ -23,10 +23,10 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from marscope_stac.demo.world import ensure_demo_catalog
-from marscope_stac.grid import parse_grid
-from marscope_stac.stac_in import load_sources
-from marscope_stac.tiles import TilePlan, iter_tile_batches, plan_tiles, process_pool
+from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.stac.read import load_sources
+from marscope_stac.tiles.sampling import TilePlan, iter_tile_batches, plan_tiles, process_pool
 
 
 def raw_reads(plan: TilePlan, resample_to_tile: bool = False) -> float:

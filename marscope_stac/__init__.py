@@ -10,7 +10,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from marscope_stac.errors import MarscopeError, MarscopeWarning
+from marscope_stac.core.errors import MarscopeError, MarscopeWarning
 
 # torch's compiler makes a cache folder at import (``$TMPDIR/torchinductor_<user>``), left
 # behind empty in the shared temporary folder by every run; unless the user chose one, it

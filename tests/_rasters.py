@@ -11,7 +11,7 @@ import rasterio
 from affine import Affine
 from pyproj import CRS
 
-from marscope_stac.cog import write_cog
+from marscope_stac.products.cog import write_cog
 
 
 def pattern(rows: int, cols: int, seed: int = 0, dtype: str = "uint8") -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from marscope_stac.demo import DemoCatalog, build_demo_catalog
+from marscope_stac.datasets.demo import DemoCatalog, build_demo_catalog
 
 
 def _has_cuda() -> bool:
@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from marscope_stac.models import register_bundled_architectures
+    from marscope_stac.models.clip import register_bundled_architectures
 
     register_bundled_architectures()
     torch.manual_seed(1)

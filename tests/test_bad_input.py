@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from marscope_stac.cli import cli
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine
-from marscope_stac.models import load_model
-from marscope_stac.query import QuerySpec
+from marscope_stac.cli.main import cli
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.models.clip import load_model
+from marscope_stac.query.scoring import QuerySpec
 
 
 @dataclass(frozen=True)
@@ -490,7 +490,7 @@ def test_a_full_disk_is_one_line(
     import errno
     import os
 
-    import marscope_stac.fsutil as fsutil
+    import marscope_stac.core.fs as fsutil
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x"))
@@ -536,7 +536,7 @@ def test_stale_temporary_files_of_dead_processes_are_swept(tmp_path: Path) -> No
     import os
     import time
 
-    from marscope_stac.fsutil import LEGACY_AGE_S, sweep_stale
+    from marscope_stac.core.fs import LEGACY_AGE_S, sweep_stale
 
     dead = subprocess_pid_that_exited()
     (tmp_path / f".probability.tif.{dead}.0123abcd.tmp.tif").write_text("partial")

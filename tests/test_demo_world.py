@@ -15,12 +15,12 @@ from pyproj import Transformer
 from rasterio.features import geometry_mask
 from rio_cogeo.cogeo import cog_validate
 
-from marscope_stac.bodies import MARS
-from marscope_stac.cli import cli
-from marscope_stac.demo import DemoCatalog, build_demo_catalog
-from marscope_stac.demo.terrain import LANDFORM_CLASSES
-from marscope_stac.errors import ConfigError, OutputError
-from marscope_stac.validation import install_offline_validator, validate_catalog
+from marscope_stac.cli.main import cli
+from marscope_stac.core.bodies import MARS
+from marscope_stac.core.errors import ConfigError, OutputError
+from marscope_stac.datasets.demo import DemoCatalog, build_demo_catalog
+from marscope_stac.datasets.demo.terrain import LANDFORM_CLASSES
+from marscope_stac.stac.validation import install_offline_validator, validate_catalog
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -235,8 +235,8 @@ def test_unwritable_output(tmp_path: Path) -> None:
     ro.mkdir()
     ro.chmod(0o555)
     code = (
-        "from marscope_stac.demo import build_demo_catalog\n"
-        "from marscope_stac.errors import OutputError\n"
+        "from marscope_stac.datasets.demo import build_demo_catalog\n"
+        "from marscope_stac.core.errors import OutputError\n"
         "try:\n"
         f"    build_demo_catalog({str(ro / 'out')!r}, size='small')\n"
         "except OutputError as exc:\n"
@@ -268,7 +268,7 @@ def test_output_path_is_a_file(tmp_path: Path) -> None:
 
 
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import marscope_stac.demo.world as world
+    import marscope_stac.datasets.demo.world as world
 
     calls = {"n": 0}
     real = world._build_scene

@@ -12,12 +12,12 @@ from _faults import interrupting
 from _rasters import catalog_of, pattern, stac_item, write_geotiff
 from click.testing import CliRunner
 
-import marscope_stac.embed as embed_mod
-from marscope_stac.cli import cli
-from marscope_stac.embed import embed_catalog
-from marscope_stac.errors import OutputError
-from marscope_stac.store import read_embeddings, read_faiss_index
-from marscope_stac.validation import validate_catalog
+import marscope_stac.embed.run as embed_mod
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import OutputError
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.index.store import read_embeddings, read_faiss_index
+from marscope_stac.stac.validation import validate_catalog
 
 SMALL = [150.0, -5.0, 150.05, -4.95]
 """A bbox of a few demo cells."""
@@ -270,7 +270,7 @@ def test_disk_full_is_a_clear_error(
 ) -> None:
     import errno
 
-    import marscope_stac.store as store
+    import marscope_stac.index.store as store
 
     def full(path: object, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -287,9 +287,9 @@ def test_disk_full_is_a_clear_error(
 
 
 def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from marscope_stac.engine import QueryEngine
-    from marscope_stac.query import QuerySpec
-    from marscope_stac.store import EmbeddingTable
+    from marscope_stac.engine.engine import QueryEngine
+    from marscope_stac.index.store import EmbeddingTable
+    from marscope_stac.query.scoring import QuerySpec
 
     empty = EmbeddingTable(
         np.zeros(0, np.int64), np.zeros((0, 8), np.float32), np.zeros(0, np.float32), []
@@ -315,11 +315,11 @@ def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_p
 def test_a_model_trained_with_context_embeds_tiles_with_context(
     demo_root: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from marscope_stac.errors import ModelError
-    from marscope_stac.grid import parse_grid
-    from marscope_stac.models import load_model
-    from marscope_stac.stac_in import load_sources
-    from marscope_stac.tiles import plan_tiles, read_batch
+    from marscope_stac.core.errors import ModelError
+    from marscope_stac.grid.grids import parse_grid
+    from marscope_stac.models.clip import load_model
+    from marscope_stac.stac.read import load_sources
+    from marscope_stac.tiles.sampling import plan_tiles, read_batch
 
     ringed = tmp_path / "ringed"
     shutil.copytree(tiny_model_dir, ringed)

@@ -17,20 +17,20 @@ import rasterio
 from PIL import Image
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine, QueryRequest
-from marscope_stac.errors import ConfigError, DataError
-from marscope_stac.grid import parse_grid
-from marscope_stac.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
-from marscope_stac.query import QuerySpec, background_logsumexp, score
-from marscope_stac.render import zoom_range
-from marscope_stac.store import (
+from marscope_stac.core.errors import ConfigError, DataError
+from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine, QueryRequest
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.index.background import background_logsumexp, write_background
+from marscope_stac.index.store import (
     EmbeddingSet,
     EmbeddingSetWriter,
     EmbeddingTable,
     TextVectorCache,
-    write_background,
 )
+from marscope_stac.products.render import zoom_range
+from marscope_stac.query.scoring import QuerySpec, score
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_scoring_arrays_agree_with_the_geoparquet(embedded) -> None:  # type: ig
     for name, info in manifest["scoring"]["files"].items():
         assert (es.root / name).stat().st_size == info["size"]
     # the arrays are assets of the embedding item, with sizes and checksums
-    from marscope_stac.fsutil import file_multihash
+    from marscope_stac.core.fs import file_multihash
 
     item = json.loads((es.root / f"{es.root.name}.json").read_text())
     for key in ("cells", "vectors", "vectors-int8", "vectors-scale", "background", "manifest"):
@@ -100,7 +100,7 @@ def test_cached_texts_need_no_model(embedded) -> None:  # type: ignore[no-untype
     assert product.timings["scores"] >= 0 and "COG" in product.timings
     # and a fresh `marscope query` process never imports torch for it
     code = (
-        "import sys; from marscope_stac.cli import cli; "
+        "import sys; from marscope_stac.cli.main import cli; "
         f"cli.main(['query', 'dune fields', '--out', {str(out)!r}, '--model', {model!r}], "
         "standalone_mode=False); print('torch' in sys.modules)"
     )
@@ -112,7 +112,7 @@ def test_cached_texts_need_no_model(embedded) -> None:  # type: ignore[no-untype
 def test_cli_and_engine_publish_the_same_products(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
 
-    from marscope_stac.cli import cli
+    from marscope_stac.cli.main import cli
 
     out, _es, model = embedded
     engine = QueryEngine.open(out, model=model)
@@ -148,8 +148,8 @@ def test_old_sets_are_upgraded_once(embedded, tmp_path: Path, caplog) -> None:  
     with caplog.at_level("WARNING", logger="marscope_stac"):
         engine = QueryEngine(old, copy, model=model)
     assert "writing them once" in caplog.text
-    from marscope_stac.fsutil import file_multihash
-    from marscope_stac.validation import validate_catalog
+    from marscope_stac.core.fs import file_multihash
+    from marscope_stac.stac.validation import validate_catalog
 
     item = json.loads((old.root / f"{old.root.name}.json").read_text())
     assert item["assets"]["manifest"]["file:checksum"] == file_multihash(old.manifest_path)
@@ -250,7 +250,7 @@ def test_engine_on_a_synthetic_planet(tmp_path: Path) -> None:
         np.asarray(engine.arrays.rows_of(parse_grid("lonlat:1@80").locate([0.5], [-0.5])))[0]
     )
     p = float(product.scored.probability[cell])
-    from marscope_stac.render import _lut
+    from marscope_stac.products.render import _lut
 
     want = _lut("magma")[round(round(p * 250) / 250 * 255)][:3]
     assert np.abs(rgba[1, 1, :3].astype(int) - want.astype(int)).max() <= 1
@@ -293,7 +293,7 @@ def test_examples_in_the_same_cell_and_rows_read_from_the_mapped_file(tmp_path: 
     np.save(path, np.ones((10, arrays.dim), np.float16))
     assert np.array_equal(arrays.vector_rows(np.arange(10)), fresh)
     # a file shorter than its header says is an error, not garbage
-    from marscope_stac.store import RowFile
+    from marscope_stac.index.store import RowFile
 
     short = RowFile(os.open(path, os.O_RDONLY), 128, (10_000, arrays.dim), np.float16, "x.npy")
     with pytest.raises(DataError, match="shorter than its header"):
@@ -301,8 +301,8 @@ def test_examples_in_the_same_cell_and_rows_read_from_the_mapped_file(tmp_path: 
 
 
 def test_near_matches_a_brute_force_search() -> None:
-    from marscope_stac.bodies import MARS
-    from marscope_stac.query import near
+    from marscope_stac.core.bodies import MARS
+    from marscope_stac.query.scoring import near
 
     rng = np.random.default_rng(2)
     centres = np.column_stack([rng.uniform(-10, 10, 400), rng.uniform(-10, 10, 400)])

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from marscope_stac.errors import ConfigError
-from marscope_stac.evaluate import retrieval_curve, score_retrieval
+from marscope_stac.core.errors import ConfigError
+from marscope_stac.eval.evaluate import retrieval_curve, score_retrieval
 
 
 def _cells() -> np.ndarray:

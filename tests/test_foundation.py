@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 import marscope_stac
-from marscope_stac import errors
-from marscope_stac.bodies import MARS, MOON, get_body, normalize_lon
-from marscope_stac.cli import cli
-from marscope_stac.fsutil import atomic_write_text, file_multihash, staged_directory
+from marscope_stac.cli.main import cli
+from marscope_stac.core import errors
+from marscope_stac.core.bodies import MARS, MOON, get_body, normalize_lon
+from marscope_stac.core.fs import atomic_write_text, file_multihash, staged_directory
 
 
 def test_help_lists_commands() -> None:
@@ -57,7 +57,7 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 
 
 def test_unexpected_error_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import marscope_stac.validation as validation
+    import marscope_stac.stac.validation as validation
 
     def boom(path: object) -> None:
         raise RuntimeError("kaput")

@@ -34,11 +34,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marscope_stac.cli import cli
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine
-from marscope_stac.models import load_model
-from marscope_stac.query import QuerySpec
+from marscope_stac.cli.main import cli
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.models.clip import load_model
+from marscope_stac.query.scoring import QuerySpec
 
 LONG = bool(os.environ.get("MARSCOPE_FUZZ"))
 DEADLINE_S = 120

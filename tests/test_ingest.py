@@ -12,13 +12,13 @@ from _rasters import catalog_of, pattern, stac_item, usgs_style_catalog, write_g
 from affine import Affine
 from click.testing import CliRunner
 
-from marscope_stac.bodies import MARS, MOON
-from marscope_stac.cli import cli
-from marscope_stac.errors import CatalogError, ConfigError, SkippedInputWarning
-from marscope_stac.folder_catalog import build_folder_catalog
-from marscope_stac.grid import EqualAreaGrid, LonLatGrid, parse_grid
-from marscope_stac.stac_in import crs_from_stac, load_sources
-from marscope_stac.tiles import iter_tile_batches, plan_tiles, read_batch
+from marscope_stac.cli.main import cli
+from marscope_stac.core.bodies import MARS, MOON
+from marscope_stac.core.errors import CatalogError, ConfigError, SkippedInputWarning
+from marscope_stac.grid.grids import EqualAreaGrid, LonLatGrid, parse_grid
+from marscope_stac.stac.folder import build_folder_catalog
+from marscope_stac.stac.read import crs_from_stac, load_sources
+from marscope_stac.tiles.sampling import iter_tile_batches, plan_tiles, read_batch
 
 # ------------------------------------------------------------------------------- grids
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from marscope_stac.validation import validate_catalog
+from marscope_stac.stac.validation import validate_catalog
 
 KILLS = 2
 

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from marscope_stac.cli import cli
-from marscope_stac.errors import ConfigError, ModelError
-from marscope_stac.models import (
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.models.clip import (
     BUNDLED_ARCH,
     MARSCOPE_TEMPLATES,
     bundled_model_dir,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from marscope_stac.cli import cli
-from marscope_stac.errors import OutputError
-from marscope_stac.fsutil import (
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import OutputError
+from marscope_stac.core.fs import (
     atomic_write_bytes,
     check_output_file,
     copy_file,

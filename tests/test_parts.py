@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from marscope_stac.errors import ConfigError, ModelError
-from marscope_stac.mlm import mlm_name
-from marscope_stac.models import load_model
-from marscope_stac.pairs import load_catalog_pairs
-from marscope_stac.parts import IMAGENET_MEAN, init_pretrained_parts, resolve_parts
-from marscope_stac.train import TrainConfig, train_model
-from marscope_stac.validation import validate_catalog
+from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.models.clip import load_model
+from marscope_stac.models.parts import IMAGENET_MEAN, init_pretrained_parts, resolve_parts
+from marscope_stac.stac.mlm import mlm_name
+from marscope_stac.stac.validation import validate_catalog
+from marscope_stac.train.loop import TrainConfig, train_model
+from marscope_stac.train.pairs import load_catalog_pairs
 
 TINY = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=8, warmup_steps=1, lock_text=True)
 
@@ -75,7 +75,7 @@ def test_train_small_with_locked_text(demo_root: Path, tmp_path: Path) -> None:
     assert item["id"] == "sm-model" and validate_catalog(res.item_path).objects == 1
     # the item says what the run started from
     assert item["properties"]["mlm:pretrained"] is True
-    assert "marscope_stac.parts" in item["properties"]["mlm:pretrained_source"]
+    assert "marscope_stac.models.parts" in item["properties"]["mlm:pretrained_source"]
     cm = load_model(f"local-dir:{out / 'model'}", device="cpu")
     assert cm.arch == "marscope-small" and cm.mean == IMAGENET_MEAN
     after = cm.model.text.transformer.state_dict()

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from marscope_stac.cli import cli
-from marscope_stac.pipeline import run_demo
+from marscope_stac.cli.main import cli
+from marscope_stac.datasets.demo.pipeline import run_demo
 
 
 def test_run_demo_whole_chain(tmp_path: Path) -> None:

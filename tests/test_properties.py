@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marscope_stac.bodies import normalize_lon
-from marscope_stac.grid import EqualAreaGrid, LonLatGrid
+from marscope_stac.core.bodies import normalize_lon
+from marscope_stac.grid.grids import EqualAreaGrid, LonLatGrid
 
 LON = st.floats(-179.999, 179.999, allow_nan=False)
 LAT = st.floats(-89.999, 89.999, allow_nan=False)
@@ -53,7 +53,7 @@ def test_equal_area_tile_positions_match_proj_aeqd() -> None:
     from pyproj.crs import ProjectedCRS
     from pyproj.crs.coordinate_operation import AzimuthalEquidistantConversion
 
-    from marscope_stac.grid import parse_grid
+    from marscope_stac.grid.grids import parse_grid
 
     grid = parse_grid("equal-area:20km")
     points = np.array([0.0, 3.5, 16.0, 31.99])

@@ -20,13 +20,13 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from marscope_stac.cli import cli
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine
-from marscope_stac.evaluate import evaluate_product
-from marscope_stac.models import load_model
-from marscope_stac.query import QuerySpec
-from marscope_stac.validation import (
+from marscope_stac.cli.main import cli
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.eval.evaluate import evaluate_product
+from marscope_stac.models.clip import load_model
+from marscope_stac.query.scoring import QuerySpec
+from marscope_stac.stac.validation import (
     InvalidCatalogError,
     validate_catalog,
     write_offline_schemas,
@@ -231,7 +231,7 @@ def test_validate_checks_an_in_place_catalog_within_its_data_folder(tmp_path: Pa
     from _rasters import pattern, write_geotiff
     from affine import Affine
 
-    from marscope_stac.folder_catalog import build_folder_catalog
+    from marscope_stac.stac.folder import build_folder_catalog
 
     folder = tmp_path / "ctx"
     transform = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
@@ -322,8 +322,8 @@ def test_validate_reports_malformed_objects_instead_of_failing(tmp_path: Path) -
 
 
 def test_collection_extents_only_grow(tmp_path: Path) -> None:
-    from marscope_stac.catalog import OutputCatalog
-    from marscope_stac.stac_out import stac_collection, stac_item
+    from marscope_stac.stac.build import stac_collection, stac_item
+    from marscope_stac.stac.catalog import OutputCatalog
 
     catalog = OutputCatalog(tmp_path / "products")
     coll_path = tmp_path / "products" / "queries" / "collection.json"
@@ -718,10 +718,10 @@ def test_large_tables_are_in_row_groups_a_bbox_read_can_skip(tmp_path: Path) -> 
     import numpy as np
     import pyarrow.parquet as pq
 
-    from marscope_stac.geoparquet import ROW_GROUP_ROWS
-    from marscope_stac.grid import parse_grid
-    from marscope_stac.products import write_scores
-    from marscope_stac.query import ScoredQuery
+    from marscope_stac.grid.grids import parse_grid
+    from marscope_stac.index.geoparquet import ROW_GROUP_ROWS
+    from marscope_stac.products.write import write_scores
+    from marscope_stac.query.scoring import ScoredQuery
 
     grid = parse_grid("lonlat:0.5@80")  # 230,400 cells
     cells = np.arange(grid.n_cells, dtype=np.int64)
@@ -821,7 +821,7 @@ def test_metadata_a_catalog_user_expects(work: Path, tmp_path: Path) -> None:
 
     from pmtiles.reader import MmapSource, Reader
 
-    from marscope_stac.basemap import build_basemap
+    from marscope_stac.products.basemap import build_basemap
 
     shutil.copytree(work, tmp_path / "w")
     products = tmp_path / "w" / "products"
@@ -872,7 +872,7 @@ def test_metadata_a_catalog_user_expects(work: Path, tmp_path: Path) -> None:
 
 
 def test_model_items_name_nothing_local(work: Path) -> None:
-    from marscope_stac.models import model_folder
+    from marscope_stac.models.clip import model_folder
 
     bundled = model_folder("bundled")
     assert bundled is not None
@@ -886,11 +886,11 @@ def test_publishes_of_one_catalog_take_turns(work: Path, tmp_path: Path) -> None
     """A publish waits for another's lock on the catalog, so self links are never split."""
     import time
 
-    from marscope_stac.fsutil import folder_lock
+    from marscope_stac.core.fs import folder_lock
 
     cat = tmp_path / "demo"
     shutil.copytree(work / "catalogs" / "demo", cat)
-    code = "import sys; from marscope_stac.cli import main; main(sys.argv[1:])"
+    code = "import sys; from marscope_stac.cli.main import main; main(sys.argv[1:])"
     url = "https://late.example/demo/"
     with folder_lock(cat):  # as a publish running now holds it
         proc = subprocess.Popen(

@@ -12,13 +12,13 @@ import rasterio
 from pmtiles.reader import MmapSource, Reader, all_tiles
 from rio_cogeo.cogeo import cog_validate
 
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine
-from marscope_stac.errors import ConfigError, OutputError
-from marscope_stac.grid import parse_grid
-from marscope_stac.models import load_model
-from marscope_stac.query import QuerySpec, and_not, near
-from marscope_stac.validation import validate_catalog
+from marscope_stac.core.errors import ConfigError, OutputError
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.models.clip import load_model
+from marscope_stac.query.scoring import QuerySpec, and_not, near
+from marscope_stac.stac.validation import validate_catalog
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_zero_shot_classification(embedded) -> None:  # type: ignore[no-untyped-
 def test_tile_maths_match_planetcantile_mars_tms() -> None:
     from planetcantile import planetary_tms
 
-    from marscope_stac.render import _lat_to_y, _y_to_lat
+    from marscope_stac.products.render import _lat_to_y, _y_to_lat
 
     tms = planetary_tms.get("MarsWebMercatorSphere")
     for z, x, y in [(0, 0, 0), (3, 2, 3), (7, 100, 50), (9, 300, 260)]:
@@ -202,7 +202,7 @@ def test_tile_maths_match_planetcantile_mars_tms() -> None:
 def test_composite_cli(embedded) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
 
-    from marscope_stac.cli import cli
+    from marscope_stac.cli.main import cli
 
     out, res, _ = embedded
     model = res.embedding_set.manifest()["model"]["name"]
@@ -250,7 +250,7 @@ def test_mvt_geometry_encoding() -> None:
     """Command streams follow the MVT spec: cursor per feature, rings closed, holes reversed."""
     from shapely.geometry import box
 
-    from marscope_stac.render import _polygon_geometries
+    from marscope_stac.products.render import _polygon_geometries
 
     def unpack(data: bytes) -> list[int]:
         out, v, shift = [], 0, 0
@@ -286,8 +286,8 @@ def test_mvt_geometry_encoding() -> None:
 
 
 def test_vector_pmtiles_many_polygons(tmp_path: Path) -> None:
-    from marscope_stac.grid import parse_grid
-    from marscope_stac.render import detections, write_vector_pmtiles, zoom_range
+    from marscope_stac.grid.grids import parse_grid
+    from marscope_stac.products.render import detections, write_vector_pmtiles, zoom_range
 
     grid = parse_grid("lonlat:2@80")
     p = np.random.default_rng(0).random(grid.n_cells).astype(np.float32) ** 4
@@ -309,7 +309,7 @@ def test_vector_tiles_decode_with_an_independent_decoder(tmp_path: Path) -> None
     import mapbox_vector_tile
     from shapely.geometry import Polygon, box
 
-    from marscope_stac.render import write_vector_pmtiles
+    from marscope_stac.products.render import write_vector_pmtiles
 
     holed = box(10.0, 10.0, 12.0, 12.0).difference(box(10.5, 10.5, 11.0, 11.0))
     sliver = Polygon([(20.0, 20.0), (21.0, 20.0), (21.0, 20.0000001), (20.0, 20.0000001)])
@@ -354,7 +354,7 @@ def test_raster_tiles_sample_pixel_centres(tmp_path: Path) -> None:
     from affine import Affine
     from PIL import Image
 
-    from marscope_stac.render import _lat_to_y, _y_to_lat, quantize, write_raster_pmtiles
+    from marscope_stac.products.render import _lat_to_y, _y_to_lat, quantize, write_raster_pmtiles
 
     rng = np.random.default_rng(5)
     values = rng.random((30, 50)).astype(np.float32)
@@ -383,7 +383,7 @@ def test_raster_tiles_sample_pixel_centres(tmp_path: Path) -> None:
 def test_raster_zooms_go_two_levels_deeper_within_a_tile_budget() -> None:
     from affine import Affine
 
-    from marscope_stac.render import RASTER_TILE_BUDGET, raster_zoom_range, zoom_range
+    from marscope_stac.products.render import RASTER_TILE_BUDGET, raster_zoom_range, zoom_range
 
     # MarScope's planet grid: two levels beyond its resolution (830 tiles at zoom 5)
     assert raster_zoom_range(Affine(0.2, 0, -180, 0, -0.2, 80), (800, 1800)) == (0, 5)

@@ -24,23 +24,23 @@ from _rasters import write_geotiff
 from affine import Affine
 from click.testing import CliRunner
 
-from marscope_stac.cli import cli
-from marscope_stac.errors import DataError
-from marscope_stac.landform_eval import score_real_queries
-from marscope_stac.models import load_model
-from marscope_stac.pairs import (
-    PairMix,
-    _assign_features,
-    _background,
-    load_cell_pairs,
-    load_pairs,
-)
-from marscope_stac.realdata import (
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import DataError
+from marscope_stac.datasets.real import (
     PACKAGE_FILES,
     build_real_data,
     circles,
     fetch_package_files,
     read_nomenclature,
+)
+from marscope_stac.eval.protocol import score_real_queries
+from marscope_stac.models.clip import load_model
+from marscope_stac.train.pairs import (
+    PairMix,
+    _assign_features,
+    _background,
+    load_cell_pairs,
+    load_pairs,
 )
 
 W, H = 256, 128  # 1.40625 degree per pixel
@@ -150,7 +150,7 @@ def test_nomenclature_is_parsed_on_each_body(packages: Path, tmp_path: Path) -> 
 
 
 def _body(name: str):  # type: ignore[no-untyped-def]
-    from marscope_stac.bodies import get_body
+    from marscope_stac.core.bodies import get_body
 
     return get_body(name)
 

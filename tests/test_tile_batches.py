@@ -14,10 +14,16 @@ import pytest
 from _rasters import pattern, write_geotiff
 from affine import Affine
 
-from marscope_stac.folder_catalog import build_folder_catalog
-from marscope_stac.grid import parse_grid
-from marscope_stac.stac_in import load_sources
-from marscope_stac.tiles import TileBatch, TilePlan, iter_tile_batches, plan_tiles, read_batch
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.stac.folder import build_folder_catalog
+from marscope_stac.stac.read import load_sources
+from marscope_stac.tiles.sampling import (
+    TileBatch,
+    TilePlan,
+    iter_tile_batches,
+    plan_tiles,
+    read_batch,
+)
 
 
 def _same(plan: TilePlan, resampling: str = "bilinear", normalize: str = "auto") -> TileBatch:
@@ -136,7 +142,7 @@ def test_context_tiles_show_the_cell_in_their_middle(mosaic: Path) -> None:
 
 
 def test_context_out_of_range_is_refused(mosaic: Path) -> None:
-    from marscope_stac.errors import ConfigError
+    from marscope_stac.core.errors import ConfigError
 
     sources = load_sources(mosaic)
     with pytest.raises(ConfigError, match="tile context"):

@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from marscope_stac.cli import cli
-from marscope_stac.errors import CatalogError, ConfigError, DataError, ModelError
-from marscope_stac.models import bundled_model_dir, load_model
-from marscope_stac.pairs import PairMix, PairSet, load_catalog_pairs, load_table_pairs
-from marscope_stac.train import TrainConfig, contrastive_loss, train_model
-from marscope_stac.validation import validate_catalog
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import CatalogError, ConfigError, DataError, ModelError
+from marscope_stac.models.clip import bundled_model_dir, load_model
+from marscope_stac.stac.validation import validate_catalog
+from marscope_stac.train.loop import TrainConfig, contrastive_loss, train_model
+from marscope_stac.train.pairs import PairMix, PairSet, load_catalog_pairs, load_table_pairs
 
 TINY = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=8, warmup_steps=1)
 
@@ -89,7 +89,7 @@ def test_train_writes_model_item_and_resumes(
     # an interruption mid-epoch keeps the last checkpoint; the next run picks it up
     from _faults import interrupting
 
-    import marscope_stac.train as train_mod
+    import marscope_stac.train.loop as train_mod
 
     real = train_mod.contrastive_loss
     monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 3))
@@ -107,7 +107,7 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(
     from _faults import interrupting
     from safetensors.torch import load_file
 
-    import marscope_stac.train as train_mod
+    import marscope_stac.train.loop as train_mod
 
     pairs = load_catalog_pairs(demo_root, "train", 60)
     val = load_catalog_pairs(demo_root, "test", 60)
@@ -244,7 +244,7 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
     import torch
     from safetensors.torch import load_file, save_file
 
-    from marscope_stac.train import average_models
+    from marscope_stac.train.loop import average_models
 
     # a second model of the same architecture: every floating-point weight + 1
     other = tmp_path / "other"

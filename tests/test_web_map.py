@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marscope_stac.basemap import build_basemap
-from marscope_stac.embed import embed_catalog
-from marscope_stac.engine import QueryEngine
-from marscope_stac.models import load_model
-from marscope_stac.server import MapServer, write_static_site
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.models.clip import load_model
+from marscope_stac.products.basemap import build_basemap
+from marscope_stac.web.server import MapServer, write_static_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -102,8 +102,8 @@ def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
     item = json.loads(_get(server.url + product["item"])[2])
     assert item["id"] == product["id"] and item["properties"]["marscope:threshold"] == 0.3
     # the same files and id as `marscope query "dune fields" --threshold 0.3` publishes
-    from marscope_stac.products import query_id
-    from marscope_stac.query import QuerySpec
+    from marscope_stac.products.write import query_id
+    from marscope_stac.query.scoring import QuerySpec
 
     engine = server.state.engine
     assert engine is not None
@@ -233,7 +233,7 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
 
 
 def test_a_static_site_browses_published_products(server: MapServer, tmp_path: Path) -> None:
-    from marscope_stac.query import QuerySpec
+    from marscope_stac.query.scoring import QuerySpec
 
     engine = server.state.engine
     assert engine is not None
@@ -247,13 +247,13 @@ def test_a_static_site_browses_published_products(server: MapServer, tmp_path: P
     assert 'data-static="1"' in (site / "index.html").read_text()
     assert config["sources"] and all((site / s["url"]).is_file() for s in config["sources"])
     # the copy is a valid catalog: its lineage links reach the input catalog copied beside it
-    from marscope_stac.validation import validate_catalog
+    from marscope_stac.stac.validation import validate_catalog
 
     assert not validate_catalog(site / "products").problems
 
 
 def test_a_port_in_use_is_one_line(server: MapServer) -> None:
-    from marscope_stac.errors import ConfigError
+    from marscope_stac.core.errors import ConfigError
 
     port = server.httpd.server_address[1]
     with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use; pass --port"):

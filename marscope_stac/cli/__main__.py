@@ -1,0 +1,9 @@
+"""``python -m marscope_stac.cli``: the ``marscope`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from marscope_stac.cli.main import main
+
+main(sys.argv[1:])

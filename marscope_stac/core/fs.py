@@ -1,0 +1,564 @@
+"""Atomic file and folder writes, checksums.
+
+Outputs are first written next to their destination and then renamed into place, so an
+interrupted run never leaves a half-written file or catalog behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from marscope_stac.core.errors import DataError, MarscopeError, OutputError
+
+__all__ = [
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_apart",
+    "check_output_file",
+    "check_output_folder",
+    "clone_file",
+    "copy_file",
+    "file_multihash",
+    "folder_lock",
+    "is_project_folder",
+    "json_text",
+    "read_regular",
+    "safe_resolve",
+    "source_folder",
+    "staged_directory",
+    "sweep_stale",
+    "temp_dir",
+    "temp_file",
+    "text_vector_checksum",
+]
+
+
+def file_multihash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Return the sha2-256 multihash of a file in hex (``"1220"`` + sha256): ``file:checksum``."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return "1220" + digest.hexdigest()
+
+
+def text_vector_checksum(model_key: str, text: str, templates: list[str], vector: bytes) -> str:
+    """Multihash of a cached text vector: its model, text, templates and float32 LE bytes.
+
+    Written with every entry of an embedding set's text-vector cache and verified on every
+    read (the query engine) and by ``marscope validate``.
+    """
+    digest = hashlib.sha256(json.dumps([model_key, text, list(templates)]).encode())
+    digest.update(vector)
+    return "1220" + digest.hexdigest()
+
+
+MAX_DOCUMENT_BYTES = 256 << 20
+"""Largest JSON document the project reads (a STAC object, a manifest, a model config)."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """The bytes of a regular file, refusing what would hang or flood a reader.
+
+    A FIFO, socket, device or folder is refused before it is opened (opening a FIFO blocks
+    until a writer comes), and so is a file larger than ``limit`` bytes.
+
+    Raises:
+        DataError: naming the path and what it is.
+        OSError: if it cannot be read (missing, permissions, a symlink loop).
+    """
+    p = Path(path)
+    mode = p.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{p} is {_kind(mode)}, not a file; give a regular file")
+    size = p.stat().st_size
+    if size > limit:
+        raise DataError(f"{p} is {size:,} bytes, more than {limit:,}; is it the right file?")
+    return p.read_bytes()
+
+
+def safe_resolve(path: str | os.PathLike[str]) -> Path:
+    """``Path.resolve`` that never raises: a symlink loop gives the absolute path as is."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(path).absolute()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block succeeds.
+
+    For writers that want a file name (GDAL, pyarrow): the block writes the yielded path;
+    on an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    # absolute: a relative name such as ``x:/y`` is read as a URI by GDAL and pyarrow
+    target = check_output_file(path).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(target, "" if suffix == ".tmp" else suffix)
+    try:
+        yield tmp
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    with atomic_output(path) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def json_text(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON (RFC 8259) of ``obj``: a non-finite number (NaN, infinity) is written null."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> None:
+    """Write ``obj`` as strict JSON (:func:`json_text`) to ``path`` atomically."""
+    atomic_write_text(path, json_text(obj, indent))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Put a copy of ``src`` at ``dst`` atomically: a reflink where the file system offers one.
+
+    Never a hard link: a hard link is the same file, so a later in-place write to either
+    (another tool, an editor) would change both, e.g. a product's weights and the installed
+    model's. Nothing is done when ``dst`` already holds the same bytes (size and checksum).
+    """
+    source, target = Path(src), check_output_file(dst)
+    same_size = target.is_file() and target.stat().st_size == source.stat().st_size
+    if same_size and not target.samefile(source) and _same_bytes(source, target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(target, "tmp")
+    try:
+        clone_file(source, tmp)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return target
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return file_multihash(a) == file_multihash(b)
+
+
+_FICLONE = 0x40049409
+"""Linux ``ioctl`` that makes ``dst`` share ``src``'s blocks copy-on-write (btrfs, XFS)."""
+
+
+def clone_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy ``src`` to a new file ``dst``: a copy-on-write reflink where possible, else bytes.
+
+    Either way ``dst`` is an independent file (unlike a hard link): writing one never
+    changes the other.
+    """
+    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:  # no reflinks here (ext4, tmpfs, another file system)
+            pass
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output file path that exists and is not a regular file.
+
+    A write-then-rename would replace whatever is at ``path``: a device node, a FIFO, a
+    socket or a folder is never a file the project owns, so it is refused before anything
+    is opened (a FIFO is not opened at all: opening one would block).
+
+    Raises:
+        OutputError: naming the path, what it is and the fix.
+    """
+    target = Path(path)
+    if str(path) == "":
+        raise OutputError("an output path is empty; give a file name")
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:  # a symlink loop, a name too long, a parent that is a file
+        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+    if not stat.S_ISREG(mode):
+        raise OutputError(
+            f"{target} exists and is {_kind(mode)}, not a file this program wrote; "
+            "choose another output path"
+        )
+    return target
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+_PROJECT_FILES = ("catalog.json", "collection.json")
+_MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+
+
+def is_project_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
+
+    ``--overwrite`` replaces only such folders: a STAC root (``catalog.json`` or
+    ``collection.json``) or a STAC item file at its top, or an open_clip model folder.
+    A user's folder of other files is never one.
+    """
+    root = Path(folder)
+    if all((root / name).is_file() for name in _MODEL_FILES):
+        return True
+    try:
+        tops = sorted(p for p in root.iterdir() if p.suffix == ".json" and p.is_file())
+    except OSError:
+        return False
+    named = [root / n for n in _PROJECT_FILES if (root / n).is_file()]
+    return any(_is_stac_file(p) for p in (named or tops[:64]))
+
+
+def _is_stac_file(path: Path) -> bool:
+    try:
+        if path.stat().st_size > 16 << 20:
+            return False
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return b'"stac_version"' in head and b'"type"' in head
+
+
+def source_folder(source: str | os.PathLike[str]) -> Path | None:
+    """The local folder a catalog source names (its folder, or ``FOLDER/stac``), or None.
+
+    None for URLs and paths that do not exist.
+    """
+    text = str(source)
+    if "://" in text or not Path(text).exists():
+        return None
+    folder = safe_resolve(text)
+    folder = folder.parent if folder.is_file() else folder
+    if (folder / "stac" / "catalog.json").is_file() and not (folder / "catalog.json").is_file():
+        folder = folder / "stac"  # a GeoTIFF folder with its in-place catalog
+    return folder
+
+
+def check_apart(
+    out: str | os.PathLike[str],
+    inputs: dict[str, str | os.PathLike[str]],
+    option: str = "--out",
+) -> None:
+    """Refuse an output folder that is, holds or lies inside one of the local ``inputs``.
+
+    ``inputs`` maps a description for the message (``"the input catalog X"``) to a local
+    path (a folder, or a file whose folder counts); URLs and missing paths are ignored.
+
+    Raises:
+        OutputError: naming the overlap and the fix.
+    """
+    target = safe_resolve(out)
+    for what, src in inputs.items():
+        text = str(src)
+        if "://" in text or not Path(text).exists():
+            continue
+        folder = safe_resolve(text)
+        folder = folder.parent if folder.is_file() else folder
+        if target == folder or folder in target.parents or target in folder.parents:
+            raise OutputError(
+                f"{option} {out} overlaps {what}; outputs never go into an input or replace "
+                "it: choose a folder beside it"
+            )
+
+
+def _check_parent_writable(out: Path) -> Path:
+    parent = safe_resolve(out).parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write to {out}: {probe} is not a writable folder; choose another --out"
+        )
+    return parent
+
+
+def _temp_path(target: Path, kind: str, suffix: str = "") -> Path:
+    """A hidden name beside ``target`` that records this process (see :func:`sweep_stale`)."""
+    name = f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}{suffix}"
+    return target.with_name(name)
+
+
+_STALE = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<kind>tmp|staging|old)(\.\w+)?$"
+)
+_LEGACY = re.compile(r"^\.(.+-(staging|old)-[a-z0-9_]{8}|.+\.[a-z0-9_]{8}\.tmp)$")
+LEGACY_AGE_S = 3600.0
+"""Temporary files of earlier versions (no process id in the name) are removed after this."""
+
+
+def temp_file(target: str | os.PathLike[str], suffix: str = "") -> Path:
+    """Create an empty temporary file beside ``target`` (mode 0600), named for this process.
+
+    The caller renames it onto ``target`` or removes it; if the process dies first, the next
+    :func:`sweep_stale` of the folder removes it.
+    """
+    tmp = _temp_path(Path(target).absolute(), "tmp", suffix)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return tmp
+
+
+def temp_dir(target: str | os.PathLike[str]) -> Path:
+    """Create an empty temporary folder beside ``target``, named for this process.
+
+    The caller removes it; if the process dies first, the next :func:`sweep_stale` of the
+    parent folder removes it.
+    """
+    tmp = _temp_path(Path(target), "staging")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(mode=0o700)
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = "") -> int:
+    """Remove temporary files and folders that dead processes left in ``folder``.
+
+    Only hidden names this module makes (``.<name>.<pid>.<hex>.tmp|staging|old``) whose
+    process is gone are removed, and those of earlier versions once older than
+    :data:`LEGACY_AGE_S`; ``depth`` > 0 also sweeps the sub-folders, that many levels down.
+    With ``prefix``, only names that start with it are considered (a folder the user owns,
+    such as the parent of an output, is swept only for that output's leftovers). Returns how
+    many entries were removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        if prefix and not entry.name.startswith(prefix):
+            continue
+        m = _STALE.match(entry.name)
+        stale = m is not None and not _alive(int(m["pid"]))
+        if m is None and _LEGACY.match(entry.name):
+            with contextlib.suppress(OSError):
+                stale = now - entry.lstat().st_mtime > LEGACY_AGE_S
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed += 1
+        elif depth > 0 and entry.is_dir() and not entry.name.startswith("."):
+            removed += sweep_stale(entry, depth - 1)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    libc = _libc()
+    if libc is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return libc
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock on a folder itself (no lock file is left in it): writers take turns."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _swap_lock(target: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock for replacing ``target``, on its parent folder."""
+    return folder_lock(target.parent)
+
+
+@contextlib.contextmanager
+def staged_directory(
+    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False
+) -> Iterator[Path]:
+    """Build a folder in a staging area beside ``out`` and move it into place on success.
+
+    Yields the staging folder. When the block finishes without an exception, ``out`` is
+    replaced by it (an existing ``out`` is only replaced with ``overwrite=True``): in one
+    atomic exchange where the system offers it, so ``out`` is never missing, and under a lock
+    so concurrent writers of the same ``out`` take turns (the last one wins). When the block
+    raises, the staging folder is removed and ``out`` is left as it was. What a killed
+    process leaves behind is removed by the next run (:func:`sweep_stale`).
+
+    ``overwrite`` replaces only a folder the project wrote (:func:`is_project_folder`),
+    never a user's folder of other files; ``owned`` says ``out`` lies inside an output
+    catalog the caller has checked, whose sub-folders are all the project's.
+
+    Raises:
+        OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or it
+            is not a folder this project wrote, or its parent folder cannot be written.
+    """
+    # absolute: a relative name such as ``x:/y`` is read as a URI by GDAL and pyarrow
+    target = check_output_folder(out, overwrite, owned=owned).absolute()
+    parent = _check_parent_writable(target)
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers
+    stage = _temp_path(target, "staging")
+    stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
+    try:
+        yield stage
+    except MarscopeError as exc:  # name the output, not its staging folder
+        shutil.rmtree(stage, ignore_errors=True)
+        text = str(exc)
+        if str(stage) not in text:
+            raise
+        try:
+            renamed = type(exc)(text.replace(str(stage), str(target)))
+        except TypeError:  # an error type with another constructor
+            raise exc from None
+        raise renamed from exc
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    with _swap_lock(target):
+        _replace(stage, target)
+
+
+def check_output_folder(
+    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False
+) -> Path:
+    """Refuse an output folder :func:`staged_directory` would refuse, before any work.
+
+    Raises:
+        OutputError: see :func:`staged_directory`.
+    """
+    target = Path(out)
+    if str(out) == "":
+        raise OutputError("the output folder is empty; give a folder name")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise OutputError(
+            f"{target} exists and is not a folder this program wrote; choose another output path"
+        )
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise OutputError(
+                f"{target} exists and is not empty; pass --overwrite to replace it "
+                "or choose another path"
+            )
+        if not owned and not is_project_folder(target):
+            raise OutputError(
+                f"{target} is not a catalog or model folder this program wrote, so --overwrite "
+                "will not replace it; choose another path (or remove it yourself)"
+            )
+    _check_parent_writable(target)
+    return target
+
+
+def _replace(stage: Path, target: Path) -> None:
+    """Put ``stage`` at ``target``; what was there is deleted."""
+    if target.exists() and _exchange(stage, target):
+        shutil.rmtree(stage, ignore_errors=True)  # now the old content
+        return
+    old: Path | None = None
+    if target.exists():
+        old = _temp_path(target, "old")
+        target.rename(old)
+    try:
+        stage.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

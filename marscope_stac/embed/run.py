@@ -1,0 +1,649 @@
+"""Embed a catalog: every grid cell covered by the imagery, on one machine or a Dask cluster.
+
+:func:`embed_catalog` plans the cells, runs Dask tasks that each read the windows of a batch
+of cells and embed them with the model (loaded once per worker process and reused), and
+writes an embedding set under ``<out>/embeddings/<set id>/``:
+
+``shards/<n>.parquet``
+    GeoParquet shards, one per block of :data:`SHARD_CELLS` consecutive cell indexes. A shard
+    is written, atomically, once all its cells are embedded; a killed run resumes with the
+    shards not yet written, and a re-run with new imagery re-embeds only cells whose sources
+    changed.
+``embeddings.parquet`` and ``index.faiss``
+    All rows in cell order, and an exact FAISS inner-product index with the same row order.
+``manifest.json``
+    Model, grid, tile size, preprocessing, shard checksums and the cells that failed.
+
+The set is published as a STAC Item (embeddings extension) in the output catalog; see
+:mod:`marscope_stac.stac.publish`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from marscope_stac.core.errors import (
+    ConfigError,
+    ModelError,
+    OutputError,
+    SkippedInputWarning,
+    check_range,
+    release_held_warnings,
+)
+from marscope_stac.core.fs import (
+    atomic_write_json,
+    check_apart,
+    file_multihash,
+    source_folder,
+    sweep_stale,
+)
+from marscope_stac.grid.grids import Grid, parse_grid
+from marscope_stac.index.store import (
+    EmbeddingSet,
+    EmbeddingSetWriter,
+    EmbeddingTable,
+    build_faiss_index,
+    read_embeddings,
+    write_embeddings,
+)
+from marscope_stac.models.clip import ClipModel, load_model, same_record
+from marscope_stac.stac.catalog import OutputCatalog
+from marscope_stac.stac.read import SourceSet, load_sources
+from marscope_stac.tiles.sampling import (
+    TileBatch,
+    TilePlan,
+    plan_tiles,
+    read_batch,
+    read_in_processes,
+)
+
+__all__ = ["SHARD_CELLS", "EmbedResult", "embed_catalog"]
+
+
+log = logging.getLogger(__name__)
+
+SHARD_CELLS = 4096
+"""Cells per shard: a block of consecutive cell indexes (whole grid rows, mostly)."""
+
+_MODELS: dict[tuple[str, str | None, str], ClipModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
+    """The model, loaded once per process (Dask workers keep it between tasks)."""
+    key = (name, pretrained, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(name, pretrained, device=device)
+        return _MODELS[key]
+
+
+def embed_task(
+    plan: TilePlan, model: str, pretrained: str | None, device: str, min_valid: float
+) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+    """One Dask task: read the batch's tiles, embed those with enough valid pixels."""
+    return embed_batch(_model(model, pretrained, device), read_batch(plan), min_valid)
+
+
+def embed_batch(
+    cm: ClipModel, batch: TileBatch, min_valid: float
+) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+    """Embed the tiles of a read batch that have at least ``min_valid`` of valid pixels."""
+    keep = batch.valid >= min_valid
+    emb = (
+        cm.encode_images(batch.pixels[keep])
+        if keep.any()
+        else np.zeros((0, cm.embed_dim), np.float32)
+    )
+    table = EmbeddingTable(
+        batch.cells[keep], emb, batch.valid[keep], [batch.sources[i] for i in np.flatnonzero(keep)]
+    )
+    return table, batch.errors
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed_catalog` did."""
+
+    embedding_set: EmbeddingSet
+    cells: int
+    embedded_now: int
+    reused: int
+    skipped_sources: int
+    failed_cells: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    item_path: Path | None = None
+
+    def summary(self) -> str:
+        """Lines for people."""
+        rate = self.embedded_now / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"embedding set {self.embedding_set.root}: {self.cells} cells "
+            f"({self.embedded_now} embedded now at {rate:.0f} cells/s, {self.reused} reused)",
+            f"  GeoParquet: {self.embedding_set.parquet}",
+            f"  FAISS index: {self.embedding_set.index}",
+        ]
+        if self.item_path is not None:
+            lines.append(f"  STAC item: {self.item_path}")
+        if self.failed_cells:
+            lines.append(f"  {len(self.failed_cells)} cells failed (see manifest.json)")
+        if self.skipped_sources:
+            lines.append(f"  {self.skipped_sources} source items skipped (see warnings)")
+        return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def set_id(model: ClipModel, grid: Grid, tile_px: int) -> str:
+    """Id of the embedding set of a model, grid and tile size."""
+    return _slug(f"emb-{model.slug}-{grid.spec}-{tile_px}px")
+
+
+def _check_compatible(manifest: dict[str, Any], expect: dict[str, Any], root: Path) -> None:
+    for key in ("model", "grid", "tile_px", "preprocessing"):
+        if key == "model" and key in manifest and same_record(manifest[key], expect[key]):
+            continue
+        if key in manifest and manifest[key] != expect[key]:
+            raise OutputError(
+                f"embedding set {root} was made with a different {key} "
+                f"({manifest[key]!r} vs {expect[key]!r}); use another --out or delete it"
+            )
+
+
+def _client(scheduler_address: str | None) -> Any:
+    address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        return None
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address}: {exc}; check the address"
+        ) from exc
+    except (ValueError, TypeError) as exc:  # not an address at all
+        raise ConfigError(
+            f"the scheduler address {address!r} (--scheduler-address or "
+            f"DASK_SCHEDULER_ADDRESS) is not a Dask scheduler address ({exc}); give one like "
+            "tcp://host:8786"
+        ) from None
+    except Exception as exc:  # the client's many other ways of not connecting
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: "
+            f"{str(exc)[:120]}); check --scheduler-address or DASK_SCHEDULER_ADDRESS"
+        ) from None
+
+
+def _run_local(
+    tasks: list[TilePlan], args: tuple[Any, ...], workers: int
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    """Run tasks on local threads, a few in flight, yielding (task number, result)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: dict[Any, int] = {}
+        it = iter(enumerate(tasks))
+        for _ in range(workers * 2):
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                k = pending.pop(fut)
+                yield k, fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
+
+
+def _run_processes(
+    tasks: list[TilePlan], args: tuple[Any, ...], processes: int
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    """Read tiles in worker processes, embed them here (one model, e.g. on the GPU)."""
+    model, pretrained, device, min_valid = args
+    cm = _model(model, pretrained, device)
+    for k, batch in enumerate(read_in_processes(tasks, processes)):
+        yield k, embed_batch(cm, batch, min_valid)
+
+
+def _run_cluster(
+    client: Any, tasks: list[TilePlan], args: tuple[Any, ...]
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    from distributed import as_completed
+
+    futures = {
+        client.submit(embed_task, t, *args, pure=False, retries=2): k for k, t in enumerate(tasks)
+    }
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+def embed_catalog(
+    source: str | Path,
+    out: str | Path = "products",
+    model: str = "bundled",
+    pretrained: str | None = None,
+    grid: str = "lonlat:0.02",
+    tile_px: int | None = None,
+    bbox: Sequence[float] | None = None,
+    asset: str | None = None,
+    collections: Sequence[str] | None = None,
+    batch_size: int = 128,
+    min_valid: float = 0.5,
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    publish: bool = True,
+    read_processes: int | None = None,
+) -> EmbedResult:
+    """Embed every grid cell of a STAC source and write (or update) an embedding set.
+
+    Args:
+        source: STAC catalog / collection / item, STAC API URL, or GeoTIFF folder with a
+            ``stac/`` catalog.
+        out: Output catalog folder; the set goes to ``out/embeddings/<set id>``.
+        model: Model name (see :func:`~marscope_stac.models.clip.load_model`).
+        pretrained: Weights for an architecture name.
+        grid: Grid specification.
+        tile_px: Tile size (the model's input size by default). A model trained on tiles
+            with context (``ClipModel.tile_context``) gets tiles that show its margin too.
+        bbox: Only cells in this lon/lat box.
+        asset: Data asset key.
+        collections: Only these collections.
+        batch_size: Cells per Dask task.
+        min_valid: Cells with less valid data are not embedded.
+        workers: Local worker threads (default 1: torch already uses every core).
+        scheduler_address: Dask scheduler (else ``DASK_SCHEDULER_ADDRESS``, else local).
+        device: Torch device for the model.
+        progress: Show a progress bar.
+        publish: Publish the set as a STAC Item in ``out``.
+        read_processes: Read tiles in N worker processes, embed here (a GPU); local only.
+
+    Raises:
+        OutputError: if ``out`` holds a set of the same id made with other settings.
+    """
+    t_start = time.perf_counter()
+    _check_args(source, Path(out), min_valid, batch_size, tile_px, workers, read_processes)
+    sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
+    cm = _trained_model(model, pretrained, device)
+    sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
+    g = parse_grid(grid, sources.body)
+    px = tile_px or cm.image_size
+    plan = plan_tiles(sources, g, px, bbox=bbox, context=cm.tile_context)
+    es, expect = _open_set(Path(out), cm, g, px, min_valid)
+    run = _Run(es, g, expect, sources, _resume(es, plan))
+    tasks, task_shard = _make_tasks(plan, run.resume.todo, batch_size)
+    t_embed = time.perf_counter()
+    args = (model, pretrained, device, min_valid)
+    run.embed(tasks, task_shard, args, workers, scheduler_address, progress, read_processes)
+    seconds = time.perf_counter() - t_embed
+    rows = run.consolidate(cm)
+    _warn_if_empty(rows, len(plan), bool(run.failed_list), min_valid)
+    result = EmbedResult(
+        es,
+        rows,
+        run.embedded,
+        rows - run.embedded,
+        len(sources.skipped),
+        run.failed_list,
+        seconds or (time.perf_counter() - t_start),
+    )
+    if publish:
+        from marscope_stac.stac.publish import publish_embedding_set
+
+        result.item_path = publish_embedding_set(
+            es, cm, sources, g, px, out, source_href=_source_href(source)
+        )
+    return result
+
+
+def _open_set(
+    out: Path, cm: ClipModel, g: Grid, px: int, min_valid: float
+) -> tuple[EmbeddingSet, dict[str, Any]]:
+    """The set of a model, grid and tile size under ``out``, and what its manifest must say.
+
+    The set's folder is created, or the set already there checked to have been made the
+    same way.
+
+    Raises:
+        OutputError: if the set was made with other settings or cannot be written.
+    """
+    es = EmbeddingSet(out / "embeddings" / set_id(cm, g, px))
+    expect = {
+        "model": cm.describe(),
+        "grid": g.spec,
+        "tile_px": px,
+        "preprocessing": {"normalize": "auto", "resampling": "bilinear", "min_valid": min_valid},
+    }
+    _check_compatible(es.manifest(), expect, es.root)
+    es.root.mkdir(parents=True, exist_ok=True)
+    if not os.access(es.root, os.W_OK):
+        raise OutputError(f"cannot write to {es.root}; choose another --out")
+    return es, expect
+
+
+@dataclass
+class _Resume:
+    """What an embedding set already holds for a plan.
+
+    Attributes:
+        done: Shards that are complete and current (kept as they are).
+        kept: Rows of partly stale shards that stay.
+        todo: Per shard, the plan positions of the cells to embed.
+        failed: Per done shard, cells that failed before (from the manifest).
+        plans: Per shard, the digest of its cells and the rasters planned for each.
+    """
+
+    done: dict[int, EmbeddingTable]
+    kept: dict[int, EmbeddingTable]
+    todo: dict[int, list[int]]
+    failed: dict[str, list[int]]
+    plans: dict[int, str] = field(default_factory=dict)
+
+
+def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[int]:
+    """Plan positions whose cell is missing from ``old`` or was read from other sources."""
+    have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
+    return [
+        k
+        for k in positions
+        if sorted(have.get(int(plan.cells[k]), []))
+        != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
+    ]
+
+
+def _plan_digest(plan: TilePlan, positions: list[int]) -> str:
+    """A digest of cells ``positions`` of the plan and the rasters planned for each, in order."""
+    h = hashlib.sha256()
+    for k in positions:
+        ids = "\t".join(plan.sources[s].item_id for s in plan.cell_sources[k])
+        h.update(f"{int(plan.cells[k])}\t{ids}\n".encode())
+    return h.hexdigest()
+
+
+def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
+    """Which cells are already embedded from the same sources (reused), which are to do.
+
+    A shard whose file is the one the manifest lists, written for the same plan (same cells,
+    same rasters planned for each: the digest in the manifest), is current; only its failed
+    cells are tried again. Otherwise (a plan of part of the shard, e.g. a bbox, or changed
+    imagery) each cell is checked against the rasters its row was read from, and missing
+    cells are embedded again.
+    """
+    want: dict[int, list[int]] = defaultdict(list)
+    for k, cell in enumerate(plan.cells.tolist()):
+        want[cell // SHARD_CELLS].append(k)
+    state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks) for s, ks in want.items()})
+    manifest = es.manifest()
+    planned, failed = manifest.get("plans", {}), manifest.get("failed_cells", {})
+    for path in sorted((es.root / "shards").glob("*.parquet")):
+        shard, old = int(path.stem), read_embeddings(path)
+        key, positions = str(shard), want.get(shard, [])
+        listed = _as_listed(manifest, key, path)  # hashes the file: once per shard
+        if listed and planned.get(key) == state.plans.get(shard):
+            retry = set(failed.get(key, []))
+            stale = [k for k in positions if int(plan.cells[k]) in retry]
+        else:
+            stale = _stale(old, positions, plan)
+            if not set(old.cell_index.tolist()) <= set(plan.cells[positions].tolist()):
+                # rows outside this plan: its digest does not describe the shard
+                state.plans.pop(shard, None)
+                if not stale and listed and planned.get(key):
+                    state.plans[shard] = str(planned[key])  # untouched: as it was
+        if not stale:
+            state.done[shard] = old
+            continue
+        redo = set(plan.cells[stale].tolist())
+        state.kept[shard] = old.take(
+            np.array([c not in redo for c in old.cell_index.tolist()], bool)
+        )
+        state.todo[shard] = stale
+    for shard, positions in want.items():
+        if shard not in state.done and shard not in state.todo:
+            state.todo[shard] = positions
+    state.failed = {k: v for k, v in failed.items() if int(k) in state.done}
+    return state
+
+
+def _as_listed(manifest: dict[str, Any], key: str, path: Path) -> bool:
+    """Whether shard file ``path`` is the one the manifest lists (same checksum)."""
+    listed = manifest.get("shards", {}).get(key, {}).get("checksum")
+    return bool(listed) and listed == file_multihash(path)
+
+
+def _make_tasks(
+    plan: TilePlan, todo: dict[int, list[int]], batch_size: int
+) -> tuple[list[TilePlan], list[int]]:
+    """Tasks (batches of cells within one shard) and the shard of each."""
+    tasks: list[TilePlan] = []
+    task_shard: list[int] = []
+    for shard in sorted(todo):
+        positions = todo[shard]
+        for i in range(0, len(positions), batch_size):
+            sel = positions[i : i + batch_size]
+            tasks.append(plan.take(sel).subset(0, len(sel)))
+            task_shard.append(shard)
+    return tasks, task_shard
+
+
+@dataclass
+class _Run:
+    """One run of :func:`embed_catalog`: shards filled as their tasks finish."""
+
+    es: EmbeddingSet
+    grid: Grid
+    expect: dict[str, Any]
+    sources: SourceSet
+    resume: _Resume
+    failed_list: list[tuple[int, str]] = field(default_factory=list)
+    embedded: int = 0
+
+    @property
+    def failed(self) -> dict[str, list[int]]:
+        """Failed cells per shard (as the manifest records them)."""
+        return self.resume.failed
+
+    def embed(
+        self,
+        tasks: list[TilePlan],
+        task_shard: list[int],
+        args: tuple[Any, ...],
+        workers: int | None,
+        scheduler_address: str | None,
+        progress: bool,
+        read_processes: int | None = None,
+    ) -> None:
+        """Run the tasks (locally or on a cluster); write each shard once it is complete."""
+        remaining: dict[int, int] = defaultdict(int)
+        for s in task_shard:
+            remaining[s] += 1
+        parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
+        for shard, table in self.resume.kept.items():
+            parts[shard].append(table)
+        client = _client(scheduler_address)
+        total = int(sum(len(t) for t in tasks))
+        release_held_warnings()  # the work starts: show what was found while planning
+        bar = tqdm(total=total, desc="embedding cells", unit="cell", disable=not progress)
+        try:
+            if client is not None:
+                runner = _run_cluster(client, tasks, args)
+            elif read_processes:
+                runner = _run_processes(tasks, args, read_processes)
+            else:
+                runner = _run_local(tasks, args, workers or 1)
+            for k, (table, errors) in runner:
+                shard = task_shard[k]
+                parts[shard].append(table)
+                self.failed_list.extend(errors)
+                if errors:
+                    self.failed.setdefault(str(shard), []).extend(int(c) for c, _ in errors)
+                bar.update(len(tasks[k]))
+                self.embedded += len(table)
+                remaining[shard] -= 1
+                if remaining[shard] == 0:
+                    self._finish_shard(shard, EmbeddingTable.concat(parts.pop(shard)).sorted())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+                raise OutputError(
+                    f"cannot write the embedding set in {self.es.root}: {exc.strerror}; free "
+                    "space or fix permissions and run again (finished shards are kept)"
+                ) from exc
+            raise
+        finally:
+            bar.close()
+            if client is not None:
+                client.close()
+
+    def _finish_shard(self, shard: int, table: EmbeddingTable) -> None:
+        write_embeddings(self.es.shard_path(shard), table, self.grid)
+        self.resume.done[shard] = table
+        _write_manifest(self.es, self.expect, self.resume, self.sources)
+
+    def consolidate(self, cm: ClipModel) -> int:
+        """Write the set's GeoParquet, scoring arrays, FAISS index and background; rows."""
+        done = self.resume.done
+        full = EmbeddingTable.concat([done[s] for s in sorted(done)])
+        _write_manifest(self.es, self.expect, self.resume, self.sources)
+        extra = {"set": self.es.root.name}
+        with EmbeddingSetWriter(self.es, self.grid, full.cell_index, cm.embed_dim, extra) as w:
+            w.append(full)
+        build_faiss_index(full.embedding, self.es.index)
+        _write_manifest(self.es, self.expect, self.resume, self.sources, final=True)
+        _write_background(self.es, cm)
+        return len(full)
+
+
+def _trained_model(model: str, pretrained: str | None, device: str) -> ClipModel:
+    """The model to embed with; one without trained weights is refused.
+
+    Raises:
+        ModelError: for an architecture without weights (random in every process).
+    """
+    cm = _model(model, pretrained, device)
+    if cm.pretrained is None and not cm.name.startswith("hf-hub:"):
+        raise ModelError(
+            f"model {cm.name} has no trained weights (an architecture alone gets new random "
+            "weights in every process); give --pretrained TAG_OR_FILE, a local-dir: or "
+            "hf-hub: model, or the bundled one"
+        )
+    return cm
+
+
+def _check_args(
+    source: str | Path,
+    out: Path,
+    min_valid: float,
+    batch_size: int,
+    tile_px: int | None,
+    workers: int | None,
+    read_processes: int | None = None,
+) -> None:
+    """Refuse values :func:`embed_catalog` cannot use, before anything is read or written."""
+    check_range("--read-processes", read_processes, 1, 256, integer=True)
+    check_range("min valid fraction", min_valid, 0.0, 1.0)
+    check_range("--batch-size", batch_size, 1, integer=True)
+    check_range("--tile-px", tile_px, 8, 4096, integer=True)
+    check_range("--workers", workers, 1, integer=True)
+    _check_out_apart(source, out)
+    OutputCatalog(out)  # a products catalog, or a folder that can become one
+
+
+def _warn_if_empty(rows: int, planned: int, failed: bool, min_valid: float) -> None:
+    """Warn when cells were planned but none held enough data to embed."""
+    if rows == 0 and planned and not failed:
+        warnings.warn(
+            f"none of the {planned} planned cells has {min_valid:.0%} valid pixels: the "
+            "rasters hold no data there (all nodata or NaN); the embedding set is empty",
+            SkippedInputWarning,
+            stacklevel=3,
+        )
+
+
+def _check_out_apart(source: str | Path, out: Path) -> None:
+    """Refuse an output folder that is, holds or lies inside a local source catalog.
+
+    Raises:
+        OutputError: naming the overlap and the fix.
+    """
+    folder = source_folder(source)
+    if folder is not None:
+        check_apart(out, {f"the input catalog {source}": folder})
+
+
+def _source_href(source: str | Path) -> str:
+    """The STAC file a local source names (its catalog or collection), or its URL."""
+    src = str(source)
+    if src.startswith(("http://", "https://")):
+        return src
+    p = Path(src)
+    for name in ("catalog.json", "collection.json", "stac/catalog.json"):
+        if p.is_dir() and (p / name).is_file():
+            return str(p / name)
+    return src
+
+
+def _write_manifest(
+    es: EmbeddingSet,
+    expect: dict[str, Any],
+    state: _Resume,
+    sources: SourceSet,
+    final: bool = False,
+) -> None:
+    scoring = es.manifest().get("scoring") if final else None
+    done = state.done
+    manifest = {
+        **expect,
+        "shard_cells": SHARD_CELLS,
+        "shards": {
+            str(s): {"rows": len(t), "checksum": file_multihash(es.shard_path(s))}
+            for s, t in sorted(done.items())
+        },
+        "plans": {str(s): state.plans[s] for s in sorted(done) if s in state.plans},
+        "failed_cells": state.failed,
+        "sources": sorted({a.item_id for a in sources.assets}),
+        "complete": final,
+    }
+    if final:
+        manifest["embeddings"] = {
+            "rows": int(sum(len(t) for t in done.values())),
+            "checksum": file_multihash(es.parquet),
+        }
+        manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
+        manifest["scoring"] = scoring
+    atomic_write_json(es.manifest_path, manifest)
+
+
+def _write_background(es: EmbeddingSet, cm: ClipModel) -> None:
+    """Store the background prompts' term of the probabilities, and their vectors, with the set."""
+    from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+    from marscope_stac.index.background import store_background
+    from marscope_stac.index.store import TextVectorCache
+
+    bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
+    cache = TextVectorCache(es, es.manifest()["model"])
+    for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
+        cache.put(prompt, MARSCOPE_TEMPLATES, vector)
+    store_background(
+        es, bg, float(cm.logit_scale), prompts=BACKGROUND_PROMPTS, templates=MARSCOPE_TEMPLATES
+    )

@@ -1,0 +1,73 @@
+"""The background term of calibrated probabilities, stored once per embedding set.
+
+A cell's probability of showing a query is a softmax of its similarity to the query against
+its similarities to fixed background prompts (plain terrain); the background part,
+``L = log sum_b e^(t s_b)``, is the same for every query, so it is computed once and stored as
+``background.npy`` beside the scoring arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from marscope_stac.index.scan import score_rows
+from marscope_stac.index.store import EmbeddingSet, ScoringArrays, _NpyStream
+
+__all__ = ["background_logsumexp", "store_background", "write_background"]
+
+
+def background_logsumexp(
+    arrays: ScoringArrays, background: NDArray[np.float32], logit_scale: float
+) -> NDArray[np.float32]:
+    """Per-cell ``log sum_b exp(t * s_b)`` over background vectors (exact scores)."""
+    t = np.float32(logit_scale)
+    if not len(background):
+        return np.full(len(arrays), -np.inf, np.float32)
+    logits = t * score_rows(arrays, np.ascontiguousarray(np.asarray(background, np.float32).T))
+    m = logits.max(axis=1)
+    return (m + np.log(np.exp(logits - m[:, None]).sum(axis=1))).astype(np.float32)
+
+
+def write_background(
+    es: EmbeddingSet,
+    logsumexp: NDArray[np.float32],
+    description: dict[str, Any],
+) -> None:
+    """Store the per-cell background term of the calibrated probability (``background.npy``).
+
+    ``description`` (prompts, templates, temperature, model) goes to the manifest beside it.
+    """
+    path = es.root / "background.npy"
+    stream = _NpyStream(path, np.float32, (len(logsumexp),))
+    try:
+        stream.write(np.asarray(logsumexp, np.float32))
+        info = stream.close()
+    except BaseException:
+        stream.abort()
+        raise
+    manifest = es.manifest()
+    manifest.setdefault("scoring", {}).setdefault("files", {})["background.npy"] = info
+    manifest["scoring"]["background"] = description
+    es.write_manifest(manifest)
+
+
+def store_background(
+    es: EmbeddingSet,
+    vectors: NDArray[np.float32],
+    logit_scale: float,
+    *,
+    prompts: Sequence[str],
+    templates: Sequence[str],
+) -> None:
+    """Compute and store the background term of ``es`` from the prompts' unit ``vectors``."""
+    lse = background_logsumexp(es.scoring_arrays(), vectors, logit_scale)
+    description = {
+        "prompts": list(prompts),
+        "templates": list(templates),
+        "logit_scale": float(logit_scale),
+    }
+    write_background(es, lse, description)

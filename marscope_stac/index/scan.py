@@ -1,0 +1,71 @@
+"""Multi-threaded scans over the rows of an embedding set's scoring arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from marscope_stac.core.threads import worker_count
+from marscope_stac.index.store import ScoringArrays
+
+__all__ = ["f16_table", "scan_rows", "score_rows"]
+
+
+_BLOCK = 2048
+"""Rows per block of a scan: a block's float32 copy stays in the core's cache."""
+
+
+@cache
+def f16_table() -> NDArray[np.float32]:
+    """float32 value of every float16 bit pattern (numpy's own float16 cast is scalar code)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def scan_rows(
+    n: int, block_fn: Callable[[int, int], NDArray[np.float32]], width: int = 0
+) -> NDArray[np.float32]:
+    """Run ``block_fn(start, stop)`` over row blocks on all cores; concatenate the results.
+
+    Results are one value per row, or ``width`` values per row when ``width`` > 0.
+    """
+    out = np.empty((n, width) if width else n, np.float32)
+
+    def work(start: int) -> None:
+        stop = min(start + _BLOCK, n)
+        out[start:stop] = block_fn(start, stop)
+
+    starts = range(0, n, _BLOCK)
+    workers = worker_count()
+    if workers == 1 or n <= _BLOCK * 4:
+        for s in starts:
+            work(s)
+        return out
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:  # one BLAS thread each
+        list(pool.map(work, starts))
+    return out
+
+
+def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
+    block = np.take(f16_table(), np.ascontiguousarray(vectors).view(np.uint16))
+    return np.asarray(block @ q, np.float32)
+
+
+def score_rows(
+    arrays: ScoringArrays, q: NDArray[np.float32], rows: NDArray[np.int64] | None = None
+) -> NDArray[np.float32]:
+    """Exact scores (float32 arithmetic on the float16 vectors) of all rows or of ``rows``.
+
+    ``q`` is one vector, or several as columns (dim, k): then the result is (rows, k), all
+    read in one pass over the vectors.
+    """
+    v = arrays.vectors
+    width = q.shape[1] if q.ndim == 2 else 0
+    if rows is None:
+        return scan_rows(len(v), lambda a, b: _exact_block(v[a:b], q), width)
+    return scan_rows(len(rows), lambda a, b: _exact_block(arrays.vector_rows(rows[a:b]), q), width)

@@ -1,0 +1,822 @@
+"""Embedding store: an embedding set on disk, its GeoParquet, its scoring arrays and FAISS index.
+
+An embedding set is a folder (``<products>/embeddings/<set id>/``) holding one row per grid
+cell, in cell order, in several layouts that agree row for row:
+
+``embeddings.parquet`` (the interoperable asset)
+    GeoParquet: ``cell_id`` (stable string id), ``cell_index`` (int64), ``geometry`` (the cell
+    footprint in the body's lon/lat, WKB, CRS as PROJJSON in the ``geo`` metadata),
+    ``source_items`` (ids of the items the tile was read from), ``valid_fraction`` and
+    ``embedding`` (L2-normalised, a fixed-size list of float16).
+Scoring arrays (the layout queries read; ``.npy`` files, memory-mapped, never copied)
+    ``cells.npy`` (int64 cell indexes), ``vectors.npy`` (float16, rows x dim: the same values
+    as the GeoParquet), ``vectors-int8.npy`` with ``vectors-scale.npy`` (int8 copies with one
+    float32 scale per row, for a fast first pass over large sets) and, once a model has
+    described its background, ``background.npy`` (per-cell log-sum-exp of the background
+    prompts' logits, the query-independent half of the calibrated probability).
+``index.faiss``
+    An exact FAISS inner-product index (``IndexFlatIP``) with the same rows.
+``manifest.json``
+    Model, grid, tile size, shards, and the rows, width, sizes and checksums of the files.
+
+Everything here works on arrays and cell indexes; nothing knows about models, prompts or STAC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from numpy.typing import NDArray
+
+from marscope_stac.core.errors import DataError, DataWarning, OutputError
+from marscope_stac.core.fs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    temp_file,
+    text_vector_checksum,
+)
+from marscope_stac.grid.grids import Grid
+from marscope_stac.index.geoparquet import ROW_GROUP_ROWS, Covering, geo_metadata
+
+__all__ = [
+    "SCORING_FILES",
+    "EmbeddingSet",
+    "EmbeddingSetWriter",
+    "EmbeddingTable",
+    "RowFile",
+    "ScoringArrays",
+    "TextVectorCache",
+    "build_faiss_index",
+    "iter_embeddings",
+    "quantize_int8",
+    "read_embeddings",
+    "read_faiss_index",
+    "write_embeddings",
+    "write_scoring_arrays",
+]
+
+log = logging.getLogger(__name__)
+
+SCORING_FILES = ("cells.npy", "vectors.npy", "vectors-int8.npy", "vectors-scale.npy")
+"""The scoring arrays every complete set holds (``background.npy`` comes with a model)."""
+
+ROW_GROUP = 65536
+"""Rows per block when a large table is processed piece by piece (GeoParquet row groups are
+smaller, :data:`~marscope_stac.index.geoparquet.ROW_GROUP_ROWS`, for bbox filtering)."""
+
+
+@dataclass
+class EmbeddingTable:
+    """Embeddings of a set of cells, in memory."""
+
+    cell_index: NDArray[np.int64]
+    embedding: NDArray[np.floating[Any]]
+    valid_fraction: NDArray[np.float32]
+    source_items: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.cell_index)
+
+    @staticmethod
+    def concat(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:
+        """Concatenate tables in order (an empty result keeps the embedding width)."""
+        tabs = [t for t in tables if len(t)]
+        if not tabs:
+            dim = max((t.embedding.shape[1] for t in tables if t.embedding.ndim == 2), default=0)
+            return EmbeddingTable(
+                np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.zeros(0, np.float32), []
+            )
+        if len(tabs) == 1:
+            return tabs[0]
+        return EmbeddingTable(
+            np.concatenate([t.cell_index for t in tabs]),
+            np.concatenate([t.embedding for t in tabs]),
+            np.concatenate([t.valid_fraction for t in tabs]),
+            [s for t in tabs for s in t.source_items],
+        )
+
+    def take(self, rows: NDArray[np.int64] | NDArray[np.bool_]) -> EmbeddingTable:
+        """The given rows (indexes or a mask), in that order."""
+        idx = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
+        return EmbeddingTable(
+            self.cell_index[idx],
+            self.embedding[idx],
+            self.valid_fraction[idx],
+            [self.source_items[i] for i in idx.tolist()],
+        )
+
+    def sorted(self) -> EmbeddingTable:
+        """Rows sorted by cell index (a cell appearing twice keeps its last row)."""
+        rev = self.cell_index[::-1]
+        _, first_in_rev = np.unique(rev, return_index=True)
+        keep = np.sort(len(rev) - 1 - first_in_rev)
+        return self.take(keep[np.argsort(self.cell_index[keep], kind="stable")])
+
+
+def quantize_int8(
+    vectors: NDArray[np.floating[Any]],
+) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """Int8 copies of rows with one scale per row: ``row ~= scale * int8_row``.
+
+    The scale maps each row's largest magnitude to 127, so a row's rounding error is at most
+    half its scale in every component.
+    """
+    x = np.asarray(vectors, np.float32)
+    peak = np.abs(x).max(axis=1) if x.size else np.zeros(len(x), np.float32)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+# ----------------------------------------------------------------------------- GeoParquet
+
+
+def _bbox_of(grid: Grid, cells: NDArray[np.int64]) -> list[float]:
+    if not len(cells):
+        return [0.0, 0.0, 0.0, 0.0]
+    b = grid.bounds(cells)
+    return [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
+
+
+def _arrow_rows(table: EmbeddingTable, grid: Grid) -> pa.Table:
+    n = len(table)
+    dim = table.embedding.shape[1] if table.embedding.ndim == 2 else 0
+    if dim < 1:
+        raise DataError("cannot store embeddings of unknown width (empty table)")
+    bounds = grid.bounds(table.cell_index) if n else np.zeros((0, 4))
+    wkb = shapely.to_wkb(shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3]))
+    emb16 = np.ascontiguousarray(table.embedding, dtype=np.float16).reshape(-1)
+    return pa.table(
+        {
+            "cell_id": pa.array(grid.cell_ids(table.cell_index) if n else [], pa.string()),
+            "cell_index": pa.array(table.cell_index, pa.int64()),
+            "geometry": pa.array(list(wkb), pa.binary()),
+            "bbox": Covering.of(bounds).column,
+            "source_items": pa.array(table.source_items, pa.list_(pa.string())),
+            "valid_fraction": pa.array(table.valid_fraction, pa.float32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb16, type=pa.float16()), dim),
+        }
+    )
+
+
+def _schema_metadata(
+    grid: Grid, bbox: Sequence[float], extra: dict[str, str] | None
+) -> dict[bytes, bytes]:
+    return {
+        b"geo": json.dumps(geo_metadata(grid.body.crs, ["Polygon"], bbox)).encode(),
+        b"marscope": json.dumps({"grid": grid.spec, **(extra or {})}).encode(),
+    }
+
+
+def to_arrow(table: EmbeddingTable, grid: Grid, extra: dict[str, str] | None = None) -> pa.Table:
+    """Arrow table with GeoParquet metadata for ``table``'s cells on ``grid``."""
+    arrow = _arrow_rows(table, grid)
+    return arrow.replace_schema_metadata(
+        _schema_metadata(grid, _bbox_of(grid, table.cell_index), extra)
+    )
+
+
+def write_embeddings(
+    path: str | Path,
+    table: EmbeddingTable,
+    grid: Grid,
+    extra: dict[str, str] | None = None,
+    row_group_size: int = ROW_GROUP_ROWS,
+) -> Path:
+    """Write ``table`` as GeoParquet at ``path`` (atomically, zstd-compressed)."""
+    buf = io.BytesIO()
+    pq.write_table(
+        to_arrow(table, grid, extra), buf, compression="zstd", row_group_size=row_group_size
+    )
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def read_embeddings(paths: str | Path | Sequence[str | Path]) -> EmbeddingTable:
+    """Read one or more embedding GeoParquet files, concatenated in the given order.
+
+    Embeddings come back as float16, exactly as stored.
+
+    Raises:
+        DataError: if a file is not an embedding table.
+    """
+    files = [paths] if isinstance(paths, str | Path) else list(paths)
+    tables = []
+    for p in files:
+        try:
+            t = pq.read_table(
+                p, columns=["cell_index", "embedding", "valid_fraction", "source_items"]
+            )
+            col = t.column("embedding").combine_chunks()
+            dim = col.type.list_size
+        except (OSError, pa.ArrowInvalid, KeyError, AttributeError) as exc:
+            raise DataError(f"{p} is not a readable embedding table: {exc}") from exc
+        values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float16, copy=False)
+        tables.append(
+            EmbeddingTable(
+                t.column("cell_index").to_numpy().astype(np.int64),
+                values.reshape(-1, dim) if len(t) else np.zeros((0, dim), np.float16),
+                t.column("valid_fraction").to_numpy().astype(np.float32),
+                t.column("source_items").to_pylist(),
+            )
+        )
+    return EmbeddingTable.concat(tables)
+
+
+# ----------------------------------------------------------------------------- .npy streams
+
+
+class _NpyStream:
+    """An ``.npy`` file written row block by row block, hashed on the way, renamed at the end."""
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.rows = 0
+        self.digest = hashlib.sha256()
+        self.tmp = temp_file(path)
+        self.fh: IO[bytes] = self.tmp.open("wb")
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            head,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": shape,
+            },
+        )
+        self._write(head.getvalue())
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.fh.write(data)
+        self.digest.update(data)
+
+    def write(self, block: NDArray[Any]) -> None:
+        arr = np.ascontiguousarray(block, dtype=self.dtype)
+        if arr.shape[1:] != self.shape[1:]:
+            raise DataError(f"rows of shape {arr.shape[1:]} do not fit {self.path.name}")
+        self.rows += len(arr)
+        self._write(arr.reshape(-1).view(np.uint8).data)
+
+    def finish(self) -> dict[str, Any]:
+        """Flush the temporary file to disk; returns its size and checksum."""
+        if self.rows != self.shape[0]:
+            raise DataError(f"{self.path.name}: {self.rows} rows written, {self.shape[0]} expected")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        self.tmp.chmod(0o644)
+        return {"size": self.tmp.stat().st_size, "checksum": "1220" + self.digest.hexdigest()}
+
+    def commit(self) -> None:
+        """Move the finished file into place."""
+        self.tmp.replace(self.path)
+
+    def close(self) -> dict[str, Any]:
+        """Finish and commit."""
+        info = self.finish()
+        self.commit()
+        return info
+
+    def abort(self) -> None:
+        self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+# ----------------------------------------------------------------------------- embedding sets
+
+
+class RowFile:
+    """Rows of an ``.npy`` matrix read with ``pread`` from the file it was mapped from.
+
+    Touching scattered rows through a mapping would map whole (large) page-cache folios
+    around each of them into the process, so a query could appear to hold most of a file;
+    reading them into a buffer keeps the process to what it needs. The descriptor is the
+    one the mapping was made from, so a set replaced on disk meanwhile is never mixed in.
+    Rows less than :data:`ROW_GAP_BYTES` apart are read in one call.
+    """
+
+    def __init__(self, fd: int, offset: int, shape: tuple[int, ...], dtype: Any, name: str):
+        self.fd, self.offset, self.shape, self.dtype, self.name = fd, offset, shape, dtype, name
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def read(self, rows: NDArray[np.int64]) -> NDArray[Any]:
+        """The given rows (sorted, repeats allowed)."""
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        if not len(rows):
+            return out
+        row_bytes = out.strides[0]
+        gap = max(1, ROW_GAP_BYTES // row_bytes)
+        # spans of rows read in one call each, laid end to end in one buffer
+        starts = np.flatnonzero(np.r_[True, np.diff(rows) > gap])
+        first = rows[starts]
+        span = rows[np.r_[starts[1:], len(rows)] - 1] + 1 - first
+        at = np.r_[0, np.cumsum(span)]
+        where = rows - np.repeat(first - at[:-1], np.diff(np.r_[starts, len(rows)]))
+        direct = len(where) == at[-1] and bool(np.all(where == np.arange(len(where))))
+        buf = out if direct else np.empty((int(at[-1]), *self.shape[1:]), self.dtype)
+        view = memoryview(buf).cast("B")  # type: ignore[arg-type]
+        byte_at = (at * row_bytes).tolist()
+        offsets = (self.offset + first * row_bytes).tolist()
+        for off, a, b in zip(offsets, byte_at[:-1], byte_at[1:], strict=True):
+            if os.preadv(self.fd, [view[a:b]], off) != b - a:
+                raise DataError(f"{self.name} is shorter than its header says; embed again")
+        return out if direct else buf[where]
+
+
+ROW_GAP_BYTES = 8192
+"""Rows closer than this are read together (one system call)."""
+
+
+def _open_npy(path: Path) -> tuple[NDArray[Any], RowFile]:
+    """A read-only mapping of an ``.npy`` file and a row reader on the same open file."""
+    with path.open("rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(fh)
+        if fortran:
+            raise DataError(f"{path} is in Fortran order; embed again")
+        offset = fh.tell()
+        mapped = np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape)
+        rows = RowFile(os.dup(fh.fileno()), offset, shape, dtype, str(path))
+    return mapped, rows
+
+
+@dataclass
+class ScoringArrays:
+    """An embedding set's scoring arrays, memory-mapped (see the module docstring).
+
+    Attributes:
+        cells: Cell index of each row (sorted).
+        vectors: float16 embeddings, rows x dim.
+        int8: int8 copies of the rows.
+        scale: Per-row scale of the int8 copies.
+        background: Per-cell log-sum-exp of the background logits, when written.
+    """
+
+    cells: NDArray[np.int64]
+    vectors: NDArray[np.float16]
+    int8: NDArray[np.int8]
+    scale: NDArray[np.float32]
+    background: NDArray[np.float32] | None
+    vector_file: RowFile | None = None
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def vector_rows(self, rows: NDArray[np.int64]) -> NDArray[np.float16]:
+        """float16 vectors of ``rows`` (sorted), read from the file the arrays were mapped from."""
+        if self.vector_file is None:
+            return np.asarray(self.vectors[rows])
+        return self.vector_file.read(rows)
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return int(self.vectors.shape[1])
+
+    def rows_of(self, cells: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Row of each cell index (-1 where the set has no such cell)."""
+        c = np.asarray(cells, np.int64)
+        pos = np.clip(np.searchsorted(self.cells, c), 0, max(len(self.cells) - 1, 0))
+        found = (len(self.cells) > 0) & (np.asarray(self.cells[pos]) == c)
+        return np.where(found, pos, -1).astype(np.int64)
+
+
+@dataclass
+class EmbeddingSet:
+    """An embedding set on disk (see the module docstring for its files)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        # absolute: pyarrow and GDAL read a relative name such as ``x:/y`` as a URI
+        self.root = Path(self.root).absolute()
+
+    @property
+    def manifest_path(self) -> Path:
+        """``manifest.json``."""
+        return self.root / "manifest.json"
+
+    @property
+    def parquet(self) -> Path:
+        """The consolidated GeoParquet."""
+        return self.root / "embeddings.parquet"
+
+    @property
+    def index(self) -> Path:
+        """The FAISS index."""
+        return self.root / "index.faiss"
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest (empty when there is none yet).
+
+        Raises:
+            DataError: if the manifest is not a JSON object.
+        """
+        if not self.manifest_path.is_file():
+            return {}
+        try:
+            d = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(
+                f"{self.manifest_path} is not valid JSON; delete the set folder and embed again"
+            ) from exc
+        if not isinstance(d, dict):
+            raise DataError(f"{self.manifest_path} is not a manifest; embed again")
+        return d
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Replace the manifest atomically."""
+        atomic_write_json(self.manifest_path, manifest)
+
+    def shard_path(self, shard: int) -> Path:
+        """Path of shard ``shard``."""
+        return self.root / "shards" / f"{shard:06d}.parquet"
+
+    def table(self) -> EmbeddingTable:
+        """All rows (from the consolidated GeoParquet; float16 embeddings)."""
+        return read_embeddings(self.parquet)
+
+    def has_scoring_arrays(self) -> bool:
+        """Whether the manifest lists the scoring arrays and they are on disk."""
+        files = self.manifest().get("scoring", {}).get("files", {})
+        return all(name in files and (self.root / name).is_file() for name in SCORING_FILES)
+
+    def scoring_arrays(self) -> ScoringArrays:
+        """Open the scoring arrays memory-mapped, checked against the manifest.
+
+        Shapes, dtypes and file sizes are compared with the manifest (checksums are checked
+        by ``marscope validate``, which reads every byte).
+
+        Raises:
+            DataError: if an array is missing or does not match the manifest.
+        """
+        scoring = self.manifest().get("scoring", {})
+        files = scoring.get("files", {})
+        rows, dim = scoring.get("rows"), scoring.get("dim")
+        expect = {
+            "cells.npy": (np.int64, (rows,)),
+            "vectors.npy": (np.float16, (rows, dim)),
+            "vectors-int8.npy": (np.int8, (rows, dim)),
+            "vectors-scale.npy": (np.float32, (rows,)),
+            "background.npy": (np.float32, (rows,)),
+        }
+        arrays: dict[str, Any] = {}
+        for name, (dtype, shape) in expect.items():
+            path = self.root / name
+            if name == "background.npy" and name not in files:
+                arrays[name] = None
+                continue
+            try:
+                if files[name]["size"] != path.stat().st_size:
+                    raise DataError(f"{path} has changed since it was written")
+                if name == "vectors.npy":
+                    arr, arrays["rows"] = _open_npy(path)
+                else:
+                    arr = np.load(path, mmap_mode="r")
+            except (KeyError, OSError, ValueError) as exc:
+                raise DataError(
+                    f"{path} is missing or unreadable ({exc}); embed again to rebuild the set"
+                ) from exc
+            if arr.dtype != dtype or arr.shape != shape:
+                raise DataError(
+                    f"{path} holds {arr.dtype} {arr.shape}, the manifest says {np.dtype(dtype)} "
+                    f"{shape}; embed again to rebuild the set"
+                )
+            arrays[name] = arr
+        return ScoringArrays(
+            arrays["cells.npy"],
+            arrays["vectors.npy"],
+            arrays["vectors-int8.npy"],
+            arrays["vectors-scale.npy"],
+            arrays["background.npy"],
+            arrays.get("rows"),
+        )
+
+
+class EmbeddingSetWriter:
+    """Write an embedding set's GeoParquet and scoring arrays block by block, in cell order.
+
+    Nothing is held in memory beyond one block, so sets larger than memory can be written.
+    Files are written under temporary names and renamed when :meth:`close` succeeds; the
+    manifest's ``scoring`` entry is updated last.
+
+    Args:
+        es: The set.
+        grid: Its grid.
+        cells: Cell index of every row that will be appended, in order.
+        dim: Embedding width.
+        extra: Extra key/values for the GeoParquet's ``marscope`` metadata.
+        parquet: Also write ``embeddings.parquet`` (False: only the scoring arrays).
+    """
+
+    def __init__(
+        self,
+        es: EmbeddingSet,
+        grid: Grid,
+        cells: NDArray[np.int64],
+        dim: int,
+        extra: dict[str, str] | None = None,
+        parquet: bool = True,
+    ) -> None:
+        if dim < 1:
+            raise DataError("cannot store embeddings of unknown width (empty table)")
+        rows = len(cells)
+        self.es, self.grid, self.rows, self.dim = es, grid, rows, dim
+        self._cells = np.asarray(cells, np.int64)
+        es.root.mkdir(parents=True, exist_ok=True)
+        self._streams = {
+            "cells.npy": _NpyStream(es.root / "cells.npy", np.int64, (rows,)),
+            "vectors.npy": _NpyStream(es.root / "vectors.npy", np.float16, (rows, dim)),
+            "vectors-int8.npy": _NpyStream(es.root / "vectors-int8.npy", np.int8, (rows, dim)),
+            "vectors-scale.npy": _NpyStream(es.root / "vectors-scale.npy", np.float32, (rows,)),
+        }
+        self._done = 0
+        self._pq: pq.ParquetWriter | None = None
+        self._pq_tmp: Path | None = None
+        self._extra = extra
+        if parquet:
+            self._pq_tmp = temp_file(es.parquet)
+
+    def append(self, table: EmbeddingTable) -> None:
+        """Append the next rows (their cells must be the next ones given at construction).
+
+        Large tables are written block by block, so memory stays a few blocks' worth.
+        """
+        if len(table) > ROW_GROUP:
+            for start in range(0, len(table), ROW_GROUP):
+                stop = min(start + ROW_GROUP, len(table))
+                self.append(
+                    EmbeddingTable(
+                        table.cell_index[start:stop],
+                        table.embedding[start:stop],
+                        table.valid_fraction[start:stop],
+                        table.source_items[start:stop],
+                    )
+                )
+            return
+        if not len(table):
+            return
+        cells = np.asarray(table.cell_index, np.int64)
+        if not np.array_equal(cells, self._cells[self._done : self._done + len(cells)]):
+            raise DataError("embedding rows must be appended in the order of the set's cells")
+        self._done += len(cells)
+        emb16 = np.ascontiguousarray(table.embedding, dtype=np.float16)
+        q, scale = quantize_int8(emb16)
+        for name, block in (
+            ("cells.npy", cells),
+            ("vectors.npy", emb16),
+            ("vectors-int8.npy", q),
+            ("vectors-scale.npy", scale),
+        ):
+            self._streams[name].write(block)
+        if self._pq_tmp is not None:
+            rows = _arrow_rows(
+                EmbeddingTable(cells, emb16, table.valid_fraction, table.source_items), self.grid
+            )
+            if self._pq is None:
+                meta = _schema_metadata(self.grid, self._set_bbox(), self._extra)
+                self._pq = pq.ParquetWriter(
+                    self._pq_tmp, rows.schema.with_metadata(meta), compression="zstd"
+                )
+            for start in range(0, len(rows), ROW_GROUP):
+                self._pq.write_table(rows.slice(start, ROW_GROUP), ROW_GROUP_ROWS)
+
+    def close(self) -> dict[str, Any]:
+        """Finish every file and record them in the manifest; returns the ``scoring`` entry."""
+        try:  # every file complete on disk before any replaces its predecessor
+            files = {name: s.finish() for name, s in self._streams.items()}
+            for stream in self._streams.values():
+                stream.commit()
+            if self._pq_tmp is not None:
+                self._finish_parquet()
+        except OSError as exc:
+            self.abort()
+            raise OutputError(
+                f"cannot write the embedding set in {self.es.root}: {exc.strerror or exc}; "
+                "free space or fix permissions and run again"
+            ) from exc
+        except BaseException:
+            self.abort()
+            raise
+        manifest = self.es.manifest()
+        scoring = {"rows": self.rows, "dim": self.dim, "files": files}
+        manifest["scoring"] = scoring
+        self.es.write_manifest(manifest)
+        return scoring
+
+    def _set_bbox(self) -> list[float]:
+        boxes = [
+            _bbox_of(self.grid, self._cells[i : i + ROW_GROUP * 8])
+            for i in range(0, self.rows, ROW_GROUP * 8)
+        ]
+        if not boxes:
+            return [0.0, 0.0, 0.0, 0.0]
+        b = np.asarray(boxes)
+        return [
+            float(b[:, 0].min()),
+            float(b[:, 1].min()),
+            float(b[:, 2].max()),
+            float(b[:, 3].max()),
+        ]
+
+    def _finish_parquet(self) -> None:
+        assert self._pq_tmp is not None
+        if self._pq is None:  # no rows at all: an empty table of the right schema
+            empty = EmbeddingTable(
+                np.zeros(0, np.int64),
+                np.zeros((0, self.dim), np.float16),
+                np.zeros(0, np.float32),
+                [],
+            )
+            meta = _schema_metadata(self.grid, self._set_bbox(), self._extra)
+            pq.write_table(
+                _arrow_rows(empty, self.grid).replace_schema_metadata(meta), self._pq_tmp
+            )
+        else:
+            self._pq.close()
+        self._pq_tmp.chmod(0o644)
+        self._pq_tmp.replace(self.es.parquet)
+
+    def abort(self) -> None:
+        """Drop every temporary file."""
+        for s in self._streams.values():
+            s.abort()
+        if self._pq is not None:
+            with contextlib.suppress(Exception):
+                self._pq.close()
+        if self._pq_tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._pq_tmp.unlink()
+
+    def __enter__(self) -> EmbeddingSetWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def iter_embeddings(path: str | Path, sources: bool = True) -> Iterator[EmbeddingTable]:
+    """The rows of an embedding GeoParquet, one row group at a time (float16 embeddings).
+
+    With ``sources=False`` the ``source_items`` column is not read (empty lists).
+
+    Raises:
+        DataError: if the file is not an embedding table.
+    """
+    columns = ["cell_index", "embedding", "valid_fraction"] + (["source_items"] if sources else [])
+    try:
+        pf = pq.ParquetFile(path)
+        for k in range(pf.num_row_groups):
+            t = pf.read_row_group(k, columns=columns)
+            col = t.column("embedding").combine_chunks()
+            values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float16, copy=False)
+            yield EmbeddingTable(
+                t.column("cell_index").to_numpy().astype(np.int64),
+                values.reshape(-1, col.type.list_size),
+                t.column("valid_fraction").to_numpy().astype(np.float32),
+                t.column("source_items").to_pylist() if sources else [[] for _ in range(len(t))],
+            )
+    except (OSError, pa.ArrowInvalid, KeyError, AttributeError) as exc:
+        raise DataError(f"{path} is not a readable embedding table: {exc}") from exc
+
+
+def write_scoring_arrays(es: EmbeddingSet, grid: Grid) -> dict[str, Any]:
+    """Write a set's scoring arrays from its GeoParquet (sets made before they existed).
+
+    Raises:
+        DataError: if the GeoParquet is not an embedding table.
+    """
+    try:
+        cells = pq.read_table(es.parquet, columns=["cell_index"]).column(0).to_numpy()
+        dim = pq.ParquetFile(es.parquet).schema_arrow.field("embedding").type.list_size
+    except (OSError, pa.ArrowInvalid, KeyError, AttributeError) as exc:
+        raise DataError(f"{es.parquet} is not a readable embedding table: {exc}") from exc
+    with EmbeddingSetWriter(es, grid, cells, dim, parquet=False) as writer:
+        for block in iter_embeddings(es.parquet, sources=False):
+            writer.append(block)
+    return dict(es.manifest()["scoring"])
+
+
+# ----------------------------------------------------------------------------- FAISS
+
+
+def build_faiss_index(embedding: NDArray[np.floating[Any]], path: str | Path) -> Path:
+    """Write an exact inner-product FAISS index (``IndexFlatIP``) over ``embedding`` rows.
+
+    The rows are taken as the set stores them (float16), so the index holds exactly the
+    GeoParquet's values whether a row was embedded now or read back from a shard.
+    """
+    import faiss
+
+    index = faiss.IndexFlatIP(embedding.shape[1])
+    for start in range(0, len(embedding), ROW_GROUP):
+        block = np.asarray(embedding[start : start + ROW_GROUP]).astype(np.float16)
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    data = faiss.serialize_index(index)
+    atomic_write_bytes(path, bytes(np.asarray(data)))
+    return Path(path)
+
+
+def read_faiss_index(path: str | Path) -> Any:
+    """Load a FAISS index written by :func:`build_faiss_index`."""
+    import faiss
+
+    try:
+        data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+        return faiss.deserialize_index(data)
+    except (OSError, RuntimeError) as exc:
+        raise DataError(f"{path} is not a readable FAISS index: {exc}") from exc
+
+
+class TextVectorCache:
+    """Query vectors of texts, stored beside an embedding set (``text-vectors/``).
+
+    A vector is kept per (model, text, prompt templates), one small JSON file each, written
+    atomically, so repeated queries need no model and concurrent writers cannot clash. Each
+    entry carries a checksum of its key and vector (:meth:`checksum`), verified on every
+    read: a damaged or altered entry is reported (:class:`~marscope_stac.core.errors.DataWarning`),
+    never used, and the caller computes it again.
+
+    Args:
+        es: The embedding set.
+        model_key: What identifies the set's model (its manifest entry).
+    """
+
+    def __init__(self, es: EmbeddingSet, model_key: Any) -> None:
+        self.folder = es.root / "text-vectors"
+        self._model = json.dumps(model_key, sort_keys=True)
+
+    def path(self, text: str, templates: Sequence[str]) -> Path:
+        """File of one entry."""
+        key = json.dumps([self._model, text, list(templates)])
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+    def checksum(self, text: str, templates: Sequence[str], vector: NDArray[np.float32]) -> str:
+        """Multihash (sha2-256) of an entry: the model, text and templates, and the vector."""
+        data = np.ascontiguousarray(vector, "<f4").tobytes()
+        return text_vector_checksum(self._model, text, list(templates), data)
+
+    def get(self, text: str, templates: Sequence[str]) -> NDArray[np.float32] | None:
+        """The stored vector, or None when there is none or it fails its checksum."""
+        path = self.path(text, templates)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            d = json.loads(raw)
+            vector = np.asarray(d["vector"], np.float32)
+            ok = d["text"] == text and d["templates"] == list(templates) and vector.ndim == 1
+            if ok and "checksum" not in d:  # written before entries had checksums
+                log.info("cached text vector %s has no checksum; computing it again", path)
+                return None
+            ok = ok and d["checksum"] == self.checksum(text, templates, vector)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            ok = False
+        if not ok:
+            warnings.warn(
+                f"cached text vector {path} is damaged or altered (checksum mismatch); "
+                "computing it again",
+                DataWarning,
+                stacklevel=2,
+            )
+            return None
+        return vector
+
+    def put(self, text: str, templates: Sequence[str], vector: NDArray[np.floating[Any]]) -> None:
+        """Store a vector (best effort: a read-only set just stays uncached)."""
+        v = np.asarray(vector, np.float32)
+        d = {
+            "text": text,
+            "templates": list(templates),
+            "vector": [float(x) for x in v],
+            "checksum": self.checksum(text, templates, v),
+        }
+        with contextlib.suppress(OSError):
+            atomic_write_json(self.path(text, templates), d, None)

@@ -1,0 +1,802 @@
+"""Rendering per-cell values as rasters, PNG previews, raster and vector PMTiles.
+
+Takes arrays and a grid, never a model. Tiles use the Web-Mercator z/x/y scheme on the body's
+sphere (planetcantile's ``MarsWebMercatorSphere`` for Mars); PMTiles v3 archives are written
+in tile-id order (clustered). Vector tiles are Mapbox Vector Tiles encoded here directly
+(GDAL's writer silently produces empty archives for Mars CRSs).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from affine import Affine
+from numpy.typing import NDArray
+from PIL import Image
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+
+from marscope_stac.core.bodies import Body
+from marscope_stac.core.fs import atomic_write_bytes
+from marscope_stac.core.threads import worker_count
+from marscope_stac.grid.grids import Grid, LonLatGrid
+
+__all__ = [
+    "PROBABILITY_NODATA",
+    "PROBABILITY_SCALE",
+    "PROBABILITY_STEPS",
+    "RASTER_DEEPER",
+    "RASTER_TILE_BUDGET",
+    "RasterLayout",
+    "cells_to_raster",
+    "colorize",
+    "detections",
+    "quantize",
+    "raster_detections",
+    "raster_zoom_range",
+    "tile_metadata",
+    "write_raster_pmtiles",
+    "write_vector_pmtiles",
+    "zoom_range",
+]
+
+MAX_LAT = 85.0511287798066
+
+
+def tile_metadata(name: str, description: str, body: Body, kind: str = "overlay") -> dict[str, Any]:
+    """PMTiles metadata every archive the project writes carries: what it shows, and where.
+
+    The body, its geographic CRS and the tile matrix set (the Web Mercator maths on the
+    body's sphere) say how to read the z/x/y tiles, which no PMTiles header can.
+    """
+    return {
+        "name": name,
+        "description": description,
+        "type": kind,
+        "body": body.name,
+        "crs": body.geographic_code,
+        "tile_matrix_set": f"{body.name}WebMercatorSphere",
+        "attribution": "MarScope-STAC",
+    }
+
+
+@dataclass(frozen=True)
+class RasterLayout:
+    """Where each cell of a set falls in a lon/lat raster over the set's extent.
+
+    For ``lonlat`` grids a pixel is a cell. For equal-area grids the pixel is the row height
+    square (in degrees) and each pixel takes the value of the cell containing its centre.
+    The layout depends only on the cells, so it is computed once per embedding set.
+
+    Attributes:
+        transform: Pixel-to-lon/lat transform.
+        shape: (rows, cols).
+        pixel_of_cell: Flat pixel of each cell (lonlat grids), else None.
+        cell_of_pixel: Cell row of each flat pixel, -1 where none (equal-area grids), else None.
+    """
+
+    transform: Affine
+    shape: tuple[int, int]
+    pixel_of_cell: NDArray[np.int64] | None
+    cell_of_pixel: NDArray[np.int64] | None
+
+    @classmethod
+    def of(cls, grid: Grid, cells: NDArray[np.int64]) -> RasterLayout:
+        """The layout of ``cells`` (any order) on ``grid``."""
+        cells = np.asarray(cells, np.int64)
+        if isinstance(grid, LonLatGrid):
+            row, col = grid.row_col(cells)
+            r0, r1, c0, c1 = int(row.min()), int(row.max()), int(col.min()), int(col.max())
+            # the same floating-point values as the cells' own bounds
+            south, north = grid.row_lat_bounds(np.arange(r0, r1 + 1))
+            res = float(np.min(north - south))
+            west = -180.0 + c0 * (360.0 / grid.n_cols)
+            transform = Affine(res, 0.0, west, 0.0, -res, float(north[-1]))
+            shape = (r1 - r0 + 1, c1 - c0 + 1)
+            return cls(transform, shape, (r1 - row) * shape[1] + (col - c0), None)
+        b = grid.bounds(cells)
+        west, south, east, north = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+        res = float(np.min(b[:, 3] - b[:, 1]))
+        rows = max(1, round((north - south) / res))
+        cols = max(1, round((east - west) / res))
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        idx = grid.locate((west + (xx + 0.5) * res).ravel(), (north - (yy + 0.5) * res).ravel())
+        order = np.argsort(cells)
+        pos = np.clip(np.searchsorted(cells[order], idx), 0, len(cells) - 1)
+        found = cells[order][pos] == idx
+        cell_of_pixel = np.where(found, order[pos], -1).astype(np.int64)
+        return cls(Affine(res, 0.0, west, 0.0, -res, north), (rows, cols), None, cell_of_pixel)
+
+    def raster(self, values: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        """The raster of per-cell ``values`` (NaN where there is no cell)."""
+        if self.pixel_of_cell is not None:
+            out = np.full(self.shape[0] * self.shape[1], np.nan, np.float32)
+            out[self.pixel_of_cell] = values
+            return out.reshape(self.shape)
+        assert self.cell_of_pixel is not None
+        v = np.asarray(values, np.float32)
+        out = np.where(self.cell_of_pixel >= 0, v[np.maximum(self.cell_of_pixel, 0)], np.nan)
+        return out.astype(np.float32).reshape(self.shape)
+
+
+def cells_to_raster(
+    grid: Grid,
+    cells: NDArray[np.int64],
+    values: NDArray[np.float32],
+) -> tuple[NDArray[np.float32], Affine]:
+    """A lon/lat raster (NaN where no cell) over the cells' extent (see :class:`RasterLayout`)."""
+    layout = RasterLayout.of(grid, cells)
+    return layout.raster(values), layout.transform
+
+
+@cache
+def _lut(cmap: str) -> NDArray[np.uint8]:
+    """256 RGBA colours of a matplotlib colour map (imported once, only when drawing)."""
+    import matplotlib
+
+    return (matplotlib.colormaps[cmap](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
+
+
+def colorize(values: NDArray[np.float32], cmap: str = "magma") -> NDArray[np.uint8]:
+    """RGBA image of values in 0..1; NaN is transparent."""
+    idx = np.clip(np.nan_to_num(values, nan=0.0) * 255, 0, 255).astype(np.uint8)
+    rgba = _lut(cmap)[idx]
+    rgba[..., 3] = np.where(np.isnan(values), 0, 255)
+    return rgba
+
+
+PROBABILITY_STEPS = 250
+"""Probabilities are stored as ``round(p * 250)`` in uint8 (scale 0.004); 255 is no data."""
+PROBABILITY_SCALE = 1.0 / PROBABILITY_STEPS
+PROBABILITY_NODATA = 255
+
+
+def quantize(
+    values: NDArray[np.float32], steps: int = PROBABILITY_STEPS, nodata: int = PROBABILITY_NODATA
+) -> NDArray[np.uint8]:
+    """Values in 0..1 as uint8 ``round(v * steps)`` (NaN -> ``nodata``): the products' encoding."""
+    out = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * steps).astype(np.uint8)
+    out[np.isnan(values)] = nodata
+    return out
+
+
+def _lat_to_y(lat: NDArray[np.float64] | float, n: int) -> NDArray[np.float64]:
+    la = np.radians(np.clip(lat, -MAX_LAT, MAX_LAT))
+    return np.asarray((1.0 - np.log(np.tan(la) + 1.0 / np.cos(la)) / math.pi) / 2.0 * n)
+
+
+def _y_to_lat(y: NDArray[np.float64], n: int) -> NDArray[np.float64]:
+    return np.degrees(np.arctan(np.sinh(math.pi * (1.0 - 2.0 * y / n))))
+
+
+def zoom_range(res_deg: float, levels: int = 4, deeper: int = 0) -> tuple[int, int]:
+    """Zoom levels fitted to a raster of ``res_deg`` degree pixels.
+
+    At zoom ``z`` a tile pixel at the equator is ``360 / (256 * 2^z)`` degrees. The base zoom
+    is the first whose pixels are no coarser than the raster's; ``levels`` coarser zooms lie
+    below it and ``deeper`` finer ones above it (raster tiles go two deeper, so cell edges
+    fall within a quarter cell of their true place, as the vector outlines do).
+    """
+    base = min(max(0, math.ceil(math.log2(360.0 / (256.0 * res_deg)))), 18)
+    return max(0, base - levels), min(base + deeper, 20)
+
+
+RASTER_DEEPER = 2
+"""Zoom levels that raster tiles go beyond the raster's own resolution (at most)."""
+
+RASTER_TILE_BUDGET = 8192
+"""Most tiles at the deepest raster zoom: beyond it the raster goes one level deeper only."""
+
+
+def raster_zoom_range(transform: Affine, shape: tuple[int, int]) -> tuple[int, int]:
+    """Zooms of a raster's tiles: from 4 below its resolution to 2 beyond it.
+
+    At two levels beyond, a tile pixel is at most a quarter of a cell, so cell edges fall
+    within an eighth of a cell of the vector outlines. When that deepest level would need
+    more than :data:`RASTER_TILE_BUDGET` tiles (a whole planet on a fine grid), the tiles
+    go one level beyond only (edges within a quarter of a cell), bounding the cost.
+    """
+    rows, cols = shape
+    bounds = (
+        transform.c,
+        transform.f + transform.e * rows,
+        transform.c + transform.a * cols,
+        transform.f,
+    )
+    zmin, base = zoom_range(float(transform.a))
+    for deeper in range(RASTER_DEEPER, 0, -1):
+        x0, x1, y0, y1 = _tile_range(bounds, base + deeper)
+        if (x1 - x0 + 1) * (y1 - y0 + 1) <= RASTER_TILE_BUDGET:
+            return zmin, base + deeper
+    return zmin, base + 1
+
+
+def _tile_range(bounds: Sequence[float], z: int) -> tuple[int, int, int, int]:
+    west, south, east, north = bounds
+    n = 2**z
+    x0 = int(np.floor((west + 180.0) / 360.0 * n))
+    x1 = int(np.floor((np.nextafter(east, -np.inf) + 180.0) / 360.0 * n))
+    y0 = int(np.floor(_lat_to_y(min(north, MAX_LAT), n)))
+    y1 = int(np.floor(_lat_to_y(max(south, -MAX_LAT), n) - 1e-9))
+    return max(0, x0), min(n - 1, x1), max(0, y0), min(n - 1, y1)
+
+
+def _header(
+    bounds: Sequence[float], zmin: int, zmax: int, tile_type: Any, compression: Any
+) -> dict[str, Any]:
+    from pmtiles.tile import Compression
+
+    west, south, east, north = bounds
+    return {
+        "tile_type": tile_type,
+        "tile_compression": compression,
+        "internal_compression": Compression.GZIP,
+        "min_lon_e7": int(west * 1e7),
+        "min_lat_e7": int(max(south, -MAX_LAT) * 1e7),
+        "max_lon_e7": int(east * 1e7),
+        "max_lat_e7": int(min(north, MAX_LAT) * 1e7),
+        "center_zoom": (zmin + zmax) // 2,
+        "center_lon_e7": int((west + east) / 2 * 1e7),
+        "center_lat_e7": int((south + north) / 2 * 1e7),
+    }
+
+
+def _write_archive(
+    path: str | os.PathLike[str],
+    tiles: list[tuple[int, bytes]],
+    header: dict[str, Any],
+    metadata: dict[str, Any],
+) -> int:
+    from pmtiles.writer import Writer
+
+    buf = io.BytesIO()
+    writer = Writer(buf)
+    for tid, data in sorted(tiles):
+        writer.write_tile(tid, data)
+    writer.finalize(header, metadata)
+    atomic_write_bytes(path, buf.getvalue())
+    return len(tiles)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@cache
+def _palette_chunks(cmap: str, steps: int, nodata: int) -> bytes:
+    """PLTE and tRNS chunks: index ``v`` is the colour of ``v / steps``; ``nodata`` is clear."""
+    idx = np.clip(np.rint(np.arange(256) / steps * 255), 0, 255).astype(int)
+    rgb = _lut(cmap)[idx, :3].copy()
+    alpha = np.full(256, 255, np.uint8)
+    alpha[nodata] = 0
+    rgb[nodata] = 0
+    return _png_chunk(b"PLTE", rgb.tobytes()) + _png_chunk(b"tRNS", alpha.tobytes())
+
+
+def _categorical_chunks(colours: Sequence[str], nodata: int) -> bytes:
+    """PLTE and tRNS chunks of a categorical palette (hex RGB per value); ``nodata`` clear."""
+    rgb = np.zeros((256, 3), np.uint8)
+    for k, colour in enumerate(colours[:256]):
+        rgb[k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)]
+    alpha = np.full(256, 255, np.uint8)
+    alpha[nodata] = 0
+    rgb[nodata] = 0
+    return _png_chunk(b"PLTE", rgb.tobytes()) + _png_chunk(b"tRNS", alpha.tobytes())
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IHDR_256 = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 8, 3, 0, 0, 0))
+
+
+def _deflate(data: NDArray[np.uint8]) -> bytes:
+    """A zlib stream of PNG scanlines: ISA-L (several times faster) or zlib's RLE strategy."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+        c = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+        return c.compress(data.data) + c.flush()
+    return bytes(isal_zlib.compress(data.data, 0))
+
+
+def _palette_png(filtered: NDArray[np.uint8], palette: bytes) -> bytes:
+    """An 8-bit palette PNG of a 256 x 256 tile from its filtered scanlines (257 bytes each)."""
+    return (
+        _PNG_SIGNATURE
+        + _IHDR_256
+        + palette
+        + _png_chunk(b"IDAT", _deflate(filtered))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _sub_filtered(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """PNG 'Sub' filter (type 1) of scanlines of a row of 256-pixel-wide tiles.
+
+    Each pixel minus its left neighbour within its tile (uint8 wrap-around), so runs of a
+    cell's value become zeros and tiles deflate to almost nothing.
+    """
+    sub = np.empty_like(img)
+    sub[:, 0] = img[:, 0]
+    np.subtract(img[:, 1:], img[:, :-1], out=sub[:, 1:])
+    sub[:, ::256] = img[:, ::256]  # each tile's first pixel has no left neighbour
+    return sub
+
+
+def _scanlines(sub: NDArray[np.uint8], new_line: NDArray[np.bool_], k: int) -> NDArray[np.uint8]:
+    """The 256 filtered scanlines (filter byte + 256 bytes) of tile ``k`` of a tile row.
+
+    Lines that sample a new source row use 'Sub' (their data is ``sub``, one line per new
+    row); lines that repeat the line above use 'Up' (type 2), whose data is all zeros.
+    """
+    buf = np.zeros((256, 257), np.uint8)
+    buf[:, 0] = np.where(new_line, 1, 2)
+    buf[new_line, 1:] = sub[:, k * 256 : (k + 1) * 256]
+    return buf
+
+
+def write_raster_pmtiles(
+    path: str | os.PathLike[str],
+    values: NDArray[np.float32] | NDArray[np.uint8],
+    transform: Affine,
+    metadata: dict[str, Any],
+    zoom: tuple[int, int] | None = None,
+    cmap: str = "magma",
+    steps: int = PROBABILITY_STEPS,
+    nodata: int = PROBABILITY_NODATA,
+    colours: Sequence[str] | None = None,
+) -> int:
+    """Write a PNG raster PMTiles archive of a lon/lat raster (no data transparent).
+
+    ``values`` are floats in 0..1 (NaN: no data) or already quantised bytes (``v * steps``,
+    ``nodata``). ``colours`` (hex RGB, one per byte value) replace the colour map, for
+    categorical rasters such as class maps. Tiles are 8-bit palette PNGs sampled at pixel
+    centres on the Web-Mercator z/x/y scheme of the body's sphere; tiles with no data are left
+    out. Returns the number of tiles written.
+
+    Raises:
+        ValueError: if the raster holds no data at all.
+    """
+    from pmtiles.tile import Compression, TileType, zxy_to_tileid
+
+    u8 = (
+        np.asarray(values, np.uint8)
+        if values.dtype == np.uint8
+        else quantize(np.asarray(values, np.float32), steps, nodata)
+    )
+    if (u8 == nodata).all():
+        raise ValueError("nothing to render: the raster has no data")
+    rows, cols = u8.shape
+    # one extra row and column of no data, where samples outside the raster point
+    padded = np.full((rows + 1, cols + 1), nodata, np.uint8)
+    padded[:rows, :cols] = u8
+    res = transform.a
+    bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
+    zmin, zmax = zoom or raster_zoom_range(transform, (rows, cols))
+    palette = (
+        _categorical_chunks(colours, nodata) if colours else _palette_chunks(cmap, steps, nodata)
+    )
+    inv = ~transform
+    # one job per row of tiles: its pixels are sampled in one gather, filtered at once,
+    # and each tile is compressed (zlib releases the GIL, so rows run in parallel)
+    jobs: list[tuple[int, int, int, NDArray[np.uint8], NDArray[np.int64]]] = []
+    for z in range(zmin, zmax + 1):
+        n = 2**z
+        x0, x1, y0, y1 = _tile_range(bounds, z)
+        px = np.arange(x0 * 256, (x1 + 1) * 256, dtype=np.float64) + 0.5
+        col = np.floor(inv.a * (px / (256 * n) * 360.0 - 180.0) + inv.c).astype(np.int64)
+        col = np.where((col >= 0) & (col < cols), col, cols)
+        py = np.arange(y0 * 256, (y1 + 1) * 256, dtype=np.float64) + 0.5
+        row = np.floor(inv.e * _y_to_lat(py / 256, n) + inv.f).astype(np.int64)
+        row = np.where((row >= 0) & (row < rows), row, rows).reshape(-1, 256)
+        for ty in range(y0, y1 + 1):
+            r = row[ty - y0]
+            if not (r == rows).all():
+                jobs.append((z, x0, ty, r, col))
+
+    def encode(job: tuple[int, int, int, NDArray[np.int64], NDArray[np.int64]]) -> list[Any]:
+        z, x0, ty, r, col = job
+        # a tile line repeats the one above when it samples the same source row: only the
+        # distinct rows are sampled and filtered
+        new_line = np.r_[True, r[1:] != r[:-1]]
+        img = padded[r[new_line]][:, col]
+        empty = (img == nodata).reshape(len(img), -1, 256).all(axis=(0, 2))
+        if empty.all():
+            return []
+        sub = _sub_filtered(img)
+        return [
+            (zxy_to_tileid(z, x0 + k, ty), _palette_png(_scanlines(sub, new_line, k), palette))
+            for k in np.flatnonzero(~empty).tolist()
+        ]
+
+    with ThreadPoolExecutor(worker_count()) as pool:
+        tiles = [t for row_tiles in pool.map(encode, jobs) for t in row_tiles]
+    header = _header(bounds, zmin, zmax, TileType.PNG, Compression.NONE)
+    return _write_archive(path, tiles, header, {**metadata, "format": "png"})
+
+
+def detections(
+    grid: Grid, cells: NDArray[np.int64], probability: NDArray[np.float32], threshold: float
+) -> list[tuple[BaseGeometry, dict[str, float]]]:
+    """Merge edge-adjacent cells at or above ``threshold`` into polygons with attributes.
+
+    See :func:`raster_detections`, which does the work on the probability raster.
+    """
+    if not (np.asarray(probability) >= threshold).any():
+        return []
+    values, transform = cells_to_raster(grid, cells, probability)
+    return raster_detections(values, transform, threshold)
+
+
+def raster_detections(
+    values: NDArray[np.float32], transform: Affine, threshold: float
+) -> list[tuple[BaseGeometry, dict[str, float]]]:
+    """Polygons of edge-connected pixels at or above ``threshold`` (NaN is no data).
+
+    Connected components are labelled and traced to polygons in C
+    (``rasterio.features.shapes``), so planet-scale maps with many detections stay fast.
+    Attributes: max and mean probability, number of cells; sorted by max probability.
+    """
+    from rasterio.features import shapes
+    from scipy import ndimage
+    from shapely.geometry import shape
+
+    mask = np.nan_to_num(values, nan=-1.0) >= threshold
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return []
+    # per-component figures from the labelled pixels alone (ndimage's would sort the image)
+    lab, val = labels[mask], values[mask].astype(np.float64)
+    count = np.bincount(lab, minlength=n + 1)[1:]
+    vmean = np.bincount(lab, weights=val, minlength=n + 1)[1:] / np.maximum(count, 1)
+    vmax = np.full(n + 1, -np.inf)
+    np.maximum.at(vmax, lab, val)
+    vmax = vmax[1:]
+    parts: dict[int, list[BaseGeometry]] = {}
+    for geom, lab in shapes(
+        labels.astype(np.int32), mask=mask, connectivity=4, transform=transform
+    ):
+        parts.setdefault(int(lab), []).append(shape(geom))
+    out = []
+    for lab, geoms in parts.items():
+        g = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
+        k = lab - 1
+        out.append(
+            (
+                g,
+                {
+                    "max_probability": float(vmax[k]),
+                    "mean_probability": float(vmean[k]),
+                    "cells": int(count[k]),
+                },
+            )
+        )
+    out.sort(key=lambda t: -t[1]["max_probability"])
+    return out
+
+
+# ----------------------------------------------------------------------------- MVT encoding
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(num: int, wire: int, payload: bytes | int) -> bytes:
+    key = _varint((num << 3) | wire)
+    if wire == 0:
+        return key + _varint(int(payload))
+    if wire == 1:
+        return key + payload  # type: ignore[operator]
+    data = payload if isinstance(payload, bytes) else b""
+    return key + _varint(len(data)) + data
+
+
+def _varints(values: NDArray[np.uint64]) -> tuple[bytes, NDArray[np.int64]]:
+    """Protobuf varints of many values at once; returns the bytes and each value's end offset."""
+    v = values.astype(np.uint64)
+    nbytes = np.ones(len(v), np.int64)
+    for k in (7, 14, 21, 28, 35, 42, 49, 56, 63):
+        nbytes += v >= (np.uint64(1) << np.uint64(k))
+    ends = np.cumsum(nbytes)
+    out = np.zeros(int(ends[-1]) if len(ends) else 0, np.uint8)
+    starts = ends - nbytes
+    for j in range(int(nbytes.max()) if len(v) else 0):
+        sel = nbytes > j
+        byte = (v[sel] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        more = (nbytes[sel] > j + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[sel] + j] = (byte | more).astype(np.uint8)
+    return out.tobytes(), ends
+
+
+def _ring_area2(
+    pts: NDArray[np.int64], pt_ring: NDArray[np.int64], n_rings: int
+) -> NDArray[np.int64]:
+    """Twice the signed area of each ring of integer points (rings given point by point)."""
+    if len(pts) == 0:
+        return np.zeros(n_rings, np.int64)
+    start = np.r_[True, pt_ring[1:] != pt_ring[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(pts)), 0))
+    last_of_ring = np.r_[pt_ring[1:] != pt_ring[:-1], True]
+    nxt = np.where(last_of_ring, first, np.arange(len(pts)) + 1)
+    cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
+    return np.bincount(pt_ring, weights=cross, minlength=n_rings).astype(np.int64)
+
+
+def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
+    """MVT geometry command streams of polygonal features, one ``bytes`` each (None: empty).
+
+    See :func:`_polygon_streams`, which returns them as one buffer and offsets.
+    """
+    data, start, end = _polygon_streams(geoms)
+    raw = data.tobytes()
+    return [raw[a:b] if b > a else None for a, b in zip(start.tolist(), end.tolist(), strict=True)]
+
+
+def _polygon_streams(
+    geoms: NDArray[Any], origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
+) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
+    """MVT geometry command streams (packed varints) of polygonal features, all at once.
+
+    Rings are oriented as MVT wants (exterior positive area in tile coordinates, holes
+    negative), rounded to the integer grid with repeated points dropped; rings left with fewer
+    than three points or no area (simplified to a line at low zooms) are skipped, and a
+    feature with no ring left gets an empty stream. Coordinates are taken as
+    ``(xy - origin) * scale``. Returns one buffer with every stream and each feature's start
+    and end in it.
+    """
+    none = np.zeros(len(geoms), np.int64)
+    if len(geoms) == 0:
+        return np.zeros(0, np.uint8), none, none
+    parts, part_feat = shapely.get_parts(geoms, return_index=True)
+    parts = shapely.orient_polygons(parts, exterior_cw=False)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    coords, pt_ring = shapely.get_coordinates(rings, return_index=True)
+    pts = np.round((coords - np.asarray(origin)) * scale).astype(np.int64)
+    last = np.r_[pt_ring[1:] != pt_ring[:-1], True]  # closing point of each ring
+    first = np.r_[True, pt_ring[1:] != pt_ring[:-1]]
+    keep = ~last & (first | np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)])
+    pts, pt_ring = pts[keep], pt_ring[keep]
+    counts = np.bincount(pt_ring, minlength=len(rings))
+    ok_ring = (counts >= 3) & (_ring_area2(pts, pt_ring, len(rings)) != 0)
+    sel = ok_ring[pt_ring]
+    pts, pt_ring = pts[sel], pt_ring[sel]
+    ring_ids = np.flatnonzero(ok_ring)
+    m = counts[ring_ids]
+    ring_feat = part_feat[ring_part[ring_ids]]
+    pt_feat = ring_feat[np.repeat(np.arange(len(ring_ids)), m)]
+    if len(pts) == 0:
+        return np.zeros(0, np.uint8), none, none
+    # deltas from the cursor, which starts at (0, 0) for every feature
+    prev = np.vstack([[0, 0], pts[:-1]])
+    prev[np.r_[True, pt_feat[1:] != pt_feat[:-1]]] = 0
+    d = pts - prev
+    zz = ((d << 1) ^ (d >> 63)).astype(np.uint64)
+    ring_len = 2 * m + 3
+    ring_start = np.concatenate([[0], np.cumsum(ring_len)[:-1]])
+    stream = np.zeros(int(ring_len.sum()), np.uint64)
+    stream[ring_start] = 9  # MoveTo, count 1
+    stream[ring_start + 3] = (2 | ((m - 1) << 3)).astype(np.uint64)  # LineTo, count m - 1
+    stream[ring_start + ring_len - 1] = 15  # ClosePath
+    k = np.arange(len(pts)) - np.repeat(np.cumsum(m) - m, m)
+    posx = np.repeat(ring_start, m) + 1 + 2 * k + (k >= 1)
+    stream[posx] = zz[:, 0]
+    stream[posx + 1] = zz[:, 1]
+    data, ends = _varints(stream)
+    # rings of one feature are contiguous: slice each feature's bytes
+    ring_end_val = np.cumsum(ring_len)
+    feat_ids, first_ring = np.unique(ring_feat, return_index=True)
+    last_ring = np.r_[first_ring[1:], len(ring_feat)] - 1
+    start_val = ring_start[first_ring]
+    end_val = ring_end_val[last_ring]
+    start, end = none.copy(), none.copy()
+    start[feat_ids] = np.where(start_val > 0, ends[np.maximum(start_val - 1, 0)], 0)
+    end[feat_ids] = ends[end_val - 1]
+    return np.frombuffer(data, np.uint8), start, end
+
+
+def _interleave(
+    parts: Sequence[tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]],
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Concatenate byte ranges into records, all records at once.
+
+    Record ``r`` is ``buf[start[r]:start[r] + length[r]]`` of each part in turn. Returns all
+    records in one buffer and each record's length.
+    """
+    lengths = np.column_stack([ln for _, _, ln in parts])
+    rec_len = lengths.sum(axis=1)
+    ends = np.cumsum(rec_len)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
+    offsets = (ends - rec_len)[:, None] + np.cumsum(lengths, axis=1) - lengths
+    for j, (buf, start, ln) in enumerate(parts):
+        total = int(ln.sum())
+        if total:
+            within = np.arange(total) - np.repeat(np.cumsum(ln) - ln, ln)
+            out[np.repeat(offsets[:, j], ln) + within] = buf[np.repeat(start, ln) + within]
+    return out, rec_len
+
+
+def _const(data: bytes, n: int) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
+    return np.frombuffer(data, np.uint8), np.zeros(n, np.int64), np.full(n, len(data), np.int64)
+
+
+def _varint_part(
+    values: NDArray[np.int64],
+) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
+    data, ends = _varints(values.astype(np.uint64))
+    lengths = np.diff(np.r_[0, ends])
+    return np.frombuffer(data, np.uint8), ends - lengths, lengths
+
+
+def _mvt_tile(
+    layer: str,
+    geoms: NDArray[Any],
+    ids: NDArray[np.int64],
+    keys: Sequence[str],
+    props: NDArray[np.float64],
+    extent: int = 4096,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> bytes:
+    """One Mapbox Vector Tile layer of polygons, assembled with numpy.
+
+    Geometries are in units of tiles with the tile's corner at ``origin``. ``ids`` are the
+    feature ids; ``props`` holds one row of attribute values per feature, one column per key
+    (stored as doubles). Features without geometry are left out.
+    """
+    data, g_start, g_end = _polygon_streams(geoms, origin, extent)
+    keep = g_end > g_start
+    if not keep.any():
+        return b""
+    g_start, g_len, ids, vals = g_start[keep], (g_end - g_start)[keep], ids[keep], props[keep]
+    n, k = vals.shape
+    # value table in order of first appearance, and each feature's value indexes
+    uniq, first, inverse = np.unique(vals.ravel(), return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    tags = np.empty((n, 2 * k), np.int64)
+    tags[:, 0::2] = np.arange(k)
+    tags[:, 1::2] = rank[inverse].reshape(n, k)
+    tag_bytes, tag_ends = _varints(tags.ravel().astype(np.uint64))
+    tag_end = tag_ends[2 * k - 1 :: 2 * k]
+    tag_len = np.diff(np.r_[0, tag_end])
+    tag_part = (np.frombuffer(tag_bytes, np.uint8), tag_end - tag_len, tag_len)
+    body, body_len = _interleave(
+        [
+            _const(b"\x08", n),  # id (field 1, varint)
+            _varint_part(ids),
+            _const(b"\x12", n),  # tags (field 2, packed)
+            _varint_part(tag_len),
+            tag_part,
+            _const(b"\x18\x03\x22", n),  # type POLYGON (field 3), geometry (field 4)
+            _varint_part(g_len),
+            (data, g_start, g_len),
+        ]
+    )
+    features, _ = _interleave(
+        [
+            _const(b"\x12", n),  # feature (layer field 2)
+            _varint_part(body_len),
+            (body, np.cumsum(body_len) - body_len, body_len),
+        ]
+    )
+    layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + features.tobytes()
+    layer_bytes += b"".join(_field(3, 2, key.encode()) for key in keys)
+    layer_bytes += b"".join(
+        _field(4, 2, _field(3, 1, struct.pack("<d", v))) for v in uniq[order].tolist()
+    )
+    layer_bytes += _field(5, 0, extent)
+    return _field(3, 2, layer_bytes)
+
+
+def write_vector_pmtiles(
+    path: str | os.PathLike[str],
+    features: list[tuple[BaseGeometry, dict[str, float]]],
+    metadata: dict[str, Any],
+    zoom: tuple[int, int],
+    layer: str = "detections",
+) -> int:
+    """Write gzip-compressed Mapbox Vector Tiles of lon/lat polygons as PMTiles.
+
+    Returns the number of tiles written.
+
+    Raises:
+        ValueError: if there are no features.
+    """
+    from pmtiles.tile import Compression, TileType, zxy_to_tileid
+
+    if not features:
+        raise ValueError("no features to write")
+    geoms = [g for g, _ in features]
+    west, south, east, north = (float(v) for v in shapely.total_bounds(geoms))
+    zmin, zmax = zoom
+    tiles: list[tuple[int, bytes]] = []
+    extent = 4096
+    geom_array = np.asarray(geoms, dtype=object)
+    keys = list(features[0][1])
+    props = np.array([[float(p[key]) for key in keys] for _, p in features], np.float64)
+    buffer = 64 / extent
+    for z in range(zmin, zmax + 1):
+        n = 2**z
+        x0, x1, y0, y1 = _tile_range((west, south, east, north), z)
+
+        # all features at once into this zoom's tile space (x right, y down; 1 unit = 1 tile)
+        def fwd(xy: NDArray[np.float64], n: int = n) -> NDArray[np.float64]:
+            return np.column_stack([(xy[:, 0] + 180.0) / 360.0 * n, _lat_to_y(xy[:, 1], n)])
+
+        projected = shapely.transform(geom_array, fwd)
+        if z < zmax:  # below the last zoom, detail under half a tile pixel is invisible
+            projected = shapely.simplify(projected, 0.5 / extent, preserve_topology=True)
+        tree = shapely.STRtree(projected)
+
+        def encode(
+            xy: tuple[int, int], z: int = z, projected: NDArray[Any] = projected, tree: Any = tree
+        ) -> tuple[int, bytes] | None:
+            tx, ty = xy
+            rect = (tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer)
+            idx = np.sort(tree.query(box(*rect), predicate="intersects"))
+            if len(idx) == 0:
+                return None
+            clipped = shapely.clip_by_rect(projected[idx], *rect)
+            keep = ~shapely.is_empty(clipped) & np.isin(shapely.get_type_id(clipped), (3, 6))
+            sel = idx[keep]
+            data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty))
+            if not data:
+                return None
+            return zxy_to_tileid(z, tx, ty), gzip.compress(data, compresslevel=6, mtime=0)
+
+        xys = [(tx, ty) for ty in range(y0, y1 + 1) for tx in range(x0, x1 + 1)]
+        with ThreadPoolExecutor(worker_count()) as pool:  # shapely and zlib release the GIL
+            tiles += [t for t in pool.map(encode, xys) if t is not None]
+    header = _header((west, south, east, north), zmin, zmax, TileType.MVT, Compression.GZIP)
+    meta = {
+        **metadata,
+        "vector_layers": [
+            {
+                "id": layer,
+                "fields": dict.fromkeys(keys, "Number"),
+                "minzoom": zmin,
+                "maxzoom": zmax,
+            }
+        ],
+    }
+    return _write_archive(path, tiles, header, meta)
+
+
+def save_png(
+    path: str | Path, values: NDArray[np.float32], cmap: str = "magma", max_side: int = 1024
+) -> Path:
+    """A PNG preview of a raster (NaN transparent) about ``max_side`` pixels across.
+
+    Small rasters are upscaled with nearest neighbours (up to 16x); large ones are sampled
+    at every n-th pixel before colouring, so a planet's preview costs little.
+    """
+    step = max(1, math.ceil(max(values.shape) / max_side))
+    small = values[::step, ::step]
+    img = Image.fromarray(colorize(small, cmap), "RGBA")
+    scale = max(1, min(max_side // max(small.shape), 16))
+    img = img.resize((small.shape[1] * scale, small.shape[0] * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -1,0 +1,809 @@
+"""Query products on disk: probability COG, preview, raster and vector PMTiles, detections, STAC.
+
+:func:`write_query_product` publishes a scored query under ``<out>/queries/<query id>/``:
+
+- ``probability.tif``: COG of calibrated probabilities on the grid (uint8, probability =
+  value x 0.004, nodata 255 where there is no imagery), in the body's lon/lat CRS;
+- ``preview.png``: the probability map in colour;
+- ``probability.pmtiles``: 8-bit palette PNG raster tiles (Web-Mercator z/x/y on the body's
+  sphere), two zoom levels beyond the grid's own resolution;
+- ``detections.parquet`` / ``detections.pmtiles``: cells at or above the threshold merged
+  into polygons with probability attributes (GeoParquet in the body's CRS; vector tiles);
+- ``scores.parquet``: every cell's id, score and probability at its centre (GeoParquet);
+- a STAC Item with those assets, the query and its parameters, ``processing:*`` fields and
+  ``derived_from`` links to the embedding item, the model item and the source rasters.
+
+The query id is derived from the query, the embedding set and every parameter that changes
+the products (threshold, scoring), so re-running the same query replaces its products
+atomically (a staging folder swapped into place) instead of adding a duplicate.
+:func:`write_class_product` does the same for zero-shot classification. Nothing here loads a
+model: the query engine (:mod:`marscope_stac.engine.engine`) scores, this module writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
+
+from marscope_stac import __version__
+from marscope_stac.core.errors import ConfigError
+from marscope_stac.core.fs import staged_directory
+from marscope_stac.core.text import count_list, join_lines
+from marscope_stac.grid.grids import Grid
+from marscope_stac.index.geoparquet import Covering, point_wkb, write_geoparquet
+from marscope_stac.index.store import EmbeddingSet
+from marscope_stac.products.cog import write_cog
+from marscope_stac.products.render import (
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    RasterLayout,
+    quantize,
+    raster_detections,
+    raster_zoom_range,
+    save_png,
+    tile_metadata,
+    write_raster_pmtiles,
+    write_vector_pmtiles,
+    zoom_range,
+)
+from marscope_stac.query.scoring import QuerySpec, ScoredQuery
+from marscope_stac.stac.build import (
+    COG_MEDIA_TYPE,
+    FILE_V2,
+    PARQUET_MEDIA_TYPE,
+    PROCESSING_V1,
+    PROJ_V2,
+    RASTER_V2,
+    SSYS_V1,
+    cog_band_fields,
+    file_asset,
+    lineage_href,
+    now_utc,
+    proj_fields,
+    relative_href,
+    ssys_fields,
+    stac_collection,
+    stac_item,
+)
+from marscope_stac.stac.catalog import OutputCatalog
+
+__all__ = [
+    "ASSET_FILES",
+    "CLASS_COLOURS",
+    "OPTIONAL_PRODUCTS",
+    "PMTILES_MEDIA_TYPE",
+    "CellColumns",
+    "ClassProduct",
+    "QueryProduct",
+    "query_id",
+    "read_scores",
+    "write_class_product",
+    "write_query_product",
+    "write_scores",
+]
+
+PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
+
+OPTIONAL_PRODUCTS = ("tiles", "preview", "detections", "scores")
+"""Files a query may write besides its probability COG: raster PMTiles, preview PNG,
+detections (GeoParquet and vector PMTiles) and per-cell scores (GeoParquet)."""
+
+ASSET_FILES = {
+    "probability": "probability.tif",
+    "tiles": "probability.pmtiles",
+    "preview": "preview.png",
+    "detections": "detections.parquet",
+    "detection-tiles": "detections.pmtiles",
+    "scores": "scores.parquet",
+}
+"""Asset key -> file name in a query's folder."""
+
+CLASS_COLOURS = (
+    "808080",
+    "e6194b",
+    "3cb44b",
+    "ffe119",
+    "4363d8",
+    "f58231",
+    "911eb4",
+    "46f0f0",
+    "f032e6",
+    "bcf60c",
+    "fabebe",
+    "008080",
+    "e6beff",
+    "9a6324",
+)
+"""Class map colours (background first)."""
+
+
+@dataclass
+class QueryProduct:
+    """What :func:`write_query_product` wrote.
+
+    Attributes:
+        query_id: Id of the STAC item (and name of its folder).
+        folder: The product folder.
+        item_path: The STAC item.
+        scored: Scores and probabilities of every cell.
+        n_detections: Number of detection polygons (None when they were not made).
+        threshold: Detection threshold.
+        assets: Asset key -> file.
+        timings: Seconds spent per step (scoring, raster, COG, ...).
+    """
+
+    query_id: str
+    folder: Path
+    item_path: Path
+    scored: ScoredQuery
+    n_detections: int | None
+    threshold: float
+    assets: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Lines for people."""
+        found = (
+            "no detections made"
+            if self.n_detections is None
+            else (f"{self.n_detections} detections at p >= {self.threshold:g}")
+        )
+        lines = [f"query {self.query_id}: {found} over {len(self.scored.cells)} cells"]
+        lines += [f"  {k}: {v}" for k, v in self.assets.items()]
+        lines.append(f"  STAC item: {self.item_path}")
+        return "\n".join(lines)
+
+
+@dataclass
+class ClassProduct:
+    """What :func:`write_class_product` wrote."""
+
+    query_id: str
+    folder: Path
+    item_path: Path
+    classes: list[str]
+    counts: dict[str, int]
+
+    def summary(self) -> str:
+        """Lines for people."""
+        return join_lines(
+            f"classification {self.query_id}: {count_list(self.counts)}",
+            f"  class map: {self.folder / 'classes.tif'}",
+            f"  probabilities: {self.folder / 'probabilities.tif'}",
+            f"  STAC item: {self.item_path}",
+        )
+
+
+class _Clock:
+    """Seconds per named step (steps may run in threads at the same time)."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.t
+        self.t = now
+
+    def reset(self) -> None:
+        self.t = time.perf_counter()
+
+    def timed(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def set_fingerprint(es: EmbeddingSet) -> dict[str, Any]:
+    """What identifies an embedding set's content for product ids.
+
+    Its folder name, its model, the checksums of its scoring arrays and the calibration
+    (background term and temperature): a set embedded again with other data or another
+    model gives other ids, so its products never replace those of the earlier set.
+    """
+    manifest = es.manifest()
+    scoring = manifest.get("scoring") or {}
+    return {
+        "set": es.root.name,
+        "model": (manifest.get("model") or {}).get("name"),
+        "files": scoring.get("files"),
+        "calibration": scoring.get("background"),
+    }
+
+
+def query_id(
+    spec: QuerySpec,
+    es: EmbeddingSet,
+    threshold: float,
+    scoring: str,
+    products: Sequence[str] = OPTIONAL_PRODUCTS,
+) -> str:
+    """Id of a query's products: a slug of its text and a digest of everything that shapes them.
+
+    The digest covers every input that changes the pixels or files: the texts, examples,
+    counter-examples and their weights, the prompt templates, the composite operator and
+    its operand (``spec.composite``), the threshold, the scoring mode, the products written and
+    the set's content, model and calibration (:func:`set_fingerprint`). Two different
+    requests never share an id; the same request asked again (CLI, API or page) gets the
+    same one.
+    """
+    words = "-".join(spec.text) if spec.text else "examples"
+    slug = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40] or "query"
+    key = {
+        "kind": "query",
+        "query": spec.describe(),
+        "refine": [spec.refine_positive, spec.refine_negative],
+        "threshold": threshold,
+        "scoring": scoring,
+        "products": sorted(products),
+        "set": set_fingerprint(es),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{slug}-{digest}"
+
+
+def class_id(es: EmbeddingSet, names: Sequence[str], templates: Sequence[str]) -> str:
+    """Id of a zero-shot classification's products (see :func:`query_id`)."""
+    key = {
+        "kind": "classes",
+        "classes": list(names),
+        "templates": list(templates),
+        "set": set_fingerprint(es),
+    }
+    return "classes-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _queries_collection(grid: Grid, bbox: list[float], start: str, end: str) -> dict[str, Any]:
+    """The ``queries`` collection of one product's extent.
+
+    :meth:`~marscope_stac.stac.catalog.OutputCatalog.add` merges it with the collection on disk
+    (extent, item links) under the catalog's lock.
+    """
+    return stac_collection(
+        "queries",
+        "Query products",
+        "Probability maps, detections and class maps of landform queries.",
+        (bbox, [start, end]),
+        {"ssys:targets": [grid.body.name]},
+        [SSYS_V1],
+        ssys_fields(grid.body),
+    )
+
+
+def _raster_bbox(layout: RasterLayout) -> list[float]:
+    t = layout.transform
+    rows, cols = layout.shape
+    return [t.c, t.f + t.e * rows, t.c + t.a * cols, t.f]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class CellColumns:
+    """The query-independent columns of ``scores.parquet``: ids, indexes, centre points.
+
+    Built once per embedding set (the engine keeps them) and reused by every query.
+    """
+
+    cell_id: pa.Array
+    cell_index: pa.Array
+    geometry: pa.Array
+    covering: Covering
+
+    @classmethod
+    def of(cls, grid: Grid, cells: NDArray[np.int64]) -> CellColumns:
+        """The columns of ``cells`` on ``grid``."""
+        cells = np.asarray(cells, np.int64)
+        row, col = grid.row_col(cells)
+        ids = pc.binary_join_element_wise(
+            pa.scalar(grid.spec),
+            pc.cast(pa.array(row), pa.string()),
+            pc.cast(pa.array(col), pa.string()),
+            ":",
+        )
+        centres = grid.centers(cells)
+        boxes = Covering.of(np.concatenate([centres, centres], axis=1))  # a point's box
+        return cls(ids, pa.array(cells), point_wkb(centres[:, 0], centres[:, 1]), boxes)
+
+
+def write_scores(
+    path: Path, grid: Grid, result: ScoredQuery, columns: CellColumns | None = None
+) -> Path:
+    """Per-cell scores and probabilities as GeoParquet (cell centre points, body CRS)."""
+    cols = columns or CellColumns.of(grid, result.cells)
+    return write_geoparquet(
+        path,
+        {
+            "cell_id": cols.cell_id,
+            "cell_index": cols.cell_index,
+            "score": pa.array(np.asarray(result.scores, np.float32)),
+            "probability": pa.array(np.asarray(result.probability, np.float32)),
+        },
+        cols.geometry,
+        grid.body.crs,
+        ["Point"],
+        cols.covering,
+        dictionary=False,
+    )
+
+
+def read_scores(path: str | Path) -> Any:
+    """Read a product's per-cell scores (see :func:`write_scores`) as a GeoDataFrame."""
+    import geopandas as gpd
+
+    return gpd.read_parquet(path)
+
+
+def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, float]]]) -> Path:
+    import shapely
+
+    geoms = np.asarray([g for g, _ in feats], dtype=object)
+    bounds = shapely.bounds(geoms) if feats else np.zeros((0, 4))
+    return write_geoparquet(
+        path,
+        {
+            "max_probability": pa.array([p["max_probability"] for _, p in feats], pa.float64()),
+            "mean_probability": pa.array([p["mean_probability"] for _, p in feats], pa.float64()),
+            "cells": pa.array([p["cells"] for _, p in feats], pa.int64()),
+        },
+        list(shapely.to_wkb(geoms)) if feats else [],
+        grid.body.crs,
+        sorted({g.geom_type for g, _ in feats}),
+        Covering.of(bounds),
+    )
+
+
+def write_query_product(
+    out: str | Path,
+    qid: str,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    result: ScoredQuery,
+    spec: QuerySpec,
+    threshold: float,
+    model_name: str,
+    timings: dict[str, float] | None = None,
+    columns: CellColumns | None = None,
+    products: Sequence[str] = OPTIONAL_PRODUCTS,
+) -> QueryProduct:
+    """Write a scored query's files and STAC item (see the module docstring).
+
+    Args:
+        out: Products catalog folder.
+        qid: Query id (:func:`query_id`).
+        es: The embedding set that was scored.
+        grid: Its grid.
+        layout: Its raster layout.
+        result: Scores and probabilities of every cell, in the set's row order.
+        spec: The query, as recorded in the item.
+        threshold: Detection threshold on the probability, in [0, 1].
+        model_name: Name of the model that made the set.
+        timings: Adds seconds per step to this dict.
+        columns: The set's cell columns for ``scores.parquet`` (computed when not given).
+        products: Which files to write besides the COG (see :data:`OPTIONAL_PRODUCTS`).
+
+    Raises:
+        ConfigError: for a threshold outside [0, 1].
+        OutputError: if ``out`` is not a products catalog or cannot be written.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold {threshold} must be in [0, 1]")
+    unknown = set(products) - set(OPTIONAL_PRODUCTS)
+    if unknown:
+        raise ConfigError(
+            f"unknown product {sorted(unknown)[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
+        )
+    catalog = OutputCatalog(out)
+    clock = _Clock(timings if timings is not None else {})
+    folder = Path(out) / "queries" / qid
+    values = layout.raster(result.probability)
+    clock.lap("raster")
+    with staged_directory(folder, overwrite=True, owned=True) as stage:
+        files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
+        feats = files.write(result, threshold, columns, products)
+        assets = {
+            key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
+        }
+    clock.reset()
+    n_det = len(feats) if "detections" in products else None
+    item = _query_item(folder, qid, spec, es, grid, layout, result, threshold, n_det, model_name)
+    item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
+    clock.lap("STAC")
+    return QueryProduct(qid, folder, item_path, result, n_det, threshold, assets, clock.timings)
+
+
+def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], grid: Grid) -> Path:
+    """Add a query or class item to the ``queries`` collection (its extent grown to cover it)."""
+    coll_path = path.parent.parent / "collection.json"
+    props = item["properties"]
+    start, end = props["start_datetime"], props["end_datetime"]
+    coll = _queries_collection(grid, item["bbox"], start, end)
+    return catalog.add(coll_path, coll, path, item)
+
+
+def _tile_metadata(qid: str, spec: QuerySpec, grid: Grid) -> dict[str, Any]:
+    """PMTiles metadata of a query's archives."""
+    return tile_metadata(qid, f"probability of {', '.join(spec.text) or 'examples'}", grid.body)
+
+
+@dataclass
+class _Files:
+    """What the files of one query product are made from, and where they go."""
+
+    stage: Path
+    meta: dict[str, Any]
+    grid: Grid
+    layout: RasterLayout
+    values: NDArray[np.float32]
+    clock: _Clock
+
+    def write(
+        self,
+        result: ScoredQuery,
+        threshold: float,
+        columns: CellColumns | None,
+        products: Sequence[str],
+    ) -> list[tuple[Any, dict[str, float]]]:
+        """Write the product's files; returns the detections.
+
+        GDAL and pyarrow release the GIL: the COG and the scores table are written in
+        threads while the tiles, preview and detections are made here.
+        """
+        stage, clock, transform = self.stage, self.clock, self.layout.transform
+        stored = quantize(self.values)
+        feats: list[tuple[Any, dict[str, float]]] = []
+        with ThreadPoolExecutor(2) as pool:
+            background = [pool.submit(clock.timed, "COG", self._cog, stored)]
+            if "scores" in products:
+                background.append(
+                    pool.submit(
+                        clock.timed,
+                        "scores GeoParquet",
+                        write_scores,
+                        stage / "scores.parquet",
+                        self.grid,
+                        result,
+                        columns,
+                    )
+                )
+            if "tiles" in products:
+                zoom = raster_zoom_range(transform, self.layout.shape)
+                path = stage / "probability.pmtiles"
+                clock.timed(
+                    "raster PMTiles", write_raster_pmtiles, path, stored, transform, self.meta, zoom
+                )
+            if "preview" in products:
+                clock.timed("preview", save_png, stage / "preview.png", self.values)
+            if "detections" in products:
+                feats = self._detections(threshold)
+            for future in background:
+                future.result()
+        return feats
+
+    def _cog(self, stored: NDArray[np.uint8]) -> Path:
+        return write_cog(
+            self.stage / "probability.tif",
+            stored,
+            self.grid.body.crs,
+            self.layout.transform,
+            nodata=PROBABILITY_NODATA,
+            band_names=["probability"],
+            scale=PROBABILITY_SCALE,
+            offset=0.0,
+            overview_resampling="average",
+        )
+
+    def _detections(self, threshold: float) -> list[tuple[Any, dict[str, float]]]:
+        """Detections GeoParquet and vector PMTiles; returns the detections."""
+        clock, transform = self.clock, self.layout.transform
+        feats: list[tuple[Any, dict[str, float]]] = []
+        if (np.nan_to_num(self.values, nan=-1.0) >= threshold).any():
+            feats = clock.timed("detections", raster_detections, self.values, transform, threshold)
+        path = self.stage / "detections.parquet"
+        clock.timed("detections GeoParquet", _write_detections, path, self.grid, feats)
+        if feats:
+            _, base = zoom_range(float(transform.a))
+            zoom = (max(0, base - 5), max(0, base - 1))
+            path = self.stage / "detections.pmtiles"
+            clock.timed("vector PMTiles", write_vector_pmtiles, path, feats, self.meta, zoom)
+        return feats
+
+
+def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
+    """``derived_from`` links to the embedding item and, through it, the model and sources."""
+    emb_item = es.root / f"{es.root.name}.json"
+    if not emb_item.is_file():
+        return []
+    emb = json.loads(emb_item.read_text())
+    links = [
+        {
+            "rel": "derived_from",
+            "href": relative_href(emb_item, folder),
+            "type": "application/geo+json",
+            "title": "embedding set",
+        }
+    ]
+    for lk in emb.get("links", []):
+        if lk.get("rel") in ("derived_from", "emb:model"):
+            href = lk["href"]
+            target = href if href.startswith("http") else emb_item.parent / href
+            links.append(
+                {
+                    "rel": "derived_from",
+                    "href": lineage_href(target, folder),
+                    "type": lk.get("type", "application/json"),
+                    "title": lk.get("title", "model" if lk["rel"] == "emb:model" else "source"),
+                }
+            )
+    return links
+
+
+def _embedding_times(es: EmbeddingSet) -> tuple[str, str]:
+    emb_item = es.root / f"{es.root.name}.json"
+    props = json.loads(emb_item.read_text()).get("properties", {}) if emb_item.is_file() else {}
+    now = now_utc()
+    return props.get("start_datetime", now), props.get("end_datetime", now)
+
+
+def _query_item(
+    folder: Path,
+    qid: str,
+    spec: QuerySpec,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    result: ScoredQuery,
+    threshold: float,
+    n_det: int | None,
+    model_name: str,
+) -> dict[str, Any]:
+    start, end = _embedding_times(es)
+    now = now_utc()
+    bbox = _raster_bbox(layout)
+    props: dict[str, Any] = {
+        **ssys_fields(grid.body),
+        "start_datetime": start,
+        "end_datetime": end,
+        "processing:lineage": (
+            "Cells of the embedding set scored by cosine similarity to the query vector; "
+            "probabilities = softmax at the model's temperature of the query against "
+            "background prompts; detections = cells with probability >= threshold, merged."
+        ),
+        "processing:software": {"marscope-stac": __version__},
+        "processing:datetime": now,
+        "marscope:query": spec.describe(),
+        "marscope:threshold": threshold,
+        "marscope:calibration": "softmax-vs-background-prompts",
+        "marscope:scoring": result.scoring,
+        "marscope:grid": grid.spec,
+        "marscope:detections": n_det,  # null when the detections were not made
+        "marscope:model": model_name,
+    }
+
+    def asset(name: str, media: str, roles: list[str], title: str, **extra: Any) -> Any:
+        return file_asset(folder / name, folder, media, roles, title, **extra)
+
+    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
+    described = {
+        "probability": (COG_MEDIA_TYPE, ["data"], "Calibrated probability (COG)"),
+        "tiles": (
+            PMTILES_MEDIA_TYPE,
+            ["visual", "tiles"],
+            "Probability raster tiles (PMTiles, PNG)",
+        ),
+        "preview": ("image/png", ["thumbnail", "overview", "visual"], "Probability map preview"),
+        "detections": (PARQUET_MEDIA_TYPE, ["data", "detections"], "Detections (GeoParquet)"),
+        "detection-tiles": (
+            PMTILES_MEDIA_TYPE,
+            ["visual", "tiles"],
+            "Detections (PMTiles, vector)",
+        ),
+        "scores": (
+            PARQUET_MEDIA_TYPE,
+            ["data", "scores"],
+            "Per-cell score and probability (GeoParquet)",
+        ),
+    }
+    assets = {}
+    for key, (media, roles, title) in described.items():
+        name = ASSET_FILES[key]
+        if (folder / name).is_file():
+            extra = {}
+            if key == "probability":  # the raster's grid: projection fields on its asset
+                extra = {**grid_fields, "bands": cog_band_fields(folder / name)}
+            assets[key] = asset(name, media, roles, title, **extra)
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1]
+    title, description = _query_words(spec, grid, es, model_name, n_det, threshold)
+    links = _source_links(es, folder)
+    return stac_item(
+        qid, props, extensions, bbox, assets, links, title=title, description=description
+    )
+
+
+def _query_words(
+    spec: QuerySpec,
+    grid: Grid,
+    es: EmbeddingSet,
+    model_name: str,
+    n_det: int | None,
+    threshold: float,
+) -> tuple[str, str]:
+    """Title and description of a query product's item."""
+    what = " + ".join(spec.text) if spec.text else "the given examples"
+    found = "" if n_det is None else f"; {n_det} detections at p >= {threshold:g}"
+    return f"Where: {what}"[:120], (
+        f"Calibrated probability that each cell of grid {grid.spec} shows {what}, scored "
+        f"over embedding set {es.root.name} made with model {model_name}{found}."
+    )
+
+
+# ----------------------------------------------------------------------------- classes
+
+
+def write_class_product(
+    out: str | Path,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    names: list[str],
+    templates: Sequence[str],
+    prob: NDArray[np.float32],
+    model_name: str,
+) -> ClassProduct:
+    """Write a zero-shot classification: class map and per-class probability COGs, STAC item.
+
+    ``prob`` holds one column per class, background first, rows in the set's order.
+    """
+    catalog = OutputCatalog(out)
+    label = prob.argmax(axis=1).astype(np.float32)
+    qid = class_id(es, names, templates)
+    folder = Path(out) / "queries" / qid
+    class_map = layout.raster(label)
+    stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
+    cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)
+    all_names = ["background", *names]
+    with staged_directory(folder, overwrite=True, owned=True) as stage:
+        write_cog(
+            stage / "classes.tif",
+            cmap_u8,
+            grid.body.crs,
+            layout.transform,
+            nodata=PROBABILITY_NODATA,
+            band_names=["class"],
+            overview_resampling="nearest",
+        )
+        write_cog(
+            stage / "probabilities.tif",
+            stack,
+            grid.body.crs,
+            layout.transform,
+            nodata=PROBABILITY_NODATA,
+            band_names=all_names,
+            scale=PROBABILITY_SCALE,
+            offset=0.0,
+        )
+        _class_preview(stage / "preview.png", cmap_u8, len(all_names))
+        meta = tile_metadata(qid, "Zero-shot class map", grid.body)
+        colours = list(CLASS_COLOURS[: len(all_names)])
+        write_raster_pmtiles(
+            stage / "classes.pmtiles",
+            cmap_u8,
+            layout.transform,
+            meta,
+            raster_zoom_range(layout.transform, cmap_u8.shape),
+            nodata=PROBABILITY_NODATA,
+            colours=colours,
+        )
+    item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
+    item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
+    counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
+    return ClassProduct(qid, folder, item_path, names, counts)
+
+
+def _class_preview(path: Path, cmap_u8: NDArray[np.uint8], n_classes: int) -> None:
+    from PIL import Image
+
+    rgb = np.zeros((*cmap_u8.shape, 4), np.uint8)
+    for k, colour in enumerate(CLASS_COLOURS[:n_classes]):
+        rgb[cmap_u8 == k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)] + [255]
+    step = max(1, -(-max(cmap_u8.shape) // 1024))  # large maps: every n-th pixel
+    rgb, cmap_u8 = rgb[::step, ::step], cmap_u8[::step, ::step]
+    img = Image.fromarray(rgb, "RGBA")
+    scale = max(1, min(1024 // max(cmap_u8.shape), 16))
+    img.resize((cmap_u8.shape[1] * scale, cmap_u8.shape[0] * scale), Image.Resampling.NEAREST).save(
+        path
+    )
+
+
+def _class_item(
+    folder: Path,
+    qid: str,
+    es: EmbeddingSet,
+    grid: Grid,
+    layout: RasterLayout,
+    names: list[str],
+    all_names: list[str],
+    model_name: str,
+) -> dict[str, Any]:
+    from marscope_stac.stac.build import CLASSIFICATION_V2
+
+    slug = [
+        re.sub(r"[^0-9A-Za-z_-]+", "-", n).strip("-") or f"class{k}"
+        for k, n in enumerate(all_names)
+    ]
+    classes_field = [
+        {"value": k, "name": slug[k], "description": all_names[k], "color_hint": CLASS_COLOURS[k]}
+        for k in range(len(all_names))
+    ]
+    bbox = _raster_bbox(layout)
+    asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
+    start, end = _embedding_times(es)
+    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
+    props = {
+        **ssys_fields(grid.body),
+        "start_datetime": start,
+        "end_datetime": end,
+        "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
+        "background prompt at the model's temperature.",
+        "processing:software": {"marscope-stac": __version__},
+        "processing:datetime": now_utc(),
+        "marscope:classes": names,
+        "marscope:model": model_name,
+    }
+    assets = {
+        "classes": asset(
+            "classes.tif",
+            COG_MEDIA_TYPE,
+            ["data"],
+            "Most probable class (COG)",
+            **grid_fields,
+            bands=cog_band_fields(folder / "classes.tif"),
+            **{"classification:classes": classes_field},
+        ),
+        "probabilities": asset(
+            "probabilities.tif",
+            COG_MEDIA_TYPE,
+            ["data"],
+            "Per-class probabilities (COG, one band each)",
+            **grid_fields,
+            bands=cog_band_fields(folder / "probabilities.tif"),
+        ),
+        "preview": asset(
+            "preview.png", "image/png", ["thumbnail", "overview", "visual"], "Class map preview"
+        ),
+        "tiles": asset(
+            "classes.pmtiles", PMTILES_MEDIA_TYPE, ["visual", "tiles"], "Class map tiles (PMTiles)"
+        ),
+    }
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
+    return stac_item(
+        qid,
+        props,
+        extensions,
+        bbox,
+        assets,
+        _source_links(es, folder),
+        title=f"Classes: {', '.join(names)}"[:120],
+        description=(
+            f"Zero-shot classification of every cell of grid {grid.spec} into "
+            f"{', '.join(names)} or background, over embedding set {es.root.name} made with "
+            f"model {model_name}."
+        ),
+    )

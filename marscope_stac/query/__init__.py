@@ -1,0 +1,5 @@
+"""Scoring.
+
+Query specifications, query vectors (text, examples, hybrid, refinement), exact and int8
+scoring, calibrated probabilities and composites.
+"""

@@ -1,0 +1,417 @@
+"""Scoring an embedding set: query vectors, scores, calibrated probabilities, composites.
+
+Everything here works on arrays and cell indexes with numpy; texts and images are turned into
+vectors by functions the caller passes (the query engine, which owns the model and its cache).
+
+Query vectors
+    Text: MarScope's prompt-ensemble embedding. Examples: the normalised mean of example
+    embeddings (cells picked by lon/lat or cell id, or image files). Hybrid: ``w * image +
+    (1 - w) * text`` re-normalised (MarScope: w = 0.3). Refinement: Rocchio's update
+    ``q + a * mean(positives) - b * mean(negatives)`` re-normalised.
+Scores
+    Cosine similarity of every cell to the query. ``exact`` scoring reads the float16 vectors
+    (float32 arithmetic: the same numbers as a float32 matrix product on the stored values).
+    ``int8`` scoring reads the int8 copies (one byte a value) and then re-scores exactly every
+    cell whose result could depend on the rounding: cells that may be among the ``top_k`` best
+    and cells whose probability may be on either side of the detection threshold, each within
+    6 standard deviations of its rounding error, and cells whose probability could move by
+    more than :data:`PROBABILITY_TOLERANCE` (half the products' storage step). So the ranking
+    of the best ``top_k`` cells and the detections are those of exact scoring, and every
+    probability is within about half a storage step (0.002, to first order) of it. ``auto``
+    picks ``exact`` up to :data:`EXACT_MAX_VALUES` stored values and ``int8`` above.
+Probabilities
+    A cell's probability of showing the query is the softmax, at the model's own temperature
+    ``t``, of its similarity to the query against its similarities to a fixed set of background
+    prompts (plain terrain): ``p = e^(t s_q) / (e^(t s_q) + sum_b e^(t s_b))``, computed as
+    ``sigmoid(t s_q - L)`` with ``L = log sum_b e^(t s_b)`` stored per cell. It is 0.5 where the
+    query explains the cell as well as all of background does together.
+Composites (on probability maps)
+    ``A and not B`` = p_A (1 - p_B); ``A near B within r km`` = p_A * max p_B over cells whose
+    centres lie within r km (great circle on the body's sphere).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from marscope_stac.core.bodies import chord_length, unit_vectors
+from marscope_stac.core.errors import ConfigError
+from marscope_stac.core.prompts import MARSCOPE_TEMPLATES, check_phrases
+from marscope_stac.grid.grids import Grid
+from marscope_stac.index.scan import f16_table, scan_rows, score_rows
+from marscope_stac.index.store import ScoringArrays
+
+__all__ = [
+    "EXACT_MAX_VALUES",
+    "SCORING_MODES",
+    "QuerySpec",
+    "ScoredQuery",
+    "and_not",
+    "example_rows",
+    "near",
+    "probabilities",
+    "query_vector",
+    "score",
+]
+
+EXACT_MAX_VALUES = 1 << 27
+"""``auto`` scoring reads float16 vectors up to this many stored values (rows x dim)."""
+
+SCORING_MODES = ("auto", "exact", "int8")
+"""Scoring modes (see the module docstring)."""
+
+DEFAULT_TOP_K = 20_000
+"""Best cells whose ranking ``int8`` scoring keeps exact (MarScope's largest K)."""
+
+
+@dataclass
+class QuerySpec:
+    """What to look for.
+
+    Attributes:
+        text: Text queries (their embeddings are averaged when several are given).
+        points: Example locations (lon, lat); each picks the embedded cell containing it.
+        cells: Example cell ids.
+        images: Example image files (single-band or RGB; scaled to 0..1).
+        negatives_points: Counter-examples for refinement (lon, lat).
+        negative_cells: Counter-example cell ids.
+        image_weight: Weight of the examples in a hybrid query (MarScope: 0.3).
+        templates: Prompt templates (MarScope's three by default; empty: none).
+        refine_positive: Rocchio weight of the positive examples in refinement.
+        refine_negative: Rocchio weight of the negative examples in refinement.
+        composite: For a composite's product: the operator and both texts (``op``,
+            ``first``, ``second``, ``within_km``); ``text`` then holds its label.
+    """
+
+    text: list[str] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)
+    cells: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    negatives_points: list[tuple[float, float]] = field(default_factory=list)
+    negative_cells: list[str] = field(default_factory=list)
+    image_weight: float = 0.3
+    templates: Sequence[str] = MARSCOPE_TEMPLATES
+    refine_positive: float = 0.5
+    refine_negative: float = 0.5
+    composite: dict[str, object] | None = None
+
+    def describe(self) -> dict[str, object]:
+        """The query as recorded in products."""
+        d: dict[str, object] = {}
+        for key in ("text", "points", "cells", "images", "negatives_points", "negative_cells"):
+            value = getattr(self, key)
+            if value:
+                d[key] = [list(v) if isinstance(v, tuple) else v for v in value]
+        d["image_weight"] = self.image_weight
+        d["templates"] = list(self.templates)
+        if self.composite is not None:
+            d["composite"] = dict(self.composite)
+        if self.negatives_points or self.negative_cells:
+            d["refine"] = [self.refine_positive, self.refine_negative]
+        return d
+
+    @property
+    def has_examples(self) -> bool:
+        """Whether the query has positive examples (points, cells or images)."""
+        return bool(self.points or self.cells or self.images)
+
+
+@dataclass
+class ScoredQuery:
+    """Scores and probabilities of every embedded cell.
+
+    Attributes:
+        cells: Cell index of each row.
+        scores: Cosine similarity to the query.
+        probability: Calibrated probability.
+        vector: The unit query vector.
+        scoring: How the scores were computed (``exact``, ``int8``, or ``composite``).
+        exact_rows: Rows scored exactly (all of them for ``exact``).
+    """
+
+    cells: NDArray[np.int64]
+    scores: NDArray[np.float32]
+    probability: NDArray[np.float32]
+    vector: NDArray[np.float32]
+    scoring: str = "exact"
+    exact_rows: int = -1
+
+    def top(self, k: int) -> NDArray[np.int64]:
+        """Row numbers of the ``k`` best cells."""
+        k = min(k, len(self.scores))
+        part = np.argpartition(-self.scores, k - 1)[:k] if k else np.zeros(0, np.int64)
+        return part[np.argsort(-self.scores[part], kind="stable")]
+
+
+def _unit(v: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+    n = float(np.linalg.norm(v))
+    if not n > 0:
+        raise ConfigError("the query vector is zero; give different examples")
+    return (np.asarray(v, np.float64) / n).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- scans
+
+
+def _int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
+    v, s = arrays.int8, arrays.scale
+
+    def block(a: int, b: int) -> NDArray[np.float32]:
+        return np.asarray((v[a:b].astype(np.float32) @ q) * s[a:b], np.float32)
+
+    return scan_rows(len(v), block)
+
+
+def _uncertain_rows(
+    s8: NDArray[np.float32],
+    margin: NDArray[np.float32],
+    top_k: int,
+    threshold_scores: NDArray[np.float32] | None,
+    p8: NDArray[np.float32],
+    logit_scale: float,
+) -> NDArray[np.int64]:
+    """Rows whose exact score could change the result.
+
+    That is: the top ``top_k``, the side of the threshold, or the probability by more than
+    :data:`PROBABILITY_TOLERANCE`.
+    """
+    k = min(max(top_k, 1), len(s8))
+    # at least k rows score at least the k-th largest lower bound: a row of the exact
+    # top k reaches it
+    lower = s8 - margin
+    kth = np.partition(lower, len(s8) - k)[len(s8) - k]
+    uncertain = s8 + margin >= kth
+    if threshold_scores is not None:
+        uncertain |= np.abs(s8 - threshold_scores) <= margin
+    # dp/ds = t p (1 - p): cells of intermediate probability are sensitive to the rounding
+    uncertain |= np.float32(logit_scale) * p8 * (1 - p8) * margin > PROBABILITY_TOLERANCE
+    return np.flatnonzero(uncertain).astype(np.int64)
+
+
+PROBABILITY_TOLERANCE = 0.002
+"""Largest probability error left by int8 scoring (half the products' 0.004 storage step)."""
+
+
+def resolve_mode(mode: str, arrays: ScoringArrays) -> str:
+    """``exact`` or ``int8`` for a scoring mode and a set (see the module docstring).
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    if mode not in SCORING_MODES:
+        raise ConfigError(f"unknown scoring {mode!r}; use one of {', '.join(SCORING_MODES)}")
+    if mode == "auto":
+        return "exact" if len(arrays) * arrays.dim <= EXACT_MAX_VALUES else "int8"
+    return mode
+
+
+def probabilities(
+    scores: NDArray[np.float32], background: NDArray[np.float32], logit_scale: float
+) -> NDArray[np.float32]:
+    """Calibrated probability of each cell: ``sigmoid(t * score - background)``."""
+    with np.errstate(over="ignore"):
+        z = np.exp(np.asarray(background, np.float32) - np.float32(logit_scale) * scores)
+    return (1.0 / (1.0 + z)).astype(np.float32)
+
+
+def _threshold_scores(
+    threshold: float | None, background: NDArray[np.float32], logit_scale: float
+) -> NDArray[np.float32] | None:
+    """The score at which each cell's probability equals ``threshold``."""
+    if threshold is None or not 0.0 < threshold < 1.0:
+        return None
+    logit = math.log(threshold / (1.0 - threshold))
+    return ((logit + np.asarray(background, np.float32)) / np.float32(logit_scale)).astype(
+        np.float32
+    )
+
+
+def score(
+    arrays: ScoringArrays,
+    q: NDArray[np.float32],
+    logit_scale: float,
+    mode: str = "auto",
+    top_k: int = DEFAULT_TOP_K,
+    threshold: float | None = None,
+) -> ScoredQuery:
+    """Score every row of a set for the unit query ``q`` and calibrate the scores.
+
+    Args:
+        arrays: The set's scoring arrays (with their background term).
+        q: Unit query vector.
+        logit_scale: The model's temperature.
+        mode: ``auto``, ``exact`` or ``int8`` (see the module docstring).
+        top_k: With ``int8``: how many best cells keep an exact ranking.
+        threshold: With ``int8``: the detection threshold whose crossings stay exact.
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    if arrays.background is None:
+        raise ConfigError("the embedding set has no background term; open it with its model")
+    q = np.ascontiguousarray(q, np.float32)
+    bg = np.asarray(arrays.background)
+    how = resolve_mode(mode, arrays)
+    if how == "exact" or len(arrays) == 0:
+        s = score_rows(arrays, q)
+        exact = len(s)
+    else:
+        s = _int8_scores(arrays, q)
+        # rounding error of a row: sum of q_i * d_i, d_i uniform in +-scale/2, |q| = 1
+        margin = (6.0 / math.sqrt(12.0)) * np.asarray(arrays.scale, np.float32)
+        prob = probabilities(s, bg, logit_scale)
+        thr = _threshold_scores(threshold, bg, logit_scale)
+        rows = _uncertain_rows(s, margin, top_k, thr, prob, logit_scale)
+        s[rows] = score_rows(arrays, q, rows)
+        prob[rows] = probabilities(s[rows], bg[rows], logit_scale)
+        return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, len(rows))
+    prob = probabilities(s, bg, logit_scale)
+    return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, exact)
+
+
+# ----------------------------------------------------------------------------- query vectors
+
+
+def _rows_for_points(
+    arrays: ScoringArrays, grid: Grid, points: Sequence[tuple[float, float]], what: str
+) -> list[int]:
+    for lon, lat in points:
+        if not (-360 <= lon <= 360 and -90 <= lat <= 90):
+            raise ConfigError(f"{what} ({lon}, {lat}) is not a lon/lat position")
+    if not points:
+        return []
+    cells = grid.locate(
+        np.array([p[0] for p in points], np.float64), np.array([p[1] for p in points], np.float64)
+    )
+    rows = np.where(cells >= 0, arrays.rows_of(np.maximum(cells, 0)), -1)
+    for (plon, plat), r in zip(points, rows.tolist(), strict=True):
+        if r < 0:
+            raise ConfigError(
+                f"{what} ({plon}, {plat}) is outside the embedded area; pick a point with imagery"
+            )
+    return [int(r) for r in rows]
+
+
+def _rows_for_cells(arrays: ScoringArrays, grid: Grid, ids: Sequence[str], what: str) -> list[int]:
+    rows = []
+    for cid in ids:
+        r = int(arrays.rows_of(np.array([grid.parse_cell_id(cid)]))[0])
+        if r < 0:
+            raise ConfigError(f"{what} {cid} is not in the embedding set (no imagery there)")
+        rows.append(r)
+    return rows
+
+
+def example_rows(
+    arrays: ScoringArrays,
+    grid: Grid,
+    points: Sequence[tuple[float, float]],
+    cells: Sequence[str],
+    what: str = "example",
+) -> list[int]:
+    """Rows of example cells given by lon/lat points and by cell ids.
+
+    Raises:
+        ConfigError: for a position outside the set or an unknown cell id.
+    """
+    rows = _rows_for_points(arrays, grid, points, f"{what} point")
+    return rows + _rows_for_cells(arrays, grid, cells, f"{what} cell")
+
+
+def _row_vectors(arrays: ScoringArrays, rows: Sequence[int]) -> NDArray[np.float32]:
+    idx = np.asarray(sorted(rows), np.int64)
+    return np.take(f16_table(), arrays.vector_rows(idx).view(np.uint16))
+
+
+TextVectors = Callable[[Sequence[str], Sequence[str]], NDArray[np.float32]]
+"""``(phrases, templates) -> (n, dim)`` unit vectors."""
+ImageVectors = Callable[[Sequence[str]], NDArray[np.float32]]
+"""``(image paths) -> (n, dim)`` unit vectors."""
+
+
+def query_vector(
+    spec: QuerySpec,
+    arrays: ScoringArrays,
+    grid: Grid,
+    text_vectors: TextVectors,
+    image_vectors: ImageVectors,
+) -> NDArray[np.float32]:
+    """The unit query vector of ``spec`` (see the module docstring).
+
+    Raises:
+        ConfigError: for an empty or overlong text, a bad weight, examples outside the set, or
+            nothing to look for.
+    """
+    if spec.text:
+        check_phrases(spec.text)
+    if not 0.0 <= spec.image_weight <= 1.0:
+        raise ConfigError(f"image weight {spec.image_weight} must be in [0, 1]")
+    rows = example_rows(arrays, grid, spec.points, spec.cells)
+    neg_rows = example_rows(
+        arrays, grid, spec.negatives_points, spec.negative_cells, "counter-example"
+    )
+    text = _unit(text_vectors(spec.text, spec.templates).mean(axis=0)) if spec.text else None
+    examples = list(_row_vectors(arrays, rows)) if rows else []
+    if spec.images:
+        examples += list(image_vectors(spec.images))
+    image = _unit(np.mean(examples, axis=0)) if examples else None
+    if text is None and image is None:
+        raise ConfigError("nothing to look for: give query text, example points, cells or images")
+    if text is not None and image is not None:
+        q = _unit(spec.image_weight * image + (1.0 - spec.image_weight) * text)
+    else:
+        q = text if text is not None else image  # type: ignore[assignment]
+    if neg_rows:
+        pos = np.mean(examples, axis=0) if examples else np.zeros_like(q)
+        neg = _row_vectors(arrays, neg_rows).mean(axis=0)
+        q = _unit(q + spec.refine_positive * pos - spec.refine_negative * neg)
+    return q
+
+
+# ----------------------------------------------------------------------------- composites
+
+
+def and_not(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Probability of A and not B (independence assumed)."""
+    return (a * (1.0 - b)).astype(np.float32)
+
+
+def near(
+    a: NDArray[np.float32],
+    b: NDArray[np.float32],
+    centres_lonlat: NDArray[np.float64],
+    radius_km: float,
+    body_radius_m: float,
+    floor: float = 1e-3,
+) -> NDArray[np.float32]:
+    """Probability of A with B nearby: p_A * max p_B within ``radius_km`` of each cell.
+
+    Only cells where p_A and p_B reach ``floor`` take part (a product below it rounds to
+    zero in the products), so sparse maps of whole planets stay cheap.
+
+    Raises:
+        ConfigError: for a radius that is not positive.
+    """
+    from scipy.spatial import cKDTree
+
+    if not radius_km > 0:
+        raise ConfigError(f"radius {radius_km} km must be positive")
+    out = np.zeros(len(a), np.float32)
+    rows_a = np.flatnonzero(a >= floor)
+    rows_b = np.flatnonzero(b >= floor)
+    if not len(rows_a) or not len(rows_b):
+        return out
+    xyz = unit_vectors(centres_lonlat)
+    tree = cKDTree(xyz[rows_b])
+    chord = chord_length(radius_km * 1000.0 / body_radius_m)
+    pb = b[rows_b]
+    for k, hits in zip(rows_a.tolist(), tree.query_ball_point(xyz[rows_a], chord), strict=True):
+        if hits:
+            out[k] = a[k] * pb[hits].max()
+    return out

@@ -1,0 +1,213 @@
+"""``marscope catalog build``: a static STAC catalog for a folder of GeoTIFFs.
+
+Users with downloaded tiles (e.g. CTX mosaic GeoTIFFs) get STAC in one command. Each GeoTIFF
+becomes an Item with the project's conventions (ssys, projection v2 read from the header,
+STAC 1.1 bands with raster v2 fields, file checksum); the body is recognised from the CRS
+(or given). The catalog is written to ``<folder>/stac/`` atomically, its asset hrefs relative
+to the GeoTIFFs, which are not moved or copied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from pyproj import CRS
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+from rio_cogeo.cogeo import cog_validate
+
+from marscope_stac.core.bodies import Body, body_of_crs, get_body
+from marscope_stac.core.errors import CatalogError, ConfigError, DataError
+from marscope_stac.core.fs import staged_directory
+from marscope_stac.stac.build import (
+    COG_MEDIA_TYPE,
+    FILE_V2,
+    PROJ_V2,
+    RASTER_V2,
+    SSYS_V1,
+    cog_band_fields,
+    file_asset,
+    proj_fields,
+    ssys_fields,
+    stac_catalog,
+    stac_collection,
+    stac_item,
+)
+from marscope_stac.stac.catalog import item_folder, write_static_catalog
+from marscope_stac.stac.validation import validate_catalog
+
+__all__ = ["FolderCatalog", "build_folder_catalog"]
+
+
+@dataclass
+class FolderCatalog:
+    """What :func:`build_folder_catalog` wrote."""
+
+    root: Path
+    items: int
+    body: Body
+
+    def summary(self) -> str:
+        """One line for people."""
+        return f"wrote {self.root / 'catalog.json'}: {self.items} items of {self.body.name}"
+
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a collection id given by a user may hold (it names a folder of the catalog)."""
+
+GEOTIFF_MEDIA_TYPE = "image/tiff; application=geotiff"
+
+
+def _item_id(path: Path, folder: Path) -> str:
+    rel = path.relative_to(folder).with_suffix("").as_posix()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", rel).strip("-") or "item"
+
+
+def _tif_item(tif: Path, item_id: str, folder: Path) -> tuple[dict[str, Any], Body]:
+    """The STAC item of one GeoTIFF (footprint in its body's lon/lat), and that body.
+
+    ``folder`` is where the item's JSON will be (its asset href is relative to it).
+
+    Raises:
+        CatalogError: for a file without CRS or with a CRS of no known planetary body.
+        DataError: for a file that is not a readable GeoTIFF.
+    """
+    try:
+        with rasterio.open(tif) as src:
+            if src.crs is None:
+                raise CatalogError(f"{tif} has no CRS in its header; georeference it first")
+            crs = CRS.from_wkt(src.crs.to_wkt())
+            shape, transform, bounds = (src.height, src.width), src.transform, src.bounds
+            tags = src.tags()
+            src_crs = src.crs
+    except RasterioError as exc:
+        raise DataError(f"{tif} is not a readable GeoTIFF: {str(exc)[:120]}") from exc
+    tif_body = body_of_crs(crs)
+    if tif_body is None:
+        raise CatalogError(
+            f"{tif}: CRS {crs.name!r} is not of a known planetary body; pass --body "
+            "only if the CRS really is planetary, else reproject the file"
+        )
+    w, s, e, n = transform_bounds(
+        src_crs, rasterio.crs.CRS.from_wkt(tif_body.crs.to_wkt()), *bounds, densify_pts=21
+    )
+    ok, _, _ = cog_validate(str(tif), quiet=True)
+    props = {
+        **ssys_fields(tif_body),
+        **proj_fields(crs, transform, shape),
+        "datetime": _datetime(tags, tif),
+    }
+    asset = file_asset(
+        tif,
+        folder,
+        COG_MEDIA_TYPE if ok else GEOTIFF_MEDIA_TYPE,
+        ["data"],
+        tif.name,
+        bands=cog_band_fields(tif),
+    )
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2]
+    return stac_item(item_id, props, extensions, [w, s, e, n], {"data": asset}), tif_body
+
+
+def _item_ids(tifs: list[Path], root: Path) -> list[str]:
+    """An id per file, from its path; names that clean up to the same id get a path hash."""
+    ids = [_item_id(t, root) for t in tifs]
+    seen = Counter(ids)
+    return [
+        i
+        if seen[i] == 1
+        else f"{i}-{hashlib.sha1(t.relative_to(root).as_posix().encode()).hexdigest()[:8]}"
+        for i, t in zip(ids, tifs, strict=True)
+    ]
+
+
+def build_folder_catalog(
+    folder: str | Path,
+    body: str | None = None,
+    collection_id: str | None = None,
+    overwrite: bool = False,
+) -> FolderCatalog:
+    """Write a static STAC catalog for every GeoTIFF under ``folder`` into ``folder/stac``.
+
+    Args:
+        folder: Folder searched recursively for ``*.tif`` / ``*.tiff``.
+        body: Body shown by the rasters; recognised from their CRS when None.
+        collection_id: Id of the collection (default: the folder name).
+        overwrite: Replace an existing ``folder/stac``.
+
+    Raises:
+        CatalogError: if the folder does not exist, holds no GeoTIFF, a file has no CRS or a
+            CRS of an unknown body, or the files show different bodies.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise CatalogError(f"{root} is not a folder; give the folder holding your GeoTIFFs")
+    if collection_id is not None and not collection_id.strip():
+        raise ConfigError("--collection-id is empty; give a name, or leave it out")
+    if body is not None and not body.strip():
+        raise ConfigError("--body is empty; give a body name (e.g. Mars, Moon), or leave it out")
+    out = root / "stac"
+    tifs = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in (".tif", ".tiff")
+        and out not in p.parents
+        and not any(s.startswith(".") for s in p.relative_to(root).parts)
+    )
+    if not tifs:
+        raise CatalogError(f"no GeoTIFF (*.tif, *.tiff) found under {root}")
+    cid = collection_id or _item_id(root.resolve(), root.resolve().parent)
+    if not ID_PATTERN.fullmatch(cid) or cid in (".", ".."):
+        raise ConfigError(
+            f"collection id {cid!r} is not a plain name; use letters, digits, '.', '_', '-'"
+        )
+    wanted = get_body(body) if body else None
+    with staged_directory(out, overwrite=overwrite) as stage:
+        items: list[dict[str, Any]] = []
+        found_body: Body | None = wanted
+        for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):
+            item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
+            if found_body is None:
+                found_body = tif_body
+            if tif_body is not found_body:
+                raise CatalogError(
+                    f"{tif} shows {tif_body.name} but other files show {found_body.name}; "
+                    "make one catalog per body"
+                )
+            items.append(item)
+        assert found_body is not None
+        boxes = np.array([i["bbox"] for i in items])
+        times = sorted(i["properties"]["datetime"] for i in items)
+        name = root.resolve().name
+        coll = stac_collection(
+            cid,
+            f"GeoTIFFs under {name}",
+            f"{len(items)} GeoTIFFs of {found_body.name} under {name}",
+            ([*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)], [times[0], times[-1]]),
+            {"ssys:targets": [found_body.name]},
+            [SSYS_V1],
+            ssys_fields(found_body),
+        )
+        catalog = stac_catalog(f"{cid}-catalog", f"{cid} catalog", f"GeoTIFFs under {name}")
+        write_static_catalog(stage, catalog, [(coll, items)])
+        validate_catalog(stage, within=root)
+    return FolderCatalog(root=out, items=len(items), body=found_body)
+
+
+def _datetime(tags: dict[str, str], path: Path) -> dt.datetime:
+    """Acquisition time from the TIFF DATETIME tag, else the file's modification time."""
+    raw = tags.get("TIFFTAG_DATETIME")
+    if raw:
+        try:
+            return dt.datetime.strptime(raw.strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            pass
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC).replace(microsecond=0)

@@ -1,0 +1,832 @@
+"""Offline validation of STAC objects against the core and extension JSON Schemas.
+
+pystac fetches extension schemas from the web, which fails with no network. This module
+serves every schema from local files instead: the STAC core schemas shipped with pystac, and
+the extension schemas vendored in ``marscope_stac/data/stac-schemas`` (exact copies of the
+published files, licences beside them). A schema that is neither here nor in pystac is never
+fetched: validation fails with a message naming it, unless the extension is one of
+:data:`RULE_CHECKED_EXTENSIONS`, whose few fields are checked against the ranges their
+specification gives.
+
+Use :func:`install_offline_validator` to make ``pystac``'s own ``validate()`` calls offline,
+or :func:`validate_dict` / :func:`validate_catalog` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pystac
+import pystac.validation
+from pystac.errors import STACValidationError
+from pystac.validation.local_validator import get_local_schema_cache
+from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
+
+from marscope_stac.core.errors import CatalogError, DataError
+from marscope_stac.core.fs import file_multihash, read_regular, safe_resolve, text_vector_checksum
+
+__all__ = [
+    "RULE_CHECKED_EXTENSIONS",
+    "STRUCTURE_RELS",
+    "VIEW_RANGES",
+    "InvalidCatalogError",
+    "ValidationReport",
+    "install_offline_validator",
+    "is_stac_file",
+    "offline_schema_cache",
+    "validate_catalog",
+    "validate_dict",
+    "view_rules_schema",
+    "write_offline_schemas",
+]
+
+VIEW_V1 = "https://stac-extensions.github.io/view/v1.0.0/schema.json"
+
+
+VIEW_RANGES = {
+    "view:off_nadir": (0.0, 90.0),
+    "view:incidence_angle": (0.0, 90.0),
+    "view:azimuth": (0.0, 360.0),
+    "view:sun_azimuth": (0.0, 360.0),
+    "view:sun_elevation": (-90.0, 90.0),
+}
+"""The view v1.0.0 fields and the value ranges its specification gives."""
+
+
+def view_rules_schema() -> dict[str, Any]:
+    """A JSON Schema of :data:`VIEW_RANGES`, for tools that need a schema file offline.
+
+    This is the project's own statement of the rules it checks (the official view schema is
+    not available offline), not a copy of the published file.
+    """
+    fields = {
+        key: {"type": "number", "minimum": lo, "maximum": hi}
+        for key, (lo, hi) in VIEW_RANGES.items()
+    }
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": VIEW_V1,
+        "$comment": "Written by marscope-stac from the field ranges of the view v1.0.0 "
+        "specification, for offline validation; not the published schema file.",
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": fields},
+            "assets": {"type": "object", "additionalProperties": {"properties": fields}},
+        },
+    }
+
+
+def _check_view(obj: Mapping[str, Any]) -> list[str]:
+    """Check view extension fields against the ranges in the view v1.0.0 specification."""
+    ranges = VIEW_RANGES
+    problems: list[str] = []
+    places: list[Mapping[str, Any]] = [obj.get("properties", {})]
+    places += [a for a in obj.get("assets", {}).values() if isinstance(a, Mapping)]
+    found = False
+    for place in places:
+        for key, value in place.items():
+            if not key.startswith("view:"):
+                continue
+            found = True
+            if key not in ranges:
+                problems.append(f"{key} is not a field of the view extension v1.0.0")
+                continue
+            lo, hi = ranges[key]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not (lo <= float(value) <= hi) or not math.isfinite(float(value)):
+                problems.append(f"{key}={value!r} is not a number in [{lo}, {hi}]")
+    if not found:
+        problems.append("the view extension is declared but no view:* field is present")
+    return problems
+
+
+RULE_CHECKED_EXTENSIONS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    VIEW_V1: _check_view,
+}
+"""Extensions with no offline schema copy, checked field by field against their spec."""
+
+
+def _schema_root() -> Path:
+    return Path(str(files("marscope_stac") / "data" / "stac-schemas"))
+
+
+def write_offline_schemas(folder: str | Path) -> dict[str, str]:
+    """Write every schema :func:`validate_catalog` uses offline into ``folder``.
+
+    Returns the URL -> file map, e.g. for stac-validator's ``--schema-map URL PATH``. The view
+    extension's entry is :func:`view_rules_schema`.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    schemas = {**offline_schema_cache(), VIEW_V1: view_rules_schema()}
+    found: dict[str, str] = {}
+    for i, (url, schema) in enumerate(sorted(schemas.items())):
+        path = out / f"{i:03d}-{url.rstrip('/').rsplit('/', 1)[-1]}"
+        path.write_text(json.dumps(schema), encoding="utf-8")
+        found[url] = str(path)
+    return found
+
+
+def _url_for(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).as_posix()
+    if rel.startswith("external/"):
+        return "https://" + rel[len("external/") :]
+    return "https://stac-extensions.github.io/" + rel
+
+
+@cache
+def offline_schema_cache() -> dict[str, dict[str, Any]]:
+    """Return every schema available offline, keyed by its URL (pystac core + vendored)."""
+    cache_: dict[str, dict[str, Any]] = dict(get_local_schema_cache())
+    root = _schema_root()
+    for path in sorted(root.rglob("*.json")):
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        url = _url_for(path, root)
+        cache_[url] = schema
+        sid = str(schema.get("$id", "")).rstrip("#")
+        if sid and sid != url:
+            cache_[sid] = schema
+    return cache_
+
+
+class OfflineSTACValidator(JsonSchemaSTACValidator):
+    """pystac validator that reads every schema from local files and never uses the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.schema_cache = dict(offline_schema_cache())
+
+    def _get_schema(self, schema_uri: str) -> dict[str, Any]:
+        key = schema_uri.split("#", 1)[0]
+        if key in self.schema_cache:
+            return self.schema_cache[key]
+        raise GetSchemaError(
+            schema_uri,
+            LookupError(f"schema {key} is not available offline"),
+        )
+
+    def validate_extension(
+        self,
+        stac_dict: dict[str, Any],
+        stac_object_type: pystac.STACObjectType,
+        stac_version: str,
+        extension_id: str,
+        href: str | None = None,
+    ) -> str | None:
+        """Validate one extension; rule-checked extensions are checked without a schema."""
+        rule = RULE_CHECKED_EXTENSIONS.get(extension_id)
+        if rule is not None and extension_id not in self.schema_cache:
+            problems = rule(stac_dict)
+            if problems:
+                raise STACValidationError(
+                    f"{stac_dict.get('id')}: {extension_id}: " + "; ".join(problems)
+                )
+            return extension_id
+        return super().validate_extension(
+            stac_dict, stac_object_type, stac_version, extension_id, href
+        )
+
+
+def install_offline_validator() -> OfflineSTACValidator:
+    """Make pystac's ``validate()`` methods use :class:`OfflineSTACValidator`; return it."""
+    validator = OfflineSTACValidator()
+    pystac.validation.set_validator(validator)
+    return validator
+
+
+def _object_type(d: Mapping[str, Any]) -> pystac.STACObjectType:
+    kind = d.get("type")
+    if kind == "Feature":
+        return pystac.STACObjectType.ITEM
+    if kind == "Collection":
+        return pystac.STACObjectType.COLLECTION
+    if kind == "Catalog":
+        return pystac.STACObjectType.CATALOG
+    raise CatalogError(
+        f"not a STAC object (type={kind!r}); expected Feature, Collection or Catalog"
+    )
+
+
+def validate_dict(d: dict[str, Any], href: str | None = None) -> list[str]:
+    """Validate one STAC object (as a dict), core and every declared extension, offline.
+
+    Returns:
+        The schema URLs validated against.
+
+    Raises:
+        CatalogError: if the object is invalid or a schema is not available offline.
+    """
+    validator = OfflineSTACValidator()
+    where = href or d.get("id", "?")
+    extensions = d.get("stac_extensions", [])
+    if not isinstance(extensions, list) or not all(isinstance(e, str) for e in extensions):
+        raise CatalogError(
+            f"invalid STAC at {where}: field stac_extensions: {extensions!r:.60} is not a list "
+            "of schema URLs"
+        )
+    kind = _object_type(d)
+    version = str(d.get("stac_version", ""))
+    for ext in extensions:
+        key = str(ext).split("#", 1)[0]
+        if key not in validator.schema_cache and key not in RULE_CHECKED_EXTENSIONS:
+            raise CatalogError(
+                f"cannot validate {where}: schema {key} is not available offline; add the "
+                "schema file to marscope_stac/data/stac-schemas"
+            )
+    try:
+        used = validator.validate(d, kind, version, list(d.get("stac_extensions", [])), href)
+    except STACValidationError as exc:
+        raise CatalogError(f"invalid STAC at {where}: {schema_problem(exc)}") from exc
+    except GetSchemaError as exc:  # a $ref to a schema that is not here
+        raise CatalogError(
+            f"cannot validate {where}: {exc}; add the schema file to "
+            "marscope_stac/data/stac-schemas"
+        ) from exc
+    return [u for u in used if u]
+
+
+def schema_problem(exc: Exception) -> str:
+    """One short line for a schema failure: the field path, what is wrong, the rule broken.
+
+    The deepest, most relevant error is chosen (jsonschema's best match, followed into
+    ``anyOf``/``oneOf`` branches); values in the message are cut short.
+    """
+    import jsonschema
+
+    errors = getattr(exc, "source", None)
+    errors = errors if isinstance(errors, list) else [errors] if errors is not None else []
+    errors = [e for e in errors if isinstance(e, jsonschema.ValidationError)]
+    best = jsonschema.exceptions.best_match(errors) if errors else None
+    if best is None:
+        return " ".join(str(exc).split())[:200]
+    while best.context:
+        deeper = jsonschema.exceptions.best_match(_branch(best.context))
+        if deeper is None:
+            break
+        best = deeper
+    field_path = "/".join(str(p) for p in best.absolute_path) or "(the object itself)"
+    message = " ".join(best.message.split())
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"field {field_path}: {message} (schema rule '{best.validator}')"
+
+
+def _branch(errors: Iterable[Any]) -> list[Any]:
+    """The errors of the ``anyOf``/``oneOf`` branch meant for the object.
+
+    Branches that fail on the object's own ``type`` (an Item checked against the Collection
+    branch) are not the object's; of the rest, the one with the fewest errors.
+    """
+    branches: dict[Any, list[Any]] = {}
+    for e in errors:
+        branches.setdefault(e.schema_path[0] if e.schema_path else None, []).append(e)
+    mine = [
+        b for b in branches.values() if not any(list(e.absolute_path) == ["type"] for e in b)
+    ] or list(branches.values())
+    return min(mine, key=len)
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_catalog` checked, and every problem it found."""
+
+    root: Path | str
+    objects: int = 0
+    schemas: set[str] = field(default_factory=set)
+    links: int = 0
+    assets: int = 0
+    remote: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for people."""
+        if self.problems:
+            return f"{self.root}: {len(self.problems)} problems in {self.objects} STAC objects"
+        remote = f" ({self.remote} remote hrefs not fetched)" if self.remote else ""
+        return (
+            f"{self.root}: {self.objects} STAC objects valid against {len(self.schemas)} "
+            f"schemas; {self.links} links and {self.assets} assets resolve, sizes and "
+            f"checksums match (offline){remote}"
+        )
+
+
+class InvalidCatalogError(CatalogError):
+    """A catalog has problems; :attr:`problems` lists them, one line each."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        n = len(report.problems)
+        first = report.problems[0] if report.problems else ""
+        more = f" (and {n - 1} more; run 'marscope validate' to see all)" if n > 1 else ""
+        super().__init__(f"{first}{more}")
+        self.problems = list(report.problems)
+        self.report = report
+
+
+STRUCTURE_RELS = frozenset({"root", "parent", "child", "item", "collection"})
+"""Links that make the catalog's tree: their targets must be inside the catalog's folder."""
+
+
+def _iter_json(root: Path) -> Iterable[Path]:
+    if root.is_file():
+        yield root
+        return
+    for path in sorted(root.rglob("*.json")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        yield path
+
+
+def _is_remote(href: str) -> bool:
+    return href.startswith(("http://", "https://", "s3://", "gs://"))
+
+
+class _Checker:
+    """Checks the links and assets of the STAC objects of one catalog folder."""
+
+    def __init__(self, report: ValidationReport, boundary: Path, checksums: bool) -> None:
+        self.report, self.boundary, self.checksums = report, safe_resolve(boundary), checksums
+        self.tree: dict[Path, list[Path]] = {}  # child / item edges, for cycles
+        self.digests: dict[Path, str] = {}
+        self.objects: dict[Path, Mapping[str, Any]] = {}  # every STAC object read
+        self.owners: dict[Path, list[Path]] = {}  # object -> objects linking it (child/item)
+        self.up: dict[Path, dict[str, Path]] = {}  # object -> its parent / collection targets
+        self.selves: dict[Path, str] = {}  # object -> its absolute self href
+
+    def problem(self, where: Path, text: str) -> None:
+        self.report.problems.append(f"{where}: {text}")
+
+    def _target(self, where: Path, href: str, what: str) -> Path | None:
+        """The local file an href names, or None (remote, or reported as a problem)."""
+        if _is_remote(href):
+            self.report.remote += 1
+            return None
+        if href.startswith("file://"):
+            href = href[len("file://") :]
+        if Path(href).is_absolute():
+            self.problem(where, f"{what} has an absolute local path {href}; make it relative")
+            return None
+        return safe_resolve(where.parent / href.split("#", 1)[0])
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.boundary or self.boundary in path.parents
+
+    def links(self, where: Path, d: Mapping[str, Any]) -> None:
+        links = d.get("links")
+        if not isinstance(links, list):
+            self.problem(where, "links is not a list")
+            return
+        for lk in links:
+            if not isinstance(lk, Mapping):
+                self.problem(where, f"a link is not an object: {lk!r:.60}")
+                continue
+            rel, href = str(lk.get("rel", "")), str(lk.get("href", ""))
+            if rel == "self" and _is_remote(href):
+                self.selves[safe_resolve(where)] = href
+            if rel == "self" or not href:
+                continue
+            target = self._target(where, href, f"link {rel!r}")
+            if target is None:
+                continue
+            self.report.links += 1
+            if rel in STRUCTURE_RELS and not self._inside(target):
+                self.problem(where, f"link {rel!r} leaves the catalog's folder: {href}")
+            elif not target.is_file():
+                self.problem(where, f"link {rel!r} points at a missing file: {href}")
+            elif not self._inside(target) and not is_stac_file(target):
+                self.problem(where, f"link {rel!r} leaves the catalog for a non-STAC file: {href}")
+            elif rel in ("child", "item"):
+                self.tree.setdefault(safe_resolve(where), []).append(target)
+                self.owners.setdefault(target, []).append(safe_resolve(where))
+            elif rel in ("parent", "collection"):
+                self.up.setdefault(safe_resolve(where), {})[rel] = target
+
+    def assets(self, where: Path, d: Mapping[str, Any]) -> None:
+        assets = d.get("assets") or {}
+        if not isinstance(assets, Mapping):
+            self.problem(where, "assets is not an object")
+            return
+        for key, asset in assets.items():
+            if not isinstance(asset, Mapping):
+                self.problem(where, f"asset {key!r} is not an object")
+                continue
+            href = str(asset.get("href", ""))
+            target = self._target(where, href, f"asset {key!r}")
+            if target is None:
+                continue
+            self.report.assets += 1
+            if not self._inside(target):
+                self.problem(where, f"asset {key!r} leaves the catalog's folder: {href}")
+            elif not target.is_file():
+                self.problem(where, f"asset {key!r} is missing: {href}")
+            else:
+                self._check_file(where, key, target, asset)
+
+    def _check_file(self, where: Path, key: str, target: Path, asset: Mapping[str, Any]) -> None:
+        size = asset.get("file:size")
+        if size is not None and target.stat().st_size != size:
+            self.problem(
+                where, f"asset {key!r} is {target.stat().st_size} bytes, file:size says {size}"
+            )
+            return
+        checksum = asset.get("file:checksum")
+        if checksum and self.checksums:
+            if target not in self.digests:
+                self.digests[target] = file_multihash(target)
+            if self.digests[target] != checksum:
+                self.problem(where, f"asset {key!r} does not match its file:checksum")
+
+    def cycles(self) -> None:
+        """Report each child/item link that leads back to an object above it."""
+        state: dict[Path, int] = {}  # 1 on the path being walked, 2 done
+        for start in sorted(self.tree):
+            if state.get(start):
+                continue
+            stack: list[tuple[Path, Iterator[Path]]] = [(start, iter(self.tree[start]))]
+            state[start] = 1
+            while stack:
+                node, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    state[node] = 2
+                    stack.pop()
+                elif state.get(child) == 1:
+                    self.problem(node, f"link cycle: a child/item link leads back to {child}")
+                elif not state.get(child):
+                    state[child] = 1
+                    stack.append((child, iter(self.tree.get(child, []))))
+
+    def structure(self, root: Path, whole_tree: bool) -> None:
+        """Checks across objects: ids, collections, parents, orphans and self links."""
+        by_collection: dict[tuple[Path, str], list[Path]] = {}
+        for path, d in self.objects.items():
+            ups = self.up.get(path, {})
+            owners = self.owners.get(path, [])
+            for owner in owners:
+                by_collection.setdefault((owner, str(d.get("id"))), []).append(path)
+            if d.get("type") == "Feature":
+                self._collection_field(path, d, ups, owners)
+            parent = ups.get("parent")
+            if parent is not None and owners and parent not in owners and parent in self.objects:
+                self.problem(
+                    path,
+                    f"parent link names {parent.name} ({self.objects[parent].get('id')!r}), but "
+                    f"{owners[0].name} ({self.objects[owners[0]].get('id')!r}) is what links it",
+                )
+        for (owner, oid), paths in sorted(by_collection.items()):
+            if len(set(paths)) > 1:
+                names = ", ".join(str(p) for p in sorted(set(paths)))
+                self.problem(owner, f"links two or more objects with the id {oid!r}: {names}")
+        if whole_tree:
+            self._orphans(root)
+            self._unpublished()
+        self._self_links()
+
+    def _collection_field(
+        self, path: Path, d: Mapping[str, Any], ups: dict[str, Path], owners: list[Path]
+    ) -> None:
+        field_id = d.get("collection")
+        linked = [ups[k] for k in ("collection",) if k in ups] + owners
+        for target in linked:
+            other = self.objects.get(target)
+            if other is None or other.get("type") != "Collection":
+                continue
+            if field_id != other.get("id"):
+                self.problem(
+                    path,
+                    f"its collection field says {field_id!r}, but it belongs to the collection "
+                    f"{other.get('id')!r} ({target.name}); make them agree",
+                )
+                return
+
+    def _orphans(self, root: Path) -> None:
+        tops = {safe_resolve(p) for p in (root / "catalog.json", root / "collection.json")}
+        for path, d in sorted(self.objects.items()):
+            if path in tops or self.owners.get(path):
+                continue
+            if d.get("type") in ("Feature", "Collection"):
+                self.problem(path, "no catalog or collection links this object (an orphan)")
+
+    def _unpublished(self) -> None:
+        """In a published catalog (absolute self links), every object has its self link."""
+        if not self.selves:
+            return
+        for path in sorted(self.objects):
+            if path not in self.selves:
+                self.problem(
+                    path,
+                    "no self link, while the catalog is published (others have absolute self "
+                    "links); run marscope catalog publish again",
+                )
+
+    def _self_links(self) -> None:
+        """Every absolute self link names its own file under one published base URL."""
+        bases: dict[str, list[Path]] = {}
+        for path, href in self.selves.items():
+            try:
+                rel = path.relative_to(self.boundary).as_posix()
+            except ValueError:
+                continue
+            if not href.endswith("/" + rel):
+                self.problem(path, f"self link {href} does not name this file ({rel})")
+                continue
+            bases.setdefault(href[: -len(rel)], []).append(path)
+        if len(bases) > 1:
+            main = max(bases, key=lambda b: len(bases[b]))
+            for base, paths in sorted(bases.items()):
+                if base != main:
+                    for path in paths:
+                        self.problem(
+                            path, f"self link is under {base}, the rest of the catalog under {main}"
+                        )
+
+    def text_vectors(self, root: Path) -> None:
+        """Verify the checksums of the text-vector caches of the embedding sets under root."""
+        for folder in sorted(root.rglob("text-vectors")):
+            manifest = folder.parent / "manifest.json"
+            try:
+                model = json.loads(manifest.read_text(encoding="utf-8"))["model"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            key = json.dumps(model, sort_keys=True)
+            for entry in sorted(folder.glob("*.json")):
+                self._text_vector(entry, key)
+
+    def _text_vector(self, entry: Path, key: str) -> None:
+        import numpy as np
+
+        try:
+            d = json.loads(entry.read_text(encoding="utf-8"))
+            if "checksum" not in d:
+                return  # an entry of an earlier version: recomputed when used
+            data = np.asarray(d["vector"], "<f4").tobytes()
+            ok = d["checksum"] == text_vector_checksum(key, d["text"], d["templates"], data)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            ok = False
+        if not ok:
+            self.problem(entry, "cached text vector is damaged or altered (checksum mismatch)")
+
+
+def is_stac_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a JSON object with ``stac_version``."""
+    try:
+        d = json.loads(read_regular(path))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, DataError):
+        return False
+    return isinstance(d, dict) and "stac_version" in d
+
+
+def _boundary(root: Path) -> Path:
+    """The folder a catalog's files must stay in: the folder given, or a file's catalog root."""
+    if root.is_dir():
+        return root
+    try:
+        d = json.loads(read_regular(root))
+        href = next(lk["href"] for lk in d.get("links", []) if lk.get("rel") == "root")
+    except (OSError, ValueError, RecursionError, DataError, StopIteration, KeyError, TypeError):
+        return root.parent
+    except AttributeError:  # not an object, or links that are not
+        return root.parent
+    target = safe_resolve(root.parent / str(href))
+    inside = target.parent in safe_resolve(root).parents
+    if _is_remote(str(href)) or not target.is_file() or not inside:
+        return root.parent  # the root must be a catalog above the file
+    try:
+        kind = json.loads(read_regular(target)).get("type")
+    except (OSError, ValueError, RecursionError, DataError, AttributeError):
+        return root.parent
+    return target.parent if kind in ("Catalog", "Collection") else root.parent
+
+
+REMOTE_LIMIT = 20_000
+"""Most STAC objects :func:`validate_catalog` fetches from a URL."""
+
+
+def _fetch(url: str, method: str = "GET", tries: int = 4, timeout: float = 30.0) -> bytes | int:
+    """The body of ``url`` (its size for ``HEAD``), retried with backoff.
+
+    5xx answers, 429 (waiting as ``Retry-After`` says) and connection errors are retried;
+    a 404 or another 4xx raises at once.
+
+    Raises:
+        CatalogError: naming the URL and what went wrong.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    last = ""
+    for attempt in range(tries):
+        request = urllib.request.Request(url, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                if method == "HEAD":
+                    return int(answer.headers.get("Content-Length") or 0)
+                data: bytes = answer.read()
+                return data
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code} {exc.reason}"
+            if exc.code < 500 and exc.code != 429:
+                break
+            wait = exc.headers.get("Retry-After") if exc.headers else None
+            delay = float(wait) if wait and wait.isdigit() else 0.5 * 2**attempt
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(getattr(exc, "reason", exc))
+            delay = 0.5 * 2**attempt
+        if attempt + 1 < tries:
+            time.sleep(min(delay, 10.0))
+    raise CatalogError(f"cannot read {url}: {last}; check the URL and that the server answers")
+
+
+class _Mirror:
+    """A local copy of a catalog published at a URL, laid out as on its host.
+
+    The catalog's JSON files are fetched through their structure links (and lineage links
+    to STAC files on the same host); each asset is fetched to check its checksum, or only
+    its size (``HEAD``) without checksums, kept as a sparse file of that size.
+    """
+
+    def __init__(self, url: str, folder: Path, checksums: bool) -> None:
+        from urllib.parse import urlsplit
+
+        self.url = url if url.endswith(".json") else url.rstrip("/") + "/catalog.json"
+        parts = urlsplit(self.url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.folder, self.checksums = folder, checksums
+        self.root = self.local(self.url)
+
+    def local(self, url: str) -> Path:
+        from urllib.parse import unquote, urlsplit
+
+        return self.folder / unquote(urlsplit(url).path).lstrip("/")
+
+    def fetch_tree(self) -> None:
+        from urllib.parse import urljoin
+
+        queue, seen = [self.url], {self.url}
+        while queue:
+            if len(seen) > REMOTE_LIMIT:
+                raise CatalogError(f"{self.url} has more than {REMOTE_LIMIT} STAC objects")
+            url = queue.pop()
+            try:
+                data = _fetch(url)
+            except CatalogError:
+                if url == self.url:
+                    raise
+                continue  # reported as a link to a missing file
+            body = data if isinstance(data, bytes) else b""
+            target = self.local(url)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(body)
+            try:
+                d = json.loads(body)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(d, dict):
+                continue
+            for lk in d.get("links") or []:
+                href = lk.get("href") if isinstance(lk, dict) else None
+                if not isinstance(href, str) or lk.get("rel") == "self" or _is_remote(href):
+                    continue
+                full = urljoin(url, href).split("#", 1)[0]
+                if not full.startswith(self.origin) or full in seen:
+                    continue
+                if full.endswith(".json"):
+                    seen.add(full)
+                    queue.append(full)
+                else:  # a linked file that is not STAC (a licence, a README)
+                    self._asset(full)
+            for asset in (d.get("assets") or {}).values():
+                href = asset.get("href") if isinstance(asset, dict) else None
+                if isinstance(href, str) and not _is_remote(href):
+                    self._asset(urljoin(url, href))
+
+    def _asset(self, url: str) -> None:
+        if not url.startswith(self.origin):
+            return
+        target = self.local(url)
+        if target.exists():
+            return
+        try:
+            data = _fetch(url, "GET" if self.checksums else "HEAD")
+        except CatalogError:
+            return  # reported as a missing asset
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            target.write_bytes(data)
+        else:
+            with target.open("wb") as fh:
+                fh.truncate(data)
+
+    def name(self, line: str) -> str:
+        """A problem line with the local copy's paths named by their URLs."""
+        return line.replace(str(self.folder), self.origin)
+
+
+def _validate_url(url: str, checksums: bool) -> ValidationReport:
+    """:func:`validate_catalog` of a catalog at an http(s) URL (see :class:`_Mirror`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="marscope-validate-") as tmp:
+        mirror = _Mirror(url, Path(tmp), checksums)
+        mirror.fetch_tree()
+        try:
+            report = validate_catalog(mirror.root.parent, checksums)
+        except InvalidCatalogError as exc:
+            exc.report.problems = [mirror.name(p) for p in exc.report.problems]
+            exc.report.root = url
+            raise InvalidCatalogError(exc.report) from None
+        except CatalogError as exc:
+            raise CatalogError(mirror.name(str(exc))) from None
+        report.root = url
+        return report
+
+
+def validate_catalog(
+    path: str | Path, checksums: bool = True, within: str | Path | None = None
+) -> ValidationReport:
+    """Check every STAC object of a catalog folder (or one STAC JSON file), offline.
+
+    Each object is validated against the core and extension schemas; its links and assets
+    must resolve, the tree's links (root, parent, child, item, collection) and every asset
+    must stay inside the catalog's folder, no href may be an absolute local path, assets must
+    match their ``file:size`` and ``file:checksum``, and child/item links must not form a
+    cycle. Links to other STAC objects outside the folder (lineage: ``derived_from``) must
+    resolve to STAC files. Remote hrefs are not fetched.
+
+    Args:
+        path: A folder holding a STAC catalog, a ``catalog.json`` / ``collection.json``, an
+            item JSON file, or the http(s) URL of a published catalog (its ``catalog.json``
+            or its folder): the tree is fetched (with retries) into a temporary folder and
+            checked the same way; problems name the URLs.
+        checksums: Verify ``file:checksum`` (reads every asset; sizes are always checked).
+        within: The folder every file must stay in, when it is not the catalog's folder
+            (e.g. a catalog in ``DIR/stac`` describing the GeoTIFFs of ``DIR`` in place).
+
+    Raises:
+        CatalogError: if the path does not exist or holds no STAC object.
+        InvalidCatalogError: with every problem found (one line each), if there is any.
+    """
+    if str(path).startswith(("http://", "https://")):
+        return _validate_url(str(path), checksums)
+    root = Path(path)
+    if not root.exists():
+        raise CatalogError(
+            f"{root} does not exist; give the path of a STAC catalog folder or JSON file"
+        )
+    if root.exists() and not root.is_dir() and not root.is_file():
+        read_regular(root)  # raises, naming what it is (a FIFO, a device, a socket)
+    if root.is_file() and root.suffix != ".json":
+        raise CatalogError(f"{root} is not a JSON file; give a catalog folder or a STAC JSON file")
+    report = ValidationReport(root=root)
+    boundary = Path(within) if within is not None else _boundary(root)
+    checker = _Checker(report, boundary, checksums)
+    for json_path in _iter_json(root):
+        try:
+            d = json.loads(read_regular(json_path), parse_constant=_no_constant)
+        except RecursionError:
+            report.problems.append(f"{json_path}: not valid JSON: nested too deeply")
+            continue
+        except DataError as exc:
+            report.problems.append(str(exc))
+            continue
+        except OSError as exc:
+            report.problems.append(f"{json_path}: cannot be read: {exc.strerror or exc}")
+            continue
+        except (UnicodeDecodeError, ValueError) as exc:
+            report.problems.append(f"{json_path}: not valid JSON: {str(exc)[:160]}")
+            continue
+        if not isinstance(d, dict) or "stac_version" not in d:
+            continue
+        report.objects += 1
+        checker.objects[safe_resolve(json_path)] = d
+        try:
+            report.schemas.update(validate_dict(d, href=str(json_path)))
+        except CatalogError as exc:
+            report.problems.append(str(exc))
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a malformed object
+            report.problems.append(
+                f"{json_path}: not a well-formed STAC object ({type(exc).__name__}: "
+                f"{str(exc)[:120]})"
+            )
+        checker.links(json_path, d)
+        checker.assets(json_path, d)
+    checker.cycles()
+    checker.structure(root, whole_tree=root.is_dir())
+    if root.is_dir():
+        checker.text_vectors(root)
+    if report.objects == 0 and not report.problems:
+        raise CatalogError(f"no STAC object found in {root}; is it a STAC catalog?")
+    if report.problems:
+        raise InvalidCatalogError(report)
+    return report
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")

