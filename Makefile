@@ -1,6 +1,7 @@
 # MarScope-STAC: two commands on a fresh clone.
 #   make demo   create .venv if missing, install, run the main job on the embedded default
-#   make test   create .venv if missing, install, run ruff, mypy and the pytest suite
+#   make test   create .venv if missing, install, run ruff, mypy, the docs build and the tests
+#   make docs   build the documentation site into site/ (strict: any warning fails)
 #
 # GPU users: install the torch/torchvision pair matching your CUDA first, then run
 #   make demo CONSTRAINTS=/dev/null
@@ -15,12 +16,12 @@ FUZZ_SECONDS ?= 1800
 FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiffs \
 	test_fuzzed_scheduler_environment
 
-.PHONY: demo test install lint fuzz clean-products
+.PHONY: demo test install lint docs fuzz clean-products
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev]'
-	$(BIN)/python -m marscope_stac.web.assets || echo "warning: the web map (marscope serve) needs npm"
+	$(BIN)/python -m marscope_stac.web || echo "warning: the web map (marscope serve) needs npm"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +34,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/pytest
 
 # the fuzzing suite with fresh random inputs, FUZZ_SECONDS shared among its properties; a

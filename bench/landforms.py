@@ -33,7 +33,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     root = Path(args.catalog)
     ensure_demo_catalog(root, size="default")
-    cm = load_model(args.model, args.pretrained, device="auto")
+    cm = load_model(args.model, pretrained=args.pretrained, device="auto")
     report = evaluate_landforms(cm, root, split="test", grid=args.grid)
     print(report.summary())
     t = report.table

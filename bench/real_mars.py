@@ -64,9 +64,9 @@ def main() -> None:
     if not (root / "catalog.json").is_file():
         build_real_data(root, "eval", packages=args.packages)
     with tempfile.TemporaryDirectory() as tmp:
-        models: dict[str, ClipModel] = {"new": load_model(args.model, None, device="auto")}
+        models: dict[str, ClipModel] = {"new": load_model(args.model, device="auto")}
         if args.old_rev:
-            models["old"] = load_model(_model_at(args.old_rev, Path(tmp)), None, device="auto")
+            models["old"] = load_model(_model_at(args.old_rev, Path(tmp)), device="auto")
         t0 = time.perf_counter()
         report = evaluate_real(models, root, grid=args.grid, radius_deg=args.radius)
         took = time.perf_counter() - t0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -464,8 +465,21 @@ PARAMS = [
 ]
 
 
-def test_the_matrix_is_large() -> None:
-    assert len(PARAMS) >= 60 and len(CASES) >= 8
+def _commands(group: click.Group, prefix: str = "") -> set[str]:
+    names: set[str] = set()
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            names |= _commands(command, f"{prefix}{name} ")
+        else:
+            names.add(prefix + name)
+    return names
+
+
+def test_every_case_names_a_command_of_the_cli() -> None:
+    from marscope_stac.cli import cli
+
+    unknown = set(CASES) - _commands(cli)
+    assert not unknown, f"cases for commands the CLI does not have: {unknown}"
 
 
 @pytest.mark.parametrize(("command", "name", "make"), PARAMS)

@@ -97,7 +97,8 @@ def test_cached_texts_need_no_model(embedded) -> None:  # type: ignore[no-untype
     engine = QueryEngine.open(out, model=model)
     product = engine.query(QuerySpec(text=["dune fields"]))
     assert engine._model is None  # answered from the set's text cache
-    assert product.timings["scores"] >= 0 and "COG" in product.timings
+    assert {"scores", "COG"} <= set(product.timings)
+    assert all(0 < s < 600 for s in product.timings.values()), product.timings
     # and a fresh `marscope query` process never imports torch for it
     code = (
         "import sys; from marscope_stac.cli.main import cli; "

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,14 +77,6 @@ def test_error_hierarchy() -> None:
     ):
         assert issubclass(cls, errors.MarscopeError)
     assert issubclass(errors.SkippedInputWarning, UserWarning)
-
-
-def test_network_is_blocked() -> None:
-    with (
-        pytest.warns(UserWarning, match="socket"),
-        pytest.raises(Exception, match=r"[Ss]ocket"),
-    ):
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
 def test_bodies() -> None:

@@ -268,7 +268,7 @@ def test_geoparquet_tables_carry_a_bbox_covering(work: Path) -> None:
         w, s, e, n = geo["columns"]["geometry"]["bbox"]
         half = (w, s, (w + e) / 2, n)
         some = gpd.read_parquet(path, bbox=half)
-        assert 0 < len(some) <= table.num_rows or table.num_rows == 0
+        assert table.num_rows > 1 and 0 < len(some) < table.num_rows, (len(some), table.num_rows)
 
 
 def test_publishing_at_an_address_adds_absolute_self_links(work: Path, tmp_path: Path) -> None:
@@ -691,10 +691,6 @@ BREAKAGE_MATRIX: dict[str, tuple[Any, str]] = {
         "asset 'embeddings' does not match its file:checksum",
     ),
 }
-
-
-def test_the_breakage_matrix_is_complete() -> None:
-    assert len(BREAKAGE_MATRIX) >= 29
 
 
 @pytest.mark.parametrize("miss", sorted(BREAKAGE_MATRIX))

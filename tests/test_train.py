@@ -261,7 +261,7 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
     for k, v in base.items():
         if v.is_floating_point():
             torch.testing.assert_close(got[k].float(), v.float() + 0.5, atol=2e-3, rtol=1e-3)
-    cm = load_model(f"local-dir:{out}", None, device="cpu")  # a model like any other
+    cm = load_model(f"local-dir:{out}", device="cpu")  # a model like any other
     assert cm.encode_queries(["an impact crater"]).shape == (1, cm.embed_dim)
     item = pystac.read_file(str(out / "model.json"))
     named = [f"local-dir:{tiny_model_dir.name}", "local-dir:other"]  # nothing local named

@@ -764,7 +764,14 @@ def query_cmd(
     )
     if product_list != "all":
         request.products = tuple(p.strip() for p in product_list.split(",") if p.strip())
-    for product in run_query(request, out, embeddings, model, pretrained, scoring):
+    for product in run_query(
+        request,
+        out=out,
+        embeddings=embeddings,
+        model=model,
+        pretrained=pretrained,
+        scoring=scoring,
+    ):
         click.echo(product.summary())
 
 
@@ -812,7 +819,7 @@ def basemap_cmd(catalog: str, out: Path, name: str | None) -> None:
     """Build the web map's imagery basemap (PMTiles) from a catalog's COGs."""
     from marscope_stac.products.basemap import build_basemap
 
-    click.echo(build_basemap(catalog, out, name).summary())
+    click.echo(build_basemap(catalog, out, name=name).summary())
 
 
 @cli.command("evaluate")
@@ -843,7 +850,13 @@ def evaluate_cmd(
 
     click.echo(
         evaluate_product(
-            product, truth, landform, split, radius_cells, threshold, rank_by
+            product,
+            truth,
+            landform=landform,
+            split=split,
+            radius_cells=radius_cells,
+            threshold=threshold,
+            rank_by=rank_by,
         ).summary()
     )
 

@@ -3,3 +3,12 @@
 Every grid cell of a STAC source through the model into an embedding set, locally or on a Dask
 cluster, resumable.
 """
+
+from __future__ import annotations
+
+from marscope_stac.embed.run import EmbedResult, embed_catalog
+
+__all__ = [
+    "EmbedResult",
+    "embed_catalog",
+]

@@ -89,7 +89,7 @@ def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
     key = (name, pretrained, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_model(name, pretrained, device=device)
+            _MODELS[key] = load_model(name, pretrained=pretrained, device=device)
         return _MODELS[key]
 
 
@@ -241,6 +241,7 @@ def _run_cluster(
 def embed_catalog(
     source: str | Path,
     out: str | Path = "products",
+    *,
     model: str = "bundled",
     pretrained: str | None = None,
     grid: str = "lonlat:0.02",

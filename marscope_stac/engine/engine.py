@@ -123,7 +123,7 @@ def find_embedding_set(
     return sets[0]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QueryRequest:
     """One question to the engine, as the command line and the web map ask it.
 
@@ -203,6 +203,7 @@ class QueryEngine:
         self,
         embedding_set: EmbeddingSet | str | Path,
         out: str | Path = "products",
+        *,
         model: str = "bundled",
         pretrained: str | None = None,
         clip_model: Any = None,
@@ -249,6 +250,7 @@ class QueryEngine:
         cls,
         out: str | Path = "products",
         embeddings: str | Path | None = None,
+        *,
         model: str = "bundled",
         **options: Any,
     ) -> QueryEngine:
@@ -260,7 +262,7 @@ class QueryEngine:
         clip_model = options.get("clip_model")
         name = clip_model.name if clip_model is not None else model
         es = find_embedding_set(out, name, embeddings)
-        return cls(es, out, model, **options)
+        return cls(es, out, model=model, **options)
 
     def bounds(self) -> list[float]:
         """The set's extent in the body's lon/lat: [west, south, east, north]."""
@@ -297,7 +299,7 @@ class QueryEngine:
 
             name, pretrained, device = self._model_args
             t0 = time.perf_counter()
-            self._model = load_model(name, pretrained, device=device)
+            self._model = load_model(name, pretrained=pretrained, device=device)
             log.info("model %s loaded in %.1f s", name, time.perf_counter() - t0)
             if self._model.embed_dim != self.made_by.get("embed_dim"):
                 raise ConfigError(
@@ -405,7 +407,7 @@ class QueryEngine:
         """The unit query vector of ``spec``."""
         return query_vector(spec, self.arrays, self.grid, self.text_vectors, self.image_vectors)
 
-    def score(self, spec: QuerySpec, threshold: float | None = 0.5) -> ScoredQuery:
+    def score(self, spec: QuerySpec, *, threshold: float | None = 0.5) -> ScoredQuery:
         """Scores and calibrated probabilities of every cell of the set for ``spec``."""
         q = self.vector(spec)
         return score(self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold)
@@ -413,6 +415,7 @@ class QueryEngine:
     def query(
         self,
         spec: QuerySpec,
+        *,
         threshold: float = 0.5,
         name: str | None = None,
         products: Sequence[str] = OPTIONAL_PRODUCTS,
@@ -428,7 +431,7 @@ class QueryEngine:
             raise ConfigError(f"threshold {threshold} must be in [0, 1]")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        result = self.score(spec, threshold)
+        result = self.score(spec, threshold=threshold)
         timings["scores"] = time.perf_counter() - t0
         return self._publish(spec, result, threshold, name, timings, products)
 
@@ -464,6 +467,7 @@ class QueryEngine:
         self,
         first: str,
         second: str,
+        *,
         op: str,
         threshold: float = 0.5,
         within_km: float = 5.0,
@@ -479,8 +483,8 @@ class QueryEngine:
             ConfigError: for an unknown operation or a bad distance.
         """
         tpl = list(templates)
-        a = self.score(QuerySpec(text=[first], templates=tpl), None)
-        b = self.score(QuerySpec(text=[second], templates=tpl), None)
+        a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None)
+        b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None)
         if op == "and-not":
             prob = and_not(a.probability, b.probability)
             label = f"{first} and not {second}"
@@ -500,7 +504,7 @@ class QueryEngine:
         return self._publish(spec, scored, threshold, None, {}, products)
 
     def classify(
-        self, classes: Sequence[str], templates: Sequence[str] = MARSCOPE_TEMPLATES
+        self, classes: Sequence[str], *, templates: Sequence[str] = MARSCOPE_TEMPLATES
     ) -> ClassProduct:
         """Zero-shot classification of every cell: per-class probability bands and a class map.
 
@@ -543,29 +547,32 @@ class QueryEngine:
         base = request.examples
         tpl = list(base.templates)
         if request.classify:
-            return [self.classify(request.texts, tpl)]
+            return [self.classify(request.texts, templates=tpl)]
         if request.and_not is not None or request.near is not None:
             op, other = ("and-not", request.and_not) if request.and_not else ("near", request.near)
             return [
                 self.composite(
                     request.texts[0],
                     str(other),
-                    op,
-                    request.threshold,
-                    request.within_km,
-                    tpl,
-                    request.products,
+                    op=op,
+                    threshold=request.threshold,
+                    within_km=request.within_km,
+                    templates=tpl,
+                    products=request.products,
                 )
             ]
         specs = [replace(base, text=[t]) for t in request.texts] or [base]
         # encode every text at once (one model call when some are new)
         if request.texts:
             self.text_vectors(request.texts, tpl)
-        return [self.query(s, request.threshold, None, request.products) for s in specs]
+        return [
+            self.query(s, threshold=request.threshold, products=request.products) for s in specs
+        ]
 
 
 def run_query(
     request: QueryRequest,
+    *,
     out: str | Path = "products",
     embeddings: str | Path | None = None,
     model: str = "bundled",
@@ -574,5 +581,5 @@ def run_query(
 ) -> list[QueryProduct | ClassProduct]:
     """What ``marscope query`` does: open the set's engine and answer ``request``."""
     request.check()
-    engine = QueryEngine.open(out, embeddings, model, pretrained=pretrained, scoring=scoring)
+    engine = QueryEngine.open(out, embeddings, model=model, pretrained=pretrained, scoring=scoring)
     return engine.answer(request)

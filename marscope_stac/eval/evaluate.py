@@ -357,6 +357,7 @@ def _read_table(path: Path) -> Any:
 def evaluate_product(
     product: str | Path,
     truth: str | Path,
+    *,
     landform: str | None = None,
     split: str | None = None,
     radius_cells: float = 2.5,

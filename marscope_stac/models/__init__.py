@@ -3,3 +3,12 @@
 Open_clip loading (hub, local folders, the bundled model), the packaged pretrained parts,
 encoding images and texts. Nothing here knows geography.
 """
+
+from __future__ import annotations
+
+from marscope_stac.models.clip import ClipModel, load_model
+
+__all__ = [
+    "ClipModel",
+    "load_model",
+]

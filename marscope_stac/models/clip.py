@@ -410,6 +410,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def load_model(
     model: str = BUNDLED_MODEL,
+    *,
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "auto",

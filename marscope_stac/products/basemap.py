@@ -38,7 +38,7 @@ from marscope_stac.stac.build import (
     stac_item,
 )
 from marscope_stac.stac.catalog import OutputCatalog
-from marscope_stac.stac.read import load_sources
+from marscope_stac.stac.read import SourceSet, load_sources
 
 __all__ = ["PMTILES_MEDIA_TYPE", "Basemap", "build_basemap"]
 
@@ -104,6 +104,7 @@ def _mosaic(sources: Any, max_pixels: int) -> tuple[np.ndarray, Affine]:
 def build_basemap(
     source: str | Path,
     out: str | Path = "products",
+    *,
     name: str | None = None,
     max_pixels: int = 64_000_000,
 ) -> Basemap:
@@ -143,6 +144,21 @@ def build_basemap(
         transform.c + transform.a * cols,
         transform.f,
     ]
+    item_path = _publish(catalog, folder, label, sources, transform, zoom, bbox)
+    return Basemap(folder / "imagery.pmtiles", item_path, (rows, cols), zoom, tiles)
+
+
+def _publish(
+    catalog: OutputCatalog,
+    folder: Path,
+    label: str,
+    sources: SourceSet,
+    transform: Affine,
+    zoom: tuple[int, int],
+    bbox: list[float],
+) -> Path:
+    """Add the basemap's STAC item (and the ``basemaps`` collection) to the catalog."""
+    bid = folder.name
     times = sorted(a.datetime for a in sources.assets if a.datetime is not None)
     props: dict[str, Any] = {
         **ssys_fields(sources.body),
@@ -179,5 +195,4 @@ def build_basemap(
         [SSYS_V1],
         ssys_fields(sources.body),
     )
-    item_path = catalog.add(folder.parent / "collection.json", coll, folder / f"{bid}.json", item)
-    return Basemap(folder / "imagery.pmtiles", item_path, (rows, cols), zoom, tiles)
+    return catalog.add(folder.parent / "collection.json", coll, folder / f"{bid}.json", item)

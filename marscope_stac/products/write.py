@@ -129,7 +129,7 @@ CLASS_COLOURS = (
 """Class map colours (background first)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QueryProduct:
     """What :func:`write_query_product` wrote.
 
@@ -166,7 +166,7 @@ class QueryProduct:
         return "\n".join(lines)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClassProduct:
     """What :func:`write_class_product` wrote."""
 
@@ -426,7 +426,16 @@ def write_query_product(
     item = _query_item(folder, qid, spec, es, grid, layout, result, threshold, n_det, model_name)
     item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     clock.lap("STAC")
-    return QueryProduct(qid, folder, item_path, result, n_det, threshold, assets, clock.timings)
+    return QueryProduct(
+        query_id=qid,
+        folder=folder,
+        item_path=item_path,
+        scored=result,
+        n_detections=n_det,
+        threshold=threshold,
+        assets=assets,
+        timings=clock.timings,
+    )
 
 
 def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], grid: Grid) -> Path:
@@ -714,7 +723,9 @@ def write_class_product(
     item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
     item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
-    return ClassProduct(qid, folder, item_path, names, counts)
+    return ClassProduct(
+        query_id=qid, folder=folder, item_path=item_path, classes=names, counts=counts
+    )
 
 
 def _class_preview(path: Path, cmap_u8: NDArray[np.uint8], n_classes: int) -> None:

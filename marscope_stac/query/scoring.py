@@ -70,7 +70,7 @@ DEFAULT_TOP_K = 20_000
 """Best cells whose ranking ``int8`` scoring keeps exact (MarScope's largest K)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QuerySpec:
     """What to look for.
 

@@ -737,7 +737,7 @@ def _validate_url(url: str, checksums: bool) -> ValidationReport:
         mirror = _Mirror(url, Path(tmp), checksums)
         mirror.fetch_tree()
         try:
-            report = validate_catalog(mirror.root.parent, checksums)
+            report = validate_catalog(mirror.root.parent, checksums=checksums)
         except InvalidCatalogError as exc:
             exc.report.problems = [mirror.name(p) for p in exc.report.problems]
             exc.report.root = url
@@ -749,7 +749,7 @@ def _validate_url(url: str, checksums: bool) -> ValidationReport:
 
 
 def validate_catalog(
-    path: str | Path, checksums: bool = True, within: str | Path | None = None
+    path: str | Path, *, checksums: bool = True, within: str | Path | None = None
 ) -> ValidationReport:
     """Check every STAC object of a catalog folder (or one STAC JSON file), offline.
 

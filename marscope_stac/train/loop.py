@@ -94,7 +94,7 @@ PARTS_SOURCE = (
 """How a model item names the packaged pretrained parts it started from."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Hyper-parameters of a training run (recorded in checkpoints and the model item)."""
 
@@ -656,6 +656,7 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
 def train_from_source(
     source: str | Path | Sequence[str | Path],
     out: str | Path,
+    *,
     model: str = "marscope-tiny",
     pretrained: str | None = None,
     config: TrainConfig | None = None,
@@ -757,7 +758,7 @@ def average_models(models: Sequence[str], out: str | Path, overwrite: bool = Fal
         raise ConfigError("average-models needs at least two models to average")
     folders = {m: model_folder(m) for m in models}
     check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
-    members = [load_model(m, None, device="cpu") for m in models]
+    members = [load_model(m, device="cpu") for m in models]
     first = members[0]
     for ref, cm in zip(models[1:], members[1:], strict=True):
         if cm.tile_context != first.tile_context:

@@ -2,7 +2,7 @@
 
 ``marscope serve`` works offline, so MapLibre GL JS and the PMTiles decoder must be inside
 the installed package. They are not kept in this repository: ``make install`` runs
-``python -m marscope_stac.web.assets``, which asks npm for the pinned package versions
+``python -m marscope_stac.web``, which asks npm for the pinned package versions
 (``npm pack``, the npm registry being one of the package registries an install may use),
 and copies the files the page loads, with each package's licence, into
 ``marscope_stac/data/web/vendor/``. :func:`vendor_dir` says where they are and
@@ -93,7 +93,7 @@ def fetch(npm: str = "npm") -> Path:
 
 
 def main() -> None:
-    """``python -m marscope_stac.web.assets``: install the files unless they are there."""
+    """``python -m marscope_stac.web``: install the files unless they are there."""
     if not missing() and "--force" not in sys.argv:
         print(f"web map files present in {vendor_dir()}")
         return
@@ -102,7 +102,3 @@ def main() -> None:
     except RuntimeError as exc:
         print(f"marscope: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-
-
-if __name__ == "__main__":
-    main()

@@ -542,7 +542,7 @@ def serve(
         ConfigError: for a missing or unreadable embedding set, missing web files, or a port
             in use.
     """
-    engine = QueryEngine.open(products, embeddings, model)
+    engine = QueryEngine.open(products, embeddings, model=model)
     return MapServer(products, engine, host, port)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from marscope_stac.datasets.demo.pipeline import DemoRun, run_demo
 from marscope_stac.datasets.demo.world import SIZES, DemoCatalog, build_demo_catalog
 
-__all__ = ["SIZES", "DemoCatalog", "build_demo_catalog"]
+__all__ = ["SIZES", "DemoCatalog", "DemoRun", "build_demo_catalog", "run_demo"]

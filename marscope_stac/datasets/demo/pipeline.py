@@ -80,6 +80,7 @@ class DemoRun:
 
 def run_demo(
     workdir: str | Path = ".",
+    *,
     seed: int = 0,
     size: str = "default",
     progress: bool = True,
@@ -102,7 +103,7 @@ def run_demo(
     for cls in DEMO_QUERIES:
         product = engine.query(QuerySpec(text=[CLASS_NAMES[cls]]))
         run.queries[cls] = product
-        run.evaluations[cls] = evaluate_product(product.folder, root, cls, "test")
+        run.evaluations[cls] = evaluate_product(product.folder, root, landform=cls, split="test")
     run.basemap = build_basemap(root, products)  # the web map's imagery (marscope serve)
     run.products_validation = validate_catalog(products)
     run.steps += ["embed", "query", "evaluate", "basemap"]

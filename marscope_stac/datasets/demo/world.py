@@ -183,6 +183,7 @@ def existing_demo(out: str | Path) -> dict[str, Any] | None:
 
 def build_demo_catalog(
     out: str | Path = "catalogs/demo",
+    *,
     seed: int = 0,
     size: str = "default",
     overwrite: bool = False,
