@@ -268,7 +268,9 @@ def test_geoparquet_tables_carry_a_bbox_covering(work: Path) -> None:
         w, s, e, n = geo["columns"]["geometry"]["bbox"]
         half = (w, s, (w + e) / 2, n)
         some = gpd.read_parquet(path, bbox=half)
-        assert table.num_rows > 1 and 0 < len(some) < table.num_rows, (len(some), table.num_rows)
+        if path.name == "detections.parquet" and not table.num_rows:
+            continue  # no detections in this small world: an empty table, still GeoParquet
+        assert table.num_rows > 1 and 0 < len(some) < table.num_rows, (path, len(some))
 
 
 def test_publishing_at_an_address_adds_absolute_self_links(work: Path, tmp_path: Path) -> None:
