@@ -42,7 +42,7 @@ from marscope_stac.models.clip import (
     register_bundled_architectures,
 )
 from marscope_stac.stac.read import load_sources
-from marscope_stac.tiles.sampling import plan_tiles
+from marscope_stac.tiles.plan import plan_tiles
 
 OUT = Path("bench/out")
 

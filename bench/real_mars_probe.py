@@ -6,7 +6,7 @@ The held-out figure of ``bench/real_mars.py`` (impact craters >= 100 km, r = 2 d
 8,100 cells of ``lonlat:2`` east of 0 degrees) asks a vision-language model to find craters
 in 6-pixel cells of a 0.35 degree/px shaded-relief mosaic. This script bounds what such
 imagery supports: it renders the same cells with the project's tile renderer
-(:func:`~marscope_stac.tiles.sampling.plan_tiles`, with and without context), trains a small CNN on
+(:func:`~marscope_stac.tiles.plan.plan_tiles`, with and without context), trains a small CNN on
 the **western** hemisphere's cells (label: within 2 degrees of a >= 100 km crater, the
 evaluation's own truth) and scores its ranking of the **eastern** cells with the same
 protocol (:func:`~marscope_stac.eval.evaluate.score_retrieval`). No eastern pixel or label is
@@ -34,7 +34,8 @@ from marscope_stac.datasets.real import build_real_data
 from marscope_stac.eval.evaluate import score_retrieval, split_items
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.stac.read import load_sources
-from marscope_stac.tiles.sampling import iter_tile_batches, plan_tiles
+from marscope_stac.tiles.plan import plan_tiles
+from marscope_stac.tiles.workers import iter_tile_batches
 
 
 def _cells(catalog: Path, split: str, context: float, px: int) -> tuple[NDArray, NDArray, Any]:

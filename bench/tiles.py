@@ -26,7 +26,8 @@ from rasterio.windows import Window
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.stac.read import load_sources
-from marscope_stac.tiles.sampling import TilePlan, iter_tile_batches, plan_tiles, process_pool
+from marscope_stac.tiles.plan import TilePlan, plan_tiles
+from marscope_stac.tiles.workers import iter_tile_batches, process_pool
 
 
 def raw_reads(plan: TilePlan, resample_to_tile: bool = False) -> float:

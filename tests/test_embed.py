@@ -319,7 +319,8 @@ def test_a_model_trained_with_context_embeds_tiles_with_context(
     from marscope_stac.grid.grids import parse_grid
     from marscope_stac.models.clip import load_model
     from marscope_stac.stac.read import load_sources
-    from marscope_stac.tiles.sampling import plan_tiles, read_batch
+    from marscope_stac.tiles.batch import read_batch
+    from marscope_stac.tiles.plan import plan_tiles
 
     ringed = tmp_path / "ringed"
     shutil.copytree(tiny_model_dir, ringed)

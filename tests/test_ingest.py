@@ -18,7 +18,9 @@ from marscope_stac.core.errors import CatalogError, ConfigError, SkippedInputWar
 from marscope_stac.grid.grids import EqualAreaGrid, LonLatGrid, parse_grid
 from marscope_stac.stac.folder import build_folder_catalog
 from marscope_stac.stac.read import crs_from_stac, load_sources
-from marscope_stac.tiles.sampling import iter_tile_batches, plan_tiles, read_batch
+from marscope_stac.tiles.batch import read_batch
+from marscope_stac.tiles.plan import plan_tiles
+from marscope_stac.tiles.workers import iter_tile_batches
 
 # ------------------------------------------------------------------------------- grids
 

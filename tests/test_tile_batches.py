@@ -17,13 +17,9 @@ from affine import Affine
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.stac.folder import build_folder_catalog
 from marscope_stac.stac.read import load_sources
-from marscope_stac.tiles.sampling import (
-    TileBatch,
-    TilePlan,
-    iter_tile_batches,
-    plan_tiles,
-    read_batch,
-)
+from marscope_stac.tiles.batch import read_batch
+from marscope_stac.tiles.plan import TileBatch, TilePlan, plan_tiles
+from marscope_stac.tiles.workers import iter_tile_batches
 
 
 def _same(plan: TilePlan, resampling: str = "bilinear", normalize: str = "auto") -> TileBatch:

@@ -456,7 +456,7 @@ def _bbox(value: str | None) -> list[float] | None:
 )
 def tiles_cmd(catalog: str, **options: Any) -> None:
     """Plan the grid tiles of a STAC catalog / API and show a sample of what the model sees."""
-    from marscope_stac.tiles.sampling import preview_tiles
+    from marscope_stac.tiles.preview import preview_tiles
 
     click.echo(preview_tiles(catalog, **options).summary())
 

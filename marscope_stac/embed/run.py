@@ -64,13 +64,9 @@ from marscope_stac.index.store import (
 from marscope_stac.models.clip import ClipModel, load_model, same_record
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.read import SourceSet, load_sources
-from marscope_stac.tiles.sampling import (
-    TileBatch,
-    TilePlan,
-    plan_tiles,
-    read_batch,
-    read_in_processes,
-)
+from marscope_stac.tiles.batch import read_batch
+from marscope_stac.tiles.plan import TileBatch, TilePlan, plan_tiles
+from marscope_stac.tiles.workers import read_in_processes
 
 __all__ = ["SHARD_CELLS", "EmbedResult", "embed_catalog"]
 

@@ -27,7 +27,8 @@ from marscope_stac.eval.evaluate import (
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.models.clip import MARSCOPE_TEMPLATES, ClipModel
 from marscope_stac.stac.read import load_sources
-from marscope_stac.tiles.sampling import iter_tile_batches, plan_tiles
+from marscope_stac.tiles.plan import plan_tiles
+from marscope_stac.tiles.workers import iter_tile_batches
 
 __all__ = [
     "REAL_QUERIES",

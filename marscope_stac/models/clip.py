@@ -185,7 +185,7 @@ class ClipModel:
         std: Per-channel normalisation std.
         device: Torch device.
         tile_context: Margin its tiles show around their cell, in cell sides (0 for models
-            not trained with one; see :class:`~marscope_stac.tiles.sampling.TilePlan`).
+            not trained with one; see :class:`~marscope_stac.tiles.plan.TilePlan`).
     """
 
     model: Any

@@ -71,7 +71,7 @@ from marscope_stac.models.clip import (
     trained_tile_context,
 )
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
-from marscope_stac.tiles.sampling import check_context
+from marscope_stac.tiles.plan import check_context
 from marscope_stac.train.pairs import PairMix, PairSet
 
 __all__ = [
@@ -108,7 +108,7 @@ class TrainConfig:
     lock_text: bool = False
     tile_context: float | None = None
     """Margin every training tile shows around its cell, in cell sides; the exported model
-    asks embedding for the same (see :class:`~marscope_stac.tiles.sampling.TilePlan`). None: the
+    asks embedding for the same (see :class:`~marscope_stac.tiles.plan.TilePlan`). None: the
     context of the model being fine-tuned (0 for a new architecture)."""
 
     @property

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from pyproj import Transformer
 
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError
-from marscope_stac.tiles.sampling import scale_pixels
+from marscope_stac.tiles.sample import scale_pixels
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +509,7 @@ def load_cell_pairs(
     :func:`_assign_features`). Cells that show none are paired with their region's caption:
     for each cell with a feature, one from around a feature of its landform, and as many
     again from anywhere (see :func:`_background`). With ``context`` the tiles show a
-    margin around their cell (:class:`~marscope_stac.tiles.sampling.TilePlan`); captions still say
+    margin around their cell (:class:`~marscope_stac.tiles.plan.TilePlan`); captions still say
     what the cell shows.
 
     Raises:
@@ -575,7 +575,8 @@ def _grid_pairs(
 
     Cells with a feature, and without: see :func:`_background`.
     """
-    from marscope_stac.tiles.sampling import iter_tile_batches, plan_tiles
+    from marscope_stac.tiles.plan import plan_tiles
+    from marscope_stac.tiles.workers import iter_tile_batches
 
     plan = plan_tiles(sources, grid, tiles[0], context=tiles[1])
     cf = _assign_features(grid.centers(plan.cells), grid.size, feats, km_per_deg)
