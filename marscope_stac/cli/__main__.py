@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from marscope_stac.cli.main import main
+from marscope_stac.cli import main
 
 main(sys.argv[1:])

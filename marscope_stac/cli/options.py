@@ -1,0 +1,137 @@
+"""Options and value parsers the commands share (paths, bounding boxes, models, sources)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class _NonEmptyPath(click.Path):
+    """A path option or argument that refuses an empty value (it would mean the cwd)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_PATH = _NonEmptyPath(path_type=Path)
+
+
+def _number_list(name: str, value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not comma-separated numbers, e.g. 1,1", param_hint=f"'{name}'"
+        ) from None
+
+
+def _model_options(f: Any) -> Any:
+    """``--model`` (default ``bundled``) and ``--pretrained`` (shared by several commands)."""
+    f = click.option(
+        "--pretrained", help="Pretrained tag or checkpoint file for an architecture name."
+    )(f)
+    return click.option(
+        "--model",
+        default="bundled",
+        show_default=True,
+        help="bundled, hf-hub:ORG/REPO, local-dir:PATH or an open_clip architecture.",
+    )(f)
+
+
+def _products_option(f: Any) -> Any:
+    """``--out``: the products catalog folder."""
+    return click.option(
+        "--out",
+        type=_PATH,
+        default=Path("products"),
+        show_default=True,
+        help="Products STAC catalog folder.",
+    )(f)
+
+
+def _number_option(name: str, default: float, help_text: str) -> Any:
+    """A ``float`` option with a shown default."""
+    return click.option(name, type=float, default=default, show_default=True, help=help_text)
+
+
+def _source_options(f: Any) -> Any:
+    """Options that select imagery from a STAC source (shared by several commands).
+
+    The command receives them as the library's ``bbox``, ``asset`` and ``collections``.
+    """
+
+    @functools.wraps(f)
+    def command(
+        *args: Any,
+        bbox: str | None = None,
+        asset: str | None = None,
+        collections: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> Any:
+        chosen = {"bbox": _bbox(bbox), "asset": asset, "collections": collections or None}
+        return f(*args, **chosen, **kwargs)
+
+    for opt in reversed(
+        [
+            click.option("--bbox", help="WEST,SOUTH,EAST,NORTH in the body's lon/lat degrees."),
+            click.option("--asset", help="Asset key of the data raster (default: by role/type)."),
+            click.option(
+                "--collection", "collections", multiple=True, help="Only these collections."
+            ),
+        ]
+    ):
+        command = opt(command)
+    return command
+
+
+def _bbox(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    hint = "use WEST,SOUTH,EAST,NORTH in degrees, e.g. 150,-5,151,-4"
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not 4 numbers; {hint}", param_hint="'--bbox'"
+        ) from None
+    if len(parts) != 4 or not all(math.isfinite(v) for v in parts):
+        raise click.BadParameter(
+            f"{value!r} is not 4 finite numbers; {hint}", param_hint="'--bbox'"
+        )
+    west, south, east, north = parts
+    for name, v in (("south", south), ("north", north)):
+        if not -90 <= v <= 90:
+            raise click.BadParameter(
+                f"{name} {v:g} is outside -90..90; {hint}", param_hint="'--bbox'"
+            )
+    if south >= north:
+        raise click.BadParameter(
+            f"south {south:g} is not below north {north:g}; {hint}", param_hint="'--bbox'"
+        )
+    if west == east:
+        raise click.BadParameter(f"west and east are both {west:g}; {hint}", param_hint="'--bbox'")
+    return parts
+
+
+def _lonlat(values: tuple[str, ...], option: str = "--point") -> list[tuple[float, float]]:
+    out = []
+    for v in values:
+        try:
+            lon, lat = (float(x) for x in v.split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"{v!r}: use LON,LAT in degrees, e.g. 150.1,-4.5", param_hint=f"'{option}'"
+            ) from None
+        if not (math.isfinite(lon) and -90 <= lat <= 90):
+            raise click.BadParameter(
+                f"{v!r}: latitude must be in -90..90 and longitude finite, e.g. 150.1,-4.5",
+                param_hint=f"'{option}'",
+            )
+        out.append((lon, lat))
+    return out

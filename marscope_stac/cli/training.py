@@ -1,0 +1,145 @@
+"""Commands for models: contrastive training and model averaging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from marscope_stac.cli.main import cli
+from marscope_stac.cli.options import (
+    _PATH,
+    _number_list,
+    _number_option,
+)
+
+__all__ = [
+    "average_models_cmd",
+    "train_cmd",
+]
+
+
+@cli.command("train")
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--out",
+    type=_PATH,
+    required=True,
+    help="Output folder (checkpoints, model/, metrics).",
+)
+@click.option(
+    "--model",
+    default="marscope-tiny",
+    show_default=True,
+    help="open_clip architecture, or bundled / local-dir: / hf-hub: weights to fine-tune.",
+)
+@click.option(
+    "--pretrained",
+    help="Pretrained tag or checkpoint file for an architecture; 'parts' starts marscope-small "
+    "from its packaged ImageNet image and sentence-transformers text encoders.",
+)
+@click.option(
+    "--lock-text",
+    is_flag=True,
+    help="Freeze the text transformer (train its projection only; Hugging Face towers).",
+)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--crop-px",
+    type=int,
+    default=60,
+    show_default=True,
+    help="Crop side in source pixels (a grid cell's ground size).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")
+@click.option("--half-weights", is_flag=True, help="Store the final weights in fp16.")
+@_number_option(
+    "--prompt-share",
+    0.0,
+    "Share of captions replaced by MarScope-template sentences naming the class.",
+)
+@click.option(
+    "--weights",
+    help="Comma-separated share of each source in a batch, e.g. 1,1 (default: equal).",
+)
+@click.option(
+    "--tile-context",
+    type=float,
+    help="Margin every tile shows around its cell, in cell sides (1: the ring of neighbours); "
+    "the model asks embedding for the same. [default: the fine-tuned model's, else 0]",
+)
+def train_cmd(
+    sources: tuple[str, ...],
+    out: Path,
+    model: str,
+    pretrained: str | None,
+    lock_text: bool,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    crop_px: int,
+    device: str,
+    no_resume: bool,
+    half_weights: bool,
+    prompt_share: float,
+    weights: str | None,
+    tile_context: float | None,
+) -> None:
+    """Train an open_clip model on labelled STAC catalogs or caption tables (CSV/Parquet).
+
+    Several SOURCES are mixed in every batch (e.g. the demo world and the real data of
+    `marscope real-data`), in proportion to --weights.
+    """
+    from marscope_stac.train.loop import TrainConfig, train_from_source
+
+    cfg = TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        lock_text=lock_text,
+        tile_context=tile_context,
+    )
+    result = train_from_source(
+        sources,
+        out,
+        model=model,
+        pretrained=pretrained,
+        config=cfg,
+        crop_px=crop_px,
+        device=device,
+        resume=not no_resume,
+        half_weights=half_weights,
+        prompt_share=prompt_share,
+        weights=_number_list("--weights", weights) if weights else None,
+    )
+    click.echo(result.summary())
+
+
+@cli.command("average-models")
+@click.argument("models", nargs=-1, required=True)
+@click.option(
+    "--out",
+    type=_PATH,
+    required=True,
+    help="Folder of the averaged model (then --model local-dir:OUT).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder at --out.")
+def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> None:
+    """Average the weights of models trained from the same start into one model.
+
+    MODELS are model references as --model takes them (bundled, local-dir:DIR,
+    hf-hub:ORG/REPO), at least two, of one architecture and tile context.
+    """
+    from marscope_stac.train.loop import average_models
+
+    folder = average_models(list(models), out, overwrite=overwrite)
+    click.echo(f"averaged {len(models)} models: local-dir:{folder}")
