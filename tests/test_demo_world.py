@@ -20,7 +20,8 @@ from marscope_stac.core.bodies import MARS
 from marscope_stac.core.errors import ConfigError, OutputError
 from marscope_stac.datasets.demo import DemoCatalog, build_demo_catalog
 from marscope_stac.datasets.demo.terrain import LANDFORM_CLASSES
-from marscope_stac.stac.validation import install_offline_validator, validate_catalog
+from marscope_stac.stac.schemas import install_offline_validator
+from marscope_stac.stac.validation import validate_catalog
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:

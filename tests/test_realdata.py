@@ -26,13 +26,9 @@ from click.testing import CliRunner
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import DataError
-from marscope_stac.datasets.real import (
-    PACKAGE_FILES,
-    build_real_data,
-    circles,
-    fetch_package_files,
-    read_nomenclature,
-)
+from marscope_stac.datasets.nomenclature import circles, read_nomenclature
+from marscope_stac.datasets.packages import PACKAGE_FILES, fetch_package_files
+from marscope_stac.datasets.real import build_real_data
 from marscope_stac.eval.protocol import score_real_queries
 from marscope_stac.models.clip import load_model
 from marscope_stac.train.pairs import (

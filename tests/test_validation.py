@@ -11,7 +11,7 @@ from affine import Affine
 from marscope_stac.core.bodies import MARS
 from marscope_stac.core.errors import CatalogError
 from marscope_stac.stac.build import PROJ_V2, SSYS_V1, VIEW_V1, proj_fields, ssys_fields
-from marscope_stac.stac.validation import install_offline_validator, validate_dict
+from marscope_stac.stac.schemas import install_offline_validator, validate_dict
 
 
 def _item(**extra: Any) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from marscope_stac.stac.build import (
     relative_href,
     stac_collection,
 )
-from marscope_stac.stac.validation import is_stac_file, validate_dict
+from marscope_stac.stac.schemas import validate_dict
+from marscope_stac.stac.validation import is_stac_file
 
 __all__ = [
     "CATALOG_ID",

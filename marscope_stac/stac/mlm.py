@@ -18,7 +18,7 @@ from marscope_stac.stac.build import (
     ssys_fields,
     stac_item,
 )
-from marscope_stac.stac.validation import validate_dict
+from marscope_stac.stac.schemas import validate_dict
 
 __all__ = [
     "PLANET_BBOX",

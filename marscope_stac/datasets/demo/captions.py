@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from marscope_stac.core.vocabulary import CLASS_NAMES, NOUNS
-from marscope_stac.datasets.demo.terrain import SIZES_M
+from marscope_stac.datasets.demo.scene import SIZES_M
 
 __all__ = ["CLASS_NAMES", "captions_for", "compass_word"]
 

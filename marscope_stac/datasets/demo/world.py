@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,9 @@ from marscope_stac.core.errors import CatalogError, ConfigError, release_held_wa
 from marscope_stac.core.fs import staged_directory
 from marscope_stac.core.text import count_list, join_lines
 from marscope_stac.datasets.demo.captions import CLASS_NAMES, captions_for
-from marscope_stac.datasets.demo.terrain import (
-    LANDFORM_CLASSES,
-    Landform,
-    render_scene,
-    to_multipolygon,
-)
+from marscope_stac.datasets.demo.previews import _preview
+from marscope_stac.datasets.demo.scene import render_scene, to_multipolygon
+from marscope_stac.datasets.demo.terrain import LANDFORM_CLASSES, Landform
 from marscope_stac.products.cog import write_cog
 from marscope_stac.stac.build import (
     COG_MEDIA_TYPE,
@@ -75,7 +71,6 @@ from marscope_stac.stac.catalog import write_static_catalog
 from marscope_stac.stac.validation import validate_catalog
 
 __all__ = [
-    "CLASS_COLOURS",
     "DEMO_PIXELS_PER_DEGREE",
     "SIZES",
     "DemoCatalog",
@@ -89,18 +84,6 @@ DEMO_PIXELS_PER_DEGREE = 3000
 
 DEMO_ORIGIN = (150.0, -5.0)
 """Lower-left (lon, lat) of the demo world: the Aeolis region, south of Aeolis Mons' plains."""
-
-CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
-    "alluvial_fan": (230, 60, 50),
-    "glacier_like_form": (60, 210, 230),
-    "landslide": (250, 150, 30),
-    "pitted_cone": (220, 60, 220),
-    "yardang": (240, 230, 60),
-    "impact_crater": (80, 230, 80),
-    "dune_field": (70, 110, 250),
-    "channel": (255, 255, 255),
-    "plains": (150, 150, 150),
-}
 
 
 @dataclass(frozen=True)
@@ -523,45 +506,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(type(o).__name__)
-
-
-def _draw_geometry(
-    draw: ImageDraw.ImageDraw,
-    geom: BaseGeometry,
-    scale: float,
-    colour: tuple[int, int, int],
-    width: int,
-) -> None:
-    polys: Iterable[Any] = getattr(geom, "geoms", [geom])
-    for poly in polys:
-        rings = [poly.exterior, *poly.interiors] if hasattr(poly, "exterior") else []
-        for ring in rings:
-            pts = [(x * scale, y * scale) for x, y in ring.coords]
-            if len(pts) > 1:
-                draw.line(pts, fill=colour, width=width)
-
-
-def _preview(
-    out_dir: Path, image: np.ndarray, landforms: list[Landform]
-) -> tuple[Path, Image.Image]:
-    side = image.shape[0]
-    target = min(side, 800)
-    scale = target / side
-    base = Image.fromarray(image).resize((target, target), Image.Resampling.BILINEAR).convert("RGB")
-    draw = ImageDraw.Draw(base)
-    for lf in landforms:
-        _draw_geometry(draw, lf.geometry, scale, CLASS_COLOURS[lf.cls], 2)
-    # legend
-    pad, line = 6, 13
-    present = [c for c in LANDFORM_CLASSES if any(lf.cls == c for lf in landforms)]
-    draw.rectangle([0, 0, 150, pad * 2 + line * len(present)], fill=(0, 0, 0))
-    for i, cls in enumerate(present):
-        y = pad + i * line
-        draw.rectangle([pad, y + 2, pad + 9, y + 11], fill=CLASS_COLOURS[cls])
-        draw.text((pad + 14, y), CLASS_NAMES[cls], fill=(255, 255, 255))
-    path = out_dir / "preview.png"
-    base.save(path, optimize=False)
-    return path, base
 
 
 def _finish_collections(
