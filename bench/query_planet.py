@@ -54,12 +54,9 @@ def build_set(root: Path, grid_spec: str, dim: int, parquet: bool) -> dict:
     from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
     from marscope_stac.grid.grids import parse_grid
     from marscope_stac.index.background import background_logsumexp, write_background
-    from marscope_stac.index.store import (
-        EmbeddingSet,
-        EmbeddingSetWriter,
-        EmbeddingTable,
-        TextVectorCache,
-    )
+    from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
+    from marscope_stac.index.table import EmbeddingTable
+    from marscope_stac.index.texts import TextVectorCache
 
     grid = parse_grid(grid_spec)
     n = grid.n_cells

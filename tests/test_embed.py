@@ -16,7 +16,8 @@ import marscope_stac.embed.run as embed_mod
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import OutputError
 from marscope_stac.embed.run import embed_catalog
-from marscope_stac.index.store import read_embeddings, read_faiss_index
+from marscope_stac.index.faiss_index import read_faiss_index
+from marscope_stac.index.table import read_embeddings
 from marscope_stac.stac.validation import validate_catalog
 
 SMALL = [150.0, -5.0, 150.05, -4.95]
@@ -270,12 +271,12 @@ def test_disk_full_is_a_clear_error(
 ) -> None:
     import errno
 
-    import marscope_stac.index.store as store
+    import marscope_stac.index.table as table
 
     def full(path: object, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "atomic_write_bytes", full)
+    monkeypatch.setattr(table, "atomic_write_bytes", full)
     with pytest.raises(OutputError, match=r"No space left on device.*finished shards are kept"):
         embed_catalog(
             demo_root,
@@ -288,7 +289,7 @@ def test_disk_full_is_a_clear_error(
 
 def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     from marscope_stac.engine.engine import QueryEngine
-    from marscope_stac.index.store import EmbeddingTable
+    from marscope_stac.index.table import EmbeddingTable
     from marscope_stac.query.scoring import QuerySpec
 
     empty = EmbeddingTable(

@@ -23,12 +23,9 @@ from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine, QueryRequest
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.index.background import background_logsumexp, write_background
-from marscope_stac.index.store import (
-    EmbeddingSet,
-    EmbeddingSetWriter,
-    EmbeddingTable,
-    TextVectorCache,
-)
+from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
+from marscope_stac.index.table import EmbeddingTable
+from marscope_stac.index.texts import TextVectorCache
 from marscope_stac.products.render import zoom_range
 from marscope_stac.query.scoring import QuerySpec, score
 

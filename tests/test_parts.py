@@ -14,7 +14,8 @@ from marscope_stac.models.clip import load_model
 from marscope_stac.models.parts import IMAGENET_MEAN, init_pretrained_parts, resolve_parts
 from marscope_stac.stac.mlm import mlm_name
 from marscope_stac.stac.validation import validate_catalog
-from marscope_stac.train.loop import TrainConfig, train_model
+from marscope_stac.train.config import TrainConfig
+from marscope_stac.train.loop import train_model
 from marscope_stac.train.pairs import load_catalog_pairs
 
 TINY = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=8, warmup_steps=1, lock_text=True)

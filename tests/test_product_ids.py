@@ -13,7 +13,8 @@ import pytest
 from marscope_stac.core.errors import DataWarning
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine, QueryRequest
-from marscope_stac.index.store import EmbeddingSet, TextVectorCache
+from marscope_stac.index.store import EmbeddingSet
+from marscope_stac.index.texts import TextVectorCache
 from marscope_stac.models.clip import load_model
 from marscope_stac.query.scoring import QuerySpec
 
@@ -103,7 +104,7 @@ def test_composite_items_record_their_operator(engine: QueryEngine) -> None:
 
 
 def test_a_set_embedded_again_gives_other_ids(engine: QueryEngine) -> None:
-    from marscope_stac.products.write import query_id
+    from marscope_stac.products.ids import query_id
 
     a = query_id(CRATERS, engine.set, 0.5, "exact")
     manifest = engine.set.manifest()

@@ -250,7 +250,7 @@ def test_mvt_geometry_encoding() -> None:
     """Command streams follow the MVT spec: cursor per feature, rings closed, holes reversed."""
     from shapely.geometry import box
 
-    from marscope_stac.products.render import _polygon_geometries
+    from marscope_stac.products.vector import _polygon_geometries
 
     def unpack(data: bytes) -> list[int]:
         out, v, shift = [], 0, 0
@@ -287,7 +287,8 @@ def test_mvt_geometry_encoding() -> None:
 
 def test_vector_pmtiles_many_polygons(tmp_path: Path) -> None:
     from marscope_stac.grid.grids import parse_grid
-    from marscope_stac.products.render import detections, write_vector_pmtiles, zoom_range
+    from marscope_stac.products.render import zoom_range
+    from marscope_stac.products.vector import detections, write_vector_pmtiles
 
     grid = parse_grid("lonlat:2@80")
     p = np.random.default_rng(0).random(grid.n_cells).astype(np.float32) ** 4
@@ -309,7 +310,7 @@ def test_vector_tiles_decode_with_an_independent_decoder(tmp_path: Path) -> None
     import mapbox_vector_tile
     from shapely.geometry import Polygon, box
 
-    from marscope_stac.products.render import write_vector_pmtiles
+    from marscope_stac.products.vector import write_vector_pmtiles
 
     holed = box(10.0, 10.0, 12.0, 12.0).difference(box(10.5, 10.5, 11.0, 11.0))
     sliver = Polygon([(20.0, 20.0), (21.0, 20.0), (21.0, 20.0000001), (20.0, 20.0000001)])

@@ -13,7 +13,8 @@ from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError, ModelError
 from marscope_stac.models.clip import bundled_model_dir, load_model
 from marscope_stac.stac.validation import validate_catalog
-from marscope_stac.train.loop import TrainConfig, contrastive_loss, train_model
+from marscope_stac.train.config import TrainConfig
+from marscope_stac.train.loop import contrastive_loss, train_model
 from marscope_stac.train.pairs import PairMix, PairSet, load_catalog_pairs, load_table_pairs
 
 TINY = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=8, warmup_steps=1)
@@ -244,7 +245,7 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
     import torch
     from safetensors.torch import load_file, save_file
 
-    from marscope_stac.train.loop import average_models
+    from marscope_stac.train.averaging import average_models
 
     # a second model of the same architecture: every floating-point weight + 1
     other = tmp_path / "other"

@@ -102,7 +102,7 @@ def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
     item = json.loads(_get(server.url + product["item"])[2])
     assert item["id"] == product["id"] and item["properties"]["marscope:threshold"] == 0.3
     # the same files and id as `marscope query "dune fields" --threshold 0.3` publishes
-    from marscope_stac.products.write import query_id
+    from marscope_stac.products.ids import query_id
     from marscope_stac.query.scoring import QuerySpec
 
     engine = server.state.engine

@@ -97,7 +97,8 @@ def train_cmd(
     Several SOURCES are mixed in every batch (e.g. the demo world and the real data of
     `marscope real-data`), in proportion to --weights.
     """
-    from marscope_stac.train.loop import TrainConfig, train_from_source
+    from marscope_stac.train.config import TrainConfig
+    from marscope_stac.train.loop import train_from_source
 
     cfg = TrainConfig(
         epochs=epochs,
@@ -139,7 +140,7 @@ def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> N
     MODELS are model references as --model takes them (bundled, local-dir:DIR,
     hf-hub:ORG/REPO), at least two, of one architecture and tile context.
     """
-    from marscope_stac.train.loop import average_models
+    from marscope_stac.train.averaging import average_models
 
     folder = average_models(list(models), out, overwrite=overwrite)
     click.echo(f"averaged {len(models)} models: local-dir:{folder}")

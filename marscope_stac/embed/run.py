@@ -53,14 +53,9 @@ from marscope_stac.core.fs import (
     sweep_stale,
 )
 from marscope_stac.grid.grids import Grid, parse_grid
-from marscope_stac.index.store import (
-    EmbeddingSet,
-    EmbeddingSetWriter,
-    EmbeddingTable,
-    build_faiss_index,
-    read_embeddings,
-    write_embeddings,
-)
+from marscope_stac.index.faiss_index import build_faiss_index
+from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
+from marscope_stac.index.table import EmbeddingTable, read_embeddings, write_embeddings
 from marscope_stac.models.clip import ClipModel, load_model, same_record
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.read import SourceSet, load_sources
@@ -635,7 +630,7 @@ def _write_background(es: EmbeddingSet, cm: ClipModel) -> None:
     """Store the background prompts' term of the probabilities, and their vectors, with the set."""
     from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
     from marscope_stac.index.background import store_background
-    from marscope_stac.index.store import TextVectorCache
+    from marscope_stac.index.texts import TextVectorCache
 
     bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
     cache = TextVectorCache(es, es.manifest()["model"])

@@ -38,16 +38,16 @@ from marscope_stac.core.prompts import (
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.background import store_background
 from marscope_stac.index.scan import score_rows
-from marscope_stac.index.store import EmbeddingSet, TextVectorCache, write_scoring_arrays
+from marscope_stac.index.store import EmbeddingSet, write_scoring_arrays
+from marscope_stac.index.texts import TextVectorCache
+from marscope_stac.products.classes import write_class_product
+from marscope_stac.products.ids import OPTIONAL_PRODUCTS, query_id
 from marscope_stac.products.render import RasterLayout
 from marscope_stac.products.write import (
     CLASS_COLOURS,
-    OPTIONAL_PRODUCTS,
     CellColumns,
     ClassProduct,
     QueryProduct,
-    query_id,
-    write_class_product,
     write_query_product,
 )
 from marscope_stac.query.scoring import (
@@ -136,7 +136,7 @@ class QueryRequest:
         near: Composite: the text with this nearby.
         within_km: Distance for ``near``.
         products: Files to write besides the probability COG (see
-            :data:`~marscope_stac.products.write.OPTIONAL_PRODUCTS`; all by default).
+            :data:`~marscope_stac.products.ids.OPTIONAL_PRODUCTS`; all by default).
     """
 
     texts: list[str] = field(default_factory=list)

@@ -6,7 +6,8 @@ term of calibrated probabilities.
 
 from __future__ import annotations
 
-from marscope_stac.index.store import EmbeddingSet, ScoringArrays, TextVectorCache
+from marscope_stac.index.store import EmbeddingSet, ScoringArrays
+from marscope_stac.index.texts import TextVectorCache
 
 __all__ = [
     "EmbeddingSet",

@@ -22,9 +22,7 @@ model: the query engine (:mod:`marscope_stac.engine.engine`) scores, this module
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,19 +43,19 @@ from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import Covering, point_wkb, write_geoparquet
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.products.cog import write_cog
+from marscope_stac.products.ids import OPTIONAL_PRODUCTS
 from marscope_stac.products.render import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
     RasterLayout,
     quantize,
-    raster_detections,
     raster_zoom_range,
     save_png,
     tile_metadata,
     write_raster_pmtiles,
-    write_vector_pmtiles,
     zoom_range,
 )
+from marscope_stac.products.vector import raster_detections, write_vector_pmtiles
 from marscope_stac.query.scoring import QuerySpec, ScoredQuery
 from marscope_stac.stac.build import (
     COG_MEDIA_TYPE,
@@ -82,23 +80,17 @@ from marscope_stac.stac.catalog import OutputCatalog
 __all__ = [
     "ASSET_FILES",
     "CLASS_COLOURS",
-    "OPTIONAL_PRODUCTS",
     "PMTILES_MEDIA_TYPE",
     "CellColumns",
     "ClassProduct",
     "QueryProduct",
-    "query_id",
     "read_scores",
-    "write_class_product",
     "write_query_product",
     "write_scores",
 ]
 
 PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
 
-OPTIONAL_PRODUCTS = ("tiles", "preview", "detections", "scores")
-"""Files a query may write besides its probability COG: raster PMTiles, preview PNG,
-detections (GeoParquet and vector PMTiles) and per-cell scores (GeoParquet)."""
 
 ASSET_FILES = {
     "probability": "probability.tif",
@@ -207,65 +199,6 @@ class _Clock:
             return fn(*args, **kwargs)
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-
-
-def set_fingerprint(es: EmbeddingSet) -> dict[str, Any]:
-    """What identifies an embedding set's content for product ids.
-
-    Its folder name, its model, the checksums of its scoring arrays and the calibration
-    (background term and temperature): a set embedded again with other data or another
-    model gives other ids, so its products never replace those of the earlier set.
-    """
-    manifest = es.manifest()
-    scoring = manifest.get("scoring") or {}
-    return {
-        "set": es.root.name,
-        "model": (manifest.get("model") or {}).get("name"),
-        "files": scoring.get("files"),
-        "calibration": scoring.get("background"),
-    }
-
-
-def query_id(
-    spec: QuerySpec,
-    es: EmbeddingSet,
-    threshold: float,
-    scoring: str,
-    products: Sequence[str] = OPTIONAL_PRODUCTS,
-) -> str:
-    """Id of a query's products: a slug of its text and a digest of everything that shapes them.
-
-    The digest covers every input that changes the pixels or files: the texts, examples,
-    counter-examples and their weights, the prompt templates, the composite operator and
-    its operand (``spec.composite``), the threshold, the scoring mode, the products written and
-    the set's content, model and calibration (:func:`set_fingerprint`). Two different
-    requests never share an id; the same request asked again (CLI, API or page) gets the
-    same one.
-    """
-    words = "-".join(spec.text) if spec.text else "examples"
-    slug = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40] or "query"
-    key = {
-        "kind": "query",
-        "query": spec.describe(),
-        "refine": [spec.refine_positive, spec.refine_negative],
-        "threshold": threshold,
-        "scoring": scoring,
-        "products": sorted(products),
-        "set": set_fingerprint(es),
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{slug}-{digest}"
-
-
-def class_id(es: EmbeddingSet, names: Sequence[str], templates: Sequence[str]) -> str:
-    """Id of a zero-shot classification's products (see :func:`query_id`)."""
-    key = {
-        "kind": "classes",
-        "classes": list(names),
-        "templates": list(templates),
-        "set": set_fingerprint(es),
-    }
-    return "classes-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _queries_collection(grid: Grid, bbox: list[float], start: str, end: str) -> dict[str, Any]:
@@ -664,157 +597,3 @@ def _query_words(
 
 
 # ----------------------------------------------------------------------------- classes
-
-
-def write_class_product(
-    out: str | Path,
-    es: EmbeddingSet,
-    grid: Grid,
-    layout: RasterLayout,
-    names: list[str],
-    templates: Sequence[str],
-    prob: NDArray[np.float32],
-    model_name: str,
-) -> ClassProduct:
-    """Write a zero-shot classification: class map and per-class probability COGs, STAC item.
-
-    ``prob`` holds one column per class, background first, rows in the set's order.
-    """
-    catalog = OutputCatalog(out)
-    label = prob.argmax(axis=1).astype(np.float32)
-    qid = class_id(es, names, templates)
-    folder = Path(out) / "queries" / qid
-    class_map = layout.raster(label)
-    stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
-    cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)
-    all_names = ["background", *names]
-    with staged_directory(folder, overwrite=True, owned=True) as stage:
-        write_cog(
-            stage / "classes.tif",
-            cmap_u8,
-            grid.body.crs,
-            layout.transform,
-            nodata=PROBABILITY_NODATA,
-            band_names=["class"],
-            overview_resampling="nearest",
-        )
-        write_cog(
-            stage / "probabilities.tif",
-            stack,
-            grid.body.crs,
-            layout.transform,
-            nodata=PROBABILITY_NODATA,
-            band_names=all_names,
-            scale=PROBABILITY_SCALE,
-            offset=0.0,
-        )
-        _class_preview(stage / "preview.png", cmap_u8, len(all_names))
-        meta = tile_metadata(qid, "Zero-shot class map", grid.body)
-        colours = list(CLASS_COLOURS[: len(all_names)])
-        write_raster_pmtiles(
-            stage / "classes.pmtiles",
-            cmap_u8,
-            layout.transform,
-            meta,
-            raster_zoom_range(layout.transform, cmap_u8.shape),
-            nodata=PROBABILITY_NODATA,
-            colours=colours,
-        )
-    item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
-    item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
-    counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}
-    return ClassProduct(
-        query_id=qid, folder=folder, item_path=item_path, classes=names, counts=counts
-    )
-
-
-def _class_preview(path: Path, cmap_u8: NDArray[np.uint8], n_classes: int) -> None:
-    from PIL import Image
-
-    rgb = np.zeros((*cmap_u8.shape, 4), np.uint8)
-    for k, colour in enumerate(CLASS_COLOURS[:n_classes]):
-        rgb[cmap_u8 == k] = [int(colour[i : i + 2], 16) for i in (0, 2, 4)] + [255]
-    step = max(1, -(-max(cmap_u8.shape) // 1024))  # large maps: every n-th pixel
-    rgb, cmap_u8 = rgb[::step, ::step], cmap_u8[::step, ::step]
-    img = Image.fromarray(rgb, "RGBA")
-    scale = max(1, min(1024 // max(cmap_u8.shape), 16))
-    img.resize((cmap_u8.shape[1] * scale, cmap_u8.shape[0] * scale), Image.Resampling.NEAREST).save(
-        path
-    )
-
-
-def _class_item(
-    folder: Path,
-    qid: str,
-    es: EmbeddingSet,
-    grid: Grid,
-    layout: RasterLayout,
-    names: list[str],
-    all_names: list[str],
-    model_name: str,
-) -> dict[str, Any]:
-    from marscope_stac.stac.build import CLASSIFICATION_V2
-
-    slug = [
-        re.sub(r"[^0-9A-Za-z_-]+", "-", n).strip("-") or f"class{k}"
-        for k, n in enumerate(all_names)
-    ]
-    classes_field = [
-        {"value": k, "name": slug[k], "description": all_names[k], "color_hint": CLASS_COLOURS[k]}
-        for k in range(len(all_names))
-    ]
-    bbox = _raster_bbox(layout)
-    asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
-    start, end = _embedding_times(es)
-    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
-    props = {
-        **ssys_fields(grid.body),
-        "start_datetime": start,
-        "end_datetime": end,
-        "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
-        "background prompt at the model's temperature.",
-        "processing:software": {"marscope-stac": __version__},
-        "processing:datetime": now_utc(),
-        "marscope:classes": names,
-        "marscope:model": model_name,
-    }
-    assets = {
-        "classes": asset(
-            "classes.tif",
-            COG_MEDIA_TYPE,
-            ["data"],
-            "Most probable class (COG)",
-            **grid_fields,
-            bands=cog_band_fields(folder / "classes.tif"),
-            **{"classification:classes": classes_field},
-        ),
-        "probabilities": asset(
-            "probabilities.tif",
-            COG_MEDIA_TYPE,
-            ["data"],
-            "Per-class probabilities (COG, one band each)",
-            **grid_fields,
-            bands=cog_band_fields(folder / "probabilities.tif"),
-        ),
-        "preview": asset(
-            "preview.png", "image/png", ["thumbnail", "overview", "visual"], "Class map preview"
-        ),
-        "tiles": asset(
-            "classes.pmtiles", PMTILES_MEDIA_TYPE, ["visual", "tiles"], "Class map tiles (PMTiles)"
-        ),
-    }
-    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
-    return stac_item(
-        qid,
-        props,
-        extensions,
-        bbox,
-        assets,
-        _source_links(es, folder),
-        title=f"Classes: {', '.join(names)}"[:120],
-        description=(
-            f"Zero-shot classification of every cell of grid {grid.spec} into "
-            f"{', '.join(names)} or background, over embedding set {es.root.name} made with "
-            f"model {model_name}."
-        ),
-    )

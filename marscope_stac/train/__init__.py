@@ -6,7 +6,8 @@ averaging.
 
 from __future__ import annotations
 
-from marscope_stac.train.loop import TrainConfig, TrainResult, train_from_source
+from marscope_stac.train.config import TrainConfig, TrainResult
+from marscope_stac.train.loop import train_from_source
 
 __all__ = [
     "TrainConfig",

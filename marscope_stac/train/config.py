@@ -1,0 +1,78 @@
+"""Training settings and results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marscope_stac.core.errors import (
+    check_range,
+)
+from marscope_stac.tiles.plan import check_context
+
+__all__ = [
+    "PRETRAINED_PARTS",
+    "TrainConfig",
+    "TrainResult",
+]
+
+
+PRETRAINED_PARTS = "parts"
+"""``pretrained`` value that starts an architecture from its packaged pretrained parts."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Hyper-parameters of a training run (recorded in checkpoints and the model item)."""
+
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    lock_text: bool = False
+    tile_context: float | None = None
+    """Margin every training tile shows around its cell, in cell sides; the exported model
+    asks embedding for the same (see :class:`~marscope_stac.tiles.plan.TilePlan`). None: the
+    context of the model being fine-tuned (0 for a new architecture)."""
+
+    @property
+    def context(self) -> float:
+        """The tile context as a number (None counts as 0)."""
+        return float(self.tile_context or 0.0)
+
+    def check(self) -> None:
+        """Raise :class:`~marscope_stac.core.errors.ConfigError` for a value training cannot use."""
+        check_range("--epochs", self.epochs, 1, 100_000, integer=True)
+        check_range("--steps-per-epoch", self.steps_per_epoch, 1, 10_000_000, integer=True)
+        check_range("--batch-size", self.batch_size, 2, 65_536, integer=True)
+        check_range("--lr", self.lr, 0.0, 10.0, above=True)
+        check_range("weight decay", self.weight_decay, 0.0)
+        check_range("warm-up steps", self.warmup_steps, 0, integer=True)
+        check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
+        if self.tile_context is not None:
+            check_context(self.tile_context)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` produced."""
+
+    out: Path
+    model_dir: Path
+    item_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+    def summary(self) -> str:
+        """Lines for people."""
+        last = self.history[-1] if self.history else {}
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "epoch")
+        return (
+            f"trained {len(self.history)} epochs"
+            + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else "")
+            + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
+            f"  last epoch: {metrics}"
+        )
