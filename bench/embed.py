@@ -22,7 +22,7 @@ import numpy as np
 
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
 from marscope_stac.embed.run import embed_catalog
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 
 
 def main() -> None:

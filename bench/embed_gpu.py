@@ -36,11 +36,8 @@ import torch
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.grid.grids import parse_grid
-from marscope_stac.models.clip import (
-    load_model,
-    quiet_model_loading,
-    register_bundled_architectures,
-)
+from marscope_stac.models.clip import register_bundled_architectures
+from marscope_stac.models.loading import load_model, quiet_model_loading
 from marscope_stac.stac.read import load_sources
 from marscope_stac.tiles.plan import plan_tiles
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ import pandas as pd
 
 from marscope_stac.datasets.real import build_real_data
 from marscope_stac.eval.protocol import evaluate_real
-from marscope_stac.models.clip import ClipModel, load_model
+from marscope_stac.models.clip import ClipModel
+from marscope_stac.models.loading import load_model
 
 BUNDLED = "marscope_stac/data/models/marscope-small"
 

@@ -163,3 +163,12 @@ def test_no_function_is_longer_than_80_lines() -> None:
                 if n > 80:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({n})")
     assert not long, long
+
+
+def test_no_module_is_longer_than_600_lines() -> None:
+    lines = {
+        str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+    long = {name: n for name, n in lines.items() if n > 600}
+    assert not long, long

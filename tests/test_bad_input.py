@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from marscope_stac.cli.main import cli
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 from marscope_stac.query.scoring import QuerySpec
 
 

@@ -12,6 +12,8 @@ from _faults import interrupting
 from _rasters import catalog_of, pattern, stac_item, write_geotiff
 from click.testing import CliRunner
 
+import marscope_stac.embed.compute as embed_compute
+import marscope_stac.embed.resume as embed_resume
 import marscope_stac.embed.run as embed_mod
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import OutputError
@@ -107,7 +109,8 @@ def test_rerun_over_overlapping_rasters_embeds_nothing(
 def test_kill_and_resume(
     demo_root: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embed_mod, "SHARD_CELLS", 16)
+    for module in (embed_mod, embed_resume):  # the shard size, where it is read
+        monkeypatch.setattr(module, "SHARD_CELLS", 16)
     ref = embed_catalog(
         demo_root,
         tmp_path / "ref",
@@ -117,14 +120,14 @@ def test_kill_and_resume(
         publish=False,
     )
     out = tmp_path / "products"
-    real = embed_mod.embed_task
-    monkeypatch.setattr(embed_mod, "embed_task", interrupting(real, 12))
+    real = embed_compute.embed_task
+    monkeypatch.setattr(embed_compute, "embed_task", interrupting(real, 12))
     with pytest.raises(KeyboardInterrupt):
         _embed(demo_root, out, tiny_model_dir, batch_size=8, workers=1)
     es_root = out / "embeddings" / ref.embedding_set.root.name
     written = sorted((es_root / "shards").glob("*.parquet"))
     assert 0 < len(written) < 13  # some shards done, not all
-    monkeypatch.setattr(embed_mod, "embed_task", real)
+    monkeypatch.setattr(embed_compute, "embed_task", real)
     res = _embed(demo_root, out, tiny_model_dir, batch_size=8, workers=1)
     assert res.reused > 0 and res.embedded_now + res.reused == 200
     a, b = read_embeddings(res.embedding_set.parquet), read_embeddings(ref.embedding_set.parquet)
@@ -318,7 +321,7 @@ def test_a_model_trained_with_context_embeds_tiles_with_context(
 ) -> None:
     from marscope_stac.core.errors import ModelError
     from marscope_stac.grid.grids import parse_grid
-    from marscope_stac.models.clip import load_model
+    from marscope_stac.models.loading import load_model
     from marscope_stac.stac.read import load_sources
     from marscope_stac.tiles.batch import read_batch
     from marscope_stac.tiles.plan import plan_tiles

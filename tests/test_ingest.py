@@ -17,7 +17,8 @@ from marscope_stac.core.bodies import MARS, MOON
 from marscope_stac.core.errors import CatalogError, ConfigError, SkippedInputWarning
 from marscope_stac.grid.grids import EqualAreaGrid, LonLatGrid, parse_grid
 from marscope_stac.stac.folder import build_folder_catalog
-from marscope_stac.stac.read import crs_from_stac, load_sources
+from marscope_stac.stac.raster import crs_from_stac
+from marscope_stac.stac.read import load_sources
 from marscope_stac.tiles.batch import read_batch
 from marscope_stac.tiles.plan import plan_tiles
 from marscope_stac.tiles.workers import iter_tile_batches

@@ -17,10 +17,10 @@ from marscope_stac.models.clip import (
     BUNDLED_ARCH,
     MARSCOPE_TEMPLATES,
     bundled_model_dir,
-    load_model,
     register_bundled_architectures,
     resolve_device,
 )
+from marscope_stac.models.loading import load_model
 
 ARCH = "marscope-tiny"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from marscope_stac.core.errors import ConfigError, ModelError
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 from marscope_stac.models.parts import IMAGENET_MEAN, init_pretrained_parts, resolve_parts
 from marscope_stac.stac.mlm import mlm_name
 from marscope_stac.stac.validation import validate_catalog

@@ -15,7 +15,7 @@ from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine, QueryRequest
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.texts import TextVectorCache
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 from marscope_stac.query.scoring import QuerySpec
 
 

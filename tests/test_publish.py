@@ -24,7 +24,7 @@ from marscope_stac.cli.main import cli
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.eval.evaluate import evaluate_product
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 from marscope_stac.query.scoring import QuerySpec
 from marscope_stac.stac.schemas import write_offline_schemas
 from marscope_stac.stac.validation import InvalidCatalogError, validate_catalog
@@ -867,7 +867,7 @@ def test_metadata_a_catalog_user_expects(work: Path, tmp_path: Path) -> None:
 
 
 def test_model_items_name_nothing_local(work: Path) -> None:
-    from marscope_stac.models.clip import model_folder
+    from marscope_stac.models.loading import model_folder
 
     bundled = model_folder("bundled")
     assert bundled is not None

@@ -16,7 +16,7 @@ from marscope_stac.core.errors import ConfigError, OutputError
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.grid.grids import parse_grid
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 from marscope_stac.query.scoring import QuerySpec, and_not, near
 from marscope_stac.stac.validation import validate_catalog
 

@@ -30,14 +30,9 @@ from marscope_stac.datasets.nomenclature import circles, read_nomenclature
 from marscope_stac.datasets.packages import PACKAGE_FILES, fetch_package_files
 from marscope_stac.datasets.real import build_real_data
 from marscope_stac.eval.protocol import score_real_queries
-from marscope_stac.models.clip import load_model
-from marscope_stac.train.pairs import (
-    PairMix,
-    _assign_features,
-    _background,
-    load_cell_pairs,
-    load_pairs,
-)
+from marscope_stac.models.loading import load_model
+from marscope_stac.train.cells import _assign_features, _background, load_cell_pairs
+from marscope_stac.train.mixtures import PairMix, load_pairs
 
 W, H = 256, 128  # 1.40625 degree per pixel
 

@@ -11,11 +11,13 @@ from PIL import Image
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError, ModelError
-from marscope_stac.models.clip import bundled_model_dir, load_model
+from marscope_stac.models.clip import bundled_model_dir
+from marscope_stac.models.loading import load_model
 from marscope_stac.stac.validation import validate_catalog
 from marscope_stac.train.config import TrainConfig
 from marscope_stac.train.loop import contrastive_loss, train_model
-from marscope_stac.train.pairs import PairMix, PairSet, load_catalog_pairs, load_table_pairs
+from marscope_stac.train.mixtures import PairMix
+from marscope_stac.train.pairs import PairSet, load_catalog_pairs, load_table_pairs
 
 TINY = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=8, warmup_steps=1)
 

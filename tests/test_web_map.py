@@ -23,9 +23,10 @@ from PIL import Image
 
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
-from marscope_stac.models.clip import load_model
+from marscope_stac.models.loading import load_model
 from marscope_stac.products.basemap import build_basemap
-from marscope_stac.web.server import MapServer, write_static_site
+from marscope_stac.web.server import MapServer
+from marscope_stac.web.static import write_static_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

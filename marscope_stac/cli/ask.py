@@ -181,7 +181,8 @@ def serve_cmd(
     static_out: Path | None,
 ) -> None:
     """Ask the planet in a web map (MapLibre, offline) over the query engine, kept warm."""
-    from marscope_stac.web.server import serve, write_static_site
+    from marscope_stac.web.server import serve
+    from marscope_stac.web.static import write_static_site
 
     if static_out is not None:
         site = write_static_site(products, static_out)

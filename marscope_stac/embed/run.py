@@ -21,24 +21,18 @@ The set is published as a STAC Item (embeddings extension) in the output catalog
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
-import os
-import re
-import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from marscope_stac.core.errors import (
-    ConfigError,
     ModelError,
     OutputError,
     SkippedInputWarning,
@@ -52,59 +46,24 @@ from marscope_stac.core.fs import (
     source_folder,
     sweep_stale,
 )
+from marscope_stac.embed.compute import _client, _model, _run_cluster, _run_local, _run_processes
+from marscope_stac.embed.resume import SHARD_CELLS, _open_set, _Resume, _resume
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.faiss_index import build_faiss_index
 from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
-from marscope_stac.index.table import EmbeddingTable, read_embeddings, write_embeddings
-from marscope_stac.models.clip import ClipModel, load_model, same_record
+from marscope_stac.index.table import EmbeddingTable, write_embeddings
+from marscope_stac.models.clip import ClipModel
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.read import SourceSet, load_sources
-from marscope_stac.tiles.batch import read_batch
-from marscope_stac.tiles.plan import TileBatch, TilePlan, plan_tiles
-from marscope_stac.tiles.workers import read_in_processes
+from marscope_stac.tiles.plan import TilePlan, plan_tiles
 
-__all__ = ["SHARD_CELLS", "EmbedResult", "embed_catalog"]
+__all__ = [
+    "EmbedResult",
+    "embed_catalog",
+]
 
 
 log = logging.getLogger(__name__)
-
-SHARD_CELLS = 4096
-"""Cells per shard: a block of consecutive cell indexes (whole grid rows, mostly)."""
-
-_MODELS: dict[tuple[str, str | None, str], ClipModel] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
-    """The model, loaded once per process (Dask workers keep it between tasks)."""
-    key = (name, pretrained, device)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(name, pretrained=pretrained, device=device)
-        return _MODELS[key]
-
-
-def embed_task(
-    plan: TilePlan, model: str, pretrained: str | None, device: str, min_valid: float
-) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
-    """One Dask task: read the batch's tiles, embed those with enough valid pixels."""
-    return embed_batch(_model(model, pretrained, device), read_batch(plan), min_valid)
-
-
-def embed_batch(
-    cm: ClipModel, batch: TileBatch, min_valid: float
-) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
-    """Embed the tiles of a read batch that have at least ``min_valid`` of valid pixels."""
-    keep = batch.valid >= min_valid
-    emb = (
-        cm.encode_images(batch.pixels[keep])
-        if keep.any()
-        else np.zeros((0, cm.embed_dim), np.float32)
-    )
-    table = EmbeddingTable(
-        batch.cells[keep], emb, batch.valid[keep], [batch.sources[i] for i in np.flatnonzero(keep)]
-    )
-    return table, batch.errors
 
 
 @dataclass
@@ -138,97 +97,6 @@ class EmbedResult:
         return "\n".join(lines)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
-
-
-def set_id(model: ClipModel, grid: Grid, tile_px: int) -> str:
-    """Id of the embedding set of a model, grid and tile size."""
-    return _slug(f"emb-{model.slug}-{grid.spec}-{tile_px}px")
-
-
-def _check_compatible(manifest: dict[str, Any], expect: dict[str, Any], root: Path) -> None:
-    for key in ("model", "grid", "tile_px", "preprocessing"):
-        if key == "model" and key in manifest and same_record(manifest[key], expect[key]):
-            continue
-        if key in manifest and manifest[key] != expect[key]:
-            raise OutputError(
-                f"embedding set {root} was made with a different {key} "
-                f"({manifest[key]!r} vs {expect[key]!r}); use another --out or delete it"
-            )
-
-
-def _client(scheduler_address: str | None) -> Any:
-    address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if not address:
-        return None
-    from distributed import Client
-
-    try:
-        return Client(address, timeout=10)
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(
-            f"cannot reach the Dask scheduler at {address}: {exc}; check the address"
-        ) from exc
-    except (ValueError, TypeError) as exc:  # not an address at all
-        raise ConfigError(
-            f"the scheduler address {address!r} (--scheduler-address or "
-            f"DASK_SCHEDULER_ADDRESS) is not a Dask scheduler address ({exc}); give one like "
-            "tcp://host:8786"
-        ) from None
-    except Exception as exc:  # the client's many other ways of not connecting
-        raise ConfigError(
-            f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: "
-            f"{str(exc)[:120]}); check --scheduler-address or DASK_SCHEDULER_ADDRESS"
-        ) from None
-
-
-def _run_local(
-    tasks: list[TilePlan], args: tuple[Any, ...], workers: int
-) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
-    """Run tasks on local threads, a few in flight, yielding (task number, result)."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: dict[Any, int] = {}
-        it = iter(enumerate(tasks))
-        for _ in range(workers * 2):
-            nxt = next(it, None)
-            if nxt is None:
-                break
-            pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                k = pending.pop(fut)
-                yield k, fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
-
-
-def _run_processes(
-    tasks: list[TilePlan], args: tuple[Any, ...], processes: int
-) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
-    """Read tiles in worker processes, embed them here (one model, e.g. on the GPU)."""
-    model, pretrained, device, min_valid = args
-    cm = _model(model, pretrained, device)
-    for k, batch in enumerate(read_in_processes(tasks, processes)):
-        yield k, embed_batch(cm, batch, min_valid)
-
-
-def _run_cluster(
-    client: Any, tasks: list[TilePlan], args: tuple[Any, ...]
-) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
-    from distributed import as_completed
-
-    futures = {
-        client.submit(embed_task, t, *args, pure=False, retries=2): k for k, t in enumerate(tasks)
-    }
-    for fut in as_completed(futures):
-        yield futures[fut], fut.result()
-
-
 def embed_catalog(
     source: str | Path,
     out: str | Path = "products",
@@ -255,7 +123,7 @@ def embed_catalog(
         source: STAC catalog / collection / item, STAC API URL, or GeoTIFF folder with a
             ``stac/`` catalog.
         out: Output catalog folder; the set goes to ``out/embeddings/<set id>``.
-        model: Model name (see :func:`~marscope_stac.models.clip.load_model`).
+        model: Model name (see :func:`~marscope_stac.models.loading.load_model`).
         pretrained: Weights for an architecture name.
         grid: Grid specification.
         tile_px: Tile size (the model's input size by default). A model trained on tiles
@@ -308,120 +176,6 @@ def embed_catalog(
             es, cm, sources, g, px, out, source_href=_source_href(source)
         )
     return result
-
-
-def _open_set(
-    out: Path, cm: ClipModel, g: Grid, px: int, min_valid: float
-) -> tuple[EmbeddingSet, dict[str, Any]]:
-    """The set of a model, grid and tile size under ``out``, and what its manifest must say.
-
-    The set's folder is created, or the set already there checked to have been made the
-    same way.
-
-    Raises:
-        OutputError: if the set was made with other settings or cannot be written.
-    """
-    es = EmbeddingSet(out / "embeddings" / set_id(cm, g, px))
-    expect = {
-        "model": cm.describe(),
-        "grid": g.spec,
-        "tile_px": px,
-        "preprocessing": {"normalize": "auto", "resampling": "bilinear", "min_valid": min_valid},
-    }
-    _check_compatible(es.manifest(), expect, es.root)
-    es.root.mkdir(parents=True, exist_ok=True)
-    if not os.access(es.root, os.W_OK):
-        raise OutputError(f"cannot write to {es.root}; choose another --out")
-    return es, expect
-
-
-@dataclass
-class _Resume:
-    """What an embedding set already holds for a plan.
-
-    Attributes:
-        done: Shards that are complete and current (kept as they are).
-        kept: Rows of partly stale shards that stay.
-        todo: Per shard, the plan positions of the cells to embed.
-        failed: Per done shard, cells that failed before (from the manifest).
-        plans: Per shard, the digest of its cells and the rasters planned for each.
-    """
-
-    done: dict[int, EmbeddingTable]
-    kept: dict[int, EmbeddingTable]
-    todo: dict[int, list[int]]
-    failed: dict[str, list[int]]
-    plans: dict[int, str] = field(default_factory=dict)
-
-
-def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[int]:
-    """Plan positions whose cell is missing from ``old`` or was read from other sources."""
-    have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
-    return [
-        k
-        for k in positions
-        if sorted(have.get(int(plan.cells[k]), []))
-        != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
-    ]
-
-
-def _plan_digest(plan: TilePlan, positions: list[int]) -> str:
-    """A digest of cells ``positions`` of the plan and the rasters planned for each, in order."""
-    h = hashlib.sha256()
-    for k in positions:
-        ids = "\t".join(plan.sources[s].item_id for s in plan.cell_sources[k])
-        h.update(f"{int(plan.cells[k])}\t{ids}\n".encode())
-    return h.hexdigest()
-
-
-def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
-    """Which cells are already embedded from the same sources (reused), which are to do.
-
-    A shard whose file is the one the manifest lists, written for the same plan (same cells,
-    same rasters planned for each: the digest in the manifest), is current; only its failed
-    cells are tried again. Otherwise (a plan of part of the shard, e.g. a bbox, or changed
-    imagery) each cell is checked against the rasters its row was read from, and missing
-    cells are embedded again.
-    """
-    want: dict[int, list[int]] = defaultdict(list)
-    for k, cell in enumerate(plan.cells.tolist()):
-        want[cell // SHARD_CELLS].append(k)
-    state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks) for s, ks in want.items()})
-    manifest = es.manifest()
-    planned, failed = manifest.get("plans", {}), manifest.get("failed_cells", {})
-    for path in sorted((es.root / "shards").glob("*.parquet")):
-        shard, old = int(path.stem), read_embeddings(path)
-        key, positions = str(shard), want.get(shard, [])
-        listed = _as_listed(manifest, key, path)  # hashes the file: once per shard
-        if listed and planned.get(key) == state.plans.get(shard):
-            retry = set(failed.get(key, []))
-            stale = [k for k in positions if int(plan.cells[k]) in retry]
-        else:
-            stale = _stale(old, positions, plan)
-            if not set(old.cell_index.tolist()) <= set(plan.cells[positions].tolist()):
-                # rows outside this plan: its digest does not describe the shard
-                state.plans.pop(shard, None)
-                if not stale and listed and planned.get(key):
-                    state.plans[shard] = str(planned[key])  # untouched: as it was
-        if not stale:
-            state.done[shard] = old
-            continue
-        redo = set(plan.cells[stale].tolist())
-        state.kept[shard] = old.take(
-            np.array([c not in redo for c in old.cell_index.tolist()], bool)
-        )
-        state.todo[shard] = stale
-    for shard, positions in want.items():
-        if shard not in state.done and shard not in state.todo:
-            state.todo[shard] = positions
-    state.failed = {k: v for k, v in failed.items() if int(k) in state.done}
-    return state
-
-
-def _as_listed(manifest: dict[str, Any], key: str, path: Path) -> bool:
-    """Whether shard file ``path`` is the one the manifest lists (same checksum)."""
-    listed = manifest.get("shards", {}).get(key, {}).get("checksum")
-    return bool(listed) and listed == file_multihash(path)
 
 
 def _make_tasks(

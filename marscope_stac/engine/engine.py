@@ -295,7 +295,7 @@ class QueryEngine:
     def model(self) -> Any:
         """The set's model (:class:`~marscope_stac.models.clip.ClipModel`), loaded on first use."""
         if self._model is None:
-            from marscope_stac.models.clip import load_model
+            from marscope_stac.models.loading import load_model
 
             name, pretrained, device = self._model_args
             t0 = time.perf_counter()

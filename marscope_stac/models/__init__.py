@@ -6,7 +6,8 @@ encoding images and texts. Nothing here knows geography.
 
 from __future__ import annotations
 
-from marscope_stac.models.clip import ClipModel, load_model
+from marscope_stac.models.clip import ClipModel
+from marscope_stac.models.loading import load_model
 
 __all__ = [
     "ClipModel",

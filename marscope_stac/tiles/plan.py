@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.grid.grids import Grid
-from marscope_stac.stac.read import SourceAsset, SourceSet
+from marscope_stac.stac.raster import SourceAsset
+from marscope_stac.stac.read import SourceSet
 
 __all__ = [
     "TileBatch",

@@ -24,7 +24,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scipy import ndimage
 
-from marscope_stac.stac.read import SourceAsset
+from marscope_stac.stac.raster import SourceAsset
 from marscope_stac.tiles.plan import TilePlan
 
 __all__ = [

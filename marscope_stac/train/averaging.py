@@ -25,10 +25,7 @@ from marscope_stac.core.fs import (
     read_regular,
     staged_directory,
 )
-from marscope_stac.models.clip import (
-    load_model,
-    model_folder,
-)
+from marscope_stac.models.loading import load_model, model_folder
 from marscope_stac.train.export import _export
 
 __all__ = [

@@ -19,12 +19,8 @@ from marscope_stac.core.fs import (
     atomic_write_bytes,
     atomic_write_json,
 )
-from marscope_stac.models.clip import (
-    PROJECT_ARCHITECTURES,
-    ClipModel,
-    model_folder,
-    project_arch_config,
-)
+from marscope_stac.models.clip import PROJECT_ARCHITECTURES, ClipModel, project_arch_config
+from marscope_stac.models.loading import model_folder
 from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig
 
 __all__ = [

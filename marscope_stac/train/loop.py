@@ -55,15 +55,15 @@ from marscope_stac.models.clip import (
     bundled_model_dir,
     check_project_architecture,
     parts_model_folder,
-    quiet_model_loading,
     register_bundled_architectures,
     resolve_device,
-    trained_tile_context,
 )
+from marscope_stac.models.loading import quiet_model_loading, trained_tile_context
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
 from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig, TrainResult
 from marscope_stac.train.export import _export, _model_item, _plot
-from marscope_stac.train.pairs import PairMix, PairSet
+from marscope_stac.train.mixtures import PairMix
+from marscope_stac.train.pairs import PairSet
 
 __all__ = [
     "settle_config",
@@ -265,7 +265,7 @@ def settle_config(
     context of the tiles it learned from); otherwise a config that leaves it open takes the
     context of the run's ``checkpoint`` when there is one (a resumed run goes on as it
     started), else the context the model was trained with
-    (:func:`~marscope_stac.models.clip.trained_tile_context`), so fine-tuning keeps it.
+    (:func:`~marscope_stac.models.loading.trained_tile_context`), so fine-tuning keeps it.
 
     Raises:
         ConfigError: for a value training cannot use, or a context other than the pairs'.
@@ -503,7 +503,7 @@ def train_from_source(
         ConfigError: for bad values, or weights that do not match the sources.
         CatalogError: if a catalog has no training labels.
     """
-    from marscope_stac.train.pairs import load_pairs
+    from marscope_stac.train.mixtures import load_pairs
 
     check_run_folder(out)
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None

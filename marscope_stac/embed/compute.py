@@ -1,0 +1,133 @@
+"""Where embedding runs.
+
+The tasks a worker executes (read a batch of tiles, embed it with a model loaded once per
+process) and the local, reading-process and Dask-cluster runners.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from marscope_stac.core.errors import (
+    ConfigError,
+)
+from marscope_stac.index.table import EmbeddingTable
+from marscope_stac.models.clip import ClipModel
+from marscope_stac.models.loading import load_model
+from marscope_stac.tiles.batch import read_batch
+from marscope_stac.tiles.plan import TileBatch, TilePlan
+from marscope_stac.tiles.workers import read_in_processes
+
+
+def _client(scheduler_address: str | None) -> Any:
+    address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        return None
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address}: {exc}; check the address"
+        ) from exc
+    except (ValueError, TypeError) as exc:  # not an address at all
+        raise ConfigError(
+            f"the scheduler address {address!r} (--scheduler-address or "
+            f"DASK_SCHEDULER_ADDRESS) is not a Dask scheduler address ({exc}); give one like "
+            "tcp://host:8786"
+        ) from None
+    except Exception as exc:  # the client's many other ways of not connecting
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: "
+            f"{str(exc)[:120]}); check --scheduler-address or DASK_SCHEDULER_ADDRESS"
+        ) from None
+
+
+def _run_local(
+    tasks: list[TilePlan], args: tuple[Any, ...], workers: int
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    """Run tasks on local threads, a few in flight, yielding (task number, result)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: dict[Any, int] = {}
+        it = iter(enumerate(tasks))
+        for _ in range(workers * 2):
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                k = pending.pop(fut)
+                yield k, fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending[pool.submit(embed_task, nxt[1], *args)] = nxt[0]
+
+
+def _run_processes(
+    tasks: list[TilePlan], args: tuple[Any, ...], processes: int
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    """Read tiles in worker processes, embed them here (one model, e.g. on the GPU)."""
+    model, pretrained, device, min_valid = args
+    cm = _model(model, pretrained, device)
+    for k, batch in enumerate(read_in_processes(tasks, processes)):
+        yield k, embed_batch(cm, batch, min_valid)
+
+
+def _run_cluster(
+    client: Any, tasks: list[TilePlan], args: tuple[Any, ...]
+) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+    from distributed import as_completed
+
+    futures = {
+        client.submit(embed_task, t, *args, pure=False, retries=2): k for k, t in enumerate(tasks)
+    }
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+_MODELS: dict[tuple[str, str | None, str], ClipModel] = {}
+
+
+_MODELS_LOCK = threading.Lock()
+
+
+def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
+    """The model, loaded once per process (Dask workers keep it between tasks)."""
+    key = (name, pretrained, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(name, pretrained=pretrained, device=device)
+        return _MODELS[key]
+
+
+def embed_task(
+    plan: TilePlan, model: str, pretrained: str | None, device: str, min_valid: float
+) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+    """One Dask task: read the batch's tiles, embed those with enough valid pixels."""
+    return embed_batch(_model(model, pretrained, device), read_batch(plan), min_valid)
+
+
+def embed_batch(
+    cm: ClipModel, batch: TileBatch, min_valid: float
+) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+    """Embed the tiles of a read batch that have at least ``min_valid`` of valid pixels."""
+    keep = batch.valid >= min_valid
+    emb = (
+        cm.encode_images(batch.pixels[keep])
+        if keep.any()
+        else np.zeros((0, cm.embed_dim), np.float32)
+    )
+    table = EmbeddingTable(
+        batch.cells[keep], emb, batch.valid[keep], [batch.sources[i] for i in np.flatnonzero(keep)]
+    )
+    return table, batch.errors

@@ -1,0 +1,259 @@
+"""Loading models by name.
+
+The bundled model, project architectures, local folders in the open_clip hub layout, hub
+snapshots and open_clip architectures with weights files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.models.clip import (
+    ARCH_PREPROCESS,
+    BUNDLED_ARCH,
+    BUNDLED_MODEL,
+    ClipModel,
+    _precision,
+    _read_config,
+    bundled_model_dir,
+    check_project_architecture,
+    log,
+    parts_model_folder,
+    register_bundled_architectures,
+    resolve_device,
+)
+
+__all__ = [
+    "load_model",
+    "model_folder",
+    "quiet_model_loading",
+    "trained_tile_context",
+]
+
+
+def load_model(
+    model: str = BUNDLED_MODEL,
+    *,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> ClipModel:
+    """Load an open_clip model by name (see the module docstring for the names).
+
+    Args:
+        model: ``bundled``, ``hf-hub:ORG/REPO``, ``local-dir:PATH`` or an architecture name.
+        pretrained: With an architecture name: a pretrained tag or a local checkpoint file.
+        device: ``auto`` (GPU when present), ``cpu``, ``cuda[:N]``.
+        precision: ``auto`` (fp32 on CPU, bf16/fp16 on GPU), ``fp32``, ``fp16``, ``bf16``.
+
+    Raises:
+        ModelError: for an unknown architecture, missing/corrupt/mismatched weights, or a hub
+            that cannot be reached.
+        ConfigError: for a bad device or precision.
+    """
+    import open_clip
+
+    register_bundled_architectures()
+    dev = resolve_device(device)
+    prec = _precision(precision, dev)
+    name = model.strip()
+    if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
+        raise ConfigError(
+            f"--pretrained is for an architecture name; {name} already has its weights "
+            "(leave --pretrained out)"
+        )
+    open_name, arch, source, weights = _resolve(name, pretrained)
+    norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
+    try:
+        with quiet_model_loading():
+            net, _, _ = open_clip.create_model_and_transforms(
+                open_name,
+                pretrained=weights if not open_name.startswith(("local-dir:", "hf-hub:")) else None,
+                precision=prec,
+                device=dev,
+                image_mean=norm[0] if norm else None,
+                image_std=norm[1] if norm else None,
+            )
+            tokenizer = open_clip.get_tokenizer(open_name)
+    except Exception as exc:
+        raise _load_error(exc, name, arch, weights) from exc
+    net.eval()
+    size, mean, std = _image_preprocessing(net)
+    log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
+    ctx = _tile_context(name, model_folder(name))
+    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
+
+
+def trained_tile_context(model: str) -> float:
+    """The tile context ``model`` was trained with, without loading it (0: none said).
+
+    For a hub model its config is fetched as loading it would (the latest revision; the
+    Hugging Face cache serves it without network).
+
+    Raises:
+        ModelError: if the model's config cannot be read or holds a bad value.
+    """
+    name = model.strip()
+    if not name.startswith("hf-hub:"):
+        return _tile_context(name, model_folder(name))
+    from huggingface_hub import hf_hub_download
+
+    try:
+        found = hf_hub_download(name.split(":", 1)[1], "open_clip_config.json")
+    except Exception as exc:
+        raise _load_error(exc, name, None, None) from exc
+    return _tile_context(name, Path(found).parent)
+
+
+def model_folder(model: str) -> Path | None:
+    """The folder holding a model's ``open_clip_config.json``, if it has one here.
+
+    The bundled model's folder, a ``local-dir:`` folder, or a hub model's snapshot in the
+    Hugging Face cache (None when it is not there yet, and for architecture names).
+    """
+    name = model.strip()
+    if name == BUNDLED_MODEL:
+        return bundled_model_dir()
+    if name.startswith("local-dir:"):
+        return Path(name.split(":", 1)[1]).expanduser()
+    snapshot = _hub_snapshot(name) if name.startswith("hf-hub:") else None
+    return Path(snapshot) if snapshot is not None else None
+
+
+def _hub_snapshot(name: str) -> str | None:
+    """The local snapshot folder of a hub model open_clip has just loaded (from the cache).
+
+    Its ``open_clip_config.json`` says the tile context, as a model folder's does (the
+    weights stay named by the hub repository, not by this cache). None: not cached.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name.split(":", 1)[1], "open_clip_config.json")
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def _tile_context(name: str, folder: Path | None) -> float:
+    """The tile context said in a model's config ``folder`` (0: no folder, or none said)."""
+    if folder is None:
+        return 0.0
+    extra = _read_config(folder).get("marscope") or {}
+    try:
+        value = float(extra.get("tile_context", 0.0)) if isinstance(extra, dict) else 0.0
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 4.0:
+        raise ModelError(f"{name}: marscope.tile_context in open_clip_config.json must be 0..4")
+    return value
+
+
+def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """(open_clip name, architecture, weights source, pretrained) of a model name.
+
+    Raises:
+        ModelError: for a missing bundled model, folder, checkpoint or unknown architecture.
+    """
+    import open_clip
+
+    arch: str | None = None
+    source: str | None = pretrained
+    if name == BUNDLED_MODEL:
+        folder = bundled_model_dir()
+        if not (folder / "open_clip_model.safetensors").is_file():
+            raise ModelError(
+                f"the bundled model is missing from {folder}; reinstall marscope-stac "
+                "or train one with 'marscope train'"
+            )
+        open_name, source = f"local-dir:{folder}", str(folder)
+        arch = str(_read_config(folder).get("model_name", BUNDLED_ARCH))
+    elif name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1]).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"model folder {folder} does not exist")
+        arch = _read_config(folder).get("model_name")
+        open_name, source = f"local-dir:{folder}", str(folder)
+    elif name.startswith("hf-hub:"):
+        open_name = name
+    else:
+        check_project_architecture(name)
+        if name not in open_clip.list_models():
+            raise ModelError(
+                f"unknown open_clip architecture {name!r}; see open_clip.list_models() "
+                "(e.g. ViT-B-32, ViT-L-14-quickgelu) or use bundled / hf-hub:ORG/REPO"
+            )
+        arch, open_name = name, name
+        looks_like_file = pretrained is not None and (
+            pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained
+        )
+        if looks_like_file and not Path(str(pretrained)).is_file():
+            raise ModelError(f"checkpoint file {pretrained} does not exist")
+    parts_folder = parts_model_folder(open_name)
+    if parts_folder is not None:
+        open_name, pretrained = parts_folder
+    return open_name, arch, source, pretrained
+
+
+def _load_error(exc: Exception, name: str, arch: str | None, weights: str | None) -> ModelError:
+    """The one-line error for a model that open_clip could not build or load."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    what = weights or name
+    if name.startswith("hf-hub:"):
+        return ModelError(
+            f"cannot download {name}: the model hub is unreachable or refused "
+            f"({type(exc).__name__}); download the repository where there is network and "
+            "pass --model local-dir:FOLDER"
+        )
+    mismatch = isinstance(exc, AssertionError) or any(
+        m in text for m in ("size mismatch", "Missing key", "Unexpected key")
+    )
+    if mismatch:
+        reason = first[:160] if text else "shapes differ"
+        return ModelError(f"weights {what} do not match architecture {arch or name}: {reason}")
+    if not isinstance(exc, RuntimeError | KeyError | ValueError | OSError):
+        return ModelError(
+            f"cannot read the weights {what}: {type(exc).__name__}: "
+            f"{first[:160] if text else ''}; is the file complete?"
+        )
+    return ModelError(f"cannot load model {name} ({what}): {first}")
+
+
+def _image_preprocessing(net: Any) -> tuple[int, Any, Any]:
+    """Input size, mean and std of a model's image tower."""
+    import open_clip
+
+    size = net.visual.image_size
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    cfg = getattr(net.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(
+        cfg.get("mean", getattr(net.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    )
+    std = tuple(
+        cfg.get("std", getattr(net.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    )
+    return size, mean, std
+
+
+@contextlib.contextmanager
+def quiet_model_loading() -> Any:
+    """Silence open_clip's root-logger INFO lines and transformers' load reports."""
+    level = logging.getLogger().level
+    tf_logging: Any = None
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as tf_logging
+    tf_level = tf_logging.get_verbosity() if tf_logging is not None else None
+    try:
+        logging.getLogger().setLevel(max(level, logging.ERROR))
+        if tf_logging is not None:
+            tf_logging.set_verbosity_error()
+            tf_logging.disable_progress_bar()
+        yield
+    finally:
+        logging.getLogger().setLevel(level)
+        if tf_logging is not None:
+            tf_logging.set_verbosity(tf_level)
+            tf_logging.enable_progress_bar()

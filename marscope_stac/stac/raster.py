@@ -1,0 +1,293 @@
+"""The raster assets of STAC items.
+
+Picking the data asset, reading its header (CRS, transform, bands, nodata, scale) and
+checking a local file before any pixel is read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pystac
+import rasterio
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.warp import transform_bounds
+from shapely.geometry import MultiPolygon, box
+from shapely.geometry.base import BaseGeometry
+
+from marscope_stac.core.bodies import Body, body_of_crs, normalize_lon
+from marscope_stac.core.errors import CatalogError, DataError
+
+__all__ = [
+    "SourceAsset",
+    "crs_from_stac",
+    "pick_asset",
+]
+
+
+_TIFF_TYPES = ("image/tiff", "image/geotiff", "image/vnd.stac.geotiff", "application=geotiff")
+
+
+_NOT_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual", "browse"}
+
+
+def _is_tiff(asset: pystac.Asset) -> bool:
+    media = (asset.media_type or "").lower()
+    href = asset.href.lower().split("?", 1)[0]
+    return any(t in media for t in _TIFF_TYPES) or href.endswith((".tif", ".tiff"))
+
+
+def pick_asset(item: pystac.Item, asset: str | None = None) -> str:
+    """Return the key of the item's data raster.
+
+    With ``asset`` given, that key must exist. Otherwise GeoTIFF assets whose roles are not
+    thumbnail/overview/metadata are ranked: role ``data`` first, then cloud-optimized, then key.
+
+    Raises:
+        CatalogError: if no suitable asset exists (message names the item and its asset keys).
+    """
+    if asset is not None:
+        if asset not in item.assets:
+            raise CatalogError(
+                f"item {item.id} has no asset {asset!r} (it has: {', '.join(item.assets)}); "
+                "fix --asset"
+            )
+        return asset
+    ranked = []
+    for key, a in item.assets.items():
+        roles = set(a.roles or [])
+        if not _is_tiff(a) or (roles & _NOT_DATA_ROLES and "data" not in roles):
+            continue
+        cog = "cloud-optimized" in (a.media_type or "").lower()
+        ranked.append(("data" not in roles, not cog, key))
+    if not ranked:
+        raise CatalogError(
+            f"item {item.id} has no GeoTIFF data asset "
+            f"(assets: {', '.join(item.assets) or 'none'}); pass --asset KEY"
+        )
+    return sorted(ranked)[0][2]
+
+
+def _split_antimeridian(west: float, south: float, east: float, north: float) -> BaseGeometry:
+    """Footprint box for lon bounds that may be in 0..360 or cross the antimeridian."""
+    if east - west >= 360.0 - 1e-9:
+        return box(-180.0, south, 180.0, north)
+    w = float(normalize_lon(west))
+    e = w + (east - west)
+    if e <= 180.0 + 1e-9:
+        return box(w, south, min(e, 180.0), north)
+    return MultiPolygon([box(w, south, 180.0, north), box(-180.0, south, e - 360.0, north)])
+
+
+def _band_number(item: pystac.Item, key: str, band: dict[str, Any], *names: str) -> float | None:
+    """A number of an asset's first band (the first of ``names`` present), or None.
+
+    Raises:
+        CatalogError: if it is there but not a number, naming the item, asset and field.
+    """
+    for name in names:
+        value = band.get(name)
+        if value is None:
+            continue
+        if name == "nodata" and value in ("nan", "inf", "-inf"):  # STAC 1.1 allows these
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CatalogError(
+                f"item {item.id} ({item.get_self_href()}): asset {key!r} band field {name} is "
+                f"{value!r:.40}, not a number; fix the item"
+            )
+        return float(value)
+    return None
+
+
+def _first_band(item: pystac.Item, key: str, a: pystac.Asset) -> dict[str, Any]:
+    """The asset's first band (STAC 1.1 ``bands`` or raster 1.x ``raster:bands``), or {}.
+
+    Raises:
+        CatalogError: if the field is there but not a list of objects.
+    """
+    for name in ("bands", "raster:bands"):
+        bands = a.extra_fields.get(name)
+        if bands is None:
+            continue
+        if not isinstance(bands, list) or not all(isinstance(b, dict) for b in bands):
+            raise CatalogError(
+                f"item {item.id} ({item.get_self_href()}): asset {key!r} field {name} is "
+                f"{bands!r:.40}, not a list of band objects; fix the item"
+            )
+        if bands:
+            return dict(bands[0])
+    return {}
+
+
+def _check_local_raster(item: pystac.Item, key: str, href: str) -> None:
+    """Refuse a local asset that is not a regular file (a FIFO would block the reader)."""
+    if "://" in href and not href.startswith("file://"):
+        return
+    path = Path(href.removeprefix("file://"))
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing: the raster reader says so
+    if not stat.S_ISREG(mode):
+        raise DataError(
+            f"asset {key!r} of item {item.id} is not a regular file ({href}); give a GeoTIFF"
+        )
+
+
+def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
+    a = item.assets[key]
+    href = a.get_absolute_href() or a.href
+    _check_local_raster(item, key, href)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(href)
+        with src:
+            if src.transform.is_identity and not src.gcps[0]:
+                raise DataError(f"asset {key!r} of item {item.id} is not georeferenced ({href})")
+            crs_wkt = src.crs.to_wkt() if src.crs else None
+            bounds = tuple(src.bounds)
+            res = (abs(src.transform.a), abs(src.transform.e))
+            shape = (src.height, src.width)
+            dtype = src.dtypes[0]
+            nodata = src.nodata
+            scale, offset = float(src.scales[0]), float(src.offsets[0])
+            if src.transform.b or src.transform.d:
+                raise DataError(f"asset {key!r} of item {item.id} is rotated; warp it first")
+    except RasterioError as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise DataError(
+            f"asset {key!r} of item {item.id} is not a readable raster ({href}): {reason}"
+        ) from exc
+    stac_fields = {**item.properties, **a.extra_fields}
+    if crs_wkt is not None:
+        crs = CRS.from_wkt(crs_wkt)
+    else:
+        found = crs_from_stac(stac_fields)
+        if found is None:
+            raise CatalogError(f"asset {key!r} of item {item.id} has no CRS in its header or STAC")
+        crs = found
+    crs_body = body_of_crs(crs)
+    if crs_body is None:
+        raise CatalogError(
+            f"item {item.id}: CRS {crs.name!r} is not a known planetary CRS (Earth or unknown "
+            f"body) while the item is of {body.name}; fix its CRS"
+        )
+    if crs_body is not body:
+        raise CatalogError(
+            f"item {item.id} says {body.name} but its raster CRS is of {crs_body.name}"
+        )
+    # scale/offset: header first, then STAC bands (1.1) or raster:bands (1.0)
+    band = _first_band(item, key, a)
+    if scale == 1.0 and offset == 0.0:
+        scale = _band_number(item, key, band, "raster:scale", "scale") or 1.0
+        offset = _band_number(item, key, band, "raster:offset", "offset") or 0.0
+    if nodata is None:
+        nodata = _band_number(item, key, band, "nodata")
+    west, south, east, north = transform_bounds(
+        rasterio.crs.CRS.from_wkt(crs.to_wkt()),
+        rasterio.crs.CRS.from_wkt(body.crs.to_wkt()),
+        *bounds,
+        densify_pts=21,
+    )
+    if crs.is_geographic:
+        west, east = bounds[0], bounds[2]
+    footprint = _split_antimeridian(west, south, east, north)
+    return SourceAsset(
+        item_id=item.id,
+        asset_key=key,
+        href=href,
+        body=body,
+        crs=crs,
+        bounds=bounds,
+        res=res,
+        shape=shape,
+        dtype=dtype,
+        nodata=nodata,
+        scale=scale,
+        offset=offset,
+        footprint=footprint,
+        datetime=item.datetime,
+        item_href=item.get_self_href(),
+    )
+
+
+@dataclass(frozen=True)
+class SourceAsset:
+    """One readable raster of a source item, normalised.
+
+    Attributes:
+        item_id: STAC Item id.
+        asset_key: Key of the asset in the item.
+        href: Absolute href of the raster.
+        body: Body the raster shows.
+        crs: Native CRS, from the raster header (STAC metadata only where the header has none).
+        bounds: Native bounds (left, bottom, right, top) in ``crs`` units.
+        res: Native pixel size (x, y) in ``crs`` units.
+        shape: (rows, cols).
+        dtype: Pixel data type.
+        nodata: Nodata value or None.
+        scale: Multiplier to physical values.
+        offset: Offset to physical values.
+        footprint: Footprint in the body's lon/lat, lon in -180..180 (split at the antimeridian).
+        datetime: Acquisition time, if known.
+        item_href: Where the source STAC Item is (absolute path or URL), if known.
+    """
+
+    item_id: str
+    asset_key: str
+    href: str
+    body: Body
+    crs: CRS
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+    shape: tuple[int, int]
+    dtype: str
+    nodata: float | None
+    scale: float
+    offset: float
+    footprint: BaseGeometry
+    datetime: dt.datetime | None = None
+    item_href: str | None = None
+
+    @property
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) of the footprint."""
+        w, s, e, n = self.footprint.bounds
+        return float(w), float(s), float(e), float(n)
+
+
+def crs_from_stac(props: dict[str, Any]) -> CRS | None:
+    """Read a CRS from projection-extension fields, tolerating real-world quirks.
+
+    Accepts ``proj:code`` and ``proj:epsg`` (v1), ``proj:wkt2`` holding WKT2 or WKT1, possibly
+    wrapped in an extra pair of quotes, and ``proj:projjson``. Returns None when no field is
+    set; raises :class:`CatalogError` when a field is set but cannot be parsed.
+    """
+    tried: list[str] = []
+    for key in ("proj:projjson", "proj:wkt2", "proj:code", "proj:epsg"):
+        value = props.get(key)
+        if value in (None, "", {}):
+            continue
+        if key == "proj:wkt2" and isinstance(value, str):
+            value = value.strip()
+            while len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1].strip()
+            value = value.replace('\\"', '"')
+        if key == "proj:epsg":
+            value = f"EPSG:{int(value)}"
+        try:
+            return CRS.from_user_input(value)
+        except (CRSError, TypeError, ValueError) as exc:
+            tried.append(f"{key}: {str(exc).splitlines()[0][:80]}")
+    if tried:
+        raise CatalogError(f"cannot parse the CRS ({'; '.join(tried)})")
+    return None
