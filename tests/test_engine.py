@@ -14,13 +14,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from click.testing import CliRunner
 from PIL import Image
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
+from marscope_stac.cli import cli
 from marscope_stac.core.errors import ConfigError, DataError
 from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
 from marscope_stac.embed.run import embed_catalog
-from marscope_stac.engine.engine import QueryEngine, QueryRequest
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.engine.request import QueryRequest
+from marscope_stac.engine.upgrade import upgrade_embedding_set
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.index.background import background_logsumexp, write_background
 from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
@@ -132,7 +136,7 @@ def test_cli_and_engine_publish_the_same_products(embedded, tmp_path: Path) -> N
     assert item["properties"]["marscope:scoring"] == "exact"
 
 
-def test_old_sets_are_upgraded_once(embedded, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_old_sets_are_upgraded_by_an_explicit_step(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out, es, model = embedded
     copy = tmp_path / "products"
     shutil.copytree(out, copy)
@@ -143,9 +147,14 @@ def test_old_sets_are_upgraded_once(embedded, tmp_path: Path, caplog) -> None:  
     for name in ("cells.npy", "vectors.npy", "vectors-int8.npy", "vectors-scale.npy"):
         (old.root / name).unlink()
     (old.root / "background.npy").unlink()
-    with caplog.at_level("WARNING", logger="marscope_stac"):
-        engine = QueryEngine(old, copy, model=model)
-    assert "writing them once" in caplog.text
+    before = {p.name: p.read_bytes() for p in old.root.iterdir() if p.is_file()}
+    # the engine never changes a set on disk: it names the step
+    with pytest.raises(ConfigError, match=r"earlier version .*no scoring arrays.*marscope upgrade"):
+        QueryEngine(old, copy, model=model)
+    assert {p.name: p.read_bytes() for p in old.root.iterdir() if p.is_file()} == before
+    r = CliRunner().invoke(cli, ["upgrade", str(old.root), "--model", model])
+    assert r.exit_code == 0, r.output
+    assert "wrote its scoring arrays and background term" in r.output
     from marscope_stac.core.fs import file_multihash
     from marscope_stac.stac.validation import validate_catalog
 
@@ -154,13 +163,12 @@ def test_old_sets_are_upgraded_once(embedded, tmp_path: Path, caplog) -> None:  
     assert item["assets"]["vectors"]["file:checksum"] == file_multihash(old.root / "vectors.npy")
     assert validate_catalog(copy).objects >= 5
     want = QueryEngine(es, out, model=model).score(QuerySpec(text=["yardangs"]))
-    got = engine.score(QuerySpec(text=["yardangs"]))
+    got = QueryEngine(old, copy, model=model).score(QuerySpec(text=["yardangs"]))
     assert np.array_equal(got.scores, want.scores)
     assert np.allclose(got.probability, want.probability, atol=1e-6)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="marscope_stac"):
-        QueryEngine(old, copy, model=model)
-    assert "writing them once" not in caplog.text
+    assert upgrade_embedding_set(old.root, model=model) == []  # once: now up to date
+    r = CliRunner().invoke(cli, ["upgrade", str(old.root), "--model", "ViT-B-32"])
+    assert r.exit_code == 2 and "was made with model" in r.output
 
 
 def test_damaged_arrays_are_reported(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -171,8 +179,11 @@ def test_damaged_arrays_are_reported(embedded, tmp_path: Path) -> None:  # type:
         fh.truncate(1000)
     with pytest.raises(DataError, match=r"vectors\.npy has changed"):
         QueryEngine(copy, out, model=model)
-    # a missing array is rebuilt from the GeoParquet, as for sets made before arrays existed
+    # a missing array is rebuilt from the GeoParquet by the upgrade step, as for old sets
     (copy / "vectors.npy").unlink()
+    with pytest.raises(ConfigError, match="marscope upgrade"):
+        QueryEngine(copy, out, model=model)
+    assert upgrade_embedding_set(copy, model=model) == ["scoring arrays", "background term"]
     engine = QueryEngine(copy, out, model=model)
     assert np.array_equal(engine.arrays.vectors, es.scoring_arrays().vectors)
 
@@ -261,15 +272,57 @@ def test_engine_on_a_synthetic_planet(tmp_path: Path) -> None:
     )
 
 
-def test_request_checks() -> None:
-    with pytest.raises(ConfigError, match="threshold"):
+def test_request_checks_name_the_request_fields() -> None:
+    with pytest.raises(ConfigError, match=r"^threshold 2 is not valid") as err:
         QueryRequest(texts=["a"], threshold=2).check()
-    with pytest.raises(ConfigError, match="one TEXT"):
+    assert err.value.fields == ("threshold",)
+    with pytest.raises(ConfigError, match="one query text and one of and_not / near"):
         QueryRequest(texts=["a", "b"], near="c").check()
     with pytest.raises(ConfigError, match="not both"):
         QueryRequest(texts=["a"], near="c", and_not="d").check()
     with pytest.raises(ConfigError, match="nothing to look for"):
         QueryRequest().check()
+    with pytest.raises(ConfigError, match="at least two different class names"):
+        QueryRequest(texts=["a", "a"], classify=True).check()
+    # no message a web user reads names a command-line option
+    for bad in (
+        QueryRequest(texts=["a"], threshold=2),
+        QueryRequest(texts=["a"], near="c", within_km=-1),
+        QueryRequest(texts=["a"], examples=QuerySpec(image_weight=3)),
+        QueryRequest(texts=["a"], near="c", and_not="d"),
+        QueryRequest(texts=["a"], classify=True, examples=QuerySpec(points=[(0.0, 0.0)])),
+    ):
+        with pytest.raises(ConfigError) as err:
+            bad.check()
+        assert "--" not in str(err.value) and err.value.fields, str(err.value)
+
+
+def test_the_engine_checks_through_the_request(embedded) -> None:  # type: ignore[no-untyped-def]
+    out, _es, model = embedded
+    engine = QueryEngine.open(out, model=model)
+    with pytest.raises(ConfigError, match=r"^threshold 1.5 is not valid"):
+        engine.query(QuerySpec(text=["dunes"]), threshold=1.5)
+    with pytest.raises(ConfigError, match=r"^within_km -2 is not valid"):
+        engine.composite("dunes", "craters", op="near", within_km=-2)
+    with pytest.raises(ConfigError, match="at least two different class names"):
+        engine.classify(["dunes"])
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["x", "--threshold", "2"], "--threshold 2.0 is not valid"),
+        (["x", "--near", "y", "--within-km", "0"], "--within-km 0.0 is not valid"),
+        (["x", "--near", "y", "--and-not", "z"], "one of --and-not / --near, not both"),
+        (
+            ["x", "--classify", "--point", "1,2"],
+            "--point/--cell/--image are not used with --classify",
+        ),
+    ],
+)
+def test_the_cli_names_its_options(tmp_path: Path, args: list[str], said: str) -> None:
+    r = CliRunner().invoke(cli, ["query", *args, "--out", str(tmp_path / "none")])
+    assert r.exit_code == 2 and said in r.output, r.output
 
 
 def test_examples_in_the_same_cell_and_rows_read_from_the_mapped_file(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from marscope_stac.core.errors import DataWarning
 from marscope_stac.embed.run import embed_catalog
-from marscope_stac.engine.engine import QueryEngine, QueryRequest
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.engine.request import QueryRequest
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.texts import TextVectorCache
 from marscope_stac.models.loading import load_model

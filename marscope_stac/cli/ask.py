@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from marscope_stac.cli.options import (
     _products_option,
     _source_options,
 )
-from marscope_stac.core.errors import release_held_warnings
+from marscope_stac.core.errors import ConfigError, release_held_warnings
 
 __all__ = [
     "basemap_cmd",
@@ -126,7 +127,8 @@ def query_cmd(
 ) -> None:
     """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
     from marscope_stac.core.prompts import MARSCOPE_TEMPLATES
-    from marscope_stac.engine.engine import QueryRequest, run_query
+    from marscope_stac.engine.engine import run_query
+    from marscope_stac.engine.request import QueryRequest
     from marscope_stac.query.scoring import QuerySpec
 
     examples = QuerySpec(
@@ -149,6 +151,10 @@ def query_cmd(
     )
     if product_list != "all":
         request.products = tuple(p.strip() for p in product_list.split(",") if p.strip())
+    try:
+        request.check()
+    except ConfigError as exc:
+        raise ConfigError(as_options(exc)) from None
     for product in run_query(
         request,
         out=out,
@@ -158,6 +164,44 @@ def query_cmd(
         scoring=scoring,
     ):
         click.echo(product.summary())
+
+
+QUERY_OPTIONS = {
+    "threshold": "--threshold",
+    "image_weight": "--image-weight",
+    "within_km": "--within-km",
+    "and_not": "--and-not",
+    "near": "--near",
+    "classify": "--classify",
+    "examples": "--point/--cell/--image",
+    "texts": "TEXT",
+}
+"""The command line's names of the query request's fields."""
+
+
+def as_options(exc: ConfigError) -> str:
+    """``exc``'s message with the request fields it names said as this command's options."""
+    message = str(exc)
+    for name in exc.fields:
+        flag = QUERY_OPTIONS.get(name)
+        if flag is not None:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
+
+
+@cli.command("upgrade")
+@click.argument("embeddings", type=_PATH)
+@_model_options
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+def upgrade_cmd(embeddings: Path, model: str, pretrained: str | None, device: str) -> None:
+    """Upgrade an embedding set written by an earlier version (scoring arrays, background)."""
+    from marscope_stac.engine.upgrade import upgrade_embedding_set
+
+    done = upgrade_embedding_set(embeddings, model=model, pretrained=pretrained, device=device)
+    if done:
+        click.echo(f"embedding set {embeddings.name}: wrote its {' and '.join(done)}")
+    else:
+        click.echo(f"embedding set {embeddings.name} is up to date; nothing to do")
 
 
 @cli.command("serve")

@@ -54,7 +54,26 @@ class MarscopeError(Exception):
 
 
 class ConfigError(MarscopeError):
-    """A parameter or option has a value that cannot be used (unknown name, out of range)."""
+    """A parameter or option has a value that cannot be used (unknown name, out of range).
+
+    Args:
+        message: The one-line message.
+        fields: Names of the request fields (``threshold``, ``within_km``, ...) the message
+            mentions by name, so a front end can name them as its users know them (the
+            command line says ``--threshold``).
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_config_error, (str(self), self.fields))
+
+
+def _config_error(message: str, fields: tuple[str, ...]) -> ConfigError:
+    """Rebuild a :class:`ConfigError` (pickling, e.g. from a Dask worker)."""
+    return ConfigError(message, fields=fields)
 
 
 class CatalogError(MarscopeError):
@@ -97,7 +116,8 @@ def check_range(
     """Raise :class:`ConfigError` unless ``value`` is a finite number in [low, high].
 
     ``above`` makes the low bound exclusive; ``integer`` requires a whole number; None passes
-    (an unset option). The message names the option, the value and the allowed range.
+    (an unset option). The message names the option, the value and the allowed range;
+    a ``name`` without a leading ``-`` is a request field, recorded in the error's ``fields``.
     """
     if value is None:
         return
@@ -117,4 +137,5 @@ def check_range(
             span = f"<= {high:g}"
         else:
             span = "finite"
-        raise ConfigError(f"{name} {value!r} is not valid; give {kind} {span}")
+        fields = () if name.startswith("-") else (name,)
+        raise ConfigError(f"{name} {value!r} is not valid; give {kind} {span}", fields=fields)

@@ -189,34 +189,10 @@ def _label_item(
     # outlines cut to the image: valid lon/lat, and nothing past the hold-out line
     shapes["geometry"] = circles(features, spec.body).intersection(shapely.box(w, -90, e, 90))
     shapes.to_parquet(outlines, index=False, compression="zstd")
-    counts = Counter(features["landform"])
-    classes = sorted(counts)
     crs = spec.body.geographic_code
     source = link("source", image_json, folder, STAC_ITEM_MEDIA_TYPE, spec.item_id)
     source["label:assets"] = ["data"]
-    props = {
-        **ssys_fields(spec.body),
-        "datetime": "2000-01-01T00:00:00Z",
-        "label:properties": ["landform"],
-        "label:classes": [{"name": "landform", "classes": classes}],
-        "label:description": (
-            "Named features of the IAU/USGS Gazetteer of Planetary Nomenclature on this image, "
-            "as circles of the listed diameter, with a landform class and captions built from "
-            "the feature type and size."
-        ),
-        "label:type": "vector",
-        "label:tasks": ["detection", "classification"],
-        "label:methods": ["manual"],
-        "label:overviews": [
-            {
-                "property_key": "landform",
-                "counts": [{"name": k, "count": counts[k]} for k in classes],
-            }
-        ],
-        "marscope:split": split,
-        "marscope:pairs": "grid-cells",
-        "marscope:pair_weight": spec.pair_weight,
-    }
+    props = _label_properties(spec, Counter(features["landform"]), split)
     assets = {
         "labels-parquet": file_asset(
             outlines,
@@ -244,6 +220,34 @@ def _label_item(
         [source],
         geometry=bbox_polygon([w, -90.0, e, 90.0]),
     )
+
+
+def _label_properties(spec: _Image, counts: Counter[str], split: str) -> dict[str, Any]:
+    """Return the label Item's properties (label extension fields, split and pair settings)."""
+    classes = sorted(counts)
+    return {
+        **ssys_fields(spec.body),
+        "datetime": "2000-01-01T00:00:00Z",
+        "label:properties": ["landform"],
+        "label:classes": [{"name": "landform", "classes": classes}],
+        "label:description": (
+            "Named features of the IAU/USGS Gazetteer of Planetary Nomenclature on this image, "
+            "as circles of the listed diameter, with a landform class and captions built from "
+            "the feature type and size."
+        ),
+        "label:type": "vector",
+        "label:tasks": ["detection", "classification"],
+        "label:methods": ["manual"],
+        "label:overviews": [
+            {
+                "property_key": "landform",
+                "counts": [{"name": k, "count": counts[k]} for k in classes],
+            }
+        ],
+        "marscope:split": split,
+        "marscope:pairs": "grid-cells",
+        "marscope:pair_weight": spec.pair_weight,
+    }
 
 
 def _preview(tif: Path, features: gpd.GeoDataFrame, spec: _Image, out: Path) -> Path:

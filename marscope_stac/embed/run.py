@@ -49,6 +49,7 @@ from marscope_stac.core.fs import (
 from marscope_stac.embed.compute import _client, _model, _run_cluster, _run_local, _run_processes
 from marscope_stac.embed.resume import SHARD_CELLS, _open_set, _Resume, _resume
 from marscope_stac.grid.grids import Grid, parse_grid
+from marscope_stac.index.background import write_background_of
 from marscope_stac.index.faiss_index import build_faiss_index
 from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
 from marscope_stac.index.table import EmbeddingTable, write_embeddings
@@ -120,8 +121,7 @@ def embed_catalog(
     """Embed every grid cell of a STAC source and write (or update) an embedding set.
 
     Args:
-        source: STAC catalog / collection / item, STAC API URL, or GeoTIFF folder with a
-            ``stac/`` catalog.
+        source: STAC catalog/collection/item, STAC API URL, or GeoTIFF folder with ``stac/``.
         out: Output catalog folder; the set goes to ``out/embeddings/<set id>``.
         model: Model name (see :func:`~marscope_stac.models.loading.load_model`).
         pretrained: Weights for an architecture name.
@@ -147,35 +147,58 @@ def embed_catalog(
     _check_args(source, Path(out), min_valid, batch_size, tile_px, workers, read_processes)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, device)
+    run, plan, px = _start_run(source, out, cm, grid, tile_px, bbox, asset, collections, min_valid)
+    tasks, shards = _make_tasks(plan, run.resume.todo, batch_size)
+    args = (model, pretrained, device, min_valid)
+    seconds = run.embed(tasks, shards, args, workers, scheduler_address, progress, read_processes)
+    rows = run.consolidate(cm)
+    _warn_if_empty(rows, len(plan), bool(run.failed_list), min_valid)
+    result = _result(run, rows, seconds or (time.perf_counter() - t_start))
+    if publish:
+        result.item_path = _publish(run, cm, px, out, source)
+    return result
+
+
+def _start_run(
+    source: str | Path,
+    out: str | Path,
+    cm: ClipModel,
+    grid: str,
+    tile_px: int | None,
+    bbox: Sequence[float] | None,
+    asset: str | None,
+    collections: Sequence[str] | None,
+    min_valid: float,
+) -> tuple[_Run, TilePlan, int]:
+    """Load the sources, plan their cells and open the set; the run, its plan and tile size."""
     sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
     g = parse_grid(grid, sources.body)
     px = tile_px or cm.image_size
     plan = plan_tiles(sources, g, px, bbox=bbox, context=cm.tile_context)
     es, expect = _open_set(Path(out), cm, g, px, min_valid)
-    run = _Run(es, g, expect, sources, _resume(es, plan))
-    tasks, task_shard = _make_tasks(plan, run.resume.todo, batch_size)
-    t_embed = time.perf_counter()
-    args = (model, pretrained, device, min_valid)
-    run.embed(tasks, task_shard, args, workers, scheduler_address, progress, read_processes)
-    seconds = time.perf_counter() - t_embed
-    rows = run.consolidate(cm)
-    _warn_if_empty(rows, len(plan), bool(run.failed_list), min_valid)
-    result = EmbedResult(
-        es,
+    return _Run(es, g, expect, sources, _resume(es, plan)), plan, px
+
+
+def _result(run: _Run, rows: int, seconds: float) -> EmbedResult:
+    """What a finished run did (``rows`` in the set, of which ``run.embedded`` are new)."""
+    return EmbedResult(
+        run.es,
         rows,
         run.embedded,
         rows - run.embedded,
-        len(sources.skipped),
+        len(run.sources.skipped),
         run.failed_list,
-        seconds or (time.perf_counter() - t_start),
+        seconds,
     )
-    if publish:
-        from marscope_stac.stac.publish import publish_embedding_set
 
-        result.item_path = publish_embedding_set(
-            es, cm, sources, g, px, out, source_href=_source_href(source)
-        )
-    return result
+
+def _publish(run: _Run, cm: ClipModel, px: int, out: str | Path, source: str | Path) -> Path:
+    """Publish the run's set as a STAC Item in ``out``; its path."""
+    from marscope_stac.stac.publish import publish_embedding_set
+
+    return publish_embedding_set(
+        run.es, cm, run.sources, run.grid, px, out, source_href=_source_href(source)
+    )
 
 
 def _make_tasks(
@@ -219,8 +242,12 @@ class _Run:
         scheduler_address: str | None,
         progress: bool,
         read_processes: int | None = None,
-    ) -> None:
-        """Run the tasks (locally or on a cluster); write each shard once it is complete."""
+    ) -> float:
+        """Run the tasks (locally or on a cluster), writing each shard once it is complete.
+
+        Returns the seconds it took.
+        """
+        t_embed = time.perf_counter()
         remaining: dict[int, int] = defaultdict(int)
         for s in task_shard:
             remaining[s] += 1
@@ -260,6 +287,7 @@ class _Run:
             bar.close()
             if client is not None:
                 client.close()
+        return time.perf_counter() - t_embed
 
     def _finish_shard(self, shard: int, table: EmbeddingTable) -> None:
         write_embeddings(self.es.shard_path(shard), table, self.grid)
@@ -276,7 +304,7 @@ class _Run:
             w.append(full)
         build_faiss_index(full.embedding, self.es.index)
         _write_manifest(self.es, self.expect, self.resume, self.sources, final=True)
-        _write_background(self.es, cm)
+        write_background_of(self.es, cm)
         return len(full)
 
 
@@ -378,18 +406,3 @@ def _write_manifest(
         manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
         manifest["scoring"] = scoring
     atomic_write_json(es.manifest_path, manifest)
-
-
-def _write_background(es: EmbeddingSet, cm: ClipModel) -> None:
-    """Store the background prompts' term of the probabilities, and their vectors, with the set."""
-    from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
-    from marscope_stac.index.background import store_background
-    from marscope_stac.index.texts import TextVectorCache
-
-    bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
-    cache = TextVectorCache(es, es.manifest()["model"])
-    for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
-        cache.put(prompt, MARSCOPE_TEMPLATES, vector)
-    store_background(
-        es, bg, float(cm.logit_scale), prompts=BACKGROUND_PROMPTS, templates=MARSCOPE_TEMPLATES
-    )

@@ -20,31 +20,31 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from marscope_stac.core.errors import ConfigError, DataError, check_range
+from marscope_stac.core.errors import ConfigError, DataError
 from marscope_stac.core.fs import sweep_stale
 from marscope_stac.core.prompts import (
     BACKGROUND_PROMPTS,
     MARSCOPE_TEMPLATES,
     check_phrases,
-    check_templates,
 )
+from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest
+from marscope_stac.engine.upgrade import needs_upgrade, same_model
 from marscope_stac.grid.grids import Grid, parse_grid
-from marscope_stac.index.background import store_background
 from marscope_stac.index.scan import score_rows
-from marscope_stac.index.store import EmbeddingSet, write_scoring_arrays
+from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.texts import TextVectorCache
 from marscope_stac.products.classes import write_class_product
 from marscope_stac.products.ids import OPTIONAL_PRODUCTS, query_id
+from marscope_stac.products.items import ScoredSet
 from marscope_stac.products.render import RasterLayout
 from marscope_stac.products.write import (
-    CLASS_COLOURS,
     CellColumns,
     ClassProduct,
     QueryProduct,
@@ -60,35 +60,15 @@ from marscope_stac.query.scoring import (
     resolve_mode,
     score,
 )
-from marscope_stac.stac.publish import refresh_embedding_item
 
 __all__ = [
     "QueryEngine",
-    "QueryRequest",
     "find_embedding_set",
     "run_query",
     "same_model",
 ]
 
 log = logging.getLogger(__name__)
-
-MAX_EXAMPLE_PIXELS = 64_000_000
-"""Largest example image (pixels) a query reads; examples are tile-sized crops."""
-
-
-def same_model(made_by: str | None, requested: str) -> bool:
-    """Whether a model name given by a user names the model recorded in a set's manifest."""
-    if made_by is None:
-        return False
-    if made_by == requested:
-        return True
-    prefix = "local-dir:"
-    if made_by.startswith(prefix) and requested.startswith(prefix):
-        # sets record the folder's name (older ones its path): the same folder name matches
-        a = Path(made_by[len(prefix) :]).expanduser().resolve()
-        b = Path(requested[len(prefix) :]).expanduser().resolve()
-        return a == b or a.name == b.name
-    return False
 
 
 def find_embedding_set(
@@ -121,64 +101,6 @@ def find_embedding_set(
             f"several embedding sets under {root} ({names}); pick one with --embeddings"
         )
     return sets[0]
-
-
-@dataclass(kw_only=True)
-class QueryRequest:
-    """One question to the engine, as the command line and the web map ask it.
-
-    Attributes:
-        texts: Query texts (one product each), or the class names with ``classify``.
-        examples: Examples, counter-examples, weights and templates shared by every text.
-        threshold: Detection threshold on the probability.
-        classify: Zero-shot classification of every cell into ``texts``.
-        and_not: Composite: the text where this is absent.
-        near: Composite: the text with this nearby.
-        within_km: Distance for ``near``.
-        products: Files to write besides the probability COG (see
-            :data:`~marscope_stac.products.ids.OPTIONAL_PRODUCTS`; all by default).
-    """
-
-    texts: list[str] = field(default_factory=list)
-    examples: QuerySpec = field(default_factory=QuerySpec)
-    threshold: float = 0.5
-    classify: bool = False
-    and_not: str | None = None
-    near: str | None = None
-    within_km: float = 5.0
-    products: tuple[str, ...] = OPTIONAL_PRODUCTS
-
-    def check(self) -> None:
-        """Reject requests that do not make sense.
-
-        Raises:
-            ConfigError: naming what is wrong.
-        """
-        check_range("--threshold", self.threshold, 0.0, 1.0)
-        if self.and_not is not None and self.near is not None:
-            raise ConfigError("a composite takes one of --and-not / --near, not both")
-        composite = self.and_not is not None or self.near is not None
-        if composite and (len(self.texts) != 1 or self.classify):
-            raise ConfigError("a composite takes one TEXT and one of --and-not / --near")
-        if composite:
-            check_phrases([str(self.and_not if self.and_not is not None else self.near)])
-        if self.near is not None:
-            check_range("--within-km", self.within_km, 0.0, 20_000.0, above=True)
-        if (composite or self.classify) and self.examples.has_examples:
-            what = "--classify" if self.classify else "--and-not / --near"
-            raise ConfigError(
-                f"examples (--point/--cell/--image) are not used with {what}; "
-                "run them as a query of their own"
-            )
-        check_range("--image-weight", self.examples.image_weight, 0.0, 1.0)
-        check_templates(self.examples.templates)
-        if not self.texts and not self.examples.has_examples and not self.classify:
-            raise ConfigError("nothing to look for: give query text or --point/--cell/--image")
-        unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))
-        if unknown:
-            raise ConfigError(
-                f"unknown product {unknown[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
-            )
 
 
 class QueryEngine:
@@ -231,13 +153,14 @@ class QueryEngine:
         self._check_model(clip_model, model)
         self.grid: Grid = parse_grid(manifest["grid"])
         self.texts = TextVectorCache(self.set, self.made_by)
-        if not self.set.has_scoring_arrays():
-            self._upgrade()
+        missing = needs_upgrade(self.set)
+        if missing:
+            raise ConfigError(
+                f"embedding set {self.set.root.name} was written by an earlier version (it has "
+                f"no {' and no '.join(missing)}); upgrade it once with 'marscope upgrade "
+                f"{self.set.root}' (or marscope_stac.engine.upgrade_embedding_set)"
+            )
         self.arrays = self.set.scoring_arrays()
-        if self.arrays.background is None:
-            self._add_background()
-            self.arrays = self.set.scoring_arrays()
-            refresh_embedding_item(self.set, self.set.root.parent.parent)
         self.logit_scale = float(self.set.manifest()["scoring"]["background"]["logit_scale"])
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
@@ -358,30 +281,6 @@ class QueryEngine:
                 raise DataError(f"cannot read example image {p}: {exc}") from exc
         return np.asarray(self.model.encode_images(np.stack(imgs)), np.float32)
 
-    # -- set upkeep ------------------------------------------------------------------------
-
-    def _upgrade(self) -> None:
-        """Write the scoring arrays of a set made before they existed (once)."""
-        if not self.set.parquet.is_file():
-            raise ConfigError(f"{self.set.root} has no embeddings.parquet; run 'marscope embed'")
-        log.warning(
-            "embedding set %s predates the scoring arrays; writing them once (this may take a "
-            "while for a large set)",
-            self.set.root.name,
-        )
-        write_scoring_arrays(self.set, self.grid)
-
-    def _add_background(self) -> None:
-        """Store the background prompts' term of the probability with the set (once)."""
-        bg = self.text_vectors(BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES)
-        store_background(
-            self.set,
-            bg,
-            float(self.model.logit_scale),
-            prompts=BACKGROUND_PROMPTS,
-            templates=MARSCOPE_TEMPLATES,
-        )
-
     @property
     def layout(self) -> RasterLayout:
         """Where each row of the set falls in the products' raster (computed once)."""
@@ -427,8 +326,17 @@ class QueryEngine:
         Raises:
             ConfigError: for a bad query or threshold.
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"threshold {threshold} must be in [0, 1]")
+        QueryRequest(
+            texts=list(spec.text),
+            examples=replace(spec, text=[]),
+            threshold=threshold,
+            products=tuple(products),
+        ).check()
+        return self._query(spec, threshold, name, products)
+
+    def _query(
+        self, spec: QuerySpec, threshold: float, name: str | None, products: Sequence[str]
+    ) -> QueryProduct:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         result = self.score(spec, threshold=threshold)
@@ -448,19 +356,16 @@ class QueryEngine:
         layout, columns = self.layout, self.columns
         timings["set layout (once)"] = time.perf_counter() - t0
         qid = name or query_id(spec, self.set, threshold, result.scoring, products)
+        where = ScoredSet(self.set, self.grid, layout, columns, self.model_name)
         return write_query_product(
             self.out,
             qid,
-            self.set,
-            self.grid,
-            layout,
+            where,
             result,
             spec,
-            threshold,
-            self.model_name,
-            timings,
-            columns,
-            products,
+            threshold=threshold,
+            timings=timings,
+            products=products,
         )
 
     def composite(
@@ -482,18 +387,39 @@ class QueryEngine:
         Raises:
             ConfigError: for an unknown operation or a bad distance.
         """
+        if op not in ("and-not", "near"):
+            raise ConfigError(f"unknown composite {op!r}; use and-not or near")
+        QueryRequest(
+            texts=[first],
+            examples=QuerySpec(templates=templates),
+            threshold=threshold,
+            and_not=second if op == "and-not" else None,
+            near=second if op == "near" else None,
+            within_km=within_km,
+            products=tuple(products),
+        ).check()
+        return self._composite(first, second, op, threshold, within_km, templates, products)
+
+    def _composite(
+        self,
+        first: str,
+        second: str,
+        op: str,
+        threshold: float,
+        within_km: float,
+        templates: Sequence[str],
+        products: Sequence[str],
+    ) -> QueryProduct:
         tpl = list(templates)
         a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None)
         b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None)
         if op == "and-not":
             prob = and_not(a.probability, b.probability)
             label = f"{first} and not {second}"
-        elif op == "near":
+        else:
             centres = self.grid.centers(np.asarray(self.arrays.cells))
             prob = near(a.probability, b.probability, centres, within_km, self.grid.body.radius_m)
             label = f"{first} near {second} within {within_km:g} km"
-        else:
-            raise ConfigError(f"unknown composite {op!r}; use and-not or near")
         scored = ScoredQuery(
             a.cells, (a.scores * prob).astype(np.float32), prob, a.vector, a.scoring, a.exact_rows
         )
@@ -516,11 +442,13 @@ class QueryEngine:
         Raises:
             ConfigError: for fewer than two or repeated class names, or too many classes.
         """
+        QueryRequest(
+            texts=list(classes), classify=True, examples=QuerySpec(templates=templates)
+        ).check()
+        return self._classify(classes, templates)
+
+    def _classify(self, classes: Sequence[str], templates: Sequence[str]) -> ClassProduct:
         names = [c.strip() for c in classes if c.strip()]
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise ConfigError("give at least two different class names to classify")
-        if len(names) > len(CLASS_COLOURS) - 1:
-            raise ConfigError(f"at most {len(CLASS_COLOURS) - 1} classes at once")
         tpl = list(templates)
         q = self.text_vectors(names, tpl)
         bg = self.text_vectors(BACKGROUND_PROMPTS, tpl).mean(axis=0)
@@ -547,27 +475,25 @@ class QueryEngine:
         base = request.examples
         tpl = list(base.templates)
         if request.classify:
-            return [self.classify(request.texts, templates=tpl)]
+            return [self._classify(request.texts, tpl)]
         if request.and_not is not None or request.near is not None:
             op, other = ("and-not", request.and_not) if request.and_not else ("near", request.near)
             return [
-                self.composite(
+                self._composite(
                     request.texts[0],
                     str(other),
-                    op=op,
-                    threshold=request.threshold,
-                    within_km=request.within_km,
-                    templates=tpl,
-                    products=request.products,
+                    op,
+                    request.threshold,
+                    request.within_km,
+                    tpl,
+                    request.products,
                 )
             ]
         specs = [replace(base, text=[t]) for t in request.texts] or [base]
         # encode every text at once (one model call when some are new)
         if request.texts:
             self.text_vectors(request.texts, tpl)
-        return [
-            self.query(s, threshold=request.threshold, products=request.products) for s in specs
-        ]
+        return [self._query(s, request.threshold, None, request.products) for s in specs]
 
 
 def run_query(

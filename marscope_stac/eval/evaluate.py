@@ -378,35 +378,20 @@ def evaluate_product(
         rank_by: ``probability`` (the product) or ``score`` (raw similarity).
         write: Write the table (JSON) and a PR-curve PNG beside the product.
     """
-    import shapely
-
     from marscope_stac.products.write import read_scores
 
     check_range("--radius-cells", radius_cells, 0.0, 1000.0, above=True)
     folder, grid, thr = _open_product(product, threshold, rank_by)
     scores = read_scores(folder / "scores.parquet")
     pts, outlines, area = _load_truth(truth, landform, split)
-    centres = np.column_stack([scores.geometry.x, scores.geometry.y])
-    if area is not None:
-        inside = shapely.contains_xy(area, centres[:, 0], centres[:, 1])
-        scores, centres = scores[inside], centres[inside]
+    scores, centres = _cells_inside(scores, area)
     if pts is None or not len(pts):
         raise CatalogError(f"no ground truth{' of ' + landform if landform else ''} in {truth}")
     cell_deg = float(np.median(np.diff(grid.bounds(scores.cell_index.to_numpy()[:1])[0, ::2])))
     values = scores[rank_by].to_numpy()
-    point_score = score_retrieval(values, centres, pts, radius_cells * cell_deg)
-    outline_score = None
-    if outlines:
-        outline_score = score_retrieval(values, centres, None, 0.5 * cell_deg, shapes=outlines)
-        near = neighbours_of_shapes(centres, outlines, 0.5 * cell_deg)
-    else:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(_unit(centres))
-        near = [
-            np.asarray(n)
-            for n in tree.query_ball_point(_unit(pts), _chord(radius_cells * cell_deg))
-        ]
+    radius_deg = radius_cells * cell_deg
+    point_score = score_retrieval(values, centres, pts, radius_deg)
+    outline_score, near = _truth_neighbours(values, centres, pts, outlines, cell_deg, radius_deg)
     cp, cr, cf = _cell_figures(scores["probability"].to_numpy() >= thr, near)
     ev = ProductEvaluation(
         folder.name,
@@ -422,13 +407,48 @@ def evaluate_product(
         len(values),
     )
     if write:
-        curve = (
-            curve_from_neighbours(values, near)
-            if outlines
-            else retrieval_curve(values, centres, pts, radius_cells * cell_deg)
-        )
+        curve = _pr_curve(values, centres, pts, near if outlines else None, radius_deg)
         _write_report(ev, folder, rank_by, curve)
     return ev
+
+
+def _cells_inside(scores: Any, area: Any) -> tuple[Any, NDArray[np.float64]]:
+    """The scored cells and their centres (lon, lat): only those inside ``area`` if not None."""
+    centres = np.column_stack([scores.geometry.x, scores.geometry.y])
+    if area is not None:
+        inside = shapely.contains_xy(area, centres[:, 0], centres[:, 1])
+        scores, centres = scores[inside], centres[inside]
+    return scores, centres
+
+
+def _truth_neighbours(
+    values: NDArray[Any],
+    centres: NDArray[np.float64],
+    pts: NDArray[np.float64],
+    outlines: list[Any] | None,
+    cell_deg: float,
+    radius_deg: float,
+) -> tuple[RetrievalScore | None, list[NDArray[Any]]]:
+    """The outline score (None without outlines) and each outline's or point's nearby cells."""
+    if outlines:
+        outline_score = score_retrieval(values, centres, None, 0.5 * cell_deg, shapes=outlines)
+        return outline_score, neighbours_of_shapes(centres, outlines, 0.5 * cell_deg)
+    tree = cKDTree(_unit(centres))
+    near = [np.asarray(n) for n in tree.query_ball_point(_unit(pts), _chord(radius_deg))]
+    return None, near
+
+
+def _pr_curve(
+    values: NDArray[Any],
+    centres: NDArray[np.float64],
+    pts: NDArray[np.float64],
+    near: list[NDArray[Any]] | None,
+    radius_deg: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The precision-recall curve: from outline neighbourhoods ``near``, else from points."""
+    if near is not None:
+        return curve_from_neighbours(values, near)
+    return retrieval_curve(values, centres, pts, radius_deg)
 
 
 def _open_product(

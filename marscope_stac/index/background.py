@@ -9,15 +9,25 @@ its similarities to fixed background prompts (plain terrain); the background par
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
 from marscope_stac.index.scan import score_rows
 from marscope_stac.index.store import EmbeddingSet, ScoringArrays, _NpyStream
+from marscope_stac.index.texts import TextVectorCache
 
-__all__ = ["background_logsumexp", "store_background", "write_background"]
+if TYPE_CHECKING:
+    from marscope_stac.models.clip import ClipModel
+
+__all__ = [
+    "background_logsumexp",
+    "store_background",
+    "write_background",
+    "write_background_of",
+]
 
 
 def background_logsumexp(
@@ -71,3 +81,14 @@ def store_background(
         "logit_scale": float(logit_scale),
     }
     write_background(es, lse, description)
+
+
+def write_background_of(es: EmbeddingSet, cm: ClipModel) -> None:
+    """Encode the background prompts with ``cm``, cache their vectors and store the term."""
+    bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
+    cache = TextVectorCache(es, es.manifest()["model"])
+    for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
+        cache.put(prompt, MARSCOPE_TEMPLATES, vector)
+    store_background(
+        es, bg, float(cm.logit_scale), prompts=BACKGROUND_PROMPTS, templates=MARSCOPE_TEMPLATES
+    )

@@ -28,6 +28,7 @@ from marscope_stac.core.text import join_lines
 from marscope_stac.products.render import raster_zoom_range, tile_metadata, write_raster_pmtiles
 from marscope_stac.stac.build import (
     FILE_V2,
+    PMTILES_MEDIA_TYPE,
     PROCESSING_V1,
     SSYS_V1,
     file_asset,
@@ -40,9 +41,7 @@ from marscope_stac.stac.build import (
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.read import SourceSet, load_sources
 
-__all__ = ["PMTILES_MEDIA_TYPE", "Basemap", "build_basemap"]
-
-PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
+__all__ = ["Basemap", "build_basemap"]
 
 
 @dataclass

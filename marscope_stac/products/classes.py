@@ -20,6 +20,11 @@ from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.products.cog import write_cog
 from marscope_stac.products.ids import class_id
+from marscope_stac.products.items import (
+    _embedding_times,
+    _raster_bbox,
+    _source_links,
+)
 from marscope_stac.products.render import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
@@ -29,18 +34,11 @@ from marscope_stac.products.render import (
     tile_metadata,
     write_raster_pmtiles,
 )
-from marscope_stac.products.write import (
-    CLASS_COLOURS,
-    PMTILES_MEDIA_TYPE,
-    ClassProduct,
-    _add_to_queries,
-    _embedding_times,
-    _raster_bbox,
-    _source_links,
-)
+from marscope_stac.products.write import CLASS_COLOURS, ClassProduct, _add_to_queries
 from marscope_stac.stac.build import (
     COG_MEDIA_TYPE,
     FILE_V2,
+    PMTILES_MEDIA_TYPE,
     PROCESSING_V1,
     PROJ_V2,
     RASTER_V2,
@@ -148,19 +146,44 @@ def _class_item(
 ) -> dict[str, Any]:
     from marscope_stac.stac.build import CLASSIFICATION_V2
 
+    classes_field = _classes_field(all_names)
+    bbox = _raster_bbox(layout)
+    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
+    props = _class_props(es, grid, names, model_name)
+    assets = _class_assets(folder, grid_fields, classes_field)
+    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
+    return stac_item(
+        qid,
+        props,
+        extensions,
+        bbox,
+        assets,
+        _source_links(es, folder),
+        title=f"Classes: {', '.join(names)}"[:120],
+        description=(
+            f"Zero-shot classification of every cell of grid {grid.spec} into "
+            f"{', '.join(names)} or background, over embedding set {es.root.name} made with "
+            f"model {model_name}."
+        ),
+    )
+
+
+def _classes_field(all_names: list[str]) -> list[dict[str, Any]]:
+    """The classification extension's classes: value, slug name, description and colour."""
     slug = [
         re.sub(r"[^0-9A-Za-z_-]+", "-", n).strip("-") or f"class{k}"
         for k, n in enumerate(all_names)
     ]
-    classes_field = [
+    return [
         {"value": k, "name": slug[k], "description": all_names[k], "color_hint": CLASS_COLOURS[k]}
         for k in range(len(all_names))
     ]
-    bbox = _raster_bbox(layout)
-    asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
+
+
+def _class_props(es: EmbeddingSet, grid: Grid, names: list[str], model_name: str) -> dict[str, Any]:
+    """Properties of a class product's STAC item: body, time span, processing, classes."""
     start, end = _embedding_times(es)
-    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
-    props = {
+    return {
         **ssys_fields(grid.body),
         "start_datetime": start,
         "end_datetime": end,
@@ -171,7 +194,14 @@ def _class_item(
         "marscope:classes": names,
         "marscope:model": model_name,
     }
-    assets = {
+
+
+def _class_assets(
+    folder: Path, grid_fields: dict[str, Any], classes_field: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Assets of a class product's STAC item: class map, probabilities, preview, tiles."""
+    asset: Callable[..., Any] = lambda name, *a, **kw: file_asset(folder / name, folder, *a, **kw)  # noqa: E731
+    return {
         "classes": asset(
             "classes.tif",
             COG_MEDIA_TYPE,
@@ -196,18 +226,3 @@ def _class_item(
             "classes.pmtiles", PMTILES_MEDIA_TYPE, ["visual", "tiles"], "Class map tiles (PMTiles)"
         ),
     }
-    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1, CLASSIFICATION_V2]
-    return stac_item(
-        qid,
-        props,
-        extensions,
-        bbox,
-        assets,
-        _source_links(es, folder),
-        title=f"Classes: {', '.join(names)}"[:120],
-        description=(
-            f"Zero-shot classification of every cell of grid {grid.spec} into "
-            f"{', '.join(names)} or background, over embedding set {es.root.name} made with "
-            f"model {model_name}."
-        ),
-    )

@@ -55,17 +55,7 @@ def write_cog(
         The written path.
     """
     arr = data[None] if data.ndim == 2 else data
-    count, rows, cols = arr.shape
-    profile = {
-        "driver": "GTiff",
-        "dtype": arr.dtype.name,
-        "count": count,
-        "height": rows,
-        "width": cols,
-        "crs": rasterio.crs.CRS.from_wkt(crs.to_wkt()),
-        "transform": transform,
-        "nodata": nodata,
-    }
+    profile = _gtiff_profile(arr, crs, transform, nodata)
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dst, suffix=".tif") as tmp, MemoryFile() as mem:
@@ -85,6 +75,23 @@ def write_cog(
                 forward_band_tags=True,
             )
     return dst
+
+
+def _gtiff_profile(
+    arr: NDArray[Any], crs: CRS, transform: Affine, nodata: float | None
+) -> dict[str, Any]:
+    """The GeoTIFF creation profile of a (bands, rows, cols) array in the native CRS."""
+    count, rows, cols = arr.shape
+    return {
+        "driver": "GTiff",
+        "dtype": arr.dtype.name,
+        "count": count,
+        "height": rows,
+        "width": cols,
+        "crs": rasterio.crs.CRS.from_wkt(crs.to_wkt()),
+        "transform": transform,
+        "nodata": nodata,
+    }
 
 
 def _fill(

@@ -340,6 +340,10 @@ def _scanlines(sub: NDArray[np.uint8], new_line: NDArray[np.bool_], k: int) -> N
     return buf
 
 
+# one row of raster tiles: zoom, first tile column, tile row, source rows, source columns
+_TileRowJob = tuple[int, int, int, NDArray[np.int64], NDArray[np.int64]]
+
+
 def write_raster_pmtiles(
     path: str | os.PathLike[str],
     values: NDArray[np.float32] | NDArray[np.uint8],
@@ -362,8 +366,31 @@ def write_raster_pmtiles(
     Raises:
         ValueError: if the raster holds no data at all.
     """
-    from pmtiles.tile import Compression, TileType, zxy_to_tileid
+    from pmtiles.tile import Compression, TileType
 
+    padded = _padded_bytes(values, steps, nodata)
+    rows, cols = padded.shape[0] - 1, padded.shape[1] - 1
+    res = transform.a
+    bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
+    zmin, zmax = zoom or raster_zoom_range(transform, (rows, cols))
+    palette = (
+        _categorical_chunks(colours, nodata) if colours else _palette_chunks(cmap, steps, nodata)
+    )
+    jobs = _tile_row_jobs(bounds, zmin, zmax, ~transform, (rows, cols))
+
+    def encode(job: _TileRowJob) -> list[tuple[int, bytes]]:
+        return _encode_tile_row(job, padded, nodata, palette)
+
+    with ThreadPoolExecutor(worker_count()) as pool:
+        tiles = [t for row_tiles in pool.map(encode, jobs) for t in row_tiles]
+    header = _header(bounds, zmin, zmax, TileType.PNG, Compression.NONE)
+    return _write_archive(path, tiles, header, {**metadata, "format": "png"})
+
+
+def _padded_bytes(
+    values: NDArray[np.float32] | NDArray[np.uint8], steps: int, nodata: int
+) -> NDArray[np.uint8]:
+    """The raster as bytes, plus a row and a column of no data; raises if it has no data."""
     u8 = (
         np.asarray(values, np.uint8)
         if values.dtype == np.uint8
@@ -375,16 +402,18 @@ def write_raster_pmtiles(
     # one extra row and column of no data, where samples outside the raster point
     padded = np.full((rows + 1, cols + 1), nodata, np.uint8)
     padded[:rows, :cols] = u8
-    res = transform.a
-    bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
-    zmin, zmax = zoom or raster_zoom_range(transform, (rows, cols))
-    palette = (
-        _categorical_chunks(colours, nodata) if colours else _palette_chunks(cmap, steps, nodata)
-    )
-    inv = ~transform
+    return padded
+
+
+def _tile_row_jobs(
+    bounds: Sequence[float], zmin: int, zmax: int, inv: Affine, shape: tuple[int, int]
+) -> list[_TileRowJob]:
+    """The rows of tiles holding data, with the source row and column of every pixel."""
+    rows, cols = shape
+    # samples outside the raster point at the padding row or column (``rows``, ``cols``)
     # one job per row of tiles: its pixels are sampled in one gather, filtered at once,
     # and each tile is compressed (zlib releases the GIL, so rows run in parallel)
-    jobs: list[tuple[int, int, int, NDArray[np.uint8], NDArray[np.int64]]] = []
+    jobs: list[_TileRowJob] = []
     for z in range(zmin, zmax + 1):
         n = 2**z
         x0, x1, y0, y1 = _tile_range(bounds, z)
@@ -398,26 +427,28 @@ def write_raster_pmtiles(
             r = row[ty - y0]
             if not (r == rows).all():
                 jobs.append((z, x0, ty, r, col))
+    return jobs
 
-    def encode(job: tuple[int, int, int, NDArray[np.int64], NDArray[np.int64]]) -> list[Any]:
-        z, x0, ty, r, col = job
-        # a tile line repeats the one above when it samples the same source row: only the
-        # distinct rows are sampled and filtered
-        new_line = np.r_[True, r[1:] != r[:-1]]
-        img = padded[r[new_line]][:, col]
-        empty = (img == nodata).reshape(len(img), -1, 256).all(axis=(0, 2))
-        if empty.all():
-            return []
-        sub = _sub_filtered(img)
-        return [
-            (zxy_to_tileid(z, x0 + k, ty), _palette_png(_scanlines(sub, new_line, k), palette))
-            for k in np.flatnonzero(~empty).tolist()
-        ]
 
-    with ThreadPoolExecutor(worker_count()) as pool:
-        tiles = [t for row_tiles in pool.map(encode, jobs) for t in row_tiles]
-    header = _header(bounds, zmin, zmax, TileType.PNG, Compression.NONE)
-    return _write_archive(path, tiles, header, {**metadata, "format": "png"})
+def _encode_tile_row(
+    job: _TileRowJob, padded: NDArray[np.uint8], nodata: int, palette: bytes
+) -> list[tuple[int, bytes]]:
+    """The tile ids and palette PNGs of one row of tiles, tiles with no data left out."""
+    from pmtiles.tile import zxy_to_tileid
+
+    z, x0, ty, r, col = job
+    # a tile line repeats the one above when it samples the same source row: only the
+    # distinct rows are sampled and filtered
+    new_line = np.r_[True, r[1:] != r[:-1]]
+    img = padded[r[new_line]][:, col]
+    empty = (img == nodata).reshape(len(img), -1, 256).all(axis=(0, 2))
+    if empty.all():
+        return []
+    sub = _sub_filtered(img)
+    return [
+        (zxy_to_tileid(z, x0 + k, ty), _palette_png(_scanlines(sub, new_line, k), palette))
+        for k in np.flatnonzero(~empty).tolist()
+    ]
 
 
 # ----------------------------------------------------------------------------- MVT encoding

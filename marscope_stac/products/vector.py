@@ -330,7 +330,7 @@ def write_vector_pmtiles(
     Raises:
         ValueError: if there are no features.
     """
-    from pmtiles.tile import Compression, TileType, zxy_to_tileid
+    from pmtiles.tile import Compression, TileType
 
     if not features:
         raise ValueError("no features to write")
@@ -344,39 +344,70 @@ def write_vector_pmtiles(
     props = np.array([[float(p[key]) for key in keys] for _, p in features], np.float64)
     buffer = 64 / extent
     for z in range(zmin, zmax + 1):
-        n = 2**z
         x0, x1, y0, y1 = _tile_range((west, south, east, north), z)
-
-        # all features at once into this zoom's tile space (x right, y down; 1 unit = 1 tile)
-        def fwd(xy: NDArray[np.float64], n: int = n) -> NDArray[np.float64]:
-            return np.column_stack([(xy[:, 0] + 180.0) / 360.0 * n, _lat_to_y(xy[:, 1], n)])
-
-        projected = shapely.transform(geom_array, fwd)
-        if z < zmax:  # below the last zoom, detail under half a tile pixel is invisible
-            projected = shapely.simplify(projected, 0.5 / extent, preserve_topology=True)
+        projected = _project_to_zoom(geom_array, z, z < zmax, extent)
         tree = shapely.STRtree(projected)
 
         def encode(
             xy: tuple[int, int], z: int = z, projected: NDArray[Any] = projected, tree: Any = tree
         ) -> tuple[int, bytes] | None:
-            tx, ty = xy
-            rect = (tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer)
-            idx = np.sort(tree.query(box(*rect), predicate="intersects"))
-            if len(idx) == 0:
-                return None
-            clipped = shapely.clip_by_rect(projected[idx], *rect)
-            keep = ~shapely.is_empty(clipped) & np.isin(shapely.get_type_id(clipped), (3, 6))
-            sel = idx[keep]
-            data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty))
-            if not data:
-                return None
-            return zxy_to_tileid(z, tx, ty), gzip.compress(data, compresslevel=6, mtime=0)
+            return _vector_tile(xy, z, projected, tree, buffer, layer, keys, props, extent)
 
         xys = [(tx, ty) for ty in range(y0, y1 + 1) for tx in range(x0, x1 + 1)]
         with ThreadPoolExecutor(worker_count()) as pool:  # shapely and zlib release the GIL
             tiles += [t for t in pool.map(encode, xys) if t is not None]
     header = _header((west, south, east, north), zmin, zmax, TileType.MVT, Compression.GZIP)
-    meta = {
+    return _write_archive(path, tiles, header, _vector_metadata(metadata, layer, keys, zoom))
+
+
+def _project_to_zoom(geom_array: NDArray[Any], z: int, simplify: bool, extent: int) -> NDArray[Any]:
+    """Lon/lat geometries in zoom ``z``'s tile space (x right, y down; 1 unit = 1 tile)."""
+    n = 2**z
+
+    # all features at once into this zoom's tile space
+    def fwd(xy: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.column_stack([(xy[:, 0] + 180.0) / 360.0 * n, _lat_to_y(xy[:, 1], n)])
+
+    projected = shapely.transform(geom_array, fwd)
+    if simplify:  # below the last zoom, detail under half a tile pixel is invisible
+        projected = shapely.simplify(projected, 0.5 / extent, preserve_topology=True)
+    return projected
+
+
+def _vector_tile(
+    xy: tuple[int, int],
+    z: int,
+    projected: NDArray[Any],
+    tree: Any,
+    buffer: float,
+    layer: str,
+    keys: list[str],
+    props: NDArray[np.float64],
+    extent: int,
+) -> tuple[int, bytes] | None:
+    """Tile id and gzipped MVT of tile ``xy`` of zoom ``z``, or None when it would be empty."""
+    from pmtiles.tile import zxy_to_tileid
+
+    tx, ty = xy
+    rect = (tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer)
+    idx = np.sort(tree.query(box(*rect), predicate="intersects"))
+    if len(idx) == 0:
+        return None
+    clipped = shapely.clip_by_rect(projected[idx], *rect)
+    keep = ~shapely.is_empty(clipped) & np.isin(shapely.get_type_id(clipped), (3, 6))
+    sel = idx[keep]
+    data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty))
+    if not data:
+        return None
+    return zxy_to_tileid(z, tx, ty), gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def _vector_metadata(
+    metadata: dict[str, Any], layer: str, keys: list[str], zoom: tuple[int, int]
+) -> dict[str, Any]:
+    """The archive's metadata with its one vector layer: fields (all numbers) and zooms."""
+    zmin, zmax = zoom
+    return {
         **metadata,
         "vector_layers": [
             {
@@ -387,4 +418,3 @@ def write_vector_pmtiles(
             }
         ],
     }
-    return _write_archive(path, tiles, header, meta)

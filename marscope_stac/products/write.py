@@ -22,7 +22,6 @@ model: the query engine (:mod:`marscope_stac.engine.engine`) scores, this module
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,15 +34,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from marscope_stac import __version__
-from marscope_stac.core.errors import ConfigError
 from marscope_stac.core.fs import staged_directory
 from marscope_stac.core.text import count_list, join_lines
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import Covering, point_wkb, write_geoparquet
-from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.products.cog import write_cog
 from marscope_stac.products.ids import OPTIONAL_PRODUCTS
+from marscope_stac.products.items import ASSET_FILES, ScoredSet, _query_item
 from marscope_stac.products.render import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
@@ -58,29 +55,14 @@ from marscope_stac.products.render import (
 from marscope_stac.products.vector import raster_detections, write_vector_pmtiles
 from marscope_stac.query.scoring import QuerySpec, ScoredQuery
 from marscope_stac.stac.build import (
-    COG_MEDIA_TYPE,
-    FILE_V2,
-    PARQUET_MEDIA_TYPE,
-    PROCESSING_V1,
-    PROJ_V2,
-    RASTER_V2,
     SSYS_V1,
-    cog_band_fields,
-    file_asset,
-    lineage_href,
-    now_utc,
-    proj_fields,
-    relative_href,
     ssys_fields,
     stac_collection,
-    stac_item,
 )
 from marscope_stac.stac.catalog import OutputCatalog
 
 __all__ = [
-    "ASSET_FILES",
     "CLASS_COLOURS",
-    "PMTILES_MEDIA_TYPE",
     "CellColumns",
     "ClassProduct",
     "QueryProduct",
@@ -89,18 +71,6 @@ __all__ = [
     "write_scores",
 ]
 
-PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
-
-
-ASSET_FILES = {
-    "probability": "probability.tif",
-    "tiles": "probability.pmtiles",
-    "preview": "preview.png",
-    "detections": "detections.parquet",
-    "detection-tiles": "detections.pmtiles",
-    "scores": "scores.parquet",
-}
-"""Asset key -> file name in a query's folder."""
 
 CLASS_COLOURS = (
     "808080",
@@ -218,12 +188,6 @@ def _queries_collection(grid: Grid, bbox: list[float], start: str, end: str) -> 
     )
 
 
-def _raster_bbox(layout: RasterLayout) -> list[float]:
-    t = layout.transform
-    rows, cols = layout.shape
-    return [t.c, t.f + t.e * rows, t.c + t.a * cols, t.f]
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -305,58 +269,46 @@ def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, f
 def write_query_product(
     out: str | Path,
     qid: str,
-    es: EmbeddingSet,
-    grid: Grid,
-    layout: RasterLayout,
+    where: ScoredSet,
     result: ScoredQuery,
     spec: QuerySpec,
+    *,
     threshold: float,
-    model_name: str,
     timings: dict[str, float] | None = None,
-    columns: CellColumns | None = None,
     products: Sequence[str] = OPTIONAL_PRODUCTS,
 ) -> QueryProduct:
     """Write a scored query's files and STAC item (see the module docstring).
 
+    The request was checked before (:meth:`~marscope_stac.engine.QueryRequest.check`).
+
     Args:
         out: Products catalog folder.
-        qid: Query id (:func:`query_id`).
-        es: The embedding set that was scored.
-        grid: Its grid.
-        layout: Its raster layout.
+        qid: Query id (:func:`~marscope_stac.products.ids.query_id`).
+        where: The embedding set that was scored.
         result: Scores and probabilities of every cell, in the set's row order.
         spec: The query, as recorded in the item.
         threshold: Detection threshold on the probability, in [0, 1].
-        model_name: Name of the model that made the set.
         timings: Adds seconds per step to this dict.
-        columns: The set's cell columns for ``scores.parquet`` (computed when not given).
         products: Which files to write besides the COG (see :data:`OPTIONAL_PRODUCTS`).
 
     Raises:
-        ConfigError: for a threshold outside [0, 1].
         OutputError: if ``out`` is not a products catalog or cannot be written.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold {threshold} must be in [0, 1]")
-    unknown = set(products) - set(OPTIONAL_PRODUCTS)
-    if unknown:
-        raise ConfigError(
-            f"unknown product {sorted(unknown)[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
-        )
     catalog = OutputCatalog(out)
     clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
+    grid, layout = where.grid, where.layout
     values = layout.raster(result.probability)
     clock.lap("raster")
     with staged_directory(folder, overwrite=True, owned=True) as stage:
         files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
-        feats = files.write(result, threshold, columns, products)
+        feats = files.write(result, threshold, where.columns, products)
         assets = {
             key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
         }
     clock.reset()
     n_det = len(feats) if "detections" in products else None
-    item = _query_item(folder, qid, spec, es, grid, layout, result, threshold, n_det, model_name)
+    item = _query_item(folder, qid, spec, where, result, threshold, n_det)
     item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     clock.lap("STAC")
     return QueryProduct(
@@ -466,134 +418,6 @@ class _Files:
             path = self.stage / "detections.pmtiles"
             clock.timed("vector PMTiles", write_vector_pmtiles, path, feats, self.meta, zoom)
         return feats
-
-
-def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
-    """``derived_from`` links to the embedding item and, through it, the model and sources."""
-    emb_item = es.root / f"{es.root.name}.json"
-    if not emb_item.is_file():
-        return []
-    emb = json.loads(emb_item.read_text())
-    links = [
-        {
-            "rel": "derived_from",
-            "href": relative_href(emb_item, folder),
-            "type": "application/geo+json",
-            "title": "embedding set",
-        }
-    ]
-    for lk in emb.get("links", []):
-        if lk.get("rel") in ("derived_from", "emb:model"):
-            href = lk["href"]
-            target = href if href.startswith("http") else emb_item.parent / href
-            links.append(
-                {
-                    "rel": "derived_from",
-                    "href": lineage_href(target, folder),
-                    "type": lk.get("type", "application/json"),
-                    "title": lk.get("title", "model" if lk["rel"] == "emb:model" else "source"),
-                }
-            )
-    return links
-
-
-def _embedding_times(es: EmbeddingSet) -> tuple[str, str]:
-    emb_item = es.root / f"{es.root.name}.json"
-    props = json.loads(emb_item.read_text()).get("properties", {}) if emb_item.is_file() else {}
-    now = now_utc()
-    return props.get("start_datetime", now), props.get("end_datetime", now)
-
-
-def _query_item(
-    folder: Path,
-    qid: str,
-    spec: QuerySpec,
-    es: EmbeddingSet,
-    grid: Grid,
-    layout: RasterLayout,
-    result: ScoredQuery,
-    threshold: float,
-    n_det: int | None,
-    model_name: str,
-) -> dict[str, Any]:
-    start, end = _embedding_times(es)
-    now = now_utc()
-    bbox = _raster_bbox(layout)
-    props: dict[str, Any] = {
-        **ssys_fields(grid.body),
-        "start_datetime": start,
-        "end_datetime": end,
-        "processing:lineage": (
-            "Cells of the embedding set scored by cosine similarity to the query vector; "
-            "probabilities = softmax at the model's temperature of the query against "
-            "background prompts; detections = cells with probability >= threshold, merged."
-        ),
-        "processing:software": {"marscope-stac": __version__},
-        "processing:datetime": now,
-        "marscope:query": spec.describe(),
-        "marscope:threshold": threshold,
-        "marscope:calibration": "softmax-vs-background-prompts",
-        "marscope:scoring": result.scoring,
-        "marscope:grid": grid.spec,
-        "marscope:detections": n_det,  # null when the detections were not made
-        "marscope:model": model_name,
-    }
-
-    def asset(name: str, media: str, roles: list[str], title: str, **extra: Any) -> Any:
-        return file_asset(folder / name, folder, media, roles, title, **extra)
-
-    grid_fields = proj_fields(grid.body.crs, layout.transform, layout.shape)
-    described = {
-        "probability": (COG_MEDIA_TYPE, ["data"], "Calibrated probability (COG)"),
-        "tiles": (
-            PMTILES_MEDIA_TYPE,
-            ["visual", "tiles"],
-            "Probability raster tiles (PMTiles, PNG)",
-        ),
-        "preview": ("image/png", ["thumbnail", "overview", "visual"], "Probability map preview"),
-        "detections": (PARQUET_MEDIA_TYPE, ["data", "detections"], "Detections (GeoParquet)"),
-        "detection-tiles": (
-            PMTILES_MEDIA_TYPE,
-            ["visual", "tiles"],
-            "Detections (PMTiles, vector)",
-        ),
-        "scores": (
-            PARQUET_MEDIA_TYPE,
-            ["data", "scores"],
-            "Per-cell score and probability (GeoParquet)",
-        ),
-    }
-    assets = {}
-    for key, (media, roles, title) in described.items():
-        name = ASSET_FILES[key]
-        if (folder / name).is_file():
-            extra = {}
-            if key == "probability":  # the raster's grid: projection fields on its asset
-                extra = {**grid_fields, "bands": cog_band_fields(folder / name)}
-            assets[key] = asset(name, media, roles, title, **extra)
-    extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2, PROCESSING_V1]
-    title, description = _query_words(spec, grid, es, model_name, n_det, threshold)
-    links = _source_links(es, folder)
-    return stac_item(
-        qid, props, extensions, bbox, assets, links, title=title, description=description
-    )
-
-
-def _query_words(
-    spec: QuerySpec,
-    grid: Grid,
-    es: EmbeddingSet,
-    model_name: str,
-    n_det: int | None,
-    threshold: float,
-) -> tuple[str, str]:
-    """Title and description of a query product's item."""
-    what = " + ".join(spec.text) if spec.text else "the given examples"
-    found = "" if n_det is None else f"; {n_det} detections at p >= {threshold:g}"
-    return f"Where: {what}"[:120], (
-        f"Calibrated probability that each cell of grid {grid.spec} shows {what}, scored "
-        f"over embedding set {es.root.name} made with model {model_name}{found}."
-    )
 
 
 # ----------------------------------------------------------------------------- classes

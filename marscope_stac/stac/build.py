@@ -46,6 +46,7 @@ __all__ = [
     "LABEL_V1",
     "MLM_V1",
     "PARQUET_MEDIA_TYPE",
+    "PMTILES_MEDIA_TYPE",
     "PROCESSING_V1",
     "PROJ_V2",
     "RASTER_V2",
@@ -87,6 +88,7 @@ COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 JSON_MEDIA_TYPE = "application/json"
 STAC_ITEM_MEDIA_TYPE = "application/geo+json"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+PMTILES_MEDIA_TYPE = "application/vnd.pmtiles"
 
 
 def ssys_fields(body: Body) -> dict[str, Any]:

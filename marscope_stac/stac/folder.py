@@ -129,6 +129,37 @@ def _item_ids(tifs: list[Path], root: Path) -> list[str]:
     ]
 
 
+def _find_tifs(root: Path, out: Path) -> list[Path]:
+    """Return the GeoTIFFs under ``root``, sorted, skipping ``out`` and hidden paths."""
+    tifs = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in (".tif", ".tiff")
+        and out not in p.parents
+        and not any(s.startswith(".") for s in p.relative_to(root).parts)
+    )
+    if not tifs:
+        raise CatalogError(f"no GeoTIFF (*.tif, *.tiff) found under {root}")
+    return tifs
+
+
+def _folder_collection(
+    cid: str, items: list[dict[str, Any]], body: Body, name: str
+) -> dict[str, Any]:
+    """Return the collection of ``items`` (extent from their bboxes and datetimes)."""
+    boxes = np.array([i["bbox"] for i in items])
+    times = sorted(i["properties"]["datetime"] for i in items)
+    return stac_collection(
+        cid,
+        f"GeoTIFFs under {name}",
+        f"{len(items)} GeoTIFFs of {body.name} under {name}",
+        ([*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)], [times[0], times[-1]]),
+        {"ssys:targets": [body.name]},
+        [SSYS_V1],
+        ssys_fields(body),
+    )
+
+
 def build_folder_catalog(
     folder: str | Path,
     body: str | None = None,
@@ -155,15 +186,7 @@ def build_folder_catalog(
     if body is not None and not body.strip():
         raise ConfigError("--body is empty; give a body name (e.g. Mars, Moon), or leave it out")
     out = root / "stac"
-    tifs = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in (".tif", ".tiff")
-        and out not in p.parents
-        and not any(s.startswith(".") for s in p.relative_to(root).parts)
-    )
-    if not tifs:
-        raise CatalogError(f"no GeoTIFF (*.tif, *.tiff) found under {root}")
+    tifs = _find_tifs(root, out)
     cid = collection_id or _item_id(root.resolve(), root.resolve().parent)
     if not ID_PATTERN.fullmatch(cid) or cid in (".", ".."):
         raise ConfigError(
@@ -184,18 +207,8 @@ def build_folder_catalog(
                 )
             items.append(item)
         assert found_body is not None
-        boxes = np.array([i["bbox"] for i in items])
-        times = sorted(i["properties"]["datetime"] for i in items)
         name = root.resolve().name
-        coll = stac_collection(
-            cid,
-            f"GeoTIFFs under {name}",
-            f"{len(items)} GeoTIFFs of {found_body.name} under {name}",
-            ([*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)], [times[0], times[-1]]),
-            {"ssys:targets": [found_body.name]},
-            [SSYS_V1],
-            ssys_fields(found_body),
-        )
+        coll = _folder_collection(cid, items, found_body, name)
         catalog = stac_catalog(f"{cid}-catalog", f"{cid} catalog", f"GeoTIFFs under {name}")
         write_static_catalog(stage, catalog, [(coll, items)])
         validate_catalog(stage, within=root)

@@ -142,6 +142,48 @@ def _check_local_raster(item: pystac.Item, key: str, href: str) -> None:
         )
 
 
+def _asset_crs(
+    item: pystac.Item, key: str, a: pystac.Asset, crs_wkt: str | None, body: Body
+) -> CRS:
+    """Return the asset's CRS (header, else STAC fields), checked to be of ``body``.
+
+    Raises:
+        CatalogError: if there is no CRS, or it is not of a known planetary body or of ``body``.
+    """
+    stac_fields = {**item.properties, **a.extra_fields}
+    if crs_wkt is not None:
+        crs = CRS.from_wkt(crs_wkt)
+    else:
+        found = crs_from_stac(stac_fields)
+        if found is None:
+            raise CatalogError(f"asset {key!r} of item {item.id} has no CRS in its header or STAC")
+        crs = found
+    crs_body = body_of_crs(crs)
+    if crs_body is None:
+        raise CatalogError(
+            f"item {item.id}: CRS {crs.name!r} is not a known planetary CRS (Earth or unknown "
+            f"body) while the item is of {body.name}; fix its CRS"
+        )
+    if crs_body is not body:
+        raise CatalogError(
+            f"item {item.id} says {body.name} but its raster CRS is of {crs_body.name}"
+        )
+    return crs
+
+
+def _footprint(crs: CRS, body: Body, bounds: tuple[float, float, float, float]) -> BaseGeometry:
+    """Return the footprint of native ``bounds`` in the body's lon/lat (antimeridian split)."""
+    west, south, east, north = transform_bounds(
+        rasterio.crs.CRS.from_wkt(crs.to_wkt()),
+        rasterio.crs.CRS.from_wkt(body.crs.to_wkt()),
+        *bounds,
+        densify_pts=21,
+    )
+    if crs.is_geographic:
+        west, east = bounds[0], bounds[2]
+    return _split_antimeridian(west, south, east, north)
+
+
 def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
     a = item.assets[key]
     href = a.get_absolute_href() or a.href
@@ -167,24 +209,7 @@ def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
         raise DataError(
             f"asset {key!r} of item {item.id} is not a readable raster ({href}): {reason}"
         ) from exc
-    stac_fields = {**item.properties, **a.extra_fields}
-    if crs_wkt is not None:
-        crs = CRS.from_wkt(crs_wkt)
-    else:
-        found = crs_from_stac(stac_fields)
-        if found is None:
-            raise CatalogError(f"asset {key!r} of item {item.id} has no CRS in its header or STAC")
-        crs = found
-    crs_body = body_of_crs(crs)
-    if crs_body is None:
-        raise CatalogError(
-            f"item {item.id}: CRS {crs.name!r} is not a known planetary CRS (Earth or unknown "
-            f"body) while the item is of {body.name}; fix its CRS"
-        )
-    if crs_body is not body:
-        raise CatalogError(
-            f"item {item.id} says {body.name} but its raster CRS is of {crs_body.name}"
-        )
+    crs = _asset_crs(item, key, a, crs_wkt, body)
     # scale/offset: header first, then STAC bands (1.1) or raster:bands (1.0)
     band = _first_band(item, key, a)
     if scale == 1.0 and offset == 0.0:
@@ -192,15 +217,7 @@ def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
         offset = _band_number(item, key, band, "raster:offset", "offset") or 0.0
     if nodata is None:
         nodata = _band_number(item, key, band, "nodata")
-    west, south, east, north = transform_bounds(
-        rasterio.crs.CRS.from_wkt(crs.to_wkt()),
-        rasterio.crs.CRS.from_wkt(body.crs.to_wkt()),
-        *bounds,
-        densify_pts=21,
-    )
-    if crs.is_geographic:
-        west, east = bounds[0], bounds[2]
-    footprint = _split_antimeridian(west, south, east, north)
+    footprint = _footprint(crs, body, bounds)
     return SourceAsset(
         item_id=item.id,
         asset_key=key,

@@ -344,6 +344,50 @@ def _item_body(item: pystac.Item, wanted: Body | None) -> Body:
     return item_body
 
 
+def _selected(
+    item: pystac.Item,
+    collections: Sequence[str] | None,
+    interval: Interval | None,
+    other_collections: set[str],
+) -> bool:
+    """Whether an item passes the collection and time filters and is not a label item."""
+    if collections and item.collection_id not in collections:
+        other_collections.add(str(item.collection_id))
+        return False
+    if not _in_interval(item, interval):
+        return False
+    if "label:type" in item.properties:  # ground truth, not imagery
+        log.debug("ignoring label item %s", item.id)
+        return False
+    return True
+
+
+def _note_body(bodies: dict[str, str], item_body: Body, item_id: str) -> None:
+    """Record the first item of each body; raise CatalogError once a second body shows up."""
+    bodies.setdefault(item_body.name, item_id)
+    if len(bodies) > 1:
+        pairs = ", ".join(f"{b} ({i})" for b, i in bodies.items())
+        raise CatalogError(f"the request mixes bodies: {pairs}; query one body at a time")
+
+
+def _read_item(item: pystac.Item, asset: str | None, item_body: Body) -> SourceAsset | str:
+    """Return the item's data raster, or the reason to skip the item."""
+    try:
+        key = pick_asset(item, asset)
+        return _read_header(item, key, item_body)
+    except (CatalogError, DataError) as exc:
+        return str(exc)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:  # wrong field types
+        where = item.get_self_href() or item.id
+        return f"{where} is malformed ({type(exc).__name__}: {exc})"
+
+
+def _skipped_message(skipped: list[tuple[str, str]], seen: int) -> str:
+    """Return the one warning for all skipped items (the first one's reason, and a count)."""
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    return f"skipped {len(skipped)} of {seen} items; {skipped[0][0]}: {skipped[0][1]}{more}"
+
+
 def load_sources(
     source: str | Path | Iterable[pystac.Item],
     *,
@@ -379,31 +423,16 @@ def load_sources(
     in_bbox = 0
     other_collections: set[str] = set()
     for item in items:
-        if collections and item.collection_id not in collections:
-            other_collections.add(str(item.collection_id))
-            continue
-        if not _in_interval(item, interval):
-            continue
-        if "label:type" in item.properties:  # ground truth, not imagery
-            log.debug("ignoring label item %s", item.id)
+        if not _selected(item, collections, interval, other_collections):
             continue
         seen += 1
         if max_items is not None and seen > max_items:
             break
         item_body = _item_body(item, wanted)
-        bodies.setdefault(item_body.name, item.id)
-        if len(bodies) > 1:
-            pairs = ", ".join(f"{b} ({i})" for b, i in bodies.items())
-            raise CatalogError(f"the request mixes bodies: {pairs}; query one body at a time")
-        try:
-            key = pick_asset(item, asset)
-            src = _read_header(item, key, item_body)
-        except (CatalogError, DataError) as exc:
-            skipped.append((item.id, str(exc)))
-            continue
-        except (TypeError, AttributeError, ValueError, KeyError) as exc:  # wrong field types
-            where = item.get_self_href() or item.id
-            skipped.append((item.id, f"{where} is malformed ({type(exc).__name__}: {exc})"))
+        _note_body(bodies, item_body, item.id)
+        src = _read_item(item, asset, item_body)
+        if isinstance(src, str):  # why it was skipped
+            skipped.append((item.id, src))
             continue
         if not _bbox_hits(src.footprint, bbox):
             continue
@@ -413,11 +442,6 @@ def load_sources(
     if not out:
         raise _nothing_found(label, seen, skipped, collections, other_collections, datetime, bbox)
     if skipped:  # one warning for all of them (a planet's catalog may skip thousands)
-        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        warnings.warn(
-            f"skipped {len(skipped)} of {seen} items; {skipped[0][0]}: {skipped[0][1]}{more}",
-            SkippedInputWarning,
-            stacklevel=2,
-        )
+        warnings.warn(_skipped_message(skipped, seen), SkippedInputWarning, stacklevel=2)
     log.info("%s: %d rasters, %d skipped", label, len(out), len(skipped))
     return SourceSet(body=resolved_body, assets=out, skipped=skipped)

@@ -488,6 +488,45 @@ def _validate_url(url: str, checksums: bool) -> ValidationReport:
         return report
 
 
+def _check_root(root: Path) -> None:
+    """Refuse a local path that does not exist, is not a file or folder, or is not JSON."""
+    if not root.exists():
+        raise CatalogError(
+            f"{root} does not exist; give the path of a STAC catalog folder or JSON file"
+        )
+    if root.exists() and not root.is_dir() and not root.is_file():
+        read_regular(root)  # raises, naming what it is (a FIFO, a device, a socket)
+    if root.is_file() and root.suffix != ".json":
+        raise CatalogError(f"{root} is not a JSON file; give a catalog folder or a STAC JSON file")
+
+
+def _read_json(json_path: Path, report: ValidationReport) -> Any:
+    """Return the parsed JSON file, or None after reporting why it cannot be read."""
+    try:
+        return json.loads(read_regular(json_path), parse_constant=_no_constant)
+    except RecursionError:
+        report.problems.append(f"{json_path}: not valid JSON: nested too deeply")
+    except DataError as exc:
+        report.problems.append(str(exc))
+    except OSError as exc:
+        report.problems.append(f"{json_path}: cannot be read: {exc.strerror or exc}")
+    except (UnicodeDecodeError, ValueError) as exc:
+        report.problems.append(f"{json_path}: not valid JSON: {str(exc)[:160]}")
+    return None
+
+
+def _check_schemas(json_path: Path, d: dict[str, Any], report: ValidationReport) -> None:
+    """Validate one STAC object against its schemas, reporting what fails."""
+    try:
+        report.schemas.update(validate_dict(d, href=str(json_path)))
+    except CatalogError as exc:
+        report.problems.append(str(exc))
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a malformed object
+        report.problems.append(
+            f"{json_path}: not a well-formed STAC object ({type(exc).__name__}: {str(exc)[:120]})"
+        )
+
+
 def validate_catalog(
     path: str | Path, *, checksums: bool = True, within: str | Path | None = None
 ) -> ValidationReport:
@@ -516,45 +555,17 @@ def validate_catalog(
     if str(path).startswith(("http://", "https://")):
         return _validate_url(str(path), checksums)
     root = Path(path)
-    if not root.exists():
-        raise CatalogError(
-            f"{root} does not exist; give the path of a STAC catalog folder or JSON file"
-        )
-    if root.exists() and not root.is_dir() and not root.is_file():
-        read_regular(root)  # raises, naming what it is (a FIFO, a device, a socket)
-    if root.is_file() and root.suffix != ".json":
-        raise CatalogError(f"{root} is not a JSON file; give a catalog folder or a STAC JSON file")
+    _check_root(root)
     report = ValidationReport(root=root)
     boundary = Path(within) if within is not None else _boundary(root)
     checker = _Checker(report, boundary, checksums)
     for json_path in _iter_json(root):
-        try:
-            d = json.loads(read_regular(json_path), parse_constant=_no_constant)
-        except RecursionError:
-            report.problems.append(f"{json_path}: not valid JSON: nested too deeply")
-            continue
-        except DataError as exc:
-            report.problems.append(str(exc))
-            continue
-        except OSError as exc:
-            report.problems.append(f"{json_path}: cannot be read: {exc.strerror or exc}")
-            continue
-        except (UnicodeDecodeError, ValueError) as exc:
-            report.problems.append(f"{json_path}: not valid JSON: {str(exc)[:160]}")
-            continue
+        d = _read_json(json_path, report)  # None when unreadable (a problem is reported)
         if not isinstance(d, dict) or "stac_version" not in d:
             continue
         report.objects += 1
         checker.objects[safe_resolve(json_path)] = d
-        try:
-            report.schemas.update(validate_dict(d, href=str(json_path)))
-        except CatalogError as exc:
-            report.problems.append(str(exc))
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a malformed object
-            report.problems.append(
-                f"{json_path}: not a well-formed STAC object ({type(exc).__name__}: "
-                f"{str(exc)[:120]})"
-            )
+        _check_schemas(json_path, d, report)
         checker.links(json_path, d)
         checker.assets(json_path, d)
     checker.cycles()

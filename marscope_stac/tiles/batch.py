@@ -90,26 +90,11 @@ def _sample_strip(
     rtaps = _taps(rows, h, order)
     ctaps = [(i.reshape(m, n), wt.reshape(m, n)) for i, wt in _taps(cols.ravel(), w, order)]
     weights = [_tile_weights(ctaps, k, n) for k in range(m)]
-
-    def vertical(img: NDArray[np.float32], scale: float) -> NDArray[np.float32]:
-        vert = img[rtaps[0][0]] * (rtaps[0][1] * np.float32(scale))[:, None]
-        for i, wt in rtaps[1:]:
-            vert += img[i] * (wt * np.float32(scale))[:, None]
-        return vert
-
-    vert = vertical(data, gain)
+    vert = _vertical(data, rtaps, gain)
     for k, (lo, wk) in enumerate(weights):
         np.matmul(vert[:, lo : lo + len(wk)], wk, out=out[k])
-    row_sum = np.sum([wt for _, wt in rtaps], axis=0)
     holes = np.zeros(m, bool)
-    dens: list[NDArray[np.float32] | None]
-    if gaps:
-        vmask = vertical(valid.astype(np.float32), 1.0)
-        dens = [vmask[:, lo : lo + len(wk)] @ wk for lo, wk in weights]
-    else:
-        col_sum = np.sum([wt for _, wt in ctaps], axis=0)
-        edge = row_sum.min() * col_sum.min(axis=1) <= 0.9999
-        dens = [row_sum[:, None] * col_sum[k][None, :] if edge[k] else None for k in range(m)]
+    dens = _strip_densities(valid, gaps, rtaps, ctaps, weights)
     nr: NDArray[np.intp] | None = None
     nc: NDArray[np.intp] | None = None
     for k, den in enumerate(dens):
@@ -127,14 +112,55 @@ def _sample_strip(
                 ok = valid[nr][:, nc[k]]
                 near = np.where(ok, data[nr][:, nc[k]] * np.float32(gain), np.float32(np.nan))
                 out[k][bad] = near[bad]
+    _blank_outside(out, holes, rows, cols, (h, w))
+    return holes
+
+
+def _vertical(
+    img: NDArray[np.float32],
+    rtaps: list[tuple[NDArray[np.intp], NDArray[np.float32]]],
+    scale: float,
+) -> NDArray[np.float32]:
+    """The vertical pass: each tile row interpolated from the window's rows, times ``scale``."""
+    vert = img[rtaps[0][0]] * (rtaps[0][1] * np.float32(scale))[:, None]
+    for i, wt in rtaps[1:]:
+        vert += img[i] * (wt * np.float32(scale))[:, None]
+    return vert
+
+
+def _strip_densities(
+    valid: NDArray[np.bool_],
+    gaps: bool,
+    rtaps: list[tuple[NDArray[np.intp], NDArray[np.float32]]],
+    ctaps: list[tuple[NDArray[np.intp], NDArray[np.float32]]],
+    weights: list[tuple[int, NDArray[np.float32]]],
+) -> list[NDArray[np.float32] | None]:
+    """Each tile's sum of the weights of its valid taps; None where it is 1 everywhere."""
+    row_sum = np.sum([wt for _, wt in rtaps], axis=0)
+    if gaps:
+        vmask = _vertical(valid.astype(np.float32), rtaps, 1.0)
+        return [vmask[:, lo : lo + len(wk)] @ wk for lo, wk in weights]
+    col_sum = np.sum([wt for _, wt in ctaps], axis=0)
+    edge = row_sum.min() * col_sum.min(axis=1) <= 0.9999
+    return [row_sum[:, None] * col_sum[k][None, :] if edge[k] else None for k in range(len(edge))]
+
+
+def _blank_outside(
+    out: Sequence[NDArray[np.float32]],
+    holes: NDArray[np.bool_],
+    rows: NDArray[np.float64],
+    cols: NDArray[np.float64],
+    shape: tuple[int, int],
+) -> None:
+    """Set NaN where tile pixels fall outside the array, and mark those tiles in ``holes``."""
+    h, w = shape
     r_out = ~((rows >= -0.5) & (rows <= h - 0.5))
     c_out = ~((cols >= -0.5) & (cols <= w - 0.5))
-    for k in range(m):
+    for k in range(cols.shape[0]):
         if r_out.any() or c_out[k].any():
             holes[k] = True
             out[k][r_out, :] = np.nan
             out[k][:, c_out[k]] = np.nan
-    return holes
 
 
 def _cell_axes(

@@ -369,34 +369,9 @@ def _render_cell(
     for si in plan.cell_sources[k]:
         rd = readers[si]
         meta = rd.meta
-        ccol, crow = rd.pixel_coords(lon, lat)
-        fin = np.isfinite(ccol) & np.isfinite(crow)
-        if not fin.any():
+        tmp = _sample_source(rd, lon, lat, n, order, w_n)
+        if tmp is None:
             continue
-        # pixel-centre convention: array position = raster coordinate - 0.5
-        ccol, crow = ccol - 0.5, crow - 0.5
-        (c_lo, c_hi), (r_lo, r_hi) = _finite_range(ccol[fin]), _finite_range(crow[fin])
-        ccol, crow = _outside(ccol, fin), _outside(crow, fin)
-        separable = np.ptp(ccol, axis=0).max() < 1e-6 and np.ptp(crow, axis=1).max() < 1e-6
-        span = max(c_hi - c_lo, r_hi - r_lo)
-        factor = _decimation(span / max(n - 1, 1))
-        r0, r1 = _window(r_lo, r_hi, factor, rd.ds.height)
-        c0, c1 = _window(c_lo, c_hi, factor, rd.ds.width, bool(rd.wrap))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        arr, fy, fx = _read_window(rd, r0, r1, c0, c1, factor)
-        if separable:
-            rows1, cols1 = crow[:, 0], ccol[0]
-            if w_n is not None:
-                rows1, cols1 = w_n @ rows1, w_n @ cols1
-            tmp = _sample_separable(
-                arr, (rows1 + 0.5 - r0) / fy - 0.5, (cols1 + 0.5 - c0) / fx - 0.5, order
-            )
-        else:
-            col, row = _densify(ccol, n), _densify(crow, n)
-            tmp = _sample_general(
-                arr, (row + 0.5 - r0) / fy - 0.5, (col + 0.5 - c0) / fx - 0.5, order
-            )
         fill = np.isnan(out) & ~np.isnan(tmp)
         if fill.any():
             out[fill] = tmp[fill] * meta.scale + meta.offset
@@ -408,6 +383,42 @@ def _render_cell(
     frac = cell_coverage(valid, plan.context)
     pix = _normalise(np.nan_to_num(out), valid, dtype, scale, normalize)
     return pix, frac, used
+
+
+def _sample_source(
+    rd: _SourceReader,
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    n: int,
+    order: int,
+    w_n: NDArray[np.float64] | None,
+) -> NDArray[np.float32] | None:
+    """A cell's tile sampled from one raster; None if nothing maps into it or no window."""
+    ccol, crow = rd.pixel_coords(lon, lat)
+    fin = np.isfinite(ccol) & np.isfinite(crow)
+    if not fin.any():
+        return None
+    # pixel-centre convention: array position = raster coordinate - 0.5
+    ccol, crow = ccol - 0.5, crow - 0.5
+    (c_lo, c_hi), (r_lo, r_hi) = _finite_range(ccol[fin]), _finite_range(crow[fin])
+    ccol, crow = _outside(ccol, fin), _outside(crow, fin)
+    separable = np.ptp(ccol, axis=0).max() < 1e-6 and np.ptp(crow, axis=1).max() < 1e-6
+    span = max(c_hi - c_lo, r_hi - r_lo)
+    factor = _decimation(span / max(n - 1, 1))
+    r0, r1 = _window(r_lo, r_hi, factor, rd.ds.height)
+    c0, c1 = _window(c_lo, c_hi, factor, rd.ds.width, bool(rd.wrap))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    arr, fy, fx = _read_window(rd, r0, r1, c0, c1, factor)
+    if separable:
+        rows1, cols1 = crow[:, 0], ccol[0]
+        if w_n is not None:
+            rows1, cols1 = w_n @ rows1, w_n @ cols1
+        return _sample_separable(
+            arr, (rows1 + 0.5 - r0) / fy - 0.5, (cols1 + 0.5 - c0) / fx - 0.5, order
+        )
+    col, row = _densify(ccol, n), _densify(crow, n)
+    return _sample_general(arr, (row + 0.5 - r0) / fy - 0.5, (col + 0.5 - c0) / fx - 0.5, order)
 
 
 def _separable_source(rd: _SourceReader) -> bool:

@@ -71,6 +71,15 @@ class CellFeatures(NamedTuple):
     feature stands out from), the nearest such feature (relative to its reach); else -1."""
 
 
+def _reach(shape: str, d_deg: float, size_deg: float) -> tuple[float, float, float]:
+    """A feature's reach (degrees) and the sizes (in cells) at which a grid shows it."""
+    if shape == "region":
+        return 0.5 * d_deg, 0.0, np.inf
+    if shape == "linear":
+        return max(0.55 * size_deg, 0.25 * d_deg), 0.5, 8.0
+    return max(0.55 * size_deg, 0.3 * d_deg), COMPACT_MIN_CELLS, 5.0
+
+
 def _assign_features(
     centres: NDArray[np.float64], size_deg: float, feats: gpd.GeoDataFrame, km_per_deg: float
 ) -> CellFeatures:
@@ -101,12 +110,7 @@ def _assign_features(
     neighbour = np.full(len(centres), -1, np.int64)
     nearest = np.full(len(centres), np.inf)
     for k in range(len(feats)):
-        if shape[k] == "region":
-            reach, lo, hi = 0.5 * d_deg[k], 0.0, np.inf
-        elif shape[k] == "linear":
-            reach, lo, hi = max(0.55 * size_deg, 0.25 * d_deg[k]), 0.5, 8.0
-        else:
-            reach, lo, hi = max(0.55 * size_deg, 0.3 * d_deg[k]), COMPACT_MIN_CELLS, 5.0
+        reach, lo, hi = _reach(shape[k], d_deg[k], size_deg)
         u = unit_vectors(xy[k : k + 1])[0]
         compact = shape[k] not in ("region", "linear")
         if compact and 0.3 * size_deg <= d_deg[k] < lo * size_deg:
@@ -184,9 +188,6 @@ def load_cell_pairs(
     Raises:
         CatalogError: if the catalog has no such label item of ``split``.
     """
-    from marscope_stac.grid.grids import LonLatGrid
-    from marscope_stac.stac.read import load_sources
-
     rng = np.random.default_rng(seed)
     root = Path(catalog)
     cat = pystac.Catalog.from_file(str(root / "catalog.json" if root.is_dir() else root))
@@ -201,24 +202,11 @@ def load_cell_pairs(
             continue
         found = True
         share[item.id] = float(props.get("marscope:pair_weight", 1.0))
-        link = item.get_single_link("source")
-        if link is None:
-            raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
-        source = link.resolve_stac_object(cat).target
-        assert isinstance(source, pystac.Item)
-        sources = load_sources([source])
-        feats = gpd.read_parquet(item.assets["points"].get_absolute_href())
-        res = abs(float(source.properties["proj:transform"][0]))
-        km_per_deg = sources.body.metres_per_degree / 1000.0
-        for size in _cell_sizes(res, cell_px):
-            grid = LonLatGrid(size, sources.body)  # polar rows too, as embedding sees them
-            got = _grid_pairs(
-                sources, grid, (tile_px, context), feats, km_per_deg, max_per_grid, rng
-            )
-            images += got[0]
-            captions += got[1]
-            labels += got[2]
-            owner += [item.id] * len(got[0])
+        got = _item_pairs(cat, item, (tile_px, context), cell_px, max_per_grid, rng)
+        images += got[0]
+        captions += got[1]
+        labels += got[2]
+        owner += [item.id] * len(got[0])
     if not found:
         raise CatalogError(f"no label item with grid-cell pairs and split {split!r} in {catalog}")
     return PairSet(
@@ -229,6 +217,43 @@ def load_cell_pairs(
         weights=_balance(owner, labels, share),
         context=context,
     )
+
+
+def _item_pairs(
+    cat: pystac.Catalog,
+    item: pystac.Item,
+    tiles: tuple[int, float],
+    cell_px: Sequence[float],
+    max_per_grid: int,
+    rng: np.random.Generator,
+) -> tuple[list[NDArray[np.float16]], list[str], list[str]]:
+    """Tiles, captions and classes of one label item, on every grid of its cell sizes.
+
+    Raises:
+        CatalogError: if the item has no ``source`` link to its imagery.
+    """
+    from marscope_stac.grid.grids import LonLatGrid
+    from marscope_stac.stac.read import load_sources
+
+    link = item.get_single_link("source")
+    if link is None:
+        raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
+    source = link.resolve_stac_object(cat).target
+    assert isinstance(source, pystac.Item)
+    sources = load_sources([source])
+    feats = gpd.read_parquet(item.assets["points"].get_absolute_href())
+    res = abs(float(source.properties["proj:transform"][0]))
+    km_per_deg = sources.body.metres_per_degree / 1000.0
+    images: list[NDArray[np.float16]] = []
+    captions: list[str] = []
+    labels: list[str] = []
+    for size in _cell_sizes(res, cell_px):
+        grid = LonLatGrid(size, sources.body)  # polar rows too, as embedding sees them
+        got = _grid_pairs(sources, grid, tiles, feats, km_per_deg, max_per_grid, rng)
+        images += got[0]
+        captions += got[1]
+        labels += got[2]
+    return images, captions, labels
 
 
 def _grid_pairs(

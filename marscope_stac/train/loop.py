@@ -209,11 +209,7 @@ def train_model(
     if len(pairs) == 0:
         raise ConfigError("no training pairs")
     register_bundled_architectures()
-    out_dir = check_run_folder(out)
-    sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    dev = resolve_device(device)
-    _seed_all(cfg.seed)
+    out_dir, ckpt_path, dev = _prepare_run(out, device, cfg.seed)
     cm = _trainable_model(model, pretrained, dev)
     text_cache = _locked_text(cm, model) if cfg.lock_text else None
     opt = torch.optim.AdamW(
@@ -232,18 +228,51 @@ def train_model(
             record.update(evaluate_pairs(cm, *val_data, classes=classes))
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
-        _save_checkpoint(
-            ckpt_path,
-            {
-                "model": cm.model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "rng": _rng_state(rng),
-                "config": asdict(cfg),
-                "arch": model,
-            },
-        )
+        _save_checkpoint(ckpt_path, _checkpoint(cm, opt, epoch + 1, history, rng, cfg, model))
+    return _finish(cm, model, out_dir, cfg, history, start_epoch, half_weights, source_description)
+
+
+def _prepare_run(out: str | Path, device: str, seed: int) -> tuple[Path, Path, torch.device]:
+    """Check and sweep the run folder, seed the generators; folder, checkpoint path, device."""
+    out_dir = check_run_folder(out)
+    sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
+    dev = resolve_device(device)
+    _seed_all(seed)
+    return out_dir, out_dir / "checkpoints" / "last.pt", dev
+
+
+def _checkpoint(
+    cm: ClipModel,
+    opt: Any,
+    epochs: int,
+    history: list[dict[str, float]],
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+    model: str,
+) -> dict[str, Any]:
+    """What ``checkpoints/last.pt`` holds after ``epochs`` epochs."""
+    return {
+        "model": cm.model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epochs,
+        "history": history,
+        "rng": _rng_state(rng),
+        "config": asdict(cfg),
+        "arch": model,
+    }
+
+
+def _finish(
+    cm: ClipModel,
+    model: str,
+    out_dir: Path,
+    cfg: TrainConfig,
+    history: list[dict[str, float]],
+    start_epoch: int,
+    half_weights: bool,
+    source_description: str,
+) -> TrainResult:
+    """Export the trained model and its STAC item, write the metrics and their plot."""
     model_dir = _export(cm.model, model, out_dir / "model", half_weights, cfg.context)
     cm.tile_context = cfg.context
     item_path = _model_item(cm, model_dir, cfg, history, source_description)
@@ -509,23 +538,7 @@ def train_from_source(
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
     config, model = settle_config(config, model, checkpoint=ckpt)
     ctx = config.context
-    check_range("--prompt-share", prompt_share, 0.0, 1.0)
-    check_range("--crop-px", crop_px, 8, 4096, integer=True)
-    sources = [source] if isinstance(source, str | Path) else list(source)
-    if not sources:
-        raise ConfigError("give at least one training source")
-    catalogs = [s for s in sources if Path(s).suffix.lower() not in (".csv", ".parquet")]
-    check_apart(out, {f"the training catalog {s}": source_folder(s) or s for s in catalogs})
-    if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
-        raise ConfigError(
-            f"tile context {ctx:g} needs catalogs: a caption table's images have no margin "
-            "around them; train on tables with --tile-context 0"
-        )
-    w = list(weights) if weights is not None else [1.0] * len(sources)
-    if len(w) != len(sources) or any(not (v > 0 and math.isfinite(v)) for v in w):
-        raise ConfigError(
-            f"--weights needs one positive number per source ({len(sources)}), got {w}"
-        )
+    sources, w = _check_args(source, out, ctx, weights, prompt_share, crop_px)
     register_bundled_architectures()
     parts, vals, what = [], [], []
     for src in sources:
@@ -550,6 +563,35 @@ def train_from_source(
         half_weights=half_weights,
         source_description="Trained on the " + "; ".join(what) + ".",
     )
+
+
+def _check_args(
+    source: str | Path | Sequence[str | Path],
+    out: str | Path,
+    ctx: float,
+    weights: Sequence[float] | None,
+    prompt_share: float,
+    crop_px: int,
+) -> tuple[list[str | Path], list[float]]:
+    """Refuse values :func:`train_from_source` cannot use; the sources and their weights."""
+    check_range("--prompt-share", prompt_share, 0.0, 1.0)
+    check_range("--crop-px", crop_px, 8, 4096, integer=True)
+    sources = [source] if isinstance(source, str | Path) else list(source)
+    if not sources:
+        raise ConfigError("give at least one training source")
+    catalogs = [s for s in sources if Path(s).suffix.lower() not in (".csv", ".parquet")]
+    check_apart(out, {f"the training catalog {s}": source_folder(s) or s for s in catalogs})
+    if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
+        raise ConfigError(
+            f"tile context {ctx:g} needs catalogs: a caption table's images have no margin "
+            "around them; train on tables with --tile-context 0"
+        )
+    w = list(weights) if weights is not None else [1.0] * len(sources)
+    if len(w) != len(sources) or any(not (v > 0 and math.isfinite(v)) for v in w):
+        raise ConfigError(
+            f"--weights needs one positive number per source ({len(sources)}), got {w}"
+        )
+    return sources, w
 
 
 # ----------------------------------------------------------------------------- averaging

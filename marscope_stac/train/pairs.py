@@ -274,44 +274,58 @@ def load_catalog_pairs(
             continue
         if split != "all" and item.properties.get("marscope:split") != split:
             continue
-        if label_asset not in item.assets:
-            raise CatalogError(f"label item {item.id} has no asset {label_asset!r}")
-        link = item.get_single_link("source")
-        if link is None:
-            raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
-        source = link.resolve_stac_object(cat).target
-        assert isinstance(source, pystac.Item)
-        from marscope_stac.stac.raster import pick_asset
-
-        href = source.assets[pick_asset(source)].get_absolute_href()
-        gdf = gpd.read_parquet(item.assets[label_asset].get_absolute_href())
-        if "captions" not in gdf or "landform" not in gdf:
-            raise CatalogError(f"labels of {item.id} have no 'landform' and 'captions' columns")
-        with rasterio.open(href) as src:
-            data = src.read(1, masked=True)
-            image = data.astype(np.float32).filled(np.nan)
-            transform = src.transform
-            crs = src.crs
-            scale = float(src.scales[0])
-            dtype = src.dtypes[0]
-        image = scale_pixels(image, ~np.isnan(image), dtype, scale)
-        tr = Transformer.from_crs(gdf.crs, crs.to_wkt(), always_xy=True)
-        inv = ~transform
-
-        def to_px(xy: NDArray[np.float64], tr: Transformer = tr, inv: Any = inv) -> Any:
-            x, y = tr.transform(xy[:, 0], xy[:, 1])
-            col = inv.a * x + inv.b * y + inv.c
-            row = inv.d * x + inv.e * y + inv.f
-            return np.column_stack([col, row])
-
-        px = gdf.copy()
-        px["geometry"] = [shapely.transform(g, to_px) for g in gdf.geometry]
-        background = [c for caps in px.loc[px.landform == "plains", "captions"] for c in caps]
-        feats = px[px.landform != "plains"].reset_index(drop=True)
-        scenes.append(Scene(item.id, image, feats, background or ["plains", "flat terrain"]))
+        scenes.append(_scene(cat, item, label_asset))
     if not scenes:
         raise CatalogError(f"no label item with marscope:split={split!r} in {catalog}")
     return PairSet(crop_px=crop_px, scenes=scenes, prompt_share=prompt_share)
+
+
+def _scene(cat: pystac.Catalog, item: pystac.Item, label_asset: str) -> Scene:
+    """One label item's image and its labels in pixel coordinates.
+
+    Raises:
+        CatalogError: if the item lacks the label asset, its source link or the columns.
+    """
+    if label_asset not in item.assets:
+        raise CatalogError(f"label item {item.id} has no asset {label_asset!r}")
+    link = item.get_single_link("source")
+    if link is None:
+        raise CatalogError(f"label item {item.id} has no 'source' link to its imagery")
+    source = link.resolve_stac_object(cat).target
+    assert isinstance(source, pystac.Item)
+    from marscope_stac.stac.raster import pick_asset
+
+    href = source.assets[pick_asset(source)].get_absolute_href()
+    gdf = gpd.read_parquet(item.assets[label_asset].get_absolute_href())
+    if "captions" not in gdf or "landform" not in gdf:
+        raise CatalogError(f"labels of {item.id} have no 'landform' and 'captions' columns")
+    image, transform, crs = _read_image(href)
+    tr = Transformer.from_crs(gdf.crs, crs.to_wkt(), always_xy=True)
+    inv = ~transform
+
+    def to_px(xy: NDArray[np.float64], tr: Transformer = tr, inv: Any = inv) -> Any:
+        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        col = inv.a * x + inv.b * y + inv.c
+        row = inv.d * x + inv.e * y + inv.f
+        return np.column_stack([col, row])
+
+    px = gdf.copy()
+    px["geometry"] = [shapely.transform(g, to_px) for g in gdf.geometry]
+    background = [c for caps in px.loc[px.landform == "plains", "captions"] for c in caps]
+    feats = px[px.landform != "plains"].reset_index(drop=True)
+    return Scene(item.id, image, feats, background or ["plains", "flat terrain"])
+
+
+def _read_image(href: str | None) -> tuple[NDArray[np.float32], Any, Any]:
+    """A source image scaled to 0..1 (NaN where no data), its transform and CRS."""
+    with rasterio.open(href) as src:
+        data = src.read(1, masked=True)
+        image = data.astype(np.float32).filled(np.nan)
+        transform = src.transform
+        crs = src.crs
+        scale = float(src.scales[0])
+        dtype = src.dtypes[0]
+    return scale_pixels(image, ~np.isnan(image), dtype, scale), transform, crs
 
 
 def load_table_pairs(table: str | Path, size: int = 64) -> PairSet:

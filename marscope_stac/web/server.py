@@ -10,7 +10,7 @@
   are confined to the products folder;
 - a JSON API: ``GET /api/config`` (body, radius, extent, basemap), ``GET /api/queries``
   (the published query products, newest first), ``POST /api/query`` (a
-  :class:`~marscope_stac.engine.engine.QueryRequest` as JSON: ``texts``, ``classify``, ``points``,
+  :class:`~marscope_stac.engine.request.QueryRequest` as JSON: ``texts``, ``classify``, ``points``,
   ``negative_points``, ``threshold``, ``image_weight``, ``and_not`` / ``near`` +
   ``within_km`` (composites), optionally ``products`` as
   ``--products``; answered by the engine kept warm, publishing exactly what ``marscope
@@ -40,7 +40,8 @@ from urllib.parse import unquote, urlparse
 
 from marscope_stac.core.bodies import get_body
 from marscope_stac.core.errors import ConfigError, MarscopeError
-from marscope_stac.engine.engine import QueryEngine, QueryRequest
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.engine.request import QueryRequest
 from marscope_stac.query.scoring import QuerySpec
 from marscope_stac.web.assets import missing, vendor_dir
 

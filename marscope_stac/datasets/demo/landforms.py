@@ -464,6 +464,25 @@ def _meander(
     return np.asarray(pts)
 
 
+def _tributaries(
+    rng: np.random.Generator,
+    main: NDArray[np.float64],
+    azimuth: float,
+    length_m: float,
+    step_m: float,
+    width: float,
+) -> list[tuple[NDArray[np.float64], float]]:
+    """Return 2-4 tributary centre lines (with widths) branching off the ``main`` channel."""
+    tributaries = []
+    for _ in range(int(rng.integers(2, 5))):
+        j = int(rng.integers(len(main) // 5, len(main) * 4 // 5))
+        side = rng.choice([-1.0, 1.0])
+        az = azimuth + 180 + side * rng.uniform(30, 60)
+        trib = _meander(rng, tuple(main[j]), az, length_m * rng.uniform(0.25, 0.45), step_m, 0.3)
+        tributaries.append((trib, width * 0.6))
+    return tributaries
+
+
 def stamp_channel(
     cv: _Canvas, cx: float, cy: float, length_m: float, azimuth: float, network: bool
 ) -> Landform:
@@ -484,14 +503,7 @@ def stamp_channel(
     )
     lines = [(main, width)]
     if network:
-        for _ in range(int(rng.integers(2, 5))):
-            j = int(rng.integers(len(main) // 5, len(main) * 4 // 5))
-            side = rng.choice([-1.0, 1.0])
-            az = azimuth + 180 + side * rng.uniform(30, 60)
-            trib = _meander(
-                rng, tuple(main[j]), az, length_m * rng.uniform(0.25, 0.45), cv.res * 2, 0.3
-            )
-            lines.append((trib, width * 0.6))
+        lines.extend(_tributaries(rng, main, azimuth, length_m, cv.res * 2, width))
     radius = length_m * 0.75 / cv.res
     win = cv.window(cx, cy, radius)
     assert win is not None

@@ -32,7 +32,7 @@ import numpy as np
 import shapely
 from affine import Affine
 from PIL import Image, ImageDraw
-from pyproj import Transformer
+from pyproj import CRS, Transformer
 from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
@@ -289,20 +289,7 @@ def _build_scene(
     foot = _geom_to_lonlat(box(0, 0, world.item_px, world.item_px), transform, tr)
     geometry = mapping(foot)
     bbox = list(foot.bounds)
-    props: dict[str, Any] = {
-        **ssys_fields(MARS),
-        **proj_fields(crs, transform, (world.item_px, world.item_px)),
-        "view:sun_azimuth": sun_az,
-        "view:sun_elevation": sun_el,
-        "gsd": round(_res_m(), 4),
-        "instruments": ["ctx-like-synthetic"],
-        "marscope:split": split,
-        **processing_fields(
-            f"Synthetic CTX-like scene rendered by marscope-stac demo-data (seed {seed}): "
-            "procedural elevation model, landforms, small craters, dust, Lambertian hillshade "
-            "at the recorded sun angles, sensor noise, 8-bit."
-        ),
-    }
+    props = _scene_properties(world, crs, transform, sun_az, sun_el, split, seed)
     props["datetime"] = when
     image_item = stac_item(
         item_id,
@@ -327,6 +314,32 @@ def _build_scene(
         stage, scene.landforms, scene.image, image_item, transform, tr, split, rng
     )
     return image_item, label_item, preview
+
+
+def _scene_properties(
+    world: WorldSize,
+    crs: CRS,
+    transform: Affine,
+    sun_az: float,
+    sun_el: float,
+    split: str,
+    seed: int,
+) -> dict[str, Any]:
+    """Return a scene Item's properties (everything but ``datetime``)."""
+    return {
+        **ssys_fields(MARS),
+        **proj_fields(crs, transform, (world.item_px, world.item_px)),
+        "view:sun_azimuth": sun_az,
+        "view:sun_elevation": sun_el,
+        "gsd": round(_res_m(), 4),
+        "instruments": ["ctx-like-synthetic"],
+        "marscope:split": split,
+        **processing_fields(
+            f"Synthetic CTX-like scene rendered by marscope-stac demo-data (seed {seed}): "
+            "procedural elevation model, landforms, small craters, dust, Lambertian hillshade "
+            "at the recorded sun angles, sensor noise, 8-bit."
+        ),
+    }
 
 
 def _res_m() -> float:

@@ -1,0 +1,118 @@
+"""A question to the query engine, as the command line and the web map ask it.
+
+:meth:`QueryRequest.check` is the one place a request is checked; its messages name the
+request's fields, which front ends may say in their own words (the CLI's options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from marscope_stac.core.errors import ConfigError, check_range
+from marscope_stac.core.prompts import (
+    check_phrases,
+    check_templates,
+)
+from marscope_stac.products.ids import OPTIONAL_PRODUCTS
+from marscope_stac.products.write import (
+    CLASS_COLOURS,
+)
+from marscope_stac.query.scoring import (
+    QuerySpec,
+)
+
+__all__ = [
+    "MAX_EXAMPLE_PIXELS",
+    "QueryRequest",
+]
+
+
+MAX_EXAMPLE_PIXELS = 64_000_000
+"""Largest example image (pixels) a query reads; examples are tile-sized crops."""
+
+
+@dataclass(kw_only=True)
+class QueryRequest:
+    """One question to the engine, as the command line and the web map ask it.
+
+    Attributes:
+        texts: Query texts (one product each), or the class names with ``classify``.
+        examples: Examples, counter-examples, weights and templates shared by every text.
+        threshold: Detection threshold on the probability.
+        classify: Zero-shot classification of every cell into ``texts``.
+        and_not: Composite: the text where this is absent.
+        near: Composite: the text with this nearby.
+        within_km: Distance for ``near``.
+        products: Files to write besides the probability COG (see
+            :data:`~marscope_stac.products.ids.OPTIONAL_PRODUCTS`; all by default).
+    """
+
+    texts: list[str] = field(default_factory=list)
+    examples: QuerySpec = field(default_factory=QuerySpec)
+    threshold: float = 0.5
+    classify: bool = False
+    and_not: str | None = None
+    near: str | None = None
+    within_km: float = 5.0
+    products: tuple[str, ...] = OPTIONAL_PRODUCTS
+
+    def check(self) -> None:
+        """Reject requests that do not make sense: the one place a request is checked.
+
+        Messages name the request's fields (``threshold``, ``and_not``, ...) and list them in
+        the error's ``fields``; the command line names its options instead.
+
+        Raises:
+            ConfigError: naming what is wrong.
+        """
+        check_range("threshold", self.threshold, 0.0, 1.0)
+        composite = self.and_not is not None or self.near is not None
+        if composite:
+            self._check_composite()
+        if (composite or self.classify) and self.examples.has_examples:
+            what = "classify" if self.classify else "and_not / near"
+            raise ConfigError(
+                f"examples are not used with {what}; ask them as a query of their own",
+                fields=("examples", "classify")
+                if self.classify
+                else ("examples", "and_not", "near"),
+            )
+        if self.classify:
+            self._check_classes()
+        check_range("image_weight", self.examples.image_weight, 0.0, 1.0)
+        check_templates(self.examples.templates)
+        if not self.texts and not self.examples.has_examples and not self.classify:
+            raise ConfigError(
+                "nothing to look for: give texts or examples", fields=("texts", "examples")
+            )
+        unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown product {unknown[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
+            )
+
+    def _check_classes(self) -> None:
+        """Check the class names of a classification: two or more, different, not too many."""
+        names = [c.strip() for c in self.texts if c.strip()]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(
+                "give at least two different class names (texts) to classify", fields=("texts",)
+            )
+        if len(names) > len(CLASS_COLOURS) - 1:
+            raise ConfigError(f"at most {len(CLASS_COLOURS) - 1} classes at once")
+        check_phrases(names)
+
+    def _check_composite(self) -> None:
+        """Check ``and_not`` / ``near``: one of them, with one text."""
+        if self.and_not is not None and self.near is not None:
+            raise ConfigError(
+                "a composite takes one of and_not / near, not both", fields=("and_not", "near")
+            )
+        if len(self.texts) != 1 or self.classify:
+            raise ConfigError(
+                "a composite takes one query text and one of and_not / near",
+                fields=("and_not", "near"),
+            )
+        check_phrases([str(self.and_not if self.and_not is not None else self.near)])
+        if self.near is not None:
+            check_range("within_km", self.within_km, 0.0, 20_000.0, above=True)

@@ -1,0 +1,92 @@
+"""Upgrade an embedding set written by an earlier version, explicitly and once.
+
+Sets made before the scoring arrays existed have only their GeoParquet table; sets made
+before calibrated probabilities have no background term. :func:`upgrade_embedding_set`
+writes what is missing (the arrays from the table; the background term with the set's own
+model) and brings the set's STAC item up to date. The query engine never changes a set on
+disk: it asks for this step instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from marscope_stac.core.errors import ConfigError
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.index.background import write_background_of
+from marscope_stac.index.store import EmbeddingSet, write_scoring_arrays
+from marscope_stac.stac.publish import refresh_embedding_item
+
+__all__ = ["needs_upgrade", "same_model", "upgrade_embedding_set"]
+
+log = logging.getLogger(__name__)
+
+
+def same_model(made_by: str | None, requested: str) -> bool:
+    """Whether a model name given by a user names the model recorded in a set's manifest."""
+    if made_by is None:
+        return False
+    if made_by == requested:
+        return True
+    prefix = "local-dir:"
+    if made_by.startswith(prefix) and requested.startswith(prefix):
+        # sets record the folder's name (older ones its path): the same folder name matches
+        a = Path(made_by[len(prefix) :]).expanduser().resolve()
+        b = Path(requested[len(prefix) :]).expanduser().resolve()
+        return a == b or a.name == b.name
+    return False
+
+
+def needs_upgrade(es: EmbeddingSet) -> list[str]:
+    """What an embedding set lacks that this version writes (empty when it is up to date)."""
+    if not es.has_scoring_arrays():
+        return ["scoring arrays", "background term"]
+    if es.scoring_arrays().background is None:
+        return ["background term"]
+    return []
+
+
+def upgrade_embedding_set(
+    embeddings: str | Path,
+    *,
+    model: str = "bundled",
+    pretrained: str | None = None,
+    device: str = "auto",
+) -> list[str]:
+    """Write what an older embedding set lacks; return what was written (nothing when current).
+
+    Args:
+        embeddings: The set's folder (``products/embeddings/<set id>``).
+        model: The model that made the set (its background term needs it); checked against the
+            set's manifest.
+        pretrained: Weights for an architecture name.
+        device: Torch device for the model.
+
+    Raises:
+        ConfigError: if the folder is not an embedding set, has no table to rebuild the arrays
+            from, or was made by another model.
+    """
+    es = EmbeddingSet(Path(embeddings))
+    manifest = es.manifest()
+    if "grid" not in manifest or "model" not in manifest:
+        raise ConfigError(f"{es.root} is not an embedding set; run 'marscope embed'")
+    made_by = manifest["model"].get("name")
+    if not same_model(made_by, model):
+        raise ConfigError(
+            f"embedding set {es.root.name} was made with model {made_by!r}, not {model!r}; "
+            "upgrade it with that model"
+        )
+    missing = needs_upgrade(es)
+    if "scoring arrays" in missing:
+        if not es.parquet.is_file():
+            raise ConfigError(f"{es.root} has no embeddings.parquet; run 'marscope embed' again")
+        log.info("writing the scoring arrays of %s from its table", es.root.name)
+        write_scoring_arrays(es, parse_grid(manifest["grid"]))
+    if "background term" in missing:
+        from marscope_stac.models.loading import load_model
+
+        write_background_of(es, load_model(model, pretrained=pretrained, device=device))
+    if missing:
+        refresh_embedding_item(es, es.root.parent.parent)
+    return missing
