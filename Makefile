@@ -48,7 +48,7 @@ fuzz: $(STAMP)
 	for t in $(FUZZ_TESTS); do \
 	  echo "fuzz: $$t for $$each s"; \
 	  MARSCOPE_FUZZ=1 timeout -k 30 $$each $(BIN)/pytest -q -x -p no:cacheprovider \
-	    "tests/test_fuzz.py::$$t"; rc=$$?; \
+	    "tests/system/test_fuzz.py::$$t"; rc=$$?; \
 	  if [ $$rc -ne 0 ] && [ $$rc -ne 124 ]; then echo "fuzz: $$t found a failure"; exit 1; fi; \
 	done; echo "fuzz: nothing found in $(FUZZ_SECONDS) s"
 

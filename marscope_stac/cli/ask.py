@@ -174,6 +174,8 @@ QUERY_OPTIONS = {
     "near": "--near",
     "classify": "--classify",
     "examples": "--point/--cell/--image",
+    "points": "--point",
+    "negative_points": "--negative-point",
     "texts": "TEXT",
 }
 """The command line's names of the query request's fields."""

@@ -128,10 +128,5 @@ def _lonlat(values: tuple[str, ...], option: str = "--point") -> list[tuple[floa
             raise click.BadParameter(
                 f"{v!r}: use LON,LAT in degrees, e.g. 150.1,-4.5", param_hint=f"'{option}'"
             ) from None
-        if not (math.isfinite(lon) and -90 <= lat <= 90):
-            raise click.BadParameter(
-                f"{v!r}: latitude must be in -90..90 and longitude finite, e.g. 150.1,-4.5",
-                param_hint=f"'{option}'",
-            )
-        out.append((lon, lat))
+        out.append((lon, lat))  # a place is checked with the request (QueryRequest.check)
     return out

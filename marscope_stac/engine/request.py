@@ -6,6 +6,7 @@ request's fields, which front ends may say in their own words (the CLI's options
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from marscope_stac.core.errors import ConfigError, check_range
@@ -79,6 +80,7 @@ class QueryRequest:
             )
         if self.classify:
             self._check_classes()
+        self._check_points()
         check_range("image_weight", self.examples.image_weight, 0.0, 1.0)
         check_templates(self.examples.templates)
         if not self.texts and not self.examples.has_examples and not self.classify:
@@ -90,6 +92,20 @@ class QueryRequest:
             raise ConfigError(
                 f"unknown product {unknown[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
             )
+
+    def _check_points(self) -> None:
+        """Check example and counter-example locations: finite longitude, latitude in -90..90."""
+        for name, points in (
+            ("points", self.examples.points),
+            ("negative_points", self.examples.negatives_points),
+        ):
+            for lon, lat in points:
+                if not (math.isfinite(lon) and math.isfinite(lat) and -90 <= lat <= 90):
+                    raise ConfigError(
+                        f"{name} ({lon:g}, {lat:g}) is not a place: give a finite longitude "
+                        "and a latitude in -90..90",
+                        fields=(name,),
+                    )
 
     def _check_classes(self) -> None:
         """Check the class names of a classification: two or more, different, not too many."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marscope_stac import __version__
 from marscope_stac.core.bodies import MARS
@@ -33,6 +33,13 @@ from marscope_stac.stac.build import (
     stac_item,
 )
 from marscope_stac.stac.catalog import OutputCatalog
+
+if TYPE_CHECKING:
+    from marscope_stac.core.bodies import Body
+    from marscope_stac.grid.grids import Grid
+    from marscope_stac.index.store import EmbeddingSet
+    from marscope_stac.models.clip import ClipModel
+    from marscope_stac.stac.read import SourceSet
 
 __all__ = [
     "FAISS_MEDIA_TYPE",
@@ -59,7 +66,7 @@ SCORING_ASSETS = {
 """Embedding-item assets of the scoring arrays: key -> (file, title)."""
 
 
-def scoring_assets(es: Any) -> dict[str, dict[str, Any]]:
+def scoring_assets(es: EmbeddingSet) -> dict[str, dict[str, Any]]:
     """STAC assets of a set's scoring arrays (those on disk), role ``data`` + ``scoring``."""
     return {
         key: file_asset(es.root / name, es.root, NPY_MEDIA_TYPE, ["data", "scoring"], title)
@@ -68,7 +75,7 @@ def scoring_assets(es: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-def refresh_embedding_item(es: Any, out: str | Path) -> None:
+def refresh_embedding_item(es: EmbeddingSet, out: str | Path) -> None:
     """Bring an embedding item's assets up to date with its set's files (after an upgrade).
 
     Sizes and checksums of the manifest and the scoring arrays are recomputed; nothing
@@ -91,7 +98,7 @@ def refresh_embedding_item(es: Any, out: str | Path) -> None:
         catalog._write(item_path, item)
 
 
-def _remote_model_item(cm: Any, mid: str, body: Any) -> dict[str, Any]:
+def _remote_model_item(cm: ClipModel, mid: str, body: Body) -> dict[str, Any]:
     """MLM item of a model whose weights are not a file here: they are named by their URL."""
     from marscope_stac.stac.mlm import PLANET_BBOX, mlm_properties
 
@@ -128,7 +135,9 @@ def _cut_local_refs(text: str) -> str:
     )
 
 
-def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, Any]:
+def _local_model_item(
+    cm: ClipModel, mid: str, weights: Path, target: Path, body: Body
+) -> dict[str, Any]:
     """MLM item of a model with local weights, copied into ``target`` beside the item.
 
     A model folder's own ``model.json`` (written by ``marscope train``) is kept; an
@@ -136,7 +145,6 @@ def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, A
     """
     from marscope_stac.stac.mlm import PLANET_BBOX, build_model_item, mlm_properties
 
-    weights = Path(cm.weights_file)
     folder = weights.parent
     if weights.name != MODEL_FILES[0]:  # a checkpoint file
         copy_file(weights, target / weights.name)
@@ -176,7 +184,7 @@ def _local_model_item(cm: Any, mid: str, target: Path, body: Any) -> dict[str, A
     return d
 
 
-def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
+def publish_model(cm: ClipModel, out: str | Path, body: Body = MARS) -> Path:
     """Publish the model's MLM item in ``out/models/<id>/``, with the weights inside ``out``.
 
     Local weights (a model folder, a checkpoint) are copied beside the item (a reflink where
@@ -186,8 +194,9 @@ def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
     mid = cm.slug
     target = Path(out) / "models" / mid
     target.mkdir(parents=True, exist_ok=True)
-    if getattr(cm, "weights_file", None) is not None:
-        d = _local_model_item(cm, mid, target, body)
+    weights = cm.weights_file
+    if weights is not None:
+        d = _local_model_item(cm, mid, weights, target, body)
     else:
         d = _remote_model_item(cm, mid, body)
     d["id"] = mid  # the item's file is <id>.json
@@ -210,7 +219,7 @@ def publish_model(cm: Any, out: str | Path, body: Any = MARS) -> Path:
 PLANET_BBOX_LIST = [-180.0, -90.0, 180.0, 90.0]
 
 
-def _set_extent(es: Any, grid: Any) -> tuple[list[float], int, float]:
+def _set_extent(es: EmbeddingSet, grid: Grid) -> tuple[list[float], int, float]:
     """Bounding box, number of cells and mean valid fraction of an embedding set."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -230,7 +239,7 @@ def _set_extent(es: Any, grid: Any) -> tuple[list[float], int, float]:
 
 
 def _embedding_item(
-    es: Any, cm: Any, sources: Any, grid: Any, tile_px: int, model_path: Path
+    es: EmbeddingSet, cm: ClipModel, sources: SourceSet, grid: Grid, tile_px: int, model_path: Path
 ) -> dict[str, Any]:
     """The embedding set's item: extent, time range, quantisation, lineage, assets, links."""
     root = es.root
@@ -284,7 +293,7 @@ EMBEDDINGS_VERSION = "1.0.0"
 """STAC version of embedding sets' objects: the embeddings extension v0.0.1 requires 1.0.0."""
 
 
-def _source_links(sources: Any, root: Path) -> list[dict[str, Any]]:
+def _source_links(sources: SourceSet, root: Path) -> list[dict[str, Any]]:
     """``derived_from`` links to the source STAC Items (their URL, or a relative path)."""
     links: dict[str, dict[str, Any]] = {}
     for a in sources.assets:
@@ -296,7 +305,7 @@ def _source_links(sources: Any, root: Path) -> list[dict[str, Any]]:
     return list(links.values())
 
 
-def _embedding_assets(es: Any) -> dict[str, Any]:
+def _embedding_assets(es: EmbeddingSet) -> dict[str, Any]:
     """Assets of an embedding item: GeoParquet, FAISS index, manifest, scoring arrays."""
     root = es.root
     return {
@@ -326,10 +335,10 @@ def _embedding_assets(es: Any) -> dict[str, Any]:
 
 
 def _embedding_collection(
-    es: Any,
-    cm: Any,
-    sources: Any,
-    grid: Any,
+    es: EmbeddingSet,
+    cm: ClipModel,
+    sources: SourceSet,
+    grid: Grid,
     tile_px: int,
     model_path: Path,
     item: dict[str, Any],
@@ -378,10 +387,10 @@ def _embedding_collection(
 
 
 def publish_embedding_set(
-    es: Any,
-    cm: Any,
-    sources: Any,
-    grid: Any,
+    es: EmbeddingSet,
+    cm: ClipModel,
+    sources: SourceSet,
+    grid: Grid,
     tile_px: int,
     out: str | Path,
     source_href: str | None = None,

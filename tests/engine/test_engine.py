@@ -291,6 +291,8 @@ def test_request_checks_name_the_request_fields() -> None:
         QueryRequest(texts=["a"], examples=QuerySpec(image_weight=3)),
         QueryRequest(texts=["a"], near="c", and_not="d"),
         QueryRequest(texts=["a"], classify=True, examples=QuerySpec(points=[(0.0, 0.0)])),
+        QueryRequest(texts=["a"], examples=QuerySpec(points=[(0.0, 95.0)])),
+        QueryRequest(texts=["a"], examples=QuerySpec(negatives_points=[(float("nan"), 0.0)])),
     ):
         with pytest.raises(ConfigError) as err:
             bad.check()
@@ -318,6 +320,7 @@ def test_the_engine_checks_through_the_request(embedded) -> None:  # type: ignor
             ["x", "--classify", "--point", "1,2"],
             "--point/--cell/--image are not used with --classify",
         ),
+        (["x", "--point", "150,95"], "--point (150, 95) is not a place"),
     ],
 )
 def test_the_cli_names_its_options(tmp_path: Path, args: list[str], said: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import marscope_stac
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_POSITIONAL = 2
 """Parameters a public entry point takes by position (besides self/cls); options come after
 ``*``, by keyword."""
