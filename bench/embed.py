@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.embed import ComputeOptions
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.models.loading import load_model
 
@@ -56,9 +57,8 @@ def main() -> None:
                 out,
                 model=args.model,
                 grid=args.grid,
-                batch_size=args.batch_size,
-                workers=workers,
                 progress=False,
+                compute=ComputeOptions(batch_size=args.batch_size, workers=workers),
             )
             dt = time.perf_counter() - t0
         finally:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.embed import CellSelection, ComputeOptions
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.models.clip import register_bundled_architectures
@@ -127,19 +128,19 @@ def main() -> None:
         "model": model,
         "grid": args.grid,
         "tile_px": args.tile_px,
-        "batch_size": args.batch,
-        "read_processes": args.processes,
-        "device": args.device,
+        "compute": ComputeOptions(
+            batch_size=args.batch, read_processes=args.processes, device=args.device
+        ),
         "publish": False,
         "progress": False,
     }
     warm = OUT / "gpu-warm"
     shutil.rmtree(warm, ignore_errors=True)  # start the pool and the model once
     small = [bbox[0], bbox[1], bbox[0] + 4 * grid_step(grid), bbox[1] + grid_step(grid)]
-    embed_catalog(root, warm, bbox=small, **options)
+    embed_catalog(root, warm, select=CellSelection(bbox=small), **options)
     out = OUT / "gpu-products"
     shutil.rmtree(out, ignore_errors=True)
-    res = embed_catalog(root, out, bbox=bbox, **options)
+    res = embed_catalog(root, out, select=CellSelection(bbox=bbox), **options)
     e2e = res.embedded_now / res.seconds
     print(
         f"end to end: {e2e:8.1f} tiles/s ({res.embedded_now} cells in {res.seconds:.1f} s, "

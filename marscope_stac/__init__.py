@@ -27,7 +27,7 @@ from marscope_stac.core.errors import MarscopeError, MarscopeWarning
 if TYPE_CHECKING:
     from marscope_stac.core.bodies import get_body
     from marscope_stac.datasets.demo import build_demo_catalog, run_demo
-    from marscope_stac.embed import embed_catalog
+    from marscope_stac.embed import CellSelection, ComputeOptions, embed_catalog
     from marscope_stac.engine import QueryEngine, QueryRequest, run_query
     from marscope_stac.eval import evaluate_product
     from marscope_stac.grid import parse_grid
@@ -61,6 +61,8 @@ _LAZY: dict[str, str] = {
     "validate_catalog": "stac",
     "load_model": "models",
     "embed_catalog": "embed",
+    "CellSelection": "embed",
+    "ComputeOptions": "embed",
     "QuerySpec": "query",
     "QueryEngine": "engine",
     "QueryRequest": "engine",
@@ -77,7 +79,9 @@ _LAZY: dict[str, str] = {
 """Public name -> the sub-package it is loaded from on first use."""
 
 __all__ = [
+    "CellSelection",
     "ClassProduct",
+    "ComputeOptions",
     "MarscopeError",
     "MarscopeWarning",
     "QueryEngine",

@@ -48,11 +48,35 @@ __all__ = [
     help="Dask scheduler to run on (also DASK_SCHEDULER_ADDRESS).",
 )
 @click.option("--device", default="auto", show_default=True)
-def embed_cmd(catalog: str, **options: Any) -> None:
+def embed_cmd(
+    catalog: str,
+    out: Path,
+    model: str,
+    pretrained: str | None,
+    grid: str,
+    tile_px: int | None,
+    bbox: list[float] | None,
+    asset: str | None,
+    collections: tuple[str, ...] | None,
+    **compute: Any,
+) -> None:
     """Embed every grid cell of a catalog: GeoParquet + FAISS index, published as STAC."""
-    from marscope_stac.embed.run import embed_catalog
+    from marscope_stac.embed import CellSelection, ComputeOptions, embed_catalog
 
-    click.echo(embed_catalog(catalog, **options).summary())
+    try:
+        result = embed_catalog(
+            catalog,
+            out,
+            model=model,
+            pretrained=pretrained,
+            grid=grid,
+            tile_px=tile_px,
+            select=CellSelection(bbox=bbox, asset=asset, collections=collections),
+            compute=ComputeOptions(**compute),
+        )
+    except ConfigError as exc:
+        raise ConfigError(as_options(exc)) from None
+    click.echo(result.summary())
 
 
 @cli.command("query")
@@ -166,7 +190,7 @@ def query_cmd(
         click.echo(product.summary())
 
 
-QUERY_OPTIONS = {
+OPTION_NAMES = {
     "threshold": "--threshold",
     "image_weight": "--image-weight",
     "within_km": "--within-km",
@@ -178,16 +202,19 @@ QUERY_OPTIONS = {
     "negative_points": "--negative-point",
     "texts": "TEXT",
 }
-"""The command line's names of the query request's fields."""
+"""Fields the command line names otherwise than as their option with dashes."""
 
 
 def as_options(exc: ConfigError) -> str:
-    """``exc``'s message with the request fields it names said as this command's options."""
+    """``exc``'s message with the fields it names said as the command line's options.
+
+    A field is its option with dashes (``batch_size`` is ``--batch-size``) unless
+    :data:`OPTION_NAMES` says otherwise.
+    """
     message = str(exc)
     for name in exc.fields:
-        flag = QUERY_OPTIONS.get(name)
-        if flag is not None:
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+        flag = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
     return message
 
 

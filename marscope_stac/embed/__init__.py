@@ -6,9 +6,12 @@ cluster, resumable.
 
 from __future__ import annotations
 
+from marscope_stac.embed.options import CellSelection, ComputeOptions
 from marscope_stac.embed.run import EmbedResult, embed_catalog
 
 __all__ = [
+    "CellSelection",
+    "ComputeOptions",
     "EmbedResult",
     "embed_catalog",
 ]

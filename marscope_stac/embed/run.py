@@ -25,7 +25,6 @@ import logging
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from marscope_stac.core.fs import (
     sweep_stale,
 )
 from marscope_stac.embed.compute import _client, _model, _run_cluster, _run_local, _run_processes
+from marscope_stac.embed.options import CellSelection, ComputeOptions
 from marscope_stac.embed.resume import SHARD_CELLS, _open_set, _Resume, _resume
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.background import write_background_of
@@ -106,17 +106,10 @@ def embed_catalog(
     pretrained: str | None = None,
     grid: str = "lonlat:0.02",
     tile_px: int | None = None,
-    bbox: Sequence[float] | None = None,
-    asset: str | None = None,
-    collections: Sequence[str] | None = None,
-    batch_size: int = 128,
-    min_valid: float = 0.5,
-    workers: int | None = None,
-    scheduler_address: str | None = None,
-    device: str = "auto",
+    select: CellSelection | None = None,
+    compute: ComputeOptions | None = None,
     progress: bool = True,
     publish: bool = True,
-    read_processes: int | None = None,
 ) -> EmbedResult:
     """Embed every grid cell of a STAC source and write (or update) an embedding set.
 
@@ -128,31 +121,30 @@ def embed_catalog(
         grid: Grid specification.
         tile_px: Tile size (the model's input size by default). A model trained on tiles
             with context (``ClipModel.tile_context``) gets tiles that show its margin too.
-        bbox: Only cells in this lon/lat box.
-        asset: Data asset key.
-        collections: Only these collections.
-        batch_size: Cells per Dask task.
-        min_valid: Cells with less valid data are not embedded.
-        workers: Local worker threads (default 1: torch already uses every core).
-        scheduler_address: Dask scheduler (else ``DASK_SCHEDULER_ADDRESS``, else local).
-        device: Torch device for the model.
+        select: Which cells (box, asset, collections, least valid share); all by default.
+        compute: Where and how to compute (batch size, workers, a Dask scheduler, reading
+            processes, device); one local worker by default.
         progress: Show a progress bar.
         publish: Publish the set as a STAC Item in ``out``.
-        read_processes: Read tiles in N worker processes, embed here (a GPU); local only.
 
     Raises:
+        ConfigError: for a value that cannot be used.
         OutputError: if ``out`` holds a set of the same id made with other settings.
     """
+    sel = select or CellSelection()
+    how = compute or ComputeOptions()
     t_start = time.perf_counter()
-    _check_args(source, Path(out), min_valid, batch_size, tile_px, workers, read_processes)
+    _check_args(source, Path(out), sel, how, tile_px)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
-    cm = _trained_model(model, pretrained, device)
-    run, plan, px = _start_run(source, out, cm, grid, tile_px, bbox, asset, collections, min_valid)
-    tasks, shards = _make_tasks(plan, run.resume.todo, batch_size)
-    args = (model, pretrained, device, min_valid)
-    seconds = run.embed(tasks, shards, args, workers, scheduler_address, progress, read_processes)
+    cm = _trained_model(model, pretrained, how.device)
+    run, plan, px = _start_run(source, out, cm, grid, tile_px, sel)
+    tasks, shards = _make_tasks(plan, run.resume.todo, how.batch_size)
+    args = (model, pretrained, how.device, sel.min_valid)
+    seconds = run.embed(
+        tasks, shards, args, how.workers, how.scheduler_address, progress, how.read_processes
+    )
     rows = run.consolidate(cm)
-    _warn_if_empty(rows, len(plan), bool(run.failed_list), min_valid)
+    _warn_if_empty(rows, len(plan), bool(run.failed_list), sel.min_valid)
     result = _result(run, rows, seconds or (time.perf_counter() - t_start))
     if publish:
         result.item_path = _publish(run, cm, px, out, source)
@@ -165,17 +157,16 @@ def _start_run(
     cm: ClipModel,
     grid: str,
     tile_px: int | None,
-    bbox: Sequence[float] | None,
-    asset: str | None,
-    collections: Sequence[str] | None,
-    min_valid: float,
+    sel: CellSelection,
 ) -> tuple[_Run, TilePlan, int]:
     """Load the sources, plan their cells and open the set; the run, its plan and tile size."""
-    sources: SourceSet = load_sources(source, bbox=bbox, asset=asset, collections=collections)
+    sources: SourceSet = load_sources(
+        source, bbox=sel.bbox, asset=sel.asset, collections=sel.collections
+    )
     g = parse_grid(grid, sources.body)
     px = tile_px or cm.image_size
-    plan = plan_tiles(sources, g, px, bbox=bbox, context=cm.tile_context)
-    es, expect = _open_set(Path(out), cm, g, px, min_valid)
+    plan = plan_tiles(sources, g, px, bbox=sel.bbox, context=cm.tile_context)
+    es, expect = _open_set(Path(out), cm, g, px, sel.min_valid)
     return _Run(es, g, expect, sources, _resume(es, plan)), plan, px
 
 
@@ -325,20 +316,12 @@ def _trained_model(model: str, pretrained: str | None, device: str) -> ClipModel
 
 
 def _check_args(
-    source: str | Path,
-    out: Path,
-    min_valid: float,
-    batch_size: int,
-    tile_px: int | None,
-    workers: int | None,
-    read_processes: int | None = None,
+    source: str | Path, out: Path, sel: CellSelection, how: ComputeOptions, tile_px: int | None
 ) -> None:
     """Refuse values :func:`embed_catalog` cannot use, before anything is read or written."""
-    check_range("--read-processes", read_processes, 1, 256, integer=True)
-    check_range("min valid fraction", min_valid, 0.0, 1.0)
-    check_range("--batch-size", batch_size, 1, integer=True)
-    check_range("--tile-px", tile_px, 8, 4096, integer=True)
-    check_range("--workers", workers, 1, integer=True)
+    how.check()
+    sel.check()
+    check_range("tile_px", tile_px, 8, 4096, integer=True)
     _check_out_apart(source, out)
     OutputCatalog(out)  # a products catalog, or a folder that can become one
 

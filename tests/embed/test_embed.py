@@ -17,6 +17,7 @@ import marscope_stac.embed.resume as embed_resume
 import marscope_stac.embed.run as embed_mod
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import OutputError
+from marscope_stac.embed import CellSelection, ComputeOptions
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.index.faiss_index import read_faiss_index
 from marscope_stac.index.table import read_embeddings
@@ -31,8 +32,24 @@ def _model(tiny_model_dir: Path) -> str:
 
 
 def _embed(source: Path, out: Path, model_dir: Path, **options: Any) -> Any:
-    """``embed_catalog`` with the test model, no progress bar."""
-    return embed_catalog(source, out, model=_model(model_dir), progress=False, **options)
+    """``embed_catalog`` with the test model, no progress bar; options of either group."""
+    select = {
+        k: options.pop(k) for k in ("bbox", "asset", "collections", "min_valid") if k in options
+    }
+    compute = {
+        k: options.pop(k)
+        for k in ("batch_size", "workers", "scheduler_address", "read_processes", "device")
+        if k in options
+    }
+    return embed_catalog(
+        source,
+        out,
+        model=_model(model_dir),
+        progress=False,
+        select=CellSelection(**select),
+        compute=ComputeOptions(**compute),
+        **options,
+    )
 
 
 def test_embed_writes_valid_products(demo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -116,8 +133,8 @@ def test_kill_and_resume(
         tmp_path / "ref",
         model=_model(tiny_model_dir),
         progress=False,
-        batch_size=8,
         publish=False,
+        compute=ComputeOptions(batch_size=8),
     )
     out = tmp_path / "products"
     real = embed_compute.embed_task
@@ -149,7 +166,7 @@ def test_different_model_writes_separate_set_and_mismatch_refused(
         model=f"local-dir:{other}",
         progress=False,
         publish=False,
-        bbox=[150.0, -5.0, 150.05, -4.95],
+        select=CellSelection(bbox=[150.0, -5.0, 150.05, -4.95]),
     )
     assert a.embedding_set.root != b.embedding_set.root
     with pytest.raises(OutputError, match="different preprocessing"):
@@ -209,9 +226,8 @@ def test_local_cluster_matches_local_run(
             tmp_path / "cluster",
             model=_model(tiny_model_dir),
             progress=False,
-            scheduler_address=cluster.scheduler_address,
-            batch_size=32,
             publish=False,
+            compute=ComputeOptions(scheduler_address=cluster.scheduler_address, batch_size=32),
         )
     a = read_embeddings(local.embedding_set.parquet)
     b = read_embeddings(res.embedding_set.parquet)
@@ -286,7 +302,7 @@ def test_disk_full_is_a_clear_error(
             tmp_path / "p",
             model=_model(tiny_model_dir),
             progress=False,
-            bbox=[150.0, -5.0, 150.05, -4.95],
+            select=CellSelection(bbox=[150.0, -5.0, 150.05, -4.95]),
         )
 
 
@@ -306,7 +322,7 @@ def test_equal_area_grid_end_to_end(demo_root: Path, tiny_model_dir: Path, tmp_p
         model=_model(tiny_model_dir),
         grid="equal-area:1.2km",
         progress=False,
-        batch_size=16,
+        compute=ComputeOptions(batch_size=16),
     )
     assert res.cells > 150
     prod = QueryEngine.open(out, model=_model(tiny_model_dir)).query(
