@@ -22,13 +22,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marscope_stac.core.errors import MarscopeError, MarscopeWarning
+from marscope_stac.core.errors import ConfigError, MarscopeError, MarscopeWarning
 
 if TYPE_CHECKING:
     from marscope_stac.core.bodies import get_body
     from marscope_stac.datasets.demo import build_demo_catalog, run_demo
     from marscope_stac.embed import CellSelection, ComputeOptions, embed_catalog
-    from marscope_stac.engine import QueryEngine, QueryRequest, run_query
+    from marscope_stac.engine import QueryEngine, QueryRequest, run_query, upgrade_embedding_set
     from marscope_stac.eval import evaluate_product
     from marscope_stac.grid import parse_grid
     from marscope_stac.models import load_model
@@ -67,6 +67,7 @@ _LAZY: dict[str, str] = {
     "QueryEngine": "engine",
     "QueryRequest": "engine",
     "run_query": "engine",
+    "upgrade_embedding_set": "engine",
     "QueryProduct": "products",
     "ClassProduct": "products",
     "build_basemap": "products",
@@ -82,6 +83,7 @@ __all__ = [
     "CellSelection",
     "ClassProduct",
     "ComputeOptions",
+    "ConfigError",
     "MarscopeError",
     "MarscopeWarning",
     "QueryEngine",
@@ -101,6 +103,7 @@ __all__ = [
     "run_demo",
     "run_query",
     "train_from_source",
+    "upgrade_embedding_set",
     "validate_catalog",
 ]
 

@@ -1,10 +1,9 @@
-"""Commands that ask the planet: embed, query, evaluate, basemap and serve."""
+"""Commands that ask the planet: embed, query, upgrade, evaluate, basemap and serve."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -20,11 +19,14 @@ from marscope_stac.cli.options import (
 from marscope_stac.core.errors import ConfigError, release_held_warnings
 
 __all__ = [
+    "OPTION_NAMES",
+    "as_options",
     "basemap_cmd",
     "embed_cmd",
     "evaluate_cmd",
     "query_cmd",
     "serve_cmd",
+    "upgrade_cmd",
 ]
 
 
@@ -58,7 +60,11 @@ def embed_cmd(
     bbox: list[float] | None,
     asset: str | None,
     collections: tuple[str, ...] | None,
-    **compute: Any,
+    batch_size: int,
+    workers: int | None,
+    read_processes: int | None,
+    scheduler_address: str | None,
+    device: str,
 ) -> None:
     """Embed every grid cell of a catalog: GeoParquet + FAISS index, published as STAC."""
     from marscope_stac.embed import CellSelection, ComputeOptions, embed_catalog
@@ -72,7 +78,13 @@ def embed_cmd(
             grid=grid,
             tile_px=tile_px,
             select=CellSelection(bbox=bbox, asset=asset, collections=collections),
-            compute=ComputeOptions(**compute),
+            compute=ComputeOptions(
+                batch_size=batch_size,
+                workers=workers,
+                read_processes=read_processes,
+                scheduler_address=scheduler_address,
+                device=device,
+            ),
         )
     except ConfigError as exc:
         raise ConfigError(as_options(exc)) from None
@@ -191,16 +203,15 @@ def query_cmd(
 
 
 OPTION_NAMES = {
-    "threshold": "--threshold",
-    "image_weight": "--image-weight",
-    "within_km": "--within-km",
-    "and_not": "--and-not",
-    "near": "--near",
-    "classify": "--classify",
     "examples": "--point/--cell/--image",
     "points": "--point",
+    "cells": "--cell",
+    "images": "--image",
     "negative_points": "--negative-point",
-    "texts": "TEXT",
+    "negative_cells": "--negative-cell",
+    "templates": "--template",
+    "collections": "--collection",
+    "texts": "TEXTS",
 }
 """Fields the command line names otherwise than as their option with dashes."""
 
@@ -261,7 +272,7 @@ def serve_cmd(
         site = write_static_site(products, static_out)
         click.echo(f"static site in {site}; serve it with any web server that answers ranges")
         return
-    server = serve(products, host, port, model, embeddings)
+    server = serve(products, host=host, port=port, model=model, embeddings=embeddings)
     release_held_warnings()  # a server runs until stopped: show what was found so far
     click.echo(f"MarScope-STAC map at {server.url} (Ctrl-C to stop)")
     try:

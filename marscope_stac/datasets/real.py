@@ -328,6 +328,7 @@ def _reaches_longitudes(
 def build_real_data(
     out: str | Path,
     part: str = "train",
+    *,
     cache: str | Path | None = None,
     packages: str | Path | None = None,
     overwrite: bool = False,

@@ -65,7 +65,6 @@ __all__ = [
     "QueryEngine",
     "find_embedding_set",
     "run_query",
-    "same_model",
 ]
 
 log = logging.getLogger(__name__)

@@ -70,16 +70,12 @@ class QueryRequest:
         composite = self.and_not is not None or self.near is not None
         if composite:
             self._check_composite()
-        if (composite or self.classify) and self.examples.has_examples:
-            what = "classify" if self.classify else "and_not / near"
-            raise ConfigError(
-                f"examples are not used with {what}; ask them as a query of their own",
-                fields=("examples", "classify")
-                if self.classify
-                else ("examples", "and_not", "near"),
-            )
+        if composite or self.classify:
+            self._check_no_examples()
         if self.classify:
             self._check_classes()
+        elif self.texts:
+            check_phrases(self.texts)
         self._check_points()
         check_range("image_weight", self.examples.image_weight, 0.0, 1.0)
         check_templates(self.examples.templates)
@@ -90,7 +86,29 @@ class QueryRequest:
         unknown = sorted(set(self.products) - set(OPTIONAL_PRODUCTS))
         if unknown:
             raise ConfigError(
-                f"unknown product {unknown[0]!r}; choose from {', '.join(OPTIONAL_PRODUCTS)}"
+                f"unknown products entry {unknown[0]!r}; choose from "
+                f"{', '.join(OPTIONAL_PRODUCTS)}",
+                fields=("products",),
+            )
+
+    def _check_no_examples(self) -> None:
+        """Classes and composites are text only: examples and counter-examples are refused."""
+        spec = self.examples
+        given = [
+            name
+            for name, value in (
+                ("examples", spec.has_examples),
+                ("negative_points", spec.negatives_points),
+                ("negative_cells", spec.negative_cells),
+            )
+            if value
+        ]
+        if given:
+            what = ("classify",) if self.classify else ("and_not", "near")
+            raise ConfigError(
+                f"{' and '.join(given)} are not used with {' / '.join(what)}; ask them as a "
+                "query of their own",
+                fields=(*given, *what),
             )
 
     def _check_points(self) -> None:
@@ -115,7 +133,9 @@ class QueryRequest:
                 "give at least two different class names (texts) to classify", fields=("texts",)
             )
         if len(names) > len(CLASS_COLOURS) - 1:
-            raise ConfigError(f"at most {len(CLASS_COLOURS) - 1} classes at once")
+            raise ConfigError(
+                f"at most {len(CLASS_COLOURS) - 1} classes (texts) at once", fields=("texts",)
+            )
         check_phrases(names)
 
     def _check_composite(self) -> None:

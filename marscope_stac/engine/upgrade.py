@@ -71,22 +71,32 @@ def upgrade_embedding_set(
     manifest = es.manifest()
     if "grid" not in manifest or "model" not in manifest:
         raise ConfigError(f"{es.root} is not an embedding set; run 'marscope embed'")
+    missing = needs_upgrade(es)
+    if not missing:
+        return []
     made_by = manifest["model"].get("name")
     if not same_model(made_by, model):
         raise ConfigError(
             f"embedding set {es.root.name} was made with model {made_by!r}, not {model!r}; "
             "upgrade it with that model"
         )
-    missing = needs_upgrade(es)
+    cm = None
+    if "background term" in missing:  # the model itself must be the set's, weights included
+        from marscope_stac.models.clip import same_record
+        from marscope_stac.models.loading import load_model
+
+        cm = load_model(model, pretrained=pretrained, device=device)
+        if not same_record(manifest["model"], cm.describe()):
+            raise ConfigError(
+                f"model {model!r} is not the one that made embedding set {es.root.name} (its "
+                "weights or settings differ from the set's manifest); upgrade it with that model"
+            )
     if "scoring arrays" in missing:
         if not es.parquet.is_file():
             raise ConfigError(f"{es.root} has no embeddings.parquet; run 'marscope embed' again")
         log.info("writing the scoring arrays of %s from its table", es.root.name)
         write_scoring_arrays(es, parse_grid(manifest["grid"]))
-    if "background term" in missing:
-        from marscope_stac.models.loading import load_model
-
-        write_background_of(es, load_model(model, pretrained=pretrained, device=device))
-    if missing:
-        refresh_embedding_item(es, es.root.parent.parent)
+    if cm is not None:
+        write_background_of(es, cm)
+    refresh_embedding_item(es, es.root.parent.parent)
     return missing

@@ -162,6 +162,7 @@ def _folder_collection(
 
 def build_folder_catalog(
     folder: str | Path,
+    *,
     body: str | None = None,
     collection_id: str | None = None,
     overwrite: bool = False,

@@ -86,6 +86,7 @@ class TilePreview:
 
 def preview_tiles(
     source: str | Path,
+    *,
     grid: str = "lonlat:0.2",
     tile_px: int = 224,
     preview: str | Path | None = None,

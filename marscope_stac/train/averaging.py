@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def average_models(models: Sequence[str], out: str | Path, overwrite: bool = False) -> Path:
+def average_models(models: Sequence[str], out: str | Path, *, overwrite: bool = False) -> Path:
     """Average the weights of trained models of one architecture into one model ("soup").
 
     Models trained from the same start (e.g. several runs of the bundled recipe from the

@@ -16,8 +16,8 @@
   ``--products``; answered by the engine kept warm, publishing exactly what ``marscope
   query`` with the same options publishes) returning the products' STAC items.
 
-:func:`write_static_site` writes the same page for a static host (browsing published
-products, no querying).
+:func:`~marscope_stac.web.static.write_static_site` writes the same page for a static host
+(browsing published products, no querying).
 """
 
 from __future__ import annotations
@@ -534,6 +534,7 @@ class MapServer:
 
 def serve(
     products: str | Path = "products",
+    *,
     host: str = "127.0.0.1",
     port: int = 8765,
     model: str = "bundled",

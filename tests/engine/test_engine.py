@@ -152,6 +152,9 @@ def test_old_sets_are_upgraded_by_an_explicit_step(embedded, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"earlier version .*no scoring arrays.*marscope upgrade"):
         QueryEngine(old, copy, model=model)
     assert {p.name: p.read_bytes() for p in old.root.iterdir() if p.is_file()} == before
+    r = CliRunner().invoke(cli, ["upgrade", str(old.root), "--model", "ViT-B-32"])
+    assert r.exit_code == 2 and "was made with model" in r.output  # another model: refused
+    assert {p.name: p.read_bytes() for p in old.root.iterdir() if p.is_file()} == before
     r = CliRunner().invoke(cli, ["upgrade", str(old.root), "--model", model])
     assert r.exit_code == 0, r.output
     assert "wrote its scoring arrays and background term" in r.output
@@ -167,8 +170,6 @@ def test_old_sets_are_upgraded_by_an_explicit_step(embedded, tmp_path: Path) -> 
     assert np.array_equal(got.scores, want.scores)
     assert np.allclose(got.probability, want.probability, atol=1e-6)
     assert upgrade_embedding_set(old.root, model=model) == []  # once: now up to date
-    r = CliRunner().invoke(cli, ["upgrade", str(old.root), "--model", "ViT-B-32"])
-    assert r.exit_code == 2 and "was made with model" in r.output
 
 
 def test_damaged_arrays_are_reported(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -292,6 +293,9 @@ def test_request_checks_name_the_request_fields() -> None:
         QueryRequest(texts=["a"], near="c", and_not="d"),
         QueryRequest(texts=["a"], classify=True, examples=QuerySpec(points=[(0.0, 0.0)])),
         QueryRequest(texts=["a"], examples=QuerySpec(points=[(0.0, 95.0)])),
+        QueryRequest(texts=["a", "b"], classify=True, examples=QuerySpec(negative_cells=["x"])),
+        QueryRequest(texts=["a"], and_not="b", examples=QuerySpec(negatives_points=[(1.0, 2.0)])),
+        QueryRequest(texts=["a"], products=("nope",)),
         QueryRequest(texts=["a"], examples=QuerySpec(negatives_points=[(float("nan"), 0.0)])),
     ):
         with pytest.raises(ConfigError) as err:

@@ -108,3 +108,33 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "products" / "catalog.json").is_file()
     assert "query impact-craters-" in run.stdout and " valid against " in run.stdout
+
+
+COMMAND_FUNCTIONS = [
+    "marscope_stac.datasets.demo:run_demo",
+    "marscope_stac.datasets.demo:build_demo_catalog",
+    "marscope_stac.datasets.real:build_real_data",
+    "marscope_stac.stac.validation:validate_catalog",
+    "marscope_stac.stac.folder:build_folder_catalog",
+    "marscope_stac.stac.catalog:set_self_links",
+    "marscope_stac.tiles.preview:preview_tiles",
+    "marscope_stac.train.loop:train_from_source",
+    "marscope_stac.train.averaging:average_models",
+    "marscope_stac.embed.run:embed_catalog",
+    "marscope_stac.engine.engine:run_query",
+    "marscope_stac.engine.upgrade:upgrade_embedding_set",
+    "marscope_stac.eval.evaluate:evaluate_product",
+    "marscope_stac.products.basemap:build_basemap",
+    "marscope_stac.web.server:serve",
+]
+"""The library function each ``marscope`` command calls (the CLI reference lists them)."""
+
+
+@pytest.mark.parametrize("target", COMMAND_FUNCTIONS)
+def test_the_functions_behind_commands_take_options_by_keyword(target: str) -> None:
+    import importlib
+
+    module, name = target.split(":")
+    func = getattr(importlib.import_module(module), name)
+    assert len(_positional(func)) <= MAX_POSITIONAL, f"{target} takes {_positional(func)}"
+    assert target.split(":")[0] + "." + name in (ROOT / "docs" / "cli.md").read_text(), target
