@@ -29,13 +29,14 @@ from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError, DataError
 from marscope_stac.core.fs import sweep_stale
+from marscope_stac.core.naming import same_model
 from marscope_stac.core.prompts import (
     BACKGROUND_PROMPTS,
     MARSCOPE_TEMPLATES,
     check_phrases,
 )
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest
-from marscope_stac.engine.upgrade import needs_upgrade, same_model
+from marscope_stac.engine.upgrade import needs_upgrade
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.scan import score_rows
 from marscope_stac.index.store import EmbeddingSet

@@ -13,29 +13,15 @@ import logging
 from pathlib import Path
 
 from marscope_stac.core.errors import ConfigError
+from marscope_stac.core.naming import same_model
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.index.background import write_background_of
 from marscope_stac.index.store import EmbeddingSet, write_scoring_arrays
 from marscope_stac.stac.publish import refresh_embedding_item
 
-__all__ = ["needs_upgrade", "same_model", "upgrade_embedding_set"]
+__all__ = ["needs_upgrade", "upgrade_embedding_set"]
 
 log = logging.getLogger(__name__)
-
-
-def same_model(made_by: str | None, requested: str) -> bool:
-    """Whether a model name given by a user names the model recorded in a set's manifest."""
-    if made_by is None:
-        return False
-    if made_by == requested:
-        return True
-    prefix = "local-dir:"
-    if made_by.startswith(prefix) and requested.startswith(prefix):
-        # sets record the folder's name (older ones its path): the same folder name matches
-        a = Path(made_by[len(prefix) :]).expanduser().resolve()
-        b = Path(requested[len(prefix) :]).expanduser().resolve()
-        return a == b or a.name == b.name
-    return False
 
 
 def needs_upgrade(es: EmbeddingSet) -> list[str]:

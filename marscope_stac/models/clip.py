@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError, DataError, ModelError
 from marscope_stac.core.fs import file_multihash, read_regular
+from marscope_stac.core.naming import base_model_name
 from marscope_stac.core.prompts import MARSCOPE_TEMPLATES, check_phrases, check_templates
 from marscope_stac.models.parts import IMAGENET_MEAN, IMAGENET_STD, resolve_parts, uses_parts
 
@@ -335,7 +336,7 @@ class ClipModel:
         if weights is not None:
             pretrained = f"{Path(str(self.pretrained)).name} {_checksum(weights)}"
         return {
-            "name": _base_name(self.name),
+            "name": base_model_name(self.name),
             "architecture": self.arch,
             "pretrained": pretrained,
             "image_size": self.image_size,
@@ -370,18 +371,11 @@ def same_record(old: dict[str, Any], new: dict[str, Any]) -> bool:
         return False
     legacy = {
         **old,
-        "name": _base_name(str(old.get("name"))),
+        "name": base_model_name(str(old.get("name"))),
         "pretrained": Path(pretrained).name,
     }
     now = {**new, "pretrained": str(new.get("pretrained") or "").split(" ")[0]}
     return legacy == now
-
-
-def _base_name(name: str) -> str:
-    """``local-dir:NAME`` of a ``local-dir:PATH`` model name; other names unchanged."""
-    if name.startswith("local-dir:"):
-        return "local-dir:" + Path(name.split(":", 1)[1]).expanduser().resolve().name
-    return name
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
