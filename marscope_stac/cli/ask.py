@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
@@ -16,11 +15,9 @@ from marscope_stac.cli.options import (
     _products_option,
     _source_options,
 )
-from marscope_stac.core.errors import ConfigError, release_held_warnings
+from marscope_stac.core.errors import release_held_warnings
 
 __all__ = [
-    "OPTION_NAMES",
-    "as_options",
     "basemap_cmd",
     "embed_cmd",
     "evaluate_cmd",
@@ -69,25 +66,22 @@ def embed_cmd(
     """Embed every grid cell of a catalog: GeoParquet + FAISS index, published as STAC."""
     from marscope_stac.embed import CellSelection, ComputeOptions, embed_catalog
 
-    try:
-        result = embed_catalog(
-            catalog,
-            out,
-            model=model,
-            pretrained=pretrained,
-            grid=grid,
-            tile_px=tile_px,
-            select=CellSelection(bbox=bbox, asset=asset, collections=collections),
-            compute=ComputeOptions(
-                batch_size=batch_size,
-                workers=workers,
-                read_processes=read_processes,
-                scheduler_address=scheduler_address,
-                device=device,
-            ),
-        )
-    except ConfigError as exc:
-        raise ConfigError(as_options(exc)) from None
+    result = embed_catalog(
+        catalog,
+        out,
+        model=model,
+        pretrained=pretrained,
+        grid=grid,
+        tile_px=tile_px,
+        select=CellSelection(bbox=bbox, asset=asset, collections=collections),
+        compute=ComputeOptions(
+            batch_size=batch_size,
+            workers=workers,
+            read_processes=read_processes,
+            scheduler_address=scheduler_address,
+            device=device,
+        ),
+    )
     click.echo(result.summary())
 
 
@@ -187,10 +181,7 @@ def query_cmd(
     )
     if product_list != "all":
         request.products = tuple(p.strip() for p in product_list.split(",") if p.strip())
-    try:
-        request.check()
-    except ConfigError as exc:
-        raise ConfigError(as_options(exc)) from None
+    request.check()
     for product in run_query(
         request,
         out=out,
@@ -200,33 +191,6 @@ def query_cmd(
         scoring=scoring,
     ):
         click.echo(product.summary())
-
-
-OPTION_NAMES = {
-    "examples": "--point/--cell/--image",
-    "points": "--point",
-    "cells": "--cell",
-    "images": "--image",
-    "negative_points": "--negative-point",
-    "negative_cells": "--negative-cell",
-    "templates": "--template",
-    "collections": "--collection",
-    "texts": "TEXTS",
-}
-"""Fields the command line names otherwise than as their option with dashes."""
-
-
-def as_options(exc: ConfigError) -> str:
-    """``exc``'s message with the fields it names said as the command line's options.
-
-    A field is its option with dashes (``batch_size`` is ``--batch-size``) unless
-    :data:`OPTION_NAMES` says otherwise.
-    """
-    message = str(exc)
-    for name in exc.fields:
-        flag = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
-    return message
 
 
 @cli.command("upgrade")

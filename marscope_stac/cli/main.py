@@ -16,7 +16,8 @@ from typing import Any, TextIO
 import click
 
 from marscope_stac import __version__
-from marscope_stac.core.errors import MarscopeError, on_release
+from marscope_stac.cli.options import as_options
+from marscope_stac.core.errors import ConfigError, MarscopeError, on_release
 from marscope_stac.core.text import one_line
 
 __all__ = [
@@ -104,7 +105,8 @@ class _Group(click.Group):
         except MarscopeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"marscope: error: {one_line(str(exc))}{_WARNINGS.drop()}", err=True)
+            text = as_options(exc) if isinstance(exc, ConfigError) else str(exc)
+            click.echo(f"marscope: error: {one_line(text)}{_WARNINGS.drop()}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             _WARNINGS.release()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import click
+
+from marscope_stac.core.errors import ConfigError
 
 
 class _NonEmptyPath(click.Path):
@@ -130,3 +133,30 @@ def _lonlat(values: tuple[str, ...], option: str = "--point") -> list[tuple[floa
             ) from None
         out.append((lon, lat))  # a place is checked with the request (QueryRequest.check)
     return out
+
+
+OPTION_NAMES = {
+    "examples": "--point/--cell/--image",
+    "points": "--point",
+    "cells": "--cell",
+    "images": "--image",
+    "negative_points": "--negative-point",
+    "negative_cells": "--negative-cell",
+    "templates": "--template",
+    "collections": "--collection",
+    "texts": "TEXTS",
+}
+"""Fields the command line names otherwise than as their option with dashes."""
+
+
+def as_options(exc: ConfigError) -> str:
+    """``exc``'s message with the fields it names said as the command line's options.
+
+    A field is its option with dashes (``batch_size`` is ``--batch-size``) unless
+    :data:`OPTION_NAMES` says otherwise.
+    """
+    message = str(exc)
+    for name in exc.fields:
+        flag = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message

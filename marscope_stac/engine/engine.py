@@ -98,7 +98,8 @@ def find_embedding_set(
     if len(sets) > 1:
         names = ", ".join(s.root.name for s in sets)
         raise ConfigError(
-            f"several embedding sets under {root} ({names}); pick one with --embeddings"
+            f"several embedding sets under {root} ({names}); pick one as embeddings",
+            fields=("embeddings",),
         )
     return sets[0]
 

@@ -380,7 +380,7 @@ def evaluate_product(
     """
     from marscope_stac.products.write import read_scores
 
-    check_range("--radius-cells", radius_cells, 0.0, 1000.0, above=True)
+    check_range("radius_cells", radius_cells, 0.0, 1000.0, above=True)
     folder, grid, thr = _open_product(product, threshold, rank_by)
     scores = read_scores(folder / "scores.parquet")
     pts, outlines, area = _load_truth(truth, landform, split)

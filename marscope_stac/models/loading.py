@@ -64,8 +64,9 @@ def load_model(
     name = model.strip()
     if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
         raise ConfigError(
-            f"--pretrained is for an architecture name; {name} already has its weights "
-            "(leave --pretrained out)"
+            f"pretrained is for an architecture name; {name} already has its weights "
+            "(leave pretrained out)",
+            fields=("pretrained",),
         )
     open_name, arch, source, weights = _resolve(name, pretrained)
     norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None

@@ -120,7 +120,7 @@ def build_basemap(
         CatalogError: if the source has no usable raster.
         OutputError: if ``out`` is not a products catalog.
     """
-    check_range("--max-pixels", max_pixels, 1024, 2**31, integer=True)
+    check_range("max_pixels", max_pixels, 1024, 2**31, integer=True)
     src_folder = source_folder(source)
     if src_folder is not None:
         check_apart(out, {f"the input catalog {source}": src_folder})

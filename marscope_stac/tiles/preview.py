@@ -105,8 +105,8 @@ def preview_tiles(
     """
     from marscope_stac.grid.grids import parse_grid
 
-    check_range("--tile-px", tile_px, 8, 4096, integer=True)
-    check_range("--max-tiles", max_tiles, 1, 10_000, integer=True)
+    check_range("tile_px", tile_px, 8, 4096, integer=True)
+    check_range("max_tiles", max_tiles, 1, 10_000, integer=True)
     if preview is not None and Path(preview).is_dir():
         raise OutputError(f"--preview {preview} is a folder; give a PNG file name")
     if preview is not None:

@@ -45,13 +45,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`~marscope_stac.core.errors.ConfigError` for a value training cannot use."""
-        check_range("--epochs", self.epochs, 1, 100_000, integer=True)
-        check_range("--steps-per-epoch", self.steps_per_epoch, 1, 10_000_000, integer=True)
-        check_range("--batch-size", self.batch_size, 2, 65_536, integer=True)
-        check_range("--lr", self.lr, 0.0, 10.0, above=True)
-        check_range("weight decay", self.weight_decay, 0.0)
-        check_range("warm-up steps", self.warmup_steps, 0, integer=True)
-        check_range("--seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_range("epochs", self.epochs, 1, 100_000, integer=True)
+        check_range("steps_per_epoch", self.steps_per_epoch, 1, 10_000_000, integer=True)
+        check_range("batch_size", self.batch_size, 2, 65_536, integer=True)
+        check_range("lr", self.lr, 0.0, 10.0, above=True)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("warmup_steps", self.warmup_steps, 0, integer=True)
+        check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
         if self.tile_context is not None:
             check_context(self.tile_context)
 

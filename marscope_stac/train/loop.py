@@ -574,8 +574,8 @@ def _check_args(
     crop_px: int,
 ) -> tuple[list[str | Path], list[float]]:
     """Refuse values :func:`train_from_source` cannot use; the sources and their weights."""
-    check_range("--prompt-share", prompt_share, 0.0, 1.0)
-    check_range("--crop-px", crop_px, 8, 4096, integer=True)
+    check_range("prompt_share", prompt_share, 0.0, 1.0)
+    check_range("crop_px", crop_px, 8, 4096, integer=True)
     sources = [source] if isinstance(source, str | Path) else list(source)
     if not sources:
         raise ConfigError("give at least one training source")
@@ -584,7 +584,8 @@ def _check_args(
     if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
         raise ConfigError(
             f"tile context {ctx:g} needs catalogs: a caption table's images have no margin "
-            "around them; train on tables with --tile-context 0"
+            "around them; train on tables with tile_context 0",
+            fields=("tile_context",),
         )
     w = list(weights) if weights is not None else [1.0] * len(sources)
     if len(w) != len(sources) or any(not (v > 0 and math.isfinite(v)) for v in w):
