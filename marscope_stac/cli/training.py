@@ -97,7 +97,7 @@ def train_cmd(
     Several SOURCES are mixed in every batch (e.g. the demo world and the real data of
     `marscope real-data`), in proportion to --weights.
     """
-    from marscope_stac.train.config import TrainConfig
+    from marscope_stac.train.config import PairOptions, TrainConfig
     from marscope_stac.train.loop import train_from_source
 
     cfg = TrainConfig(
@@ -115,12 +115,14 @@ def train_cmd(
         model=model,
         pretrained=pretrained,
         config=cfg,
-        crop_px=crop_px,
+        pairs=PairOptions(
+            crop_px=crop_px,
+            prompt_share=prompt_share,
+            weights=_number_list("--weights", weights) if weights else None,
+        ),
         device=device,
         resume=not no_resume,
         half_weights=half_weights,
-        prompt_share=prompt_share,
-        weights=_number_list("--weights", weights) if weights else None,
     )
     click.echo(result.summary())
 

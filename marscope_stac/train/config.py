@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from marscope_stac.tiles.plan import check_context
 
 __all__ = [
     "PRETRAINED_PARTS",
+    "PairOptions",
     "TrainConfig",
     "TrainResult",
 ]
@@ -76,3 +78,18 @@ class TrainResult:
             + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
             f"  last epoch: {metrics}"
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairOptions:
+    """How training pairs are drawn from the sources.
+
+    Attributes:
+        crop_px: Crop side in source pixels (a grid cell's ground size) for catalog scenes.
+        prompt_share: Share of captions replaced by a MarScope-template sentence (0..1).
+        weights: Relative weight of each source in every batch (equal by default).
+    """
+
+    crop_px: int = 60
+    prompt_share: float = 0.0
+    weights: Sequence[float] | None = None

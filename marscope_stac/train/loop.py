@@ -60,7 +60,7 @@ from marscope_stac.models.clip import (
 )
 from marscope_stac.models.loading import quiet_model_loading, trained_tile_context
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
-from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig, TrainResult
+from marscope_stac.train.config import PRETRAINED_PARTS, PairOptions, TrainConfig, TrainResult
 from marscope_stac.train.export import _export, _model_item, _plot
 from marscope_stac.train.mixtures import PairMix
 from marscope_stac.train.pairs import PairSet
@@ -511,13 +511,11 @@ def train_from_source(
     model: str = "marscope-tiny",
     pretrained: str | None = None,
     config: TrainConfig | None = None,
-    crop_px: int = 60,
+    pairs: PairOptions | None = None,
     device: str = "auto",
     resume: bool = True,
     half_weights: bool = False,
     progress: bool = True,
-    prompt_share: float = 0.0,
-    weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train on one or more labelled STAC catalogs or caption tables.
 
@@ -526,7 +524,8 @@ def train_from_source(
     (scenes with outlines, or grid cells for point labels of known size such as the real
     nomenclature data of :mod:`marscope_stac.datasets.real`), and its ``test`` split, when it
     has one, validates. Several sources are mixed: each batch is split among them in
-    proportion to ``weights`` (equal by default).
+    proportion to ``pairs.weights`` (equal by default); ``config`` holds the optimisation
+    settings, ``pairs`` how pairs are drawn.
 
     Raises:
         ConfigError: for bad values, or weights that do not match the sources.
@@ -538,20 +537,20 @@ def train_from_source(
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
     config, model = settle_config(config, model, checkpoint=ckpt)
     ctx = config.context
-    sources, w = _check_args(source, out, ctx, weights, prompt_share, crop_px)
+    how = pairs or PairOptions()
+    sources, w = _check_args(source, out, ctx, how.weights, how.prompt_share, how.crop_px)
     register_bundled_architectures()
     parts, vals, what = [], [], []
     for src in sources:
-        parts.append(load_pairs(src, "train", crop_px, prompt_share, context=ctx))
+        parts.append(load_pairs(src, "train", how.crop_px, how.prompt_share, context=ctx))
         table = Path(src).suffix.lower() in (".csv", ".parquet")
         if not table:
             with contextlib.suppress(CatalogError):
-                vals.append(load_pairs(src, "test", crop_px, context=ctx))
+                vals.append(load_pairs(src, "test", how.crop_px, context=ctx))
         name = src if "://" in str(src) else Path(src).resolve().name  # nothing local named
         what.append(f"caption table {name}" if table else f"train split of STAC catalog {name}")
-    pairs = parts[0] if len(parts) == 1 else PairMix(parts, w)
     return train_model(
-        pairs,
+        parts[0] if len(parts) == 1 else PairMix(parts, w),
         out,
         model=model,
         pretrained=pretrained,
