@@ -216,7 +216,15 @@ def split_items(catalog: str | Path, split: str) -> tuple[list[pystac.Item], lis
     """
     path = Path(catalog)
     root = path / "catalog.json" if path.is_dir() else path
-    cat = pystac.Catalog.from_file(str(root))
+    try:
+        cat = pystac.read_file(str(root))
+    except (OSError, ValueError, pystac.STACError, pystac.STACTypeError) as exc:
+        raise CatalogError(
+            f"{catalog} is not a labelled STAC catalog ({type(exc).__name__}: {exc}); give a "
+            "catalog with label items, or a GeoParquet, GeoJSON or CSV of ground truth"
+        ) from None
+    if not isinstance(cat, pystac.Catalog):  # an item: no tree of labels to read
+        raise CatalogError(f"{catalog} is a STAC item, not a labelled catalog")
     images: list[pystac.Item] = []
     labels: list[pystac.Item] = []
     for item in cat.get_items(recursive=True):

@@ -396,6 +396,19 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "evaluate": {
         "missing truth": lambda w: ["evaluate", str(w.product), "--truth", str(w.root / "nope")],
+        # found by `make fuzz`: a products catalog (a Collection root) was "a bug"
+        "truth is the products catalog": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.out),
+        ],
+        "truth is a folder without a catalog": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.junk),
+        ],
         "truth is a picture": lambda w: [
             "evaluate",
             str(w.product),
