@@ -57,6 +57,8 @@ def embed_cmd(
     bbox: list[float] | None,
     asset: str | None,
     collections: tuple[str, ...] | None,
+    datetime: str | None,
+    cql2: str | None,
     batch_size: int,
     workers: int | None,
     read_processes: int | None,
@@ -73,7 +75,9 @@ def embed_cmd(
         pretrained=pretrained,
         grid=grid,
         tile_px=tile_px,
-        select=CellSelection(bbox=bbox, asset=asset, collections=collections),
+        select=CellSelection(
+            bbox=bbox, asset=asset, collections=collections, datetime=datetime, cql2=cql2
+        ),
         compute=ComputeOptions(
             batch_size=batch_size,
             workers=workers,
@@ -83,6 +87,14 @@ def embed_cmd(
         ),
     )
     click.echo(result.summary())
+    if result.failed_cells:  # the set is usable, but not whole: say so in the exit status
+        n, first = len(result.failed_cells), result.failed_cells[0][1]
+        click.echo(
+            f"marscope: incomplete: {n} cells could not be read (first: {first}); run the "
+            "same command again to retry only them",
+            err=True,
+        )
+        click.get_current_context().exit(3)
 
 
 @cli.command("query")

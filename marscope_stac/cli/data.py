@@ -142,7 +142,6 @@ def demo_cmd(workdir: Path, seed: int, size: str, model: str) -> None:
 @click.option("--tile-px", type=int, default=224, show_default=True, help="Tile side in pixels.")
 @click.option("--preview", type=_PATH, help="Write a contact sheet PNG.")
 @_source_options
-@click.option("--datetime", help="Only items in this RFC 3339 interval (STAC API syntax).")
 @click.option("--max-tiles", type=int, default=48, show_default=True, help="Tiles on the sheet.")
 @_number_option(
     "--context",

@@ -61,7 +61,9 @@ class _Group(click.Group):
     """Click group that turns library and usage errors into one-line messages and exit codes.
 
     Exit status: 0 done, 2 a user or environment error (one ``marscope: error:`` line that
-    names the problem and the fix, usage errors included), 130 interrupted, 1 a bug.
+    names the problem and the fix, usage errors included), 3 done but incomplete (cells that
+    could not be read; running the command again retries only them), 130 interrupted, 1 a
+    bug.
     """
 
     def main(

@@ -66,7 +66,8 @@ def _number_option(name: str, default: float, help_text: str) -> Any:
 def _source_options(f: Any) -> Any:
     """Options that select imagery from a STAC source (shared by several commands).
 
-    The command receives them as the library's ``bbox``, ``asset`` and ``collections``.
+    The command receives them as the library's ``bbox``, ``asset``, ``collections``,
+    ``datetime`` and ``cql2``.
     """
 
     @functools.wraps(f)
@@ -75,9 +76,12 @@ def _source_options(f: Any) -> Any:
         bbox: str | None = None,
         asset: str | None = None,
         collections: tuple[str, ...] = (),
+        datetime: str | None = None,
+        cql2: str | None = None,
         **kwargs: Any,
     ) -> Any:
         chosen = {"bbox": _bbox(bbox), "asset": asset, "collections": collections or None}
+        chosen |= {"datetime": datetime, "cql2": cql2}
         return f(*args, **chosen, **kwargs)
 
     for opt in reversed(
@@ -86,6 +90,12 @@ def _source_options(f: Any) -> Any:
             click.option("--asset", help="Asset key of the data raster (default: by role/type)."),
             click.option(
                 "--collection", "collections", multiple=True, help="Only these collections."
+            ),
+            click.option("--datetime", help="Only items in this RFC 3339 interval (a/b, a/..)."),
+            click.option(
+                "--filter",
+                "cql2",
+                help='CQL2 text filter sent to a STAC API\'s search, e.g. "eo:cloud_cover < 10".',
             ),
         ]
     ):

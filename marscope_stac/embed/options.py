@@ -18,12 +18,16 @@ class CellSelection:
         bbox: Only cells in this lon/lat box (west, south, east, north; the body's degrees).
         asset: Data asset key (default: chosen by role and media type).
         collections: Only items of these collections.
+        datetime: Only items in this RFC 3339 time or interval (``a/b``, ``a/..``).
+        cql2: A CQL2 text filter for a STAC API's search (e.g. ``eo:cloud_cover < 10``).
         min_valid: Cells with a smaller share of valid data are not embedded (0..1).
     """
 
     bbox: Sequence[float] | None = None
     asset: str | None = None
     collections: Sequence[str] | None = None
+    datetime: str | None = None
+    cql2: str | None = None
     min_valid: float = 0.5
 
     def check(self) -> None:

@@ -56,6 +56,7 @@ from marscope_stac.index.table import EmbeddingTable, write_embeddings
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.read import SourceSet, load_sources
+from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan, plan_tiles
 
 __all__ = [
@@ -161,7 +162,12 @@ def _start_run(
 ) -> tuple[_Run, TilePlan, int]:
     """Load the sources, plan their cells and open the set; the run, its plan and tile size."""
     sources: SourceSet = load_sources(
-        source, bbox=sel.bbox, asset=sel.asset, collections=sel.collections
+        source,
+        bbox=sel.bbox,
+        asset=sel.asset,
+        collections=sel.collections,
+        datetime=sel.datetime,
+        cql2=sel.cql2,
     )
     g = parse_grid(grid, sources.body)
     px = tile_px or cm.image_size
@@ -351,7 +357,7 @@ def _check_out_apart(source: str | Path, out: Path) -> None:
 def _source_href(source: str | Path) -> str:
     """The STAC file a local source names (its catalog or collection), or its URL."""
     src = str(source)
-    if src.startswith(("http://", "https://")):
+    if is_remote(src):
         return src
     p = Path(src)
     for name in ("catalog.json", "collection.json", "stac/catalog.json"):

@@ -36,6 +36,7 @@ from pyproj.enums import WktVersion
 from marscope_stac import __version__
 from marscope_stac.core.bodies import Body
 from marscope_stac.core.fs import file_multihash
+from marscope_stac.stac.remote import is_remote
 
 __all__ = [
     "CLASSIFICATION_V2",
@@ -223,7 +224,7 @@ def rfc3339(when: dt.datetime) -> str:
 def relative_href(target: str | os.PathLike[str], start: Path) -> str:
     """The href of ``target`` from the folder ``start``: relative (``./`` or ``../``), or a URL."""
     s = str(target)
-    if s.startswith(("http://", "https://")):
+    if is_remote(s):
         return s
     href = os.path.relpath(Path(s).resolve(), start.resolve())
     return href if href.startswith(".") else f"./{href}"
@@ -265,7 +266,7 @@ def lineage_href(target: str | os.PathLike[str], start: Path) -> str:
     file gets a relative href.
     """
     s = str(target)
-    if not s.startswith(("http://", "https://")):
+    if not is_remote(s):
         url = published_url(s)
         if url is not None:
             return url

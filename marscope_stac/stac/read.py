@@ -19,6 +19,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ from marscope_stac.core.bodies import BODIES, MARS, Body, get_body
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
 from marscope_stac.core.fs import read_regular, safe_resolve
 from marscope_stac.stac.raster import SourceAsset, _read_header, _split_antimeridian, pick_asset
+from marscope_stac.stac.remote import (
+    api_page_size,
+    configure_cloud_reading,
+    is_remote,
+    open_api,
+    read_text,
+)
 
 __all__ = [
     "SourceSet",
@@ -88,8 +96,9 @@ def _targets(obj: pystac.Item) -> list[str]:
 # sources
 
 
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+def _is_api(source: str) -> bool:
+    """Whether a source names a STAC API (an http(s) URL that is not a JSON document)."""
+    return source.startswith(("http://", "https://")) and not source.endswith(".json")
 
 
 def _items_from_local(path: Path) -> Iterator[pystac.Item]:
@@ -142,6 +151,8 @@ class SafeStacIO(DefaultStacIO):
     def read_text_from_href(self, href: str) -> str:
         if "://" not in href or href.startswith("file://"):
             return read_regular(href.removeprefix("file://")).decode("utf-8")
+        if is_remote(href):  # retried with backoff, with timeouts (stac.remote)
+            return read_text(href)
         return str(super().read_text_from_href(href))
 
     def json_loads(self, txt: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -172,24 +183,31 @@ def _items_from_api(
     bbox: Sequence[float] | None,
     datetime: str | None,
     max_items: int | None,
+    cql2: str | dict[str, Any] | None = None,
 ) -> Iterator[pystac.Item]:
-    from pystac_client import Client
     from pystac_client.exceptions import APIError
 
     try:
-        client = Client.open(url)
+        client = open_api(url)
         methods = {
             str(link.extra_fields.get("method", "GET")).upper()
             for link in client.get_links("search")
         }
+        # CQL2 text travels in a GET query (a POST body takes CQL2-JSON)
+        post = "POST" in methods and not (isinstance(cql2, str) and "GET" in methods)
         search = client.search(
-            method="POST" if "POST" in methods else "GET",
+            method="POST" if post else "GET",
             collections=list(collections) if collections else None,
             bbox=list(bbox) if bbox else None,
             datetime=datetime,
             max_items=max_items,
+            limit=api_page_size(),
+            filter=cql2,
+            filter_lang=None if cql2 is None else _filter_lang(cql2),
         )
         yield from search.items()
+    except CatalogError:
+        raise
     except (APIError, OSError) as exc:
         raise CatalogError(
             f"cannot query the STAC API at {url}: {str(exc).splitlines()[0][:160]}"
@@ -197,6 +215,22 @@ def _items_from_api(
     except Exception as exc:
         raise CatalogError(
             f"STAC API at {url} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        ) from exc
+
+
+def _filter_lang(cql2: str | dict[str, Any]) -> str:
+    return "cql2-json" if isinstance(cql2, dict) else "cql2-text"
+
+
+def _remote_walk(url: str, root: pystac.Catalog) -> Iterator[pystac.Item]:
+    """The items of a catalog at a URL; a document that cannot be read is one CatalogError."""
+    try:
+        yield from _walk(root)
+    except CatalogError:
+        raise
+    except Exception as exc:  # pystac raises many kinds on malformed or missing children
+        raise CatalogError(
+            f"cannot read the items of {url}: {str(exc).splitlines()[0][:160]}"
         ) from exc
 
 
@@ -297,25 +331,34 @@ def _open_items(
     bbox: Sequence[float] | None,
     datetime: str | None,
     max_items: int | None,
+    cql2: str | dict[str, Any] | None = None,
 ) -> tuple[str, Iterable[pystac.Item]]:
     """A label for messages and the items of a source (API search, remote or local STAC).
 
     Raises:
-        CatalogError: if a remote source cannot be read or is not STAC.
+        CatalogError: if a remote source cannot be read or is not STAC, or a CQL2 filter is
+            given for a source that is not a STAC API.
     """
     if not isinstance(source, str | Path):
         return "items", source
-    if isinstance(source, str) and _is_url(source) and not source.endswith(".json"):
-        return source, _items_from_api(source, collections, bbox, datetime, max_items)
-    if isinstance(source, str) and _is_url(source):
+    if isinstance(source, str) and _is_api(source):
+        return source, _items_from_api(source, collections, bbox, datetime, max_items, cql2)
+    if cql2 is not None:
+        raise CatalogError(
+            f"a CQL2 filter needs a STAC API, and {source} is a static catalog; drop the "
+            "filter or search an API"
+        )
+    if isinstance(source, str) and is_remote(source):
         try:
             obj = pystac.read_file(source, stac_io=SafeStacIO())
+        except CatalogError:
+            raise
         except Exception as exc:
             raise CatalogError(f"cannot read {source}: {str(exc).splitlines()[0][:160]}") from exc
         if isinstance(obj, pystac.Item):
             return source, [obj]
         if isinstance(obj, pystac.Catalog):
-            return source, _walk(obj)
+            return source, _remote_walk(source, obj)
         raise CatalogError(f"{source} is not a STAC catalog, collection or item")
     return str(source), _items_from_local(Path(source))
 
@@ -382,6 +425,41 @@ def _read_item(item: pystac.Item, asset: str | None, item_body: Body) -> SourceA
         return f"{where} is malformed ({type(exc).__name__}: {exc})"
 
 
+def _choose(
+    items: Iterable[pystac.Item],
+    filters: tuple[Sequence[str] | None, Interval | None, int | None],
+    wanted: Body | None,
+    bodies: dict[str, str],
+    other_collections: set[str],
+) -> list[tuple[pystac.Item, Body]]:
+    """The items that pass the filters (collections, interval, count), with their body."""
+    collections, interval, max_items = filters
+    chosen: list[tuple[pystac.Item, Body]] = []
+    for item in items:
+        if not _selected(item, collections, interval, other_collections):
+            continue
+        if max_items is not None and len(chosen) >= max_items:
+            break
+        item_body = _item_body(item, wanted)
+        _note_body(bodies, item_body, item.id)
+        chosen.append((item, item_body))
+    return chosen
+
+
+HEADER_READS = 16
+"""Raster headers read at once: over a network each costs a round trip, so they overlap."""
+
+
+def _read_items(
+    chosen: list[tuple[pystac.Item, Body]], asset: str | None
+) -> list[SourceAsset | str]:
+    """:func:`_read_item` of each (item, body), in order, ``HEADER_READS`` at a time."""
+    if len(chosen) < 4:
+        return [_read_item(item, asset, body) for item, body in chosen]
+    with ThreadPoolExecutor(HEADER_READS, thread_name_prefix="marscope-header") as pool:
+        return list(pool.map(lambda ib: _read_item(ib[0], asset, ib[1]), chosen))
+
+
 def _skipped_message(skipped: list[tuple[str, str]], seen: int) -> str:
     """Return the one warning for all skipped items (the first one's reason, and a count)."""
     more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
@@ -397,40 +475,37 @@ def load_sources(
     asset: str | None = None,
     body: str | None = None,
     max_items: int | None = None,
+    cql2: str | dict[str, Any] | None = None,
 ) -> SourceSet:
     """Read the usable rasters of a STAC source.
 
     Args:
-        source: A local catalog/collection/item JSON or folder, a STAC API URL, or items.
+        source: A local catalog/collection/item JSON or folder, a STAC API URL, a static
+            catalog's http(s) or s3 URL, or items (assets: files or URLs, see ``remote``).
         collections: Only items of these collections.
         bbox: Only items intersecting this lon/lat box (west, south, east, north).
         datetime: Only items in this RFC 3339 interval (STAC API syntax).
         asset: Asset key of the data raster; picked by role and media type when None.
         body: Expected body; taken from ``ssys:targets`` when None (Mars when absent).
         max_items: Stop after this many items.
+        cql2: A CQL2 filter (text, or a CQL2-JSON dict) sent to a STAC API's search.
 
     Raises:
         CatalogError: if the source cannot be read, mixes bodies, has no usable raster, or
             nothing intersects ``bbox``.
     """
     interval = parse_interval(datetime)
-    label, items = _open_items(source, collections, bbox, datetime, max_items)
+    configure_cloud_reading()
+    label, items = _open_items(source, collections, bbox, datetime, max_items, cql2)
     wanted = get_body(body) if body else None
     out: list[SourceAsset] = []
     skipped: list[tuple[str, str]] = []
     bodies: dict[str, str] = {}
-    seen = 0
     in_bbox = 0
     other_collections: set[str] = set()
-    for item in items:
-        if not _selected(item, collections, interval, other_collections):
-            continue
-        seen += 1
-        if max_items is not None and seen > max_items:
-            break
-        item_body = _item_body(item, wanted)
-        _note_body(bodies, item_body, item.id)
-        src = _read_item(item, asset, item_body)
+    chosen = _choose(items, (collections, interval, max_items), wanted, bodies, other_collections)
+    seen = len(chosen)
+    for (item, _), src in zip(chosen, _read_items(chosen, asset), strict=True):
         if isinstance(src, str):  # why it was skipped
             skipped.append((item.id, src))
             continue
@@ -438,10 +513,10 @@ def load_sources(
             continue
         in_bbox += 1
         out.append(src)
-    resolved_body = get_body(next(iter(bodies))) if bodies else (wanted or MARS)
     if not out:
         raise _nothing_found(label, seen, skipped, collections, other_collections, datetime, bbox)
     if skipped:  # one warning for all of them (a planet's catalog may skip thousands)
         warnings.warn(_skipped_message(skipped, seen), SkippedInputWarning, stacklevel=2)
     log.info("%s: %d rasters, %d skipped", label, len(out), len(skipped))
+    resolved_body = get_body(next(iter(bodies))) if bodies else (wanted or MARS)
     return SourceSet(body=resolved_body, assets=out, skipped=skipped)

@@ -7,6 +7,7 @@ to :mod:`~marscope_stac.tiles.sample`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
+from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TileBatch, TilePlan, grown_bounds
 from marscope_stac.tiles.sample import (
     Normalize,
@@ -30,6 +32,7 @@ from marscope_stac.tiles.sample import (
     _SourceReader,
     _window,
     cell_coverage,
+    forget_reader,
 )
 
 __all__ = [
@@ -400,6 +403,7 @@ def read_batch(
     valid = np.zeros(len(plan), np.float32)
     used: list[list[str]] = [[] for _ in range(len(plan))]
     errors: list[tuple[int, str]] = []
+    reopened: set[int] = set()
     readers: dict[int, _SourceReader] = {}
     bad: dict[int, str] = {}
     for si, src in enumerate(plan.sources):
@@ -421,11 +425,48 @@ def read_batch(
             errors.append((int(plan.cells[k]), broken[0]))
             pixels[k] = 0.0
             continue
-        try:
-            pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
-        except RasterioError as exc:
-            names = ", ".join(Path(plan.sources[i].href).name for i in plan.cell_sources[k])
-            reason = str(exc).splitlines()[0][:120]
-            errors.append((int(plan.cells[k]), f"reading {names} failed ({reason}); is it whole?"))
+        failure = _render_or_retry(plan, k, readers, rs, normalize, (pixels, valid, used, reopened))
+        if failure is not None:
+            errors.append((int(plan.cells[k]), failure))
             pixels[k] = 0.0
     return TileBatch(plan.cells.copy(), pixels, valid, used, errors)
+
+
+_REOPEN_PAUSE_S = 0.5
+
+
+def _render_or_retry(
+    plan: TilePlan,
+    k: int,
+    readers: dict[int, _SourceReader],
+    rs: Resampling,
+    normalize: Normalize,
+    into: tuple[NDArray[np.float32], NDArray[np.float32], list[list[str]], set[int]],
+) -> str | None:
+    """Render cell ``k`` into ``into``; why it failed, or None.
+
+    After a failed read of a remote raster the cell is tried once more with its rasters
+    reopened (a reset connection or a cut-short answer can leave a handle broken), once per
+    raster and batch (``into[3]`` holds those already reopened).
+    """
+    pixels, valid, used, reopened = into
+    try:
+        pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
+        return None
+    except RasterioError as exc:
+        reason = str(exc).splitlines()[0][:120]
+    srcs = plan.cell_sources[k]
+    fresh = [si for si in srcs if si not in reopened and is_remote(plan.sources[si].href)]
+    if fresh:
+        reopened.update(fresh)
+        time.sleep(_REOPEN_PAUSE_S)
+        try:
+            for si in srcs:
+                forget_reader(plan.sources[si])
+                readers[si] = _reader(plan.sources[si])
+            pixels[k], valid[k], used[k] = _render_cell(plan, k, readers, rs, normalize)
+            return None
+        except RasterioError as exc:
+            reason = str(exc).splitlines()[0][:120]
+    names = ", ".join(Path(plan.sources[i].href).name for i in srcs)
+    return f"reading {names} failed ({reason}); run again to retry (is the file whole?)"

@@ -94,6 +94,7 @@ def preview_tiles(
     asset: str | None = None,
     collections: Sequence[str] | None = None,
     datetime: str | None = None,
+    cql2: str | None = None,
     max_tiles: int = 48,
     context: float = 0.0,
 ) -> TilePreview:
@@ -112,7 +113,7 @@ def preview_tiles(
     if preview is not None:
         check_output_file(preview)  # a device, FIFO or socket is refused before any work
     sources = load_sources(
-        source, collections=collections, bbox=bbox, datetime=datetime, asset=asset
+        source, collections=collections, bbox=bbox, datetime=datetime, asset=asset, cql2=cql2
     )
     g = parse_grid(grid, sources.body)
     plan = plan_tiles(sources, g, tile_px, bbox=bbox, context=context)

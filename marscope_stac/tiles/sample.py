@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from marscope_stac.stac.raster import SourceAsset
+from marscope_stac.stac.remote import configure_cloud_reading, forget_cached_bytes
 from marscope_stac.tiles.plan import TilePlan
 
 __all__ = [
@@ -75,8 +76,8 @@ class _SourceReader:
 
     def __init__(self, meta: SourceAsset) -> None:
         self.meta = meta
-        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-            self.ds = rasterio.open(meta.href)
+        configure_cloud_reading()  # once per process: GDAL's http(s)/s3 options
+        self.ds = rasterio.open(meta.href)
         self.inv = ~self.ds.transform
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)
@@ -169,6 +170,20 @@ def _reader(meta: SourceAsset) -> _SourceReader:
         _, old = cache.popitem(last=False)
         old.close()
     return rd
+
+
+def forget_reader(meta: SourceAsset) -> None:
+    """Close and forget this thread's open reader of ``meta``: its next use opens it afresh.
+
+    After a failed read, a handle may hold a broken connection or a cut-short block.
+    """
+    cache: OrderedDict[tuple[str, int, int], _SourceReader] | None = getattr(
+        _LOCAL, "readers", None
+    )
+    for key in [k for k, rd in (cache or {}).items() if rd.meta.href == meta.href]:
+        assert cache is not None
+        cache.pop(key).close()
+    forget_cached_bytes(meta.href)
 
 
 def _control_points(tile_px: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

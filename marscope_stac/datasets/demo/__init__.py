@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from marscope_stac.datasets.demo.pipeline import DemoRun, run_demo
+from marscope_stac.datasets.demo.planet import build_planet_catalog
 from marscope_stac.datasets.demo.world import SIZES, DemoCatalog, build_demo_catalog
 
-__all__ = ["SIZES", "DemoCatalog", "DemoRun", "build_demo_catalog", "run_demo"]
+__all__ = [
+    "SIZES",
+    "DemoCatalog",
+    "DemoRun",
+    "build_demo_catalog",
+    "build_planet_catalog",
+    "run_demo",
+]

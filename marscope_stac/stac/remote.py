@@ -1,0 +1,436 @@
+"""Reading STAC and rasters where they live: http(s) and s3 URLs, in one configured place.
+
+Two readers touch the network, and both are set up here:
+
+- **GDAL** (through rasterio) reads the rasters: :func:`configure_cloud_reading` sets its
+  cloud options once per process as environment defaults, so worker processes inherit them
+  and a user's own setting of any of them wins (:data:`GDAL_CLOUD_OPTIONS`): the VSI cache,
+  merged consecutive ranges, no directory listing on open, the whole COG header in the first
+  request, HTTP/2 multiplexing, timeouts, and retries with exponential backoff on 429 and
+  5xx answers.
+- **STAC documents** (JSON) over http(s) come through a ``requests`` session and over s3
+  through boto3 (:func:`read_text`), both with timeouts and retries with backoff that honour
+  ``Retry-After``; a STAC API is searched through pystac-client with the same policy
+  (:func:`open_api`).
+
+Credentials come only from the standard places: the ``AWS_*`` environment variables
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
+``AWS_REGION``) and the AWS profile files. With none of them, s3 is read unsigned (public
+buckets); ``AWS_NO_SIGN_REQUEST=YES`` forces that. ``AWS_REQUEST_PAYER=requester`` reads
+requester-pays buckets. ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) names another
+S3-compatible store, addressed path-style. Nothing here writes a credential anywhere.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from marscope_stac.core.errors import CatalogError
+
+__all__ = [
+    "GDAL_CLOUD_OPTIONS",
+    "RetryPolicy",
+    "api_page_size",
+    "configure_cloud_reading",
+    "forget_cached_bytes",
+    "gdal_path",
+    "is_remote",
+    "open_api",
+    "read_bytes",
+    "read_text",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GDAL_CLOUD_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the folder on open
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.ovr",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "65536",  # a COG's header in the first request
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": "67108864",  # 64 MiB per open file
+    "CPL_VSIL_CURL_CHUNK_SIZE": "262144",  # 256 KiB per range request
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_VERSION": "2",  # HTTP/2 where the server has it, else 1.1
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_TIMEOUT": "30",
+    "GDAL_HTTP_LOW_SPEED_TIME": "15",  # a stalled transfer ends after 15 s below...
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",  # ...1 byte/s and is retried
+    "GDAL_HTTP_MAX_RETRY": "6",
+    "GDAL_HTTP_RETRY_DELAY": "0.25",  # doubled at each retry
+    "GDAL_HTTP_RETRY_CODES": "ALL",  # 429 and every 5xx (and a reset) are retried
+}
+"""GDAL's cloud reading options, set as defaults (the environment overrides each)."""
+
+_CONFIGURED = threading.Lock()
+_OURS: dict[str, str] = {}  # what this module set, so a user's own setting is never touched
+
+
+def is_remote(href: str | Path) -> bool:
+    """Whether ``href`` is an http(s) or s3 URL."""
+    return str(href).startswith(("http://", "https://", "s3://"))
+
+
+def _truthy(name: str) -> bool:
+    """Whether the user set ``name`` to a yes (a value this module set does not count)."""
+    value = os.environ.get(name, "")
+    if name in _OURS and value == _OURS[name]:
+        return False
+    return value.strip().upper() in ("1", "YES", "TRUE", "ON")
+
+
+def _has_aws_credentials() -> bool:
+    """Whether the standard environment or profile files name AWS credentials."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE"):
+        return True
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return True
+    files = (
+        env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        env.get("AWS_CONFIG_FILE", "~/.aws/config"),
+    )
+    return any(Path(f).expanduser().is_file() for f in files)
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _gdal_s3_options() -> dict[str, str]:
+    """GDAL's S3 options derived from the standard AWS settings."""
+    out: dict[str, str] = {}
+    endpoint = _s3_endpoint()
+    if endpoint:
+        parts = urlsplit(endpoint)
+        out["AWS_S3_ENDPOINT"] = parts.netloc or parts.path
+        out["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+        out["AWS_VIRTUAL_HOSTING"] = "FALSE"  # path-style addressing
+    if _truthy("AWS_NO_SIGN_REQUEST") or not _has_aws_credentials():
+        out["AWS_NO_SIGN_REQUEST"] = "YES"
+    return out
+
+
+def configure_cloud_reading() -> dict[str, str]:
+    """Set GDAL's cloud options as environment defaults for this process and its children.
+
+    Cheap, and called before each read of a source set: the S3 options follow the AWS
+    settings of the moment. A variable the user set is never changed. Returns the options in
+    force (for the record of a run).
+    """
+    with _CONFIGURED:
+        wanted = {**GDAL_CLOUD_OPTIONS, **_gdal_s3_options()}
+        for name in [n for n in _OURS if n not in wanted]:
+            if os.environ.get(name) == _OURS.pop(name):
+                del os.environ[name]  # ours, and no longer wanted (e.g. credentials appeared)
+        for name, value in wanted.items():
+            current = os.environ.get(name)
+            if current is None or current == _OURS.get(name):
+                os.environ[name] = value
+                _OURS[name] = value
+        return {n: os.environ[n] for n in wanted}
+
+
+def gdal_path(href: str) -> str:
+    """The GDAL virtual path of an http(s) or s3 URL (``/vsicurl/...``, ``/vsis3/...``)."""
+    if href.startswith("s3://"):
+        return "/vsis3/" + href.removeprefix("s3://")
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    return href
+
+
+@functools.cache
+def _libgdal() -> Any:
+    """The GDAL library rasterio loaded (its own copy in wheels), or None."""
+    import ctypes
+
+    import rasterio  # noqa: F401 - loads GDAL
+
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    found = sorted({ln.split()[-1] for ln in maps.splitlines() if "libgdal" in ln})
+    # other packages (pyogrio) may load a GDAL of their own: rasterio's is the one to clear
+    ours = [p for p in found if "rasterio" in p] or found
+    if len(ours) != 1:
+        return None
+    lib = ctypes.CDLL(ours[0])
+    lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+def forget_cached_bytes(href: str) -> None:
+    """Drop what GDAL's network reader holds of ``href`` (a cut-short answer can sit there).
+
+    A read that failed part-way is then fetched afresh; a no-op for local files and where the
+    GDAL library cannot be reached.
+    """
+    if not is_remote(href):
+        return
+    lib = _libgdal()
+    if lib is None:  # pragma: no cover - rasterio always loads a GDAL we can find on Linux
+        log.debug("cannot clear GDAL's cache of %s", href)
+        return
+    lib.VSICurlPartialClearCache(gdal_path(href).encode())
+
+
+# --------------------------------------------------------------------------------------------
+# retries
+
+
+class RetryPolicy:
+    """How reads of STAC documents are retried: attempts, backoff and timeouts.
+
+    Defaults come from ``MARSCOPE_HTTP_RETRIES`` (6), ``MARSCOPE_HTTP_TIMEOUT`` (seconds for
+    a connection and between bytes, 30) and ``MARSCOPE_HTTP_BACKOFF`` (first wait in
+    seconds, 0.25, doubled at each retry up to 20 s; a ``Retry-After`` answer waits as told,
+    up to 120 s).
+    """
+
+    def __init__(
+        self,
+        attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: float | None = None,
+    ) -> None:
+        env = os.environ
+        self.attempts = max(1, attempts or int(env.get("MARSCOPE_HTTP_RETRIES", "6")) + 1)
+        self.timeout = timeout or float(env.get("MARSCOPE_HTTP_TIMEOUT", "30"))
+        self.backoff = (
+            backoff if backoff is not None else float(env.get("MARSCOPE_HTTP_BACKOFF", "0.25"))
+        )
+
+    def wait(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""
+        told = _retry_after_seconds(retry_after)
+        if told is not None:
+            return min(told, 120.0)
+        base = min(20.0, self.backoff * 2 ** (attempt - 1))
+        return base * (0.5 + random.random())  # jitter: many workers do not retry at once
+
+    def run(self, what: str, call: Callable[[], T], transient: Callable[[Exception], Any]) -> T:
+        """Call ``call`` until it succeeds, retrying exceptions ``transient`` accepts.
+
+        ``transient(exc)`` returns a false value for a final failure, or ``True`` / the
+        ``Retry-After`` header text for one worth retrying.
+        """
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return call()
+            except Exception as exc:
+                verdict = transient(exc)
+                if not verdict or attempt == self.attempts:
+                    raise
+                pause = self.wait(attempt, verdict if isinstance(verdict, str) else None)
+                log.info("%s: %s; retry %d in %.2f s", what, _short(exc), attempt, pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class _HttpStatusError(OSError):
+    def __init__(self, url: str, status: int, reason: str, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status} {reason} from {url}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+# --------------------------------------------------------------------------------------------
+# http(s)
+
+_SESSIONS = threading.local()
+
+
+def _session() -> Any:
+    import requests
+
+    s = getattr(_SESSIONS, "session", None)
+    if s is None:
+        s = requests.Session()
+        s.headers["User-Agent"] = "marscope-stac"
+        _SESSIONS.session = s
+    return s
+
+
+def _http_get(url: str, policy: RetryPolicy) -> bytes:
+    import requests
+    from requests.exceptions import ChunkedEncodingError, ContentDecodingError
+
+    def call() -> bytes:
+        r = _session().get(url, timeout=(policy.timeout, policy.timeout))
+        if r.status_code >= 400:
+            raise _HttpStatusError(url, r.status_code, r.reason, r.headers.get("Retry-After"))
+        return bytes(r.content)  # urllib3 raises on a body shorter than its Content-Length
+
+    def transient(exc: Exception) -> bool | str:
+        if isinstance(exc, _HttpStatusError):
+            return (exc.retry_after or True) if exc.status in _RETRY_STATUS else False
+        cut = ChunkedEncodingError | ContentDecodingError
+        return isinstance(exc, requests.ConnectionError | requests.Timeout | cut)
+
+    return policy.run(url, call, transient)
+
+
+# --------------------------------------------------------------------------------------------
+# s3
+
+_S3 = threading.local()
+
+
+def _s3_client() -> Any:
+    unsigned = _truthy("AWS_NO_SIGN_REQUEST") or not _has_aws_credentials()
+    env = os.environ
+    key = (_s3_endpoint(), unsigned, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_PROFILE"))
+    cached = getattr(_S3, "client", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    import boto3
+    import botocore
+    from botocore.config import Config
+
+    policy = RetryPolicy()
+    cfg = Config(
+        connect_timeout=policy.timeout,
+        read_timeout=policy.timeout,
+        retries={"max_attempts": policy.attempts, "mode": "standard"},
+        s3={"addressing_style": "path" if _s3_endpoint() else "auto"},
+        signature_version=botocore.UNSIGNED if unsigned else None,
+    )
+    client = boto3.session.Session().client("s3", config=cfg)
+    _S3.client = (key, client)
+    return client
+
+
+def _s3_get(url: str) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parts = urlsplit(url)
+    extra = {"RequestPayer": "requester"} if os.environ.get("AWS_REQUEST_PAYER") else {}
+    try:
+        obj = _s3_client().get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"), **extra)
+        return bytes(obj["Body"].read())
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise CatalogError(f"cannot read {url}: S3 says {code or _short(exc)}") from exc
+    except BotoCoreError as exc:
+        raise CatalogError(f"cannot read {url}: {_short(exc)}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# public
+
+
+def read_bytes(url: str, policy: RetryPolicy | None = None) -> bytes:
+    """The bytes at an http(s) or s3 URL, retried with backoff.
+
+    Raises:
+        CatalogError: when the document cannot be read after the retries (one line naming
+            the URL and the last answer).
+    """
+    policy = policy or RetryPolicy()
+    if url.startswith("s3://"):
+        return _s3_get(url)  # botocore retries with its own backoff
+    try:
+        return _http_get(url, policy)
+    except _HttpStatusError as exc:
+        raise CatalogError(f"cannot read {url}: {exc}") from exc
+    except OSError as exc:
+        raise CatalogError(
+            f"cannot read {url} after {policy.attempts} tries: {_short(exc)}; check the "
+            "address and the network"
+        ) from exc
+
+
+def read_text(url: str, policy: RetryPolicy | None = None) -> str:
+    """The text of a STAC document at an http(s) or s3 URL (see :func:`read_bytes`).
+
+    Raises:
+        CatalogError: when it cannot be read or is not UTF-8.
+    """
+    data = read_bytes(url, policy)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{url} is not a UTF-8 text document ({exc.reason})") from exc
+
+
+def api_page_size() -> int:
+    """Items asked for per page of a STAC API search (``MARSCOPE_STAC_PAGE_SIZE``, 100)."""
+    try:
+        return max(1, int(os.environ.get("MARSCOPE_STAC_PAGE_SIZE", "100")))
+    except ValueError:
+        return 100
+
+
+def open_api(url: str, policy: RetryPolicy | None = None) -> Any:
+    """A pystac-client ``Client`` for the STAC API at ``url``, with timeouts and retries.
+
+    Pages of a search are retried on 429 (waiting as ``Retry-After`` says) and 5xx answers,
+    resets, timeouts and bodies cut short.
+    """
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
+
+    pol = policy or RetryPolicy()
+
+    class RetryingApiIO(StacApiIO):
+        """pystac-client's reader, each request retried as a whole (body included)."""
+
+        def request(self, href: str, *args: Any, **kwargs: Any) -> str:
+            def call() -> str:
+                return str(StacApiIO.request(self, href, *args, **kwargs))
+
+            def transient(exc: Exception) -> bool:
+                code = getattr(exc, "status_code", None)
+                return isinstance(exc, APIError) and (code is None or code in _RETRY_STATUS)
+
+            return pol.run(href, call, transient)
+
+    retry = Retry(
+        total=pol.attempts - 1,
+        backoff_factor=pol.backoff,
+        backoff_max=20.0,
+        status_forcelist=sorted(_RETRY_STATUS),
+        allowed_methods=["GET", "POST"],
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    io = RetryingApiIO(timeout=pol.timeout, max_retries=retry)
+    return Client.open(url, stac_io=io)
