@@ -2,6 +2,8 @@
 #   make demo   create .venv if missing, install, run the main job on the embedded default
 #   make test   create .venv if missing, install, run ruff, mypy, the docs build and the tests
 #   make docs   build the documentation site into site/ (strict: any warning fails)
+#   make services  install the real servers the tests start (PostgreSQL+PostGIS, nginx from
+#               Debian; stac-fastapi-pgstac, pypgstac and moto in .services/venv)
 #
 # GPU users: install the torch/torchvision pair matching your CUDA first, then run
 #   make demo CONSTRAINTS=/dev/null
@@ -16,7 +18,7 @@ FUZZ_SECONDS ?= 1800
 FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiffs \
 	test_fuzzed_scheduler_environment
 
-.PHONY: demo test install lint docs fuzz clean-products
+.PHONY: demo test install lint docs fuzz clean-products services
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +39,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
 
-test: lint docs
+services:
+	PYTHON=$(PYTHON) services/install.sh
+
+test: lint docs services
 	$(BIN)/pytest
 
 # the fuzzing suite with fresh random inputs, FUZZ_SECONDS shared among its properties; a

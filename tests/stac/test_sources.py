@@ -348,114 +348,12 @@ def test_ungeoreferenced_raster_is_skipped(tmp_path: Path, demo_root: Path) -> N
 
 
 # ------------------------------------------------------------------------------- STAC API
-
-
-@pytest.fixture()
-def stac_api(demo_root: Path):  # type: ignore[no-untyped-def]
-    """A minimal STAC API (core + item-search) on 127.0.0.1 serving the demo items."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlparse
-
-    import pystac
-
-    items = []
-    for item in pystac.Catalog.from_file(str(demo_root / "catalog.json")).get_items(recursive=True):
-        d = item.to_dict(include_self_link=False)
-        for a in d["assets"].values():
-            a["href"] = str((Path(item.get_self_href() or "").parent / a["href"]).resolve())
-        d["links"] = []
-        d["collection"] = item.collection_id
-        items.append(d)
-    seen: list[dict[str, object]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, body: dict[str, object]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _search(self, params: dict[str, object]) -> None:
-            seen.append(params)
-            colls = params.get("collections")
-            if isinstance(colls, str):
-                colls = colls.split(",")
-            bbox = params.get("bbox")
-            if isinstance(bbox, str):
-                bbox = [float(v) for v in bbox.split(",")]
-            out = []
-            for d in items:
-                if colls and d["collection"] not in colls:
-                    continue
-                b = d["bbox"]
-                if bbox and (
-                    b[2] <= bbox[0] or b[0] >= bbox[2] or b[3] <= bbox[1] or b[1] >= bbox[3]
-                ):
-                    continue
-                out.append(d)
-            self._send({"type": "FeatureCollection", "features": out, "links": []})
-
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            if url.path == "/search":
-                q = {k: v[0] for k, v in parse_qs(url.query).items()}
-                self._search(q)
-                return
-            base = f"http://127.0.0.1:{self.server.server_address[1]}"
-            self._send(
-                {
-                    "type": "Catalog",
-                    "id": "test-api",
-                    "stac_version": "1.1.0",
-                    "description": "test",
-                    "conformsTo": [
-                        "https://api.stacspec.org/v1.0.0/core",
-                        "https://api.stacspec.org/v1.0.0/item-search",
-                    ],
-                    "links": [
-                        {"rel": "self", "href": f"{base}/", "type": "application/json"},
-                        {"rel": "root", "href": f"{base}/", "type": "application/json"},
-                        {
-                            "rel": "search",
-                            "href": f"{base}/search",
-                            "method": "GET",
-                            "type": "application/geo+json",
-                        },
-                    ],
-                }
-            )
-
-        def do_POST(self) -> None:
-            n = int(self.headers.get("Content-Length", 0))
-            self._search(json.loads(self.rfile.read(n) or b"{}"))
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+# searching a real STAC API (stac-fastapi-pgstac) is tested in tests/remote/test_stac_api.py
 
 
 @pytest.mark.enable_socket
-def test_stac_api_search(stac_api) -> None:  # type: ignore[no-untyped-def]
-    url, seen = stac_api
-    sources = load_sources(url, collections=["demo-ctx"], bbox=[150.0, -5.0, 150.1, -4.9])
-    assert [a.item_id for a in sources.assets] == ["ctx-demo-r0c0"]
-    assert seen and seen[-1].get("collections") in (["demo-ctx"], "demo-ctx")
-    plan = plan_tiles(sources, parse_grid("lonlat:0.05"), 32)
-    assert len(plan) == 16  # the whole 0.2-degree scene
-
-
-@pytest.mark.enable_socket
-def test_unreachable_stac_api() -> None:
+def test_unreachable_stac_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARSCOPE_HTTP_RETRIES", "1")
+    monkeypatch.setenv("MARSCOPE_HTTP_BACKOFF", "0.01")
     with pytest.raises(CatalogError, match="cannot query the STAC API"):
         load_sources("http://127.0.0.1:9/")

@@ -1,0 +1,217 @@
+"""Reading remote data: local files vs HTTP vs S3 at added round trips, faults, a planet's API.
+
+    .venv/bin/python bench/remote.py                  # every figure (about 10 minutes here)
+    .venv/bin/python bench/remote.py --delays 0,20    # fewer latencies
+    .venv/bin/python bench/remote.py --skip-planet --skip-faults
+
+Real servers, started here as the tests start them (``make services`` installs them): nginx
+(HTTP range requests), moto (S3), stac-fastapi-pgstac on PostgreSQL + pgstac; a proxy in front
+of each adds the round trip (per request) and injects faults (``tests/_faultproxy.py``).
+
+1. **Embedding throughput**, same demo world (``--size``), bundled model, 0.02-degree cells:
+   local files, then HTTP and S3 at each ``--delays`` (ms): cells/s, its ratio to local,
+   range requests per cell, bytes fetched per byte of the COGs read.
+2. **Faults**: the HTTP run again at ``--fault-rate`` of every raster request faulted (503,
+   429 with Retry-After, reset, stall, body cut short), run again until complete: faults
+   injected, runs, and whether the finished set equals the clean one (cells, no duplicates,
+   embeddings to float16's last place).
+3. **The planet through a STAC API**: ``--planet-deg`` tiles over the planet (4: 3,960 items,
+   16 px COGs on nginx) in pgstac; search (pages of 100) + every header read + planning cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _faultproxy import FAULTS, FaultProxy
+from _services import (
+    MotoS3,
+    Nginx,
+    Postgres,
+    StacApi,
+    api_documents,
+    environment,
+    load_pgstac,
+)
+
+from marscope_stac.datasets.demo.planet import PLANET_COLLECTION, build_planet_catalog
+from marscope_stac.datasets.demo.world import ensure_demo_catalog
+from marscope_stac.embed.run import EmbedResult, embed_catalog
+from marscope_stac.grid.grids import parse_grid
+from marscope_stac.stac.read import load_sources
+from marscope_stac.tiles.plan import plan_tiles
+
+OUT = Path("bench/out")
+
+
+def _tifs(proxy: FaultProxy) -> int:
+    return sum(n for p, n in proxy.paths.items() if p.endswith(".tif"))
+
+
+def _embed(source: str, out: Path, model: str, workers: int) -> EmbedResult:
+    from marscope_stac.embed import ComputeOptions
+
+    shutil.rmtree(out, ignore_errors=True)
+    compute = ComputeOptions(workers=workers)
+    return embed_catalog(source, out, model=model, compute=compute, progress=False, publish=False)
+
+
+def throughput(args: argparse.Namespace, demo: Path, nginx: Nginx, moto: MotoS3) -> Any:
+    """Section 1: one table row per source and added round trip."""
+    cog_bytes = sum(p.stat().st_size for p in demo.rglob("*.tif"))
+    s3_url = moto.upload_folder(demo, "bench", f"{demo.name}/") + "catalog.json"
+    _embed(str(demo), OUT / "remote-warm", args.model, args.workers)  # model and caches warm
+    local = _embed(str(demo), OUT / "remote-local", args.model, args.workers)
+    base = local.embedded_now / local.seconds
+    head = f"{'source':<8}{'RTT ms':>7}{'cells/s':>10}{'x local':>9}{'req/cell':>10}"
+    print(head + f"{'fetched/COG':>13}")
+    print(f"{'local':<8}{'-':>7}{base:10.1f}{1.0:9.2f}{'-':>10}{'-':>13}")
+    rows = {}
+    for delay in args.delays:
+        for name, port, url in (("http", nginx.port, None), ("s3", moto.port, s3_url)):
+            proxy = FaultProxy(("127.0.0.1", port), delay=delay / 1000.0)
+            try:
+                if name == "http":
+                    src = f"{proxy.url}/{demo.name}/catalog.json"
+                    res = _embed(src, OUT / "remote-run", args.model, args.workers)
+                else:
+                    s3env = {**moto.env, "AWS_ENDPOINT_URL_S3": proxy.url}
+                    with environment(**s3env):
+                        res = _embed(str(url), OUT / "remote-run", args.model, args.workers)
+            finally:
+                proxy.stop()
+            rate = res.embedded_now / res.seconds
+            req = _tifs(proxy) / max(1, res.embedded_now)
+            fetched = proxy.bytes_out / cog_bytes
+            rows[(name, delay)] = rate / base
+            print(f"{name:<8}{delay:7d}{rate:10.1f}{rate / base:9.2f}{req:10.2f}{fetched:13.2f}")
+    return local, rows
+
+
+def faults(args: argparse.Namespace, demo: Path, nginx: Nginx, clean: EmbedResult) -> None:
+    """Section 2: a faulty HTTP server, runs until the set is complete."""
+
+    def rasters(method: str, path: str) -> bool:
+        return path.endswith(".tif")
+
+    env = {"GDAL_HTTP_TIMEOUT": "2", "GDAL_HTTP_LOW_SPEED_TIME": "1",
+           "GDAL_HTTP_RETRY_DELAY": "0.05", "CPL_VSIL_CURL_CHUNK_SIZE": "16384",
+           "VSI_CACHE": "FALSE"}  # fmt: skip
+    out = OUT / "remote-faults"
+    shutil.rmtree(out, ignore_errors=True)
+    total: dict[str, int] = {}
+    runs = 0
+    t0 = time.perf_counter()
+    with environment(**env):
+        for runs in range(1, 40):
+            proxy = FaultProxy(
+                ("127.0.0.1", nginx.port), delay=0.02, rate=args.fault_rate, kinds=FAULTS,
+                seed=runs, only=rasters, stall=30, retry_after=0,
+            )  # fmt: skip
+            try:
+                src = f"{proxy.url}/{demo.name}/catalog.json"
+                res = embed_catalog(src, out, model=args.model, progress=False, publish=False)
+            finally:
+                proxy.stop()
+            for k, v in proxy.counts.items():
+                total[k] = total.get(k, 0) + v
+            if not res.failed_cells and sum(total.values()) >= args.min_faults:
+                break
+            if not res.failed_cells:  # complete: start a new set, keep counting faults
+                shutil.rmtree(out, ignore_errors=True)
+    a, b = clean.embedding_set.table(), res.embedding_set.table()
+    oa, ob = np.argsort(a.cell_index), np.argsort(b.cell_index)
+    same_cells = np.array_equal(a.cell_index[oa], b.cell_index[ob])
+    unique = len(np.unique(b.cell_index)) == len(b.cell_index)
+    kinds = sorted(total.items())
+    diff = float(np.abs(a.embedding[oa].astype(np.float32) - b.embedding[ob]).max())
+    print(
+        f"faults: {sum(total.values())} injected ({', '.join(f'{k} {v}' for k, v in kinds)}) "
+        f"over {runs} runs in {time.perf_counter() - t0:.0f} s; finished set: same cells "
+        f"{same_cells}, no duplicates {unique}, largest embedding difference {diff:.1e}"
+    )
+
+
+def planet(args: argparse.Namespace, www: Path, nginx: Nginx) -> None:
+    """Section 3: the planet-sized catalog in pgstac, searched, headers read, planned."""
+    root = OUT / f"planet-{args.planet_deg:g}deg"
+    if not (root / "catalog.json").is_file():
+        build_planet_catalog(root, tile_deg=args.planet_deg)
+    if not (www / root.name).exists():
+        (www / root.name).symlink_to(root.resolve())
+    pg = Postgres()
+    api = None
+    try:
+        colls, items = api_documents(root, nginx.url, root.name)
+        t0 = time.perf_counter()
+        load_pgstac(pg, colls, items)
+        loaded = time.perf_counter() - t0
+        api = StacApi(pg)
+        proxy = FaultProxy(("127.0.0.1", api.port))
+        try:
+            t0 = time.perf_counter()
+            sources = load_sources(proxy.url, collections=[PLANET_COLLECTION])
+            t1 = time.perf_counter()
+            plan = plan_tiles(sources, parse_grid("lonlat:0.2"), 64)
+            t2 = time.perf_counter()
+        finally:
+            proxy.stop()
+        print(
+            f"planet: {len(items)} items of {args.planet_deg:g} degrees loaded into pgstac in "
+            f"{loaded:.1f} s; search + {len(sources.assets)} COG headers over HTTP "
+            f"{t1 - t0:.1f} s ({proxy.paths['/search']} pages); {len(plan)} cells of 0.2 "
+            f"degrees planned in {t2 - t1:.1f} s; total {t2 - t0:.1f} s"
+        )
+    finally:
+        if api is not None:
+            api.stop()
+        pg.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="default", help="Demo world size.")
+    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--workers", type=int, default=1, help="Embedding worker threads.")
+    ap.add_argument("--delays", default="0,20,100", help="Added round trips, ms.")
+    ap.add_argument("--fault-rate", type=float, default=0.3)
+    ap.add_argument("--min-faults", type=int, default=500)
+    ap.add_argument("--planet-deg", type=float, default=4.0)
+    ap.add_argument("--skip-faults", action="store_true")
+    ap.add_argument("--skip-planet", action="store_true")
+    args = ap.parse_args()
+    args.delays = [int(d) for d in args.delays.split(",") if d.strip()]
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("MARSCOPE_HTTP_BACKOFF", "0.05")
+    demo = OUT / f"demo-{args.size}"
+    ensure_demo_catalog(demo, size=args.size)
+    www = OUT / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    if not (www / demo.name).exists():
+        (www / demo.name).symlink_to(demo.resolve())
+    nginx, moto = Nginx(www), MotoS3()
+    try:
+        print(f"{os.cpu_count()} CPUs; demo world {args.size}; model {args.model}")
+        clean, _ = throughput(args, demo, nginx, moto)
+        if not args.skip_faults:
+            faults(args, demo, nginx, clean)
+        if not args.skip_planet:
+            planet(args, www, nginx)
+    finally:
+        nginx.stop()
+        moto.stop()
+
+
+if __name__ == "__main__":
+    main()
