@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import stat
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +18,24 @@ import pystac
 import rasterio
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.core.bodies import Body, body_of_crs, normalize_lon
 from marscope_stac.core.errors import CatalogError, DataError
+from marscope_stac.stac.remote import (
+    BROKEN_READ_SIGNS,
+    forget_cached_bytes,
+    gdal_messages,
+    is_remote,
+)
 
 __all__ = [
     "SourceAsset",
     "crs_from_stac",
+    "open_raster",
     "pick_asset",
 ]
 
@@ -184,14 +192,45 @@ def _footprint(crs: CRS, body: Body, bounds: tuple[float, float, float, float]) 
     return _split_antimeridian(west, south, east, north)
 
 
+_HEADER_TRIES = 3
+_FINAL_ANSWERS = ("404", "403", "No such file", "not recognized", "not exist")
+
+
+def open_raster(href: str) -> Any:
+    """Open a raster, trying a remote one again when it fails or its header came damaged.
+
+    Before each new try GDAL's cached bytes of it are dropped. GDAL retries each request
+    itself; this covers an answer cut short, which it caches (and, of a TIFF header, opens
+    with wrong georeferencing, saying so only in warnings).
+
+    Raises:
+        RasterioError: when it cannot be opened (after the retries, for a remote raster).
+    """
+    for attempt in range(1, _HEADER_TRIES + 1):
+        try:
+            with warnings.catch_warnings(), gdal_messages() as said:
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(href)
+            broken = [m for m in said if any(w in m for w in BROKEN_READ_SIGNS)]
+            if broken and is_remote(href):
+                ds.close()
+                raise RasterioIOError(f"the header of {href} came damaged: {broken[0]}")
+            return ds
+        except RasterioError as exc:
+            final = any(s in str(exc) for s in _FINAL_ANSWERS)
+            if final or not is_remote(href) or attempt == _HEADER_TRIES:
+                raise
+            forget_cached_bytes(href)
+            time.sleep(0.25 * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _read_header(item: pystac.Item, key: str, body: Body) -> SourceAsset:
     a = item.assets[key]
     href = a.get_absolute_href() or a.href
     _check_local_raster(item, key, href)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(href)
+        src = open_raster(href)
         with src:
             if src.transform.is_identity and not src.gcps[0]:
                 raise DataError(f"asset {key!r} of item {item.id} is not georeferenced ({href})")

@@ -23,6 +23,7 @@ S3-compatible store, addressed path-style. Nothing here writes a credential anyw
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import logging
@@ -30,7 +31,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,11 +39,13 @@ from urllib.parse import urlsplit
 from marscope_stac.core.errors import CatalogError
 
 __all__ = [
+    "BROKEN_READ_SIGNS",
     "GDAL_CLOUD_OPTIONS",
     "RetryPolicy",
     "api_page_size",
     "configure_cloud_reading",
     "forget_cached_bytes",
+    "gdal_messages",
     "gdal_path",
     "is_remote",
     "open_api",
@@ -186,6 +189,42 @@ def forget_cached_bytes(href: str) -> None:
         log.debug("cannot clear GDAL's cache of %s", href)
         return
     lib.VSICurlPartialClearCache(gdal_path(href).encode())
+
+
+class _PerThread(logging.Handler):
+    """Hands GDAL's messages (rasterio's ``rasterio._env`` log) to the thread that caused them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        said = getattr(_SAID, "messages", None)
+        if said is not None:
+            said.append(record.getMessage())
+
+
+_SAID = threading.local()
+_HANDLER = _PerThread(logging.WARNING)
+
+
+@contextlib.contextmanager
+def gdal_messages() -> Iterator[list[str]]:
+    """Collect the warnings GDAL gives in this thread while the block runs.
+
+    GDAL reports a TIFF header cut short by the network as warnings ("IO error during
+    reading", "tags apparently corrupt") and opens the file anyway, with wrong
+    georeferencing: callers look at these to refuse such an open.
+    """
+    logger = logging.getLogger("rasterio._env")
+    if _HANDLER not in logger.handlers:
+        logger.addHandler(_HANDLER)
+    outer = getattr(_SAID, "messages", None)
+    _SAID.messages = []
+    try:
+        yield _SAID.messages
+    finally:
+        _SAID.messages = outer
+
+
+BROKEN_READ_SIGNS = ("IO error", "corrupt", "Read failed", "TIFFFetch", "TIFFReadDirectory")
+"""Words of GDAL warnings that mean bytes came cut short or damaged."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import rasterio
 from numpy.typing import NDArray
 from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scipy import ndimage
 
-from marscope_stac.stac.raster import SourceAsset
+from marscope_stac.stac.raster import SourceAsset, open_raster
 from marscope_stac.stac.remote import configure_cloud_reading, forget_cached_bytes
 from marscope_stac.tiles.plan import TilePlan
 
@@ -76,8 +75,8 @@ class _SourceReader:
 
     def __init__(self, meta: SourceAsset) -> None:
         self.meta = meta
-        configure_cloud_reading()  # once per process: GDAL's http(s)/s3 options
-        self.ds = rasterio.open(meta.href)
+        configure_cloud_reading()  # GDAL's http(s)/s3 options, inherited by workers
+        self.ds = open_raster(meta.href)
         self.inv = ~self.ds.transform
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)

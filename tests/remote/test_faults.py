@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from _faultproxy import FAULTS, FaultProxy
 from _services import Nginx, StacApi
 from click.testing import CliRunner
@@ -17,6 +18,7 @@ from marscope_stac.datasets.demo import DemoCatalog
 from marscope_stac.datasets.demo.planet import PLANET_COLLECTION
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.grid.grids import parse_grid
+from marscope_stac.stac.raster import open_raster
 from marscope_stac.stac.read import load_sources
 from marscope_stac.tiles.batch import read_batch
 from marscope_stac.tiles.plan import plan_tiles
@@ -149,3 +151,18 @@ def test_tiles_read_through_faults_are_the_local_pixels_or_marked_failed(
         np.testing.assert_allclose(local.pixels[ok], remote.pixels[ok], rtol=0, atol=1e-5)
         assert not remote.valid[~ok].any() and not remote.pixels[~ok].any()  # never partial
     assert set(faults) == set(FAULTS), faults
+
+
+def test_a_header_cut_short_is_read_again_not_trusted(nginx: Nginx, planet_small: Path) -> None:
+    # cut short three times in a row, a small TIFF's answer makes GDAL open it without its
+    # CRS, saying so only in a warning: such an open is refused and the header read again
+    tif = next(planet_small.rglob("*.tif"))
+    proxy = _proxy(nginx, rate=1.0, kinds=("truncate",), budget=3)
+    try:
+        with open_raster(f"{proxy.url}/planet/{tif.relative_to(planet_small)}") as ds:
+            crs, bounds = ds.crs, ds.bounds
+    finally:
+        proxy.stop()
+    assert proxy.counts["truncate"] == 3
+    with rasterio.open(tif) as ds:
+        assert (crs, bounds) == (ds.crs, ds.bounds)
