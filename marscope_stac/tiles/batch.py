@@ -432,7 +432,7 @@ def read_batch(
     return TileBatch(plan.cells.copy(), pixels, valid, used, errors)
 
 
-_REOPEN_PAUSE_S = 0.5
+_REOPEN_PAUSE_S = 0.05  # GDAL has already retried with backoff
 
 
 def _render_or_retry(
