@@ -457,8 +457,12 @@ def open_api(url: str, policy: RetryPolicy | None = None) -> Any:
                 return str(StacApiIO.request(self, href, *args, **kwargs))
 
             def transient(exc: Exception) -> bool:
+                # urllib3 has already retried connections and statuses ("Max retries
+                # exceeded"): only a body cut short or a connection broken mid-answer is
+                # tried again here, so the two retry loops never multiply
                 code = getattr(exc, "status_code", None)
-                return isinstance(exc, APIError) and (code is None or code in _RETRY_STATUS)
+                spent = "Max retries exceeded" in str(exc)
+                return isinstance(exc, APIError) and code is None and not spent
 
             return pol.run(href, call, transient)
 
