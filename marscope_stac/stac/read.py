@@ -501,7 +501,6 @@ def load_sources(
     out: list[SourceAsset] = []
     skipped: list[tuple[str, str]] = []
     bodies: dict[str, str] = {}
-    in_bbox = 0
     other_collections: set[str] = set()
     chosen = _choose(items, (collections, interval, max_items), wanted, bodies, other_collections)
     seen = len(chosen)
@@ -511,7 +510,6 @@ def load_sources(
             continue
         if not _bbox_hits(src.footprint, bbox):
             continue
-        in_bbox += 1
         out.append(src)
     if not out:
         raise _nothing_found(label, seen, skipped, collections, other_collections, datetime, bbox)
