@@ -19,6 +19,13 @@ of each adds the round trip (per request) and injects faults (``tests/_faultprox
    raster requests (503, 429 with Retry-After, reset, stall, body cut short, in turn),
    embedded at 2-degree cells and run again until complete: faults injected, runs, and
    whether the finished set equals a clean local run's (cells, no duplicates, embeddings).
+4. **A published set queried by URL**: a synthetic ``--published-grid`` set (0.2 degrees to
+   80 degrees of latitude: 1.44 M cells x 256-d, written by the library's own writer and
+   published as STAC with the bundled model, as ``bench/query_planet.py`` builds it; kept in
+   ``bench/out`` for later runs) on nginx. ``marscope query --embeddings URL`` as a fresh
+   process with an empty cache (first answer: fetch + checksums + model + query), then again
+   (cached), against the same command on the local folder; and the fetch alone through a
+   proxy adding ``--published-delay`` ms per request.
 """
 
 from __future__ import annotations
@@ -195,6 +202,93 @@ def planet(args: argparse.Namespace, nginx: Nginx, root: Path) -> None:
         pg.stop()
 
 
+def _query_seconds(embeddings: str | Path, out: Path, cache: Path) -> float:
+    """Wall time of one ``marscope query`` process (the user's command)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "marscope_stac.cli", "query", "impact craters"]
+    cmd += ["--embeddings", str(embeddings), "--out", str(out)]
+    env = {**os.environ, "MARSCOPE_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if run.returncode != 0:
+        raise SystemExit(f"marscope query failed: {run.stderr.decode()[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def _published_set(args: argparse.Namespace, demo: Path) -> Path:
+    """The synthetic set's products folder (built once, kept in bench/out)."""
+    from query_planet import build_set
+
+    from marscope_stac.index.faiss_index import build_faiss_index
+    from marscope_stac.index.store import EmbeddingSet
+    from marscope_stac.models.loading import load_model
+    from marscope_stac.stac.publish import publish_embedding_set
+
+    root = OUT / ("published-" + args.published_grid.replace(":", "-").replace("@", "-"))
+    products = root / "products"
+    if (products / "catalog.json").is_file():
+        return products
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    build_set(root, args.published_grid, 256, parquet=True)
+    (root / "exact.npy").unlink()
+    es = EmbeddingSet(products / "embeddings" / "bench-256d")
+    build_faiss_index(np.asarray(es.scoring_arrays().vectors, np.float32), es.index)
+    grid = parse_grid(args.published_grid)
+    publish_embedding_set(es, load_model("bundled"), load_sources(demo), grid, 64, products)
+    return products
+
+
+def published(args: argparse.Namespace, demo: Path, www: Path, nginx: Nginx) -> None:
+    """A 1.44 M-cell set published over HTTP, queried by its URL (see the module docstring)."""
+    from marscope_stac.index.published import SET_ASSETS, open_published_set
+    from marscope_stac.index.store import EmbeddingSet
+
+    t0 = time.perf_counter()
+    products = _published_set(args, demo)
+    es = EmbeddingSet(products / "embeddings" / "bench-256d")
+    n = len(es.scoring_arrays())
+    fetched = sum((es.root / f).stat().st_size for f in SET_ASSETS.values()) / 1e9
+    total = sum(p.stat().st_size for p in es.root.iterdir() if p.is_file()) / 1e9
+    print(
+        f"published set: {n:,} cells x 256-d ({args.published_grid}), {total:.2f} GB of which "
+        f"a query fetches {fetched:.2f} GB (ready in {time.perf_counter() - t0:.0f} s)"
+    )
+    link = www / "published"
+    if not link.exists():
+        link.symlink_to(products.parent.resolve())
+    path = f"/published/products/embeddings/{es.root.name}/{es.root.name}.json"
+    cache, out = OUT / "published-cache", OUT / "published-products"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    first = _query_seconds(nginx.url + path, out / "by-url", cache)
+    _query_seconds(es.root, out / "local", cache)  # untimed: the local folder's page cache
+    by_url = [_query_seconds(nginx.url + path, out / "by-url", cache) for _ in range(3)]
+    local = [_query_seconds(es.root, out / "local", cache) for _ in range(3)]
+    url_s, local_s = float(np.median(by_url)), float(np.median(local))
+    print(
+        f"  by URL, empty cache: first answer in {first:.1f} s (fetch {fetched:.2f} GB, "
+        f"checksums, model, query); cached: {url_s:.2f} s per query vs local folder "
+        f"{local_s:.2f} s ({url_s / local_s:.2f}x), medians of 3 `marscope query` processes"
+    )
+    proxy = FaultProxy(("127.0.0.1", nginx.port), delay=args.published_delay / 1000)
+    try:
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ["MARSCOPE_CACHE"] = str(cache)
+        t = time.perf_counter()
+        open_published_set(proxy.url + path)
+        fetch_s = time.perf_counter() - t
+    finally:
+        proxy.stop()
+        del os.environ["MARSCOPE_CACHE"]
+    print(
+        f"  fetch alone at {args.published_delay} ms per request: {fetch_s:.1f} s "
+        f"({fetched * 1e3 / fetch_s:.0f} MB/s, {proxy.requests} requests)"
+    )
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="default", help="Demo world size.")
@@ -206,6 +300,9 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-faults", action="store_true")
     ap.add_argument("--skip-planet", action="store_true")
+    ap.add_argument("--skip-published", action="store_true")
+    ap.add_argument("--published-grid", default="lonlat:0.2@80", help="Grid of the set.")
+    ap.add_argument("--published-delay", type=int, default=20, help="ms, for the fetch.")
     args = ap.parse_args()
     args.delays = [int(d) for d in args.delays.split(",") if d.strip()]
     warnings.simplefilter("ignore")
@@ -221,11 +318,13 @@ def main() -> None:
         print(f"{os.cpu_count()} CPUs; demo world {args.size}; model {args.model}")
         if not args.skip_throughput:
             throughput(args, demo, nginx, moto)
-        root = planet_catalog(args, www)
+        root = planet_catalog(args, www) if not (args.skip_planet and args.skip_faults) else www
         if not args.skip_planet:
             planet(args, nginx, root)
         if not args.skip_faults:
             faults(args, nginx, root)
+        if not args.skip_published:
+            published(args, demo, www, nginx)
     finally:
         nginx.stop()
         moto.stop()

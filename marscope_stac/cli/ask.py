@@ -9,6 +9,7 @@ import click
 from marscope_stac.cli.main import cli
 from marscope_stac.cli.options import (
     _PATH,
+    _SET,
     _lonlat,
     _model_options,
     _number_option,
@@ -102,8 +103,9 @@ def embed_cmd(
 @_products_option
 @click.option(
     "--embeddings",
-    type=_PATH,
-    help="Embedding set folder (default: the only one under OUT/embeddings).",
+    type=_SET,
+    help="Embedding set folder (default: the only one under OUT/embeddings), or the http(s) "
+    "or s3 URL of a published set's STAC item (fetched once into the cache).",
 )
 @_model_options
 @click.option("--point", "points", multiple=True, help="Example location LON,LAT.")
@@ -149,7 +151,7 @@ def embed_cmd(
 def query_cmd(
     texts: tuple[str, ...],
     out: Path,
-    embeddings: Path | None,
+    embeddings: Path | str | None,
     model: str,
     pretrained: str | None,
     points: tuple[str, ...],
@@ -201,6 +203,7 @@ def query_cmd(
         model=model,
         pretrained=pretrained,
         scoring=scoring,
+        progress=True,
     ):
         click.echo(product.summary())
 
@@ -225,7 +228,7 @@ def upgrade_cmd(embeddings: Path, model: str, pretrained: str | None, device: st
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--model", default="bundled", show_default=True, help="The embedding set's model.")
-@click.option("--embeddings", type=_PATH, help="Embedding set folder.")
+@click.option("--embeddings", type=_SET, help="Embedding set folder or published set's URL.")
 @click.option(
     "--static",
     "static_out",
@@ -237,7 +240,7 @@ def serve_cmd(
     host: str,
     port: int,
     model: str,
-    embeddings: Path | None,
+    embeddings: Path | str | None,
     static_out: Path | None,
 ) -> None:
     """Ask the planet in a web map (MapLibre, offline) over the query engine, kept warm."""

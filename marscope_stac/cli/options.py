@@ -25,6 +25,20 @@ class _NonEmptyPath(click.Path):
 _PATH = _NonEmptyPath(path_type=Path)
 
 
+class _PathOrUrl(_NonEmptyPath):
+    """A path, or an http(s) / s3 URL kept as text."""
+
+    name = "path or URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.startswith(("http://", "https://", "s3://")):
+            return value
+        return super().convert(value, param, ctx)
+
+
+_SET = _PathOrUrl(path_type=Path)
+
+
 def _number_list(name: str, value: str) -> list[float]:
     try:
         return [float(v) for v in value.split(",")]

@@ -38,6 +38,7 @@ from marscope_stac.core.prompts import (
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest
 from marscope_stac.engine.upgrade import needs_upgrade
 from marscope_stac.grid.grids import Grid, parse_grid
+from marscope_stac.index.published import open_published_set
 from marscope_stac.index.scan import score_rows
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.texts import TextVectorCache
@@ -61,6 +62,7 @@ from marscope_stac.query.scoring import (
     resolve_mode,
     score,
 )
+from marscope_stac.stac.remote import is_remote
 
 __all__ = [
     "QueryEngine",
@@ -72,13 +74,24 @@ log = logging.getLogger(__name__)
 
 
 def find_embedding_set(
-    out: str | Path, model: str | None = None, embeddings: str | Path | None = None
+    out: str | Path,
+    model: str | None = None,
+    embeddings: str | Path | None = None,
+    *,
+    progress: bool = False,
 ) -> EmbeddingSet:
     """The embedding set to query: the one given, or the only (matching) one under ``out``.
 
+    ``embeddings`` may be a set's folder, or the http(s) or s3 URL of a published set's
+    STAC item (or its collection): what a query needs is then fetched into the local cache,
+    with a progress bar when ``progress`` (see :mod:`marscope_stac.index.published`).
+
     Raises:
         ConfigError: if none or several sets match.
+        CatalogError: if a URL cannot be read.
     """
+    if embeddings is not None and is_remote(embeddings):
+        return open_published_set(str(embeddings), progress=progress)
     if embeddings is not None:
         es = EmbeddingSet(Path(embeddings))
         if not es.parquet.is_file() and not es.manifest().get("scoring"):
@@ -180,12 +193,14 @@ class QueryEngine:
     ) -> QueryEngine:
         """The engine of the set given, or of the only set under ``out`` made by ``model``.
 
-        ``options`` are the constructor's (``pretrained``, ``clip_model``, ``device``,
-        ``scoring``).
+        ``embeddings`` is a set's folder or a published set's URL (see
+        :func:`find_embedding_set`); ``options`` are the constructor's (``pretrained``,
+        ``clip_model``, ``device``, ``scoring``) and ``progress`` (a bar while a published
+        set is fetched).
         """
         clip_model = options.get("clip_model")
         name = clip_model.name if clip_model is not None else model
-        es = find_embedding_set(out, name, embeddings)
+        es = find_embedding_set(out, name, embeddings, progress=options.pop("progress", False))
         return cls(es, out, model=model, **options)
 
     def bounds(self) -> list[float]:
@@ -505,8 +520,14 @@ def run_query(
     model: str = "bundled",
     pretrained: str | None = None,
     scoring: str = "auto",
+    progress: bool = False,
 ) -> list[QueryProduct | ClassProduct]:
-    """What ``marscope query`` does: open the set's engine and answer ``request``."""
+    """What ``marscope query`` does: open the set's engine and answer ``request``.
+
+    ``embeddings`` is a set's folder or a published set's URL (see :func:`find_embedding_set`).
+    """
     request.check()
-    engine = QueryEngine.open(out, embeddings, model=model, pretrained=pretrained, scoring=scoring)
+    engine = QueryEngine.open(
+        out, embeddings, model=model, pretrained=pretrained, scoring=scoring, progress=progress
+    )
     return engine.answer(request)

@@ -58,6 +58,7 @@ from marscope_stac.index.table import (
 )
 
 __all__ = [
+    "PUBLISHED_FILE",
     "SCORING_FILES",
     "EmbeddingSet",
     "EmbeddingSetWriter",
@@ -71,6 +72,10 @@ log = logging.getLogger(__name__)
 
 SCORING_FILES = ("cells.npy", "vectors.npy", "vectors-int8.npy", "vectors-scale.npy")
 """The scoring arrays every complete set holds (``background.npy`` comes with a model)."""
+
+PUBLISHED_FILE = "published.json"
+"""In a local copy of a set published at a URL: that URL and what was fetched (see
+:mod:`marscope_stac.index.published`)."""
 
 ROW_GROUP = 65536
 """Rows per block when a large table is processed piece by piece (GeoParquet row groups are
@@ -288,6 +293,15 @@ class EmbeddingSet:
         if not isinstance(d, dict):
             raise DataError(f"{self.manifest_path} is not a manifest; embed again")
         return d
+
+    def published_item(self) -> str | None:
+        """The URL of the set's STAC item when this is a local copy of a published set."""
+        try:
+            state = json.loads((self.root / PUBLISHED_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        url = state.get("item") if isinstance(state, dict) else None
+        return url if isinstance(url, str) else None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the manifest atomically."""

@@ -35,6 +35,7 @@ from marscope_stac.stac.build import (
     ssys_fields,
     stac_item,
 )
+from marscope_stac.stac.remote import is_remote, join_url
 
 if TYPE_CHECKING:
     from marscope_stac.products.write import CellColumns
@@ -168,23 +169,31 @@ class ScoredSet:
 
 
 def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
-    """``derived_from`` links to the embedding item and, through it, the model and sources."""
+    """``derived_from`` links to the embedding item and, through it, the model and sources.
+
+    A local copy of a published set (see :mod:`marscope_stac.index.published`) is named by
+    its URL, and so are the model and sources its item links to.
+    """
     emb_item = es.root / f"{es.root.name}.json"
     if not emb_item.is_file():
         return []
     emb = json.loads(emb_item.read_text())
+    url = es.published_item()
     links = [
         {
             "rel": "derived_from",
-            "href": relative_href(emb_item, folder),
+            "href": url or relative_href(emb_item, folder),
             "type": "application/geo+json",
             "title": "embedding set",
         }
     ]
     for lk in emb.get("links", []):
         if lk.get("rel") in ("derived_from", "emb:model"):
-            href = lk["href"]
-            target = href if href.startswith("http") else emb_item.parent / href
+            href = str(lk["href"])
+            if url is not None:
+                target: str | Path = join_url(url, href)
+            else:
+                target = href if is_remote(href) else emb_item.parent / href
             links.append(
                 {
                     "rel": "derived_from",

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from marscope_stac.core.errors import CatalogError
 
@@ -48,9 +48,12 @@ __all__ = [
     "gdal_messages",
     "gdal_path",
     "is_remote",
+    "join_url",
     "open_api",
     "read_bytes",
+    "read_range",
     "read_text",
+    "url_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,15 @@ _OURS: dict[str, str] = {}  # what this module set, so a user's own setting is n
 def is_remote(href: str | Path) -> bool:
     """Whether ``href`` is an http(s) or s3 URL."""
     return str(href).startswith(("http://", "https://", "s3://"))
+
+
+def join_url(base: str, href: str) -> str:
+    """``href`` resolved against the http(s) or s3 URL ``base`` (a URL ``href`` is kept)."""
+    if is_remote(href):
+        return href
+    if base.startswith("s3://"):  # urljoin knows only the schemes it was told are relative
+        return "s3://" + urljoin("https://" + base[5:], href).removeprefix("https://")
+    return urljoin(base, href)
 
 
 def _truthy(name: str) -> bool:
@@ -326,15 +338,27 @@ def _session() -> Any:
     return s
 
 
-def _http_get(url: str, policy: RetryPolicy) -> bytes:
+def _http_get(url: str, policy: RetryPolicy, span: tuple[int, int] | None = None) -> bytes:
+    """The body at ``url`` (bytes ``span`` = [start, stop) of it when given), retried."""
     import requests
     from requests.exceptions import ChunkedEncodingError, ContentDecodingError
 
+    headers = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else {}
+
     def call() -> bytes:
-        r = _session().get(url, timeout=(policy.timeout, policy.timeout))
+        r = _session().get(url, timeout=(policy.timeout, policy.timeout), headers=headers)
         if r.status_code >= 400:
             raise _HttpStatusError(url, r.status_code, r.reason, r.headers.get("Retry-After"))
-        return bytes(r.content)  # urllib3 raises on a body shorter than its Content-Length
+        body = bytes(r.content)  # urllib3 raises on a body shorter than its Content-Length
+        if span is None:
+            return body
+        if r.status_code == 200 and span[0] == 0 and len(body) == span[1]:
+            return body  # the server ignored the range, and the range was the whole file
+        if r.status_code != 206:
+            raise CatalogError(f"{url}: the server does not answer byte ranges (HTTP 206)")
+        if len(body) != span[1] - span[0]:
+            raise ChunkedEncodingError(f"{len(body)} bytes of {span[1] - span[0]} asked")
+        return body
 
     def transient(exc: Exception) -> bool | str:
         if isinstance(exc, _HttpStatusError):
@@ -375,14 +399,39 @@ def _s3_client() -> Any:
     return client
 
 
-def _s3_get(url: str) -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError
+def _s3_get(url: str, policy: RetryPolicy, span: tuple[int, int] | None = None) -> bytes:
+    """The object at an s3 URL (bytes ``span`` = [start, stop) of it when given), retried.
+
+    botocore retries failed requests itself; a body broken while it is read is retried here.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
 
     parts = urlsplit(url)
-    extra = {"RequestPayer": "requester"} if os.environ.get("AWS_REQUEST_PAYER") else {}
-    try:
+    extra: dict[str, str] = {}
+    if os.environ.get("AWS_REQUEST_PAYER"):
+        extra["RequestPayer"] = "requester"
+    if span is not None:
+        extra["Range"] = f"bytes={span[0]}-{span[1] - 1}"
+
+    def call() -> bytes:
         obj = _s3_client().get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"), **extra)
-        return bytes(obj["Body"].read())
+        body = bytes(obj["Body"].read())
+        if span is not None and len(body) != span[1] - span[0]:
+            raise IncompleteReadError(actual_bytes=len(body), expected_bytes=span[1] - span[0])
+        return body
+
+    def transient(exc: Exception) -> bool:
+        broken = HTTPClientError | IncompleteReadError | ResponseStreamingError
+        return isinstance(exc, broken)
+
+    try:
+        return policy.run(url, call, transient)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise CatalogError(f"cannot read {url}: S3 says {code or _short(exc)}") from exc
@@ -401,11 +450,23 @@ def read_bytes(url: str, policy: RetryPolicy | None = None) -> bytes:
         CatalogError: when the document cannot be read after the retries (one line naming
             the URL and the last answer).
     """
-    policy = policy or RetryPolicy()
+    return _read(url, policy or RetryPolicy(), None)
+
+
+def read_range(url: str, start: int, stop: int, policy: RetryPolicy | None = None) -> bytes:
+    """Bytes ``start`` to ``stop`` (excluded) of the file at an http(s) or s3 URL, retried.
+
+    Raises:
+        CatalogError: as :func:`read_bytes`, or when an http server does not answer ranges.
+    """
+    return _read(url, policy or RetryPolicy(), (start, stop))
+
+
+def _read(url: str, policy: RetryPolicy, span: tuple[int, int] | None) -> bytes:
     if url.startswith("s3://"):
-        return _s3_get(url)  # botocore retries with its own backoff
+        return _s3_get(url, policy, span)
     try:
-        return _http_get(url, policy)
+        return _http_get(url, policy, span)
     except _HttpStatusError as exc:
         raise CatalogError(f"cannot read {url}: {exc}") from exc
     except OSError as exc:
@@ -413,6 +474,41 @@ def read_bytes(url: str, policy: RetryPolicy | None = None) -> bytes:
             f"cannot read {url} after {policy.attempts} tries: {_short(exc)}; check the "
             "address and the network"
         ) from exc
+
+
+def url_size(url: str, policy: RetryPolicy | None = None) -> int:
+    """The size in bytes of the file at an http(s) or s3 URL (a ``HEAD`` request), retried.
+
+    Raises:
+        CatalogError: as :func:`read_bytes`.
+    """
+    policy = policy or RetryPolicy()
+    if url.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        parts = urlsplit(url)
+        try:
+            head = _s3_client().head_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))
+        except (BotoCoreError, ClientError) as exc:
+            raise CatalogError(f"cannot read {url}: {_short(exc)}") from exc
+        return int(head["ContentLength"])
+    import requests
+
+    def call() -> int:
+        r = _session().head(url, timeout=(policy.timeout, policy.timeout), allow_redirects=True)
+        if r.status_code >= 400:
+            raise _HttpStatusError(url, r.status_code, r.reason, r.headers.get("Retry-After"))
+        return int(r.headers.get("Content-Length") or 0)
+
+    def transient(exc: Exception) -> bool | str:
+        if isinstance(exc, _HttpStatusError):
+            return (exc.retry_after or True) if exc.status in _RETRY_STATUS else False
+        return isinstance(exc, requests.ConnectionError | requests.Timeout)
+
+    try:
+        return policy.run(url, call, transient)
+    except OSError as exc:
+        raise CatalogError(f"cannot read {url}: {_short(exc)}") from exc
 
 
 def read_text(url: str, policy: RetryPolicy | None = None) -> str:

@@ -19,9 +19,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from marscope_stac.core.errors import CatalogError, DataError
 from marscope_stac.core.fs import file_multihash, read_regular, safe_resolve, text_vector_checksum
+from marscope_stac.stac.remote import is_remote, join_url, read_bytes, url_size
 from marscope_stac.stac.schemas import _no_constant, validate_dict
 
 __all__ = [
@@ -348,42 +350,6 @@ REMOTE_LIMIT = 20_000
 """Most STAC objects :func:`validate_catalog` fetches from a URL."""
 
 
-def _fetch(url: str, method: str = "GET", tries: int = 4, timeout: float = 30.0) -> bytes | int:
-    """The body of ``url`` (its size for ``HEAD``), retried with backoff.
-
-    5xx answers, 429 (waiting as ``Retry-After`` says) and connection errors are retried;
-    a 404 or another 4xx raises at once.
-
-    Raises:
-        CatalogError: naming the URL and what went wrong.
-    """
-    import time
-    import urllib.error
-    import urllib.request
-
-    last = ""
-    for attempt in range(tries):
-        request = urllib.request.Request(url, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
-                if method == "HEAD":
-                    return int(answer.headers.get("Content-Length") or 0)
-                data: bytes = answer.read()
-                return data
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code} {exc.reason}"
-            if exc.code < 500 and exc.code != 429:
-                break
-            wait = exc.headers.get("Retry-After") if exc.headers else None
-            delay = float(wait) if wait and wait.isdigit() else 0.5 * 2**attempt
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = str(getattr(exc, "reason", exc))
-            delay = 0.5 * 2**attempt
-        if attempt + 1 < tries:
-            time.sleep(min(delay, 10.0))
-    raise CatalogError(f"cannot read {url}: {last}; check the URL and that the server answers")
-
-
 class _Mirror:
     """A local copy of a catalog published at a URL, laid out as on its host.
 
@@ -393,8 +359,6 @@ class _Mirror:
     """
 
     def __init__(self, url: str, folder: Path, checksums: bool) -> None:
-        from urllib.parse import urlsplit
-
         self.url = url if url.endswith(".json") else url.rstrip("/") + "/catalog.json"
         parts = urlsplit(self.url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
@@ -402,30 +366,25 @@ class _Mirror:
         self.root = self.local(self.url)
 
     def local(self, url: str) -> Path:
-        from urllib.parse import unquote, urlsplit
-
         return self.folder / unquote(urlsplit(url).path).lstrip("/")
 
     def fetch_tree(self) -> None:
-        from urllib.parse import urljoin
-
         queue, seen = [self.url], {self.url}
         while queue:
             if len(seen) > REMOTE_LIMIT:
                 raise CatalogError(f"{self.url} has more than {REMOTE_LIMIT} STAC objects")
             url = queue.pop()
             try:
-                data = _fetch(url)
+                data = read_bytes(url)
             except CatalogError:
                 if url == self.url:
                     raise
                 continue  # reported as a link to a missing file
-            body = data if isinstance(data, bytes) else b""
             target = self.local(url)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(body)
+            target.write_bytes(data)
             try:
-                d = json.loads(body)
+                d = json.loads(data)
             except (ValueError, RecursionError):
                 continue
             if not isinstance(d, dict):
@@ -434,7 +393,7 @@ class _Mirror:
                 href = lk.get("href") if isinstance(lk, dict) else None
                 if not isinstance(href, str) or lk.get("rel") == "self" or _is_remote(href):
                     continue
-                full = urljoin(url, href).split("#", 1)[0]
+                full = join_url(url, href).split("#", 1)[0]
                 if not full.startswith(self.origin) or full in seen:
                     continue
                 if full.endswith(".json"):
@@ -445,7 +404,7 @@ class _Mirror:
             for asset in (d.get("assets") or {}).values():
                 href = asset.get("href") if isinstance(asset, dict) else None
                 if isinstance(href, str) and not _is_remote(href):
-                    self._asset(urljoin(url, href))
+                    self._asset(join_url(url, href))
 
     def _asset(self, url: str) -> None:
         if not url.startswith(self.origin):
@@ -454,7 +413,7 @@ class _Mirror:
         if target.exists():
             return
         try:
-            data = _fetch(url, "GET" if self.checksums else "HEAD")
+            data = read_bytes(url) if self.checksums else url_size(url)
         except CatalogError:
             return  # reported as a missing asset
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -541,7 +500,7 @@ def validate_catalog(
 
     Args:
         path: A folder holding a STAC catalog, a ``catalog.json`` / ``collection.json``, an
-            item JSON file, or the http(s) URL of a published catalog (its ``catalog.json``
+            item JSON file, or the http(s) or s3 URL of a published catalog (its ``catalog.json``
             or its folder): the tree is fetched (with retries) into a temporary folder and
             checked the same way; problems name the URLs.
         checksums: Verify ``file:checksum`` (reads every asset; sizes are always checked).
@@ -552,7 +511,7 @@ def validate_catalog(
         CatalogError: if the path does not exist or holds no STAC object.
         InvalidCatalogError: with every problem found (one line each), if there is any.
     """
-    if str(path).startswith(("http://", "https://")):
+    if is_remote(str(path)):
         return _validate_url(str(path), checksums)
     root = Path(path)
     _check_root(root)
