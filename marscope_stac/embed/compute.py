@@ -19,9 +19,14 @@ from marscope_stac.core.errors import (
 from marscope_stac.index.table import EmbeddingTable
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.models.loading import load_model
+from marscope_stac.stac.cloud import NetworkSample
 from marscope_stac.tiles.batch import read_batch
 from marscope_stac.tiles.plan import TileBatch, TilePlan
 from marscope_stac.tiles.workers import read_in_processes
+
+TaskResult = tuple[EmbeddingTable, list[tuple[int, str]], NetworkSample | None]
+"""What an embedding task gives back: embeddings, failed cells, network use (see
+:func:`embed_batch`)."""
 
 
 def _client(scheduler_address: str | None) -> Any:
@@ -51,7 +56,7 @@ def _client(scheduler_address: str | None) -> Any:
 
 def _run_local(
     tasks: list[TilePlan], args: tuple[Any, ...], workers: int
-) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+) -> Iterator[tuple[int, TaskResult]]:
     """Run tasks on local threads, a few in flight, yielding (task number, result)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -75,7 +80,7 @@ def _run_local(
 
 def _run_processes(
     tasks: list[TilePlan], args: tuple[Any, ...], processes: int
-) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+) -> Iterator[tuple[int, TaskResult]]:
     """Read tiles in worker processes, embed them here (one model, e.g. on the GPU)."""
     model, pretrained, device, min_valid = args
     cm = _model(model, pretrained, device)
@@ -85,7 +90,7 @@ def _run_processes(
 
 def _run_cluster(
     client: Any, tasks: list[TilePlan], args: tuple[Any, ...]
-) -> Iterator[tuple[int, tuple[EmbeddingTable, list[tuple[int, str]]]]]:
+) -> Iterator[tuple[int, TaskResult]]:
     from distributed import as_completed
 
     futures = {
@@ -112,15 +117,16 @@ def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
 
 def embed_task(
     plan: TilePlan, model: str, pretrained: str | None, device: str, min_valid: float
-) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
+) -> TaskResult:
     """One Dask task: read the batch's tiles, embed those with enough valid pixels."""
     return embed_batch(_model(model, pretrained, device), read_batch(plan), min_valid)
 
 
-def embed_batch(
-    cm: ClipModel, batch: TileBatch, min_valid: float
-) -> tuple[EmbeddingTable, list[tuple[int, str]]]:
-    """Embed the tiles of a read batch that have at least ``min_valid`` of valid pixels."""
+def embed_batch(cm: ClipModel, batch: TileBatch, min_valid: float) -> TaskResult:
+    """Embed the tiles of a read batch that have at least ``min_valid`` of valid pixels.
+
+    Returns the embeddings, the cells that could not be read, and the batch's network use.
+    """
     keep = batch.valid >= min_valid
     emb = (
         cm.encode_images(batch.pixels[keep])
@@ -130,4 +136,4 @@ def embed_batch(
     table = EmbeddingTable(
         batch.cells[keep], emb, batch.valid[keep], [batch.sources[i] for i in np.flatnonzero(keep)]
     )
-    return table, batch.errors
+    return table, batch.errors, batch.network

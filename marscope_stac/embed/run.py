@@ -55,6 +55,7 @@ from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
 from marscope_stac.index.table import EmbeddingTable, write_embeddings
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.stac.catalog import OutputCatalog
+from marscope_stac.stac.cloud import NetworkTally, network_counters, network_sample
 from marscope_stac.stac.read import SourceSet, load_sources
 from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan, plan_tiles
@@ -80,6 +81,7 @@ class EmbedResult:
     failed_cells: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
     item_path: Path | None = None
+    network: dict[str, Any] | None = None
 
     def summary(self) -> str:
         """Lines for people."""
@@ -92,6 +94,13 @@ class EmbedResult:
         ]
         if self.item_path is not None:
             lines.append(f"  STAC item: {self.item_path}")
+        if self.network is not None:
+            n = self.network
+            lines.append(
+                f"  read over the network: {n['requests']:,} requests, {n['bytes'] / 1e6:.1f} MB "
+                f"for {n['tiles']:,} tiles ({n['requests_per_tile']:.3f} requests and "
+                f"{n['bytes_per_tile'] / 1e3:.1f} kB per tile)"
+            )
         if self.failed_cells:
             lines.append(f"  {len(self.failed_cells)} cells failed (see manifest.json)")
         if self.skipped_sources:
@@ -135,6 +144,7 @@ def embed_catalog(
     sel = select or CellSelection()
     how = compute or ComputeOptions()
     t_start = time.perf_counter()
+    counters = network_counters()
     _check_args(source, Path(out), sel, how, tile_px)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, how.device)
@@ -144,6 +154,8 @@ def embed_catalog(
     seconds = run.embed(
         tasks, shards, args, how.workers, how.scheduler_address, progress, how.read_processes
     )
+    if is_remote(source) or run.network.requests:  # catalog, headers and tiles
+        run.network.add(network_sample(counters))
     rows = run.consolidate(cm)
     _warn_if_empty(rows, len(plan), bool(run.failed_list), sel.min_valid)
     result = _result(run, rows, seconds or (time.perf_counter() - t_start))
@@ -186,6 +198,7 @@ def _result(run: _Run, rows: int, seconds: float) -> EmbedResult:
         len(run.sources.skipped),
         run.failed_list,
         seconds,
+        network=run.network_use(),
     )
 
 
@@ -194,7 +207,14 @@ def _publish(run: _Run, cm: ClipModel, px: int, out: str | Path, source: str | P
     from marscope_stac.stac.publish import publish_embedding_set
 
     return publish_embedding_set(
-        run.es, cm, run.sources, run.grid, px, out, source_href=_source_href(source)
+        run.es,
+        cm,
+        run.sources,
+        run.grid,
+        px,
+        out,
+        source_href=_source_href(source),
+        network=run.network_use(),
     )
 
 
@@ -224,6 +244,22 @@ class _Run:
     resume: _Resume
     failed_list: list[tuple[int, str]] = field(default_factory=list)
     embedded: int = 0
+    tiles_read: int = 0
+    network: NetworkTally = field(default_factory=NetworkTally)
+
+    def network_use(self) -> dict[str, Any] | None:
+        """Requests and bytes this run read over the network (None when it read none)."""
+        n = self.network
+        if not n.requests:
+            return None
+        tiles = max(1, self.tiles_read)
+        return {
+            "tiles": self.tiles_read,
+            "requests": n.requests,
+            "bytes": n.bytes,
+            "requests_per_tile": round(n.requests / tiles, 4),
+            "bytes_per_tile": round(n.bytes / tiles, 1),
+        }
 
     @property
     def failed(self) -> dict[str, list[int]]:
@@ -253,6 +289,7 @@ class _Run:
             parts[shard].append(table)
         client = _client(scheduler_address)
         total = int(sum(len(t) for t in tasks))
+        self.tiles_read += total
         release_held_warnings()  # the work starts: show what was found while planning
         bar = tqdm(total=total, desc="embedding cells", unit="cell", disable=not progress)
         try:
@@ -262,7 +299,8 @@ class _Run:
                 runner = _run_processes(tasks, args, read_processes)
             else:
                 runner = _run_local(tasks, args, workers or 1)
-            for k, (table, errors) in runner:
+            for k, (table, errors, network) in runner:
+                self.network.add(network)
                 shard = task_shard[k]
                 parts[shard].append(table)
                 self.failed_list.extend(errors)

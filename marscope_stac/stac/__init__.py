@@ -8,8 +8,9 @@ embedding-set items, publishing.
 from __future__ import annotations
 
 from marscope_stac.stac.catalog import OutputCatalog
+from marscope_stac.stac.cloud import GDAL_CLOUD_OPTIONS, configure_cloud_reading
 from marscope_stac.stac.read import SourceSet, load_sources
-from marscope_stac.stac.remote import GDAL_CLOUD_OPTIONS, RetryPolicy, configure_cloud_reading
+from marscope_stac.stac.remote import RetryPolicy
 from marscope_stac.stac.validation import ValidationReport, validate_catalog
 
 __all__ = [

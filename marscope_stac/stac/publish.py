@@ -394,14 +394,19 @@ def publish_embedding_set(
     tile_px: int,
     out: str | Path,
     source_href: str | None = None,
+    network: dict[str, Any] | None = None,
 ) -> Path:
     """Publish an embedding set as a collection + item (embeddings extension) in ``out``.
 
     The proposed embeddings extension (v0.0.1) validates against STAC core 1.0.0, so this
     collection and item are written as STAC 1.0.0 (all their fields exist in 1.0.0).
+    ``network`` (requests and bytes the run read over the network, per tile too) goes into
+    the item's processing information as ``marscope:network``.
     """
     model_path = publish_model(cm, out, sources.body)
     root = es.root
     item = _embedding_item(es, cm, sources, grid, tile_px, model_path)
+    if network is not None:
+        item["properties"]["marscope:network"] = network
     coll = _embedding_collection(es, cm, sources, grid, tile_px, model_path, item, source_href)
     return OutputCatalog(out).add(root / "collection.json", coll, root / f"{root.name}.json", item)

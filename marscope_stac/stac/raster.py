@@ -25,12 +25,8 @@ from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.core.bodies import Body, body_of_crs, normalize_lon
 from marscope_stac.core.errors import CatalogError, DataError
-from marscope_stac.stac.remote import (
-    BROKEN_READ_SIGNS,
-    forget_cached_bytes,
-    gdal_messages,
-    is_remote,
-)
+from marscope_stac.stac.cloud import BROKEN_READ_SIGNS, forget_cached_bytes, gdal_messages
+from marscope_stac.stac.remote import is_remote
 
 __all__ = [
     "SourceAsset",

@@ -31,14 +31,9 @@ from shapely.geometry.base import BaseGeometry
 from marscope_stac.core.bodies import BODIES, MARS, Body, get_body
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError, SkippedInputWarning
 from marscope_stac.core.fs import read_regular, safe_resolve
+from marscope_stac.stac.cloud import configure_cloud_reading
 from marscope_stac.stac.raster import SourceAsset, _read_header, _split_antimeridian, pick_asset
-from marscope_stac.stac.remote import (
-    api_page_size,
-    configure_cloud_reading,
-    is_remote,
-    open_api,
-    read_text,
-)
+from marscope_stac.stac.remote import api_page_size, is_remote, open_api, read_text
 
 __all__ = [
     "SourceSet",

@@ -1,20 +1,14 @@
-"""Reading STAC and rasters where they live: http(s) and s3 URLs, in one configured place.
+"""Reading STAC documents and files where they live: http(s) and s3 URLs.
 
-Two readers touch the network, and both are set up here:
+Two readers touch the network. GDAL reads the rasters, configured in
+:mod:`marscope_stac.stac.cloud`. Everything else comes through here: STAC documents (JSON)
+and other files over http(s) through a ``requests`` session and over s3 through boto3
+(:func:`read_text`, :func:`read_bytes`, byte ranges with :func:`read_range`), all with
+timeouts and retries with backoff that honour ``Retry-After``; a STAC API is searched through
+pystac-client with the same policy (:func:`open_api`).
 
-- **GDAL** (through rasterio) reads the rasters: :func:`configure_cloud_reading` sets its
-  cloud options once per process as environment defaults, so worker processes inherit them
-  and a user's own setting of any of them wins (:data:`GDAL_CLOUD_OPTIONS`): the VSI cache,
-  merged consecutive ranges, no directory listing on open, the whole COG header in the first
-  request, HTTP/2 multiplexing, timeouts, and retries with exponential backoff on 429 and
-  5xx answers.
-- **STAC documents** (JSON) over http(s) come through a ``requests`` session and over s3
-  through boto3 (:func:`read_text`), both with timeouts and retries with backoff that honour
-  ``Retry-After``; a STAC API is searched through pystac-client with the same policy
-  (:func:`open_api`).
-
-Credentials come only from the standard places: the ``AWS_*`` environment variables
-(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
+For both readers, credentials come only from the standard places: the ``AWS_*`` environment
+variables (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
 ``AWS_REGION``) and the AWS profile files. With none of them, s3 is read unsigned (public
 buckets); ``AWS_NO_SIGN_REQUEST=YES`` forces that. ``AWS_REQUEST_PAYER=requester`` reads
 requester-pays buckets. ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) names another
@@ -23,15 +17,13 @@ S3-compatible store, addressed path-style. Nothing here writes a credential anyw
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import functools
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -39,14 +31,8 @@ from urllib.parse import urljoin, urlsplit
 from marscope_stac.core.errors import CatalogError
 
 __all__ = [
-    "BROKEN_READ_SIGNS",
-    "GDAL_CLOUD_OPTIONS",
     "RetryPolicy",
     "api_page_size",
-    "configure_cloud_reading",
-    "forget_cached_bytes",
-    "gdal_messages",
-    "gdal_path",
     "is_remote",
     "join_url",
     "open_api",
@@ -60,27 +46,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-GDAL_CLOUD_OPTIONS: dict[str, str] = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the folder on open
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.ovr",
-    "GDAL_INGESTED_BYTES_AT_OPEN": "65536",  # a COG's header in the first request
-    "VSI_CACHE": "TRUE",
-    "VSI_CACHE_SIZE": "67108864",  # 64 MiB per open file
-    "CPL_VSIL_CURL_CHUNK_SIZE": "262144",  # 256 KiB per range request
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MULTIPLEX": "YES",
-    "GDAL_HTTP_VERSION": "2",  # HTTP/2 where the server has it, else 1.1
-    "GDAL_HTTP_CONNECTTIMEOUT": "10",
-    "GDAL_HTTP_TIMEOUT": "30",
-    "GDAL_HTTP_LOW_SPEED_TIME": "15",  # a stalled transfer ends after 15 s below...
-    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",  # ...1 byte/s and is retried
-    "GDAL_HTTP_MAX_RETRY": "6",
-    "GDAL_HTTP_RETRY_DELAY": "0.25",  # doubled at each retry
-    "GDAL_HTTP_RETRY_CODES": "ALL",  # 429 and every 5xx (and a reset) are retried
-}
-"""GDAL's cloud reading options, set as defaults (the environment overrides each)."""
-
-_CONFIGURED = threading.Lock()
 _OURS: dict[str, str] = {}  # what this module set, so a user's own setting is never touched
 
 
@@ -122,121 +87,6 @@ def _has_aws_credentials() -> bool:
 
 def _s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
-def _gdal_s3_options() -> dict[str, str]:
-    """GDAL's S3 options derived from the standard AWS settings."""
-    out: dict[str, str] = {}
-    endpoint = _s3_endpoint()
-    if endpoint:
-        parts = urlsplit(endpoint)
-        out["AWS_S3_ENDPOINT"] = parts.netloc or parts.path
-        out["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
-        out["AWS_VIRTUAL_HOSTING"] = "FALSE"  # path-style addressing
-    if _truthy("AWS_NO_SIGN_REQUEST") or not _has_aws_credentials():
-        out["AWS_NO_SIGN_REQUEST"] = "YES"
-    return out
-
-
-def configure_cloud_reading() -> dict[str, str]:
-    """Set GDAL's cloud options as environment defaults for this process and its children.
-
-    Cheap, and called before each read of a source set: the S3 options follow the AWS
-    settings of the moment. A variable the user set is never changed. Returns the options in
-    force (for the record of a run).
-    """
-    with _CONFIGURED:
-        wanted = {**GDAL_CLOUD_OPTIONS, **_gdal_s3_options()}
-        for name in [n for n in _OURS if n not in wanted]:
-            if os.environ.get(name) == _OURS.pop(name):
-                del os.environ[name]  # ours, and no longer wanted (e.g. credentials appeared)
-        for name, value in wanted.items():
-            current = os.environ.get(name)
-            if current is None or current == _OURS.get(name):
-                os.environ[name] = value
-                _OURS[name] = value
-        return {n: os.environ[n] for n in wanted}
-
-
-def gdal_path(href: str) -> str:
-    """The GDAL virtual path of an http(s) or s3 URL (``/vsicurl/...``, ``/vsis3/...``)."""
-    if href.startswith("s3://"):
-        return "/vsis3/" + href.removeprefix("s3://")
-    if href.startswith(("http://", "https://")):
-        return "/vsicurl/" + href
-    return href
-
-
-@functools.cache
-def _libgdal() -> Any:
-    """The GDAL library rasterio loaded (its own copy in wheels), or None."""
-    import ctypes
-
-    import rasterio  # noqa: F401 - loads GDAL
-
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    found = sorted({ln.split()[-1] for ln in maps.splitlines() if "libgdal" in ln})
-    # other packages (pyogrio) may load a GDAL of their own: rasterio's is the one to clear
-    ours = [p for p in found if "rasterio" in p] or found
-    if len(ours) != 1:
-        return None
-    lib = ctypes.CDLL(ours[0])
-    lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
-    return lib
-
-
-def forget_cached_bytes(href: str) -> None:
-    """Drop what GDAL's network reader holds of ``href`` (a cut-short answer can sit there).
-
-    A read that failed part-way is then fetched afresh; a no-op for local files and where the
-    GDAL library cannot be reached.
-    """
-    if not is_remote(href):
-        return
-    lib = _libgdal()
-    if lib is None:  # pragma: no cover - rasterio always loads a GDAL we can find on Linux
-        log.debug("cannot clear GDAL's cache of %s", href)
-        return
-    lib.VSICurlPartialClearCache(gdal_path(href).encode())
-
-
-class _PerThread(logging.Handler):
-    """Hands GDAL's messages (rasterio's ``rasterio._env`` log) to the thread that caused them."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        said = getattr(_SAID, "messages", None)
-        if said is not None:
-            said.append(record.getMessage())
-
-
-_SAID = threading.local()
-_HANDLER = _PerThread(logging.WARNING)
-
-
-@contextlib.contextmanager
-def gdal_messages() -> Iterator[list[str]]:
-    """Collect the warnings GDAL gives in this thread while the block runs.
-
-    GDAL reports a TIFF header cut short by the network as warnings ("IO error during
-    reading", "tags apparently corrupt") and opens the file anyway, with wrong
-    georeferencing: callers look at these to refuse such an open.
-    """
-    logger = logging.getLogger("rasterio._env")
-    if _HANDLER not in logger.handlers:
-        logger.addHandler(_HANDLER)
-    outer = getattr(_SAID, "messages", None)
-    _SAID.messages = []
-    try:
-        yield _SAID.messages
-    finally:
-        _SAID.messages = outer
-
-
-BROKEN_READ_SIGNS = ("IO error", "corrupt", "Read failed", "TIFFFetch", "TIFFReadDirectory")
-"""Words of GDAL warnings that mean bytes came cut short or damaged."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.grid.grids import Grid
+from marscope_stac.stac.cloud import NetworkSample
 from marscope_stac.stac.raster import SourceAsset
 from marscope_stac.stac.read import SourceSet
 
@@ -94,6 +95,8 @@ class TileBatch:
             tile shows context: a cell at the imagery's edge is judged by its own pixels).
         sources: For each cell, the ids of the items it was read from.
         errors: ``(cell index, reason)`` for cells that could not be read (their valid is 0).
+        network: GDAL's network counters of the reading process around the batch's reads
+            (see :class:`~marscope_stac.stac.cloud.NetworkTally`); None for local files.
     """
 
     cells: NDArray[np.int64]
@@ -101,6 +104,7 @@ class TileBatch:
     valid: NDArray[np.float32]
     sources: list[list[str]]
     errors: list[tuple[int, str]] = field(default_factory=list)
+    network: NetworkSample | None = None
 
 
 def plan_tiles(

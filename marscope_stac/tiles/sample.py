@@ -23,8 +23,8 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scipy import ndimage
 
+from marscope_stac.stac.cloud import configure_cloud_reading, forget_cached_bytes
 from marscope_stac.stac.raster import SourceAsset, open_raster
-from marscope_stac.stac.remote import configure_cloud_reading, forget_cached_bytes
 from marscope_stac.tiles.plan import TilePlan
 
 __all__ = [

@@ -54,6 +54,13 @@ def test_a_catalog_over_http_embeds_as_local_files_do_in_few_requests(
     rasters = sum(n for path, n in proxy.paths.items() if path.endswith(".tif"))
     assert 0 < rasters <= 1.5 * res.cells  # about one range request per tile at most
     assert all(h.startswith(proxy.url) for h in _derived_from(res))
+    # the run records what its rasters cost: in its summary and in the set's item
+    assert res.network is not None and res.network["requests"] == rasters
+    assert res.network["tiles"] == res.cells and 0 < res.network["bytes"] <= proxy.bytes_out
+    assert "requests and" in res.summary()
+    item = json.loads((res.item_path or Path()).read_text())
+    assert item["properties"]["marscope:network"] == res.network
+    assert local_run.network is None  # local files: nothing to record
 
 
 def test_a_catalog_in_s3_embeds_with_credentials_which_stay_out_of_products(
