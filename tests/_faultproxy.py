@@ -13,7 +13,8 @@ upstream server and its answer passed back, or answered with a fault:
 Faults are drawn per request with probability ``rate`` from a seeded generator, the kinds
 in turn, at most ``budget`` of them, and only for requests whose method and path pass
 ``only`` (e.g. raster reads); ``counts``
-tells how many of each were injected, ``requests`` and ``bytes_out`` what was forwarded.
+tells how many of each were injected, ``requests`` and ``bytes_out`` what was forwarded,
+``watched`` how often each (name, value) of the request headers named in ``watch`` came.
 Every answer closes its connection (``Connection: close``): each request is one exchange,
 so the added latency is paid per request, as on a real network.
 """
@@ -46,6 +47,7 @@ class FaultProxy:
         stall: float = 60.0,
         retry_after: int = 1,
         budget: int | None = None,
+        watch: tuple[str, ...] = (),
     ) -> None:
         self.upstream = upstream
         self.delay = delay
@@ -62,6 +64,8 @@ class FaultProxy:
         self.requests = 0
         self.bytes_out = 0
         self.paths: Counter[str] = Counter()
+        self.watch = tuple(w.lower() for w in watch)
+        self.watched: Counter[tuple[str, str]] = Counter()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -140,6 +144,9 @@ class FaultProxy:
             name = h.split(":", 1)[0].strip().lower()
             if name == "content-length":
                 length = int(h.split(":", 1)[1])
+            if name in self.watch:
+                with self._lock:
+                    self.watched[(name, h.split(":", 1)[1].strip())] += 1
             if name not in ("connection", "keep-alive", "proxy-connection"):
                 kept.append(h)
         body = await reader.readexactly(length) if length else b""

@@ -106,3 +106,23 @@ def test_a_public_bucket_reads_unsigned_and_a_private_one_says_why_not(
         pytest.raises(CatalogError, match=r"cannot read s3://.*403|Denied"),
     ):
         load_sources(private)
+
+
+def test_requester_pays_is_asked_for_on_every_s3_request(
+    moto: MotoS3, s3_demo: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # moto does not charge anyone, so what is checked is that every request says who pays:
+    # boto3 for the STAC documents and GDAL for the rasters
+    proxy = FaultProxy(("127.0.0.1", moto.port), watch=("x-amz-request-payer",))
+    env = {**moto.env, "AWS_ENDPOINT_URL_S3": proxy.url, "AWS_REQUEST_PAYER": "requester"}
+    try:
+        with environment(**env):
+            res = embed_catalog(
+                s3_demo, tmp_path / "p", model=f"local-dir:{tiny_model_dir}", progress=False
+            )
+    finally:
+        proxy.stop()
+    assert res.cells and not res.failed_cells
+    rasters = sum(n for path, n in proxy.paths.items() if path.endswith(".tif"))
+    assert rasters > 0 and proxy.requests > rasters
+    assert proxy.watched == {("x-amz-request-payer", "requester"): proxy.requests}

@@ -239,7 +239,7 @@ def test_a_set_in_a_bucket_is_queried_and_validated_by_its_s3_url(
     with environment(**moto.env):
         got = QueryEngine.open(tmp_path / "p", url, model=model).query(QUERY)
         report = validate_catalog(base + "products/catalog.json")
-        with pytest.raises(CatalogError, match="s3://mars-sets/nothing/catalog.json"):
+        with pytest.raises(CatalogError, match=r"s3://mars-sets/nothing/catalog\.json"):
             validate_catalog(base + "nothing/")
     assert report.objects >= 3
     item = json.loads(Path(got.item_path).read_text())
