@@ -155,8 +155,8 @@ class FaultProxy:
         fault = self._draw(method, path)
         try:
             await self._answer(writer, fault, lines[0], kept, body)
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # cancelled: a stall still waiting when the proxy stops
         finally:
             if not writer.is_closing():
                 writer.close()

@@ -96,6 +96,7 @@ def configure_cloud_reading() -> dict[str, str]:
             if current is None or current == _OURS.get(name):
                 os.environ[name] = value
                 _OURS[name] = value
+        _sort_gdal_messages()
         if not _STATS_ON:  # GDAL reads the statistics option once, and again on a reset
             _STATS_ON.append(True)
             lib = _libgdal()
@@ -217,17 +218,36 @@ def forget_cached_bytes(href: str) -> None:
     lib.VSICurlPartialClearCache(gdal_path(href).encode())
 
 
-class _PerThread(logging.Handler):
-    """Hands GDAL's messages (rasterio's ``rasterio._env`` log) to the thread that caused them."""
+class _GdalNotes(logging.Filter):
+    """Sorts GDAL's messages (rasterio's ``rasterio._env`` and ``rasterio._err`` logs).
 
-    def emit(self, record: logging.LogRecord) -> None:
+    Each goes to the thread collecting them (:func:`gdal_messages`). Two kinds are kept out
+    of the log unless marscope logs at DEBUG (``--debug``): GDAL's notes of the retries it
+    makes itself, and the signs of a damaged header that a collecting caller acts on (it
+    reads again, or names the failure in its own words).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
         said = getattr(_SAID, "messages", None)
         if said is not None:
-            said.append(record.getMessage())
+            said.append(message)
+        if logging.getLogger("marscope_stac").isEnabledFor(logging.DEBUG):
+            return True
+        if "Retrying again in" in message:
+            return False
+        return not (said is not None and any(w in message for w in BROKEN_READ_SIGNS))
 
 
 _SAID = threading.local()
-_HANDLER = _PerThread(logging.WARNING)
+_NOTES = _GdalNotes()
+
+
+def _sort_gdal_messages() -> None:
+    for name in ("rasterio._env", "rasterio._err"):  # GDAL's messages on open, and on reads
+        logger = logging.getLogger(name)
+        if _NOTES not in logger.filters:
+            logger.addFilter(_NOTES)
 
 
 @contextlib.contextmanager
@@ -238,9 +258,7 @@ def gdal_messages() -> Iterator[list[str]]:
     reading", "tags apparently corrupt") and opens the file anyway, with wrong
     georeferencing: callers look at these to refuse such an open.
     """
-    logger = logging.getLogger("rasterio._env")
-    if _HANDLER not in logger.handlers:
-        logger.addHandler(_HANDLER)
+    _sort_gdal_messages()
     outer = getattr(_SAID, "messages", None)
     _SAID.messages = []
     try:

@@ -34,6 +34,7 @@ from marscope_stac.tiles.sample import (
     _window,
     cell_coverage,
     forget_reader,
+    open_readers,
 )
 
 __all__ = [
@@ -407,6 +408,38 @@ def read_batch(
     return batch
 
 
+def _fill_fast_or_retry(
+    plan: TilePlan,
+    fast: NDArray[np.bool_],
+    readers: dict[int, _SourceReader],
+    rs: Resampling,
+    normalize: Normalize,
+    into: tuple[NDArray[np.float32], NDArray[np.float32], list[list[str]]],
+) -> None:
+    """The shared-window path; when a remote read fails, once more with the rasters reopened.
+
+    A reset connection or a body cut short fails one window; reading the batch again costs
+    a few requests, where the cell by cell path that would follow costs one per cell.
+    """
+    pixels, valid, used = into
+    cells = np.flatnonzero(fast)
+    try:
+        _fill_fast(plan, cells, readers, rs, normalize, pixels, valid, used)
+        return
+    except RasterioError:
+        remote = [si for si in readers if is_remote(plan.sources[si].href)]
+        if not remote:
+            raise
+    time.sleep(_REOPEN_PAUSE_S)
+    for si in remote:
+        forget_reader(plan.sources[si])
+    again, bad = open_readers([plan.sources[si] for si in remote])
+    if bad:
+        raise RasterioError(next(iter(bad.values())))
+    readers.update({remote[i]: rd for i, rd in again.items()})
+    _fill_fast(plan, cells, readers, rs, normalize, pixels, valid, used)
+
+
 def _read_batch(
     plan: TilePlan,
     resampling: str,
@@ -422,17 +455,11 @@ def _read_batch(
     used: list[list[str]] = [[] for _ in range(len(plan))]
     errors: list[tuple[int, str]] = []
     reopened: set[int] = set()
-    readers: dict[int, _SourceReader] = {}
-    bad: dict[int, str] = {}
-    for si, src in enumerate(plan.sources):
-        try:
-            readers[si] = _reader(src)
-        except RasterioError as exc:
-            bad[si] = f"cannot open {src.href}: {str(exc).splitlines()[0][:120]}"
+    readers, bad = open_readers(plan.sources)
     fast = _fast_cells(plan, readers, bad) if vectorised else np.zeros(len(plan), bool)
     if fast.any():
         try:
-            _fill_fast(plan, np.flatnonzero(fast), readers, rs, normalize, pixels, valid, used)
+            _fill_fast_or_retry(plan, fast, readers, rs, normalize, (pixels, valid, used))
         except RasterioError:
             fast[:] = False  # the cell by cell path names the cells that fail
     for k in range(len(plan)):

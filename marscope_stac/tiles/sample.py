@@ -13,6 +13,8 @@ import math
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -20,11 +22,13 @@ import numpy as np
 from numpy.typing import NDArray
 from pyproj import Transformer
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from scipy import ndimage
 
 from marscope_stac.stac.cloud import configure_cloud_reading, forget_cached_bytes
 from marscope_stac.stac.raster import SourceAsset, open_raster
+from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan
 
 __all__ = [
@@ -144,31 +148,88 @@ _LOCAL = threading.local()
 _MAX_OPEN = 32
 
 
+READ_AHEAD = 8
+"""Remote rasters a batch opens at once: each open costs a round trip, so they overlap."""
+
+
+def _key(meta: SourceAsset) -> tuple[str, int, int]:
+    """Cache key of a raster: local files also by size and modification time."""
+    try:
+        st = Path(meta.href).stat()
+        return (meta.href, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (meta.href, -1, -1)
+
+
+def _cache() -> OrderedDict[tuple[str, int, int], _SourceReader]:
+    cache: OrderedDict[tuple[str, int, int], _SourceReader] = (
+        getattr(_LOCAL, "readers", None) or OrderedDict()
+    )
+    _LOCAL.readers = cache
+    return cache
+
+
+def _keep(meta: SourceAsset, rd: _SourceReader, room: int = _MAX_OPEN) -> _SourceReader:
+    """Put ``rd`` in this thread's cache, closing the least recently used beyond ``room``."""
+    cache = _cache()
+    cache[_key(meta)] = rd
+    while len(cache) > room:
+        _, old = cache.popitem(last=False)
+        old.close()
+    return rd
+
+
+def _cached(meta: SourceAsset) -> _SourceReader | None:
+    cache = _cache()
+    key = _key(meta)
+    rd = cache.get(key)
+    if rd is not None and rd.meta == meta:
+        cache.move_to_end(key)
+        return rd
+    return None
+
+
 def _reader(meta: SourceAsset) -> _SourceReader:
     """A per-thread, reused open reader, so GDAL's block cache serves the following batches.
 
     Local files are keyed by path, size and modification time, so a file that changed is
     opened afresh.
     """
-    cache: OrderedDict[tuple[str, int, int], _SourceReader] = (
-        getattr(_LOCAL, "readers", None) or OrderedDict()
-    )
-    _LOCAL.readers = cache
-    try:
-        st = Path(meta.href).stat()
-        key = (meta.href, st.st_size, st.st_mtime_ns)
-    except OSError:
-        key = (meta.href, -1, -1)
-    rd = cache.get(key)
-    if rd is not None and rd.meta == meta:
-        cache.move_to_end(key)
-        return rd
-    rd = _SourceReader(meta)
-    cache[key] = rd
-    while len(cache) > _MAX_OPEN:
-        _, old = cache.popitem(last=False)
-        old.close()
-    return rd
+    return _cached(meta) or _keep(meta, _SourceReader(meta))
+
+
+def open_readers(
+    metas: Sequence[SourceAsset],
+) -> tuple[dict[int, _SourceReader], dict[int, str]]:
+    """This thread's readers of ``metas`` (by position), and why the others did not open.
+
+    Readers are reused as :func:`_reader`'s; remote rasters not open yet are opened
+    :data:`READ_AHEAD` at a time (an open is a round trip), and none of the batch's readers
+    is closed to make room while the batch needs it.
+    """
+    readers: dict[int, _SourceReader] = {}
+    bad: dict[int, str] = {}
+    todo = []
+    for si, meta in enumerate(metas):
+        rd = _cached(meta)
+        if rd is None:
+            todo.append(si)
+        else:
+            readers[si] = rd
+    remote = [si for si in todo if is_remote(metas[si].href)]
+    ahead: dict[int, Future[_SourceReader]] = {}
+    if len(remote) > 1:
+        with ThreadPoolExecutor(min(READ_AHEAD, len(remote))) as pool:
+            ahead = {si: pool.submit(_SourceReader, metas[si]) for si in remote}
+    room = max(_MAX_OPEN, len(metas))
+    for si in todo:
+        try:
+            rd = ahead[si].result() if si in ahead else _SourceReader(metas[si])
+        except RasterioError as exc:
+            bad[si] = f"cannot open {metas[si].href}: {str(exc).splitlines()[0][:120]}"
+            continue
+        readers[si] = _keep(metas[si], rd, room)
+    return readers, bad
 
 
 def forget_reader(meta: SourceAsset) -> None:
@@ -176,11 +237,8 @@ def forget_reader(meta: SourceAsset) -> None:
 
     After a failed read, a handle may hold a broken connection or a cut-short block.
     """
-    cache: OrderedDict[tuple[str, int, int], _SourceReader] | None = getattr(
-        _LOCAL, "readers", None
-    )
-    for key in [k for k, rd in (cache or {}).items() if rd.meta.href == meta.href]:
-        assert cache is not None
+    cache = _cache()
+    for key in [k for k, rd in cache.items() if rd.meta.href == meta.href]:
         cache.pop(key).close()
     forget_cached_bytes(meta.href)
 
