@@ -216,15 +216,26 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 
 
 class Nginx:
-    """Debian's nginx serving ``root`` (byte ranges, keep-alive) on a free port."""
+    """Debian's nginx serving ``root`` (byte ranges, keep-alive) on a free port.
 
-    def __init__(self, root: Path) -> None:
+    With ``tls``, it serves HTTPS with HTTP/2 (ALPN) under a self-signed certificate made
+    here (``ca``: trust it with ``CURL_CA_BUNDLE`` / ``REQUESTS_CA_BUNDLE``) and logs each
+    request's protocol and path (:meth:`requests_seen`).
+    """
+
+    def __init__(self, root: Path, *, tls: bool = False) -> None:
         exe = _need("/usr/sbin/nginx", "nginx")
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="marscope-nginx-"))
         user = "user root;" if os.geteuid() == 0 else ""
         conf = self.folder / "nginx.conf"
         f = self.folder
+        self.ca = f / "cert.pem"
+        listen, log = f"127.0.0.1:{self.port}", "access_log off;"
+        if tls:
+            _self_signed(self.ca, f / "key.pem")
+            listen += f" ssl http2; ssl_certificate {self.ca}; ssl_certificate_key {f}/key.pem"
+            log = f"log_format seen '$server_protocol $request_uri'; access_log {f}/seen.log seen;"
         conf.write_text(
             f"""{user}
 daemon off;
@@ -233,14 +244,14 @@ pid {f}/nginx.pid;
 error_log {f}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-  access_log off;
+  {log}
   client_body_temp_path {f}/body; proxy_temp_path {f}/proxy;
   fastcgi_temp_path {f}/fastcgi; uwsgi_temp_path {f}/uwsgi; scgi_temp_path {f}/scgi;
   types {{ application/json json; image/tiff tif tiff; }}
   default_type application/octet-stream;
   keepalive_requests 100000;
   server {{
-    listen 127.0.0.1:{self.port};
+    listen {listen};
     root {Path(root).resolve()};
     location / {{ }}
   }}
@@ -252,11 +263,28 @@ http {{
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for(self.port, self.proc, "nginx")
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+
+    def requests_seen(self) -> list[tuple[str, str]]:
+        """(protocol, path) of each request so far (an HTTPS server's log)."""
+        log = self.folder / "seen.log"
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return [(ln.split(" ", 1)[0], ln.split(" ", 1)[-1]) for ln in lines if ln]
 
     def stop(self) -> None:
         _stop(self.proc)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _self_signed(cert: Path, key: Path) -> None:
+    """A throw-away certificate for 127.0.0.1 (Debian's openssl)."""
+    openssl = _need("openssl", "openssl")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ S3 (moto)

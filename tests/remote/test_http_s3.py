@@ -63,6 +63,28 @@ def test_a_catalog_over_http_embeds_as_local_files_do_in_few_requests(
     assert local_run.network is None  # local files: nothing to record
 
 
+def test_cogs_over_https_are_read_over_http2(
+    web_root: Path, local_run: EmbedResult, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    server = Nginx(web_root, tls=True)
+    try:
+        # rasterio's wheels hand GDAL_CURL_CA_BUNDLE to GDAL; requests reads its own variable
+        trust = {"GDAL_CURL_CA_BUNDLE": str(server.ca), "REQUESTS_CA_BUNDLE": str(server.ca)}
+        with environment(**trust):
+            res = embed_catalog(
+                f"{server.url}/demo/catalog.json",
+                tmp_path / "p",
+                model=f"local-dir:{tiny_model_dir}",
+                progress=False,
+            )
+        seen = server.requests_seen()
+    finally:
+        server.stop()
+    _same(local_run, res)
+    rasters = [proto for proto, path in seen if path.endswith(".tif")]
+    assert rasters and set(rasters) == {"HTTP/2.0"}  # GDAL_HTTP_VERSION=2: ALPN chose h2
+
+
 def test_a_catalog_in_s3_embeds_with_credentials_which_stay_out_of_products(
     moto: MotoS3, s3_demo: str, local_run: EmbedResult, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
