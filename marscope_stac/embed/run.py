@@ -55,7 +55,7 @@ from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
 from marscope_stac.index.table import EmbeddingTable, write_embeddings
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.stac.catalog import OutputCatalog
-from marscope_stac.stac.cloud import NetworkTally, network_counters, network_sample
+from marscope_stac.stac.cloud import NetworkTally, NetworkWatch
 from marscope_stac.stac.read import SourceSet, load_sources
 from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan, plan_tiles
@@ -144,18 +144,17 @@ def embed_catalog(
     sel = select or CellSelection()
     how = compute or ComputeOptions()
     t_start = time.perf_counter()
-    counters = network_counters()
     _check_args(source, Path(out), sel, how, tile_px)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, how.device)
-    run, plan, px = _start_run(source, out, cm, grid, tile_px, sel)
-    tasks, shards = _make_tasks(plan, run.resume.todo, how.batch_size)
-    args = (model, pretrained, how.device, sel.min_valid)
-    seconds = run.embed(
-        tasks, shards, args, how.workers, how.scheduler_address, progress, how.read_processes
-    )
-    if is_remote(source) or run.network.requests:  # catalog, headers and tiles
-        run.network.add(network_sample(counters))
+    with NetworkWatch() as here:  # this process's reads: headers and tiles
+        run, plan, px = _start_run(source, out, cm, grid, tile_px, sel)
+        tasks, shards = _make_tasks(plan, run.resume.todo, how.batch_size)
+        args = (model, pretrained, how.device, sel.min_valid)
+        seconds = run.embed(
+            tasks, shards, args, how.workers, how.scheduler_address, progress, how.read_processes
+        )
+        run.network.add(here.sample())
     rows = run.consolidate(cm)
     _warn_if_empty(rows, len(plan), bool(run.failed_list), sel.min_valid)
     result = _result(run, rows, seconds or (time.perf_counter() - t_start))

@@ -30,12 +30,14 @@ __all__ = [
     "GDAL_CLOUD_OPTIONS",
     "NetworkSample",
     "NetworkTally",
+    "NetworkWatch",
     "configure_cloud_reading",
     "forget_cached_bytes",
     "gdal_messages",
     "gdal_path",
     "network_counters",
     "network_sample",
+    "network_watched",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,9 +160,12 @@ def network_counters() -> tuple[int, int]:
     if not ptr:
         return 0, 0
     try:
-        methods = json.loads(ctypes.string_at(ptr)).get("methods", {})
+        text = ctypes.string_at(ptr)
     finally:
         lib.VSIFree(ptr)
+    # the totals come first; the per-file figures after them grow with every file read
+    cut = text.find(b', "handlers"')
+    methods = json.loads(text[:cut] + b"}" if cut > 0 else text).get("methods", {})
     requests = sum(int(m.get("count", 0)) for m in methods.values())
     return requests, sum(int(m.get("downloaded_bytes", 0)) for m in methods.values())
 
@@ -172,6 +177,37 @@ def network_sample(start: tuple[int, int]) -> NetworkSample:
     :class:`NetworkTally`).
     """
     return (f"{socket.gethostname()}:{os.getpid()}", *start, *network_counters())
+
+
+_WATCHED: dict[int, int] = {}  # process id -> runs counting that whole process
+_WATCH_LOCK = threading.Lock()
+
+
+class NetworkWatch:
+    """Counts this process's whole network use while a run is under way (a context manager).
+
+    Reads in a watched process need no samples of their own (see
+    :func:`network_watched`); :meth:`sample` is the run's use in this process so far.
+    """
+
+    def __enter__(self) -> NetworkWatch:
+        with _WATCH_LOCK:
+            _WATCHED[os.getpid()] = _WATCHED.get(os.getpid(), 0) + 1
+        self.start = network_counters()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _WATCH_LOCK:
+            _WATCHED[os.getpid()] -= 1
+
+    def sample(self) -> NetworkSample:
+        """This process's requests and bytes since the watch began."""
+        return network_sample(self.start)
+
+
+def network_watched() -> bool:
+    """Whether a run counts this process's network use as a whole (a forked child is not)."""
+    return _WATCHED.get(os.getpid(), 0) > 0
 
 
 class NetworkTally:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
-from marscope_stac.stac.cloud import network_counters, network_sample
+from marscope_stac.stac.cloud import network_counters, network_sample, network_watched
 from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TileBatch, TilePlan, grown_bounds
 from marscope_stac.tiles.sample import (
@@ -398,10 +398,11 @@ def read_batch(
     (valid 0) and the batch carries on. Open rasters are kept per thread and reused.
     ``out`` is an array (n cells, tile_px, tile_px) to render into (e.g. shared memory).
     When a raster is remote, the batch carries GDAL's network counters of its process from
-    before to after the reads (:attr:`TileBatch.network`).
+    before to after the reads (:attr:`TileBatch.network`), unless a run counts that whole
+    process (:class:`~marscope_stac.stac.cloud.NetworkWatch`).
     """
     remote = any(is_remote(src.href) for src in plan.sources)
-    start = network_counters() if remote else None
+    start = network_counters() if remote and not network_watched() else None
     batch = _read_batch(plan, resampling, normalize, vectorised, out)
     if start is not None:
         batch.network = network_sample(start)

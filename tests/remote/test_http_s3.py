@@ -63,6 +63,27 @@ def test_a_catalog_over_http_embeds_as_local_files_do_in_few_requests(
     assert local_run.network is None  # local files: nothing to record
 
 
+def test_reading_processes_count_their_requests_too(
+    nginx: Nginx, local_run: EmbedResult, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from marscope_stac.embed import ComputeOptions
+
+    proxy = FaultProxy(("127.0.0.1", nginx.port))
+    try:
+        res = embed_catalog(
+            f"{proxy.url}/demo/catalog.json",
+            tmp_path / "p",
+            model=f"local-dir:{tiny_model_dir}",
+            compute=ComputeOptions(read_processes=2),
+            progress=False,
+        )
+    finally:
+        proxy.stop()
+    _same(local_run, res)
+    rasters = sum(n for path, n in proxy.paths.items() if path.endswith(".tif"))
+    assert res.network is not None and res.network["requests"] == rasters
+
+
 def test_cogs_over_https_are_read_over_http2(
     web_root: Path, local_run: EmbedResult, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
