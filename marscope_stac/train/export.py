@@ -19,6 +19,7 @@ from marscope_stac.core.fs import (
     atomic_write_bytes,
     atomic_write_json,
 )
+from marscope_stac.core.plots import figure
 from marscope_stac.models.clip import PROJECT_ARCHITECTURES, ClipModel, project_arch_config
 from marscope_stac.models.loading import model_folder
 from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig
@@ -110,15 +111,11 @@ def _pretrained_source(cm: ClipModel) -> str | None:
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not history:
         return
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = figure(figsize=(9, 3.2))
+    ax = fig.subplots(1, 2)
     ax[0].plot(ep, [h["loss"] for h in history], "k-o", ms=3)
     ax[0].set(xlabel="epoch", ylabel="training loss")
     plotted = False
@@ -132,4 +129,3 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
