@@ -189,6 +189,7 @@ def check_real_data(tmp: Path, kills: int, rng: random.Random) -> bool:
     clean = ["real-data", "--cache", str(tmp / "rd-cache-clean"), "--out", str(tmp / "rd-clean")]
     clean_s = run(marscope(*clean))
     command = ["real-data", "--cache", str(tmp / "rd-cache"), "--out", str(tmp / "rd-killed")]
+    command.append("--overwrite")  # a run that finished before its kill: the next replaces it
     killed = kill_loop(marscope(*command), clean_s, kills, rng)
     left = leftovers(tmp / "rd-cache") + leftovers(tmp / "rd-killed")
     left += [str(p) for p in (tmp / "rd-cache").rglob("downloads/*")]
