@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -161,22 +160,26 @@ def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
 
 
 def _polygon_streams(
-    geoms: NDArray[Any], origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
+    geoms: NDArray[Any],
+    origin: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
+    oriented: bool = False,
 ) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]:
     """MVT geometry command streams (packed varints) of polygonal features, all at once.
 
     Rings are oriented as MVT wants (exterior positive area in tile coordinates, holes
-    negative), rounded to the integer grid with repeated points dropped; rings left with fewer
-    than three points or no area (simplified to a line at low zooms) are skipped, and a
-    feature with no ring left gets an empty stream. Coordinates are taken as
-    ``(xy - origin) * scale``. Returns one buffer with every stream and each feature's start
-    and end in it.
+    negative; ``oriented``: they already are), rounded to the integer grid with repeated
+    points dropped; rings left with fewer than three points or no area (simplified to a line
+    at low zooms) are skipped, and a feature with no ring left gets an empty stream.
+    Coordinates are taken as ``(xy - origin) * scale``. Returns one buffer with every stream
+    and each feature's start and end in it.
     """
     none = np.zeros(len(geoms), np.int64)
     if len(geoms) == 0:
         return np.zeros(0, np.uint8), none, none
     parts, part_feat = shapely.get_parts(geoms, return_index=True)
-    parts = shapely.orient_polygons(parts, exterior_cw=False)
+    if not oriented:
+        parts = shapely.orient_polygons(parts, exterior_cw=False)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, pt_ring = shapely.get_coordinates(rings, return_index=True)
     pts = np.round((coords - np.asarray(origin)) * scale).astype(np.int64)
@@ -255,6 +258,16 @@ def _varint_part(
     return np.frombuffer(data, np.uint8), ends - lengths, lengths
 
 
+def _double_values(values: NDArray[np.float64]) -> bytes:
+    """The layer's value messages (field 4) of doubles, all at once: 11 bytes each."""
+    out = np.empty((len(values), 11), np.uint8)
+    out[:, 0] = 0x22  # field 4, length-delimited
+    out[:, 1] = 9  # its length
+    out[:, 2] = 0x19  # double_value (field 3, 64-bit)
+    out[:, 3:] = np.ascontiguousarray(values, "<f8").view(np.uint8).reshape(-1, 8)
+    return out.tobytes()
+
+
 def _mvt_tile(
     layer: str,
     geoms: NDArray[Any],
@@ -263,14 +276,16 @@ def _mvt_tile(
     props: NDArray[np.float64],
     extent: int = 4096,
     origin: tuple[float, float] = (0.0, 0.0),
+    oriented: bool = False,
 ) -> bytes:
     """One Mapbox Vector Tile layer of polygons, assembled with numpy.
 
-    Geometries are in units of tiles with the tile's corner at ``origin``. ``ids`` are the
-    feature ids; ``props`` holds one row of attribute values per feature, one column per key
-    (stored as doubles). Features without geometry are left out.
+    Geometries are in units of tiles with the tile's corner at ``origin`` (``oriented``: their
+    rings already turn as MVT wants). ``ids`` are the feature ids; ``props`` holds one row of
+    attribute values per feature, one column per key (stored as doubles). Features without
+    geometry are left out.
     """
-    data, g_start, g_end = _polygon_streams(geoms, origin, extent)
+    data, g_start, g_end = _polygon_streams(geoms, origin, extent, oriented)
     keep = g_end > g_start
     if not keep.any():
         return b""
@@ -309,9 +324,7 @@ def _mvt_tile(
     )
     layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + features.tobytes()
     layer_bytes += b"".join(_field(3, 2, key.encode()) for key in keys)
-    layer_bytes += b"".join(
-        _field(4, 2, _field(3, 1, struct.pack("<d", v))) for v in uniq[order].tolist()
-    )
+    layer_bytes += _double_values(uniq[order])
     layer_bytes += _field(5, 0, extent)
     return _field(3, 2, layer_bytes)
 
@@ -346,12 +359,12 @@ def write_vector_pmtiles(
     for z in range(zmin, zmax + 1):
         x0, x1, y0, y1 = _tile_range((west, south, east, north), z)
         projected = _project_to_zoom(geom_array, z, z < zmax, extent)
-        tree = shapely.STRtree(projected)
+        zoom_set = _ZoomFeatures(projected)
 
         def encode(
-            xy: tuple[int, int], z: int = z, projected: NDArray[Any] = projected, tree: Any = tree
+            xy: tuple[int, int], z: int = z, zoom_set: _ZoomFeatures = zoom_set
         ) -> tuple[int, bytes] | None:
-            return _vector_tile(xy, z, projected, tree, buffer, layer, keys, props, extent)
+            return _vector_tile(xy, z, zoom_set, buffer, layer, keys, props, extent)
 
         xys = [(tx, ty) for ty in range(y0, y1 + 1) for tx in range(x0, x1 + 1)]
         with ThreadPoolExecutor(worker_count()) as pool:  # shapely and zlib release the GIL
@@ -374,11 +387,30 @@ def _project_to_zoom(geom_array: NDArray[Any], z: int, simplify: bool, extent: i
     return projected
 
 
+class _ZoomFeatures:
+    """One zoom's features in its tile space: rings turned as MVT wants, bounds, a tree."""
+
+    def __init__(self, projected: NDArray[Any]) -> None:
+        self.geoms = shapely.orient_polygons(projected, exterior_cw=False)
+        self.bounds = shapely.bounds(self.geoms)
+        self.tree = shapely.STRtree(self.geoms)
+
+    def in_tile(self, rect: tuple[float, float, float, float]) -> tuple[NDArray[Any], Any]:
+        """Indexes of the features meeting ``rect``, and their parts inside it."""
+        idx = np.sort(self.tree.query(box(*rect), predicate="intersects"))
+        b = self.bounds[idx]
+        inside = (b[:, 0] >= rect[0]) & (b[:, 1] >= rect[1]) & (b[:, 2] <= rect[2])
+        inside &= b[:, 3] <= rect[3]
+        geoms = self.geoms[idx]  # whole when inside; the others cut at the tile's edge
+        cut = shapely.clip_by_rect(geoms[~inside], *rect)
+        geoms[~inside] = shapely.orient_polygons(cut, exterior_cw=False)
+        return idx, geoms
+
+
 def _vector_tile(
     xy: tuple[int, int],
     z: int,
-    projected: NDArray[Any],
-    tree: Any,
+    features: _ZoomFeatures,
     buffer: float,
     layer: str,
     keys: list[str],
@@ -390,13 +422,12 @@ def _vector_tile(
 
     tx, ty = xy
     rect = (tx - buffer, ty - buffer, tx + 1 + buffer, ty + 1 + buffer)
-    idx = np.sort(tree.query(box(*rect), predicate="intersects"))
+    idx, clipped = features.in_tile(rect)
     if len(idx) == 0:
         return None
-    clipped = shapely.clip_by_rect(projected[idx], *rect)
     keep = ~shapely.is_empty(clipped) & np.isin(shapely.get_type_id(clipped), (3, 6))
     sel = idx[keep]
-    data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty))
+    data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty), True)
     if not data:
         return None
     return zxy_to_tileid(z, tx, ty), gzip.compress(data, compresslevel=6, mtime=0)
