@@ -55,12 +55,11 @@ def raster_detections(
     """Polygons of edge-connected pixels at or above ``threshold`` (NaN is no data).
 
     Connected components are labelled and traced to polygons in C
-    (``rasterio.features.shapes``), so planet-scale maps with many detections stay fast.
+    (``rasterio.features.shapes``) and the polygons built all at once from their coordinates
+    (shapely's array functions), so planet-scale maps with many detections stay fast.
     Attributes: max and mean probability, number of cells; sorted by max probability.
     """
-    from rasterio.features import shapes
     from scipy import ndimage
-    from shapely.geometry import shape
 
     mask = np.nan_to_num(values, nan=-1.0) >= threshold
     labels, n = ndimage.label(mask)
@@ -73,27 +72,51 @@ def raster_detections(
     vmax = np.full(n + 1, -np.inf)
     np.maximum.at(vmax, lab, val)
     vmax = vmax[1:]
-    parts: dict[int, list[BaseGeometry]] = {}
+    polys, poly_lab = _traced_polygons(labels, mask, transform)
+    # one geometry per component, in order of first appearance (a component traced in
+    # several polygons, which 4-connected labels make rare, is their union)
+    labs, first, n_polys = np.unique(poly_lab, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    labs, first, n_polys = labs[order], first[order], n_polys[order]
+    geoms = polys[first]
+    for j in np.flatnonzero(n_polys > 1):
+        geoms[j] = shapely.union_all(polys[poly_lab == labs[j]])
+    at = labs - 1
+    ranked = np.argsort(-vmax[at], kind="stable")
+    return [
+        (g, {"max_probability": a, "mean_probability": b, "cells": c})
+        for g, a, b, c in zip(
+            geoms[ranked].tolist(),
+            vmax[at][ranked].tolist(),
+            vmean[at][ranked].tolist(),
+            count[at][ranked].tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _traced_polygons(
+    labels: NDArray[np.int32], mask: NDArray[np.bool_], transform: Affine
+) -> tuple[NDArray[Any], NDArray[np.int64]]:
+    """The polygons GDAL traces around each labelled region, and the label of each."""
+    from rasterio.features import shapes
+
+    xy: list[tuple[float, float]] = []
+    ring_len: list[int] = []
+    ring_poly: list[int] = []
+    poly_lab: list[int] = []
     for geom, lab in shapes(
         labels.astype(np.int32), mask=mask, connectivity=4, transform=transform
     ):
-        parts.setdefault(int(lab), []).append(shape(geom))
-    out = []
-    for lab, geoms in parts.items():
-        g = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-        k = lab - 1
-        out.append(
-            (
-                g,
-                {
-                    "max_probability": float(vmax[k]),
-                    "mean_probability": float(vmean[k]),
-                    "cells": int(count[k]),
-                },
-            )
-        )
-    out.sort(key=lambda t: -t[1]["max_probability"])
-    return out
+        for ring in geom["coordinates"]:
+            xy.extend(ring)
+            ring_len.append(len(ring))
+            ring_poly.append(len(poly_lab))
+        poly_lab.append(int(lab))
+    ring_of_point = np.repeat(np.arange(len(ring_len)), ring_len)
+    rings = shapely.linearrings(np.asarray(xy, np.float64), indices=ring_of_point)
+    polys = shapely.polygons(rings, indices=np.asarray(ring_poly))
+    return polys, np.asarray(poly_lab, np.int64)
 
 
 def _varint(v: int) -> bytes:
