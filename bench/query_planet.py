@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python bench/query_planet.py [--set lonlat:0.2@80:256] [--set ...] [--repeats 3]
       .venv/bin/python bench/query_planet.py --set lonlat:0.0625@80:768:noparquet   (10x)
+      .venv/bin/python bench/query_planet.py --set lonlat:0.2@80:256:det=50000     (big answers)
 
 For each ``--set GRID:DIM[:noparquet]`` a synthetic embedding set is written with the
 library's own writer (``EmbeddingSetWriter``: GeoParquet + scoring arrays, exactly what
@@ -49,8 +50,15 @@ def _chunks(n: int, size: int = 1 << 17) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def build_set(root: Path, grid_spec: str, dim: int, parquet: bool) -> dict:
-    """Write a synthetic set under ``root/products``; returns exact top-K data for checks."""
+def build_set(
+    root: Path, grid_spec: str, dim: int, parquet: bool, detections: int | None = None
+) -> dict:
+    """Write a synthetic set under ``root/products``; returns exact top-K data for checks.
+
+    With ``detections``, the query's terrain type is left out of the patches and put on
+    that many cells, on average, of one colour of a checkerboard (none of them share an
+    edge): an answer of about that many detections, like a planet's craters.
+    """
     from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
     from marscope_stac.grid.grids import parse_grid
     from marscope_stac.index.background import background_logsumexp, write_background
@@ -96,6 +104,10 @@ def build_set(root: Path, grid_spec: str, dim: int, parquet: bool) -> dict:
             row, col = grid.row_col(cells[a:b])
             t = types[row // 4, (col // 4) % 8192]
             t = np.where(r.random(b - a) < 0.25, r.integers(0, 256, b - a), t)
+            if detections is not None:
+                t = np.where(t == 3, 4, t)
+                black = (row + col) % 2 == 0
+                t = np.where(black & (r.random(b - a) < 2 * detections / n), 3, t)
             e = unit(centres[t] + 0.7 * r.standard_normal((b - a, dim), np.float32))
             exact[a:b] = e @ q
             if f32 is not None:
@@ -228,7 +240,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--set", dest="sets", action="append", help="GRID:DIM[:noparquet]")
+    ap.add_argument("--set", dest="sets", action="append", help="GRID:DIM[:noparquet][:det=N]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top", type=int, default=20000)
     ap.add_argument("--threshold", type=float, default=0.5, help="detection threshold")
@@ -240,21 +252,30 @@ def main() -> None:
         warm_child(args)
         return
     for spec in args.sets or ["lonlat:0.2@80:256", "lonlat:0.2@80:768"]:
+        det = None
+        if ":det=" in spec:
+            spec, det_s = spec.rsplit(":det=", 1)
+            det = int(det_s)
         noparquet = spec.endswith(":noparquet")
         grid_spec, dim_s = spec.removesuffix(":noparquet").rsplit(":", 1)
         dim = int(dim_s)
         root = Path(tempfile.mkdtemp(prefix="bench-planet-"))
         try:
-            bench_one(root, grid_spec, dim, not noparquet, args)
+            bench_one(root, grid_spec, dim, not noparquet, args, det)
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_one(
-    root: Path, grid_spec: str, dim: int, parquet: bool, args: argparse.Namespace
+    root: Path,
+    grid_spec: str,
+    dim: int,
+    parquet: bool,
+    args: argparse.Namespace,
+    detections: int | None = None,
 ) -> None:
-    built = build_set(root, grid_spec, dim, parquet)
+    built = build_set(root, grid_spec, dim, parquet, detections)
     model = built["model"]
     _timed_child(root, model, QUERY, args.threshold)  # warms the page cache; not counted
     print(

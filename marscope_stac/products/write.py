@@ -247,6 +247,10 @@ def read_scores(path: str | Path) -> Any:
     return gpd.read_parquet(path)
 
 
+_GEOM_TYPES = {3: "Polygon", 6: "MultiPolygon"}
+"""shapely type id -> GeoParquet geometry type of detections."""
+
+
 def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, float]]]) -> Path:
     import shapely
 
@@ -261,7 +265,7 @@ def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, f
         },
         list(shapely.to_wkb(geoms)) if feats else [],
         grid.body.crs,
-        sorted({g.geom_type for g, _ in feats}),
+        sorted({_GEOM_TYPES[t] for t in np.unique(shapely.get_type_id(geoms))}) if feats else [],
         Covering.of(bounds),
     )
 
