@@ -358,10 +358,14 @@ def write_vector_pmtiles(
     metadata: dict[str, Any],
     zoom: tuple[int, int],
     layer: str = "detections",
+    cell_deg: float | None = None,
 ) -> int:
     """Write gzip-compressed Mapbox Vector Tiles of lon/lat polygons as PMTiles.
 
-    Returns the number of tiles written.
+    Below the last zoom, polygons are simplified to half a tile pixel. ``cell_deg`` says
+    their corners lie on a grid of cells that many degrees wide (detections traced on a
+    raster): zooms where a cell spans at least two tile pixels are then not simplified,
+    since nothing would be removed there. Returns the number of tiles written.
 
     Raises:
         ValueError: if there are no features.
@@ -381,7 +385,8 @@ def write_vector_pmtiles(
     buffer = 64 / extent
     for z in range(zmin, zmax + 1):
         x0, x1, y0, y1 = _tile_range((west, south, east, north), z)
-        projected = _project_to_zoom(geom_array, z, z < zmax, extent)
+        coarse = cell_deg is None or cell_deg / 360.0 * 2**z * extent < 2.0
+        projected = _project_to_zoom(geom_array, z, z < zmax and coarse, extent)
         zoom_set = _ZoomFeatures(projected)
 
         def encode(

@@ -420,7 +420,16 @@ class _Files:
             _, base = zoom_range(float(transform.a))
             zoom = (max(0, base - 5), max(0, base - 1))
             path = self.stage / "detections.pmtiles"
-            clock.timed("vector PMTiles", write_vector_pmtiles, path, feats, self.meta, zoom)
+            cell = min(abs(transform.a), abs(transform.e))
+            clock.timed(
+                "vector PMTiles",
+                write_vector_pmtiles,
+                path,
+                feats,
+                self.meta,
+                zoom,
+                cell_deg=cell,
+            )
         return feats
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import shapely
 from affine import Affine
@@ -47,3 +49,17 @@ def test_detections_are_the_traced_polygons_with_holes_and_no_data() -> None:
     assert np.all(shapely.equals_exact(geoms, np.array([g for g, _, _ in want]), tolerance=0))
     assert [p["max_probability"] for _, p in got] == [m for _, m, _ in want]
     assert [p["cells"] for _, p in got] == [c for _, _, c in want]
+
+
+def test_the_cell_size_hint_spares_simplification_not_detail(tmp_path: Path) -> None:
+    from marscope_stac.products.vector import write_vector_pmtiles
+
+    rng = np.random.default_rng(2)
+    values = (rng.random((200, 400)) * 0.45).astype(np.float32)
+    values.flat[rng.integers(0, values.size, 3000)] = 0.9
+    values[ndimage.binary_dilation(values >= 0.5) & (rng.random(values.shape) < 0.5)] = 0.7
+    feats = raster_detections(values, Affine(0.2, 0.0, -40.0, 0.0, -0.2, 20.0), 0.5)
+    plain, hinted = tmp_path / "plain.pmtiles", tmp_path / "hinted.pmtiles"
+    write_vector_pmtiles(plain, feats, {"name": "t"}, (0, 4))
+    write_vector_pmtiles(hinted, feats, {"name": "t"}, (0, 4), cell_deg=0.2)
+    assert plain.read_bytes() == hinted.read_bytes()
