@@ -182,6 +182,25 @@ def _polygon_geometries(geoms: NDArray[Any]) -> list[bytes | None]:
     return [raw[a:b] if b > a else None for a, b in zip(start.tolist(), end.tolist(), strict=True)]
 
 
+def _ragged_rings(
+    geoms: NDArray[Any],
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+    """Coordinates of (multi)polygons, the ring of each point and the feature of each ring.
+
+    One call to shapely's ragged-array export: no Python object per part or ring.
+    """
+    kind, coords, offsets = shapely.to_ragged_array(geoms)
+    ring_starts = offsets[0]
+    ring_counts = np.diff(offsets[1])  # rings of each polygon
+    if kind == shapely.GeometryType.MULTIPOLYGON:  # rings of each feature: of its polygons
+        polys_of_feat = np.diff(offsets[2])
+        feat_of_poly = np.repeat(np.arange(len(polys_of_feat)), polys_of_feat)
+        ring_counts = np.bincount(feat_of_poly, weights=ring_counts, minlength=len(geoms))
+    feat_of_ring = np.repeat(np.arange(len(geoms)), ring_counts.astype(np.int64))
+    pt_ring = np.repeat(np.arange(len(ring_starts) - 1), np.diff(ring_starts))
+    return coords, pt_ring, feat_of_ring
+
+
 def _polygon_streams(
     geoms: NDArray[Any],
     origin: tuple[float, float] = (0.0, 0.0),
@@ -200,23 +219,22 @@ def _polygon_streams(
     none = np.zeros(len(geoms), np.int64)
     if len(geoms) == 0:
         return np.zeros(0, np.uint8), none, none
-    parts, part_feat = shapely.get_parts(geoms, return_index=True)
     if not oriented:
-        parts = shapely.orient_polygons(parts, exterior_cw=False)
-    rings, ring_part = shapely.get_rings(parts, return_index=True)
-    coords, pt_ring = shapely.get_coordinates(rings, return_index=True)
+        geoms = shapely.orient_polygons(geoms, exterior_cw=False)
+    coords, pt_ring, feat_of_ring = _ragged_rings(geoms)
+    n_rings = len(feat_of_ring)
     pts = np.round((coords - np.asarray(origin)) * scale).astype(np.int64)
     last = np.r_[pt_ring[1:] != pt_ring[:-1], True]  # closing point of each ring
     first = np.r_[True, pt_ring[1:] != pt_ring[:-1]]
     keep = ~last & (first | np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)])
     pts, pt_ring = pts[keep], pt_ring[keep]
-    counts = np.bincount(pt_ring, minlength=len(rings))
-    ok_ring = (counts >= 3) & (_ring_area2(pts, pt_ring, len(rings)) != 0)
+    counts = np.bincount(pt_ring, minlength=n_rings)
+    ok_ring = (counts >= 3) & (_ring_area2(pts, pt_ring, n_rings) != 0)
     sel = ok_ring[pt_ring]
     pts, pt_ring = pts[sel], pt_ring[sel]
     ring_ids = np.flatnonzero(ok_ring)
     m = counts[ring_ids]
-    ring_feat = part_feat[ring_part[ring_ids]]
+    ring_feat = feat_of_ring[ring_ids]
     pt_feat = ring_feat[np.repeat(np.arange(len(ring_ids)), m)]
     if len(pts) == 0:
         return np.zeros(0, np.uint8), none, none

@@ -63,3 +63,25 @@ def test_the_cell_size_hint_spares_simplification_not_detail(tmp_path: Path) -> 
     write_vector_pmtiles(plain, feats, {"name": "t"}, (0, 4))
     write_vector_pmtiles(hinted, feats, {"name": "t"}, (0, 4), cell_deg=0.2)
     assert plain.read_bytes() == hinted.read_bytes()
+
+
+def test_multipolygons_with_holes_and_empty_features_encode(tmp_path: Path) -> None:
+    import gzip
+
+    import mapbox_vector_tile
+    from pmtiles.reader import MmapSource, Reader, all_tiles
+    from shapely.geometry import MultiPolygon, box
+
+    from marscope_stac.products.vector import write_vector_pmtiles
+
+    multi = MultiPolygon([box(5, 5, 6, 6), box(7, 7, 9, 9).difference(box(7.5, 7.5, 8, 8))])
+    holed = box(-4, -4, 0, 0).difference(box(-3, -3, -2, -2))
+    attrs = {"max_probability": 0.9, "mean_probability": 0.8, "cells": 3}
+    write_vector_pmtiles(tmp_path / "m.pmtiles", [(multi, attrs), (holed, attrs)], {}, (0, 0))
+    with (tmp_path / "m.pmtiles").open("rb") as fh:
+        [(_, data)] = list(all_tiles(Reader(MmapSource(fh)).get_bytes))
+    feats = mapbox_vector_tile.decode(gzip.decompress(data))["detections"]["features"]
+    kinds = sorted((f["geometry"]["type"], len(f["geometry"]["coordinates"])) for f in feats)
+    assert kinds == [("MultiPolygon", 2), ("Polygon", 2)]  # two parts; exterior and hole
+    [m] = [f for f in feats if f["geometry"]["type"] == "MultiPolygon"]
+    assert sorted(len(part) for part in m["geometry"]["coordinates"]) == [1, 2]
