@@ -6,6 +6,7 @@ Mapbox Vector Tiles on the z/x/y scheme of the body's sphere.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 from collections.abc import Sequence
@@ -318,15 +319,18 @@ def _mvt_tile(
     extent: int = 4096,
     origin: tuple[float, float] = (0.0, 0.0),
     oriented: bool = False,
+    scale: float | None = None,
 ) -> bytes:
     """One Mapbox Vector Tile layer of polygons, assembled with numpy.
 
-    Geometries are in units of tiles with the tile's corner at ``origin`` (``oriented``: their
-    rings already turn as MVT wants). ``ids`` are the feature ids; ``props`` holds one row of
-    attribute values per feature, one column per key (stored as doubles). Features without
-    geometry are left out.
+    Geometries are in units of tiles with the tile's corner at ``origin`` (``scale``: tile
+    pixels per unit, ``extent`` by default; ``oriented``: their rings already turn as MVT
+    wants). ``ids`` are the feature ids; ``props`` holds one row of attribute values per
+    feature, one column per key (stored as doubles). Features without geometry are left out.
     """
-    data, g_start, g_end = _polygon_streams(geoms, origin, extent, oriented)
+    data, g_start, g_end = _polygon_streams(
+        geoms, origin, extent if scale is None else scale, oriented
+    )
     keep = g_end > g_start
     if not keep.any():
         return b""
@@ -401,11 +405,18 @@ def write_vector_pmtiles(
     keys = list(features[0][1])
     props = np.array([[float(p[key]) for key in keys] for _, p in features], np.float64)
     buffer = 64 / extent
+    unsimplified: list[_ZoomFeatures] = []  # at zmax, shared by every zoom left as it is
     for z in range(zmin, zmax + 1):
         x0, x1, y0, y1 = _tile_range((west, south, east, north), z)
         coarse = cell_deg is None or cell_deg / 360.0 * 2**z * extent < 2.0
-        projected = _project_to_zoom(geom_array, z, z < zmax and coarse, extent)
-        zoom_set = _ZoomFeatures(projected)
+        if z < zmax and coarse:
+            zoom_set = _ZoomFeatures(_project_to_zoom(geom_array, z, True, extent))
+        else:  # zmax's tile space scaled by a power of two: the same numbers, exactly
+            if not unsimplified:
+                unsimplified.append(
+                    _ZoomFeatures(_project_to_zoom(geom_array, zmax, False, extent))
+                )
+            zoom_set = unsimplified[0].at(2.0 ** (z - zmax))
 
         def encode(
             xy: tuple[int, int], z: int = z, zoom_set: _ZoomFeatures = zoom_set
@@ -434,15 +445,35 @@ def _project_to_zoom(geom_array: NDArray[Any], z: int, simplify: bool, extent: i
 
 
 class _ZoomFeatures:
-    """One zoom's features in its tile space: rings turned as MVT wants, bounds, a tree."""
+    """One zoom's features: rings turned as MVT wants, bounds, a tree.
+
+    Their coordinates are in a zoom's tile space; ``factor`` (a power of two) turns them
+    into this zoom's (see :meth:`at`).
+    """
 
     def __init__(self, projected: NDArray[Any]) -> None:
         self.geoms = shapely.orient_polygons(projected, exterior_cw=False)
         self.bounds = shapely.bounds(self.geoms)
         self.tree = shapely.STRtree(self.geoms)
+        self.factor = 1.0
+
+    def at(self, factor: float) -> _ZoomFeatures:
+        """The same features for a zoom whose tile space is ``factor`` times theirs."""
+        other = copy.copy(self)
+        other.factor = factor
+        return other
 
     def in_tile(self, rect: tuple[float, float, float, float]) -> tuple[NDArray[Any], Any]:
-        """Indexes of the features meeting ``rect``, and their parts inside it."""
+        """Indexes of the features meeting ``rect``, and their parts inside it.
+
+        ``rect`` is in this zoom's units; the parts are in the features' own.
+        """
+        rect = (
+            rect[0] / self.factor,
+            rect[1] / self.factor,
+            rect[2] / self.factor,
+            rect[3] / self.factor,
+        )
         idx = np.sort(self.tree.query(box(*rect), predicate="intersects"))
         b = self.bounds[idx]
         inside = (b[:, 0] >= rect[0]) & (b[:, 1] >= rect[1]) & (b[:, 2] <= rect[2])
@@ -473,7 +504,9 @@ def _vector_tile(
         return None
     keep = ~shapely.is_empty(clipped) & np.isin(shapely.get_type_id(clipped), (3, 6))
     sel = idx[keep]
-    data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, (tx, ty), True)
+    f = features.factor  # a power of two: origin and scale stay exact
+    origin, scale = (tx / f, ty / f), extent * f
+    data = _mvt_tile(layer, clipped[keep], sel + 1, keys, props[sel], extent, origin, True, scale)
     if not data:
         return None
     return zxy_to_tileid(z, tx, ty), gzip.compress(data, compresslevel=6, mtime=0)
