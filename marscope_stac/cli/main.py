@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 import warnings
 from typing import Any, TextIO
@@ -220,8 +221,9 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("marscope_stac").setLevel(level)
-    # urllib3 says each retry of a STAC API page; the error that ends them is enough
+    # urllib3 and the model hub's client say each retry; the error that ends them is enough
     logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG if debug else logging.ERROR)
+    os.environ.setdefault("HF_HUB_VERBOSITY", "debug" if debug else "error")  # read on import
     if not debug:
         warnings.showwarning = _show_warning
     _WARNINGS.held = None if (verbose or debug) else []
