@@ -105,6 +105,7 @@ def load_pairs(
 
     Raises:
         CatalogError: if a catalog has no label item of ``split``.
+        ConfigError: if a crop is too large for the scenes.
         DataError: for an unreadable table.
     """
     src = Path(source)
@@ -119,4 +120,5 @@ def load_pairs(
         return pairs
     pairs = load_catalog_pairs(src, split, crop_px, prompt_share=prompt_share)
     pairs.context = context
+    pairs.check_crop(source)
     return pairs

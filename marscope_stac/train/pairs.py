@@ -26,7 +26,7 @@ import shapely
 from numpy.typing import NDArray
 from pyproj import Transformer
 
-from marscope_stac.core.errors import CatalogError, DataError
+from marscope_stac.core.errors import CatalogError, ConfigError, DataError
 from marscope_stac.tiles.sample import scale_pixels
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,25 @@ class PairSet:
     def cut_px(self) -> int:
         """Side of a scene crop in source pixels: the cell (``crop_px``) and its margin."""
         return round(self.crop_px * (1.0 + 2.0 * self.context))
+
+    def check_crop(self, source: str | Path) -> None:
+        """Refuse a crop (with its margin) larger than the scenes can hold.
+
+        Raises:
+            ConfigError: if a crop does not fit in twice over the smallest scene.
+        """
+        if not self.scenes:
+            return
+        side = min(min(s.image.shape[:2]) for s in self.scenes)
+        need = max(self.crop_px, self.cut_px)
+        if 2 * need >= side:
+            most = max(1, int((side - 1) // 2 / (self.cut_px / self.crop_px)))
+            raise ConfigError(
+                f"crop_px {self.crop_px} (a {self.cut_px} px crop with its margin) does not fit "
+                f"the scenes of {source}: the smallest is {side} px across; give crop_px of at "
+                f"most {most}",
+                fields=("crop_px",),
+            )
 
     @property
     def classes(self) -> list[str]:

@@ -200,6 +200,7 @@ CASES: dict[str, dict[str, Case]] = {
         "prompt share 2": lambda w: _train(w, "--prompt-share", "2"),
         "batch size 1": lambda w: _train(w, "--batch-size", "1"),
         "crop 0": lambda w: _train(w, "--crop-px", "0"),
+        "crop larger than the scenes": lambda w: _train(w, "--crop-px", "4000"),  # make fuzz
         "tile context 9": lambda w: _train(w, "--tile-context", "9"),
         "unknown architecture": lambda w: _train(w, "--model", "no-such-net"),
         "unknown device": lambda w: _train(
