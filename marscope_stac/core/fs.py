@@ -34,6 +34,7 @@ __all__ = [
     "check_apart",
     "check_output_file",
     "check_output_folder",
+    "check_work_folder",
     "clone_file",
     "copy_file",
     "file_multihash",
@@ -232,6 +233,36 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
         raise OutputError(
             f"{target} exists and is {_kind(mode)}, not a file this program wrote; "
             "choose another output path"
+        )
+    return target
+
+
+def check_work_folder(path: str | os.PathLike[str]) -> Path:
+    """Refuse a folder a command writes into and resumes in when it cannot be one.
+
+    A file, a device, a FIFO, a socket, a symbolic link leading nowhere or round in a loop is
+    refused before any work (not when the first file is written, after the work).
+
+    Raises:
+        OutputError: naming the path, what it is and the fix.
+    """
+    target = Path(path)
+    if str(path) == "":
+        raise OutputError("the output folder is empty; give a folder name")
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        if target.is_symlink():
+            raise OutputError(
+                f"{target} is a symbolic link to nothing; choose another path"
+            ) from None
+        _check_parent_writable(target)
+        return target
+    except OSError as exc:  # a symlink loop, a name too long, a parent that is a file
+        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+    if not stat.S_ISDIR(mode):
+        raise OutputError(
+            f"{target} exists and is {_kind(mode)}, not a folder; choose another output path"
         )
     return target
 

@@ -44,6 +44,7 @@ from marscope_stac.core.fs import (
     atomic_write_bytes,
     atomic_write_json,
     check_apart,
+    check_work_folder,
     source_folder,
     sweep_stale,
 )
@@ -579,6 +580,7 @@ def _check_args(
     if not sources:
         raise ConfigError("give at least one training source")
     catalogs = [s for s in sources if Path(s).suffix.lower() not in (".csv", ".parquet")]
+    check_work_folder(out)
     check_apart(out, {f"the training catalog {s}": source_folder(s) or s for s in catalogs})
     if ctx and any(Path(s).suffix.lower() in (".csv", ".parquet") for s in sources):
         raise ConfigError(

@@ -114,6 +114,14 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 Case = Callable[[World], list[str]]
 
 
+def _link(w: World, name: str, target: Path | None = None) -> Path:
+    """A symbolic link in the world's folder: to ``target``, or to itself (a loop)."""
+    link = w.root / f"link-{name}"
+    if not link.is_symlink():
+        link.symlink_to(target or link)
+    return link
+
+
 def _train(w: World, *options: str) -> list[str]:
     """``marscope train`` on the demo catalog into a fresh folder, with ``options``."""
     out = w.root / ("train-" + "-".join(o.strip("-") for o in options))
@@ -201,6 +209,13 @@ CASES: dict[str, dict[str, Case]] = {
         "batch size 1": lambda w: _train(w, "--batch-size", "1"),
         "crop 0": lambda w: _train(w, "--crop-px", "0"),
         "crop larger than the scenes": lambda w: _train(w, "--crop-px", "4000"),  # make fuzz
+        "out a symlink loop": lambda w: ["train", str(w.cat), "--out", str(_link(w, "loop"))],
+        "out a dangling symlink": lambda w: [
+            "train",
+            str(w.cat),
+            "--out",
+            str(_link(w, "dangling", w.root / "nowhere")),
+        ],
         "tile context 9": lambda w: _train(w, "--tile-context", "9"),
         "unknown architecture": lambda w: _train(w, "--model", "no-such-net"),
         "unknown device": lambda w: _train(
