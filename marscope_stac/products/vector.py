@@ -255,16 +255,27 @@ def _polygon_streams(
     stream[posx] = zz[:, 0]
     stream[posx + 1] = zz[:, 1]
     data, ends = _varints(stream)
-    # rings of one feature are contiguous: slice each feature's bytes
+    start, end = _feature_spans(ring_feat, ring_start, ring_len, ends, len(geoms))
+    return np.frombuffer(data, np.uint8), start, end
+
+
+def _feature_spans(
+    ring_feat: NDArray[np.int64],
+    ring_start: NDArray[np.int64],
+    ring_len: NDArray[np.int64],
+    ends: NDArray[np.int64],
+    n: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Each feature's start and end in the packed streams (its rings are contiguous)."""
     ring_end_val = np.cumsum(ring_len)
     feat_ids, first_ring = np.unique(ring_feat, return_index=True)
     last_ring = np.r_[first_ring[1:], len(ring_feat)] - 1
     start_val = ring_start[first_ring]
     end_val = ring_end_val[last_ring]
-    start, end = none.copy(), none.copy()
+    start, end = np.zeros(n, np.int64), np.zeros(n, np.int64)
     start[feat_ids] = np.where(start_val > 0, ends[np.maximum(start_val - 1, 0)], 0)
     end[feat_ids] = ends[end_val - 1]
-    return np.frombuffer(data, np.uint8), start, end
+    return start, end
 
 
 def _interleave(
@@ -310,6 +321,27 @@ def _double_values(values: NDArray[np.float64]) -> bytes:
     return out.tobytes()
 
 
+def _tags(
+    vals: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64]]]:
+    """The layer's value table (in order of first appearance) and each feature's packed tags.
+
+    ``vals`` holds one row per feature, one column per key.
+    """
+    n, k = vals.shape
+    uniq, first, inverse = np.unique(vals.ravel(), return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    tags = np.empty((n, 2 * k), np.int64)
+    tags[:, 0::2] = np.arange(k)
+    tags[:, 1::2] = rank[inverse].reshape(n, k)
+    tag_bytes, tag_ends = _varints(tags.ravel().astype(np.uint64))
+    tag_end = tag_ends[2 * k - 1 :: 2 * k]
+    tag_len = np.diff(np.r_[0, tag_end])
+    return uniq[order], (np.frombuffer(tag_bytes, np.uint8), tag_end - tag_len, tag_len)
+
+
 def _mvt_tile(
     layer: str,
     geoms: NDArray[Any],
@@ -335,19 +367,9 @@ def _mvt_tile(
     if not keep.any():
         return b""
     g_start, g_len, ids, vals = g_start[keep], (g_end - g_start)[keep], ids[keep], props[keep]
-    n, k = vals.shape
-    # value table in order of first appearance, and each feature's value indexes
-    uniq, first, inverse = np.unique(vals.ravel(), return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    tags = np.empty((n, 2 * k), np.int64)
-    tags[:, 0::2] = np.arange(k)
-    tags[:, 1::2] = rank[inverse].reshape(n, k)
-    tag_bytes, tag_ends = _varints(tags.ravel().astype(np.uint64))
-    tag_end = tag_ends[2 * k - 1 :: 2 * k]
-    tag_len = np.diff(np.r_[0, tag_end])
-    tag_part = (np.frombuffer(tag_bytes, np.uint8), tag_end - tag_len, tag_len)
+    n = len(vals)
+    values, tag_part = _tags(vals)
+    tag_len = tag_part[2]
     body, body_len = _interleave(
         [
             _const(b"\x08", n),  # id (field 1, varint)
@@ -369,7 +391,7 @@ def _mvt_tile(
     )
     layer_bytes = _field(15, 0, 2) + _field(1, 2, layer.encode()) + features.tobytes()
     layer_bytes += b"".join(_field(3, 2, key.encode()) for key in keys)
-    layer_bytes += _double_values(uniq[order])
+    layer_bytes += _double_values(values)
     layer_bytes += _field(5, 0, extent)
     return _field(3, 2, layer_bytes)
 
