@@ -210,6 +210,20 @@ def clone_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
+def _mode_at(target: Path) -> int | None:
+    """The mode of what is at ``target`` (None: nothing), or a refusal naming why not.
+
+    Raises:
+        OutputError: for a symbolic link loop, a name too long, a parent that is a file.
+    """
+    try:
+        return target.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+
+
 def check_output_file(path: str | os.PathLike[str]) -> Path:
     """Refuse an output file path that exists and is not a regular file.
 
@@ -223,13 +237,8 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if str(path) == "":
         raise OutputError("an output path is empty; give a file name")
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
-        return target
-    except OSError as exc:  # a symlink loop, a name too long, a parent that is a file
-        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
-    if not stat.S_ISREG(mode):
+    mode = _mode_at(target)
+    if mode is not None and not stat.S_ISREG(mode):
         raise OutputError(
             f"{target} exists and is {_kind(mode)}, not a file this program wrote; "
             "choose another output path"
@@ -249,18 +258,12 @@ def check_work_folder(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if str(path) == "":
         raise OutputError("the output folder is empty; give a folder name")
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
+    mode = _mode_at(target)
+    if mode is None:
         if target.is_symlink():
-            raise OutputError(
-                f"{target} is a symbolic link to nothing; choose another path"
-            ) from None
+            raise OutputError(f"{target} is a symbolic link to nothing; choose another path")
         _check_parent_writable(target)
-        return target
-    except OSError as exc:  # a symlink loop, a name too long, a parent that is a file
-        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
-    if not stat.S_ISDIR(mode):
+    elif not stat.S_ISDIR(mode):
         raise OutputError(
             f"{target} exists and is {_kind(mode)}, not a folder; choose another output path"
         )
