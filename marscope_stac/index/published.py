@@ -22,7 +22,6 @@ checksums of the files fetched).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -222,37 +221,36 @@ def _wanted(item_url: str, item: dict[str, Any]) -> list[tuple[str, str, int, st
     return out
 
 
-def _fresh(folder: Path, wanted: list[tuple[str, str, int, str | None]]) -> bool:
-    """Whether the cached set holds every wanted file as published."""
+def _current(folder: Path, have: dict[str, Any], name: str, size: int, checksum: Any) -> bool:
+    """Whether the cached ``name`` is the published file (as fetched and recorded)."""
+    path = folder / name
+    return have.get(name) == [size, checksum] and path.is_file() and path.stat().st_size == size
+
+
+def _fetched(folder: Path) -> dict[str, Any]:
+    """The files recorded as fetched in ``folder`` (empty when none or unreadable)."""
     try:
         state = json.loads((folder / PUBLISHED_FILE).read_text())
     except (OSError, ValueError):
-        return False
-    have = state.get("files", {}) if isinstance(state, dict) else {}
-    return all(
-        have.get(name) == [size, checksum]
-        and (folder / name).is_file()
-        and (folder / name).stat().st_size == size
-        for name, _, size, checksum in wanted
-    )
+        return {}
+    files = state.get("files") if isinstance(state, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def _fresh(folder: Path, wanted: list[tuple[str, str, int, str | None]]) -> bool:
+    """Whether the cached set holds every wanted file as published."""
+    have = _fetched(folder)
+    return bool(have) and all(_current(folder, have, n, z, c) for n, _, z, c in wanted)
 
 
 def _fetch_set(
     item_url: str, item: dict[str, Any], folder: Path, progress: bool
 ) -> dict[str, list[Any]]:
     wanted = _wanted(item_url, item)
-    old: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        old = json.loads((folder / PUBLISHED_FILE).read_text()).get("files", {})
+    have = _fetched(folder)
     # until every file is fetched the folder is no set: never used as the offline fallback
     (folder / PUBLISHED_FILE).unlink(missing_ok=True)
-    todo = [
-        w
-        for w in wanted
-        if old.get(w[0]) != [w[2], w[3]]
-        or not (folder / w[0]).is_file()
-        or (folder / w[0]).stat().st_size != w[2]
-    ]
+    todo = [w for w in wanted if not _current(folder, have, w[0], w[2], w[3])]
     total = sum(size for _, _, size, _ in todo)
     desc = f"fetching {item.get('id', 'the set')}"
     with tqdm(

@@ -188,10 +188,20 @@ def _session() -> Any:
     return s
 
 
-def _http_get(url: str, policy: RetryPolicy, span: tuple[int, int] | None = None) -> bytes:
-    """The body at ``url`` (bytes ``span`` = [start, stop) of it when given), retried."""
+def _http_transient(exc: Exception) -> bool | str:
+    """Whether an http failure is worth another try (the ``Retry-After`` text when told)."""
     import requests
     from requests.exceptions import ChunkedEncodingError, ContentDecodingError
+
+    if isinstance(exc, _HttpStatusError):
+        return (exc.retry_after or True) if exc.status in _RETRY_STATUS else False
+    cut = ChunkedEncodingError | ContentDecodingError
+    return isinstance(exc, requests.ConnectionError | requests.Timeout | cut)
+
+
+def _http_get(url: str, policy: RetryPolicy, span: tuple[int, int] | None = None) -> bytes:
+    """The body at ``url`` (bytes ``span`` = [start, stop) of it when given), retried."""
+    from requests.exceptions import ChunkedEncodingError
 
     headers = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else {}
 
@@ -210,13 +220,7 @@ def _http_get(url: str, policy: RetryPolicy, span: tuple[int, int] | None = None
             raise ChunkedEncodingError(f"{len(body)} bytes of {span[1] - span[0]} asked")
         return body
 
-    def transient(exc: Exception) -> bool | str:
-        if isinstance(exc, _HttpStatusError):
-            return (exc.retry_after or True) if exc.status in _RETRY_STATUS else False
-        cut = ChunkedEncodingError | ContentDecodingError
-        return isinstance(exc, requests.ConnectionError | requests.Timeout | cut)
-
-    return policy.run(url, call, transient)
+    return policy.run(url, call, _http_transient)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +346,6 @@ def url_size(url: str, policy: RetryPolicy | None = None) -> int:
         except (BotoCoreError, ClientError) as exc:
             raise CatalogError(f"cannot read {url}: {_short(exc)}") from exc
         return int(head["ContentLength"])
-    import requests
 
     def call() -> int:
         r = _session().head(url, timeout=(policy.timeout, policy.timeout), allow_redirects=True)
@@ -350,13 +353,8 @@ def url_size(url: str, policy: RetryPolicy | None = None) -> int:
             raise _HttpStatusError(url, r.status_code, r.reason, r.headers.get("Retry-After"))
         return int(r.headers.get("Content-Length") or 0)
 
-    def transient(exc: Exception) -> bool | str:
-        if isinstance(exc, _HttpStatusError):
-            return (exc.retry_after or True) if exc.status in _RETRY_STATUS else False
-        return isinstance(exc, requests.ConnectionError | requests.Timeout)
-
     try:
-        return policy.run(url, call, transient)
+        return policy.run(url, call, _http_transient)
     except OSError as exc:
         raise CatalogError(f"cannot read {url}: {_short(exc)}") from exc
 
