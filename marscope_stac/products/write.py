@@ -39,6 +39,7 @@ from marscope_stac.core.text import count_list, join_lines
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import Covering, point_wkb, write_geoparquet
 from marscope_stac.products.cog import write_cog
+from marscope_stac.products.detections import Detections, raster_detections
 from marscope_stac.products.ids import OPTIONAL_PRODUCTS
 from marscope_stac.products.items import ASSET_FILES, ScoredSet, _query_item
 from marscope_stac.products.render import (
@@ -52,7 +53,7 @@ from marscope_stac.products.render import (
     write_raster_pmtiles,
     zoom_range,
 )
-from marscope_stac.products.vector import raster_detections, write_vector_pmtiles
+from marscope_stac.products.vector import write_vector_pmtiles
 from marscope_stac.query.scoring import QuerySpec, ScoredQuery
 from marscope_stac.stac.build import (
     SSYS_V1,
@@ -247,26 +248,19 @@ def read_scores(path: str | Path) -> Any:
     return gpd.read_parquet(path)
 
 
-_GEOM_TYPES = {3: "Polygon", 6: "MultiPolygon"}
-"""shapely type id -> GeoParquet geometry type of detections."""
-
-
-def _write_detections(path: Path, grid: Grid, feats: list[tuple[Any, dict[str, float]]]) -> Path:
-    import shapely
-
-    geoms = np.asarray([g for g, _ in feats], dtype=object)
-    bounds = shapely.bounds(geoms) if feats else np.zeros((0, 4))
+def _write_detections(path: Path, grid: Grid, found: Detections) -> Path:
+    """Detections as GeoParquet: polygons in the body's CRS and their attributes."""
     return write_geoparquet(
         path,
         {
-            "max_probability": pa.array([p["max_probability"] for _, p in feats], pa.float64()),
-            "mean_probability": pa.array([p["mean_probability"] for _, p in feats], pa.float64()),
-            "cells": pa.array([p["cells"] for _, p in feats], pa.int64()),
+            "max_probability": pa.array(found.columns["max_probability"], pa.float64()),
+            "mean_probability": pa.array(found.columns["mean_probability"], pa.float64()),
+            "cells": pa.array(found.columns["cells"], pa.int64()),
         },
-        list(shapely.to_wkb(geoms)) if feats else [],
+        found.polygons.wkb(),
         grid.body.crs,
-        sorted({_GEOM_TYPES[t] for t in np.unique(shapely.get_type_id(geoms))}) if feats else [],
-        Covering.of(bounds),
+        found.geometry_types(),
+        Covering.of(found.polygons.bounds()),
     )
 
 
@@ -358,7 +352,7 @@ class _Files:
         threshold: float,
         columns: CellColumns | None,
         products: Sequence[str],
-    ) -> list[tuple[Any, dict[str, float]]]:
+    ) -> Detections:
         """Write the product's files; returns the detections.
 
         GDAL and pyarrow release the GIL: the COG and the scores table are written in
@@ -366,7 +360,7 @@ class _Files:
         """
         stage, clock, transform = self.stage, self.clock, self.layout.transform
         stored = quantize(self.values)
-        feats: list[tuple[Any, dict[str, float]]] = []
+        feats = Detections.empty()
         with ThreadPoolExecutor(2) as pool:
             background = [pool.submit(clock.timed, "COG", self._cog, stored)]
             if "scores" in products:
@@ -408,15 +402,15 @@ class _Files:
             overview_resampling="average",
         )
 
-    def _detections(self, threshold: float) -> list[tuple[Any, dict[str, float]]]:
+    def _detections(self, threshold: float) -> Detections:
         """Detections GeoParquet and vector PMTiles; returns the detections."""
         clock, transform = self.clock, self.layout.transform
-        feats: list[tuple[Any, dict[str, float]]] = []
+        feats = Detections.empty()
         if (np.nan_to_num(self.values, nan=-1.0) >= threshold).any():
             feats = clock.timed("detections", raster_detections, self.values, transform, threshold)
         path = self.stage / "detections.parquet"
         clock.timed("detections GeoParquet", _write_detections, path, self.grid, feats)
-        if feats:
+        if len(feats):
             _, base = zoom_range(float(transform.a))
             zoom = (max(0, base - 5), max(0, base - 1))
             path = self.stage / "detections.pmtiles"

@@ -28,9 +28,9 @@ def _reference(values: np.ndarray, transform: Affine, threshold: float) -> list[
         sel = labels == lab
         v = values[sel].astype(np.float64)
         g = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-        out.append((g, float(v.max()), int(sel.sum())))
-    out.sort(key=lambda t: -t[1])
-    return out
+        out.append((g, float(v.max()), int(sel.sum()), lab))
+    out.sort(key=lambda t: (-t[1], t[3]))  # ties: the component met first in raster order
+    return [t[:3] for t in out]
 
 
 def test_detections_are_the_traced_polygons_with_holes_and_no_data() -> None:

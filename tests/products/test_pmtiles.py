@@ -40,7 +40,13 @@ def test_mvt_geometry_encoding() -> None:
     """Command streams follow the MVT spec: cursor per feature, rings closed, holes reversed."""
     from shapely.geometry import box
 
-    from marscope_stac.products.vector import _polygon_geometries
+    from marscope_stac.products.mvt import polygon_streams
+    from marscope_stac.products.polygons import PolygonArrays
+
+    def _polygon_geometries(geoms: np.ndarray) -> list[bytes | None]:
+        s = polygon_streams(PolygonArrays.from_shapely(geoms), 1.0)
+        raw = s.data.tobytes()
+        return [raw[a:b] if b > a else None for a, b in zip(s.start, s.end, strict=True)]
 
     def unpack(data: bytes) -> list[int]:
         out, v, shift = [], 0, 0
@@ -73,6 +79,35 @@ def test_mvt_geometry_encoding() -> None:
     # exterior then hole, both absolute positions restart from the feature's own origin
     cmds2 = unpack(enc[1])
     assert cmds2.count(9) == 2 and cmds2.count(15) == 2 and len(cmds2) == 22
+
+
+def test_rectangles_encode_as_their_rings_do() -> None:
+    """The rectangle shortcut gives the bytes the general ring encoder gives, moved or not."""
+    from marscope_stac.products.mvt import box_streams, polygon_streams, varint_matrix
+    from marscope_stac.products.polygons import PolygonArrays
+
+    rng = np.random.default_rng(3)
+    n = 400
+    xa, xb = rng.uniform(0, 2, n), rng.uniform(0, 2, n)
+    ya, yb = rng.uniform(0, 2, n), rng.uniform(0, 2, n)
+    xb[:20] = xa[:20] + 1e-5  # too thin to keep an area
+    boxes = PolygonArrays.boxes(xa, ya, xb, yb)
+    idx, corners = boxes.boxes_within()
+    assert (idx == np.arange(n)).all()
+    general = polygon_streams(boxes, 4096.0)
+    quick = box_streams(corners, 4096.0)
+    assert (quick.drawn == (general.end > general.start)).all() and not quick.drawn[:20].any()
+    raw = general.data.tobytes()
+    corner = (1000, 3000)
+    head, rest = quick.moved(np.arange(n), corner)
+    for i in np.flatnonzero(quick.drawn):
+        d = quick.first[i] - corner
+        moved = polygon_streams(boxes.take(np.array([i])), 4096.0, corner)
+        dense, used = varint_matrix(np.array([[9, *((d << 1) ^ (d >> 63))]]))
+        assert moved.data.tobytes() == dense[used].tobytes() + raw[general.rest[i] : general.end[i]]
+        assert head[0][i][head[1][i]].tobytes() + rest[0][i][rest[1][i]].tobytes() == (
+            moved.data.tobytes()
+        )
 
 
 def test_vector_pmtiles_many_polygons(tmp_path: Path) -> None:
