@@ -17,6 +17,7 @@ Each writes the same products and STAC item whichever way it is asked (see
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -180,6 +181,7 @@ class QueryEngine:
         self.mode = resolve_mode(scoring, self.arrays)
         self._layout: RasterLayout | None = None
         self._columns: CellColumns | None = None
+        self._columns_lock = threading.Lock()
         self._bounds: list[float] | None = None
 
     @classmethod
@@ -304,12 +306,15 @@ class QueryEngine:
             self._layout = RasterLayout.of(self.grid, np.asarray(self.arrays.cells))
         return self._layout
 
-    @property
     def columns(self) -> CellColumns:
-        """Cell ids, indexes and centres of the set for ``scores.parquet`` (computed once)."""
-        if self._columns is None:
-            self._columns = CellColumns.of(self.grid, np.asarray(self.arrays.cells))
-        return self._columns
+        """Cell ids, indexes and centres of the set for ``scores.parquet`` (computed once).
+
+        Thread-safe: products ask for them in the thread that writes the scores table.
+        """
+        with self._columns_lock:
+            if self._columns is None:
+                self._columns = CellColumns.of(self.grid, np.asarray(self.arrays.cells))
+            return self._columns
 
     @property
     def model_name(self) -> str:
@@ -369,10 +374,10 @@ class QueryEngine:
         products: Sequence[str] = OPTIONAL_PRODUCTS,
     ) -> QueryProduct:
         t0 = time.perf_counter()
-        layout, columns = self.layout, self.columns
+        layout = self.layout
         timings["set layout (once)"] = time.perf_counter() - t0
         qid = name or query_id(spec, self.set, threshold, result.scoring, products)
-        where = ScoredSet(self.set, self.grid, layout, columns, self.model_name)
+        where = ScoredSet(self.set, self.grid, layout, self.columns, self.model_name)
         return write_query_product(
             self.out,
             qid,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,14 +158,14 @@ class ScoredSet:
         es: The embedding set.
         grid: Its grid.
         layout: Where each of its rows falls in the products' raster.
-        columns: Its cell columns for ``scores.parquet``.
+        columns: Gives its cell columns for ``scores.parquet`` (made on first call, once).
         model_name: Name of the model that made it.
     """
 
     es: EmbeddingSet
     grid: Grid
     layout: RasterLayout
-    columns: CellColumns
+    columns: Callable[[], CellColumns]
     model_name: str
 
 

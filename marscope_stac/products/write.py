@@ -350,13 +350,14 @@ class _Files:
         self,
         result: ScoredQuery,
         threshold: float,
-        columns: CellColumns | None,
+        columns: Callable[[], CellColumns] | None,
         products: Sequence[str],
     ) -> Detections:
         """Write the product's files; returns the detections.
 
-        GDAL and pyarrow release the GIL: the COG and the scores table are written in
-        threads while the tiles, preview and detections are made here.
+        GDAL and pyarrow release the GIL: the COG and the scores table (with ``columns()``,
+        the set's cell columns, made there when first asked for) are written in threads
+        while the tiles, preview and detections are made here.
         """
         stage, clock, transform = self.stage, self.clock, self.layout.transform
         stored = quantize(self.values)
@@ -368,11 +369,9 @@ class _Files:
                     pool.submit(
                         clock.timed,
                         "scores GeoParquet",
-                        write_scores,
-                        stage / "scores.parquet",
-                        self.grid,
-                        result,
-                        columns,
+                        lambda: write_scores(
+                            stage / "scores.parquet", self.grid, result, columns and columns()
+                        ),
                     )
                 )
             if "tiles" in products:
