@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,17 @@ def cells_to_raster(
     return layout.raster(values), layout.transform
 
 
+STORED_COLOURMAPS = ("magma",)
+"""Colour maps kept as tables in the package (``data/colormaps/<name>.rgba``: 256 RGBA
+bytes, matplotlib's own, checked by the tests), so a query need not import matplotlib."""
+
+
 @cache
 def _lut(cmap: str) -> NDArray[np.uint8]:
-    """256 RGBA colours of a matplotlib colour map (imported once, only when drawing)."""
+    """256 RGBA colours of a matplotlib colour map (stored, or from matplotlib when drawing)."""
+    if cmap in STORED_COLOURMAPS:
+        stored = files("marscope_stac") / "data" / "colormaps" / f"{cmap}.rgba"
+        return np.frombuffer(stored.read_bytes(), np.uint8).reshape(256, 4).copy()
     from marscope_stac.core.plots import matplotlib
 
     return (matplotlib().colormaps[cmap](np.linspace(0, 1, 256)) * 255).astype(np.uint8)

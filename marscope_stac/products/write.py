@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from marscope_stac.core.fs import staged_directory
 from marscope_stac.core.text import count_list, join_lines
 from marscope_stac.grid.grids import Grid
-from marscope_stac.index.geoparquet import Covering, point_wkb, write_geoparquet
+from marscope_stac.index.geoparquet import Covering, numpy_array, point_wkb, write_geoparquet
 from marscope_stac.products.cog import write_cog
 from marscope_stac.products.detections import Detections, raster_detections
 from marscope_stac.products.ids import OPTIONAL_PRODUCTS
@@ -209,15 +208,45 @@ class CellColumns:
         """The columns of ``cells`` on ``grid``."""
         cells = np.asarray(cells, np.int64)
         row, col = grid.row_col(cells)
-        ids = pc.binary_join_element_wise(
-            pa.scalar(grid.spec),
-            pc.cast(pa.array(row), pa.string()),
-            pc.cast(pa.array(col), pa.string()),
-            ":",
-        )
+        ids = _cell_id_array(grid.spec, row, col)
         centres = grid.centers(cells)
         boxes = Covering.of(np.concatenate([centres, centres], axis=1))  # a point's box
-        return cls(ids, pa.array(cells), point_wkb(centres[:, 0], centres[:, 1]), boxes)
+        return cls(ids, numpy_array(cells), point_wkb(centres[:, 0], centres[:, 1]), boxes)
+
+
+def _decimal(values: NDArray[np.int64]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """Decimal digits of non-negative integers as rows of one width, and which are used."""
+    v = np.asarray(values, np.int64)
+    width = len(str(int(v.max()))) if len(v) else 1
+    digits = np.empty((len(v), width), np.uint8)
+    rest = v.copy()
+    for j in range(width - 1, -1, -1):
+        digits[:, j] = ord("0") + rest % 10
+        rest //= 10
+    n_digits = np.ones(len(v), np.int64)
+    for k in range(1, width):
+        n_digits += v >= 10**k
+    return digits, np.arange(width) >= (width - n_digits)[:, None]
+
+
+def _cell_id_array(spec: str, row: NDArray[np.int64], col: NDArray[np.int64]) -> pa.Array:
+    """Cell ids ``"<grid>:<row>:<col>"`` (as :meth:`Grid.cell_ids`) as an arrow string array.
+
+    Built from rows of digits with numpy (pyarrow's string functions would import pandas).
+    """
+    n = len(row)
+    prefix = np.frombuffer(f"{spec}:".encode(), np.uint8)
+    row_digits, row_used = _decimal(row)
+    col_digits, col_used = _decimal(col)
+    colon = np.full((n, 1), ord(":"), np.uint8)
+    dense = np.concatenate([np.tile(prefix, (n, 1)), row_digits, colon, col_digits], axis=1)
+    used = np.concatenate(
+        [np.ones((n, len(prefix)), bool), row_used, np.ones((n, 1), bool), col_used], axis=1
+    )
+    offsets = np.concatenate([[0], np.cumsum(used.sum(axis=1))])
+    kind, dtype = (pa.string(), np.int32) if offsets[-1] < 2**31 else (pa.large_string(), np.int64)
+    buffers = [None, pa.py_buffer(offsets.astype(dtype)), pa.py_buffer(dense[used].tobytes())]
+    return pa.Array.from_buffers(kind, n, buffers)
 
 
 def write_scores(
@@ -230,8 +259,8 @@ def write_scores(
         {
             "cell_id": cols.cell_id,
             "cell_index": cols.cell_index,
-            "score": pa.array(np.asarray(result.scores, np.float32)),
-            "probability": pa.array(np.asarray(result.probability, np.float32)),
+            "score": numpy_array(result.scores, np.float32),
+            "probability": numpy_array(result.probability, np.float32),
         },
         cols.geometry,
         grid.body.crs,
@@ -253,9 +282,9 @@ def _write_detections(path: Path, grid: Grid, found: Detections) -> Path:
     return write_geoparquet(
         path,
         {
-            "max_probability": pa.array(found.columns["max_probability"], pa.float64()),
-            "mean_probability": pa.array(found.columns["mean_probability"], pa.float64()),
-            "cells": pa.array(found.columns["cells"], pa.int64()),
+            "max_probability": numpy_array(found.columns["max_probability"], np.float64),
+            "mean_probability": numpy_array(found.columns["mean_probability"], np.float64),
+            "cells": numpy_array(found.columns["cells"], np.int64),
         },
         found.polygons.wkb(),
         grid.body.crs,

@@ -205,3 +205,33 @@ def test_composite_cli(embedded) -> None:  # type: ignore[no-untyped-def]
     )
     assert r.exit_code == 2
     assert validate_catalog(out).objects >= 9
+
+
+def test_a_cached_query_imports_no_heavy_library(embedded) -> None:  # type: ignore[no-untyped-def]
+    """A cold ``marscope query`` of a cached text starts fast: no pandas, matplotlib or torch.
+
+    Each would add 0.2-0.4 s to every cold query (``pa.array`` of a numpy array imports
+    pandas; colour maps came from matplotlib); the planet figures in docs/benchmarks.md rely
+    on their absence.
+    """
+    import subprocess
+    import sys
+
+    out, res, engine = embedded
+    engine.query(QuerySpec(text=["yardangs"]), threshold=0.3)  # the text is cached now
+    model = res.embedding_set.manifest()["model"]["name"]
+    code = (
+        "import sys\n"
+        "from marscope_stac.cli.main import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('HEAVY', sorted(m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules))\n"
+    )
+    args = ["query", "yardangs", "--out", str(out), "--model", model, "--threshold", "0.3"]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "HEAVY []" in run.stdout, run.stdout

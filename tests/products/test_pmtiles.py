@@ -14,6 +14,8 @@ __all__ = [
     "test_mvt_geometry_encoding",
     "test_raster_tiles_sample_pixel_centres",
     "test_raster_zooms_go_two_levels_deeper_within_a_tile_budget",
+    "test_rectangles_encode_as_their_rings_do",
+    "test_stored_colour_maps_are_matplotlibs",
     "test_tile_maths_match_planetcantile_mars_tms",
     "test_vector_pmtiles_many_polygons",
     "test_vector_tiles_decode_with_an_independent_decoder",
@@ -219,3 +221,14 @@ def test_raster_zooms_go_two_levels_deeper_within_a_tile_budget() -> None:
     assert raster_zoom_range(Affine(0.0625, 0, -180, 0, -0.0625, 80), (2560, 5760)) == (1, 6)
     # the demo's area: two levels deeper
     assert raster_zoom_range(Affine(0.02, 0, 150, 0, -0.02, -4.2), (40, 80)) == (3, 9)
+
+
+def test_stored_colour_maps_are_matplotlibs() -> None:
+    """The colour tables kept in the package are matplotlib's own, byte for byte."""
+    import matplotlib
+
+    from marscope_stac.products.render import STORED_COLOURMAPS, _lut
+
+    for name in STORED_COLOURMAPS:
+        want = (matplotlib.colormaps[name](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
+        assert (_lut(name) == want).all()
