@@ -90,10 +90,20 @@ class PolygonArrays:
         if kind == shapely.GeometryType.POLYGON:
             rings, parts = offsets
             features = np.arange(len(parts), dtype=np.int64)
-            return cls(coords, *(np.asarray(o, np.int64) for o in (rings, parts, features)))
-        if kind != shapely.GeometryType.MULTIPOLYGON:
+        elif kind == shapely.GeometryType.MULTIPOLYGON:
+            rings, parts, features = offsets
+        else:
             raise ValueError(f"polygons expected, not {kind.name.lower()}s")
-        return cls(coords, *(np.asarray(o, np.int64) for o in offsets))
+        # empty polygons become features (or parts) with no part (no ring) at all
+        n_rings = np.diff(parts)
+        kept = n_rings > 0
+        part_feature = np.repeat(np.arange(len(geoms)), np.diff(features))
+        return cls(
+            coords,
+            np.asarray(rings, np.int64),
+            _offsets(n_rings[kept]),
+            _offsets(np.bincount(part_feature[kept], minlength=len(geoms))),
+        )
 
     def to_shapely(self) -> NDArray[Any]:
         """One shapely geometry per feature: a Polygon when it has one part, else a MultiPolygon."""
@@ -187,69 +197,48 @@ class PolygonArrays:
     def wkb(self) -> pa.BinaryArray:
         """Little-endian WKB of every feature (Polygon with one part, else MultiPolygon).
 
-        The bytes are those shapely writes; built with numpy, no object per feature.
+        The bytes are those shapely writes, built with numpy: each ring's coordinates are
+        copied as one block, with the headers that go before it (the feature's and part's
+        for a first ring, then the ring's point count) slotted in between.
         """
-        n_parts = np.diff(self.features)
-        n_rings = np.diff(self.parts)
+        n_parts, n_rings = np.diff(self.features), np.diff(self.parts)
+        if (n_parts == 0).any() or (n_rings == 0).any():  # empty geometries: rare, left to shapely
+            data = [bytes(w) for w in shapely.to_wkb(self.to_shapely())]
+            return pa.array(data, pa.binary())
         n_pts = np.diff(self.rings)
-        multi = n_parts != 1
-        ring_size = 4 + 16 * n_pts
-        part_of_ring = np.repeat(np.arange(len(n_rings)), n_rings)
-        part_size = 9 + np.bincount(part_of_ring, ring_size, len(n_rings)).astype(np.int64)
-        feat_of_part = np.repeat(np.arange(len(self)), n_parts)
-        feat_size = 9 * multi + np.bincount(feat_of_part, part_size, len(self)).astype(np.int64)
-        feat_start = _offsets(feat_size)
-        part_start = _within(part_size, feat_of_part, feat_start[:-1] + 9 * multi)
-        ring_start = _within(ring_size, part_of_ring, part_start + 9)
-        out = np.zeros(int(feat_start[-1]), np.uint8)
-        _put_header(out, feat_start[:-1][multi], 6, n_parts[multi])
-        _put_header(out, part_start, 3, n_rings)
-        _put_u32(out, ring_start, n_pts)
-        _put_doubles(out, np.repeat(ring_start + 4, n_pts) + 16 * _rank(n_pts), self.coords)
-        small = feat_start[-1] < 2**31
-        offsets = feat_start.astype(np.int32 if small else np.int64)
+        ring_part = np.repeat(np.arange(len(n_rings)), n_rings)
+        ring_feat = np.repeat(np.arange(len(self)), n_parts)[ring_part]
+        head = np.zeros((len(n_pts), 22), np.uint8)
+        used = np.zeros(head.shape, bool)
+        first = np.zeros(len(n_pts), bool)
+        first[self.parts[self.features[:-1]]] = True
+        multi = first & (n_parts > 1)[ring_feat]  # MultiPolygon header
+        head[multi, 0], head[multi, 1] = 1, 6
+        head[multi, 5:9] = _u32(n_parts[ring_feat[multi]])
+        used[multi, :9] = True
+        part_first = np.zeros(len(n_pts), bool)
+        part_first[self.parts[:-1]] = True  # Polygon header
+        head[part_first, 9], head[part_first, 10] = 1, 3
+        head[part_first, 14:18] = _u32(n_rings[ring_part[part_first]])
+        used[part_first, 9:18] = True
+        head[:, 18:] = _u32(n_pts)  # the ring's point count
+        used[:, 18:] = True
+        head_len = used.sum(axis=1)
+        ring_len = head_len + 16 * n_pts
+        ring_start = np.cumsum(ring_len) - ring_len
+        total = int(ring_len.sum())
+        is_head = np.zeros(total, bool)
+        is_head[expand_ranges(ring_start, head_len)] = True
+        out = np.empty(total, np.uint8)
+        out[is_head] = head[used]
+        out[~is_head] = np.ascontiguousarray(self.coords, "<f8").view(np.uint8).ravel()
+        offsets = np.r_[ring_start[first], total]
+        small = total < 2**31
         kind = pa.binary() if small else pa.large_binary()
-        return pa.Array.from_buffers(
-            kind, len(self), [None, pa.py_buffer(offsets), pa.py_buffer(out)]
-        )
+        buffers = [None, pa.py_buffer(offsets.astype(np.int32 if small else np.int64))]
+        return pa.Array.from_buffers(kind, len(self), [*buffers, pa.py_buffer(out)])
 
 
-def _rank(lengths: NDArray[np.int64]) -> NDArray[np.int64]:
-    """0, 1, ... within each run of ``lengths``."""
-    return expand_ranges(np.zeros(len(lengths), np.int64), lengths)
-
-
-def _within(
-    sizes: NDArray[np.int64], group: NDArray[np.int64], group_start: NDArray[np.int64]
-) -> NDArray[np.int64]:
-    """Start of each item laid out one after another inside its group, from the group's start."""
-    before = np.cumsum(sizes) - sizes
-    first = np.r_[True, group[1:] != group[:-1]] if len(group) else np.zeros(0, bool)
-    base = np.maximum.accumulate(np.where(first, before, 0)) if len(group) else before
-    return group_start[group] + before - base
-
-
-def _put_u32(out: NDArray[np.uint8], at: NDArray[np.int64], values: NDArray[np.int64]) -> None:
-    v = np.asarray(values, np.uint32)
-    for k in range(4):
-        out[at + k] = (v >> np.uint32(8 * k)) & np.uint32(0xFF)
-
-
-def _put_header(
-    out: NDArray[np.uint8], at: NDArray[np.int64], kind: int, count: NDArray[np.int64]
-) -> None:
-    """Byte order (little endian), geometry type and item count at each of ``at``."""
-    out[at] = 1
-    out[at + 1] = kind
-    _put_u32(out, at + 5, count)
-
-
-def _put_doubles(out: NDArray[np.uint8], at: NDArray[np.int64], xy: NDArray[np.float64]) -> None:
-    """Write x, y pairs at byte offsets ``at`` (any alignment) of ``out``."""
-    residue = at % 8
-    for r in np.unique(residue).tolist():
-        sel = residue == r
-        view = out[r : r + 8 * ((len(out) - r) // 8)].view("<f8")  # numpy allows unaligned
-        idx = (at[sel] - r) // 8
-        view[idx] = xy[sel, 0]
-        view[idx + 1] = xy[sel, 1]
+def _u32(values: NDArray[np.int64]) -> NDArray[np.uint8]:
+    """Little-endian uint32 bytes of each value, one row each."""
+    return np.asarray(values, "<u4").view(np.uint8).reshape(-1, 4)

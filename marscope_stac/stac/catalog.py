@@ -155,7 +155,7 @@ class OutputCatalog:
         base = base_url if base_url is not None else self.base_url()
         if base is not None:
             _self_link(d, path, self.root, base)
-            validated = False
+            validated = validated and not base  # a self link added is checked; none removed
         if not validated:
             validate_dict(d, href=str(path))
         atomic_write_json(path, d)

@@ -134,3 +134,39 @@ def test_every_tile_holds_each_detection_cut_at_its_edge(tmp_path: Path) -> None
             assert props["mean_probability"] == found.columns["mean_probability"][fid - 1]
             checked += 1
     assert checked > 5000
+
+
+def _polygon(kind: int, x: float, y: float) -> shapely.Geometry:
+    from shapely.geometry import MultiPolygon, Polygon, box
+
+    square = box(x, y, x + 2, y + 1)
+    holed = box(x, y, x + 3, y + 3).difference(box(x + 1, y + 1, x + 2, y + 2))
+    shapes_ = [square, holed, MultiPolygon([square, box(x + 5, y, x + 6, y + 4)]), Polygon()]
+    return shapes_[kind]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.floats(-170, 170), st.floats(-80, 80)), max_size=12),
+    st.data(),
+)
+def test_polygon_arrays_keep_every_polygon(items: list, data: st.DataObject) -> None:
+    """Polygons, holes, multi-parts and empties survive the arrays: WKB, take, concat, bounds."""
+    from marscope_stac.products.polygons import PolygonArrays
+
+    geoms = np.array([_polygon(*t) for t in items], dtype=object)
+    arrays = PolygonArrays.from_shapely(geoms)
+    assert len(arrays) == len(geoms)
+    back = arrays.to_shapely()
+    empty = shapely.is_empty(geoms)
+    assert (shapely.is_empty(back) == empty).all()
+    assert all(shapely.equals_exact(back[~empty], geoms[~empty], tolerance=0))
+    wkb = arrays.wkb().to_pylist()
+    assert [w for w, e in zip(wkb, empty, strict=True) if not e] == list(
+        shapely.to_wkb(geoms[~empty])
+    )
+    order = np.array(data.draw(st.permutations(range(len(geoms)))), np.int64)
+    both = PolygonArrays.concat([arrays.take(order), arrays])
+    assert all(shapely.equals_exact(both.to_shapely()[: len(order)], back[order], tolerance=0))
+    if (~empty).any():
+        assert np.allclose(arrays.bounds()[~empty], shapely.bounds(geoms[~empty]))
