@@ -1,6 +1,7 @@
 """The web map's API at planet scale: ``POST /api/query`` against ``marscope serve``.
 
 Run:  .venv/bin/python bench/serve_api.py [--set lonlat:0.2@80:256] [--repeats 5]
+      .venv/bin/python bench/serve_api.py --set lonlat:0.2@80:768:det=50000   (a big answer)
 
 Writes the synthetic planet embedding set of ``bench/query_planet.py`` (1.44 M cells on
 MarScope's grid by default; its query text is cached as a model would have cached it), starts
@@ -37,7 +38,9 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", default="lonlat:0.2@80:256", help="GRID:DIM[:noparquet]")
+    ap.add_argument(
+        "--set", default="lonlat:0.2@80:256", help="GRID:DIM[:noparquet][:det=N] (as query_planet)"
+    )
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
@@ -47,8 +50,10 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="marscope-serve-"))
     try:
-        grid_spec, dim = args.set.removesuffix(":noparquet").rsplit(":", 1)
-        info = build_set(root, grid_spec, int(dim), not args.set.endswith(":noparquet"))
+        spec, _, det = args.set.partition(":det=")
+        grid_spec, dim = spec.removesuffix(":noparquet").rsplit(":", 1)
+        parquet = not spec.endswith(":noparquet")
+        info = build_set(root, grid_spec, int(dim), parquet, int(det) if det else None)
         t0 = time.perf_counter()
         server = serve(root / "products", port=0, model=info["model"])
         opened = time.perf_counter() - t0

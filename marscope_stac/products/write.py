@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,14 +384,15 @@ class _Files:
     ) -> Detections:
         """Write the product's files; returns the detections.
 
-        GDAL and pyarrow release the GIL: the COG and the scores table (with ``columns()``,
-        the set's cell columns, made there when first asked for) are written in threads
-        while the tiles, preview and detections are made here.
+        GDAL, numpy, zlib and pyarrow release the GIL: the COG, the raster PMTiles, the
+        detections table and the scores table (with ``columns()``, the set's cell columns,
+        made there when first asked for) are written in threads while the preview,
+        detections and vector PMTiles are made here.
         """
         stage, clock, transform = self.stage, self.clock, self.layout.transform
         stored = quantize(self.values)
         feats = Detections.empty()
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(4) as pool:
             background = [pool.submit(clock.timed, "COG", self._cog, stored)]
             if "scores" in products:
                 background.append(
@@ -406,13 +407,22 @@ class _Files:
             if "tiles" in products:
                 zoom = raster_zoom_range(transform, self.layout.shape)
                 path = stage / "probability.pmtiles"
-                clock.timed(
-                    "raster PMTiles", write_raster_pmtiles, path, stored, transform, self.meta, zoom
+                background.append(
+                    pool.submit(
+                        clock.timed,
+                        "raster PMTiles",
+                        write_raster_pmtiles,
+                        path,
+                        stored,
+                        transform,
+                        self.meta,
+                        zoom,
+                    )
                 )
             if "preview" in products:
                 clock.timed("preview", save_png, stage / "preview.png", self.values)
             if "detections" in products:
-                feats = self._detections(threshold)
+                feats = self._detections(threshold, pool, background)
             for future in background:
                 future.result()
         return feats
@@ -430,14 +440,20 @@ class _Files:
             overview_resampling="average",
         )
 
-    def _detections(self, threshold: float) -> Detections:
-        """Detections GeoParquet and vector PMTiles; returns the detections."""
+    def _detections(
+        self, threshold: float, pool: ThreadPoolExecutor, background: list[Future[Any]]
+    ) -> Detections:
+        """Detections GeoParquet (in ``pool``) and vector PMTiles; returns the detections."""
         clock, transform = self.clock, self.layout.transform
         feats = Detections.empty()
         if (np.nan_to_num(self.values, nan=-1.0) >= threshold).any():
             feats = clock.timed("detections", raster_detections, self.values, transform, threshold)
         path = self.stage / "detections.parquet"
-        clock.timed("detections GeoParquet", _write_detections, path, self.grid, feats)
+        background.append(
+            pool.submit(
+                clock.timed, "detections GeoParquet", _write_detections, path, self.grid, feats
+            )
+        )
         if len(feats):
             _, base = zoom_range(float(transform.a))
             zoom = (max(0, base - 5), max(0, base - 1))
