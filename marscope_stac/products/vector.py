@@ -89,17 +89,16 @@ def write_vector_pmtiles(
     )
     values = ValueColumns.of(found.columns)
     zmin, zmax = zoom
-    tiles: list[tuple[int, bytes]] = []
-    unsimplified: list[_Zoom] = []  # at zmax, shared by every zoom left as it is
+    levels: dict[int, _Zoom] = {}
     for z in range(zmin, zmax + 1):
         coarse = cell_deg is None or cell_deg / 360.0 * 2**z * EXTENT < 2.0
         if z < zmax and coarse:
-            level = _Zoom.project(found.polygons, z, simplify=True)
+            levels[z] = _Zoom.project(found.polygons, z, simplify=True)
         else:  # zmax's tile space scaled by a power of two: the same numbers, exactly
-            if not unsimplified:
-                unsimplified.append(_Zoom.project(found.polygons, zmax, simplify=False))
-            level = unsimplified[0].at(2.0 ** (z - zmax))
-        tiles += level.tiles(z, _tile_range(bounds, z), values, layer)
+            if zmax not in levels:
+                levels[zmax] = _Zoom.project(found.polygons, zmax, simplify=False)
+            levels[z] = levels[zmax].at(2.0 ** (z - zmax))
+    tiles = _encode_tiles(levels, bounds, values, layer)
     header = _header(bounds, zmin, zmax, TileType.MVT, Compression.GZIP)
     return _write_archive(path, tiles, header, _vector_metadata(metadata, layer, values.keys, zoom))
 
@@ -159,26 +158,15 @@ box_streams`), the other features from their rings.
         row[self.other] = np.arange(len(self.other))
         return row
 
-    def tiles(
-        self, z: int, tile_range: tuple[int, int, int, int], values: ValueColumns, layer: str
-    ) -> list[tuple[int, bytes]]:
-        """Tile id and gzipped MVT of every tile of zoom ``z`` that has a feature."""
+    def jobs(self, z: int, tile_range: tuple[int, int, int, int]) -> list[_TileJob]:
+        """One job per tile of zoom ``z`` that a feature meets; the streams made first."""
         n = 2**z
         feats, inside, keys, starts = self._assign(tile_range, n)
         _ = self.box_streams, self.streams, self.other_row  # made once, before the threads
-
-        def encode(j: int) -> tuple[int, bytes] | None:
-            from pmtiles.tile import zxy_to_tileid
-
-            a, b = starts[j], starts[j + 1]
-            tx, ty = int(keys[a] % n), int(keys[a] // n)
-            data = self._tile_bytes((tx, ty), feats[a:b], inside[a:b], values, layer)
-            if not data:
-                return None
-            return zxy_to_tileid(z, tx, ty), gzip.compress(data, TILE_GZIP_LEVEL, mtime=0)
-
-        with ThreadPoolExecutor(worker_count()) as pool:  # numpy, shapely, zlib release the GIL
-            return [t for t in pool.map(encode, range(len(starts) - 1)) if t is not None]
+        return [
+            _TileJob(self, z, int(keys[a] % n), int(keys[a] // n), feats[a:b], inside[a:b])
+            for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)
+        ]
 
     def _assign(
         self, tile_range: tuple[int, int, int, int], n: int
@@ -272,6 +260,46 @@ box_streams`), the other features from their rings.
         drawn = streams.end > streams.start
         start = streams.start[drawn]
         return feats[drawn], (streams.data, start, streams.end[drawn] - start)
+
+
+@dataclass(frozen=True, eq=False)
+class _TileJob:
+    """One tile to encode: its zoom level, position and the features that meet it."""
+
+    level: _Zoom
+    z: int
+    x: int
+    y: int
+    feats: NDArray[np.int64]
+    inside: NDArray[np.bool_]
+
+    def encode(self, values: ValueColumns, layer: str) -> tuple[int, bytes] | None:
+        """Tile id and gzipped MVT, or None when nothing in it has area at this zoom."""
+        from pmtiles.tile import zxy_to_tileid
+
+        data = self.level._tile_bytes((self.x, self.y), self.feats, self.inside, values, layer)
+        if not data:
+            return None
+        return zxy_to_tileid(self.z, self.x, self.y), gzip.compress(data, TILE_GZIP_LEVEL, mtime=0)
+
+
+def _encode_tiles(
+    levels: dict[int, _Zoom],
+    bounds: tuple[float, float, float, float],
+    values: ValueColumns,
+    layer: str,
+) -> list[tuple[int, bytes]]:
+    """Every tile of every zoom, encoded in one pool, biggest first.
+
+    One pool over all zooms keeps every core busy: a coarse zoom's few big tiles (the
+    planet's zoom 0 is one tile holding every feature) are encoded while finer zooms' many
+    small ones fill the other cores.
+    """
+    with ThreadPoolExecutor(worker_count()) as pool:  # numpy, shapely and zlib release the GIL
+        made = pool.map(lambda z: levels[z].jobs(z, _tile_range(bounds, z)), sorted(levels))
+        jobs = sorted((j for js in made for j in js), key=lambda j: -len(j.feats))
+        encoded = pool.map(lambda job: job.encode(values, layer), jobs)
+        return [t for t in encoded if t is not None]
 
 
 def _simplified(
