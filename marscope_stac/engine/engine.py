@@ -73,6 +73,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+CELL_COLUMNS_FILE = "cell-columns.arrow"
+"""The set's cell ids and centre points for ``scores.parquet``, kept beside the set by the
+first query that writes a scores table (:meth:`~marscope_stac.products.write.CellColumns.\
+cached`)."""
+
 
 def find_embedding_set(
     out: str | Path,
@@ -313,7 +318,8 @@ class QueryEngine:
         """
         with self._columns_lock:
             if self._columns is None:
-                self._columns = CellColumns.of(self.grid, np.asarray(self.arrays.cells))
+                path = self.set.root / CELL_COLUMNS_FILE
+                self._columns = CellColumns.cached(self.grid, np.asarray(self.arrays.cells), path)
             return self._columns
 
     @property

@@ -22,6 +22,10 @@ model: the query engine (:mod:`marscope_stac.engine.engine`) scores, this module
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from marscope_stac.core.fs import staged_directory
+from marscope_stac.core.errors import OutputError
+from marscope_stac.core.fs import atomic_output, staged_directory
 from marscope_stac.core.text import count_list, join_lines
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import Covering, numpy_array, point_wkb, write_geoparquet
@@ -71,6 +76,8 @@ __all__ = [
     "write_scores",
 ]
 
+
+log = logging.getLogger(__name__)
 
 CLASS_COLOURS = (
     "808080",
@@ -212,6 +219,41 @@ class CellColumns:
         centres = grid.centers(cells)
         boxes = Covering.of(np.concatenate([centres, centres], axis=1))  # a point's box
         return cls(ids, numpy_array(cells), point_wkb(centres[:, 0], centres[:, 1]), boxes)
+
+    @classmethod
+    def cached(cls, grid: Grid, cells: NDArray[np.int64], path: Path) -> CellColumns:
+        """The columns of ``cells``, kept in an Arrow file at ``path`` for later processes.
+
+        Making them takes about a second at 1.44 M cells; the file (memory-mapped, no copy)
+        answers in milliseconds. It names the grid and a checksum of the cells, so a file
+        made for other cells is made again; one that cannot be written (a read-only set) is
+        not kept.
+        """
+        cells = np.ascontiguousarray(cells, np.int64)
+        key = {"grid": grid.spec, "cells": hashlib.sha256(cells.tobytes()).hexdigest()}
+        with contextlib.suppress(OSError, pa.ArrowInvalid, KeyError, ValueError):
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            meta = table.schema.metadata or {}
+            if json.loads(meta[b"key"]) == key and table.num_rows == len(cells):
+                column = [table.column(i).combine_chunks() for i in range(4)]
+                total = [float(v) for v in json.loads(meta[b"total"])]
+                return cls(column[0], column[1], column[2], Covering(column[3], total))
+        made = cls.of(grid, cells)
+        table = pa.table(
+            [made.cell_id, made.cell_index, made.geometry, made.covering.column],
+            names=["cell_id", "cell_index", "geometry", "bbox"],
+            metadata={"key": json.dumps(key), "total": json.dumps(made.covering.total)},
+        )
+        try:
+            with (
+                atomic_output(path, suffix=".arrow") as tmp,
+                pa.OSFile(str(tmp), "wb") as sink,
+                pa.ipc.new_file(sink, table.schema) as writer,
+            ):
+                writer.write_table(table)
+        except (OSError, OutputError) as exc:
+            log.debug("cell columns not kept at %s: %s", path, exc)
+        return made
 
 
 def _decimal(values: NDArray[np.int64]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
