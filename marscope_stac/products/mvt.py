@@ -273,32 +273,27 @@ def _streams(
 
 @dataclass(frozen=True)
 class ValueColumns:
-    """Feature attributes as MVT values: each column's distinct values and how they are stored.
+    """Feature attributes as MVT values: one table of distinct values shared by every key.
 
-    A column of whole numbers from 0 up is stored as ``uint_value``, one whose values all
-    survive float32 as ``float_value``, any other as ``double_value``: what is read back is
-    always the value given, in as few bytes as that allows.
+    Each value is stored as ``uint_value`` when it is a whole number from 0 up, as
+    ``float_value`` when it survives float32, else as ``double_value``: what is read back is
+    always the value given, in as few bytes as that allows. Keys share entries (a single
+    cell's max and mean probability are one value).
     """
 
     keys: list[str]
-    distinct: list[NDArray[np.float64]]
-    index: NDArray[np.int64]  # (n, k) each feature's value as an index into its column's
-    kinds: list[str]
+    distinct: NDArray[np.float64]
+    kinds: NDArray[np.int8]  # 0 uint, 1 float, 2 double, per distinct value
+    index: NDArray[np.int64]  # (n, k) each feature's values as indexes into ``distinct``
 
     @classmethod
     def of(cls, columns: dict[str, NDArray[Any]]) -> ValueColumns:
         """The value table of attribute ``columns`` (one value per feature in each)."""
         keys = list(columns)
-        distinct, index, kinds = [], [], []
-        for key in keys:
-            v = np.asarray(columns[key], np.float64)
-            uniq, inverse = np.unique(v, return_inverse=True)
-            distinct.append(uniq)
-            index.append(inverse.ravel())
-            kinds.append(_kind(uniq))
         n = len(next(iter(columns.values()))) if columns else 0
-        stacked = np.column_stack(index) if index else np.zeros((n, 0), np.int64)
-        return cls(keys, distinct, stacked.astype(np.int64), kinds)
+        table = np.column_stack([np.asarray(columns[k], np.float64) for k in keys])
+        distinct, inverse = np.unique(table.reshape(n, len(keys)), return_inverse=True)
+        return cls(keys, distinct, _kinds(distinct), inverse.reshape(n, len(keys)))
 
     def tile(self, features: NDArray[np.int64]) -> tuple[bytes, NDArray[np.int64]]:
         """The value messages of a tile holding ``features``, and each feature's tags.
@@ -306,15 +301,16 @@ class ValueColumns:
         The tags are one row per feature: key index, value index, for each key in turn.
         """
         n, k = len(features), len(self.keys)
+        used, local = _used(self.index[features].ravel(), len(self.distinct))
+        # the most used values first: their indexes are the shortest varints
+        order = np.argsort(-np.bincount(local, minlength=len(used)), kind="stable")
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        used, local = used[order], rank[local]
         tags = np.empty((n, 2 * k), np.int64)
-        messages, offset = [], 0
-        for j, key_values in enumerate(self.distinct):
-            used, local = _used(self.index[features, j], len(key_values))
-            tags[:, 2 * j] = j
-            tags[:, 2 * j + 1] = offset + local
-            messages.append(_value_messages(key_values[used], self.kinds[j]))
-            offset += len(used)
-        return b"".join(messages), tags
+        tags[:, 0::2] = np.arange(k)
+        tags[:, 1::2] = local.reshape(n, k)
+        return _value_messages(self.distinct[used], self.kinds[used]), tags
 
 
 def _used(index: NDArray[np.int64], n: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -328,31 +324,35 @@ def _used(index: NDArray[np.int64], n: int) -> tuple[NDArray[np.int64], NDArray[
     return np.flatnonzero(seen), rank[index]
 
 
-def _kind(values: NDArray[np.float64]) -> str:
-    finite = np.isfinite(values).all()
-    whole = (values >= 0).all() and (values < 2**63).all() and (values == np.floor(values)).all()
-    if finite and whole:
-        return "uint"
-    if finite and (values.astype(np.float32).astype(np.float64) == values).all():
-        return "float"
-    return "double"
+def _kinds(values: NDArray[np.float64]) -> NDArray[np.int8]:
+    """How each value is stored: 0 ``uint_value``, 1 ``float_value``, 2 ``double_value``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        whole = (values >= 0) & (values < 2.0**63) & (values == np.floor(values))
+        as_float = values.astype(np.float32).astype(np.float64) == values
+    return np.where(whole, 0, np.where(as_float & np.isfinite(values), 1, 2)).astype(np.int8)
 
 
-def _value_messages(values: NDArray[np.float64], kind: str) -> bytes:
-    """The layer's value messages (field 4) of ``values``, stored as ``kind``."""
+def _value_messages(values: NDArray[np.float64], kinds: NDArray[np.int8]) -> bytes:
+    """The layer's value messages (field 4) of ``values``, each stored as its kind says."""
     n = len(values)
-    if kind == "uint":
-        data, start, ln = varint_part(values.astype(np.uint64))
-        out, _ = interleave(
-            [const_part(b"\x22", n), varint_part(ln + 1), const_part(b"\x28", n), (data, start, ln)]
-        )
-        return out.tobytes()
-    width, tag = (4, 0x15) if kind == "float" else (8, 0x19)
-    out = np.empty((n, 3 + width), np.uint8)
-    out[:, 0], out[:, 1], out[:, 2] = 0x22, 1 + width, tag
-    raw = values.astype("<f4" if kind == "float" else "<f8")
-    out[:, 3:] = np.ascontiguousarray(raw).view(np.uint8).reshape(n, width)
-    return out.tobytes()
+    dense = np.zeros((n, 13), np.uint8)
+    used = np.zeros((n, 13), bool)
+    dense[:, 0] = 0x22  # value (layer field 4), length-delimited
+    for kind, (width, tag, dtype) in ((1, (4, 0x15, "<f4")), (2, (8, 0x19, "<f8"))):
+        sel = kinds == kind
+        dense[sel, 1], dense[sel, 2] = 1 + width, tag
+        raw = np.ascontiguousarray(values[sel], dtype).view(np.uint8)
+        dense[sel, 3 : 3 + width] = raw.reshape(-1, width)
+        used[sel, : 3 + width] = True
+    sel = kinds == 0
+    if sel.any():
+        digits, digit_used = varint_matrix(values[sel].astype(np.uint64))
+        dense[sel, 1] = 1 + digit_used.sum(axis=1)
+        dense[sel, 2] = 0x28  # uint_value (field 5, varint)
+        dense[sel, 3 : 3 + digits.shape[1]] = digits
+        used[sel, :3] = True
+        used[sel, 3 : 3 + digits.shape[1]] = digit_used
+    return dense[used].tobytes()
 
 
 def row_part(values: NDArray[Any]) -> Part:
