@@ -6,31 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from _traced import traced_components
 from affine import Affine
-from rasterio.features import shapes
 from scipy import ndimage
-from shapely.geometry import shape
 
 from marscope_stac.products.vector import raster_detections
-
-
-def _reference(values: np.ndarray, transform: Affine, threshold: float) -> list[tuple]:
-    """One shapely object per traced polygon: the straightforward way."""
-    mask = np.nan_to_num(values, nan=-1.0) >= threshold
-    labels, _ = ndimage.label(mask)
-    parts: dict[int, list] = {}
-    for geom, lab in shapes(
-        labels.astype(np.int32), mask=mask, connectivity=4, transform=transform
-    ):
-        parts.setdefault(int(lab), []).append(shape(geom))
-    out = []
-    for lab, geoms in parts.items():
-        sel = labels == lab
-        v = values[sel].astype(np.float64)
-        g = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-        out.append((g, float(v.max()), int(sel.sum()), lab))
-    out.sort(key=lambda t: (-t[1], t[3]))  # ties: the component met first in raster order
-    return [t[:3] for t in out]
 
 
 def test_detections_are_the_traced_polygons_with_holes_and_no_data() -> None:
@@ -42,7 +22,7 @@ def test_detections_are_the_traced_polygons_with_holes_and_no_data() -> None:
     values[rng.random(values.shape) < 0.02] = np.nan
     transform = Affine(0.2, 0.0, -30.0, 0.0, -0.2, 12.0)
     got = raster_detections(values, transform, 0.5)
-    want = _reference(values, transform, 0.5)
+    want = [(g, m, c) for g, m, _, c in traced_components(values, transform, 0.5)]
     assert len(got) == len(want) > 500
     geoms = np.array([g for g, _ in got])
     assert shapely.get_num_interior_rings(geoms).sum() > 0  # holes are kept

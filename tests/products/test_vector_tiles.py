@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from _traced import traced_components
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pmtiles.reader import MmapSource, Reader, all_tiles
-from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
 
@@ -21,24 +21,6 @@ from marscope_stac.products.render import _lat_to_y
 from marscope_stac.products.vector import BUFFER, EXTENT, write_vector_pmtiles
 
 TRANSFORM = Affine(0.2, 0.0, -30.0, 0.0, -0.2, 12.0)
-
-
-def _reference(values: np.ndarray, threshold: float) -> list[tuple]:
-    """One shapely polygon per component, traced by GDAL, best first (ties: raster order)."""
-    mask = np.nan_to_num(values, nan=-1.0) >= threshold
-    labels, _ = ndimage.label(mask)
-    parts: dict[int, list] = {}
-    for geom, lab in shapes(
-        labels.astype(np.int32), mask=mask, connectivity=4, transform=TRANSFORM
-    ):
-        parts.setdefault(int(lab), []).append(shape(geom))
-    out = []
-    for lab, geoms in parts.items():
-        v = values[labels == lab].astype(np.float64)
-        g = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-        out.append((g, float(v.max()), float(v.sum() / len(v)), len(v), lab))
-    out.sort(key=lambda t: (-t[1], t[4]))
-    return out
 
 
 values_strategy = arrays(
@@ -52,7 +34,7 @@ values_strategy = arrays(
 @given(values_strategy)
 def test_detections_are_gdal_traced_components(values: np.ndarray) -> None:
     got = raster_detections(values, TRANSFORM, 0.5)
-    want = _reference(values, 0.5)
+    want = traced_components(values, TRANSFORM, 0.5)
     assert len(got) == len(want)
     if not want:
         return
