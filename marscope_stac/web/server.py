@@ -494,7 +494,7 @@ class MapServer:
         if gone:
             raise ConfigError(
                 f"the web map files are not installed ({gone[0]}); run "
-                "'python -m marscope_stac.web.assets' (needs npm) or 'make install'"
+                "'python -m marscope_stac.web' (it downloads them from the npm registry)"
             )
         state = _State(Path(products), engine, sources=source_items(Path(products), engine))
         handler = type("Handler", (_Handler,), {"state": state})

