@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 import click
 
-from marscope_stac import __version__
 from marscope_stac.cli.options import as_options
 from marscope_stac.core.errors import ConfigError, MarscopeError, on_release
+from marscope_stac.core.software import build_version
 from marscope_stac.core.text import one_line
 
 __all__ = [
@@ -210,7 +210,7 @@ _show_warning = _WARNINGS.show
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="marscope")
+@click.version_option(build_version(), "--version", prog_name="marscope")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is being done.")
 @click.option("--debug", is_flag=True, help="Log everything and show tracebacks on errors.")
 @click.pass_context

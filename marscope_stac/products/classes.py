@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from marscope_stac import __version__
 from marscope_stac.core.fs import staged_directory
+from marscope_stac.core.software import software
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.products.cog import write_cog
@@ -189,7 +189,7 @@ def _class_props(es: EmbeddingSet, grid: Grid, names: list[str], model_name: str
         "end_datetime": end,
         "processing:lineage": "Zero-shot classification: softmax over class prompts and a "
         "background prompt at the model's temperature.",
-        "processing:software": {"marscope-stac": __version__},
+        "processing:software": software(),
         "processing:datetime": now_utc(),
         "marscope:classes": names,
         "marscope:model": model_name,

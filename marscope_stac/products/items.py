@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marscope_stac import __version__
+from marscope_stac.core.software import software
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.products.render import (
@@ -89,7 +89,7 @@ def _query_properties(
             "probabilities = softmax at the model's temperature of the query against "
             "background prompts; detections = cells with probability >= threshold, merged."
         ),
-        "processing:software": {"marscope-stac": __version__},
+        "processing:software": software(),
         "processing:datetime": now_utc(),
         "marscope:query": spec.describe(),
         "marscope:threshold": threshold,

@@ -33,9 +33,9 @@ from affine import Affine
 from pyproj import CRS
 from pyproj.enums import WktVersion
 
-from marscope_stac import __version__
 from marscope_stac.core.bodies import Body
 from marscope_stac.core.fs import file_multihash
+from marscope_stac.core.software import software
 from marscope_stac.stac.remote import is_remote
 
 __all__ = [
@@ -144,7 +144,7 @@ def processing_fields(lineage: str, when: str | None = None) -> dict[str, Any]:
     """
     out: dict[str, Any] = {
         "processing:lineage": lineage,
-        "processing:software": {"marscope-stac": __version__},
+        "processing:software": software(),
     }
     if when is not None:
         out["processing:datetime"] = when

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marscope_stac import __version__
 from marscope_stac.core.bodies import MARS
 from marscope_stac.core.fs import copy_file, file_multihash
+from marscope_stac.core.software import software
 from marscope_stac.stac.build import (
     EMBEDDINGS_V0,
     FILE_V2,
@@ -262,7 +262,7 @@ def _embedding_item(
             + f" from {len(sources.assets)} source rasters, embedded with {cm.name}; "
             "L2-normalised."
         ),
-        "processing:software": {"marscope-stac": __version__},
+        "processing:software": software(),
         "processing:datetime": now,
         "marscope:grid": grid.spec,
         "marscope:tile_px": tile_px,

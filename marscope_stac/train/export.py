@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from marscope_stac import __version__
 from marscope_stac.core.errors import (
     ModelError,
 )
@@ -20,6 +19,7 @@ from marscope_stac.core.fs import (
     atomic_write_json,
 )
 from marscope_stac.core.plots import figure
+from marscope_stac.core.software import build_version
 from marscope_stac.models.clip import PROJECT_ARCHITECTURES, ClipModel, project_arch_config
 from marscope_stac.models.loading import model_folder
 from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig
@@ -94,7 +94,7 @@ def _model_item(
         mlm_properties(
             cm, mlm_name(folder.parent.name), _pretrained_source(cm), description=source
         ),
-        hyperparameters={**asdict(cfg), "software": f"marscope-stac {__version__}"},
+        hyperparameters={**asdict(cfg), "software": f"marscope-stac {build_version()}"},
         metrics=history[-1] if history else {},
         when=dt.datetime.now(dt.UTC),
     )

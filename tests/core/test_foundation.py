@@ -29,10 +29,33 @@ def test_every_command_has_help(command: str) -> None:
     assert "Usage:" in result.output
 
 
-def test_version() -> None:
+def test_version_names_the_build_and_its_commit() -> None:
+    from importlib.metadata import version
+
+    from marscope_stac.core.software import build_version, commit_id, software
+
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
-    assert marscope_stac.__version__ in result.output
+    assert marscope_stac.__version__ == version("marscope-stac")
+    assert marscope_stac.__version__ in result.output and build_version() in result.output
+    commit = commit_id()  # written by the build (setuptools-scm) from git
+    assert commit is not None and commit in build_version()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"],
+        cwd=Path(marscope_stac.__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode == 0:  # a checkout: the commit is one of its commits
+        full = subprocess.run(
+            ["git", "rev-parse", commit.removeprefix("g")],
+            cwd=Path(marscope_stac.__file__).parent,
+            capture_output=True,
+            check=False,
+        )
+        assert full.returncode == 0, commit
+    assert software() == {"marscope-stac": build_version()}
 
 
 def test_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
