@@ -2,6 +2,10 @@
 #   make demo   create .venv if missing, install, run the main job on the embedded default
 #   make test   create .venv if missing, install, run ruff, mypy, the docs build and the tests
 #   make docs   build the documentation site into site/ (strict: any warning fails)
+#   make dist   build the sdist and the wheel into dist/ (the web map's npm files inside)
+#   make wheel-venv  install the wheel alone into a fresh .wheel-venv, as `pip install` would
+#               for a user (no editable install, no dev tools); the tests run it from outside
+#               the checkout
 #   make services  install the real servers the tests start (PostgreSQL+PostGIS, nginx from
 #               Debian; stac-fastapi-pgstac, pypgstac and moto in .services/venv)
 #
@@ -18,7 +22,10 @@ FUZZ_SECONDS ?= 1800
 FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiffs \
 	test_fuzzed_scheduler_environment
 
-.PHONY: demo test install lint docs fuzz clean-products services
+WHEEL_VENV ?= .wheel-venv
+WHEEL_STAMP := $(WHEEL_VENV)/.marscope-wheel
+
+.PHONY: demo test install lint docs fuzz clean-products services dist wheel-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +49,27 @@ docs: $(STAMP)
 services:
 	PYTHON=$(PYTHON) services/install.sh
 
-test: lint docs services
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+# a fresh venv when the dependencies change; this build's wheel installed into it each time
+$(WHEEL_VENV)/.deps: pyproject.toml $(CONSTRAINTS)
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	@touch $@
+
+$(WHEEL_STAMP): $(WHEEL_VENV)/.deps $(shell git ls-files marscope_stac setup.py 2>/dev/null)
+	$(MAKE) dist
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -c $(CONSTRAINTS) dist/*.whl
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  --force-reinstall --no-deps dist/*.whl
+	@touch $@
+
+wheel-venv: $(WHEEL_STAMP)
+
+test: lint docs services wheel-venv
 	$(BIN)/pytest
 
 # the fuzzing suite with fresh random inputs, FUZZ_SECONDS shared among its properties; a

@@ -247,7 +247,8 @@ http {{
   {log}
   client_body_temp_path {f}/body; proxy_temp_path {f}/proxy;
   fastcgi_temp_path {f}/fastcgi; uwsgi_temp_path {f}/uwsgi; scgi_temp_path {f}/scgi;
-  types {{ application/json json; image/tiff tif tiff; }}
+  types {{ application/json json; image/tiff tif tiff; text/html html; text/css css;
+    text/javascript js mjs; image/png png; }}
   default_type application/octet-stream;
   keepalive_requests 100000;
   server {{

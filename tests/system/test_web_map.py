@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _browser import launch, map_box, needs_chromium, watch
 from PIL import Image
 
 from marscope_stac.embed.run import embed_catalog
@@ -27,8 +28,6 @@ from marscope_stac.models.loading import load_model
 from marscope_stac.products.basemap import build_basemap
 from marscope_stac.web.server import MapServer
 from marscope_stac.web.static import write_static_site
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 """The server and the browser talk over the loopback interface only."""
@@ -143,26 +142,14 @@ def test_the_api_answers_and_refuses_bad_requests(server: MapServer) -> None:
             assert err.code == 403
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None and os.environ.get("CI") is None,
-    reason="needs Debian's chromium (.ci/run installs it; in CI a missing browser fails)",
-)
+@needs_chromium
 def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path) -> None:
-    assert CHROMIUM is not None, "chromium is not installed (apt-get install chromium)"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"],
-        )
+        browser = launch(pw)
         page = browser.new_page(viewport={"width": 1200, "height": 700})
-        problems: list[str] = []
-        page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-        page.on(
-            "console",
-            lambda msg: problems.append(msg.text) if msg.type == "error" else None,
-        )
+        problems = watch(page)
         page.goto(server.url)
         page.wait_for_selector("body[data-ready='1']", timeout=60_000)
         blank = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
@@ -178,11 +165,7 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
             Path(os.environ["MARSCOPE_SCREENSHOT"]).write_bytes(shot)
         img = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
         # over the demo area the probability layer tints the grey imagery (magma colours)
-        box = page.evaluate(
-            "() => { const r = window.marscopeMap.getContainer().getBoundingClientRect();"
-            " return [r.left, r.top, r.width, r.height]; }"
-        )
-        left, top, width, height = (int(v) for v in box)
+        left, top, width, height = map_box(page)
         x, y = left + width // 2, top + height // 2
         area = img[top : top + height, left : left + width]
         before = blank[top : top + height, left : left + width].astype(int)
