@@ -4,8 +4,9 @@ outside the checkout.
 ``make wheel-venv`` (a step of ``make test``) builds the sdist and, from it, the wheel, and
 installs the wheel with its base dependencies only into ``.wheel-venv`` (no editable install,
 no test tools, no ``train`` extra). These tests run that install's ``marscope`` with the
-checkout out of reach: a temporary working folder, no ``PYTHONPATH``, and check the demo, the
-static site and the live web map in Chromium. A missing ``.wheel-venv`` fails them.
+checkout out of reach: a temporary working folder, no ``PYTHONPATH``, and check the demo (in
+a network namespace of its own: no network at all), the static site and the live web map in
+Chromium. A missing ``.wheel-venv`` fails them.
 """
 
 from __future__ import annotations
@@ -46,11 +47,20 @@ def installed() -> Path:
     return VENV / "bin"
 
 
+def _offline() -> list[str]:
+    """A command prefix that runs a program with no network at all (a new network namespace)."""
+    prefix = ["unshare", "--net"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, check=False)
+    assert probe.returncode == 0, f"cannot make a network namespace: {probe.stderr.strip()}"
+    return prefix
+
+
 @pytest.fixture(scope="module")
 def demo(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``marscope demo --workdir`` run by the wheel install; the work folder."""
+    """``marscope demo --workdir`` run by the wheel install with no network; the work folder."""
     work = tmp_path_factory.mktemp("wheel-demo")
-    done = _run([str(installed / "marscope"), "demo", "--workdir", str(work / "demo")], work)
+    command = [str(installed / "marscope"), "demo", "--workdir", str(work / "demo")]
+    done = _run([*_offline(), *command], work)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "held-out area, per landform" in done.stdout, done.stdout[-2000:]
     return work / "demo"
