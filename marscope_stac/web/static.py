@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.core.errors import ConfigError, SkippedInputWarning
+from marscope_stac.web.api import ServerState, list_products, page_config, source_items, web_dir
 from marscope_stac.web.assets import missing, vendor_dir
-from marscope_stac.web.server import _config, _State, _web_dir, list_products, source_items
 
 __all__ = [
     "write_static_site",
@@ -45,14 +45,14 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
         )
     check_apart(out, {f"the products folder {products}": src}, "--static")
     with staged_directory(out) as stage:
-        web = _web_dir()
+        web = web_dir()
         for name in ("index.html", "app.js", "app.css"):
             shutil.copy2(web / name, stage / name)
         shutil.copytree(vendor_dir(), stage / "vendor")
         shutil.copytree(
             src, stage / "products", copy_function=_link_or_copy, ignore=_outside_or_hidden(src)
         )
-        state = _State(src, None, static=True, sources=source_items(src, None))
+        state = ServerState(src, None, static=True, sources=source_items(src, None))
         (stage / "sources").mkdir()
         for sid, (path, _) in state.sources.items():
             shutil.copy2(path, stage / "sources" / f"{sid}.json")
@@ -62,7 +62,7 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
         (stage / "index.html").write_text(index, encoding="utf-8")
         records = list_products(src)
         (stage / "queries.json").write_text(json.dumps(records), encoding="utf-8")
-        config = _config(state)
+        config = page_config(state)
         (stage / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return Path(out)
 

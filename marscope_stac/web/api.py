@@ -1,0 +1,280 @@
+"""What the web map's server knows, whatever serves it.
+
+Products, sources, the page's config and the JSON API's request, checked; used by
+:mod:`marscope_stac.web.app`.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import threading
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from marscope_stac.core.bodies import get_body
+from marscope_stac.core.errors import ConfigError
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.engine.request import QueryRequest
+from marscope_stac.query.scoring import QuerySpec
+
+__all__ = [
+    "API_FIELDS",
+    "MAX_REQUEST_BYTES",
+    "MAX_TEXTS",
+    "ServerState",
+    "inside",
+    "list_products",
+    "media_type",
+    "page_config",
+    "parse_request",
+    "product_record",
+    "source_items",
+    "web_dir",
+]
+
+MAX_REQUEST_BYTES = 64 * 1024
+"""Largest request body the API accepts."""
+
+API_FIELDS = frozenset(
+    {
+        "texts",
+        "classify",
+        "points",
+        "negative_points",
+        "threshold",
+        "image_weight",
+        "and_not",
+        "near",
+        "within_km",
+        "products",
+    }
+)
+"""The fields ``POST /api/query`` takes."""
+
+MAX_TEXTS = 16
+"""Most texts one API request may ask for (each writes a product)."""
+
+MEDIA_TYPES = {
+    ".pmtiles": "application/vnd.pmtiles",
+    ".json": "application/json",
+    ".geojson": "application/geo+json",
+    ".parquet": "application/vnd.apache.parquet",
+    ".tif": "image/tiff; application=geotiff; profile=cloud-optimized",
+    ".png": "image/png",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def web_dir() -> Path:
+    """The page's own files (index.html, app.js, app.css)."""
+    return Path(str(files("marscope_stac") / "data" / "web"))
+
+
+def media_type(path: Path) -> str:
+    """The media type a file is served with (PMTiles, COG and GeoParquet readers' own)."""
+    return MEDIA_TYPES.get(path.suffix.lower()) or (
+        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    )
+
+
+def inside(root: Path, rel: str) -> Path | None:
+    """The file ``rel`` names under ``root``, or None when it leaves it or does not exist."""
+    try:
+        path = (root / rel.lstrip("/")).resolve()  # rel: the URL's path, decoded once
+        base = root.resolve()
+        if path != base and base not in path.parents:
+            return None
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return None
+
+
+@dataclass
+class ServerState:
+    """What the web map's routes share: the products, the engine and who may ask."""
+
+    products: Path
+    engine: QueryEngine | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    static: bool = False
+    sources: dict[str, tuple[Path, list[float]]] = field(default_factory=dict)
+    hosts: set[str] = field(default_factory=set)
+    port: int = 0
+    client_timeout: float = 10.0
+
+    def host_names(self) -> set[str]:
+        """The ``Host`` values this server answers: the loopback names and ``--host``'s."""
+        port = self.port
+        loopback = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+        return loopback | {h.lower() for h in self.hosts}
+
+    def origins(self) -> set[str]:
+        """The ``Origin`` values of this server's own page."""
+        return {f"http://{name}" for name in self.host_names()}
+
+
+def source_items(products: Path, engine: QueryEngine | None) -> dict[str, tuple[Path, list[float]]]:
+    """The source STAC Items of the embedding sets that are on this machine: id -> (file, bbox).
+
+    They come from the embedding items' ``derived_from`` links (the engine's set, or every
+    set of the products catalog without an engine); remote ones are left out.
+    """
+    if engine is not None:
+        roots = [engine.set.root]
+    else:
+        roots = [p.parent for p in sorted((products / "embeddings").glob("*/manifest.json"))]
+    found: dict[str, tuple[Path, list[float]]] = {}
+    for root in roots:
+        found.update(_set_sources(root / f"{root.name}.json"))
+    return found
+
+
+def _set_sources(item_path: Path) -> dict[str, tuple[Path, list[float]]]:
+    if not item_path.is_file():
+        return {}
+    found: dict[str, tuple[Path, list[float]]] = {}
+    for link in json.loads(item_path.read_text(encoding="utf-8")).get("links", []):
+        href = str(link.get("href", ""))
+        if link.get("rel") != "derived_from" or "://" in href or not href.endswith(".json"):
+            continue
+        path = (item_path.parent / href).resolve()
+        try:
+            item = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if item.get("bbox"):
+            found[str(item["id"])] = (path, [float(v) for v in item["bbox"]])
+    return found
+
+
+def product_record(item_path: Path, products: Path) -> dict[str, Any]:
+    """A query product for the page: its item, and the URLs of its files."""
+    item = json.loads(item_path.read_text(encoding="utf-8"))
+    base = "products/" + item_path.parent.relative_to(products).as_posix()
+    urls = {
+        key: f"{base}/{asset['href'].removeprefix('./')}"
+        for key, asset in item.get("assets", {}).items()
+    }
+    props = item.get("properties", {})
+    query = props.get("marscope:query") or {}
+    return {
+        "id": item["id"],
+        "item": f"{base}/{item_path.name}",
+        "texts": query.get("text") or props.get("marscope:classes") or [],
+        "threshold": props.get("marscope:threshold"),
+        "classes": props.get("marscope:classes"),
+        "detections": props.get("marscope:detections"),
+        "bbox": item.get("bbox"),
+        "created": props.get("processing:datetime") or props.get("datetime"),
+        "assets": urls,
+        "legend": [
+            {"name": c.get("description") or c.get("name"), "colour": f"#{c.get('color_hint')}"}
+            for c in item.get("assets", {}).get("classes", {}).get("classification:classes", [])
+        ],
+        "stac": item,
+    }
+
+
+def list_products(products: Path) -> list[dict[str, Any]]:
+    """The query products of a products catalog, newest first."""
+    records = []
+    for path in sorted((products / "queries").glob("*/*.json")):
+        if path.stem != path.parent.name:
+            continue
+        try:
+            records.append(product_record(path, products))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # an unreadable item is left out, the others are listed
+    return sorted(records, key=lambda r: str(r["created"] or ""), reverse=True)
+
+
+def page_config(state: ServerState) -> dict[str, Any]:
+    """What the page needs to know before the first query."""
+    products = state.products
+    basemap = None
+    for item_path in sorted((products / "basemaps").glob("*/*.json")):
+        if item_path.stem == item_path.parent.name:
+            basemap = product_record(item_path, products)
+            break
+    body_name, bbox = "Mars", None
+    if state.engine is not None:
+        body_name = state.engine.grid.body.name
+        bbox = state.engine.bounds()
+    elif basemap is not None:
+        bbox = basemap["bbox"]
+    body = get_body(body_name)
+    return {
+        "body": body.name,
+        "radius_m": body.radius_m,
+        "bbox": bbox,
+        "basemap": basemap["assets"].get("tiles") if basemap else None,
+        "static": state.static,
+        "sources": [
+            {"id": sid, "bbox": bbox, "url": f"sources/{sid}.json"}
+            for sid, (_, bbox) in sorted(state.sources.items())
+        ],
+        "queries": "api/queries" if not state.static else "queries.json",
+    }
+
+
+def parse_request(payload: dict[str, Any]) -> QueryRequest:
+    """A :class:`QueryRequest` from the page's JSON.
+
+    Raises:
+        ConfigError: for fields of the wrong type.
+    """
+
+    def pairs(key: str) -> list[tuple[float, float]]:
+        value = payload.get(key) or []
+        try:
+            return [(float(p[0]), float(p[1])) for p in value]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"{key} must be a list of [lon, lat] pairs") from exc
+
+    unknown = sorted(set(payload) - API_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown field {unknown[0]!r}; the query takes {', '.join(sorted(API_FIELDS))}"
+        )
+    texts = payload.get("texts") or []
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ConfigError("texts must be a list of strings")
+    if len(texts) > MAX_TEXTS:
+        raise ConfigError(f"at most {MAX_TEXTS} texts per query")
+    try:
+        threshold = float(payload.get("threshold", 0.5))
+        weight = float(payload.get("image_weight", 0.3))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("threshold and image_weight must be numbers") from exc
+    examples = QuerySpec(
+        points=pairs("points"), negatives_points=pairs("negative_points"), image_weight=weight
+    )
+    composite = {k: payload.get(k) for k in ("and_not", "near")}
+    if any(v is not None and not isinstance(v, str) for v in composite.values()):
+        raise ConfigError("and_not and near must be texts")
+    try:
+        within = float(payload.get("within_km", 5.0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("within_km must be a number") from exc
+    request = QueryRequest(
+        texts=texts,
+        examples=examples,
+        threshold=threshold,
+        classify=bool(payload.get("classify")),
+        and_not=composite["and_not"],
+        near=composite["near"],
+        within_km=within,
+    )
+    if "products" in payload:  # as `marscope query --products a,b`; every file when absent
+        wanted = payload["products"]
+        if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+            raise ConfigError("products must be a list of names")
+        request.products = tuple(wanted)
+    return request

@@ -1,0 +1,312 @@
+"""The web map's routes as a Starlette application (served by uvicorn, see :mod:`.server`).
+
+Files come from Starlette's :class:`~starlette.responses.FileResponse` (byte ranges, ``ETag``,
+``Last-Modified``) and its conditional-request rules (``If-None-Match``, weak tags included,
+and ``If-Modified-Since``: 304); the media types are the project's (:func:`.api.media_type`).
+What the library has no rule for is one small layer here:
+
+- every request's ``Host`` must name this server (the loopback names and ``--host``), and a
+  ``POST`` must be JSON and, when it has an ``Origin``, come from this server's own page:
+  anything else is 403, so a page of another site (or one that rebinds its name to
+  127.0.0.1) can neither read the products nor ask;
+- request bodies are limited in size (413) and in time (408);
+- every error is JSON (``{"error": "..."}``), ``OPTIONS`` is answered with the allowed
+  methods as JSON, other methods with 405;
+- the API is described by OpenAPI at ``/api/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from marscope_stac.core.errors import MarscopeError
+from marscope_stac.web.api import (
+    MAX_REQUEST_BYTES,
+    ServerState,
+    inside,
+    list_products,
+    media_type,
+    page_config,
+    parse_request,
+    product_record,
+    web_dir,
+)
+from marscope_stac.web.assets import vendor_dir
+
+__all__ = ["OPENAPI", "create_app"]
+
+METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+"""The methods the server answers."""
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": message}, status, headers={"Cache-Control": "no-store"} | (headers or {})
+    )
+
+
+class _Guard:
+    """ASGI middleware: ``Host`` on every request, ``Origin`` and JSON on every POST."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = None
+        if headers.get("host", "").strip().lower() not in self.state.host_names():
+            refusal = "this server answers requests to its own address only (Host)"
+        elif scope["method"] == "POST":
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            origin = headers.get("origin")
+            if kind != "application/json":
+                refusal = "queries are JSON (Content-Type: application/json)"
+            elif origin is not None and origin.lower() not in self.state.origins():
+                refusal = "queries are taken from the map page only (Origin)"
+        if refusal is not None:
+            await _error(403, refusal)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+_CONDITIONS = StaticFiles(directory=str(web_dir()), check_dir=False)
+"""Starlette's rules for conditional requests (``is_not_modified``), applied to every file."""
+
+
+def _file(request: Request, path: Path) -> Response:
+    """A file with ranges and validators; 304 when the client's copy is current."""
+    try:
+        stat = path.stat()
+    except OSError:  # replaced or removed since it was found
+        return _error(404, f"{request.url.path} not found")
+    response = FileResponse(
+        path, media_type=media_type(path), headers={"Cache-Control": "no-cache"}, stat_result=stat
+    )
+    if _CONDITIONS.is_not_modified(response.headers, request.headers):
+        return Response(status_code=304, headers={"ETag": response.headers["etag"]})
+    return response
+
+
+def _route_file(state: ServerState, route: str) -> Path | None:
+    """The file a GET of ``route`` serves, or None."""
+    web = web_dir()
+    if route in ("/", "/index.html"):
+        return web / "index.html"
+    if route.startswith("/vendor/"):
+        return inside(vendor_dir(), route[len("/vendor/") :])
+    if route.startswith("/products/"):
+        return inside(state.products, route[len("/products/") :])
+    if route.startswith("/sources/") and route.endswith(".json"):
+        found = state.sources.get(route[len("/sources/") : -len(".json")])
+        return found[0] if found else None
+    if route.count("/") == 1 and route.endswith((".js", ".css")):
+        return inside(web, route[1:])
+    return None
+
+
+async def _read_body(request: Request, timeout: float) -> bytes:
+    """The request body, at most :data:`MAX_REQUEST_BYTES`, within ``timeout`` seconds.
+
+    Raises:
+        HTTPException: 413 when it is too large (or empty), 408 when it is too slow.
+    """
+    try:
+        size = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        size = -1
+    if not 0 < size <= MAX_REQUEST_BYTES:
+        raise HTTPException(413, "the request body is empty or too large")
+
+    async def read() -> bytes:
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > MAX_REQUEST_BYTES:
+                raise HTTPException(413, "the request body is empty or too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError as exc:
+        raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from exc
+
+
+def create_app(state: ServerState) -> ASGIApp:
+    """The web map's application over ``state`` (routes in the module docstring)."""
+
+    async def files_route(request: Request) -> Response:
+        path = _route_file(state, request.url.path)
+        if path is None:
+            return _error(404, f"{request.url.path} not found")
+        return _file(request, path)
+
+    async def config_route(request: Request) -> Response:
+        return JSONResponse(page_config(state), headers={"Cache-Control": "no-store"})
+
+    async def queries_route(request: Request) -> Response:
+        records = await run_in_threadpool(list_products, state.products)
+        return JSONResponse(records, headers={"Cache-Control": "no-store"})
+
+    async def openapi_route(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    async def query_route(request: Request) -> Response:
+        body = await _read_body(request, state.client_timeout)
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return _error(400, "the request body is not a JSON object")
+        return await run_in_threadpool(_answer, state, payload)
+
+    async def options_route(request: Request) -> Response:
+        allow = ", ".join(METHODS)
+        return JSONResponse({"allow": list(METHODS)}, headers={"Allow": allow})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        headers = {"Allow": ", ".join(METHODS)} if exc.status_code == 405 else None
+        return _error(exc.status_code, str(exc.detail), headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return _error(500, f"{type(exc).__name__}: {exc}")
+
+    routes = [
+        Route("/api/config", config_route, methods=["GET", "HEAD"]),
+        Route("/api/queries", queries_route, methods=["GET", "HEAD"]),
+        Route("/api/openapi.json", openapi_route, methods=["GET", "HEAD"]),
+        Route("/api/query", query_route, methods=["POST"]),
+        Route("/{path:path}", options_route, methods=["OPTIONS"]),
+        Route("/{path:path}", files_route, methods=["GET", "HEAD"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    return _Guard(app, state)
+
+
+def _answer(state: ServerState, payload: dict[str, Any]) -> Response:
+    """Answer a query with the engine kept warm, one query at a time."""
+    engine = state.engine
+    if engine is None:
+        return _error(503, "this server has no embedding set")
+    t0 = time.perf_counter()
+    try:
+        request = parse_request(payload)
+        with state.lock:  # one query at a time on the shared engine
+            products = engine.answer(request)
+    except MarscopeError as exc:
+        return _error(400, str(exc))
+    records = [product_record(p.item_path, state.products) for p in products]
+    return JSONResponse(
+        {"products": records, "seconds": time.perf_counter() - t0},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "MarScope-STAC web map",
+        "version": "1",
+        "description": "Ask a planet in plain language; answers are published STAC items.",
+    },
+    "paths": {
+        "/api/config": {
+            "get": {
+                "summary": "What the page needs before the first query (body, extent, basemap)",
+                "responses": {"200": {"description": "the configuration"}},
+            }
+        },
+        "/api/queries": {
+            "get": {
+                "summary": "The published query products, newest first",
+                "responses": {"200": {"description": "product records with their STAC items"}},
+            }
+        },
+        "/api/query": {
+            "post": {
+                "summary": "Ask: texts, examples, classes or a composite; publishes products",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Query"}}
+                    },
+                },
+                "responses": {
+                    "200": {"description": "the published products"},
+                    **{
+                        str(code): {
+                            "description": what,
+                            "content": {"application/json": {"schema": _ERROR}},
+                        }
+                        for code, what in (
+                            (400, "a request the engine cannot answer, and why"),
+                            (403, "not from this server's page (Host, Origin, JSON)"),
+                            (408, "the body did not arrive in time"),
+                            (413, "the body is empty or larger than 64 KB"),
+                            (503, "the server has no embedding set"),
+                        )
+                    },
+                },
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            },
+            "Query": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "texts": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+                    "classify": {"type": "boolean"},
+                    "points": {"$ref": "#/components/schemas/Points"},
+                    "negative_points": {"$ref": "#/components/schemas/Points"},
+                    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                    "image_weight": {"type": "number", "minimum": 0, "maximum": 1},
+                    "and_not": {"type": "string"},
+                    "near": {"type": "string"},
+                    "within_km": {"type": "number", "exclusiveMinimum": 0},
+                    "products": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "Points": {
+                "type": "array",
+                "description": "[lon, lat] pairs in degrees on the body",
+                "items": {
+                    "type": "array",
+                    "items": {"type": "number"},
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+            },
+        }
+    },
+}
+"""The JSON API's OpenAPI description (served at ``/api/openapi.json``)."""

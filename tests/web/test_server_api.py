@@ -1,0 +1,165 @@
+"""The web map's server as clients meet it over real sockets: many at once, slow ones, other
+sites' pages, every method, conditional requests, OpenAPI (uvicorn serving the Starlette app)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.models.loading import load_model
+from marscope_stac.web.api import API_FIELDS
+from marscope_stac.web.server import MapServer
+
+pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
+
+
+@pytest.fixture(scope="module")
+def server(demo_small, tiny_model_dir, tmp_path_factory) -> Iterator[MapServer]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("api")
+    cat = root / "catalogs" / "demo"
+    shutil.copytree(demo_small.root, cat)
+    out = root / "products"
+    model = f"local-dir:{tiny_model_dir}"
+    embed_catalog(cat, out, model=model, progress=False)
+    engine = QueryEngine.open(out, clip_model=load_model(model, device="cpu"))
+    srv = MapServer(out, engine, "127.0.0.1", 0, client_timeout=1.0)
+    srv.start()
+    yield srv
+    srv.shutdown()
+
+
+def _call(
+    server: MapServer,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(
+        server.url + path.lstrip("/"), data=body, headers=headers or {}, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def _json(status_headers_body: tuple[int, Message, bytes]) -> tuple[int, Any]:
+    status, headers, body = status_headers_body
+    assert headers.get_content_type() == "application/json", (status, headers, body[:200])
+    return status, json.loads(body)
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_fifty_simultaneous_queries_all_get_answers(server: MapServer) -> None:
+    body = json.dumps({"texts": ["dune fields"], "threshold": 0.4}).encode()
+
+    def ask(_: int) -> int:
+        return _call(server, "api/query", method="POST", body=body, headers=JSON)[0]
+
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(ask, range(50)))
+    assert statuses == [200] * 50
+
+
+def test_other_sites_pages_are_refused(server: MapServer) -> None:
+    query = json.dumps({"texts": ["craters"]}).encode()
+    for origin in ("http://evil.example", "null", f"http://localhost:{server.port + 1}"):
+        status, body = _json(
+            _call(server, "api/query", method="POST", body=query, headers=JSON | {"Origin": origin})
+        )
+        assert status == 403 and "Origin" in body["error"], origin
+    own = f"http://127.0.0.1:{server.port}"
+    status, _ = _json(
+        _call(server, "api/query", method="POST", body=query, headers=JSON | {"Origin": own})
+    )
+    assert status == 200
+    # a DNS-rebinding page keeps its own Host: refused for reading too
+    for path in ("api/config", "api/queries", "", "products/catalog.json"):
+        status, body = _json(_call(server, path, headers={"Host": f"evil.example:{server.port}"}))
+        assert status == 403 and "Host" in body["error"], path
+    status, _ = _json(_call(server, "api/config", headers={"Host": f"localhost:{server.port}"}))
+    assert status == 200
+
+
+def test_every_error_and_method_is_answered_in_json(server: MapServer) -> None:
+    status, body = _json(_call(server, "api/config", method="OPTIONS"))
+    assert status == 200 and set(body["allow"]) == {"GET", "HEAD", "POST", "OPTIONS"}
+    for method in ("PUT", "DELETE", "PATCH"):
+        status, headers, raw = _call(server, "api/query", method=method, body=b"{}", headers=JSON)
+        assert status == 405 and "error" in json.loads(raw) and "POST" in headers["Allow"]
+    assert _json(_call(server, "nothing/here"))[0] == 404
+
+    def post(body: bytes) -> tuple[int, Any]:
+        return _json(_call(server, "api/query", method="POST", body=body, headers=JSON))
+
+    assert post(b"x" * 70_000)[0] == 413
+    status, body = post(b'{"texts": ["x"], "bogus": 1}')
+    assert status == 400 and "unknown field 'bogus'" in body["error"]
+    status, body = post(b'{"texts": ["x"], "threshold": 7}')
+    assert status == 400 and "--" not in body["error"], body  # API words, not the CLI's flags
+
+
+def test_conditional_requests_weak_tags_and_dates(server: MapServer) -> None:
+    status, headers, _ = _call(server, "products/catalog.json")
+    assert status == 200 and headers["ETag"] and headers["Last-Modified"]
+    etag, modified = headers["ETag"], headers["Last-Modified"]
+    assert _call(server, "products/catalog.json", headers={"If-None-Match": etag})[0] == 304
+    assert _call(server, "products/catalog.json", headers={"If-None-Match": f"W/{etag}"})[0] == 304
+    assert _call(server, "products/catalog.json", headers={"If-Modified-Since": modified})[0] == 304
+    assert _call(server, "products/catalog.json", headers={"If-None-Match": '"other"'})[0] == 200
+
+
+def test_slow_clients_are_timed_out(server: MapServer) -> None:
+    # a request's head that never ends: the connection is closed after client_timeout (1 s)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode())
+        t0 = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - t0 < 5
+    # a body that never arrives: 408
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    # the server still answers others
+    assert _call(server, "api/config")[0] == 200
+
+
+def test_the_api_is_described_by_openapi(server: MapServer) -> None:
+    status, doc = _json(_call(server, "api/openapi.json"))
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {"/api/config", "/api/queries", "/api/query"}
+    query = doc["components"]["schemas"]["Query"]
+    assert set(query["properties"]) == API_FIELDS and query["additionalProperties"] is False
+    assert {"400", "403", "408", "413"} <= set(doc["paths"]["/api/query"]["post"]["responses"])
+
+
+def test_stopping_frees_the_port(demo_small: Any, tmp_path: Path) -> None:
+    srv = MapServer(tmp_path, None, "127.0.0.1", 0)
+    srv.start()
+    port = srv.port
+    assert _call(srv, "api/config")[0] == 200
+    srv.shutdown()
+    again = MapServer(tmp_path, None, "127.0.0.1", port)  # the port is free again
+    again.socket.close()
