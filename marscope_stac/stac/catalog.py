@@ -237,6 +237,40 @@ class OutputCatalog:
             self._write(cat_path, cat, validated=True, base_url=base)
         return item_path
 
+    def remove(self, item_path: Path) -> list[Path]:
+        """Take an item out of the catalog and delete its files; the files deleted.
+
+        Only what the item names is deleted (its assets inside its folder, then the item,
+        then the folder if nothing else is left in it). The collection loses the item's
+        link (its extent is left as it was); the catalog stays valid.
+
+        Raises:
+            ConfigError: if the item is not in this catalog, or another item derives from it.
+        """
+        item_path = item_path.resolve()
+        with self.locked():
+            if not item_path.is_file() or self.root.resolve() not in item_path.parents:
+                raise ConfigError(f"{item_path} is not an item of the catalog {self.root}")
+            item = self._read(item_path)
+            users = [p for p in _items_deriving_from(self.root, item_path) if p != item_path]
+            if users:
+                raise ConfigError(
+                    f"{item['id']} cannot be removed: {users[0].stem} is derived from it "
+                    "(remove that first)"
+                )
+            up = next((lk for lk in item.get("links", []) if lk.get("rel") == "collection"), None)
+            if up is not None:
+                coll_path = (item_path.parent / up["href"]).resolve()
+                coll = self._read(coll_path)
+                coll["links"] = [
+                    lk
+                    for lk in coll.get("links", [])
+                    if lk.get("rel") != "item"
+                    or (coll_path.parent / lk["href"]).resolve() != item_path
+                ]
+                self._write(coll_path, coll)
+            return _delete_item_files(item_path, item)
+
     def _describe(self, coll: dict[str, Any], path: Path, item: dict[str, Any] | None) -> None:
         """Providers, the terms and their link; with an item: its assets and summaries."""
         terms = self.root / TERMS_FILE
@@ -463,3 +497,42 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
             _set_self_link(path, folder, base_url) for path in sorted(folder.rglob("*.json"))
         )
     return changed
+
+
+def _items_deriving_from(root: Path, item_path: Path) -> list[Path]:
+    """The items under ``root`` with a ``derived_from`` link to ``item_path``."""
+    found = []
+    for path in sorted(root.resolve().glob("*/*/*.json")):
+        if path.stem != path.parent.name:
+            continue
+        try:
+            links = json.loads(path.read_text(encoding="utf-8")).get("links", [])
+        except (OSError, ValueError):
+            continue
+        for lk in links:
+            href = lk.get("href") if isinstance(lk, dict) else None
+            if not (lk.get("rel") == "derived_from" and isinstance(href, str)) or "://" in href:
+                continue
+            if (path.parent / href).resolve() == item_path:
+                found.append(path)
+                break
+    return found
+
+
+def _delete_item_files(item_path: Path, item: dict[str, Any]) -> list[Path]:
+    """Delete an item's own files (assets inside its folder), the item, and its empty folder."""
+    folder = item_path.parent
+    deleted = []
+    for asset in item.get("assets", {}).values():
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if not isinstance(href, str) or "://" in href:
+            continue
+        path = (folder / href).resolve()
+        if path.parent == folder and path.is_file():
+            path.unlink()
+            deleted.append(path)
+    item_path.unlink()
+    deleted.append(item_path)
+    with contextlib.suppress(OSError):  # other files in it: the folder stays
+        folder.rmdir()
+    return deleted

@@ -33,7 +33,9 @@ from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from marscope_stac.core.errors import MarscopeError
+from marscope_stac.core.errors import ConfigError, MarscopeError
+from marscope_stac.products.export import EXPORT_FORMATS, detections_csv, detections_geojson
+from marscope_stac.products.manage import delete_product, find_product
 from marscope_stac.web.api import (
     MAX_REQUEST_BYTES,
     ServerState,
@@ -49,7 +51,7 @@ from marscope_stac.web.assets import vendor_dir
 
 __all__ = ["OPENAPI", "create_app"]
 
-METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+METHODS = ("GET", "HEAD", "POST", "DELETE", "OPTIONS")
 """The methods the server answers."""
 
 
@@ -73,13 +75,13 @@ class _Guard:
         refusal = None
         if headers.get("host", "").strip().lower() not in self.state.host_names():
             refusal = "this server answers requests to its own address only (Host)"
-        elif scope["method"] == "POST":
+        elif scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
             origin = headers.get("origin")
-            if kind != "application/json":
+            if scope["method"] == "POST" and kind != "application/json":
                 refusal = "queries are JSON (Content-Type: application/json)"
             elif origin is not None and origin.lower() not in self.state.origins():
-                refusal = "queries are taken from the map page only (Origin)"
+                refusal = "changes are taken from the map page only (Origin)"
         if refusal is not None:
             await _error(403, refusal)(scope, receive, send)
             return
@@ -149,6 +151,21 @@ async def _read_body(request: Request, timeout: float) -> bytes:
         raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from exc
 
 
+def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    """``west,south,east,north`` from a query parameter.
+
+    Raises:
+        ConfigError: if it is not four numbers.
+    """
+    if not text:
+        return None
+    try:
+        west, south, east, north = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ConfigError("bbox must be four numbers: west,south,east,north") from exc
+    return west, south, east, north
+
+
 def create_app(state: ServerState) -> ASGIApp:
     """The web map's application over ``state`` (routes in the module docstring)."""
 
@@ -178,6 +195,36 @@ def create_app(state: ServerState) -> ASGIApp:
             return _error(400, "the request body is not a JSON object")
         return await run_in_threadpool(_answer, state, payload)
 
+    async def detections_route(request: Request) -> Response:
+        fmt = request.path_params["fmt"]
+        if fmt not in EXPORT_FORMATS:
+            return _error(404, f"detections come as {' or '.join(EXPORT_FORMATS)}")
+        try:
+            bbox = _bbox(request.query_params.get("bbox"))
+            item = find_product(state.products, request.path_params["product"])
+            text = await run_in_threadpool(
+                detections_csv if fmt == "csv" else detections_geojson,
+                item.parent / "detections.parquet",
+                bbox,
+            )
+        except ConfigError as exc:
+            return _error(404 if "no product" in str(exc) else 400, str(exc))
+        name = f"{item.stem}-detections{'-visible' if bbox else ''}.{fmt}"
+        return Response(
+            text,
+            media_type="text/csv; charset=utf-8" if fmt == "csv" else "application/geo+json",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    async def delete_route(request: Request) -> Response:
+        product = request.path_params["product"]
+        try:
+            with state.lock:  # not while a query publishes
+                deleted = await run_in_threadpool(delete_product, state.products, product)
+        except ConfigError as exc:
+            return _error(404 if "no product" in str(exc) else 409, str(exc))
+        return JSONResponse({"deleted": product, "files": [p.name for p in deleted]})
+
     async def options_route(request: Request) -> Response:
         allow = ", ".join(METHODS)
         return JSONResponse({"allow": list(METHODS)}, headers={"Allow": allow})
@@ -195,6 +242,10 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/api/queries", queries_route, methods=["GET", "HEAD"]),
         Route("/api/openapi.json", openapi_route, methods=["GET", "HEAD"]),
         Route("/api/query", query_route, methods=["POST"]),
+        Route(
+            "/api/products/{product}/detections.{fmt}", detections_route, methods=["GET", "HEAD"]
+        ),
+        Route("/api/products/{product}", delete_route, methods=["DELETE"]),
         Route("/{path:path}", options_route, methods=["OPTIONS"]),
         Route("/{path:path}", files_route, methods=["GET", "HEAD"]),
     ]
@@ -225,6 +276,7 @@ def _answer(state: ServerState, payload: dict[str, Any]) -> Response:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_PRODUCT = {"name": "product", "in": "path", "required": True, "schema": {"type": "string"}}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -243,6 +295,54 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The published query products, newest first",
                 "responses": {"200": {"description": "product records with their STAC items"}},
+            }
+        },
+        "/api/products/{product}/detections.{fmt}": {
+            "get": {
+                "summary": "A product's detections as GeoJSON (body CRS) or CSV, all or in a box",
+                "parameters": [
+                    {
+                        "name": "product",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "fmt",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["geojson", "csv"]},
+                    },
+                    {
+                        "name": "bbox",
+                        "in": "query",
+                        "description": "west,south,east,north in degrees on the body",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "the detections"},
+                    "400": {"description": "a malformed bbox"},
+                    "404": {"description": "no such product"},
+                },
+            }
+        },
+        "/api/products/{product}": {
+            "delete": {
+                "summary": "Remove a published query product (its files and catalog link)",
+                "parameters": [
+                    {
+                        "name": "product",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the product and the files deleted"},
+                    "404": {"description": "no such product"},
+                    "409": {"description": "another product is derived from it"},
+                },
             }
         },
         "/api/query": {

@@ -101,7 +101,7 @@ def test_other_sites_pages_are_refused(server: MapServer) -> None:
 
 def test_every_error_and_method_is_answered_in_json(server: MapServer) -> None:
     status, body = _json(_call(server, "api/config", method="OPTIONS"))
-    assert status == 200 and set(body["allow"]) == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert status == 200 and set(body["allow"]) == {"GET", "HEAD", "POST", "DELETE", "OPTIONS"}
     for method in ("PUT", "DELETE", "PATCH"):
         status, headers, raw = _call(server, "api/query", method=method, body=b"{}", headers=JSON)
         assert status == 405 and "error" in json.loads(raw) and "POST" in headers["Allow"]
@@ -149,7 +149,11 @@ def test_slow_clients_are_timed_out(server: MapServer) -> None:
 def test_the_api_is_described_by_openapi(server: MapServer) -> None:
     status, doc = _json(_call(server, "api/openapi.json"))
     assert status == 200 and doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {"/api/config", "/api/queries", "/api/query"}
+    from marscope_stac.web.app import create_app
+
+    routes = {r.path for r in create_app(server.state).app.routes}  # type: ignore[attr-defined]
+    api = {r for r in routes if r.startswith("/api/") and r != "/api/openapi.json"}
+    assert set(doc["paths"]) == api and len(api) == 5
     query = doc["components"]["schemas"]["Query"]
     assert set(query["properties"]) == API_FIELDS and query["additionalProperties"] is False
     assert {"400", "403", "408", "413"} <= set(doc["paths"]["/api/query"]["post"]["responses"])
@@ -163,3 +167,73 @@ def test_stopping_frees_the_port(demo_small: Any, tmp_path: Path) -> None:
     srv.shutdown()
     again = MapServer(tmp_path, None, "127.0.0.1", port)  # the port is free again
     again.socket.close()
+
+
+def _ask(server: MapServer, **query: Any) -> dict[str, Any]:
+    status, answer = _json(
+        _call(server, "api/query", method="POST", body=json.dumps(query).encode(), headers=JSON)
+    )
+    assert status == 200, answer
+    return dict(answer["products"][0])
+
+
+def test_detections_download_as_geojson_and_csv(server: MapServer) -> None:
+    for threshold in (0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.9):  # a random model: find several
+        product = _ask(server, texts=["impact craters"], threshold=threshold)
+        n = product["detections"]
+        if n >= 3:
+            break
+    assert n >= 3
+    base = f"api/products/{product['id']}/detections"
+    status, headers, body = _call(server, base + ".geojson")
+    assert status == 200 and headers.get_content_type() == "application/geo+json"
+    assert "attachment" in headers["Content-Disposition"]
+    doc = json.loads(body)
+    assert doc["crs"]["properties"]["name"] == "IAU_2015:49900" and len(doc["features"]) == n
+    assert {"max_probability", "mean_probability", "cells"} <= set(doc["features"][0]["properties"])
+    status, headers, body = _call(server, base + ".csv")
+    rows = body.decode().splitlines()
+    assert status == 200 and headers.get_content_type() == "text/csv" and len(rows) == n + 1
+    assert rows[0].startswith("id,lon,lat,west,south,east,north,max_probability")
+    # what is visible: a box around the first detection only takes those it meets
+    west, south, east, north = (float(v) for v in rows[1].split(",")[3:7])
+    box = f"{west},{south},{(west + east) / 2},{(south + north) / 2}"
+    visible = json.loads(_call(server, base + f".geojson?bbox={box}")[2])
+    assert 1 <= len(visible["features"]) < n
+    assert _json(_call(server, base + ".geojson?bbox=1,2,3"))[0] == 400
+    assert _json(_call(server, base + ".shp"))[0] == 404
+    assert _json(_call(server, "api/products/no-such-product/detections.csv"))[0] == 404
+
+
+def test_a_product_is_deleted_and_the_catalog_stays_valid(server: MapServer) -> None:
+    from marscope_stac.stac.validation import validate_catalog
+
+    product = _ask(server, texts=["landslides"], threshold=0.35)
+    folder = server.state.products / "queries" / product["id"]
+    assert folder.is_dir()
+    # a product another one is derived from is kept (its link would dangle)
+    user = server.state.products / "queries" / "derived-x" / "derived-x.json"
+    user.parent.mkdir()
+    link = {"rel": "derived_from", "href": f"../{product['id']}/{product['id']}.json"}
+    user.write_text(json.dumps({"type": "Feature", "id": "derived-x", "links": [link]}))
+    status, body = _json(_call(server, f"api/products/{product['id']}", method="DELETE"))
+    assert status == 409 and "derived-x is derived from it" in body["error"]
+    assert folder.is_dir()
+    user.unlink()
+    user.parent.rmdir()
+    foreign = {"Origin": "http://evil.example"}
+    assert (
+        _json(_call(server, f"api/products/{product['id']}", method="DELETE", headers=foreign))[0]
+        == 403
+    )
+    status, body = _json(_call(server, f"api/products/{product['id']}", method="DELETE"))
+    assert status == 200 and f"{product['id']}.json" in body["files"]
+    assert not folder.exists()
+    listed = json.loads(_call(server, "api/queries")[2])
+    assert product["id"] not in {p["id"] for p in listed}
+    assert not validate_catalog(server.state.products).problems
+    assert _json(_call(server, f"api/products/{product['id']}", method="DELETE"))[0] == 404
+    for sneaky in ("..%2Fcatalog", "catalog", "embeddings"):
+        status, _ = _json(_call(server, f"api/products/{sneaky}", method="DELETE"))
+        assert status in (400, 404, 405), sneaky
+    assert (server.state.products / "catalog.json").is_file()
