@@ -166,42 +166,45 @@ def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return west, south, east, north
 
 
-def create_app(state: ServerState) -> ASGIApp:
-    """The web map's application over ``state`` (routes in the module docstring)."""
+class _Routes:
+    """The handlers of :func:`create_app`, over one server state."""
 
-    async def files_route(request: Request) -> Response:
-        path = _route_file(state, request.url.path)
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def files(self, request: Request) -> Response:
+        path = _route_file(self.state, request.url.path)
         if path is None:
             return _error(404, f"{request.url.path} not found")
         return _file(request, path)
 
-    async def config_route(request: Request) -> Response:
-        return JSONResponse(page_config(state), headers={"Cache-Control": "no-store"})
+    async def config(self, request: Request) -> Response:
+        return JSONResponse(page_config(self.state), headers={"Cache-Control": "no-store"})
 
-    async def queries_route(request: Request) -> Response:
-        records = await run_in_threadpool(list_products, state.products)
+    async def queries(self, request: Request) -> Response:
+        records = await run_in_threadpool(list_products, self.state.products)
         return JSONResponse(records, headers={"Cache-Control": "no-store"})
 
-    async def openapi_route(request: Request) -> Response:
+    async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
-    async def query_route(request: Request) -> Response:
-        body = await _read_body(request, state.client_timeout)
+    async def query(self, request: Request) -> Response:
+        body = await _read_body(request, self.state.client_timeout)
         try:
             payload = json.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError("not an object")
         except ValueError:
             return _error(400, "the request body is not a JSON object")
-        return await run_in_threadpool(_answer, state, payload)
+        return await run_in_threadpool(_answer, self.state, payload)
 
-    async def detections_route(request: Request) -> Response:
+    async def detections(self, request: Request) -> Response:
         fmt = request.path_params["fmt"]
         if fmt not in EXPORT_FORMATS:
             return _error(404, f"detections come as {' or '.join(EXPORT_FORMATS)}")
         try:
             bbox = _bbox(request.query_params.get("bbox"))
-            item = find_product(state.products, request.path_params["product"])
+            item = find_product(self.state.products, request.path_params["product"])
             text = await run_in_threadpool(
                 detections_csv if fmt == "csv" else detections_geojson,
                 item.parent / "detections.parquet",
@@ -216,42 +219,44 @@ def create_app(state: ServerState) -> ASGIApp:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    async def delete_route(request: Request) -> Response:
+    async def delete(self, request: Request) -> Response:
         product = request.path_params["product"]
         try:
-            with state.lock:  # not while a query publishes
-                deleted = await run_in_threadpool(delete_product, state.products, product)
+            with self.state.lock:  # not while a query publishes
+                deleted = await run_in_threadpool(delete_product, self.state.products, product)
         except ConfigError as exc:
             return _error(404 if "no product" in str(exc) else 409, str(exc))
         return JSONResponse({"deleted": product, "files": [p.name for p in deleted]})
 
-    async def options_route(request: Request) -> Response:
+    async def options(self, request: Request) -> Response:
         allow = ", ".join(METHODS)
         return JSONResponse({"allow": list(METHODS)}, headers={"Allow": allow})
 
-    async def http_error(request: Request, exc: Exception) -> Response:
+    async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         headers = {"Allow": ", ".join(METHODS)} if exc.status_code == 405 else None
         return _error(exc.status_code, str(exc.detail), headers)
 
-    async def server_error(request: Request, exc: Exception) -> Response:
+    async def server_error(self, request: Request, exc: Exception) -> Response:
         return _error(500, f"{type(exc).__name__}: {exc}")
 
+
+def create_app(state: ServerState) -> ASGIApp:
+    """The web map's application over ``state`` (routes in the module docstring)."""
+    r = _Routes(state)
     routes = [
-        Route("/api/config", config_route, methods=["GET", "HEAD"]),
-        Route("/api/queries", queries_route, methods=["GET", "HEAD"]),
-        Route("/api/openapi.json", openapi_route, methods=["GET", "HEAD"]),
-        Route("/api/query", query_route, methods=["POST"]),
-        Route(
-            "/api/products/{product}/detections.{fmt}", detections_route, methods=["GET", "HEAD"]
-        ),
-        Route("/api/products/{product}", delete_route, methods=["DELETE"]),
-        Route("/{path:path}", options_route, methods=["OPTIONS"]),
-        Route("/{path:path}", files_route, methods=["GET", "HEAD"]),
+        Route("/api/config", r.config, methods=["GET", "HEAD"]),
+        Route("/api/queries", r.queries, methods=["GET", "HEAD"]),
+        Route("/api/openapi.json", r.openapi, methods=["GET", "HEAD"]),
+        Route("/api/query", r.query, methods=["POST"]),
+        Route("/api/products/{product}/detections.{fmt}", r.detections, methods=["GET", "HEAD"]),
+        Route("/api/products/{product}", r.delete, methods=["DELETE"]),
+        Route("/{path:path}", r.options, methods=["OPTIONS"]),
+        Route("/{path:path}", r.files, methods=["GET", "HEAD"]),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={HTTPException: r.http_error, Exception: r.server_error},
     )
     return _Guard(app, state)
 
