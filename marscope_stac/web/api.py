@@ -22,9 +22,11 @@ from marscope_stac.query.scoring import QuerySpec
 
 __all__ = [
     "API_FIELDS",
+    "MAX_BOX_CELLS",
     "MAX_REQUEST_BYTES",
     "MAX_TEXTS",
     "ServerState",
+    "cell_centres_in",
     "inside",
     "list_products",
     "media_type",
@@ -212,6 +214,7 @@ def page_config(state: ServerState) -> dict[str, Any]:
     body = get_body(body_name)
     return {
         "body": body.name,
+        "crs": body.geographic_code,
         "radius_m": body.radius_m,
         "bbox": bbox,
         "basemap": basemap["assets"].get("tiles") if basemap else None,
@@ -278,3 +281,34 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
             raise ConfigError("products must be a list of names")
         request.products = tuple(wanted)
     return request
+
+
+MAX_BOX_CELLS = 5000
+"""Most cells one box selection may add as examples."""
+
+
+def cell_centres_in(
+    engine: QueryEngine, bbox: tuple[float, float, float, float]
+) -> list[tuple[float, float]]:
+    """Centres (lon, lat) of the embedded cells whose centre lies in ``bbox``.
+
+    Raises:
+        ConfigError: if the box holds more than :data:`MAX_BOX_CELLS` cells.
+    """
+    import numpy as np
+
+    west, south, east, north = bbox
+    cells = np.asarray(engine.arrays.cells)
+    centres = engine.grid.centers(cells)
+    inside = (
+        (centres[:, 0] >= west)
+        & (centres[:, 0] <= east)
+        & (centres[:, 1] >= south)
+        & (centres[:, 1] <= north)
+    )
+    n = int(inside.sum())
+    if n > MAX_BOX_CELLS:
+        raise ConfigError(
+            f"the box holds {n:,} cells; draw a smaller one (at most {MAX_BOX_CELLS:,})"
+        )
+    return [(float(x), float(y)) for x, y in centres[inside]]

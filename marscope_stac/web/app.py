@@ -39,6 +39,7 @@ from marscope_stac.products.manage import delete_product, find_product
 from marscope_stac.web.api import (
     MAX_REQUEST_BYTES,
     ServerState,
+    cell_centres_in,
     inside,
     list_products,
     media_type,
@@ -219,6 +220,19 @@ class _Routes:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
+    async def cells(self, request: Request) -> Response:
+        engine = self.state.engine
+        if engine is None:
+            return _error(503, "this server has no embedding set")
+        try:
+            bbox = _bbox(request.query_params.get("bbox"))
+            if bbox is None:
+                raise ConfigError("give bbox=west,south,east,north")
+            centres = await run_in_threadpool(cell_centres_in, engine, bbox)
+        except ConfigError as exc:
+            return _error(400, str(exc))
+        return JSONResponse({"centres": centres})
+
     async def delete(self, request: Request) -> Response:
         product = request.path_params["product"]
         try:
@@ -251,6 +265,7 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/api/query", r.query, methods=["POST"]),
         Route("/api/products/{product}/detections.{fmt}", r.detections, methods=["GET", "HEAD"]),
         Route("/api/products/{product}", r.delete, methods=["DELETE"]),
+        Route("/api/cells", r.cells, methods=["GET"]),
         Route("/{path:path}", r.options, methods=["OPTIONS"]),
         Route("/{path:path}", r.files, methods=["GET", "HEAD"]),
     ]
@@ -329,6 +344,24 @@ OPENAPI: dict[str, Any] = {
                     "200": {"description": "the detections"},
                     "400": {"description": "a malformed bbox"},
                     "404": {"description": "no such product"},
+                },
+            }
+        },
+        "/api/cells": {
+            "get": {
+                "summary": "Centres of the embedded cells in a box (box selection of examples)",
+                "parameters": [
+                    {
+                        "name": "bbox",
+                        "in": "query",
+                        "required": True,
+                        "description": "west,south,east,north in degrees on the body",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "{centres: [[lon, lat], ...]}"},
+                    "400": {"description": "no or a malformed bbox, or more than 5,000 cells"},
                 },
             }
         },

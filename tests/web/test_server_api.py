@@ -153,7 +153,7 @@ def test_the_api_is_described_by_openapi(server: MapServer) -> None:
 
     routes = {r.path for r in create_app(server.state).app.routes}  # type: ignore[attr-defined]
     api = {r for r in routes if r.startswith("/api/") and r != "/api/openapi.json"}
-    assert set(doc["paths"]) == api and len(api) == 5
+    assert set(doc["paths"]) == api and len(api) == 6
     query = doc["components"]["schemas"]["Query"]
     assert set(query["properties"]) == API_FIELDS and query["additionalProperties"] is False
     assert {"400", "403", "408", "413"} <= set(doc["paths"]["/api/query"]["post"]["responses"])
