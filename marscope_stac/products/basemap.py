@@ -130,7 +130,9 @@ def build_basemap(
     bid = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.") or "imagery"
     folder = Path(out) / "basemaps" / bid
     image, transform = _mosaic(sources, max_pixels)
-    zoom = raster_zoom_range(transform, image.shape)
+    # from zoom 0: a map zoomed out to the whole planet still shows the imagery (its tiles
+    # below the mosaic's own zooms are few: the extent covers one or two tiles there)
+    zoom = (0, raster_zoom_range(transform, image.shape)[1])
     with staged_directory(folder, overwrite=True, owned=True) as stage:
         meta = tile_metadata(bid, f"Imagery of {label}", sources.body, "baselayer")
         tiles = write_raster_pmtiles(

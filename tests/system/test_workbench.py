@@ -280,3 +280,28 @@ def test_a_phone_width_layout(browser: Any, server: MapServer) -> None:
     phone.locator("#run").scroll_into_view_if_needed()
     assert phone.is_visible("#run") and phone.is_visible("#texts")
     phone.close()
+
+
+def test_zooming_out_keeps_the_imagery(page: Any, server: MapServer) -> None:
+    from pmtiles.reader import MmapSource, Reader
+
+    (archive,) = (server.state.products / "basemaps").glob("*/imagery.pmtiles")
+    with archive.open("rb") as fh:
+        # tiles from zoom 0 on; where the demo's extent is below a pixel there are none
+        assert Reader(MmapSource(fh)).header()["min_zoom"] <= 3
+    page.uncheck("#layer-probability")
+    page.evaluate("() => window.marscopeMap.jumpTo({zoom: 6})")
+    page.wait_for_function("() => window.marscopeMap.areTilesLoaded()")
+    page.wait_for_timeout(500)
+    img = screenshot(page)
+    left, top, width, height = (
+        int(v)
+        for v in page.evaluate(
+            "() => { const r = window.marscopeMap.getContainer().getBoundingClientRect();"
+            " return [r.left, r.top, r.width, r.height]; }"
+        )
+    )
+    area = img[top : top + height, left : left + width]
+    background = np.abs(area - np.array([27, 20, 16])).sum(axis=2) < 10
+    grey = (np.abs(area[..., 0] - area[..., 2]) < 12) & (area.sum(axis=2) > 150)
+    assert (grey & ~background).sum() > 20  # the demo's imagery, seen from afar
