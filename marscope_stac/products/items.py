@@ -51,6 +51,7 @@ ASSET_FILES = {
     "detections": "detections.parquet",
     "detection-tiles": "detections.pmtiles",
     "scores": "scores.parquet",
+    "examples": "examples.geojson",
 }
 """Asset key -> file name in a query's folder."""
 
@@ -64,6 +65,11 @@ _QUERY_ASSETS: dict[str, tuple[str, list[str], str]] = {
         PARQUET_MEDIA_TYPE,
         ["data", "scores"],
         "Per-cell score and probability (GeoParquet)",
+    ),
+    "examples": (
+        "application/geo+json",
+        ["labels"],
+        "The examples the query was given (GeoJSON points, label positive or negative)",
     ),
 }
 """Media type, roles and title of each asset a query product may have."""

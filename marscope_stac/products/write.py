@@ -10,6 +10,8 @@
 - ``detections.parquet`` / ``detections.pmtiles``: cells at or above the threshold merged
   into polygons with probability attributes (GeoParquet in the body's CRS; vector tiles);
 - ``scores.parquet``: every cell's id, score and probability at its centre (GeoParquet);
+- ``examples.geojson``: the examples the query was given, positive and negative (a
+  ``labels`` asset; only when it had any);
 - a STAC Item with those assets, the query and its parameters, ``processing:*`` fields and
   ``derived_from`` links to the embedding item, the model item and the source rasters.
 
@@ -372,6 +374,7 @@ def write_query_product(
     with staged_directory(folder, overwrite=True, owned=True) as stage:
         files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
         feats = files.write(result, threshold, where.columns, products)
+        write_examples(stage / ASSET_FILES["examples"], spec, grid)
         assets = {
             key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
         }
@@ -390,6 +393,40 @@ def write_query_product(
         assets=assets,
         timings=clock.timings,
     )
+
+
+def write_examples(path: Path, spec: QuerySpec, grid: Grid) -> Path | None:
+    """The query's examples as GeoJSON points (body CRS), or None when it has none.
+
+    Points keep their coordinates, example cells become their centres; each feature's
+    ``label`` is ``positive`` or ``negative`` (the web map imports these files back).
+    """
+    found: list[tuple[float, float, str, str]] = []
+    for label, points, cells in (
+        ("positive", spec.points, spec.cells),
+        ("negative", spec.negatives_points, spec.negative_cells),
+    ):
+        found += [(float(x), float(y), label, "point") for x, y in points or []]
+        if cells:
+            centres = grid.centers(np.asarray(list(cells), np.int64))
+            found += [(float(x), float(y), label, "cell") for x, y in centres]
+    if not found:
+        return None
+    doc = {
+        "type": "FeatureCollection",
+        "name": "examples",
+        "crs": {"type": "name", "properties": {"name": grid.body.geographic_code}},
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"label": label, "from": kind},
+                "geometry": {"type": "Point", "coordinates": [x, y]},
+            }
+            for x, y, label, kind in found
+        ],
+    }
+    path.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    return path
 
 
 def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], grid: Grid) -> Path:

@@ -305,3 +305,19 @@ def test_zooming_out_keeps_the_imagery(page: Any, server: MapServer) -> None:
     background = np.abs(area - np.array([27, 20, 16])).sum(axis=2) < 10
     grey = (np.abs(area[..., 0] - area[..., 2]) < 12) & (area.sum(axis=2) > 150)
     assert (grey & ~background).sum() > 20  # the demo's imagery, seen from afar
+
+
+def test_showing_a_product_brings_back_its_examples(page: Any) -> None:
+    page.mouse.click(520, 320)
+    page.check("#negative-mode")
+    page.mouse.click(580, 360)
+    page.uncheck("#negative-mode")
+    first = _ask(page, "glacier-like forms", "0.45")
+    page.click("#clear-examples")
+    _ask(page, "landslides", "0.45")
+    assert _examples(page) == []
+    page.click(f"#queries li[data-id='{first}'] button.show")
+    assert page.input_value("#texts") == "glacier-like forms"
+    assert _examples(page) == ["pos", "neg"]
+    meta = page.inner_text(f"#queries li[data-id='{first}'] small")
+    assert "2 examples" in meta

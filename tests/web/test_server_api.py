@@ -237,3 +237,33 @@ def test_a_product_is_deleted_and_the_catalog_stays_valid(server: MapServer) -> 
         status, _ = _json(_call(server, f"api/products/{sneaky}", method="DELETE"))
         assert status in (400, 404, 405), sneaky
     assert (server.state.products / "catalog.json").is_file()
+
+
+def test_the_examples_are_saved_with_the_product(server: MapServer) -> None:
+    from marscope_stac.stac.validation import validate_catalog
+
+    engine = server.state.engine
+    assert engine is not None
+    (lon0, lat0), (lon1, lat1) = (
+        (float(v) for v in engine.bounds()[:2]),
+        (float(v) for v in engine.bounds()[2:]),
+    )
+    inside = [[lon0 + (lon1 - lon0) * f, lat0 + (lat1 - lat0) * f] for f in (0.3, 0.6)]
+    product = _ask(
+        server, texts=["yardangs"], points=[inside[0]], negative_points=[inside[1]], threshold=0.5
+    )
+    folder = server.state.products / "queries" / product["id"]
+    item = json.loads((folder / f"{product['id']}.json").read_text())
+    asset = item["assets"]["examples"]
+    assert asset["roles"] == ["labels"] and asset["type"] == "application/geo+json"
+    doc = json.loads((folder / asset["href"]).read_text())
+    assert doc["crs"]["properties"]["name"] == "IAU_2015:49900"
+    assert [f["properties"]["label"] for f in doc["features"]] == ["positive", "negative"]
+    assert doc["features"][0]["geometry"]["coordinates"] == pytest.approx(inside[0])
+    assert not validate_catalog(server.state.products).problems
+    # a query without examples has no such asset
+    plain = _ask(server, texts=["yardangs"], threshold=0.45)
+    plain_item = json.loads(
+        (server.state.products / "queries" / plain["id"] / f"{plain['id']}.json").read_text()
+    )
+    assert "examples" not in plain_item["assets"]
