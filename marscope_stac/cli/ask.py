@@ -122,6 +122,14 @@ def embed_cmd(
 )
 @_number_option("--image-weight", 0.3, "Weight of examples in a hybrid query (MarScope: 0.3).")
 @click.option(
+    "--learner",
+    type=click.Choice(["prototype", "classifier"]),
+    default="prototype",
+    show_default=True,
+    help="How examples are learnt from: MarScope's prototype (hybrid, refinement) or a "
+    "classifier fitted on the examples, counter-examples and background cells.",
+)
+@click.option(
     "--template",
     "templates",
     multiple=True,
@@ -160,6 +168,7 @@ def query_cmd(
     neg_points: tuple[str, ...],
     neg_cells: tuple[str, ...],
     image_weight: float,
+    learner: str,
     templates: tuple[str, ...],
     threshold: float,
     classify: bool,
@@ -183,6 +192,7 @@ def query_cmd(
         negative_cells=list(neg_cells),
         image_weight=image_weight,
         templates=list(templates) if templates else MARSCOPE_TEMPLATES,
+        learner=learner,
     )
     request = QueryRequest(
         texts=list(texts),

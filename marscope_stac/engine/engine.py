@@ -58,6 +58,7 @@ from marscope_stac.query.scoring import (
     QuerySpec,
     ScoredQuery,
     and_not,
+    classifier_scores,
     near,
     query_vector,
     resolve_mode,
@@ -335,6 +336,16 @@ class QueryEngine:
 
     def score(self, spec: QuerySpec, *, threshold: float | None = 0.5) -> ScoredQuery:
         """Scores and calibrated probabilities of every cell of the set for ``spec``."""
+        if spec.learner == "classifier":
+            return classifier_scores(
+                spec,
+                self.arrays,
+                self.grid,
+                self.text_vectors,
+                self.image_vectors,
+                self.logit_scale,
+                self.mode,
+            )
         q = self.vector(spec)
         return score(self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold)
 

@@ -78,6 +78,7 @@ class QueryRequest:
             check_phrases(self.texts)
         self._check_points()
         check_range("image_weight", self.examples.image_weight, 0.0, 1.0)
+        self._check_learner()
         check_templates(self.examples.templates)
         if not self.texts and not self.examples.has_examples and not self.classify:
             raise ConfigError(
@@ -89,6 +90,22 @@ class QueryRequest:
                 f"unknown products entry {unknown[0]!r}; choose from "
                 f"{', '.join(OPTIONAL_PRODUCTS)}",
                 fields=("products",),
+            )
+
+    def _check_learner(self) -> None:
+        """Check ``learner``: a known one; a classifier learns from positive examples."""
+        from marscope_stac.query.learn import LEARNERS
+
+        learner = self.examples.learner
+        if learner not in LEARNERS:
+            raise ConfigError(
+                f"unknown learner {learner!r}; choose {' or '.join(LEARNERS)}",
+                fields=("learner",),
+            )
+        if learner == "classifier" and not self.examples.has_examples:
+            raise ConfigError(
+                "the classifier learns from examples: give example points (or cells) with it",
+                fields=("learner", "examples"),
             )
 
     def _check_no_examples(self) -> None:

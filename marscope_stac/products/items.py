@@ -99,7 +99,11 @@ def _query_properties(
         "processing:datetime": now_utc(),
         "marscope:query": spec.describe(),
         "marscope:threshold": threshold,
-        "marscope:calibration": "softmax-vs-background-prompts",
+        "marscope:calibration": (
+            "logistic-regression-on-examples"
+            if spec.learner == "classifier"
+            else "softmax-vs-background-prompts"
+        ),
         "marscope:scoring": result.scoring,
         "marscope:grid": where.grid.spec,
         "marscope:detections": n_det,  # null when the detections were not made

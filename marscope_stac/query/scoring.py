@@ -53,7 +53,9 @@ __all__ = [
     "QuerySpec",
     "ScoredQuery",
     "and_not",
+    "classifier_scores",
     "example_rows",
+    "hybrid_vector",
     "near",
     "probabilities",
     "query_vector",
@@ -87,6 +89,8 @@ class QuerySpec:
         refine_negative: Rocchio weight of the negative examples in refinement.
         composite: For a composite's product: the operator and both texts (``op``,
             ``first``, ``second``, ``within_km``); ``text`` then holds its label.
+        learner: How examples are learnt from: ``prototype`` (MarScope's hybrid and
+            refinement) or ``classifier`` (:mod:`marscope_stac.query.learn`).
     """
 
     text: list[str] = field(default_factory=list)
@@ -100,6 +104,7 @@ class QuerySpec:
     refine_positive: float = 0.5
     refine_negative: float = 0.5
     composite: dict[str, object] | None = None
+    learner: str = "prototype"
 
     def describe(self) -> dict[str, object]:
         """The query as recorded in products."""
@@ -114,6 +119,8 @@ class QuerySpec:
             d["composite"] = dict(self.composite)
         if self.negatives_points or self.negative_cells:
             d["refine"] = [self.refine_positive, self.refine_negative]
+        if self.learner != "prototype":  # ids of prototype queries stay as they were
+            d["learner"] = self.learner
         return d
 
     @property
@@ -360,18 +367,83 @@ def query_vector(
     examples = list(_row_vectors(arrays, rows)) if rows else []
     if spec.images:
         examples += list(image_vectors(spec.images))
-    image = _unit(np.mean(examples, axis=0)) if examples else None
+    negatives = _row_vectors(arrays, neg_rows) if neg_rows else None
+    return hybrid_vector(text, examples, negatives, spec)
+
+
+def hybrid_vector(
+    text: NDArray[np.float32] | None,
+    examples: Sequence[NDArray[np.float32]],
+    negatives: NDArray[np.float32] | None,
+    spec: QuerySpec,
+) -> NDArray[np.float32]:
+    """MarScope's prototype: the text and the examples' mean, refined by counter-examples.
+
+    ``q = unit(w * unit(mean(examples)) + (1 - w) * text)`` with ``w = spec.image_weight``
+    (the text or the examples alone when only one is given), then, with counter-examples,
+    Rocchio's ``unit(q + a * mean(examples) - b * mean(counter-examples))``.
+
+    Raises:
+        ConfigError: with neither text nor examples.
+    """
+    image = _unit(np.mean(examples, axis=0)) if len(examples) else None
     if text is None and image is None:
         raise ConfigError("nothing to look for: give query text, example points, cells or images")
     if text is not None and image is not None:
         q = _unit(spec.image_weight * image + (1.0 - spec.image_weight) * text)
     else:
         q = text if text is not None else image  # type: ignore[assignment]
-    if neg_rows:
-        pos = np.mean(examples, axis=0) if examples else np.zeros_like(q)
-        neg = _row_vectors(arrays, neg_rows).mean(axis=0)
-        q = _unit(q + spec.refine_positive * pos - spec.refine_negative * neg)
+    if negatives is not None and len(negatives):
+        pos = np.mean(examples, axis=0) if len(examples) else np.zeros_like(q)
+        q = _unit(q + spec.refine_positive * pos - spec.refine_negative * negatives.mean(axis=0))
     return q
+
+
+def classifier_scores(
+    spec: QuerySpec,
+    arrays: ScoringArrays,
+    grid: Grid,
+    text_vectors: TextVectors,
+    image_vectors: ImageVectors,
+    logit_scale: float,
+    mode: str = "auto",
+) -> ScoredQuery:
+    """Scores and probabilities from a classifier fitted on ``spec``'s examples.
+
+    See :mod:`marscope_stac.query.learn`: positives are the example points, cells and images,
+    negatives the counter-examples and a background sample; the text, if any, is the prior.
+
+    Raises:
+        ConfigError: without positive examples, or for examples outside the set.
+    """
+    from marscope_stac.query.learn import background_rows, fit_classifier
+
+    if spec.text:
+        check_phrases(spec.text)
+    rows = example_rows(arrays, grid, spec.points, spec.cells)
+    neg_rows = example_rows(
+        arrays, grid, spec.negatives_points, spec.negative_cells, "counter-example"
+    )
+    positives = [*_row_vectors(arrays, rows)] if rows else []
+    if spec.images:
+        positives += list(image_vectors(spec.images))
+    if not positives:
+        raise ConfigError(
+            "the classifier learns from examples: give example points, cells or images"
+        )
+    text = _unit(text_vectors(spec.text, spec.templates).mean(axis=0)) if spec.text else None
+    taken = np.asarray(rows + neg_rows, np.int64)
+    bg = _row_vectors(arrays, background_rows(len(arrays), taken).tolist())
+    clf = fit_classifier(
+        np.asarray(positives),
+        _row_vectors(arrays, neg_rows) if neg_rows else None,
+        bg,
+        prior=None if text is None else np.float32(logit_scale) * text,
+    )
+    scored = score(arrays, clf.unit(), logit_scale, mode, DEFAULT_TOP_K, None)
+    scored.probability = clf.probability(scored.scores)
+    scored.scoring = f"{scored.scoring}+classifier"
+    return scored
 
 
 # ----------------------------------------------------------------------------- composites

@@ -52,6 +52,7 @@ API_FIELDS = frozenset(
         "near",
         "within_km",
         "products",
+        "learner",
     }
 )
 """The fields ``POST /api/query`` takes."""
@@ -256,8 +257,14 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
         weight = float(payload.get("image_weight", 0.3))
     except (TypeError, ValueError) as exc:
         raise ConfigError("threshold and image_weight must be numbers") from exc
+    learner = payload.get("learner", "prototype")
+    if not isinstance(learner, str):
+        raise ConfigError("learner must be prototype or classifier")
     examples = QuerySpec(
-        points=pairs("points"), negatives_points=pairs("negative_points"), image_weight=weight
+        points=pairs("points"),
+        negatives_points=pairs("negative_points"),
+        image_weight=weight,
+        learner=learner,
     )
     composite = {k: payload.get(k) for k in ("and_not", "near")}
     if any(v is not None and not isinstance(v, str) for v in composite.values()):

@@ -432,6 +432,7 @@ OPENAPI: dict[str, Any] = {
                     "near": {"type": "string"},
                     "within_km": {"type": "number", "exclusiveMinimum": 0},
                     "products": {"type": "array", "items": {"type": "string"}},
+                    "learner": {"enum": ["prototype", "classifier"]},
                 },
             },
             "Points": {

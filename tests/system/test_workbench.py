@@ -312,12 +312,15 @@ def test_showing_a_product_brings_back_its_examples(page: Any) -> None:
     page.check("#negative-mode")
     page.mouse.click(580, 360)
     page.uncheck("#negative-mode")
+    page.select_option("#learner", "classifier")
     first = _ask(page, "glacier-like forms", "0.45")
     page.click("#clear-examples")
+    page.select_option("#learner", "prototype")
     _ask(page, "landslides", "0.45")
     assert _examples(page) == []
     page.click(f"#queries li[data-id='{first}'] button.show")
     assert page.input_value("#texts") == "glacier-like forms"
     assert _examples(page) == ["pos", "neg"]
+    assert page.input_value("#learner") == "classifier"  # learnt by a classifier
     meta = page.inner_text(f"#queries li[data-id='{first}'] small")
     assert "2 examples" in meta

@@ -267,3 +267,28 @@ def test_the_examples_are_saved_with_the_product(server: MapServer) -> None:
         (server.state.products / "queries" / plain["id"] / f"{plain['id']}.json").read_text()
     )
     assert "examples" not in plain_item["assets"]
+
+
+def test_a_classifier_learns_from_the_examples(server: MapServer) -> None:
+    engine = server.state.engine
+    assert engine is not None
+    w, s, e, n = (float(v) for v in engine.bounds())
+    points = [[w + (e - w) * f, s + (n - s) * f] for f in (0.2, 0.3, 0.4)]
+    negatives = [[w + (e - w) * 0.8, s + (n - s) * 0.7]]
+    body = {"texts": ["yardangs"], "points": points, "negative_points": negatives}
+    prototype = _ask(server, **body)
+    classifier = _ask(server, **body, learner="classifier")
+    assert classifier["id"] != prototype["id"]
+    props = classifier["stac"]["properties"]
+    assert props["marscope:query"]["learner"] == "classifier"
+    assert props["marscope:calibration"] == "logistic-regression-on-examples"
+    assert props["marscope:scoring"].endswith("+classifier")
+    assert "learner" not in prototype["stac"]["properties"]["marscope:query"]
+    for wrong, message in (
+        ({"texts": ["yardangs"], "learner": "classifier"}, "learns from examples"),
+        ({"texts": ["yardangs"], "points": points, "learner": "svm"}, "unknown learner 'svm'"),
+    ):
+        status, answer = _json(
+            _call(server, "api/query", method="POST", body=json.dumps(wrong).encode(), headers=JSON)
+        )
+        assert status == 400 and message in answer["error"]

@@ -396,6 +396,7 @@ function restoreQuery(map, product) {
     $("threshold-query-value").textContent = Number(product.threshold).toFixed(2);
   }
   setExamples(map, q.points || [], q.negatives_points || []);
+  $("learner").value = q.learner || "prototype";
 }
 
 function examplesGeoJSON() {
@@ -552,6 +553,7 @@ function queryBody() {
     body[composite] = $("composite-text").value;
     body.within_km = Number($("within-km").value);
   }
+  if (state.examples.some((e) => !e.negative)) body.learner = $("learner").value;
   // the map needs the tiles and detections; the per-cell scores table on request
   if (!$("scores-table").checked) body.products = ["tiles", "preview", "detections"];
   if (body.classify) {
