@@ -344,7 +344,6 @@ class QueryEngine:
                 self.text_vectors,
                 self.image_vectors,
                 self.logit_scale,
-                self.mode,
             )
         q = self.vector(spec)
         return score(self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold)

@@ -406,9 +406,8 @@ def classifier_scores(
     text_vectors: TextVectors,
     image_vectors: ImageVectors,
     logit_scale: float,
-    mode: str = "auto",
 ) -> ScoredQuery:
-    """Scores and probabilities from a classifier fitted on ``spec``'s examples.
+    """Scores and probabilities from a classifier fitted on ``spec``'s examples (exact scores).
 
     See :mod:`marscope_stac.query.learn`: positives are the example points, cells and images,
     negatives the counter-examples and a background sample; the text, if any, is the prior.
@@ -440,7 +439,8 @@ def classifier_scores(
         bg,
         prior=None if text is None else np.float32(logit_scale) * text,
     )
-    scored = score(arrays, clf.unit(), logit_scale, mode, DEFAULT_TOP_K, None)
+    # exact scores: int8's re-scored rows are chosen by the text calibration, not this one
+    scored = score(arrays, clf.unit(), logit_scale, "exact")
     scored.probability = clf.probability(scored.scores)
     scored.scoring = f"{scored.scoring}+classifier"
     return scored

@@ -509,8 +509,10 @@ def _items_deriving_from(root: Path, item_path: Path) -> list[Path]:
             links = json.loads(path.read_text(encoding="utf-8")).get("links", [])
         except (OSError, ValueError):
             continue
-        for lk in links:
-            href = lk.get("href") if isinstance(lk, dict) else None
+        for lk in links if isinstance(links, list) else []:
+            if not isinstance(lk, dict):
+                continue
+            href = lk.get("href")
             if not (lk.get("rel") == "derived_from" and isinstance(href, str)) or "://" in href:
                 continue
             if (path.parent / href).resolve() == item_path:

@@ -6,6 +6,7 @@ Products, sources, the page's config and the JSON API's request, checked; used b
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import mimetypes
 import threading
@@ -115,12 +116,40 @@ class ServerState:
     def host_names(self) -> set[str]:
         """The ``Host`` values this server answers: the loopback names and ``--host``'s."""
         port = self.port
-        loopback = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
-        return loopback | {h.lower() for h in self.hosts}
+        names = {"127.0.0.1", "localhost", "[::1]"} | {_bracketed(h) for h in self.hosts}
+        with_port = {f"{name}:{port}" for name in names}
+        return with_port | (names if port == 80 else set())  # browsers leave out :80
 
-    def origins(self) -> set[str]:
-        """The ``Origin`` values of this server's own page."""
-        return {f"http://{name}" for name in self.host_names()}
+    def allows_host(self, host: str) -> bool:
+        """Whether a request's ``Host`` names this server.
+
+        Bound to every interface (``0.0.0.0``, ``::``), any IP address with this server's
+        port is allowed too: a DNS-rebinding page sends its own domain name, never an address.
+        """
+        host = host.strip().lower()
+        if host in self.host_names():
+            return True
+        if not self.hosts & {"0.0.0.0", "::"}:
+            return False
+        name, _, port = host.rpartition(":")
+        if port != str(self.port):
+            return False
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            return False
+        return True
+
+    def allows_origin(self, origin: str) -> bool:
+        """Whether an ``Origin`` is this server's own page."""
+        scheme, _, host = origin.strip().lower().partition("://")
+        return scheme == "http" and self.allows_host(host)
+
+
+def _bracketed(host: str) -> str:
+    """A host name as it appears in a ``Host`` header (IPv6 literals in brackets)."""
+    host = host.lower()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def source_items(products: Path, engine: QueryEngine | None) -> dict[str, tuple[Path, list[float]]]:
@@ -290,7 +319,7 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
     return request
 
 
-MAX_BOX_CELLS = 5000
+MAX_BOX_CELLS = 1000
 """Most cells one box selection may add as examples."""
 
 
@@ -318,4 +347,4 @@ def cell_centres_in(
         raise ConfigError(
             f"the box holds {n:,} cells; draw a smaller one (at most {MAX_BOX_CELLS:,})"
         )
-    return [(float(x), float(y)) for x, y in centres[inside]]
+    return [(round(float(x), 6), round(float(y), 6)) for x, y in centres[inside]]

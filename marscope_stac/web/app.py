@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
@@ -74,14 +74,14 @@ class _Guard:
             return
         headers = Headers(scope=scope)
         refusal = None
-        if headers.get("host", "").strip().lower() not in self.state.host_names():
+        if not self.state.allows_host(headers.get("host", "")):
             refusal = "this server answers requests to its own address only (Host)"
         elif scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
             origin = headers.get("origin")
             if scope["method"] == "POST" and kind != "application/json":
                 refusal = "queries are JSON (Content-Type: application/json)"
-            elif origin is not None and origin.lower() not in self.state.origins():
+            elif origin is not None and not self.state.allows_origin(origin):
                 refusal = "changes are taken from the map page only (Origin)"
         if refusal is not None:
             await _error(403, refusal)(scope, receive, send)
@@ -148,6 +148,8 @@ async def _read_body(request: Request, timeout: float) -> bytes:
 
     try:
         return await asyncio.wait_for(read(), timeout)
+    except ClientDisconnect as exc:
+        raise HTTPException(400, "the client went away before sending its request") from exc
     except TimeoutError as exc:
         raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from exc
 
@@ -172,6 +174,17 @@ class _Routes:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self._turn: asyncio.Lock | None = None
+
+    @property
+    def turn(self) -> asyncio.Lock:
+        """Where queries and deletions take turns: in the event loop, not in pool threads.
+
+        A thread waiting for its turn would hold one of the pool's, which also serves files.
+        """
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        return self._turn
 
     async def files(self, request: Request) -> Response:
         path = _route_file(self.state, request.url.path)
@@ -197,7 +210,8 @@ class _Routes:
                 raise ValueError("not an object")
         except ValueError:
             return _error(400, "the request body is not a JSON object")
-        return await run_in_threadpool(_answer, self.state, payload)
+        async with self.turn:
+            return await run_in_threadpool(_answer, self.state, payload)
 
     async def detections(self, request: Request) -> Response:
         fmt = request.path_params["fmt"]
@@ -206,6 +220,8 @@ class _Routes:
         try:
             bbox = _bbox(request.query_params.get("bbox"))
             item = find_product(self.state.products, request.path_params["product"])
+            if not (item.parent / "detections.parquet").is_file():
+                return _error(404, f"{item.stem} has no detections (made without them)")
             text = await run_in_threadpool(
                 detections_csv if fmt == "csv" else detections_geojson,
                 item.parent / "detections.parquet",
@@ -236,10 +252,12 @@ class _Routes:
     async def delete(self, request: Request) -> Response:
         product = request.path_params["product"]
         try:
-            with self.state.lock:  # not while a query publishes
-                deleted = await run_in_threadpool(delete_product, self.state.products, product)
+            async with self.turn:  # not while a query publishes
+                deleted = await run_in_threadpool(_delete, self.state, product)
         except ConfigError as exc:
-            return _error(404 if "no product" in str(exc) else 409, str(exc))
+            text = str(exc)
+            status = 404 if "no product" in text else 409 if "derived from" in text else 400
+            return _error(status, text)
         return JSONResponse({"deleted": product, "files": [p.name for p in deleted]})
 
     async def options(self, request: Request) -> Response:
@@ -274,6 +292,12 @@ def create_app(state: ServerState) -> ASGIApp:
         exception_handlers={HTTPException: r.http_error, Exception: r.server_error},
     )
     return _Guard(app, state)
+
+
+def _delete(state: ServerState, product: str) -> list[Path]:
+    """Delete a product, holding the engine's lock (a query in another thread waits)."""
+    with state.lock:
+        return delete_product(state.products, product)
 
 
 def _answer(state: ServerState, payload: dict[str, Any]) -> Response:
@@ -361,7 +385,7 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": {"description": "{centres: [[lon, lat], ...]}"},
-                    "400": {"description": "no or a malformed bbox, or more than 5,000 cells"},
+                    "400": {"description": "no or a malformed bbox, or more than 1,000 cells"},
                 },
             }
         },

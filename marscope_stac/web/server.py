@@ -128,7 +128,7 @@ class MapServer:
             Path(products),
             engine,
             sources=source_items(Path(products), engine),
-            hosts={f"{host}:{self.port}".lower()},
+            hosts={host.lower()},
             port=self.port,
             client_timeout=client_timeout,
         )

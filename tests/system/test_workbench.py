@@ -324,3 +324,14 @@ def test_showing_a_product_brings_back_its_examples(page: Any) -> None:
     assert page.input_value("#learner") == "classifier"  # learnt by a classifier
     meta = page.inner_text(f"#queries li[data-id='{first}'] small")
     assert "2 examples" in meta
+
+
+def test_a_broken_address_still_opens_the_map(browser: Any, server: MapServer) -> None:
+    other = browser.new_page(viewport={"width": 1200, "height": 760})
+    problems = watch(other)
+    other.goto(server.url + "#points=1,x;nan,2;10,95&threshold=0.03&view=a/b/c&product=nope")
+    other.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    assert other.eval_on_selector_all("#examples li", "e => e.length") == 0
+    assert other.inner_text("#threshold-query-value") == "0.05"  # what the slider holds
+    other.close()
+    assert not problems, problems

@@ -282,7 +282,7 @@ def test_a_classifier_learns_from_the_examples(server: MapServer) -> None:
     props = classifier["stac"]["properties"]
     assert props["marscope:query"]["learner"] == "classifier"
     assert props["marscope:calibration"] == "logistic-regression-on-examples"
-    assert props["marscope:scoring"].endswith("+classifier")
+    assert props["marscope:scoring"] == "exact+classifier"
     assert "learner" not in prototype["stac"]["properties"]["marscope:query"]
     for wrong, message in (
         ({"texts": ["yardangs"], "learner": "classifier"}, "learns from examples"),
@@ -292,3 +292,42 @@ def test_a_classifier_learns_from_the_examples(server: MapServer) -> None:
             _call(server, "api/query", method="POST", body=json.dumps(wrong).encode(), headers=JSON)
         )
         assert status == 400 and message in answer["error"]
+
+
+def test_host_names_for_every_kind_of_bind(tmp_path: Path) -> None:
+    from marscope_stac.web.api import ServerState
+
+    wildcard = ServerState(tmp_path, None, hosts={"0.0.0.0"}, port=8765)
+    assert wildcard.allows_host("192.168.1.5:8765") and wildcard.allows_host("[fe80::1]:8765")
+    assert not wildcard.allows_host("evil.example:8765")  # a rebinding page's own name
+    assert not wildcard.allows_host("192.168.1.5:80")
+    assert wildcard.allows_origin("http://192.168.1.5:8765")
+    assert not wildcard.allows_origin("https://192.168.1.5:8765")
+    v6 = ServerState(tmp_path, None, hosts={"2001:db8::5"}, port=8765)
+    assert v6.allows_host("[2001:db8::5]:8765") and not v6.allows_host("[2001:db8::6]:8765")
+    assert not v6.allows_host("192.168.1.5:8765")
+    on_80 = ServerState(tmp_path, None, hosts={"127.0.0.1"}, port=80)
+    assert on_80.allows_host("localhost") and on_80.allows_host("127.0.0.1:80")
+
+
+def test_deletions_and_queries_at_once_all_finish(server: MapServer) -> None:
+    victim = _ask(server, texts=["channels"], threshold=0.55)
+    query = json.dumps({"texts": ["pitted cones"], "threshold": 0.45}).encode()
+    calls = [("api/query", "POST", query)] * 4 + [
+        (f"api/products/{victim['id']}", "DELETE", None),
+        ("api/products/no-such-product", "DELETE", None),
+        ("api/config", "GET", None),
+        ("products/catalog.json", "GET", None),
+    ]
+
+    def call(c: tuple[str, str, bytes | None]) -> int:
+        path, method, body = c
+        return _call(server, path, method=method, body=body, headers=JSON if body else None)[0]
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        statuses = list(pool.map(call, calls))
+    assert statuses == [200] * 4 + [200, 404, 200, 200]
+    # a product made without detections has none to download
+    made = _ask(server, texts=["pitted cones"], threshold=0.6, products=["tiles"])
+    status, body = _json(_call(server, f"api/products/{made['id']}/detections.geojson"))
+    assert status == 404 and "has no detections" in body["error"]

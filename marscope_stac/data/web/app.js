@@ -252,7 +252,7 @@ function renderDownloads(map) {
 
 function exampleCount(product) {
   const q = (product.stac && product.stac.properties && product.stac.properties["marscope:query"]) || {};
-  return (q.points || []).length + (q.negatives_points || []).length;
+  return ["points", "negatives_points", "cells", "negative_cells"].reduce((n, key) => n + (q[key] || []).length, 0);
 }
 
 function renderProducts() {
@@ -387,16 +387,30 @@ function setExamples(map, points, negatives) {
   renderExamples();
 }
 
+function setThreshold(value) {
+  // the slider snaps to its steps; the label says what it holds
+  $("threshold-query").value = String(value);
+  $("threshold-query-value").textContent = Number($("threshold-query").value).toFixed(2);
+}
+
 function restoreQuery(map, product) {
   // showing a product brings back what asked for it: texts, threshold, examples
   const q = (product.stac && product.stac.properties && product.stac.properties["marscope:query"]) || {};
   $("texts").value = (product.texts || []).join("\n");
-  if (product.threshold != null) {
-    $("threshold-query").value = String(product.threshold);
-    $("threshold-query-value").textContent = Number(product.threshold).toFixed(2);
-  }
+  if (product.threshold != null) setThreshold(product.threshold);
   setExamples(map, q.points || [], q.negatives_points || []);
   $("learner").value = q.learner || "prototype";
+  if (product.assets.examples) {
+    // the saved examples hold example cells too (as their centres)
+    getJSON(product.assets.examples)
+      .then((doc) => {
+        if (!state.current || state.current.id !== product.id) return;
+        const pick = (label) => doc.features.filter((f) => f.properties.label === label).map((f) => f.geometry.coordinates);
+        setExamples(map, pick("positive"), pick("negative"));
+        saveUrl(map);
+      })
+      .catch((err) => setStatus(`cannot read the product's examples: ${err.message}`, true));
+  }
 }
 
 function examplesGeoJSON() {
@@ -515,21 +529,25 @@ function restoreUrl(map) {
   if (![...params.keys()].length) return false;
   state.restoring = true;
   try {
-    const view = (params.get("view") || "").split("/").map(Number);
-    if (view.length === 3 && view.every(Number.isFinite)) map.jumpTo({ zoom: view[0], center: [view[2], view[1]] });
-    const product = state.products.find((p) => p.id === params.get("product"));
-    if (product) showProduct(map, product, { fit: false, restore: false });
-    if (params.has("texts")) $("texts").value = params.get("texts").split("|").join("\n");
-    if (params.has("threshold")) {
-      $("threshold-query").value = params.get("threshold");
-      $("threshold-query-value").textContent = Number(params.get("threshold")).toFixed(2);
-    }
-    const pairs = (key) => (params.get(key) ? params.get(key).split(";").map((p) => p.split(",").map(Number)) : []);
-    setExamples(map, pairs("points"), pairs("negatives"));
+    restoreFrom(map, params);
+  } catch (err) {
+    setStatus(`part of this address could not be restored: ${err.message}`, true);
   } finally {
     state.restoring = false;
   }
   return true;
+}
+
+function restoreFrom(map, params) {
+  const view = (params.get("view") || "").split("/").map(Number);
+  if (view.length === 3 && view.every(Number.isFinite)) map.jumpTo({ zoom: view[0], center: [view[2], view[1]] });
+  const product = state.products.find((p) => p.id === params.get("product"));
+  if (product) showProduct(map, product, { fit: false, restore: false });
+  if (params.has("texts")) $("texts").value = params.get("texts").split("|").join("\n");
+  if (params.has("threshold")) setThreshold(params.get("threshold"));
+  const valid = ([lon, lat]) => Number.isFinite(lon) && Number.isFinite(lat) && Math.abs(lat) <= 90 && Math.abs(lon) <= 360;
+  const pairs = (key) => (params.get(key) ? params.get(key).split(";").map((p) => p.split(",").map(Number)).filter(valid) : []);
+  setExamples(map, pairs("points"), pairs("negatives"));
 }
 
 // ---------------------------------------------------------------- querying
@@ -539,26 +557,30 @@ function setStatus(text, error = false) {
   $("status").textContent = text;
 }
 
+// six decimals (0.1 m on Mars): a thousand examples stay well under the 64 KB request limit
+const lonLat = (e) => [Number(e.lon.toFixed(6)), Number(e.lat.toFixed(6))];
+
 function queryBody() {
   const texts = $("texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
   const body = {
     texts,
     classify: $("classify").checked,
     threshold: Number($("threshold-query").value),
-    points: state.examples.filter((e) => !e.negative).map((e) => [e.lon, e.lat]),
-    negative_points: state.examples.filter((e) => e.negative).map((e) => [e.lon, e.lat]),
+    points: state.examples.filter((e) => !e.negative).map(lonLat),
+    negative_points: state.examples.filter((e) => e.negative).map(lonLat),
   };
   const composite = $("composite").value;
   if (composite) {
     body[composite] = $("composite-text").value;
     body.within_km = Number($("within-km").value);
   }
-  if (state.examples.some((e) => !e.negative)) body.learner = $("learner").value;
   // the map needs the tiles and detections; the per-cell scores table on request
   if (!$("scores-table").checked) body.products = ["tiles", "preview", "detections"];
   if (body.classify) {
     body.points = [];
     body.negative_points = [];
+  } else if (body.points.length) {
+    body.learner = $("learner").value;
   }
   return body;
 }
