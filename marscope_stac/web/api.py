@@ -28,6 +28,7 @@ __all__ = [
     "MAX_TEXTS",
     "ServerState",
     "cell_centres_in",
+    "cell_image",
     "inside",
     "list_products",
     "media_type",
@@ -348,3 +349,51 @@ def cell_centres_in(
             f"the box holds {n:,} cells; draw a smaller one (at most {MAX_BOX_CELLS:,})"
         )
     return [(round(float(x), 6), round(float(y), 6)) for x, y in centres[inside]]
+
+
+def cell_image(state: ServerState, lon: float, lat: float, size: int = 96) -> bytes:
+    """A PNG of the tile the model saw of the embedded cell at ``lon, lat``.
+
+    The tile is rendered from the set's source rasters as embedding rendered it (its tile
+    size and the model's margin), then scaled to ``size`` pixels.
+
+    Raises:
+        ConfigError: without an engine, outside the embedded cells, or when no source
+            raster of the set is on this machine.
+    """
+    import io
+
+    import numpy as np
+    import pystac
+    from PIL import Image
+
+    from marscope_stac.stac.read import load_sources
+    from marscope_stac.tiles.batch import read_batch
+    from marscope_stac.tiles.plan import plan_tiles
+
+    engine = state.engine
+    if engine is None:
+        raise ConfigError("this server has no embedding set")
+    cell = int(engine.grid.locate(np.array([lon]), np.array([lat]))[0])
+    if cell < 0 or int(engine.arrays.rows_of(np.array([cell]))[0]) < 0:
+        raise ConfigError(f"({lon:g}, {lat:g}) is not an embedded cell")
+    items = [pystac.Item.from_file(str(path)) for path, _ in state.sources.values()]
+    if not items:
+        raise ConfigError("the set's source rasters are not on this machine")
+    manifest = engine.set.manifest()
+    west, south, east, north = (float(v) for v in engine.grid.bounds([cell])[0])
+    sources = load_sources(items, bbox=[west, south, east, north])
+    context = float(manifest.get("model", {}).get("tile_context", 0.0))
+    box = [west, south, east, north]
+    plan = plan_tiles(sources, engine.grid, int(manifest["tile_px"]), bbox=box, context=context)
+    where = np.flatnonzero(plan.cells == cell)
+    if not len(where):
+        raise ConfigError(f"({lon:g}, {lat:g}) has no imagery in the set's sources")
+    batch = read_batch(plan.take(where[:1]))
+    pixels = np.asarray(batch.pixels[0], np.float32)
+    if pixels.ndim == 3 and pixels.shape[0] in (1, 3):
+        pixels = np.moveaxis(pixels, 0, -1).squeeze()
+    image = Image.fromarray((np.clip(np.nan_to_num(pixels), 0, 1) * 255).astype(np.uint8))
+    out = io.BytesIO()
+    image.resize((size, size), Image.Resampling.NEAREST).save(out, format="PNG")
+    return out.getvalue()

@@ -40,6 +40,7 @@ from marscope_stac.web.api import (
     MAX_REQUEST_BYTES,
     ServerState,
     cell_centres_in,
+    cell_image,
     inside,
     list_products,
     media_type,
@@ -249,6 +250,17 @@ class _Routes:
             return _error(400, str(exc))
         return JSONResponse({"centres": centres})
 
+    async def cell_image(self, request: Request) -> Response:
+        try:
+            lon, lat = (float(request.query_params[k]) for k in ("lon", "lat"))
+        except (KeyError, ValueError):
+            return _error(400, "give lon and lat as numbers")
+        try:
+            png = await run_in_threadpool(cell_image, self.state, lon, lat)
+        except ConfigError as exc:
+            return _error(404, str(exc))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
     async def delete(self, request: Request) -> Response:
         product = request.path_params["product"]
         try:
@@ -284,6 +296,7 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/api/products/{product}/detections.{fmt}", r.detections, methods=["GET", "HEAD"]),
         Route("/api/products/{product}", r.delete, methods=["DELETE"]),
         Route("/api/cells", r.cells, methods=["GET"]),
+        Route("/api/cells/image", r.cell_image, methods=["GET"]),
         Route("/{path:path}", r.options, methods=["OPTIONS"]),
         Route("/{path:path}", r.files, methods=["GET", "HEAD"]),
     ]
@@ -386,6 +399,20 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {"description": "{centres: [[lon, lat], ...]}"},
                     "400": {"description": "no or a malformed bbox, or more than 1,000 cells"},
+                },
+            }
+        },
+        "/api/cells/image": {
+            "get": {
+                "summary": "The tile the model saw of the embedded cell at lon, lat (PNG)",
+                "parameters": [
+                    {"name": k, "in": "query", "required": True, "schema": {"type": "number"}}
+                    for k in ("lon", "lat")
+                ],
+                "responses": {
+                    "200": {"description": "a 96 x 96 PNG", "content": {"image/png": {}}},
+                    "400": {"description": "lon or lat missing or not numbers"},
+                    "404": {"description": "not an embedded cell, or no source raster here"},
                 },
             }
         },

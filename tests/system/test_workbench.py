@@ -112,8 +112,11 @@ def test_label_detections_boxes_and_geojson(page: Any, server: MapServer, tmp_pa
     page.mouse.click(x, y)
     page.click(".maplibregl-popup .mark-right")
     assert _examples(page) == ["pos"]
-    thumb = page.get_attribute("#examples li img", "src") or ""
-    assert thumb.startswith("data:image/png;base64,") and len(thumb) > 200
+    assert (page.get_attribute("#examples li img", "src") or "").startswith("api/cells/image?")
+    page.wait_for_function(  # the tile the model saw there, from the engine
+        "() => { const i = document.querySelector('#examples li img');"
+        " return i && i.complete && i.naturalWidth === 96; }"
+    )
     page.mouse.click(x, y)
     page.click(".maplibregl-popup .mark-wrong")
     assert _examples(page) == ["pos", "neg"]

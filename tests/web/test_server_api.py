@@ -15,6 +15,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from marscope_stac.embed.run import embed_catalog
@@ -153,7 +154,7 @@ def test_the_api_is_described_by_openapi(server: MapServer) -> None:
 
     routes = {r.path for r in create_app(server.state).app.routes}  # type: ignore[attr-defined]
     api = {r for r in routes if r.startswith("/api/") and r != "/api/openapi.json"}
-    assert set(doc["paths"]) == api and len(api) == 6
+    assert set(doc["paths"]) == api and len(api) == 7
     query = doc["components"]["schemas"]["Query"]
     assert set(query["properties"]) == API_FIELDS and query["additionalProperties"] is False
     assert {"400", "403", "408", "413"} <= set(doc["paths"]["/api/query"]["post"]["responses"])
@@ -331,3 +332,20 @@ def test_deletions_and_queries_at_once_all_finish(server: MapServer) -> None:
     made = _ask(server, texts=["pitted cones"], threshold=0.6, products=["tiles"])
     status, body = _json(_call(server, f"api/products/{made['id']}/detections.geojson"))
     assert status == 404 and "has no detections" in body["error"]
+
+
+def test_the_tile_of_an_example_cell(server: MapServer) -> None:
+    import io
+
+    from PIL import Image
+
+    engine = server.state.engine
+    assert engine is not None
+    w, s, e, n = (float(v) for v in engine.bounds())
+    status, headers, body = _call(server, f"api/cells/image?lon={(w + e) / 2}&lat={(s + n) / 2}")
+    assert status == 200 and headers.get_content_type() == "image/png"
+    image = Image.open(io.BytesIO(body))
+    assert image.size == (96, 96)
+    assert np.asarray(image).std() > 1  # imagery, not a blank tile
+    assert _json(_call(server, f"api/cells/image?lon={e + 5}&lat={n}"))[0] == 404
+    assert _json(_call(server, "api/cells/image?lon=x&lat=1"))[0] == 400

@@ -340,10 +340,15 @@ function renderExamples() {
   state.examples.forEach((ex, i) => {
     const li = document.createElement("li");
     li.className = ex.negative ? "neg" : "pos";
-    if (ex.thumb) {
-      const img = document.createElement("img");
+    // the tile the model saw there (served by the engine); in a static site, what the map showed
+    const img = document.createElement("img");
+    img.alt = "the tile at this example";
+    if (!state.config.static) {
+      img.src = `api/cells/image?lon=${ex.lon.toFixed(6)}&lat=${ex.lat.toFixed(6)}`;
+      img.addEventListener("error", () => (ex.thumb ? (img.src = ex.thumb) : img.remove()), { once: true });
+      li.appendChild(img);
+    } else if (ex.thumb) {
       img.src = ex.thumb;
-      img.alt = "the map at this example";
       li.appendChild(img);
     }
     const text = document.createElement("span");
