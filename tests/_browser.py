@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,3 +65,23 @@ def tinted(page: Any, blank: np.ndarray | None = None) -> float:
         changed = np.abs(img - blank[top : top + height, left : left + width]).sum(axis=2) > 60
         colour &= changed
     return float(colour.mean())
+
+
+def demo_map_server(demo_root: Path, work: Path) -> Any:
+    """A started map server over a copy of a demo world: the bundled model (so the map shows
+    a real answer), every cell embedded, the imagery basemap. Call ``shutdown()`` after."""
+    from marscope_stac.embed.run import embed_catalog
+    from marscope_stac.engine.engine import QueryEngine
+    from marscope_stac.models.loading import load_model
+    from marscope_stac.products.basemap import build_basemap
+    from marscope_stac.web.server import MapServer
+
+    cat = work / "catalogs" / "demo"
+    shutil.copytree(demo_root, cat)
+    out = work / "products"
+    embed_catalog(cat, out, model="bundled", progress=False)
+    build_basemap(cat, out)
+    engine = QueryEngine.open(out, clip_model=load_model("bundled", device="cpu"))
+    server = MapServer(out, engine, "127.0.0.1", 0)
+    server.start()
+    return server

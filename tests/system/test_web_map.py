@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import urllib.request
 from email.message import Message
 from pathlib import Path
@@ -20,13 +19,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _browser import launch, map_box, needs_chromium, watch
+from _browser import demo_map_server, launch, map_box, needs_chromium, watch
 from PIL import Image
 
-from marscope_stac.embed.run import embed_catalog
-from marscope_stac.engine.engine import QueryEngine
-from marscope_stac.models.loading import load_model
-from marscope_stac.products.basemap import build_basemap
 from marscope_stac.web.server import MapServer
 from marscope_stac.web.static import write_static_site
 
@@ -35,17 +30,8 @@ pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 
 
 @pytest.fixture(scope="module")
-def server(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("web")
-    cat = root / "catalogs" / "demo"
-    shutil.copytree(demo_small.root, cat)
-    out = root / "products"
-    # the bundled model, so the map (and the README's picture) shows a real answer
-    embed_catalog(cat, out, model="bundled", progress=False)
-    build_basemap(cat, out)
-    engine = QueryEngine.open(out, clip_model=load_model("bundled", device="cpu"))
-    srv = MapServer(out, engine, "127.0.0.1", 0)
-    srv.start()
+def server(demo_small, tmp_path_factory):  # type: ignore[no-untyped-def]
+    srv = demo_map_server(demo_small.root, tmp_path_factory.mktemp("web"))
     yield srv
     srv.shutdown()
 

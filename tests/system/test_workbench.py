@@ -9,7 +9,6 @@ cut-off, progress and cancel, Ctrl+Enter, downloads, and a phone-width layout.
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _browser import launch, needs_chromium, screenshot, watch
+from _browser import demo_map_server, launch, needs_chromium, screenshot, watch
 
-from marscope_stac.embed.run import embed_catalog
-from marscope_stac.engine.engine import QueryEngine
-from marscope_stac.models.loading import load_model
-from marscope_stac.products.basemap import build_basemap
 from marscope_stac.web.server import MapServer
 
 pytestmark = [
@@ -34,15 +29,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(demo_small, tmp_path_factory) -> Iterator[MapServer]:  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("workbench")
-    cat = root / "catalogs" / "demo"
-    shutil.copytree(demo_small.root, cat)
-    out = root / "products"
-    embed_catalog(cat, out, model="bundled", progress=False)
-    build_basemap(cat, out)
-    engine = QueryEngine.open(out, clip_model=load_model("bundled", device="cpu"))
-    srv = MapServer(out, engine, "127.0.0.1", 0)
-    srv.start()
+    srv = demo_map_server(demo_small.root, tmp_path_factory.mktemp("workbench"))
     yield srv
     srv.shutdown()
 
