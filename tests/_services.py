@@ -5,7 +5,8 @@
 - :class:`Nginx`: a folder served over HTTP with range requests (Debian's nginx);
 - :class:`MotoS3`: an S3 endpoint (moto in server mode);
 - :class:`FaultProxy` (in ``_faultproxy``): round-trip latency and injected faults in front
-  of any of them.
+  of any of them;
+- :class:`DaskCluster`: ``dask scheduler`` and ``dask worker`` processes.
 
 ``make services`` installs them (``services/install.sh``); a missing one raises
 :class:`ServiceMissing`, which fails the test: CI never skips them.
@@ -20,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -349,3 +351,75 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class DaskCluster:
+    """A Dask scheduler and workers started as a user starts them: ``dask scheduler`` and
+    ``dask worker`` processes (a nanny each, one thread, a memory limit) on 127.0.0.1.
+
+    :meth:`add_worker` starts one more, :meth:`kill_a_worker` SIGKILLs one worker process (its
+    nanny starts a new one, as after an out-of-memory kill), :meth:`stop` ends them all.
+    """
+
+    def __init__(self, workers: int = 2, memory_limit: str = "2GiB") -> None:
+        self.dask = _need(Path(sys.executable).with_name("dask"), "dask (distributed)")
+        self.memory_limit = memory_limit
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.folder = Path(tempfile.mkdtemp(prefix="marscope-dask-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.scheduler = self._start(
+            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"
+        )
+        wait_for(self.port, self.scheduler, "dask scheduler")
+        for _ in range(workers):
+            self.add_worker()
+        self.wait_for_workers(workers)
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.folder / f"{args[0]}-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [self.dask, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+        )
+        self.procs.append(proc)
+        return proc
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        """Start one more ``dask worker`` process (with its nanny)."""
+        return self._start(
+            "worker", self.address, "--nworkers", "1", "--nthreads", "1",
+            "--memory-limit", self.memory_limit, "--no-dashboard", "--host", "127.0.0.1",
+        )  # fmt: skip
+
+    def workers(self) -> int:
+        """How many workers the scheduler has now."""
+        from distributed import Client
+
+        with Client(self.address, timeout=10) as client:
+            return len(client.scheduler_info()["workers"])
+
+    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+        """Wait until the scheduler has ``n`` workers."""
+        from distributed import Client
+
+        with Client(self.address, timeout=10) as client:
+            client.wait_for_workers(n, timeout=timeout)
+
+    def kill_a_worker(self) -> int:
+        """SIGKILL the worker process (not its nanny) of the first worker; its pid."""
+        import psutil
+
+        for proc in self.procs[1:]:
+            if proc.poll() is not None:
+                continue
+            children = psutil.Process(proc.pid).children(recursive=True)
+            workers = [c for c in children if "python" in c.name().lower() or c.cmdline()]
+            if workers:
+                workers[-1].send_signal(signal.SIGKILL)
+                return int(workers[-1].pid)
+        raise RuntimeError("no worker process to kill")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+        shutil.rmtree(self.folder, ignore_errors=True)
