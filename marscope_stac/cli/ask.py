@@ -98,6 +98,15 @@ def embed_cmd(
         click.get_current_context().exit(3)
 
 
+def _product_list(text: str) -> tuple[str, ...]:
+    """``--products``: every file (``all``), or the comma-separated ones."""
+    from marscope_stac.products.ids import OPTIONAL_PRODUCTS
+
+    if text == "all":
+        return tuple(OPTIONAL_PRODUCTS)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 @cli.command("query")
 @click.argument("texts", nargs=-1)
 @_products_option
@@ -149,6 +158,11 @@ def embed_cmd(
     "auto: exact for small sets.",
 )
 @click.option(
+    "--scheduler-address",
+    help="Scan the set on this Dask cluster (tcp://host:8786); its workers must read the set's "
+    "folder at the same path.",
+)
+@click.option(
     "--products",
     "product_list",
     default="all",
@@ -176,6 +190,7 @@ def query_cmd(
     near_text: str | None,
     within_km: float,
     scoring: str,
+    scheduler_address: str | None,
     product_list: str,
 ) -> None:
     """Query the planet: probability COG, PMTiles and detections for each text, as STAC."""
@@ -202,11 +217,9 @@ def query_cmd(
         and_not=and_not_text,
         near=near_text,
         within_km=within_km,
+        products=_product_list(product_list),
     )
-    if product_list != "all":
-        request.products = tuple(p.strip() for p in product_list.split(",") if p.strip())
-    request.check()
-    for product in run_query(
+    for product in run_query(  # checks the request first
         request,
         out=out,
         embeddings=embeddings,
@@ -214,6 +227,7 @@ def query_cmd(
         pretrained=pretrained,
         scoring=scoring,
         progress=True,
+        scheduler_address=scheduler_address,
     ):
         click.echo(product.summary())
 
@@ -245,6 +259,11 @@ def upgrade_cmd(embeddings: Path, model: str, pretrained: str | None, device: st
     type=_PATH,
     help="Write a static site of the published products here instead of serving.",
 )
+@click.option(
+    "--scheduler-address",
+    help="Scan the set on this Dask cluster (tcp://host:8786); its workers must read the set's "
+    "folder at the same path.",
+)
 def serve_cmd(
     products: Path,
     host: str,
@@ -252,6 +271,7 @@ def serve_cmd(
     model: str,
     embeddings: Path | str | None,
     static_out: Path | None,
+    scheduler_address: str | None,
 ) -> None:
     """Ask the planet in a web map (MapLibre, offline) over the query engine, kept warm."""
     from marscope_stac.web.server import serve
@@ -261,7 +281,14 @@ def serve_cmd(
         site = write_static_site(products, static_out)
         click.echo(f"static site in {site}; serve it with any web server that answers ranges")
         return
-    server = serve(products, host=host, port=port, model=model, embeddings=embeddings)
+    server = serve(
+        products,
+        host=host,
+        port=port,
+        model=model,
+        embeddings=embeddings,
+        scheduler_address=scheduler_address,
+    )
     release_held_warnings()  # a server runs until stopped: show what was found so far
     click.echo(f"MarScope-STAC map at {server.url} (Ctrl-C to stop)")
     try:

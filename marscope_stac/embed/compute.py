@@ -29,7 +29,12 @@ TaskResult = tuple[EmbeddingTable, list[tuple[int, str]], NetworkSample | None]
 :func:`embed_batch`)."""
 
 
-def _client(scheduler_address: str | None) -> Any:
+def connect_scheduler(scheduler_address: str | None) -> Any:
+    """A Dask client of the scheduler given (or ``DASK_SCHEDULER_ADDRESS``); None without one.
+
+    Raises:
+        ConfigError: in one line, for an address that is not one or cannot be reached.
+    """
     address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if not address:
         return None

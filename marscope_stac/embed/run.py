@@ -45,7 +45,13 @@ from marscope_stac.core.fs import (
     source_folder,
     sweep_stale,
 )
-from marscope_stac.embed.compute import _client, _model, _run_cluster, _run_local, _run_processes
+from marscope_stac.embed.compute import (
+    _model,
+    _run_cluster,
+    _run_local,
+    _run_processes,
+    connect_scheduler,
+)
 from marscope_stac.embed.options import CellSelection, ComputeOptions
 from marscope_stac.embed.resume import SHARD_CELLS, _open_set, _Resume, _resume
 from marscope_stac.grid.grids import Grid, parse_grid
@@ -286,7 +292,7 @@ class _Run:
         parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
         for shard, table in self.resume.kept.items():
             parts[shard].append(table)
-        client = _client(scheduler_address)
+        client = connect_scheduler(scheduler_address)
         total = int(sum(len(t) for t in tasks))
         self.tiles_read += total
         release_held_warnings()  # the work starts: show what was found while planning

@@ -36,6 +36,7 @@ from marscope_stac.core.prompts import (
     MARSCOPE_TEMPLATES,
     check_phrases,
 )
+from marscope_stac.engine.cluster import ClusterScorer
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest
 from marscope_stac.engine.upgrade import needs_upgrade
 from marscope_stac.grid.grids import Grid, parse_grid
@@ -60,6 +61,7 @@ from marscope_stac.query.scoring import (
     and_not,
     classifier_scores,
     near,
+    probabilities,
     query_vector,
     resolve_mode,
     score,
@@ -152,6 +154,7 @@ class QueryEngine:
         clip_model: Any = None,
         device: str = "auto",
         scoring: str = "auto",
+        scheduler_address: str | None = None,
     ) -> None:
         self.set = (
             embedding_set
@@ -185,6 +188,10 @@ class QueryEngine:
         self.logit_scale = float(self.set.manifest()["scoring"]["background"]["logit_scale"])
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
+        self.cluster: ClusterScorer | None = None
+        if scheduler_address:  # scans on the cluster, exact (see engine.cluster)
+            self.cluster = ClusterScorer(scheduler_address, self.set.root, len(self.arrays))
+            self.mode = "exact"
         self._layout: RasterLayout | None = None
         self._columns: CellColumns | None = None
         self._columns_lock = threading.Lock()
@@ -346,6 +353,11 @@ class QueryEngine:
                 self.logit_scale,
             )
         q = self.vector(spec)
+        if self.cluster is not None:
+            s = self.cluster.scores(q)
+            bg = np.asarray(self.arrays.background)
+            prob = probabilities(s, bg, self.logit_scale)
+            return ScoredQuery(np.asarray(self.arrays.cells), s, prob, q, "exact", len(s))
         return score(self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold)
 
     def query(
@@ -542,13 +554,21 @@ def run_query(
     pretrained: str | None = None,
     scoring: str = "auto",
     progress: bool = False,
+    scheduler_address: str | None = None,
 ) -> list[QueryProduct | ClassProduct]:
     """What ``marscope query`` does: open the set's engine and answer ``request``.
 
-    ``embeddings`` is a set's folder or a published set's URL (see :func:`find_embedding_set`).
+    ``embeddings`` is a set's folder or a published set's URL (see :func:`find_embedding_set`);
+    with ``scheduler_address``, the scans run on that Dask cluster (:mod:`.cluster`).
     """
     request.check()
     engine = QueryEngine.open(
-        out, embeddings, model=model, pretrained=pretrained, scoring=scoring, progress=progress
+        out,
+        embeddings,
+        model=model,
+        pretrained=pretrained,
+        scoring=scoring,
+        progress=progress,
+        scheduler_address=scheduler_address,
     )
     return engine.answer(request)

@@ -12,11 +12,15 @@ from numpy.typing import NDArray
 from marscope_stac.core.threads import worker_count
 from marscope_stac.index.store import ScoringArrays
 
-__all__ = ["f16_table", "scan_rows", "score_rows"]
+__all__ = ["BLOCK_ROWS", "f16_table", "scan_rows", "score_row_range", "score_rows"]
 
 
 _BLOCK = 2048
 """Rows per block of a scan: a block's float32 copy stays in the core's cache."""
+
+BLOCK_ROWS = _BLOCK
+"""Rows per block of a scan; a range that starts on a multiple of it scores its rows in the
+very blocks a whole scan does, so to the same bits."""
 
 
 @cache
@@ -69,3 +73,15 @@ def score_rows(
     if rows is None:
         return scan_rows(len(v), lambda a, b: _exact_block(v[a:b], q), width)
     return scan_rows(len(rows), lambda a, b: _exact_block(arrays.vector_rows(rows[a:b]), q), width)
+
+
+def score_row_range(
+    arrays: ScoringArrays, start: int, stop: int, q: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """Exact scores of rows ``start:stop`` (a cluster task's share of a scan).
+
+    They are those rows of :func:`score_rows`, to the bit, when ``start`` is a multiple of
+    :data:`BLOCK_ROWS`.
+    """
+    v = arrays.vectors[start:stop]
+    return scan_rows(stop - start, lambda a, b: _exact_block(v[a:b], q))

@@ -202,12 +202,17 @@ def serve(
     port: int = 8765,
     model: str = "bundled",
     embeddings: str | Path | None = None,
+    scheduler_address: str | None = None,
 ) -> MapServer:
     """What ``marscope serve`` does: open the engine (kept warm) and make the server.
 
+    With ``scheduler_address``, the engine scans the set on that Dask cluster.
+
     Raises:
-        ConfigError: for a missing or unreadable embedding set, missing web files, or a port
-            in use.
+        ConfigError: for a missing or unreadable embedding set, missing web files, a port
+            in use, or a scheduler that cannot be reached.
     """
-    engine = QueryEngine.open(products, embeddings, model=model)
+    engine = QueryEngine.open(
+        products, embeddings, model=model, scheduler_address=scheduler_address
+    )
     return MapServer(products, engine, host, port)
