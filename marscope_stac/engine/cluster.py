@@ -11,6 +11,7 @@ same. Only the scores travel back (4 bytes a row); a worker holds one range at a
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.index.scan import BLOCK_ROWS, score_row_range
-from marscope_stac.index.store import EmbeddingSet
+from marscope_stac.index.store import EmbeddingSet, ScoringArrays
 
 __all__ = ["ROWS_PER_TASK", "ClusterScorer"]
 
@@ -26,9 +27,15 @@ ROWS_PER_TASK = 2_000_000
 """Most rows one task scans (a multiple of the scan's block): 1 GB of 256-d float16."""
 
 
+@lru_cache(maxsize=4)
+def _arrays(root: str) -> ScoringArrays:
+    """A set's scoring arrays, mapped once per worker process (a set never changes)."""
+    return EmbeddingSet(Path(root)).scoring_arrays()
+
+
 def _score_range(root: str, start: int, stop: int, q: NDArray[np.float32]) -> NDArray[np.float32]:
     """One task: the exact scores of rows ``start:stop`` of the set at ``root``."""
-    return score_row_range(EmbeddingSet(Path(root)).scoring_arrays(), start, stop, q)
+    return score_row_range(_arrays(root), start, stop, q)
 
 
 class ClusterScorer:
