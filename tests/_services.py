@@ -374,7 +374,8 @@ class DaskCluster:
         wait_for(self.port, self.scheduler, "dask scheduler")
         for _ in range(workers):
             self.add_worker()
-        self.wait_for_workers(workers)
+        if workers:
+            self.wait_for_workers(workers)
 
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
         log = (self.folder / f"{args[0]}-{len(self.procs)}.log").open("wb")

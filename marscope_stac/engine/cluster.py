@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from marscope_stac.core.errors import ConfigError
 from marscope_stac.index.scan import BLOCK_ROWS, score_row_range
 from marscope_stac.index.store import EmbeddingSet, ScoringArrays
 
@@ -47,7 +48,7 @@ class ClusterScorer:
         rows: The set's row count.
 
     Raises:
-        ConfigError: if the scheduler cannot be reached (one line).
+        ConfigError: if the scheduler cannot be reached or has no workers (one line).
     """
 
     def __init__(self, address: str, root: str | Path, rows: int) -> None:
@@ -55,7 +56,13 @@ class ClusterScorer:
 
         self.client: Any = connect_scheduler(address)
         self.root = str(root)
-        workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        workers = len(self.client.scheduler_info().get("workers", {}))
+        if not workers:
+            self.client.close()
+            raise ConfigError(
+                f"the Dask scheduler at {address} has no workers; start some with "
+                f"'dask worker {address}' (they must read {self.root})"
+            )
         per_task = min(ROWS_PER_TASK, math.ceil(rows / (2 * workers)) if rows else 1)
         per_task = max(BLOCK_ROWS, math.ceil(per_task / BLOCK_ROWS) * BLOCK_ROWS)
         self.ranges = [(a, min(a + per_task, rows)) for a in range(0, rows, per_task)]

@@ -76,9 +76,14 @@ def test_an_unreachable_scheduler_is_one_line(
 
     model = f"local-dir:{tiny_model_dir}"
     embed_catalog(demo_small.root, tmp_path, model=model, progress=False)
+    cm = load_model(model, device="cpu")
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
         QueryEngine.open(
-            tmp_path,
-            clip_model=load_model(model, device="cpu"),
-            scheduler_address=f"tcp://127.0.0.1:{free_port()}",
+            tmp_path, clip_model=cm, scheduler_address=f"tcp://127.0.0.1:{free_port()}"
         )
+    idle = DaskCluster(workers=0)
+    try:
+        with pytest.raises(ConfigError, match="has no workers; start some with 'dask worker"):
+            QueryEngine.open(tmp_path, clip_model=cm, scheduler_address=idle.address)
+    finally:
+        idle.stop()
