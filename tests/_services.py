@@ -368,14 +368,19 @@ class DaskCluster:
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.folder = Path(tempfile.mkdtemp(prefix="marscope-dask-"))
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.scheduler = self._start(
-            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"
-        )
-        wait_for(self.port, self.scheduler, "dask scheduler")
-        for _ in range(workers):
-            self.add_worker()
-        if workers:
-            self.wait_for_workers(workers)
+        try:
+            self.scheduler = self._start(
+                "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+            )  # fmt: skip
+            wait_for(self.port, self.scheduler, "dask scheduler")
+            for _ in range(workers):
+                self.add_worker()
+            if workers:
+                self.wait_for_workers(workers)
+        except BaseException:
+            self.stop()  # nothing left running when starting fails
+            raise
 
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
         log = (self.folder / f"{args[0]}-{len(self.procs)}.log").open("wb")
@@ -390,6 +395,7 @@ class DaskCluster:
         return self._start(
             "worker", self.address, "--nworkers", "1", "--nthreads", "1",
             "--memory-limit", self.memory_limit, "--no-dashboard", "--host", "127.0.0.1",
+            "--dashboard-address", "127.0.0.1:0",
         )  # fmt: skip
 
     def workers(self) -> int:
