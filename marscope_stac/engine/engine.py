@@ -61,7 +61,6 @@ from marscope_stac.query.scoring import (
     and_not,
     classifier_scores,
     near,
-    probabilities,
     query_vector,
     resolve_mode,
     score,
@@ -189,9 +188,8 @@ class QueryEngine:
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
         self.cluster: ClusterScorer | None = None
-        if scheduler_address:  # scans on the cluster, exact (see engine.cluster)
+        if scheduler_address:  # full scans on the cluster (see engine.cluster)
             self.cluster = ClusterScorer(scheduler_address, self.set.root, len(self.arrays))
-            self.mode = "exact"
         self._layout: RasterLayout | None = None
         self._columns: CellColumns | None = None
         self._columns_lock = threading.Lock()
@@ -353,12 +351,10 @@ class QueryEngine:
                 self.logit_scale,
             )
         q = self.vector(spec)
-        if self.cluster is not None:
-            s = self.cluster.scores(q)
-            bg = np.asarray(self.arrays.background)
-            prob = probabilities(s, bg, self.logit_scale)
-            return ScoredQuery(np.asarray(self.arrays.cells), s, prob, q, "exact", len(s))
-        return score(self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold)
+        scan = self.cluster.scan if self.cluster is not None else None
+        return score(
+            self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold, scan=scan
+        )
 
     def query(
         self,

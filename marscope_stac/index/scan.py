@@ -12,7 +12,15 @@ from numpy.typing import NDArray
 from marscope_stac.core.threads import worker_count
 from marscope_stac.index.store import ScoringArrays
 
-__all__ = ["BLOCK_ROWS", "f16_table", "scan_rows", "score_row_range", "score_rows"]
+__all__ = [
+    "BLOCK_ROWS",
+    "f16_table",
+    "int8_range_scores",
+    "int8_scores",
+    "range_scores",
+    "scan_rows",
+    "score_rows",
+]
 
 
 _BLOCK = 2048
@@ -75,13 +83,38 @@ def score_rows(
     return scan_rows(len(rows), lambda a, b: _exact_block(arrays.vector_rows(rows[a:b]), q), width)
 
 
-def score_row_range(
-    arrays: ScoringArrays, start: int, stop: int, q: NDArray[np.float32]
+def range_scores(
+    vectors: NDArray[np.float16], start: int, stop: int, q: NDArray[np.float32]
 ) -> NDArray[np.float32]:
-    """Exact scores of rows ``start:stop`` (a cluster task's share of a scan).
+    """Exact scores of rows ``start:stop`` of ``vectors`` (a cluster task's share of a scan).
 
     They are those rows of :func:`score_rows`, to the bit, when ``start`` is a multiple of
     :data:`BLOCK_ROWS`.
     """
-    v = arrays.vectors[start:stop]
-    return scan_rows(stop - start, lambda a, b: _exact_block(v[a:b], q))
+    v = vectors[start:stop]
+    return scan_rows(len(v), lambda a, b: _exact_block(v[a:b], q))
+
+
+def int8_range_scores(
+    int8: NDArray[np.int8],
+    scale: NDArray[np.float32],
+    start: int,
+    stop: int,
+    q: NDArray[np.float32],
+) -> NDArray[np.float32]:
+    """Scores of rows ``start:stop`` read from their int8 copies (``scale * int8 . q``).
+
+    Like :func:`range_scores`, a range starting on a multiple of :data:`BLOCK_ROWS` gives
+    the bits of the whole scan (:func:`int8_scores`).
+    """
+    v, s = int8[start:stop], scale[start:stop]
+
+    def block(a: int, b: int) -> NDArray[np.float32]:
+        return np.asarray((v[a:b].astype(np.float32) @ q) * s[a:b], np.float32)
+
+    return scan_rows(len(v), block)
+
+
+def int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Scores of every row read from the int8 copies (one byte a value; see ``query.scoring``)."""
+    return int8_range_scores(arrays.int8, arrays.scale, 0, len(arrays), q)

@@ -44,13 +44,14 @@ from marscope_stac.core.bodies import chord_length, unit_vectors
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.core.prompts import MARSCOPE_TEMPLATES, check_phrases
 from marscope_stac.grid.grids import Grid
-from marscope_stac.index.scan import f16_table, scan_rows, score_rows
+from marscope_stac.index.scan import f16_table, int8_scores, score_rows
 from marscope_stac.index.store import ScoringArrays
 
 __all__ = [
     "EXACT_MAX_VALUES",
     "SCORING_MODES",
     "QuerySpec",
+    "Scan",
     "ScoredQuery",
     "and_not",
     "classifier_scores",
@@ -166,15 +167,6 @@ def _unit(v: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
 # ----------------------------------------------------------------------------- scans
 
 
-def _int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
-    v, s = arrays.int8, arrays.scale
-
-    def block(a: int, b: int) -> NDArray[np.float32]:
-        return np.asarray((v[a:b].astype(np.float32) @ q) * s[a:b], np.float32)
-
-    return scan_rows(len(v), block)
-
-
 def _uncertain_rows(
     s8: NDArray[np.float32],
     margin: NDArray[np.float32],
@@ -200,6 +192,9 @@ def _uncertain_rows(
     uncertain |= np.float32(logit_scale) * p8 * (1 - p8) * margin > PROBABILITY_TOLERANCE
     return np.flatnonzero(uncertain).astype(np.int64)
 
+
+Scan = Callable[[str, NDArray[np.float32]], NDArray[np.float32]]
+"""A full scan done elsewhere: ``(how, q)`` -> every row's ``exact`` or ``int8`` score."""
 
 PROBABILITY_TOLERANCE = 0.002
 """Largest probability error left by int8 scoring (half the products' 0.004 storage step)."""
@@ -246,6 +241,7 @@ def score(
     mode: str = "auto",
     top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
+    scan: Scan | None = None,
 ) -> ScoredQuery:
     """Score every row of a set for the unit query ``q`` and calibrate the scores.
 
@@ -256,6 +252,10 @@ def score(
         mode: ``auto``, ``exact`` or ``int8`` (see the module docstring).
         top_k: With ``int8``: how many best cells keep an exact ranking.
         threshold: With ``int8``: the detection threshold whose crossings stay exact.
+        scan: Computes the full scan instead of this process (``scan("exact", q)`` or
+            ``scan("int8", q)``: every row's score, the bits this process would compute),
+            e.g. on a Dask cluster (:class:`marscope_stac.engine.cluster.ClusterScorer`);
+            the rows ``int8`` re-scores exactly are still read here.
 
     Raises:
         ConfigError: for an unknown mode.
@@ -266,10 +266,10 @@ def score(
     bg = np.asarray(arrays.background)
     how = resolve_mode(mode, arrays)
     if how == "exact" or len(arrays) == 0:
-        s = score_rows(arrays, q)
+        s = scan("exact", q) if scan is not None and len(arrays) else score_rows(arrays, q)
         exact = len(s)
     else:
-        s = _int8_scores(arrays, q)
+        s = scan("int8", q) if scan is not None else int8_scores(arrays, q)
         # rounding error of a row: sum of q_i * d_i, d_i uniform in +-scale/2, |q| = 1
         margin = (6.0 / math.sqrt(12.0)) * np.asarray(arrays.scale, np.float32)
         prob = probabilities(s, bg, logit_scale)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from _services import DaskCluster
+from _sets import synthetic_set
 from click.testing import CliRunner
 
 from marscope_stac.cli.main import cli
@@ -40,20 +41,27 @@ def test_a_cluster_scan_gives_the_same_products(
     cm = load_model(model, device="cpu")
     cluster = DaskCluster(workers=2, memory_limit="2GiB")
     try:
-        local = QueryEngine.open(tmp_path / "one", clip_model=cm)
-        remote = QueryEngine.open(
-            tmp_path / "two", clip_model=cm, scheduler_address=cluster.address
-        )
-        assert remote.cluster is not None and len(remote.cluster.ranges) >= 1
-        for spec in (QuerySpec(text=["impact craters"]), QuerySpec(text=["dune fields"])):
-            a = local.query(spec, threshold=0.4)
-            b = remote.query(spec, threshold=0.4)
-            assert a.query_id == b.query_id  # the same request, the same product id
-            np.testing.assert_array_equal(a.scored.scores, b.scored.scores)  # to the bit
-            raster_a, det_a = _files(a.folder)
-            raster_b, det_b = _files(b.folder)
-            np.testing.assert_array_equal(raster_a, raster_b)
-            assert det_a == det_b
+        for scoring in ("exact", "int8"):  # int8: the cluster scans the int8 copies
+            local = QueryEngine.open(tmp_path / "one", clip_model=cm, scoring=scoring)
+            remote = QueryEngine.open(
+                tmp_path / "two",
+                clip_model=cm,
+                scoring=scoring,
+                scheduler_address=cluster.address,
+            )
+            assert remote.cluster is not None and len(remote.cluster.ranges) >= 1
+            for spec in (QuerySpec(text=["impact craters"]), QuerySpec(text=["dune fields"])):
+                a = local.query(spec, threshold=0.4)
+                b = remote.query(spec, threshold=0.4)
+                assert a.query_id == b.query_id  # the same request, the same product id
+                assert a.scored.scoring == b.scored.scoring == scoring
+                assert a.scored.exact_rows == b.scored.exact_rows
+                np.testing.assert_array_equal(a.scored.scores, b.scored.scores)  # to the bit
+                raster_a, det_a = _files(a.folder)
+                raster_b, det_b = _files(b.folder)
+                np.testing.assert_array_equal(raster_a, raster_b)
+                assert det_a == det_b
+            remote.cluster.close()
         # the command line takes the address too
         done = CliRunner().invoke(
             cli,
@@ -67,6 +75,38 @@ def test_a_cluster_scan_gives_the_same_products(
         next((tmp_path / "two" / "queries").glob("yardangs-*/yardangs-*.json")).read_text()
     )
     assert item["properties"]["marscope:scoring"] == "exact"
+
+
+def test_int8_scans_on_the_cluster_give_the_same_scores_and_products(tmp_path: Path) -> None:
+    es = synthetic_set(tmp_path / "one")
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    cluster = DaskCluster(workers=2, memory_limit="1GiB")
+    try:
+        local = QueryEngine(es, tmp_path / "one", model="synthetic", scoring="int8")
+        remote = QueryEngine(
+            tmp_path / "two" / "embeddings" / "synthetic",
+            tmp_path / "two",
+            model="synthetic",
+            scoring="int8",
+            scheduler_address=cluster.address,
+        )
+        assert remote.cluster is not None
+        assert len(remote.cluster.ranges) >= 4  # several tasks, each on its own rows
+        for threshold in (0.5, 0.9):
+            a = local.query(QuerySpec(text=["target"]), threshold=threshold)
+            b = remote.query(QuerySpec(text=["target"]), threshold=threshold)
+            assert b.scored.scoring == "int8" and 0 < b.scored.exact_rows < len(es.scoring_arrays())
+            assert a.scored.exact_rows == b.scored.exact_rows
+            np.testing.assert_array_equal(a.scored.scores, b.scored.scores)  # to the bit
+            np.testing.assert_array_equal(a.scored.probability, b.scored.probability)
+            raster_a, det_a = _files(a.folder)
+            raster_b, det_b = _files(b.folder)
+            np.testing.assert_array_equal(raster_a, raster_b)
+            assert det_a == det_b and det_a
+        assert remote.cluster is not None
+        remote.cluster.close()
+    finally:
+        cluster.stop()
 
 
 def test_an_unreachable_scheduler_is_one_line(

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from _sets import synthetic_set
 from click.testing import CliRunner
 from PIL import Image
 from pmtiles.reader import MmapSource, Reader, all_tiles
@@ -26,9 +27,7 @@ from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.engine.request import QueryRequest
 from marscope_stac.engine.upgrade import upgrade_embedding_set
 from marscope_stac.grid.grids import parse_grid
-from marscope_stac.index.background import background_logsumexp, write_background
-from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
-from marscope_stac.index.table import EmbeddingTable
+from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.texts import TextVectorCache
 from marscope_stac.products.render import zoom_range
 from marscope_stac.query.scoring import QuerySpec, score
@@ -189,33 +188,8 @@ def test_damaged_arrays_are_reported(embedded, tmp_path: Path) -> None:  # type:
     assert np.array_equal(engine.arrays.vectors, es.scoring_arrays().vectors)
 
 
-def _synthetic_set(root: Path, n_side: float = 1.0, dim: int = 48) -> EmbeddingSet:
-    """A set of clustered unit vectors on a whole-planet grid, written with the library."""
-    grid = parse_grid(f"lonlat:{n_side:g}@80")
-    n = grid.n_cells
-    rng = np.random.default_rng(3)
-    centres = rng.standard_normal((20, dim)).astype(np.float32)
-    e = centres[rng.integers(0, 20, n)] + 0.8 * rng.standard_normal((n, dim), np.float32)
-    e /= np.linalg.norm(e, axis=1, keepdims=True)
-    es = EmbeddingSet(root / "embeddings" / "synthetic")
-    es.root.mkdir(parents=True)
-    es.write_manifest({"model": {"name": "synthetic", "embed_dim": dim}, "grid": grid.spec})
-    cells = np.arange(n, dtype=np.int64)
-    with EmbeddingSetWriter(es, grid, cells, dim) as w:
-        for a in range(0, n, 10_000):
-            b = min(a + 10_000, n)
-            w.append(EmbeddingTable(cells[a:b], e[a:b], np.ones(b - a, np.float32), [[]] * (b - a)))
-    bg = centres[:3] / np.linalg.norm(centres[:3], axis=1, keepdims=True)
-    lse = background_logsumexp(es.scoring_arrays(), bg, 50.0)
-    write_background(es, lse, {"prompts": ["a", "b", "c"], "templates": [], "logit_scale": 50.0})
-    cache = TextVectorCache(es, es.manifest()["model"])
-    q = centres[5] / np.linalg.norm(centres[5])
-    cache.put("target", MARSCOPE_TEMPLATES, q)
-    return es
-
-
 def test_int8_scoring_keeps_the_top_and_the_detections_exact(tmp_path: Path) -> None:
-    es = _synthetic_set(tmp_path)
+    es = synthetic_set(tmp_path)
     arrays = es.scoring_arrays()
     q = TextVectorCache(es, es.manifest()["model"]).get("target", MARSCOPE_TEMPLATES)
     assert q is not None
@@ -237,7 +211,7 @@ def test_int8_scoring_keeps_the_top_and_the_detections_exact(tmp_path: Path) -> 
 
 
 def test_engine_on_a_synthetic_planet(tmp_path: Path) -> None:
-    es = _synthetic_set(tmp_path)
+    es = synthetic_set(tmp_path)
     engine = QueryEngine(es, tmp_path, model="synthetic", scoring="int8")
     [product] = engine.answer(QueryRequest(texts=["target"], threshold=0.9))
     assert product.scored.scoring == "int8"
@@ -333,7 +307,7 @@ def test_the_cli_names_its_options(tmp_path: Path, args: list[str], said: str) -
 
 
 def test_examples_in_the_same_cell_and_rows_read_from_the_mapped_file(tmp_path: Path) -> None:
-    es = _synthetic_set(tmp_path)
+    es = synthetic_set(tmp_path)
     arrays = es.scoring_arrays()
     every = np.asarray(arrays.vectors)
     rows = np.array([4, 4, 6, 7, 7, 9000], np.int64)  # repeats and a gap
