@@ -1,13 +1,15 @@
-"""Scoring an embedding set on a Dask cluster: every task scans a range of rows where it runs.
+"""Scoring an embedding set on a Dask cluster: every task makes the pass over a range of rows.
 
 Given a scheduler address, the query engine keeps the set's small arrays (cells, background
 term, int8 scales) and sends the heavy pass of each query to the cluster: the rows are cut
 into ranges on the scan's block boundaries, and a task per range memory-maps the rows it
-scans from the set's folder (a path every worker can read: a shared file system, or the same
-path on each machine) and returns their float32 scores, exact or read from the int8 copies
-(one byte a value). Only the scores travel back (4 bytes a row). The scores are the very bits
-a single process computes; ``int8`` scoring then re-scores its uncertain rows exactly in the
-engine's process as a single process does, so the products are the same.
+reads from the set's folder (a path every worker can read: a shared file system, or the same
+path on each machine). An ``exact`` task returns its rows' float32 scores; an ``int8`` task
+(one byte a value read) returns its rows' int8 scores and the few rows it could not rule out
+for exact re-scoring, with their bounds (:func:`~marscope_stac.query.passes.int8_pass`).
+About 4 bytes a row travel back. These are the bits one process computes; the engine then
+merges the candidates, re-scores those rows exactly and computes the probabilities as one
+process does, so the products are the same.
 
 A task maps its files for its own rows and lets them go when it ends: a worker's resident
 memory stays about one range (:data:`ROWS_PER_TASK` rows), however big the set; repeated
@@ -24,7 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError
-from marscope_stac.index.scan import BLOCK_ROWS, int8_range_scores, range_scores
+from marscope_stac.index.scan import BLOCK_ROWS, range_scores
+from marscope_stac.query.passes import Int8Pass, int8_pass
 
 __all__ = ["ROWS_PER_TASK", "ClusterScorer"]
 
@@ -32,24 +35,41 @@ ROWS_PER_TASK = 2_000_000
 """Most rows one task scans (a multiple of the scan's block): 1 GB of 256-d float16."""
 
 
-def _scan_range(
-    root: str, how: str, start: int, stop: int, q: NDArray[np.float32]
-) -> NDArray[np.float32]:
-    """One task: the ``exact`` or ``int8`` scores of rows ``start:stop`` of the set at ``root``.
+def _exact_task(root: str, start: int, stop: int, q: NDArray[np.float32]) -> NDArray[np.float32]:
+    """One task: the exact scores of rows ``start:stop`` of the set at ``root``.
 
     The files are mapped for this task only (they are unmapped when it returns), so the
     worker's resident memory does not grow with the share of the set it has scanned.
     """
+    return range_scores(np.load(Path(root) / "vectors.npy", mmap_mode="r"), start, stop, q)
+
+
+def _int8_task(
+    root: str,
+    span: tuple[int, int],
+    q: NDArray[np.float32],
+    logit_scale: float,
+    threshold: float | None,
+    top_k: int,
+) -> Int8Pass:
+    """One task: the ``int8`` pass over rows ``span`` (probabilities left to the engine)."""
     folder = Path(root)
-    if how == "exact":
-        return range_scores(np.load(folder / "vectors.npy", mmap_mode="r"), start, stop, q)
-    int8 = np.load(folder / "vectors-int8.npy", mmap_mode="r")
-    scale = np.load(folder / "vectors-scale.npy", mmap_mode="r")
-    return int8_range_scores(int8, scale, start, stop, q)
+    found = int8_pass(
+        np.load(folder / "vectors-int8.npy", mmap_mode="r"),
+        np.load(folder / "vectors-scale.npy", mmap_mode="r"),
+        np.load(folder / "background.npy", mmap_mode="r"),
+        span,
+        q,
+        logit_scale,
+        threshold,
+        top_k,
+    )
+    found.probability = None  # 4 bytes a row less to send; the engine computes the same bits
+    return found
 
 
 class ClusterScorer:
-    """Full scans of a set (every row's score) computed on a Dask cluster.
+    """Passes over every row of a set computed on a Dask cluster (a ``Scanner``).
 
     Args:
         address: The scheduler's address (``tcp://host:8786``).
@@ -76,27 +96,28 @@ class ClusterScorer:
         per_task = max(BLOCK_ROWS, math.ceil(per_task / BLOCK_ROWS) * BLOCK_ROWS)
         self.ranges = [(a, min(a + per_task, rows)) for a in range(0, rows, per_task)]
 
-    def scan(self, how: str, q: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Every row's score for the unit vector ``q``: ``exact`` or ``int8`` (a ``Scan``)."""
-        if how not in ("exact", "int8"):
-            raise ValueError(f"unknown scan {how!r}")
+    def exact(self, q: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Every row's exact score for the unit vector ``q``."""
         if not self.ranges:
             return np.zeros(0, np.float32)
-        n = len(self.ranges)
-        futures = self.client.map(
-            _scan_range,
-            [self.root] * n,
-            [how] * n,
-            [a for a, _ in self.ranges],
-            [b for _, b in self.ranges],
-            [np.ascontiguousarray(q, np.float32)] * n,
-            pure=False,
-        )
+        q = np.ascontiguousarray(q, np.float32)
+        futures = [
+            self.client.submit(_exact_task, self.root, a, b, q, pure=False) for a, b in self.ranges
+        ]
         return np.concatenate(self.client.gather(futures)).astype(np.float32, copy=False)
 
-    def scores(self, q: NDArray[np.float32]) -> NDArray[np.float32]:
-        """The exact score of every row for the unit vector ``q``."""
-        return self.scan("exact", q)
+    def int8(
+        self, q: NDArray[np.float32], logit_scale: float, threshold: float | None, top_k: int
+    ) -> list[Int8Pass]:
+        """``int8`` passes over every range, in row order (:mod:`~marscope_stac.query.passes`)."""
+        q = np.ascontiguousarray(q, np.float32)
+        futures = [
+            self.client.submit(
+                _int8_task, self.root, span, q, logit_scale, threshold, top_k, pure=False
+            )
+            for span in self.ranges
+        ]
+        return list(self.client.gather(futures))
 
     def close(self) -> None:
         """Let the scheduler go."""

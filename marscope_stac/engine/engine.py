@@ -351,9 +351,14 @@ class QueryEngine:
                 self.logit_scale,
             )
         q = self.vector(spec)
-        scan = self.cluster.scan if self.cluster is not None else None
         return score(
-            self.arrays, q, self.logit_scale, self.mode, DEFAULT_TOP_K, threshold, scan=scan
+            self.arrays,
+            q,
+            self.logit_scale,
+            self.mode,
+            DEFAULT_TOP_K,
+            threshold,
+            scanner=self.cluster,
         )
 
     def query(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -14,17 +15,18 @@ from marscope_stac.index.store import ScoringArrays
 
 __all__ = [
     "BLOCK_ROWS",
+    "exact_block",
     "f16_table",
-    "int8_range_scores",
-    "int8_scores",
+    "int8_block",
     "range_scores",
+    "run_blocks",
     "scan_rows",
     "score_rows",
 ]
 
 
 _BLOCK = 2048
-"""Rows per block of a scan: a block's float32 copy stays in the core's cache."""
+"""Rows per block of a scan (one thread's unit of work)."""
 
 BLOCK_ROWS = _BLOCK
 """Rows per block of a scan; a range that starts on a multiple of it scores its rows in the
@@ -37,6 +39,25 @@ def f16_table() -> NDArray[np.float32]:
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
+def run_blocks(n: int, work: Callable[[int, int], None], block: int = _BLOCK) -> None:
+    """Run ``work(start, stop)`` on every block of ``n`` rows, on all cores.
+
+    Blocks start on multiples of ``block`` (:data:`BLOCK_ROWS` by default; elementwise
+    work wants bigger ones: numpy's per-call cost dominates small blocks); ``work`` writes
+    its results itself (numpy releases the interpreter lock, so the threads run at once).
+    """
+    starts = range(0, n, block)
+    workers = worker_count()
+    if workers == 1 or n <= block * 4:
+        for s in starts:
+            work(s, min(s + block, n))
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:  # one BLAS thread each
+        list(pool.map(lambda s: work(s, min(s + block, n)), starts))
+
+
 def scan_rows(
     n: int, block_fn: Callable[[int, int], NDArray[np.float32]], width: int = 0
 ) -> NDArray[np.float32]:
@@ -46,26 +67,43 @@ def scan_rows(
     """
     out = np.empty((n, width) if width else n, np.float32)
 
-    def work(start: int) -> None:
-        stop = min(start + _BLOCK, n)
+    def work(start: int, stop: int) -> None:
         out[start:stop] = block_fn(start, stop)
 
-    starts = range(0, n, _BLOCK)
-    workers = worker_count()
-    if workers == 1 or n <= _BLOCK * 4:
-        for s in starts:
-            work(s)
-        return out
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:  # one BLAS thread each
-        list(pool.map(work, starts))
+    run_blocks(n, work)
     return out
 
 
-def _exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
-    block = np.take(f16_table(), np.ascontiguousarray(vectors).view(np.uint16))
-    return np.asarray(block @ q, np.float32)
+_local = threading.local()
+
+
+def _scratch(rows: int, dim: int) -> NDArray[np.float32]:
+    """This thread's float32 block buffer, reused from block to block.
+
+    A new 2 MB array per block costs a fresh mapping and its page faults whenever the C
+    library hands big allocations straight to the kernel (it does in Dask workers, which
+    set ``MALLOC_TRIM_THRESHOLD_``): twice the time of the scan itself.
+    """
+    buf: NDArray[np.float32] | None = getattr(_local, "buf", None)
+    if buf is None or buf.size < rows * dim:
+        buf = _local.buf = np.empty(max(rows, _PIECE) * dim, np.float32)
+    return buf[: rows * dim].reshape(rows, dim)
+
+
+_PIECE = 512
+"""Rows converted to float32 at a time within a block: the copy stays in the core's L2 cache."""
+
+
+def exact_block(vectors: NDArray[np.float16], q: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Exact scores of one block of float16 rows (float32 arithmetic; the scans' kernel)."""
+    bits = np.ascontiguousarray(vectors).view(np.uint16)
+    out = np.empty((len(bits), *q.shape[1:]), np.float32)
+    table = f16_table()
+    for a in range(0, len(bits), _PIECE):
+        piece = bits[a : a + _PIECE]
+        rows = np.take(table, piece, out=_scratch(*piece.shape), mode="clip")
+        out[a : a + len(piece)] = rows @ q
+    return out
 
 
 def score_rows(
@@ -79,8 +117,8 @@ def score_rows(
     v = arrays.vectors
     width = q.shape[1] if q.ndim == 2 else 0
     if rows is None:
-        return scan_rows(len(v), lambda a, b: _exact_block(v[a:b], q), width)
-    return scan_rows(len(rows), lambda a, b: _exact_block(arrays.vector_rows(rows[a:b]), q), width)
+        return scan_rows(len(v), lambda a, b: exact_block(v[a:b], q), width)
+    return scan_rows(len(rows), lambda a, b: exact_block(arrays.vector_rows(rows[a:b]), q), width)
 
 
 def range_scores(
@@ -92,29 +130,16 @@ def range_scores(
     :data:`BLOCK_ROWS`.
     """
     v = vectors[start:stop]
-    return scan_rows(len(v), lambda a, b: _exact_block(v[a:b], q))
+    return scan_rows(len(v), lambda a, b: exact_block(v[a:b], q))
 
 
-def int8_range_scores(
-    int8: NDArray[np.int8],
-    scale: NDArray[np.float32],
-    start: int,
-    stop: int,
-    q: NDArray[np.float32],
+def int8_block(
+    int8: NDArray[np.int8], scale: NDArray[np.float32], q: NDArray[np.float32]
 ) -> NDArray[np.float32]:
-    """Scores of rows ``start:stop`` read from their int8 copies (``scale * int8 . q``).
-
-    Like :func:`range_scores`, a range starting on a multiple of :data:`BLOCK_ROWS` gives
-    the bits of the whole scan (:func:`int8_scores`).
-    """
-    v, s = int8[start:stop], scale[start:stop]
-
-    def block(a: int, b: int) -> NDArray[np.float32]:
-        return np.asarray((v[a:b].astype(np.float32) @ q) * s[a:b], np.float32)
-
-    return scan_rows(len(v), block)
-
-
-def int8_scores(arrays: ScoringArrays, q: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Scores of every row read from the int8 copies (one byte a value; see ``query.scoring``)."""
-    return int8_range_scores(arrays.int8, arrays.scale, 0, len(arrays), q)
+    """Scores of one block of rows from their int8 copies (the scans' kernel)."""
+    out = np.empty(len(int8), np.float32)
+    for c in range(0, len(int8), _PIECE):
+        rows = _scratch(min(_PIECE, len(int8) - c), int8.shape[1])
+        rows[...] = int8[c : c + len(rows)]
+        out[c : c + len(rows)] = rows @ q
+    return np.asarray(out * scale, np.float32)

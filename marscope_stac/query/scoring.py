@@ -15,10 +15,12 @@ Scores
     cell whose result could depend on the rounding: cells that may be among the ``top_k`` best
     and cells whose probability may be on either side of the detection threshold, each within
     6 standard deviations of its rounding error, and cells whose probability could move by
-    more than :data:`PROBABILITY_TOLERANCE` (half the products' storage step). So the ranking
-    of the best ``top_k`` cells and the detections are those of exact scoring, and every
-    probability is within about half a storage step (0.002, to first order) of it. ``auto``
-    picks ``exact`` up to :data:`EXACT_MAX_VALUES` stored values and ``int8`` above.
+    more than :data:`~marscope_stac.query.passes.PROBABILITY_TOLERANCE` (half the products'
+    storage step). So the ranking of the best ``top_k`` cells and the detections are those
+    of exact scoring, and every probability is within about half a storage step (0.002, to
+    first order) of it. ``auto`` picks ``exact`` up to :data:`EXACT_MAX_VALUES` stored values
+    and ``int8`` above. Both read the set in one pass (:mod:`marscope_stac.query.passes`),
+    in this process or on a Dask cluster.
 Probabilities
     A cell's probability of showing the query is the softmax, at the model's own temperature
     ``t``, of its similarity to the query against its similarities to a fixed set of background
@@ -32,7 +34,6 @@ Composites (on probability maps)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,14 +45,21 @@ from marscope_stac.core.bodies import chord_length, unit_vectors
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.core.prompts import MARSCOPE_TEMPLATES, check_phrases
 from marscope_stac.grid.grids import Grid
-from marscope_stac.index.scan import f16_table, int8_scores, score_rows
+from marscope_stac.index.scan import f16_table, score_rows
 from marscope_stac.index.store import ScoringArrays
+from marscope_stac.query.passes import (
+    Scanner,
+    exact_pass,
+    int8_pass,
+    int8_rows,
+    probabilities,
+    probabilities_pass,
+)
 
 __all__ = [
     "EXACT_MAX_VALUES",
     "SCORING_MODES",
     "QuerySpec",
-    "Scan",
     "ScoredQuery",
     "and_not",
     "classifier_scores",
@@ -167,39 +175,6 @@ def _unit(v: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
 # ----------------------------------------------------------------------------- scans
 
 
-def _uncertain_rows(
-    s8: NDArray[np.float32],
-    margin: NDArray[np.float32],
-    top_k: int,
-    threshold_scores: NDArray[np.float32] | None,
-    p8: NDArray[np.float32],
-    logit_scale: float,
-) -> NDArray[np.int64]:
-    """Rows whose exact score could change the result.
-
-    That is: the top ``top_k``, the side of the threshold, or the probability by more than
-    :data:`PROBABILITY_TOLERANCE`.
-    """
-    k = min(max(top_k, 1), len(s8))
-    # at least k rows score at least the k-th largest lower bound: a row of the exact
-    # top k reaches it
-    lower = s8 - margin
-    kth = np.partition(lower, len(s8) - k)[len(s8) - k]
-    uncertain = s8 + margin >= kth
-    if threshold_scores is not None:
-        uncertain |= np.abs(s8 - threshold_scores) <= margin
-    # dp/ds = t p (1 - p): cells of intermediate probability are sensitive to the rounding
-    uncertain |= np.float32(logit_scale) * p8 * (1 - p8) * margin > PROBABILITY_TOLERANCE
-    return np.flatnonzero(uncertain).astype(np.int64)
-
-
-Scan = Callable[[str, NDArray[np.float32]], NDArray[np.float32]]
-"""A full scan done elsewhere: ``(how, q)`` -> every row's ``exact`` or ``int8`` score."""
-
-PROBABILITY_TOLERANCE = 0.002
-"""Largest probability error left by int8 scoring (half the products' 0.004 storage step)."""
-
-
 def resolve_mode(mode: str, arrays: ScoringArrays) -> str:
     """``exact`` or ``int8`` for a scoring mode and a set (see the module docstring).
 
@@ -213,27 +188,6 @@ def resolve_mode(mode: str, arrays: ScoringArrays) -> str:
     return mode
 
 
-def probabilities(
-    scores: NDArray[np.float32], background: NDArray[np.float32], logit_scale: float
-) -> NDArray[np.float32]:
-    """Calibrated probability of each cell: ``sigmoid(t * score - background)``."""
-    with np.errstate(over="ignore"):
-        z = np.exp(np.asarray(background, np.float32) - np.float32(logit_scale) * scores)
-    return (1.0 / (1.0 + z)).astype(np.float32)
-
-
-def _threshold_scores(
-    threshold: float | None, background: NDArray[np.float32], logit_scale: float
-) -> NDArray[np.float32] | None:
-    """The score at which each cell's probability equals ``threshold``."""
-    if threshold is None or not 0.0 < threshold < 1.0:
-        return None
-    logit = math.log(threshold / (1.0 - threshold))
-    return ((logit + np.asarray(background, np.float32)) / np.float32(logit_scale)).astype(
-        np.float32
-    )
-
-
 def score(
     arrays: ScoringArrays,
     q: NDArray[np.float32],
@@ -241,7 +195,7 @@ def score(
     mode: str = "auto",
     top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
-    scan: Scan | None = None,
+    scanner: Scanner | None = None,
 ) -> ScoredQuery:
     """Score every row of a set for the unit query ``q`` and calibrate the scores.
 
@@ -252,10 +206,9 @@ def score(
         mode: ``auto``, ``exact`` or ``int8`` (see the module docstring).
         top_k: With ``int8``: how many best cells keep an exact ranking.
         threshold: With ``int8``: the detection threshold whose crossings stay exact.
-        scan: Computes the full scan instead of this process (``scan("exact", q)`` or
-            ``scan("int8", q)``: every row's score, the bits this process would compute),
-            e.g. on a Dask cluster (:class:`marscope_stac.engine.cluster.ClusterScorer`);
-            the rows ``int8`` re-scores exactly are still read here.
+        scanner: Makes the passes over every row elsewhere, e.g. on a Dask cluster
+            (:class:`marscope_stac.engine.cluster.ClusterScorer`), with the bits this
+            process would compute; the rows ``int8`` re-scores exactly are read here.
 
     Raises:
         ConfigError: for an unknown mode.
@@ -264,22 +217,32 @@ def score(
         raise ConfigError("the embedding set has no background term; open it with its model")
     q = np.ascontiguousarray(q, np.float32)
     bg = np.asarray(arrays.background)
+    cells = np.asarray(arrays.cells)
+    n = len(arrays)
     how = resolve_mode(mode, arrays)
-    if how == "exact" or len(arrays) == 0:
-        s = scan("exact", q) if scan is not None and len(arrays) else score_rows(arrays, q)
-        exact = len(s)
+    if how == "exact" or n == 0:
+        if scanner is not None and n:
+            s = scanner.exact(q)
+            prob = probabilities_pass(s, bg, logit_scale)
+        else:
+            s, prob = exact_pass(arrays.vectors, bg, q, logit_scale)
+        return ScoredQuery(cells, s, prob, q, how, n)
+    if scanner is not None:
+        passes = scanner.int8(q, logit_scale, threshold, top_k)
     else:
-        s = scan("int8", q) if scan is not None else int8_scores(arrays, q)
-        # rounding error of a row: sum of q_i * d_i, d_i uniform in +-scale/2, |q| = 1
-        margin = (6.0 / math.sqrt(12.0)) * np.asarray(arrays.scale, np.float32)
-        prob = probabilities(s, bg, logit_scale)
-        thr = _threshold_scores(threshold, bg, logit_scale)
-        rows = _uncertain_rows(s, margin, top_k, thr, prob, logit_scale)
-        s[rows] = score_rows(arrays, q, rows)
-        prob[rows] = probabilities(s[rows], bg[rows], logit_scale)
-        return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, len(rows))
-    prob = probabilities(s, bg, logit_scale)
-    return ScoredQuery(np.asarray(arrays.cells), s, prob, q, how, exact)
+        passes = [
+            int8_pass(arrays.int8, arrays.scale, bg, (0, n), q, logit_scale, threshold, top_k)
+        ]
+    s = passes[0].scores if len(passes) == 1 else np.concatenate([p.scores for p in passes])
+    given = [p.probability for p in passes]
+    if len(given) == 1 and given[0] is not None:
+        prob = given[0]
+    else:
+        prob = probabilities_pass(s, bg, logit_scale)
+    rows = int8_rows(passes, top_k)
+    s[rows] = score_rows(arrays, q, rows)
+    prob[rows] = probabilities(s[rows], bg[rows], logit_scale)
+    return ScoredQuery(cells, s, prob, q, how, len(rows))
 
 
 # ----------------------------------------------------------------------------- query vectors
