@@ -111,7 +111,7 @@ def raster_detections(
     """
     from scipy import ndimage
 
-    mask = np.nan_to_num(values, nan=-1.0) >= threshold
+    mask = np.greater_equal(values, threshold)  # NaN (no data) is never a detection
     labels, n = ndimage.label(mask)
     if n == 0:
         return Detections.empty()

@@ -154,7 +154,7 @@ def _lut(cmap: str) -> NDArray[np.uint8]:
 
 def colorize(values: NDArray[np.float32], cmap: str = "magma") -> NDArray[np.uint8]:
     """RGBA image of values in 0..1; NaN is transparent."""
-    idx = np.clip(np.nan_to_num(values, nan=0.0) * 255, 0, 255).astype(np.uint8)
+    idx = np.fmin(np.fmax(values, 0.0) * 255, 255).astype(np.uint8)  # fmax: NaN -> 0
     rgba = _lut(cmap)[idx]
     rgba[..., 3] = np.where(np.isnan(values), 0, 255)
     return rgba
@@ -170,7 +170,8 @@ def quantize(
     values: NDArray[np.float32], steps: int = PROBABILITY_STEPS, nodata: int = PROBABILITY_NODATA
 ) -> NDArray[np.uint8]:
     """Values in 0..1 as uint8 ``round(v * steps)`` (NaN -> ``nodata``): the products' encoding."""
-    out = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * steps).astype(np.uint8)
+    # fmax/fmin: NaN -> 0 (then no data), infinities clipped, without nan_to_num's copies
+    out = np.rint(np.fmin(np.fmax(values, 0.0), 1.0) * steps).astype(np.uint8)
     out[np.isnan(values)] = nodata
     return out
 

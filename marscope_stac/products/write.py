@@ -525,7 +525,7 @@ class _Files:
         """Detections GeoParquet (in ``pool``) and vector PMTiles; returns the detections."""
         clock, transform = self.clock, self.layout.transform
         feats = Detections.empty()
-        if (np.nan_to_num(self.values, nan=-1.0) >= threshold).any():
+        if np.greater_equal(self.values, threshold).any():  # NaN: no data
             feats = clock.timed("detections", raster_detections, self.values, transform, threshold)
         path = self.stage / "detections.parquet"
         background.append(
