@@ -6,16 +6,12 @@ process) and the local, reading-process and Dask-cluster runners.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from marscope_stac.core.errors import (
-    ConfigError,
-)
 from marscope_stac.index.table import EmbeddingTable
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.models.loading import load_model
@@ -27,36 +23,6 @@ from marscope_stac.tiles.workers import read_in_processes
 TaskResult = tuple[EmbeddingTable, list[tuple[int, str]], NetworkSample | None]
 """What an embedding task gives back: embeddings, failed cells, network use (see
 :func:`embed_batch`)."""
-
-
-def connect_scheduler(scheduler_address: str | None) -> Any:
-    """A Dask client of the scheduler given (or ``DASK_SCHEDULER_ADDRESS``); None without one.
-
-    Raises:
-        ConfigError: in one line, for an address that is not one or cannot be reached.
-    """
-    address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if not address:
-        return None
-    from distributed import Client
-
-    try:
-        return Client(address, timeout=10)
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(
-            f"cannot reach the Dask scheduler at {address}: {exc}; check the address"
-        ) from exc
-    except (ValueError, TypeError) as exc:  # not an address at all
-        raise ConfigError(
-            f"the scheduler address {address!r} (--scheduler-address or "
-            f"DASK_SCHEDULER_ADDRESS) is not a Dask scheduler address ({exc}); give one like "
-            "tcp://host:8786"
-        ) from None
-    except Exception as exc:  # the client's many other ways of not connecting
-        raise ConfigError(
-            f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: "
-            f"{str(exc)[:120]}); check --scheduler-address or DASK_SCHEDULER_ADDRESS"
-        ) from None
 
 
 def _run_local(

@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from marscope_stac.core.dask import connect_scheduler
 from marscope_stac.core.errors import (
     ModelError,
     OutputError,
@@ -50,7 +51,6 @@ from marscope_stac.embed.compute import (
     _run_cluster,
     _run_local,
     _run_processes,
-    connect_scheduler,
 )
 from marscope_stac.embed.options import CellSelection, ComputeOptions
 from marscope_stac.embed.resume import SHARD_CELLS, _open_set, _Resume, _resume

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from marscope_stac.core.dask import connect_scheduler
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.index.scan import BLOCK_ROWS, range_scores
 from marscope_stac.query.passes import Int8Pass, int8_pass
@@ -81,8 +82,6 @@ class ClusterScorer:
     """
 
     def __init__(self, address: str, root: str | Path, rows: int) -> None:
-        from marscope_stac.embed.compute import connect_scheduler  # loads torch: not before
-
         self.client: Any = connect_scheduler(address)
         self.root = str(root)
         workers = len(self.client.scheduler_info().get("workers", {}))
@@ -101,9 +100,7 @@ class ClusterScorer:
         if not self.ranges:
             return np.zeros(0, np.float32)
         q = np.ascontiguousarray(q, np.float32)
-        futures = [
-            self.client.submit(_exact_task, self.root, a, b, q, pure=False) for a, b in self.ranges
-        ]
+        futures = self._submit(_exact_task, [(self.root, a, b, q) for a, b in self.ranges])
         return np.concatenate(self.client.gather(futures)).astype(np.float32, copy=False)
 
     def int8(
@@ -111,13 +108,27 @@ class ClusterScorer:
     ) -> list[Int8Pass]:
         """``int8`` passes over every range, in row order (:mod:`~marscope_stac.query.passes`)."""
         q = np.ascontiguousarray(q, np.float32)
-        futures = [
+        args = [(self.root, span, q, logit_scale, threshold, top_k) for span in self.ranges]
+        return list(self.client.gather(self._submit(_int8_task, args)))
+
+    def _submit(self, task: Any, args: list[tuple[Any, ...]]) -> list[Any]:
+        """One task per range, range ``i`` preferring the same worker from query to query.
+
+        While the workers stay the same, each reads the same share of the set every time, so
+        its machine's page cache keeps that share (another worker takes the task when its
+        worker is busy or gone).
+        """
+        workers = sorted(self.client.scheduler_info().get("workers", {}))
+        return [
             self.client.submit(
-                _int8_task, self.root, span, q, logit_scale, threshold, top_k, pure=False
+                task,
+                *a,
+                workers=[workers[i % len(workers)]] if workers else None,
+                allow_other_workers=True,
+                pure=False,
             )
-            for span in self.ranges
+            for i, a in enumerate(args)
         ]
-        return list(self.client.gather(futures))
 
     def close(self) -> None:
         """Let the scheduler go."""
