@@ -15,6 +15,7 @@ from marscope_stac.cli.options import (
 
 __all__ = [
     "average_models_cmd",
+    "calibrate_cmd",
     "train_cmd",
 ]
 
@@ -146,3 +147,31 @@ def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> N
 
     folder = average_models(list(models), out, overwrite=overwrite)
     click.echo(f"averaged {len(models)} models: local-dir:{folder}")
+
+
+@cli.command("calibrate")
+@click.argument("model")
+@click.option(
+    "--catalog",
+    type=_PATH,
+    required=True,
+    help="Labelled catalog of a validation area (outlines of its landforms).",
+)
+@click.option("--split", default="all", show_default=True, help="Its items' marscope:split.")
+@click.option("--grid", default="lonlat:0.02", show_default=True, help="Grid of the cells.")
+@click.option("--plot", type=_PATH, help="Write a reliability diagram (PNG) here.")
+@click.option("--dry-run", is_flag=True, help="Fit and report; leave the model as it is.")
+def calibrate_cmd(
+    model: str, catalog: Path, split: str, grid: str, plot: Path | None, dry_run: bool
+) -> None:
+    """Fit the probability calibration of MODEL (local-dir:PATH) on a labelled catalog.
+
+    Platt's scale and bias on the probability's logit are stored in the model folder;
+    embedding sets made with the model afterwards give calibrated probabilities.
+    """
+    from marscope_stac.eval.calibration import calibrate_model
+
+    fit = calibrate_model(model, catalog, split=split, grid=grid, write=not dry_run, plot=plot)
+    click.echo(fit.summary())
+    if not dry_run:
+        click.echo(f"stored in {model.split(':', 1)[1]}/open_clip_config.json")

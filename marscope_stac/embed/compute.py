@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,19 +72,33 @@ def _run_cluster(
         yield futures[fut], fut.result()
 
 
-_MODELS: dict[tuple[str, str | None, str], ClipModel] = {}
+_MODELS: dict[tuple[str, str | None, str, tuple[int, int] | None], ClipModel] = {}
 
 
 _MODELS_LOCK = threading.Lock()
 
 
 def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
-    """The model, loaded once per process (Dask workers keep it between tasks)."""
-    key = (name, pretrained, device)
+    """The model, loaded once per process (Dask workers keep it between tasks).
+
+    A model folder whose configuration changed since (e.g. calibrated) is loaded again.
+    """
+    key = (name, pretrained, device, _config_stamp(name))
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS[key] = load_model(name, pretrained=pretrained, device=device)
         return _MODELS[key]
+
+
+def _config_stamp(name: str) -> tuple[int, int] | None:
+    """When and how big a local model folder's configuration is (None for other models)."""
+    if not name.startswith("local-dir:"):
+        return None
+    try:
+        st = (Path(name.split(":", 1)[1]).expanduser() / "open_clip_config.json").stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def embed_task(

@@ -72,14 +72,27 @@ def store_background(
     *,
     prompts: Sequence[str],
     templates: Sequence[str],
+    calibration: dict[str, Any] | None = None,
 ) -> None:
-    """Compute and store the background term of ``es`` from the prompts' unit ``vectors``."""
+    """Compute and store the background term of ``es`` from the prompts' unit ``vectors``.
+
+    With a ``calibration`` (Platt's ``scale`` a and ``bias`` b on the logit, see
+    :mod:`marscope_stac.eval.calibration`) the set stores the calibrated probability's own
+    terms: temperature ``a t`` as ``logit_scale`` and background ``a L - b``; the model's
+    temperature and the calibration are recorded beside them.
+    """
     lse = background_logsumexp(es.scoring_arrays(), vectors, logit_scale)
-    description = {
+    description: dict[str, Any] = {
         "prompts": list(prompts),
         "templates": list(templates),
         "logit_scale": float(logit_scale),
     }
+    if calibration is not None:
+        a, b = float(calibration["scale"]), float(calibration["bias"])
+        lse = (np.float32(a) * lse - np.float32(b)).astype(np.float32)
+        description["logit_scale"] = a * float(logit_scale)
+        description["temperature"] = float(logit_scale)
+        description["calibration"] = dict(calibration)
     write_background(es, lse, description)
 
 
@@ -90,5 +103,10 @@ def write_background_of(es: EmbeddingSet, cm: ClipModel) -> None:
     for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
         cache.put(prompt, MARSCOPE_TEMPLATES, vector)
     store_background(
-        es, bg, float(cm.logit_scale), prompts=BACKGROUND_PROMPTS, templates=MARSCOPE_TEMPLATES
+        es,
+        bg,
+        float(cm.logit_scale),
+        prompts=BACKGROUND_PROMPTS,
+        templates=MARSCOPE_TEMPLATES,
+        calibration=cm.calibration,
     )

@@ -192,6 +192,9 @@ class ClipModel:
         device: Torch device.
         tile_context: Margin its tiles show around their cell, in cell sides (0 for models
             not trained with one; see :class:`~marscope_stac.tiles.plan.TilePlan`).
+        calibration: Platt's fix of its probabilities' logit, fitted on validation data
+            (``scale``, ``bias`` and where it was fitted; see
+            :mod:`marscope_stac.eval.calibration`), or None for the raw softmax.
     """
 
     model: Any
@@ -204,6 +207,7 @@ class ClipModel:
     std: tuple[float, float, float]
     device: torch.device
     tile_context: float = 0.0
+    calibration: dict[str, Any] | None = None
 
     @property
     def embed_dim(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from marscope_stac.models.clip import (
 
 __all__ = [
     "load_model",
+    "model_calibration",
     "model_folder",
     "quiet_model_loading",
     "trained_tile_context",
@@ -86,8 +88,10 @@ def load_model(
     net.eval()
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
-    ctx = _tile_context(name, model_folder(name))
-    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx)
+    folder = model_folder(name)
+    ctx = _tile_context(name, folder)
+    cal = model_calibration(name, folder)
+    return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx, cal)
 
 
 def trained_tile_context(model: str) -> float:
@@ -150,6 +154,30 @@ def _tile_context(name: str, folder: Path | None) -> float:
     if not 0.0 <= value <= 4.0:
         raise ModelError(f"{name}: marscope.tile_context in open_clip_config.json must be 0..4")
     return value
+
+
+def model_calibration(name: str, folder: Path | None) -> dict[str, Any] | None:
+    """The calibration a model's config ``folder`` states (``marscope.calibration``), if any.
+
+    Raises:
+        ModelError: if it is there but not a positive finite ``scale`` and a finite ``bias``.
+    """
+    if folder is None:
+        return None
+    extra = _read_config(folder).get("marscope") or {}
+    cal = extra.get("calibration") if isinstance(extra, dict) else None
+    if cal is None:
+        return None
+    try:
+        scale, bias = float(cal["scale"]), float(cal["bias"])
+    except (TypeError, KeyError, ValueError):
+        scale = bias = float("nan")
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias)):
+        raise ModelError(
+            f"{name}: marscope.calibration in open_clip_config.json needs a positive 'scale' "
+            "and a 'bias' (numbers); fit it again with 'marscope calibrate'"
+        )
+    return {**cal, "scale": scale, "bias": bias}
 
 
 def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | None, str | None]:

@@ -81,6 +81,23 @@ def _raster_bbox(layout: RasterLayout) -> list[float]:
     return [t.c, t.f + t.e * rows, t.c + t.a * cols, t.f]
 
 
+def _calibration_fields(spec: QuerySpec, where: ScoredSet) -> dict[str, Any]:
+    """How the product's probability was calibrated (method, and the fitted parameters)."""
+    if spec.learner == "classifier":
+        return {"marscope:calibration": "logistic-regression-on-examples"}
+    background = where.es.manifest().get("scoring", {}).get("background", {})
+    fit = background.get("calibration")
+    if not fit:
+        return {"marscope:calibration": "softmax-vs-background-prompts"}
+    return {
+        "marscope:calibration": "softmax-vs-background-prompts+platt",
+        "marscope:calibration_parameters": {
+            "temperature": background.get("temperature"),
+            **{k: fit[k] for k in ("scale", "bias", "fitted_on") if k in fit},
+        },
+    }
+
+
 def _query_properties(
     spec: QuerySpec, where: ScoredSet, result: ScoredQuery, threshold: float, n_det: int | None
 ) -> dict[str, Any]:
@@ -99,11 +116,7 @@ def _query_properties(
         "processing:datetime": now_utc(),
         "marscope:query": spec.describe(),
         "marscope:threshold": threshold,
-        "marscope:calibration": (
-            "logistic-regression-on-examples"
-            if spec.learner == "classifier"
-            else "softmax-vs-background-prompts"
-        ),
+        **_calibration_fields(spec, where),
         "marscope:scoring": result.scoring,
         "marscope:grid": where.grid.spec,
         "marscope:detections": n_det,  # null when the detections were not made

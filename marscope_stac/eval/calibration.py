@@ -1,0 +1,329 @@
+"""Does a probability of 0.8 mean right 80 % of the time? Reliability, ECE, and a fitted fix.
+
+A cell's probability of showing a landform is ``sigmoid(z)`` with the logit
+``z = t * s_q - log sum_b exp(t * s_b)`` (the query against the background prompts at the
+model's temperature ``t``; see :mod:`marscope_stac.query.scoring`). Here it is checked against
+labelled cells: a cell shows a landform when its centre lies within half a cell of one of the
+landform's outlines (the outline protocol of :mod:`marscope_stac.eval.protocol`).
+
+- :func:`reliability`: the reliability diagram's bins (mean probability against the share of
+  cells that show the landform) and the expected calibration error, ECE = sum over bins of
+  (cells in bin / cells) x |share - mean probability|.
+- :func:`fit_calibration`: Platt's fix on the logit, ``p = sigmoid(a z + b)``, fitted by
+  maximum likelihood on labelled cells of a validation area. Because ``a z + b = (a t) s_q -
+  (a L - b)``, it is the same probability with temperature ``a t`` and background term
+  ``a L - b``: an embedding set stores it that way and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from marscope_stac.core.errors import ConfigError
+
+__all__ = [
+    "Calibration",
+    "CalibrationFit",
+    "Reliability",
+    "calibrate_model",
+    "fit_calibration",
+    "labelled_logits",
+    "plot_reliability",
+    "pooled",
+    "reliability",
+]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Platt's fix of the probability's logit: ``p = sigmoid(scale * z + bias)``."""
+
+    scale: float = 1.0
+    bias: float = 0.0
+
+    def apply(self, logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+        """Calibrated probabilities of raw logits."""
+        return 1.0 / (1.0 + np.exp(-(self.scale * np.asarray(logits, np.float64) + self.bias)))
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict (for items and manifests)."""
+        return {"scale": self.scale, "bias": self.bias}
+
+
+@dataclass
+class Reliability:
+    """A reliability diagram's bins and the expected calibration error.
+
+    Attributes:
+        edges: Bin edges in probability (``bins + 1`` values from 0 to 1).
+        confidence: Mean probability of each bin's cells (NaN for an empty bin).
+        frequency: Share of each bin's cells that show the landform (NaN when empty).
+        counts: Cells in each bin.
+        ece: Expected calibration error.
+        positives: Cells that show the landform, of all ``counts.sum()``.
+    """
+
+    edges: NDArray[np.float64]
+    confidence: NDArray[np.float64]
+    frequency: NDArray[np.float64]
+    counts: NDArray[np.int64]
+    ece: float
+    positives: int
+
+
+def reliability(
+    probability: NDArray[np.floating[Any]], positive: NDArray[np.bool_], bins: int = 10
+) -> Reliability:
+    """Bins of equal width in probability, and the ECE (see the module docstring).
+
+    Raises:
+        ConfigError: for no cells, or probabilities and labels of different lengths.
+    """
+    p = np.asarray(probability, np.float64).ravel()
+    y = np.asarray(positive, bool).ravel()
+    if not len(p) or len(p) != len(y):
+        raise ConfigError(f"{len(p)} probabilities for {len(y)} labels; give one per cell")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, p, bins) / counts
+        frequency = np.bincount(which, y.astype(np.float64), bins) / counts
+    gap = np.where(counts > 0, np.abs(frequency - confidence), 0.0)
+    ece = float(np.sum(counts * np.nan_to_num(gap)) / len(p))
+    return Reliability(edges, confidence, frequency, counts, ece, int(y.sum()))
+
+
+def fit_calibration(logits: NDArray[np.floating[Any]], positive: NDArray[np.bool_]) -> Calibration:
+    """Scale and bias maximising the likelihood of the labels (Platt scaling on the logit).
+
+    Raises:
+        ConfigError: without both cells that show the landform and cells that do not.
+    """
+    from scipy.optimize import minimize
+
+    z = np.asarray(logits, np.float64).ravel()
+    y = np.asarray(positive, bool).ravel().astype(np.float64)
+    if not 0 < y.sum() < len(y):
+        raise ConfigError("fitting a calibration needs cells with and without the landform")
+    z = np.clip(z, -60.0, 60.0)  # past this the sigmoid is 0 or 1 in float64 anyway
+
+    def loss(ab: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        u = ab[0] * z + ab[1]
+        # log(1 + e^u) - y u, and its gradient (sigmoid(u) - y) * (z, 1)
+        nll = np.logaddexp(0.0, u) - y * u
+        g = 1.0 / (1.0 + np.exp(-u)) - y
+        return float(nll.mean()), np.array([np.mean(g * z), np.mean(g)])
+
+    res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    return Calibration(float(res.x[0]), float(res.x[1]))
+
+
+def plot_reliability(
+    curves: dict[str, Reliability], path: str | Path, title: str = "Reliability"
+) -> Path:
+    """One PNG: a reliability diagram per curve (probability against observed share).
+
+    Each curve's label carries its ECE; the counts of cells per bin are drawn below.
+    """
+    from marscope_stac.core.plots import figure
+
+    fig = figure(figsize=(5.2, 6.0))
+    ax, axc = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
+    for name, rel in curves.items():
+        centres = (rel.edges[:-1] + rel.edges[1:]) / 2
+        ok = rel.counts > 0
+        label = f"{name} (ECE {rel.ece:.3f})"
+        ax.plot(rel.confidence[ok], rel.frequency[ok], marker="o", label=label)
+        axc.plot(centres, np.maximum(rel.counts, 1), marker=".", label=name)
+    ax.set_ylabel("share of cells showing the landform")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    axc.set_yscale("log")
+    axc.set_xlabel("probability")
+    axc.set_ylabel("cells")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def pooled(
+    logits: Sequence[NDArray[np.floating[Any]]], positives: Sequence[NDArray[np.bool_]]
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Several queries' logits and labels as one sample (every query's cells)."""
+    return (
+        np.concatenate([np.asarray(z, np.float64).ravel() for z in logits]),
+        np.concatenate([np.asarray(y, bool).ravel() for y in positives]),
+    )
+
+
+def labelled_logits(
+    model: Any,
+    emb: NDArray[np.float32],
+    centres: NDArray[np.float64],
+    catalog: str | Path,
+    split: str,
+    cell_deg: float,
+) -> dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]]:
+    """Per landform class of a labelled split: every cell's raw logit and whether it shows it.
+
+    ``emb`` and ``centres`` are the split's cells
+    (:func:`~marscope_stac.eval.protocol.embed_split`); the query is the class name with
+    MarScope's prompt ensemble; a cell shows the class within half a cell of one of its
+    outlines (the split's ``labels-parquet`` assets).
+
+    Raises:
+        ConfigError: if the split's label items have no outlines.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+    from marscope_stac.core.vocabulary import CLASS_NAMES
+    from marscope_stac.eval.evaluate import neighbours_of_shapes, split_items
+
+    _, labels = split_items(catalog, split)
+    if not labels or not all("labels-parquet" in i.assets for i in labels):
+        raise ConfigError(f"the {split} split of {catalog} has no landform outlines")
+    outlines = pd.concat(
+        [gpd.read_parquet(i.assets["labels-parquet"].get_absolute_href()) for i in labels]
+    )
+    t = float(model.logit_scale)
+    bg = model.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
+    b = t * (emb @ bg.T).astype(np.float64)
+    m = b.max(axis=1)
+    lse = m + np.log(np.exp(b - m[:, None]).sum(axis=1))
+    out = {}
+    for cls in sorted(c for c in outlines.landform.unique() if c != "plains"):
+        q = model.encode_queries([CLASS_NAMES.get(cls, cls.replace("_", " "))], MARSCOPE_TEMPLATES)
+        shapes = list(outlines[outlines.landform == cls].geometry)
+        y = np.zeros(len(emb), bool)
+        for near in neighbours_of_shapes(centres, shapes, 0.5 * cell_deg):
+            y[near] = True
+        out[cls] = (t * (emb @ q[0]).astype(np.float64) - lse, y)
+    return out
+
+
+@dataclass
+class CalibrationFit:
+    """A calibration fitted on a labelled catalog, and how the probability fares before/after.
+
+    Attributes:
+        calibration: The fitted scale and bias.
+        fitted_on: Where (catalog, split, grid), as recorded in the model.
+        before: Reliability of the raw probability on the fitting cells.
+        after: Reliability of the calibrated probability on the same cells.
+        classes: Landform classes pooled.
+    """
+
+    calibration: Calibration
+    fitted_on: str
+    before: Reliability
+    after: Reliability
+    classes: list[str]
+
+    def summary(self) -> str:
+        """Lines for people."""
+        c = self.calibration
+        return (
+            f"calibration fitted on {self.fitted_on} ({len(self.classes)} landforms, "
+            f"{int(self.before.counts.sum()):,} cell x landform pairs, {self.before.positives:,} "
+            f"showing it): scale {c.scale:.4f}, bias {c.bias:.4f}; expected calibration error "
+            f"{self.before.ece:.4f} raw -> {self.after.ece:.4f} calibrated"
+        )
+
+
+def calibrate_model(
+    model: str,
+    catalog: str | Path,
+    *,
+    split: str = "all",
+    grid: str = "lonlat:0.02",
+    write: bool = True,
+    plot: str | Path | None = None,
+) -> CalibrationFit:
+    """Fit Platt's fix of a model's probabilities on a labelled catalog; store it in the model.
+
+    The catalog's cells of ``split`` are embedded, every landform class is queried by name,
+    and ``scale`` and ``bias`` are fitted on all classes' cells pooled
+    (:func:`fit_calibration`). With ``write``, the model folder's ``open_clip_config.json``
+    gets them under ``marscope.calibration`` (with ``fitted_on`` and the ECE before and
+    after), and its STAC item ``model.json``, when there, as ``marscope:calibration``:
+    embedding sets made with the model from then on give calibrated probabilities. Use a
+    validation area, never the test area the model is judged on.
+
+    Args:
+        model: ``local-dir:PATH`` of the model folder to calibrate (written in place).
+        catalog: Labelled catalog (image items, label items with ``labels-parquet`` outlines).
+        split: ``marscope:split`` of the items to use, or ``all``.
+        grid: Grid of the cells.
+        write: Store the fit in the model folder.
+        plot: A PNG reliability diagram (raw and calibrated) to write.
+
+    Raises:
+        ConfigError: for a model that is not a folder, or a catalog without outlines.
+    """
+    from marscope_stac.eval.evaluate import split_items
+    from marscope_stac.eval.protocol import embed_split
+    from marscope_stac.grid.grids import parse_grid
+    from marscope_stac.models.loading import load_model
+
+    if not model.startswith("local-dir:"):
+        raise ConfigError(
+            f"calibrate writes into the model's folder: give local-dir:PATH, not {model!r} "
+            "(copy a bundled or hub model to a folder first)"
+        )
+    cm = load_model(model, device="auto")
+    emb, centres = embed_split(cm, split_items(catalog, split)[0], grid)
+    g = parse_grid(grid)
+    cell_deg = float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
+    per_class = labelled_logits(cm, emb, centres, catalog, split, cell_deg)
+    z, y = pooled([v[0] for v in per_class.values()], [v[1] for v in per_class.values()])
+    cal = fit_calibration(z, y)
+    fit = CalibrationFit(
+        cal,
+        f"{Path(catalog).name} ({split} scenes, {grid})",
+        reliability(Calibration().apply(z), y),
+        reliability(cal.apply(z), y),
+        sorted(per_class),
+    )
+    if write:
+        _store(Path(model.split(":", 1)[1]).expanduser(), fit)
+    if plot is not None:
+        plot_reliability(
+            {"raw": fit.before, "calibrated": fit.after}, plot, f"{cm.name}: {fit.fitted_on}"
+        )
+    return fit
+
+
+def _store(folder: Path, fit: CalibrationFit) -> None:
+    """Write the fit into the model folder's config and item (each file atomically)."""
+    from marscope_stac.core.fs import atomic_write_json, read_regular
+
+    record = {
+        **fit.calibration.as_dict(),
+        "fitted_on": fit.fitted_on,
+        "ece_before": round(fit.before.ece, 5),
+        "ece_after": round(fit.after.ece, 5),
+    }
+    config_path = folder / "open_clip_config.json"
+    config = json.loads(read_regular(config_path))
+    config.setdefault("marscope", {})["calibration"] = record
+    atomic_write_json(config_path, config)
+    item_path = folder / "model.json"
+    if item_path.is_file():
+        item = json.loads(read_regular(item_path))
+        item.setdefault("properties", {})["marscope:calibration"] = record
+        atomic_write_json(item_path, item)

@@ -1,0 +1,122 @@
+"""Calibration of the probability: reliability, ECE, Platt's fix, and a model that carries it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.embed.run import embed_catalog
+from marscope_stac.engine.engine import QueryEngine
+from marscope_stac.eval.calibration import (
+    Calibration,
+    calibrate_model,
+    fit_calibration,
+    reliability,
+)
+from marscope_stac.index.store import EmbeddingSet
+from marscope_stac.models.loading import load_model
+from marscope_stac.query.scoring import QuerySpec
+
+
+def test_reliability_bins_and_ece_by_hand() -> None:
+    rel = reliability(np.array([0.05, 0.15, 0.15, 0.95, 1.0]), np.array([0, 1, 0, 1, 1], bool))
+    assert rel.counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]  # 1.0 falls in the last bin
+    assert rel.frequency[1] == 0.5 and np.isnan(rel.frequency[2])
+    # (1 x 0.05 + 2 x 0.35 + 2 x |1 - 0.975|) / 5
+    assert rel.ece == pytest.approx((0.05 + 0.7 + 0.05) / 5)
+    assert rel.positives == 3
+    with pytest.raises(ConfigError, match="3 probabilities for 2 labels"):
+        reliability(np.array([0.1, 0.2, 0.3]), np.array([True, False]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.booleans()), min_size=1, max_size=60
+    ),
+    st.integers(1, 12),
+)
+def test_ece_is_the_count_weighted_gap_of_the_bins(
+    cells: list[tuple[float, bool]], bins: int
+) -> None:
+    p = np.array([c[0] for c in cells])
+    y = np.array([c[1] for c in cells])
+    rel = reliability(p, y, bins)
+    assert rel.counts.sum() == len(p) and 0.0 <= rel.ece <= 1.0
+    total = 0.0
+    for b in range(bins):  # the definition, one bin at a time
+        lo, hi = b / bins, (b + 1) / bins
+        inside = (p >= lo) & ((p < hi) | (b == bins - 1))
+        if inside.any():
+            total += inside.sum() * abs(y[inside].mean() - p[inside].mean())
+    assert rel.ece == pytest.approx(total / len(p), abs=1e-9)
+
+
+def test_platt_fit_recovers_the_scale_and_bias_that_made_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(-3.0, 4.0, 200_000)
+    y = rng.random(len(z)) < 1.0 / (1.0 + np.exp(-(0.6 * z - 2.0)))
+    fit = fit_calibration(z, y)
+    assert fit.scale == pytest.approx(0.6, abs=0.02) and fit.bias == pytest.approx(-2.0, abs=0.05)
+    assert reliability(fit.apply(z), y).ece < reliability(Calibration().apply(z), y).ece
+    with pytest.raises(ConfigError, match="with and without the landform"):
+        fit_calibration(z[:10], np.zeros(10, bool))
+
+
+def test_a_calibrated_model_makes_calibrated_sets_and_says_so(
+    demo_small, tiny_model_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model = f"local-dir:{folder}"
+    embed_catalog(demo_small.root, tmp_path / "raw", model=model, progress=False)
+    fit = calibrate_model(model, demo_small.root, plot=tmp_path / "rel.png")
+    assert (tmp_path / "rel.png").stat().st_size > 10_000
+    assert fit.after.ece <= fit.before.ece
+    stored = json.loads((folder / "open_clip_config.json").read_text())["marscope"]["calibration"]
+    assert stored["scale"] == fit.calibration.scale and stored["bias"] == fit.calibration.bias
+    cm = load_model(model, device="cpu")
+    assert cm.calibration is not None and cm.calibration["scale"] == fit.calibration.scale
+    # a set embedded now stores the calibrated terms; its probabilities are Platt's fix of
+    # the raw set's, cell by cell
+    embed_catalog(demo_small.root, tmp_path / "cal", model=model, progress=False)
+    spec = QuerySpec(text=["impact craters"])
+    raw = QueryEngine.open(tmp_path / "raw", clip_model=cm).score(spec)
+    engine = QueryEngine.open(tmp_path / "cal", clip_model=cm)
+    cal = engine.score(spec)
+    es = EmbeddingSet(next((tmp_path / "raw" / "embeddings").iterdir()))
+    t = float(es.manifest()["scoring"]["background"]["logit_scale"])
+    z = t * raw.scores.astype(np.float64) - np.asarray(es.scoring_arrays().background, np.float64)
+    np.testing.assert_allclose(cal.probability, fit.calibration.apply(z), atol=2e-5)
+    product = engine.query(spec, threshold=0.3)
+    props = json.loads(product.item_path.read_text())["properties"]
+    assert props["marscope:calibration"] == "softmax-vs-background-prompts+platt"
+    params = props["marscope:calibration_parameters"]
+    assert params["scale"] == fit.calibration.scale and params["temperature"] == pytest.approx(
+        t, rel=1e-6
+    )
+    assert params["fitted_on"] == fit.fitted_on
+
+
+def test_calibration_errors_are_one_line(
+    tiny_model_dir: Path, tmp_path: Path, demo_root: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config.setdefault("marscope", {})["calibration"] = {"scale": -1, "bias": 0}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="needs a positive 'scale'"):
+        load_model(f"local-dir:{folder}", device="cpu")
+    done = CliRunner().invoke(cli, ["calibrate", "bundled", "--catalog", str(demo_root)])
+    assert done.exit_code != 0 and "give local-dir:PATH" in done.output
+    assert "Traceback" not in done.output
