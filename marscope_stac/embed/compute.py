@@ -86,6 +86,8 @@ def _model(name: str, pretrained: str | None, device: str) -> ClipModel:
     key = (name, pretrained, device, _config_stamp(name))
     with _MODELS_LOCK:
         if key not in _MODELS:
+            for old in [k for k in _MODELS if k[:3] == key[:3]]:  # its earlier config's
+                del _MODELS[old]
             _MODELS[key] = load_model(name, pretrained=pretrained, device=device)
         return _MODELS[key]
 

@@ -184,7 +184,11 @@ class QueryEngine:
                 f"{self.set.root}' (or marscope_stac.engine.upgrade_embedding_set)"
             )
         self.arrays = self.set.scoring_arrays()
-        self.logit_scale = float(self.set.manifest()["scoring"]["background"]["logit_scale"])
+        background = self.set.manifest()["scoring"]["background"]
+        # the calibrated probability's temperature (a t for a calibrated model, else t) and
+        # the model's own, which class maps and the classifier's text prior use
+        self.logit_scale = float(background["logit_scale"])
+        self.temperature = float(background.get("temperature", self.logit_scale))
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
         self.cluster: ClusterScorer | None = None
@@ -348,7 +352,7 @@ class QueryEngine:
                 self.grid,
                 self.text_vectors,
                 self.image_vectors,
-                self.logit_scale,
+                self.temperature,  # its text prior: text x the model's temperature
             )
         q = self.vector(spec)
         return score(
@@ -504,7 +508,7 @@ class QueryEngine:
         bg = self.text_vectors(BACKGROUND_PROMPTS, tpl).mean(axis=0)
         bg /= np.linalg.norm(bg)
         vectors = np.ascontiguousarray(np.vstack([bg[None], q]).T, np.float32)
-        logits = self.logit_scale * score_rows(self.arrays, vectors)
+        logits = self.temperature * score_rows(self.arrays, vectors)
         logits -= logits.max(axis=1, keepdims=True)
         prob = np.exp(logits)
         prob /= prob.sum(axis=1, keepdims=True)

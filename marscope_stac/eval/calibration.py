@@ -105,7 +105,8 @@ def fit_calibration(logits: NDArray[np.floating[Any]], positive: NDArray[np.bool
     """Scale and bias maximising the likelihood of the labels (Platt scaling on the logit).
 
     Raises:
-        ConfigError: without both cells that show the landform and cells that do not.
+        ConfigError: without both cells that show the landform and cells that do not, or
+            when the fit is not an increasing function of the logit (nothing to calibrate).
     """
     from scipy.optimize import minimize
 
@@ -123,7 +124,14 @@ def fit_calibration(logits: NDArray[np.floating[Any]], positive: NDArray[np.bool
         return float(nll.mean()), np.array([np.mean(g * z), np.mean(g)])
 
     res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
-    return Calibration(float(res.x[0]), float(res.x[1]))
+    scale, bias = float(res.x[0]), float(res.x[1])
+    if not (res.success and np.isfinite(bias) and scale > 0):
+        raise ConfigError(
+            f"the labels do not rise with the probability (fitted scale {scale:.3g}): the model "
+            "does not rank these landforms, or the labels are not of this area; calibrate on "
+            "another validation area"
+        )
+    return Calibration(scale, bias)
 
 
 def plot_reliability(
@@ -290,6 +298,8 @@ def calibrate_model(
     g = parse_grid(grid)
     cell_deg = float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
     per_class = labelled_logits(cm, emb, centres, catalog, split, cell_deg)
+    if not per_class:
+        raise ConfigError(f"{catalog} ({split}) outlines no landform but plains; nothing to fit")
     z, y = pooled([v[0] for v in per_class.values()], [v[1] for v in per_class.values()])
     cal = fit_calibration(z, y)
     fit = CalibrationFit(
@@ -299,18 +309,21 @@ def calibrate_model(
         reliability(cal.apply(z), y),
         sorted(per_class),
     )
-    if write:
-        _store(Path(model.split(":", 1)[1]).expanduser(), fit)
-    if plot is not None:
+    if plot is not None:  # first: a bad plot path leaves the model as it was
         plot_reliability(
             {"raw": fit.before, "calibrated": fit.after}, plot, f"{cm.name}: {fit.fitted_on}"
         )
+    if write:
+        _store(Path(model.split(":", 1)[1]).expanduser(), fit)
     return fit
 
 
 def _store(folder: Path, fit: CalibrationFit) -> None:
-    """Write the fit into the model folder's config and item (each file atomically)."""
-    from marscope_stac.core.fs import atomic_write_json, read_regular
+    """Write the fit into the model folder's config, then its item (with the config's size).
+
+    Each file is replaced atomically: the config first, the item that describes it last.
+    """
+    from marscope_stac.core.fs import atomic_write_json, file_multihash, read_regular
 
     record = {
         **fit.calibration.as_dict(),
@@ -320,10 +333,15 @@ def _store(folder: Path, fit: CalibrationFit) -> None:
     }
     config_path = folder / "open_clip_config.json"
     config = json.loads(read_regular(config_path))
-    config.setdefault("marscope", {})["calibration"] = record
+    extra = config.get("marscope")
+    config["marscope"] = {**(extra if isinstance(extra, dict) else {}), "calibration": record}
     atomic_write_json(config_path, config)
     item_path = folder / "model.json"
     if item_path.is_file():
         item = json.loads(read_regular(item_path))
         item.setdefault("properties", {})["marscope:calibration"] = record
+        for asset in item.get("assets", {}).values():
+            if str(asset.get("href", "")).lstrip("./") == config_path.name:
+                asset["file:size"] = config_path.stat().st_size
+                asset["file:checksum"] = file_multihash(config_path)
         atomic_write_json(item_path, item)

@@ -110,7 +110,8 @@ def _query_properties(
         "processing:lineage": (
             "Cells of the embedding set scored by cosine similarity to the query vector; "
             "probabilities = softmax at the model's temperature of the query against "
-            "background prompts; detections = cells with probability >= threshold, merged."
+            "background prompts (Platt-calibrated when marscope:calibration says +platt); "
+            "detections = cells with probability >= threshold, merged."
         ),
         "processing:software": software(),
         "processing:datetime": now_utc(),

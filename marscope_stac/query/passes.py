@@ -136,8 +136,8 @@ def int8_pass(
 
     run_blocks(n, work, _PIECE)
     k = min(max(top_k, 1), n)
-    top_lower = np.partition(lower, n - k)[n - k :] if n else lower
-    kth = top_lower.min() if n else np.float32(np.inf)
+    top_lower = np.partition(lower, n - k)[n - k :].copy() if n else lower
+    kth = top_lower[0] if n else np.float32(np.inf)  # the partition's element (never NaN-led)
     candidate = np.empty(n, np.bool_)
 
     def mark(a: int, b: int) -> None:

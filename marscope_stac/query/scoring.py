@@ -26,7 +26,10 @@ Probabilities
     ``t``, of its similarity to the query against its similarities to a fixed set of background
     prompts (plain terrain): ``p = e^(t s_q) / (e^(t s_q) + sum_b e^(t s_b))``, computed as
     ``sigmoid(t s_q - L)`` with ``L = log sum_b e^(t s_b)`` stored per cell. It is 0.5 where the
-    query explains the cell as well as all of background does together.
+    query explains the cell as well as all of background does together. A set embedded with a
+    calibrated model stores ``a t`` and ``a L - b`` instead (Platt's fix ``sigmoid(a z + b)``
+    of that logit ``z``; see :mod:`marscope_stac.eval.calibration`), so the same formula
+    gives the calibrated probability.
 Composites (on probability maps)
     ``A and not B`` = p_A (1 - p_B); ``A near B within r km`` = p_A * max p_B over cells whose
     centres lie within r km (great circle on the body's sphere).

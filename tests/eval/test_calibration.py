@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.core.fs import file_multihash
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.eval.calibration import (
@@ -23,6 +24,7 @@ from marscope_stac.eval.calibration import (
     reliability,
 )
 from marscope_stac.index.store import EmbeddingSet
+from marscope_stac.models.clip import bundled_model_dir
 from marscope_stac.models.loading import load_model
 from marscope_stac.query.scoring import QuerySpec
 
@@ -70,6 +72,10 @@ def test_platt_fit_recovers_the_scale_and_bias_that_made_the_labels() -> None:
     assert reliability(fit.apply(z), y).ece < reliability(Calibration().apply(z), y).ece
     with pytest.raises(ConfigError, match="with and without the landform"):
         fit_calibration(z[:10], np.zeros(10, bool))
+    # labels that fall as the probability rises: nothing to calibrate, said in one line
+    falling = rng.random(len(z)) < 1.0 / (1.0 + np.exp(0.3 * z))
+    with pytest.raises(ConfigError, match="do not rise with the probability"):
+        fit_calibration(z, falling)
 
 
 def test_a_calibrated_model_makes_calibrated_sets_and_says_so(
@@ -77,12 +83,19 @@ def test_a_calibrated_model_makes_calibrated_sets_and_says_so(
 ) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
+    # an item describing the folder, as exported models have: its config asset must follow
+    item = json.loads((bundled_model_dir() / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps(item))
     model = f"local-dir:{folder}"
     embed_catalog(demo_small.root, tmp_path / "raw", model=model, progress=False)
     fit = calibrate_model(model, demo_small.root, plot=tmp_path / "rel.png")
     assert (tmp_path / "rel.png").stat().st_size > 10_000
     assert fit.after.ece <= fit.before.ece
-    stored = json.loads((folder / "open_clip_config.json").read_text())["marscope"]["calibration"]
+    config = folder / "open_clip_config.json"
+    stored = json.loads(config.read_text())["marscope"]["calibration"]
+    asset = json.loads((folder / "model.json").read_text())["assets"]["config"]
+    assert asset["file:size"] == config.stat().st_size
+    assert asset["file:checksum"] == file_multihash(config)
     assert stored["scale"] == fit.calibration.scale and stored["bias"] == fit.calibration.bias
     cm = load_model(model, device="cpu")
     assert cm.calibration is not None and cm.calibration["scale"] == fit.calibration.scale
@@ -93,6 +106,9 @@ def test_a_calibrated_model_makes_calibrated_sets_and_says_so(
     raw = QueryEngine.open(tmp_path / "raw", clip_model=cm).score(spec)
     engine = QueryEngine.open(tmp_path / "cal", clip_model=cm)
     cal = engine.score(spec)
+    # class maps and the classifier's prior keep the model's own temperature
+    assert engine.temperature == pytest.approx(raw_t := float(cm.logit_scale), rel=1e-6)
+    assert engine.logit_scale == pytest.approx(fit.calibration.scale * raw_t, rel=1e-6)
     es = EmbeddingSet(next((tmp_path / "raw" / "embeddings").iterdir()))
     t = float(es.manifest()["scoring"]["background"]["logit_scale"])
     z = t * raw.scores.astype(np.float64) - np.asarray(es.scoring_arrays().background, np.float64)
@@ -120,3 +136,15 @@ def test_calibration_errors_are_one_line(
     done = CliRunner().invoke(cli, ["calibrate", "bundled", "--catalog", str(demo_root)])
     assert done.exit_code != 0 and "give local-dir:PATH" in done.output
     assert "Traceback" not in done.output
+
+
+def test_the_bundled_models_item_describes_its_files(tmp_path: Path) -> None:
+    from marscope_stac import validate_catalog
+
+    folder = tmp_path / "bundled"
+    shutil.copytree(bundled_model_dir(), folder)
+    report = validate_catalog(folder / "model.json")  # raises on a size or checksum mismatch
+    assert not report.problems and report.assets == 2
+    cal = json.loads((folder / "open_clip_config.json").read_text())["marscope"]["calibration"]
+    props = json.loads((folder / "model.json").read_text())["properties"]
+    assert props["marscope:calibration"] == cal
