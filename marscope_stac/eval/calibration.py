@@ -285,7 +285,6 @@ def calibrate_model(
     """
     from marscope_stac.eval.evaluate import split_items
     from marscope_stac.eval.protocol import embed_split
-    from marscope_stac.grid.grids import parse_grid
     from marscope_stac.models.loading import load_model
 
     if not model.startswith("local-dir:"):
@@ -295,9 +294,7 @@ def calibrate_model(
         )
     cm = load_model(model, device="auto")
     emb, centres = embed_split(cm, split_items(catalog, split)[0], grid)
-    g = parse_grid(grid)
-    cell_deg = float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
-    per_class = labelled_logits(cm, emb, centres, catalog, split, cell_deg)
+    per_class = labelled_logits(cm, emb, centres, catalog, split, _cell_degrees(grid))
     if not per_class:
         raise ConfigError(f"{catalog} ({split}) outlines no landform but plains; nothing to fit")
     z, y = pooled([v[0] for v in per_class.values()], [v[1] for v in per_class.values()])
@@ -316,6 +313,14 @@ def calibrate_model(
     if write:
         _store(Path(model.split(":", 1)[1]).expanduser(), fit)
     return fit
+
+
+def _cell_degrees(grid: str) -> float:
+    """The side of a grid's cells near (0, 0), in degrees."""
+    from marscope_stac.grid.grids import parse_grid
+
+    g = parse_grid(grid)
+    return float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
 
 
 def _store(folder: Path, fit: CalibrationFit) -> None:
