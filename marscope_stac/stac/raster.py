@@ -188,7 +188,7 @@ def _footprint(crs: CRS, body: Body, bounds: tuple[float, float, float, float]) 
     return _split_antimeridian(west, south, east, north)
 
 
-_HEADER_TRIES = 3
+_HEADER_TRIES = 5  # a header cut short by every answer of a busy server: up to 7.5 s of waits
 _FINAL_ANSWERS = ("404", "403", "No such file", "not recognized", "not exist")
 
 
