@@ -284,7 +284,7 @@ def calibrate_model(
         ConfigError: for a model that is not a folder, or a catalog without outlines.
     """
     from marscope_stac.eval.evaluate import split_items
-    from marscope_stac.eval.protocol import embed_split
+    from marscope_stac.eval.protocol import cell_degrees, embed_split
     from marscope_stac.models.loading import load_model
 
     if not model.startswith("local-dir:"):
@@ -294,7 +294,7 @@ def calibrate_model(
         )
     cm = load_model(model, device="auto")
     emb, centres = embed_split(cm, split_items(catalog, split)[0], grid)
-    per_class = labelled_logits(cm, emb, centres, catalog, split, _cell_degrees(grid))
+    per_class = labelled_logits(cm, emb, centres, catalog, split, cell_degrees(grid))
     if not per_class:
         raise ConfigError(f"{catalog} ({split}) outlines no landform but plains; nothing to fit")
     z, y = pooled([v[0] for v in per_class.values()], [v[1] for v in per_class.values()])
@@ -313,14 +313,6 @@ def calibrate_model(
     if write:
         _store(Path(model.split(":", 1)[1]).expanduser(), fit)
     return fit
-
-
-def _cell_degrees(grid: str) -> float:
-    """The side of a grid's cells near (0, 0), in degrees."""
-    from marscope_stac.grid.grids import parse_grid
-
-    g = parse_grid(grid)
-    return float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
 
 
 def _store(folder: Path, fit: CalibrationFit) -> None:

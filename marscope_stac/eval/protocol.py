@@ -33,6 +33,7 @@ from marscope_stac.tiles.workers import iter_tile_batches
 __all__ = [
     "REAL_QUERIES",
     "LandformReport",
+    "cell_degrees",
     "embed_split",
     "evaluate_landforms",
     "evaluate_real",
@@ -119,6 +120,12 @@ def evaluate_landforms(
     )
 
 
+def cell_degrees(grid: str) -> float:
+    """The side of a grid's cells near (0, 0), in degrees (match radii are counted in it)."""
+    g = parse_grid(grid)
+    return float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
+
+
 def score_landforms(
     model: ClipModel,
     emb: NDArray[np.float32],
@@ -132,7 +139,7 @@ def score_landforms(
 ) -> LandformReport:
     """Per-class figures from precomputed cell embeddings (see :func:`evaluate_landforms`)."""
     g = parse_grid(grid)
-    cell_deg = float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
+    cell_deg = cell_degrees(grid)
     radius = radius_cells * cell_deg
     _, labels = split_items(catalog, split)
     pts = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
