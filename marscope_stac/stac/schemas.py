@@ -143,21 +143,72 @@ def offline_schema_cache() -> dict[str, dict[str, Any]]:
     return cache_
 
 
+def _offline_schema(schema_uri: str) -> dict[str, Any]:
+    """The offline schema at ``schema_uri`` (a fragment is ignored)."""
+    key = schema_uri.split("#", 1)[0]
+    found = offline_schema_cache().get(key)
+    if found is None:
+        raise GetSchemaError(schema_uri, LookupError(f"schema {key} is not available offline"))
+    return found
+
+
+@cache
+def _offline_registry() -> Any:
+    """A ``referencing`` registry of every offline schema (made once per process)."""
+    from referencing import Registry, Resource
+
+    def retrieve(uri: str) -> Any:
+        return Resource.from_contents(_offline_schema(uri))
+
+    resources = [(k, Resource.from_contents(v)) for k, v in offline_schema_cache().items()]
+    return Registry(retrieve=retrieve).with_resources(resources)  # type: ignore[call-arg]
+
+
+@cache
+def _schema_validator(schema_uri: str) -> Any:
+    """The jsonschema validator of one offline schema, its schema checked once per process."""
+    import jsonschema
+
+    schema = _offline_schema(schema_uri)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, registry=_offline_registry())
+
+
 class OfflineSTACValidator(JsonSchemaSTACValidator):
-    """pystac validator that reads every schema from local files and never uses the network."""
+    """pystac validator that reads every schema from local files and never uses the network.
+
+    Each schema's validator is made once per process (pystac's own checks the schema and
+    builds a registry of every schema on each object: most of the time of writing an item).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.schema_cache = dict(offline_schema_cache())
 
     def _get_schema(self, schema_uri: str) -> dict[str, Any]:
-        key = schema_uri.split("#", 1)[0]
-        if key in self.schema_cache:
-            return self.schema_cache[key]
-        raise GetSchemaError(
-            schema_uri,
-            LookupError(f"schema {key} is not available offline"),
-        )
+        return _offline_schema(schema_uri)
+
+    def _validate_from_uri(
+        self,
+        stac_dict: dict[str, Any],
+        stac_object_type: pystac.STACObjectType,
+        schema_uri: str,
+        href: str | None = None,
+    ) -> None:
+        """Validate ``stac_dict`` against one schema; errors as pystac raises them."""
+        import jsonschema
+
+        errors = list(_schema_validator(schema_uri).iter_errors(stac_dict))
+        if not errors:
+            return
+        at = f"at {href} " if href is not None else ""
+        name = f"with ID {stac_dict['id']} " if stac_dict.get("id") is not None else ""
+        msg = f"Validation failed for {stac_object_type} {at}{name}against schema at {schema_uri}"
+        best = jsonschema.exceptions.best_match(errors)
+        if best:
+            msg += "\n" + str(best)
+        raise STACValidationError(msg, source=errors) from best
 
     def validate_extension(
         self,
