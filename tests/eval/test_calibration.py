@@ -148,3 +148,28 @@ def test_the_bundled_models_item_describes_its_files(tmp_path: Path) -> None:
     cal = json.loads((folder / "open_clip_config.json").read_text())["marscope"]["calibration"]
     props = json.loads((folder / "model.json").read_text())["properties"]
     assert props["marscope:calibration"] == cal
+
+
+@pytest.mark.parametrize(
+    "stated",
+    [
+        {"scale": True, "bias": 0.0},
+        {"scale": 0.6, "bias": False},
+        {"scale": "0.6", "bias": -2.0},
+        {"scale": 0.6},
+        {"scale": float("nan"), "bias": 0.0},
+        {"scale": 0, "bias": 0.0},
+        [0.6, -2.0],
+        "0.6",
+    ],
+)
+def test_a_calibration_must_state_two_numbers(tmp_path: Path, stated: object) -> None:
+    from marscope_stac.models.loading import model_calibration
+
+    doc = {"model_cfg": {}, "marscope": {"calibration": stated}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="needs a positive 'scale'"):
+        model_calibration("m", tmp_path)
+    doc["marscope"]["calibration"] = {"scale": 2, "bias": -1.5, "fitted_on": "x"}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(doc))
+    assert model_calibration("m", tmp_path) == {"scale": 2.0, "bias": -1.5, "fitted_on": "x"}
