@@ -48,7 +48,7 @@ def main() -> None:
     from marscope_stac.grid.grids import parse_grid
     from marscope_stac.products.detections import raster_detections
     from marscope_stac.products.vector import write_vector_pmtiles
-    from marscope_stac.products.write import _write_detections
+    from marscope_stac.products.write import write_detections
 
     grid = parse_grid("lonlat:0.2@80")
     transform = Affine(0.2, 0.0, -180.0, 0.0, -0.2, 80.0)
@@ -66,7 +66,7 @@ def main() -> None:
 
             for _ in range(args.repeats):
                 found = timed("detections", raster_detections, values, transform, 0.5)
-                timed("GeoParquet", _write_detections, out / "d.parquet", grid, found)
+                timed("GeoParquet", write_detections, out / "d.parquet", grid, found)
                 timed(
                     "vector PMTiles",
                     write_vector_pmtiles,

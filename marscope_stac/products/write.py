@@ -74,6 +74,7 @@ __all__ = [
     "ClassProduct",
     "QueryProduct",
     "read_scores",
+    "write_detections",
     "write_query_product",
     "write_scores",
 ]
@@ -321,8 +322,13 @@ def read_scores(path: str | Path) -> Any:
     return gpd.read_parquet(path)
 
 
-def _write_detections(path: Path, grid: Grid, found: Detections) -> Path:
-    """Detections as GeoParquet: polygons in the body's CRS and their attributes."""
+def write_detections(path: Path, grid: Grid, found: Detections) -> Path:
+    """Write detections as GeoParquet: polygons in the body's CRS and their attributes.
+
+    The columns are ``max_probability``, ``mean_probability`` and ``cells`` (how many grid
+    cells the detection joins); the file carries GeoParquet 1.1 metadata with a bbox
+    covering column. Returns ``path``.
+    """
     return write_geoparquet(
         path,
         {
@@ -530,7 +536,7 @@ class _Files:
         path = self.stage / "detections.parquet"
         background.append(
             pool.submit(
-                clock.timed, "detections GeoParquet", _write_detections, path, self.grid, feats
+                clock.timed, "detections GeoParquet", write_detections, path, self.grid, feats
             )
         )
         if len(feats):

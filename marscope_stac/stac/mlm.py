@@ -156,7 +156,8 @@ def _outputs(embed_dim: int) -> list[dict[str, Any]]:
             "description": (
                 "L2-normalised text embedding in the same space: its cosine similarity to "
                 "an image embedding scores the tile; a softmax at the model's temperature "
-                "against background prompts gives the probability"
+                "against background prompts gives the probability, and a calibrated model "
+                "(marscope:calibration) maps that softmax's logit z to sigmoid(scale z + bias)"
             ),
             "result": {
                 "shape": [-1, embed_dim],
