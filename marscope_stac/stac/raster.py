@@ -29,8 +29,11 @@ from marscope_stac.stac.cloud import BROKEN_READ_SIGNS, forget_cached_bytes, gda
 from marscope_stac.stac.remote import is_remote
 
 __all__ = [
+    "LUMA_WEIGHTS",
     "SourceAsset",
     "crs_from_stac",
+    "image_bands",
+    "one_band",
     "open_raster",
     "pick_asset",
 ]
@@ -190,6 +193,43 @@ def _footprint(crs: CRS, body: Body, bounds: tuple[float, float, float, float]) 
 
 _HEADER_TRIES = 5  # a header cut short by every answer of a busy server: up to 7.5 s of waits
 _FINAL_ANSWERS = ("404", "403", "No such file", "not recognized", "not exist")
+
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights: how a colour image becomes the one band the models see."""
+
+
+def image_bands(ds: Any) -> list[int]:
+    """The bands an image is read from: red, green and blue of a colour one, else the first.
+
+    A raster is colour when its first three bands' colour interpretations are red, green and
+    blue (a JPEG-compressed or RGB GeoTIFF); any other raster is read from band 1.
+    """
+    from rasterio.enums import ColorInterp
+
+    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    return [1, 2, 3] if ds.count >= 3 and tuple(ds.colorinterp[:3]) == rgb else [1]
+
+
+def one_band(data: Any, nodata: float | None = None) -> Any:
+    """Bands (b, rows, cols) read from :func:`image_bands` as one float32 band.
+
+    Colour becomes its luma (:data:`LUMA_WEIGHTS`); a pixel is no data (NaN) where every band
+    holds ``nodata``. A masked array's masked pixels (every band) are no data too.
+    """
+    import numpy as np
+
+    values = np.ma.getdata(data)
+    missing = np.ma.getmaskarray(data).all(axis=0)
+    if nodata is not None:
+        missing |= (values == nodata).all(axis=0)
+    if len(values) == 1:
+        out = values[0].astype(np.float32)
+    else:
+        weights = np.asarray(LUMA_WEIGHTS, np.float32)
+        out = np.tensordot(weights, values[:3].astype(np.float32), axes=1).astype(np.float32)
+    out[missing] = np.nan
+    return out
 
 
 def open_raster(href: str) -> Any:

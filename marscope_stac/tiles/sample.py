@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from marscope_stac.stac.cloud import configure_cloud_reading, forget_cached_bytes
-from marscope_stac.stac.raster import SourceAsset, open_raster
+from marscope_stac.stac.raster import SourceAsset, image_bands, one_band, open_raster
 from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan
 
@@ -81,6 +81,7 @@ class _SourceReader:
         self.meta = meta
         configure_cloud_reading()  # GDAL's http(s)/s3 options, inherited by workers
         self.ds = open_raster(meta.href)
+        self.bands = image_bands(self.ds)  # colour imagery is read as its luma
         self.inv = ~self.ds.transform
         self.geographic = meta.crs.is_geographic
         self.to_src = Transformer.from_crs(meta.body.crs, meta.crs, always_xy=True)
@@ -369,13 +370,10 @@ def _read_piece(
     win = Window(c0, r0, c1 - c0, r1 - r0)
     if factor > 1:
         shape = (max(1, (r1 - r0) // factor), max(1, (c1 - c0) // factor))
-        data = rd.ds.read(1, window=win, out_shape=shape, resampling=Resampling.average)
+        data = rd.ds.read(rd.bands, window=win, out_shape=shape, resampling=Resampling.average)
     else:
-        data = rd.ds.read(1, window=win)
-    arr = data.astype(np.float32)
-    if rd.meta.nodata is not None:
-        arr[data == rd.meta.nodata] = np.nan
-    return arr
+        data = rd.ds.read(rd.bands, window=win)
+    return np.asarray(one_band(data, rd.meta.nodata), np.float32)
 
 
 def _finite_range(pos: NDArray[np.float64]) -> tuple[float, float]:

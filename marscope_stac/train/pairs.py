@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from pyproj import Transformer
 
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError
+from marscope_stac.stac.raster import image_bands, one_band
 from marscope_stac.tiles.sample import scale_pixels
 
 log = logging.getLogger(__name__)
@@ -338,8 +339,7 @@ def _scene(cat: pystac.Catalog, item: pystac.Item, label_asset: str) -> Scene:
 def _read_image(href: str | None) -> tuple[NDArray[np.float32], Any, Any]:
     """A source image scaled to 0..1 (NaN where no data), its transform and CRS."""
     with rasterio.open(href) as src:
-        data = src.read(1, masked=True)
-        image = data.astype(np.float32).filled(np.nan)
+        image = one_band(src.read(image_bands(src), masked=True))  # colour: its luma
         transform = src.transform
         crs = src.crs
         scale = float(src.scales[0])
