@@ -1,6 +1,7 @@
 """Are the bundled model's probabilities calibrated? Reliability and ECE on the demo world.
 
 Run:  .venv/bin/python bench/calibration.py [--model bundled] [--plot docs/img/reliability-demo.png]
+                                            [--real catalogs/real-eval]
 
 Embeds two demo worlds: seed 1, a validation world apart from the demo's training scenes and
 from the held-out area (all its scenes), and seed 0's held-out (test) scenes, the area every
@@ -11,6 +12,13 @@ over classes, raw (softmax against the background prompts at the model's tempera
 with the calibration stored in the model (Platt's fix, fitted on the whole validation world
 by ``marscope calibrate local-dir:marscope_stac/data/models/marscope-small --catalog
 catalogs/demo-val``). The held-out figures are read once per adopted calibration.
+
+With ``--real``, the same on real Mars east of 0 degrees (the real test: read once per adopted
+model), for each kind of picture, on 2-degree cells and the classes and size cut-offs of
+``bench/real_mars.py`` (craters >= 100 km, volcanoes >= 50 km, canyons, valleys >= 100 km):
+a cell shows a landform when its centre lies within half a cell of the circle of a named
+feature of that class and size (so a cell showing an unnamed or smaller one counts as not
+showing it).
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ from marscope_stac.eval.calibration import (
     reliability,
 )
 from marscope_stac.eval.evaluate import split_items
-from marscope_stac.eval.protocol import embed_split
+from marscope_stac.eval.protocol import REAL_QUERIES, embed_split
 from marscope_stac.models.loading import load_model
 
 CELL = 0.02
+REAL_CELL = 2.0
+"""Cells of the real-data figures (``bench/real_mars.py``'s grid)."""
 
 
 def _sample(cm, root: Path, seed: int, split: str) -> dict:  # type: ignore[no-untyped-def]
@@ -67,6 +77,8 @@ def main() -> None:
     ap.add_argument("--validation", default="catalogs/demo-val", help="seed-1 demo world")
     ap.add_argument("--held-out", default="catalogs/demo", help="seed-0 demo world")
     ap.add_argument("--plot", default="docs/img/reliability-demo.png")
+    ap.add_argument("--real", help="real evaluation catalog (marscope real-data --part eval)")
+    ap.add_argument("--real-plot", default="docs/img/reliability-real-east.png")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     cm = load_model(args.model, device="auto")
@@ -88,6 +100,31 @@ def main() -> None:
     print("held-out bins (mean probability, share showing it, cells):")
     for c, f, n in zip(fixed.confidence, fixed.frequency, fixed.counts, strict=True):
         print(f"  {c:6.3f} {f:6.3f} {n:6d}")
+    if args.real:
+        _real(cm, cal, Path(args.real), args.real_plot)
+
+
+def _real(cm, cal: Calibration, root: Path, plot: str) -> None:  # type: ignore[no-untyped-def]
+    """Reliability on real Mars east of 0 degrees (the test: read once per adopted model)."""
+    from marscope_stac.datasets.real import KINDS, build_real_data
+
+    if not (root / "catalog.json").is_file():
+        build_real_data(root, "eval")
+    images, _ = split_items(root, "test")
+    curves = {}
+    for kind in KINDS:
+        mine = [i for i in images if i.properties.get("marscope:kind", "relief") == kind]
+        if not mine:
+            print(f"{root} has no {kind} images; rebuild it with marscope real-data --part eval")
+            continue
+        emb, centres = embed_split(cm, mine, f"lonlat:{REAL_CELL}")
+        sizes = {cls: km for cls, km in REAL_QUERIES.values()}  # bench/real_mars.py's classes
+        per_class = labelled_logits(cm, emb, centres, root, "test", REAL_CELL, sizes)
+        raw, fixed = _line(f"real Mars east, {kind}", per_class, cal)
+        curves[f"{kind}, raw"], curves[f"{kind}, calibrated"] = raw, fixed
+    if curves:
+        title = f"{cm.name}: real Mars east of 0 degrees, {REAL_CELL:g} degree cells"
+        print(f"reliability diagram: {plot_reliability(curves, plot, title)}")
 
 
 if __name__ == "__main__":

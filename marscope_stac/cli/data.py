@@ -60,10 +60,14 @@ def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
 )
 @click.option(
     "--part",
-    type=click.Choice(["train", "eval"]),
+    type=click.Choice(["train", "fit", "validation", "eval"]),
     default="train",
     show_default=True,
-    help="train: Mars west of 0 degrees and the Moon; eval: Mars east of 0 degrees (held out).",
+    help=(
+        "train: Mars west of 0 degrees and the Moon (relief); fit: the same, in relief and "
+        "colour, without the validation regions; validation: Mars 60W-30W (relief, colour) "
+        "and the Moon 135E-180; eval: Mars east of 0 degrees (relief, colour; held out)."
+    ),
 )
 @click.option(
     "--cache",

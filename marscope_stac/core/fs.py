@@ -533,14 +533,10 @@ def staged_directory(
         yield stage
     except MarscopeError as exc:  # name the output, not its staging folder
         shutil.rmtree(stage, ignore_errors=True)
-        text = str(exc)
-        if str(stage) not in text:
-            raise
-        try:
-            renamed = type(exc)(text.replace(str(stage), str(target)))
-        except TypeError:  # an error type with another constructor
-            raise exc from None
-        raise renamed from exc
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            # in place: error types may take other arguments than their message
+            exc.args = (exc.args[0].replace(str(stage), str(target)),)
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -184,13 +184,16 @@ def labelled_logits(
     catalog: str | Path,
     split: str,
     cell_deg: float,
+    sizes: dict[str, float] | None = None,
 ) -> dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]]:
     """Per landform class of a labelled split: every cell's raw logit and whether it shows it.
 
     ``emb`` and ``centres`` are the split's cells
     (:func:`~marscope_stac.eval.protocol.embed_split`); the query is the class name with
     MarScope's prompt ensemble; a cell shows the class within half a cell of one of its
-    outlines (the split's ``labels-parquet`` assets).
+    outlines (the split's ``labels-parquet`` assets). Every class but plains is scored, or,
+    with ``sizes`` (class -> smallest diameter in km, e.g. the real-data protocol's
+    cut-offs), those classes and their outlines at least that size.
 
     Raises:
         ConfigError: if the split's label items have no outlines.
@@ -214,9 +217,13 @@ def labelled_logits(
     m = b.max(axis=1)
     lse = m + np.log(np.exp(b - m[:, None]).sum(axis=1))
     out = {}
-    for cls in sorted(c for c in outlines.landform.unique() if c != "plains"):
+    classes = sorted(sizes or (c for c in outlines.landform.unique() if c != "plains"))
+    for cls in classes:
         q = model.encode_queries([CLASS_NAMES.get(cls, cls.replace("_", " "))], MARSCOPE_TEMPLATES)
-        shapes = list(outlines[outlines.landform == cls].geometry)
+        these = outlines[outlines.landform == cls]
+        if sizes is not None:
+            these = these[these["diameter_km"].to_numpy(float) >= sizes[cls]]
+        shapes = list(these.geometry)
         y = np.zeros(len(emb), bool)
         for near in neighbours_of_shapes(centres, shapes, 0.5 * cell_deg):
             y[near] = True

@@ -249,6 +249,7 @@ def evaluate_real(
     radius_deg: float = 2.0,
     queries: dict[str, tuple[str, float]] = REAL_QUERIES,
     kind: str = "relief",
+    split: str = "test",
 ) -> LandformReport:
     """Real-data retrieval figures of several models on a held-out nomenclature catalog.
 
@@ -257,16 +258,17 @@ def evaluate_real(
     each query of ``queries`` (MarScope's prompt ensemble); truth is the nomenclature points
     of the query's class at least its size, matched within ``radius_deg``. Only the images
     of one ``kind`` of picture (``relief``, ``colour``) and their labels are used: the kinds
-    of one region are figures apart (items without ``marscope:kind`` are relief).
+    of one region are figures apart (items without ``marscope:kind`` are relief). ``split``
+    picks the items (``validation`` for ``marscope real-data --part validation``).
 
     Raises:
-        CatalogError: if the catalog has no test images of that kind with labels.
+        CatalogError: if the catalog has no images of that split and kind with labels.
     """
-    images, labels = split_items(catalog, "test")
+    images, labels = split_items(catalog, split)
     images = [i for i in images if i.properties.get("marscope:kind", "relief") == kind]
     labels = [i for i in labels if i.properties.get("marscope:kind", "relief") == kind]
     if not images or not labels:
-        raise CatalogError(f"{catalog} has no test images of kind {kind!r} with labels")
+        raise CatalogError(f"{catalog} has no {split} images of kind {kind!r} with labels")
     points = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
     scores_of = {}
     centres: NDArray[np.float64] | None = None

@@ -153,6 +153,22 @@ def test_staged_directory_replaces_only_on_success(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_staged_errors_name_the_output_whatever_their_constructor(tmp_path: Path) -> None:
+    from marscope_stac.stac.validation import InvalidCatalogError, ValidationReport
+
+    out = tmp_path / "out"
+    with pytest.raises(errors.CatalogError) as caught, staged_directory(out) as stage:
+        (stage / "x").write_text("1")
+        report = ValidationReport(stage)
+        report.problems.append(f"invalid STAC at {stage}/item.json: field id")
+        raise InvalidCatalogError(report)  # built from a report, not a message
+    assert str(caught.value) == f"invalid STAC at {out.absolute()}/item.json: field id"
+    bad = f"^{out.absolute()}/a is bad$"
+    with pytest.raises(errors.DataError, match=bad), staged_directory(out) as stage:
+        raise errors.DataError(f"{stage}/a is bad")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
     import os
 

@@ -266,6 +266,58 @@ def test_real_figures_are_given_per_kind(
         evaluate_real(model, out, grid="lonlat:10", queries=queries, kind="thermal")
 
 
+def _images(root: Path, body: str) -> dict[str, tuple[float, float, np.ndarray]]:
+    """Each image item's longitudes and pixels."""
+    out = {}
+    for tif in sorted(root.glob(f"{body}-imagery/*/*.tif")):
+        with rasterio.open(tif) as src:
+            out[tif.stem] = (src.bounds.left, src.bounds.right, src.read())
+    return out
+
+
+def _targets(root: Path, item: str) -> set[str]:
+    points = gpd.read_parquet(next(root.glob(f"*-labels/{item}-labels/points.parquet")))
+    return set(points[points["shape"] != "region"].name)
+
+
+def test_fit_and_validation_parts_split_the_west_apart(real_train: Path, packages: Path) -> None:
+    cache = real_train.parent / "cache"
+    fit, val = real_train.parent / "fit", real_train.parent / "validation"
+    build_real_data(fit, "fit", cache=cache, packages=packages)
+    build_real_data(val, "validation", cache=cache, packages=packages)
+    west = np.maximum(_relief(1)[:, : W // 2], 1)
+    colour = np.maximum(_decoded(_colour_jpeg())[:, :, : W // 2], 1)
+    f, v = _images(fit, "mars"), _images(val, "mars")
+    # relief and colour of each: side by side they are the west, and nothing east of 0
+    for kind, whole in (("relief", west[None]), ("colour", colour)):
+        one, band, two = (
+            f[f"mars-{kind}-fit-1"],
+            v[f"mars-{kind}-validation"],
+            f[f"mars-{kind}-fit-2"],
+        )
+        assert one[0] == pytest.approx(-180) and two[1] == pytest.approx(0)
+        assert one[1] == pytest.approx(band[0]) and band[1] == pytest.approx(two[0])
+        assert band[0] == pytest.approx(-60, abs=1.5) and band[1] == pytest.approx(-30, abs=1.5)
+        assert np.array_equal(np.concatenate([one[2], band[2], two[2]], axis=2), whole)
+    # the labelled features: by their centres, never in both (Westcrater sits on 60W)
+    fitted = _targets(fit, "mars-relief-fit-1") | _targets(fit, "mars-relief-fit-2")
+    held = _targets(val, "mars-relief-validation")
+    assert held == {"Westcrater", "Longvallis"} and not fitted & held
+    assert fitted == {"Bigmons"}  # the plana are regions: context, never targets
+    assert _targets(val, "mars-colour-validation") == held
+    # the Moon: the validation region is its far east, 135E-180
+    mf, mv = _images(fit, "moon")["moon-relief-fit"], _images(val, "moon")["moon-relief-validation"]
+    assert mf[1] == pytest.approx(mv[0]) and mv[1] == pytest.approx(180)
+    splits = {
+        json.loads(p.read_text())["properties"]["marscope:split"]
+        for root in (fit, val)
+        for p in root.glob("*-*/*/*.json")
+    }
+    assert splits == {"train", "validation"}
+    r = CliRunner().invoke(cli, ["real-data", "--part", "nope", "--out", str(fit)])
+    assert r.exit_code == 2 and "fit" in r.output and "validation" in r.output
+
+
 def test_outlines_are_small_circles_cut_at_the_antimeridian() -> None:
     mars = _body("Mars")
     r_km = 10.0 * mars.metres_per_degree / 1000.0  # 10 degrees
