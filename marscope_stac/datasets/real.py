@@ -93,6 +93,7 @@ __all__ = [
     "MARS_VALIDATION",
     "MOON_VALIDATION",
     "PARTS",
+    "SPLITS",
     "RealData",
     "build_real_data",
 ]
