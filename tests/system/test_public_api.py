@@ -121,6 +121,7 @@ COMMAND_FUNCTIONS = [
     "marscope_stac.train.loop:train_from_source",
     "marscope_stac.train.averaging:average_models",
     "marscope_stac.eval.calibration:calibrate_model",
+    "marscope_stac.recipes.model:build_model",
     "marscope_stac.embed.run:embed_catalog",
     "marscope_stac.engine.engine:run_query",
     "marscope_stac.engine.upgrade:upgrade_embedding_set",

@@ -1,0 +1,134 @@
+"""A model built from a recipe in one run: data, members, average, calibration, validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _realpackages import write_packages
+from click.testing import CliRunner
+
+from marscope_stac.cli.main import cli
+from marscope_stac.core.errors import ConfigError
+from marscope_stac.models.loading import load_model
+from marscope_stac.recipes import build_model, load_recipe
+
+TINY = """
+name = "tiny"
+sources = ["demo:small:seed=7", "real:fit"]
+model = "bundled"  # fine-tuned a little: a model that ranks landforms calibrates
+pretrained = ""
+prompt_share = 0.3
+
+[train]
+steps_per_epoch = 2
+batch_size = 8
+lr = 1e-5
+lock_text = true
+tile_context = 1
+
+[[members]]
+seed = 0
+epochs = 1
+weights = [1, 1]
+
+[[members]]
+seed = 1
+epochs = 2
+weights = [2, 1]
+
+[calibration]
+source = "demo:small:seed=7"
+
+[validation]
+source = "real:validation"
+grid = "lonlat:10"
+radius_deg = 10
+"""
+
+
+def _fetch(root: Path) -> dict[str, Path]:
+    """Fake package archives, and a cache of their own (never the user's)."""
+    return {"cache": root / "cache", "packages": root / "packages"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    root = tmp_path_factory.mktemp("recipe")
+    packages = write_packages(root / "packages")
+    (root / "tiny.toml").write_text(TINY)
+    result = build_model(root / "tiny.toml", root / "build", device="cpu", **_fetch(root))
+    return root, packages, result
+
+
+def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) -> None:
+    root, _, result = built
+    out = root / "build"
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "demo-small-seed7",
+        "real-fit",
+        "real-validation",
+    ]
+    assert [len(m.history) for m in result.members] == [1, 2]  # each member's own length
+    model = load_model(f"local-dir:{result.model_dir}", device="cpu")
+    assert model.tile_context == 1.0
+    item = json.loads((result.model_dir / "model.json").read_text())
+    assert len(item["properties"]["mlm:hyperparameters"]["members"]) == 2  # the average
+    assert model.calibration is not None
+    assert model.calibration["fitted_on"].startswith("demo-small-seed7")
+    assert result.calibration == {k: model.calibration[k] for k in result.calibration}
+    # validation figures of each member and of the average, per kind of picture
+    assert set(result.validation) == {"relief", "colour"}
+    crater = result.validation["relief"]["impact crater"]
+    assert set(crater) == {"m1", "m2", "model", "random_p99"}
+    record = json.loads((out / "build.json").read_text())
+    assert record["recipe"]["name"] == "tiny" and record["validation"] == result.validation
+    assert (out / "training-curves.png").stat().st_size > 5000
+    assert (out / "reliability.png").is_file()
+    assert "2 members" in result.summary()
+
+
+def test_a_stopped_build_resumes_without_training_again(built: tuple) -> None:
+    root, _, first = built
+    again = build_model(root / "tiny.toml", root / "build", device="cpu", **_fetch(root))
+    assert [m.resumed_from for m in again.members] == [1, 2]  # every epoch was already done
+    assert [m.history for m in again.members] == [m.history for m in first.members]
+
+
+def test_the_shipped_recipes_read() -> None:
+    bundled, fit = load_recipe("bundled"), load_recipe("fit")
+    assert bundled.sources == ("demo:large", "real:train") and len(bundled.members) == 4
+    assert fit.sources == ("demo:large", "real:fit") and fit.validation is not None
+    assert bundled.config(bundled.members[0]).tile_context == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ('sources = ["demo:huge"]', "demo:SIZE[:seed=N]"),
+        ('sources = ["real:east"]', "real:PART"),
+        ("colour = 1", "unknown setting 'colour'"),
+        ("[train]\nepochs = 3", "[train]: unknown setting 'epochs'"),
+        ("[[members]]\nseed = 2", "member 1 needs epochs"),
+        ("[[members]]\nepochs = 1\nweights = [1, 1, 1]", "3 weights for 2 sources"),
+        ("[[members]]\nepochs = 0", "epochs"),
+        ("[calibration]\nsplit = 'all'", "[calibration] needs a source"),
+        ("name = ", "is not TOML"),
+    ],
+)
+def test_a_bad_recipe_is_one_line(tmp_path: Path, change: str, says: str) -> None:
+    base = 'name = "bad"\nsources = ["demo:small", "real:fit"]\nmodel = "marscope-tiny"\n'
+    text = base + change + "\n"
+    if "[[members]]" not in change:
+        text += "\n[[members]]\nepochs = 1\n"
+    if change.startswith("sources"):
+        text = text.replace(base.splitlines()[1] + "\n", "")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    assert says in str(caught.value)
+    r = CliRunner().invoke(cli, ["build-model", str(path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "o").exists()  # refused before anything was written
