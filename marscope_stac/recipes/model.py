@@ -231,13 +231,22 @@ def _prepare(source: str, data: Path, fetch: dict[str, Any]) -> Path:
         from marscope_stac.datasets.demo.world import ensure_demo_catalog
 
         root = data / f"demo-{opts['size']}-seed{opts['seed']}"
-        return ensure_demo_catalog(root, seed=opts["seed"], size=opts["size"]).root
+        made = ensure_demo_catalog(
+            root, seed=opts["seed"], size=opts["size"], progress=fetch.get("progress", False)
+        )
+        return made.root
     if kind == "real":
         from marscope_stac.datasets.real import build_real_data
 
         root = data / f"real-{opts['part']}"
         if not (root / "catalog.json").is_file():
-            build_real_data(root, opts["part"], overwrite=root.exists(), **fetch)
+            build_real_data(
+                root,
+                opts["part"],
+                overwrite=root.exists(),
+                cache=fetch.get("cache"),
+                packages=fetch.get("packages"),
+            )
         return root
     path = Path(opts["path"])
     if not path.exists():
@@ -306,7 +315,7 @@ def build_model(
     r.check()
     root = check_run_folder(out)
     t0 = time.perf_counter()
-    fetch = {"cache": cache, "packages": packages}
+    fetch = {"cache": cache, "packages": packages, "progress": progress}
     sources = [_prepare(s, root / "data", fetch) for s in r.sources]
     members = []
     for k, m in enumerate(r.members, 1):
