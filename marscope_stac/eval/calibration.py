@@ -217,7 +217,10 @@ def labelled_logits(
     m = b.max(axis=1)
     lse = m + np.log(np.exp(b - m[:, None]).sum(axis=1))
     out = {}
-    classes = sorted(sizes or (c for c in outlines.landform.unique() if c != "plains"))
+    if sizes is not None and "diameter_km" not in outlines:
+        raise ConfigError(f"the {split} outlines of {catalog} have no diameter_km to cut sizes by")
+    everything = (c for c in outlines.landform.unique() if c != "plains")
+    classes = sorted(sizes if sizes is not None else everything)
     for cls in classes:
         q = model.encode_queries([CLASS_NAMES.get(cls, cls.replace("_", " "))], MARSCOPE_TEMPLATES)
         these = outlines[outlines.landform == cls]

@@ -170,7 +170,10 @@ def model_calibration(name: str, folder: Path | None) -> dict[str, Any] | None:
         return None
     given = [cal.get(k) if isinstance(cal, dict) else None for k in ("scale", "bias")]
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in given)
-    scale, bias = (float(v) for v in given) if numbers else (math.nan, math.nan)  # type: ignore[arg-type]
+    try:
+        scale, bias = (float(v) for v in given) if numbers else (math.nan, math.nan)  # type: ignore[arg-type]
+    except OverflowError:  # an integer past float range
+        scale = bias = math.nan
     if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias)):
         raise ModelError(
             f"{name}: marscope.calibration in open_clip_config.json needs a positive 'scale' "

@@ -8,6 +8,7 @@ result is calibrated and, optionally, the validation data its figures are read o
 
 from __future__ import annotations
 
-from marscope_stac.recipes.model import ModelBuild, ModelRecipe, build_model, load_recipe
+from marscope_stac.recipes.model import ModelBuild, build_model
+from marscope_stac.recipes.recipe import Member, ModelRecipe, load_recipe
 
-__all__ = ["ModelBuild", "ModelRecipe", "build_model", "load_recipe"]
+__all__ = ["Member", "ModelBuild", "ModelRecipe", "build_model", "load_recipe"]

@@ -1,232 +1,39 @@
 """Build a model from a recipe: its data, its members, their average, its calibration.
 
-A recipe is a TOML file (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the
-bundled model's, and ``fit``, the same trained apart from the real validation regions)::
-
-    name = "bundled"
-    description = "what it is for"
-    sources = ["demo:large", "real:train"]   # the training catalogs, mixed in every batch
-    model = "marscope-small"                 # architecture (or a model to fine-tune)
-    pretrained = "parts"                     # its start ("": random; `marscope train --pretrained`)
-    half_weights = true
-    prompt_share = 0.3
-    crop_px = 60
-
-    [train]                                  # TrainConfig settings every member shares
-    lock_text = true
-    steps_per_epoch = 60
-
-    [[members]]                              # one training run each, averaged
-    seed = 0
-    epochs = 52
-    weights = [1.2, 1.5]                     # the sources' shares of a batch
-
-    [calibration]                            # Platt's fix, fitted after averaging
-    source = "demo:default:seed=1"
-    split = "all"
-    grid = "lonlat:0.02"
-
-    [validation]                             # optional: real-data figures of every member
-    source = "real:validation"               # and of the average, on the validation split
-    grid = "lonlat:2"
-
-Sources are ``demo:SIZE[:seed=N]`` (the synthetic world, :mod:`marscope_stac.datasets.demo`),
-``real:PART`` (:func:`~marscope_stac.datasets.real.build_real_data`; package files fetched
-once) or the path of a catalog or caption table. Built data goes to ``OUT/data``, members to
-``OUT/members/mK``, the model to ``OUT/model``; a run that stops resumes where it was (data
-kept, members from their last epoch).
+The recipe file and its rules: :mod:`marscope_stac.recipes.recipe`. A build folder ``OUT``
+holds ``recipe.json`` (the recipe it builds: a build is resumed only with the same one),
+``data/`` (the catalogs it made), ``members/mK/`` (one training run each, resumed from its
+last epoch), ``model/`` (their average, calibrated), ``training-curves.png``,
+``reliability.png`` and ``build.json`` (the figures).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from marscope_stac.core.errors import ConfigError
-from marscope_stac.core.fs import atomic_write_json, staged_directory
+from marscope_stac.core.errors import ConfigError, OutputError
+from marscope_stac.core.fs import atomic_output, atomic_write_json, staged_directory
 from marscope_stac.core.plots import figure
 from marscope_stac.core.software import software
-from marscope_stac.train.config import PairOptions, TrainConfig, TrainResult
+from marscope_stac.recipes.recipe import ModelRecipe, load_recipe, source_kind
+from marscope_stac.train.config import PairOptions, TrainResult
 
-__all__ = ["Member", "ModelBuild", "ModelRecipe", "build_model", "load_recipe", "plot_members"]
+__all__ = ["ModelBuild", "build_model", "plot_members"]
 
 log = logging.getLogger(__name__)
-
-_TOP = {
-    "name",
-    "description",
-    "sources",
-    "model",
-    "pretrained",
-    "half_weights",
-    "prompt_share",
-    "crop_px",
-    "train",
-    "members",
-    "calibration",
-    "validation",
-}
-_TRAIN = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "epochs"}
-_MEMBER = {"seed", "epochs", "weights"}
-_CALIBRATION = {"source", "split", "grid"}
-_VALIDATION = {"source", "grid", "radius_deg", "kinds"}
-
-
-@dataclass(frozen=True)
-class Member:
-    """One training run of a recipe: its seed, length and source mix (None: equal)."""
-
-    seed: int
-    epochs: int
-    weights: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class ModelRecipe:
-    """A model recipe (see the module docstring for the file and each field)."""
-
-    name: str
-    sources: tuple[str, ...]
-    members: tuple[Member, ...]
-    description: str = ""
-    model: str = "marscope-small"
-    pretrained: str | None = "parts"
-    half_weights: bool = False
-    prompt_share: float = 0.0
-    crop_px: int = 60
-    train: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] | None = None
-    validation: dict[str, Any] | None = None
-
-    def config(self, member: Member) -> TrainConfig:
-        """The training settings of one member."""
-        return TrainConfig(**self.train, seed=member.seed, epochs=member.epochs)
-
-    def check(self) -> None:
-        """Raise :class:`ConfigError` for anything a build would stop on later."""
-        if not self.sources or not self.members:
-            raise ConfigError(f"recipe {self.name}: give sources and at least one [[members]]")
-        for source in (*self.sources, *(s["source"] for s in self._data_steps())):
-            _source_kind(source)
-        for k, m in enumerate(self.members, 1):
-            self.config(m).check()
-            if m.weights is not None and len(m.weights) != len(self.sources):
-                raise ConfigError(
-                    f"recipe {self.name}: member {k} has {len(m.weights)} weights for "
-                    f"{len(self.sources)} sources; give one per source"
-                )
-
-    def _data_steps(self) -> list[dict[str, Any]]:
-        return [s for s in (self.calibration, self.validation) if s is not None]
-
-
-def _table(doc: dict[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
-    """``doc`` when it is a table of known keys."""
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where} must be a table of settings")
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown setting {unknown[0]!r}; use {', '.join(sorted(allowed))}"
-        )
-    return doc
-
-
-def _member(doc: Any, k: int, where: str) -> Member:
-    m = _table(doc, _MEMBER, f"{where}: member {k}")
-    if "epochs" not in m:
-        raise ConfigError(f"{where}: member {k} needs epochs")
-    weights = m.get("weights")
-    if weights is not None and not (
-        isinstance(weights, list) and all(isinstance(w, int | float) for w in weights)
-    ):
-        raise ConfigError(f"{where}: member {k}: weights must be a list of numbers")
-    return Member(int(m.get("seed", 0)), int(m["epochs"]), tuple(weights) if weights else None)
-
-
-def load_recipe(recipe: str | Path) -> ModelRecipe:
-    """Read a recipe: a ``.toml`` file, or the name of one shipped in the package.
-
-    Raises:
-        ConfigError: for a missing or malformed recipe, naming what is wrong.
-    """
-    path = Path(recipe)
-    if not path.is_file():
-        shipped = files("marscope_stac") / "data" / "recipes" / f"{recipe}.toml"
-        if not shipped.is_file():
-            names = sorted(
-                p.name[:-5] for p in (files("marscope_stac") / "data" / "recipes").iterdir()
-            )
-            raise ConfigError(f"no recipe {recipe}: give a .toml file or one of {', '.join(names)}")
-        path = Path(str(shipped))
-    where = f"recipe {path}"
-    try:
-        doc = _table(tomllib.loads(path.read_text(encoding="utf-8")), _TOP, where)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where} is not TOML: {exc}") from None
-    try:
-        made = ModelRecipe(
-            name=str(doc.get("name", path.stem)),
-            description=str(doc.get("description", "")),
-            sources=tuple(str(s) for s in doc.get("sources", [])),
-            members=tuple(_member(m, k, where) for k, m in enumerate(doc.get("members", []), 1)),
-            model=str(doc.get("model", "marscope-small")),
-            pretrained=str(doc.get("pretrained", "parts")) or None,
-            half_weights=bool(doc.get("half_weights", False)),
-            prompt_share=float(doc.get("prompt_share", 0.0)),
-            crop_px=int(doc.get("crop_px", 60)),
-            train=_table(doc.get("train", {}), _TRAIN, f"{where}: [train]"),
-            calibration=_step(doc, "calibration", _CALIBRATION, where),
-            validation=_step(doc, "validation", _VALIDATION, where),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: a setting has the wrong type ({exc})") from None
-    made.check()
-    return made
-
-
-def _step(doc: dict[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any] | None:
-    if key not in doc:
-        return None
-    step = _table(doc[key], allowed, f"{where}: [{key}]")
-    if "source" not in step:
-        raise ConfigError(f"{where}: [{key}] needs a source")
-    return step
-
-
-def _source_kind(source: str) -> tuple[str, dict[str, Any]]:
-    """(``demo`` | ``real`` | ``path``, its settings) of a source spec."""
-    kind, _, rest = source.partition(":")
-    if kind == "demo":
-        size, _, seed = rest.partition(":seed=")
-        from marscope_stac.datasets.demo import SIZES
-
-        if size not in SIZES or (seed and not seed.isdigit()):
-            raise ConfigError(
-                f"source {source}: use demo:SIZE[:seed=N], SIZE one of {', '.join(SIZES)}"
-            )
-        return "demo", {"size": size, "seed": int(seed or 0)}
-    if kind == "real":
-        from marscope_stac.datasets.real import PARTS
-
-        if rest not in PARTS:
-            raise ConfigError(f"source {source}: use real:PART, PART one of {', '.join(PARTS)}")
-        return "real", {"part": rest}
-    return "path", {"path": source}
 
 
 def _prepare(source: str, data: Path, fetch: dict[str, Any]) -> Path:
     """The catalog (or table) of a source, built under ``data`` when the recipe makes it."""
-    kind, opts = _source_kind(source)
+    kind, opts = source_kind(source)
     if kind == "demo":
         from marscope_stac.datasets.demo.world import ensure_demo_catalog
 
@@ -309,14 +116,15 @@ def build_model(
         ConfigError: for a bad recipe.
         OutputError: if ``out`` is not a folder this project can write.
     """
-    from marscope_stac.train.loop import check_run_folder, train_from_source
+    from marscope_stac.train.loop import train_from_source
 
     r = recipe if isinstance(recipe, ModelRecipe) else load_recipe(recipe)
     r.check()
-    root = check_run_folder(out)
+    root = _build_folder(out, r)
     t0 = time.perf_counter()
     fetch = {"cache": cache, "packages": packages, "progress": progress}
     sources = [_prepare(s, root / "data", fetch) for s in r.sources]
+    steps = {k: _prepare(s["source"], root / "data", fetch) for k, s in _steps(r).items()}
     members = []
     for k, m in enumerate(r.members, 1):
         log.info("recipe %s: member %d of %d", r.name, k, len(r.members))
@@ -336,12 +144,48 @@ def build_model(
             )
         )
     built = ModelBuild(root, _combine(members, root / "model"), members)
-    built.calibration = _calibrate(r, built.model_dir, root, fetch)
-    built.validation = _validate(r, built, root, fetch)
+    built.calibration = _calibrate(r, built.model_dir, root, steps.get("calibration"))
+    built.validation = _validate(r, built, steps.get("validation"), device)
     built.curves = plot_members(members, root / "training-curves.png", r.name)
     built.seconds = time.perf_counter() - t0
     _record(r, built)
     return built
+
+
+def _steps(r: ModelRecipe) -> dict[str, dict[str, Any]]:
+    steps = {"calibration": r.calibration, "validation": r.validation}
+    return {k: v for k, v in steps.items() if v is not None}
+
+
+def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
+    """``out`` as this recipe's build folder: new, empty, or an earlier build of the recipe.
+
+    Raises:
+        OutputError: for a file, or a folder of other files (nothing in it is replaced).
+        ConfigError: for an earlier build of another recipe (its members would be reused).
+    """
+    from marscope_stac.train.loop import check_run_folder
+
+    root = check_run_folder(out)
+    record = root / "recipe.json"
+    if root.is_dir() and any(root.iterdir()) and not record.is_file():
+        raise OutputError(
+            f"--out {out} holds other files and no recipe.json: it is not a model build; "
+            "give a new or empty folder"
+        )
+    if record.is_file():
+        before = json.loads(record.read_text(encoding="utf-8"))
+        now = json.loads(json.dumps(r.as_dict()))
+        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(
+                f"--out {out} is a build of another recipe (it differs in {changed[0]}); "
+                "its members would be reused: give another --out, or the same recipe"
+            )
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, r.as_dict())
+    return root
 
 
 def _combine(members: list[TrainResult], model_dir: Path) -> Path:
@@ -351,18 +195,19 @@ def _combine(members: list[TrainResult], model_dir: Path) -> Path:
     if len(members) > 1:
         refs = [f"local-dir:{m.model_dir}" for m in members]
         return average_models(refs, model_dir, overwrite=True)
-    with staged_directory(model_dir, overwrite=True, owned=True) as stage:
+    with staged_directory(model_dir, overwrite=True) as stage:  # only a model folder
         shutil.copytree(members[0].model_dir, stage, dirs_exist_ok=True)
     return model_dir
 
 
-def _calibrate(r: ModelRecipe, model_dir: Path, root: Path, fetch: Any) -> dict[str, Any] | None:
-    if r.calibration is None:
+def _calibrate(
+    r: ModelRecipe, model_dir: Path, root: Path, catalog: Path | None
+) -> dict[str, Any] | None:
+    if r.calibration is None or catalog is None:
         return None
     from marscope_stac.eval.calibration import calibrate_model
 
     step = r.calibration
-    catalog = _prepare(step["source"], root / "data", fetch)
     fit = calibrate_model(
         f"local-dir:{model_dir}",
         catalog,
@@ -373,18 +218,19 @@ def _calibrate(r: ModelRecipe, model_dir: Path, root: Path, fetch: Any) -> dict[
     return fit.record()
 
 
-def _validate(r: ModelRecipe, built: ModelBuild, root: Path, fetch: Any) -> dict[str, Any]:
+def _validate(
+    r: ModelRecipe, built: ModelBuild, catalog: Path | None, device: str
+) -> dict[str, Any]:
     """Best F1 by query of each member and of the model, per kind (real validation data)."""
-    if r.validation is None:
+    if r.validation is None or catalog is None:
         return {}
     from marscope_stac.eval.protocol import evaluate_real
     from marscope_stac.models.loading import load_model
 
     step = r.validation
-    catalog = _prepare(step["source"], root / "data", fetch)
     refs = {f"m{k}": m.model_dir for k, m in enumerate(built.members, 1)}
     refs["model"] = built.model_dir
-    models = {n: load_model(f"local-dir:{p}", device="cpu") for n, p in refs.items()}
+    models = {n: load_model(f"local-dir:{p}", device=device) for n, p in refs.items()}
     out: dict[str, Any] = {}
     for kind in step.get("kinds", ["relief", "colour"]):
         report = evaluate_real(
@@ -428,7 +274,8 @@ def plot_members(members: list[TrainResult], path: Path, name: str) -> Path | No
         a.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path
 
 
@@ -437,7 +284,7 @@ def _record(r: ModelRecipe, built: ModelBuild) -> None:
     atomic_write_json(
         built.out / "build.json",
         {
-            "recipe": dataclasses.asdict(r),
+            "recipe": r.as_dict(),
             "software": software(),
             "model": str(built.model_dir),
             "members": [m.history[-1] if m.history else {} for m in built.members],

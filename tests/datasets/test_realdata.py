@@ -265,6 +265,26 @@ def test_fetch_errors_are_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
 
 
+def test_a_colour_mosaic_other_than_the_checked_one_is_refused(
+    packages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from marscope_stac.datasets.packages import PACKAGE_FILES
+
+    pin = "42888bdb5aac4b4bf7729a4ffc42bf6b2f51d373a0fb4c5d74629cb2e72056f0"
+    monkeypatch.setitem(
+        PACKAGE_FILES, "mars-colour", replace(PACKAGE_FILES["mars-colour"], sha256=pin)
+    )
+    args = ["real-data", "--part", "eval", "--out", str(tmp_path / "e")]
+    r = CliRunner().invoke(
+        cli, [*args, "--packages", str(packages), "--cache", str(tmp_path / "c")]
+    )
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "not the file whose layout was checked" in r.output
+    assert not (tmp_path / "e").exists()
+
+
 def test_cached_files_are_reused(real_train: Path) -> None:
     # the cache filled by the fixture serves without any package folder or client
     roles = ["nomenclature", "mars-relief", "moon-relief"]  # the train part's

@@ -10,7 +10,7 @@ from _realpackages import write_packages
 from click.testing import CliRunner
 
 from marscope_stac.cli.main import cli
-from marscope_stac.core.errors import ConfigError
+from marscope_stac.core.errors import ConfigError, OutputError
 from marscope_stac.models.loading import load_model
 from marscope_stac.recipes import build_model, load_recipe
 
@@ -103,32 +103,73 @@ def test_the_shipped_recipes_read() -> None:
     assert bundled.config(bundled.members[0]).tile_context == 1
 
 
+BASE = {
+    "head": 'name = "bad"\nmodel = "marscope-tiny"',
+    "sources": 'sources = ["demo:small", "real:fit"]',
+    "members": "[[members]]\nepochs = 1",
+    "tail": "",
+}
+
+
 @pytest.mark.parametrize(
-    ("change", "says"),
+    ("part", "text", "says"),
     [
-        ('sources = ["demo:huge"]', "demo:SIZE[:seed=N]"),
-        ('sources = ["real:east"]', "real:PART"),
-        ("colour = 1", "unknown setting 'colour'"),
-        ("[train]\nepochs = 3", "[train]: unknown setting 'epochs'"),
-        ("[[members]]\nseed = 2", "member 1 needs epochs"),
-        ("[[members]]\nepochs = 1\nweights = [1, 1, 1]", "3 weights for 2 sources"),
-        ("[[members]]\nepochs = 0", "epochs"),
-        ("[calibration]\nsplit = 'all'", "[calibration] needs a source"),
-        ("name = ", "is not TOML"),
+        ("sources", 'sources = ["demo:huge"]', "demo:SIZE[:seed=N]"),
+        ("sources", 'sources = ["real:east"]', "real:PART"),
+        ("sources", 'sources = "demo:small"', "sources must be a list of strings"),
+        ("sources", 'sources = ["demo:small", "real:eval"]', "real:eval is Mars east"),
+        ("head", 'name = "bad"\nhalf_weights = "false"', "half_weights must be true or false"),
+        ("head", 'name = "bad"\ncrop_px = 60.5', "crop_px must be a whole number"),
+        ("head", 'name = "bad"\ncolour = 1', "unknown setting 'colour'"),
+        ("tail", "[train]\nepochs = 3", "[train]: unknown setting 'epochs'"),
+        ("tail", "[train]\nlr = 'fast'", "lr must be a number"),
+        ("members", "[[members]]\nseed = 2", "member 1 needs epochs"),
+        ("members", "[members]\nepochs = 1", "members must be tables ([[name]]"),
+        ("members", "[[members]]\nepochs = 1.5", "epochs must be a whole number"),
+        ("members", "[[members]]\nepochs = 1\nweights = [1, 1, 1]", "3 weights for 2"),
+        ("members", "[[members]]\nepochs = 1\nweights = [true, 1]", "weights must be a list"),
+        ("members", "[[members]]\nepochs = 1\nweights = [-1, 1]", "positive numbers"),
+        ("members", "[[members]]\nepochs = 0", "epochs"),
+        ("tail", "[calibration]\nsplit = 'all'", "[calibration] needs a source"),
+        ("tail", "[calibration]\nsource = 'real:eval'", "real:eval is Mars east"),
+        ("tail", "[calibration]\nsource = 5", "source must be a string"),
+        ("tail", "[validation]\nsource = 'real:eval'", "real:eval is Mars east"),
+        ("tail", "[validation]\nsource = 'real:fit'", "must be real:validation or a path"),
+        ("tail", "[validation]\nsource = 'real:validation'\nkinds = ['thermal']", "kinds: use"),
+        ("tail", "[validation]\nsource = 'real:validation'\ngrid = 'hex:9'", "grid"),
+        ("head", 'name = "bad"\nname = ', "is not TOML"),
     ],
 )
-def test_a_bad_recipe_is_one_line(tmp_path: Path, change: str, says: str) -> None:
-    base = 'name = "bad"\nsources = ["demo:small", "real:fit"]\nmodel = "marscope-tiny"\n'
-    text = base + change + "\n"
-    if "[[members]]" not in change:
-        text += "\n[[members]]\nepochs = 1\n"
-    if change.startswith("sources"):
-        text = text.replace(base.splitlines()[1] + "\n", "")
+def test_a_bad_recipe_is_one_line(tmp_path: Path, part: str, text: str, says: str) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(text)
+    path.write_text("\n".join({**BASE, part: text}.values()) + "\n")
     with pytest.raises(ConfigError) as caught:
         load_recipe(path)
     assert says in str(caught.value)
     r = CliRunner().invoke(cli, ["build-model", str(path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_validation_figures_need_a_recipe_that_did_not_train_there(tmp_path: Path) -> None:
+    path = tmp_path / "leak.toml"
+    path.write_text(
+        'name = "leak"\nmodel = "marscope-tiny"\nsources = ["real:train"]\n'
+        "[[members]]\nepochs = 1\n[validation]\nsource = 'real:validation'\n"
+    )
+    with pytest.raises(ConfigError, match="real:train holds the validation band"):
+        load_recipe(path)
+
+
+def test_a_build_folder_is_new_empty_or_the_same_recipes(tmp_path: Path, built: tuple) -> None:
+    root, _, _ = built
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.txt").write_text("years of work")
+    with pytest.raises(OutputError, match="not a model build"):
+        build_model(root / "tiny.toml", mine, device="cpu", **_fetch(root))
+    assert [p.name for p in mine.iterdir()] == ["chapter1.txt"]
+    other = (root / "tiny.toml").read_text().replace("epochs = 2", "epochs = 3")
+    (tmp_path / "other.toml").write_text(other)
+    with pytest.raises(ConfigError, match=r"another recipe \(it differs in members\)"):
+        build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
