@@ -62,6 +62,13 @@ def test_overwrite_of_real_data_refuses_a_user_folder(user_folder: Path) -> None
     assert _tree(user_folder) == before
 
 
+def test_a_model_build_refuses_a_user_folder(user_folder: Path) -> None:
+    before = _tree(user_folder)
+    line = _refused(["build-model", "bundled", "--out", str(user_folder)])
+    assert "not a model build" in line
+    assert _tree(user_folder) == before
+
+
 def test_overwrite_replaces_what_the_project_wrote(tmp_path: Path) -> None:
     out = tmp_path / "cat"
     with staged_directory(out) as stage:
