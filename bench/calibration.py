@@ -9,9 +9,11 @@ other figure uses. For every landform class (the class name with MarScope's prom
 each cell's probability is compared with whether it shows the class (centre within half a
 cell of an outline): reliability bins and expected calibration error (ECE, 10 bins), pooled
 over classes, raw (softmax against the background prompts at the model's temperature) and
-with the calibration stored in the model (Platt's fix, fitted on the whole validation world
-by ``marscope calibrate local-dir:marscope_stac/data/models/marscope-small --catalog
-catalogs/demo-val``). The held-out figures are read once per adopted calibration.
+with the calibration stored in the model for cells of that size (Platt's fix, fitted on the
+whole validation world by ``marscope calibrate local-dir:marscope_stac/data/models/marscope-small
+--catalog catalogs/demo-val``; a model fitted at several cell sizes interpolates,
+``marscope_stac.core.platt.calibration_at``). The held-out figures are read once per adopted
+calibration.
 
 With ``--real``, the same on real Mars east of 0 degrees (the real test: read once per adopted
 model), for each kind of picture, on 2-degree cells and the classes and size cut-offs of
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marscope_stac.core.platt import calibration_at
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
 from marscope_stac.eval.calibration import (
     Calibration,
@@ -84,7 +87,7 @@ def main() -> None:
     cm = load_model(args.model, device="auto")
     if cm.calibration is None:
         sys.exit(f"{args.model} has no calibration; fit one with 'marscope calibrate'")
-    cal = Calibration(cm.calibration["scale"], cm.calibration["bias"])
+    cal = Calibration(*calibration_at(cm.calibration, CELL))
     fitted_on = cm.calibration.get("fitted_on")
     print(f"{args.model}: scale {cal.scale:.4f}, bias {cal.bias:.4f} (fitted on {fitted_on})")
     _line("validation world (fitted on)", _sample(cm, Path(args.validation), 1, "all"), cal)
@@ -101,7 +104,9 @@ def main() -> None:
     for c, f, n in zip(fixed.confidence, fixed.frequency, fixed.counts, strict=True):
         print(f"  {c:6.3f} {f:6.3f} {n:6d}")
     if args.real:
-        _real(cm, cal, Path(args.real), args.real_plot)
+        at = Calibration(*calibration_at(cm.calibration, REAL_CELL))
+        print(f"at {REAL_CELL:g} degree cells: scale {at.scale:.4f}, bias {at.bias:.4f}")
+        _real(cm, at, Path(args.real), args.real_plot)
 
 
 def _real(cm, cal: Calibration, root: Path, plot: str) -> None:  # type: ignore[no-untyped-def]

@@ -160,20 +160,47 @@ def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> N
     help="Labelled catalog of a validation area (outlines of its landforms).",
 )
 @click.option("--split", default="all", show_default=True, help="Its items' marscope:split.")
-@click.option("--grid", default="lonlat:0.02", show_default=True, help="Grid of the cells.")
+@click.option("--grid", help="Grid of the cells.  [default: lonlat:0.02; lonlat:2 with --real]")
+@click.option(
+    "--real",
+    is_flag=True,
+    help="The catalog is real data (marscope real-data --part validation): the real-data "
+    "protocol's classes and sizes, each body and kind of picture apart, pooled.",
+)
 @click.option("--plot", type=_PATH, help="Write a reliability diagram (PNG) here.")
 @click.option("--dry-run", is_flag=True, help="Fit and report; leave the model as it is.")
+@click.option(
+    "--only", is_flag=True, help="Drop the model's fits at other cell sizes (keep this one alone)."
+)
 def calibrate_cmd(
-    model: str, catalog: Path, split: str, grid: str, plot: Path | None, dry_run: bool
+    model: str,
+    catalog: Path,
+    split: str,
+    grid: str | None,
+    real: bool,
+    plot: Path | None,
+    dry_run: bool,
+    only: bool,
 ) -> None:
     """Fit the probability calibration of MODEL (local-dir:PATH) on a labelled catalog.
 
-    Platt's scale and bias on the probability's logit are stored in the model folder;
-    embedding sets made with the model afterwards give calibrated probabilities.
+    Platt's scale and bias on the probability's logit are stored in the model folder for
+    the grid's cell size, beside the model's fits at other cell sizes; embedding sets made
+    with the model afterwards give calibrated probabilities (sets of cells between two
+    fitted sizes interpolate).
     """
     from marscope_stac.eval.calibration import calibrate_model
 
-    fit = calibrate_model(model, catalog, split=split, grid=grid, write=not dry_run, plot=plot)
+    fit = calibrate_model(
+        model,
+        catalog,
+        split=split,
+        grid=grid,
+        real=real,
+        write=not dry_run,
+        plot=plot,
+        keep_other_cells=not only,
+    )
     click.echo(fit.summary())
     if not dry_run:
         click.echo(f"stored in {model.split(':', 1)[1]}/open_clip_config.json")

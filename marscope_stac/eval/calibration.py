@@ -17,16 +17,17 @@ landform's outlines (the outline protocol of :mod:`marscope_stac.eval.protocol`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from marscope_stac.core.errors import ConfigError
+from marscope_stac.core.errors import CatalogError, ConfigError
 
 __all__ = [
     "Calibration",
@@ -37,6 +38,7 @@ __all__ = [
     "labelled_logits",
     "plot_reliability",
     "pooled",
+    "real_labelled_logits",
     "reliability",
 ]
 
@@ -185,6 +187,7 @@ def labelled_logits(
     split: str,
     cell_deg: float,
     sizes: dict[str, float] | None = None,
+    labels: Sequence[Any] | None = None,
 ) -> dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]]:
     """Per landform class of a labelled split: every cell's raw logit and whether it shows it.
 
@@ -193,7 +196,8 @@ def labelled_logits(
     MarScope's prompt ensemble; a cell shows the class within half a cell of one of its
     outlines (the split's ``labels-parquet`` assets). Every class but plains is scored, or,
     with ``sizes`` (class -> smallest diameter in km, e.g. the real-data protocol's
-    cut-offs), those classes and their outlines at least that size.
+    cut-offs), those classes and their outlines at least that size. ``labels``: the label
+    items to read instead of all of the split's (e.g. one body's, one kind's).
 
     Raises:
         ConfigError: if the split's label items have no outlines.
@@ -205,7 +209,8 @@ def labelled_logits(
     from marscope_stac.core.vocabulary import CLASS_NAMES
     from marscope_stac.eval.evaluate import neighbours_of_shapes, split_items
 
-    _, labels = split_items(catalog, split)
+    if labels is None:
+        _, labels = split_items(catalog, split)
     if not labels or not all("labels-parquet" in i.assets for i in labels):
         raise ConfigError(f"the {split} split of {catalog} has no landform outlines")
     outlines = pd.concat(
@@ -234,6 +239,56 @@ def labelled_logits(
     return out
 
 
+def real_labelled_logits(
+    model: Any, catalog: str | Path, split: str = "validation", grid: str = "lonlat:2"
+) -> dict[str, dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]]]:
+    """:func:`labelled_logits` of a real-data catalog under the real-data protocol.
+
+    For each body and kind of picture of the split (``ssys:targets``, ``marscope:kind``:
+    e.g. ``Mars colour``), its cells on ``grid`` against the protocol's classes at their
+    size cut-offs (:data:`~marscope_stac.eval.protocol.REAL_QUERIES`: craters >= 100 km,
+    volcanoes >= 50 km, canyons, valleys >= 100 km), those the region's catalogue names.
+
+    Raises:
+        ConfigError: if no region of the split names one of those classes.
+        CatalogError: if the catalog has no image and label items of the split.
+    """
+    from marscope_stac.eval.evaluate import split_items
+    from marscope_stac.eval.protocol import REAL_QUERIES, cell_degrees, embed_split, real_items
+
+    images, _ = split_items(catalog, split)
+    regions = sorted(
+        {
+            (body, i.properties.get("marscope:kind", "relief"))
+            for i in images
+            for body in i.properties.get("ssys:targets", ["Mars"])
+        }
+    )
+    sizes = {cls: km for cls, km in REAL_QUERIES.values()}
+    out = {}
+    for body, kind in regions:
+        with contextlib.suppress(CatalogError):  # a region without labels: nothing to fit
+            mine, labels = real_items(catalog, split, kind, body)
+            named = {
+                c
+                for i in labels
+                for k in i.properties.get("label:classes", [])
+                for c in k["classes"]
+            }
+            these = {cls: km for cls, km in sizes.items() if cls in named}
+            if these:
+                emb, centres = embed_split(model, mine, grid)
+                out[f"{body} {kind}"] = labelled_logits(
+                    model, emb, centres, catalog, split, cell_degrees(grid), these, labels
+                )
+    if not out:
+        raise ConfigError(
+            f"the {split} split of {catalog} names none of the real-data classes "
+            f"({', '.join(sizes)}); give a catalog from marscope real-data --part validation"
+        )
+    return out
+
+
 @dataclass
 class CalibrationFit:
     """A calibration fitted on a labelled catalog, and how the probability fares before/after.
@@ -244,6 +299,9 @@ class CalibrationFit:
         before: Reliability of the raw probability on the fitting cells.
         after: Reliability of the calibrated probability on the same cells.
         classes: Landform classes pooled.
+        regions: For a real-data fit, each region's (body and kind of picture) reliability
+            raw and calibrated.
+        cell_deg: Side of the fitting cells, in degrees (the fit holds for cells that size).
     """
 
     calibration: Calibration
@@ -251,25 +309,42 @@ class CalibrationFit:
     before: Reliability
     after: Reliability
     classes: list[str]
+    regions: dict[str, tuple[Reliability, Reliability]] = field(default_factory=dict)
+    cell_deg: float | None = None
 
     def record(self) -> dict[str, Any]:
-        """What a model stores (``marscope.calibration``): scale, bias, where, ECE before/after."""
-        return {
+        """What a model stores (``marscope.calibration``): scale, bias, where, ECE before/after.
+
+        A real-data fit adds ``ece_by_region`` (region -> ECE raw and calibrated).
+        """
+        out: dict[str, Any] = {
             **self.calibration.as_dict(),
             "fitted_on": self.fitted_on,
+            **({"cell_deg": self.cell_deg} if self.cell_deg is not None else {}),
             "ece_before": round(self.before.ece, 5),
             "ece_after": round(self.after.ece, 5),
         }
+        if self.regions:
+            out["ece_by_region"] = {
+                k: {"before": round(r.ece, 5), "after": round(c.ece, 5)}
+                for k, (r, c) in self.regions.items()
+            }
+        return out
 
     def summary(self) -> str:
         """Lines for people."""
         c = self.calibration
-        return (
+        lines = [
             f"calibration fitted on {self.fitted_on} ({len(self.classes)} landforms, "
             f"{int(self.before.counts.sum()):,} cell x landform pairs, {self.before.positives:,} "
             f"showing it): scale {c.scale:.4f}, bias {c.bias:.4f}; expected calibration error "
             f"{self.before.ece:.4f} raw -> {self.after.ece:.4f} calibrated"
-        )
+        ]
+        lines += [
+            f"  {k}: {r.ece:.4f} raw -> {f.ece:.4f} calibrated ({r.positives:,} showing it)"
+            for k, (r, f) in self.regions.items()
+        ]
+        return "\n".join(lines)
 
 
 def calibrate_model(
@@ -277,33 +352,41 @@ def calibrate_model(
     catalog: str | Path,
     *,
     split: str = "all",
-    grid: str = "lonlat:0.02",
+    grid: str | None = None,
+    real: bool = False,
     write: bool = True,
     plot: str | Path | None = None,
+    keep_other_cells: bool = True,
 ) -> CalibrationFit:
     """Fit Platt's fix of a model's probabilities on a labelled catalog; store it in the model.
 
     The catalog's cells of ``split`` are embedded, every landform class is queried by name,
     and ``scale`` and ``bias`` are fitted on all classes' cells pooled
-    (:func:`fit_calibration`). With ``write``, the model folder's ``open_clip_config.json``
-    gets them under ``marscope.calibration`` (with ``fitted_on`` and the ECE before and
-    after), and its STAC item ``model.json``, when there, as ``marscope:calibration``:
-    embedding sets made with the model from then on give calibrated probabilities. Use a
-    validation area, never the test area the model is judged on.
+    (:func:`fit_calibration`). With ``real``, the catalog is real data (``marscope real-data
+    --part validation``): the real-data protocol's classes and sizes, each body and kind of
+    picture embedded apart and pooled (:func:`real_labelled_logits`). With ``write``, the
+    model folder's ``open_clip_config.json`` gets them under ``marscope.calibration`` (with
+    ``fitted_on`` and the ECE before and after), and its STAC item ``model.json``, when
+    there, as ``marscope:calibration``: embedding sets made with the model from then on give
+    calibrated probabilities. Use a validation area, never the test area the model is
+    judged on. Whether a cell shows a landform depends on the cell's size: the fit is
+    recorded for the grid's cell size, and the model's fits at other cell sizes are kept
+    (``keep_other_cells``; sets of cells between two fits interpolate,
+    :func:`~marscope_stac.core.platt.calibration_at`).
 
     Args:
         model: ``local-dir:PATH`` of the model folder to calibrate (written in place).
         catalog: Labelled catalog (image items, label items with ``labels-parquet`` outlines).
         split: ``marscope:split`` of the items to use, or ``all``.
-        grid: Grid of the cells.
+        grid: Grid of the cells (``lonlat:0.02``, or ``lonlat:2`` with ``real``).
+        real: Use the real-data protocol (see above).
         write: Store the fit in the model folder.
         plot: A PNG reliability diagram (raw and calibrated) to write.
+        keep_other_cells: Keep the model's fits at other cell sizes (else this one alone).
 
     Raises:
         ConfigError: for a model that is not a folder, or a catalog without outlines.
     """
-    from marscope_stac.eval.evaluate import split_items
-    from marscope_stac.eval.protocol import cell_degrees, embed_split
     from marscope_stac.models.loading import load_model
 
     if not model.startswith("local-dir:"):
@@ -311,39 +394,73 @@ def calibrate_model(
             f"calibrate writes into the model's folder: give local-dir:PATH, not {model!r} "
             "(copy a bundled or hub model to a folder first)"
         )
+    grid = grid or ("lonlat:2" if real else "lonlat:0.02")
     cm = load_model(model, device="auto")
+    fit = _fit(_fitting_cells(cm, catalog, split, grid, real), catalog, split, grid, real)
+    if plot is not None:  # first: a bad plot path leaves the model as it was
+        curves = {"raw": fit.before, "calibrated": fit.after}
+        curves.update({f"{k}, calibrated": r[1] for k, r in fit.regions.items()})
+        plot_reliability(curves, plot, f"{cm.name}: {fit.fitted_on}")
+    if write:
+        _store(Path(model.split(":", 1)[1]).expanduser(), fit, keep_other_cells)
+    return fit
+
+
+def _fit(
+    regions: dict[str, dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]]],
+    catalog: str | Path,
+    split: str,
+    grid: str,
+    real: bool,
+) -> CalibrationFit:
+    """Platt's fix on every region's cells pooled, with the reliability of each region."""
+    from marscope_stac.grid.grids import cell_side_deg
+
+    per_class = [v for region in regions.values() for v in region.values()]
+    z, y = pooled([v[0] for v in per_class], [v[1] for v in per_class])
+    cal = fit_calibration(z, y)
+    fit = CalibrationFit(
+        cal,
+        f"{Path(catalog).name} ({split} scenes, {grid}{', real-data protocol' if real else ''})",
+        reliability(Calibration().apply(z), y),
+        reliability(cal.apply(z), y),
+        sorted({c for region in regions.values() for c in region}),
+        cell_deg=float(f"{cell_side_deg(grid):.10g}"),
+    )
+    for name, region in regions.items() if real else ():
+        zr, yr = pooled([v[0] for v in region.values()], [v[1] for v in region.values()])
+        fit.regions[name] = reliability(Calibration().apply(zr), yr), reliability(cal.apply(zr), yr)
+    return fit
+
+
+def _fitting_cells(
+    cm: Any, catalog: str | Path, split: str, grid: str, real: bool
+) -> dict[str, dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]]]:
+    """Region -> class -> (logits, labels) of the cells a calibration is fitted on."""
+    from marscope_stac.eval.evaluate import split_items
+    from marscope_stac.eval.protocol import cell_degrees, embed_split
+
+    if real:
+        return real_labelled_logits(cm, catalog, split, grid)
     emb, centres = embed_split(cm, split_items(catalog, split)[0], grid)
     per_class = labelled_logits(cm, emb, centres, catalog, split, cell_degrees(grid))
     if not per_class:
         raise ConfigError(f"{catalog} ({split}) outlines no landform but plains; nothing to fit")
-    z, y = pooled([v[0] for v in per_class.values()], [v[1] for v in per_class.values()])
-    cal = fit_calibration(z, y)
-    fit = CalibrationFit(
-        cal,
-        f"{Path(catalog).name} ({split} scenes, {grid})",
-        reliability(Calibration().apply(z), y),
-        reliability(cal.apply(z), y),
-        sorted(per_class),
-    )
-    if plot is not None:  # first: a bad plot path leaves the model as it was
-        plot_reliability(
-            {"raw": fit.before, "calibrated": fit.after}, plot, f"{cm.name}: {fit.fitted_on}"
-        )
-    if write:
-        _store(Path(model.split(":", 1)[1]).expanduser(), fit)
-    return fit
+    return {"": per_class}
 
 
-def _store(folder: Path, fit: CalibrationFit) -> None:
+def _store(folder: Path, fit: CalibrationFit, keep_other_cells: bool = True) -> None:
     """Write the fit into the model folder's config, then its item (with the config's size).
 
-    Each file is replaced atomically: the config first, the item that describes it last.
+    With ``keep_other_cells``, the config's fits at other cell sizes stay beside it (all
+    listed under ``cells``, the finest one's figures at the top). Each file is replaced
+    atomically: the config first, the item that describes it last.
     """
     from marscope_stac.core.fs import atomic_write_json, file_multihash, read_regular
 
-    record = fit.record()
     config_path = folder / "open_clip_config.json"
     config = json.loads(read_regular(config_path))
+    record = _with_other_cells(fit.record(), config, keep_other_cells)
     extra = config.get("marscope")
     config["marscope"] = {**(extra if isinstance(extra, dict) else {}), "calibration": record}
     atomic_write_json(config_path, config)
@@ -356,3 +473,21 @@ def _store(folder: Path, fit: CalibrationFit) -> None:
                 asset["file:size"] = config_path.stat().st_size
                 asset["file:checksum"] = file_multihash(config_path)
         atomic_write_json(item_path, item)
+
+
+def _with_other_cells(record: dict[str, Any], config: dict[str, Any], keep: bool) -> dict[str, Any]:
+    """The calibration to store: ``record``, and the config's fits at other cell sizes."""
+    extra = config.get("marscope")
+    old = extra.get("calibration") if isinstance(extra, dict) else None
+    if not keep or not isinstance(old, dict) or "cell_deg" not in record:
+        return record
+    earlier = old.get("cells") if isinstance(old.get("cells"), list) else [old]
+    fits = [record] + [
+        f
+        for f in earlier
+        if isinstance(f, dict) and "cell_deg" in f and f["cell_deg"] != record["cell_deg"]
+    ]
+    if len(fits) == 1:
+        return record
+    fits.sort(key=lambda f: float(f["cell_deg"]))
+    return {**fits[0], "cells": fits}

@@ -25,7 +25,7 @@ from marscope_stac.eval.evaluate import (
     score_retrieval,
     split_items,
 )
-from marscope_stac.grid.grids import parse_grid
+from marscope_stac.grid.grids import cell_side_deg, parse_grid
 from marscope_stac.models.clip import MARSCOPE_TEMPLATES, ClipModel
 from marscope_stac.stac.read import load_sources
 from marscope_stac.tiles.plan import plan_tiles
@@ -38,6 +38,7 @@ __all__ = [
     "embed_split",
     "evaluate_landforms",
     "evaluate_real",
+    "real_items",
     "score_landforms",
     "score_real_queries",
 ]
@@ -123,8 +124,7 @@ def evaluate_landforms(
 
 def cell_degrees(grid: str) -> float:
     """The side of a grid's cells near (0, 0), in degrees (match radii are counted in it)."""
-    g = parse_grid(grid)
-    return float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))
+    return cell_side_deg(grid)
 
 
 def score_landforms(
@@ -242,6 +242,32 @@ def score_real_queries(
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def real_items(
+    catalog: str | Path, split: str, kind: str = "relief", body: str = "Mars"
+) -> tuple[list[Any], list[Any]]:
+    """Image and label items of one split, kind of picture and body of a real-data catalog.
+
+    Items without ``marscope:kind`` are relief; without ``ssys:targets``, of any body.
+
+    Raises:
+        CatalogError: if the catalog has no images of that split, kind and body with labels.
+    """
+
+    def wanted(item: Any) -> bool:
+        props = item.properties
+        return props.get("marscope:kind", "relief") == kind and body in props.get(
+            "ssys:targets", [body]
+        )
+
+    images, labels = split_items(catalog, split)
+    images, labels = [i for i in images if wanted(i)], [i for i in labels if wanted(i)]
+    if not images or not labels:
+        raise CatalogError(
+            f"{catalog} has no {split} images of {body} of kind {kind!r} with labels"
+        )
+    return images, labels
+
+
 def evaluate_real(
     models: dict[str, ClipModel],
     catalog: str | Path,
@@ -266,19 +292,7 @@ def evaluate_real(
     Raises:
         CatalogError: if the catalog has no images of that split, kind and body with labels.
     """
-
-    def wanted(item: Any) -> bool:
-        props = item.properties
-        return props.get("marscope:kind", "relief") == kind and body in props.get(
-            "ssys:targets", [body]
-        )
-
-    images, labels = split_items(catalog, split)
-    images, labels = [i for i in images if wanted(i)], [i for i in labels if wanted(i)]
-    if not images or not labels:
-        raise CatalogError(
-            f"{catalog} has no {split} images of {body} of kind {kind!r} with labels"
-        )
+    images, labels = real_items(catalog, split, kind, body)
     points = pd.concat([gpd.read_parquet(i.assets["points"].get_absolute_href()) for i in labels])
     scores_of = {}
     centres: NDArray[np.float64] | None = None

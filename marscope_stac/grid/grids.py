@@ -35,6 +35,7 @@ __all__ = [
     "EqualAreaGrid",
     "Grid",
     "LonLatGrid",
+    "cell_side_deg",
     "parse_grid",
 ]
 
@@ -359,3 +360,12 @@ def parse_grid(spec: str, body: Body = MARS) -> Grid:
         value = float(m.group(1)) * (1000.0 if (m.group(2) or "").lower() == "km" else 1.0)
         return EqualAreaGrid(value, body)
     raise ConfigError(f"unknown grid kind {kind!r} in {spec!r}: {hint}")
+
+
+def cell_side_deg(grid: Grid | str) -> float:
+    """The east-west side of a grid's cells at the equator near longitude 0, in degrees.
+
+    The nominal size of a grid's cells (``lonlat:2``: 2.0), whatever kind of grid.
+    """
+    g = parse_grid(grid) if isinstance(grid, str) else grid
+    return float(np.median(np.diff(g.bounds(g.cells_in_bbox(0, 0, 1, 1)[:1])[0, ::2])))

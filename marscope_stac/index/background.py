@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from marscope_stac.core.platt import calibration_at
 from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
+from marscope_stac.grid.grids import cell_side_deg
 from marscope_stac.index.scan import score_rows
 from marscope_stac.index.store import EmbeddingSet, ScoringArrays, _NpyStream
 from marscope_stac.index.texts import TextVectorCache
@@ -73,13 +75,16 @@ def store_background(
     prompts: Sequence[str],
     templates: Sequence[str],
     calibration: dict[str, Any] | None = None,
+    cell_deg: float | None = None,
 ) -> None:
     """Compute and store the background term of ``es`` from the prompts' unit ``vectors``.
 
     With a ``calibration`` (Platt's ``scale`` a and ``bias`` b on the logit, see
-    :mod:`marscope_stac.eval.calibration`) the set stores the calibrated probability's own
-    terms: temperature ``a t`` as ``logit_scale`` and background ``a L - b``; the model's
-    temperature and the calibration are recorded beside them.
+    :mod:`marscope_stac.eval.calibration`; for a model fitted at several cell sizes, those
+    of the set's cells of ``cell_deg`` degrees, :func:`calibration_at`) the set stores the
+    calibrated probability's own terms: temperature ``a t`` as ``logit_scale`` and
+    background ``a L - b``; the model's temperature and the fit applied are recorded beside
+    them.
     """
     lse = background_logsumexp(es.scoring_arrays(), vectors, logit_scale)
     description: dict[str, Any] = {
@@ -88,11 +93,15 @@ def store_background(
         "logit_scale": float(logit_scale),
     }
     if calibration is not None:
-        a, b = float(calibration["scale"]), float(calibration["bias"])
+        a, b = calibration_at(calibration, cell_deg)
         lse = (np.float32(a) * lse - np.float32(b)).astype(np.float32)
         description["logit_scale"] = a * float(logit_scale)
         description["temperature"] = float(logit_scale)
-        description["calibration"] = dict(calibration)
+        fit = {k: v for k, v in calibration.items() if k != "cells"}
+        if calibration.get("cells"):  # the fit at the set's cell size
+            fit.update(scale=a, bias=b, cell_deg=cell_deg)
+            fit["fitted_on"] = "; ".join(str(f.get("fitted_on")) for f in calibration["cells"])
+        description["calibration"] = fit
     write_background(es, lse, description)
 
 
@@ -109,4 +118,5 @@ def write_background_of(es: EmbeddingSet, cm: ClipModel) -> None:
         prompts=BACKGROUND_PROMPTS,
         templates=MARSCOPE_TEMPLATES,
         calibration=cm.calibration,
+        cell_deg=cell_side_deg(es.manifest()["grid"]),
     )

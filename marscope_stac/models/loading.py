@@ -159,8 +159,13 @@ def _tile_context(name: str, folder: Path | None) -> float:
 def model_calibration(name: str, folder: Path | None) -> dict[str, Any] | None:
     """The calibration a model's config ``folder`` states (``marscope.calibration``), if any.
 
+    A calibration is Platt's ``scale`` and ``bias``; one fitted on cells of a known size
+    says it (``cell_deg``), and a model fitted at several cell sizes lists every fit under
+    ``cells`` (see :func:`calibration_at`).
+
     Raises:
-        ModelError: if it is there but not a positive finite ``scale`` and a finite ``bias``.
+        ModelError: if it is there but not a positive finite ``scale`` and a finite ``bias``
+            (for itself and each of its ``cells``), or a cell size that is not positive.
     """
     if folder is None:
         return None
@@ -168,18 +173,35 @@ def model_calibration(name: str, folder: Path | None) -> dict[str, Any] | None:
     cal = extra.get("calibration") if isinstance(extra, dict) else None
     if cal is None:
         return None
-    given = [cal.get(k) if isinstance(cal, dict) else None for k in ("scale", "bias")]
+    fits = cal.get("cells", []) if isinstance(cal, dict) else None
+    if not isinstance(fits, list):
+        fits = [None]
+    checked = [_platt(name, fit) for fit in [cal, *fits]]
+    return {**checked[0], "cells": checked[1:]} if fits else checked[0]
+
+
+def _platt(name: str, fit: Any) -> dict[str, Any]:
+    """One fit with float ``scale``, ``bias`` (and ``cell_deg``), or a ModelError."""
+    keys = ("scale", "bias", "cell_deg")
+    given = [
+        fit.get(k, 1.0 if k == "cell_deg" else None) if isinstance(fit, dict) else None
+        for k in keys
+    ]
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in given)
     try:
-        scale, bias = (float(v) for v in given) if numbers else (math.nan, math.nan)  # type: ignore[arg-type]
+        scale, bias, cell = (float(v) for v in given) if numbers else (math.nan,) * 3  # type: ignore[arg-type]
     except OverflowError:  # an integer past float range
-        scale = bias = math.nan
-    if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias)):
+        scale = bias = cell = math.nan
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias) and 0 < cell < math.inf):
         raise ModelError(
             f"{name}: marscope.calibration in open_clip_config.json needs a positive 'scale' "
-            "and a 'bias' (numbers); fit it again with 'marscope calibrate'"
+            "and a 'bias' (numbers), and a positive 'cell_deg' where given; fit it again with "
+            "'marscope calibrate'"
         )
-    return {**cal, "scale": scale, "bias": bias}
+    out = {**fit, "scale": scale, "bias": bias}
+    if "cell_deg" in fit:
+        out["cell_deg"] = cell
+    return out
 
 
 def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | None, str | None]:

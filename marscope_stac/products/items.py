@@ -93,7 +93,7 @@ def _calibration_fields(spec: QuerySpec, where: ScoredSet) -> dict[str, Any]:
         "marscope:calibration": "softmax-vs-background-prompts+platt",
         "marscope:calibration_parameters": {
             "temperature": background.get("temperature"),
-            **{k: fit[k] for k in ("scale", "bias", "fitted_on") if k in fit},
+            **{k: fit[k] for k in ("scale", "bias", "cell_deg", "fitted_on") if k in fit},
         },
     }
 

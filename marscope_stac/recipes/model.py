@@ -78,8 +78,8 @@ class ModelBuild:
         lines = [
             f"model: local-dir:{self.model_dir} ({len(self.members)} members, {self.seconds:.0f} s)"
         ]
-        if self.calibration:
-            c = self.calibration
+        cal = self.calibration or {}
+        for c in cal.get("cells") or ([cal] if cal else []):
             lines.append(
                 f"  calibrated on {c['fitted_on']}: scale {c['scale']:.4f}, bias {c['bias']:.4f}, "
                 f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}"
@@ -124,7 +124,8 @@ def build_model(
     t0 = time.perf_counter()
     fetch = {"cache": cache, "packages": packages, "progress": progress}
     sources = [_prepare(s, root / "data", fetch) for s in r.sources]
-    steps = {k: _prepare(s["source"], root / "data", fetch) for k, s in _steps(r).items()}
+    calibration = [_prepare(s["source"], root / "data", fetch) for s in r.calibration]
+    validation = _prepare(r.validation["source"], root / "data", fetch) if r.validation else None
     members = []
     for k, m in enumerate(r.members, 1):
         log.info("recipe %s: member %d of %d", r.name, k, len(r.members))
@@ -144,21 +145,20 @@ def build_model(
             )
         )
     built = ModelBuild(root, _combine(members, root / "model"), members)
-    built.calibration = _calibrate(r, built.model_dir, root, steps.get("calibration"))
-    built.validation = _validate(r, built, steps.get("validation"), device)
+    built.calibration = _calibrate(r, built.model_dir, root, calibration)
+    built.validation = _validate(r, built, validation, device)
     built.curves = plot_members(members, root / "training-curves.png", r.name)
     built.seconds = time.perf_counter() - t0
     _record(r, built)
     return built
 
 
-def _steps(r: ModelRecipe) -> dict[str, dict[str, Any]]:
-    steps = {"calibration": r.calibration, "validation": r.validation}
-    return {k: v for k, v in steps.items() if v is not None}
-
-
 def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
     """``out`` as this recipe's build folder: new, empty, or an earlier build of the recipe.
+
+    An earlier build is resumed when its members were trained as ``r`` trains them (its
+    calibration, validation, name and number of members may change); ``recipe.json`` then
+    records ``r``, and the settings of any member folder ``r`` no longer uses.
 
     Raises:
         OutputError: for a file, or a folder of other files (nothing in it is replaced).
@@ -173,19 +173,36 @@ def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
             f"--out {out} holds other files and no recipe.json: it is not a model build; "
             "give a new or empty folder"
         )
+    now = r.as_dict()
     if record.is_file():
         before = json.loads(record.read_text(encoding="utf-8"))
-        now = json.loads(json.dumps(r.as_dict()))
-        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        changed = _training_changes(before, r)
         if changed:
             raise ConfigError(
                 f"--out {out} is a build of another recipe (it differs in {changed[0]}); "
                 "its members would be reused: give another --out, or the same recipe"
             )
-        return root
+        now["members"] += before["members"][len(now["members"]) :]  # folders dropped, kept
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, r.as_dict())
+    atomic_write_json(record, now)
     return root
+
+
+_OUTSIDE_TRAINING = {"name", "description", "members", "calibration", "validation"}
+"""Recipe fields a build may change when resumed: the members are trained without them."""
+
+
+def _training_changes(before: dict[str, Any], r: ModelRecipe) -> list[str]:
+    """Fields of the recipe ``before`` that the members were trained with and ``r`` changes.
+
+    Members may be added or dropped at the end; the ones both recipes have must be alike.
+    """
+    now = r.as_dict()
+    keys = {*before, *now} - _OUTSIDE_TRAINING
+    changed = sorted(k for k in keys if before.get(k) != now.get(k))
+    old, new = before.get("members") or [], now["members"]
+    changed += [f"member {k}" for k, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b]
+    return changed
 
 
 def _combine(members: list[TrainResult], model_dir: Path) -> Path:
@@ -201,21 +218,24 @@ def _combine(members: list[TrainResult], model_dir: Path) -> Path:
 
 
 def _calibrate(
-    r: ModelRecipe, model_dir: Path, root: Path, catalog: Path | None
+    r: ModelRecipe, model_dir: Path, root: Path, catalogs: list[Path]
 ) -> dict[str, Any] | None:
-    if r.calibration is None or catalog is None:
-        return None
+    """Fit each calibration step (one per cell size); the calibration the model holds."""
     from marscope_stac.eval.calibration import calibrate_model
+    from marscope_stac.models.loading import model_calibration
 
-    step = r.calibration
-    fit = calibrate_model(
-        f"local-dir:{model_dir}",
-        catalog,
-        split=step.get("split", "all"),
-        grid=step.get("grid", "lonlat:0.02"),
-        plot=root / "reliability.png",
-    )
-    return fit.record()
+    for k, (step, catalog) in enumerate(zip(r.calibration, catalogs, strict=True)):
+        fit = calibrate_model(
+            f"local-dir:{model_dir}",
+            catalog,
+            split=step.get("split", "all"),
+            grid=r.calibration_grid(step),
+            real=r.calibration_real(step),
+            plot=root / ("reliability.png" if k == 0 else f"reliability-{k + 1}.png"),
+            keep_other_cells=k > 0,
+        )
+        log.info("recipe %s: %s", r.name, fit.summary())
+    return model_calibration(str(model_dir), model_dir) if r.calibration else None
 
 
 def _validate(

@@ -21,10 +21,10 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
     epochs = 52
     weights = [1.2, 1.5]                     # the sources' shares of a batch
 
-    [calibration]                            # Platt's fix, fitted after averaging
-    source = "demo:default:seed=1"
-    split = "all"
-    grid = "lonlat:0.02"
+    [[calibration]]                          # Platt's fix, fitted after averaging, one
+    source = "demo:default:seed=1"           # per cell size ([calibration] for one only;
+    split = "all"                            # real: sources use the real-data protocol
+    grid = "lonlat:0.02"                     # on lonlat:2 unless told)
 
     [validation]                             # optional: real-data figures of every member
     source = "real:validation"               # and of the average, on the validation split
@@ -41,6 +41,7 @@ train on ``real:train`` (which holds the validation band).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ _TOP = {
     "crop_px": "int",
     "train": "table",
     "members": "tables",
-    "calibration": "table",
+    "calibration": "steps",
     "validation": "table",
 }
 _TRAIN = {
@@ -77,7 +78,7 @@ _TRAIN = {
     "tile_context": "number",
 }
 _MEMBER = {"seed": "int", "epochs": "int", "weights": "numbers"}
-_CALIBRATION = {"source": "str", "split": "str", "grid": "str"}
+_CALIBRATION = {"source": "str", "split": "str", "grid": "str", "real": "bool"}
 _VALIDATION = {"source": "str", "grid": "str", "radius_deg": "number", "kinds": "strs"}
 _WORDS = {
     "str": "a string",
@@ -88,6 +89,7 @@ _WORDS = {
     "numbers": "a list of numbers",
     "table": "a table ([name])",
     "tables": "tables ([[name]], one per entry)",
+    "steps": "a table ([name]) or tables ([[name]], one per entry)",
 }
 
 
@@ -102,6 +104,8 @@ def _is(value: Any, kind: str) -> bool:
         "numbers": isinstance(value, list) and all(_is(v, "number") for v in value),
         "table": isinstance(value, dict),
         "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value),
+        "steps": isinstance(value, dict)
+        or (isinstance(value, list) and all(isinstance(v, dict) for v in value)),
     }
     return checks[kind]
 
@@ -141,7 +145,7 @@ class ModelRecipe:
     prompt_share: float = 0.0
     crop_px: int = 60
     train: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] | None = None
+    calibration: tuple[dict[str, Any], ...] = ()
     validation: dict[str, Any] | None = None
 
     def config(self, member: Member) -> TrainConfig:
@@ -149,8 +153,8 @@ class ModelRecipe:
         return TrainConfig(**self.train, seed=member.seed, epochs=member.epochs)
 
     def as_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (what a build records and compares when resumed)."""
-        return dataclasses.asdict(self)
+        """The recipe as plain JSON data (what a build records and compares when resumed)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for anything a build would stop on, or break a rule."""
@@ -177,12 +181,32 @@ class ModelRecipe:
                 raise ConfigError(f"{where}: member {k}: weights must be positive numbers")
         self._check_steps(where)
 
+    def calibration_real(self, step: dict[str, Any]) -> bool:
+        """Whether a calibration step uses the real-data protocol (``real:`` sources do)."""
+        return bool(step.get("real", source_kind(step["source"])[0] == "real"))
+
+    def calibration_grid(self, step: dict[str, Any]) -> str:
+        """A calibration step's grid (``lonlat:2`` for real data, else ``lonlat:0.02``)."""
+        return str(step.get("grid", "lonlat:2" if self.calibration_real(step) else "lonlat:0.02"))
+
     def _check_steps(self, where: str) -> None:
         from marscope_stac.datasets.real import KINDS
-        from marscope_stac.grid.grids import parse_grid
+        from marscope_stac.grid.grids import cell_side_deg, parse_grid
 
         for step in self._data_steps():
             parse_grid(str(step.get("grid", "lonlat:2")))  # a ConfigError naming the grid
+        sizes = [cell_side_deg(self.calibration_grid(s)) for s in self.calibration]
+        if len(set(sizes)) < len(sizes):
+            raise ConfigError(
+                f"{where}: two [[calibration]] steps fit cells of one size (the second would "
+                "replace the first); give each its own grid"
+            )
+        for step in self.calibration:
+            if step["source"] == "real:validation" and "real:train" in self.sources:
+                raise ConfigError(
+                    f"{where}: real:train holds the validation band; train on real:fit to "
+                    "calibrate on real:validation"
+                )
         if self.validation is None:
             return
         kind, opts = source_kind(self.validation["source"])
@@ -199,7 +223,7 @@ class ModelRecipe:
         check_range("radius_deg", self.validation.get("radius_deg", 2.0), 0.0, 90.0, above=True)
 
     def _data_steps(self) -> list[dict[str, Any]]:
-        return [s for s in (self.calibration, self.validation) if s is not None]
+        return [*self.calibration, *([self.validation] if self.validation is not None else [])]
 
 
 def _member(doc: dict[str, Any], k: int, where: str) -> Member:
@@ -246,7 +270,7 @@ def load_recipe(recipe: str | Path) -> ModelRecipe:
         prompt_share=float(doc.get("prompt_share", 0.0)),
         crop_px=doc.get("crop_px", 60),
         train=_table(doc.get("train", {}), _TRAIN, f"{where}: [train]"),
-        calibration=_step(doc, "calibration", _CALIBRATION, where),
+        calibration=_calibration_steps(doc, where),
         validation=_step(doc, "validation", _VALIDATION, where),
     )
     made.check()
@@ -262,6 +286,12 @@ def _step(
     if "source" not in step:
         raise ConfigError(f"{where}: [{key}] needs a source")
     return step
+
+
+def _calibration_steps(doc: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
+    given = doc.get("calibration", [])
+    steps = [given] if isinstance(given, dict) else given
+    return tuple(_step({"calibration": s}, "calibration", _CALIBRATION, where) or {} for s in steps)
 
 
 def source_kind(source: str) -> tuple[str, dict[str, Any]]:

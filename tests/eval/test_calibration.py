@@ -161,6 +161,11 @@ def test_the_bundled_models_item_describes_its_files(tmp_path: Path) -> None:
         {"scale": 0, "bias": 0.0},
         [0.6, -2.0],
         "0.6",
+        {"scale": 0.6, "bias": -2.0, "cell_deg": 0},
+        {"scale": 0.6, "bias": -2.0, "cell_deg": True},
+        {"scale": 0.6, "bias": -2.0, "cells": "0.02"},
+        {"scale": 0.6, "bias": -2.0, "cells": [{"scale": -1, "bias": 0, "cell_deg": 2}]},
+        {"scale": 0.6, "bias": -2.0, "cells": [{"scale": 1, "bias": 0, "cell_deg": "2"}]},
     ],
 )
 def test_a_calibration_must_state_two_numbers(tmp_path: Path, stated: object) -> None:
@@ -173,3 +178,54 @@ def test_a_calibration_must_state_two_numbers(tmp_path: Path, stated: object) ->
     doc["marscope"]["calibration"] = {"scale": 2, "bias": -1.5, "fitted_on": "x"}
     (tmp_path / "open_clip_config.json").write_text(json.dumps(doc))
     assert model_calibration("m", tmp_path) == {"scale": 2.0, "bias": -1.5, "fitted_on": "x"}
+
+
+def test_a_fit_per_cell_size_interpolates_between_sizes() -> None:
+    from marscope_stac.core.platt import calibration_at
+
+    cal = {
+        "scale": 0.6,
+        "bias": -2.0,
+        "cells": [
+            {"cell_deg": 2.0, "scale": 0.2, "bias": -1.0},
+            {"cell_deg": 0.02, "scale": 0.6, "bias": -2.0},
+        ],
+    }
+    assert calibration_at(cal, 0.02) == pytest.approx((0.6, -2.0))
+    assert calibration_at(cal, 2.0) == pytest.approx((0.2, -1.0))
+    assert calibration_at(cal, 0.2) == pytest.approx((0.4, -1.5))  # half way in log size
+    assert calibration_at(cal, 0.001) == pytest.approx((0.6, -2.0))  # the nearest fit holds
+    assert calibration_at(cal, 90.0) == pytest.approx((0.2, -1.0))
+    assert calibration_at(cal, None) == (0.6, -2.0)  # size unknown: the top-level fit
+    assert calibration_at({"scale": 0.5, "bias": 1.0}, 2.0) == (0.5, 1.0)
+
+
+def test_fits_at_two_cell_sizes_stay_side_by_side(
+    demo_small, tiny_model_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model = f"local-dir:{folder}"
+    fine = calibrate_model(model, demo_small.root, grid="lonlat:0.02")
+    coarse = calibrate_model(model, demo_small.root, grid="lonlat:0.05")
+    assert (fine.cell_deg, coarse.cell_deg) == (0.02, 0.05)
+    cal = load_model(model, device="cpu").calibration
+    assert cal is not None and [c["cell_deg"] for c in cal["cells"]] == [0.02, 0.05]
+    assert cal["scale"] == fine.calibration.scale  # the finest fit at the top
+    assert cal["cells"][1]["scale"] == coarse.calibration.scale
+    # a set takes the fit of its own cells, and says which
+    embed_catalog(demo_small.root, tmp_path / "s", model=model, grid="lonlat:0.05", progress=False)
+    es = EmbeddingSet(next((tmp_path / "s" / "embeddings").iterdir()))
+    stored = es.manifest()["scoring"]["background"]["calibration"]
+    assert stored["scale"] == pytest.approx(coarse.calibration.scale)
+    assert stored["cell_deg"] == pytest.approx(0.05) and "cells" not in stored
+    # fitting one size again replaces that one only; --only keeps the new fit alone
+    again = CliRunner().invoke(cli, ["calibrate", model, "--catalog", str(demo_small.root)])
+    assert again.exit_code == 0, again.output
+    assert len(load_model(model, device="cpu").calibration["cells"]) == 2  # type: ignore[index]
+    alone = CliRunner().invoke(
+        cli, ["calibrate", model, "--catalog", str(demo_small.root), "--only"]
+    )
+    assert alone.exit_code == 0, alone.output
+    cal = load_model(model, device="cpu").calibration
+    assert cal is not None and "cells" not in cal and cal["cell_deg"] == 0.02

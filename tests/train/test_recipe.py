@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,12 @@ seed = 1
 epochs = 2
 weights = [2, 1]
 
-[calibration]
+[[calibration]]
 source = "demo:small:seed=7"
+
+[[calibration]]
+source = "real:validation"
+grid = "lonlat:10"
 
 [validation]
 source = "real:validation"
@@ -75,9 +80,18 @@ def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) 
     assert model.tile_context == 1.0
     item = json.loads((result.model_dir / "model.json").read_text())
     assert len(item["properties"]["mlm:hyperparameters"]["members"]) == 2  # the average
-    assert model.calibration is not None
-    assert model.calibration["fitted_on"].startswith("demo-small-seed7")
+    # one calibration per cell size: the demo world's 0.02-degree cells and the real
+    # validation band's 10-degree cells under the real-data protocol, each with its figures
+    cal = model.calibration
+    assert cal is not None and cal["fitted_on"].startswith("demo-small-seed7")
+    assert [c["cell_deg"] for c in cal["cells"]] == [0.02, 10.0]
+    real = cal["cells"][1]
+    assert "real-data protocol" in real["fitted_on"] and set(real["ece_by_region"]) == {
+        "Mars relief",
+        "Mars colour",
+    }  # the Moon's validation region names no feature of the protocol's classes
     assert result.calibration == {k: model.calibration[k] for k in result.calibration}
+    assert (out / "reliability-2.png").stat().st_size > 10_000
     # validation figures of each member and of the average, per kind of picture
     assert set(result.validation) == {"relief", "colour"}
     crater = result.validation["relief"]["impact crater"]
@@ -133,6 +147,13 @@ BASE = {
         ("tail", "[calibration]\nsplit = 'all'", "[calibration] needs a source"),
         ("tail", "[calibration]\nsource = 'real:eval'", "real:eval is Mars east"),
         ("tail", "[calibration]\nsource = 5", "source must be a string"),
+        ("tail", "[calibration]\nsource = 'real:validation'\nreal = 1", "real must be true"),
+        (
+            "tail",
+            "[[calibration]]\nsource = 'demo:small'\n[[calibration]]\nsource = 'demo:default'",
+            "two [[calibration]] steps fit cells of one size",
+        ),
+        ("head", "calibration = 5", "calibration must be a table ([name]) or tables"),
         ("tail", "[validation]\nsource = 'real:eval'", "real:eval is Mars east"),
         ("tail", "[validation]\nsource = 'real:fit'", "must be real:validation or a path"),
         ("tail", "[validation]\nsource = 'real:validation'\nkinds = ['thermal']", "kinds: use"),
@@ -159,6 +180,12 @@ def test_validation_figures_need_a_recipe_that_did_not_train_there(tmp_path: Pat
     )
     with pytest.raises(ConfigError, match="real:train holds the validation band"):
         load_recipe(path)
+    path.write_text(
+        'name = "leak"\nmodel = "marscope-tiny"\nsources = ["real:train"]\n'
+        "[[members]]\nepochs = 1\n[calibration]\nsource = 'real:validation'\n"
+    )
+    with pytest.raises(ConfigError, match="to calibrate on real:validation"):
+        load_recipe(path)
 
 
 def test_a_build_folder_is_new_empty_or_the_same_recipes(tmp_path: Path, built: tuple) -> None:
@@ -171,5 +198,49 @@ def test_a_build_folder_is_new_empty_or_the_same_recipes(tmp_path: Path, built: 
     assert [p.name for p in mine.iterdir()] == ["chapter1.txt"]
     other = (root / "tiny.toml").read_text().replace("epochs = 2", "epochs = 3")
     (tmp_path / "other.toml").write_text(other)
-    with pytest.raises(ConfigError, match=r"another recipe \(it differs in members\)"):
+    with pytest.raises(ConfigError, match=r"another recipe \(it differs in member 2\)"):
         build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
+    other = (root / "tiny.toml").read_text().replace("lr = 1e-5", "lr = 1e-4")
+    (tmp_path / "other.toml").write_text(other)
+    with pytest.raises(ConfigError, match=r"another recipe \(it differs in train\)"):
+        build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
+
+
+def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, built: tuple) -> None:
+    """Calibration, validation and the number of members may change; members are kept."""
+    root, _, first = built
+    out = tmp_path / "build"
+    shutil.copytree(root / "build", out)
+    text = (root / "tiny.toml").read_text()
+    one = (
+        text[: text.index("[[members]]\nseed = 1")]
+        + "[calibration]\nsource = 'demo:small:seed=7'\n"
+    )
+    (tmp_path / "one.toml").write_text(one)
+    again = build_model(tmp_path / "one.toml", out, device="cpu", **_fetch(root))
+    assert [m.resumed_from for m in again.members] == [1]
+    assert again.calibration is not None and "cells" not in again.calibration
+    assert again.validation == {}
+    recorded = json.loads((out / "recipe.json").read_text())
+    assert len(recorded["members"]) == 2  # the second member's folder stays described
+    changed = text.replace("epochs = 2", "epochs = 3")
+    (tmp_path / "changed.toml").write_text(changed)
+    with pytest.raises(ConfigError, match=r"it differs in member 2"):
+        build_model(tmp_path / "changed.toml", out, device="cpu", **_fetch(root))
+    assert first.members[1].history  # the member trained first is still what it was
+
+
+def test_calibrate_reads_a_real_catalog_under_the_real_protocol(
+    tmp_path: Path, built: tuple
+) -> None:
+    root, _, result = built
+    folder = tmp_path / "model"
+    shutil.copytree(result.model_dir, folder)
+    catalog = root / "build" / "data" / "real-validation"
+    args = ["calibrate", f"local-dir:{folder}", "--catalog", str(catalog), "--real"]
+    done = CliRunner().invoke(cli, [*args, "--grid", "lonlat:10", "--dry-run"])
+    assert done.exit_code == 0, done.output
+    assert "real-data protocol" in done.output and "Mars colour:" in done.output
+    assert (folder / "open_clip_config.json").read_bytes() == (
+        result.model_dir / "open_clip_config.json"
+    ).read_bytes()  # a dry run leaves the model as it was
