@@ -1,10 +1,11 @@
 """Build a model from a recipe: its data, its members, their average, its calibration.
 
 The recipe file and its rules: :mod:`marscope_stac.recipes.recipe`. A build folder ``OUT``
-holds ``recipe.json`` (the recipe it builds: a build is resumed only with the same one),
-``data/`` (the catalogs it made), ``members/mK/`` (one training run each, resumed from its
-last epoch), ``model/`` (their average, calibrated), ``training-curves.png``,
-``reliability.png`` and ``build.json`` (the figures).
+holds ``recipe.json`` (the recipe it builds: a build is resumed only by a recipe whose
+members train alike), ``data/`` (the catalogs it made), ``members/mK/`` (one training run
+each, resumed from its last epoch), ``model/`` (their average, calibrated),
+``training-curves.png``, ``reliability.png`` (``reliability-K.png`` for the K-th calibration
+step) and ``build.json`` (the figures).
 """
 
 from __future__ import annotations
