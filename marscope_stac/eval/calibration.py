@@ -253,17 +253,15 @@ def real_labelled_logits(
         ConfigError: if no region of the split names one of those classes.
         CatalogError: if the catalog has no image and label items of the split.
     """
-    from marscope_stac.eval.evaluate import split_items
-    from marscope_stac.eval.protocol import REAL_QUERIES, cell_degrees, embed_split, real_items
-
-    images, _ = split_items(catalog, split)
-    regions = sorted(
-        {
-            (body, i.properties.get("marscope:kind", "relief"))
-            for i in images
-            for body in i.properties.get("ssys:targets", ["Mars"])
-        }
+    from marscope_stac.eval.protocol import (
+        REAL_QUERIES,
+        cell_degrees,
+        embed_split,
+        real_items,
+        real_regions,
     )
+
+    regions = real_regions(catalog, split)
     sizes = {cls: km for cls, km in REAL_QUERIES.values()}
     out = {}
     for body, kind in regions:

@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_landforms",
     "evaluate_real",
     "real_items",
+    "real_regions",
     "score_landforms",
     "score_real_queries",
 ]
@@ -240,6 +241,25 @@ def score_real_queries(
         row["catalogue_best_f1"], row["catalogue_auprc"] = res.best_f1, res.auprc
         rows[text] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def real_regions(catalog: str | Path, split: str) -> list[tuple[str, str]]:
+    """The (body, kind of picture) pairs of a real-data catalog's images of one split.
+
+    E.g. ``[("Mars", "colour"), ("Mars", "relief"), ("Moon", "relief")]``; items without
+    ``marscope:kind`` are relief, without ``ssys:targets`` Mars.
+
+    Raises:
+        CatalogError: if the catalog has no image and label items of that split.
+    """
+    images, _ = split_items(catalog, split)
+    return sorted(
+        {
+            (body, i.properties.get("marscope:kind", "relief"))
+            for i in images
+            for body in i.properties.get("ssys:targets", ["Mars"])
+        }
+    )
 
 
 def real_items(

@@ -85,9 +85,9 @@ class ModelBuild:
                 f"  calibrated on {c['fitted_on']}: scale {c['scale']:.4f}, bias {c['bias']:.4f}, "
                 f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}"
             )
-        for kind, table in self.validation.items():
+        for region, table in self.validation.items():
             best = {m: v and round(v, 3) for m, v in table.get("impact crater", {}).items()}
-            lines.append(f"  validation, {kind}: impact crater best F1 {best}")
+            lines.append(f"  validation, {region}: impact crater best F1 {best}")
         if self.curves:
             lines.append(f"  training curves: {self.curves}")
         return "\n".join(lines)
@@ -242,18 +242,22 @@ def _calibrate(
 def _validate(
     r: ModelRecipe, built: ModelBuild, catalog: Path | None, device: str
 ) -> dict[str, Any]:
-    """Best F1 by query of each member and of the model, per kind (real validation data)."""
+    """Best F1 by query of each member and of the model, per region (body and kind)."""
     if r.validation is None or catalog is None:
         return {}
-    from marscope_stac.eval.protocol import evaluate_real
+    from marscope_stac.datasets.real import KINDS
+    from marscope_stac.eval.protocol import evaluate_real, real_regions
     from marscope_stac.models.loading import load_model
 
     step = r.validation
     refs = {f"m{k}": m.model_dir for k, m in enumerate(built.members, 1)}
     refs["model"] = built.model_dir
     models = {n: load_model(f"local-dir:{p}", device=device) for n, p in refs.items()}
+    kinds = step.get("kinds", list(KINDS))
     out: dict[str, Any] = {}
-    for kind in step.get("kinds", ["relief", "colour"]):
+    for body, kind in real_regions(catalog, "validation"):
+        if kind not in kinds:
+            continue
         report = evaluate_real(
             models,
             catalog,
@@ -261,9 +265,10 @@ def _validate(
             float(step.get("radius_deg", 2.0)),
             kind=kind,
             split="validation",
+            body=body,
         )
         table = report.table
-        out[kind] = {  # None: no feature of the query's class there
+        out[f"{body} {kind}"] = {  # None: no feature of the query's class there
             q: {n: _number(table.loc[q, f"{n}_best_f1"]) for n in [*refs, "random_p99"]}
             for q in table.index
         }

@@ -29,7 +29,7 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
     [validation]                             # optional: real-data figures of every member
     source = "real:validation"               # and of the average, on the validation split
     grid = "lonlat:2"
-    kinds = ["relief", "colour"]
+    kinds = ["relief", "colour", "albedo"]
 
 Sources are ``demo:SIZE[:seed=N]`` (the synthetic world, :mod:`marscope_stac.datasets.demo`),
 ``real:PART`` (:func:`~marscope_stac.datasets.real.build_real_data`) or the path of a catalog

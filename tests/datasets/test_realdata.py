@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from _realpackages import FEATURES, W, write_packages
+from _realpackages import FEATURES, W, grey_jpeg, write_packages
 from _realpackages import colour_jpeg as _colour_jpeg
 from _realpackages import decoded as _decoded
 from _realpackages import relief as _relief
@@ -207,9 +207,20 @@ def test_fit_and_validation_parts_split_the_west_apart(real_train: Path, package
     assert held == {"Westcrater", "Longvallis"} and not fitted & held
     assert fitted == {"Bigmons"}  # the plana are regions: context, never targets
     assert _targets(val, "mars-colour-validation") == held
-    # the Moon: the validation region is its far east, 135E-180
+    # the Moon: the validation region is its far east, 135E-180, in relief and albedo (a
+    # greyscale mosaic, one band, a kind no part trains on)
     mf, mv = _images(fit, "moon")["moon-relief-fit"], _images(val, "moon")["moon-relief-validation"]
     assert mf[1] == pytest.approx(mv[0]) and mv[1] == pytest.approx(180)
+    albedo = _images(val, "moon")["moon-albedo-validation"]
+    assert albedo[:2] == pytest.approx((135, 180), abs=1e-6) and albedo[2].shape[0] == 1
+    grey = _decoded(grey_jpeg())[:1]
+    assert np.array_equal(albedo[2], np.maximum(grey[:, :, grey.shape[2] * 315 // 360 :], 1))
+    assert _targets(val, "moon-albedo-validation") == {"Farcrater"}
+    kinds = {
+        json.loads(p.read_text())["properties"].get("marscope:kind")
+        for p in fit.glob("*-imagery/*/*.json")
+    }
+    assert kinds == {"relief", "colour"}  # no albedo to train on
     splits = {
         json.loads(p.read_text())["properties"]["marscope:split"]
         for root in (fit, val)
