@@ -9,11 +9,28 @@ given size, which the embedding sets need without loading a model.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
-import numpy as np
+__all__ = ["applied_fit", "calibration_at", "fit_cell_deg", "same_size"]
 
-__all__ = ["calibration_at"]
+
+def same_size(a: float, b: float) -> bool:
+    """Whether two cell sizes (degrees) are one (sizes are stored to 10 digits)."""
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def _fits_at(calibration: dict[str, Any], cell_deg: float | None) -> list[dict[str, Any]]:
+    """The fits that give the calibration at ``cell_deg``: one, or two to interpolate."""
+    fits = sorted(calibration.get("cells") or [], key=lambda f: float(f["cell_deg"]))
+    if not fits or cell_deg is None or not cell_deg > 0 or math.isinf(cell_deg):
+        return [calibration]
+    for f in fits:
+        if same_size(cell_deg, float(f["cell_deg"])):
+            return [f]
+    below = [f for f in fits if f["cell_deg"] < cell_deg]
+    above = [f for f in fits if f["cell_deg"] > cell_deg]
+    return [below[-1], above[0]] if below and above else [(below or above)[-1 if below else 0]]
 
 
 def calibration_at(calibration: dict[str, Any], cell_deg: float | None) -> tuple[float, float]:
@@ -25,13 +42,49 @@ def calibration_at(calibration: dict[str, Any], cell_deg: float | None) -> tuple
     outside them the nearest fit holds. Without ``cells``, or for an unknown size, the
     calibration's own ``scale`` and ``bias``.
     """
-    fits = sorted(
-        (f for f in calibration.get("cells", []) if "cell_deg" in f), key=lambda f: f["cell_deg"]
+    fits = _fits_at(calibration, cell_deg)
+    if len(fits) == 1:
+        return float(fits[0]["scale"]), float(fits[0]["bias"])
+    assert cell_deg is not None
+    xs = [math.log(float(f["cell_deg"])) for f in fits]
+    t = (math.log(cell_deg) - xs[0]) / (xs[1] - xs[0])
+    lo, hi = fits
+    return (
+        float(lo["scale"] + t * (hi["scale"] - lo["scale"])),
+        float(lo["bias"] + t * (hi["bias"] - lo["bias"])),
     )
-    if not fits or cell_deg is None or not cell_deg > 0:
-        return float(calibration["scale"]), float(calibration["bias"])
-    x = math.log(cell_deg)
-    xs = [math.log(f["cell_deg"]) for f in fits]
-    scale = float(np.interp(x, xs, [f["scale"] for f in fits]))
-    bias = float(np.interp(x, xs, [f["bias"] for f in fits]))
-    return scale, bias
+
+
+def applied_fit(calibration: dict[str, Any], cell_deg: float | None) -> dict[str, Any]:
+    """What a set records of the calibration it applies at ``cell_deg``.
+
+    The fit used (with its figures), or for a size between two fits the interpolated scale
+    and bias with both fits' ``fitted_on`` and sizes (``interpolated_between``).
+    """
+    fits = _fits_at(calibration, cell_deg)
+    scale, bias = calibration_at(calibration, cell_deg)
+    if len(fits) == 1:
+        out = {k: v for k, v in fits[0].items() if k != "cells"}
+        return {**out, "scale": scale, "bias": bias}
+    return {
+        "scale": scale,
+        "bias": bias,
+        "cell_deg": cell_deg,
+        "fitted_on": " / ".join(str(f.get("fitted_on")) for f in fits),
+        "interpolated_between": [float(f["cell_deg"]) for f in fits],
+    }
+
+
+def fit_cell_deg(fit: dict[str, Any]) -> float | None:
+    """The cell size a fit was made on (None: not known).
+
+    Its ``cell_deg``, or for a fit written before sizes were recorded, the ``lonlat:SIZE``
+    grid its ``fitted_on`` names.
+    """
+    if "cell_deg" in fit:
+        return float(fit["cell_deg"])
+    found = re.search(r"\blonlat:([0-9.]+)\b", str(fit.get("fitted_on", "")))
+    try:
+        return float(found.group(1)) if found else None
+    except ValueError:
+        return None

@@ -240,8 +240,12 @@ def _write_image(spec: _Image, source: Path, folder: Path) -> tuple[Path, Affine
     res = 360.0 / cols
     if abs(180.0 / rows - res) > 1e-9 * res:
         raise DataError(f"{source} is {cols} x {rows}: not a 2:1 global mosaic")
-    c0 = round((spec.lon_range[0] + 180.0) / res)
-    c1 = round((spec.lon_range[1] + 180.0) / res)
+    x0, x1 = ((lon + 180.0) / res for lon in spec.lon_range)
+    # whole pixels inside the longitudes: where a mosaic's pixel edges miss them (the
+    # Clementine mosaic at 135E), the image stops short rather than reach a part beside it
+    c0, c1 = round(x0), round(x1)
+    c0 += c0 < x0 - 1e-6
+    c1 -= c1 > x1 + 1e-6
     # 0 is no data in the packaged GeoTIFFs; keep real zeros as 1 (in colour: in every band)
     data = np.maximum(full[:, :, c0:c1], 1).astype(np.uint8)
     transform = Affine(res, 0.0, -180.0 + c0 * res, 0.0, -res, 90.0)

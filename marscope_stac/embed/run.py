@@ -344,7 +344,7 @@ class _Run:
             w.append(full)
         build_faiss_index(full.embedding, self.es.index)
         _write_manifest(self.es, self.expect, self.resume, self.sources, final=True)
-        write_background_of(self.es, cm)
+        write_background_of(self.es, cm, self.grid)
         return len(full)
 
 

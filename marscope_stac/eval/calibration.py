@@ -17,8 +17,8 @@ landform's outlines (the outline protocol of :mod:`marscope_stac.eval.protocol`)
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import CatalogError, ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Calibration",
@@ -265,20 +267,20 @@ def real_labelled_logits(
     sizes = {cls: km for cls, km in REAL_QUERIES.values()}
     out = {}
     for body, kind in regions:
-        with contextlib.suppress(CatalogError):  # a region without labels: nothing to fit
+        try:
             mine, labels = real_items(catalog, split, kind, body)
-            named = {
-                c
-                for i in labels
-                for k in i.properties.get("label:classes", [])
-                for c in k["classes"]
-            }
-            these = {cls: km for cls, km in sizes.items() if cls in named}
-            if these:
-                emb, centres = embed_split(model, mine, grid)
-                out[f"{body} {kind}"] = labelled_logits(
-                    model, emb, centres, catalog, split, cell_degrees(grid), these, labels
-                )
+        except CatalogError:  # a region without labels: nothing to fit
+            log.info("%s %s: no labels in %s; not fitted on", body, kind, catalog)
+            continue
+        named = {
+            c for i in labels for k in i.properties.get("label:classes", []) for c in k["classes"]
+        }
+        these = {cls: km for cls, km in sizes.items() if cls in named}
+        if these:
+            emb, centres = embed_split(model, mine, grid)
+            out[f"{body} {kind}"] = labelled_logits(
+                model, emb, centres, catalog, split, cell_degrees(grid), these, labels
+            )
     if not out:
         raise ConfigError(
             f"the {split} split of {catalog} names none of the real-data classes "
@@ -363,45 +365,76 @@ def calibrate_model(
     (:func:`fit_calibration`). With ``real``, the catalog is real data (``marscope real-data
     --part validation``): the real-data protocol's classes and sizes, each body and kind of
     picture embedded apart and pooled (:func:`real_labelled_logits`). With ``write``, the
-    model folder's ``open_clip_config.json`` gets them under ``marscope.calibration`` (with
-    ``fitted_on`` and the ECE before and after), and its STAC item ``model.json``, when
-    there, as ``marscope:calibration``: embedding sets made with the model from then on give
-    calibrated probabilities. Use a validation area, never the test area the model is
-    judged on. Whether a cell shows a landform depends on the cell's size: the fit is
-    recorded for the grid's cell size, and the model's fits at other cell sizes are kept
-    (``keep_other_cells``; sets of cells between two fits interpolate,
-    :func:`~marscope_stac.core.platt.calibration_at`).
+    fit (with ``fitted_on``, ``cell_deg`` and the ECE before and after) is stored in the
+    model folder's ``open_clip_config.json`` (``marscope.calibration``) and its item
+    ``model.json``: sets embedded with the model from then on are calibrated. The fit holds
+    for the grid's cell size; the model's fits at other sizes are kept (sets between two
+    interpolate, :func:`~marscope_stac.core.platt.calibration_at`). Use a validation area,
+    never the test area the model is judged on.
 
     Args:
         model: ``local-dir:PATH`` of the model folder to calibrate (written in place).
         catalog: Labelled catalog (image items, label items with ``labels-parquet`` outlines).
         split: ``marscope:split`` of the items to use, or ``all``.
         grid: Grid of the cells (``lonlat:0.02``, or ``lonlat:2`` with ``real``).
-        real: Use the real-data protocol (see above).
+        real: Use the real-data protocol (see above); ``split`` ``all`` reads the
+            ``validation`` items, and ``test`` (the real test) is refused.
         write: Store the fit in the model folder.
         plot: A PNG reliability diagram (raw and calibrated) to write.
         keep_other_cells: Keep the model's fits at other cell sizes (else this one alone).
 
     Raises:
-        ConfigError: for a model that is not a folder, or a catalog without outlines.
+        ConfigError: for a model that is not a folder, a catalog without outlines, or an
+            earlier fit of unknown size to keep.
     """
     from marscope_stac.models.loading import load_model
 
+    folder = _model_folder(model)
+    grid = grid or ("lonlat:2" if real else "lonlat:0.02")
+    split = _real_split(split) if real else split
+    cm = load_model(model, device="auto")  # its config is readable past here
+    if write:  # refuse before the work
+        config = json.loads((folder / "open_clip_config.json").read_bytes())
+        _with_other_cells({"cell_deg": _cell_deg(grid)}, config, keep_other_cells)
+    fit = _fit(_fitting_cells(cm, catalog, split, grid, real), catalog, split, grid, real)
+    if plot is not None:  # first: a bad plot path leaves the model as it was
+        curves = {"raw": fit.before, "calibrated": fit.after}
+        curves |= {f"{k}, calibrated": r[1] for k, r in fit.regions.items()}
+        plot_reliability(curves, plot, f"{cm.name}: {fit.fitted_on}")
+    if write:
+        _store(folder, fit, keep_other_cells)
+    return fit
+
+
+def _model_folder(model: str) -> Path:
+    """The folder of a ``local-dir:`` model, the only kind a calibration is written into."""
     if not model.startswith("local-dir:"):
         raise ConfigError(
             f"calibrate writes into the model's folder: give local-dir:PATH, not {model!r} "
             "(copy a bundled or hub model to a folder first)"
         )
-    grid = grid or ("lonlat:2" if real else "lonlat:0.02")
-    cm = load_model(model, device="auto")
-    fit = _fit(_fitting_cells(cm, catalog, split, grid, real), catalog, split, grid, real)
-    if plot is not None:  # first: a bad plot path leaves the model as it was
-        curves = {"raw": fit.before, "calibrated": fit.after}
-        curves.update({f"{k}, calibrated": r[1] for k, r in fit.regions.items()})
-        plot_reliability(curves, plot, f"{cm.name}: {fit.fitted_on}")
-    if write:
-        _store(Path(model.split(":", 1)[1]).expanduser(), fit, keep_other_cells)
-    return fit
+    return Path(model.split(":", 1)[1]).expanduser()
+
+
+def _cell_deg(grid: str) -> float:
+    """A grid's cell size as a fit records it (10 digits)."""
+    from marscope_stac.grid.grids import cell_side_deg
+
+    return float(f"{cell_side_deg(grid):.10g}")
+
+
+def _real_split(split: str) -> str:
+    """The split a real-data fit reads: ``validation`` for ``all``; never the test.
+
+    Raises:
+        ConfigError: for ``test`` (Mars east, read once per adopted model, never fitted on).
+    """
+    if split == "test":
+        raise ConfigError(
+            "the real data's test split (Mars east of 0 degrees) is read once per adopted "
+            "model, never fitted on; calibrate on marscope real-data --part validation"
+        )
+    return "validation" if split == "all" else split
 
 
 def _fit(
@@ -412,8 +445,6 @@ def _fit(
     real: bool,
 ) -> CalibrationFit:
     """Platt's fix on every region's cells pooled, with the reliability of each region."""
-    from marscope_stac.grid.grids import cell_side_deg
-
     per_class = [v for region in regions.values() for v in region.values()]
     z, y = pooled([v[0] for v in per_class], [v[1] for v in per_class])
     cal = fit_calibration(z, y)
@@ -423,7 +454,7 @@ def _fit(
         reliability(Calibration().apply(z), y),
         reliability(cal.apply(z), y),
         sorted({c for region in regions.values() for c in region}),
-        cell_deg=float(f"{cell_side_deg(grid):.10g}"),
+        cell_deg=_cell_deg(grid),
     )
     for name, region in regions.items() if real else ():
         zr, yr = pooled([v[0] for v in region.values()], [v[1] for v in region.values()])
@@ -474,17 +505,29 @@ def _store(folder: Path, fit: CalibrationFit, keep_other_cells: bool = True) -> 
 
 
 def _with_other_cells(record: dict[str, Any], config: dict[str, Any], keep: bool) -> dict[str, Any]:
-    """The calibration to store: ``record``, and the config's fits at other cell sizes."""
+    """The calibration to store: ``record``, and the config's fits at other cell sizes.
+
+    A fit written before sizes were recorded is placed by the grid its ``fitted_on`` names.
+
+    Raises:
+        ConfigError: for an earlier fit whose cell size is not known (``--only`` drops it).
+    """
+    from marscope_stac.core.platt import fit_cell_deg, same_size
+
     extra = config.get("marscope")
     old = extra.get("calibration") if isinstance(extra, dict) else None
-    if not keep or not isinstance(old, dict) or "cell_deg" not in record:
+    if not keep or not isinstance(old, dict):
         return record
-    earlier = old.get("cells") if isinstance(old.get("cells"), list) else [old]
-    fits = [record] + [
-        f
-        for f in earlier
-        if isinstance(f, dict) and "cell_deg" in f and f["cell_deg"] != record["cell_deg"]
-    ]
+    fits = [record]
+    for f in old.get("cells") if isinstance(old.get("cells"), list) else [old]:
+        size = fit_cell_deg(f) if isinstance(f, dict) else None
+        if size is None:
+            raise ConfigError(
+                "the model's calibration does not say the cell size it was fitted on, so it "
+                "cannot stay beside this one; give --only (keep_other_cells=False) to replace it"
+            )
+        if not same_size(size, record["cell_deg"]):
+            fits.append({**{k: v for k, v in f.items() if k != "cells"}, "cell_deg": size})
     if len(fits) == 1:
         return record
     fits.sort(key=lambda f: float(f["cell_deg"]))

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from marscope_stac.core.platt import calibration_at
+from marscope_stac.core.platt import applied_fit, calibration_at
 from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
-from marscope_stac.grid.grids import cell_side_deg
+from marscope_stac.grid.grids import Grid, cell_side_deg
 from marscope_stac.index.scan import score_rows
 from marscope_stac.index.store import EmbeddingSet, ScoringArrays, _NpyStream
 from marscope_stac.index.texts import TextVectorCache
@@ -97,16 +97,15 @@ def store_background(
         lse = (np.float32(a) * lse - np.float32(b)).astype(np.float32)
         description["logit_scale"] = a * float(logit_scale)
         description["temperature"] = float(logit_scale)
-        fit = {k: v for k, v in calibration.items() if k != "cells"}
-        if calibration.get("cells"):  # the fit at the set's cell size
-            fit.update(scale=a, bias=b, cell_deg=cell_deg)
-            fit["fitted_on"] = "; ".join(str(f.get("fitted_on")) for f in calibration["cells"])
-        description["calibration"] = fit
+        description["calibration"] = applied_fit(calibration, cell_deg)
     write_background(es, lse, description)
 
 
-def write_background_of(es: EmbeddingSet, cm: ClipModel) -> None:
-    """Encode the background prompts with ``cm``, cache their vectors and store the term."""
+def write_background_of(es: EmbeddingSet, cm: ClipModel, grid: Grid | None = None) -> None:
+    """Encode the background prompts with ``cm``, cache their vectors and store the term.
+
+    ``grid``: the set's grid, parsed for its body (else read from the manifest, as Mars's).
+    """
     bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
     cache = TextVectorCache(es, es.manifest()["model"])
     for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
@@ -118,5 +117,5 @@ def write_background_of(es: EmbeddingSet, cm: ClipModel) -> None:
         prompts=BACKGROUND_PROMPTS,
         templates=MARSCOPE_TEMPLATES,
         calibration=cm.calibration,
-        cell_deg=cell_side_deg(es.manifest()["grid"]),
+        cell_deg=cell_side_deg(grid if grid is not None else es.manifest()["grid"]),
     )

@@ -7,6 +7,7 @@ snapshots and open_clip architectures with weights files.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.core.platt import same_size
 from marscope_stac.models.clip import (
     ARCH_PREPROCESS,
     BUNDLED_ARCH,
@@ -176,15 +178,21 @@ def model_calibration(name: str, folder: Path | None) -> dict[str, Any] | None:
     fits = cal.get("cells", []) if isinstance(cal, dict) else None
     if not isinstance(fits, list):
         fits = [None]
-    checked = [_platt(name, fit) for fit in [cal, *fits]]
+    checked = [_platt(name, fit, sized=k > 0) for k, fit in enumerate([cal, *fits])]
+    sizes = sorted(f["cell_deg"] for f in checked[1:])
+    if any(same_size(a, b) for a, b in itertools.pairwise(sizes)):
+        raise ModelError(
+            f"{name}: marscope.calibration in open_clip_config.json lists two fits of one cell "
+            "size; fit it again with 'marscope calibrate'"
+        )
     return {**checked[0], "cells": checked[1:]} if fits else checked[0]
 
 
-def _platt(name: str, fit: Any) -> dict[str, Any]:
-    """One fit with float ``scale``, ``bias`` (and ``cell_deg``), or a ModelError."""
+def _platt(name: str, fit: Any, sized: bool = False) -> dict[str, Any]:
+    """One fit with float ``scale``, ``bias`` and ``cell_deg`` (needed when ``sized``)."""
     keys = ("scale", "bias", "cell_deg")
     given = [
-        fit.get(k, 1.0 if k == "cell_deg" else None) if isinstance(fit, dict) else None
+        fit.get(k, None if sized or k != "cell_deg" else 1.0) if isinstance(fit, dict) else None
         for k in keys
     ]
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in given)
@@ -195,8 +203,8 @@ def _platt(name: str, fit: Any) -> dict[str, Any]:
     if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias) and 0 < cell < math.inf):
         raise ModelError(
             f"{name}: marscope.calibration in open_clip_config.json needs a positive 'scale' "
-            "and a 'bias' (numbers), and a positive 'cell_deg' where given; fit it again with "
-            "'marscope calibrate'"
+            "and a 'bias' (numbers), and a positive 'cell_deg' where given (in every fit of "
+            "'cells'); fit it again with 'marscope calibrate'"
         )
     out = {**fit, "scale": scale, "bias": bias}
     if "cell_deg" in fit:

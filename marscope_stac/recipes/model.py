@@ -236,6 +236,9 @@ def _calibrate(
             keep_other_cells=k > 0,
         )
         log.info("recipe %s: %s", r.name, fit.summary())
+    for old in root.glob("reliability-*.png"):  # this project's, of steps a resumed build dropped
+        if old.stem.split("-")[-1].isdigit() and int(old.stem.split("-")[-1]) > len(r.calibration):
+            old.unlink()
     return model_calibration(str(model_dir), model_dir) if r.calibration else None
 
 

@@ -34,8 +34,9 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
 Sources are ``demo:SIZE[:seed=N]`` (the synthetic world, :mod:`marscope_stac.datasets.demo`),
 ``real:PART`` (:func:`~marscope_stac.datasets.real.build_real_data`) or the path of a catalog
 or caption table. Hold-out rules: ``real:eval`` (Mars east of 0 degrees, the test) is in no
-recipe, and real validation figures come from ``real:validation`` of a recipe that does not
-train on ``real:train`` (which holds the validation band).
+recipe; real validation figures and real calibration come from ``real:validation`` of a
+recipe that does not train on ``real:train`` (which holds the validation band); no
+calibration source is a training source.
 """
 
 from __future__ import annotations
@@ -148,6 +149,13 @@ class ModelRecipe:
     calibration: tuple[dict[str, Any], ...] = ()
     validation: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        """One ``calibration`` step given as a table is a tuple of one."""
+        if isinstance(self.calibration, dict):
+            object.__setattr__(self, "calibration", (self.calibration,))
+        elif self.calibration is None:
+            object.__setattr__(self, "calibration", ())
+
     def config(self, member: Member) -> TrainConfig:
         """The training settings of one member."""
         return TrainConfig(**self.train, seed=member.seed, epochs=member.epochs)
@@ -202,11 +210,7 @@ class ModelRecipe:
                 "replace the first); give each its own grid"
             )
         for step in self.calibration:
-            if step["source"] == "real:validation" and "real:train" in self.sources:
-                raise ConfigError(
-                    f"{where}: real:train holds the validation band; train on real:fit to "
-                    "calibrate on real:validation"
-                )
+            self._check_calibration_source(step["source"], where)
         if self.validation is None:
             return
         kind, opts = source_kind(self.validation["source"])
@@ -221,6 +225,22 @@ class ModelRecipe:
         if unknown:
             raise ConfigError(f"{where}: [validation] kinds: use {', '.join(KINDS)}")
         check_range("radius_deg", self.validation.get("radius_deg", 2.0), 0.0, 90.0, above=True)
+
+    def _check_calibration_source(self, source: str, where: str) -> None:
+        """Calibration data apart from the training data (and real data: the validation)."""
+        kind, opts = source_kind(source)
+        if source in self.sources:
+            raise ConfigError(
+                f"{where}: [calibration] source {source} is a training source; calibrate on "
+                "data the members did not train on (another demo seed, real:validation)"
+            )
+        if kind == "real" and opts["part"] != "validation":
+            raise ConfigError(f"{where}: a real [calibration] source must be real:validation")
+        if source == "real:validation" and "real:train" in self.sources:
+            raise ConfigError(
+                f"{where}: real:train holds the validation band; train on real:fit to "
+                "calibrate on real:validation"
+            )
 
     def _data_steps(self) -> list[dict[str, Any]]:
         return [*self.calibration, *([self.validation] if self.validation is not None else [])]

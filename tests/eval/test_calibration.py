@@ -166,6 +166,7 @@ def test_the_bundled_models_item_describes_its_files(tmp_path: Path) -> None:
         {"scale": 0.6, "bias": -2.0, "cells": "0.02"},
         {"scale": 0.6, "bias": -2.0, "cells": [{"scale": -1, "bias": 0, "cell_deg": 2}]},
         {"scale": 0.6, "bias": -2.0, "cells": [{"scale": 1, "bias": 0, "cell_deg": "2"}]},
+        {"scale": 0.6, "bias": -2.0, "cells": [{"scale": 1, "bias": 0}]},  # a size for each
     ],
 )
 def test_a_calibration_must_state_two_numbers(tmp_path: Path, stated: object) -> None:
@@ -181,7 +182,7 @@ def test_a_calibration_must_state_two_numbers(tmp_path: Path, stated: object) ->
 
 
 def test_a_fit_per_cell_size_interpolates_between_sizes() -> None:
-    from marscope_stac.core.platt import calibration_at
+    from marscope_stac.core.platt import applied_fit, calibration_at
 
     cal = {
         "scale": 0.6,
@@ -198,6 +199,28 @@ def test_a_fit_per_cell_size_interpolates_between_sizes() -> None:
     assert calibration_at(cal, 90.0) == pytest.approx((0.2, -1.0))
     assert calibration_at(cal, None) == (0.6, -2.0)  # size unknown: the top-level fit
     assert calibration_at({"scale": 0.5, "bias": 1.0}, 2.0) == (0.5, 1.0)
+    # what a set records: the fit it used, or the two it interpolated between
+    cal["cells"][0]["fitted_on"], cal["cells"][1]["fitted_on"] = "real", "demo"
+    assert applied_fit(cal, 2.0) == {
+        "cell_deg": 2.0,
+        "scale": 0.2,
+        "bias": -1.0,
+        "fitted_on": "real",
+    }
+    between = applied_fit(cal, 0.2)
+    assert between["interpolated_between"] == [0.02, 2.0] and between["fitted_on"] == "demo / real"
+    assert between["scale"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("size", [2.0, 2.0000000001])
+def test_two_fits_of_one_cell_size_are_refused(tmp_path: Path, size: float) -> None:
+    from marscope_stac.models.loading import model_calibration
+
+    fit = {"scale": 0.2, "bias": -1.0, "cell_deg": 2.0}
+    doc = {"marscope": {"calibration": {**fit, "cells": [fit, {**fit, "cell_deg": size}]}}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="two fits of one cell size"):
+        model_calibration("m", tmp_path)
 
 
 def test_fits_at_two_cell_sizes_stay_side_by_side(
@@ -206,13 +229,18 @@ def test_fits_at_two_cell_sizes_stay_side_by_side(
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     model = f"local-dir:{folder}"
+    config = folder / "open_clip_config.json"
+    doc = json.loads(config.read_text())
+    # a fit written before sizes were recorded says its grid in fitted_on: it is kept
+    old = {"scale": 0.5, "bias": -1.0, "fitted_on": "old (all scenes, lonlat:0.01)"}
+    config.write_text(json.dumps({**doc, "marscope": {"calibration": old}}))
     fine = calibrate_model(model, demo_small.root, grid="lonlat:0.02")
     coarse = calibrate_model(model, demo_small.root, grid="lonlat:0.05")
     assert (fine.cell_deg, coarse.cell_deg) == (0.02, 0.05)
     cal = load_model(model, device="cpu").calibration
-    assert cal is not None and [c["cell_deg"] for c in cal["cells"]] == [0.02, 0.05]
-    assert cal["scale"] == fine.calibration.scale  # the finest fit at the top
-    assert cal["cells"][1]["scale"] == coarse.calibration.scale
+    assert cal is not None and [c["cell_deg"] for c in cal["cells"]] == [0.01, 0.02, 0.05]
+    assert cal["scale"] == 0.5  # the finest fit at the top
+    assert cal["cells"][2]["scale"] == coarse.calibration.scale
     # a set takes the fit of its own cells, and says which
     embed_catalog(demo_small.root, tmp_path / "s", model=model, grid="lonlat:0.05", progress=False)
     es = EmbeddingSet(next((tmp_path / "s" / "embeddings").iterdir()))
@@ -222,10 +250,19 @@ def test_fits_at_two_cell_sizes_stay_side_by_side(
     # fitting one size again replaces that one only; --only keeps the new fit alone
     again = CliRunner().invoke(cli, ["calibrate", model, "--catalog", str(demo_small.root)])
     assert again.exit_code == 0, again.output
-    assert len(load_model(model, device="cpu").calibration["cells"]) == 2  # type: ignore[index]
+    assert len(load_model(model, device="cpu").calibration["cells"]) == 3  # type: ignore[index]
+    # a fit of unknown size cannot stay beside another: refused in one line, or --only
+    unknown = {"scale": 0.5, "bias": -1.0, "fitted_on": "somewhere"}
+    config.write_text(json.dumps({**doc, "marscope": {"calibration": unknown}}))
+    refused = CliRunner().invoke(cli, ["calibrate", model, "--catalog", str(demo_small.root)])
+    assert refused.exit_code == 2 and "give --only" in refused.output, refused.output
+    assert json.loads(config.read_text())["marscope"]["calibration"] == unknown
     alone = CliRunner().invoke(
         cli, ["calibrate", model, "--catalog", str(demo_small.root), "--only"]
     )
     assert alone.exit_code == 0, alone.output
     cal = load_model(model, device="cpu").calibration
     assert cal is not None and "cells" not in cal and cal["cell_deg"] == 0.02
+    # the real data's test is never fitted on
+    with pytest.raises(ConfigError, match="never fitted on"):
+        calibrate_model(model, demo_small.root, real=True, split="test")

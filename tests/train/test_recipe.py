@@ -40,7 +40,7 @@ epochs = 2
 weights = [2, 1]
 
 [[calibration]]
-source = "demo:small:seed=7"
+source = "demo:small:seed=8"
 
 [[calibration]]
 source = "real:validation"
@@ -72,6 +72,7 @@ def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) 
     out = root / "build"
     assert sorted(p.name for p in (out / "data").iterdir()) == [
         "demo-small-seed7",
+        "demo-small-seed8",
         "real-fit",
         "real-validation",
     ]
@@ -83,7 +84,7 @@ def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) 
     # one calibration per cell size: the demo world's 0.02-degree cells and the real
     # validation band's 10-degree cells under the real-data protocol, each with its figures
     cal = model.calibration
-    assert cal is not None and cal["fitted_on"].startswith("demo-small-seed7")
+    assert cal is not None and cal["fitted_on"].startswith("demo-small-seed8")
     assert [c["cell_deg"] for c in cal["cells"]] == [0.02, 10.0]
     real = cal["cells"][1]
     assert "real-data protocol" in real["fitted_on"]
@@ -151,9 +152,11 @@ BASE = {
         ("tail", "[calibration]\nsource = 'real:eval'", "real:eval is Mars east"),
         ("tail", "[calibration]\nsource = 5", "source must be a string"),
         ("tail", "[calibration]\nsource = 'real:validation'\nreal = 1", "real must be true"),
+        ("tail", "[calibration]\nsource = 'demo:small'", "is a training source"),
+        ("tail", "[calibration]\nsource = 'real:train'", "must be real:validation"),
         (
             "tail",
-            "[[calibration]]\nsource = 'demo:small'\n[[calibration]]\nsource = 'demo:default'",
+            "[[calibration]]\nsource = 'demo:large'\n[[calibration]]\nsource = 'demo:default'",
             "two [[calibration]] steps fit cells of one size",
         ),
         ("head", "calibration = 5", "calibration must be a table ([name]) or tables"),
@@ -217,7 +220,7 @@ def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, bui
     text = (root / "tiny.toml").read_text()
     one = (
         text[: text.index("[[members]]\nseed = 1")]
-        + "[calibration]\nsource = 'demo:small:seed=7'\n"
+        + "[calibration]\nsource = 'demo:small:seed=8'\n"
     )
     (tmp_path / "one.toml").write_text(one)
     again = build_model(tmp_path / "one.toml", out, device="cpu", **_fetch(root))
