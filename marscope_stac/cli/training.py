@@ -76,6 +76,11 @@ __all__ = [
     help="Margin every tile shows around its cell, in cell sides (1: the ring of neighbours); "
     "the model asks embedding for the same. [default: the fine-tuned model's, else 0]",
 )
+@click.option(
+    "--physical-flips",
+    is_flag=True,
+    help="Never flip real shaded relief (its mosaic lights it from one direction).",
+)
 def train_cmd(
     sources: tuple[str, ...],
     out: Path,
@@ -94,6 +99,7 @@ def train_cmd(
     prompt_share: float,
     weights: str | None,
     tile_context: float | None,
+    physical_flips: bool,
 ) -> None:
     """Train an open_clip model on labelled STAC catalogs or caption tables (CSV/Parquet).
 
@@ -122,6 +128,7 @@ def train_cmd(
             crop_px=crop_px,
             prompt_share=prompt_share,
             weights=_number_list("--weights", weights) if weights else None,
+            physical_flips=physical_flips,
         ),
         device=device,
         resume=not no_resume,

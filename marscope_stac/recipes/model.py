@@ -138,7 +138,10 @@ def build_model(
                 pretrained=r.pretrained,
                 config=r.config(m),
                 pairs=PairOptions(
-                    crop_px=r.crop_px, prompt_share=r.prompt_share, weights=m.weights
+                    crop_px=r.crop_px,
+                    prompt_share=r.prompt_share,
+                    weights=m.weights,
+                    physical_flips=r.physical_flips,
                 ),
                 device=device,
                 half_weights=r.half_weights,
@@ -200,7 +203,8 @@ def _training_changes(before: dict[str, Any], r: ModelRecipe) -> list[str]:
     """
     now = r.as_dict()
     keys = {*before, *now} - _OUTSIDE_TRAINING
-    changed = sorted(k for k in keys if before.get(k) != now.get(k))
+    unset = {k: f.default for k, f in ModelRecipe.__dataclass_fields__.items()}  # older builds
+    changed = sorted(k for k in keys if before.get(k, unset.get(k)) != now.get(k))
     old, new = before.get("members") or [], now["members"]
     changed += [f"member {k}" for k, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b]
     return changed

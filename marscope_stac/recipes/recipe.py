@@ -11,6 +11,7 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
     half_weights = true
     prompt_share = 0.3
     crop_px = 60
+    physical_flips = false                   # true: never flip shaded relief (fixed light)
 
     [train]                                  # TrainConfig settings every member shares
     lock_text = true
@@ -64,6 +65,7 @@ _TOP = {
     "half_weights": "bool",
     "prompt_share": "number",
     "crop_px": "int",
+    "physical_flips": "bool",
     "train": "table",
     "members": "tables",
     "calibration": "steps",
@@ -145,6 +147,7 @@ class ModelRecipe:
     half_weights: bool = False
     prompt_share: float = 0.0
     crop_px: int = 60
+    physical_flips: bool = False
     train: dict[str, Any] = field(default_factory=dict)
     calibration: tuple[dict[str, Any], ...] = ()
     validation: dict[str, Any] | None = None
@@ -289,6 +292,7 @@ def load_recipe(recipe: str | Path) -> ModelRecipe:
         half_weights=doc.get("half_weights", False),
         prompt_share=float(doc.get("prompt_share", 0.0)),
         crop_px=doc.get("crop_px", 60),
+        physical_flips=doc.get("physical_flips", False),
         train=_table(doc.get("train", {}), _TRAIN, f"{where}: [train]"),
         calibration=_calibration_steps(doc, where),
         validation=_step(doc, "validation", _VALIDATION, where),

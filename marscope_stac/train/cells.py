@@ -191,7 +191,7 @@ def load_cell_pairs(
     rng = np.random.default_rng(seed)
     root = Path(catalog)
     cat = pystac.Catalog.from_file(str(root / "catalog.json" if root.is_dir() else root))
-    images, captions, labels, owner = [], [], [], []
+    images, captions, labels, owner, fixed = [], [], [], [], []
     share: dict[str, float] = {}
     found = False
     for item in cat.get_items(recursive=True):
@@ -207,6 +207,7 @@ def load_cell_pairs(
         captions += got[1]
         labels += got[2]
         owner += [item.id] * len(got[0])
+        fixed += [props.get("marscope:kind", "relief") == "relief"] * len(got[0])
     if not found:
         raise CatalogError(f"no label item with grid-cell pairs and split {split!r} in {catalog}")
     return PairSet(
@@ -216,6 +217,7 @@ def load_cell_pairs(
         labels=labels,
         weights=_balance(owner, labels, share),
         context=context,
+        fixed_light=np.array(fixed, bool),
     )
 
 

@@ -88,8 +88,12 @@ class PairOptions:
         crop_px: Crop side in source pixels (a grid cell's ground size) for catalog scenes.
         prompt_share: Share of captions replaced by a MarScope-template sentence (0..1).
         weights: Relative weight of each source in every batch (equal by default).
+        physical_flips: Never flip images whose mosaic lights them from one direction
+            (real shaded relief, ``marscope:kind`` ``relief``): flipped, a crater lit from the
+            west looks like a dome lit from the east. False: flip every image (as before).
     """
 
     crop_px: int = 60
     prompt_share: float = 0.0
     weights: Sequence[float] | None = None
+    physical_flips: bool = False

@@ -544,6 +544,7 @@ def train_from_source(
     parts, vals, what = [], [], []
     for src in sources:
         parts.append(load_pairs(src, "train", how.crop_px, how.prompt_share, context=ctx))
+        parts[-1].physical_flips = how.physical_flips
         table = Path(src).suffix.lower() in (".csv", ".parquet")
         if not table:
             with contextlib.suppress(CatalogError):

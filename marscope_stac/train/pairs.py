@@ -69,6 +69,11 @@ class PairSet:
     """Sampling probability of each fixed image (None: uniform)."""
     context: float = 0.0
     """Margin that scene crops also show around their cell, in cell sides (as tiles do)."""
+    fixed_light: NDArray[np.bool_] | None = None
+    """Fixed images lit from one direction by their mosaic (shaded relief): with
+    ``physical_flips`` they are never flipped (a flip would light them from elsewhere)."""
+    physical_flips: bool = False
+    """Keep the light of ``fixed_light`` images (else every image may be flipped)."""
 
     @property
     def cut_px(self) -> int:
@@ -118,7 +123,12 @@ class PairSet:
                 idx = rng.integers(0, len(self.images), n)
             imgs = self.images[idx].astype(np.float32)
             if augment:
-                imgs = np.stack([_augment(i, rng) for i in imgs])
+                keep = (
+                    self.fixed_light[idx]
+                    if self.physical_flips and self.fixed_light is not None
+                    else np.zeros(len(idx), bool)
+                )
+                imgs = np.stack([_augment(i, rng, not k) for i, k in zip(imgs, keep, strict=True)])
             chosen = [self.captions[i] for i in idx]
             classes = [self.labels[i] for i in idx]
             if self.prompt_share:
@@ -250,12 +260,18 @@ def _background_crop(
     return None
 
 
-def _augment(crop: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
-    """Flips and brightness/contrast jitter (no rotation: the sun direction is physical)."""
+def _augment(
+    crop: NDArray[np.float32], rng: np.random.Generator, flips: bool = True
+) -> NDArray[np.float32]:
+    """Flips (unless ``flips`` is false) and brightness/contrast jitter (no rotation).
+
+    The random draws are the same either way, so a run's other draws do not shift.
+    """
     out = crop
-    if rng.uniform() < 0.5:
+    flip_x, flip_y = rng.uniform() < 0.5, rng.uniform() < 0.5
+    if flips and flip_x:
         out = out[:, ::-1]
-    if rng.uniform() < 0.5:
+    if flips and flip_y:
         out = out[::-1, :]
     gain = rng.uniform(0.8, 1.25)
     bias = rng.uniform(-0.08, 0.08)

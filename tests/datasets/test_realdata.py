@@ -242,6 +242,8 @@ def test_fit_and_validation_parts_split_the_west_apart(
         for p in fit.glob("*-imagery/*/*.json")
     }
     assert kinds == {"relief", "colour"}  # no albedo to train on
+    lit = load_cell_pairs(fit, "train", tile_px=16, cell_px=(11.0,)).fixed_light
+    assert lit is not None and set(lit.tolist()) == {True, False}  # relief fixed, colour not
     splits = {
         json.loads(p.read_text())["properties"]["marscope:split"]
         for root in (fit, val)
@@ -328,6 +330,9 @@ def test_cell_pairs_caption_what_each_cell_shows(real_train: Path) -> None:
     pairs = load_cell_pairs(real_train, "train", tile_px=32, cell_px=(6.0, 11.0))
     assert pairs.images is not None and pairs.images.shape[1:] == (32, 32)
     assert len(pairs) == len(pairs.captions) == len(pairs.labels)
+    # the train part is shaded relief: lit from one direction, kept so with physical flips
+    assert pairs.fixed_light is not None and pairs.fixed_light.all()
+    assert len(pairs.fixed_light) == len(pairs)
     craters = [
         c for c, lab in zip(pairs.captions, pairs.labels, strict=True) if lab == "impact_crater"
     ]

@@ -291,3 +291,29 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
         average_models(refs[:1], tmp_path / "one")
     r = CliRunner().invoke(cli, ["average-models", *refs, "--out", str(tmp_path / "avg2")])
     assert r.exit_code == 0 and (tmp_path / "avg2" / "open_clip_model.safetensors").is_file()
+
+
+def test_physical_flips_keep_the_light_of_shaded_relief() -> None:
+    """Relief lit from the west stays lit from the west; other images are still flipped."""
+    ramp = np.tile(np.linspace(0.2, 0.8, 16, dtype=np.float32), (16, 1))  # bright to the east
+
+    def make(physical: bool) -> PairSet:
+        return PairSet(
+            crop_px=16,
+            images=np.stack([ramp, ramp]),
+            captions=["a crater", "a crater in colour"],
+            labels=["impact_crater", "impact_crater"],
+            fixed_light=np.array([True, False]),
+            physical_flips=physical,
+        )
+
+    rises = {}
+    for physical in (False, True):
+        imgs, captions, _ = make(physical).sample(400, np.random.default_rng(3))
+        east = np.sign(imgs[:, :, -1].mean(axis=1) - imgs[:, :, 0].mean(axis=1))
+        rises[physical] = {c: set(east[np.array(captions) == c]) for c in set(captions)}
+        if physical:
+            assert rises[True]["a crater"] == {1.0}  # never lit from the other side
+            assert rises[True]["a crater in colour"] == {1.0, -1.0}
+        assert captions == make(not physical).sample(400, np.random.default_rng(3))[1]
+    assert rises[False]["a crater"] == {1.0, -1.0}  # before: every image flipped at random
