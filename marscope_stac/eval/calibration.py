@@ -392,10 +392,9 @@ def calibrate_model(
     folder = _model_folder(model)
     grid = grid or ("lonlat:2" if real else "lonlat:0.02")
     split = _real_split(split) if real else split
-    cm = load_model(model, device="auto")  # its config is readable past here
-    if write:  # refuse before the work
-        config = json.loads((folder / "open_clip_config.json").read_bytes())
-        _with_other_cells({"cell_deg": _cell_deg(grid)}, config, keep_other_cells)
+    cm = load_model(model, device="auto", calibrated=False)  # a broken fit is re-fitted
+    if write and keep_other_cells:  # refuse before the work
+        _kept_fits_are_sound(model, folder, _cell_deg(grid))
     fit = _fit(_fitting_cells(cm, catalog, split, grid, real), catalog, split, grid, real)
     if plot is not None:  # first: a bad plot path leaves the model as it was
         curves = {"raw": fit.before, "calibrated": fit.after}
@@ -404,6 +403,19 @@ def calibrate_model(
     if write:
         _store(folder, fit, keep_other_cells)
     return fit
+
+
+def _kept_fits_are_sound(model: str, folder: Path, cell_deg: float) -> None:
+    """Raise ConfigError now if the model's fits cannot stay beside a new one."""
+    from marscope_stac.core.errors import ModelError
+    from marscope_stac.models.loading import model_calibration
+
+    try:
+        model_calibration(model, folder)
+    except ModelError as exc:
+        raise ConfigError(f"{exc}; give --only (keep_other_cells=False) to replace it") from None
+    config = json.loads((folder / "open_clip_config.json").read_bytes())
+    _with_other_cells({"cell_deg": cell_deg}, config, True)
 
 
 def _model_folder(model: str) -> Path:

@@ -46,6 +46,7 @@ def load_model(
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    calibrated: bool = True,
 ) -> ClipModel:
     """Load an open_clip model by name (see the module docstring for the names).
 
@@ -54,6 +55,8 @@ def load_model(
         pretrained: With an architecture name: a pretrained tag or a local checkpoint file.
         device: ``auto`` (GPU when present), ``cpu``, ``cuda[:N]``.
         precision: ``auto`` (fp32 on CPU, bf16/fp16 on GPU), ``fp32``, ``fp16``, ``bf16``.
+        calibrated: Read the calibration the model states (False: the raw probability, and
+            a stated calibration is not checked, e.g. to fit it again).
 
     Raises:
         ModelError: for an unknown architecture, missing/corrupt/mismatched weights, or a hub
@@ -92,7 +95,7 @@ def load_model(
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
     folder = model_folder(name)
     ctx = _tile_context(name, folder)
-    cal = model_calibration(name, folder)
+    cal = model_calibration(name, folder) if calibrated else None
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx, cal)
 
 

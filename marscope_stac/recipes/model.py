@@ -25,7 +25,7 @@ from marscope_stac.core.fs import atomic_output, atomic_write_json, staged_direc
 from marscope_stac.core.plots import figure
 from marscope_stac.core.software import software
 from marscope_stac.recipes.recipe import ModelRecipe, load_recipe, source_kind
-from marscope_stac.train.config import PairOptions, TrainResult
+from marscope_stac.train.config import TrainResult
 
 __all__ = ["ModelBuild", "build_model", "plot_members"]
 
@@ -137,12 +137,7 @@ def build_model(
                 model=r.model,
                 pretrained=r.pretrained,
                 config=r.config(m),
-                pairs=PairOptions(
-                    crop_px=r.crop_px,
-                    prompt_share=r.prompt_share,
-                    weights=m.weights,
-                    physical_flips=r.physical_flips,
-                ),
+                pairs=r.pairs(m),
                 device=device,
                 half_weights=r.half_weights,
                 progress=progress,

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.core.errors import ConfigError, check_range
-from marscope_stac.train.config import TrainConfig
+from marscope_stac.train.config import PairOptions, TrainConfig
 
 __all__ = ["Member", "ModelRecipe", "load_recipe", "source_kind"]
 
@@ -158,6 +158,15 @@ class ModelRecipe:
             object.__setattr__(self, "calibration", (self.calibration,))
         elif self.calibration is None:
             object.__setattr__(self, "calibration", ())
+
+    def pairs(self, member: Member) -> PairOptions:
+        """How one member draws its training pairs."""
+        return PairOptions(
+            crop_px=self.crop_px,
+            prompt_share=self.prompt_share,
+            weights=member.weights,
+            physical_flips=self.physical_flips,
+        )
 
     def config(self, member: Member) -> TrainConfig:
         """The training settings of one member."""

@@ -112,6 +112,12 @@ class PairSet:
             return len(self.images)
         return int(sum(len(s.features) for s in self.scenes))
 
+    def _may_flip(self, idx: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which of the fixed images ``idx`` may be flipped."""
+        if self.physical_flips and self.fixed_light is not None:
+            return ~self.fixed_light[idx]
+        return np.ones(len(idx), bool)
+
     def sample(
         self, n: int, rng: np.random.Generator, augment: bool = True
     ) -> tuple[NDArray[np.float32], list[str], list[str]]:
@@ -123,12 +129,8 @@ class PairSet:
                 idx = rng.integers(0, len(self.images), n)
             imgs = self.images[idx].astype(np.float32)
             if augment:
-                keep = (
-                    self.fixed_light[idx]
-                    if self.physical_flips and self.fixed_light is not None
-                    else np.zeros(len(idx), bool)
-                )
-                imgs = np.stack([_augment(i, rng, not k) for i, k in zip(imgs, keep, strict=True)])
+                flips = self._may_flip(idx)
+                imgs = np.stack([_augment(i, rng, f) for i, f in zip(imgs, flips, strict=True)])
             chosen = [self.captions[i] for i in idx]
             classes = [self.labels[i] for i in idx]
             if self.prompt_share:

@@ -136,6 +136,14 @@ def test_calibration_errors_are_one_line(
     done = CliRunner().invoke(cli, ["calibrate", "bundled", "--catalog", str(demo_root)])
     assert done.exit_code != 0 and "give local-dir:PATH" in done.output
     assert "Traceback" not in done.output
+    # the broken fit cannot stay beside a new one, but --only replaces it
+    model = f"local-dir:{folder}"
+    kept = CliRunner().invoke(cli, ["calibrate", model, "--catalog", str(demo_root)])
+    assert kept.exit_code == 2 and "give --only" in kept.output, kept.output
+    assert "Traceback" not in kept.output
+    fixed = CliRunner().invoke(cli, ["calibrate", model, "--catalog", str(demo_root), "--only"])
+    assert fixed.exit_code == 0, fixed.output
+    assert load_model(model, device="cpu").calibration is not None
 
 
 def test_the_bundled_models_item_describes_its_files(tmp_path: Path) -> None:
