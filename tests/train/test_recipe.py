@@ -250,3 +250,20 @@ def test_calibrate_reads_a_real_catalog_under_the_real_protocol(
     assert (folder / "open_clip_config.json").read_bytes() == (
         result.model_dir / "open_clip_config.json"
     ).read_bytes()  # a dry run leaves the model as it was
+
+
+def test_the_comparison_bench_reads_two_models_on_the_validation_regions(built: tuple) -> None:
+    import subprocess
+    import sys
+
+    root, _, result = built
+    bench = Path(__file__).resolve().parents[2] / "bench" / "real_compare.py"
+    catalog = root / "build" / "data" / "real-validation"
+    cmd = [sys.executable, str(bench), f"local-dir:{result.members[0].model_dir}"]
+    cmd += [f"local-dir:{result.model_dir}", "--catalog", str(catalog), "--grid", "lonlat:10"]
+    cmd += ["--radius", "10", "--draws", "20"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout.splitlines()
+    assert any(line.split()[:3] == ["Mars", "relief", "impact"] for line in table)
+    assert any(line.startswith("Moon albedo") for line in table)
