@@ -531,7 +531,8 @@ def _with_other_cells(record: dict[str, Any], config: dict[str, Any], keep: bool
     if not keep or not isinstance(old, dict):
         return record
     fits = [record]
-    for f in old.get("cells") if isinstance(old.get("cells"), list) else [old]:
+    cells = old.get("cells")
+    for f in cells if isinstance(cells, list) else [old]:
         size = fit_cell_deg(f) if isinstance(f, dict) else None
         if size is None:
             raise ConfigError(
