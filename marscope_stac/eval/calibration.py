@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,7 @@ def plot_reliability(
     ax.set_ylabel("share of cells showing the landform")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)  # a long model path stays inside
     ax.legend(fontsize=8, loc="upper left")
     axc.set_yscale("log")
     axc.set_xlabel("probability")
