@@ -11,6 +11,7 @@
 #   make model  rebuild the bundled model from its recipe (data, four members, their average,
 #               calibration) into build/bundled; RECIPE=fit trains it apart from the real
 #               validation regions (hours on a CPU; resumes where a stopped run left it)
+#   make bundle  release that build's model as the bundled one (RECIPE as for make model)
 #
 # GPU users: install the torch/torchvision pair matching your CUDA first, then run
 #   make demo CONSTRAINTS=/dev/null
@@ -28,7 +29,7 @@ FUZZ_TESTS := test_fuzzed_stac_documents test_fuzzed_options test_fuzzed_geotiff
 WHEEL_VENV ?= .wheel-venv
 WHEEL_STAMP := $(WHEEL_VENV)/.marscope-wheel
 
-.PHONY: demo test install lint docs fuzz clean-products services dist wheel-venv model
+.PHONY: demo test install lint docs fuzz clean-products services dist wheel-venv model bundle
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ RECIPE ?= bundled
 
 model: $(STAMP)
 	$(BIN)/marscope -v build-model $(RECIPE) --out build/$(notdir $(basename $(RECIPE)))
+
+bundle: $(STAMP)
+	$(BIN)/marscope release-model local-dir:build/$(notdir $(basename $(RECIPE)))/model \
+		--name marscope-small --out marscope_stac/data/models/marscope-small --overwrite
 
 demo: $(STAMP)
 	$(BIN)/marscope demo

@@ -158,6 +158,28 @@ def average_models_cmd(models: tuple[str, ...], out: Path, overwrite: bool) -> N
     click.echo(f"averaged {len(models)} models: local-dir:{folder}")
 
 
+@cli.command("release-model")
+@click.argument("model")
+@click.option("--name", required=True, help="Its name: the model item's id and mlm:name.")
+@click.option(
+    "--out",
+    type=_PATH,
+    required=True,
+    help="Folder of the released model (then --model local-dir:OUT).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing model folder at --out.")
+def release_model_cmd(model: str, name: str, out: Path, overwrite: bool) -> None:
+    """Copy a built model to --out under a name, its weights and calibration unchanged.
+
+    MODEL is a model with a local folder (local-dir:DIR, e.g. a recipe build's
+    local-dir:build/fit/model). `make bundle` releases a build as the bundled model.
+    """
+    from marscope_stac.train.release import release_model
+
+    folder = release_model(model, out, name=name, overwrite=overwrite)
+    click.echo(f"released {model} as {name}: local-dir:{folder}")
+
+
 @cli.command("calibrate")
 @click.argument("model")
 @click.option(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from marscope_stac.core.errors import ConfigError, OutputError
-from marscope_stac.core.fs import atomic_output, atomic_write_json, staged_directory
+from marscope_stac.core.fs import atomic_output, atomic_write_json
 from marscope_stac.core.plots import figure
 from marscope_stac.core.software import software
 from marscope_stac.recipes.recipe import ModelRecipe, load_recipe, source_kind
@@ -143,7 +142,7 @@ def build_model(
                 progress=progress,
             )
         )
-    built = ModelBuild(root, _combine(members, root / "model"), members)
+    built = ModelBuild(root, _combine(members, root / "model", r.model_name), members)
     built.calibration = _calibrate(r, built.model_dir, root, calibration)
     built.validation = _validate(r, built, validation, device)
     built.curves = plot_members(members, root / "training-curves.png", r.name)
@@ -205,16 +204,15 @@ def _training_changes(before: dict[str, Any], r: ModelRecipe) -> list[str]:
     return changed
 
 
-def _combine(members: list[TrainResult], model_dir: Path) -> Path:
-    """The members' average in ``model_dir`` (a lone member's model, copied)."""
+def _combine(members: list[TrainResult], model_dir: Path, name: str) -> Path:
+    """The members' average in ``model_dir``, named ``name`` (a lone member's, copied)."""
     from marscope_stac.train.averaging import average_models
+    from marscope_stac.train.release import release_model
 
     if len(members) > 1:
         refs = [f"local-dir:{m.model_dir}" for m in members]
-        return average_models(refs, model_dir, overwrite=True)
-    with staged_directory(model_dir, overwrite=True) as stage:  # only a model folder
-        shutil.copytree(members[0].model_dir, stage, dirs_exist_ok=True)
-    return model_dir
+        return average_models(refs, model_dir, overwrite=True, name=name)
+    return release_model(f"local-dir:{members[0].model_dir}", model_dir, name=name, overwrite=True)
 
 
 def _calibrate(

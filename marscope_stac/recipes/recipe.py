@@ -5,6 +5,7 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
 
     name = "bundled"
     description = "what it is for"
+    release = "marscope-small"               # the built model's name (default: the recipe's)
     sources = ["demo:large", "real:train"]   # the training catalogs, mixed in every batch
     model = "marscope-small"                 # architecture (or a model to fine-tune)
     pretrained = "parts"                     # its start ("": random; `marscope train --pretrained`)
@@ -59,6 +60,7 @@ __all__ = ["Member", "ModelRecipe", "load_recipe", "source_kind"]
 _TOP = {
     "name": "str",
     "description": "str",
+    "release": "str",
     "sources": "strs",
     "model": "str",
     "pretrained": "str",
@@ -142,6 +144,7 @@ class ModelRecipe:
     sources: tuple[str, ...]
     members: tuple[Member, ...]
     description: str = ""
+    release: str = ""
     model: str = "marscope-small"
     pretrained: str | None = "parts"
     half_weights: bool = False
@@ -172,6 +175,11 @@ class ModelRecipe:
         """The training settings of one member."""
         return TrainConfig(**self.train, seed=member.seed, epochs=member.epochs)
 
+    @property
+    def model_name(self) -> str:
+        """The name of the built model (its item's id and ``mlm:name``)."""
+        return self.release or self.name
+
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON data (what a build records and compares when resumed)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -187,6 +195,13 @@ class ModelRecipe:
                     f"{where}: real:eval is Mars east of 0 degrees, the test; no recipe trains, "
                     "calibrates or chooses on it (read it once: bench/real_mars.py)"
                 )
+        from marscope_stac.stac.mlm import mlm_name
+
+        if mlm_name(self.model_name) != self.model_name:
+            raise ConfigError(
+                f"{where}: {self.model_name!r} cannot name a model; set release to letters, "
+                f"digits, '-', '_' or '.', a letter first (e.g. {mlm_name(self.model_name)!r})"
+            )
         check_range("crop_px", self.crop_px, 8, 100_000, integer=True)
         check_range("prompt_share", self.prompt_share, 0.0, 1.0)
         for k, m in enumerate(self.members, 1):
@@ -294,6 +309,7 @@ def load_recipe(recipe: str | Path) -> ModelRecipe:
     made = ModelRecipe(
         name=doc.get("name", path.stem),
         description=doc.get("description", ""),
+        release=doc.get("release", ""),
         sources=tuple(doc.get("sources", [])),
         members=tuple(_member(m, k, where) for k, m in enumerate(doc.get("members", []), 1)),
         model=doc.get("model", "marscope-small"),

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 
-def average_models(models: Sequence[str], out: str | Path, *, overwrite: bool = False) -> Path:
+def average_models(
+    models: Sequence[str], out: str | Path, *, overwrite: bool = False, name: str | None = None
+) -> Path:
     """Average the weights of trained models of one architecture into one model ("soup").
 
     Models trained from the same start (e.g. several runs of the bundled recipe from the
@@ -47,15 +49,20 @@ def average_models(models: Sequence[str], out: str | Path, *, overwrite: bool = 
         models: Model references (``local-dir:PATH``, ``bundled``...), at least two.
         out: Folder of the averaged model (then ``--model local-dir:OUT``).
         overwrite: Replace an existing folder at ``out``.
+        name: Its model item's id and ``mlm:name`` (default: from ``out``'s folder name).
 
     Raises:
-        ConfigError: for fewer than two models.
+        ConfigError: for fewer than two models, or a bad ``name``.
         ModelError: if a model cannot be loaded or the models differ in architecture,
             tensors or tile context.
         OutputError: if ``out`` exists and ``overwrite`` is false.
     """
     if len(models) < 2:
         raise ConfigError("average-models needs at least two models to average")
+    if name is not None:
+        from marscope_stac.train.release import rename_model_item
+
+        rename_model_item({}, name)  # a bad name, refused before the work
     folders = {m: model_folder(m) for m in models}
     check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
     members = [load_model(m, device="cpu") for m in models]
@@ -88,7 +95,7 @@ def average_models(models: Sequence[str], out: str | Path, *, overwrite: bool = 
         start = starts.pop() if len(starts) == 1 else None  # their common start, if known
         model_item(
             stage,
-            mlm_properties(first, mlm_name(Path(out).name), start, description=desc),
+            mlm_properties(first, name or mlm_name(Path(out).name), start, description=desc),
             hyperparameters={"averaged_models": list(models), "members": recipes},
             when=dt.datetime.now(dt.UTC),
         )

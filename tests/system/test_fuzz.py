@@ -397,6 +397,10 @@ def _commands(bench: Bench, out: Path) -> dict[str, tuple[list[str], list[str]]]
             ["average-models", model, model, "--out", str(out / "a")],
             ["--out", "MODEL"],
         ),
+        "release-model": (
+            ["release-model", model, "--name", "fuzzed-model", "--out", str(out / "r")],
+            ["--name", "--out", "MODEL"],
+        ),
         "catalog build": (
             ["catalog", "build", str(out / "tifs")],
             ["--body", "--collection-id", "FOLDER"],

@@ -120,6 +120,7 @@ COMMAND_FUNCTIONS = [
     "marscope_stac.tiles.preview:preview_tiles",
     "marscope_stac.train.loop:train_from_source",
     "marscope_stac.train.averaging:average_models",
+    "marscope_stac.train.release:release_model",
     "marscope_stac.eval.calibration:calibrate_model",
     "marscope_stac.recipes.model:build_model",
     "marscope_stac.embed.run:embed_catalog",

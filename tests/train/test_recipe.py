@@ -17,6 +17,7 @@ from marscope_stac.recipes import build_model, load_recipe
 
 TINY = """
 name = "tiny"
+release = "tiny-soup"
 sources = ["demo:small:seed=7", "real:fit"]
 model = "bundled"  # fine-tuned a little: a model that ranks landforms calibrates
 pretrained = ""
@@ -81,6 +82,7 @@ def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) 
     assert model.tile_context == 1.0
     item = json.loads((result.model_dir / "model.json").read_text())
     assert len(item["properties"]["mlm:hyperparameters"]["members"]) == 2  # the average
+    assert item["id"] == item["properties"]["mlm:name"] == "tiny-soup"  # named by release
     # one calibration per cell size: the demo world's 0.02-degree cells and the real
     # validation band's 10-degree cells under the real-data protocol, each with its figures
     cal = model.calibration
@@ -119,6 +121,7 @@ def test_the_shipped_recipes_read() -> None:
     assert bundled.sources == ("demo:large", "real:train") and len(bundled.members) == 4
     assert fit.sources == ("demo:large", "real:fit") and fit.validation is not None
     assert bundled.config(bundled.members[0]).tile_context == 1
+    assert bundled.model_name == fit.model_name == "marscope-small"
 
 
 BASE = {
@@ -139,6 +142,8 @@ BASE = {
         ("head", 'name = "bad"\nhalf_weights = "false"', "half_weights must be true or false"),
         ("head", 'name = "bad"\ncrop_px = 60.5', "crop_px must be a whole number"),
         ("head", 'name = "bad"\ncolour = 1', "unknown setting 'colour'"),
+        ("head", 'name = "bad"\nrelease = "9 lives"', "cannot name a model"),
+        ("head", 'name = "9"', "cannot name a model"),
         ("tail", "[train]\nepochs = 3", "[train]: unknown setting 'epochs'"),
         ("tail", "[train]\nlr = 'fast'", "lr must be a number"),
         ("members", "[[members]]\nseed = 2", "member 1 needs epochs"),

@@ -1,0 +1,93 @@
+"""Release a built model under a name: the same weights, a model item that carries the name.
+
+A recipe's build writes its average in ``OUT/model``; :func:`release_model` copies such a
+folder to where it is to live (``marscope_stac/data/models/marscope-small`` for the bundled
+model, see ``make bundle``) and names its model item (id, title and ``mlm:name``), without
+touching its weights, configuration or calibration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from marscope_stac.core.errors import ConfigError, DataError, ModelError
+from marscope_stac.core.fs import (
+    atomic_write_json,
+    check_apart,
+    copy_file,
+    read_regular,
+    staged_directory,
+)
+from marscope_stac.models.loading import model_folder
+
+__all__ = ["release_model", "rename_model_item"]
+
+_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+
+
+def rename_model_item(item: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of model item ``item`` named ``name`` (id, title and ``mlm:name``).
+
+    Raises:
+        ConfigError: if ``name`` is not a valid ``mlm:name`` (a letter first, 3 or more
+            letters, digits, ``-``, ``_`` or ``.``, ending in a letter or digit).
+    """
+    from marscope_stac.stac.mlm import mlm_name
+
+    if mlm_name(name) != name:
+        raise ConfigError(
+            f"{name!r} cannot name a model: use letters, digits, '-', '_' or '.', a letter "
+            f"first and 3 or more characters (e.g. {mlm_name(name)!r})"
+        )
+    out = json.loads(json.dumps(item))
+    out["id"] = name
+    props = out.setdefault("properties", {})
+    props["mlm:name"] = name
+    props["title"] = f"Model {name}"
+    return out
+
+
+def release_model(model: str, out: str | Path, *, name: str, overwrite: bool = False) -> Path:
+    """Copy the model folder of ``model`` to ``out``, its model item named ``name``.
+
+    The weights, the open_clip configuration (tile context, calibration) and the item's
+    checksums are kept as they are; ``out`` is written whole or not at all.
+
+    Args:
+        model: A model reference with a local folder (``local-dir:PATH``, ``bundled``).
+        out: Folder of the released model (then ``--model local-dir:OUT``).
+        name: Its name (model item id and ``mlm:name``), e.g. ``marscope-small``.
+        overwrite: Replace an existing model folder at ``out``.
+
+    Raises:
+        ConfigError: for a bad name, or a model without a local folder.
+        ModelError: if the folder lacks a file of an open_clip model.
+        DataError: if its model item cannot be read.
+        OutputError: if ``out`` exists and ``overwrite`` is false, or it is not a model
+            folder this project wrote, or it is ``model``'s own folder.
+    """
+    src = model_folder(model)
+    if src is None:
+        raise ConfigError(f"{model} has no local folder to release; give local-dir:PATH")
+    missing = [f for f in _FILES if not (src / f).is_file()]
+    if missing:
+        raise ModelError(f"{src} is not an open_clip model folder: no {', '.join(missing)}")
+    check_apart(out, {f"the model {model}": src})
+    item_path = src / "model.json"
+    item: dict[str, Any] | None = None
+    if item_path.is_file():
+        try:
+            item = json.loads(read_regular(item_path))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the model item {item_path}: {exc}") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{item_path} is not a STAC item (a JSON object)")
+    renamed = rename_model_item(item, name) if item is not None else None
+    with staged_directory(out, overwrite=overwrite) as stage:
+        for f in _FILES:
+            copy_file(src / f, stage / f)
+        if renamed is not None:
+            atomic_write_json(stage / "model.json", renamed)
+    return Path(out)
