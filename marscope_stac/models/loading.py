@@ -91,12 +91,29 @@ def load_model(
     except Exception as exc:
         raise _load_error(exc, name, arch, weights) from exc
     net.eval()
+    fast_layout(net, dev)
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
     folder = model_folder(name)
     ctx = _tile_context(name, folder)
     cal = model_calibration(name, folder) if calibrated else None
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx, cal)
+
+
+def fast_layout(net: Any, device: Any) -> None:
+    """Put a convolutional image tower's weights in the channels-last layout, on a CPU.
+
+    Convolutional towers (more than four 2-D convolutions: EfficientNet, ResNet, ConvNeXt;
+    a ViT has one, its patch embedding) run about 1.5 times faster that way on CPUs, in
+    training and embedding (oneDNN's layout; ``bench/models.py``). The values are the same;
+    saved weights are made contiguous, so the layout never reaches a file. GPUs keep the
+    default layout.
+    """
+    import torch
+
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules())
+    if torch.device(device).type == "cpu" and convs > 4:
+        net.visual.to(memory_format=torch.channels_last)
 
 
 def trained_tile_context(model: str) -> float:

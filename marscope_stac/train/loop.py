@@ -59,7 +59,7 @@ from marscope_stac.models.clip import (
     register_bundled_architectures,
     resolve_device,
 )
-from marscope_stac.models.loading import quiet_model_loading, trained_tile_context
+from marscope_stac.models.loading import fast_layout, quiet_model_loading, trained_tile_context
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
 from marscope_stac.train.config import PRETRAINED_PARTS, PairOptions, TrainConfig, TrainResult
 from marscope_stac.train.export import _export, _model_item, _plot
@@ -368,6 +368,7 @@ def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> C
     if parts:
         for what in init_pretrained_parts(net):
             log.info("initialised from %s", what)
+    fast_layout(net, dev)
     size = net.visual.image_size
     size = int(size[0] if isinstance(size, tuple | list) else size)
     pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}

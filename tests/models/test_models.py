@@ -218,3 +218,17 @@ def test_gpu_embedding_matches_cpu(hub_folder) -> None:  # type: ignore[no-untyp
     cpu = load_model(f"local-dir:{hub_folder[0]}", device="cpu")
     gpu = load_model(f"local-dir:{hub_folder[0]}", device="cuda", precision="fp32")
     np.testing.assert_allclose(cpu.encode_images(_tiles()), gpu.encode_images(_tiles()), atol=1e-3)
+
+
+def test_a_convolutional_tower_runs_channels_last_on_a_cpu_with_the_same_embeddings() -> None:
+    import torch
+
+    cm = load_model(device="cpu")  # the bundled EfficientNet tower
+    convs = [p for p in cm.model.visual.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    tiles = _tiles(4)
+    fast = cm.encode_images(tiles)
+    cm.model.visual.to(memory_format=torch.contiguous_format)
+    np.testing.assert_allclose(fast, cm.encode_images(tiles), atol=1e-5)
+    vit = load_model("marscope-tiny", device="cpu")  # one convolution: its layout stays
+    assert all(p.is_contiguous() for p in vit.model.visual.parameters())
