@@ -35,8 +35,9 @@ def main() -> None:
     ap.add_argument(
         "--train",
         action="store_true",
-        help="also time a training step of the image tower (batch 128: forward, backward, AdamW)",
+        help="also time a training step of the image tower (forward, backward, AdamW)",
     )
+    ap.add_argument("--train-batch", type=int, default=128, help="batch of --train")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     for name in args.models:
@@ -46,7 +47,7 @@ def main() -> None:
             name = f"{name} (contiguous)"
         _measure(cm, name, args)
         if args.train:
-            _train_step(cm, name)
+            _train_step(cm, name, args.train_batch)
 
 
 def _train_step(cm: Any, name: str, batch: int = 128, repeats: int = 5) -> None:
