@@ -155,7 +155,7 @@ def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
     """``out`` as this recipe's build folder: new, empty, or an earlier build of the recipe.
 
     An earlier build is resumed when its members were trained as ``r`` trains them (its
-    calibration, validation, name and number of members may change); ``recipe.json`` then
+    calibration, validation, name, release and number of members may change); ``recipe.json``
     records ``r``, and the settings of any member folder ``r`` no longer uses.
 
     Raises:
@@ -186,7 +186,7 @@ def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
     return root
 
 
-_OUTSIDE_TRAINING = {"name", "description", "members", "calibration", "validation"}
+_OUTSIDE_TRAINING = {"name", "release", "description", "members", "calibration", "validation"}
 """Recipe fields a build may change when resumed: the members are trained without them."""
 
 
