@@ -218,13 +218,13 @@ def test_a_build_folder_is_new_empty_or_the_same_recipes(tmp_path: Path, built: 
 
 
 def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, built: tuple) -> None:
-    """Calibration, validation and the number of members may change; members are kept."""
+    """Calibration, validation, the name and the number of members may change; members kept."""
     root, _, first = built
     out = tmp_path / "build"
     shutil.copytree(root / "build", out)
     text = (root / "tiny.toml").read_text()
     one = (
-        text[: text.index("[[members]]\nseed = 1")]
+        text[: text.index("[[members]]\nseed = 1")].replace("tiny-soup", "lone-one")
         + "[calibration]\nsource = 'demo:small:seed=8'\n"
     )
     (tmp_path / "one.toml").write_text(one)
@@ -232,6 +232,7 @@ def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, bui
     assert [m.resumed_from for m in again.members] == [1]
     assert again.calibration is not None and "cells" not in again.calibration
     assert again.validation == {}
+    assert json.loads((out / "model" / "model.json").read_text())["id"] == "lone-one"
     recorded = json.loads((out / "recipe.json").read_text())
     assert len(recorded["members"]) == 2  # the second member's folder stays described
     changed = text.replace("epochs = 2", "epochs = 3")
