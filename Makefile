@@ -8,9 +8,9 @@
 #               the checkout
 #   make services  install the real servers the tests start (PostgreSQL+PostGIS, nginx from
 #               Debian; stac-fastapi-pgstac, pypgstac and moto in .services/venv)
-#   make model  rebuild the bundled model from its recipe (data, four members, their average,
-#               calibration) into build/bundled; RECIPE=fit trains it apart from the real
-#               validation regions (hours on a CPU; resumes where a stopped run left it)
+#   make model  rebuild the bundled model from its recipe (fit: data, its member, calibration
+#               per cell size) into build/fit; RECIPE=bundled builds the previous one (four
+#               members averaged); about an hour a member on a CPU; resumes where it stopped
 #   make bundle  release that build's model as the bundled one (RECIPE as for make model)
 #
 # GPU users: install the torch/torchvision pair matching your CUDA first, then run
@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-RECIPE ?= bundled
+RECIPE ?= fit
 
 model: $(STAMP)
 	$(BIN)/marscope -v build-model $(RECIPE) --out build/$(notdir $(basename $(RECIPE)))

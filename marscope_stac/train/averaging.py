@@ -27,6 +27,7 @@ from marscope_stac.core.fs import (
 )
 from marscope_stac.models.loading import load_model, model_folder
 from marscope_stac.train.export import _export
+from marscope_stac.train.release import rename_model_item
 
 __all__ = [
     "average_models",
@@ -60,8 +61,6 @@ def average_models(
     if len(models) < 2:
         raise ConfigError("average-models needs at least two models to average")
     if name is not None:
-        from marscope_stac.train.release import rename_model_item
-
         rename_model_item({}, name)  # a bad name, refused before the work
     folders = {m: model_folder(m) for m in models}
     check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
@@ -77,13 +76,7 @@ def average_models(
     for ref, st in zip(models[1:], states[1:], strict=True):
         if any(k not in st or st[k].shape != v.shape for k, v in states[0].items()):
             raise ModelError(f"{ref} has other tensors than {models[0]}; they cannot average")
-    avg: dict[str, torch.Tensor] = {}
-    for k, v in states[0].items():
-        if v.is_floating_point():
-            avg[k] = torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
-        else:
-            avg[k] = torch.stack([st[k] for st in states]).amax(0)
-    first.model.load_state_dict(avg)
+    first.model.load_state_dict(_mean_state(states))
     half = any(_stored_half(m) for m in models)
     with staged_directory(out, overwrite=overwrite) as stage:
         _export(first.model, models[0], stage, half, first.tile_context)
@@ -100,6 +93,17 @@ def average_models(
             when=dt.datetime.now(dt.UTC),
         )
     return Path(out)
+
+
+def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of floating-point tensors; the largest of integer buffers (step counts)."""
+    avg: dict[str, torch.Tensor] = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            avg[k] = torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
+        else:
+            avg[k] = torch.stack([st[k] for st in states]).amax(0)
+    return avg
 
 
 def _stored_half(model: str) -> bool:

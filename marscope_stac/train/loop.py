@@ -369,8 +369,7 @@ def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> C
         for what in init_pretrained_parts(net):
             log.info("initialised from %s", what)
     fast_layout(net, dev)
-    size = net.visual.image_size
-    size = int(size[0] if isinstance(size, tuple | list) else size)
+    size = int(np.ravel(net.visual.image_size)[0])  # an int or (height, width)
     pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}
     default_norm = (tuple(pcfg.get("mean", (0.45,) * 3)), tuple(pcfg.get("std", (0.2,) * 3)))
     mean, std = ARCH_PREPROCESS.get(arch, default_norm)
