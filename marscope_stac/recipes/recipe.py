@@ -195,13 +195,9 @@ class ModelRecipe:
                     f"{where}: real:eval is Mars east of 0 degrees, the test; no recipe trains, "
                     "calibrates or chooses on it (read it once: bench/real_mars.py)"
                 )
-        from marscope_stac.stac.mlm import mlm_name
+        from marscope_stac.train.release import check_model_name
 
-        if mlm_name(self.model_name) != self.model_name:
-            raise ConfigError(
-                f"{where}: {self.model_name!r} cannot name a model; set release to letters, "
-                f"digits, '-', '_' or '.', a letter first (e.g. {mlm_name(self.model_name)!r})"
-            )
+        check_model_name(self.model_name, f"{where}: release or name ")
         check_range("crop_px", self.crop_px, 8, 100_000, integer=True)
         check_range("prompt_share", self.prompt_share, 0.0, 1.0)
         for k, m in enumerate(self.members, 1):

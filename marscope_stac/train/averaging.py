@@ -27,7 +27,7 @@ from marscope_stac.core.fs import (
 )
 from marscope_stac.models.loading import load_model, model_folder
 from marscope_stac.train.export import _export
-from marscope_stac.train.release import rename_model_item
+from marscope_stac.train.release import check_model_name
 
 __all__ = [
     "average_models",
@@ -61,7 +61,7 @@ def average_models(
     if len(models) < 2:
         raise ConfigError("average-models needs at least two models to average")
     if name is not None:
-        rename_model_item({}, name)  # a bad name, refused before the work
+        check_model_name(name)  # refused before the work
     folders = {m: model_folder(m) for m in models}
     check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
     members = [load_model(m, device="cpu") for m in models]

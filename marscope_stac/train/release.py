@@ -22,25 +22,34 @@ from marscope_stac.core.fs import (
 )
 from marscope_stac.models.loading import model_folder
 
-__all__ = ["release_model", "rename_model_item"]
+__all__ = ["check_model_name", "release_model", "rename_model_item"]
 
 _FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+
+
+def check_model_name(name: str, where: str = "") -> None:
+    """Refuse a name that is not a valid ``mlm:name``.
+
+    Raises:
+        ConfigError: naming ``name`` (after ``where``) and a valid one to use instead (a
+            letter first, 3 or more letters, digits, ``-``, ``_`` or ``.``).
+    """
+    from marscope_stac.stac.mlm import mlm_name
+
+    if mlm_name(name) != name:
+        raise ConfigError(
+            f"{where}{name!r} cannot name a model: use letters, digits, '-', '_' or '.', a "
+            f"letter first and 3 or more characters (e.g. {mlm_name(name)!r})"
+        )
 
 
 def rename_model_item(item: dict[str, Any], name: str) -> dict[str, Any]:
     """A copy of model item ``item`` named ``name`` (id, title and ``mlm:name``).
 
     Raises:
-        ConfigError: if ``name`` is not a valid ``mlm:name`` (a letter first, 3 or more
-            letters, digits, ``-``, ``_`` or ``.``, ending in a letter or digit).
+        ConfigError: if ``name`` is not a valid ``mlm:name`` (:func:`check_model_name`).
     """
-    from marscope_stac.stac.mlm import mlm_name
-
-    if mlm_name(name) != name:
-        raise ConfigError(
-            f"{name!r} cannot name a model: use letters, digits, '-', '_' or '.', a letter "
-            f"first and 3 or more characters (e.g. {mlm_name(name)!r})"
-        )
+    check_model_name(name)
     out = json.loads(json.dumps(item))
     out["id"] = name
     props = out.setdefault("properties", {})
