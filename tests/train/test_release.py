@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pystac
 import pytest
+from _models import shifted_twin
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.errors import ConfigError, ModelError, OutputError
@@ -24,13 +23,7 @@ from marscope_stac.train.release import release_model
 def soup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An average of two tiny models, named ``soup``, with a calibration in its config."""
     root = tmp_path_factory.mktemp("release")
-    other = root / "other"
-    shutil.copytree(tiny_model_dir, other)
-    base = load_file(other / "open_clip_model.safetensors")
-    save_file(
-        {k: v + 1 if v.is_floating_point() else v for k, v in base.items()},
-        other / "open_clip_model.safetensors",
-    )
+    other = shifted_twin(tiny_model_dir, root / "other")
     refs = [f"local-dir:{tiny_model_dir}", f"local-dir:{other}"]
     out = average_models(refs, root / "build" / "model", name="soup")
     cfg = json.loads((out / "open_clip_config.json").read_text())

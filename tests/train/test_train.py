@@ -245,18 +245,14 @@ def test_average_models_is_the_mean_of_their_weights(tiny_model_dir: Path, tmp_p
 
     import pystac
     import torch
-    from safetensors.torch import load_file, save_file
+    from _models import shifted_twin
+    from safetensors.torch import load_file
 
     from marscope_stac.train.averaging import average_models
 
     # a second model of the same architecture: every floating-point weight + 1
-    other = tmp_path / "other"
-    shutil.copytree(tiny_model_dir, other)
-    base = load_file(other / "open_clip_model.safetensors")
-    save_file(
-        {k: v + 1 if v.is_floating_point() else v for k, v in base.items()},
-        other / "open_clip_model.safetensors",
-    )
+    other = shifted_twin(tiny_model_dir, tmp_path / "other")
+    base = load_file(tiny_model_dir / "open_clip_model.safetensors")
     refs = [f"local-dir:{tiny_model_dir}", f"local-dir:{other}"]
     out = average_models(refs, tmp_path / "avg")
     got = load_file(out / "open_clip_model.safetensors")
