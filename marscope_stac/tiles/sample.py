@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -357,9 +356,12 @@ def _read_window(
     if factor > 1:
         h, w = arr.shape[0] // factor, arr.shape[1] // factor
         blocks = arr[: h * factor, : w * factor].reshape(h, factor, w, factor)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # blocks of no data: NaN
-            arr = np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
+        valid = ~np.isnan(blocks)
+        total = np.where(valid, blocks, np.float32(0)).sum(axis=(1, 3))
+        # np.nanmean's arithmetic, without its warning about blocks of no data (silencing it
+        # with warnings.catch_warnings is not thread-safe: it swaps the process's filters)
+        with np.errstate(invalid="ignore"):  # a block of no data: 0 / 0 = NaN
+            arr = (total / valid.sum(axis=(1, 3))).astype(np.float32)
     return arr, (r1 - r0) / arr.shape[0], (c1 - c0) / arr.shape[1]
 
 
