@@ -6,7 +6,6 @@ COGs keep their native (planetary) CRS; nothing is reprojected here.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,10 @@ def write_cog(
     with atomic_output(dst, suffix=".tif") as tmp, MemoryFile() as mem:
         with mem.open(**profile) as ds:
             _fill(ds, arr, band_names, tags, scale, offset)
-        with mem.open() as src, warnings.catch_warnings():
-            # rio-cogeo notes that nodata takes precedence over the internal mask: intended
-            warnings.filterwarnings("ignore", message=".*nodata.*", category=UserWarning)
+        with mem.open() as src:
+            # no band reads as alpha (_fill), so rio-cogeo has no nodata-versus-mask warning to
+            # give; none is silenced here (warnings.catch_warnings is process-wide, not
+            # thread-safe, and COGs are written in threads beside the detections)
             cog_translate(
                 src,
                 str(tmp),
