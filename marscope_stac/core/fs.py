@@ -287,16 +287,20 @@ _PROJECT_FILES = ("catalog.json", "collection.json")
 _MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 
 
-def is_project_folder(folder: str | os.PathLike[str]) -> bool:
+def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
     """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
 
     ``--overwrite`` replaces only such folders: a STAC root (``catalog.json`` or
     ``collection.json``) or a STAC item file at its top, or an open_clip model folder.
-    A user's folder of other files is never one.
+    A user's folder of other files is never one. ``kind`` narrows it to what a command
+    writes: ``model`` (an open_clip model folder) or ``catalog`` (a STAC folder that is not
+    a model), so a model never replaces a catalog of imagery or products, nor a catalog a
+    model.
     """
     root = Path(folder)
-    if all((root / name).is_file() for name in _MODEL_FILES):
-        return True
+    model = all((root / name).is_file() for name in _MODEL_FILES)
+    if kind == "model" or model:
+        return model and kind != "catalog"
     try:
         tops = sorted(p for p in root.iterdir() if p.suffix == ".json" and p.is_file())
     except OSError:
@@ -503,7 +507,7 @@ def _swap_lock(target: Path) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def staged_directory(
-    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False
+    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False, kind: str = ""
 ) -> Iterator[Path]:
     """Build a folder in a staging area beside ``out`` and move it into place on success.
 
@@ -514,16 +518,17 @@ def staged_directory(
     raises, the staging folder is removed and ``out`` is left as it was. What a killed
     process leaves behind is removed by the next run (:func:`sweep_stale`).
 
-    ``overwrite`` replaces only a folder the project wrote (:func:`is_project_folder`),
-    never a user's folder of other files; ``owned`` says ``out`` lies inside an output
-    catalog the caller has checked, whose sub-folders are all the project's.
+    ``overwrite`` replaces only a folder the project wrote (:func:`is_project_folder`, of
+    ``kind`` when given: ``model`` or ``catalog``), never a user's folder of other files;
+    ``owned`` says ``out`` lies inside an output catalog the caller has checked, whose
+    sub-folders are all the project's.
 
     Raises:
         OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or it
             is not a folder this project wrote, or its parent folder cannot be written.
     """
     # absolute: a relative name such as ``x:/y`` is read as a URI by GDAL and pyarrow
-    target = check_output_folder(out, overwrite, owned=owned).absolute()
+    target = check_output_folder(out, overwrite, owned=owned, kind=kind).absolute()
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers
@@ -549,7 +554,7 @@ def staged_directory(
 
 
 def check_output_folder(
-    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False
+    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False, kind: str = ""
 ) -> Path:
     """Refuse an output folder :func:`staged_directory` would refuse, before any work.
 
@@ -569,9 +574,10 @@ def check_output_folder(
                 f"{target} exists and is not empty; pass --overwrite to replace it "
                 "or choose another path"
             )
-        if not owned and not is_project_folder(target):
+        if not owned and not is_project_folder(target, kind):
+            what = f"a {kind}" if kind else "a catalog or model"
             raise OutputError(
-                f"{target} is not a catalog or model folder this program wrote, so --overwrite "
+                f"{target} is not {what} folder this program wrote, so --overwrite "
                 "will not replace it; choose another path (or remove it yourself)"
             )
     _check_parent_writable(target)

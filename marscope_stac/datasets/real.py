@@ -469,12 +469,12 @@ def build_real_data(
     if part not in PARTS:
         raise ConfigError(f"unknown part {part!r}; use one of {', '.join(PARTS)}")
     images = PARTS[part]
-    check_output_folder(out, overwrite)  # before anything is fetched
+    check_output_folder(out, overwrite, kind="catalog")  # before anything is fetched
     roles = sorted({"nomenclature", *(s.role for s in images)})
     files = fetch_package_files(cache, packages, roles)
     split = SPLITS[part]
     result = RealData(Path(out), part)
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=overwrite, kind="catalog") as stage:
         collections = _write_collections(stage, images, files, split, result)
         catalog = stac_catalog(
             f"marscope-real-{part}",

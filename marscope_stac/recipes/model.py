@@ -162,7 +162,7 @@ def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
         OutputError: for a file, or a folder of other files (nothing in it is replaced).
         ConfigError: for an earlier build of another recipe (its members would be reused).
     """
-    from marscope_stac.train.loop import check_run_folder
+    from marscope_stac.train.folders import check_run_folder
 
     root = check_run_folder(out)
     record = root / "recipe.json"

@@ -194,7 +194,7 @@ def build_folder_catalog(
             f"collection id {cid!r} is not a plain name; use letters, digits, '.', '_', '-'"
         )
     wanted = get_body(body) if body else None
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=overwrite, kind="catalog") as stage:
         items: list[dict[str, Any]] = []
         found_body: Body | None = wanted
         for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):

@@ -78,7 +78,7 @@ def average_models(
             raise ModelError(f"{ref} has other tensors than {models[0]}; they cannot average")
     first.model.load_state_dict(_mean_state(states))
     half = any(_stored_half(m) for m in models)
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=overwrite, kind="model") as stage:
         _export(first.model, models[0], stage, half, first.tile_context)
         from marscope_stac.stac.mlm import mlm_name, mlm_properties, model_item, without_local_paths
 

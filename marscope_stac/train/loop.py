@@ -36,7 +36,6 @@ from marscope_stac.core.errors import (
     CatalogError,
     ConfigError,
     ModelError,
-    OutputError,
     check_range,
     release_held_warnings,
 )
@@ -63,6 +62,7 @@ from marscope_stac.models.loading import fast_layout, quiet_model_loading, train
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
 from marscope_stac.train.config import PRETRAINED_PARTS, PairOptions, TrainConfig, TrainResult
 from marscope_stac.train.export import _export, _model_item, _plot
+from marscope_stac.train.folders import prepare_run_folder
 from marscope_stac.train.mixtures import PairMix
 from marscope_stac.train.pairs import PairSet
 
@@ -235,7 +235,7 @@ def train_model(
 
 def _prepare_run(out: str | Path, device: str, seed: int) -> tuple[Path, Path, torch.device]:
     """Check and sweep the run folder, seed the generators; folder, checkpoint path, device."""
-    out_dir = check_run_folder(out)
+    out_dir = prepare_run_folder(out)
     sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
     dev = resolve_device(device)
     _seed_all(seed)
@@ -392,21 +392,6 @@ def _locked_text(cm: ClipModel, model: str) -> TextFeatureCache:
     return TextFeatureCache(net.text, cm.tokenizer, cm.device)
 
 
-def check_run_folder(out: str | Path) -> Path:
-    """Refuse a training output that exists and is not a folder (a file, a FIFO, a device).
-
-    Raises:
-        OutputError: naming it and the fix.
-    """
-    path = Path(out)
-    if str(out) == "" or (path.exists() and not path.is_dir()):
-        raise OutputError(
-            f"--out {out} is not a folder (it exists as something else, or is empty); give "
-            "the folder of the training run"
-        )
-    return path
-
-
 def _sampler(
     seed: int, val_pairs: PairSet | None, start_epoch: int, saved: dict[str, Any] | None
 ) -> tuple[np.random.Generator, tuple[NDArray[np.float32], list[str], list[str]] | None]:
@@ -534,7 +519,7 @@ def train_from_source(
     """
     from marscope_stac.train.mixtures import load_pairs
 
-    check_run_folder(out)
+    prepare_run_folder(out)  # an unusable or foreign folder fails before any work
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
     config, model = settle_config(config, model, checkpoint=ckpt)
     ctx = config.context

@@ -94,7 +94,7 @@ def release_model(model: str, out: str | Path, *, name: str, overwrite: bool = F
         if not isinstance(item, dict):
             raise DataError(f"{item_path} is not a STAC item (a JSON object)")
     renamed = rename_model_item(item, name) if item is not None else None
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=overwrite, kind="model") as stage:
         for f in _FILES:
             copy_file(src / f, stage / f)
         if renamed is not None:

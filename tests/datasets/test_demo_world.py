@@ -211,7 +211,7 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="--overwrite"):
         build_demo_catalog(out, size="small")
     assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(OutputError, match="not a catalog or model folder this program wrote"):
+    with pytest.raises(OutputError, match="not a catalog folder this program wrote"):
         build_demo_catalog(out, size="small", overwrite=True)  # a user's folder: never replaced
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()

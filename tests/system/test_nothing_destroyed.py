@@ -52,7 +52,7 @@ def user_folder(tmp_path: Path) -> Path:
 def test_overwrite_never_replaces_a_folder_the_project_did_not_write(user_folder: Path) -> None:
     before = _tree(user_folder)
     line = _refused(["demo-data", "--out", str(user_folder), "--overwrite", "--size", "small"])
-    assert "not a catalog or model folder this program wrote" in line
+    assert "not a catalog folder this program wrote" in line
     assert _tree(user_folder) == before
 
 
@@ -100,6 +100,83 @@ def test_which_folders_the_project_recognises(
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     assert is_project_folder(tmp_path) is ours
+
+
+@pytest.mark.parametrize(
+    ("files", "kind", "ours"),
+    [
+        ({"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}'}, "model", False),
+        ({"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}'}, "catalog", True),
+        ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "model", True),
+        ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "catalog", False),
+        (
+            {
+                "open_clip_config.json": "{}",
+                "open_clip_model.safetensors": "x",
+                "model.json": '{"type": "Feature", "stac_version": "1.1.0"}',
+            },
+            "catalog",
+            False,
+        ),
+    ],
+)
+def test_overwrite_replaces_only_what_the_command_writes(
+    tmp_path: Path, files: dict[str, str], kind: str, ours: bool
+) -> None:
+    """A model never replaces a catalog (of imagery, of products), nor a catalog a model."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert is_project_folder(tmp_path, kind) is ours
+
+
+@pytest.mark.parametrize("command", ["release-model", "average-models"])
+def test_model_commands_never_overwrite_a_catalog(
+    command: str,
+    demo_small,
+    tiny_model_dir: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    cat = tmp_path / "cat"
+    shutil.copytree(demo_small.root, cat)
+    before = _tree(cat)
+    ref = f"local-dir:{tiny_model_dir}"
+    args = (
+        ["release-model", ref, "--name", "mine"]
+        if command == "release-model"
+        else ["average-models", ref, ref]
+    )
+    line = _refused([*args, "--out", str(cat), "--overwrite"])
+    assert "not a model folder this program wrote" in line
+    assert _tree(cat) == before
+
+
+def test_train_refuses_a_folder_of_other_files(demo_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text("my own metrics")  # a run's file name, no run
+    (mine / "training.png").write_text("my own plot")
+    for extra in ({}, {"notes.txt": "mine"}):
+        for name, text in extra.items():
+            (mine / name).write_text(text)
+        before = _tree(mine)
+        line = _refused(["train", str(demo_small.root), "--out", str(mine), "--epochs", "1"])
+        assert "not a training run's" in line
+        assert _tree(mine) == before
+    # a run's folder, even one a user added files to, is refused only for those files
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / "notes.txt").write_text("mine")
+    _refused(["train", str(demo_small.root), "--out", str(run), "--epochs", "1"])
+
+
+def test_train_to_a_path_that_cannot_be_made_fails_before_training(
+    demo_small, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = _refused(["train", str(demo_small.root), "--out", str(blocker / "run"), "--epochs", "1"])
+    assert "cannot make the run folder" in line
 
 
 def test_average_models_never_replaces_its_own_input(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ def build_demo_catalog(
     """
     world = _check_args(size, seed)
     result = DemoCatalog(root=Path(out), seed=seed, size=size)
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=overwrite, kind="catalog") as stage:
         catalog = stac_catalog(
             "marscope-demo",
             "MarScope-STAC demo world",

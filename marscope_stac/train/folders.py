@@ -1,0 +1,57 @@
+"""The output folder of a training run: what it may already hold before a run starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from marscope_stac.core.errors import OutputError
+
+__all__ = ["RUN_ENTRIES", "check_run_folder", "prepare_run_folder"]
+
+RUN_ENTRIES = frozenset({"checkpoints", "model", "metrics.json", "training.png"})
+"""What a training run writes at the top of its folder."""
+
+
+def check_run_folder(out: str | Path) -> Path:
+    """Refuse a training output that exists and is not a folder (a file, a FIFO, a device).
+
+    Raises:
+        OutputError: naming it and the fix.
+    """
+    path = Path(out)
+    if str(out) == "" or (path.exists() and not path.is_dir()):
+        raise OutputError(
+            f"--out {out} is not a folder (it exists as something else, or is empty); give "
+            "the folder of the training run"
+        )
+    return path
+
+
+def prepare_run_folder(out: str | Path) -> Path:
+    """``out`` made ready for a run: new, empty, or an earlier run's folder (to resume).
+
+    A folder holding anything a run does not write, or a run's file names without a run
+    (no checkpoint, no model), is a user's: nothing in it is replaced. The folder is made
+    here, before the training, so an unusable path fails at once.
+
+    Raises:
+        OutputError: for such a folder, or a path that cannot be made.
+    """
+    path = check_run_folder(out)
+    if path.is_dir():
+        shown = [p for p in path.iterdir() if not p.name.startswith(".")]
+        started = (path / "checkpoints" / "last.pt").is_file() or (
+            path / "model" / "open_clip_config.json"
+        ).is_file()
+        if shown and (not started or any(p.name not in RUN_ENTRIES for p in shown)):
+            raise OutputError(
+                f"--out {out} holds files that are not a training run's; give a new or empty "
+                "folder (or the folder of an earlier run, to resume it)"
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot make the run folder {out}: {exc.strerror or exc}; choose another --out"
+        ) from None
+    return path
