@@ -293,9 +293,7 @@ def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
     ``--overwrite`` replaces only such folders: a STAC root (``catalog.json`` or
     ``collection.json``) or a STAC item file at its top, or an open_clip model folder.
     A user's folder of other files is never one. ``kind`` narrows it to what a command
-    writes: ``model`` (an open_clip model folder) or ``catalog`` (a STAC folder that is not
-    a model), so a model never replaces a catalog of imagery or products, nor a catalog a
-    model.
+    writes, ``model`` or ``catalog`` (not a model): a model never replaces a catalog.
     """
     root = Path(folder)
     model = all((root / name).is_file() for name in _MODEL_FILES)
@@ -519,9 +517,8 @@ def staged_directory(
     process leaves behind is removed by the next run (:func:`sweep_stale`).
 
     ``overwrite`` replaces only a folder the project wrote (:func:`is_project_folder`, of
-    ``kind`` when given: ``model`` or ``catalog``), never a user's folder of other files;
-    ``owned`` says ``out`` lies inside an output catalog the caller has checked, whose
-    sub-folders are all the project's.
+    ``kind`` when given); ``owned`` says ``out`` lies inside an output catalog the caller
+    has checked, whose sub-folders are all the project's.
 
     Raises:
         OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or it
@@ -575,10 +572,9 @@ def check_output_folder(
                 "or choose another path"
             )
         if not owned and not is_project_folder(target, kind):
-            what = f"a {kind}" if kind else "a catalog or model"
             raise OutputError(
-                f"{target} is not {what} folder this program wrote, so --overwrite "
-                "will not replace it; choose another path (or remove it yourself)"
+                f"{target} is not a {kind or 'catalog or model'} folder this program wrote, so "
+                "--overwrite will not replace it; choose another path (or remove it yourself)"
             )
     _check_parent_writable(target)
     return target
