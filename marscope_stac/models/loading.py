@@ -36,6 +36,7 @@ __all__ = [
     "model_calibration",
     "model_folder",
     "quiet_model_loading",
+    "read_model_item",
     "trained_tile_context",
 ]
 
@@ -95,6 +96,8 @@ def load_model(
     size, mean, std = _image_preprocessing(net)
     log.info("loaded %s (%s) on %s, %s", name, source, dev, prec)
     folder = model_folder(name)
+    if folder is not None:
+        read_model_item(folder)  # a damaged item fails here, not after the work it describes
     ctx = _tile_context(name, folder)
     cal = model_calibration(name, folder) if calibrated else None
     return ClipModel(net, tokenizer, name, arch, source, size, mean, std, dev, ctx, cal)
@@ -176,6 +179,40 @@ def _tile_context(name: str, folder: Path | None) -> float:
     if not 0.0 <= value <= 4.0:
         raise ModelError(f"{name}: marscope.tile_context in open_clip_config.json must be 0..4")
     return value
+
+
+def read_model_item(folder: Path) -> dict[str, Any] | None:
+    """The STAC item ``model.json`` of a model folder, or None when it has none.
+
+    Raises:
+        ModelError: if it is there but not an item (unreadable JSON, or ``properties``,
+            ``stac_extensions`` or ``assets`` of the wrong type).
+    """
+    import json
+
+    from marscope_stac.core.fs import read_regular
+
+    path = folder / "model.json"
+    if not path.exists():
+        return None
+    why = ""
+    try:
+        item = json.loads(read_regular(path))
+    except (OSError, ValueError) as exc:
+        item, why = None, str(exc).splitlines()[0]
+    if not why and not isinstance(item, dict):
+        why = "not a JSON object"
+    elif not why:
+        for key, kind in (("properties", dict), ("stac_extensions", list), ("assets", dict)):
+            if not isinstance(item.get(key), kind):
+                why = f"its {key} is not a JSON {'object' if kind is dict else 'array'}"
+                break
+    if why:
+        raise ModelError(
+            f"{path} is not a readable model item ({why}); restore it from where the model "
+            "came from, or remove it (the model is then described from its config)"
+        )
+    return item
 
 
 def model_calibration(name: str, folder: Path | None) -> dict[str, Any] | None:

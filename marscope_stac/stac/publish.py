@@ -143,9 +143,11 @@ def _local_model_item(
     A model folder's own ``model.json`` (written by ``marscope train``) is kept; an
     architecture with a checkpoint file gets a weights asset of that file.
     """
+    from marscope_stac.models.loading import read_model_item  # here: stac stays torch-free
     from marscope_stac.stac.mlm import PLANET_BBOX, build_model_item, mlm_properties
 
     folder = weights.parent
+    item = read_model_item(folder)  # checked before anything is copied
     if weights.name != MODEL_FILES[0]:  # a checkpoint file
         copy_file(weights, target / weights.name)
         d = _remote_model_item(cm, mid, body)
@@ -161,11 +163,11 @@ def _local_model_item(
         return d
     for name in MODEL_FILES:
         copy_file(folder / name, target / name)
-    if not (folder / "model.json").is_file():  # described here; nothing is written into it
+    if item is None:  # described here; nothing is written into it
         return build_model_item(target, mlm_properties(cm, mid, folder.name), body=body)
     from marscope_stac.stac.mlm import without_local_paths
 
-    d = dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+    d = dict(item)
     props = d.setdefault("properties", {})
     for key in ("mlm:hyperparameters", "mlm:pretrained_source"):
         if key in props:  # items written before local paths were cut

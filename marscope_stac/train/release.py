@@ -12,15 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from marscope_stac.core.errors import ConfigError, DataError, ModelError
+from marscope_stac.core.errors import ConfigError, ModelError
 from marscope_stac.core.fs import (
     atomic_write_json,
     check_apart,
     copy_file,
-    read_regular,
     staged_directory,
 )
-from marscope_stac.models.loading import model_folder
+from marscope_stac.models.loading import model_folder, read_model_item
 
 __all__ = ["check_model_name", "release_model", "rename_model_item"]
 
@@ -84,15 +83,7 @@ def release_model(model: str, out: str | Path, *, name: str, overwrite: bool = F
     if missing:
         raise ModelError(f"{src} is not an open_clip model folder: no {', '.join(missing)}")
     check_apart(out, {f"the model {model}": src})
-    item_path = src / "model.json"
-    item: dict[str, Any] | None = None
-    if item_path.is_file():
-        try:
-            item = json.loads(read_regular(item_path))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read the model item {item_path}: {exc}") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{item_path} is not a STAC item (a JSON object)")
+    item = read_model_item(src)
     renamed = rename_model_item(item, name) if item is not None else None
     with staged_directory(out, overwrite=overwrite, kind="model") as stage:
         for f in _FILES:

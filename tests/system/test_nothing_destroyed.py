@@ -179,6 +179,25 @@ def test_train_to_a_path_that_cannot_be_made_fails_before_training(
     assert "cannot make the run folder" in line
 
 
+@pytest.mark.parametrize(
+    "item", ["{garbage", "[]", '{"properties": 5, "stac_extensions": [], "assets": {}}', "{}"]
+)
+def test_a_damaged_model_item_fails_before_any_work(  # type: ignore[no-untyped-def]
+    item: str, demo_small, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """embed, release-model: one line naming model.json, and no output at all."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.json").write_text(item)
+    for args in (
+        ["embed", str(demo_small.root), "--out", str(tmp_path / "products")],
+        ["release-model", f"local-dir:{model}", "--name", "m", "--out", str(tmp_path / "rel")],
+    ):
+        line = _refused([*args, "--model", f"local-dir:{model}"] if args[0] == "embed" else args)
+        assert "model.json is not a readable model item" in line
+    assert not (tmp_path / "products").exists() and not (tmp_path / "rel").exists()
+
+
 def test_average_models_never_replaces_its_own_input(tiny_model_dir: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(tiny_model_dir, a)
