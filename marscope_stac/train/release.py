@@ -17,6 +17,7 @@ from marscope_stac.core.fs import (
     atomic_write_json,
     check_apart,
     copy_file,
+    file_multihash,
     staged_directory,
 )
 from marscope_stac.models.loading import model_folder, read_model_item
@@ -24,6 +25,29 @@ from marscope_stac.models.loading import model_folder, read_model_item
 __all__ = ["check_model_name", "release_model", "rename_model_item"]
 
 _FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+
+
+def _check_assets(src: Path, item: dict[str, Any]) -> None:
+    """Refuse files that differ from what the model item says of them (a damaged copy).
+
+    Raises:
+        ModelError: naming the file and what differs.
+    """
+    for asset in item["assets"].values():
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if not isinstance(href, str) or "/" in href.removeprefix("./"):
+            continue  # the files of the folder itself only
+        path = src / href.removeprefix("./")
+        size, digest = asset.get("file:size"), asset.get("file:checksum")
+        if not path.is_file() or (size is None and digest is None):
+            continue
+        if (size is not None and path.stat().st_size != size) or (
+            digest is not None and file_multihash(path) != digest
+        ):
+            raise ModelError(
+                f"{path} is not the file its model item describes (size or checksum differ): "
+                "the copy is damaged; copy the model folder again from where it came from"
+            )
 
 
 def check_model_name(name: str, where: str = "") -> None:
@@ -84,6 +108,8 @@ def release_model(model: str, out: str | Path, *, name: str, overwrite: bool = F
         raise ModelError(f"{src} is not an open_clip model folder: no {', '.join(missing)}")
     check_apart(out, {f"the model {model}": src})
     item = read_model_item(src)
+    if item is not None:
+        _check_assets(src, item)
     renamed = rename_model_item(item, name) if item is not None else None
     with staged_directory(out, overwrite=overwrite, kind="model") as stage:
         for f in _FILES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pystac
@@ -95,3 +96,13 @@ def test_release_refuses_in_one_line_and_destroys_nothing(soup: Path, tmp_path: 
         cli, ["release-model", f"local-dir:{soup}", "--name", "abc", "--out", str(tmp_path / "e")]
     )
     assert r.exit_code == 0 and "released" in r.output and (tmp_path / "e" / "model.json").is_file()
+
+
+def test_release_refuses_weights_that_differ_from_their_item(soup: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(soup, damaged)
+    weights = damaged / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ModelError, match="not the file its model item describes"):
+        release_model(f"local-dir:{damaged}", tmp_path / "out", name="cut")
+    assert not (tmp_path / "out").exists()
