@@ -27,12 +27,12 @@ def check_run_folder(out: str | Path) -> Path:
     return path
 
 
-def prepare_run_folder(out: str | Path) -> Path:
+def prepare_run_folder(out: str | Path, *, make: bool = True) -> Path:
     """``out`` made ready for a run: new, empty, or an earlier run's folder (to resume).
 
     A folder holding anything a run does not write, or a run's file names without a run
-    (no checkpoint, no model), is a user's: nothing in it is replaced. The folder is made
-    here, before the training, so an unusable path fails at once.
+    (no checkpoint, no model), is a user's: nothing in it is replaced. With ``make`` the
+    folder is made here, before the training, so an unusable path fails at once.
 
     Raises:
         OutputError: for such a folder, or a path that cannot be made.
@@ -48,6 +48,8 @@ def prepare_run_folder(out: str | Path) -> Path:
                 f"--out {out} holds files that are not a training run's; give a new or empty "
                 "folder (or the folder of an earlier run, to resume it)"
             )
+    if not make:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

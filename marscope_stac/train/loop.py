@@ -519,7 +519,7 @@ def train_from_source(
     """
     from marscope_stac.train.mixtures import load_pairs
 
-    prepare_run_folder(out)  # an unusable or foreign folder fails before any work
+    prepare_run_folder(out, make=False)  # a foreign folder fails before any work
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
     config, model = settle_config(config, model, checkpoint=ckpt)
     ctx = config.context
