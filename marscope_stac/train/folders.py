@@ -48,6 +48,11 @@ def prepare_run_folder(out: str | Path, *, make: bool = True) -> Path:
                 f"--out {out} holds files that are not a training run's; give a new or empty "
                 "folder (or the folder of an earlier run, to resume it)"
             )
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot make the run folder {out}: {probe} is not a folder")
     if not make:
         return path
     try:
