@@ -212,6 +212,7 @@ def train_model(
     register_bundled_architectures()
     out_dir, ckpt_path, dev = _prepare_run(out, device, cfg.seed)
     cm = _trainable_model(model, pretrained, dev)
+    prepare_run_folder(out_dir)  # made once the model is: a failed start leaves no folder
     text_cache = _locked_text(cm, model) if cfg.lock_text else None
     opt = torch.optim.AdamW(
         _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
@@ -235,8 +236,9 @@ def train_model(
 
 def _prepare_run(out: str | Path, device: str, seed: int) -> tuple[Path, Path, torch.device]:
     """Check and sweep the run folder, seed the generators; folder, checkpoint path, device."""
-    out_dir = prepare_run_folder(out)
-    sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
+    out_dir = prepare_run_folder(out, make=False)
+    if out_dir.is_dir():
+        sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
     dev = resolve_device(device)
     _seed_all(seed)
     return out_dir, out_dir / "checkpoints" / "last.pt", dev
