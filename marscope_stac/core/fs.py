@@ -1,4 +1,4 @@
-"""Atomic file and folder writes, checksums.
+"""Atomic file and folder writes.
 
 Outputs are first written next to their destination and then renamed into place, so an
 interrupted run never leaves a half-written file or catalog behind.
@@ -11,7 +11,6 @@ import ctypes
 import errno
 import fcntl
 import functools
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import DataError, MarscopeError, OutputError
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "check_work_folder",
     "clone_file",
     "copy_file",
-    "file_multihash",
     "folder_lock",
     "is_project_folder",
     "json_text",
@@ -48,28 +47,7 @@ __all__ = [
     "sweep_stale",
     "temp_dir",
     "temp_file",
-    "text_vector_checksum",
 ]
-
-
-def file_multihash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Return the sha2-256 multihash of a file in hex (``"1220"`` + sha256): ``file:checksum``."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return "1220" + digest.hexdigest()
-
-
-def text_vector_checksum(model_key: str, text: str, templates: list[str], vector: bytes) -> str:
-    """Multihash of a cached text vector: its model, text, templates and float32 LE bytes.
-
-    Written with every entry of an embedding set's text-vector cache and verified on every
-    read (the query engine) and by ``marscope validate``.
-    """
-    digest = hashlib.sha256(json.dumps([model_key, text, list(templates)]).encode())
-    digest.update(vector)
-    return "1220" + digest.hexdigest()
 
 
 MAX_DOCUMENT_BYTES = 256 << 20
@@ -125,9 +103,12 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         yield tmp
         tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         tmp.replace(target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno and exc.filename in (None, str(tmp)):
+            # a full disk says so on write(), naming no file: name the output
+            raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
         raise
 
 
@@ -530,24 +511,38 @@ def staged_directory(
     parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers
     stage = _temp_path(target, "staging")
-    stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
+    try:
+        stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
+    except OSError as exc:  # a folder that takes no new entries (/proc, a full disk)
+        raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
     try:
         yield stage
-    except MarscopeError as exc:  # name the output, not its staging folder
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
-        named = str(stage), str(target)
-        if len(exc.args) == 1 and isinstance(exc.args[0], str):
-            # in place: error types may take other arguments than their message
-            exc.args = (exc.args[0].replace(*named),)
-        problems = getattr(exc, "problems", None)  # InvalidCatalogError's lines
-        if isinstance(problems, list):
-            problems[:] = [p.replace(*named) if isinstance(p, str) else p for p in problems]
-        raise
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        renamed = _name_the_output(exc, str(stage), str(target))
+        if renamed is not exc:
+            raise renamed from exc
         raise
     with _swap_lock(target):
         _replace(stage, target)
+
+
+def _name_the_output(exc: BaseException, stage: str, target: str) -> BaseException:
+    """``exc`` naming the output ``target`` where it named its staging folder ``stage``.
+
+    A project error is changed in place (error types may take other arguments than their
+    message); an OSError naming a file in the staging folder is made anew.
+    """
+    if isinstance(exc, MarscopeError):
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (exc.args[0].replace(stage, target),)
+        problems = getattr(exc, "problems", None)  # InvalidCatalogError's lines
+        if isinstance(problems, list):
+            problems[:] = [p.replace(stage, target) if isinstance(p, str) else p for p in problems]
+    where = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and exc.errno and isinstance(where, str) and stage in where:
+        return type(exc)(exc.errno, exc.strerror, where.replace(stage, target))
+    return exc
 
 
 def check_output_folder(

@@ -16,11 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import (
     OutputError,
-)
-from marscope_stac.core.fs import (
-    file_multihash,
 )
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet

@@ -35,13 +35,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError
-from marscope_stac.core.fs import (
-    atomic_write_bytes,
-    atomic_write_json,
-    file_multihash,
-    folder_lock,
-)
+from marscope_stac.core.fs import atomic_write_bytes, atomic_write_json, folder_lock
 from marscope_stac.index.store import PUBLISHED_FILE, EmbeddingSet
 from marscope_stac.stac.remote import RetryPolicy, join_url, read_range, read_text
 

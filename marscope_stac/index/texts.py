@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from marscope_stac.core.checksums import text_vector_checksum
 from marscope_stac.core.errors import DataWarning
-from marscope_stac.core.fs import (
-    atomic_write_json,
-    text_vector_checksum,
-)
+from marscope_stac.core.fs import atomic_write_json
 from marscope_stac.index.store import EmbeddingSet
 
 log = logging.getLogger(__name__)

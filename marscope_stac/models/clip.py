@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import ConfigError, DataError, ModelError
-from marscope_stac.core.fs import file_multihash, read_regular
+from marscope_stac.core.fs import read_regular
 from marscope_stac.core.naming import base_model_name
 from marscope_stac.core.prompts import MARSCOPE_TEMPLATES, check_phrases, check_templates
 from marscope_stac.models.parts import IMAGENET_MEAN, IMAGENET_STD, resolve_parts, uses_parts

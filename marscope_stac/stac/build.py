@@ -34,7 +34,7 @@ from pyproj import CRS
 from pyproj.enums import WktVersion
 
 from marscope_stac.core.bodies import Body
-from marscope_stac.core.fs import file_multihash
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.software import software
 from marscope_stac.stac.remote import is_remote
 

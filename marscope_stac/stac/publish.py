@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marscope_stac.core.bodies import MARS
-from marscope_stac.core.fs import copy_file, file_multihash
+from marscope_stac.core.checksums import file_multihash
+from marscope_stac.core.fs import copy_file
 from marscope_stac.core.software import software
 from marscope_stac.stac.build import (
     EMBEDDINGS_V0,

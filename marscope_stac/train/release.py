@@ -12,14 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import ConfigError, ModelError
-from marscope_stac.core.fs import (
-    atomic_write_json,
-    check_apart,
-    copy_file,
-    file_multihash,
-    staged_directory,
-)
+from marscope_stac.core.fs import atomic_write_json, check_apart, copy_file, staged_directory
 from marscope_stac.models.loading import model_folder, read_model_item
 
 __all__ = ["check_model_name", "release_model", "rename_model_item"]

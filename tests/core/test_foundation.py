@@ -12,7 +12,8 @@ import marscope_stac
 from marscope_stac.cli.main import cli
 from marscope_stac.core import errors
 from marscope_stac.core.bodies import MARS, MOON, get_body, normalize_lon
-from marscope_stac.core.fs import atomic_write_text, file_multihash, staged_directory
+from marscope_stac.core.checksums import file_multihash
+from marscope_stac.core.fs import atomic_write_text, staged_directory
 
 
 def test_help_lists_commands() -> None:
@@ -167,6 +168,27 @@ def test_staged_errors_name_the_output_whatever_their_constructor(tmp_path: Path
     with pytest.raises(errors.DataError, match=bad), staged_directory(out) as stage:
         raise errors.DataError(f"{stage}/a is bad")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_system_errors_name_the_output_not_a_temporary_name(tmp_path: Path) -> None:
+    import errno
+
+    from marscope_stac.core.fs import atomic_output
+
+    out = tmp_path / "out"
+    with pytest.raises(OSError) as caught, staged_directory(out) as stage:
+        raise OSError(errno.EIO, "Input/output error", str(stage / "a.tif"))
+    assert caught.value.filename == str(out.absolute() / "a.tif")
+    target = tmp_path / "table.parquet"
+    with pytest.raises(OSError) as caught, atomic_output(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # write() names no file
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target.absolute())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    refused = pytest.raises(errors.OutputError, match=r"^cannot write /proc/x: ")
+    with refused, staged_directory("/proc/x"):
+        pass  # /proc takes no new folder
+    done = CliRunner().invoke(cli, ["demo-data", "--out", "/proc/x"])
+    assert done.exit_code == 2 and "staging" not in done.output, done.output
 
 
 def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:

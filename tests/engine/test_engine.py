@@ -64,7 +64,7 @@ def test_scoring_arrays_agree_with_the_geoparquet(embedded) -> None:  # type: ig
     for name, info in manifest["scoring"]["files"].items():
         assert (es.root / name).stat().st_size == info["size"]
     # the arrays are assets of the embedding item, with sizes and checksums
-    from marscope_stac.core.fs import file_multihash
+    from marscope_stac.core.checksums import file_multihash
 
     item = json.loads((es.root / f"{es.root.name}.json").read_text())
     for key in ("cells", "vectors", "vectors-int8", "vectors-scale", "background", "manifest"):
@@ -157,7 +157,7 @@ def test_old_sets_are_upgraded_by_an_explicit_step(embedded, tmp_path: Path) -> 
     r = CliRunner().invoke(cli, ["upgrade", str(old.root), "--model", model])
     assert r.exit_code == 0, r.output
     assert "wrote its scoring arrays and background term" in r.output
-    from marscope_stac.core.fs import file_multihash
+    from marscope_stac.core.checksums import file_multihash
     from marscope_stac.stac.validation import validate_catalog
 
     item = json.loads((old.root / f"{old.root.name}.json").read_text())

@@ -12,8 +12,8 @@ from _models import shifted_twin
 from click.testing import CliRunner
 
 from marscope_stac.cli.main import cli
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import ConfigError, ModelError, OutputError
-from marscope_stac.core.fs import file_multihash
 from marscope_stac.models.loading import load_model
 from marscope_stac.stac.validation import validate_catalog
 from marscope_stac.train.averaging import average_models
