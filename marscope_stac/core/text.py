@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["count_list", "join_lines", "one_line"]
+__all__ = ["count_list", "counted", "join_lines", "one_line"]
 
 
 def one_line(text: str) -> str:
@@ -34,3 +34,8 @@ def join_lines(*parts: str | None) -> str:
 def count_list(values: Mapping[str, int], names: Mapping[str, str] | None = None) -> str:
     """``"name count, name count"`` in the mapping's order, keys renamed through ``names``."""
     return ", ".join(f"{(names or {}).get(k, k)} {v}" for k, v in values.items())
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 problem"``, ``"3 problems"``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -252,6 +252,9 @@ def _object_type(d: Mapping[str, Any]) -> pystac.STACObjectType:
     )
 
 
+_ONLINE_HINT = "validate it with an online validator (e.g. stac-validator) instead"
+
+
 def validate_dict(d: dict[str, Any], href: str | None = None) -> list[str]:
     """Validate one STAC object (as a dict), core and every declared extension, offline.
 
@@ -275,18 +278,15 @@ def validate_dict(d: dict[str, Any], href: str | None = None) -> list[str]:
         key = str(ext).split("#", 1)[0]
         if key not in validator.schema_cache and key not in RULE_CHECKED_EXTENSIONS:
             raise CatalogError(
-                f"cannot validate {where}: schema {key} is not available offline; add the "
-                "schema file to marscope_stac/data/stac-schemas"
+                f"cannot validate {where}: schema {key} is not one this program carries "
+                f"offline; {_ONLINE_HINT}"
             )
     try:
         used = validator.validate(d, kind, version, list(d.get("stac_extensions", [])), href)
     except STACValidationError as exc:
         raise CatalogError(f"invalid STAC at {where}: {schema_problem(exc)}") from exc
     except GetSchemaError as exc:  # a $ref to a schema that is not here
-        raise CatalogError(
-            f"cannot validate {where}: {exc}; add the schema file to "
-            "marscope_stac/data/stac-schemas"
-        ) from exc
+        raise CatalogError(f"cannot validate {where}: {exc}; {_ONLINE_HINT}") from exc
     return [u for u in used if u]
 
 

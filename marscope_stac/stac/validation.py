@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from marscope_stac.core.checksums import file_multihash, text_vector_checksum
 from marscope_stac.core.errors import CatalogError, DataError
-from marscope_stac.core.fs import file_multihash, read_regular, safe_resolve, text_vector_checksum
+from marscope_stac.core.fs import read_regular, safe_resolve
+from marscope_stac.core.text import counted
 from marscope_stac.stac.remote import is_remote, join_url, read_bytes, url_size
 from marscope_stac.stac.schemas import _no_constant, validate_dict
 
@@ -50,12 +52,13 @@ class ValidationReport:
     def summary(self) -> str:
         """One line for people."""
         if self.problems:
-            return f"{self.root}: {len(self.problems)} problems in {self.objects} STAC objects"
-        remote = f" ({self.remote} remote hrefs not fetched)" if self.remote else ""
+            found = counted(len(self.problems), "problem")
+            return f"{self.root}: {found} in {counted(self.objects, 'STAC object')}"
+        remote = f" ({counted(self.remote, 'remote href')} not fetched)" if self.remote else ""
         return (
-            f"{self.root}: {self.objects} STAC objects valid against {len(self.schemas)} "
-            f"schemas; {self.links} links and {self.assets} assets resolve, sizes and "
-            f"checksums match (offline){remote}"
+            f"{self.root}: {counted(self.objects, 'STAC object')} valid against "
+            f"{counted(len(self.schemas), 'schema')}; {counted(self.links, 'link')} and "
+            f"{counted(self.assets, 'asset')} resolve, sizes and checksums match (offline){remote}"
         )
 
 
@@ -511,6 +514,8 @@ def validate_catalog(
         CatalogError: if the path does not exist or holds no STAC object.
         InvalidCatalogError: with every problem found (one line each), if there is any.
     """
+    if str(path) == "":
+        raise CatalogError("the path to validate is empty; give a catalog, item or folder")
     if is_remote(str(path)):
         return _validate_url(str(path), checksums)
     root = Path(path)

@@ -661,7 +661,7 @@ BREAKAGE_MATRIX: dict[str, tuple[Any, str]] = {
             _query_item(p),
             lambda d: d["stac_extensions"].append("https://example.org/nothing/v9/schema.json"),
         ),
-        "is not available offline",
+        "not one this program carries offline",
     ),
     "a file:size that does not match": (
         lambda p: _asset(p, "preview", lambda a: a.update({"file:size": 1})),

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import pystac
@@ -59,7 +61,7 @@ def test_view_fields_rule_checked() -> None:
 def test_unknown_extension_is_named_not_fetched() -> None:
     d = copy.deepcopy(_item())
     d["stac_extensions"].append("https://stac-extensions.github.io/nope/v9.9.9/schema.json")
-    with pytest.raises(CatalogError, match=r"nope/v9\.9\.9.*not available offline"):
+    with pytest.raises(CatalogError, match=r"nope/v9\.9\.9.*not one this program carries offline"):
         validate_dict(d)
 
 
@@ -67,3 +69,22 @@ def test_pystac_validate_uses_offline_schemas() -> None:
     install_offline_validator()
     item = pystac.Item.from_dict(_item())
     assert len(item.validate()) >= 3
+
+
+def test_a_stac_1_0_0_catalog_of_others_validates_offline(tmp_path: Path) -> None:
+    from marscope_stac import validate_catalog
+
+    (tmp_path / "i1").mkdir()
+    links = [{"rel": "root", "href": "./catalog.json"}, {"rel": "item", "href": "./i1/i1.json"}]
+    catalog = {"type": "Catalog", "stac_version": "1.0.0", "id": "c", "description": "d"}
+    item = copy.deepcopy(_item())
+    item |= {"stac_version": "1.0.0", "stac_extensions": [], "assets": {}}
+    item["links"] = [{"rel": "root", "href": "../catalog.json"}]
+    item["properties"] = {"datetime": "2010-01-01T00:00:00Z"}
+    (tmp_path / "catalog.json").write_text(json.dumps({**catalog, "links": links}))
+    (tmp_path / "i1" / "i1.json").write_text(json.dumps(item))
+    report = validate_catalog(tmp_path)
+    assert not report.problems and report.objects == 2
+    assert any("v1.0.0/catalog-spec" in u for u in validate_dict({**catalog, "links": links}))
+    with pytest.raises(CatalogError, match="invalid STAC"):  # the 1.0.0 rules are applied
+        validate_dict({**catalog, "links": links, "id": ""})
