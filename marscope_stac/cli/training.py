@@ -196,7 +196,7 @@ def release_model_cmd(model: str, name: str, out: Path, overwrite: bool) -> None
     help="The catalog is real data (marscope real-data --part validation): the real-data "
     "protocol's classes and sizes, each body and kind of picture apart, pooled.",
 )
-@click.option("--plot", type=_PATH, help="Write a reliability diagram (PNG) here.")
+@click.option("--plot", type=_PATH, help="Write a reliability diagram here (.png, .svg or .pdf).")
 @click.option("--dry-run", is_flag=True, help="Fit and report; leave the model as it is.")
 @click.option(
     "--only", is_flag=True, help="Drop the model's fits at other cell sizes (keep this one alone)."

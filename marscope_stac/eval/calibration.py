@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import CatalogError, ConfigError
+from marscope_stac.core.plots import check_figure_path
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def plot_reliability(
 
     Each curve's label carries its ECE; the counts of cells per bin are drawn below.
     """
-    from marscope_stac.core.plots import figure
+    from marscope_stac.core.plots import figure, save_figure
 
     fig = figure(figsize=(5.2, 6.0))
     ax, axc = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
@@ -166,10 +167,7 @@ def plot_reliability(
     axc.set_xlabel("probability")
     axc.set_ylabel("cells")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return save_figure(fig, path, dpi=110)
 
 
 def pooled(
@@ -391,6 +389,8 @@ def calibrate_model(
     from marscope_stac.models.loading import load_model
 
     folder = _model_folder(model)
+    if plot is not None:
+        check_figure_path(plot, "--plot")
     grid = grid or ("lonlat:2" if real else "lonlat:0.02")
     split = _real_split(split) if real else split
     cm = load_model(model, device="auto", calibrated=False)  # a broken fit is re-fitted
@@ -400,7 +400,7 @@ def calibrate_model(
     if plot is not None:  # first: a bad plot path leaves the model as it was
         curves = {"raw": fit.before, "calibrated": fit.after}
         curves |= {f"{k}, calibrated": r[1] for k, r in fit.regions.items()}
-        plot_reliability(curves, plot, f"{cm.name}: {fit.fitted_on}")
+        plot_reliability(curves, plot, f"{_model_label(folder)}: {fit.fitted_on}")
     if write:
         _store(folder, fit, keep_other_cells)
     return fit
@@ -417,6 +417,14 @@ def _kept_fits_are_sound(model: str, folder: Path, cell_deg: float) -> None:
         raise ConfigError(f"{exc}; give --only (keep_other_cells=False) to replace it") from None
     config = json.loads((folder / "open_clip_config.json").read_bytes())
     _with_other_cells({"cell_deg": cell_deg}, config, True)
+
+
+def _model_label(folder: Path) -> str:
+    """A model's name for pictures: its item's id, else its folder's name."""
+    from marscope_stac.models.loading import read_model_item
+
+    item = read_model_item(folder)
+    return str(item["id"]) if item and item.get("id") else folder.name
 
 
 def _model_folder(model: str) -> Path:
@@ -498,7 +506,8 @@ def _store(folder: Path, fit: CalibrationFit, keep_other_cells: bool = True) -> 
     listed under ``cells``, the finest one's figures at the top). Each file is replaced
     atomically: the config first, the item that describes it last.
     """
-    from marscope_stac.core.fs import atomic_write_json, file_multihash, read_regular
+    from marscope_stac.core.checksums import file_multihash
+    from marscope_stac.core.fs import atomic_write_json, read_regular
 
     config_path = folder / "open_clip_config.json"
     config = json.loads(read_regular(config_path))

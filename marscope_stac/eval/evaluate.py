@@ -33,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.core.bodies import chord_length, unit_vectors
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError, check_range
-from marscope_stac.core.plots import figure
+from marscope_stac.core.plots import figure, save_figure
 from marscope_stac.grid.grids import parse_grid
 
 __all__ = [
@@ -534,4 +534,4 @@ def _plot_pr(
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from marscope_stac.core.errors import ConfigError, OutputError
-from marscope_stac.core.fs import atomic_output, atomic_write_json
-from marscope_stac.core.plots import figure
+from marscope_stac.core.fs import atomic_write_json, staged_directory
+from marscope_stac.core.plots import figure, save_figure
 from marscope_stac.core.software import software
 from marscope_stac.recipes.recipe import ModelRecipe, load_recipe, source_kind
 from marscope_stac.train.config import TrainResult
@@ -55,9 +55,32 @@ def _prepare(source: str, data: Path, fetch: dict[str, Any]) -> Path:
                 packages=fetch.get("packages"),
             )
         return root
-    path = Path(opts["path"])
+    return _path_source(source, opts["path"])
+
+
+def _check_path_sources(r: ModelRecipe) -> None:
+    """Read every source of ``r`` given as a path, before the build's folder is made."""
+    steps = [*r.sources, *(c["source"] for c in r.calibration)]
+    for source in [*steps, *([r.validation["source"]] if r.validation else [])]:
+        kind, opts = source_kind(source)
+        if kind == "path":
+            _path_source(source, opts["path"])
+
+
+def _path_source(source: str, where: str) -> Path:
+    """A recipe's source given as a path: a caption table or a readable local catalog.
+
+    Raises:
+        ConfigError: if there is nothing there.
+        CatalogError: if it is not a readable STAC catalog.
+    """
+    from marscope_stac.stac.read import read_local_catalog
+
+    path = Path(where)
     if not path.exists():
         raise ConfigError(f"source {source} does not exist; build it first or use demo:/real:")
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        read_local_catalog(path)
     return path
 
 
@@ -120,6 +143,7 @@ def build_model(
 
     r = recipe if isinstance(recipe, ModelRecipe) else load_recipe(recipe)
     r.check()
+    _check_path_sources(r)
     root = _build_folder(out, r)
     t0 = time.perf_counter()
     fetch = {"cache": cache, "packages": packages, "progress": progress}
@@ -142,8 +166,10 @@ def build_model(
                 progress=progress,
             )
         )
-    built = ModelBuild(root, _combine(members, root / "model", r.model_name), members)
-    built.calibration = _calibrate(r, built.model_dir, root, calibration)
+    built = ModelBuild(root, root / "model", members)  # made aside: whole when it appears
+    with staged_directory(built.model_dir, overwrite=True, kind="model") as stage:
+        _combine(members, stage, r.model_name)
+        built.calibration = _calibrate(r, stage, root, calibration)
     built.validation = _validate(r, built, validation, device)
     built.curves = plot_members(members, root / "training-curves.png", r.name)
     built.seconds = time.perf_counter() - t0
@@ -299,10 +325,7 @@ def plot_members(members: list[TrainResult], path: Path, name: str) -> Path | No
     for a in ax:
         a.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def _record(r: ModelRecipe, built: ModelBuild) -> None:

@@ -18,7 +18,7 @@ from marscope_stac.core.fs import (
     atomic_write_bytes,
     atomic_write_json,
 )
-from marscope_stac.core.plots import figure
+from marscope_stac.core.plots import figure, save_figure
 from marscope_stac.core.software import build_version
 from marscope_stac.models.clip import PROJECT_ARCHITECTURES, ClipModel, project_arch_config
 from marscope_stac.models.loading import model_folder
@@ -127,5 +127,4 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     if plotted:
         ax[1].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marscope_stac.cli.main import cli
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import ConfigError, ModelError
-from marscope_stac.core.fs import file_multihash
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.eval.calibration import (
@@ -144,6 +144,25 @@ def test_calibration_errors_are_one_line(
     fixed = CliRunner().invoke(cli, ["calibrate", model, "--catalog", str(demo_root), "--only"])
     assert fixed.exit_code == 0, fixed.output
     assert load_model(model, device="cpu").calibration is not None
+
+
+@pytest.mark.parametrize("name", ["folder", "plot.txt", "plot"])
+def test_a_plot_path_that_cannot_be_a_picture_is_refused_first(
+    tiny_model_dir: Path, tmp_path: Path, demo_root: Path, name: str
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (tmp_path / "folder").mkdir()
+    before = (folder / "open_clip_config.json").read_bytes()
+    model = f"local-dir:{folder}"
+    done = CliRunner().invoke(
+        cli, ["calibrate", model, "--catalog", str(demo_root), "--plot", str(tmp_path / name)]
+    )
+    assert done.exit_code == 2 and "--plot" in done.output, done.output
+    assert len(done.output.strip().splitlines()) == 1 and "Traceback" not in done.output
+    # refused before the fit: nothing written beside the folder, the model as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "model"]
+    assert (folder / "open_clip_config.json").read_bytes() == before
 
 
 def test_the_bundled_models_item_describes_its_files(tmp_path: Path) -> None:

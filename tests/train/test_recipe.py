@@ -83,6 +83,7 @@ def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) 
     item = json.loads((result.model_dir / "model.json").read_text())
     assert len(item["properties"]["mlm:hyperparameters"]["members"]) == 2  # the average
     assert item["id"] == item["properties"]["mlm:name"] == "tiny-soup"  # named by release
+    assert ".staging" not in json.dumps(item)  # built aside, nothing names the staging folder
     # one calibration per cell size: the demo world's 0.02-degree cells and the real
     # validation band's 10-degree cells under the real-data protocol, each with its figures
     cal = model.calibration
@@ -114,6 +115,32 @@ def test_a_stopped_build_resumes_without_training_again(built: tuple) -> None:
     again = build_model(root / "tiny.toml", root / "build", device="cpu", **_fetch(root))
     assert [m.resumed_from for m in again.members] == [1, 2]  # every epoch was already done
     assert [m.history for m in again.members] == [m.history for m in first.members]
+
+
+def test_a_build_stopped_while_calibrating_leaves_no_uncalibrated_model(
+    tmp_path: Path, built: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import marscope_stac.recipes.model as recipe_model
+
+    root, _, first = built
+    out = tmp_path / "build"
+    shutil.copytree(root / "build", out)
+    shutil.rmtree(out / "model")
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the average is being calibrated
+
+    monkeypatch.setattr(recipe_model, "_calibrate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build_model(root / "tiny.toml", out, device="cpu", **_fetch(root))
+    assert not (out / "model").exists()  # never a model that looks done but is not calibrated
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # an earlier build's whole model stays as it was
+    shutil.copytree(first.model_dir, out / "model")
+    before = (out / "model" / "open_clip_config.json").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        build_model(root / "tiny.toml", out, device="cpu", **_fetch(root))
+    assert (out / "model" / "open_clip_config.json").read_bytes() == before
 
 
 def test_the_shipped_recipes_read() -> None:
@@ -153,6 +180,7 @@ BASE = {
         ("members", "[[members]]\nepochs = 1\nweights = [true, 1]", "weights must be a list"),
         ("members", "[[members]]\nepochs = 1\nweights = [-1, 1]", "positive numbers"),
         ("members", "[[members]]\nepochs = 0", "epochs"),
+        ("members", "[[members]]\nepochs = -3", "member 1: epochs -3 is not valid"),
         ("tail", "[calibration]\nsplit = 'all'", "[calibration] needs a source"),
         ("tail", "[calibration]\nsource = 'real:eval'", "real:eval is Mars east"),
         ("tail", "[calibration]\nsource = 5", "source must be a string"),
@@ -180,7 +208,33 @@ def test_a_bad_recipe_is_one_line(tmp_path: Path, part: str, text: str, says: st
     assert says in str(caught.value)
     r = CliRunner().invoke(cli, ["build-model", str(path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert " --" not in r.output  # the recipe's names, not options the user never gave
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("root:x:0:0:root:/root:/bin/bash\n", "is not readable JSON"),
+        ('{"type": "Catalog"', "is not readable JSON"),
+        ('{"type": "Feature", "stac_version": "1.1.0"}', "is not valid STAC"),
+        (None, "does not exist"),
+    ],
+)
+def test_a_source_that_is_not_a_catalog_is_refused_before_out_is_made(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    source = tmp_path / "inputs" / "source.json"
+    source.parent.mkdir()
+    if content is not None:
+        source.write_text(content)
+    path = tmp_path / "bad.toml"
+    text = {**BASE, "sources": f"sources = [{json.dumps(str(source))}]"}
+    path.write_text("\n".join(text.values()) + "\n")
+    r = CliRunner().invoke(cli, ["build-model", str(path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert says in r.output and "bug" not in r.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_validation_figures_need_a_recipe_that_did_not_train_there(tmp_path: Path) -> None:
