@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.dask import connect_scheduler
 from marscope_stac.core.errors import (
     ModelError,
@@ -39,13 +40,7 @@ from marscope_stac.core.errors import (
     check_range,
     release_held_warnings,
 )
-from marscope_stac.core.fs import (
-    atomic_write_json,
-    check_apart,
-    file_multihash,
-    source_folder,
-    sweep_stale,
-)
+from marscope_stac.core.fs import atomic_write_json, check_apart, source_folder, sweep_stale
 from marscope_stac.embed.compute import (
     _model,
     _run_cluster,
@@ -153,14 +148,19 @@ def embed_catalog(
     _check_args(source, Path(out), sel, how, tile_px)
     sweep_stale(out, depth=3)  # what killed runs left (temporary files, staging folders)
     cm = _trained_model(model, pretrained, how.device)
-    with NetworkWatch() as here:  # this process's reads: headers and tiles
-        run, plan, px = _start_run(source, out, cm, grid, tile_px, sel)
-        tasks, shards = _make_tasks(plan, run.resume.todo, how.batch_size)
-        args = (model, pretrained, how.device, sel.min_valid)
-        seconds = run.embed(
-            tasks, shards, args, how.workers, how.scheduler_address, progress, how.read_processes
-        )
-        run.network.add(here.sample())
+    client = connect_scheduler(how.scheduler_address)  # reached before anything is written
+    try:
+        with NetworkWatch() as here:  # this process's reads: headers and tiles
+            run, plan, px = _start_run(source, out, cm, grid, tile_px, sel)
+            tasks, shards = _make_tasks(plan, run.resume.todo, how.batch_size)
+            args = (model, pretrained, how.device, sel.min_valid)
+            seconds = run.embed(
+                tasks, shards, args, how.workers, client, progress, how.read_processes
+            )
+            run.network.add(here.sample())
+    finally:
+        if client is not None:
+            client.close()
     rows = run.consolidate(cm)
     _warn_if_empty(rows, len(plan), bool(run.failed_list), sel.min_valid)
     result = _result(run, rows, seconds or (time.perf_counter() - t_start))
@@ -277,11 +277,13 @@ class _Run:
         task_shard: list[int],
         args: tuple[Any, ...],
         workers: int | None,
-        scheduler_address: str | None,
+        client: Any,
         progress: bool,
         read_processes: int | None = None,
     ) -> float:
-        """Run the tasks (locally or on a cluster), writing each shard once it is complete.
+        """Run the tasks (locally, or on the cluster of a Dask ``client``), shard by shard.
+
+        Each shard is written once it is complete.
 
         Returns the seconds it took.
         """
@@ -292,7 +294,6 @@ class _Run:
         parts: dict[int, list[EmbeddingTable]] = defaultdict(list)
         for shard, table in self.resume.kept.items():
             parts[shard].append(table)
-        client = connect_scheduler(scheduler_address)
         total = int(sum(len(t) for t in tasks))
         self.tiles_read += total
         release_held_warnings()  # the work starts: show what was found while planning
@@ -325,8 +326,6 @@ class _Run:
             raise
         finally:
             bar.close()
-            if client is not None:
-                client.close()
         return time.perf_counter() - t_embed
 
     def _finish_shard(self, shard: int, table: EmbeddingTable) -> None:

@@ -358,14 +358,20 @@ def _image_preprocessing(net: Any) -> tuple[int, Any, Any]:
 
 @contextlib.contextmanager
 def quiet_model_loading() -> Any:
-    """Silence open_clip's root-logger INFO lines and transformers' load reports."""
+    """Silence open_clip's root-logger lines and transformers' load reports.
+
+    open_clip logs an ERROR line before each exception it raises (an unknown tag, a missing
+    file); the exception becomes the project's one-line error, so the line is kept out too
+    (shown with ``--debug``).
+    """
     level = logging.getLogger().level
+    debug = logging.getLogger("marscope_stac").isEnabledFor(logging.DEBUG)
     tf_logging: Any = None
     with contextlib.suppress(ImportError):
         from transformers.utils import logging as tf_logging
     tf_level = tf_logging.get_verbosity() if tf_logging is not None else None
     try:
-        logging.getLogger().setLevel(max(level, logging.ERROR))
+        logging.getLogger().setLevel(max(level, logging.ERROR if debug else logging.CRITICAL))
         if tf_logging is not None:
             tf_logging.set_verbosity_error()
             tf_logging.disable_progress_bar()

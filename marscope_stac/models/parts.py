@@ -137,7 +137,8 @@ def init_pretrained_parts(net: torch.nn.Module) -> list[str]:
     if not loaded:
         raise ModelError(
             "this architecture has no packaged pretrained parts; use marscope-small "
-            "(EfficientNet-Lite0 + all-MiniLM-L6-v2) or leave --pretrained unset"
+            "(EfficientNet-Lite0 + all-MiniLM-L6-v2) or start from random weights "
+            '(leave --pretrained unset; in a recipe, pretrained = "")'
         )
     return loaded
 

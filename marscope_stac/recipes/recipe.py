@@ -198,10 +198,16 @@ class ModelRecipe:
         from marscope_stac.train.release import check_model_name
 
         check_model_name(self.model_name, f"{where}: release or name ")
-        check_range("crop_px", self.crop_px, 8, 100_000, integer=True)
-        check_range("prompt_share", self.prompt_share, 0.0, 1.0)
+        try:  # the recipe's own names, not the command line's options
+            check_range("crop_px", self.crop_px, 8, 100_000, integer=True)
+            check_range("prompt_share", self.prompt_share, 0.0, 1.0)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         for k, m in enumerate(self.members, 1):
-            self.config(m).check()
+            try:
+                self.config(m).check()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: member {k}: {exc}") from None
             weights = m.weights or ()
             if m.weights is not None and len(weights) != len(self.sources):
                 raise ConfigError(

@@ -7,6 +7,7 @@ checking a local file before any pixel is read.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import stat
 import time
 import warnings
@@ -37,6 +38,8 @@ __all__ = [
     "open_raster",
     "pick_asset",
 ]
+
+log = logging.getLogger(__name__)
 
 
 _TIFF_TYPES = ("image/tiff", "image/geotiff", "image/vnd.stac.geotiff", "application=geotiff")
@@ -254,9 +257,10 @@ def open_raster(href: str) -> Any:
             return ds
         except RasterioError as exc:
             final = any(s in str(exc) for s in _FINAL_ANSWERS)
+            log.debug("open %s, try %d of %d: %s", href, attempt, _HEADER_TRIES, exc)
             if final or not is_remote(href) or attempt == _HEADER_TRIES:
                 raise
-            forget_cached_bytes(href)
+            forget_cached_bytes(href, everything=attempt >= 2)
             time.sleep(0.25 * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 

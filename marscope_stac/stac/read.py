@@ -38,6 +38,7 @@ from marscope_stac.stac.remote import api_page_size, is_remote, open_api, read_t
 __all__ = [
     "SourceSet",
     "load_sources",
+    "read_local_catalog",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,16 +109,7 @@ def _items_from_local(path: Path) -> Iterator[pystac.Item]:
             raise CatalogError(f"{path} holds no catalog.json or collection.json{hint}")
     if not path.exists():
         raise CatalogError(f"{path} does not exist; give a STAC catalog, collection or item")
-    try:
-        d = json.loads(read_regular(path))
-    except RecursionError:
-        raise CatalogError(f"{path} is not readable JSON: nested too deeply") from None
-    except (OSError, UnicodeDecodeError, ValueError, DataError) as exc:
-        raise CatalogError(f"{path} is not readable JSON: {str(exc)[:120]}") from exc
-    try:
-        obj = pystac.read_dict(d, href=str(safe_resolve(path)), stac_io=SafeStacIO())
-    except Exception as exc:  # pystac raises many kinds on malformed STAC
-        raise CatalogError(f"{path} is not valid STAC: {str(exc).splitlines()[0][:160]}") from exc
+    obj = _read_stac_file(path)
     if isinstance(obj, pystac.Item):
         yield obj
         return
@@ -130,6 +122,46 @@ def _items_from_local(path: Path) -> Iterator[pystac.Item]:
     except CatalogError:
         raise
     except Exception as exc:
+        raise CatalogError(
+            f"cannot read the items of {path}: {str(exc).splitlines()[0][:160]}"
+        ) from exc
+
+
+def _read_stac_file(path: Path) -> Any:
+    """The STAC object of a local JSON file (CatalogError for anything else)."""
+    try:
+        d = json.loads(read_regular(path))
+    except RecursionError:
+        raise CatalogError(f"{path} is not readable JSON: nested too deeply") from None
+    except (OSError, UnicodeDecodeError, ValueError, DataError) as exc:
+        raise CatalogError(f"{path} is not readable JSON: {str(exc)[:120]}") from exc
+    try:
+        return pystac.read_dict(d, href=str(safe_resolve(path)), stac_io=SafeStacIO())
+    except Exception as exc:  # pystac raises many kinds on malformed STAC
+        raise CatalogError(f"{path} is not valid STAC: {str(exc).splitlines()[0][:160]}") from exc
+
+
+def read_local_catalog(catalog: str | Path) -> tuple[pystac.Catalog, list[pystac.Item]]:
+    """A local STAC catalog (its folder or ``catalog.json``) and all its items.
+
+    Read with the checks of :func:`load_sources`: a file that is not JSON, not STAC or not
+    a catalog, and a child or item that cannot be read, are one-line errors.
+
+    Raises:
+        CatalogError: naming the file and what is wrong with it.
+    """
+    src = Path(catalog)
+    path = src / "catalog.json" if src.is_dir() else src
+    if not path.is_file():
+        raise CatalogError(f"{catalog} is not a STAC catalog (no catalog.json)")
+    obj = _read_stac_file(path)
+    if not isinstance(obj, pystac.Catalog):
+        raise CatalogError(
+            f"{path} is a STAC {obj.STAC_OBJECT_TYPE.value}, not a catalog; give a catalog"
+        )
+    try:
+        return obj, list(obj.get_items(recursive=True))
+    except Exception as exc:  # a broken link, an item of bad JSON
         raise CatalogError(
             f"cannot read the items of {path}: {str(exc).splitlines()[0][:160]}"
         ) from exc

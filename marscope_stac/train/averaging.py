@@ -63,6 +63,7 @@ def average_models(
     if name is not None:
         check_model_name(name)  # refused before the work
     folders = {m: model_folder(m) for m in models}
+    _check_each_once(models, folders)
     check_apart(out, {f"the input model {m}": f for m, f in folders.items() if f is not None})
     members = [load_model(m, device="cpu") for m in models]
     first = members[0]
@@ -135,3 +136,17 @@ def _recipes(models: Sequence[str]) -> list[dict[str, Any]]:
         start = props.get("mlm:pretrained_source")
         out.append(recipe | {"pretrained_source": start if isinstance(start, str) else None})
     return out
+
+
+def _check_each_once(models: Sequence[str], folders: dict[str, Path | None]) -> None:
+    """Refuse a model given twice (by one name or two names of one folder)."""
+    seen: dict[object, str] = {}
+    for m in models:
+        folder = folders[m]
+        key = folder.resolve() if folder is not None else m
+        if key in seen:
+            what = f"{m} is given twice" if m == seen[key] else f"{seen[key]} and {m} are one model"
+            raise ConfigError(
+                f"{what}: a model averaged with itself is that model again; give each model once"
+            )
+        seen[key] = m

@@ -19,6 +19,7 @@ import pystac
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import CatalogError
+from marscope_stac.stac.read import read_local_catalog
 from marscope_stac.train.pairs import PairSet
 
 log = logging.getLogger(__name__)
@@ -189,12 +190,11 @@ def load_cell_pairs(
         CatalogError: if the catalog has no such label item of ``split``.
     """
     rng = np.random.default_rng(seed)
-    root = Path(catalog)
-    cat = pystac.Catalog.from_file(str(root / "catalog.json" if root.is_dir() else root))
+    cat, items = read_local_catalog(catalog)
     images, captions, labels, owner, fixed = [], [], [], [], []
     share: dict[str, float] = {}
     found = False
-    for item in cat.get_items(recursive=True):
+    for item in items:
         props = item.properties
         if props.get("marscope:pairs") != "grid-cells":
             continue

@@ -40,7 +40,6 @@ from marscope_stac.core.errors import (
     release_held_warnings,
 )
 from marscope_stac.core.fs import (
-    atomic_write_bytes,
     atomic_write_json,
     check_apart,
     check_work_folder,
@@ -60,6 +59,13 @@ from marscope_stac.models.clip import (
 )
 from marscope_stac.models.loading import fast_layout, quiet_model_loading, trained_tile_context
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
+from marscope_stac.train.checkpoint import (
+    checkpoint_context,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    saved_context,
+)
 from marscope_stac.train.config import PRETRAINED_PARTS, PairOptions, TrainConfig, TrainResult
 from marscope_stac.train.export import _export, _model_item, _plot
 from marscope_stac.train.folders import prepare_run_folder
@@ -155,23 +161,6 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    """Every random state a run draws from, so a resumed run goes on exactly as it would."""
-    return {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "numpy": rng.bit_generator.state,
-    }
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def train_model(
     pairs: PairSet | PairMix,
     out: str | Path,
@@ -230,7 +219,7 @@ def train_model(
             record.update(evaluate_pairs(cm, *val_data, classes=classes))
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
-        _save_checkpoint(ckpt_path, _checkpoint(cm, opt, epoch + 1, history, rng, cfg, model))
+        save_checkpoint(ckpt_path, _checkpoint(cm, opt, epoch + 1, history, rng, cfg, model))
     return _finish(cm, model, out_dir, cfg, history, start_epoch, half_weights, source_description)
 
 
@@ -259,7 +248,7 @@ def _checkpoint(
         "optimizer": opt.state_dict(),
         "epoch": epochs,
         "history": history,
-        "rng": _rng_state(rng),
+        "rng": rng_state(rng),
         "config": asdict(cfg),
         "arch": model,
     }
@@ -315,25 +304,10 @@ def settle_config(
             )
         cfg = replace(cfg, tile_context=pairs_context)
     elif cfg.tile_context is None:
-        before = _checkpoint_context(checkpoint) if checkpoint is not None else None
+        before = checkpoint_context(checkpoint) if checkpoint is not None else None
         ctx = before if before is not None else trained_tile_context(model)
         cfg = replace(cfg, tile_context=ctx)
     return cfg, model
-
-
-def _checkpoint_context(path: Path) -> float | None:
-    """The tile context a checkpoint was trained with (None: no readable checkpoint there)."""
-    if not path.is_file():
-        return None
-    try:
-        return _saved_context(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
-    except (RuntimeError, KeyError, EOFError, OSError, AttributeError):
-        return None  # a damaged checkpoint: the resume reports it
-
-
-def _saved_context(state: dict[str, Any]) -> float:
-    """The tile context recorded in a checkpoint's config (0 for runs before it was)."""
-    return float(state.get("config", {}).get("tile_context") or 0.0)
 
 
 def _trainable_model(model: str, pretrained: str | None, dev: torch.device) -> ClipModel:
@@ -425,25 +399,26 @@ def _resume(
     """
     if not ckpt_path.is_file():
         return 0, [], None
+    state = read_checkpoint(ckpt_path, dev)
+    before, context = saved_context(state), cfg.context
+    if before != context:
+        raise ModelError(
+            f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
+            f"{context:g}; give the same value, another --out, or --no-resume"
+        )
     try:
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        before, context = _saved_context(state), cfg.context
-        if before != context:
-            raise ModelError(
-                f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
-                f"{context:g}; give the same value, another --out, or --no-resume"
-            )
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError, EOFError) as exc:
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        epoch, history = int(state["epoch"]), list(state["history"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(
             f"checkpoint {ckpt_path} does not match model {model} or is damaged: "
             f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"
         ) from exc
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    log.info("resuming %s after epoch %d", ckpt_path, int(state["epoch"]))
-    return int(state["epoch"]), list(state["history"]), state["rng"].get("numpy")
+    log.info("resuming %s after epoch %d", ckpt_path, epoch)
+    return epoch, history, state["rng"].get("numpy")
 
 
 def _train_epoch(

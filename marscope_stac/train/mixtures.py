@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pystac
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import CatalogError, ConfigError
+from marscope_stac.stac.read import read_local_catalog
 from marscope_stac.train.cells import load_cell_pairs
 from marscope_stac.train.pairs import PairSet, load_catalog_pairs, load_table_pairs
 
@@ -83,12 +83,8 @@ def _resize(imgs: NDArray[np.float32], side: int) -> NDArray[np.float32]:
 
 def has_cell_labels(catalog: str | Path) -> bool:
     """Whether a catalog's label items ask for grid-cell pairs (real nomenclature labels)."""
-    root = Path(catalog)
-    path = root / "catalog.json" if root.is_dir() else root
-    cat = pystac.Catalog.from_file(str(path))
-    return any(
-        i.properties.get("marscope:pairs") == "grid-cells" for i in cat.get_items(recursive=True)
-    )
+    _, items = read_local_catalog(catalog)
+    return any(i.properties.get("marscope:pairs") == "grid-cells" for i in items)
 
 
 def load_pairs(

@@ -28,6 +28,7 @@ from pyproj import Transformer
 
 from marscope_stac.core.errors import CatalogError, ConfigError, DataError
 from marscope_stac.stac.raster import image_bands, one_band
+from marscope_stac.stac.read import read_local_catalog
 from marscope_stac.tiles.sample import scale_pixels
 
 log = logging.getLogger(__name__)
@@ -301,13 +302,9 @@ def load_catalog_pairs(
     Raises:
         CatalogError: if the catalog has no label item of that split, or labels lack captions.
     """
-    path = Path(catalog)
-    root = path / "catalog.json" if path.is_dir() else path
-    if not root.is_file():
-        raise CatalogError(f"{catalog} is not a STAC catalog (no catalog.json)")
-    cat = pystac.Catalog.from_file(str(root))
+    cat, items = read_local_catalog(catalog)
     scenes: list[Scene] = []
-    for item in cat.get_items(recursive=True):
+    for item in items:
         if "label:type" not in item.properties:
             continue
         if split != "all" and item.properties.get("marscope:split") != split:

@@ -80,6 +80,7 @@ def bench(demo_small, tiny_model_dir, tmp_path_factory) -> Iterator[Bench]:  # t
     shutil.copytree(demo_small.root, cat)
     model = root / "model"
     shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(tiny_model_dir, root / "twin")  # average-models takes two models
     products = root / "products"
     embed_catalog(cat, products, model=f"local-dir:{model}", grid="lonlat:0.05", progress=False)
     engine = QueryEngine.open(products, clip_model=load_model(f"local-dir:{model}", device="cpu"))
@@ -394,7 +395,7 @@ def _commands(bench: Bench, out: Path) -> dict[str, tuple[list[str], list[str]]]
         ),
         "basemap": (["basemap", cat, "--out", str(out / "b")], ["--name", "--out", "CATALOG"]),
         "average-models": (
-            ["average-models", model, model, "--out", str(out / "a")],
+            ["average-models", model, f"local-dir:{bench.root / 'twin'}", "--out", str(out / "a")],
             ["--out", "MODEL"],
         ),
         "release-model": (

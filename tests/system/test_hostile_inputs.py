@@ -342,6 +342,7 @@ def test_garbage_scheduler_address_in_the_environment(inputs: Inputs, tmp_path: 
         env={"DASK_SCHEDULER_ADDRESS": "garbage"},
     )
     assert code == 2 and "DASK_SCHEDULER_ADDRESS" in err[0]
+    assert not (tmp_path / "o").exists()  # the scheduler is reached before anything is written
 
 
 def test_static_site_of_moved_products_warns_and_works(inputs: Inputs, tmp_path: Path) -> None:
@@ -442,6 +443,19 @@ def test_average_models_refuses_member_items_of_another_shape(
     assert not (tmp_path / "avg").exists()
 
 
+@pytest.mark.parametrize("second", ["{m}", "{m}/", "{m}/../{name}"])
+def test_average_models_refuses_one_model_given_twice(
+    inputs: Inputs, tmp_path: Path, second: str
+) -> None:
+    m = str(inputs.model)
+    again = second.format(m=m, name=inputs.model.name)
+    code, err = _run(
+        ["average-models", f"local-dir:{m}", f"local-dir:{again}", "--out", str(tmp_path / "a")]
+    )
+    assert code == 2 and len(err) == 1 and "give each model once" in err[0], err
+    assert not (tmp_path / "a").exists()
+
+
 def test_libtiffs_disk_full_error_is_one_line(
     inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -476,3 +490,4 @@ def test_a_scheduler_address_naming_an_unknown_host(inputs: Inputs, tmp_path: Pa
         env={"DASK_SCHEDULER_ADDRESS": "lonlat:0"},
     )
     assert code == 2 and "lonlat:0" in err[0]
+    assert not (tmp_path / "o").exists()

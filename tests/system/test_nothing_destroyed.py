@@ -140,10 +140,11 @@ def test_model_commands_never_overwrite_a_catalog(
     shutil.copytree(demo_small.root, cat)
     before = _tree(cat)
     ref = f"local-dir:{tiny_model_dir}"
+    shutil.copytree(tiny_model_dir, tmp_path / "twin")  # a model is averaged with another
     args = (
         ["release-model", ref, "--name", "mine"]
         if command == "release-model"
-        else ["average-models", ref, ref]
+        else ["average-models", ref, f"local-dir:{tmp_path / 'twin'}"]
     )
     line = _refused([*args, "--out", str(cat), "--overwrite"])
     assert "not a model folder this program wrote" in line
@@ -168,6 +169,34 @@ def test_train_refuses_a_folder_of_other_files(demo_small, tmp_path: Path) -> No
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     (run / "notes.txt").write_text("mine")
     _refused(["train", str(demo_small.root), "--out", str(run), "--epochs", "1"])
+
+
+@pytest.mark.parametrize("damage", ["text", "empty", "noise", "a list", "no model", "context"])
+def test_a_damaged_checkpoint_is_one_line_and_kept(  # type: ignore[no-untyped-def]
+    damage: str, demo_small, tmp_path: Path
+) -> None:
+    import pickle
+
+    import numpy as np
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.pt"
+    if damage in ("no model", "context"):
+        state = {"optimizer": {}, "epoch": 1, "history": [], "rng": {}}
+        if damage == "context":
+            state |= {"model": {}, "config": {"tile_context": "wide"}}
+        torch.save(state, ckpt)
+    else:
+        data = {"text": b"12 garbage", "empty": b"", "a list": pickle.dumps([1, 2])}
+        noise = np.random.default_rng(0).bytes(3000)
+        ckpt.write_bytes(data.get(damage, noise))
+    before = ckpt.read_bytes()
+    args = ["train", str(demo_small.root), "--out", str(run), "--epochs", "1"]
+    line = _refused([*args, "--model", "marscope-tiny", "--batch-size", "8"])
+    assert "checkpoint" in line and "last.pt" in line
+    assert ckpt.read_bytes() == before
 
 
 def test_train_to_a_path_that_cannot_be_made_fails_before_training(
