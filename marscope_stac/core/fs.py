@@ -25,6 +25,7 @@ from typing import Any
 
 from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import DataError, MarscopeError, OutputError
+from marscope_stac.core.owned import is_project_folder, mark_project_folder
 
 __all__ = [
     "atomic_output",
@@ -38,7 +39,6 @@ __all__ = [
     "clone_file",
     "copy_file",
     "folder_lock",
-    "is_project_folder",
     "json_text",
     "read_regular",
     "safe_resolve",
@@ -262,41 +262,6 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
-
-
-_PROJECT_FILES = ("catalog.json", "collection.json")
-_MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
-
-
-def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
-    """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
-
-    ``--overwrite`` replaces only such folders: a STAC root (``catalog.json`` or
-    ``collection.json``) or a STAC item file at its top, or an open_clip model folder.
-    A user's folder of other files is never one. ``kind`` narrows it to what a command
-    writes, ``model`` or ``catalog`` (not a model): a model never replaces a catalog.
-    """
-    root = Path(folder)
-    model = all((root / name).is_file() for name in _MODEL_FILES)
-    if kind == "model" or model:
-        return model and kind != "catalog"
-    try:
-        tops = sorted(p for p in root.iterdir() if p.suffix == ".json" and p.is_file())
-    except OSError:
-        return False
-    named = [root / n for n in _PROJECT_FILES if (root / n).is_file()]
-    return any(_is_stac_file(p) for p in (named or tops[:64]))
-
-
-def _is_stac_file(path: Path) -> bool:
-    try:
-        if path.stat().st_size > 16 << 20:
-            return False
-        with path.open("rb") as fh:
-            head = fh.read(1 << 16)
-    except OSError:
-        return False
-    return b'"stac_version"' in head and b'"type"' in head
 
 
 def source_folder(source: str | os.PathLike[str]) -> Path | None:
@@ -523,6 +488,8 @@ def staged_directory(
         if renamed is not exc:
             raise renamed from exc
         raise
+    if kind == "catalog":
+        mark_project_folder(stage, kind)  # what a later --overwrite may replace
     with _swap_lock(target):
         _replace(stage, target)
 

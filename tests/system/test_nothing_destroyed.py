@@ -22,9 +22,9 @@ from marscope_stac.core.fs import (
     atomic_write_bytes,
     check_output_file,
     copy_file,
-    is_project_folder,
     staged_directory,
 )
+from marscope_stac.core.owned import is_project_folder
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -106,7 +106,28 @@ def test_which_folders_the_project_recognises(
     ("files", "kind", "ours"),
     [
         ({"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}'}, "model", False),
-        ({"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}'}, "catalog", True),
+        ({"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}'}, "catalog", False),
+        (  # a catalog this project wrote: marked
+            {
+                "catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}',
+                ".marscope-stac": '{"written_by": "marscope-stac", "kind": "catalog"}',
+            },
+            "catalog",
+            True,
+        ),
+        (  # written before marks: its root names the project
+            {"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0", "id": "marscope-x"}'},
+            "catalog",
+            True,
+        ),
+        (
+            {
+                "catalog.json": '{"type": "Catalog", "stac_version": "1.1.0", "id": "marscope-x"}',
+                ".marscope-stac": '{"written_by": "marscope-stac", "kind": "model"}',
+            },
+            "catalog",
+            False,
+        ),
         ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "model", True),
         ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "catalog", False),
         (
@@ -127,6 +148,24 @@ def test_overwrite_replaces_only_what_the_command_writes(
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     assert is_project_folder(tmp_path, kind) is ours
+
+
+def test_a_hand_written_catalog_is_never_replaced(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    (mine / "items").mkdir(parents=True)
+    (mine / "catalog.json").write_text(
+        '{"type": "Catalog", "stac_version": "1.1.0", "id": "field-notes", "links": []}'
+    )
+    (mine / "items" / "a.json").write_text("years of work")
+    before = _tree(mine)
+    line = _refused(["demo-data", "--out", str(mine), "--size", "small", "--overwrite"])
+    assert "not a catalog folder this program wrote" in line
+    assert _tree(mine) == before
+    # a catalog this program wrote is marked, and replaced
+    done = CliRunner().invoke(cli, ["demo-data", "--out", str(tmp_path / "d"), "--size", "small"])
+    assert done.exit_code == 0 and (tmp_path / "d" / ".marscope-stac").is_file(), done.output
+    again = ["demo-data", "--out", str(tmp_path / "d"), "--size", "small", "--seed", "2"]
+    assert CliRunner().invoke(cli, [*again, "--overwrite"]).exit_code == 0
 
 
 @pytest.mark.parametrize("command", ["release-model", "average-models"])
