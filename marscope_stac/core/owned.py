@@ -19,6 +19,8 @@ PROJECT_MARK = ".marscope-stac"
 
 _PROJECT_FILES = ("catalog.json", "collection.json")
 _MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+_MODEL_ENTRIES = frozenset({*_MODEL_FILES, "model.json"})
+"""What a model folder this project writes holds (release-model, average-models)."""
 
 
 def mark_project_folder(folder: str | os.PathLike[str], kind: str) -> None:
@@ -40,16 +42,18 @@ def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
     """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
 
     ``--overwrite`` replaces only such folders. ``kind`` narrows it to what a command
-    writes: ``model`` (an open_clip model folder) or ``catalog`` (a STAC catalog that is
-    not a model: marked as this project's, or written before marks with a root that names
-    the project); without ``kind``, any STAC root (``catalog.json`` or
-    ``collection.json``), STAC item file at the top or model folder. A user's folder of
+    writes: ``model`` (an open_clip model folder holding nothing else) or ``catalog`` (a
+    STAC catalog that is not a model: marked as this project's, or written before marks
+    with a root that names the project); without ``kind``, any STAC root (``catalog.json``
+    or ``collection.json``), STAC item file at the top or model folder. A user's folder of
     other files is never one, and a model never replaces a catalog.
     """
     root = Path(folder)
     model = all((root / name).is_file() for name in _MODEL_FILES)
-    if kind == "model" or model:
-        return model and kind != "catalog"
+    if kind == "model":  # and nothing a user added (notes beside the weights are kept)
+        return model and all(p.name in _MODEL_ENTRIES for p in _visible(root))
+    if model:
+        return kind != "catalog"
     named = [root / n for n in _PROJECT_FILES if (root / n).is_file()]
     if kind == "catalog":
         marked = _marked_kind(root)
@@ -61,6 +65,14 @@ def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
     except OSError:
         return False
     return any(_is_stac_file(p) for p in (named or tops[:64]))
+
+
+def _visible(root: Path) -> list[Path]:
+    """The entries of a folder that are not hidden (an unreadable folder: none)."""
+    try:
+        return [p for p in root.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return []
 
 
 def _is_stac_file(path: Path, also: bytes = b"") -> bool:

@@ -129,6 +129,11 @@ def test_which_folders_the_project_recognises(
             False,
         ),
         ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "model", True),
+        (  # a released model a user added notes to: the notes are never deleted
+            {"open_clip_config.json": "{}", "open_clip_model.safetensors": "x", "NOTES.md": "x"},
+            "model",
+            False,
+        ),
         ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "catalog", False),
         (
             {
