@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,9 +326,6 @@ def _temp_path(target: Path, kind: str, suffix: str = "") -> Path:
 _STALE = re.compile(
     r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<kind>tmp|staging|old)(\.\w+)?$"
 )
-_LEGACY = re.compile(r"^\.(.+-(staging|old)-[a-z0-9_]{8}|.+\.[a-z0-9_]{8}\.tmp)$")
-LEGACY_AGE_S = 3600.0
-"""Temporary files of earlier versions (no process id in the name) are removed after this."""
 
 
 def temp_file(target: str | os.PathLike[str], suffix: str = "") -> Path:
@@ -371,8 +367,9 @@ def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = ""
     """Remove temporary files and folders that dead processes left in ``folder``.
 
     Only hidden names this module makes (``.<name>.<pid>.<hex>.tmp|staging|old``) whose
-    process is gone are removed, and those of earlier versions once older than
-    :data:`LEGACY_AGE_S`; ``depth`` > 0 also sweeps the sub-folders, that many levels down.
+    process is gone are removed (never a name without a process id: a user's hidden file
+    may look like one); ``depth`` > 0 also sweeps the sub-folders, that many levels down,
+    never following a symbolic link.
     With ``prefix``, only names that start with it are considered (a folder the user owns,
     such as the parent of an output, is swept only for that output's leftovers). Returns how
     many entries were removed.
@@ -385,25 +382,25 @@ def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = ""
         entries = list(root.iterdir())
     except OSError:
         return 0
-    now = time.time()
     for entry in entries:
         if prefix and not entry.name.startswith(prefix):
             continue
         m = _STALE.match(entry.name)
-        stale = m is not None and not _alive(int(m["pid"]))
-        if m is None and _LEGACY.match(entry.name):
-            with contextlib.suppress(OSError):
-                stale = now - entry.lstat().st_mtime > LEGACY_AGE_S
-        if stale:
+        if m is not None and not _alive(int(m["pid"])):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
             removed += 1
-        elif depth > 0 and entry.is_dir() and not entry.name.startswith("."):
+        elif depth > 0 and not entry.name.startswith(".") and _real_folder(entry):
             removed += sweep_stale(entry, depth - 1)
     return removed
+
+
+def _real_folder(path: Path) -> bool:
+    """A folder that is not reached through a symbolic link."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def _exchange(a: Path, b: Path) -> bool:

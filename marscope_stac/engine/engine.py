@@ -16,6 +16,7 @@ Each writes the same products and STAC item whichever way it is asked (see
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError, DataError
-from marscope_stac.core.fs import sweep_stale
+from marscope_stac.core.fs import read_regular, sweep_stale
 from marscope_stac.core.naming import same_model
 from marscope_stac.core.prompts import (
     BACKGROUND_PROMPTS,
@@ -295,7 +296,7 @@ class QueryEngine:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    im = Image.open(p)
+                    im = Image.open(io.BytesIO(read_regular(p)))  # a FIFO would block
                 with im:
                     w, h = im.size
                     if w * h > MAX_EXAMPLE_PIXELS:

@@ -476,8 +476,6 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
     if base_url is not None:
         check_base_url(base_url)
     folder = Path(root)
-    if folder.is_dir():
-        sweep_stale(folder, depth=8)  # what killed runs of this command left
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise CatalogError(f"{folder} {what}; give the folder of a STAC catalog to publish")
@@ -487,6 +485,7 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
             f"{folder} holds no readable STAC catalog.json or collection.json; give the "
             "folder of a STAC catalog to publish"
         )
+    sweep_stale(folder, depth=8)  # what killed runs of this command left
     lock = folder / ".marscope.lock"
     with contextlib.ExitStack() as stack:
         stack.enter_context(folder_lock(folder))  # two publishes of one catalog take turns

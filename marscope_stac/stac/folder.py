@@ -99,7 +99,11 @@ def _tif_item(tif: Path, item_id: str, folder: Path) -> tuple[dict[str, Any], Bo
     w, s, e, n = transform_bounds(
         src_crs, rasterio.crs.CRS.from_wkt(tif_body.crs.to_wkt()), *bounds, densify_pts=21
     )
-    ok, _, _ = cog_validate(str(tif), quiet=True)
+    try:
+        ok, _, _ = cog_validate(str(tif), quiet=True)
+        bands = cog_band_fields(tif)
+    except RasterioError as exc:  # a header that reads, pixels that do not (cut short)
+        raise DataError(f"{tif} is not a readable GeoTIFF: {str(exc)[:120]}") from exc
     props = {
         **ssys_fields(tif_body),
         **proj_fields(crs, transform, shape),
@@ -111,7 +115,7 @@ def _tif_item(tif: Path, item_id: str, folder: Path) -> tuple[dict[str, Any], Bo
         COG_MEDIA_TYPE if ok else GEOTIFF_MEDIA_TYPE,
         ["data"],
         tif.name,
-        bands=cog_band_fields(tif),
+        bands=bands,
     )
     extensions = [SSYS_V1, PROJ_V2, RASTER_V2, FILE_V2]
     return stac_item(item_id, props, extensions, [w, s, e, n], {"data": asset}), tif_body
@@ -135,6 +139,7 @@ def _find_tifs(root: Path, out: Path) -> list[Path]:
         p
         for p in root.rglob("*")
         if p.suffix.lower() in (".tif", ".tiff")
+        and p.is_file()  # a FIFO, device or broken link named .tif is not read (it could block)
         and out not in p.parents
         and not any(s.startswith(".") for s in p.relative_to(root).parts)
     )

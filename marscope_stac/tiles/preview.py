@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from marscope_stac.core.errors import ConfigError, OutputError, SkippedInputWarning, check_range
-from marscope_stac.core.fs import atomic_output, check_output_file
+from marscope_stac.core.fs import atomic_output, check_apart, check_output_file
 from marscope_stac.core.text import join_lines
 from marscope_stac.grid.grids import Grid
 from marscope_stac.stac.read import SourceSet, load_sources
@@ -111,7 +111,10 @@ def preview_tiles(
     if preview is not None and Path(preview).is_dir():
         raise OutputError(f"--preview {preview} is a folder; give a PNG file name")
     if preview is not None:
+        if Path(preview).suffix.lower() != ".png":
+            raise OutputError(f"--preview {preview} must end in .png; give a PNG file name")
         check_output_file(preview)  # a device, FIFO or socket is refused before any work
+        check_apart(preview, {f"the input catalog {source}": str(source)}, "--preview")
     sources = load_sources(
         source, collections=collections, bbox=bbox, datetime=datetime, asset=asset, cql2=cql2
     )

@@ -190,7 +190,7 @@ def _set_sources(item_path: Path) -> dict[str, tuple[Path, list[float]]]:
 def product_record(item_path: Path, products: Path) -> dict[str, Any]:
     """A query product for the page: its item, and the URLs of its files."""
     item = json.loads(item_path.read_text(encoding="utf-8"))
-    base = "products/" + item_path.parent.relative_to(products).as_posix()
+    base = "products/" + item_path.parent.absolute().relative_to(products.absolute()).as_posix()
     urls = {
         key: f"{base}/{asset['href'].removeprefix('./')}"
         for key, asset in item.get("assets", {}).items()

@@ -209,7 +209,7 @@ class _Routes:
             payload = json.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested beyond Python's stack
             return _error(400, "the request body is not a JSON object")
         async with self.turn:
             return await run_in_threadpool(_answer, self.state, payload)

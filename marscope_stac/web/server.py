@@ -122,12 +122,15 @@ class MapServer:
                 f"the web map files are not installed ({gone[0]}); run "
                 "'python -m marscope_stac.web' (it downloads them from the npm registry)"
             )
+        if not host.strip():  # "" would listen on every interface of the machine
+            raise ConfigError("--host is empty; give the address to listen on, e.g. 127.0.0.1")
         self.socket = _listen(host, port)
         self.host, self.port = host, int(self.socket.getsockname()[1])
+        folder = Path(products).absolute()  # paths it derives compare with the engine's
         self.state = ServerState(
-            Path(products),
+            folder,
             engine,
-            sources=source_items(Path(products), engine),
+            sources=source_items(folder, engine),
             hosts={host.lower()},
             port=self.port,
             client_timeout=client_timeout,

@@ -114,6 +114,12 @@ def test_examples_hybrid_refinement_and_composites(embedded) -> None:  # type: i
     assert np.all(and_not(a, b) <= a)
     nb = near(a, b, grid.centers(table.cell_index), 2.0, grid.body.radius_m)
     assert np.all(nb <= a + 1e-6)
+    # a query of example cells publishes them, at their centres (this had crashed on the ids)
+    product = engine.query(QuerySpec(cells=[cid], negative_cells=[neg]), threshold=0.5)
+    examples = json.loads((product.folder / "examples.geojson").read_text())
+    found = {f["properties"]["label"]: f["geometry"]["coordinates"] for f in examples["features"]}
+    want = grid.centers(table.cell_index[[5, 7]])
+    assert np.allclose([found["positive"], found["negative"]], want)
 
 
 def test_bad_queries(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -235,3 +241,17 @@ def test_a_cached_query_imports_no_heavy_library(embedded) -> None:  # type: ign
     )
     assert run.returncode == 0, run.stderr
     assert "HEAVY []" in run.stdout, run.stdout
+
+
+def test_a_query_asked_again_keeps_what_a_user_put_in_its_folder(embedded) -> None:  # type: ignore[no-untyped-def]
+    _out, _res, engine = embedded
+    spec = QuerySpec(text=["dunes"])
+    first = engine.query(spec, threshold=0.5)
+    (first.folder / "my-notes.txt").write_text("checked by hand")
+    (first.folder / "by-hand").mkdir()
+    (first.folder / "by-hand" / "a.csv").write_text("1,2")
+    again = engine.query(spec, threshold=0.5)
+    assert again.folder == first.folder
+    assert (again.folder / "my-notes.txt").read_text() == "checked by hand"
+    assert (again.folder / "by-hand" / "a.csv").read_text() == "1,2"
+    assert not [p for p in again.folder.parent.iterdir() if p.name.startswith(".")]

@@ -357,3 +357,20 @@ def test_unreachable_stac_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MARSCOPE_HTTP_BACKOFF", "0.01")
     with pytest.raises(CatalogError, match="cannot query the STAC API"):
         load_sources("http://127.0.0.1:9/")
+
+
+def test_catalog_build_skips_what_is_not_a_file_and_names_a_cut_short_one(tmp_path: Path) -> None:
+    import os
+
+    from marscope_stac.core.errors import DataError
+
+    folder = tmp_path / "ctx"
+    t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
+    write_geotiff(folder / "a.tif", pattern(256, 256, seed=1), "IAU_2015:49900", t, cog=False)
+    os.mkfifo(folder / "pipe.tif")  # read, it would block for ever
+    (folder / "loop.tif").symlink_to(folder / "loop.tif")
+    assert build_folder_catalog(folder).items == 1
+    data = (folder / "a.tif").read_bytes()
+    (folder / "b.tif").write_bytes(data[: len(data) - 20_000])  # the header reads, pixels not
+    with pytest.raises(DataError, match=r"b\.tif is not a readable GeoTIFF"):
+        build_folder_catalog(folder, overwrite=True)

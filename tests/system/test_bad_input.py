@@ -9,6 +9,7 @@ unchanged: no file added, removed or modified.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -67,6 +68,7 @@ def world(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-unty
     (junk / "bad.geojson").write_text('{"type": "FeatureCollection", "features": [')
     (junk / "nolonlat.csv").write_text("x,y\n1,2\n")
     (junk / "folder").mkdir()
+    os.mkfifo(junk / "fifo")  # opening it would wait for a writer for ever
     (junk / "file.txt").write_text("a file, not a folder")
     (junk / "empty").mkdir()
     (junk / "notiff").mkdir()
@@ -167,6 +169,18 @@ CASES: dict[str, dict[str, Case]] = {
             str(w.cat),
             "--preview",
             str(w.junk / "folder"),
+        ],
+        "preview inside the input catalog": lambda w: [
+            "tiles",
+            str(w.cat),
+            "--preview",
+            str(w.cat / "sheet.png"),
+        ],
+        "preview onto the input catalog's file": lambda w: [
+            "tiles",
+            str(w.cat),
+            "--preview",
+            str(w.cat / "catalog.json"),
         ],
         "unknown grid": lambda w: ["tiles", str(w.cat), "--grid", "hexagons:9"],
         "unknown collection": lambda w: ["tiles", str(w.cat), "--collection", "nope"],
@@ -375,6 +389,15 @@ CASES: dict[str, dict[str, Case]] = {
             "--template",
             "no braces",
         ],
+        "image that is a FIFO": lambda w: [
+            "query",
+            "--out",
+            str(w.out),
+            "--model",
+            w.model,
+            "--image",
+            str(w.junk / "fifo"),
+        ],
         "image that is not one": lambda w: [
             "query",
             "--out",
@@ -579,7 +602,7 @@ def test_stale_temporary_files_of_dead_processes_are_swept(tmp_path: Path) -> No
     import os
     import time
 
-    from marscope_stac.core.fs import LEGACY_AGE_S, sweep_stale
+    from marscope_stac.core.fs import sweep_stale
 
     dead = subprocess_pid_that_exited()
     (tmp_path / f".probability.tif.{dead}.0123abcd.tmp.tif").write_text("partial")
@@ -587,16 +610,25 @@ def test_stale_temporary_files_of_dead_processes_are_swept(tmp_path: Path) -> No
     (tmp_path / f".q-1.{dead}.89abcdef.staging" / "x").write_text("partial")
     mine = tmp_path / f".index.faiss.{os.getpid()}.00000000.tmp"  # a live process's file
     mine.write_text("in use")
-    legacy = tmp_path / ".index.faiss.k2j3_abc.tmp"  # an earlier version's name, old
-    legacy.write_text("old")
-    old_time = time.time() - LEGACY_AGE_S - 10
-    os.utime(legacy, (old_time, old_time))
-    young = tmp_path / ".embeddings.parquet.a1b2c3d4.tmp"  # earlier version's, still young
-    young.write_text("maybe in use")
+    # names without a process id are never removed: a user's hidden files may look like the
+    # temporaries of earlier versions (".thesis-old-20230101"), however old
+    theirs = [tmp_path / ".index.faiss.k2j3_abc.tmp", tmp_path / ".thesis-old-20230101"]
+    theirs[0].write_text("old")
+    theirs[1].mkdir()
+    old_time = time.time() - 2 * 86400
+    for p in theirs:
+        os.utime(p, (old_time, old_time))
     keep = tmp_path / "q-1"
     keep.mkdir()
-    assert sweep_stale(tmp_path) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, young.name, "q-1"])
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f".x.{dead}.0123abcd.tmp").write_text("not under the folder swept")
+    (keep / "link").symlink_to(elsewhere)  # a link is never followed
+    assert sweep_stale(tmp_path, depth=3) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [mine.name, *(p.name for p in theirs), "q-1"]
+    )
+    assert len(list(elsewhere.iterdir())) == 1
 
 
 def subprocess_pid_that_exited() -> int:

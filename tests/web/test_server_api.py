@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from marscope_stac.core.errors import ConfigError
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.models.loading import load_model
@@ -112,6 +113,7 @@ def test_every_error_and_method_is_answered_in_json(server: MapServer) -> None:
         return _json(_call(server, "api/query", method="POST", body=body, headers=JSON))
 
     assert post(b"x" * 70_000)[0] == 413
+    assert post(b"[" * 60_000)[0] == 400  # nested past Python's stack: still the client's fault
     status, body = post(b'{"texts": ["x"], "bogus": 1}')
     assert status == 400 and "unknown field 'bogus'" in body["error"]
     status, body = post(b'{"texts": ["x"], "threshold": 7}')
@@ -168,6 +170,24 @@ def test_stopping_frees_the_port(demo_small: Any, tmp_path: Path) -> None:
     srv.shutdown()
     again = MapServer(tmp_path, None, "127.0.0.1", port)  # the port is free again
     again.socket.close()
+    with pytest.raises(ConfigError, match="--host is empty"):  # not every interface
+        MapServer(tmp_path, None, " ", 0)
+
+
+def test_a_server_of_a_relative_folder_deletes_products(
+    server: MapServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(server.state.products, tmp_path / "products")
+    monkeypatch.chdir(tmp_path)
+    engine = QueryEngine.open("products", clip_model=server.state.engine.model)  # type: ignore[union-attr]
+    srv = MapServer("products", engine, "127.0.0.1", 0)
+    srv.start()
+    try:
+        product = _ask(srv, texts=["dunes"])
+        status, body = _json(_call(srv, f"api/products/{product['id']}", method="DELETE"))
+        assert status == 200, body
+    finally:
+        srv.shutdown()
 
 
 def _ask(server: MapServer, **query: Any) -> dict[str, Any]:
