@@ -328,9 +328,13 @@ def is_stac_file(path: Path) -> bool:
 
 
 def _boundary(root: Path) -> Path:
-    """The folder a catalog's files must stay in: the folder given, or a file's catalog root."""
+    """The folder a catalog's files must stay in: the folder given, or a file's catalog root.
+
+    A ``stac`` folder that ``catalog build`` wrote beside the GeoTIFFs it describes (in
+    place) has their folder as its boundary.
+    """
     if root.is_dir():
-        return root
+        return _in_place(root)
     try:
         d = json.loads(read_regular(root))
         href = next(lk["href"] for lk in d.get("links", []) if lk.get("rel") == "root")
@@ -346,7 +350,15 @@ def _boundary(root: Path) -> Path:
         kind = json.loads(read_regular(target)).get("type")
     except (OSError, ValueError, RecursionError, DataError, AttributeError):
         return root.parent
-    return target.parent if kind in ("Catalog", "Collection") else root.parent
+    return _in_place(target.parent) if kind in ("Catalog", "Collection") else root.parent
+
+
+def _in_place(folder: Path) -> Path:
+    """``folder``, or its parent when it is ``catalog build``'s ``FOLDER/stac``."""
+    parent = folder.parent
+    if folder.name == "stac" and not (parent / "catalog.json").exists():
+        return parent
+    return folder
 
 
 REMOTE_LIMIT = 20_000

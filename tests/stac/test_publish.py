@@ -235,10 +235,15 @@ def test_validate_checks_an_in_place_catalog_within_its_data_folder(tmp_path: Pa
     write_geotiff(folder / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", transform)
     build_folder_catalog(folder)  # folder/stac describes folder/a.tif in place
     runner = CliRunner()
-    outside = runner.invoke(cli, ["validate", str(folder / "stac")])
-    assert outside.exit_code == 2 and "leaves the catalog's folder" in outside.stdout
-    inside = runner.invoke(cli, ["validate", str(folder / "stac"), "--within", str(folder)])
+    # catalog build's own layout: FOLDER/stac is checked within FOLDER
+    inside = runner.invoke(cli, ["validate", str(folder / "stac")])
     assert inside.exit_code == 0, inside.output
+    given = runner.invoke(cli, ["validate", str(folder / "stac"), "--within", str(folder)])
+    assert given.exit_code == 0, given.output
+    narrow = runner.invoke(
+        cli, ["validate", str(folder / "stac"), "--within", str(folder / "stac")]
+    )
+    assert narrow.exit_code == 2 and "leaves the catalog's folder" in narrow.stdout
     # one item alone is checked against its catalog (found through its root link)
     item = next((folder / "stac").rglob("a.json"))
     assert validate_catalog(item, within=folder).objects == 1

@@ -370,6 +370,10 @@ def test_catalog_build_skips_what_is_not_a_file_and_names_a_cut_short_one(tmp_pa
     os.mkfifo(folder / "pipe.tif")  # read, it would block for ever
     (folder / "loop.tif").symlink_to(folder / "loop.tif")
     assert build_folder_catalog(folder).items == 1
+    from marscope_stac import validate_catalog
+
+    report = validate_catalog(folder / "stac")  # its assets lie beside it, in ctx/: valid
+    assert not report.problems and report.assets == 1
     data = (folder / "a.tif").read_bytes()
     (folder / "b.tif").write_bytes(data[: len(data) - 20_000])  # the header reads, pixels not
     with pytest.raises(DataError, match=r"b\.tif is not a readable GeoTIFF"):
