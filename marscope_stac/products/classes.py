@@ -75,6 +75,7 @@ def write_class_product(
     label = prob.argmax(axis=1).astype(np.float32)
     qid = class_id(es, names, templates)
     folder = Path(out) / "queries" / qid
+    catalog.existing_collection(folder.parent / "collection.json")  # damaged: refused first
     class_map = layout.raster(label)
     stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
     cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)

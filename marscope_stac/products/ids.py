@@ -69,7 +69,7 @@ def query_id(
         "refine": [spec.refine_positive, spec.refine_negative],
         "threshold": threshold,
         "scoring": scoring,
-        "products": sorted(products),
+        "products": sorted(set(products)),  # a product named twice is written once
         "set": set_fingerprint(es),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

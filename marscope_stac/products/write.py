@@ -376,6 +376,7 @@ def write_query_product(
     catalog = OutputCatalog(out)
     clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
+    catalog.existing_collection(folder.parent / "collection.json")  # damaged: refused first
     grid, layout = where.grid, where.layout
     values = layout.raster(result.probability)
     clock.lap("raster")

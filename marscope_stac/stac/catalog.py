@@ -15,8 +15,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from marscope_stac.core.errors import CatalogError, ConfigError, OutputError
-from marscope_stac.core.fs import atomic_write_json, atomic_write_text, folder_lock, sweep_stale
+from marscope_stac.core.errors import CatalogError, ConfigError, DataError, OutputError
+from marscope_stac.core.fs import (
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    read_regular,
+    sweep_stale,
+)
 from marscope_stac.stac.build import (
     JSON_MEDIA_TYPE,
     STAC_ITEM_MEDIA_TYPE,
@@ -128,6 +134,36 @@ class OutputCatalog:
     def _read(self, path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text(encoding="utf-8")))
 
+    def existing_collection(self, path: Path) -> dict[str, Any] | None:
+        """The collection at ``path`` as written before, or None when there is none yet.
+
+        Checked before a product is written beside it: a damaged one is refused rather than
+        rewritten (its links to the products already there would be lost).
+
+        Raises:
+            OutputError: if it is not a readable collection with a list of links.
+        """
+        if not path.is_file():
+            return None
+        why = ""
+        try:
+            d = json.loads(read_regular(path))
+        except (OSError, ValueError, RecursionError, DataError) as exc:
+            d, why = None, f"not readable JSON ({str(exc).splitlines()[0][:80]})"
+        links = d.get("links") if isinstance(d, dict) else None
+        if not why and (not isinstance(d, dict) or d.get("type") != "Collection"):
+            why = "not a STAC Collection"
+        elif not why and not (
+            isinstance(links, list) and all(isinstance(lk, dict) and "href" in lk for lk in links)
+        ):
+            why = "its links are not a list of links"
+        if why:
+            raise OutputError(
+                f"{path} is damaged: {why}; restore it (its item links) or remove the products "
+                "folder's queries to start again"
+            )
+        return dict(d)
+
     def base_url(self) -> str | None:
         """Where the catalog is published, or None: recorded by ``marscope catalog publish``.
 
@@ -201,8 +237,8 @@ class OutputCatalog:
             _grow(cat, collection)
             cdir, idir = collection_path.parent, item_path.parent
             items = []
-            if collection_path.is_file():
-                old = self._read(collection_path)
+            old = self.existing_collection(collection_path)
+            if old is not None:
                 items = [lk for lk in old.get("links", []) if lk.get("rel") == "item"]
                 _union_extent(collection, old)  # read under the lock: concurrent adds grow it
                 _merge_descriptions(collection, old)

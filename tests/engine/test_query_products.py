@@ -255,3 +255,25 @@ def test_a_query_asked_again_keeps_what_a_user_put_in_its_folder(embedded) -> No
     assert (again.folder / "my-notes.txt").read_text() == "checked by hand"
     assert (again.folder / "by-hand" / "a.csv").read_text() == "1,2"
     assert not [p for p in again.folder.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "damage", ["{ not json", '{"type": "Collection"}', '{"type": "Collection", "links": "x"}']
+)
+def test_a_damaged_queries_collection_is_refused_before_any_product(  # type: ignore[no-untyped-def]
+    embedded, damage: str
+) -> None:
+    from marscope_stac.core.errors import OutputError
+
+    out, _res, engine = embedded
+    coll = out / "queries" / "collection.json"
+    before = coll.read_bytes()
+    folders = sorted(p.name for p in coll.parent.iterdir())
+    coll.write_text(damage)
+    try:
+        with pytest.raises(OutputError, match="is damaged"):
+            engine.query(QuerySpec(text=["a landform never asked for"]), threshold=0.5)
+        assert sorted(p.name for p in coll.parent.iterdir()) == folders  # nothing written
+        assert coll.read_text() == damage
+    finally:
+        coll.write_bytes(before)

@@ -118,6 +118,9 @@ def test_a_set_embedded_again_gives_other_ids(engine: QueryEngine) -> None:
         engine.set.write_manifest(manifest)
     assert a != b and a == query_id(CRATERS, engine.set, 0.5, "exact")
     assert a != query_id(replace(CRATERS, refine_positive=0.8), engine.set, 0.5, "exact")
+    # the same files asked for twice over are the same product
+    once = query_id(CRATERS, engine.set, 0.5, "exact", ["tiles"])
+    assert once == query_id(CRATERS, engine.set, 0.5, "exact", ["tiles", "tiles"])
 
 
 def test_a_tampered_text_vector_is_reported_and_never_used(engine: QueryEngine) -> None:

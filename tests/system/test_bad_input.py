@@ -59,6 +59,10 @@ def world(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-unty
     shutil.copytree(out, broken)
     (manifest,) = broken.glob("embeddings/*/manifest.json")
     manifest.write_text("{ not json")
+    nulls = root / "null-products"  # a products folder whose set manifest says null for a field
+    shutil.copytree(out, nulls)
+    (manifest,) = nulls.glob("embeddings/*/manifest.json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "scoring": None}))
     tifs = root / "tifs"
     t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
     write_geotiff(tifs / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", t)
@@ -429,6 +433,14 @@ CASES: dict[str, dict[str, Case]] = {
             "x",
             "--out",
             str(w.root / "broken-products"),
+            "--model",
+            w.model,
+        ],
+        "manifest with a null field": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.root / "null-products"),
             "--model",
             w.model,
         ],
