@@ -356,7 +356,7 @@ class QueryEngine:
                 self.temperature,  # its text prior: text x the model's temperature
             )
         q = self.vector(spec)
-        return score(
+        result = score(
             self.arrays,
             q,
             self.logit_scale,
@@ -365,6 +365,13 @@ class QueryEngine:
             threshold,
             scanner=self.cluster,
         )
+        bad = int(np.count_nonzero(~np.isfinite(result.scores)))
+        if bad:  # vectors overwritten (NaN) where the size still matches
+            raise DataError(
+                f"{bad:,} cells of the set {self.set.root} score NaN: its vectors are damaged; "
+                "delete its folder and embed again"
+            )
+        return result
 
     def query(
         self,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -63,6 +64,11 @@ def world(demo_small, tiny_model_dir, tmp_path_factory):  # type: ignore[no-unty
     shutil.copytree(out, nulls)
     (manifest,) = nulls.glob("embeddings/*/manifest.json")
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "scoring": None}))
+    nans = root / "nan-products"  # vectors overwritten with NaN, the file's size unchanged
+    shutil.copytree(out, nans)
+    (vectors,) = nans.glob("embeddings/*/vectors.npy")
+    data = np.load(vectors)
+    np.save(vectors, np.full_like(data, np.nan))
     tifs = root / "tifs"
     t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
     write_geotiff(tifs / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", t)
@@ -435,6 +441,16 @@ CASES: dict[str, dict[str, Case]] = {
             str(w.root / "broken-products"),
             "--model",
             w.model,
+        ],
+        "vectors of NaN": lambda w: [
+            "query",
+            "x",
+            "--out",
+            str(w.root / "nan-products"),
+            "--model",
+            w.model,
+            "--scoring",
+            "exact",
         ],
         "manifest with a null field": lambda w: [
             "query",
