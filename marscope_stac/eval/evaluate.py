@@ -503,7 +503,7 @@ def _write_report(
     """The evaluation's JSON table and PR-curve PNG beside the product."""
     from marscope_stac.core.fs import atomic_write_json
 
-    tag = re.sub(r"[^a-z0-9]+", "-", f"{ev.landform or Path(ev.truth).stem}-{ev.split or 'all'}")
+    tag = _report_tag(ev, rank_by)
     ev.report_path = folder / f"evaluation-{tag}.json"
     ev.curve_path = folder / f"evaluation-{tag}.png"
     record = {
@@ -523,6 +523,25 @@ def _write_report(
     atomic_write_json(ev.report_path, record)
     precision, recall = curve
     _plot_pr(precision, recall, ev.curve_path, f"{folder.name} vs {ev.landform or ev.truth}")
+
+
+def _report_tag(ev: ProductEvaluation, rank_by: str) -> str:
+    """A report's name: what it was measured against, and a digest of every setting.
+
+    Two evaluations of one product against other truth files (of one name), landforms,
+    splits, thresholds, radii or rankings never share a name; the same one asked again
+    replaces its report.
+    """
+    import hashlib
+    import json
+
+    words = f"{ev.landform or Path(ev.truth).stem}-{ev.split or 'all'}".lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", words).strip("-")[:40] or "truth"
+    truth = str(ev.truth) if "://" in str(ev.truth) else str(Path(ev.truth).resolve())
+    radius = [getattr(r, "radius_deg", None) for r in (ev.points, ev.outlines) if r]
+    key = [truth, ev.landform, ev.split, rank_by, ev.threshold, radius]
+    digest = hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
 
 
 def _plot_pr(

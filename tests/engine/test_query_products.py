@@ -277,3 +277,25 @@ def test_a_damaged_queries_collection_is_refused_before_any_product(  # type: ig
         assert coll.read_text() == damage
     finally:
         coll.write_bytes(before)
+
+
+def test_evaluations_with_other_settings_keep_their_own_reports(  # type: ignore[no-untyped-def]
+    embedded, demo_small, tmp_path: Path
+) -> None:
+    from marscope_stac.eval.evaluate import evaluate_product
+
+    _out, _res, engine = embedded
+    product = engine.query(QuerySpec(text=["impact craters"]), threshold=0.5).folder
+    for name in ("a", "b"):  # two truth files of one name in two folders
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Truth!.csv").write_text("lon,lat\n10.05,0.05\n")
+    reports = {
+        evaluate_product(product, tmp_path / "a" / "Truth!.csv").report_path,
+        evaluate_product(product, tmp_path / "b" / "Truth!.csv").report_path,
+        evaluate_product(product, tmp_path / "a" / "Truth!.csv", threshold=0.2).report_path,
+        evaluate_product(product, tmp_path / "a" / "Truth!.csv", rank_by="score").report_path,
+    }
+    assert len(reports) == 4 and all(p is not None and p.is_file() for p in reports)
+    assert all(p.name.startswith("evaluation-truth-all-") for p in reports if p)  # lower case
+    again = evaluate_product(product, tmp_path / "a" / "Truth!.csv").report_path
+    assert again in reports  # the same evaluation asked again replaces its report
