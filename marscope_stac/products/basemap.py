@@ -9,7 +9,9 @@ STAC item of the ``basemaps`` collection of the products catalog. No data is tra
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from rasterio.crs import CRS as RioCRS
 from rasterio.errors import RasterioError
 from rasterio.warp import Resampling, reproject
 
-from marscope_stac.core.errors import DataError, check_range
+from marscope_stac.core.errors import ConfigError, DataError, OutputError, check_range
 from marscope_stac.core.fs import check_apart, source_folder, staged_directory
 from marscope_stac.core.text import join_lines
 from marscope_stac.products.render import raster_zoom_range, tile_metadata, write_raster_pmtiles
@@ -127,8 +129,13 @@ def build_basemap(
     catalog = OutputCatalog(out)
     sources = load_sources(source)
     label = name or Path(str(source).rstrip("/")).resolve().name or "imagery"
-    bid = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.") or "imagery"
+    bid = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.")
+    if name is not None and not bid:
+        raise ConfigError(f"--name {name!r} has no letter or digit to name a basemap by")
+    bid = bid or "imagery"
     folder = Path(out) / "basemaps" / bid
+    shown = _source_of(source, folder)
+    _check_same_source(folder / f"{bid}.json", shown, name)
     image, transform = _mosaic(sources, max_pixels)
     # from zoom 0: a map zoomed out to the whole planet still shows the imagery (its tiles
     # below the mosaic's own zooms are few: the extent covers one or two tiles there)
@@ -145,7 +152,7 @@ def build_basemap(
         transform.c + transform.a * cols,
         transform.f,
     ]
-    item_path = _publish(catalog, folder, label, sources, transform, zoom, bbox)
+    item_path = _publish(catalog, folder, label, sources, transform, zoom, bbox, shown)
     return Basemap(folder / "imagery.pmtiles", item_path, (rows, cols), zoom, tiles)
 
 
@@ -157,6 +164,7 @@ def _publish(
     transform: Affine,
     zoom: tuple[int, int],
     bbox: list[float],
+    shown: str,
 ) -> Path:
     """Add the basemap's STAC item (and the ``basemaps`` collection) to the catalog."""
     bid = folder.name
@@ -170,6 +178,7 @@ def _publish(
             f"{transform.a:.6g} degrees per pixel, stretched to 8 bits, tiled as PNG."
         ),
         "marscope:zoom": list(zoom),
+        "marscope:source": shown,
     }
     asset = file_asset(
         folder / "imagery.pmtiles",
@@ -197,3 +206,27 @@ def _publish(
         ssys_fields(sources.body),
     )
     return catalog.add(folder.parent / "collection.json", coll, folder / f"{bid}.json", item)
+
+
+def _source_of(source: str | Path, folder: Path) -> str:
+    """What a basemap shows, as its item records it: a URL, or the path from ``folder``."""
+    text = str(source)
+    return text if "://" in text else os.path.relpath(Path(text).resolve(), folder.resolve())
+
+
+def _check_same_source(item_path: Path, shown: str, name: str | None) -> None:
+    """Refuse to replace a basemap of another source that has the same name.
+
+    Raises:
+        OutputError: naming both sources and the fix.
+    """
+    try:
+        before = json.loads(item_path.read_text(encoding="utf-8"))["properties"]["marscope:source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none yet, or one written before sources were recorded (replaced)
+    if before != shown:
+        how = "another --name" if name is not None else "--name"
+        raise OutputError(
+            f"basemap {item_path.parent.name} already shows {before}; give {how} to keep both "
+            f"(it would replace it with {shown})"
+        )

@@ -302,6 +302,29 @@ def test_basemap_out_inside_its_catalog_is_refused(demo_small, tmp_path: Path) -
     assert _tree(cat) == before
 
 
+def test_a_basemap_of_another_source_of_one_name_is_not_replaced(  # type: ignore[no-untyped-def]
+    demo_small, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a" / "demo", tmp_path / "b" / "demo"
+    shutil.copytree(demo_small.root, first)
+    shutil.copytree(demo_small.root, second)
+    products = tmp_path / "products"
+    run = CliRunner()
+    assert run.invoke(cli, ["basemap", str(first), "--out", str(products)]).exit_code == 0
+    item = products / "basemaps" / "demo" / "demo.json"
+    before = item.read_bytes()
+    line = _refused(["basemap", str(second), "--out", str(products)])
+    assert "already shows" in line and "--name" in line
+    assert item.read_bytes() == before
+    again = run.invoke(cli, ["basemap", str(first), "--out", str(products)])  # a refresh
+    assert again.exit_code == 0, again.output
+    other = run.invoke(cli, ["basemap", str(second), "--out", str(products), "--name", "b"])
+    assert other.exit_code == 0 and (products / "basemaps" / "b" / "b.json").is_file()
+    assert "no letter or digit" in _refused(
+        ["basemap", str(second), "--out", str(products), "--name", "---"]
+    )
+
+
 def test_static_site_inside_the_products_is_refused(tmp_path: Path) -> None:
     products = tmp_path / "products"
     products.mkdir()
