@@ -485,7 +485,7 @@ def staged_directory(
         if renamed is not exc:
             raise renamed from exc
         raise
-    if kind == "catalog":
+    if kind in ("catalog", "site"):
         mark_project_folder(stage, kind)  # what a later --overwrite may replace
     with _swap_lock(target):
         _replace(stage, target)
@@ -533,7 +533,7 @@ def check_output_folder(
         if not owned and not is_project_folder(target, kind):
             raise OutputError(
                 f"{target} is not a {kind or 'catalog or model'} folder this program wrote, so "
-                "--overwrite will not replace it; choose another path (or remove it yourself)"
+                "it is not replaced; choose another path (or remove it yourself)"
             )
     _check_parent_writable(target)
     return target

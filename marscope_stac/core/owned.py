@@ -42,11 +42,12 @@ def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
     """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
 
     ``--overwrite`` replaces only such folders. ``kind`` narrows it to what a command
-    writes: ``model`` (an open_clip model folder holding nothing else) or ``catalog`` (a
-    STAC catalog that is not a model: marked as this project's, or written before marks
-    with a root that names the project); without ``kind``, any STAC root (``catalog.json``
-    or ``collection.json``), STAC item file at the top or model folder. A user's folder of
-    other files is never one, and a model never replaces a catalog.
+    writes: ``model`` (an open_clip model folder holding nothing else), ``site`` (a static
+    web map marked as this project's) or ``catalog`` (a STAC catalog that is not a model:
+    marked as this project's, or written before marks with a root that names the
+    project); without ``kind``, any STAC root (``catalog.json`` or ``collection.json``),
+    STAC item file at the top or model folder. A user's folder of other files is never
+    one, and a model never replaces a catalog.
     """
     root = Path(folder)
     model = all((root / name).is_file() for name in _MODEL_FILES)
@@ -54,6 +55,8 @@ def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
         return model and all(p.name in _MODEL_ENTRIES for p in _visible(root))
     if model:
         return kind != "catalog"
+    if kind == "site":  # a static web map site: only one marked as such
+        return _marked_kind(root) == "site"
     named = [root / n for n in _PROJECT_FILES if (root / n).is_file()]
     if kind == "catalog":
         marked = _marked_kind(root)

@@ -27,7 +27,8 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
 
     Raises:
         ConfigError: if the web map files are not installed.
-        OutputError: if ``out`` exists and is not empty.
+        OutputError: if ``out`` exists, is not empty and is not a site this program wrote
+            (an earlier site is replaced).
     """
     from marscope_stac.core.fs import check_apart, staged_directory
 
@@ -44,7 +45,7 @@ def write_static_site(products: str | Path, out: str | Path) -> Path:
             "'marscope query' wrote (e.g. products)"
         )
     check_apart(out, {f"the products folder {products}": src}, "--static")
-    with staged_directory(out) as stage:
+    with staged_directory(out, overwrite=True, kind="site") as stage:  # an earlier site only
         web = web_dir()
         for name in ("index.html", "app.js", "app.css"):
             shutil.copy2(web / name, stage / name)

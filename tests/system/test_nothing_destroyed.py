@@ -325,6 +325,23 @@ def test_a_basemap_of_another_source_of_one_name_is_not_replaced(  # type: ignor
     )
 
 
+def test_a_static_site_replaces_only_a_site(tmp_path: Path) -> None:
+    products = tmp_path / "products"
+    products.mkdir()
+    (products / "catalog.json").write_text('{"type": "Catalog", "stac_version": "1.1.0"}')
+    site = tmp_path / "site"
+    args = ["serve", str(products), "--static", str(site)]
+    for _ in range(2):  # made again: the earlier site is replaced
+        done = CliRunner().invoke(cli, args)
+        assert done.exit_code == 0 and (site / "index.html").is_file(), done.output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("my own page")
+    line = _refused(["serve", str(products), "--static", str(mine)])
+    assert "not a site folder this program wrote" in line and "--overwrite" not in line
+    assert (mine / "index.html").read_text() == "my own page"
+
+
 def test_static_site_inside_the_products_is_refused(tmp_path: Path) -> None:
     products = tmp_path / "products"
     products.mkdir()
