@@ -269,7 +269,7 @@ def source_folder(source: str | os.PathLike[str]) -> Path | None:
     None for URLs and paths that do not exist.
     """
     text = str(source)
-    if "://" in text or not Path(text).exists():
+    if not text.strip() or "://" in text or not Path(text).exists():
         return None
     folder = safe_resolve(text)
     folder = folder.parent if folder.is_file() else folder
@@ -294,8 +294,8 @@ def check_apart(
     target = safe_resolve(out)
     for what, src in inputs.items():
         text = str(src)
-        if "://" in text or not Path(text).exists():
-            continue
+        if not text.strip() or "://" in text or not Path(text).exists():
+            continue  # an empty path (not the current folder) is the reader's to refuse
         folder = safe_resolve(text)
         folder = folder.parent if folder.is_file() else folder
         if target == folder or folder in target.parents or target in folder.parents:

@@ -309,7 +309,8 @@ def _load_truth(
         xy = np.column_stack([pts.geometry.x, pts.geometry.y])
         return xy, list(outl.geometry), area
     if not path.is_file():
-        raise CatalogError(f"ground truth {truth} does not exist")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise CatalogError(f"ground truth {truth} {what}; give a catalog or a table file")
     if path.suffix.lower() == ".csv":
         return _csv_truth(path, landform), None, None
     gdf = _read_table(path)

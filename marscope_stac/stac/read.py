@@ -368,6 +368,8 @@ def _open_items(
     """
     if not isinstance(source, str | Path):
         return "items", source
+    if not str(source).strip():  # Path("") is the current folder
+        raise CatalogError("the STAC source is empty; give a catalog, collection, item or URL")
     if isinstance(source, str) and _is_api(source):
         return source, _items_from_api(source, collections, bbox, datetime, max_items, cql2)
     if cql2 is not None:

@@ -533,6 +533,8 @@ def validate_catalog(
     root = Path(path)
     _check_root(root)
     report = ValidationReport(root=root)
+    if within is not None and not Path(within).is_dir():
+        raise CatalogError(f"--within {within} is not a folder; give the folder files stay in")
     boundary = Path(within) if within is not None else _boundary(root)
     checker = _Checker(report, boundary, checksums)
     for json_path in _iter_json(root):

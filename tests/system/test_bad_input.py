@@ -150,6 +150,12 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "validate": {
         "missing path": lambda w: ["validate", str(w.root / "nope")],
+        "within a folder that is not there": lambda w: [
+            "validate",
+            str(w.cat),
+            "--within",
+            str(w.root / "nope"),
+        ],
         "not JSON": lambda w: ["validate", str(w.junk / "picture.png")],
         "no STAC inside": lambda w: ["validate", str(w.junk / "notiff")],
         "garbage JSON": lambda w: ["validate", str(w.junk / "bad.geojson")],
@@ -159,6 +165,7 @@ CASES: dict[str, dict[str, Case]] = {
         "seed not a number": lambda w: ["demo", "--seed", "x"],
     },
     "tiles": {
+        "empty source": lambda w: ["tiles", ""],
         "bbox of 3 numbers": lambda w: ["tiles", str(w.cat), "--bbox", "1,2,3"],
         "bbox latitude past the pole": lambda w: ["tiles", str(w.cat), "--bbox", "1,95,3,96"],
         "bbox south above north": lambda w: ["tiles", str(w.cat), "--bbox", "10,5,20,-5"],
@@ -463,6 +470,12 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "evaluate": {
         "missing truth": lambda w: ["evaluate", str(w.product), "--truth", str(w.root / "nope")],
+        "truth that is a FIFO": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.junk / "fifo"),
+        ],
         # found by `make fuzz`: a products catalog (a Collection root) was "a bug"
         "truth is the products catalog": lambda w: [
             "evaluate",
