@@ -32,6 +32,10 @@ MAX_EXAMPLE_PIXELS = 64_000_000
 """Largest example image (pixels) a query reads; examples are tile-sized crops."""
 
 
+DEFAULT_WITHIN_KM = 5.0
+"""The distance of a ``near`` composite unless the request gives one."""
+
+
 @dataclass(kw_only=True)
 class QueryRequest:
     """One question to the engine, as the command line and the web map ask it.
@@ -54,7 +58,7 @@ class QueryRequest:
     classify: bool = False
     and_not: str | None = None
     near: str | None = None
-    within_km: float = 5.0
+    within_km: float = DEFAULT_WITHIN_KM
     products: tuple[str, ...] = OPTIONAL_PRODUCTS
 
     def check(self) -> None:
@@ -68,6 +72,10 @@ class QueryRequest:
         """
         check_range("threshold", self.threshold, 0.0, 1.0)
         composite = self.and_not is not None or self.near is not None
+        if self.near is None and self.within_km != DEFAULT_WITHIN_KM:  # else silently unused
+            raise ConfigError(
+                "within_km is the distance of near; give near with it", fields=("within_km", "near")
+            )
         if composite:
             self._check_composite()
         if composite or self.classify:
@@ -166,6 +174,9 @@ class QueryRequest:
                 "a composite takes one query text and one of and_not / near",
                 fields=("and_not", "near"),
             )
-        check_phrases([str(self.and_not if self.and_not is not None else self.near)])
+        field = "and_not" if self.and_not is not None else "near"
+        if not str(getattr(self, field)).strip():
+            raise ConfigError(f"{field} is empty; give the text of the composite", fields=(field,))
+        check_phrases([str(getattr(self, field))])
         if self.near is not None:
             check_range("within_km", self.within_km, 0.0, 20_000.0, above=True)

@@ -473,6 +473,11 @@ def _open_product(
     folder = Path(product)
     folder = folder.parent if folder.suffix == ".json" else folder
     item_path = folder / f"{folder.name}.json"
+    if item_path.is_file() and not (folder / "scores.parquet").is_file():
+        raise CatalogError(
+            f"{product} was made without its scores table; ask the query again with "
+            "--products all (or a list with scores) to evaluate it"
+        )
     if not (folder / "scores.parquet").is_file() or not item_path.is_file():
         raise CatalogError(f"{product} is not a query product (no scores.parquet / item)")
     props = json.loads(item_path.read_text())["properties"]

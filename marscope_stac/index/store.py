@@ -48,6 +48,7 @@ from marscope_stac.core.fs import (
 )
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import ROW_GROUP_ROWS
+from marscope_stac.index.manifest import check_manifest_fields
 from marscope_stac.index.table import (
     EmbeddingTable,
     _arrow_rows,
@@ -251,25 +252,6 @@ class ScoringArrays:
         return np.where(found, pos, -1).astype(np.int64)
 
 
-_MANIFEST_FIELDS: dict[str, type] = {
-    "model": dict,
-    "grid": str,
-    "tile_px": int,
-    "preprocessing": dict,
-    "shard_cells": int,
-    "shards": dict,
-    "plans": dict,
-    "failed_cells": dict,
-    "sources": list,
-    "complete": bool,
-    "embeddings": dict,
-    "index": dict,
-    "scoring": dict,
-}
-"""The type of each field of a set's ``manifest.json``."""
-_JSON_NAMES = {dict: "object", str: "string", int: "integer", list: "array", bool: "boolean"}
-
-
 @dataclass
 class EmbeddingSet:
     """An embedding set on disk (see the module docstring for its files)."""
@@ -311,14 +293,7 @@ class EmbeddingSet:
             ) from exc
         if not isinstance(d, dict):
             raise DataError(f"{self.manifest_path} is not a manifest; embed again")
-        for key, kind in _MANIFEST_FIELDS.items():  # a field there must be of its type
-            value = d.get(key)
-            boolean = kind is int and isinstance(value, bool)  # JSON true is no count
-            if key in d and (not isinstance(value, kind) or boolean):
-                raise DataError(
-                    f"{self.manifest_path}: {key!r} is {json.dumps(d[key])[:40]}, not a JSON "
-                    f"{_JSON_NAMES[kind]}; the set is damaged: delete its folder and embed again"
-                )
+        check_manifest_fields(d, self.manifest_path)
         return d
 
     def published_item(self) -> str | None:

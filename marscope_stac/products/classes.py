@@ -71,12 +71,11 @@ def write_class_product(
 
     ``prob`` holds one column per class, background first, rows in the set's order.
     """
-    catalog = OutputCatalog(out)
-    label = prob.argmax(axis=1).astype(np.float32)
-    qid = class_id(es, names, templates)
+    catalog, qid = OutputCatalog(out), class_id(es, names, templates)
     folder = Path(out) / "queries" / qid
-    catalog.existing_collection(folder.parent / "collection.json")  # damaged: refused first
-    class_map = layout.raster(label)
+    catalog.existing_collection(folder.parent / "collection.json")  # refused before any work
+    label = prob.argmax(axis=1)
+    class_map = layout.raster(label.astype(np.float32))
     stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
     cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)
     all_names = ["background", *names]

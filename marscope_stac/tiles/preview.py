@@ -84,6 +84,21 @@ class TilePreview:
         )
 
 
+def _check_preview(preview: str | Path, source: str | Path) -> None:
+    """Refuse, before any work, a contact sheet path that is not a new or old PNG file.
+
+    Raises:
+        OutputError: for a folder, another suffix, a device, FIFO or socket, or a path in
+            the input catalog.
+    """
+    if Path(preview).is_dir():
+        raise OutputError(f"--preview {preview} is a folder; give a PNG file name")
+    check_output_file(preview)  # a device, FIFO or socket is refused before any work
+    if Path(preview).suffix.lower() != ".png":
+        raise OutputError(f"--preview {preview} must end in .png; give a PNG file name")
+    check_apart(preview, {f"the input catalog {source}": str(source)}, "--preview")
+
+
 def preview_tiles(
     source: str | Path,
     *,
@@ -108,13 +123,8 @@ def preview_tiles(
 
     check_range("tile_px", tile_px, 8, 4096, integer=True)
     check_range("max_tiles", max_tiles, 1, 10_000, integer=True)
-    if preview is not None and Path(preview).is_dir():
-        raise OutputError(f"--preview {preview} is a folder; give a PNG file name")
     if preview is not None:
-        if Path(preview).suffix.lower() != ".png":
-            raise OutputError(f"--preview {preview} must end in .png; give a PNG file name")
-        check_output_file(preview)  # a device, FIFO or socket is refused before any work
-        check_apart(preview, {f"the input catalog {source}": str(source)}, "--preview")
+        _check_preview(preview, source)
     sources = load_sources(
         source, collections=collections, bbox=bbox, datetime=datetime, asset=asset, cql2=cql2
     )

@@ -6,6 +6,7 @@ Products, sources, the page's config and the JSON API's request, checked; used b
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import mimetypes
@@ -18,7 +19,7 @@ from typing import Any
 from marscope_stac.core.bodies import get_body
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.engine.engine import QueryEngine
-from marscope_stac.engine.request import QueryRequest
+from marscope_stac.engine.request import DEFAULT_WITHIN_KM, QueryRequest
 from marscope_stac.query.scoring import QuerySpec
 
 __all__ = [
@@ -264,14 +265,8 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
     Raises:
         ConfigError: for fields of the wrong type.
     """
-
-    def pairs(key: str) -> list[tuple[float, float]]:
-        value = payload.get(key) or []
-        try:
-            return [(float(p[0]), float(p[1])) for p in value]
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ConfigError(f"{key} must be a list of [lon, lat] pairs") from exc
-
+    pairs = functools.partial(_pairs, payload)
+    number = functools.partial(_number, payload)
     unknown = sorted(set(payload) - API_FIELDS)
     if unknown:
         raise ConfigError(
@@ -282,11 +277,7 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
         raise ConfigError("texts must be a list of strings")
     if len(texts) > MAX_TEXTS:
         raise ConfigError(f"at most {MAX_TEXTS} texts per query")
-    try:
-        threshold = float(payload.get("threshold", 0.5))
-        weight = float(payload.get("image_weight", 0.3))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("threshold and image_weight must be numbers") from exc
+    threshold, weight = number("threshold", 0.5), number("image_weight", 0.3)
     learner = payload.get("learner", "prototype")
     if not isinstance(learner, str):
         raise ConfigError("learner must be prototype or classifier")
@@ -299,10 +290,9 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
     composite = {k: payload.get(k) for k in ("and_not", "near")}
     if any(v is not None and not isinstance(v, str) for v in composite.values()):
         raise ConfigError("and_not and near must be texts")
-    try:
-        within = float(payload.get("within_km", 5.0))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("within_km must be a number") from exc
+    within = number("within_km", DEFAULT_WITHIN_KM)
+    if not isinstance(payload.get("classify", False), bool):
+        raise ConfigError("classify must be true or false")
     request = QueryRequest(
         texts=texts,
         examples=examples,
@@ -318,6 +308,30 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
             raise ConfigError("products must be a list of names")
         request.products = tuple(wanted)
     return request
+
+
+def _pairs(payload: dict[str, Any], key: str) -> list[tuple[float, float]]:
+    """A field of [lon, lat] pairs of numbers (ConfigError otherwise)."""
+    value = payload.get(key) or []
+    ok = isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in value
+    )
+    if not ok:
+        raise ConfigError(f"{key} must be a list of [lon, lat] pairs of numbers")
+    return [(float(p[0]), float(p[1])) for p in value]
+
+
+def _number(payload: dict[str, Any], key: str, default: float) -> float:
+    """A number field (ConfigError for "0.5" or true: a page's bug, not a number)."""
+    value = payload.get(key, default)
+    if not _is_number(value):
+        raise ConfigError(f"{key} must be a number, not {json.dumps(value)[:40]}")
+    return float(value)
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (true and false are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 MAX_BOX_CELLS = 1000

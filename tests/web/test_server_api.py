@@ -114,6 +114,14 @@ def test_every_error_and_method_is_answered_in_json(server: MapServer) -> None:
 
     assert post(b"x" * 70_000)[0] == 413
     assert post(b"[" * 60_000)[0] == 400  # nested past Python's stack: still the client's fault
+    for wrong in (
+        b'{"texts": ["x"], "threshold": "0.5"}',
+        b'{"texts": ["x"], "threshold": true}',
+        b'{"texts": ["x"], "classify": "yes"}',
+        b'{"points": [[10.0, 0.05, 3]]}',
+        b'{"points": [[true, 0.05]]}',
+    ):
+        assert post(wrong)[0] == 400, wrong  # typed as the API says, not coerced
     status, body = post(b'{"texts": ["x"], "bogus": 1}')
     assert status == 400 and "unknown field 'bogus'" in body["error"]
     status, body = post(b'{"texts": ["x"], "threshold": 7}')

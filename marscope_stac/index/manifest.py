@@ -1,0 +1,45 @@
+"""The fields of an embedding set's ``manifest.json`` and their types."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from marscope_stac.core.errors import DataError
+
+__all__ = ["MANIFEST_FIELDS", "check_manifest_fields"]
+
+MANIFEST_FIELDS: dict[str, type] = {
+    "model": dict,
+    "grid": str,
+    "tile_px": int,
+    "preprocessing": dict,
+    "shard_cells": int,
+    "shards": dict,
+    "plans": dict,
+    "failed_cells": dict,
+    "sources": list,
+    "complete": bool,
+    "embeddings": dict,
+    "index": dict,
+    "scoring": dict,
+}
+"""The type of each field of a set's ``manifest.json``."""
+_JSON_NAMES = {dict: "object", str: "string", int: "integer", list: "array", bool: "boolean"}
+
+
+def check_manifest_fields(d: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest whose known fields are of another type (a damaged set).
+
+    Raises:
+        DataError: naming the field, what it holds and the fix.
+    """
+    for key, kind in MANIFEST_FIELDS.items():
+        value = d.get(key)
+        boolean = kind is int and isinstance(value, bool)  # JSON true is no count
+        if key in d and (not isinstance(value, kind) or boolean):
+            raise DataError(
+                f"{path}: {key!r} is {json.dumps(value)[:40]}, not a JSON "
+                f"{_JSON_NAMES[kind]}; the set is damaged: delete its folder and embed again"
+            )
