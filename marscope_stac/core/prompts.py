@@ -67,12 +67,13 @@ def check_templates(templates: Sequence[str]) -> None:
 
     for t in templates:
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t)]
         except ValueError as exc:
             raise ConfigError(
                 f"prompt template {t!r} is malformed ({exc}); write literal braces as {{{{ }}}}"
             ) from None
-        if fields != [""]:
+        fields = [(f, spec or "", conv) for f, spec, conv in parts if f is not None]
+        if fields != [("", "", None)]:  # a bare {}: no conversion (!r), no format (:>9)
             raise ConfigError(
                 f"prompt template {t!r} must hold exactly one '{{}}' for the query text and no "
                 "other field; write literal braces as {{ }}"

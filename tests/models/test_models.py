@@ -96,8 +96,9 @@ def test_query_is_mean_of_marscope_templates(hub_folder) -> None:  # type: ignor
     np.testing.assert_allclose(own, cm.encode_texts(["fans on Mars"])[0], atol=1e-5)
     with pytest.raises(ConfigError, match="empty query"):
         cm.encode_queries(["  "])
-    with pytest.raises(ConfigError, match="must hold exactly one"):
-        cm.encode_queries(["fans"], ["no placeholder"])
+    for bad in ("no placeholder", "{!r} on Mars", "{:>99999999}", "{0}"):
+        with pytest.raises(ConfigError, match="must hold exactly one"):
+            cm.encode_queries(["fans"], [bad])
 
 
 def test_bad_models_give_one_line_errors(hub_folder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
