@@ -391,6 +391,9 @@ def evaluate_product(
     from marscope_stac.products.write import read_scores
 
     check_range("radius_cells", radius_cells, 0.0, 1000.0, above=True)
+    for name, value in (("landform", landform), ("split", split)):
+        if value is not None and not value.strip():  # "" would silently mean every one
+            raise ConfigError(f"{name} is empty; give a name or leave it out", fields=(name,))
     folder, grid, thr = _open_product(product, threshold, rank_by)
     scores = read_scores(folder / "scores.parquet")
     pts, outlines, area = _load_truth(truth, landform, split)

@@ -490,6 +490,14 @@ CASES: dict[str, dict[str, Case]] = {
     },
     "evaluate": {
         "missing truth": lambda w: ["evaluate", str(w.product), "--truth", str(w.root / "nope")],
+        "empty landform": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+            "--landform",
+            "",
+        ],
         "truth that is a FIFO": lambda w: [
             "evaluate",
             str(w.product),
