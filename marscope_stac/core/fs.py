@@ -24,7 +24,7 @@ from typing import Any
 
 from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import DataError, MarscopeError, OutputError
-from marscope_stac.core.owned import is_project_folder, mark_project_folder
+from marscope_stac.core.owned import added_entries, is_project_folder, mark_project_folder
 
 __all__ = [
     "atomic_output",
@@ -448,7 +448,12 @@ def _swap_lock(target: Path) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def staged_directory(
-    out: str | os.PathLike[str], overwrite: bool = False, *, owned: bool = False, kind: str = ""
+    out: str | os.PathLike[str],
+    overwrite: bool = False,
+    *,
+    owned: bool = False,
+    kind: str = "",
+    mark: dict[str, Any] | None = None,
 ) -> Iterator[Path]:
     """Build a folder in a staging area beside ``out`` and move it into place on success.
 
@@ -460,8 +465,9 @@ def staged_directory(
     process leaves behind is removed by the next run (:func:`sweep_stale`).
 
     ``overwrite`` replaces only a folder the project wrote (:func:`is_project_folder`, of
-    ``kind`` when given); ``owned`` says ``out`` lies inside an output catalog the caller
-    has checked, whose sub-folders are all the project's.
+    ``kind`` when given) that holds nothing a user added; ``owned`` says ``out`` lies
+    inside an output catalog the caller has checked, whose sub-folders are all the
+    project's. A ``catalog`` or ``site`` is marked as the project's (with ``mark``'s fields).
 
     Raises:
         OutputError: if ``out`` exists and is not empty and ``overwrite`` is false, or it
@@ -479,14 +485,14 @@ def staged_directory(
         raise OutputError(f"cannot write {target}: {exc.strerror}; choose another path") from None
     try:
         yield stage
+        if kind in ("catalog", "site"):  # what a later --overwrite may replace
+            mark_project_folder(stage, kind, **(mark or {}))
     except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
         renamed = _name_the_output(exc, str(stage), str(target))
         if renamed is not exc:
             raise renamed from exc
         raise
-    if kind in ("catalog", "site"):
-        mark_project_folder(stage, kind)  # what a later --overwrite may replace
     with _swap_lock(target):
         _replace(stage, target)
 
@@ -529,6 +535,12 @@ def check_output_folder(
             raise OutputError(
                 f"{target} exists and is not empty; pass --overwrite to replace it "
                 "or choose another path"
+            )
+        added = added_entries(target, kind) if kind and not owned else []
+        if added:
+            raise OutputError(
+                f"{target} holds {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}, "
+                "which this program did not write; move it out or choose another path"
             )
         if not owned and not is_project_folder(target, kind):
             raise OutputError(

@@ -1,68 +1,118 @@
 """Which folders this project wrote: the only ones ``--overwrite`` replaces.
 
-A catalog written through :func:`~marscope_stac.core.fs.staged_directory` carries a small
-hidden mark (:data:`PROJECT_MARK`) saying what it is; a model folder is known by its files.
-A folder of someone else's files - a hand-written STAC catalog, a user's notes - is never
-replaced.
+A catalog or static site written through :func:`~marscope_stac.core.fs.staged_directory`
+carries a small hidden mark (:data:`PROJECT_MARK`): what it is, and the entries it held when
+written. A model folder is known by its files. A folder of someone else's files - a
+hand-written STAC catalog, a user's notes, or one of ours a user added files to - is never
+replaced, and files a user put in a product folder move over into its new version.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import stat
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
-__all__ = ["PROJECT_MARK", "is_project_folder", "mark_project_folder"]
+__all__ = [
+    "PROJECT_MARK",
+    "added_entries",
+    "carry_over",
+    "is_project_folder",
+    "mark_project_folder",
+    "read_mark",
+]
 
 PROJECT_MARK = ".marscope-stac"
-"""The hidden file that marks a folder this project wrote (JSON: who wrote it, its kind)."""
+"""The hidden file that marks a folder this project wrote (JSON: its kind and entries)."""
 
+_OWN_HIDDEN = re.compile(
+    r"^\.marscope-stac$|^\.marscope\.lock$|^\..+\.\d+\.[0-9a-f]{8}\.(tmp|staging|old)(\.\w+)?$"
+)
+"""Hidden names the project itself makes in a folder: its mark, its lock, temporaries."""
 _PROJECT_FILES = ("catalog.json", "collection.json")
 _MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 _MODEL_ENTRIES = frozenset({*_MODEL_FILES, "model.json"})
 """What a model folder this project writes holds (release-model, average-models)."""
+_MARK_BYTES = 1 << 20
 
 
-def mark_project_folder(folder: str | os.PathLike[str], kind: str) -> None:
-    """Mark ``folder`` as one this project wrote, of ``kind`` (``catalog``, ``model``)."""
-    doc = {"written_by": "marscope-stac", "kind": kind}
-    (Path(folder) / PROJECT_MARK).write_text(json.dumps(doc) + "\n", encoding="utf-8")
-
-
-def _marked_kind(root: Path) -> str | None:
-    """The kind a folder's mark states, or None when it has no readable mark."""
+def _entries(root: Path) -> list[Path]:
+    """A folder's entries but the project's own hidden ones (an unreadable folder: none)."""
     try:
-        doc = json.loads((root / PROJECT_MARK).read_bytes()[:4096])
-    except (OSError, ValueError):
+        return [p for p in root.iterdir() if not _OWN_HIDDEN.match(p.name)]
+    except OSError:
+        return []
+
+
+def mark_project_folder(folder: str | os.PathLike[str], kind: str, **extra: Any) -> None:
+    """Mark ``folder`` as one this project wrote, of ``kind``, holding what it holds now."""
+    root = Path(folder)
+    doc = {
+        "written_by": "marscope-stac",
+        "kind": kind,
+        "entries": sorted(p.name for p in _entries(root)),
+        **extra,
+    }
+    (root / PROJECT_MARK).write_text(json.dumps(doc) + "\n", encoding="utf-8")
+
+
+def _small_json(path: Path, limit: int) -> Any:
+    """The JSON of a small regular file, or None (a FIFO or device is never opened)."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
-    return str(doc.get("kind")) if isinstance(doc, dict) else None
+
+
+def read_mark(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A folder's mark (see :func:`mark_project_folder`), or None when it has none."""
+    doc = _small_json(Path(folder) / PROJECT_MARK, _MARK_BYTES)
+    return doc if isinstance(doc, dict) and isinstance(doc.get("kind"), str) else None
+
+
+def added_entries(folder: str | os.PathLike[str], kind: str) -> list[str]:
+    """The names a user added to a folder of ours of ``kind`` (none for any other folder)."""
+    root = Path(folder)
+    if kind == "model":
+        if not all((root / name).is_file() for name in _MODEL_FILES):
+            return []
+        return sorted(p.name for p in _entries(root) if p.name not in _MODEL_ENTRIES)
+    mark = read_mark(root)
+    known = mark.get("entries") if mark is not None and mark["kind"] == kind else None
+    if not isinstance(known, list):
+        return []
+    return sorted(p.name for p in _entries(root) if p.name not in known)
 
 
 def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
-    """Whether ``folder`` holds what this project writes: a STAC catalog, item or model folder.
+    """Whether ``folder`` holds what this project writes, and nothing a user added to it.
 
     ``--overwrite`` replaces only such folders. ``kind`` narrows it to what a command
-    writes: ``model`` (an open_clip model folder holding nothing else), ``site`` (a static
-    web map marked as this project's) or ``catalog`` (a STAC catalog that is not a model:
-    marked as this project's, or written before marks with a root that names the
-    project); without ``kind``, any STAC root (``catalog.json`` or ``collection.json``),
-    STAC item file at the top or model folder. A user's folder of other files is never
-    one, and a model never replaces a catalog.
+    writes: ``model`` (an open_clip model folder), ``site`` (a static web map, marked) or
+    ``catalog`` (a STAC catalog, marked; or, written before marks, the demo world or real
+    data); without ``kind``, any STAC root (``catalog.json`` or ``collection.json``), STAC
+    item file at the top or model folder. A model never replaces a catalog or a site.
     """
     root = Path(folder)
+    mark = read_mark(root)
+    if kind in ("site", "catalog") and mark is not None:
+        return mark["kind"] == kind and not added_entries(root, kind)
     model = all((root / name).is_file() for name in _MODEL_FILES)
-    if kind == "model":  # and nothing a user added (notes beside the weights are kept)
-        return model and all(p.name in _MODEL_ENTRIES for p in _visible(root))
-    if model:
-        return kind != "catalog"
-    if kind == "site":  # a static web map site: only one marked as such
-        return _marked_kind(root) == "site"
+    if kind == "model":
+        return model and not added_entries(root, kind)
+    if model or kind == "site":
+        return model and kind == ""
     named = [root / n for n in _PROJECT_FILES if (root / n).is_file()]
     if kind == "catalog":
-        marked = _marked_kind(root)
-        if marked is not None:
-            return marked == "catalog"
-        return any(_is_stac_file(p, b"marscope") for p in named)  # written before marks
+        return any(_written_before_marks(p) for p in named)
     try:
         tops = sorted(p for p in root.iterdir() if p.suffix == ".json" and p.is_file())
     except OSError:
@@ -70,16 +120,15 @@ def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:
     return any(_is_stac_file(p) for p in (named or tops[:64]))
 
 
-def _visible(root: Path) -> list[Path]:
-    """The entries of a folder that are not hidden (an unreadable folder: none)."""
-    try:
-        return [p for p in root.iterdir() if not p.name.startswith(".")]
-    except OSError:
-        return []
+def _written_before_marks(path: Path) -> bool:
+    """A catalog root this project wrote before marks: the demo world's or real data's."""
+    doc = _small_json(path, 16 << 20)
+    cid = doc.get("id") if isinstance(doc, dict) else None
+    return isinstance(cid, str) and (cid == "marscope-demo" or cid.startswith("marscope-real-"))
 
 
-def _is_stac_file(path: Path, also: bytes = b"") -> bool:
-    """Whether a file's start looks like a STAC object (and holds ``also``, any case)."""
+def _is_stac_file(path: Path) -> bool:
+    """Whether a file's start looks like a STAC object."""
     try:
         if path.stat().st_size > 16 << 20:
             return False
@@ -87,4 +136,35 @@ def _is_stac_file(path: Path, also: bytes = b"") -> bool:
             head = fh.read(1 << 16)
     except OSError:
         return False
-    return b'"stac_version"' in head and b'"type"' in head and also in head.lower()
+    return b'"stac_version"' in head and b'"type"' in head
+
+
+def carry_over(old: Path, new: Path, ours: Collection[str]) -> None:
+    """Copy what ``old`` holds that the project does not write (names not in ``ours``) to ``new``.
+
+    A folder asked for again is replaced by ``new``: a user's notes, hidden files and other
+    commands' reports in it are kept. Links are copied as links; a FIFO is made again; a
+    socket (alive only with its process) is not copied.
+    """
+    if not old.is_dir():
+        return
+    for entry in _entries(old):
+        target = new / entry.name
+        if entry.name in ours or os.path.lexists(target):
+            continue
+        mode = entry.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            target.symlink_to(entry.readlink())
+        elif stat.S_ISDIR(mode):
+            shutil.copytree(entry, target, symlinks=True, copy_function=_copy_entry)
+        else:
+            _copy_entry(str(entry), str(target))
+
+
+def _copy_entry(src: str, dst: str) -> None:
+    """Copy a file; make a FIFO again (opening one would block); leave a socket or device."""
+    mode = os.lstat(src).st_mode
+    if stat.S_ISREG(mode):
+        shutil.copy2(src, dst)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(dst, stat.S_IMODE(mode))

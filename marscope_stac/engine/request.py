@@ -72,7 +72,7 @@ class QueryRequest:
         """
         check_range("threshold", self.threshold, 0.0, 1.0)
         composite = self.and_not is not None or self.near is not None
-        if self.near is None and self.within_km != DEFAULT_WITHIN_KM:  # else silently unused
+        if not composite and self.within_km != DEFAULT_WITHIN_KM:  # else silently unused
             raise ConfigError(
                 "within_km is the distance of near; give near with it", fields=("within_km", "near")
             )

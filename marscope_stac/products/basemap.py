@@ -26,6 +26,7 @@ from rasterio.warp import Resampling, reproject
 
 from marscope_stac.core.errors import ConfigError, DataError, OutputError, check_range
 from marscope_stac.core.fs import check_apart, source_folder, staged_directory
+from marscope_stac.core.owned import carry_over
 from marscope_stac.core.text import join_lines
 from marscope_stac.products.render import raster_zoom_range, tile_metadata, write_raster_pmtiles
 from marscope_stac.stac.build import (
@@ -145,6 +146,7 @@ def build_basemap(
         tiles = write_raster_pmtiles(
             stage / "imagery.pmtiles", image, transform, meta, zoom, "gray", 254, 0
         )
+        carry_over(folder, stage, ["imagery.pmtiles"])  # a user's files stay
     rows, cols = image.shape
     bbox = [
         transform.c,

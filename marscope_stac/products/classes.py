@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.core.fs import staged_directory
+from marscope_stac.core.owned import carry_over
 from marscope_stac.core.software import software
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet
@@ -55,6 +56,10 @@ from marscope_stac.stac.catalog import OutputCatalog
 __all__ = [
     "write_class_product",
 ]
+
+
+_CLASS_FILES = ("classes.tif", "probabilities.tif", "preview.png", "classes.pmtiles")
+"""The files of a classification product (written afresh when it is asked again)."""
 
 
 def write_class_product(
@@ -101,7 +106,6 @@ def write_class_product(
         )
         _class_preview(stage / "preview.png", cmap_u8, len(all_names))
         meta = tile_metadata(qid, "Zero-shot class map", grid.body)
-        colours = list(CLASS_COLOURS[: len(all_names)])
         write_raster_pmtiles(
             stage / "classes.pmtiles",
             cmap_u8,
@@ -109,8 +113,9 @@ def write_class_product(
             meta,
             raster_zoom_range(layout.transform, cmap_u8.shape),
             nodata=PROBABILITY_NODATA,
-            colours=colours,
+            colours=list(CLASS_COLOURS[: len(all_names)]),
         )
+        carry_over(folder, stage, _CLASS_FILES)  # a user's files stay
     item = _class_item(folder, qid, es, grid, layout, names, all_names, model_name)
     item_path = _add_to_queries(catalog, folder / f"{qid}.json", item, grid)
     counts = {n: int((label == k).sum()) for k, n in enumerate(all_names)}

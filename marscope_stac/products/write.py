@@ -28,8 +28,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +40,8 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import OutputError
-from marscope_stac.core.fs import atomic_output, clone_file, staged_directory
+from marscope_stac.core.fs import atomic_output, staged_directory
+from marscope_stac.core.owned import carry_over
 from marscope_stac.core.text import count_list, join_lines
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import Covering, numpy_array, point_wkb, write_geoparquet
@@ -384,7 +383,7 @@ def write_query_product(
         files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
         feats = files.write(result, threshold, where.columns, products)
         write_examples(stage / ASSET_FILES["examples"], spec, grid)
-        _carry_over(folder, stage)
+        carry_over(folder, stage, ASSET_FILES.values())  # a user's files stay
         assets = {
             key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
         }
@@ -562,24 +561,3 @@ class _Files:
 
 
 # ----------------------------------------------------------------------------- classes
-
-
-def _carry_over(old: Path, stage: Path) -> None:
-    """What a product's folder holds that the product does not write, into its new version.
-
-    A query asked again replaces its folder: a user's notes and ``evaluate``'s reports
-    in it are copied over (never deleted); the product's own files are written afresh.
-    """
-    if not old.is_dir():
-        return
-    ours = set(ASSET_FILES.values())
-    for entry in old.iterdir():
-        target = stage / entry.name
-        if entry.name.startswith(".") or entry.name in ours or os.path.lexists(target):
-            continue
-        if entry.is_symlink():
-            target.symlink_to(entry.readlink())
-        elif entry.is_dir():
-            shutil.copytree(entry, target, symlinks=True)
-        elif entry.is_file():
-            clone_file(entry, target)

@@ -134,7 +134,6 @@ def _libgdal() -> Any:
         return None
     lib = ctypes.CDLL(ours[0])
     lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
-    lib.VSICurlClearCache.argtypes = []
     return lib
 
 
@@ -240,13 +239,11 @@ class NetworkTally:
         return sum(s[3] - s[1] for s in self._span.values())
 
 
-def forget_cached_bytes(href: str, everything: bool = False) -> None:
+def forget_cached_bytes(href: str) -> None:
     """Drop what GDAL's network reader holds of ``href`` (a cut-short answer can sit there).
 
-    A read that failed part-way is then fetched afresh; with ``everything``, what it holds of
-    every file goes too (a last resort: a damaged answer read again although its file's
-    entries were dropped). A no-op for local files and where the GDAL library cannot be
-    reached.
+    A read that failed part-way is then fetched afresh; a no-op for local files and where the
+    GDAL library cannot be reached.
     """
     if not is_remote(href):
         return
@@ -255,8 +252,6 @@ def forget_cached_bytes(href: str, everything: bool = False) -> None:
         log.warning("cannot clear GDAL's cache of %s: a damaged read may be read again", href)
         return
     lib.VSICurlPartialClearCache(gdal_path(href).encode())
-    if everything:
-        lib.VSICurlClearCache()
 
 
 class _GdalNotes(logging.Filter):

@@ -199,7 +199,8 @@ def build_folder_catalog(
             f"collection id {cid!r} is not a plain name; use letters, digits, '.', '_', '-'"
         )
     wanted = get_body(body) if body else None
-    with staged_directory(out, overwrite=overwrite, kind="catalog") as stage:
+    mark = {"describes": ".."}  # an in-place catalog of the GeoTIFFs beside it (validate)
+    with staged_directory(out, overwrite=overwrite, kind="catalog", mark=mark) as stage:
         items: list[dict[str, Any]] = []
         found_body: Body | None = wanted
         for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):

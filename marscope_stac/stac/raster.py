@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import stat
 import time
 import warnings
@@ -26,7 +27,12 @@ from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.core.bodies import Body, body_of_crs, normalize_lon
 from marscope_stac.core.errors import CatalogError, DataError
-from marscope_stac.stac.cloud import BROKEN_READ_SIGNS, forget_cached_bytes, gdal_messages
+from marscope_stac.stac.cloud import (
+    BROKEN_READ_SIGNS,
+    forget_cached_bytes,
+    gdal_messages,
+    gdal_path,
+)
 from marscope_stac.stac.remote import is_remote
 
 __all__ = [
@@ -195,7 +201,19 @@ def _footprint(crs: CRS, body: Body, bounds: tuple[float, float, float, float]) 
 
 
 _HEADER_TRIES = 5  # a header cut short by every answer of a busy server: up to 7.5 s of waits
-_FINAL_ANSWERS = ("404", "403", "No such file", "not recognized", "not exist")
+_FINAL_ANSWERS = re.compile(r"\b40[34]\b|No such file|not recognized|not exist")
+"""Answers no new try changes: not found, forbidden, not a raster."""
+
+
+def _is_final(exc: Exception, href: str) -> bool:
+    """Whether an open's failure is an answer (not a fault); the URL itself is not read.
+
+    A port or path holding "403" or "404" (``http://host:40387/...``) is no HTTP answer.
+    """
+    text = str(exc)
+    for name in sorted({href, gdal_path(href), href.rsplit("/", 1)[-1]}, key=len, reverse=True):
+        text = text.replace(name, "")
+    return _FINAL_ANSWERS.search(text) is not None
 
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -256,11 +274,11 @@ def open_raster(href: str) -> Any:
                 raise RasterioIOError(f"the header of {href} came damaged: {broken[0]}")
             return ds
         except RasterioError as exc:
-            final = any(s in str(exc) for s in _FINAL_ANSWERS)
+            final = _is_final(exc, href)
             log.debug("open %s, try %d of %d: %s", href, attempt, _HEADER_TRIES, exc)
             if final or not is_remote(href) or attempt == _HEADER_TRIES:
                 raise
-            forget_cached_bytes(href, everything=attempt >= 2)
+            forget_cached_bytes(href)
             time.sleep(0.25 * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -331,7 +331,7 @@ def _boundary(root: Path) -> Path:
     """The folder a catalog's files must stay in: the folder given, or a file's catalog root.
 
     A ``stac`` folder that ``catalog build`` wrote beside the GeoTIFFs it describes (in
-    place) has their folder as its boundary.
+    place, so marked) has their folder as its boundary.
     """
     if root.is_dir():
         return _in_place(root)
@@ -354,10 +354,12 @@ def _boundary(root: Path) -> Path:
 
 
 def _in_place(folder: Path) -> Path:
-    """``folder``, or its parent when it is ``catalog build``'s ``FOLDER/stac``."""
-    parent = folder.parent
-    if folder.name == "stac" and not (parent / "catalog.json").exists():
-        return parent
+    """``folder``, or its parent when it is ``catalog build``'s ``FOLDER/stac`` (marked so)."""
+    from marscope_stac.core.owned import read_mark
+
+    mark = read_mark(folder)
+    if mark is not None and mark["kind"] == "catalog" and mark.get("describes") == "..":
+        return folder.parent
     return folder
 
 

@@ -60,18 +60,21 @@ def saved_context(state: dict[str, Any]) -> float:
         raise ModelError(f"its tile context is {value!r}, not a number") from None
 
 
-def read_checkpoint(path: Path, dev: torch.device | str) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's state: a dict with the keys a resumed run reads.
 
     Raises:
         ModelError: if the file is not one (cut short, overwritten, another format).
     """
-    try:
-        state = torch.load(path, map_location=dev, weights_only=False)
+    try:  # read on the CPU: a device out of memory is not a damaged file
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, MemoryError):
+        raise  # it could not be read (permissions, the disk, memory): nothing says damaged
     except Exception as exc:  # unpickling a damaged file fails in many ways
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
         raise ModelError(
-            f"checkpoint {path} is damaged ({why}); use another --out or delete it"
+            f"checkpoint {path} is damaged ({why}); move it aside (or use another --out) "
+            "to train from the start"
         ) from exc
     keys = ("model", "optimizer", "epoch", "history", "rng")
     if not isinstance(state, dict) or not all(k in state for k in keys):

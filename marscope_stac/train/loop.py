@@ -399,7 +399,7 @@ def _resume(
     """
     if not ckpt_path.is_file():
         return 0, [], None
-    state = read_checkpoint(ckpt_path, dev)
+    state = read_checkpoint(ckpt_path)  # on the CPU; loading moves it to the model's device
     before, context = saved_context(state), cfg.context
     if before != context:
         raise ModelError(

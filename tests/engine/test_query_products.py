@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -250,10 +252,14 @@ def test_a_query_asked_again_keeps_what_a_user_put_in_its_folder(embedded) -> No
     (first.folder / "my-notes.txt").write_text("checked by hand")
     (first.folder / "by-hand").mkdir()
     (first.folder / "by-hand" / "a.csv").write_text("1,2")
+    (first.folder / ".hidden-notes").write_text("mine too")
+    os.mkfifo(first.folder / "by-hand" / "pipe")  # copied as a FIFO, never opened
     again = engine.query(spec, threshold=0.5)
     assert again.folder == first.folder
     assert (again.folder / "my-notes.txt").read_text() == "checked by hand"
     assert (again.folder / "by-hand" / "a.csv").read_text() == "1,2"
+    assert (again.folder / ".hidden-notes").read_text() == "mine too"
+    assert stat.S_ISFIFO((again.folder / "by-hand" / "pipe").lstat().st_mode)
     assert not [p for p in again.folder.parent.iterdir() if p.name.startswith(".")]
 
 

@@ -378,3 +378,23 @@ def test_catalog_build_skips_what_is_not_a_file_and_names_a_cut_short_one(tmp_pa
     (folder / "b.tif").write_bytes(data[: len(data) - 20_000])  # the header reads, pixels not
     with pytest.raises(DataError, match=r"b\.tif is not a readable GeoTIFF"):
         build_folder_catalog(folder, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("message", "final"),
+    [
+        ("the header of {h} came damaged: TIFFFetchNormalTag:IO error", False),
+        ("{g}: HTTP response code: 404", True),
+        ("HTTP response code: 403 - Forbidden", True),
+        ("'{g}' does not exist in the file system, and is not recognized as a dataset", True),
+        ("{g}: Read failed, response_code=206", False),
+    ],
+)
+def test_a_url_holding_403_or_404_is_no_http_answer(message: str, final: bool) -> None:
+    """CI's proxy ports 40387 and 40423 read as "403" and "404": a damaged header was final."""
+    from marscope_stac.stac.cloud import gdal_path
+    from marscope_stac.stac.raster import _is_final
+
+    for href in ("http://127.0.0.1:40387/a-404/x.tif", "http://127.0.0.1:40423/b/x.tif"):
+        text = message.format(h=href, g=gdal_path(href))
+        assert _is_final(Exception(text), href) is final, text

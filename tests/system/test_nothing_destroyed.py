@@ -115,10 +115,26 @@ def test_which_folders_the_project_recognises(
             "catalog",
             True,
         ),
-        (  # written before marks: its root names the project
-            {"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0", "id": "marscope-x"}'},
+        (  # the demo world or real data written before marks
+            {"catalog.json": '{"type": "Catalog", "stac_version": "1.1.0", "id": "marscope-demo"}'},
             "catalog",
             True,
+        ),
+        (  # a user's catalog that mentions the project is still the user's
+            {
+                "catalog.json": '{"type": "Catalog", "stac_version": "1.1.0", "id": "mine", '
+                '"description": "made with marscope", "links": []}'
+            },
+            "catalog",
+            False,
+        ),
+        (  # a products catalog is never replaced by a catalog command
+            {
+                "catalog.json": '{"type": "Collection", "stac_version": "1.0.0", '
+                '"id": "marscope-products"}'
+            },
+            "catalog",
+            False,
         ),
         (
             {
@@ -126,6 +142,25 @@ def test_which_folders_the_project_recognises(
                 ".marscope-stac": '{"written_by": "marscope-stac", "kind": "model"}',
             },
             "catalog",
+            False,
+        ),
+        (  # a marked catalog a user added a file to
+            {
+                "catalog.json": '{"type": "Catalog", "stac_version": "1.1.0"}',
+                ".marscope-stac": '{"kind": "catalog", "entries": ["catalog.json"]}',
+                "notes.md": "mine",
+            },
+            "catalog",
+            False,
+        ),
+        (  # a model folder is never a site
+            {"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"},
+            "site",
+            False,
+        ),
+        (  # hidden files a user keeps in a model folder (a repository)
+            {"open_clip_config.json": "{}", "open_clip_model.safetensors": "x", ".gitignore": "x"},
+            "model",
             False,
         ),
         ({"open_clip_config.json": "{}", "open_clip_model.safetensors": "x"}, "model", True),
@@ -340,6 +375,18 @@ def test_a_static_site_replaces_only_a_site(tmp_path: Path) -> None:
     line = _refused(["serve", str(products), "--static", str(mine)])
     assert "not a site folder this program wrote" in line and "--overwrite" not in line
     assert (mine / "index.html").read_text() == "my own page"
+    (site / "CNAME").write_text("maps.example.org")  # added to a site of ours: kept
+    line = _refused(["serve", str(products), "--static", str(site)])
+    assert "holds CNAME, which this program did not write" in line
+    model = tmp_path / "model"  # a model folder is never taken for a site
+    model.mkdir()
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        (model / name).write_text("{}")
+    _refused(["serve", str(products), "--static", str(model)])
+    assert sorted(p.name for p in model.iterdir()) == [
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]
 
 
 def test_static_site_inside_the_products_is_refused(tmp_path: Path) -> None:

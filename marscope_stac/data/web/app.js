@@ -577,7 +577,7 @@ function queryBody() {
   const composite = $("composite").value;
   if (composite) {
     body[composite] = $("composite-text").value;
-    body.within_km = Number($("within-km").value);
+    if (composite === "near") body.within_km = Number($("within-km").value);
   }
   // the map needs the tiles and detections; the per-cell scores table on request
   if (!$("scores-table").checked) body.products = ["tiles", "preview", "detections"];
