@@ -25,8 +25,9 @@ from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_validate
 
 from marscope_stac.core.bodies import Body, body_of_crs, get_body
-from marscope_stac.core.errors import CatalogError, ConfigError, DataError
+from marscope_stac.core.errors import CatalogError, ConfigError, DataError, OutputError
 from marscope_stac.core.fs import staged_directory
+from marscope_stac.core.owned import is_project_folder
 from marscope_stac.stac.build import (
     COG_MEDIA_TYPE,
     FILE_V2,
@@ -199,6 +200,11 @@ def build_folder_catalog(
             f"collection id {cid!r} is not a plain name; use letters, digits, '.', '_', '-'"
         )
     wanted = get_body(body) if body else None
+    if overwrite and out.is_dir() and any(out.iterdir()) and not is_project_folder(out, "catalog"):
+        raise OutputError(  # the place is fixed: "choose another path" would not help
+            f"{out} is not a catalog this program wrote (or was written before it marked its "
+            "catalogs, or holds files added since); move it away to build the catalog again"
+        )
     mark = {"describes": ".."}  # an in-place catalog of the GeoTIFFs beside it (validate)
     with staged_directory(out, overwrite=overwrite, kind="catalog", mark=mark) as stage:
         items: list[dict[str, Any]] = []

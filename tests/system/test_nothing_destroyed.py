@@ -454,3 +454,20 @@ def test_copies_are_never_hard_links(tmp_path: Path) -> None:
     with linked.open("r+b") as fh:  # an in-place write to the copy leaves the source alone
         fh.write(b"\0" * 16)
     assert src.read_bytes() == original and linked.read_bytes() != original
+
+
+def test_catalog_build_keeps_a_hand_written_stac_folder(tmp_path: Path) -> None:
+    from _rasters import pattern, write_geotiff
+    from affine import Affine
+
+    folder = tmp_path / "ctx"
+    t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
+    write_geotiff(folder / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", t)
+    (folder / "stac").mkdir()
+    (folder / "stac" / "catalog.json").write_text(
+        '{"type": "Catalog", "stac_version": "1.1.0", "id": "mine", "links": []}'
+    )
+    before = _tree(folder / "stac")
+    line = _refused(["catalog", "build", str(folder), "--overwrite"])
+    assert "move it away" in line  # its place is fixed: no other path to choose
+    assert _tree(folder / "stac") == before
