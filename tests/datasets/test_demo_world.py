@@ -217,7 +217,7 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
     (out / "keep.txt").unlink()
     build_demo_catalog(out, size="small")
     (out / "extra.txt").write_text("a file a user put in a catalog the program wrote")
-    with pytest.raises(OutputError, match="holds extra.txt, which this program did not write"):
+    with pytest.raises(OutputError, match=r"holds extra\.txt, which this program did not write"):
         build_demo_catalog(out, size="small", seed=1, overwrite=True)  # the user's file stays
     assert (out / "extra.txt").is_file()
     (out / "extra.txt").unlink()
