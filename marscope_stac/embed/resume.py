@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.table import EmbeddingTable, read_embeddings
 from marscope_stac.models.clip import ClipModel, same_record
+from marscope_stac.stac.raster import SourceAsset
+from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan
 
 
@@ -71,23 +74,56 @@ class _Resume:
     plans: dict[int, str] = field(default_factory=dict)
 
 
-def _stale(old: EmbeddingTable, positions: list[int], plan: TilePlan) -> list[int]:
-    """Plan positions whose cell is missing from ``old`` or was read from other sources."""
+def _stale(
+    old: EmbeddingTable,
+    positions: list[int],
+    plan: TilePlan,
+    changed: AbstractSet[str] = frozenset(),
+) -> list[int]:
+    """Plan positions whose cell must be embedded (again).
+
+    Its row is missing from ``old``, was read from other sources, or from a source whose
+    raster has ``changed`` since (another file behind the same item id).
+    """
     have = dict(zip(old.cell_index.tolist(), old.source_items, strict=True))
-    return [
-        k
-        for k in positions
-        if sorted(have.get(int(plan.cells[k]), []))
-        != sorted(plan.sources[s].item_id for s in plan.cell_sources[k])
-    ]
+    out = []
+    for k in positions:
+        ids = [plan.sources[s].item_id for s in plan.cell_sources[k]]
+        if sorted(have.get(int(plan.cells[k]), [])) != sorted(ids) or any(
+            i in changed for i in ids
+        ):
+            out.append(k)
+    return out
 
 
-def _plan_digest(plan: TilePlan, positions: list[int]) -> str:
+def source_fingerprint(asset: SourceAsset) -> str:
+    """What identifies the raster behind a source (a new file behind an item id changes it).
+
+    Its asset key, href, shape and bounds, and for a local file its size and modification
+    time.
+    """
+    parts: list[object] = [asset.asset_key, asset.href, asset.shape, asset.bounds]
+    if not is_remote(asset.href):
+        try:
+            st = Path(asset.href).stat()
+            parts += [st.st_size, st.st_mtime_ns]
+        except OSError:
+            pass
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def source_fingerprints(plan: TilePlan) -> dict[str, str]:
+    """The fingerprint of each source of a plan, by item id (recorded in the manifest)."""
+    return {a.item_id: source_fingerprint(a) for a in plan.sources}
+
+
+def _plan_digest(plan: TilePlan, positions: list[int], prints: dict[str, str]) -> str:
     """A digest of cells ``positions`` of the plan and the rasters planned for each, in order."""
     h = hashlib.sha256()
     for k in positions:
-        ids = "\t".join(plan.sources[s].item_id for s in plan.cell_sources[k])
-        h.update(f"{int(plan.cells[k])}\t{ids}\n".encode())
+        ids = [plan.sources[s].item_id for s in plan.cell_sources[k]]
+        named = "\t".join(f"{i}:{prints.get(i, '')}" for i in ids)
+        h.update(f"{int(plan.cells[k])}\t{named}\n".encode())
     return h.hexdigest()
 
 
@@ -103,9 +139,13 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
     want: dict[int, list[int]] = defaultdict(list)
     for k, cell in enumerate(plan.cells.tolist()):
         want[cell // SHARD_CELLS].append(k)
-    state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks) for s, ks in want.items()})
+    prints = source_fingerprints(plan)
+    state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks, prints) for s, ks in want.items()})
     manifest = es.manifest()
     planned, failed = manifest.get("plans", {}), manifest.get("failed_cells", {})
+    before = manifest.get("source_fingerprints")
+    before = before if isinstance(before, dict) else {}  # none in sets of earlier versions
+    changed = {i for i, fp in prints.items() if before.get(i, fp) != fp}
     for path in sorted((es.root / "shards").glob("*.parquet")):
         shard, old = int(path.stem), read_embeddings(path)
         key, positions = str(shard), want.get(shard, [])
@@ -114,7 +154,7 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
             retry = set(failed.get(key, []))
             stale = [k for k in positions if int(plan.cells[k]) in retry]
         else:
-            stale = _stale(old, positions, plan)
+            stale = _stale(old, positions, plan, changed)
             if not set(old.cell_index.tolist()) <= set(plan.cells[positions].tolist()):
                 # rows outside this plan: its digest does not describe the shard
                 state.plans.pop(shard, None)

@@ -48,7 +48,13 @@ from marscope_stac.embed.compute import (
     _run_processes,
 )
 from marscope_stac.embed.options import CellSelection, ComputeOptions
-from marscope_stac.embed.resume import SHARD_CELLS, _open_set, _Resume, _resume
+from marscope_stac.embed.resume import (
+    SHARD_CELLS,
+    _open_set,
+    _Resume,
+    _resume,
+    source_fingerprint,
+)
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.background import write_background_of
 from marscope_stac.index.faiss_index import build_faiss_index
@@ -408,6 +414,19 @@ def _source_href(source: str | Path) -> str:
     return src
 
 
+def _fingerprints(es: EmbeddingSet, sources: SourceSet, final: bool) -> dict[str, str]:
+    """The rasters the set's rows were read from, by item id: this run's once it is done.
+
+    Until a run finishes, the fingerprints of the run before stay: cells of a source whose
+    file changed are embedded again by the next run if this one is stopped.
+    """
+    before = es.manifest().get("source_fingerprints")
+    prints = dict(before) if isinstance(before, dict) else {}
+    if final:
+        prints.update({a.item_id: source_fingerprint(a) for a in sources.assets})
+    return prints
+
+
 def _write_manifest(
     es: EmbeddingSet,
     expect: dict[str, Any],
@@ -427,6 +446,7 @@ def _write_manifest(
         "plans": {str(s): state.plans[s] for s in sorted(done) if s in state.plans},
         "failed_cells": state.failed,
         "sources": sorted({a.item_id for a in sources.assets}),
+        "source_fingerprints": _fingerprints(es, sources, final),
         "complete": final,
     }
     if final:

@@ -89,6 +89,27 @@ def test_rerun_reuses_and_new_items_embed_only_new_cells(
     assert again.embedded_now == 0 and again.reused == 200
 
 
+def test_a_new_file_behind_the_same_item_is_embedded_again(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A resumed run must not reuse vectors of imagery that changed under the same item id."""
+    import os
+
+    copy = tmp_path / "demo"
+    shutil.copytree(demo_root, copy)
+    out = tmp_path / "products"
+    assert _embed(copy, out, tiny_model_dir).embedded_now == 200
+    a, b = sorted((copy / "demo-ctx").glob("*/*.tif"))[:2]
+    swapped = a.read_bytes()
+    a.write_bytes(b.read_bytes())  # another picture behind item a (same size: only mtime)
+    b.write_bytes(swapped)
+    for tif in (a, b):
+        os.utime(tif, ns=(tif.stat().st_atime_ns, tif.stat().st_mtime_ns + 10**9))
+    again = _embed(copy, out, tiny_model_dir)
+    assert again.embedded_now == 200 and again.reused == 0  # both scenes embedded again
+    assert _embed(copy, out, tiny_model_dir).reused == 200  # and then current
+
+
 def test_rerun_over_overlapping_rasters_embeds_nothing(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -201,11 +222,12 @@ def test_corrupt_source_tile_is_recorded(
     manifest = json.loads(res.embedding_set.manifest_path.read_text())
     assert manifest["failed_cells"] and manifest["complete"]
     assert validate_catalog(tmp_path / "p1").objects >= 5
-    # once the file is mended, a rerun embeds the failed cells and only those
+    # once the file is mended, a rerun embeds that scene's cells again (its file changed:
+    # the ones read before came from the damaged copy) and reuses the other scene's
     shutil.copy(demo_root / tif.relative_to(copy), tif)
     mended = embed_catalog(copy, tmp_path / "p1", model=_model(tiny_model_dir), progress=False)
     assert mended.cells == 200 and not mended.failed_cells
-    assert mended.embedded_now == 200 - res.cells
+    assert (mended.embedded_now, mended.reused) == (100, 100)
 
 
 @pytest.mark.enable_socket
