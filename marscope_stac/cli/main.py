@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, TextIO
 
@@ -77,6 +78,9 @@ class _Group(click.Group):
     ) -> Any:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `marscope`: the help, as is
+            click.echo(exc.format_message())
+            rv = 0
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "marscope"
             text = one_line(exc.format_message())
@@ -107,7 +111,7 @@ class _Group(click.Group):
             raise
         except MarscopeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
-                raise
+                traceback.print_exc()  # and still the user error's line and status
             text = as_options(exc) if isinstance(exc, ConfigError) else str(exc)
             click.echo(f"marscope: error: {one_line(text)}{_WARNINGS.drop()}", err=True)
             ctx.exit(2)
@@ -117,10 +121,13 @@ class _Group(click.Group):
             ctx.exit(130)
         except OSError as exc:
             held = _WARNINGS.drop()
-            if ctx.obj and ctx.obj.get("debug"):
+            debug = ctx.obj and ctx.obj.get("debug")
+            if debug and exc.errno not in _ENVIRONMENT_ERRORS:
                 raise
             if exc.errno not in _ENVIRONMENT_ERRORS:  # rasterio's, or another library's
                 _unexpected(ctx, exc)
+            if debug:
+                traceback.print_exc()  # and still the environment error's line and status
             where = f" {exc.filename}" if exc.filename else ""
             fix = _OS_FIXES.get(
                 exc.errno or 0,

@@ -253,6 +253,7 @@ def check_work_folder(path: str | os.PathLike[str]) -> Path:
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "a folder"),
+        (stat.S_ISREG, "a file"),
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISSOCK, "a socket"),
         (stat.S_ISCHR, "a character device"),

@@ -40,7 +40,13 @@ from marscope_stac.core.errors import (
     check_range,
     release_held_warnings,
 )
-from marscope_stac.core.fs import atomic_write_json, check_apart, source_folder, sweep_stale
+from marscope_stac.core.fs import (
+    atomic_write_json,
+    check_apart,
+    check_work_folder,
+    source_folder,
+    sweep_stale,
+)
 from marscope_stac.embed.compute import (
     _model,
     _run_cluster,
@@ -376,6 +382,7 @@ def _check_args(
     how.check()
     sel.check()
     check_range("tile_px", tile_px, 8, 4096, integer=True)
+    check_work_folder(out)  # a file, a link to nothing: refused before any work
     _check_out_apart(source, out)
     OutputCatalog(out)  # a products catalog, or a folder that can become one
 

@@ -292,7 +292,9 @@ class EmbeddingSet:
                 f"{self.manifest_path} is not valid JSON; delete the set folder and embed again"
             ) from exc
         if not isinstance(d, dict):
-            raise DataError(f"{self.manifest_path} is not a manifest; embed again")
+            raise DataError(
+                f"{self.manifest_path} is not a manifest; delete the set folder and embed again"
+            )
         check_manifest_fields(d, self.manifest_path)
         return d
 

@@ -76,7 +76,15 @@ def test_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--debug", "validate", str(tmp_path / "x")])
-    assert isinstance(result.exception, errors.CatalogError)
+    assert "Traceback" in result.stderr and "CatalogError" in result.stderr
+    assert result.exit_code == 2  # still a user error: --debug adds the traceback only
+    assert result.stderr.strip().splitlines()[-1].startswith("marscope: error: ")
+
+
+def test_bare_marscope_prints_its_help() -> None:
+    result = CliRunner().invoke(cli, [])
+    assert result.exit_code == 0 and result.output.startswith("Usage: ")  # "cli" in tests
+    assert "marscope: error" not in result.output
 
 
 def test_unexpected_error_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
