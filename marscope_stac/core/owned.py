@@ -38,7 +38,7 @@ _PROJECT_FILES = ("catalog.json", "collection.json")
 _MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 _MODEL_ENTRIES = frozenset({*_MODEL_FILES, "model.json"})
 """What a model folder this project writes holds (release-model, average-models)."""
-_MARK_BYTES = 1 << 20
+_MARK_BYTES = 64 << 20  # the paths of a catalog of many thousand items
 
 
 def _entries(root: Path) -> list[Path]:
@@ -49,15 +49,23 @@ def _entries(root: Path) -> list[Path]:
         return []
 
 
+def _tree(root: Path) -> list[str]:
+    """Every path under ``root`` (relative, ``/``-separated) but the project's hidden ones.
+
+    Links are listed, never followed.
+    """
+    found: list[str] = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not _OWN_HIDDEN.match(d)]
+        rel = Path(here).relative_to(root)
+        found += [(rel / n).as_posix() for n in [*dirs, *files] if not _OWN_HIDDEN.match(n)]
+    return sorted(found)
+
+
 def mark_project_folder(folder: str | os.PathLike[str], kind: str, **extra: Any) -> None:
     """Mark ``folder`` as one this project wrote, of ``kind``, holding what it holds now."""
     root = Path(folder)
-    doc = {
-        "written_by": "marscope-stac",
-        "kind": kind,
-        "entries": sorted(p.name for p in _entries(root)),
-        **extra,
-    }
+    doc = {"written_by": "marscope-stac", "kind": kind, "entries": _tree(root), **extra}
     (root / PROJECT_MARK).write_text(json.dumps(doc) + "\n", encoding="utf-8")
 
 
@@ -89,7 +97,8 @@ def added_entries(folder: str | os.PathLike[str], kind: str) -> list[str]:
     known = mark.get("entries") if mark is not None and mark["kind"] == kind else None
     if not isinstance(known, list):
         return []
-    return sorted(p.name for p in _entries(root) if p.name not in known)
+    ours = set(known)  # every path, nested ones too (a user's notes beside an item)
+    return [p for p in _tree(root) if p not in ours]
 
 
 def is_project_folder(folder: str | os.PathLike[str], kind: str = "") -> bool:

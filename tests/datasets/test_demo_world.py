@@ -221,6 +221,11 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
         build_demo_catalog(out, size="small", seed=1, overwrite=True)  # the user's file stays
     assert (out / "extra.txt").is_file()
     (out / "extra.txt").unlink()
+    nested = next(out.glob("demo-ctx/*/")) / ".my-notes"  # deep inside, and hidden
+    nested.write_text("mine")
+    with pytest.raises(OutputError, match=r"\.my-notes, which this program did not write"):
+        build_demo_catalog(out, size="small", seed=1, overwrite=True)
+    nested.unlink()
     build_demo_catalog(out, size="small", seed=1, overwrite=True)  # its own catalog: replaced
     assert (out / "catalog.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
