@@ -182,7 +182,9 @@ def catalog_publish_cmd(folder: Path, base_url: str | None, self_contained: bool
     from marscope_stac.core.errors import ConfigError
     from marscope_stac.stac.catalog import set_self_links
 
-    if (base_url is None) != self_contained:
+    if base_url is not None and self_contained:
+        raise ConfigError("give --base-url URL or --self-contained, not both")
+    if base_url is None and not self_contained:
         raise ConfigError("give --base-url URL, or --self-contained to remove the self links")
     n = set_self_links(folder, None if self_contained else base_url)
     click.echo(f"{folder}: self links of {n} STAC objects {'removed' if self_contained else 'set'}")

@@ -166,6 +166,24 @@ def _folder_collection(
     )
 
 
+def _same_body(tif: Path, body: Body, wanted: Body | None, found: Body | None) -> Body:
+    """The body of the catalog so far, checked against one more file's.
+
+    Raises:
+        CatalogError: if the file shows another body than ``--body`` or the files before.
+    """
+    if wanted is not None and body is not wanted:
+        raise CatalogError(
+            f"{tif} shows {body.name}, not {wanted.name} as --body says; leave --body out "
+            "(the files' CRS names their body) or give the right one"
+        )
+    if found is not None and body is not found:
+        raise CatalogError(
+            f"{tif} shows {body.name} but other files show {found.name}; make one catalog per body"
+        )
+    return body
+
+
 def build_folder_catalog(
     folder: str | Path,
     *,
@@ -195,7 +213,7 @@ def build_folder_catalog(
     out = root / "stac"
     tifs = _find_tifs(root, out)
     cid = collection_id or _item_id(root.resolve(), root.resolve().parent)
-    if not ID_PATTERN.fullmatch(cid) or cid in (".", ".."):
+    if not ID_PATTERN.fullmatch(cid) or cid.startswith("."):  # hidden names are ours
         raise ConfigError(
             f"collection id {cid!r} is not a plain name; use letters, digits, '.', '_', '-'"
         )
@@ -211,13 +229,7 @@ def build_folder_catalog(
         found_body: Body | None = wanted
         for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):
             item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
-            if found_body is None:
-                found_body = tif_body
-            if tif_body is not found_body:
-                raise CatalogError(
-                    f"{tif} shows {tif_body.name} but other files show {found_body.name}; "
-                    "make one catalog per body"
-                )
+            found_body = _same_body(tif, tif_body, wanted, found_body)
             items.append(item)
         assert found_body is not None
         name = root.resolve().name

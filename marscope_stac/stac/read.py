@@ -129,6 +129,11 @@ def _items_from_local(path: Path) -> Iterator[pystac.Item]:
 
 def _read_stac_file(path: Path) -> Any:
     """The STAC object of a local JSON file (CatalogError for anything else)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        raise CatalogError(
+            f"{path} is a GeoTIFF, not a STAC document; catalog its folder first "
+            f"('marscope catalog build {path.parent}') and give that folder"
+        )
     try:
         d = json.loads(read_regular(path))
     except RecursionError:

@@ -230,6 +230,20 @@ CASES: dict[str, dict[str, Case]] = {
             "../../x",
         ],
         "unknown body": lambda w: ["catalog", "build", str(w.tifs), "--body", "Vulcan"],
+        "a body the files do not show": lambda w: [
+            "catalog",
+            "build",
+            str(w.tifs),
+            "--body",
+            "Moon",
+        ],
+        "a hidden collection id": lambda w: [
+            "catalog",
+            "build",
+            str(w.tifs),
+            "--collection-id",
+            ".marscope-stac",
+        ],
         "a file that is not a TIFF": lambda w: ["catalog", "build", str(w.junk)],
     },
     "train": {
@@ -260,7 +274,18 @@ CASES: dict[str, dict[str, Case]] = {
             str(w.root / "t10"),
         ],
     },
+    "catalog publish": {
+        "both a base URL and self-contained": lambda w: [
+            "catalog",
+            "publish",
+            str(w.cat),
+            "--base-url",
+            "https://example.org/c/",
+            "--self-contained",
+        ],
+    },
     "embed": {
+        "a GeoTIFF, not a catalog": lambda w: ["embed", str(w.tifs / "a.tif"), "--out", str(w.out)],
         "batch size 0": lambda w: ["embed", str(w.cat), "--out", str(w.out), "--batch-size", "0"],
         "batch size negative": lambda w: [
             "embed",
