@@ -16,9 +16,14 @@ def connect_scheduler(scheduler_address: str | None) -> Any:
     Raises:
         ConfigError: in one line, for an address that is not one or cannot be reached.
     """
+    if scheduler_address is not None and not scheduler_address.strip():
+        raise ConfigError("--scheduler-address is empty; give tcp://host:8786, or leave it out")
     address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if not address:
         return None
+    port = address.rsplit(":", 1)[-1] if "://" in address else ""
+    if port.isdigit() and not 0 < int(port) < 65536:
+        raise ConfigError(f"the scheduler address {address!r} has port {port}; ports are 1-65535")
     from distributed import Client
 
     try:

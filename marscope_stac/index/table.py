@@ -176,7 +176,11 @@ def read_embeddings(paths: str | Path | Sequence[str | Path]) -> EmbeddingTable:
             col = t.column("embedding").combine_chunks()
             dim = col.type.list_size
         except (OSError, pa.ArrowInvalid, KeyError, AttributeError) as exc:
-            raise DataError(f"{p} is not a readable embedding table: {exc}") from exc
+            why = str(exc).splitlines()[0][:120]
+            raise DataError(
+                f"{p} is not a readable embedding table ({why}); it is damaged: delete it and "
+                "embed again (a shard's cells are embedded again, a set's table is rebuilt)"
+            ) from exc
         values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float16, copy=False)
         tables.append(
             EmbeddingTable(

@@ -456,24 +456,24 @@ def _self_link(d: dict[str, Any], path: Path, folder: Path, base_url: str | None
     d["links"] = links
 
 
-def _set_self_link(path: Path, folder: Path, base_url: str | None) -> bool:
-    """Set (or remove) one STAC file's self link; whether the file changed."""
+def _self_linked(path: Path, folder: Path, base_url: str | None) -> dict[str, Any] | None:
+    """One STAC file with its self link set (or removed), or None when it stays as it is."""
     if any(part.startswith(".") for part in path.relative_to(folder).parts):
-        return False
+        return None
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError) as exc:  # a damaged collection would be published silently
+        raise CatalogError(
+            f"{path} is not readable JSON ({str(exc).splitlines()[0][:80]}); fix it or move it "
+            "out of the catalog, then publish again"
+        ) from None
     if not isinstance(d, dict) or "stac_version" not in d:
-        return False
+        return None
     old = d.get("links")
     if not isinstance(old, list) or not all(isinstance(lk, dict) for lk in old):
         raise CatalogError(f"{path}: 'links' is not a list of link objects; fix the file")
     _self_link(d, path, folder, base_url)
-    if d["links"] == old:
-        return False
-    atomic_write_json(path, d)
-    return True
+    return None if d["links"] == old else d
 
 
 def check_base_url(base_url: str) -> str:
@@ -528,10 +528,12 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
         if lock.is_file():  # a products catalog: wait for writers to finish
             fh = stack.enter_context(lock.open("a"))
             fcntl.flock(fh, fcntl.LOCK_EX)
-        changed = sum(
-            _set_self_link(path, folder, base_url) for path in sorted(folder.rglob("*.json"))
-        )
-    return changed
+        # every file read and checked first: a damaged one stops the publish before any write
+        updates = [(p, _self_linked(p, folder, base_url)) for p in sorted(folder.rglob("*.json"))]
+        changed = [(p, d) for p, d in updates if d is not None]
+        for path, d in changed:
+            atomic_write_json(path, d)
+    return len(changed)
 
 
 def _items_deriving_from(root: Path, item_path: Path) -> list[Path]:

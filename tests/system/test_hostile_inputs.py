@@ -483,6 +483,19 @@ def test_libtiffs_disk_full_error_is_one_line(
     }  # no half-written product (only the text cache may have grown)
 
 
+@pytest.mark.parametrize(
+    ("address", "says"), [("", "is empty"), ("tcp://127.0.0.1:99999", "ports are 1-65535")]
+)
+def test_a_scheduler_address_that_cannot_be_one(
+    inputs: Inputs, tmp_path: Path, address: str, says: str
+) -> None:
+    code, err = _run(
+        ["embed", str(inputs.cat), "--out", str(tmp_path / "o"), "--scheduler-address", address]
+    )
+    assert code == 2 and says in err[0], err  # not silently local, not a 10 s wait
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_scheduler_address_naming_an_unknown_host(inputs: Inputs, tmp_path: Path) -> None:
     """Found by the fuzzer: ``lonlat:0`` as DASK_SCHEDULER_ADDRESS (a host lookup fails)."""
     code, err = _run(

@@ -471,3 +471,13 @@ def test_catalog_build_keeps_a_hand_written_stac_folder(tmp_path: Path) -> None:
     line = _refused(["catalog", "build", str(folder), "--overwrite"])
     assert "move it away" in line  # its place is fixed: no other path to choose
     assert _tree(folder / "stac") == before
+
+
+def test_catalog_publish_of_a_damaged_catalog_changes_nothing(demo_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cat = tmp_path / "cat"
+    shutil.copytree(demo_small.root, cat)
+    (cat / "demo-labels" / "collection.json").write_text('{"type": "Collection", ')
+    before = _tree(cat)
+    line = _refused(["catalog", "publish", str(cat), "--base-url", "https://example.org/c/"])
+    assert "collection.json is not readable JSON" in line
+    assert _tree(cat) == before  # checked before any file is written: nothing half-published
