@@ -70,6 +70,9 @@ def load_model(
     dev = resolve_device(device)
     prec = _precision(precision, dev)
     name = model.strip()
+    if name in ("local-dir:", "hf-hub:"):  # "local-dir:" would be the current folder
+        what = "a folder" if name == "local-dir:" else "a repository ORG/REPO"
+        raise ModelError(f"--model {name} names nothing after the colon; give {what}")
     if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
         raise ConfigError(
             f"pretrained is for an architecture name; {name} already has its weights "

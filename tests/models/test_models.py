@@ -104,6 +104,9 @@ def test_query_is_mean_of_marscope_templates(hub_folder) -> None:  # type: ignor
 def test_bad_models_give_one_line_errors(hub_folder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelError, match="unknown open_clip architecture 'ViT-Nope'"):
         load_model("ViT-Nope")
+    for empty in ("local-dir:", "hf-hub: "):  # not the current folder, not the hub's root
+        with pytest.raises(ModelError, match="names nothing after the colon"):
+            load_model(empty)
     with pytest.raises(ModelError, match="does not exist"):
         load_model(ARCH, pretrained=str(tmp_path / "missing.safetensors"))
     corrupt = tmp_path / "corrupt.safetensors"
