@@ -41,6 +41,19 @@ __all__ = [
 ]
 
 
+def _model_name(model: str) -> str:
+    """``model`` stripped; a prefix with nothing after its colon is refused.
+
+    Raises:
+        ModelError: for ``local-dir:`` (it would be the current folder) or ``hf-hub:``.
+    """
+    name = model.strip()
+    if name in ("local-dir:", "hf-hub:"):
+        what = "a folder" if name == "local-dir:" else "a repository ORG/REPO"
+        raise ModelError(f"--model {name} names nothing after the colon; give {what}")
+    return name
+
+
 def load_model(
     model: str = BUNDLED_MODEL,
     *,
@@ -69,10 +82,7 @@ def load_model(
     register_bundled_architectures()
     dev = resolve_device(device)
     prec = _precision(precision, dev)
-    name = model.strip()
-    if name in ("local-dir:", "hf-hub:"):  # "local-dir:" would be the current folder
-        what = "a folder" if name == "local-dir:" else "a repository ORG/REPO"
-        raise ModelError(f"--model {name} names nothing after the colon; give {what}")
+    name = _model_name(model)
     if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
         raise ConfigError(
             f"pretrained is for an architecture name; {name} already has its weights "
