@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marscope_stac.core.threads import worker_count
+from marscope_stac.index.kernels import int8_scores
 from marscope_stac.index.store import ScoringArrays
 
 __all__ = [
@@ -136,10 +137,5 @@ def range_scores(
 def int8_block(
     int8: NDArray[np.int8], scale: NDArray[np.float32], q: NDArray[np.float32]
 ) -> NDArray[np.float32]:
-    """Scores of one block of rows from their int8 copies (the scans' kernel)."""
-    out = np.empty(len(int8), np.float32)
-    for c in range(0, len(int8), _PIECE):
-        rows = _scratch(min(_PIECE, len(int8) - c), int8.shape[1])
-        rows[...] = int8[c : c + len(rows)]
-        out[c : c + len(rows)] = rows @ q
-    return np.asarray(out * scale, np.float32)
+    """Scores of one block of rows from their int8 copies (the scans' kernel, compiled)."""
+    return int8_scores(int8, scale, q)

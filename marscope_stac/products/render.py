@@ -40,7 +40,10 @@ __all__ = [
     "RasterLayout",
     "cells_to_raster",
     "colorize",
+    "padded_bytes",
     "quantize",
+    "raster_palette",
+    "raster_tile",
     "raster_zoom_range",
     "tile_metadata",
     "write_raster_pmtiles",
@@ -378,14 +381,11 @@ def write_raster_pmtiles(
     """
     from pmtiles.tile import Compression, TileType
 
-    padded = _padded_bytes(values, steps, nodata)
+    padded = padded_bytes(values, steps, nodata)
     rows, cols = padded.shape[0] - 1, padded.shape[1] - 1
-    res = transform.a
-    bounds = (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
+    bounds = _raster_bounds(transform, (rows, cols))
     zmin, zmax = zoom or raster_zoom_range(transform, (rows, cols))
-    palette = (
-        _categorical_chunks(colours, nodata) if colours else _palette_chunks(cmap, steps, nodata)
-    )
+    palette = raster_palette(cmap, steps, nodata, colours)
     jobs = _tile_row_jobs(bounds, zmin, zmax, ~transform, (rows, cols))
 
     def encode(job: _TileRowJob) -> list[tuple[int, bytes]]:
@@ -397,7 +397,49 @@ def write_raster_pmtiles(
     return _write_archive(path, tiles, header, {**metadata, "format": "png"})
 
 
-def _padded_bytes(
+def raster_tile(
+    padded: NDArray[np.uint8],
+    transform: Affine,
+    zxy: tuple[int, int, int],
+    zoom: tuple[int, int],
+    palette: bytes,
+    nodata: int = PROBABILITY_NODATA,
+) -> bytes | None:
+    """One tile of :func:`write_raster_pmtiles`'s archive, the same bytes; None when it has none.
+
+    ``padded`` is :func:`padded_bytes` of the raster. Tiles outside ``zoom``, outside the
+    raster, or holding no data are None (the archive leaves them out).
+    """
+    z, x, y = zxy
+    rows, cols = padded.shape[0] - 1, padded.shape[1] - 1
+    if not zoom[0] <= z <= zoom[1]:
+        return None
+    x0, x1, y0, y1 = _tile_range(_raster_bounds(transform, (rows, cols)), z)
+    if not (x0 <= x <= x1 and y0 <= y <= y1):
+        return None
+    job = _tile_row_jobs_at(z, (x, x, y, y), ~transform, (rows, cols))
+    found = _encode_tile_row(job[0], padded, nodata, palette) if job else []
+    return found[0][1] if found else None
+
+
+def raster_palette(
+    cmap: str = "magma",
+    steps: int = PROBABILITY_STEPS,
+    nodata: int = PROBABILITY_NODATA,
+    colours: Sequence[str] | None = None,
+) -> bytes:
+    """The PLTE and tRNS chunks :func:`write_raster_pmtiles` gives its tiles."""
+    return _categorical_chunks(colours, nodata) if colours else _palette_chunks(cmap, steps, nodata)
+
+
+def _raster_bounds(transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """West, south, east, north of a north-up raster."""
+    rows, cols = shape
+    res = transform.a
+    return (transform.c, transform.f + transform.e * rows, transform.c + res * cols, transform.f)
+
+
+def padded_bytes(
     values: NDArray[np.float32] | NDArray[np.uint8], steps: int, nodata: int
 ) -> NDArray[np.uint8]:
     """The raster as bytes, plus a row and a column of no data; raises if it has no data."""
@@ -419,25 +461,34 @@ def _tile_row_jobs(
     bounds: Sequence[float], zmin: int, zmax: int, inv: Affine, shape: tuple[int, int]
 ) -> list[_TileRowJob]:
     """The rows of tiles holding data, with the source row and column of every pixel."""
-    rows, cols = shape
-    # samples outside the raster point at the padding row or column (``rows``, ``cols``)
     # one job per row of tiles: its pixels are sampled in one gather, filtered at once,
     # and each tile is compressed (zlib releases the GIL, so rows run in parallel)
-    jobs: list[_TileRowJob] = []
-    for z in range(zmin, zmax + 1):
-        n = 2**z
-        x0, x1, y0, y1 = _tile_range(bounds, z)
-        px = np.arange(x0 * 256, (x1 + 1) * 256, dtype=np.float64) + 0.5
-        col = np.floor(inv.a * (px / (256 * n) * 360.0 - 180.0) + inv.c).astype(np.int64)
-        col = np.where((col >= 0) & (col < cols), col, cols)
-        py = np.arange(y0 * 256, (y1 + 1) * 256, dtype=np.float64) + 0.5
-        row = np.floor(inv.e * _y_to_lat(py / 256, n) + inv.f).astype(np.int64)
-        row = np.where((row >= 0) & (row < rows), row, rows).reshape(-1, 256)
-        for ty in range(y0, y1 + 1):
-            r = row[ty - y0]
-            if not (r == rows).all():
-                jobs.append((z, x0, ty, r, col))
-    return jobs
+    return [
+        job
+        for z in range(zmin, zmax + 1)
+        for job in _tile_row_jobs_at(z, _tile_range(bounds, z), inv, shape)
+    ]
+
+
+def _tile_row_jobs_at(
+    z: int, tile_range: tuple[int, int, int, int], inv: Affine, shape: tuple[int, int]
+) -> list[_TileRowJob]:
+    """:func:`_tile_row_jobs` of zoom ``z`` within ``tile_range`` (x0, x1, y0, y1)."""
+    rows, cols = shape
+    # samples outside the raster point at the padding row or column (``rows``, ``cols``)
+    n = 2**z
+    x0, x1, y0, y1 = tile_range
+    px = np.arange(x0 * 256, (x1 + 1) * 256, dtype=np.float64) + 0.5
+    col = np.floor(inv.a * (px / (256 * n) * 360.0 - 180.0) + inv.c).astype(np.int64)
+    col = np.where((col >= 0) & (col < cols), col, cols)
+    py = np.arange(y0 * 256, (y1 + 1) * 256, dtype=np.float64) + 0.5
+    row = np.floor(inv.e * _y_to_lat(py / 256, n) + inv.f).astype(np.int64)
+    row = np.where((row >= 0) & (row < rows), row, rows).reshape(-1, 256)
+    return [
+        (z, x0, ty, row[ty - y0], col)
+        for ty in range(y0, y1 + 1)
+        if not (row[ty - y0] == rows).all()
+    ]
 
 
 def _encode_tile_row(

@@ -39,8 +39,10 @@ from marscope_stac.products.render import _header, _lat_to_y, _tile_range, _writ
 __all__ = [
     "TILE_GZIP_LEVEL",
     "Detections",
+    "VectorLevels",
     "detections",
     "raster_detections",
+    "vector_tile",
     "write_vector_pmtiles",
 ]
 
@@ -80,27 +82,69 @@ def write_vector_pmtiles(
     found = Detections.from_features(features)
     if len(found) == 0:
         raise ValueError("no features to write")
-    b = found.polygons.bounds()
-    bounds = (
-        float(np.nanmin(b[:, 0])),
-        float(np.nanmin(b[:, 1])),
-        float(np.nanmax(b[:, 2])),
-        float(np.nanmax(b[:, 3])),
-    )
-    values = ValueColumns.of(found.columns)
-    zmin, zmax = zoom
-    levels: dict[int, _Zoom] = {}
-    for z in range(zmin, zmax + 1):
-        coarse = cell_deg is None or cell_deg / 360.0 * 2**z * EXTENT < 2.0
-        if z < zmax and coarse:
-            levels[z] = _Zoom.project(found.polygons, z, simplify=True)
-        else:  # zmax's tile space scaled by a power of two: the same numbers, exactly
-            if zmax not in levels:
-                levels[zmax] = _Zoom.project(found.polygons, zmax, simplify=False)
-            levels[z] = levels[zmax].at(2.0 ** (z - zmax))
-    tiles = _encode_tiles(levels, bounds, values, layer)
-    header = _header(bounds, zmin, zmax, TileType.MVT, Compression.GZIP)
-    return _write_archive(path, tiles, header, _vector_metadata(metadata, layer, values.keys, zoom))
+    levels = VectorLevels(found, zoom, layer, cell_deg)
+    tiles = _encode_tiles(levels)
+    header = _header(levels.bounds, *zoom, TileType.MVT, Compression.GZIP)
+    meta = _vector_metadata(metadata, layer, levels.values.keys, zoom)
+    return _write_archive(path, tiles, header, meta)
+
+
+class VectorLevels:
+    """The features of a vector tile archive projected to each zoom, on first use.
+
+    Args:
+        found: The features (detections).
+        zoom: First and last zoom level.
+        layer: The tiles' layer name.
+        cell_deg: See :func:`write_vector_pmtiles`.
+    """
+
+    def __init__(
+        self,
+        found: Detections,
+        zoom: tuple[int, int],
+        layer: str = "detections",
+        cell_deg: float | None = None,
+    ) -> None:
+        self.found, self.zoom, self.layer, self.cell_deg = found, zoom, layer, cell_deg
+        b = found.polygons.bounds()
+        self.bounds = (
+            float(np.nanmin(b[:, 0])),
+            float(np.nanmin(b[:, 1])),
+            float(np.nanmax(b[:, 2])),
+            float(np.nanmax(b[:, 3])),
+        )
+        self.values = ValueColumns.of(found.columns)
+        self._levels: dict[int, _Zoom] = {}
+
+    def level(self, z: int) -> _Zoom:
+        """Zoom ``z``'s features in its tile space (made once)."""
+        if z not in self._levels:
+            zmax = self.zoom[1]
+            coarse = self.cell_deg is None or self.cell_deg / 360.0 * 2**z * EXTENT < 2.0
+            if z < zmax and coarse:
+                self._levels[z] = _Zoom.project(self.found.polygons, z, simplify=True)
+            else:  # zmax's tile space scaled by a power of two: the same numbers, exactly
+                if zmax not in self._levels:
+                    self._levels[zmax] = _Zoom.project(self.found.polygons, zmax, simplify=False)
+                self._levels[z] = self._levels[zmax].at(2.0 ** (z - zmax))
+        return self._levels[z]
+
+
+def vector_tile(levels: VectorLevels, zxy: tuple[int, int, int]) -> bytes | None:
+    """One tile of :func:`write_vector_pmtiles`'s archive, the same bytes (gzip MVT).
+
+    None where the archive has no tile (outside its zooms or features, or nothing drawn).
+    """
+    z, x, y = zxy
+    if not levels.zoom[0] <= z <= levels.zoom[1]:
+        return None
+    x0, x1, y0, y1 = _tile_range(levels.bounds, z)
+    if not (x0 <= x <= x1 and y0 <= y <= y1):
+        return None
+    jobs = levels.level(z).jobs(z, (x, x, y, y))
+    tile = jobs[0].encode(levels.values, levels.layer) if jobs else None
+    return tile[1] if tile else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,22 +327,20 @@ class _TileJob:
         return zxy_to_tileid(self.z, self.x, self.y), gzip.compress(data, TILE_GZIP_LEVEL, mtime=0)
 
 
-def _encode_tiles(
-    levels: dict[int, _Zoom],
-    bounds: tuple[float, float, float, float],
-    values: ValueColumns,
-    layer: str,
-) -> list[tuple[int, bytes]]:
+def _encode_tiles(levels: VectorLevels) -> list[tuple[int, bytes]]:
     """Every tile of every zoom, encoded in one pool, biggest first.
 
     One pool over all zooms keeps every core busy: a coarse zoom's few big tiles (the
     planet's zoom 0 is one tile holding every feature) are encoded while finer zooms' many
     small ones fill the other cores.
     """
+    zooms = range(levels.zoom[0], levels.zoom[1] + 1)
+    for z in zooms:  # projected here, in order: zooms below the last may share its numbers
+        levels.level(z)
     with ThreadPoolExecutor(worker_count()) as pool:  # numpy, shapely and zlib release the GIL
-        made = pool.map(lambda z: levels[z].jobs(z, _tile_range(bounds, z)), sorted(levels))
+        made = pool.map(lambda z: levels.level(z).jobs(z, _tile_range(levels.bounds, z)), zooms)
         jobs = sorted((j for js in made for j in js), key=lambda j: -len(j.feats))
-        encoded = pool.map(lambda job: job.encode(values, layer), jobs)
+        encoded = pool.map(lambda job: job.encode(levels.values, levels.layer), jobs)
         return [t for t in encoded if t is not None]
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from affine import Affine
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import OutputError
@@ -74,6 +75,7 @@ __all__ = [
     "CellColumns",
     "ClassProduct",
     "QueryProduct",
+    "detection_zoom",
     "read_scores",
     "write_detections",
     "write_query_product",
@@ -354,6 +356,8 @@ def write_query_product(
     threshold: float,
     timings: dict[str, float] | None = None,
     products: Sequence[str] = OPTIONAL_PRODUCTS,
+    raster: NDArray[np.float32] | None = None,
+    found: Callable[[], Detections] | None = None,
 ) -> QueryProduct:
     """Write a scored query's files and STAC item (see the module docstring).
 
@@ -368,6 +372,8 @@ def write_query_product(
         threshold: Detection threshold on the probability, in [0, 1].
         timings: Adds seconds per step to this dict.
         products: Which files to write besides the COG (see :data:`OPTIONAL_PRODUCTS`).
+        raster: The probability raster, when laid out already.
+        found: Gives the detections, when something traced them already.
 
     Raises:
         OutputError: if ``out`` is not a products catalog or cannot be written.
@@ -377,16 +383,12 @@ def write_query_product(
     folder = Path(out) / "queries" / qid
     catalog.existing_collection(folder.parent / "collection.json")  # damaged: refused first
     grid, layout = where.grid, where.layout
-    values = layout.raster(result.probability)
-    clock.lap("raster")
+    values = clock.timed("raster", layout.raster, result.probability) if raster is None else raster
+    meta = _tile_metadata(qid, spec, grid)
     with staged_directory(folder, overwrite=True, owned=True) as stage:
-        files = _Files(stage, _tile_metadata(qid, spec, grid), grid, layout, values, clock)
+        files = _Files(stage, meta, grid, layout, values, clock, found)
         feats = files.write(result, threshold, where.columns, products)
-        write_examples(stage / ASSET_FILES["examples"], spec, grid)
-        carry_over(folder, stage, ASSET_FILES.values())  # a user's files stay
-        assets = {
-            key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()
-        }
+        assets = _finish_stage(stage, folder, spec, grid)
     clock.reset()
     n_det = len(feats) if "detections" in products else None
     item = _query_item(folder, qid, spec, where, result, threshold, n_det)
@@ -402,6 +404,13 @@ def write_query_product(
         assets=assets,
         timings=clock.timings,
     )
+
+
+def _finish_stage(stage: Path, folder: Path, spec: QuerySpec, grid: Grid) -> dict[str, Path]:
+    """The examples and a user's files added to a staged product; its assets' final paths."""
+    write_examples(stage / ASSET_FILES["examples"], spec, grid)
+    carry_over(folder, stage, ASSET_FILES.values())  # a user's files stay
+    return {key: folder / name for key, name in ASSET_FILES.items() if (stage / name).is_file()}
 
 
 def write_examples(path: Path, spec: QuerySpec, grid: Grid) -> Path | None:
@@ -448,6 +457,12 @@ def _add_to_queries(catalog: OutputCatalog, path: Path, item: dict[str, Any], gr
     return catalog.add(coll_path, coll, path, item)
 
 
+def detection_zoom(transform: Affine) -> tuple[int, int]:
+    """Zoom levels of a query's vector tiles: five levels down to one above the grid's."""
+    _, base = zoom_range(float(transform.a))
+    return (max(0, base - 5), max(0, base - 1))
+
+
 def _tile_metadata(qid: str, spec: QuerySpec, grid: Grid) -> dict[str, Any]:
     """PMTiles metadata of a query's archives."""
     return tile_metadata(qid, f"probability of {', '.join(spec.text) or 'examples'}", grid.body)
@@ -463,6 +478,7 @@ class _Files:
     layout: RasterLayout
     values: NDArray[np.float32]
     clock: _Clock
+    found: Callable[[], Detections] | None = None
 
     def write(
         self,
@@ -535,7 +551,9 @@ class _Files:
         """Detections GeoParquet (in ``pool``) and vector PMTiles; returns the detections."""
         clock, transform = self.clock, self.layout.transform
         feats = Detections.empty()
-        if np.greater_equal(self.values, threshold).any():  # NaN: no data
+        if self.found is not None:
+            feats = clock.timed("detections", self.found)
+        elif np.greater_equal(self.values, threshold).any():  # NaN: no data
             feats = clock.timed("detections", raster_detections, self.values, transform, threshold)
         path = self.stage / "detections.parquet"
         background.append(
@@ -544,8 +562,7 @@ class _Files:
             )
         )
         if len(feats):
-            _, base = zoom_range(float(transform.a))
-            zoom = (max(0, base - 5), max(0, base - 1))
+            zoom = detection_zoom(transform)
             path = self.stage / "detections.pmtiles"
             cell = min(abs(transform.a), abs(transform.e))
             clock.timed(
