@@ -48,12 +48,12 @@ from marscope_stac.index.texts import TextVectorCache
 from marscope_stac.products.classes import write_class_product
 from marscope_stac.products.ids import OPTIONAL_PRODUCTS, query_id
 from marscope_stac.products.items import ScoredSet
+from marscope_stac.products.live import LiveAnswer
 from marscope_stac.products.render import RasterLayout
 from marscope_stac.products.write import (
     CellColumns,
     ClassProduct,
     QueryProduct,
-    write_query_product,
 )
 from marscope_stac.query.scoring import (
     DEFAULT_TOP_K,
@@ -394,18 +394,18 @@ class QueryEngine:
             threshold=threshold,
             products=tuple(products),
         ).check()
-        return self._query(spec, threshold, name, products)
+        return self._query(spec, threshold, name, products).write()
 
     def _query(
         self, spec: QuerySpec, threshold: float, name: str | None, products: Sequence[str]
-    ) -> QueryProduct:
+    ) -> LiveAnswer:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         result = self.score(spec, threshold=threshold)
         timings["scores"] = time.perf_counter() - t0
-        return self._publish(spec, result, threshold, name, timings, products)
+        return self._answered(spec, result, threshold, name, timings, products)
 
-    def _publish(
+    def _answered(
         self,
         spec: QuerySpec,
         result: ScoredQuery,
@@ -413,21 +413,14 @@ class QueryEngine:
         name: str | None,
         timings: dict[str, float],
         products: Sequence[str] = OPTIONAL_PRODUCTS,
-    ) -> QueryProduct:
+    ) -> LiveAnswer:
         t0 = time.perf_counter()
         layout = self.layout
         timings["set layout (once)"] = time.perf_counter() - t0
         qid = name or query_id(spec, self.set, threshold, result.scoring, products)
         where = ScoredSet(self.set, self.grid, layout, self.columns, self.model_name)
-        return write_query_product(
-            self.out,
-            qid,
-            where,
-            result,
-            spec,
-            threshold=threshold,
-            timings=timings,
-            products=products,
+        return LiveAnswer(
+            Path(self.out), qid, where, result, spec, threshold, tuple(products), timings
         )
 
     def composite(
@@ -460,7 +453,7 @@ class QueryEngine:
             within_km=within_km,
             products=tuple(products),
         ).check()
-        return self._composite(first, second, op, threshold, within_km, templates, products)
+        return self._composite(first, second, op, threshold, within_km, templates, products).write()
 
     def _composite(
         self,
@@ -471,7 +464,7 @@ class QueryEngine:
         within_km: float,
         templates: Sequence[str],
         products: Sequence[str],
-    ) -> QueryProduct:
+    ) -> LiveAnswer:
         tpl = list(templates)
         a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None)
         b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None)
@@ -489,7 +482,7 @@ class QueryEngine:
         if op == "near":
             which["within_km"] = within_km
         spec = QuerySpec(text=[label], templates=tpl, composite=which)
-        return self._publish(spec, scored, threshold, None, {}, products)
+        return self._answered(spec, scored, threshold, None, {}, products)
 
     def classify(
         self, classes: Sequence[str], *, templates: Sequence[str] = MARSCOPE_TEMPLATES
@@ -533,6 +526,15 @@ class QueryEngine:
 
     def answer(self, request: QueryRequest) -> list[QueryProduct | ClassProduct]:
         """Answer a request: one product per text, a composite, or a classification."""
+        return [a.write() if isinstance(a, LiveAnswer) else a for a in self.answer_live(request)]
+
+    def answer_live(self, request: QueryRequest) -> list[LiveAnswer | ClassProduct]:
+        """Answer a request in memory; each answer's files are written by its ``write()``.
+
+        Text, example and composite queries are scored and held (their tiles can be made
+        at once, :class:`~marscope_stac.products.live.LiveTiles`); a classification is
+        written here.
+        """
         request.check()
         base = request.examples
         tpl = list(base.templates)

@@ -54,7 +54,6 @@ class LiveTiles:
         self, values: NDArray[np.float32], transform: Affine, threshold: float, detections: bool
     ) -> None:
         self.values, self.transform, self.threshold = values, transform, threshold
-        self.stored = quantize(values)
         self.raster_zoom = raster_zoom_range(transform, values.shape)
         self.vector_zoom = detection_zoom(transform)
         self.has_detections = detections
@@ -64,9 +63,10 @@ class LiveTiles:
 
     @cached_property
     def _padded(self) -> NDArray[np.uint8] | None:
-        if (self.stored == PROBABILITY_NODATA).all():
+        stored = quantize(self.values)
+        if (stored == PROBABILITY_NODATA).all():
             return None
-        return padded_bytes(self.stored, 0, PROBABILITY_NODATA)
+        return padded_bytes(stored, 0, PROBABILITY_NODATA)
 
     @cached_property
     def n_detections(self) -> int | None:

@@ -21,6 +21,7 @@ from marscope_stac.core.errors import ConfigError
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.engine.request import DEFAULT_WITHIN_KM, QueryRequest
 from marscope_stac.query.scoring import QuerySpec
+from marscope_stac.web.live import LiveAnswers
 
 __all__ = [
     "API_FIELDS",
@@ -47,6 +48,7 @@ API_FIELDS = frozenset(
     {
         "texts",
         "classify",
+        "live",
         "points",
         "negative_points",
         "threshold",
@@ -114,6 +116,7 @@ class ServerState:
     hosts: set[str] = field(default_factory=set)
     port: int = 0
     client_timeout: float = 10.0
+    live: LiveAnswers = field(default_factory=LiveAnswers)
 
     def host_names(self) -> set[str]:
         """The ``Host`` values this server answers: the loopback names and ``--host``'s."""
@@ -291,8 +294,9 @@ def parse_request(payload: dict[str, Any]) -> QueryRequest:
     if any(v is not None and not isinstance(v, str) for v in composite.values()):
         raise ConfigError("and_not and near must be texts")
     within = number("within_km", DEFAULT_WITHIN_KM)
-    if not isinstance(payload.get("classify", False), bool):
-        raise ConfigError("classify must be true or false")
+    for flag in ("classify", "live"):
+        if not isinstance(payload.get(flag, False), bool):
+            raise ConfigError(f"{flag} must be true or false")
     request = QueryRequest(
         texts=texts,
         examples=examples,

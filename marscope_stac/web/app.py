@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from marscope_stac.core.errors import ConfigError, MarscopeError
 from marscope_stac.products.export import EXPORT_FORMATS, detections_csv, detections_geojson
+from marscope_stac.products.live import LiveAnswer
 from marscope_stac.products.manage import delete_product, find_product
 from marscope_stac.web.api import (
     MAX_REQUEST_BYTES,
@@ -50,6 +51,8 @@ from marscope_stac.web.api import (
     web_dir,
 )
 from marscope_stac.web.assets import vendor_dir
+from marscope_stac.web.live import live_record
+from marscope_stac.web.openapi import OPENAPI
 
 __all__ = ["OPENAPI", "create_app"]
 
@@ -261,6 +264,38 @@ class _Routes:
             return _error(404, str(exc))
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
+    async def written(self, request: Request) -> Response:
+        """The record of an answer's product once its files are written."""
+        qid = request.path_params["answer"]
+        future = self.state.live.written(qid)
+        try:
+            if future is not None:
+                product = await asyncio.wrap_future(future)
+                item = product.item_path
+            else:
+                item = await run_in_threadpool(find_product, self.state.products, qid)
+        except MarscopeError as exc:
+            return _error(404 if "no product" in str(exc) else 400, str(exc))
+        record = await run_in_threadpool(product_record, item, self.state.products)
+        return JSONResponse(record, headers={"Cache-Control": "no-store"})
+
+    async def tile(self, request: Request) -> Response:
+        """A tile of an answer held in memory (204 where its archive has none)."""
+        p = request.path_params
+        tiles = self.state.live.tiles(p["answer"])
+        if tiles is None:
+            return _error(404, f"no answer {p['answer']} is held; open its product's files")
+        raster = request.url.path.endswith(".png")
+        make = tiles.raster if raster else tiles.vector
+        data = await run_in_threadpool(make, p["z"], p["x"], p["y"])
+        headers = {"Cache-Control": "no-cache"}
+        if data is None:
+            return Response(status_code=204, headers=headers)
+        if raster:
+            return Response(data, media_type="image/png", headers=headers)
+        headers["Content-Encoding"] = "gzip"
+        return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
+
     async def delete(self, request: Request) -> Response:
         product = request.path_params["product"]
         try:
@@ -295,6 +330,9 @@ def create_app(state: ServerState) -> ASGIApp:
         Route("/api/query", r.query, methods=["POST"]),
         Route("/api/products/{product}/detections.{fmt}", r.detections, methods=["GET", "HEAD"]),
         Route("/api/products/{product}", r.delete, methods=["DELETE"]),
+        Route("/api/answers/{answer}", r.written, methods=["GET"]),
+        Route("/api/answers/{answer}/probability/{z:int}/{x:int}/{y:int}.png", r.tile),
+        Route("/api/answers/{answer}/detections/{z:int}/{x:int}/{y:int}.mvt", r.tile),
         Route("/api/cells", r.cells, methods=["GET"]),
         Route("/api/cells/image", r.cell_image, methods=["GET"]),
         Route("/{path:path}", r.options, methods=["OPTIONS"]),
@@ -309,194 +347,37 @@ def create_app(state: ServerState) -> ASGIApp:
 
 def _delete(state: ServerState, product: str) -> list[Path]:
     """Delete a product, holding the engine's lock (a query in another thread waits)."""
+    state.live.settle(product)  # its files are written first, if they are being written
     with state.lock:
         return delete_product(state.products, product)
 
 
 def _answer(state: ServerState, payload: dict[str, Any]) -> Response:
-    """Answer a query with the engine kept warm, one query at a time."""
+    """Answer a query with the engine kept warm, one query at a time.
+
+    With ``"live": true`` (the page asks so), text, example and composite queries are
+    answered from memory (:mod:`.live`): the URLs of their tiles now, their files after
+    the answer. Without it, the files are written first and the records name them.
+    """
     engine = state.engine
     if engine is None:
         return _error(503, "this server has no embedding set")
     t0 = time.perf_counter()
     try:
         request = parse_request(payload)
+        live = payload.get("live") is True
         with state.lock:  # one query at a time on the shared engine
-            products = engine.answer(request)
+            answers = engine.answer_live(request) if live else engine.answer(request)
+            records = []
+            for a in answers:
+                if isinstance(a, LiveAnswer):
+                    state.live.add(a)
+                    records.append(live_record(a))
+                else:
+                    records.append(product_record(a.item_path, state.products))
     except MarscopeError as exc:
         return _error(400, str(exc))
-    records = [product_record(p.item_path, state.products) for p in products]
     return JSONResponse(
         {"products": records, "seconds": time.perf_counter() - t0},
         headers={"Cache-Control": "no-store"},
     )
-
-
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_PRODUCT = {"name": "product", "in": "path", "required": True, "schema": {"type": "string"}}
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "MarScope-STAC web map",
-        "version": "1",
-        "description": "Ask a planet in plain language; answers are published STAC items.",
-    },
-    "paths": {
-        "/api/config": {
-            "get": {
-                "summary": "What the page needs before the first query (body, extent, basemap)",
-                "responses": {"200": {"description": "the configuration"}},
-            }
-        },
-        "/api/queries": {
-            "get": {
-                "summary": "The published query products, newest first",
-                "responses": {"200": {"description": "product records with their STAC items"}},
-            }
-        },
-        "/api/products/{product}/detections.{fmt}": {
-            "get": {
-                "summary": "A product's detections as GeoJSON (body CRS) or CSV, all or in a box",
-                "parameters": [
-                    {
-                        "name": "product",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "fmt",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"enum": ["geojson", "csv"]},
-                    },
-                    {
-                        "name": "bbox",
-                        "in": "query",
-                        "description": "west,south,east,north in degrees on the body",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": {
-                    "200": {"description": "the detections"},
-                    "400": {"description": "a malformed bbox"},
-                    "404": {"description": "no such product"},
-                },
-            }
-        },
-        "/api/cells": {
-            "get": {
-                "summary": "Centres of the embedded cells in a box (box selection of examples)",
-                "parameters": [
-                    {
-                        "name": "bbox",
-                        "in": "query",
-                        "required": True,
-                        "description": "west,south,east,north in degrees on the body",
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": {"description": "{centres: [[lon, lat], ...]}"},
-                    "400": {"description": "no or a malformed bbox, or more than 1,000 cells"},
-                },
-            }
-        },
-        "/api/cells/image": {
-            "get": {
-                "summary": "The tile the model saw of the embedded cell at lon, lat (PNG)",
-                "parameters": [
-                    {"name": k, "in": "query", "required": True, "schema": {"type": "number"}}
-                    for k in ("lon", "lat")
-                ],
-                "responses": {
-                    "200": {"description": "a 96 x 96 PNG", "content": {"image/png": {}}},
-                    "400": {"description": "lon or lat missing or not numbers"},
-                    "404": {"description": "not an embedded cell, or no source raster here"},
-                },
-            }
-        },
-        "/api/products/{product}": {
-            "delete": {
-                "summary": "Remove a published query product (its files and catalog link)",
-                "parameters": [
-                    {
-                        "name": "product",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": {"description": "the product and the files deleted"},
-                    "404": {"description": "no such product"},
-                    "409": {"description": "another product is derived from it"},
-                },
-            }
-        },
-        "/api/query": {
-            "post": {
-                "summary": "Ask: texts, examples, classes or a composite; publishes products",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Query"}}
-                    },
-                },
-                "responses": {
-                    "200": {"description": "the published products"},
-                    **{
-                        str(code): {
-                            "description": what,
-                            "content": {"application/json": {"schema": _ERROR}},
-                        }
-                        for code, what in (
-                            (400, "a request the engine cannot answer, and why"),
-                            (403, "not from this server's page (Host, Origin, JSON)"),
-                            (408, "the body did not arrive in time"),
-                            (413, "the body is empty or larger than 64 KB"),
-                            (503, "the server has no embedding set"),
-                        )
-                    },
-                },
-            }
-        },
-    },
-    "components": {
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "properties": {"error": {"type": "string"}},
-                "required": ["error"],
-            },
-            "Query": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "texts": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
-                    "classify": {"type": "boolean"},
-                    "points": {"$ref": "#/components/schemas/Points"},
-                    "negative_points": {"$ref": "#/components/schemas/Points"},
-                    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                    "image_weight": {"type": "number", "minimum": 0, "maximum": 1},
-                    "and_not": {"type": "string"},
-                    "near": {"type": "string"},
-                    "within_km": {"type": "number", "exclusiveMinimum": 0},
-                    "products": {"type": "array", "items": {"type": "string"}},
-                    "learner": {"enum": ["prototype", "classifier"]},
-                },
-            },
-            "Points": {
-                "type": "array",
-                "description": "[lon, lat] pairs in degrees on the body",
-                "items": {
-                    "type": "array",
-                    "items": {"type": "number"},
-                    "minItems": 2,
-                    "maxItems": 2,
-                },
-            },
-        }
-    },
-}
-"""The JSON API's OpenAPI description (served at ``/api/openapi.json``)."""

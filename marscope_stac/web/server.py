@@ -173,6 +173,7 @@ class MapServer:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.socket.close()
+        self.state.live.close()  # answers asked before the stop get their files
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -139,6 +139,11 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
         browser = launch(pw)
         page = browser.new_page(viewport={"width": 1200, "height": 700})
         problems = watch(page)
+        live: list[tuple[str, int]] = []  # the answer's tiles, asked before its files exist
+        page.on(
+            "response",
+            lambda r: live.append((r.url, r.status)) if "/api/answers/" in r.url else None,
+        )
         page.goto(server.url)
         page.wait_for_selector("body[data-ready='1']", timeout=60_000)
         blank = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
@@ -161,6 +166,7 @@ def test_ask_look_and_refine_in_a_real_browser(server: MapServer, tmp_path: Path
         changed = np.abs(area - before).sum(axis=2) > 60
         grey = np.abs(area[..., 0] - area[..., 2]) < 12  # imagery is grey; magma is not
         assert changed.mean() > 0.01 and (~grey & changed).mean() > 0.005, changed.mean()
+        assert any("/probability/" in url and status == 200 for url, status in live), live
         # the detection filter re-filters without a new query
         count = (
             "() => window.marscopeMap.queryRenderedFeatures({layers: ['detections-fill']}).length"

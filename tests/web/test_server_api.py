@@ -163,8 +163,12 @@ def test_the_api_is_described_by_openapi(server: MapServer) -> None:
     from marscope_stac.web.app import create_app
 
     routes = {r.path for r in create_app(server.state).app.routes}  # type: ignore[attr-defined]
-    api = {r for r in routes if r.startswith("/api/") and r != "/api/openapi.json"}
-    assert set(doc["paths"]) == api and len(api) == 7
+    api = {
+        r.replace(":int}", "}")
+        for r in routes
+        if r.startswith("/api/") and r != "/api/openapi.json"
+    }
+    assert set(doc["paths"]) == api and len(api) == 10
     query = doc["components"]["schemas"]["Query"]
     assert set(query["properties"]) == API_FIELDS and query["additionalProperties"] is False
     assert {"400", "403", "408", "413"} <= set(doc["paths"]["/api/query"]["post"]["responses"])
@@ -377,3 +381,57 @@ def test_the_tile_of_an_example_cell(server: MapServer) -> None:
     assert np.asarray(image).std() > 1  # imagery, not a blank tile
     assert _json(_call(server, f"api/cells/image?lon={e + 5}&lat={n}"))[0] == 404
     assert _json(_call(server, "api/cells/image?lon=x&lat=1"))[0] == 400
+
+
+def test_a_live_answer_serves_its_tiles_then_its_files(server: MapServer) -> None:
+    import gzip
+
+    from pmtiles.reader import MmapSource, Reader, all_tiles
+
+    query = {"texts": ["impact craters"], "threshold": 0.3, "live": True}
+    status, answer = _json(
+        _call(server, "api/query", method="POST", body=json.dumps(query).encode(), headers=JSON)
+    )
+    assert status == 200, answer
+    (record,) = answer["products"]
+    assert record["live"] and record["assets"] == {} and record["detections"] is not None
+    tiles = record["tiles"]
+    zmin, zmax = tiles["probability_zoom"]
+    served = {}
+    for z in range(zmin, min(zmax, 4) + 1):
+        for x in range(2**z):
+            for y in range(2**z):
+                path = tiles["probability"].format(z=z, x=x, y=y)
+                status, headers, body = _call(server, path)
+                assert status in (200, 204), (path, status)
+                if status == 200:
+                    assert headers["Content-Type"] == "image/png"
+                    served[(z, x, y)] = body
+    assert served
+    # then the product, published: its archive holds the very tiles the answer served
+    status, product = _json(_call(server, record["written"]))
+    assert status == 200 and product["id"] == record["id"] and product["assets"]["tiles"]
+    archive = server.state.products / product["assets"]["tiles"].removeprefix("products/")
+    with archive.open("rb") as fh:
+        stored = {k: v for k, v in all_tiles(Reader(MmapSource(fh)).get_bytes) if k[0] <= 4}
+    assert served == stored
+    if record["detections"]:
+        vz = tiles["detections_zoom"][1]
+        vector = server.state.products / product["assets"]["detection-tiles"].removeprefix(
+            "products/"
+        )
+        with vector.open("rb") as fh:
+            (z, x, y), data = next(
+                t for t in all_tiles(Reader(MmapSource(fh)).get_bytes) if t[0][0] == vz
+            )
+        request = urllib.request.Request(server.url + tiles["detections"].format(z=z, x=x, y=y))
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(response.read()) == gzip.decompress(data)
+    # an answer no longer held, and one never asked
+    assert _call(server, "api/answers/nothing-here")[0] == 404
+    assert _call(server, "api/answers/nothing-here/probability/0/0/0.png")[0] == 404
+    status, body = _json(
+        _call(server, "api/query", method="POST", body=b'{"texts": ["x"], "live": 1}', headers=JSON)
+    )
+    assert status == 400 and "live must be true or false" in body["error"]

@@ -19,6 +19,9 @@ function absolute(url) {
   return new URL(url, window.location.href).href;
 }
 
+// a tile URL template made absolute, its {z}/{x}/{y} kept as they are (URL() escapes braces)
+const absoluteTemplate = (url) => absolute(url).replace(/%7B([xyz])%7D/g, "{$1}");
+
 async function getJSON(url, options) {
   let response;
   try {
@@ -90,6 +93,16 @@ maplibregl.addProtocol("cut", async (params, abort) => {
   return { data: answer.data ? cutPalette(answer.data, Number(cut)) : answer.data };
 });
 
+// an answer's tiles straight from the server (its files are still being written): the same
+// PNGs as its PMTiles archive will hold, cut at the same value
+maplibregl.addProtocol("cutlive", async (params, abort) => {
+  const [, cut, rest] = params.url.match(/^cutlive:\/\/([0-9.]+)\/(.*)$/);
+  const response = await fetch(rest, { signal: abort.signal });
+  if (response.status === 204) return { data: null };
+  if (!response.ok) throw new Error(`${response.status} ${rest}`);
+  return { data: cutPalette(await response.arrayBuffer(), Number(cut)) };
+});
+
 // ---------------------------------------------------------------- scale on the body's radius
 
 class BodyScale {
@@ -150,6 +163,7 @@ function removeProduct(map) {
 }
 
 function probabilityUrl(product) {
+  if (product.live) return `cutlive://${Number($("cutoff").value)}/${absoluteTemplate(product.tiles.probability)}`;
   const url = absolute(product.assets.tiles).replace(/^[a-z]+:\/\//, "");
   const scheme = window.location.protocol.replace(":", "");
   // class maps are categorical: no cut-off
@@ -160,7 +174,11 @@ function probabilityUrl(product) {
 function addProbability(map, product) {
   if (map.getLayer("probability")) map.removeLayer("probability");
   if (map.getSource("probability")) map.removeSource("probability");
-  map.addSource("probability", { type: "raster", url: probabilityUrl(product), tileSize: 256 });
+  const source = product.live
+    ? { type: "raster", tiles: [probabilityUrl(product)], tileSize: 256, bounds: product.bbox,
+        minzoom: product.tiles.probability_zoom[0], maxzoom: product.tiles.probability_zoom[1] }
+    : { type: "raster", url: probabilityUrl(product), tileSize: 256 };
+  map.addSource("probability", source);
   const before = map.getLayer("detections-fill") ? "detections-fill" : undefined;
   map.addLayer(
     {
@@ -181,9 +199,13 @@ function showProduct(map, product, { fit = true, restore = true } = {}) {
   removeProduct(map);
   state.current = product;
   const assets = product.assets;
-  if (assets.tiles) addProbability(map, product);
-  if (assets["detection-tiles"]) {
-    map.addSource("detections", { type: "vector", url: `pmtiles://${absolute(assets["detection-tiles"])}` });
+  if (assets.tiles || product.live) addProbability(map, product);
+  const live = product.live && product.tiles.detections;
+  if (assets["detection-tiles"] || live) {
+    map.addSource("detections", live
+      ? { type: "vector", tiles: [absoluteTemplate(product.tiles.detections)], bounds: product.bbox,
+          minzoom: product.tiles.detections_zoom[0], maxzoom: product.tiles.detections_zoom[1] }
+      : { type: "vector", url: `pmtiles://${absolute(assets["detection-tiles"])}` });
     for (const [id, type, paint] of [
       ["detections-fill", "fill", { "fill-color": "#00e5ff", "fill-opacity": 0.12 }],
       ["detections-line", "line", { "line-color": "#00e5ff", "line-width": 1.5 }],
@@ -569,6 +591,7 @@ function queryBody() {
   const texts = $("texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
   const body = {
     texts,
+    live: true, // the answer's tiles now, its files written after
     classify: $("classify").checked,
     threshold: Number($("threshold-query").value),
     points: state.examples.filter((e) => !e.negative).map(lonLat),
@@ -608,18 +631,29 @@ async function runQuery(map) {
       signal: state.controller.signal,
     });
     clearInterval(tick);
-    state.products = await getJSON(state.config.queries);
     state.answer = answer.products.map((p) => p.id);
-    showProduct(map, answer.products[0], { restore: false });
+    const first = answer.products[0];
+    const what = first.legend && first.legend.length
+      ? `class map of ${first.legend.length - 1} classes`
+      : `${first.detections ?? 0} detections`;
+    const more = answer.products.length > 1 ? ` (+${answer.products.length - 1} more in the list)` : "";
+    const seconds = ((performance.now() - t0) / 1000).toFixed(2);
+    if (first.live) {
+      showProduct(map, first, { restore: false });
+      setStatus(`${first.id}: ${what} (${seconds} s; writing its files…)${more}`);
+    }
+    // the published products: files written, records naming them
+    const written = await Promise.all(answer.products.map((p) => (p.live ? getJSON(p.written) : p)));
+    state.products = await getJSON(state.config.queries);
+    const shown = written[0];
+    if (!first.live || (state.current && state.current.id === shown.id)) {
+      showProduct(map, shown, { restore: false, fit: !first.live });
+    } else {
+      renderProducts();
+    }
     map.once("idle", () => {
-      const seconds = ((performance.now() - t0) / 1000).toFixed(2);
-      const first = answer.products[0];
-      const what = first.legend && first.legend.length
-        ? `class map of ${first.legend.length - 1} classes`
-        : `${first.detections ?? 0} detections`;
-      const more = answer.products.length > 1 ? ` (+${answer.products.length - 1} more in the list)` : "";
-      setStatus(`${first.id}: ${what} (${seconds} s)${more}`);
-      document.body.dataset.rendered = first.id;
+      setStatus(`${shown.id}: ${what} (${seconds} s)${more}`);
+      document.body.dataset.rendered = shown.id;
       document.body.dataset.seconds = seconds;
     });
   } catch (err) {

@@ -1,0 +1,99 @@
+"""Answers the web map shows before their files exist.
+
+``POST /api/query`` scores the cells and answers at once with the URLs of the answer's tiles,
+made on request from the answer in memory (:class:`~marscope_stac.products.live.LiveTiles`:
+the very bytes of the PMTiles archives the product will hold). One writer thread then
+writes each answer's files and STAC item, in the order they were asked;
+``GET /api/answers/{id}`` waits for them and returns the published product's record. The
+last :data:`KEEP` answers stay in memory, so their tiles are served after their files are
+written too; stopping the server waits for the writer (no answer is lost half-written).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from marscope_stac.products.live import LiveAnswer, LiveTiles
+from marscope_stac.products.write import QueryProduct
+
+__all__ = ["KEEP", "LiveAnswers", "live_record"]
+
+KEEP = 8
+"""Answers held in memory (their tiles), the newest."""
+
+_MAX_LAT = 85.0511287798066
+
+
+class LiveAnswers:
+    """The web map's answers in memory and the thread that writes their files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: OrderedDict[str, tuple[LiveAnswer, Future[QueryProduct]]] = OrderedDict()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="marscope-writer")
+
+    def add(self, answer: LiveAnswer) -> None:
+        """Hold ``answer`` and queue the writing of its files."""
+        _ = answer.tiles  # laid out here, before the writer needs it
+        future = self._writer.submit(answer.write)
+        with self._lock:
+            self._held.pop(answer.qid, None)
+            self._held[answer.qid] = (answer, future)
+            written = [k for k, (_, f) in self._held.items() if f.done()]
+            for k in written[: max(0, len(self._held) - KEEP)]:
+                del self._held[k]
+
+    def tiles(self, qid: str) -> LiveTiles | None:
+        """The tiles of answer ``qid`` while it is held, else None."""
+        with self._lock:
+            held = self._held.get(qid)
+        return held[0].tiles if held else None
+
+    def written(self, qid: str) -> Future[QueryProduct] | None:
+        """What the writing of answer ``qid``'s files gives, while it is held, else None."""
+        with self._lock:
+            held = self._held.get(qid)
+        return held[1] if held else None
+
+    def settle(self, qid: str) -> None:
+        """Wait until answer ``qid``'s files are written (or failed) and forget it."""
+        future = self.written(qid)
+        if future is not None:
+            future.exception()
+            with self._lock:
+                if self._held.get(qid, (None, None))[1] is future:
+                    del self._held[qid]
+
+    def close(self) -> None:
+        """Wait for the files of every answer, then stop the writer."""
+        self._writer.shutdown(wait=True)
+
+
+def live_record(answer: LiveAnswer) -> dict[str, Any]:
+    """The page's record of an answer whose files are being written: its tiles' URLs."""
+    tiles = answer.tiles
+    base = f"api/answers/{answer.qid}"
+    w, s, e, n = tiles.bounds  # the map's tiles stop at Web Mercator's edge
+    return {
+        "id": answer.qid,
+        "live": True,
+        "written": base,
+        "texts": list(answer.spec.text),
+        "threshold": answer.threshold,
+        "classes": None,
+        "detections": tiles.n_detections,
+        "bbox": [w, max(s, -_MAX_LAT), e, min(n, _MAX_LAT)],
+        "assets": {},
+        "legend": [],
+        "tiles": {
+            "probability": f"{base}/probability/{{z}}/{{x}}/{{y}}.png",
+            "probability_zoom": list(tiles.raster_zoom),
+            "detections": f"{base}/detections/{{z}}/{{x}}/{{y}}.mvt"
+            if tiles.has_detections
+            else None,
+            "detections_zoom": list(tiles.vector_zoom),
+        },
+    }
