@@ -344,8 +344,14 @@ class QueryEngine:
         """The unit query vector of ``spec``."""
         return query_vector(spec, self.arrays, self.grid, self.text_vectors, self.image_vectors)
 
-    def score(self, spec: QuerySpec, *, threshold: float | None = 0.5) -> ScoredQuery:
-        """Scores and calibrated probabilities of every cell of the set for ``spec``."""
+    def score(
+        self, spec: QuerySpec, *, threshold: float | None = 0.5, top_k: int = DEFAULT_TOP_K
+    ) -> ScoredQuery:
+        """Scores and calibrated probabilities of every cell of the set for ``spec``.
+
+        ``top_k``: how many best cells keep the ranking of exact scores (``int8`` scoring;
+        see :func:`~marscope_stac.query.scoring.score`).
+        """
         if spec.learner == "classifier":
             return classifier_scores(
                 spec,
@@ -361,7 +367,7 @@ class QueryEngine:
             q,
             self.logit_scale,
             self.mode,
-            DEFAULT_TOP_K,
+            top_k,
             threshold,
             scanner=self.cluster,
         )
@@ -401,7 +407,7 @@ class QueryEngine:
     ) -> LiveAnswer:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        result = self.score(spec, threshold=threshold)
+        result = self.score(spec, threshold=threshold, top_k=_top_k(products))
         timings["scores"] = time.perf_counter() - t0
         return self._answered(spec, result, threshold, name, timings, products)
 
@@ -466,8 +472,9 @@ class QueryEngine:
         products: Sequence[str],
     ) -> LiveAnswer:
         tpl = list(templates)
-        a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None)
-        b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None)
+        k = _top_k(products)
+        a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None, top_k=k)
+        b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None, top_k=k)
         if op == "and-not":
             prob = and_not(a.probability, b.probability)
             label = f"{first} and not {second}"
@@ -558,6 +565,15 @@ class QueryEngine:
         if request.texts:
             self.text_vectors(request.texts, tpl)
         return [self._query(s, request.threshold, None, request.products) for s in specs]
+
+
+def _top_k(products: Sequence[str]) -> int:
+    """Best cells whose ranking stays exact: the scores table ranks them; nothing else does.
+
+    Without the table, ``int8`` scoring re-scores only the cells whose probability or
+    detection could change (a few hundred, against tens of thousands for the ranking).
+    """
+    return DEFAULT_TOP_K if "scores" in products else 0
 
 
 def run_query(

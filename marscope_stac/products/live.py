@@ -110,11 +110,12 @@ class LiveTiles:
         found = self.detections()
         if not len(found):
             return None
-        with self._lock:  # levels are projected once per zoom; tiles of one zoom share them
+        with self._lock:  # each zoom is projected once; its tiles are then encoded side by side
             if self._levels is None:
                 cell = min(abs(self.transform.a), abs(self.transform.e))
                 self._levels = VectorLevels(found, self.vector_zoom, cell_deg=cell)
-            return vector_tile(self._levels, (z, x, y))
+            self._levels.prepare(z)
+        return vector_tile(self._levels, (z, x, y))
 
 
 @dataclass

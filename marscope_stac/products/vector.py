@@ -130,6 +130,11 @@ class VectorLevels:
                 self._levels[z] = self._levels[zmax].at(2.0 ** (z - zmax))
         return self._levels[z]
 
+    def prepare(self, z: int) -> None:
+        """Make zoom ``z``'s level and its command streams (then its tiles only read them)."""
+        level = self.level(z)
+        _ = level.box_streams, level.streams, level.other_row
+
 
 def vector_tile(levels: VectorLevels, zxy: tuple[int, int, int]) -> bytes | None:
     """One tile of :func:`write_vector_pmtiles`'s archive, the same bytes (gzip MVT).

@@ -12,6 +12,7 @@ written too; stopping the server waits for the writer (no answer is lost half-wr
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -26,6 +27,13 @@ KEEP = 8
 
 _MAX_LAT = 85.0511287798066
 
+QUIET = 0.15
+"""Seconds without a tile request (and since the answer) before an answer's files are
+written: the map's first tiles are made first, not beside the COG and the archives."""
+
+MAX_WAIT = 2.0
+"""Seconds after which the files are written whatever the map is asking."""
+
 
 class LiveAnswers:
     """The web map's answers in memory and the thread that writes their files."""
@@ -38,7 +46,7 @@ class LiveAnswers:
     def add(self, answer: LiveAnswer) -> None:
         """Hold ``answer`` and queue the writing of its files."""
         _ = answer.tiles  # laid out here, before the writer needs it
-        future = self._writer.submit(answer.write)
+        future = self._writer.submit(self._write_when_quiet, answer, time.monotonic())
         with self._lock:
             self._held.pop(answer.qid, None)
             self._held[answer.qid] = (answer, future)
@@ -50,7 +58,19 @@ class LiveAnswers:
         """The tiles of answer ``qid`` while it is held, else None."""
         with self._lock:
             held = self._held.get(qid)
+            self._asked = time.monotonic()
         return held[0].tiles if held else None
+
+    _asked = 0.0
+
+    def _write_when_quiet(self, answer: LiveAnswer, answered: float) -> QueryProduct:
+        """Write ``answer``'s files once the map has stopped asking for tiles (a moment)."""
+        while time.monotonic() - answered < MAX_WAIT:
+            now = time.monotonic()
+            if now - max(answered, self._asked) >= QUIET:
+                break
+            time.sleep(0.02)
+        return answer.write()
 
     def written(self, qid: str) -> Future[QueryProduct] | None:
         """What the writing of answer ``qid``'s files gives, while it is held, else None."""
