@@ -38,7 +38,7 @@ from marscope_stac.core.prompts import (
     check_phrases,
 )
 from marscope_stac.engine.cluster import ClusterScorer
-from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest
+from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest, ranked_cells
 from marscope_stac.engine.upgrade import needs_upgrade
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.published import open_published_set
@@ -407,7 +407,7 @@ class QueryEngine:
     ) -> LiveAnswer:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        result = self.score(spec, threshold=threshold, top_k=_top_k(products))
+        result = self.score(spec, threshold=threshold, top_k=ranked_cells(products))
         timings["scores"] = time.perf_counter() - t0
         return self._answered(spec, result, threshold, name, timings, products)
 
@@ -472,7 +472,7 @@ class QueryEngine:
         products: Sequence[str],
     ) -> LiveAnswer:
         tpl = list(templates)
-        k = _top_k(products)
+        k = ranked_cells(products)
         a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None, top_k=k)
         b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None, top_k=k)
         if op == "and-not":
@@ -565,15 +565,6 @@ class QueryEngine:
         if request.texts:
             self.text_vectors(request.texts, tpl)
         return [self._query(s, request.threshold, None, request.products) for s in specs]
-
-
-def _top_k(products: Sequence[str]) -> int:
-    """Best cells whose ranking stays exact: the scores table ranks them; nothing else does.
-
-    Without the table, ``int8`` scoring re-scores only the cells whose probability or
-    detection could change (a few hundred, against tens of thousands for the ranking).
-    """
-    return DEFAULT_TOP_K if "scores" in products else 0
 
 
 def run_query(

@@ -7,6 +7,7 @@ request's fields, which front ends may say in their own words (the CLI's options
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from marscope_stac.core.errors import ConfigError, check_range
@@ -19,12 +20,14 @@ from marscope_stac.products.write import (
     CLASS_COLOURS,
 )
 from marscope_stac.query.scoring import (
+    DEFAULT_TOP_K,
     QuerySpec,
 )
 
 __all__ = [
     "MAX_EXAMPLE_PIXELS",
     "QueryRequest",
+    "ranked_cells",
 ]
 
 
@@ -180,3 +183,12 @@ class QueryRequest:
         check_phrases([str(getattr(self, field))])
         if self.near is not None:
             check_range("within_km", self.within_km, 0.0, 20_000.0, above=True)
+
+
+def ranked_cells(products: Sequence[str]) -> int:
+    """Best cells whose ranking stays exact: the scores table ranks them; nothing else does.
+
+    Without the table, ``int8`` scoring re-scores only the cells whose probability or
+    detection could change (a few hundred, against tens of thousands for the ranking).
+    """
+    return DEFAULT_TOP_K if "scores" in products else 0
