@@ -41,6 +41,7 @@ from marscope_stac.engine.cluster import ClusterScorer
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest, ranked_cells
 from marscope_stac.engine.upgrade import needs_upgrade
 from marscope_stac.grid.grids import Grid, parse_grid
+from marscope_stac.index.kernels import warm_kernels
 from marscope_stac.index.published import open_published_set
 from marscope_stac.index.scan import score_rows
 from marscope_stac.index.store import EmbeddingSet
@@ -192,6 +193,8 @@ class QueryEngine:
         self.temperature = float(background.get("temperature", self.logit_scale))
         self.scoring = scoring
         self.mode = resolve_mode(scoring, self.arrays)
+        if self.mode == "int8" and not scheduler_address:
+            warm_kernels()  # loaded while the query vector is made
         self.cluster: ClusterScorer | None = None
         if scheduler_address:  # full scans on the cluster (see engine.cluster)
             self.cluster = ClusterScorer(scheduler_address, self.set.root, len(self.arrays))

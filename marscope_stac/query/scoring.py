@@ -18,9 +18,11 @@ Scores
     more than :data:`~marscope_stac.query.passes.PROBABILITY_TOLERANCE` (half the products'
     storage step). So the ranking of the best ``top_k`` cells and the detections are those
     of exact scoring, and every probability is within about half a storage step (0.002, to
-    first order) of it. ``auto`` picks ``exact`` up to :data:`EXACT_MAX_VALUES` stored values
-    and ``int8`` above. Both read the set in one pass (:mod:`marscope_stac.query.passes`),
-    in this process or on a Dask cluster.
+    first order) of it. (The query engine asks for the ranking of 20,000 cells when it
+    writes the scores table, and for none otherwise: then only the few hundred cells near
+    the threshold or of uncertain probability are re-scored.) ``auto`` picks ``exact`` up to
+    :data:`EXACT_MAX_VALUES` stored values and ``int8`` above. Both read the set in one pass
+    (:mod:`marscope_stac.query.passes`), in this process or on a Dask cluster.
 Probabilities
     A cell's probability of showing the query is the softmax, at the model's own temperature
     ``t``, of its similarity to the query against its similarities to a fixed set of background

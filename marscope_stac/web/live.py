@@ -3,7 +3,8 @@
 ``POST /api/query`` scores the cells and answers at once with the URLs of the answer's tiles,
 made on request from the answer in memory (:class:`~marscope_stac.products.live.LiveTiles`:
 the very bytes of the PMTiles archives the product will hold). One writer thread then
-writes each answer's files and STAC item, in the order they were asked;
+writes each answer's files and STAC item, in the order they were asked, once the map has
+had its first tiles (:data:`QUIET`, at most :data:`MAX_WAIT`);
 ``GET /api/answers/{id}`` waits for them and returns the published product's record. The
 last :data:`KEEP` answers stay in memory, so their tiles are served after their files are
 written too; stopping the server waits for the writer (no answer is lost half-written).
