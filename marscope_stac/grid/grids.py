@@ -215,6 +215,11 @@ class LonLatGrid(Grid):
                 f"lonlat cell size {size_deg:g} degree is too small for {body.name} (more than "
                 f"{MAX_ROWS:,} rows); the finest grid is lonlat:{180.0 / MAX_ROWS:g}"
             )
+        if size_deg > 90:
+            raise ConfigError(
+                f"lonlat cell size {size_deg:g} degree is more than 90 (the grid needs two rows "
+                "at least); use e.g. 0.2, 0.05"
+            )
         if not (0 < size_deg <= 90) or abs(180.0 / size_deg - round(180.0 / size_deg)) > 1e-6:
             raise ConfigError(
                 f"lonlat cell size {size_deg} degree does not divide 180; use e.g. 0.2, 0.05"
@@ -281,6 +286,12 @@ class EqualAreaGrid(Grid):
         self.body = body
         self.cell_m = float(cell_m)
         deg = self.cell_m / body.metres_per_degree
+        if deg > 90:
+            raise ConfigError(
+                f"equal-area cell size {cell_m:g} m is more than a quarter of {body.name}'s "
+                f"meridian ({90 * body.metres_per_degree / 1000:,.0f} km); use e.g. "
+                "equal-area:10km"
+            )
         self._rows = max(1, round(180.0 / deg))
         if self._rows > MAX_ROWS:
             raise ConfigError(f"equal-area cell size {cell_m} m is too small for {body.name}")

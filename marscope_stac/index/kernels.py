@@ -45,9 +45,21 @@ def _int8_kernel() -> Callable[..., None]:
 
 
 def _compile_int8() -> Callable[..., None]:
-    from numba import njit
+    """The kernel for its one signature, compiled (or loaded from the cache) right here.
 
-    @njit(nogil=True, fastmath=True, cache=True)
+    Inputs are read-only C-contiguous arrays, the output a writable one: one signature, so
+    nothing is compiled or loaded lazily at the first scan.
+    """
+    from numba import njit, types
+
+    def ro(dtype: Any, ndim: int) -> Any:
+        return types.Array(dtype, ndim, "C", readonly=True)
+
+    signature = types.void(
+        ro(types.int8, 2), ro(types.float32, 1), ro(types.float32, 1), types.float32[::1]
+    )
+
+    @njit(signature, nogil=True, fastmath=True, cache=True)
     def kernel(codes: Any, scale: Any, q: Any, out: Any) -> None:  # pragma: no cover - jitted
         rows, dim = codes.shape
         for i in range(rows):
@@ -59,6 +71,13 @@ def _compile_int8() -> Callable[..., None]:
     return kernel
 
 
+def _read_only(a: Any, dtype: Any) -> NDArray[Any]:
+    """``a`` as a read-only C-contiguous array of ``dtype`` (a view when it is one)."""
+    view = np.ascontiguousarray(np.asarray(a), dtype).view()
+    view.flags.writeable = False
+    return view
+
+
 def int8_scores(
     codes: NDArray[np.int8], scale: NDArray[np.float32], q: NDArray[np.float32]
 ) -> NDArray[np.float32]:
@@ -66,13 +85,8 @@ def int8_scores(
 
     The interpreter lock is released while it runs, so threads scan blocks side by side.
     """
-    codes = np.ascontiguousarray(np.asarray(codes), np.int8)
+    codes = _read_only(codes, np.int8)
     out = np.empty(len(codes), np.float32)
     if len(codes):
-        _int8_kernel()(
-            codes,
-            np.ascontiguousarray(np.asarray(scale), np.float32),
-            np.ascontiguousarray(np.asarray(q), np.float32),
-            out,
-        )
+        _int8_kernel()(codes, _read_only(scale, np.float32), _read_only(q, np.float32), out)
     return out

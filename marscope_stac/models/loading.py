@@ -304,7 +304,10 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | 
     elif name.startswith("local-dir:"):
         folder = Path(name.split(":", 1)[1]).expanduser()
         if not folder.is_dir():
-            raise ModelError(f"model folder {folder} does not exist")
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise ModelError(
+                f"model folder {folder} {what}; give a folder holding an open_clip model"
+            )
         arch = _read_config(folder).get("model_name")
         open_name, source = f"local-dir:{folder}", str(folder)
     elif name.startswith("hf-hub:"):
@@ -321,7 +324,8 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str | 
             pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained
         )
         if looks_like_file and not Path(str(pretrained)).is_file():
-            raise ModelError(f"checkpoint file {pretrained} does not exist")
+            what = "is not a regular file" if Path(str(pretrained)).exists() else "does not exist"
+            raise ModelError(f"checkpoint file {pretrained} {what}")
     parts_folder = parts_model_folder(open_name)
     if parts_folder is not None:
         open_name, pretrained = parts_folder

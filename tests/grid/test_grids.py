@@ -62,3 +62,13 @@ def test_cell_ids_round_trip_and_bbox_query() -> None:
 def test_bad_grid_specs(spec: str) -> None:
     with pytest.raises(ConfigError):
         parse_grid(spec)
+
+
+def test_grids_of_absurd_sizes_are_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="lonlat cell size 180 degree is more than 90"):
+        parse_grid("lonlat:180")
+    with pytest.raises(ConfigError, match="does not divide 180"):
+        parse_grid("lonlat:0.7")
+    with pytest.raises(ConfigError, match="more than a quarter of Mars's meridian"):
+        parse_grid("equal-area:1e9km")
+    assert parse_grid("equal-area:5000km").n_rows == 2

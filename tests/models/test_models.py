@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,12 @@ def test_bad_models_give_one_line_errors(hub_folder, tmp_path: Path) -> None:  #
             load_model(empty)
     with pytest.raises(ModelError, match="does not exist"):
         load_model(ARCH, pretrained=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelError, match="/dev/zero is not a regular file"):
+        load_model(ARCH, pretrained="/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError, match="is not a folder; give a folder holding an open_clip"):
+        load_model(f"local-dir:{fifo}")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ModelError, match=r"corrupt\.safetensors"):
