@@ -135,7 +135,11 @@ def int8_pass(
         flag[a:b] = f
 
     run_blocks(n, work, _PIECE)
-    k = min(max(top_k, 1), n)
+    if top_k <= 0:  # no ranking asked for: the flagged rows only
+        local = np.flatnonzero(flag)
+        upper = s[local] + MARGIN_PER_SCALE * np.asarray(scale[start + local], np.float32)
+        return Int8Pass(start, s, p, local + start, upper, flag[local], lower[:0].copy())
+    k = min(top_k, n)
     top_lower = np.partition(lower, n - k)[n - k :].copy() if n else lower
     kth = top_lower[0] if n else np.float32(np.inf)  # the partition's element (never NaN-led)
     candidate = np.empty(n, np.bool_)
@@ -161,7 +165,9 @@ def int8_rows(passes: list[Int8Pass], top_k: int) -> NDArray[np.int64]:
     n = sum(len(p.scores) for p in passes)
     if not n:
         return np.zeros(0, np.int64)
-    k = min(max(top_k, 1), n)
+    if top_k <= 0:
+        return np.concatenate([p.rows[p.flagged] for p in passes]).astype(np.int64, copy=False)
+    k = min(top_k, n)
     lowers = np.concatenate([p.top_lower for p in passes])
     kth = np.partition(lowers, len(lowers) - k)[len(lowers) - k]
     keep = [p.rows[p.flagged | (p.upper >= kth)] for p in passes]

@@ -28,7 +28,7 @@ def _arrays(n: int, seed: int) -> tuple[np.ndarray, ...]:
     blocks=st.integers(1, 9),
     tail=st.integers(0, BLOCK_ROWS - 1),
     cuts=st.lists(st.integers(1, 8), max_size=4),
-    top_k=st.sampled_from([1, 5, 300, 5000, 100_000]),
+    top_k=st.sampled_from([0, 1, 5, 300, 5000, 100_000]),
     threshold=st.sampled_from([None, 0.0, 0.5, 0.9, 1.0]),
     seed=st.integers(0, 3),
 )
@@ -56,3 +56,14 @@ def test_a_nan_row_does_not_hide_the_best_rows() -> None:
     scale[100] = np.nan
     found = int8_rows([int8_pass(codes, scale, background, (0, n), q, 30.0, None, 20)], 20)
     assert len(clean) >= 20 and set(clean.tolist()) <= set(found.tolist())
+
+
+def test_without_a_ranking_only_the_flagged_rows_are_re_scored() -> None:
+    n = 3 * BLOCK_ROWS
+    codes, scale, background, q = _arrays(n, 5)
+    ranked = int8_pass(codes, scale, background, (0, n), q, 30.0, 0.5, 5000)
+    plain = int8_pass(codes, scale, background, (0, n), q, 30.0, 0.5, 0)
+    assert np.array_equal(plain.scores, ranked.scores)
+    flagged = ranked.rows[ranked.flagged]
+    assert np.array_equal(int8_rows([plain], 0), flagged)
+    assert len(int8_rows([ranked], 5000)) >= 5000 > len(flagged) > 0
