@@ -49,6 +49,7 @@ def _open_set(
         "preprocessing": {"normalize": "auto", "resampling": "bilinear", "min_valid": min_valid},
     }
     _check_compatible(es.manifest(), expect, es.root)
+    _check_compatible(es.run_state(), expect, es.root)  # a stopped run's, too
     es.root.mkdir(parents=True, exist_ok=True)
     if not os.access(es.root, os.W_OK):
         raise OutputError(f"cannot write to {es.root}; choose another --out")
@@ -141,7 +142,7 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
         want[cell // SHARD_CELLS].append(k)
     prints = source_fingerprints(plan)
     state = _Resume({}, {}, {}, {}, {s: _plan_digest(plan, ks, prints) for s, ks in want.items()})
-    manifest = es.manifest()
+    manifest = es.run_state()  # a stopped run's progress, else the last complete run's
     planned, failed = manifest.get("plans", {}), manifest.get("failed_cells", {})
     before = manifest.get("source_fingerprints")
     before = before if isinstance(before, dict) else {}  # none in sets of earlier versions

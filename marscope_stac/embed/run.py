@@ -463,4 +463,7 @@ def _write_manifest(
         }
         manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
         manifest["scoring"] = scoring
-    atomic_write_json(es.manifest_path, manifest)
+        atomic_write_json(es.manifest_path, manifest)
+        es.progress_path.unlink(missing_ok=True)
+    else:  # the published manifest stays as it is until the set is complete
+        atomic_write_json(es.progress_path, manifest)

@@ -39,7 +39,7 @@ from marscope_stac.core.prompts import (
 )
 from marscope_stac.engine.cluster import ClusterScorer
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest, ranked_cells
-from marscope_stac.engine.upgrade import needs_upgrade
+from marscope_stac.engine.upgrade import check_current, usable_manifest
 from marscope_stac.grid.grids import Grid, parse_grid
 from marscope_stac.index.kernels import warm_kernels
 from marscope_stac.index.published import open_published_set
@@ -117,6 +117,9 @@ def find_embedding_set(
         same = [s for s in sets if same_model(s.manifest().get("model", {}).get("name"), model)]
         sets = same or sets
     if not sets:
+        unfinished = sorted(root.glob("*/progress.json"))
+        if unfinished:  # only a stopped first run's shards: named, with what finishes it
+            usable_manifest(EmbeddingSet(unfinished[0].parent))
         raise ConfigError(f"no embedding set under {root}; run 'marscope embed' first")
     if len(sets) > 1:
         names = ", ".join(s.root.name for s in sets)
@@ -171,20 +174,12 @@ class QueryEngine:
             pretrained,
             device,
         )
-        manifest = self.set.manifest()
-        if "grid" not in manifest or "model" not in manifest:
-            raise ConfigError(f"{self.set.root} is not an embedding set; run 'marscope embed'")
+        manifest = usable_manifest(self.set)
         self.made_by: dict[str, Any] = manifest["model"]
         self._check_model(clip_model, model)
         self.grid: Grid = parse_grid(manifest["grid"])
         self.texts = TextVectorCache(self.set, self.made_by)
-        missing = needs_upgrade(self.set)
-        if missing:
-            raise ConfigError(
-                f"embedding set {self.set.root.name} was written by an earlier version (it has "
-                f"no {' and no '.join(missing)}); upgrade it once with 'marscope upgrade "
-                f"{self.set.root}' (or marscope_stac.engine.upgrade_embedding_set)"
-            )
+        check_current(self.set)
         self.arrays = self.set.scoring_arrays()
         background = self.set.manifest()["scoring"]["background"]
         # the calibrated probability's temperature (a t for a calibrated model, else t) and

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.core.naming import same_model
@@ -19,9 +20,41 @@ from marscope_stac.index.background import write_background_of
 from marscope_stac.index.store import EmbeddingSet, write_scoring_arrays
 from marscope_stac.stac.publish import refresh_embedding_item
 
-__all__ = ["needs_upgrade", "upgrade_embedding_set"]
+__all__ = ["check_current", "needs_upgrade", "upgrade_embedding_set", "usable_manifest"]
 
 log = logging.getLogger(__name__)
+
+
+def usable_manifest(es: EmbeddingSet) -> dict[str, Any]:
+    """The manifest of a set a query engine can open.
+
+    Raises:
+        ConfigError: for a folder that is no set, or a set whose first run is unfinished.
+    """
+    manifest = es.manifest()
+    if "grid" not in manifest or "model" not in manifest:
+        if es.progress_path.is_file():
+            raise ConfigError(
+                f"embedding set {es.root} is unfinished (its first 'marscope embed' run stopped "
+                "before the end); run the same 'marscope embed' again to finish it"
+            )
+        raise ConfigError(f"{es.root} is not an embedding set; run 'marscope embed'")
+    return manifest
+
+
+def check_current(es: EmbeddingSet) -> None:
+    """Refuse a set written by an earlier version that lacks what queries read.
+
+    Raises:
+        ConfigError: naming what it lacks and the command that adds it.
+    """
+    missing = needs_upgrade(es)
+    if missing:
+        raise ConfigError(
+            f"embedding set {es.root.name} was written by an earlier version (it has "
+            f"no {' and no '.join(missing)}); upgrade it once with 'marscope upgrade "
+            f"{es.root}' (or marscope_stac.engine.upgrade_embedding_set)"
+        )
 
 
 def needs_upgrade(es: EmbeddingSet) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from marscope_stac.core.errors import DataError
 
-__all__ = ["MANIFEST_FIELDS", "check_manifest_fields"]
+__all__ = ["MANIFEST_FIELDS", "check_manifest_fields", "read_manifest"]
 
 MANIFEST_FIELDS: dict[str, type] = {
     "model": dict,
@@ -43,3 +43,21 @@ def check_manifest_fields(d: dict[str, Any], path: Path) -> None:
                 f"{path}: {key!r} is {json.dumps(value)[:40]}, not a JSON "
                 f"{_JSON_NAMES[kind]}; the set is damaged: delete its folder and embed again"
             )
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest-shaped JSON object (empty when the file is missing).
+
+    Raises:
+        DataError: if it is not a JSON object with fields of the manifest's types.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON; delete the set folder and embed again") from exc
+    if not isinstance(d, dict):
+        raise DataError(f"{path} is not a manifest; delete the set folder and embed again")
+    check_manifest_fields(d, path)
+    return d

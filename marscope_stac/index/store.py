@@ -48,7 +48,7 @@ from marscope_stac.core.fs import (
 )
 from marscope_stac.grid.grids import Grid
 from marscope_stac.index.geoparquet import ROW_GROUP_ROWS
-from marscope_stac.index.manifest import check_manifest_fields
+from marscope_stac.index.manifest import read_manifest
 from marscope_stac.index.table import (
     EmbeddingTable,
     _arrow_rows,
@@ -277,26 +277,33 @@ class EmbeddingSet:
         """The FAISS index."""
         return self.root / "index.faiss"
 
+    @property
+    def progress_path(self) -> Path:
+        """``progress.json``: what an unfinished run has done (not part of the published set).
+
+        A run records its finished shards here and writes ``manifest.json`` only when the
+        set is complete, so a set stays as published (its item's checksums true) while a
+        run adds to it, and a stopped run leaves it so.
+        """
+        return self.root / "progress.json"
+
     def manifest(self) -> dict[str, Any]:
         """The manifest (empty when there is none yet).
 
         Raises:
             DataError: if the manifest is not a JSON object.
         """
-        if not self.manifest_path.is_file():
-            return {}
-        try:
-            d = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(
-                f"{self.manifest_path} is not valid JSON; delete the set folder and embed again"
-            ) from exc
-        if not isinstance(d, dict):
-            raise DataError(
-                f"{self.manifest_path} is not a manifest; delete the set folder and embed again"
-            )
-        check_manifest_fields(d, self.manifest_path)
-        return d
+        return read_manifest(self.manifest_path)
+
+    def run_state(self) -> dict[str, Any]:
+        """What the last run recorded: an unfinished run's progress, else the manifest.
+
+        Raises:
+            DataError: if the file is not a JSON object.
+        """
+        if self.progress_path.is_file():
+            return read_manifest(self.progress_path)
+        return self.manifest()
 
     def published_item(self) -> str | None:
         """The URL of the set's STAC item when this is a local copy of a published set."""

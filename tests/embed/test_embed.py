@@ -174,6 +174,39 @@ def test_kill_and_resume(
     np.testing.assert_allclose(a.embedding, b.embedding, atol=2e-3)
 
 
+def test_a_stopped_run_leaves_a_published_set_as_it_was(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marscope_stac.core.errors import ConfigError
+    from marscope_stac.engine.engine import QueryEngine
+
+    for module in (embed_mod, embed_resume):  # the shard size, where it is read
+        monkeypatch.setattr(module, "SHARD_CELLS", 16)
+    out = tmp_path / "products"
+    first = _embed(demo_root, out, tiny_model_dir, bbox=SMALL, batch_size=8, workers=1)
+    es = first.embedding_set
+    manifest = es.manifest_path.read_bytes()
+    real = embed_compute.embed_task
+    monkeypatch.setattr(embed_compute, "embed_task", interrupting(real, 6))
+    with pytest.raises(KeyboardInterrupt):  # the whole catalog now: stopped half-way
+        _embed(demo_root, out, tiny_model_dir, batch_size=8, workers=1)
+    assert es.progress_path.is_file() and es.manifest_path.read_bytes() == manifest
+    assert not validate_catalog(out).problems  # the published item is still true
+    model = f"local-dir:{tiny_model_dir}"
+    assert len(QueryEngine.open(out, model=model).arrays) == first.cells
+    monkeypatch.setattr(embed_compute, "embed_task", real)
+    done = _embed(demo_root, out, tiny_model_dir, batch_size=8, workers=1)
+    assert done.reused > 0 and done.cells == 200 and not es.progress_path.exists()
+    assert not validate_catalog(out).problems
+    # a first run stopped: the set is named unfinished, with the command that finishes it
+    monkeypatch.setattr(embed_compute, "embed_task", interrupting(real, 6))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        _embed(demo_root, fresh, tiny_model_dir, batch_size=8, workers=1, publish=False)
+    with pytest.raises(ConfigError, match=r"unfinished .* run the same 'marscope embed' again"):
+        QueryEngine.open(fresh, model=model)
+
+
 def test_different_model_writes_separate_set_and_mismatch_refused(
     demo_root: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
