@@ -434,6 +434,21 @@ def _fingerprints(es: EmbeddingSet, sources: SourceSet, final: bool) -> dict[str
     return prints
 
 
+def _source_items(es: EmbeddingSet, sources: SourceSet, final: bool) -> dict[str, Any]:
+    """The link to the source item (or raster) of the set's rows, by item id.
+
+    Kept across runs, as the fingerprints are: a set made by runs over different catalogs
+    or boxes links every source it was read from, not only the last run's.
+    """
+    from marscope_stac.stac.publish import source_link
+
+    before = es.manifest().get("source_items")
+    items = dict(before) if isinstance(before, dict) else {}
+    if final:
+        items.update({a.item_id: source_link(a, es.root) for a in sources.assets})
+    return items
+
+
 def _write_manifest(
     es: EmbeddingSet,
     expect: dict[str, Any],
@@ -454,6 +469,7 @@ def _write_manifest(
         "failed_cells": state.failed,
         "sources": sorted({a.item_id for a in sources.assets}),
         "source_fingerprints": _fingerprints(es, sources, final),
+        "source_items": _source_items(es, sources, final),
         "complete": final,
     }
     if final:

@@ -471,7 +471,7 @@ class QueryEngine:
         products: Sequence[str],
     ) -> LiveAnswer:
         tpl = list(templates)
-        k = ranked_cells(products)
+        k = DEFAULT_TOP_K  # the composite's ranking and detections come from both maps
         a = self.score(QuerySpec(text=[first], templates=tpl), threshold=None, top_k=k)
         b = self.score(QuerySpec(text=[second], templates=tpl), threshold=None, top_k=k)
         if op == "and-not":
@@ -532,7 +532,8 @@ class QueryEngine:
 
     def answer(self, request: QueryRequest) -> list[QueryProduct | ClassProduct]:
         """Answer a request: one product per text, a composite, or a classification."""
-        return [a.write() if isinstance(a, LiveAnswer) else a for a in self.answer_live(request)]
+        answers = self.answer_live(request)
+        return [a.write(release=True) if isinstance(a, LiveAnswer) else a for a in answers]
 
     def answer_live(self, request: QueryRequest) -> list[LiveAnswer | ClassProduct]:
         """Answer a request in memory; each answer's files are written by its ``write()``.

@@ -16,6 +16,7 @@ gives.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +31,16 @@ _kernel: list[Callable[..., None]] = []
 
 
 def warm_kernels() -> threading.Thread:
-    """Load (or compile) the kernels in a background thread; a scan then finds them ready."""
-    thread = threading.Thread(target=_int8_kernel, name="marscope-kernels", daemon=True)
+    """Load (or compile) the kernels in a background thread; a scan then finds them ready.
+
+    A failure here is left for the scan to meet (and report) in its own thread.
+    """
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            _int8_kernel()
+
+    thread = threading.Thread(target=load, name="marscope-kernels", daemon=True)
     thread.start()
     return thread
 
@@ -59,7 +68,6 @@ def _compile_int8() -> Callable[..., None]:
         ro(types.int8, 2), ro(types.float32, 1), ro(types.float32, 1), types.float32[::1]
     )
 
-    @njit(signature, nogil=True, fastmath=True, cache=True)
     def kernel(codes: Any, scale: Any, q: Any, out: Any) -> None:  # pragma: no cover - jitted
         rows, dim = codes.shape
         for i in range(rows):
@@ -68,7 +76,10 @@ def _compile_int8() -> Callable[..., None]:
                 acc += np.float32(codes[i, j]) * q[j]
             out[i] = acc * scale[i]
 
-    return kernel
+    try:
+        return njit(signature, nogil=True, fastmath=True, cache=True)(kernel)
+    except RuntimeError:  # no folder to cache in (a read-only install, no home): compile here
+        return njit(signature, nogil=True, fastmath=True)(kernel)
 
 
 def _read_only(a: Any, dtype: Any) -> NDArray[Any]:
@@ -86,6 +97,10 @@ def int8_scores(
     The interpreter lock is released while it runs, so threads scan blocks side by side.
     """
     codes = _read_only(codes, np.int8)
+    if codes.ndim != 2 or np.shape(scale) != (len(codes),) or np.shape(q) != codes.shape[1:]:
+        raise ValueError(
+            f"int8 rows {codes.shape}, scales {np.shape(scale)} and query {np.shape(q)} do not fit"
+        )
     out = np.empty(len(codes), np.float32)
     if len(codes):
         _int8_kernel()(codes, _read_only(scale, np.float32), _read_only(q, np.float32), out)

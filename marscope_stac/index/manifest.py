@@ -20,6 +20,8 @@ MANIFEST_FIELDS: dict[str, type] = {
     "plans": dict,
     "failed_cells": dict,
     "sources": list,
+    "source_items": dict,
+    "source_fingerprints": dict,
     "complete": bool,
     "embeddings": dict,
     "index": dict,

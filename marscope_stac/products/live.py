@@ -156,9 +156,19 @@ class LiveAnswer:
             values, self.where.layout.transform, self.threshold, "detections" in self.products
         )
 
-    def write(self) -> QueryProduct:
-        """Write the product's files and STAC item (:func:`write_query_product`)."""
+    def write(self, release: bool = False) -> QueryProduct:
+        """Write the product's files and STAC item (:func:`write_query_product`).
+
+        ``release`` drops the answer's raster and tiles afterwards (nothing will ask them).
+        """
         tiles = self.tiles
+        try:
+            return self._write(tiles)
+        finally:
+            if release:
+                self.__dict__.pop("tiles", None)
+
+    def _write(self, tiles: LiveTiles) -> QueryProduct:
         return write_query_product(
             self.out,
             self.qid,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from marscope_stac.grid.grids import Grid
     from marscope_stac.index.store import EmbeddingSet
     from marscope_stac.models.clip import ClipModel
+    from marscope_stac.stac.raster import SourceAsset
     from marscope_stac.stac.read import SourceSet
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "publish_model",
     "refresh_embedding_item",
     "scoring_assets",
+    "source_link",
 ]
 
 FAISS_MEDIA_TYPE = "application/octet-stream; application=faiss-index"
@@ -274,7 +276,7 @@ def _embedding_item(
         "marscope:mean_valid_fraction": mean_valid,
     }
     links = [link("emb:model", model_path, root, STAC_ITEM_MEDIA_TYPE, f"Model {cm.slug}")]
-    links += _source_links(sources, root)
+    links += _source_links(sources, root, es.manifest().get("source_items") or {})
     extensions = [EMBEDDINGS_V0, SSYS_V1, FILE_V2, PROCESSING_V1]
     return stac_item(
         root.name,
@@ -296,15 +298,27 @@ EMBEDDINGS_VERSION = "1.0.0"
 """STAC version of embedding sets' objects: the embeddings extension v0.0.1 requires 1.0.0."""
 
 
-def _source_links(sources: SourceSet, root: Path) -> list[dict[str, Any]]:
-    """``derived_from`` links to the source STAC Items (their URL, or a relative path)."""
+def source_link(asset: SourceAsset, root: Path) -> dict[str, str]:
+    """A ``derived_from`` link to a source's STAC Item (URL or relative path), or its raster."""
+    if asset.item_href:  # the item: a URL (its own, or its published one), or a relative link
+        return {"href": lineage_href(asset.item_href, root), "type": "application/geo+json"}
+    # an item without a location (built in memory): its raster
+    return {"href": relative_href(asset.href, root), "type": "image/tiff; application=geotiff"}
+
+
+def _source_links(sources: SourceSet, root: Path, earlier: dict[str, Any]) -> list[dict[str, Any]]:
+    """``derived_from`` links to the source STAC Items: this run's, then earlier runs'.
+
+    ``earlier`` (the manifest's ``source_items``) holds each earlier source's link, by item
+    id, relative to the set's folder as the item's links are.
+    """
     links: dict[str, dict[str, Any]] = {}
-    for a in sources.assets:
-        if a.item_href:  # the item: a URL (its own, or its published one), or a relative link
-            link = {"href": lineage_href(a.item_href, root), "type": "application/geo+json"}
-        else:  # an item without a location (built in memory): its raster
-            link = {"href": relative_href(a.href, root), "type": "image/tiff; application=geotiff"}
-        links.setdefault(link["href"], {"rel": "derived_from", **link, "title": a.item_id})
+    found = {a.item_id: source_link(a, root) for a in sources.assets}
+    for item_id, ref in earlier.items():
+        if item_id not in found and isinstance(ref, dict) and isinstance(ref.get("href"), str):
+            found[item_id] = {"href": ref["href"], "type": str(ref.get("type", ""))}
+    for item_id, ref in found.items():
+        links.setdefault(ref["href"], {"rel": "derived_from", **ref, "title": item_id})
     return list(links.values())
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +270,16 @@ class _Routes:
         qid = request.path_params["answer"]
         future = self.state.live.written(qid)
         try:
-            if future is not None:
-                product = await asyncio.wrap_future(future)
+            if future is not None:  # shielded: a client that goes away cancels no write
+                product = await asyncio.shield(asyncio.wrap_future(future))
                 item = product.item_path
             else:
                 item = await run_in_threadpool(find_product, self.state.products, qid)
         except MarscopeError as exc:
-            return _error(404 if "no product" in str(exc) else 400, str(exc))
+            status = 404 if "no product" in str(exc) else 400 if future is None else 500
+            return _error(status, str(exc))
+        except (OSError, CancelledError) as exc:
+            return _error(500, f"the files of {qid} could not be written: {exc}")
         record = await run_in_threadpool(product_record, item, self.state.products)
         return JSONResponse(record, headers={"Cache-Control": "no-store"})
 

@@ -12,10 +12,11 @@ written too; stopping the server waits for the writer (no answer is lost half-wr
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
 from marscope_stac.products.live import LiveAnswer, LiveTiles
@@ -83,7 +84,8 @@ class LiveAnswers:
         """Wait until answer ``qid``'s files are written (or failed) and forget it."""
         future = self.written(qid)
         if future is not None:
-            future.exception()
+            with contextlib.suppress(CancelledError):
+                future.exception()
             with self._lock:
                 if self._held.get(qid, (None, None))[1] is future:
                     del self._held[qid]
@@ -109,11 +111,13 @@ def live_record(answer: LiveAnswer) -> dict[str, Any]:
         "bbox": [w, max(s, -_MAX_LAT), e, min(n, _MAX_LAT)],
         "assets": {},
         "legend": [],
-        "tiles": {
-            "probability": f"{base}/probability/{{z}}/{{x}}/{{y}}.png",
+        "tiles": {  # the layers the product's archives will hold, and only those
+            "probability": f"{base}/probability/{{z}}/{{x}}/{{y}}.png"
+            if "tiles" in answer.products
+            else None,
             "probability_zoom": list(tiles.raster_zoom),
             "detections": f"{base}/detections/{{z}}/{{x}}/{{y}}.mvt"
-            if tiles.has_detections
+            if tiles.has_detections and tiles.n_detections
             else None,
             "detections_zoom": list(tiles.vector_zoom),
         },

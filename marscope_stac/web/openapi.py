@@ -115,8 +115,8 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_ANSWER],
                 "responses": {
                     "200": {"description": "the published product's record"},
-                    "400": {"description": "its files could not be written, and why"},
                     "404": {"description": "no such answer or product"},
+                    "500": {"description": "its files could not be written, and why"},
                 },
             }
         },

@@ -426,3 +426,15 @@ def test_a_model_trained_with_context_embeds_tiles_with_context(
     cfg_path.write_text(json.dumps(cfg | {"marscope": {"tile_context": "wide"}}))
     with pytest.raises(ModelError, match="tile_context"):
         load_model(f"local-dir:{ringed}", device="cpu")
+
+
+def test_a_set_made_in_two_runs_links_the_sources_of_both(
+    demo_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "products"
+    _embed(demo_root, out, tiny_model_dir, bbox=[150.05, -4.95, 150.1, -4.9])  # scene r0c0
+    res = _embed(demo_root, out, tiny_model_dir, bbox=[150.25, -4.95, 150.3, -4.9])  # r0c1
+    item = json.loads(res.item_path.read_text())
+    derived = {link["title"] for link in item["links"] if link["rel"] == "derived_from"}
+    assert {"ctx-demo-r0c0", "ctx-demo-r0c1"} <= derived
+    assert not validate_catalog(out).problems  # every lineage link resolves

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,38 @@ def test_without_a_ranking_only_the_flagged_rows_are_re_scored() -> None:
     flagged = ranked.rows[ranked.flagged]
     assert np.array_equal(int8_rows([plain], 0), flagged)
     assert len(int8_rows([ranked], 5000)) >= 5000 > len(flagged) > 0
+
+
+def test_the_int8_kernel_refuses_rows_that_do_not_fit_and_compiles_without_a_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numba
+
+    from marscope_stac.index import kernels
+
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.int8_scores(
+            np.ones((4, 64), np.int8), np.ones(4, np.float32), np.ones(16, np.float32)
+        )
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.int8_scores(
+            np.ones((4, 16), np.int8), np.ones(3, np.float32), np.ones(16, np.float32)
+        )
+    real = numba.njit
+
+    def no_cache(*args: object, **kw: object) -> object:
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+    kernel = kernels._compile_int8()  # a read-only install and no home: compiled here
+    out = np.empty(3, np.float32)
+    codes = np.arange(48, dtype=np.int8).reshape(3, 16)
+    codes.flags.writeable = False
+    ones = np.ones(16, np.float32)
+    ones.flags.writeable = False
+    scale = np.full(3, 0.5, np.float32)
+    scale.flags.writeable = False
+    kernel(codes, scale, ones, out)
+    np.testing.assert_allclose(out, codes.sum(axis=1) * 0.5)

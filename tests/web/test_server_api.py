@@ -428,6 +428,15 @@ def test_a_live_answer_serves_its_tiles_then_its_files(server: MapServer) -> Non
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.headers["Content-Encoding"] == "gzip"
             assert gzip.decompress(response.read()) == gzip.decompress(data)
+    # a product without archives: its answer offers no tiles it will not have
+    bare = {"texts": ["impact craters"], "threshold": 0.3, "live": True, "products": []}
+    status, answer = _json(
+        _call(server, "api/query", method="POST", body=json.dumps(bare).encode(), headers=JSON)
+    )
+    (record,) = answer["products"]
+    assert record["tiles"]["probability"] is None and record["tiles"]["detections"] is None
+    status, product = _json(_call(server, record["written"]))
+    assert status == 200 and "tiles" not in product["assets"]
     # an answer no longer held, and one never asked
     assert _call(server, "api/answers/nothing-here")[0] == 404
     assert _call(server, "api/answers/nothing-here/probability/0/0/0.png")[0] == 404

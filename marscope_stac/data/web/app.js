@@ -199,7 +199,8 @@ function showProduct(map, product, { fit = true, restore = true } = {}) {
   removeProduct(map);
   state.current = product;
   const assets = product.assets;
-  if (assets.tiles || product.live) addProbability(map, product);
+  const hasTiles = (p) => Boolean(p.assets.tiles || (p.live && p.tiles.probability));
+  if (hasTiles(product)) addProbability(map, product);
   const live = product.live && product.tiles.detections;
   if (assets["detection-tiles"] || live) {
     map.addSource("detections", live
@@ -642,10 +643,18 @@ async function runQuery(map) {
       showProduct(map, first, { restore: false });
       setStatus(`${first.id}: ${what} (${seconds} s; writing its files…)${more}`);
     }
-    // the published products: files written, records naming them
-    const written = await Promise.all(answer.products.map((p) => (p.live ? getJSON(p.written) : p)));
+    // the published products: files written, records naming them (cancel stops the wait)
+    const signal = state.controller.signal;
+    const settled = await Promise.allSettled(
+      answer.products.map((p) => (p.live ? getJSON(p.written, { signal }) : p)),
+    );
     state.products = await getJSON(state.config.queries);
-    const shown = written[0];
+    const failed = settled.find((r) => r.status === "rejected");
+    if (failed) {
+      renderProducts();
+      throw failed.reason;
+    }
+    const shown = settled[0].value;
     if (!first.live || (state.current && state.current.id === shown.id)) {
       showProduct(map, shown, { restore: false, fit: !first.live });
     } else {
@@ -755,7 +764,8 @@ function wireControls(map, config) {
     if (map.getLayer("probability")) map.setPaintProperty("probability", "raster-opacity", Number($("opacity").value));
   });
   $("cutoff").addEventListener("change", () => {
-    if (state.current && state.current.assets.tiles) addProbability(map, state.current);
+    const c = state.current;
+    if (c && (c.assets.tiles || (c.live && c.tiles.probability))) addProbability(map, c);
     applyVisibility(map);
   });
   $("cutoff").addEventListener("input", () => {
