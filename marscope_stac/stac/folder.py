@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,16 @@ from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_validate
 
 from marscope_stac.core.bodies import Body, body_of_crs, get_body
-from marscope_stac.core.errors import CatalogError, ConfigError, DataError, OutputError
+from marscope_stac.core.errors import (
+    CatalogError,
+    ConfigError,
+    DataError,
+    OutputError,
+    SkippedInputWarning,
+)
 from marscope_stac.core.fs import staged_directory
 from marscope_stac.core.owned import is_project_folder
+from marscope_stac.core.text import counted
 from marscope_stac.stac.build import (
     COG_MEDIA_TYPE,
     FILE_V2,
@@ -55,10 +63,12 @@ class FolderCatalog:
     root: Path
     items: int
     body: Body
+    skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line for people."""
-        return f"wrote {self.root / 'catalog.json'}: {self.items} items of {self.body.name}"
+        """One line for people (and one per file left out)."""
+        line = f"wrote {self.root / 'catalog.json'}: {self.items} items of {self.body.name}"
+        return "\n".join([line, *(f"  left out: {why}" for why in self.skipped)])
 
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -226,18 +236,33 @@ def build_folder_catalog(
     mark = {"describes": ".."}  # an in-place catalog of the GeoTIFFs beside it (validate)
     with staged_directory(out, overwrite=overwrite, kind="catalog", mark=mark) as stage:
         items: list[dict[str, Any]] = []
+        skipped: list[str] = []
         found_body: Body | None = wanted
         for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):
-            item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
+            try:
+                item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
+            except DataError as exc:  # cut short, not a GeoTIFF: left out, said, not fatal
+                skipped.append(str(exc))
+                continue
             found_body = _same_body(tif, tif_body, wanted, found_body)
             items.append(item)
+        if not items:
+            raise CatalogError(
+                f"no readable GeoTIFF under {root} ({skipped[0]}); mend or replace the files"
+            )
+        if skipped:
+            warnings.warn(
+                f"{counted(len(skipped), 'GeoTIFF')} left out of the catalog: {skipped[0]}",
+                SkippedInputWarning,
+                stacklevel=2,
+            )
         assert found_body is not None
         name = root.resolve().name
         coll = _folder_collection(cid, items, found_body, name)
         catalog = stac_catalog(f"{cid}-catalog", f"{cid} catalog", f"GeoTIFFs under {name}")
         write_static_catalog(stage, catalog, [(coll, items)])
         validate_catalog(stage, within=root)
-    return FolderCatalog(root=out, items=len(items), body=found_body)
+    return FolderCatalog(root=out, items=len(items), body=found_body, skipped=skipped)
 
 
 def _datetime(tags: dict[str, str], path: Path) -> dt.datetime:

@@ -359,10 +359,12 @@ def test_unreachable_stac_api(monkeypatch: pytest.MonkeyPatch) -> None:
         load_sources("http://127.0.0.1:9/")
 
 
-def test_catalog_build_skips_what_is_not_a_file_and_names_a_cut_short_one(tmp_path: Path) -> None:
+def test_catalog_build_skips_what_is_not_a_file_and_leaves_out_a_cut_short_one(
+    tmp_path: Path,
+) -> None:
     import os
 
-    from marscope_stac.core.errors import DataError
+    from marscope_stac.core.errors import CatalogError, SkippedInputWarning
 
     folder = tmp_path / "ctx"
     t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
@@ -376,7 +378,12 @@ def test_catalog_build_skips_what_is_not_a_file_and_names_a_cut_short_one(tmp_pa
     assert not report.problems and report.assets == 1
     data = (folder / "a.tif").read_bytes()
     (folder / "b.tif").write_bytes(data[: len(data) - 20_000])  # the header reads, pixels not
-    with pytest.raises(DataError, match=r"b\.tif is not a readable GeoTIFF"):
+    with pytest.warns(SkippedInputWarning, match=r"1 GeoTIFF left out .*b\.tif is not a readable"):
+        built = build_folder_catalog(folder, overwrite=True)
+    assert built.items == 1 and "left out: " in built.summary() and "b.tif" in built.summary()
+    assert not validate_catalog(folder / "stac").problems
+    (folder / "a.tif").write_bytes(data[: len(data) - 20_000])  # none readable: refused, why
+    with pytest.raises(CatalogError, match=r"no readable GeoTIFF under .*ctx \(.*\.tif is not"):
         build_folder_catalog(folder, overwrite=True)
 
 
