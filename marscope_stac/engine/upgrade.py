@@ -87,9 +87,13 @@ def upgrade_embedding_set(
             from, or was made by another model.
     """
     es = EmbeddingSet(Path(embeddings))
-    manifest = es.manifest()
-    if "grid" not in manifest or "model" not in manifest:
-        raise ConfigError(f"{es.root} is not an embedding set; run 'marscope embed'")
+    sets = sorted(p.parent for p in (es.root / "embeddings").glob("*/manifest.json"))
+    if sets and not es.manifest_path.is_file():  # a products catalog: its sets are inside
+        raise ConfigError(
+            f"{es.root} is a products catalog; upgrade one of its embedding sets: "
+            + ", ".join(str(p) for p in sets[:3])
+        )
+    manifest = usable_manifest(es)
     missing = needs_upgrade(es)
     if not missing:
         return []

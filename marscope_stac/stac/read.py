@@ -279,10 +279,17 @@ def _nothing_found(
     bbox: Sequence[float] | None,
 ) -> CatalogError:
     """The error that says why a request found no usable raster."""
-    if seen == 0 and collections and other_collections:
+    imagery = sorted(c for c in other_collections if not c.endswith(_LABELS))
+    labels = [c for c in collections or [] if f"{c}{_LABELS}" in other_collections]
+    if seen == 0 and labels:
+        return CatalogError(
+            f"collection {labels[0]} of {label} holds labels (ground truth), not imagery; "
+            f"embed its imagery: {', '.join(imagery) or 'another catalog'}"
+        )
+    if seen == 0 and collections and imagery:
         return CatalogError(
             f"{label} has no collection {', '.join(collections)}; its collections: "
-            f"{', '.join(sorted(other_collections))}"
+            f"{', '.join(imagery)}"
         )
     if seen == 0 and datetime is not None:
         return CatalogError(f"no item of {label} in the time interval {datetime}; widen it")
@@ -435,8 +442,13 @@ def _selected(
         return False
     if "label:type" in item.properties:  # ground truth, not imagery
         log.debug("ignoring label item %s", item.id)
+        other_collections.add(f"{item.collection_id}{_LABELS}")
         return False
     return True
+
+
+_LABELS = " (labels)"
+"""Marks, among the collections a request passed over, those of label items."""
 
 
 def _note_body(bodies: dict[str, str], item_body: Body, item_id: str) -> None:

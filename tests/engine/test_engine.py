@@ -169,6 +169,8 @@ def test_old_sets_are_upgraded_by_an_explicit_step(embedded, tmp_path: Path) -> 
     assert np.array_equal(got.scores, want.scores)
     assert np.allclose(got.probability, want.probability, atol=1e-6)
     assert upgrade_embedding_set(old.root, model=model) == []  # once: now up to date
+    with pytest.raises(ConfigError, match="is a products catalog; upgrade one of its"):
+        upgrade_embedding_set(copy, model=model)  # the folder above its sets
 
 
 def test_damaged_arrays_are_reported(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -405,3 +405,12 @@ def test_a_url_holding_403_or_404_is_no_http_answer(message: str, final: bool) -
     for href in ("http://127.0.0.1:40387/a-404/x.tif", "http://127.0.0.1:40423/b/x.tif"):
         text = message.format(h=href, g=gdal_path(href))
         assert _is_final(Exception(text), href) is final, text
+
+
+def test_a_collection_of_labels_is_named_as_labels_not_missing(demo_root: Path) -> None:
+    from marscope_stac.core.errors import CatalogError
+
+    with pytest.raises(CatalogError, match=r"collection demo-labels of .* holds labels"):
+        load_sources(demo_root, collections=["demo-labels"])
+    with pytest.raises(CatalogError, match="has no collection nope; its collections: demo-ctx"):
+        load_sources(demo_root, collections=["nope"])
