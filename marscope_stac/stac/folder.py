@@ -235,34 +235,47 @@ def build_folder_catalog(
         )
     mark = {"describes": ".."}  # an in-place catalog of the GeoTIFFs beside it (validate)
     with staged_directory(out, overwrite=overwrite, kind="catalog", mark=mark) as stage:
-        items: list[dict[str, Any]] = []
-        skipped: list[str] = []
-        found_body: Body | None = wanted
-        for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):
-            try:
-                item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
-            except DataError as exc:  # cut short, not a GeoTIFF: left out, said, not fatal
-                skipped.append(str(exc))
-                continue
-            found_body = _same_body(tif, tif_body, wanted, found_body)
-            items.append(item)
-        if not items:
-            raise CatalogError(
-                f"no readable GeoTIFF under {root} ({skipped[0]}); mend or replace the files"
-            )
-        if skipped:
-            warnings.warn(
-                f"{counted(len(skipped), 'GeoTIFF')} left out of the catalog: {skipped[0]}",
-                SkippedInputWarning,
-                stacklevel=2,
-            )
-        assert found_body is not None
+        items, skipped, found_body = _folder_items(tifs, root, stage, cid, wanted)
         name = root.resolve().name
         coll = _folder_collection(cid, items, found_body, name)
         catalog = stac_catalog(f"{cid}-catalog", f"{cid} catalog", f"GeoTIFFs under {name}")
         write_static_catalog(stage, catalog, [(coll, items)])
         validate_catalog(stage, within=root)
     return FolderCatalog(root=out, items=len(items), body=found_body, skipped=skipped)
+
+
+def _folder_items(
+    tifs: list[Path], root: Path, stage: Path, cid: str, wanted: Body | None
+) -> tuple[list[dict[str, Any]], list[str], Body]:
+    """The items of the readable GeoTIFFs, why the others were left out, and their body.
+
+    Raises:
+        CatalogError: if none is readable, or for the reasons of :func:`_tif_item` and
+            :func:`_same_body`.
+    """
+    items: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    found_body: Body | None = wanted
+    for tif, iid in zip(tifs, _item_ids(tifs, root), strict=True):
+        try:
+            item, tif_body = _tif_item(tif, iid, item_folder(stage, cid, iid))
+        except DataError as exc:  # cut short, not a GeoTIFF: left out, said, not fatal
+            skipped.append(str(exc))
+            continue
+        found_body = _same_body(tif, tif_body, wanted, found_body)
+        items.append(item)
+    if not items:
+        raise CatalogError(
+            f"no readable GeoTIFF under {root} ({skipped[0]}); mend or replace the files"
+        )
+    if skipped:
+        warnings.warn(
+            f"{counted(len(skipped), 'GeoTIFF')} left out of the catalog: {skipped[0]}",
+            SkippedInputWarning,
+            stacklevel=3,
+        )
+    assert found_body is not None
+    return items, skipped, found_body
 
 
 def _datetime(tags: dict[str, str], path: Path) -> dt.datetime:
