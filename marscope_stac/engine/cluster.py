@@ -52,6 +52,7 @@ def _int8_task(
     logit_scale: float,
     threshold: float | None,
     top_k: int,
+    compiled: bool,
 ) -> Int8Pass:
     """One task: the ``int8`` pass over rows ``span`` (probabilities left to the engine)."""
     folder = Path(root)
@@ -64,6 +65,7 @@ def _int8_task(
         logit_scale,
         threshold,
         top_k,
+        compiled,
     )
     found.probability = None  # 4 bytes a row less to send; the engine computes the same bits
     return found
@@ -76,14 +78,17 @@ class ClusterScorer:
         address: The scheduler's address (``tcp://host:8786``).
         root: The set's folder, as the workers see it.
         rows: The set's row count.
+        compiled: ``int8`` tasks scan with the compiled kernel, else with numpy (the
+            engine's choice, so the bits are its own).
 
     Raises:
         ConfigError: if the scheduler cannot be reached or has no workers (one line).
     """
 
-    def __init__(self, address: str, root: str | Path, rows: int) -> None:
+    def __init__(self, address: str, root: str | Path, rows: int, compiled: bool = True) -> None:
         self.client: Any = connect_scheduler(address)
         self.root = str(root)
+        self.compiled = compiled
         workers = len(self.client.scheduler_info().get("workers", {}))
         if not workers:
             self.client.close()
@@ -108,7 +113,10 @@ class ClusterScorer:
     ) -> list[Int8Pass]:
         """``int8`` passes over every range, in row order (:mod:`~marscope_stac.query.passes`)."""
         q = np.ascontiguousarray(q, np.float32)
-        args = [(self.root, span, q, logit_scale, threshold, top_k) for span in self.ranges]
+        args = [
+            (self.root, span, q, logit_scale, threshold, top_k, self.compiled)
+            for span in self.ranges
+        ]
         return list(self.client.gather(self._submit(_int8_task, args)))
 
     def _submit(self, task: Any, args: list[tuple[Any, ...]]) -> list[Any]:

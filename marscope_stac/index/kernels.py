@@ -4,10 +4,12 @@ numpy has no fast int8 x float32 product: the scans used to convert each block o
 to float32 and multiply the copy, at a quarter of the speed the memory allows. The kernel
 here reads every int8 code once and accumulates in float32 registers (2.2 to 2.8 times the
 numpy scan's speed here). numba is imported when a query engine opens a set it scans in
-int8 (:func:`warm_kernels`, in a background thread while the query vector is made: about
-0.4 s, which a cold ``marscope query`` no longer waits for), so other commands do not pay
-for it; the machine code is cached beside this module (or in the user's cache folder when
-the package is read-only), so only the first scan ever on a machine compiles (about 0.5 s).
+int8 (:func:`warm_kernels`, in a background thread while the query vector is made), so
+other commands do not pay for it. Loading it takes about 0.4 s of a core, more than one
+scan saves: ``marscope query`` of one or two texts scans with numpy instead (see
+:func:`~marscope_stac.index.scan.int8_block`). The machine code is cached beside this module
+(or in the user's cache folder when the package is read-only), so only the first scan ever
+on a machine compiles (about 0.5 s).
 
 Each row's score is one sequence of operations whatever block it falls in, so results do not
 depend on how rows are cut into blocks: a Dask worker's range gives the bits a whole scan

@@ -110,12 +110,17 @@ def int8_pass(
     logit_scale: float,
     threshold: float | None,
     top_k: int,
+    compiled: bool = True,
 ) -> Int8Pass:
-    """One ``int8`` pass over rows ``span = (start, stop)`` of a set (whole arrays given)."""
+    """One ``int8`` pass over rows ``span = (start, stop)`` of a set (whole arrays given).
+
+    ``compiled``: scan with the compiled kernel or numpy (see
+    :func:`~marscope_stac.index.scan.int8_block`).
+    """
     start, stop = span
     n = stop - start
     codes, scales = int8[start:stop], scale[start:stop]
-    s = scan_rows(n, lambda a, b: int8_block(codes[a:b], scales[a:b], q))
+    s = scan_rows(n, lambda a, b: int8_block(codes[a:b], scales[a:b], q, compiled))
     p = np.empty(n, np.float32)
     lower = np.empty(n, np.float32)
     flag = np.empty(n, np.bool_)

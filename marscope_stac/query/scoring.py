@@ -201,6 +201,7 @@ def score(
     top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
     scanner: Scanner | None = None,
+    compiled: bool = True,
 ) -> ScoredQuery:
     """Score every row of a set for the unit query ``q`` and calibrate the scores.
 
@@ -214,6 +215,8 @@ def score(
         scanner: Makes the passes over every row elsewhere, e.g. on a Dask cluster
             (:class:`marscope_stac.engine.cluster.ClusterScorer`), with the bits this
             process would compute; the rows ``int8`` re-scores exactly are read here.
+        compiled: With ``int8`` in this process: scan with the compiled kernel, else with
+            numpy (see :func:`~marscope_stac.index.scan.int8_block`).
 
     Raises:
         ConfigError: for an unknown mode.
@@ -236,7 +239,9 @@ def score(
         passes = scanner.int8(q, logit_scale, threshold, top_k)
     else:
         passes = [
-            int8_pass(arrays.int8, arrays.scale, bg, (0, n), q, logit_scale, threshold, top_k)
+            int8_pass(
+                arrays.int8, arrays.scale, bg, (0, n), q, logit_scale, threshold, top_k, compiled
+            )
         ]
     s = passes[0].scores if len(passes) == 1 else np.concatenate([p.scores for p in passes])
     given = [p.probability for p in passes]

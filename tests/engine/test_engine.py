@@ -212,6 +212,28 @@ def test_int8_scoring_keeps_the_top_and_the_detections_exact(tmp_path: Path) -> 
     assert not np.array_equal(np.argsort(-raw)[:500], exact.top(500))
 
 
+def test_one_query_scans_without_loading_the_compiled_kernel(tmp_path: Path) -> None:
+    """`marscope query` of one text scans int8 with numpy; an engine for many compiles."""
+    es = synthetic_set(tmp_path)
+    code = (
+        "import sys; from marscope_stac.cli.main import cli; "
+        f"cli.main(['query', 'target', '--out', {str(tmp_path)!r}, '--embeddings', "
+        f"{str(es.root)!r}, '--model', 'synthetic', '--scoring', 'int8', '--products', ''], "
+        "standalone_mode=False); print('numba' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "False", run.stdout
+    engine = QueryEngine(es, tmp_path, model="synthetic", scoring="int8", compiled=False)
+    plain = engine.score(QuerySpec(text=["target"]))
+    compiled = QueryEngine(es, tmp_path, model="synthetic", scoring="int8")
+    fast = compiled.score(QuerySpec(text=["target"]))
+    assert compiled.compiled and not engine.compiled
+    # the same detections and best cells; elsewhere within float32 rounding
+    assert np.array_equal(plain.probability >= 0.5, fast.probability >= 0.5)
+    assert np.array_equal(plain.top(500), fast.top(500))
+    np.testing.assert_allclose(plain.scores, fast.scores, rtol=0, atol=1e-5)
+
+
 def test_engine_on_a_synthetic_planet(tmp_path: Path) -> None:
     es = synthetic_set(tmp_path)
     engine = QueryEngine(es, tmp_path, model="synthetic", scoring="int8")

@@ -32,20 +32,38 @@ def _arrays(n: int, seed: int) -> tuple[np.ndarray, ...]:
     top_k=st.sampled_from([0, 1, 5, 300, 5000, 100_000]),
     threshold=st.sampled_from([None, 0.0, 0.5, 0.9, 1.0]),
     seed=st.integers(0, 3),
+    compiled=st.booleans(),
 )
 def test_ranges_merge_to_one_pass(
-    blocks: int, tail: int, cuts: list[int], top_k: int, threshold: float | None, seed: int
+    blocks: int,
+    tail: int,
+    cuts: list[int],
+    top_k: int,
+    threshold: float | None,
+    seed: int,
+    compiled: bool,
 ) -> None:
     n = blocks * BLOCK_ROWS + tail
     codes, scale, background, q = _arrays(n, seed)
-    whole = int8_pass(codes, scale, background, (0, n), q, 30.0, threshold, top_k)
+    args = (q, 30.0, threshold, top_k, compiled)
+    whole = int8_pass(codes, scale, background, (0, n), *args)
     edges = sorted({0, n, *(min(c * BLOCK_ROWS, n) for c in cuts)})
-    parts = [
-        int8_pass(codes, scale, background, (a, b), q, 30.0, threshold, top_k)
-        for a, b in itertools.pairwise(edges)
-    ]
+    parts = [int8_pass(codes, scale, background, span, *args) for span in itertools.pairwise(edges)]
     assert np.array_equal(np.concatenate([p.scores for p in parts]), whole.scores)
     np.testing.assert_array_equal(int8_rows(parts, top_k), int8_rows([whole], top_k))
+
+
+def test_the_compiled_and_numpy_scans_agree_within_float32_rounding() -> None:
+    n = 2 * BLOCK_ROWS + 77
+    codes, scale, background, q = _arrays(n, 9)
+    fast = int8_pass(codes, scale, background, (0, n), q, 30.0, 0.5, 100, True)
+    plain = int8_pass(codes, scale, background, (0, n), q, 30.0, 0.5, 100, False)
+    reference = (codes.astype(np.float64) @ q.astype(np.float64)) * scale
+    np.testing.assert_allclose(fast.scores, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(plain.scores, reference, rtol=0, atol=1e-5)
+    # the rows either scan re-scores exactly are the same but for rows at a bound's edge
+    a, b = set(int8_rows([fast], 100).tolist()), set(int8_rows([plain], 100).tolist())
+    assert len(a ^ b) <= 2
 
 
 def test_a_nan_row_does_not_hide_the_best_rows() -> None:
