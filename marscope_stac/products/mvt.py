@@ -27,6 +27,7 @@ __all__ = [
     "layer_message",
     "polygon_streams",
     "records",
+    "row_counts",
     "varint_matrix",
     "varints",
 ]
@@ -60,31 +61,47 @@ def varint_matrix(values: NDArray[Any]) -> tuple[NDArray[np.uint8], NDArray[np.b
     """Varints of an (m, k) array (or m values), each in a slot of one width.
 
     Returns the (m, k * width) bytes and which of them are used: ``bytes[used]`` is every
-    row's varints one after the other, row after row.
+    row's varints one after the other, row after row. Negative values are their unsigned
+    64-bit patterns (as protobuf stores an ``int64``).
     """
-    v = np.asarray(values).astype(np.uint64)
+    v = np.asarray(values)
     if v.ndim == 1:
         v = v[:, None]
     m, k = v.shape
+    if v.dtype.kind == "i" and v.size and int(v.min()) < 0:
+        v = v.astype(np.uint64)
     top = int(v.max()) if v.size else 0
-    width = 1
-    nbytes = np.ones(v.shape, np.uint8)
-    while top >> (7 * width):
-        nbytes += v >= (np.uint64(1) << np.uint64(7 * width))
-        width += 1
+    width = max(1, (top.bit_length() + 6) // 7)
+    if width == 1:  # one byte each, no continuation bit
+        return v.astype(np.uint8).reshape(m, k), np.ones((m, k), bool)
+    v = v.astype(np.uint32 if top < 2**32 else np.uint64)  # narrower: half the memory traffic
+    one = v.dtype.type(1)
     dense = np.empty((m, k, width), np.uint8)
+    used = np.empty((m, k, width), bool)
+    used[:, :, 0] = True
+    for j in range(1, width):  # byte j is used when the value needs more than 7 j bits
+        np.greater_equal(v, one << v.dtype.type(7 * j), out=used[:, :, j])
     for j in range(width):
-        low = ((v >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
-        dense[:, :, j] = low | ((nbytes > j + 1).astype(np.uint8) << np.uint8(7))
-    used = np.arange(width, dtype=np.uint8) < nbytes[:, :, None]
+        low = ((v >> v.dtype.type(7 * j)) & v.dtype.type(0x7F)).astype(np.uint8)
+        if j + 1 < width:  # the continuation bit: the next byte is used
+            low |= used[:, :, j + 1].view(np.uint8) << np.uint8(7)
+        dense[:, :, j] = low
     return dense.reshape(m, k * width), used.reshape(m, k * width)
+
+
+def row_counts(used: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """How many bytes of each row are used (a byte product: 5 times numpy's boolean sum)."""
+    if used.ndim != 2 or used.shape[1] > 255:
+        return np.count_nonzero(used, axis=1).astype(np.int64)
+    ones = np.ones(used.shape[1], np.uint8)
+    return (np.ascontiguousarray(used).view(np.uint8) @ ones).astype(np.int64)
 
 
 def varints(values: NDArray[Any]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     """Protobuf varints of many values at once; returns the bytes and each value's end offset."""
     v = np.asarray(values).ravel()
     dense, used = varint_matrix(v)
-    return dense[used], np.cumsum(used.sum(axis=1), dtype=np.int64)
+    return dense[used], np.cumsum(row_counts(used), dtype=np.int64)
 
 
 def varint_part(values: NDArray[Any]) -> Part:
@@ -347,7 +364,7 @@ def _value_messages(values: NDArray[np.float64], kinds: NDArray[np.int8]) -> byt
     sel = kinds == 0
     if sel.any():
         digits, digit_used = varint_matrix(values[sel].astype(np.uint64))
-        dense[sel, 1] = 1 + digit_used.sum(axis=1)
+        dense[sel, 1] = 1 + row_counts(digit_used)
         dense[sel, 2] = 0x28  # uint_value (field 5, varint)
         dense[sel, 3 : 3 + digits.shape[1]] = digits
         used[sel, :3] = True
@@ -358,7 +375,7 @@ def _value_messages(values: NDArray[np.float64], kinds: NDArray[np.int8]) -> byt
 def row_part(values: NDArray[Any]) -> Part:
     """Each row of an (m, k) array as one record of k varints."""
     dense, used = varint_matrix(values)
-    lengths = used.sum(axis=1, dtype=np.int64)
+    lengths = row_counts(used)
     return dense[used], np.cumsum(lengths) - lengths, lengths
 
 
@@ -413,18 +430,18 @@ def dense_records(
     if n == 0:
         return b""
     tag_rows = varint_matrix(tags)
-    g_len = sum(used.sum(axis=1) for _, used in geometry)
+    g_len = row_counts(np.concatenate([used for _, used in geometry], axis=1))
     body = [
         _const_dense(b"\x08", n),
         varint_matrix(ids),
         _const_dense(b"\x12", n),
-        varint_matrix(tag_rows[1].sum(axis=1)),
+        varint_matrix(row_counts(tag_rows[1])),
         tag_rows,
         _const_dense(b"\x18\x03\x22", n),
         varint_matrix(g_len),
         *geometry,
     ]
-    body_len = sum(used.sum(axis=1) for _, used in body)
+    body_len = row_counts(np.concatenate([used for _, used in body], axis=1))
     rows = [_const_dense(b"\x12", n), varint_matrix(body_len), *body]
     dense = np.concatenate([d for d, _ in rows], axis=1)
     used = np.concatenate([u for _, u in rows], axis=1)

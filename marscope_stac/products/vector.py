@@ -46,9 +46,9 @@ __all__ = [
     "write_vector_pmtiles",
 ]
 
-TILE_GZIP_LEVEL = 1
-"""zlib level of the vector tiles: level 6 makes tiles of half a million detections about 3 %
-smaller for three times the time."""
+TILE_GZIP_LEVEL = 2
+"""ISA-L gzip level of the vector tiles (its default): tiles of half a million detections
+are 6 % bigger than zlib's level 1 makes them, in a quarter of the time."""
 
 EXTENT = 4096
 """Tile coordinate units across a tile."""
@@ -243,8 +243,10 @@ box_streams`), the other features from their rings.
         bp = b[pair]
         inside = (bp[:, 0] >= tx - BUFFER) & (bp[:, 2] <= tx + 1 + BUFFER)
         inside &= (bp[:, 1] >= ty - BUFFER) & (bp[:, 3] <= ty + 1 + BUFFER)
-        key = ty * n + tx  # sorted by row, then column, then feature
-        order = np.lexsort((fid[pair], key))
+        key = ty * n + tx  # sorted by row, then column, then feature:
+        # the pairs come in feature order, so a stable sort by tile keeps it (a radix sort
+        # for up to 256 x 256 tiles)
+        order = np.argsort(key.astype(np.uint16 if n * n <= 1 << 16 else np.int64), kind="stable")
         key, feats, inside = key[order], fid[pair][order], inside[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key
         return feats, inside, key, np.r_[starts, len(key)]
@@ -329,7 +331,16 @@ class _TileJob:
         data = self.level._tile_bytes((self.x, self.y), self.feats, self.inside, values, layer)
         if not data:
             return None
-        return zxy_to_tileid(self.z, self.x, self.y), gzip.compress(data, TILE_GZIP_LEVEL, mtime=0)
+        return zxy_to_tileid(self.z, self.x, self.y), _gzip(data)
+
+
+def _gzip(data: bytes) -> bytes:
+    """A gzip member of ``data`` (no timestamp): ISA-L, or zlib when it is missing."""
+    try:
+        from isal import igzip
+    except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+        return gzip.compress(data, 1, mtime=0)
+    return bytes(igzip.compress(data, TILE_GZIP_LEVEL, mtime=0))
 
 
 def _encode_tiles(levels: VectorLevels) -> list[tuple[int, bytes]]:
