@@ -66,9 +66,10 @@ def build_set(
     from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
     from marscope_stac.grid.grids import parse_grid
     from marscope_stac.index.background import background_logsumexp, write_background
-    from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
+    from marscope_stac.index.store import EmbeddingSet
     from marscope_stac.index.table import EmbeddingTable
     from marscope_stac.index.texts import TextVectorCache
+    from marscope_stac.index.writer import EmbeddingSetWriter
 
     grid = parse_grid(grid_spec)
     n = grid.n_cells

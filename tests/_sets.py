@@ -9,9 +9,10 @@ import numpy as np
 from marscope_stac.core.prompts import MARSCOPE_TEMPLATES
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.index.background import background_logsumexp, write_background
-from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
+from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.table import EmbeddingTable
 from marscope_stac.index.texts import TextVectorCache
+from marscope_stac.index.writer import EmbeddingSetWriter
 
 
 def synthetic_set(root: Path, n_side: float = 1.0, dim: int = 48) -> EmbeddingSet:

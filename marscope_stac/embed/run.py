@@ -46,6 +46,7 @@ from marscope_stac.core.fs import (
     check_work_folder,
     source_folder,
     sweep_stale,
+    temp_file,
 )
 from marscope_stac.embed.compute import (
     _model,
@@ -62,10 +63,11 @@ from marscope_stac.embed.resume import (
     source_fingerprint,
 )
 from marscope_stac.grid.grids import Grid, parse_grid
-from marscope_stac.index.background import write_background_of
+from marscope_stac.index.background import background_of, stage_background
 from marscope_stac.index.faiss_index import build_faiss_index
-from marscope_stac.index.store import EmbeddingSet, EmbeddingSetWriter
+from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.table import EmbeddingTable, write_embeddings
+from marscope_stac.index.writer import EmbeddingSetWriter, NpyStream
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.cloud import NetworkTally, NetworkWatch
@@ -346,16 +348,41 @@ class _Run:
         _write_manifest(self.es, self.expect, self.resume, self.sources)
 
     def consolidate(self, cm: ClipModel) -> int:
-        """Write the set's GeoParquet, scoring arrays, FAISS index and background; rows."""
+        """Write the set's GeoParquet, scoring arrays, FAISS index and background; rows.
+
+        Every file is completed under a temporary name and renamed into place only when all
+        are ready, then the manifest names them: a run stopped before leaves the published
+        set as it was (the next run consolidates again); one stopped among the renames (a
+        few milliseconds) leaves files its manifest does not name, which the next run
+        replaces (queries meanwhile refuse the set, saying so).
+        """
         done = self.resume.done
         full = EmbeddingTable.concat([done[s] for s in sorted(done)])
         _write_manifest(self.es, self.expect, self.resume, self.sources)
         extra = {"set": self.es.root.name}
-        with EmbeddingSetWriter(self.es, self.grid, full.cell_index, cm.embed_dim, extra) as w:
-            w.append(full)
-        build_faiss_index(full.embedding, self.es.index)
-        _write_manifest(self.es, self.expect, self.resume, self.sources, final=True)
-        write_background_of(self.es, cm, self.grid)
+        writer = EmbeddingSetWriter(self.es, self.grid, full.cell_index, cm.embed_dim, extra)
+        index = temp_file(self.es.index)
+        staged: list[NpyStream] = []
+        try:
+            writer.append(full)
+            writer.finish()
+            build_faiss_index(full.embedding, index)
+            arrays, made_by = writer.staged_arrays(), self.expect["model"]
+            lse, description = background_of(self.es, cm, arrays, self.grid, made_by)
+            stream, info = stage_background(self.es, lse)
+            staged.append(stream)
+            scoring = writer.commit()  # everything is on disk: into place, then the manifest
+            index.replace(self.es.index)
+            stream.commit()
+        except BaseException:
+            writer.abort()
+            for stream in staged:
+                stream.abort()
+            index.unlink(missing_ok=True)
+            raise
+        scoring["files"]["background.npy"] = info
+        scoring["background"] = description
+        _write_manifest(self.es, self.expect, self.resume, self.sources, scoring=scoring)
         return len(full)
 
 
@@ -454,9 +481,10 @@ def _write_manifest(
     expect: dict[str, Any],
     state: _Resume,
     sources: SourceSet,
-    final: bool = False,
+    scoring: dict[str, Any] | None = None,
 ) -> None:
-    scoring = es.manifest().get("scoring") if final else None
+    """The set's progress (``progress.json``), or with ``scoring`` its final manifest."""
+    final = scoring is not None
     done = state.done
     manifest = {
         **expect,

@@ -17,7 +17,8 @@ from marscope_stac.core.errors import ConfigError
 from marscope_stac.core.naming import same_model
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.index.background import write_background_of
-from marscope_stac.index.store import EmbeddingSet, write_scoring_arrays
+from marscope_stac.index.store import EmbeddingSet
+from marscope_stac.index.writer import write_scoring_arrays
 from marscope_stac.stac.publish import refresh_embedding_item
 
 __all__ = ["check_current", "needs_upgrade", "upgrade_embedding_set", "usable_manifest"]

@@ -18,14 +18,18 @@ from marscope_stac.core.platt import applied_fit, calibration_at
 from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES
 from marscope_stac.grid.grids import Grid, cell_side_deg
 from marscope_stac.index.scan import score_rows
-from marscope_stac.index.store import EmbeddingSet, ScoringArrays, _NpyStream
+from marscope_stac.index.store import EmbeddingSet, ScoringArrays
 from marscope_stac.index.texts import TextVectorCache
+from marscope_stac.index.writer import NpyStream
 
 if TYPE_CHECKING:
     from marscope_stac.models.clip import ClipModel
 
 __all__ = [
     "background_logsumexp",
+    "background_of",
+    "background_term",
+    "stage_background",
     "store_background",
     "write_background",
     "write_background_of",
@@ -53,18 +57,29 @@ def write_background(
 
     ``description`` (prompts, templates, temperature, model) goes to the manifest beside it.
     """
-    path = es.root / "background.npy"
-    stream = _NpyStream(path, np.float32, (len(logsumexp),))
-    try:
-        stream.write(np.asarray(logsumexp, np.float32))
-        info = stream.close()
-    except BaseException:
-        stream.abort()
-        raise
+    stream, info = stage_background(es, logsumexp)
+    stream.commit()
     manifest = es.manifest()
     manifest.setdefault("scoring", {}).setdefault("files", {})["background.npy"] = info
     manifest["scoring"]["background"] = description
     es.write_manifest(manifest)
+
+
+def stage_background(
+    es: EmbeddingSet, logsumexp: NDArray[np.float32]
+) -> tuple[NpyStream, dict[str, Any]]:
+    """``background.npy`` complete on disk under a temporary name; the stream and its entry.
+
+    ``stream.commit()`` renames it into place (``stream.abort()`` drops it).
+    """
+    stream = NpyStream(es.root / "background.npy", np.float32, (len(logsumexp),))
+    try:
+        stream.write(np.asarray(logsumexp, np.float32))
+        info = stream.finish()
+    except BaseException:
+        stream.abort()
+        raise
+    return stream, info
 
 
 def store_background(
@@ -79,6 +94,32 @@ def store_background(
 ) -> None:
     """Compute and store the background term of ``es`` from the prompts' unit ``vectors``.
 
+    See :func:`background_term` for the arguments.
+    """
+    lse, description = background_term(
+        es.scoring_arrays(),
+        vectors,
+        logit_scale,
+        prompts=prompts,
+        templates=templates,
+        calibration=calibration,
+        cell_deg=cell_deg,
+    )
+    write_background(es, lse, description)
+
+
+def background_term(
+    arrays: ScoringArrays,
+    vectors: NDArray[np.float32],
+    logit_scale: float,
+    *,
+    prompts: Sequence[str],
+    templates: Sequence[str],
+    calibration: dict[str, Any] | None = None,
+    cell_deg: float | None = None,
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """The background term of ``arrays``' rows and its manifest description.
+
     With a ``calibration`` (Platt's ``scale`` a and ``bias`` b on the logit, see
     :mod:`marscope_stac.eval.calibration`; for a model fitted at several cell sizes, those
     of the set's cells of ``cell_deg`` degrees, :func:`calibration_at`) the set stores the
@@ -86,7 +127,7 @@ def store_background(
     background ``a L - b``; the model's temperature and the fit applied are recorded beside
     them.
     """
-    lse = background_logsumexp(es.scoring_arrays(), vectors, logit_scale)
+    lse = background_logsumexp(arrays, vectors, logit_scale)
     description: dict[str, Any] = {
         "prompts": list(prompts),
         "templates": list(templates),
@@ -98,7 +139,7 @@ def store_background(
         description["logit_scale"] = a * float(logit_scale)
         description["temperature"] = float(logit_scale)
         description["calibration"] = applied_fit(calibration, cell_deg)
-    write_background(es, lse, description)
+    return lse, description
 
 
 def write_background_of(es: EmbeddingSet, cm: ClipModel, grid: Grid | None = None) -> None:
@@ -106,12 +147,27 @@ def write_background_of(es: EmbeddingSet, cm: ClipModel, grid: Grid | None = Non
 
     ``grid``: the set's grid, parsed for its body (else read from the manifest, as Mars's).
     """
+    lse, description = background_of(es, cm, es.scoring_arrays(), grid)
+    write_background(es, lse, description)
+
+
+def background_of(
+    es: EmbeddingSet,
+    cm: ClipModel,
+    arrays: ScoringArrays,
+    grid: Grid | None = None,
+    made_by: dict[str, Any] | None = None,
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """The background term of ``arrays`` for ``cm`` (prompts encoded and cached in ``es``).
+
+    ``made_by``: the set's model entry (else read from its manifest).
+    """
     bg = cm.encode_queries(list(BACKGROUND_PROMPTS), MARSCOPE_TEMPLATES)
-    cache = TextVectorCache(es, es.manifest()["model"])
+    cache = TextVectorCache(es, made_by if made_by is not None else es.manifest()["model"])
     for prompt, vector in zip(BACKGROUND_PROMPTS, bg, strict=True):
         cache.put(prompt, MARSCOPE_TEMPLATES, vector)
-    store_background(
-        es,
+    return background_term(
+        arrays,
         bg,
         float(cm.logit_scale),
         prompts=BACKGROUND_PROMPTS,

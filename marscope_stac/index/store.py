@@ -24,9 +24,6 @@ Everything here works on arrays and cell indexes; nothing knows about models, pr
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import logging
 import os
@@ -34,27 +31,20 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from marscope_stac.core.errors import DataError, OutputError
+from marscope_stac.core.errors import DataError
 from marscope_stac.core.fs import (
     atomic_write_json,
-    temp_file,
 )
-from marscope_stac.grid.grids import Grid
-from marscope_stac.index.geoparquet import ROW_GROUP_ROWS
 from marscope_stac.index.manifest import read_manifest
 from marscope_stac.index.table import (
     EmbeddingTable,
-    _arrow_rows,
-    _bbox_of,
-    _schema_metadata,
-    quantize_int8,
     read_embeddings,
 )
 
@@ -62,11 +52,9 @@ __all__ = [
     "PUBLISHED_FILE",
     "SCORING_FILES",
     "EmbeddingSet",
-    "EmbeddingSetWriter",
     "RowFile",
     "ScoringArrays",
     "iter_embeddings",
-    "write_scoring_arrays",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,68 +72,6 @@ smaller, :data:`~marscope_stac.index.geoparquet.ROW_GROUP_ROWS`, for bbox filter
 
 
 # ----------------------------------------------------------------------------- GeoParquet
-
-
-# ----------------------------------------------------------------------------- .npy streams
-
-
-class _NpyStream:
-    """An ``.npy`` file written row block by row block, hashed on the way, renamed at the end."""
-
-    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self.shape = shape
-        self.rows = 0
-        self.digest = hashlib.sha256()
-        self.tmp = temp_file(path)
-        self.fh: IO[bytes] = self.tmp.open("wb")
-        head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            head,
-            {
-                "descr": np.lib.format.dtype_to_descr(self.dtype),
-                "fortran_order": False,
-                "shape": shape,
-            },
-        )
-        self._write(head.getvalue())
-
-    def _write(self, data: bytes | memoryview) -> None:
-        self.fh.write(data)
-        self.digest.update(data)
-
-    def write(self, block: NDArray[Any]) -> None:
-        arr = np.ascontiguousarray(block, dtype=self.dtype)
-        if arr.shape[1:] != self.shape[1:]:
-            raise DataError(f"rows of shape {arr.shape[1:]} do not fit {self.path.name}")
-        self.rows += len(arr)
-        self._write(arr.reshape(-1).view(np.uint8).data)
-
-    def finish(self) -> dict[str, Any]:
-        """Flush the temporary file to disk; returns its size and checksum."""
-        if self.rows != self.shape[0]:
-            raise DataError(f"{self.path.name}: {self.rows} rows written, {self.shape[0]} expected")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        self.tmp.chmod(0o644)
-        return {"size": self.tmp.stat().st_size, "checksum": "1220" + self.digest.hexdigest()}
-
-    def commit(self) -> None:
-        """Move the finished file into place."""
-        self.tmp.replace(self.path)
-
-    def close(self) -> dict[str, Any]:
-        """Finish and commit."""
-        info = self.finish()
-        self.commit()
-        return info
-
-    def abort(self) -> None:
-        self.fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
 
 
 # ----------------------------------------------------------------------------- embedding sets
@@ -331,6 +257,15 @@ class EmbeddingSet:
         files = self.manifest().get("scoring", {}).get("files", {})
         return all(name in files and (self.root / name).is_file() for name in SCORING_FILES)
 
+    def _changed(self, path: Path) -> str:
+        """Why ``path`` differs from the manifest, and the fix."""
+        if self.progress_path.is_file():  # a run was replacing the files when it stopped
+            return (
+                f"{path} is newer than the set's manifest: a 'marscope embed' run stopped while "
+                "replacing the set's files; run the same 'marscope embed' again to finish it"
+            )
+        return f"{path} has changed since it was written"
+
     def scoring_arrays(self) -> ScoringArrays:
         """Open the scoring arrays memory-mapped, checked against the manifest.
 
@@ -358,7 +293,7 @@ class EmbeddingSet:
                 continue
             try:
                 if files[name]["size"] != path.stat().st_size:
-                    raise DataError(f"{path} has changed since it was written")
+                    raise DataError(self._changed(path))
                 if name == "vectors.npy":
                     arr, arrays["rows"] = _open_npy(path)
                 else:
@@ -381,171 +316,6 @@ class EmbeddingSet:
             arrays["background.npy"],
             arrays.get("rows"),
         )
-
-
-class EmbeddingSetWriter:
-    """Write an embedding set's GeoParquet and scoring arrays block by block, in cell order.
-
-    Nothing is held in memory beyond one block, so sets larger than memory can be written.
-    Files are written under temporary names and renamed when :meth:`close` succeeds; the
-    manifest's ``scoring`` entry is updated last.
-
-    Args:
-        es: The set.
-        grid: Its grid.
-        cells: Cell index of every row that will be appended, in order.
-        dim: Embedding width.
-        extra: Extra key/values for the GeoParquet's ``marscope`` metadata.
-        parquet: Also write ``embeddings.parquet`` (False: only the scoring arrays).
-    """
-
-    def __init__(
-        self,
-        es: EmbeddingSet,
-        grid: Grid,
-        cells: NDArray[np.int64],
-        dim: int,
-        extra: dict[str, str] | None = None,
-        parquet: bool = True,
-    ) -> None:
-        if dim < 1:
-            raise DataError("cannot store embeddings of unknown width (empty table)")
-        rows = len(cells)
-        self.es, self.grid, self.rows, self.dim = es, grid, rows, dim
-        self._cells = np.asarray(cells, np.int64)
-        es.root.mkdir(parents=True, exist_ok=True)
-        self._streams = {
-            "cells.npy": _NpyStream(es.root / "cells.npy", np.int64, (rows,)),
-            "vectors.npy": _NpyStream(es.root / "vectors.npy", np.float16, (rows, dim)),
-            "vectors-int8.npy": _NpyStream(es.root / "vectors-int8.npy", np.int8, (rows, dim)),
-            "vectors-scale.npy": _NpyStream(es.root / "vectors-scale.npy", np.float32, (rows,)),
-        }
-        self._done = 0
-        self._pq: pq.ParquetWriter | None = None
-        self._pq_tmp: Path | None = None
-        self._extra = extra
-        if parquet:
-            self._pq_tmp = temp_file(es.parquet)
-
-    def append(self, table: EmbeddingTable) -> None:
-        """Append the next rows (their cells must be the next ones given at construction).
-
-        Large tables are written block by block, so memory stays a few blocks' worth.
-        """
-        if len(table) > ROW_GROUP:
-            for start in range(0, len(table), ROW_GROUP):
-                stop = min(start + ROW_GROUP, len(table))
-                self.append(
-                    EmbeddingTable(
-                        table.cell_index[start:stop],
-                        table.embedding[start:stop],
-                        table.valid_fraction[start:stop],
-                        table.source_items[start:stop],
-                    )
-                )
-            return
-        if not len(table):
-            return
-        cells = np.asarray(table.cell_index, np.int64)
-        if not np.array_equal(cells, self._cells[self._done : self._done + len(cells)]):
-            raise DataError("embedding rows must be appended in the order of the set's cells")
-        self._done += len(cells)
-        emb16 = np.ascontiguousarray(table.embedding, dtype=np.float16)
-        q, scale = quantize_int8(emb16)
-        for name, block in (
-            ("cells.npy", cells),
-            ("vectors.npy", emb16),
-            ("vectors-int8.npy", q),
-            ("vectors-scale.npy", scale),
-        ):
-            self._streams[name].write(block)
-        if self._pq_tmp is not None:
-            rows = _arrow_rows(
-                EmbeddingTable(cells, emb16, table.valid_fraction, table.source_items), self.grid
-            )
-            if self._pq is None:
-                meta = _schema_metadata(self.grid, self._set_bbox(), self._extra)
-                self._pq = pq.ParquetWriter(
-                    self._pq_tmp, rows.schema.with_metadata(meta), compression="zstd"
-                )
-            for start in range(0, len(rows), ROW_GROUP):
-                self._pq.write_table(rows.slice(start, ROW_GROUP), ROW_GROUP_ROWS)
-
-    def close(self) -> dict[str, Any]:
-        """Finish every file and record them in the manifest; returns the ``scoring`` entry."""
-        try:  # every file complete on disk before any replaces its predecessor
-            files = {name: s.finish() for name, s in self._streams.items()}
-            for stream in self._streams.values():
-                stream.commit()
-            if self._pq_tmp is not None:
-                self._finish_parquet()
-        except OSError as exc:
-            self.abort()
-            raise OutputError(
-                f"cannot write the embedding set in {self.es.root}: {exc.strerror or exc}; "
-                "free space or fix permissions and run again"
-            ) from exc
-        except BaseException:
-            self.abort()
-            raise
-        manifest = self.es.manifest()
-        scoring = {"rows": self.rows, "dim": self.dim, "files": files}
-        manifest["scoring"] = scoring
-        self.es.write_manifest(manifest)
-        return scoring
-
-    def _set_bbox(self) -> list[float]:
-        boxes = [
-            _bbox_of(self.grid, self._cells[i : i + ROW_GROUP * 8])
-            for i in range(0, self.rows, ROW_GROUP * 8)
-        ]
-        if not boxes:
-            return [0.0, 0.0, 0.0, 0.0]
-        b = np.asarray(boxes)
-        return [
-            float(b[:, 0].min()),
-            float(b[:, 1].min()),
-            float(b[:, 2].max()),
-            float(b[:, 3].max()),
-        ]
-
-    def _finish_parquet(self) -> None:
-        assert self._pq_tmp is not None
-        if self._pq is None:  # no rows at all: an empty table of the right schema
-            empty = EmbeddingTable(
-                np.zeros(0, np.int64),
-                np.zeros((0, self.dim), np.float16),
-                np.zeros(0, np.float32),
-                [],
-            )
-            meta = _schema_metadata(self.grid, self._set_bbox(), self._extra)
-            pq.write_table(
-                _arrow_rows(empty, self.grid).replace_schema_metadata(meta), self._pq_tmp
-            )
-        else:
-            self._pq.close()
-        self._pq_tmp.chmod(0o644)
-        self._pq_tmp.replace(self.es.parquet)
-
-    def abort(self) -> None:
-        """Drop every temporary file."""
-        for s in self._streams.values():
-            s.abort()
-        if self._pq is not None:
-            with contextlib.suppress(Exception):
-                self._pq.close()
-        if self._pq_tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._pq_tmp.unlink()
-
-    def __enter__(self) -> EmbeddingSetWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def iter_embeddings(path: str | Path, sources: bool = True) -> Iterator[EmbeddingTable]:
@@ -571,23 +341,3 @@ def iter_embeddings(path: str | Path, sources: bool = True) -> Iterator[Embeddin
             )
     except (OSError, pa.ArrowInvalid, KeyError, AttributeError) as exc:
         raise DataError(f"{path} is not a readable embedding table: {exc}") from exc
-
-
-def write_scoring_arrays(es: EmbeddingSet, grid: Grid) -> dict[str, Any]:
-    """Write a set's scoring arrays from its GeoParquet (sets made before they existed).
-
-    Raises:
-        DataError: if the GeoParquet is not an embedding table.
-    """
-    try:
-        cells = pq.read_table(es.parquet, columns=["cell_index"]).column(0).to_numpy()
-        dim = pq.ParquetFile(es.parquet).schema_arrow.field("embedding").type.list_size
-    except (OSError, pa.ArrowInvalid, KeyError, AttributeError) as exc:
-        raise DataError(f"{es.parquet} is not a readable embedding table: {exc}") from exc
-    with EmbeddingSetWriter(es, grid, cells, dim, parquet=False) as writer:
-        for block in iter_embeddings(es.parquet, sources=False):
-            writer.append(block)
-    return dict(es.manifest()["scoring"])
-
-
-# ----------------------------------------------------------------------------- FAISS
