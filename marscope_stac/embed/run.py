@@ -67,7 +67,7 @@ from marscope_stac.index.background import background_of, stage_background
 from marscope_stac.index.faiss_index import build_faiss_index
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.table import EmbeddingTable, write_embeddings
-from marscope_stac.index.writer import EmbeddingSetWriter, NpyStream
+from marscope_stac.index.writer import EmbeddingSetWriter
 from marscope_stac.models.clip import ClipModel
 from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.cloud import NetworkTally, NetworkWatch
@@ -350,39 +350,49 @@ class _Run:
     def consolidate(self, cm: ClipModel) -> int:
         """Write the set's GeoParquet, scoring arrays, FAISS index and background; rows.
 
-        Every file is completed under a temporary name and renamed into place only when all
-        are ready, then the manifest names them: a run stopped before leaves the published
-        set as it was (the next run consolidates again); one stopped among the renames (a
-        few milliseconds) leaves files its manifest does not name, which the next run
-        replaces (queries meanwhile refuse the set, saying so).
+        Every file is completed under a temporary name and the final manifest made (its
+        checksums read) before anything is renamed into place: a run stopped before leaves
+        the published set as it was (the next run consolidates again). ``progress.json``
+        says the files are being replaced while they are; queries refuse the set then, and
+        the next run finishes it if this one stops there.
         """
         done = self.resume.done
         full = EmbeddingTable.concat([done[s] for s in sorted(done)])
         _write_manifest(self.es, self.expect, self.resume, self.sources)
-        extra = {"set": self.es.root.name}
-        writer = EmbeddingSetWriter(self.es, self.grid, full.cell_index, cm.embed_dim, extra)
-        index = temp_file(self.es.index)
-        staged: list[NpyStream] = []
+        staged: list[Any] = []
         try:
+            writer = EmbeddingSetWriter(
+                self.es, self.grid, full.cell_index, cm.embed_dim, {"set": self.es.root.name}
+            )
+            staged.append(writer)
             writer.append(full)
-            writer.finish()
+            scoring = writer.finish()
+            index = temp_file(self.es.index)
+            staged.append(index)
             build_faiss_index(full.embedding, index)
             arrays, made_by = writer.staged_arrays(), self.expect["model"]
-            lse, description = background_of(self.es, cm, arrays, self.grid, made_by)
-            stream, info = stage_background(self.es, lse)
+            lse, scoring["background"] = background_of(self.es, cm, arrays, self.grid, made_by)
+            stream, scoring["files"]["background.npy"] = stage_background(self.es, lse)
             staged.append(stream)
-            scoring = writer.commit()  # everything is on disk: into place, then the manifest
+            parquet = writer.staged_parquet
+            assert parquet is not None  # this writer writes the GeoParquet too
+            manifest = _manifest(self.es, self.expect, self.resume, self.sources, final=True)
+            manifest["embeddings"] = {"rows": len(full), "checksum": file_multihash(parquet)}
+            manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(index)}
+            manifest["scoring"] = scoring
+            _write_manifest(self.es, self.expect, self.resume, self.sources, replacing=True)
+            writer.commit()
             index.replace(self.es.index)
             stream.commit()
         except BaseException:
-            writer.abort()
-            for stream in staged:
-                stream.abort()
-            index.unlink(missing_ok=True)
+            for thing in staged:  # what is still under a temporary name
+                if isinstance(thing, Path):
+                    thing.unlink(missing_ok=True)
+                else:
+                    thing.abort()
             raise
-        scoring["files"]["background.npy"] = info
-        scoring["background"] = description
-        _write_manifest(self.es, self.expect, self.resume, self.sources, scoring=scoring)
+        atomic_write_json(self.es.manifest_path, manifest)
+        self.es.progress_path.unlink(missing_ok=True)
         return len(full)
 
 
@@ -481,12 +491,24 @@ def _write_manifest(
     expect: dict[str, Any],
     state: _Resume,
     sources: SourceSet,
-    scoring: dict[str, Any] | None = None,
+    replacing: bool = False,
 ) -> None:
-    """The set's progress (``progress.json``), or with ``scoring`` its final manifest."""
-    final = scoring is not None
+    """Record the run's progress (``progress.json``; the published manifest stays as it is).
+
+    ``replacing``: the set's files are being renamed into place (queries refuse it).
+    """
+    progress = _manifest(es, expect, state, sources, final=False)
+    if replacing:
+        progress["replacing"] = True
+    atomic_write_json(es.progress_path, progress)
+
+
+def _manifest(
+    es: EmbeddingSet, expect: dict[str, Any], state: _Resume, sources: SourceSet, final: bool
+) -> dict[str, Any]:
+    """The manifest's entries for the run's shards, plans, failures and sources."""
     done = state.done
-    manifest = {
+    return {
         **expect,
         "shard_cells": SHARD_CELLS,
         "shards": {
@@ -500,14 +522,3 @@ def _write_manifest(
         "source_items": _source_items(es, sources, final),
         "complete": final,
     }
-    if final:
-        manifest["embeddings"] = {
-            "rows": int(sum(len(t) for t in done.values())),
-            "checksum": file_multihash(es.parquet),
-        }
-        manifest["index"] = {"type": "faiss.IndexFlatIP", "checksum": file_multihash(es.index)}
-        manifest["scoring"] = scoring
-        atomic_write_json(es.manifest_path, manifest)
-        es.progress_path.unlink(missing_ok=True)
-    else:  # the published manifest stays as it is until the set is complete
-        atomic_write_json(es.progress_path, manifest)

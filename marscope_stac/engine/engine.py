@@ -32,11 +32,7 @@ from numpy.typing import NDArray
 from marscope_stac.core.errors import ConfigError, DataError
 from marscope_stac.core.fs import read_regular, sweep_stale
 from marscope_stac.core.naming import same_model
-from marscope_stac.core.prompts import (
-    BACKGROUND_PROMPTS,
-    MARSCOPE_TEMPLATES,
-    check_phrases,
-)
+from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES, check_phrases
 from marscope_stac.engine.cluster import ClusterScorer
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest, ranked_cells
 from marscope_stac.engine.upgrade import check_current, usable_manifest
@@ -584,7 +580,9 @@ def run_query(
     """What ``marscope query`` does: open the set's engine and answer ``request``.
 
     ``embeddings`` is a set's folder or a published set's URL (see :func:`find_embedding_set`);
-    with ``scheduler_address``, the scans run on that Dask cluster (:mod:`.cluster`).
+    with ``scheduler_address``, the scans run on that Dask cluster (:mod:`.cluster`). The
+    compiled int8 kernel is loaded for three texts or more (it pays from a process's third
+    scan) and on a cluster (its workers live on).
     """
     request.check()
     engine = QueryEngine.open(
@@ -595,6 +593,6 @@ def run_query(
         scoring=scoring,
         progress=progress,
         scheduler_address=scheduler_address,
-        compiled=not request.classify and len(request.texts) >= 3,  # pays from 3 scans
+        compiled=bool(scheduler_address) or (not request.classify and len(request.texts) >= 3),
     )
     return engine.answer(request)

@@ -58,7 +58,11 @@ def write_background(
     ``description`` (prompts, templates, temperature, model) goes to the manifest beside it.
     """
     stream, info = stage_background(es, logsumexp)
-    stream.commit()
+    try:
+        stream.commit()
+    except BaseException:
+        stream.abort()
+        raise
     manifest = es.manifest()
     manifest.setdefault("scoring", {}).setdefault("files", {})["background.npy"] = info
     manifest["scoring"]["background"] = description

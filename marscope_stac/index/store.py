@@ -257,15 +257,6 @@ class EmbeddingSet:
         files = self.manifest().get("scoring", {}).get("files", {})
         return all(name in files and (self.root / name).is_file() for name in SCORING_FILES)
 
-    def _changed(self, path: Path) -> str:
-        """Why ``path`` differs from the manifest, and the fix."""
-        if self.progress_path.is_file():  # a run was replacing the files when it stopped
-            return (
-                f"{path} is newer than the set's manifest: a 'marscope embed' run stopped while "
-                "replacing the set's files; run the same 'marscope embed' again to finish it"
-            )
-        return f"{path} has changed since it was written"
-
     def scoring_arrays(self) -> ScoringArrays:
         """Open the scoring arrays memory-mapped, checked against the manifest.
 
@@ -273,8 +264,15 @@ class EmbeddingSet:
         by ``marscope validate``, which reads every byte).
 
         Raises:
-            DataError: if an array is missing or does not match the manifest.
+            DataError: if an array is missing or does not match the manifest, or a run is
+                replacing the files.
         """
+        if self.progress_path.is_file() and read_manifest(self.progress_path).get("replacing"):
+            raise DataError(
+                f"the files of embedding set {self.root} are being replaced by a 'marscope "
+                "embed' run (or one stopped while replacing them); wait for it to finish, or "
+                "run the same 'marscope embed' again"
+            )
         scoring = self.manifest().get("scoring", {})
         files = scoring.get("files", {})
         rows, dim = scoring.get("rows"), scoring.get("dim")
@@ -293,7 +291,7 @@ class EmbeddingSet:
                 continue
             try:
                 if files[name]["size"] != path.stat().st_size:
-                    raise DataError(self._changed(path))
+                    raise DataError(f"{path} has changed since it was written")
                 if name == "vectors.npy":
                     arr, arrays["rows"] = _open_npy(path)
                 else:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -190,32 +191,31 @@ class EmbeddingSetWriter:
 
     def close(self) -> dict[str, Any]:
         """Finish every file and record them in the manifest; returns the ``scoring`` entry."""
-        self.finish()
-        scoring = self.commit()
+        scoring = self.finish()
+        self.commit()
         manifest = self.es.manifest()
         manifest["scoring"] = scoring
         self.es.write_manifest(manifest)
         return scoring
 
-    def finish(self) -> None:
+    def finish(self) -> dict[str, Any]:
         """Complete every file on disk under its temporary name (nothing replaced yet).
+
+        Returns the manifest's ``scoring`` entry for them (rows, width, sizes, checksums).
 
         Raises:
             OutputError: when the disk is full or not writable (the files are dropped).
         """
-        try:
+        with self._dropped_on_failure():
             self._files = {name: s.finish() for name, s in self._streams.items()}
             if self._pq_tmp is not None:
                 self._finish_parquet()
-        except OSError as exc:
-            self.abort()
-            raise OutputError(
-                f"cannot write the embedding set in {self.es.root}: {exc.strerror or exc}; "
-                "free space or fix permissions and run again"
-            ) from exc
-        except BaseException:
-            self.abort()
-            raise
+        return {"rows": self.rows, "dim": self.dim, "files": dict(self._files)}
+
+    @property
+    def staged_parquet(self) -> Path | None:
+        """The finished GeoParquet's temporary file (None without one)."""
+        return self._pq_tmp
 
     def staged_arrays(self) -> ScoringArrays:
         """The finished scoring arrays, memory-mapped from their temporary files."""
@@ -228,16 +228,32 @@ class EmbeddingSetWriter:
             None,
         )
 
-    def commit(self) -> dict[str, Any]:
-        """Rename the finished files into place; returns the manifest's ``scoring`` entry.
+    def commit(self) -> None:
+        """Rename the finished files into place (the caller records them in the manifest).
 
-        The caller records it in the manifest (:meth:`close` does).
+        Raises:
+            OutputError: when a rename fails (what was not renamed is dropped).
         """
-        for stream in self._streams.values():
-            stream.commit()
-        if self._pq_tmp is not None:
-            self._pq_tmp.replace(self.es.parquet)
-        return {"rows": self.rows, "dim": self.dim, "files": dict(self._files)}
+        with self._dropped_on_failure():
+            for stream in self._streams.values():
+                stream.commit()
+            if self._pq_tmp is not None:
+                self._pq_tmp.replace(self.es.parquet)
+
+    @contextlib.contextmanager
+    def _dropped_on_failure(self) -> Iterator[None]:
+        """Drop every temporary file when the block fails; an OS error as an OutputError."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            raise OutputError(
+                f"cannot write the embedding set in {self.es.root}: {exc.strerror or exc}; "
+                "free space or fix permissions and run again"
+            ) from exc
+        except BaseException:
+            self.abort()
+            raise
 
     def _set_bbox(self) -> list[float]:
         boxes = [

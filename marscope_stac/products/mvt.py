@@ -90,7 +90,7 @@ def varint_matrix(values: NDArray[Any]) -> tuple[NDArray[np.uint8], NDArray[np.b
 
 
 def row_counts(used: NDArray[np.bool_]) -> NDArray[np.int64]:
-    """How many bytes of each row are used (a byte product: 5 times numpy's boolean sum)."""
+    """How many bytes of each row of a boolean matrix are used (5 times numpy's sum)."""
     if used.ndim != 2 or used.shape[1] > 255:
         return np.count_nonzero(used, axis=1).astype(np.int64)
     ones = np.ones(used.shape[1], np.uint8)

@@ -41,7 +41,7 @@ def _answer(out: Path, model: str) -> int:
     return len(engine.arrays)
 
 
-@pytest.mark.parametrize("step", [*STEPS, "the manifest"])
+@pytest.mark.parametrize("step", [*STEPS, "among the renames", "the manifest"])
 def test_a_run_stopped_while_consolidating(
     demo_root: Path,
     tiny_model_dir: Path,
@@ -60,15 +60,23 @@ def test_a_run_stopped_while_consolidating(
         if step == "EmbeddingSetWriter.finish":
             real = embed_mod.EmbeddingSetWriter.finish
             patch.setattr(embed_mod.EmbeddingSetWriter, "finish", interrupting(real, 1))
-        elif step == "the manifest":  # after every rename: the few milliseconds' window
-            real_manifest = embed_mod._write_manifest
+        elif step == "among the renames":  # the arrays renamed, the index and background not
+            real_commit = embed_mod.EmbeddingSetWriter.commit
 
-            def stop_final(*a: Any, scoring: Any = None) -> None:
-                if scoring is not None:
+            def commit_then_stop(self: Any) -> None:
+                real_commit(self)
+                raise KeyboardInterrupt
+
+            patch.setattr(embed_mod.EmbeddingSetWriter, "commit", commit_then_stop)
+        elif step == "the manifest":  # every file renamed, the manifest not written
+            real_write = embed_mod.atomic_write_json
+
+            def stop_at_manifest(path: Path, data: Any) -> None:
+                if Path(path).name == "manifest.json":
                     raise KeyboardInterrupt
-                real_manifest(*a)
+                real_write(path, data)
 
-            patch.setattr(embed_mod, "_write_manifest", stop_final)
+            patch.setattr(embed_mod, "atomic_write_json", stop_at_manifest)
         else:
             patch.setattr(embed_mod, step, interrupting(getattr(embed_mod, step), 1))
         with pytest.raises(KeyboardInterrupt):
@@ -78,8 +86,8 @@ def test_a_run_stopped_while_consolidating(
         assert _answer(out, model) == first.cells
         assert not validate_catalog(out).problems
         assert not [p.name for p in es.root.iterdir() if ".tmp" in p.name]  # no leftovers
-    else:  # its files are newer than its manifest: refused, naming the fix
-        with pytest.raises(DataError, match="run the same 'marscope embed' again"):
+    else:  # its files are being replaced: refused, naming the fix, whatever their sizes
+        with pytest.raises(DataError, match=r"being replaced .* run the same 'marscope embed'"):
             _answer(out, model)
     done = _embed(demo_root, out, model)
     assert done.cells == 200 and not es.progress_path.exists()
