@@ -30,7 +30,6 @@ __all__ = [
     "background_of",
     "background_term",
     "stage_background",
-    "store_background",
     "write_background",
     "write_background_of",
 ]
@@ -84,32 +83,6 @@ def stage_background(
         stream.abort()
         raise
     return stream, info
-
-
-def store_background(
-    es: EmbeddingSet,
-    vectors: NDArray[np.float32],
-    logit_scale: float,
-    *,
-    prompts: Sequence[str],
-    templates: Sequence[str],
-    calibration: dict[str, Any] | None = None,
-    cell_deg: float | None = None,
-) -> None:
-    """Compute and store the background term of ``es`` from the prompts' unit ``vectors``.
-
-    See :func:`background_term` for the arguments.
-    """
-    lse, description = background_term(
-        es.scoring_arrays(),
-        vectors,
-        logit_scale,
-        prompts=prompts,
-        templates=templates,
-        calibration=calibration,
-        cell_deg=cell_deg,
-    )
-    write_background(es, lse, description)
 
 
 def background_term(
