@@ -44,6 +44,7 @@ class LiveAnswers:
         self._lock = threading.Lock()
         self._held: OrderedDict[str, tuple[LiveAnswer, Future[QueryProduct]]] = OrderedDict()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="marscope-writer")
+        self._asked = 0.0  # when the map last asked for a tile (monotonic seconds)
 
     def add(self, answer: LiveAnswer) -> None:
         """Hold ``answer`` and queue the writing of its files."""
@@ -62,8 +63,6 @@ class LiveAnswers:
             held = self._held.get(qid)
             self._asked = time.monotonic()
         return held[0].tiles if held else None
-
-    _asked = 0.0
 
     def _write_when_quiet(self, answer: LiveAnswer, answered: float) -> QueryProduct:
         """Write ``answer``'s files once the map has stopped asking for tiles (a moment)."""
