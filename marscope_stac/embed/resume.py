@@ -66,6 +66,8 @@ class _Resume:
         todo: Per shard, the plan positions of the cells to embed.
         failed: Per done shard, cells that failed before (from the manifest).
         plans: Per shard, the digest of its cells and the rasters planned for each.
+        checksums: Per shard on disk, its file's checksum (each file is read once: the
+            manifest lists them at every finished shard).
     """
 
     done: dict[int, EmbeddingTable]
@@ -73,6 +75,13 @@ class _Resume:
     todo: dict[int, list[int]]
     failed: dict[str, list[int]]
     plans: dict[int, str] = field(default_factory=dict)
+    checksums: dict[int, str] = field(default_factory=dict)
+
+    def checksum(self, shard: int, path: Path) -> str:
+        """The checksum of shard ``shard``'s file at ``path`` (read on first use)."""
+        if shard not in self.checksums:
+            self.checksums[shard] = file_multihash(path)
+        return self.checksums[shard]
 
 
 def _stale(
@@ -150,7 +159,8 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
     for path in sorted((es.root / "shards").glob("*.parquet")):
         shard, old = int(path.stem), read_embeddings(path)
         key, positions = str(shard), want.get(shard, [])
-        listed = _as_listed(manifest, key, path)  # hashes the file: once per shard
+        on_disk = state.checksum(shard, path)  # hashes the file: once per shard and run
+        listed = manifest.get("shards", {}).get(key, {}).get("checksum") == on_disk
         if listed and planned.get(key) == state.plans.get(shard):
             retry = set(failed.get(key, []))
             stale = [k for k in positions if int(plan.cells[k]) in retry]
@@ -174,12 +184,6 @@ def _resume(es: EmbeddingSet, plan: TilePlan) -> _Resume:
             state.todo[shard] = positions
     state.failed = {k: v for k, v in failed.items() if int(k) in state.done}
     return state
-
-
-def _as_listed(manifest: dict[str, Any], key: str, path: Path) -> bool:
-    """Whether shard file ``path`` is the one the manifest lists (same checksum)."""
-    listed = manifest.get("shards", {}).get(key, {}).get("checksum")
-    return bool(listed) and listed == file_multihash(path)
 
 
 SHARD_CELLS = 4096

@@ -344,6 +344,7 @@ class _Run:
 
     def _finish_shard(self, shard: int, table: EmbeddingTable) -> None:
         write_embeddings(self.es.shard_path(shard), table, self.grid)
+        self.resume.checksums[shard] = file_multihash(self.es.shard_path(shard))
         self.resume.done[shard] = table
         _write_manifest(self.es, self.expect, self.resume, self.sources)
 
@@ -512,7 +513,7 @@ def _manifest(
         **expect,
         "shard_cells": SHARD_CELLS,
         "shards": {
-            str(s): {"rows": len(t), "checksum": file_multihash(es.shard_path(s))}
+            str(s): {"rows": len(t), "checksum": state.checksum(s, es.shard_path(s))}
             for s, t in sorted(done.items())
         },
         "plans": {str(s): state.plans[s] for s in sorted(done) if s in state.plans},
