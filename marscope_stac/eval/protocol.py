@@ -8,6 +8,7 @@ ranking against the split's ground-truth points with the protocol of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,10 @@ __all__ = [
     "evaluate_real",
     "real_items",
     "real_regions",
+    "render_split",
     "score_landforms",
     "score_real_queries",
+    "truth_points",
 ]
 
 
@@ -68,6 +71,32 @@ _BATCH = 128
 """Tiles the model encodes at a time."""
 
 
+def _cell_batches(
+    images: list[Any], grid: str, tile_px: int, context: float
+) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float64]]]:
+    """Tiles and lon/lat centres of every cell with data of some image items, by batch."""
+    sources = load_sources(images)
+    g = parse_grid(grid, sources.body)
+    plan = plan_tiles(sources, g, tile_px, context=context)
+    for batch in iter_tile_batches(plan, batch_size=_BATCH):
+        keep = batch.valid > 0.5
+        yield batch.pixels[keep], g.centers(batch.cells[keep])
+
+
+def render_split(
+    images: list[Any], grid: str, tile_px: int, context: float = 0.0
+) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    """Tiles (in memory) and lon/lat centres of every cell of some image items.
+
+    ``tile_px`` and ``context`` as the model that will see them (its ``image_size`` and
+    ``tile_context``).
+    """
+    parts = list(_cell_batches(images, grid, tile_px, context))
+    if not parts:
+        return np.zeros((0, tile_px, tile_px), np.float32), np.zeros((0, 2))
+    return np.concatenate([p for p, _ in parts]), np.concatenate([c for _, c in parts])
+
+
 def embed_split(
     model: ClipModel, images: list[Any], grid: str, tile_px: int | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
@@ -76,16 +105,11 @@ def embed_split(
     ``images`` are STAC items (e.g. a split's, from
     :func:`~marscope_stac.eval.evaluate.split_items`).
     """
-    sources = load_sources(images)
-    g = parse_grid(grid, sources.body)
-    plan = plan_tiles(sources, g, tile_px or model.image_size, context=model.tile_context)
-    embs, cells = [], []
-    for batch in iter_tile_batches(plan, batch_size=_BATCH):
-        keep = batch.valid > 0.5
-        embs.append(model.encode_images(batch.pixels[keep]))
-        cells.append(batch.cells[keep])
-    idx = np.concatenate(cells)
-    return np.concatenate(embs), g.centers(idx)
+    embs, centres = [], []
+    for pixels, c in _cell_batches(images, grid, tile_px or model.image_size, model.tile_context):
+        embs.append(model.encode_images(pixels))
+        centres.append(c)
+    return np.concatenate(embs), np.concatenate(centres)
 
 
 def evaluate_landforms(
@@ -202,6 +226,12 @@ def _random_best_f1(
     return float(np.mean(f1)), float(np.mean([r.auprc for r in res])), float(np.percentile(f1, 99))
 
 
+def truth_points(points: gpd.GeoDataFrame, landform: str, min_km: float) -> NDArray[np.float64]:
+    """Lon/lat of the nomenclature points of one class at least ``min_km`` across."""
+    sel = points[(points.landform == landform) & (points.diameter_km >= min_km)]
+    return np.column_stack([sel.geometry.x, sel.geometry.y]).astype(np.float64)
+
+
 def score_real_queries(
     scores_of: dict[str, Any],
     centres: NDArray[np.float64],
@@ -220,10 +250,9 @@ def score_real_queries(
     """
     rows = {}
     for text, (landform, min_km) in queries.items():
-        sel = points[(points.landform == landform) & (points.diameter_km >= min_km)]
-        xy = np.column_stack([sel.geometry.x, sel.geometry.y])
-        row: dict[str, float] = {"points": len(sel), "min_km": min_km}
-        if not len(sel):
+        xy = truth_points(points, landform, min_km)
+        row: dict[str, float] = {"points": len(xy), "min_km": min_km}
+        if not len(xy):
             rows[text] = row
             continue
         for name, fn in scores_of.items():

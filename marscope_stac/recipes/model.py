@@ -144,13 +144,12 @@ def build_model(
     r = recipe if isinstance(recipe, ModelRecipe) else load_recipe(recipe)
     r.check()
     _check_path_sources(r)
-    root = _build_folder(out, r)
-    t0 = time.perf_counter()
+    root, t0 = _build_folder(out, r), time.perf_counter()
     fetch = {"cache": cache, "packages": packages, "progress": progress}
     sources = [_prepare(s, root / "data", fetch) for s in r.sources]
     calibration = [_prepare(s["source"], root / "data", fetch) for s in r.calibration]
     validation = _prepare(r.validation["source"], root / "data", fetch) if r.validation else None
-    members = []
+    tracker, members = _tracker(r, validation), []
     for k, m in enumerate(r.members, 1):
         log.info("recipe %s: member %d of %d", r.name, k, len(r.members))
         members.append(
@@ -164,6 +163,7 @@ def build_model(
                 device=device,
                 half_weights=r.half_weights,
                 progress=progress,
+                validator=tracker,
             )
         )
     built = ModelBuild(root, root / "model", members)  # made aside: whole when it appears
@@ -265,10 +265,34 @@ def _calibrate(
     return model_calibration(str(model_dir), model_dir) if r.calibration else None
 
 
+def _tracker(r: ModelRecipe, catalog: Path | None) -> Any:
+    """The validator members train with: the Mars validation regions every ``every`` epochs.
+
+    None unless the recipe's ``[validation]`` gives ``every``. Mars only (the figures runs are
+    chosen on), or every region of a catalog without Mars.
+    """
+    if r.validation is None or catalog is None or "every" not in r.validation:
+        return None
+    from marscope_stac.datasets.real import KINDS
+    from marscope_stac.eval.protocol import real_regions
+    from marscope_stac.eval.tracking import ValidationTracker
+
+    kinds = r.validation.get("kinds", list(KINDS))
+    regions = [(b, k) for b, k in real_regions(catalog, "validation") if k in kinds]
+    mars = [(b, k) for b, k in regions if b == "Mars"]
+    return ValidationTracker(
+        catalog,
+        mars or regions,
+        grid=r.validation.get("grid", "lonlat:2"),
+        radius_deg=float(r.validation.get("radius_deg", 2.0)),
+        every=int(r.validation["every"]),
+    )
+
+
 def _validate(
     r: ModelRecipe, built: ModelBuild, catalog: Path | None, device: str
 ) -> dict[str, Any]:
-    """Best F1 by query of each member and of the model, per region (body and kind)."""
+    """Best F1 by query per region (body and kind): each member, its best epoch, the model."""
     if r.validation is None or catalog is None:
         return {}
     from marscope_stac.datasets.real import KINDS
@@ -277,6 +301,7 @@ def _validate(
 
     step = r.validation
     refs = {f"m{k}": m.model_dir for k, m in enumerate(built.members, 1)}
+    refs |= {f"m{k}-best": m.best_dir for k, m in enumerate(built.members, 1) if m.best_dir}
     refs["model"] = built.model_dir
     models = {n: load_model(f"local-dir:{p}", device=device) for n, p in refs.items()}
     kinds = step.get("kinds", list(KINDS))
@@ -310,8 +335,9 @@ def plot_members(members: list[TrainResult], path: Path, name: str) -> Path | No
     """Training loss and held-out figures of every member, one figure (PNG)."""
     if not any(m.history for m in members):
         return None
-    fig = figure(figsize=(9, 3.4))
-    ax = fig.subplots(1, 2)
+    tracked = any("val_mean" in h for m in members for h in m.history)
+    fig = figure(figsize=(13 if tracked else 9, 3.4))
+    ax = fig.subplots(1, 3 if tracked else 2)
     for k, m in enumerate(members, 1):
         ep = [h["epoch"] for h in m.history]
         ax[0].plot(ep, [h["loss"] for h in m.history], "-", label=f"m{k}")
@@ -320,8 +346,14 @@ def plot_members(members: list[TrainResult], path: Path, name: str) -> Path | No
         )
         if key:
             ax[1].plot(ep, [h.get(key, np.nan) for h in m.history], "-", label=f"m{k} {key}")
+        if tracked:
+            val = [(h["epoch"], h["val_mean"]) for h in m.history if "val_mean" in h]
+            if val:
+                ax[2].plot(*zip(*val, strict=True), "-o", ms=3, label=f"m{k}")
     ax[0].set(xlabel="epoch", ylabel="training loss", title=f"recipe {name}")
-    ax[1].set(xlabel="epoch", ylabel="held-out", ylim=(0, 1))
+    ax[1].set(xlabel="epoch", ylabel="held-out (demo)", ylim=(0, 1))
+    if tracked:
+        ax[2].set(xlabel="epoch", ylabel="validation: mean best F1", title="real validation")
     for a in ax:
         a.legend(fontsize=7)
     fig.tight_layout()
@@ -337,6 +369,7 @@ def _record(r: ModelRecipe, built: ModelBuild) -> None:
             "software": software(),
             "model": str(built.model_dir),
             "members": [m.history[-1] if m.history else {} for m in built.members],
+            "best_epochs": [m.best_record for m in built.members],
             "calibration": built.calibration,
             "validation": built.validation,
             "seconds": round(built.seconds, 1),

@@ -32,6 +32,8 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
     source = "real:validation"               # and of the average, on the validation split
     grid = "lonlat:2"
     kinds = ["relief", "colour", "albedo"]
+    every = 2                                # optional: Mars figures every 2 epochs while
+                                             # training; the best epoch is exported too
 
 Sources are ``demo:SIZE[:seed=N]`` (the synthetic world, :mod:`marscope_stac.datasets.demo`),
 ``real:PART`` (:func:`~marscope_stac.datasets.real.build_real_data`) or the path of a catalog
@@ -84,7 +86,13 @@ _TRAIN = {
 }
 _MEMBER = {"seed": "int", "epochs": "int", "weights": "numbers"}
 _CALIBRATION = {"source": "str", "split": "str", "grid": "str", "real": "bool"}
-_VALIDATION = {"source": "str", "grid": "str", "radius_deg": "number", "kinds": "strs"}
+_VALIDATION = {
+    "source": "str",
+    "grid": "str",
+    "radius_deg": "number",
+    "kinds": "strs",
+    "every": "int",
+}
 _WORDS = {
     "str": "a string",
     "strs": "a list of strings",
@@ -254,6 +262,11 @@ class ModelRecipe:
         if unknown:
             raise ConfigError(f"{where}: [validation] kinds: use {', '.join(KINDS)}")
         check_range("radius_deg", self.validation.get("radius_deg", 2.0), 0.0, 90.0, above=True)
+        if "every" in self.validation:
+            try:
+                check_range("every", self.validation["every"], 1, 10_000, integer=True)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: [validation] {exc}") from None
 
     def _check_calibration_source(self, source: str, where: str) -> None:
         """Calibration data apart from the training data (and real data: the validation)."""

@@ -67,6 +67,10 @@ class TrainResult:
     item_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+    best_dir: Path | None = None
+    """The best validation epoch's weights (``out/best-validation``), when a validator chose."""
+    best_record: dict[str, float] | None = None
+    """That epoch's history record."""
 
     def summary(self) -> str:
         """Lines for people."""
@@ -77,6 +81,12 @@ class TrainResult:
             + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else "")
             + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
             f"  last epoch: {metrics}"
+            + (
+                f"\n  best validation epoch {self.best_record['epoch']:.0f}: "
+                f"local-dir:{self.best_dir}"
+                if self.best_dir is not None and self.best_record is not None
+                else ""
+            )
         )
 
 

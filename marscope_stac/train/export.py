@@ -22,11 +22,10 @@ from marscope_stac.core.plots import figure, save_figure
 from marscope_stac.core.software import build_version
 from marscope_stac.models.clip import PROJECT_ARCHITECTURES, ClipModel, project_arch_config
 from marscope_stac.models.loading import model_folder
-from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig
+from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig, TrainResult
+from marscope_stac.train.selection import BEST_FOLDER, export_best
 
-__all__ = [
-    "PARTS_SOURCE",
-]
+__all__ = ["PARTS_SOURCE", "export_best_epoch", "finish_run"]
 
 
 PARTS_SOURCE = (
@@ -128,3 +127,67 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
         ax[1].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def finish_run(
+    cm: ClipModel,
+    model: str,
+    out_dir: Path,
+    cfg: TrainConfig,
+    history: list[dict[str, float]],
+    start_epoch: int,
+    half_weights: bool,
+    source_description: str,
+    best: bool = False,
+) -> TrainResult:
+    """Export the trained model and its STAC item, write the metrics and their plot.
+
+    With ``best``, also the best validation epoch's weights (``out_dir/best-validation``).
+    """
+    model_dir, item_path = _export_item(
+        cm, model, out_dir / "model", cfg, history, half_weights, source_description
+    )
+    atomic_write_json(out_dir / "metrics.json", history)
+    _plot(history, out_dir / "training.png")
+    result = TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
+    if best:
+        result.best_dir, result.best_record = export_best_epoch(
+            cm, model, out_dir, cfg, history, half_weights, source_description
+        )
+    return result
+
+
+def export_best_epoch(
+    cm: ClipModel,
+    model: str,
+    out_dir: Path,
+    cfg: TrainConfig,
+    history: list[dict[str, float]],
+    half_weights: bool,
+    source_description: str,
+) -> tuple[Path | None, dict[str, float] | None]:
+    """Export the best validation epoch's weights as ``out_dir/best-validation``."""
+    best = export_best(
+        out_dir / "checkpoints" / "best.pt",
+        cm,
+        history,
+        lambda rec: _export_item(
+            cm, model, out_dir / BEST_FOLDER, cfg, [rec], half_weights, source_description
+        )[0],
+    )
+    return best or (None, None)
+
+
+def _export_item(
+    cm: ClipModel,
+    model: str,
+    folder: Path,
+    cfg: TrainConfig,
+    history: list[dict[str, float]],
+    half_weights: bool,
+    source_description: str = "",
+) -> tuple[Path, Path]:
+    """Export the model's current weights to ``folder`` with their STAC item; both paths."""
+    model_dir = _export(cm.model, model, folder, half_weights, cfg.context)
+    cm.tile_context = cfg.context
+    return model_dir, _model_item(cm, model_dir, cfg, history, source_description)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from marscope_stac.core.errors import OutputError
+from marscope_stac.train.selection import BEST_FOLDER
 
 __all__ = ["RUN_ENTRIES", "check_run_folder", "prepare_run_folder"]
 
-RUN_ENTRIES = frozenset({"checkpoints", "model", "metrics.json", "training.png"})
+RUN_ENTRIES = frozenset({"checkpoints", "model", BEST_FOLDER, "metrics.json", "training.png"})
 """What a training run writes at the top of its folder."""
 
 

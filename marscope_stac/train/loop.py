@@ -40,7 +40,6 @@ from marscope_stac.core.errors import (
     release_held_warnings,
 )
 from marscope_stac.core.fs import (
-    atomic_write_json,
     check_apart,
     check_work_folder,
     source_folder,
@@ -67,10 +66,11 @@ from marscope_stac.train.checkpoint import (
     saved_context,
 )
 from marscope_stac.train.config import PRETRAINED_PARTS, PairOptions, TrainConfig, TrainResult
-from marscope_stac.train.export import _export, _model_item, _plot
+from marscope_stac.train.export import finish_run
 from marscope_stac.train.folders import prepare_run_folder
 from marscope_stac.train.mixtures import PairMix
 from marscope_stac.train.pairs import PairSet
+from marscope_stac.train.selection import Validator, read_figures
 
 __all__ = [
     "settle_config",
@@ -173,6 +173,7 @@ def train_model(
     progress: bool = True,
     half_weights: bool = False,
     source_description: str = "",
+    validator: Validator | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) an open_clip model on image-text pairs.
 
@@ -190,6 +191,8 @@ def train_model(
         progress: Show a progress bar.
         half_weights: Store the final weights in fp16 (half the size).
         source_description: Where the pairs came from (for the model item).
+        validator: Figures read after some epochs, e.g. on real validation regions; the best
+            epoch is exported too (:mod:`marscope_stac.train.selection`).
 
     Raises:
         ModelError: if the model cannot be built or a checkpoint does not match it.
@@ -200,27 +203,37 @@ def train_model(
         raise ConfigError("no training pairs")
     register_bundled_architectures()
     out_dir, ckpt_path, dev = _prepare_run(out, device, cfg.seed)
-    cm = _trainable_model(model, pretrained, dev)
+    cm, opt, text_cache = _built(model, pretrained, dev, cfg)
     prepare_run_folder(out_dir)  # made once the model is: a failed start leaves no folder
-    text_cache = _locked_text(cm, model) if cfg.lock_text else None
-    opt = torch.optim.AdamW(
-        _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
-    )
     start_epoch, history, saved = (
         _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
     )
     rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
-    classes = val_pairs.classes if val_pairs is not None else None
     use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, use_labels, progress)
         record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
-        if val_data is not None:
-            record.update(evaluate_pairs(cm, *val_data, classes=classes))
+        if val_data is not None and val_pairs is not None:
+            record.update(evaluate_pairs(cm, *val_data, classes=val_pairs.classes))
+        read_figures(validator, cm, record, history, ckpt_path.with_name("best.pt"), cfg.epochs)
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
         save_checkpoint(ckpt_path, _checkpoint(cm, opt, epoch + 1, history, rng, cfg, model))
-    return _finish(cm, model, out_dir, cfg, history, start_epoch, half_weights, source_description)
+    what, best = source_description, validator is not None
+    return finish_run(cm, model, out_dir, cfg, history, start_epoch, half_weights, what, best)
+
+
+def _built(
+    model: str, pretrained: str | None, dev: torch.device, cfg: TrainConfig
+) -> tuple[ClipModel, Any, TextFeatureCache | None]:
+    """The model to train (with the tile context it learns), its optimiser, its text cache."""
+    cm = _trainable_model(model, pretrained, dev)
+    cm.tile_context = cfg.context  # as embedding will render its tiles (validators do)
+    text_cache = _locked_text(cm, model) if cfg.lock_text else None
+    opt = torch.optim.AdamW(
+        _param_groups(cm.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    return cm, opt, text_cache
 
 
 def _prepare_run(out: str | Path, device: str, seed: int) -> tuple[Path, Path, torch.device]:
@@ -252,25 +265,6 @@ def _checkpoint(
         "config": asdict(cfg),
         "arch": model,
     }
-
-
-def _finish(
-    cm: ClipModel,
-    model: str,
-    out_dir: Path,
-    cfg: TrainConfig,
-    history: list[dict[str, float]],
-    start_epoch: int,
-    half_weights: bool,
-    source_description: str,
-) -> TrainResult:
-    """Export the trained model and its STAC item, write the metrics and their plot."""
-    model_dir = _export(cm.model, model, out_dir / "model", half_weights, cfg.context)
-    cm.tile_context = cfg.context
-    item_path = _model_item(cm, model_dir, cfg, history, source_description)
-    atomic_write_json(out_dir / "metrics.json", history)
-    _plot(history, out_dir / "training.png")
-    return TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
 
 
 def settle_config(
@@ -479,6 +473,7 @@ def train_from_source(
     resume: bool = True,
     half_weights: bool = False,
     progress: bool = True,
+    validator: Validator | None = None,
 ) -> TrainResult:
     """Train on one or more labelled STAC catalogs or caption tables.
 
@@ -488,7 +483,7 @@ def train_from_source(
     nomenclature data of :mod:`marscope_stac.datasets.real`), and its ``test`` split, when it
     has one, validates. Several sources are mixed: each batch is split among them in
     proportion to ``pairs.weights`` (equal by default); ``config`` holds the optimisation
-    settings, ``pairs`` how pairs are drawn.
+    settings, ``pairs`` how pairs are drawn; ``validator`` as in :func:`train_model`.
 
     Raises:
         ConfigError: for bad values, or weights that do not match the sources.
@@ -499,8 +494,7 @@ def train_from_source(
     prepare_run_folder(out, make=False)  # a foreign folder fails before any work
     ckpt = Path(out) / "checkpoints" / "last.pt" if resume else None
     config, model = settle_config(config, model, checkpoint=ckpt)
-    ctx = config.context
-    how = pairs or PairOptions()
+    ctx, how = config.context, pairs or PairOptions()
     sources, w = _check_args(source, out, ctx, how.weights, how.prompt_share, how.crop_px)
     register_bundled_architectures()
     parts, vals, what = [], [], []
@@ -525,6 +519,7 @@ def train_from_source(
         progress=progress,
         half_weights=half_weights,
         source_description="Trained on the " + "; ".join(what) + ".",
+        validator=validator,
     )
 
 

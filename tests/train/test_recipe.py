@@ -51,6 +51,7 @@ grid = "lonlat:10"
 source = "real:validation"
 grid = "lonlat:10"
 radius_deg = 10
+every = 1
 """
 
 
@@ -102,9 +103,23 @@ def test_a_recipe_builds_its_data_members_average_and_calibration(built: tuple) 
     # validation figures of each member and of the average, per body and kind of picture
     assert set(result.validation) == {"Mars relief", "Mars colour", "Moon relief", "Moon albedo"}
     crater = result.validation["Mars relief"]["impact crater"]
-    assert set(crater) == {"m1", "m2", "model", "random_p99"}
+    assert set(crater) == {"m1", "m2", "m1-best", "m2-best", "model", "random_p99"}
     record = json.loads((out / "build.json").read_text())
     assert record["recipe"]["name"] == "tiny" and record["validation"] == result.validation
+    # every epoch's Mars validation figures, and each member's best epoch exported
+    for m in result.members:
+        assert all("val_mean" in h for h in m.history)
+        assert {k for k in m.history[-1] if k.startswith("val ")} == {
+            f"val {region} {q}"
+            for region in ("Mars relief", "Mars colour")
+            for q in ("impact crater", "volcano", "canyon", "valley")
+            if result.validation[region][q]["m1"] is not None
+        }  # the queries the region has features of; Mars only
+        assert m.best_record in m.history and (m.best_dir / "model.json").is_file()
+    assert record["best_epochs"] == [m.best_record for m in result.members]
+    # the tracked figure of the last epoch is the final table's (the same cells and protocol)
+    last = result.members[1].history[-1]
+    assert last["val Mars relief impact crater"] == pytest.approx(crater["m2"], abs=1e-6)
     assert (out / "training-curves.png").stat().st_size > 5000
     assert (out / "reliability.png").is_file()
     assert "2 members" in result.summary()
@@ -197,6 +212,8 @@ BASE = {
         ("tail", "[validation]\nsource = 'real:fit'", "must be real:validation or a path"),
         ("tail", "[validation]\nsource = 'real:validation'\nkinds = ['thermal']", "kinds: use"),
         ("tail", "[validation]\nsource = 'real:validation'\ngrid = 'hex:9'", "grid"),
+        ("tail", "[validation]\nsource = 'real:validation'\nevery = 0", "[validation] every"),
+        ("tail", "[validation]\nsource = 'real:validation'\nevery = 1.5", "every must be a whole"),
         ("head", 'name = "bad"\nname = ', "is not TOML"),
     ],
 )
