@@ -11,12 +11,14 @@ import ctypes
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import math
 import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,13 +321,24 @@ def _check_parent_writable(out: Path) -> Path:
 
 
 def _temp_path(target: Path, kind: str, suffix: str = "") -> Path:
-    """A hidden name beside ``target`` that records this process (see :func:`sweep_stale`)."""
-    name = f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}{suffix}"
+    """A hidden name beside ``target`` that records this process and host (:func:`sweep_stale`)."""
+    name = f".{target.name}.{os.getpid()}-{host_tag()}.{secrets.token_hex(4)}.{kind}{suffix}"
     return target.with_name(name)
 
 
+@functools.cache
+def host_tag() -> str:
+    """Six hex digits naming this machine (its host name's hash) in temporary names.
+
+    A process id means something only on the machine that gave it: on shared storage a
+    sweep on one host must not take another host's live process for a dead one.
+    """
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
 _STALE = re.compile(
-    r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<kind>tmp|staging|old)(\.\w+)?$"
+    r"^\.(?P<name>.+)\.(?P<pid>\d+)(-(?P<host>[0-9a-f]{6}))?\.[0-9a-f]{8}"
+    r"\.(?P<kind>tmp|staging|old)(\.\w+)?$"
 )
 
 
@@ -367,10 +380,12 @@ def _alive(pid: int) -> bool:
 def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = "") -> int:
     """Remove temporary files and folders that dead processes left in ``folder``.
 
-    Only hidden names this module makes (``.<name>.<pid>.<hex>.tmp|staging|old``) whose
-    process is gone are removed (never a name without a process id: a user's hidden file
-    may look like one); ``depth`` > 0 also sweeps the sub-folders, that many levels down,
-    never following a symbolic link.
+    Only hidden names this module makes (``.<name>.<pid>-<host>.<hex>.tmp|staging|old``)
+    whose process is gone are removed (never a name without a process id: a user's hidden
+    file may look like one); a name made on another host (shared storage) is left alone,
+    whatever its process id means here (names of earlier versions, without a host, are
+    judged by their process id on this host); ``depth`` > 0 also sweeps the sub-folders,
+    that many levels down, never following a symbolic link.
     With ``prefix``, only names that start with it are considered (a folder the user owns,
     such as the parent of an output, is swept only for that output's leftovers). Returns how
     many entries were removed.
@@ -387,7 +402,7 @@ def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = ""
         if prefix and not entry.name.startswith(prefix):
             continue
         m = _STALE.match(entry.name)
-        if m is not None and not _alive(int(m["pid"])):
+        if m is not None and m["host"] in (None, host_tag()) and not _alive(int(m["pid"])):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from marscope_stac.grid.grids import Grid
 from marscope_stac.products.polygons import PolygonArrays
 
-__all__ = ["DETECTION_FIELDS", "Detections", "detections", "raster_detections"]
+__all__ = ["DETECTION_FIELDS", "Detections", "detections", "label_detections", "raster_detections"]
 
 DETECTION_FIELDS = ("max_probability", "mean_probability", "cells")
 """Attributes of every detection: highest and mean probability of its cells, their number."""
@@ -98,8 +98,21 @@ def detections(
     return raster_detections(values, transform, threshold)
 
 
+def label_detections(
+    values: NDArray[np.float32], threshold: float
+) -> tuple[NDArray[np.int32], int]:
+    """Each pixel's component (edge-connected pixels at or above ``threshold``; 0: none)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.greater_equal(values, threshold))  # NaN is never one
+    return labels, int(n)
+
+
 def raster_detections(
-    values: NDArray[np.float32], transform: Affine, threshold: float
+    values: NDArray[np.float32],
+    transform: Affine,
+    threshold: float,
+    labelled: tuple[NDArray[np.int32], int] | None = None,
 ) -> Detections:
     """Polygons of edge-connected pixels at or above ``threshold`` (NaN is no data).
 
@@ -107,12 +120,11 @@ def raster_detections(
     traces it; the others are traced in C (``rasterio.features.shapes``), all as arrays.
     Attributes: max and mean probability, number of cells (:data:`DETECTION_FIELDS`).
     Sorted by max probability, highest first; ties by the component's first pixel in
-    raster order.
+    raster order. ``labelled``: :func:`label_detections` of the same values and threshold,
+    when the caller has it already.
     """
-    from scipy import ndimage
-
-    mask = np.greater_equal(values, threshold)  # NaN (no data) is never a detection
-    labels, n = ndimage.label(mask)
+    labels, n = labelled if labelled is not None else label_detections(values, threshold)
+    mask = labels > 0
     if n == 0:
         return Detections.empty()
     rows, cols = np.nonzero(mask)  # raster order

@@ -22,7 +22,7 @@ import numpy as np
 from affine import Affine
 from numpy.typing import NDArray
 
-from marscope_stac.products.detections import Detections, raster_detections
+from marscope_stac.products.detections import Detections, label_detections, raster_detections
 from marscope_stac.products.items import ScoredSet
 from marscope_stac.products.render import (
     PROBABILITY_NODATA,
@@ -69,13 +69,14 @@ class LiveTiles:
         return padded_bytes(stored, 0, PROBABILITY_NODATA)
 
     @cached_property
+    def _labelled(self) -> tuple[NDArray[np.int32], int]:
+        """The detections' components, labelled once (counted first, traced later)."""
+        return label_detections(self.values, self.threshold)
+
+    @cached_property
     def n_detections(self) -> int | None:
         """How many detections the query has (components of cells at or above the threshold)."""
-        if not self.has_detections:
-            return None
-        from scipy import ndimage
-
-        return int(ndimage.label(np.greater_equal(self.values, self.threshold))[1])
+        return self._labelled[1] if self.has_detections else None
 
     @property
     def bounds(self) -> list[float]:
@@ -87,10 +88,10 @@ class LiveTiles:
         """The query's detections (traced once, on first use)."""
         with self._lock:
             if self._found is None:
-                mask_any = np.greater_equal(self.values, self.threshold).any()
+                labelled = self._labelled
                 self._found = (
-                    raster_detections(self.values, self.transform, self.threshold)
-                    if mask_any
+                    raster_detections(self.values, self.transform, self.threshold, labelled)
+                    if labelled[1]
                     else Detections.empty()
                 )
             return self._found

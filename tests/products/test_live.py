@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from affine import Affine
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
@@ -64,3 +65,25 @@ def test_an_answer_without_detections_or_data_has_no_tiles() -> None:
     assert quiet.raster(0, 0, 0) is not None
     empty = LiveTiles(np.full_like(values, np.nan), transform, 0.5, detections=False)
     assert empty.n_detections is None and empty.raster(0, 0, 0) is None
+
+
+def test_an_answer_labels_its_detections_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import marscope_stac.products.live as live_mod
+    from marscope_stac.products.detections import raster_detections
+
+    values, transform = _raster(5)
+    calls: list[float] = []
+    real = live_mod.label_detections
+
+    def counted(v: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+        calls.append(threshold)
+        return real(v, threshold)
+
+    monkeypatch.setattr(live_mod, "label_detections", counted)
+    live = LiveTiles(values, transform, 0.5, detections=True)
+    n = live.n_detections  # the count the answer shows first
+    found = live.detections()  # then the vector tiles trace them
+    assert calls == [0.5] and n == len(found) > 50
+    alone = raster_detections(values, transform, 0.5)  # labelled by itself: the same answer
+    assert [g.wkb for g, _ in alone] == [g.wkb for g, _ in found]
+    assert [a for _, a in alone] == [a for _, a in found]

@@ -692,6 +692,29 @@ def test_truncated_imagery_is_a_warning_not_black_tiles(world: World, tmp_path: 
     assert "ctx-demo-r0c0.tif" in result.stderr
 
 
+def test_a_sweep_leaves_the_temporary_files_of_other_hosts(tmp_path: Path) -> None:
+    """On shared storage a process id means nothing on another host: its files stay."""
+    import os
+
+    from marscope_stac.core.fs import host_tag, sweep_stale, temp_dir
+
+    dead = subprocess_pid_that_exited()
+    other = "0" * 6 if host_tag() != "0" * 6 else "1" * 6
+    theirs = tmp_path / f".shard-00001.npy.{dead}-{other}.0123abcd.tmp"  # a live run elsewhere
+    theirs.write_text("being written on another host")
+    ours = tmp_path / f".shard-00002.npy.{dead}-{host_tag()}.0123abcd.tmp"
+    ours.write_text("left by a dead process here")
+    older = tmp_path / f".shard-00003.npy.{dead}.0123abcd.tmp"  # an earlier version's name
+    older.write_text("left by a dead process here")
+    alive = tmp_path / f".shard-00004.npy.{os.getpid()}-{host_tag()}.0123abcd.tmp"
+    alive.write_text("in use")
+    assert sweep_stale(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, alive.name])
+    # what this module makes carries this host's tag
+    made = temp_dir(tmp_path / "out")
+    assert made.name.startswith(f".out.{os.getpid()}-{host_tag()}.")
+
+
 def test_stale_temporary_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
     import os
     import time
