@@ -11,14 +11,10 @@ import ctypes
 import errno
 import fcntl
 import functools
-import hashlib
 import json
 import math
 import os
-import re
-import secrets
 import shutil
-import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +22,12 @@ from typing import Any
 
 from marscope_stac.core.checksums import file_multihash
 from marscope_stac.core.errors import DataError, MarscopeError, OutputError
-from marscope_stac.core.owned import added_entries, is_project_folder, mark_project_folder
+from marscope_stac.core.leftovers import sweep_stale, temp_name
+from marscope_stac.core.owned import (
+    added_entries,
+    is_project_folder,
+    mark_project_folder,
+)
 
 __all__ = [
     "atomic_output",
@@ -158,7 +159,7 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     if same_size and not target.samefile(source) and _same_bytes(source, target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(target, "tmp")
+    tmp = temp_name(target, "tmp")
     try:
         clone_file(source, tmp)
         tmp.replace(target)
@@ -320,35 +321,13 @@ def _check_parent_writable(out: Path) -> Path:
     return parent
 
 
-def _temp_path(target: Path, kind: str, suffix: str = "") -> Path:
-    """A hidden name beside ``target`` that records this process and host (:func:`sweep_stale`)."""
-    name = f".{target.name}.{os.getpid()}-{host_tag()}.{secrets.token_hex(4)}.{kind}{suffix}"
-    return target.with_name(name)
-
-
-@functools.cache
-def host_tag() -> str:
-    """Six hex digits naming this machine (its host name's hash) in temporary names.
-
-    A process id means something only on the machine that gave it: on shared storage a
-    sweep on one host must not take another host's live process for a dead one.
-    """
-    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
-
-
-_STALE = re.compile(
-    r"^\.(?P<name>.+)\.(?P<pid>\d+)(-(?P<host>[0-9a-f]{6}))?\.[0-9a-f]{8}"
-    r"\.(?P<kind>tmp|staging|old)(\.\w+)?$"
-)
-
-
 def temp_file(target: str | os.PathLike[str], suffix: str = "") -> Path:
     """Create an empty temporary file beside ``target`` (mode 0600), named for this process.
 
     The caller renames it onto ``target`` or removes it; if the process dies first, the next
     :func:`sweep_stale` of the folder removes it.
     """
-    tmp = _temp_path(Path(target).absolute(), "tmp", suffix)
+    tmp = temp_name(Path(target).absolute(), "tmp", suffix)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return tmp
 
@@ -359,64 +338,10 @@ def temp_dir(target: str | os.PathLike[str]) -> Path:
     The caller removes it; if the process dies first, the next :func:`sweep_stale` of the
     parent folder removes it.
     """
-    tmp = _temp_path(Path(target), "staging")
+    tmp = temp_name(Path(target), "staging")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(mode=0o700)
     return tmp
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = "") -> int:
-    """Remove temporary files and folders that dead processes left in ``folder``.
-
-    Only hidden names this module makes (``.<name>.<pid>-<host>.<hex>.tmp|staging|old``)
-    whose process is gone are removed (never a name without a process id: a user's hidden
-    file may look like one); a name made on another host (shared storage) is left alone,
-    whatever its process id means here (names of earlier versions, without a host, are
-    judged by their process id on this host); ``depth`` > 0 also sweeps the sub-folders,
-    that many levels down, never following a symbolic link.
-    With ``prefix``, only names that start with it are considered (a folder the user owns,
-    such as the parent of an output, is swept only for that output's leftovers). Returns how
-    many entries were removed.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        return 0
-    removed = 0
-    try:
-        entries = list(root.iterdir())
-    except OSError:
-        return 0
-    for entry in entries:
-        if prefix and not entry.name.startswith(prefix):
-            continue
-        m = _STALE.match(entry.name)
-        if m is not None and m["host"] in (None, host_tag()) and not _alive(int(m["pid"])):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
-            removed += 1
-        elif depth > 0 and not entry.name.startswith(".") and _real_folder(entry):
-            removed += sweep_stale(entry, depth - 1)
-    return removed
-
-
-def _real_folder(path: Path) -> bool:
-    """A folder that is not reached through a symbolic link."""
-    return path.is_dir() and not path.is_symlink()
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -494,7 +419,7 @@ def staged_directory(
     parent = _check_parent_writable(target)
     parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(parent, prefix=f".{target.name}")  # only this output's own leftovers
-    stage = _temp_path(target, "staging")
+    stage = temp_name(target, "staging")
     try:
         stage.mkdir(mode=0o777)  # the usual mode for a folder (umask applies)
     except OSError as exc:  # a folder that takes no new entries (/proc, a full disk)
@@ -574,7 +499,7 @@ def _replace(stage: Path, target: Path) -> None:
         return
     old: Path | None = None
     if target.exists():
-        old = _temp_path(target, "old")
+        old = temp_name(target, "old")
         target.rename(old)
     try:
         stage.rename(target)

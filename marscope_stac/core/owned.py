@@ -18,6 +18,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from marscope_stac.core.leftovers import TEMP_NAME
+
 __all__ = [
     "PROJECT_MARK",
     "added_entries",
@@ -30,9 +32,7 @@ __all__ = [
 PROJECT_MARK = ".marscope-stac"
 """The hidden file that marks a folder this project wrote (JSON: its kind and entries)."""
 
-_OWN_HIDDEN = re.compile(
-    r"^\.marscope-stac$|^\.marscope\.lock$|^\..+\.\d+\.[0-9a-f]{8}\.(tmp|staging|old)(\.\w+)?$"
-)
+_OWN_HIDDEN = re.compile(rf"^\.marscope-stac$|^\.marscope\.lock$|{TEMP_NAME.pattern}")
 """Hidden names the project itself makes in a folder: its mark, its lock, temporaries."""
 _PROJECT_FILES = ("catalog.json", "collection.json")
 _MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")

@@ -59,6 +59,7 @@ class LiveTiles:
         self.has_detections = detections
         self._lock = threading.Lock()
         self._found: Detections | None = None
+        self._labels: tuple[NDArray[np.int32], int] | None = None
         self._levels: VectorLevels | None = None
 
     @cached_property
@@ -68,15 +69,19 @@ class LiveTiles:
             return None
         return padded_bytes(stored, 0, PROBABILITY_NODATA)
 
-    @cached_property
     def _labelled(self) -> tuple[NDArray[np.int32], int]:
-        """The detections' components, labelled once (counted first, traced later)."""
-        return label_detections(self.values, self.threshold)
+        """The detections' components, labelled once (counted first, traced later); locked."""
+        if self._labels is None:
+            self._labels = label_detections(self.values, self.threshold)
+        return self._labels
 
-    @cached_property
+    @property
     def n_detections(self) -> int | None:
         """How many detections the query has (components of cells at or above the threshold)."""
-        return self._labelled[1] if self.has_detections else None
+        if not self.has_detections:
+            return None
+        with self._lock:
+            return len(self._found) if self._found is not None else self._labelled()[1]
 
     @property
     def bounds(self) -> list[float]:
@@ -88,12 +93,13 @@ class LiveTiles:
         """The query's detections (traced once, on first use)."""
         with self._lock:
             if self._found is None:
-                labelled = self._labelled
+                labelled = self._labelled()
                 self._found = (
                     raster_detections(self.values, self.transform, self.threshold, labelled)
                     if labelled[1]
                     else Detections.empty()
                 )
+                self._labels = None  # traced: the raster of labels is not kept
             return self._found
 
     def raster(self, z: int, x: int, y: int) -> bytes | None:

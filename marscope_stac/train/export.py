@@ -25,7 +25,7 @@ from marscope_stac.models.loading import model_folder
 from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig, TrainResult
 from marscope_stac.train.selection import BEST_FOLDER, export_best
 
-__all__ = ["PARTS_SOURCE", "export_best_epoch", "finish_run"]
+__all__ = ["PARTS_SOURCE", "finish_run"]
 
 
 PARTS_SOURCE = (
@@ -138,11 +138,11 @@ def finish_run(
     start_epoch: int,
     half_weights: bool,
     source_description: str,
-    best: bool = False,
 ) -> TrainResult:
     """Export the trained model and its STAC item, write the metrics and their plot.
 
-    With ``best``, also the best validation epoch's weights (``out_dir/best-validation``).
+    When the history holds validation figures, the best epoch's weights are exported too
+    (``out_dir/best-validation``, :func:`~marscope_stac.train.selection.export_best`).
     """
     model_dir, item_path = _export_item(
         cm, model, out_dir / "model", cfg, history, half_weights, source_description
@@ -150,32 +150,16 @@ def finish_run(
     atomic_write_json(out_dir / "metrics.json", history)
     _plot(history, out_dir / "training.png")
     result = TrainResult(out_dir, model_dir, item_path, history, resumed_from=start_epoch)
-    if best:
-        result.best_dir, result.best_record = export_best_epoch(
-            cm, model, out_dir, cfg, history, half_weights, source_description
-        )
-    return result
-
-
-def export_best_epoch(
-    cm: ClipModel,
-    model: str,
-    out_dir: Path,
-    cfg: TrainConfig,
-    history: list[dict[str, float]],
-    half_weights: bool,
-    source_description: str,
-) -> tuple[Path | None, dict[str, float] | None]:
-    """Export the best validation epoch's weights as ``out_dir/best-validation``."""
     best = export_best(
-        out_dir / "checkpoints" / "best.pt",
+        out_dir,
         cm,
         history,
         lambda rec: _export_item(
             cm, model, out_dir / BEST_FOLDER, cfg, [rec], half_weights, source_description
         )[0],
     )
-    return best or (None, None)
+    result.best_dir, result.best_record = best or (None, None)
+    return result
 
 
 def _export_item(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from marscope_stac.core.errors import OutputError
-from marscope_stac.train.selection import BEST_FOLDER
 
-__all__ = ["RUN_ENTRIES", "check_run_folder", "prepare_run_folder"]
+__all__ = ["BEST_FOLDER", "RUN_ENTRIES", "check_run_folder", "prepare_run_folder"]
+
+BEST_FOLDER = "best-validation"
+"""The run folder's export of its best epoch's weights (beside ``model/``, the last epoch's)."""
 
 RUN_ENTRIES = frozenset({"checkpoints", "model", BEST_FOLDER, "metrics.json", "training.png"})
 """What a training run writes at the top of its folder."""
@@ -41,9 +43,12 @@ def prepare_run_folder(out: str | Path, *, make: bool = True) -> Path:
     path = check_run_folder(out)
     if path.is_dir():
         shown = [p for p in path.iterdir() if not p.name.startswith(".")]
-        started = (path / "checkpoints" / "last.pt").is_file() or (
-            path / "model" / "open_clip_config.json"
-        ).is_file()
+        ckpt = path / "checkpoints"
+        started = (
+            (ckpt / "last.pt").is_file()
+            or any(ckpt.glob("best-*.pt"))  # stopped before its first checkpoint
+            or (path / "model" / "open_clip_config.json").is_file()
+        )
         if shown and (not started or any(p.name not in RUN_ENTRIES for p in shown)):
             raise OutputError(
                 f"--out {out} holds files that are not a training run's; give a new or empty "

@@ -11,7 +11,10 @@ Training writes, under ``out``:
 - ``model/`` at the end: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (the
   open_clip hub layout, loadable as ``local-dir:out/model``) and ``model.json``, a STAC Item
   with the MLM extension;
-- ``metrics.json`` and ``training.png`` (loss and validation curves).
+- ``metrics.json`` and ``training.png`` (loss and validation curves);
+- with a validator (real validation figures read after some epochs), the weights of the
+  best epoch so far, ``checkpoints/best-EPOCH.pt``, and at the end their export,
+  ``best-validation/`` (:mod:`marscope_stac.train.selection`).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ from marscope_stac.train.export import finish_run
 from marscope_stac.train.folders import prepare_run_folder
 from marscope_stac.train.mixtures import PairMix
 from marscope_stac.train.pairs import PairSet
-from marscope_stac.train.selection import Validator, read_figures
+from marscope_stac.train.selection import Validator, prune_best, read_figures
 
 __all__ = [
     "settle_config",
@@ -201,7 +204,6 @@ def train_model(
     cfg, model = settle_config(config, model, pairs.context)
     if len(pairs) == 0:
         raise ConfigError("no training pairs")
-    register_bundled_architectures()
     out_dir, ckpt_path, dev = _prepare_run(out, device, cfg.seed)
     cm, opt, text_cache = _built(model, pretrained, dev, cfg)
     prepare_run_folder(out_dir)  # made once the model is: a failed start leaves no folder
@@ -209,18 +211,19 @@ def train_model(
         _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
     )
     rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
-    use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
     for epoch in range(start_epoch, cfg.epochs):
-        loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, use_labels, progress)
+        loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, progress)
         record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
         if val_data is not None and val_pairs is not None:
             record.update(evaluate_pairs(cm, *val_data, classes=val_pairs.classes))
-        read_figures(validator, cm, record, history, ckpt_path.with_name("best.pt"), cfg.epochs)
+        read_figures(validator, cm, record, history, ckpt_path.parent, cfg.epochs)
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
         save_checkpoint(ckpt_path, _checkpoint(cm, opt, epoch + 1, history, rng, cfg, model))
-    what, best = source_description, validator is not None
-    return finish_run(cm, model, out_dir, cfg, history, start_epoch, half_weights, what, best)
+        prune_best(ckpt_path.parent, history)  # the epoch is saved: older bests can go
+    return finish_run(
+        cm, model, out_dir, cfg, history, start_epoch, half_weights, source_description
+    )
 
 
 def _built(
@@ -238,6 +241,7 @@ def _built(
 
 def _prepare_run(out: str | Path, device: str, seed: int) -> tuple[Path, Path, torch.device]:
     """Check and sweep the run folder, seed the generators; folder, checkpoint path, device."""
+    register_bundled_architectures()
     out_dir = prepare_run_folder(out, make=False)
     if out_dir.is_dir():
         sweep_stale(out_dir, depth=2)  # what killed runs left (partial checkpoints, staging)
@@ -423,11 +427,11 @@ def _train_epoch(
     epoch: int,
     rng: np.random.Generator,
     text_cache: TextFeatureCache | None,
-    use_labels: bool,
     progress: bool,
 ) -> float:
     """One epoch of contrastive steps; returns the mean loss."""
     net, dev = cm.model, cm.device
+    use_labels = pairs.images is None or len(set(pairs.labels)) < len(pairs.labels)
     net.train()
     losses: list[float] = []
     total = cfg.epochs * cfg.steps_per_epoch

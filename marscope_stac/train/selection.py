@@ -3,36 +3,44 @@
 A training run given a validator (e.g. :class:`~marscope_stac.eval.tracking.ValidationTracker`)
 records its figures in the history after the epochs it asks for; whenever the figure it is
 chosen on (``val_mean``) beats every earlier one, the model's weights are written to
-``checkpoints/best.pt`` (atomically, weights only). At the end of the run they are exported
-beside the last epoch's model as ``best-validation/`` (same layout, with its own STAC item),
-so the last and the best epoch can be compared and either adopted.
+``checkpoints/best-EPOCH.pt`` (atomically, weights only), and once the epoch's checkpoint is
+saved the files of other epochs are removed (:func:`prune_best`): a run stopped between the
+two writes keeps the earlier best. At the end of the run the history's best epoch is
+exported beside the last epoch's model as ``best-validation/`` (same layout, with its own
+STAC item whose metrics are that epoch's), so the last and the best epoch can be compared
+and either adopted; a run whose history has no figures leaves no ``best-validation/``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from marscope_stac.models.clip import ClipModel
+from marscope_stac.train.folders import BEST_FOLDER
+
+if TYPE_CHECKING:
+    from marscope_stac.models.clip import ClipModel
 
 __all__ = [
     "BEST_FOLDER",
     "Validator",
     "best_epoch",
+    "best_file",
     "export_best",
     "keep_if_best",
+    "prune_best",
     "read_figures",
 ]
 
 log = logging.getLogger(__name__)
 
-BEST_FOLDER = "best-validation"
-"""The run folder's export of its best epoch's weights (beside ``model/``, the last epoch's)."""
-
 _KEY = "val_mean"
+_BEST_FILE = re.compile(r"^best-(\d+)\.pt$")
 
 
 class Validator(Protocol):
@@ -47,6 +55,11 @@ class Validator(Protocol):
         ...
 
 
+def best_file(checkpoints: Path, epoch: int) -> Path:
+    """Where the weights of a best epoch are kept, in a run's ``checkpoints`` folder."""
+    return checkpoints / f"best-{int(epoch)}.pt"
+
+
 def _figure(record: dict[str, float]) -> float:
     value = record.get(_KEY, math.nan)
     return float(value) if math.isfinite(value) else -math.inf
@@ -59,18 +72,32 @@ def best_epoch(history: list[dict[str, float]]) -> dict[str, float] | None:
 
 
 def keep_if_best(
-    path: Path, cm: ClipModel, record: dict[str, float], history: list[dict[str, float]]
+    checkpoints: Path, cm: ClipModel, record: dict[str, float], history: list[dict[str, float]]
 ) -> bool:
-    """Write the weights to ``path`` when ``record`` beats every epoch of ``history``."""
+    """Keep the weights in ``checkpoints`` when ``record`` beats every epoch of ``history``."""
     from marscope_stac.train.checkpoint import save_checkpoint
 
     before = best_epoch(history)
     if _figure(record) == -math.inf or (before is not None and _figure(record) <= _figure(before)):
         return False
     state = {k: v.detach().cpu() for k, v in cm.model.state_dict().items()}
-    save_checkpoint(path, {"model": state, "epoch": int(record["epoch"]), _KEY: record[_KEY]})
-    log.info("best validation so far: epoch %d, %s %.4f", record["epoch"], _KEY, record[_KEY])
+    epoch = int(record["epoch"])
+    save_checkpoint(
+        best_file(checkpoints, epoch), {"model": state, "epoch": epoch, _KEY: record[_KEY]}
+    )
+    log.info("best validation so far: epoch %d, %s %.4f", epoch, _KEY, record[_KEY])
     return True
+
+
+def prune_best(checkpoints: Path, history: list[dict[str, float]]) -> None:
+    """Remove the kept weights of every epoch but the history's best (after a checkpoint)."""
+    best = best_epoch(history)
+    keep = best_file(checkpoints, int(best["epoch"])).name if best is not None else None
+    if not checkpoints.is_dir():
+        return
+    for path in checkpoints.iterdir():
+        if _BEST_FILE.match(path.name) and path.name != keep:
+            path.unlink(missing_ok=True)
 
 
 def read_figures(
@@ -78,45 +105,39 @@ def read_figures(
     cm: ClipModel,
     record: dict[str, float],
     history: list[dict[str, float]],
-    path: Path,
+    checkpoints: Path,
     last: int,
 ) -> None:
     """Add the validator's figures to an epoch's ``record`` when due; keep a new best's weights.
 
-    ``history`` holds the epochs before ``record``'s; ``path`` the best epoch's weights.
+    ``history`` holds the epochs before ``record``'s; ``checkpoints`` the run's folder of them.
     """
     if validator is None or not validator.due(int(record["epoch"]), last):
         return
     record.update(validator(cm))
-    keep_if_best(path, cm, record, history)
+    keep_if_best(checkpoints, cm, record, history)
 
 
 def export_best(
-    path: Path,
+    run: Path,
     cm: ClipModel,
     history: list[dict[str, float]],
     export: Callable[[dict[str, float]], Path],
 ) -> tuple[Path, dict[str, float]] | None:
-    """Load the best epoch's weights into ``cm`` and ``export(record)`` them; None: none kept.
+    """Load the best epoch's weights into ``cm`` and ``export(record)`` them (a folder).
 
-    A run stopped between writing ``path`` and its checkpoint, then resumed with another
-    thread count, may have trained that epoch again to other figures: then ``path`` is not
-    the history's best epoch, and nothing is exported (a warning says so).
+    None, and no ``best-validation/`` left from an earlier run, when the history has no
+    figures or the best epoch's weights are not kept (a warning says so).
     """
     import torch
 
     best = best_epoch(history)
-    if best is None or not path.is_file():
+    path = best_file(run / "checkpoints", int(best["epoch"])) if best is not None else None
+    if best is None or path is None or not path.is_file():
+        if path is not None:
+            log.warning("the weights of the best epoch are not kept (%s): no %s", path, BEST_FOLDER)
+        shutil.rmtree(run / BEST_FOLDER, ignore_errors=True)  # an earlier run's, not this one's
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if int(state.get("epoch", -1)) != int(best["epoch"]):
-        log.warning(
-            "%s holds epoch %s, not the history's best epoch %d: no %s exported",
-            path,
-            state.get("epoch"),
-            best["epoch"],
-            BEST_FOLDER,
-        )
-        return None
     cm.model.load_state_dict(state["model"])
     return export(best), best

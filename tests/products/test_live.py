@@ -84,6 +84,7 @@ def test_an_answer_labels_its_detections_once(monkeypatch: pytest.MonkeyPatch) -
     n = live.n_detections  # the count the answer shows first
     found = live.detections()  # then the vector tiles trace them
     assert calls == [0.5] and n == len(found) > 50
+    assert live._labels is None and live.n_detections == n  # the labels are not kept
     alone = raster_detections(values, transform, 0.5)  # labelled by itself: the same answer
     assert [g.wkb for g, _ in alone] == [g.wkb for g, _ in found]
     assert [a for _, a in alone] == [a for _, a in found]

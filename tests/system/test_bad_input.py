@@ -695,8 +695,10 @@ def test_truncated_imagery_is_a_warning_not_black_tiles(world: World, tmp_path: 
 def test_a_sweep_leaves_the_temporary_files_of_other_hosts(tmp_path: Path) -> None:
     """On shared storage a process id means nothing on another host: its files stay."""
     import os
+    import time
 
-    from marscope_stac.core.fs import host_tag, sweep_stale, temp_dir
+    from marscope_stac.core.fs import sweep_stale, temp_dir
+    from marscope_stac.core.leftovers import FOREIGN_STALE_S, host_tag
 
     dead = subprocess_pid_that_exited()
     other = "0" * 6 if host_tag() != "0" * 6 else "1" * 6
@@ -708,11 +710,33 @@ def test_a_sweep_leaves_the_temporary_files_of_other_hosts(tmp_path: Path) -> No
     older.write_text("left by a dead process here")
     alive = tmp_path / f".shard-00004.npy.{os.getpid()}-{host_tag()}.0123abcd.tmp"
     alive.write_text("in use")
-    assert sweep_stale(tmp_path) == 2
+    gone = tmp_path / f".shard-00005.npy.{dead}-{other}.0123abcd.staging"  # a host long gone
+    gone.mkdir()
+    week = time.time() - FOREIGN_STALE_S - 60
+    os.utime(gone, (week, week))
+    assert sweep_stale(tmp_path) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, alive.name])
     # what this module makes carries this host's tag
     made = temp_dir(tmp_path / "out")
     assert made.name.startswith(f".out.{os.getpid()}-{host_tag()}.")
+
+
+def test_a_leftover_temporary_file_is_the_projects_own(tmp_path: Path) -> None:
+    """A temporary file a live process keeps in a folder is not taken for a user's file."""
+    from marscope_stac.core.fs import staged_directory, temp_file
+    from marscope_stac.core.owned import added_entries, is_project_folder
+
+    with staged_directory(tmp_path / "model", kind="model") as stage:
+        (stage / "open_clip_config.json").write_text("{}")
+        (stage / "open_clip_model.safetensors").write_bytes(b"w")
+    leftover = temp_file(tmp_path / "model" / "model.json")  # as a writer makes one
+    assert is_project_folder(tmp_path / "model", "model")
+    assert added_entries(tmp_path / "model", "model") == []
+    with staged_directory(tmp_path / "model", overwrite=True, kind="model") as stage:
+        (stage / "open_clip_config.json").write_text('{"new": 1}')
+        (stage / "open_clip_model.safetensors").write_bytes(b"w2")
+    assert (tmp_path / "model" / "open_clip_config.json").read_text() == '{"new": 1}'
+    assert not (tmp_path / "model" / leftover.name).exists()  # not carried into the new one
 
 
 def test_stale_temporary_files_of_dead_processes_are_swept(tmp_path: Path) -> None:

@@ -286,6 +286,12 @@ def test_a_build_folder_is_new_empty_or_the_same_recipes(tmp_path: Path, built: 
     (tmp_path / "other.toml").write_text(other)
     with pytest.raises(ConfigError, match=r"another recipe \(it differs in train\)"):
         build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
+    # the members' figures per epoch were read on 10-degree cells: the best epoch is chosen
+    # among figures that measure one thing
+    other = (root / "tiny.toml").read_text().replace("radius_deg = 10", "radius_deg = 12")
+    (tmp_path / "other.toml").write_text(other)
+    with pytest.raises(ConfigError, match=r"differs in \[validation\] radius_deg"):
+        build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
 
 
 def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, built: tuple) -> None:
@@ -311,6 +317,32 @@ def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, bui
     with pytest.raises(ConfigError, match=r"it differs in member 2"):
         build_model(tmp_path / "changed.toml", out, device="cpu", **_fetch(root))
     assert first.members[1].history  # the member trained first is still what it was
+
+
+def test_reading_validation_figures_changes_no_trained_bit(tmp_path: Path, built: tuple) -> None:
+    """A member trained again without the tracker is the build's member, bit for bit."""
+    from safetensors.torch import load_file
+
+    from marscope_stac.train.loop import train_from_source
+
+    root, _, result = built
+    r = load_recipe(root / "tiny.toml")
+    data = root / "build" / "data"
+    plain = train_from_source(
+        [data / "demo-small-seed7", data / "real-fit"],
+        tmp_path / "m1",
+        model=r.model,
+        pretrained=r.pretrained,
+        config=r.config(r.members[0]),
+        pairs=r.pairs(r.members[0]),
+        device="cpu",
+        half_weights=r.half_weights,
+        progress=False,
+    )
+    assert [h["loss"] for h in plain.history] == [h["loss"] for h in result.members[0].history]
+    a = load_file(plain.model_dir / "open_clip_model.safetensors")
+    b = load_file(result.members[0].model_dir / "open_clip_model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
 
 
 def test_calibrate_reads_a_real_catalog_under_the_real_protocol(

@@ -111,6 +111,78 @@ def test_a_resumed_run_keeps_the_best_epoch_of_before_it_stopped(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _stop_at_checkpoint(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Ctrl-C at the n-th epoch checkpoint (after that epoch's figures and best weights)."""
+    import marscope_stac.train.loop as train_mod
+
+    real, calls = train_mod.save_checkpoint, [0]
+
+    def stopping(*args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", stopping)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes(
+    pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, val = pairs
+    figures = {1: 0.3, 2: 0.1, 3: 0.2, 4: 0.25}
+    _stop_at_checkpoint(monkeypatch, 1)  # epoch 1 read and kept as the best, then stopped
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["best-1.pt"]
+    monkeypatch.undo()
+    res = train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    assert res.resumed_from == 0 and res.best_record is not None
+    assert res.best_record["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
+        "best-1.pt",
+        "last.pt",
+    ]
+
+
+def test_a_stop_between_a_new_best_and_its_checkpoint_keeps_the_earlier_best(
+    pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, val = pairs
+    figures = {1: 0.3, 2: 0.1, 3: 0.5, 4: 0.2}
+    straight = Scripted(val[:8], figures)
+    train_model(train, tmp_path / "a", **RUN, validator=straight)
+    _stop_at_checkpoint(monkeypatch, 3)  # epoch 3 is the new best; its checkpoint never made
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    monkeypatch.undo()
+    # resumed reading every second epoch: epoch 3 is trained again but not read, so the
+    # history's best is epoch 1, whose weights were kept through the stop
+    again = Scripted(val[:8], figures, every=2)
+    res = train_model(train, tmp_path / "b", **RUN, validator=again)
+    assert res.resumed_from == 2 and sorted(again.seen) == [4]
+    assert res.best_record is not None and res.best_record["epoch"] == 1
+    best = load_file(tmp_path / "b" / "best-validation" / "open_clip_model.safetensors")
+    assert all(torch.equal(best[k], straight.seen[1][k]) for k in best)
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").glob("best-*")] == ["best-1.pt"]
+
+
+def test_a_run_without_figures_leaves_no_best_of_an_earlier_run(
+    pairs: tuple, tmp_path: Path
+) -> None:
+    train, val = pairs
+    first = train_model(
+        train,
+        tmp_path / "run",
+        **RUN,
+        validator=Scripted(val[:8], {1: 0.1, 2: 0.2, 3: 0.1, 4: 0.1}),
+    )
+    assert first.best_dir is not None and first.best_dir.is_dir()
+    plain = train_model(train, tmp_path / "run", **RUN, resume=False)  # started over, no figures
+    assert plain.best_dir is None and not (tmp_path / "run" / "best-validation").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("best-*"))
+
+
 def test_best_epoch_skips_epochs_without_a_finite_figure() -> None:
     history = [
         {"epoch": 1, "loss": 1.0},
