@@ -95,7 +95,7 @@ def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = ""
     for entry in entries:
         if prefix and not entry.name.startswith(prefix):
             continue
-        m = TEMP_NAME.match(entry.name)
+        m = TEMP_NAME.fullmatch(entry.name)
         if m is not None and _stale(entry, m["host"], int(m["pid"])):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -109,13 +109,18 @@ def sweep_stale(folder: str | os.PathLike[str], depth: int = 0, prefix: str = ""
 
 
 def _stale(entry: Path, host: str | None, pid: int) -> bool:
-    """Whether a temporary entry's process is gone (another host's: when it is a week old)."""
+    """Whether a temporary entry's process is gone (another host's: when a week untouched).
+
+    Another host's entry is judged by its last change of contents or name (a folder renamed
+    aside, ``.old``, keeps its contents' old time but not its change time).
+    """
     if host is None or host == host_tag():
         return not _alive(pid)
     try:
-        return time.time() - entry.lstat().st_mtime > FOREIGN_STALE_S
+        st = entry.lstat()
     except OSError:
         return False
+    return time.time() - max(st.st_mtime, st.st_ctime) > FOREIGN_STALE_S
 
 
 def _real_folder(path: Path) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import stat
 from collections.abc import Collection
@@ -32,8 +31,14 @@ __all__ = [
 PROJECT_MARK = ".marscope-stac"
 """The hidden file that marks a folder this project wrote (JSON: its kind and entries)."""
 
-_OWN_HIDDEN = re.compile(rf"^\.marscope-stac$|^\.marscope\.lock$|{TEMP_NAME.pattern}")
-"""Hidden names the project itself makes in a folder: its mark, its lock, temporaries."""
+_MARKS = frozenset({".marscope-stac", ".marscope.lock"})
+
+
+def _own_hidden(name: str) -> bool:
+    """Whether a name is the project's own in a folder: its mark, its lock, temporaries."""
+    return name in _MARKS or TEMP_NAME.fullmatch(name) is not None
+
+
 _PROJECT_FILES = ("catalog.json", "collection.json")
 _MODEL_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 _MODEL_ENTRIES = frozenset({*_MODEL_FILES, "model.json"})
@@ -44,7 +49,7 @@ _MARK_BYTES = 64 << 20  # the paths of a catalog of many thousand items
 def _entries(root: Path) -> list[Path]:
     """A folder's entries but the project's own hidden ones (an unreadable folder: none)."""
     try:
-        return [p for p in root.iterdir() if not _OWN_HIDDEN.match(p.name)]
+        return [p for p in root.iterdir() if not _own_hidden(p.name)]
     except OSError:
         return []
 
@@ -56,9 +61,9 @@ def _tree(root: Path) -> list[str]:
     """
     found: list[str] = []
     for here, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not _OWN_HIDDEN.match(d)]
+        dirs[:] = [d for d in dirs if not _own_hidden(d)]
         rel = Path(here).relative_to(root)
-        found += [(rel / n).as_posix() for n in [*dirs, *files] if not _OWN_HIDDEN.match(n)]
+        found += [(rel / n).as_posix() for n in [*dirs, *files] if not _own_hidden(n)]
     return sorted(found)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -23,6 +24,7 @@ from numpy.typing import NDArray
 from marscope_stac.core.errors import ConfigError
 from marscope_stac.eval.evaluate import score_retrieval
 from marscope_stac.eval.protocol import REAL_QUERIES, real_items, render_split, truth_points
+from marscope_stac.grid.grids import parse_grid
 from marscope_stac.models.clip import MARSCOPE_TEMPLATES, ClipModel
 
 __all__ = ["MEAN_KEY", "ValidationTracker"]
@@ -82,6 +84,16 @@ class ValidationTracker:
         self.catalog, self.regions, self.grid = catalog, list(regions), grid
         self.radius_deg, self.every, self.queries = float(radius_deg), int(every), queries
         self._rendered: tuple[tuple[int, float], list[_Region]] | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What the figures depend on: regions, grid, radius, queries (not ``every``)."""
+        return {
+            "regions": [list(r) for r in self.regions],
+            "grid": parse_grid(self.grid).spec,
+            "radius_deg": self.radius_deg,
+            "queries": list(self.queries),
+        }
 
     def due(self, epoch: int, last: int) -> bool:
         """Whether the figures are read after ``epoch`` (1-based) of a run of ``last``."""

@@ -213,25 +213,9 @@ def _build_folder(out: str | Path, r: ModelRecipe) -> Path:
 
 
 _OUTSIDE_TRAINING = {"name", "release", "description", "members", "calibration", "validation"}
-"""Recipe fields a build may change when resumed: the members are trained without them (but
-members that read validation figures while training keep their settings, see
-:func:`_tracking_changes`)."""
-
-_TRACKED = ("source", "grid", "radius_deg", "kinds")
-"""``[validation]`` settings that make a member's figures per epoch (``every`` may change)."""
-
-
-def _tracking_changes(before: Any, now: Any) -> list[str]:
-    """The settings the members' figures per epoch were read with that ``now`` changes.
-
-    Figures read before and after a resumed build must measure the same thing: the best
-    epoch is chosen among them.
-    """
-    if not (isinstance(before, dict) and isinstance(now, dict)):
-        return []
-    if "every" not in before or "every" not in now:
-        return []
-    return [f"[validation] {k}" for k in _TRACKED if before.get(k) != now.get(k)]
+"""Recipe fields a build may change when resumed: the members are trained without them (a
+member still to train refuses other ``[validation]`` settings than its figures were read
+with: :func:`~marscope_stac.train.selection.start_selection`)."""
 
 
 def _training_changes(before: dict[str, Any], r: ModelRecipe) -> list[str]:
@@ -245,7 +229,7 @@ def _training_changes(before: dict[str, Any], r: ModelRecipe) -> list[str]:
     changed = sorted(k for k in keys if before.get(k, unset.get(k)) != now.get(k))
     old, new = before.get("members") or [], now["members"]
     changed += [f"member {k}" for k, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b]
-    return changed + _tracking_changes(before.get("validation"), now.get("validation"))
+    return changed
 
 
 def _combine(members: list[TrainResult], model_dir: Path, name: str) -> Path:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from marscope_stac.core.errors import OutputError
 
-__all__ = ["BEST_FOLDER", "RUN_ENTRIES", "check_run_folder", "prepare_run_folder"]
+__all__ = [
+    "BEST_FILE",
+    "BEST_FOLDER",
+    "RUN_ENTRIES",
+    "VALIDATOR_FILE",
+    "check_run_folder",
+    "prepare_run_folder",
+]
 
+BEST_FILE = re.compile(r"best-(\d+)\.pt")
+"""The name of a best epoch's kept weights in a run's ``checkpoints/`` (``best-EPOCH.pt``)."""
+VALIDATOR_FILE = "validation.json"
+"""The settings a run's validation figures are read with, in its ``checkpoints/``."""
 BEST_FOLDER = "best-validation"
 """The run folder's export of its best epoch's weights (beside ``model/``, the last epoch's)."""
 
@@ -34,7 +46,8 @@ def prepare_run_folder(out: str | Path, *, make: bool = True) -> Path:
     """``out`` made ready for a run: new, empty, or an earlier run's folder (to resume).
 
     A folder holding anything a run does not write, or a run's file names without a run
-    (no checkpoint, no model), is a user's: nothing in it is replaced. With ``make`` the
+    (no checkpoint, no best epoch's weights, no model), is a user's: nothing in it is
+    replaced. With ``make`` the
     folder is made here, before the training, so an unusable path fails at once.
 
     Raises:
@@ -46,7 +59,8 @@ def prepare_run_folder(out: str | Path, *, make: bool = True) -> Path:
         ckpt = path / "checkpoints"
         started = (
             (ckpt / "last.pt").is_file()
-            or any(ckpt.glob("best-*.pt"))  # stopped before its first checkpoint
+            or (ckpt / VALIDATOR_FILE).is_file()  # stopped before its first checkpoint
+            or (ckpt.is_dir() and any(BEST_FILE.fullmatch(p.name) for p in ckpt.iterdir()))
             or (path / "model" / "open_clip_config.json").is_file()
         )
         if shown and (not started or any(p.name not in RUN_ENTRIES for p in shown)):

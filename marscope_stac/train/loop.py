@@ -73,7 +73,7 @@ from marscope_stac.train.export import finish_run
 from marscope_stac.train.folders import prepare_run_folder
 from marscope_stac.train.mixtures import PairMix
 from marscope_stac.train.pairs import PairSet
-from marscope_stac.train.selection import Validator, prune_best, read_figures
+from marscope_stac.train.selection import Validator, prune_best, read_figures, start_selection
 
 __all__ = [
     "settle_config",
@@ -202,14 +202,13 @@ def train_model(
         ConfigError: for bad hyper-parameters or device.
     """
     cfg, model = settle_config(config, model, pairs.context)
-    if len(pairs) == 0:
-        raise ConfigError("no training pairs")
-    out_dir, ckpt_path, dev = _prepare_run(out, device, cfg.seed)
+    out_dir, ckpt_path, dev = _prepare_run(out, device, cfg.seed, len(pairs))
     cm, opt, text_cache = _built(model, pretrained, dev, cfg)
     prepare_run_folder(out_dir)  # made once the model is: a failed start leaves no folder
     start_epoch, history, saved = (
         _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
     )
+    start_selection(ckpt_path.parent, validator, history, cfg.epochs)
     rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, progress)
@@ -239,8 +238,16 @@ def _built(
     return cm, opt, text_cache
 
 
-def _prepare_run(out: str | Path, device: str, seed: int) -> tuple[Path, Path, torch.device]:
-    """Check and sweep the run folder, seed the generators; folder, checkpoint path, device."""
+def _prepare_run(
+    out: str | Path, device: str, seed: int, n_pairs: int
+) -> tuple[Path, Path, torch.device]:
+    """Check and sweep the run folder, seed the generators; folder, checkpoint path, device.
+
+    Raises:
+        ConfigError: if there are no training pairs.
+    """
+    if n_pairs == 0:
+        raise ConfigError("no training pairs")
     register_bundled_architectures()
     out_dir = prepare_run_folder(out, make=False)
     if out_dir.is_dir():

@@ -13,15 +13,15 @@ and either adopted; a run whose history has no figures leaves no ``best-validati
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from marscope_stac.train.folders import BEST_FOLDER
+from marscope_stac.train.folders import BEST_FILE, BEST_FOLDER, VALIDATOR_FILE
 
 if TYPE_CHECKING:
     from marscope_stac.models.clip import ClipModel
@@ -35,12 +35,12 @@ __all__ = [
     "keep_if_best",
     "prune_best",
     "read_figures",
+    "start_selection",
 ]
 
 log = logging.getLogger(__name__)
 
 _KEY = "val_mean"
-_BEST_FILE = re.compile(r"^best-(\d+)\.pt$")
 
 
 class Validator(Protocol):
@@ -52,6 +52,11 @@ class Validator(Protocol):
 
     def __call__(self, model: ClipModel) -> dict[str, float]:
         """The figures of the model's current weights, ``val_mean`` among them."""
+        ...
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What its figures depend on (JSON): a resumed run reads them with the same."""
         ...
 
 
@@ -96,7 +101,7 @@ def prune_best(checkpoints: Path, history: list[dict[str, float]]) -> None:
     if not checkpoints.is_dir():
         return
     for path in checkpoints.iterdir():
-        if _BEST_FILE.match(path.name) and path.name != keep:
+        if BEST_FILE.fullmatch(path.name) and path.name != keep:
             path.unlink(missing_ok=True)
 
 
@@ -126,18 +131,60 @@ def export_best(
 ) -> tuple[Path, dict[str, float]] | None:
     """Load the best epoch's weights into ``cm`` and ``export(record)`` them (a folder).
 
-    None, and no ``best-validation/`` left from an earlier run, when the history has no
-    figures or the best epoch's weights are not kept (a warning says so).
+    None when the history has no figures (and no ``best-validation/`` is left of an earlier
+    run), or when the best epoch's weights are not kept or not readable (a warning says so;
+    an export made of them before stays).
     """
     import torch
 
     best = best_epoch(history)
-    path = best_file(run / "checkpoints", int(best["epoch"])) if best is not None else None
-    if best is None or path is None or not path.is_file():
-        if path is not None:
-            log.warning("the weights of the best epoch are not kept (%s): no %s", path, BEST_FOLDER)
+    if best is None:
         shutil.rmtree(run / BEST_FOLDER, ignore_errors=True)  # an earlier run's, not this one's
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    cm.model.load_state_dict(state["model"])
+    path = best_file(run / "checkpoints", int(best["epoch"]))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        cm.model.load_state_dict(state["model"])
+    except Exception as exc:  # gone (deleted to save space) or damaged: the last epoch stands
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        log.warning("the best epoch's weights %s cannot be read (%s): not exported", path, why)
+        return None
     return export(best), best
+
+
+def start_selection(
+    checkpoints: Path, validator: Validator | None, history: list[dict[str, float]], last: int
+) -> None:
+    """Make a run's folder ready for choosing its best epoch, before it trains.
+
+    A run starting from its first epoch drops the best weights, settings and export of any
+    earlier run there. A run that will read figures records the validator's settings, or,
+    resumed, checks that its earlier figures were read with the same ones (the best epoch is
+    chosen among them all).
+
+    Raises:
+        ConfigError: if the run read its figures with other settings.
+    """
+    from marscope_stac.core.errors import ConfigError
+    from marscope_stac.core.fs import atomic_write_json
+
+    record = checkpoints / VALIDATOR_FILE
+    if not history:  # from the first epoch: nothing of an earlier run is this run's
+        shutil.rmtree(checkpoints.parent / BEST_FOLDER, ignore_errors=True)
+        record.unlink(missing_ok=True)
+    prune_best(checkpoints, history)  # also what a run killed before its pruning left
+    if validator is None or len(history) >= last:
+        return
+    now = json.loads(json.dumps(validator.settings))
+    if record.is_file():
+        before = json.loads(record.read_text(encoding="utf-8"))
+        if before != now:
+            changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+            raise ConfigError(
+                f"{checkpoints.parent} read its validation figures with other settings "
+                f"({', '.join(changed)}: {[before.get(k) for k in changed]}), and its best "
+                "epoch is chosen among all of them: use those settings, or another --out"
+            )
+    else:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record, now)

@@ -692,16 +692,27 @@ def test_truncated_imagery_is_a_warning_not_black_tiles(world: World, tmp_path: 
     assert "ctx-demo-r0c0.tif" in result.stderr
 
 
-def test_a_sweep_leaves_the_temporary_files_of_other_hosts(tmp_path: Path) -> None:
+def test_a_sweep_leaves_the_temporary_files_of_other_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On shared storage a process id means nothing on another host: its files stay."""
     import os
     import time
 
+    import marscope_stac.core.leftovers as leftovers
     from marscope_stac.core.fs import sweep_stale, temp_dir
-    from marscope_stac.core.leftovers import FOREIGN_STALE_S, host_tag
+    from marscope_stac.core.leftovers import host_tag
 
     dead = subprocess_pid_that_exited()
     other = "0" * 6 if host_tag() != "0" * 6 else "1" * 6
+    gone = tmp_path / f".shard-00005.npy.{dead}-{other}.0123abcd.staging"  # a host long gone
+    gone.mkdir()
+    renamed = tmp_path / f".product.{dead}-{other}.0123abcd.old"  # old contents, just renamed
+    (tmp_path / "product").mkdir()
+    month = time.time() - 30 * 86400
+    os.utime(tmp_path / "product", (month, month))
+    time.sleep(1.2)  # "a week" below is one second: gone is older than that, the rest not
+    (tmp_path / "product").rename(renamed)
     theirs = tmp_path / f".shard-00001.npy.{dead}-{other}.0123abcd.tmp"  # a live run elsewhere
     theirs.write_text("being written on another host")
     ours = tmp_path / f".shard-00002.npy.{dead}-{host_tag()}.0123abcd.tmp"
@@ -710,12 +721,11 @@ def test_a_sweep_leaves_the_temporary_files_of_other_hosts(tmp_path: Path) -> No
     older.write_text("left by a dead process here")
     alive = tmp_path / f".shard-00004.npy.{os.getpid()}-{host_tag()}.0123abcd.tmp"
     alive.write_text("in use")
-    gone = tmp_path / f".shard-00005.npy.{dead}-{other}.0123abcd.staging"  # a host long gone
-    gone.mkdir()
-    week = time.time() - FOREIGN_STALE_S - 60
-    os.utime(gone, (week, week))
-    assert sweep_stale(tmp_path) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, alive.name])
+    assert sweep_stale(tmp_path) == 2  # this host's dead process and the earlier version's
+    monkeypatch.setattr(leftovers, "FOREIGN_STALE_S", 1.0)
+    assert sweep_stale(tmp_path) == 1  # the other host's entry untouched for "a week"
+    kept = [theirs.name, alive.name, renamed.name]  # renamed now: its change time is now
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
     # what this module makes carries this host's tag
     made = temp_dir(tmp_path / "out")
     assert made.name.startswith(f".out.{os.getpid()}-{host_tag()}.")

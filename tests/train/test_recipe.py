@@ -286,12 +286,6 @@ def test_a_build_folder_is_new_empty_or_the_same_recipes(tmp_path: Path, built: 
     (tmp_path / "other.toml").write_text(other)
     with pytest.raises(ConfigError, match=r"another recipe \(it differs in train\)"):
         build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
-    # the members' figures per epoch were read on 10-degree cells: the best epoch is chosen
-    # among figures that measure one thing
-    other = (root / "tiny.toml").read_text().replace("radius_deg = 10", "radius_deg = 12")
-    (tmp_path / "other.toml").write_text(other)
-    with pytest.raises(ConfigError, match=r"differs in \[validation\] radius_deg"):
-        build_model(tmp_path / "other.toml", root / "build", device="cpu", **_fetch(root))
 
 
 def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, built: tuple) -> None:
@@ -320,7 +314,10 @@ def test_a_build_resumed_with_other_steps_reuses_its_members(tmp_path: Path, bui
 
 
 def test_reading_validation_figures_changes_no_trained_bit(tmp_path: Path, built: tuple) -> None:
-    """A member trained again without the tracker is the build's member, bit for bit."""
+    """A member trained again without the tracker is the build's member, bit for bit.
+
+    Member 2 trains two epochs: its figures were read after the first, mid-run.
+    """
     from safetensors.torch import load_file
 
     from marscope_stac.train.loop import train_from_source
@@ -330,18 +327,18 @@ def test_reading_validation_figures_changes_no_trained_bit(tmp_path: Path, built
     data = root / "build" / "data"
     plain = train_from_source(
         [data / "demo-small-seed7", data / "real-fit"],
-        tmp_path / "m1",
+        tmp_path / "m2",
         model=r.model,
         pretrained=r.pretrained,
-        config=r.config(r.members[0]),
-        pairs=r.pairs(r.members[0]),
+        config=r.config(r.members[1]),
+        pairs=r.pairs(r.members[1]),
         device="cpu",
         half_weights=r.half_weights,
         progress=False,
     )
-    assert [h["loss"] for h in plain.history] == [h["loss"] for h in result.members[0].history]
+    assert [h["loss"] for h in plain.history] == [h["loss"] for h in result.members[1].history]
     a = load_file(plain.model_dir / "open_clip_model.safetensors")
-    b = load_file(result.members[0].model_dir / "open_clip_model.safetensors")
+    b = load_file(result.members[1].model_dir / "open_clip_model.safetensors")
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
 
 

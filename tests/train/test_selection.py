@@ -32,6 +32,7 @@ class Scripted:
 
     def __init__(self, tiles: np.ndarray, figures: dict[int, float], every: int = 1) -> None:
         self.tiles, self.figures, self.every = tiles, figures, every
+        self.settings = {"tiles": len(tiles), "figures": sorted(figures)}
         self.seen: dict[int, dict[str, torch.Tensor]] = {}
         self.epoch = 0
 
@@ -134,7 +135,10 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes(
     _stop_at_checkpoint(monkeypatch, 1)  # epoch 1 read and kept as the best, then stopped
     with pytest.raises(KeyboardInterrupt):
         train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
-    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["best-1.pt"]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
+        "best-1.pt",
+        "validation.json",
+    ]
     monkeypatch.undo()
     res = train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
     assert res.resumed_from == 0 and res.best_record is not None
@@ -142,7 +146,26 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes(
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
         "best-1.pt",
         "last.pt",
+        "validation.json",
     ]
+
+
+def test_a_run_stopped_in_its_first_epoch_resumes(
+    pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _faults import interrupting
+
+    import marscope_stac.train.loop as train_mod
+
+    train, val = pairs
+    figures = {1: 0.3, 2: 0.1, 3: 0.2, 4: 0.25}
+    real = train_mod.contrastive_loss
+    monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 2))  # in epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    monkeypatch.undo()
+    res = train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    assert len(res.history) == 4 and res.best_record is not None
 
 
 def test_a_stop_between_a_new_best_and_its_checkpoint_keeps_the_earlier_best(
@@ -181,6 +204,27 @@ def test_a_run_without_figures_leaves_no_best_of_an_earlier_run(
     plain = train_model(train, tmp_path / "run", **RUN, resume=False)  # started over, no figures
     assert plain.best_dir is None and not (tmp_path / "run" / "best-validation").exists()
     assert not list((tmp_path / "run" / "checkpoints").glob("best-*"))
+
+
+def test_a_resumed_run_reads_its_figures_as_before_or_refuses(
+    pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marscope_stac.core.errors import ConfigError
+
+    train, val = pairs
+    figures = {1: 0.3, 2: 0.1, 3: 0.2, 4: 0.25}
+    _stop_at_checkpoint(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="read its validation figures with other settings"):
+        train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:4], figures))
+    res = train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:8], figures))
+    assert res.resumed_from == 1 and res.best_record is not None
+    # finished, its best epoch's weights deleted to save space: the export made stays
+    (tmp_path / "b" / "checkpoints" / "best-1.pt").unlink()
+    again = train_model(train, tmp_path / "b", **RUN, validator=Scripted(val[:4], figures))
+    assert again.best_dir is None and (tmp_path / "b" / "best-validation" / "model.json").is_file()
 
 
 def test_best_epoch_skips_epochs_without_a_finite_figure() -> None:
