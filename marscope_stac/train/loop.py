@@ -190,7 +190,8 @@ def train_model(
         config: Hyper-parameters.
         val_pairs: Held-out pairs, evaluated after every epoch.
         device: ``auto``, ``cpu``, ``cuda[:N]``.
-        resume: Continue from ``out/checkpoints/last.pt`` when it exists.
+        resume: Continue from ``out/checkpoints/last.pt`` when it exists (False: start over,
+            dropping it, so a later resume never goes on with the run given up).
         progress: Show a progress bar.
         half_weights: Store the final weights in fp16 (half the size).
         source_description: Where the pairs came from (for the model item).
@@ -206,7 +207,7 @@ def train_model(
     cm, opt, text_cache = _built(model, pretrained, dev, cfg)
     prepare_run_folder(out_dir)  # made once the model is: a failed start leaves no folder
     start_epoch, history, saved = (
-        _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else (0, [], None)
+        _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else _start_over(ckpt_path)
     )
     start_selection(ckpt_path.parent, validator, history, cfg.epochs)
     rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
@@ -389,6 +390,12 @@ def _sampler(
     elif start_epoch:  # a checkpoint of an earlier version, without the state
         rng = np.random.default_rng([seed, start_epoch])
     return rng, val_data
+
+
+def _start_over(ckpt_path: Path) -> tuple[int, list[dict[str, float]], None]:
+    """A run from its first epoch: an earlier run's checkpoint there is dropped."""
+    ckpt_path.unlink(missing_ok=True)
+    return 0, [], None
 
 
 def _resume(

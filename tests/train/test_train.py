@@ -313,3 +313,22 @@ def test_physical_flips_keep_the_light_of_shaded_relief() -> None:
             assert rises[True]["a crater in colour"] == {1.0, -1.0}
         assert captions == make(not physical).sample(400, np.random.default_rng(3))[1]
     assert rises[False]["a crater"] == {1.0, -1.0}  # before: every image flipped at random
+
+
+def test_a_run_started_over_and_stopped_never_resumes_the_run_it_gave_up(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _faults import interrupting
+
+    import marscope_stac.train.loop as train_mod
+
+    pairs = load_catalog_pairs(demo_root, "train", 60)
+    out = tmp_path / "run"
+    train_model(pairs, out, config=TINY, progress=False, device="cpu")  # the run given up
+    real = train_mod.contrastive_loss
+    monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 1))  # in epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        train_model(pairs, out, config=TINY, progress=False, device="cpu", resume=False)
+    monkeypatch.setattr(train_mod, "contrastive_loss", real)
+    again = train_model(pairs, out, config=TINY, progress=False, device="cpu")
+    assert again.resumed_from == 0 and len(again.history) == 2  # trained from the start
