@@ -85,14 +85,18 @@ def _export(
 def _model_item(
     cm: ClipModel, folder: Path, cfg: TrainConfig, history: list[dict[str, float]], source: str
 ) -> Path:
-    """STAC Item with the MLM extension describing the exported model."""
+    """STAC Item with the MLM extension describing the exported model.
+
+    Named after the run folder (``model/``) or the run folder and the export (e.g.
+    ``RUN-best-validation``), so a run's two exports never share an id.
+    """
     from marscope_stac.stac.mlm import mlm_name, mlm_properties, model_item
 
+    run = folder.parent.name
+    name = mlm_name(run if folder.name == "model" else f"{run}-{folder.name}")
     item = model_item(
         folder,
-        mlm_properties(
-            cm, mlm_name(folder.parent.name), _pretrained_source(cm), description=source
-        ),
+        mlm_properties(cm, name, _pretrained_source(cm), description=source),
         hyperparameters={**asdict(cfg), "software": f"marscope-stac {build_version()}"},
         metrics=history[-1] if history else {},
         when=dt.datetime.now(dt.UTC),

@@ -70,6 +70,9 @@ def test_the_best_epoch_is_kept_and_exported_beside_the_last(pairs: tuple, tmp_p
     assert validate_catalog(res.best_dir / "model.json").objects == 1
     item = json.loads((res.best_dir / "model.json").read_text())
     assert item["properties"]["mlm:hyperparameters"]["epochs"] == 4
+    assert item["properties"]["marscope:validation"]["epoch"] == 2  # the epoch exported
+    last_item = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert (item["id"], last_item["id"]) == ("run-best-validation", "run")  # never one id
     assert "best validation epoch 2" in res.summary()
 
 
