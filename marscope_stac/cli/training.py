@@ -52,6 +52,14 @@ __all__ = [
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--average-last",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Export the mean of the weights after each of the last N epochs (SWA); 0: the last "
+    "epoch's.",
+)
+@click.option(
     "--crop-px",
     type=int,
     default=60,
@@ -92,6 +100,7 @@ def train_cmd(
     batch_size: int,
     lr: float,
     seed: int,
+    average_last: int,
     crop_px: int,
     device: str,
     no_resume: bool,
@@ -115,6 +124,7 @@ def train_cmd(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        average_last=average_last,
         lock_text=lock_text,
         tile_context=tile_context,
     )

@@ -349,9 +349,11 @@ def plot_members(members: list[TrainResult], path: Path, name: str) -> Path | No
         if key:
             ax[1].plot(ep, [h.get(key, np.nan) for h in m.history], "-", label=f"m{k} {key}")
         if tracked:
-            val = [(h["epoch"], h["val_mean"]) for h in m.history if "val_mean" in h]
-            if val:
-                ax[2].plot(*zip(*val, strict=True), "-o", ms=3, label=f"m{k}")
+            for key, style in (("val_mean", "-o"), ("avg val_mean", "--s")):
+                val = [(h["epoch"], h[key]) for h in m.history if key in h]
+                if val:
+                    name = f"m{k}" if key == "val_mean" else f"m{k} mean of epochs"
+                    ax[2].plot(*zip(*val, strict=True), style, ms=3, label=name)
     ax[0].set(xlabel="epoch", ylabel="training loss", title=f"recipe {name}")
     ax[1].set(xlabel="epoch", ylabel="held-out (demo)", ylim=(0, 1))
     if tracked:

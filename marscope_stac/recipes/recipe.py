@@ -17,6 +17,8 @@ A recipe (``marscope_stac/data/recipes/NAME.toml`` ships ``bundled``, the bundle
     [train]                                  # TrainConfig settings every member shares
     lock_text = true
     steps_per_epoch = 60
+    average_last = 26                        # optional: each member is the mean of its
+                                             # weights after its last 26 epochs (SWA)
 
     [[members]]                              # one training run each, averaged
     seed = 0
@@ -82,6 +84,7 @@ _TRAIN = {
     "weight_decay": "number",
     "warmup_steps": "int",
     "lock_text": "bool",
+    "average_last": "int",
     "tile_context": "number",
 }
 _MEMBER = {"seed": "int", "epochs": "int", "weights": "numbers"}

@@ -35,6 +35,9 @@ class TrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     lock_text: bool = False
+    average_last: int = 0
+    """Export the mean of the weights after each of the last N epochs instead of the last
+    epoch's (stochastic weight averaging; :mod:`marscope_stac.train.epoch_average`). 0: off."""
     tile_context: float | None = None
     """Margin every training tile shows around its cell, in cell sides; the exported model
     asks embedding for the same (see :class:`~marscope_stac.tiles.plan.TilePlan`). None: the
@@ -54,6 +57,7 @@ class TrainConfig:
         check_range("weight_decay", self.weight_decay, 0.0)
         check_range("warmup_steps", self.warmup_steps, 0, integer=True)
         check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_range("average_last", self.average_last, 0, self.epochs, integer=True)
         if self.tile_context is not None:
             check_context(self.tile_context)
 

@@ -69,6 +69,7 @@ from marscope_stac.train.checkpoint import (
     saved_context,
 )
 from marscope_stac.train.config import PRETRAINED_PARTS, PairOptions, TrainConfig, TrainResult
+from marscope_stac.train.epoch_average import EpochAverage
 from marscope_stac.train.export import finish_run
 from marscope_stac.train.folders import prepare_run_folder
 from marscope_stac.train.mixtures import PairMix
@@ -183,19 +184,18 @@ def train_model(
     Args:
         pairs: Training pairs.
         out: Output folder (checkpoints, final model, metrics).
-        model: open_clip architecture (e.g. ``marscope-tiny`` from scratch, ``marscope-small``
-            with ``pretrained='parts'``; the bundled model is a ``marscope-small``), or
-            ``local-dir:``/``hf-hub:`` to fine-tune existing weights.
+        model: open_clip architecture (``marscope-tiny`` from scratch, ``marscope-small``
+            with ``pretrained='parts'``), or ``local-dir:``/``hf-hub:`` weights to fine-tune.
         pretrained: Pretrained tag or checkpoint file for an architecture name.
-        config: Hyper-parameters.
+        config: Hyper-parameters (with ``average_last``, the model is the mean of the last
+            epochs' weights).
         val_pairs: Held-out pairs, evaluated after every epoch.
         device: ``auto``, ``cpu``, ``cuda[:N]``.
-        resume: Continue from ``out/checkpoints/last.pt`` when it exists (False: start over,
-            dropping it, so a later resume never goes on with the run given up).
+        resume: Continue from ``out/checkpoints/last.pt`` if there (False: drop it).
         progress: Show a progress bar.
         half_weights: Store the final weights in fp16 (half the size).
         source_description: Where the pairs came from (for the model item).
-        validator: Figures read after some epochs, e.g. on real validation regions; the best
+        validator: Figures read after some epochs (e.g. real validation regions); the best
             epoch is exported too (:mod:`marscope_stac.train.selection`).
 
     Raises:
@@ -210,17 +210,18 @@ def train_model(
         _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else _start_over(ckpt_path)
     )
     start_selection(ckpt_path.parent, validator, history, cfg.epochs)
-    rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved)
+    avg = EpochAverage.of_run(cfg, pairs, saved and saved["average"], start_epoch)
+    rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved and saved["numpy"])
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, progress)
-        record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
-        if val_data is not None and val_pairs is not None:
-            record.update(evaluate_pairs(cm, *val_data, classes=val_pairs.classes))
-        read_figures(validator, cm, record, history, ckpt_path.parent, cfg.epochs)
+        avg.add(cm.model, epoch + 1)
+        record = {"epoch": epoch + 1, "loss": loss}
+        _read_epoch(cm, record, val_pairs, val_data, validator, avg, history, ckpt_path, cfg)
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
-        save_checkpoint(ckpt_path, _checkpoint(cm, opt, epoch + 1, history, rng, cfg, model))
+        save_checkpoint(ckpt_path, _checkpoint(cm, opt, history, rng, cfg, model, avg))
         prune_best(ckpt_path.parent, history)  # the epoch is saved: older bests can go
+    avg.load_into(cm)  # the mean of the last epochs, when averaged, is the run's model
     return finish_run(
         cm, model, out_dir, cfg, history, start_epoch, half_weights, source_description
     )
@@ -258,24 +259,43 @@ def _prepare_run(
     return out_dir, out_dir / "checkpoints" / "last.pt", dev
 
 
+def _read_epoch(
+    cm: ClipModel,
+    record: dict[str, float],
+    val_pairs: PairSet | None,
+    val_data: tuple[NDArray[np.float32], list[str], list[str]] | None,
+    validator: Validator | None,
+    avg: EpochAverage,
+    history: list[dict[str, float]],
+    ckpt_path: Path,
+    cfg: TrainConfig,
+) -> None:
+    """Add an epoch's figures to its ``record``: held-out pairs, validator, the running mean."""
+    if val_data is not None and val_pairs is not None:
+        record.update(evaluate_pairs(cm, *val_data, classes=val_pairs.classes))
+    read_figures(validator, cm, record, history, ckpt_path.parent, cfg.epochs)
+    avg.read(validator, cm, record)
+
+
 def _checkpoint(
     cm: ClipModel,
     opt: Any,
-    epochs: int,
     history: list[dict[str, float]],
     rng: np.random.Generator,
     cfg: TrainConfig,
     model: str,
+    avg: EpochAverage,
 ) -> dict[str, Any]:
-    """What ``checkpoints/last.pt`` holds after ``epochs`` epochs."""
+    """What ``checkpoints/last.pt`` holds after the epochs of ``history``."""
     return {
         "model": cm.model.state_dict(),
         "optimizer": opt.state_dict(),
-        "epoch": epochs,
+        "epoch": int(history[-1]["epoch"]),
         "history": history,
         "rng": rng_state(rng),
         "config": asdict(cfg),
         "arch": model,
+        "average": avg.state(),
     }
 
 
@@ -403,7 +423,8 @@ def _resume(
 ) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
     """Load the last checkpoint (model, optimizer, random states).
 
-    Returns (epochs done, history, the batch sampler's random state or None).
+    Returns (epochs done, history, and None for no checkpoint, else ``numpy``: the batch
+    sampler's random state or None, ``average``: the running mean of weights or None).
 
     Raises:
         ModelError: if the checkpoint does not match the model, was trained with another
@@ -430,7 +451,7 @@ def _resume(
             f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"
         ) from exc
     log.info("resuming %s after epoch %d", ckpt_path, epoch)
-    return epoch, history, state["rng"].get("numpy")
+    return epoch, history, {"numpy": state["rng"].get("numpy"), "average": state.get("average")}
 
 
 def _train_epoch(

@@ -1,0 +1,143 @@
+"""A run exported as the mean of its last epochs' weights (stochastic weight averaging)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.datasets.demo.world import DemoCatalog
+from marscope_stac.models.clip import ClipModel
+from marscope_stac.train.config import TrainConfig
+from marscope_stac.train.loop import train_model
+from marscope_stac.train.pairs import load_catalog_pairs
+
+CFG = TrainConfig(epochs=4, steps_per_epoch=2, batch_size=8, warmup_steps=1, lock_text=True)
+SMALL = {"model": "marscope-small", "progress": False, "device": "cpu"}  # batch norm inside
+_BN = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class Seen:
+    """A validator that keeps the weights of every model it reads, in order."""
+
+    settings = {"seen": 1}
+
+    def __init__(self, tiles: np.ndarray) -> None:
+        self.tiles, self.epoch = tiles, 0
+        self.seen: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def due(self, epoch: int, last: int) -> bool:
+        self.epoch = epoch
+        return True
+
+    def __call__(self, model: ClipModel) -> dict[str, float]:
+        model.model.eval()
+        norm = float(model.encode_images(self.tiles).sum())  # a figure of these weights
+        self.seen.append((self.epoch, {k: v.clone() for k, v in model.model.state_dict().items()}))
+        return {"val_mean": norm}
+
+    def first(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The trained weights after ``epoch`` (its first reading)."""
+        return next(w for e, w in self.seen if e == epoch)
+
+
+@pytest.fixture(scope="module")
+def pairs(demo_small: DemoCatalog) -> tuple:
+    train = load_catalog_pairs(demo_small.root, "train", 60)
+    val = load_catalog_pairs(demo_small.root, "test", 60)
+    tiles, _, _ = val.sample(8, np.random.default_rng(0))
+    return train, np.asarray(tiles)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model" / "open_clip_model.safetensors")
+
+
+def _trained(run: Path) -> dict[str, torch.Tensor]:
+    """The weights the run trained to (its last checkpoint), not the exported ones."""
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def test_the_model_is_the_mean_of_the_last_epochs(pairs: tuple, tmp_path: Path) -> None:
+    train, val = pairs
+    seen = Seen(val)
+    plain = train_model(train, tmp_path / "plain", config=CFG, **SMALL)
+    res = train_model(
+        train, tmp_path / "avg", config=replace(CFG, average_last=2), validator=seen, **SMALL
+    )
+    # averaging (and its batch-norm statistics, drawn on batches of their own) changes no
+    # trained bit: the checkpoints of the two runs are the same
+    a, b = _trained(plain.out), _trained(res.out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    out, e3, e4 = _weights(res.out), seen.first(3), seen.first(4)
+    weights = [k for k in out if not k.endswith(_BN)]
+    assert all(torch.allclose(out[k], (e3[k] + e4[k]) / 2, atol=1e-6) for k in weights)
+    assert not all(torch.equal(out[k], e4[k]) for k in weights)  # not the last epoch
+    # the mean's own batch-norm statistics, not the mean of the epochs'
+    var = next(k for k in out if k.endswith("running_var"))
+    assert not torch.allclose(out[var], (e3[var] + e4[var]) / 2)
+    assert int(out[var.replace("running_var", "num_batches_tracked")]) == 32
+    # the mean's figures are read beside the epoch's once it holds an epoch: of the mean
+    assert ["avg val_mean" in h for h in res.history] == [False, False, True, True]
+    assert [e for e, _ in seen.seen] == [1, 2, 3, 3, 4, 4]
+    mean_read = seen.seen[-1][1]
+    assert all(torch.equal(mean_read[k], out[k]) for k in out)
+    assert res.history[-1]["avg val_mean"] != res.history[-1]["val_mean"]
+    item = json.loads(res.item_path.read_text())
+    assert item["properties"]["mlm:hyperparameters"]["average_last"] == 2
+
+
+def test_a_run_stopped_in_its_tail_resumes_with_its_mean(
+    pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _faults import interrupting
+
+    import marscope_stac.train.loop as train_mod
+
+    train, _ = pairs
+    # the text tower trains here: with it locked, its cached caption features depend on the
+    # captions computed beside them, and a resumed run differs from a straight one in the
+    # sixth decimal (the cache starts empty); averaging is not what this test would measure
+    cfg = replace(CFG, average_last=3, lock_text=False)
+    straight = train_model(train, tmp_path / "a", config=cfg, **SMALL)
+    real = train_mod.contrastive_loss
+    monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 7))  # in epoch 4
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, tmp_path / "b", config=cfg, **SMALL)
+    monkeypatch.setattr(train_mod, "contrastive_loss", real)
+    # resumed with another tail, the run is refused in one line before it trains
+    with pytest.raises(ModelError, match="the mean of 2 epochs, not 1: .*average_last"):
+        train_model(train, tmp_path / "b", config=replace(cfg, average_last=2), **SMALL)
+    res = train_model(train, tmp_path / "b", config=cfg, **SMALL)
+    assert res.resumed_from == 3
+    a, b = _weights(straight.out), _weights(res.out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_without_the_mean_is_refused(
+    pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _faults import interrupting
+
+    import marscope_stac.train.loop as train_mod
+
+    train, _ = pairs
+    real = train_mod.contrastive_loss
+    monkeypatch.setattr(train_mod, "contrastive_loss", interrupting(real, 7))
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, tmp_path / "run", config=CFG, **SMALL)
+    monkeypatch.setattr(train_mod, "contrastive_loss", real)
+    with pytest.raises(ModelError, match="holds the mean of 0 epochs, not 2"):
+        train_model(train, tmp_path / "run", config=replace(CFG, average_last=3), **SMALL)
+
+
+@pytest.mark.parametrize("last", [-1, 5, 1.5])
+def test_average_last_must_fit_the_run(last: object) -> None:
+    with pytest.raises(ConfigError, match="average_last"):
+        replace(CFG, average_last=last).check()
