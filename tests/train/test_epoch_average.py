@@ -26,10 +26,8 @@ _BN = ("running_mean", "running_var", "num_batches_tracked")
 class Seen:
     """A validator that keeps the weights of every model it reads, in order."""
 
-    settings = {"seen": 1}
-
     def __init__(self, tiles: np.ndarray) -> None:
-        self.tiles, self.epoch = tiles, 0
+        self.tiles, self.epoch, self.settings = tiles, 0, {"seen": 1}
         self.seen: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     def due(self, epoch: int, last: int) -> bool:
@@ -112,7 +110,7 @@ def test_a_run_stopped_in_its_tail_resumes_with_its_mean(
         train_model(train, tmp_path / "b", config=cfg, **SMALL)
     monkeypatch.setattr(train_mod, "contrastive_loss", real)
     # resumed with another tail, the run is refused in one line before it trains
-    with pytest.raises(ModelError, match="the mean of 2 epochs, not 1: .*average_last"):
+    with pytest.raises(ModelError, match=r"the mean of 2 epochs, not 1: .*average_last"):
         train_model(train, tmp_path / "b", config=replace(cfg, average_last=2), **SMALL)
     res = train_model(train, tmp_path / "b", config=cfg, **SMALL)
     assert res.resumed_from == 3
