@@ -19,7 +19,7 @@ import numpy as np
 from marscope_stac.datasets.demo.world import ensure_demo_catalog
 from marscope_stac.eval.protocol import evaluate_landforms
 from marscope_stac.models.loading import load_model
-from marscope_stac.train.loop import evaluate_pairs
+from marscope_stac.train.objective import evaluate_pairs
 from marscope_stac.train.pairs import load_catalog_pairs
 
 

@@ -201,6 +201,31 @@ class TextFeatureCache:
         self.text.train(was_training)
         return torch.stack([self._cache[c] for c in captions])
 
+    def state(self) -> dict[str, Any]:
+        """The cached features (for a checkpoint): ``captions`` and ``features`` (n, width).
+
+        A caption's features depend, in the last bits, on the captions computed in the same
+        batch; a resumed run that loads them computes the same batches as a straight one.
+        """
+        feats = [f.cpu() for f in self._cache.values()]
+        return {
+            "captions": list(self._cache),
+            "features": torch.stack(feats) if feats else torch.zeros(0),
+        }
+
+    def load(self, state: Any) -> None:
+        """Take the features of :meth:`state` (None, from an older checkpoint: none).
+
+        Raises:
+            ValueError: if ``state`` is not one (the caller reports a damaged checkpoint).
+        """
+        if state is None:
+            return
+        captions, feats = state["captions"], state["features"]
+        if len(captions) != len(feats):
+            raise ValueError("cached caption features do not match their captions")
+        self._cache = {c: f.to(self.device) for c, f in zip(captions, feats, strict=True)}
+
     def __call__(self, captions: list[str]) -> torch.Tensor:
         """Projected text features (with gradient through the projection only)."""
         out: torch.Tensor = self.text.proj(self.pooled(captions))

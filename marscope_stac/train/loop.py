@@ -6,11 +6,13 @@ pair), since "an alluvial fan" and "a debris fan" describe both fans equally wel
 
 Training writes, under ``out``:
 
-- ``checkpoints/last.pt`` after every epoch (model, optimiser, step, RNG states, history),
-  atomically, so an interrupted run resumes where it stopped and never loses a checkpoint;
+- ``checkpoints/last.pt`` after every epoch (model, optimiser, step, RNG states, history,
+  cached caption features, the running mean of weights), atomically, so an interrupted run
+  resumes where it stopped, to the same bits, and never loses a checkpoint;
 - ``model/`` at the end: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (the
   open_clip hub layout, loadable as ``local-dir:out/model``) and ``model.json``, a STAC Item
-  with the MLM extension;
+  with the MLM extension; with ``average_last`` the weights are the mean of the last epochs'
+  (:mod:`marscope_stac.train.epoch_average`);
 - ``metrics.json`` and ``training.png`` (loss and validation curves);
 - with a validator (real validation figures read after some epochs), the weights of the
   best epoch so far, ``checkpoints/best-EPOCH.pt``, and at the end their export,
@@ -51,7 +53,6 @@ from marscope_stac.core.fs import (
 from marscope_stac.models.clip import (
     ARCH_PREPROCESS,
     BUNDLED_MODEL,
-    MARSCOPE_TEMPLATES,
     ClipModel,
     bundled_model_dir,
     check_project_architecture,
@@ -73,6 +74,7 @@ from marscope_stac.train.epoch_average import EpochAverage
 from marscope_stac.train.export import finish_run
 from marscope_stac.train.folders import prepare_run_folder
 from marscope_stac.train.mixtures import PairMix
+from marscope_stac.train.objective import contrastive_loss, evaluate_pairs
 from marscope_stac.train.pairs import PairSet
 from marscope_stac.train.selection import Validator, prune_best, read_figures, start_selection
 
@@ -88,62 +90,6 @@ log = logging.getLogger(__name__)
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def contrastive_loss(
-    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, labels: list[str] | None = None
-) -> torch.Tensor:
-    """Symmetric InfoNCE; same-label pairs share the target mass instead of being negatives."""
-    logits = scale * img @ txt.T
-    if labels is None:
-        target = torch.eye(len(img), device=img.device)
-    else:
-        lab = np.asarray(labels)
-        target = torch.as_tensor(
-            (lab[:, None] == lab[None, :]).astype(np.float32), device=img.device
-        )
-    target = target / target.sum(dim=1, keepdim=True)
-    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t = -(target.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
-    return (loss_i + loss_t) / 2
-
-
-@torch.no_grad()
-def evaluate_pairs(
-    cm: ClipModel,
-    images: np.ndarray,
-    captions: list[str],
-    labels: list[str],
-    classes: list[str] | None = None,
-) -> dict[str, float]:
-    """Retrieval metrics on fixed pairs.
-
-    Returns image->text and text->image R@1/R@10 (a hit is the pair's own caption), the same
-    with a class-level hit (any caption of the same class), and zero-shot class accuracy
-    with MarScope's prompt templates when ``classes`` is given.
-    """
-    from marscope_stac.core.vocabulary import CLASS_NAMES
-
-    cm.model.eval()
-    fi = torch.as_tensor(cm.encode_images(images))
-    ft = torch.as_tensor(cm.encode_texts(captions))
-    sim = fi @ ft.T
-    n = len(images)
-    lab = np.asarray(labels)
-    out: dict[str, float] = {}
-    for name, s in (("i2t", sim), ("t2i", sim.T)):
-        order = torch.argsort(s, dim=1, descending=True).numpy()
-        own = order == np.arange(n)[:, None]
-        same = lab[order] == lab[:, None]
-        for k in (1, 10):
-            out[f"{name}_R@{k}"] = float(own[:, :k].any(axis=1).mean())
-            out[f"{name}_class_R@{k}"] = float(same[:, :k].any(axis=1).mean())
-    if classes:
-        phrases = [CLASS_NAMES.get(c, c.replace("_", " ")) for c in classes]
-        q = torch.as_tensor(cm.encode_queries(phrases, MARSCOPE_TEMPLATES))
-        pred = np.asarray(classes)[torch.argmax(fi @ q.T, dim=1).numpy()]
-        out["zero_shot_acc"] = float((pred == lab).mean())
-    return out
 
 
 def _param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
@@ -207,7 +153,7 @@ def train_model(
     cm, opt, text_cache = _built(model, pretrained, dev, cfg)
     prepare_run_folder(out_dir)  # made once the model is: a failed start leaves no folder
     start_epoch, history, saved = (
-        _resume(ckpt_path, cm.model, opt, model, dev, cfg) if resume else _start_over(ckpt_path)
+        _resume(ckpt_path, cm, opt, text_cache, model, cfg) if resume else _start_over(ckpt_path)
     )
     start_selection(ckpt_path.parent, validator, history, cfg.epochs)
     avg = EpochAverage.of_run(cfg, pairs, saved and saved["average"], start_epoch)
@@ -219,7 +165,7 @@ def train_model(
         _read_epoch(cm, record, val_pairs, val_data, validator, avg, history, ckpt_path, cfg)
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
-        save_checkpoint(ckpt_path, _checkpoint(cm, opt, history, rng, cfg, model, avg))
+        save_checkpoint(ckpt_path, _checkpoint(cm, opt, text_cache, history, rng, cfg, model, avg))
         prune_best(ckpt_path.parent, history)  # the epoch is saved: older bests can go
     avg.load_into(cm)  # the mean of the last epochs, when averaged, is the run's model
     return finish_run(
@@ -280,6 +226,7 @@ def _read_epoch(
 def _checkpoint(
     cm: ClipModel,
     opt: Any,
+    text_cache: TextFeatureCache | None,
     history: list[dict[str, float]],
     rng: np.random.Generator,
     cfg: TrainConfig,
@@ -296,6 +243,7 @@ def _checkpoint(
         "config": asdict(cfg),
         "arch": model,
         "average": avg.state(),
+        "text_cache": text_cache.state() if text_cache is not None else None,
     }
 
 
@@ -419,9 +367,14 @@ def _start_over(ckpt_path: Path) -> tuple[int, list[dict[str, float]], None]:
 
 
 def _resume(
-    ckpt_path: Path, net: Any, opt: Any, model: str, dev: torch.device, cfg: TrainConfig
+    ckpt_path: Path,
+    cm: ClipModel,
+    opt: Any,
+    text_cache: TextFeatureCache | None,
+    model: str,
+    cfg: TrainConfig,
 ) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
-    """Load the last checkpoint (model, optimizer, random states).
+    """Load the last checkpoint (model, optimizer, random states, cached caption features).
 
     Returns (epochs done, history, and None for no checkpoint, else ``numpy``: the batch
     sampler's random state or None, ``average``: the running mean of weights or None).
@@ -440,8 +393,10 @@ def _resume(
             f"{context:g}; give the same value, another --out, or --no-resume"
         )
     try:
-        net.load_state_dict(state["model"])
+        cm.model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if text_cache is not None:  # as they were: features depend on their batch-mates
+            text_cache.load(state.get("text_cache"))
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         epoch, history = int(state["epoch"]), list(state["history"])
@@ -591,6 +546,3 @@ def _check_args(
             f"--weights needs one positive number per source ({len(sources)}), got {w}"
         )
     return sources, w
-
-
-# ----------------------------------------------------------------------------- averaging
