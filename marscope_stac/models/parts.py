@@ -222,8 +222,12 @@ class TextFeatureCache:
         if state is None:
             return
         captions, feats = state["captions"], state["features"]
-        if len(captions) != len(feats):
-            raise ValueError("cached caption features do not match their captions")
+        width = getattr(self.text.config, "hidden_size", None)
+        ok = isinstance(captions, list) and all(isinstance(c, str) for c in captions)
+        ok = ok and isinstance(feats, torch.Tensor) and feats.is_floating_point()
+        ok = ok and (not captions or (feats.ndim == 2 and feats.shape[1] == width))
+        if not ok or len(captions) != len(feats):
+            raise ValueError("its cached caption features do not match the text tower")
         self._cache = {c: f.to(self.device) for c, f in zip(captions, feats, strict=True)}
 
     def __call__(self, captions: list[str]) -> torch.Tensor:

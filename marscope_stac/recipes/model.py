@@ -352,8 +352,8 @@ def plot_members(members: list[TrainResult], path: Path, name: str) -> Path | No
             for key, style in (("val_mean", "-o"), ("avg val_mean", "--s")):
                 val = [(h["epoch"], h[key]) for h in m.history if key in h]
                 if val:
-                    name = f"m{k}" if key == "val_mean" else f"m{k} mean of epochs"
-                    ax[2].plot(*zip(*val, strict=True), style, ms=3, label=name)
+                    label = f"m{k}" if key == "val_mean" else f"m{k} mean of epochs"
+                    ax[2].plot(*zip(*val, strict=True), style, ms=3, label=label)
     ax[0].set(xlabel="epoch", ylabel="training loss", title=f"recipe {name}")
     ax[1].set(xlabel="epoch", ylabel="held-out (demo)", ylim=(0, 1))
     if tracked:

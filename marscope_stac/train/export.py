@@ -23,6 +23,7 @@ from marscope_stac.core.software import build_version
 from marscope_stac.models.clip import PROJECT_ARCHITECTURES, ClipModel, project_arch_config
 from marscope_stac.models.loading import model_folder
 from marscope_stac.train.config import PRETRAINED_PARTS, TrainConfig, TrainResult
+from marscope_stac.train.epoch_average import mean_record, raw_record
 from marscope_stac.train.selection import BEST_FOLDER, export_best
 
 __all__ = ["PARTS_SOURCE", "finish_run"]
@@ -148,8 +149,13 @@ def finish_run(
     When the history holds validation figures, the best epoch's weights are exported too
     (``out_dir/best-validation``, :func:`~marscope_stac.train.selection.export_best`).
     """
+    last = (
+        [mean_record(history[-1], cfg.average_last) if cfg.average_last else history[-1]]
+        if history
+        else []
+    )
     model_dir, item_path = _export_item(
-        cm, model, out_dir / "model", cfg, history, half_weights, source_description
+        cm, model, out_dir / "model", cfg, last, half_weights, source_description
     )
     atomic_write_json(out_dir / "metrics.json", history)
     _plot(history, out_dir / "training.png")
@@ -159,7 +165,13 @@ def finish_run(
         cm,
         history,
         lambda rec: _export_item(
-            cm, model, out_dir / BEST_FOLDER, cfg, [rec], half_weights, source_description
+            cm,
+            model,
+            out_dir / BEST_FOLDER,
+            cfg,
+            [raw_record(rec)],
+            half_weights,
+            source_description,
         )[0],
     )
     result.best_dir, result.best_record = best or (None, None)

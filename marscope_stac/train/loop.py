@@ -156,7 +156,7 @@ def train_model(
         _resume(ckpt_path, cm, opt, text_cache, model, cfg) if resume else _start_over(ckpt_path)
     )
     start_selection(ckpt_path.parent, validator, history, cfg.epochs)
-    avg = EpochAverage.of_run(cfg, pairs, saved and saved["average"], start_epoch)
+    avg = EpochAverage.of_run(cfg, pairs, saved and saved["average"], start_epoch, cm)
     rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved and saved["numpy"])
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, progress)
@@ -217,10 +217,16 @@ def _read_epoch(
     cfg: TrainConfig,
 ) -> None:
     """Add an epoch's figures to its ``record``: held-out pairs, validator, the running mean."""
+    held_out = None
     if val_data is not None and val_pairs is not None:
-        record.update(evaluate_pairs(cm, *val_data, classes=val_pairs.classes))
-    read_figures(validator, cm, record, history, ckpt_path.parent, cfg.epochs)
-    avg.read(validator, cm, record)
+        data, classes = val_data, val_pairs.classes
+
+        def held_out(m: ClipModel) -> dict[str, float]:
+            return evaluate_pairs(m, *data, classes=classes)
+
+        record.update(held_out(cm))
+    read = read_figures(validator, cm, record, history, ckpt_path.parent, cfg.epochs)
+    avg.read(cm, record, held_out, validator if read else None)
 
 
 def _checkpoint(

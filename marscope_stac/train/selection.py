@@ -112,15 +112,17 @@ def read_figures(
     history: list[dict[str, float]],
     checkpoints: Path,
     last: int,
-) -> None:
+) -> bool:
     """Add the validator's figures to an epoch's ``record`` when due; keep a new best's weights.
 
     ``history`` holds the epochs before ``record``'s; ``checkpoints`` the run's folder of them.
+    Returns whether it read them.
     """
     if validator is None or not validator.due(int(record["epoch"]), last):
-        return
+        return False
     record.update(validator(cm))
     keep_if_best(checkpoints, cm, record, history)
+    return True
 
 
 def export_best(

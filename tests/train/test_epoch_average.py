@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,8 +88,57 @@ def test_the_model_is_the_mean_of_the_last_epochs(pairs: tuple, tmp_path: Path) 
     mean_read = seen.seen[-1][1]
     assert all(torch.equal(mean_read[k], out[k]) for k in out)
     assert res.history[-1]["avg val_mean"] != res.history[-1]["val_mean"]
-    item = json.loads(res.item_path.read_text())
-    assert item["properties"]["mlm:hyperparameters"]["average_last"] == 2
+    # the exported model's item carries the mean's figures, not the last epoch's
+    item = json.loads(res.item_path.read_text())["properties"]
+    assert item["mlm:hyperparameters"]["average_last"] == 2
+    figures = item["marscope:validation"]
+    assert figures["val_mean"] == res.history[-1]["avg val_mean"]
+    assert figures["averaged_epochs"] == 2 and "loss" not in figures
+
+
+def test_the_mean_is_read_on_held_out_pairs_too(demo_small: DemoCatalog, tmp_path: Path) -> None:
+    train = load_catalog_pairs(demo_small.root, "train", 60)
+    val = load_catalog_pairs(demo_small.root, "test", 60)
+    cfg = replace(CFG, average_last=1, epochs=2)
+    res = train_model(train, tmp_path / "run", config=cfg, val_pairs=val, **SMALL)
+    first, last = res.history
+    assert "avg zero_shot_acc" not in first and "avg zero_shot_acc" in last
+    item = json.loads(res.item_path.read_text())["properties"]["marscope:validation"]
+    assert item["zero_shot_acc"] == last["avg zero_shot_acc"]
+
+
+def test_measuring_batch_norm_puts_every_random_state_back(
+    pairs: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from marscope_stac.models.loading import load_model
+    from marscope_stac.train.epoch_average import refresh_batch_norm
+
+    train, _ = pairs
+    cm = load_model("marscope-small", device="cpu")
+    forward = cm.model.visual.forward
+
+    def drawing(x: torch.Tensor) -> torch.Tensor:  # as dropout or drop-path would
+        return forward(x) + 0 * torch.rand(1) + 0 * random.random()
+
+    monkeypatch.setattr(cm.model.visual, "forward", drawing)
+    cm.model.eval()
+    before = random.getstate(), torch.get_rng_state()
+    var = next(m for m in cm.model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    refresh_batch_norm(cm, train, seed=0, batch_size=8)
+    assert random.getstate() == before[0] and torch.equal(torch.get_rng_state(), before[1])
+    assert int(var.num_batches_tracked) == 32 and not var.training  # measured; mode back
+
+
+def test_a_finished_run_resumed_with_fewer_epochs_is_not_refused(
+    pairs: tuple, tmp_path: Path
+) -> None:
+    train, _ = pairs
+    short = replace(CFG, epochs=2)
+    train_model(train, tmp_path / "run", config=short, **SMALL)
+    res = train_model(train, tmp_path / "run", config=replace(short, epochs=1), **SMALL)
+    assert res.resumed_from == 2
 
 
 def test_a_run_stopped_in_its_tail_resumes_with_its_mean(
@@ -109,12 +159,53 @@ def test_a_run_stopped_in_its_tail_resumes_with_its_mean(
         train_model(train, tmp_path / "b", config=cfg, **SMALL)
     monkeypatch.setattr(train_mod, "contrastive_loss", real)
     # resumed with another tail, the run is refused in one line before it trains
-    with pytest.raises(ModelError, match=r"the mean of 2 epochs, not 1: .*average_last"):
+    with pytest.raises(ModelError, match=r"the mean of 2 epochs, but .* hold 1 after epoch 3"):
         train_model(train, tmp_path / "b", config=replace(cfg, average_last=2), **SMALL)
     res = train_model(train, tmp_path / "b", config=cfg, **SMALL)
     assert res.resumed_from == 3
     a, b = _weights(straight.out), _weights(res.out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+_FINISHED = replace(CFG, average_last=2, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def finished(pairs: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished averaged run, copied by each test that damages it."""
+    run = tmp_path_factory.mktemp("avg") / "run"
+    train_model(pairs[0], run, config=_FINISHED, **SMALL)
+    return run
+
+
+def _damage(run: Path, key: str, value: object) -> None:
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    state[key] = value
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("average", {"count": 2, "mean": {}}, "mean of weights does not match"),
+        ("average", {"count": 2, "mean": {"a": "junk"}}, "mean of weights does not match"),
+        ("average", {"count": 2.0, "mean": {}}, "holds the mean of 2.0 epochs"),
+        ("average", {"count": True}, "holds the mean of True epochs"),
+        ("text_cache", {"captions": ["a"], "features": "junk"}, "do not match the text tower"),
+        ("text_cache", {"captions": ["a"], "features": torch.zeros(1, 7)}, "do not match"),
+        ("text_cache", [1, 2], "does not match model"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_in_one_line(
+    pairs: tuple, finished: Path, tmp_path: Path, key: str, value: object, says: str
+) -> None:
+    train, _ = pairs
+    shutil.copytree(finished, tmp_path / "run")
+    _damage(tmp_path / "run", key, value)
+    with pytest.raises(ModelError, match=says) as err:
+        train_model(train, tmp_path / "run", config=_FINISHED, **SMALL)
+    assert "\n" not in str(err.value)
 
 
 def test_a_checkpoint_without_the_mean_is_refused(
@@ -130,7 +221,7 @@ def test_a_checkpoint_without_the_mean_is_refused(
     with pytest.raises(KeyboardInterrupt):
         train_model(train, tmp_path / "run", config=CFG, **SMALL)
     monkeypatch.setattr(train_mod, "contrastive_loss", real)
-    with pytest.raises(ModelError, match="holds the mean of 0 epochs, not 2"):
+    with pytest.raises(ModelError, match=r"holds the mean of 0 epochs, but .* would hold 2"):
         train_model(train, tmp_path / "run", config=replace(CFG, average_last=3), **SMALL)
 
 
