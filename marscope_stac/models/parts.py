@@ -221,6 +221,8 @@ class TextFeatureCache:
         """
         if state is None:
             return
+        if not isinstance(state, dict) or not {"captions", "features"} <= state.keys():
+            raise ValueError("its cached caption features are not a table of them")
         captions, feats = state["captions"], state["features"]
         width = getattr(self.text.config, "hidden_size", None)
         ok = isinstance(captions, list) and all(isinstance(c, str) for c in captions)

@@ -86,8 +86,8 @@ class EpochAverage:
             for k, v in state.items():
                 if v.is_floating_point():
                     self.mean[k] += (v.detach().float().cpu() - self.mean[k]) / n
-                else:  # step counters: the latest
-                    self.mean[k] = v.detach().cpu().clone()
+                else:  # step counters: the latest (float32 like every entry)
+                    self.mean[k] = v.detach().float().cpu()
         self.count += 1
 
     def state(self) -> dict[str, Any] | None:
@@ -97,16 +97,17 @@ class EpochAverage:
     def restore(self, saved: Any, done: int, model: torch.nn.Module) -> None:
         """Go on with the mean a checkpoint kept after ``done`` epochs of ``model``.
 
-        Without averaging, a kept mean is not used. Otherwise the checkpoint must hold the
-        mean of the averaged epochs among those done, of the model's tensors.
+        Before the averaged tail begins (always, without averaging) a kept mean is not used;
+        from there on the checkpoint must hold the mean of the averaged epochs among those
+        done, of the model's tensors.
 
         Raises:
             ModelError: if it holds the mean of other epochs (the run started with another
                 ``average_last`` or number of epochs), or a damaged one.
         """
-        if not self.last:
-            return
         expected = max(0, min(done, self.epochs) - self.start + 1)
+        if not expected:  # the tail has not begun: a kept mean (other settings) is not it
+            return
         count = saved.get("count", 0) if isinstance(saved, dict) else 0
         if type(count) is not int or count != expected:
             raise ModelError(
@@ -115,8 +116,7 @@ class EpochAverage:
                 f"{done}: resume with the epochs and average_last it started with, or "
                 "--no-resume"
             )
-        if expected:
-            self.mean, self.count = _checked_mean(saved.get("mean"), model), count
+        self.mean, self.count = _checked_mean(saved.get("mean"), model), count
 
     def load_into(self, cm: ClipModel) -> bool:
         """Load the mean into ``cm`` with its own batch-norm statistics; False if none yet."""
@@ -160,7 +160,9 @@ class EpochAverage:
 def mean_record(record: dict[str, float], averaged: int) -> dict[str, float]:
     """The last epoch's record as the mean of ``averaged`` epochs': the mean's figures only."""
     out = {"epoch": record["epoch"], "averaged_epochs": float(averaged)}
-    out.update({k[len(AVERAGE_PREFIX) :]: v for k, v in record.items() if k.startswith("avg ")})
+    out.update(
+        {k[len(AVERAGE_PREFIX) :]: v for k, v in record.items() if k.startswith(AVERAGE_PREFIX)}
+    )
     return out
 
 
@@ -184,7 +186,11 @@ def _checked_mean(mean: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     moving = _moving(model)
     ok = isinstance(mean, dict) and set(mean) == set(moving)
     ok = ok and all(
-        isinstance(v, torch.Tensor) and v.shape == moving[k].shape for k, v in mean.items()
+        isinstance(v, torch.Tensor)
+        and v.shape == moving[k].shape
+        and v.is_floating_point()  # every entry is stored as float32
+        and bool(torch.isfinite(v).all())
+        for k, v in mean.items()
     )
     if not ok:
         raise ModelError(

@@ -150,7 +150,11 @@ def finish_run(
     (``out_dir/best-validation``, :func:`~marscope_stac.train.selection.export_best`).
     """
     last = (
-        [mean_record(history[-1], cfg.average_last) if cfg.average_last else history[-1]]
+        [
+            mean_record(history[-1], cfg.average_last)
+            if cfg.average_last
+            else raw_record(history[-1])
+        ]
         if history
         else []
     )

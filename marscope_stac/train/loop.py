@@ -406,7 +406,7 @@ def _resume(
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         epoch, history = int(state["epoch"]), list(state["history"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ModelError(
             f"checkpoint {ckpt_path} does not match model {model} or is damaged: "
             f"{str(exc).splitlines()[0][:120]}; use another --out or delete it"

@@ -88,6 +88,8 @@ def test_the_model_is_the_mean_of_the_last_epochs(pairs: tuple, tmp_path: Path) 
     mean_read = seen.seen[-1][1]
     assert all(torch.equal(mean_read[k], out[k]) for k in out)
     assert res.history[-1]["avg val_mean"] != res.history[-1]["val_mean"]
+    best = json.loads((res.out / "best-validation" / "model.json").read_text())["properties"]
+    assert not any(k.startswith("avg") for k in best["marscope:validation"])  # its own only
     # the exported model's item carries the mean's figures, not the last epoch's
     item = json.loads(res.item_path.read_text())["properties"]
     assert item["mlm:hyperparameters"]["average_last"] == 2
@@ -131,16 +133,6 @@ def test_measuring_batch_norm_puts_every_random_state_back(
     assert int(var.num_batches_tracked) == 32 and not var.training  # measured; mode back
 
 
-def test_a_finished_run_resumed_with_fewer_epochs_is_not_refused(
-    pairs: tuple, tmp_path: Path
-) -> None:
-    train, _ = pairs
-    short = replace(CFG, epochs=2)
-    train_model(train, tmp_path / "run", config=short, **SMALL)
-    res = train_model(train, tmp_path / "run", config=replace(short, epochs=1), **SMALL)
-    assert res.resumed_from == 2
-
-
 def test_a_run_stopped_in_its_tail_resumes_with_its_mean(
     pairs: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,15 +159,37 @@ def test_a_run_stopped_in_its_tail_resumes_with_its_mean(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-_FINISHED = replace(CFG, average_last=2, epochs=2)
+_FINISHED = replace(CFG, average_last=2, epochs=3)
 
 
 @pytest.fixture(scope="module")
-def finished(pairs: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished averaged run, copied by each test that damages it."""
+def finished(
+    pairs: tuple, demo_small: DemoCatalog, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A finished averaged run with held-out figures, copied by each test that changes it."""
     run = tmp_path_factory.mktemp("avg") / "run"
-    train_model(pairs[0], run, config=_FINISHED, **SMALL)
+    val = load_catalog_pairs(demo_small.root, "test", 60)
+    train_model(pairs[0], run, config=_FINISHED, val_pairs=val, **SMALL)
     return run
+
+
+def test_a_finished_run_resumed_with_fewer_epochs_is_not_refused(
+    pairs: tuple, finished: Path, tmp_path: Path
+) -> None:
+    train, _ = pairs
+    run = shutil.copytree(finished, tmp_path / "run")
+    before = _weights(run)
+    res = train_model(train, run, config=replace(_FINISHED, epochs=2), **SMALL)
+    assert res.resumed_from == 3  # its mean of the last 2 epochs done, exported again
+    after = _weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # without averaging: the last epoch's own weights, and none of the mean's figures
+    res = train_model(train, run, config=replace(_FINISHED, epochs=2, average_last=0), **SMALL)
+    out, trained = _weights(run), _trained(run)
+    assert all(torch.equal(out[k], trained[k].float()) for k in out)
+    figures = json.loads(res.item_path.read_text())["properties"]["marscope:validation"]
+    assert "zero_shot_acc" in figures and not any(k.startswith("avg") for k in figures)
+    assert figures["zero_shot_acc"] == res.history[-1]["zero_shot_acc"]  # the epoch's own
 
 
 def _damage(run: Path, key: str, value: object) -> None:
@@ -192,6 +206,9 @@ def _damage(run: Path, key: str, value: object) -> None:
         ("average", {"count": 2, "mean": {"a": "junk"}}, "mean of weights does not match"),
         ("average", {"count": 2.0, "mean": {}}, "holds the mean of 2.0 epochs"),
         ("average", {"count": True}, "holds the mean of True epochs"),
+        ("average", "int", "mean of weights does not match"),
+        ("text_cache", torch.zeros(3), "not a table of them"),
+        ("optimizer", "junk", "does not match model"),
         ("text_cache", {"captions": ["a"], "features": "junk"}, "do not match the text tower"),
         ("text_cache", {"captions": ["a"], "features": torch.zeros(1, 7)}, "do not match"),
         ("text_cache", [1, 2], "does not match model"),
@@ -202,6 +219,9 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
 ) -> None:
     train, _ = pairs
     shutil.copytree(finished, tmp_path / "run")
+    if isinstance(value, str) and value == "int":  # a mean whose entries lost their floating point
+        saved = torch.load(finished / "checkpoints" / "last.pt", weights_only=False)["average"]
+        value = {"count": 2, "mean": {k: v.long() for k, v in saved["mean"].items()}}
     _damage(tmp_path / "run", key, value)
     with pytest.raises(ModelError, match=says) as err:
         train_model(train, tmp_path / "run", config=_FINISHED, **SMALL)
