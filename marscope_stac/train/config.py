@@ -12,12 +12,16 @@ from marscope_stac.core.errors import (
 from marscope_stac.tiles.plan import check_context
 
 __all__ = [
+    "AVERAGE_PREFIX",
     "PRETRAINED_PARTS",
     "PairOptions",
     "TrainConfig",
     "TrainResult",
 ]
 
+
+AVERAGE_PREFIX = "avg "
+"""Prefix of the figures of a run's mean of epochs in its history (``avg val_mean``...)."""
 
 PRETRAINED_PARTS = "parts"
 """``pretrained`` value that starts an architecture from its packaged pretrained parts."""
@@ -79,12 +83,20 @@ class TrainResult:
     def summary(self) -> str:
         """Lines for people."""
         last = self.history[-1] if self.history else {}
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "epoch")
+        avg = AVERAGE_PREFIX
+        own = {k: v for k, v in last.items() if k != "epoch" and not k.startswith(avg)}
+        mean = {k[len(avg) :]: v for k, v in last.items() if k.startswith(avg)}
         return (
             f"trained {len(self.history)} epochs"
             + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else "")
             + f"; model: local-dir:{self.model_dir}\n  STAC item: {self.item_path}\n"
-            f"  last epoch: {metrics}"
+            f"  last epoch: {', '.join(f'{k} {v:.3f}' for k, v in own.items())}"
+            + (
+                "\n  the model, the mean of the last epochs: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
+                if mean
+                else ""
+            )
             + (
                 f"\n  best validation epoch {self.best_record['epoch']:.0f}: "
                 f"local-dir:{self.best_dir}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from marscope_stac.core.errors import ModelError
+from marscope_stac.train.config import AVERAGE_PREFIX
 
 if TYPE_CHECKING:
     from marscope_stac.models.clip import ClipModel
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AVERAGE_PREFIX", "EpochAverage", "mean_record", "raw_record", "refresh_batch_norm"]
 
-AVERAGE_PREFIX = "avg "
-"""Prefix of the mean's validation figures in a run's history (``avg val_mean``...)."""
 
 _BN_BATCHES = 32
 

@@ -88,6 +88,7 @@ def test_the_model_is_the_mean_of_the_last_epochs(pairs: tuple, tmp_path: Path) 
     mean_read = seen.seen[-1][1]
     assert all(torch.equal(mean_read[k], out[k]) for k in out)
     assert res.history[-1]["avg val_mean"] != res.history[-1]["val_mean"]
+    assert "the model, the mean of the last epochs: val_mean" in res.summary()
     best = json.loads((res.out / "best-validation" / "model.json").read_text())["properties"]
     assert not any(k.startswith("avg") for k in best["marscope:validation"])  # its own only
     # the exported model's item carries the mean's figures, not the last epoch's
