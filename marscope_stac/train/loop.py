@@ -155,8 +155,8 @@ def train_model(
     start_epoch, history, saved = (
         _resume(ckpt_path, cm, opt, text_cache, model, cfg) if resume else _start_over(ckpt_path)
     )
-    start_selection(ckpt_path.parent, validator, history, cfg.epochs)
     avg = EpochAverage.of_run(cfg, pairs, saved and saved["average"], start_epoch, cm)
+    start_selection(ckpt_path.parent, validator, history, cfg.epochs)  # after any refusal
     rng, val_data = _sampler(cfg.seed, val_pairs, start_epoch, saved and saved["numpy"])
     for epoch in range(start_epoch, cfg.epochs):
         loss = _train_epoch(cm, opt, pairs, cfg, epoch, rng, text_cache, progress)
