@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +13,14 @@ import rasterio
 from _rasters import catalog_of, pattern, stac_item, usgs_style_catalog, write_geotiff
 from affine import Affine
 from click.testing import CliRunner
+from rasterio.errors import NotGeoreferencedWarning
 
 from marscope_stac.cli.main import cli
 from marscope_stac.core.bodies import MARS, MOON
 from marscope_stac.core.errors import CatalogError, ConfigError, SkippedInputWarning
 from marscope_stac.grid.grids import EqualAreaGrid, parse_grid
 from marscope_stac.stac.folder import build_folder_catalog
-from marscope_stac.stac.raster import crs_from_stac
+from marscope_stac.stac.raster import crs_from_stac, open_raster
 from marscope_stac.stac.read import load_sources
 from marscope_stac.tiles.batch import read_batch
 from marscope_stac.tiles.plan import plan_tiles
@@ -338,8 +342,12 @@ def test_unreadable_source_in_a_batch_is_recorded(demo_root: Path, tmp_path: Pat
 
 def test_ungeoreferenced_raster_is_skipped(tmp_path: Path, demo_root: Path) -> None:
     raw = tmp_path / "raw.tif"
-    with rasterio.open(raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as d:
-        d.write(np.ones((1, 8, 8), np.uint8))
+    with warnings.catch_warnings():  # writing one is the test's doing
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(
+            raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8"
+        ) as d:
+            d.write(np.ones((1, 8, 8), np.uint8))
     item = stac_item(
         tmp_path, "raw", {"img": {"href": str(raw), "roles": ["data"], "type": "image/tiff"}}
     )
@@ -414,3 +422,34 @@ def test_a_collection_of_labels_is_named_as_labels_not_missing(demo_root: Path) 
         load_sources(demo_root, collections=["demo-labels"])
     with pytest.raises(CatalogError, match="has no collection nope; its collections: demo-ctx"):
         load_sources(demo_root, collections=["nope"])
+
+
+def test_concurrent_opens_keep_the_process_warning_filters(tmp_path: Path) -> None:
+    """Opens in several threads silence rasterio's warning and leave every other filter be."""
+    raw = tmp_path / "raw.tif"
+    with warnings.catch_warnings():  # writing one is the test's doing
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(
+            raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8"
+        ) as d:
+            d.write(np.ones((1, 8, 8), np.uint8))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        go = threading.Barrier(8)
+
+        def opens(k: int) -> None:
+            go.wait()
+            for _ in range(20):
+                open_raster(str(raw)).close()
+            if k == 0:  # another thread's filter, added while opens are under way
+                warnings.filterwarnings("ignore", message="marscope test filter")
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(opens, range(8)))
+        after = list(warnings.filters)
+        silenced = len(seen)
+        rasterio.open(raw).close()  # the silence ended with the opens
+    assert not [w for w in seen[:silenced] if issubclass(w.category, NotGeoreferencedWarning)]
+    assert [w.category for w in seen[silenced:]] == [NotGeoreferencedWarning]
+    assert after[1:] == before and "marscope test filter" in str(after[0][1])
