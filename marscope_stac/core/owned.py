@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ from marscope_stac.core.leftovers import TEMP_NAME
 __all__ = [
     "PROJECT_MARK",
     "added_entries",
+    "begun_elsewhere",
     "carry_over",
     "is_project_folder",
     "mark_project_folder",
     "read_mark",
+    "sets_only",
 ]
 
 PROJECT_MARK = ".marscope-stac"
@@ -83,6 +85,33 @@ def _small_json(path: Path, limit: int) -> Any:
         return json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
+
+
+def begun_elsewhere(
+    folder: Path, ours: Collection[str], mark: str, made: Callable[[Path], bool] | None = None
+) -> list[str]:
+    """What keeps a folder that lacks its root file from being one this project began.
+
+    A run stopped before its catalog's root file was written leaves entries of the names in
+    ``ours`` and the hidden ``mark`` (it is resumed there); without the mark, an entry counts
+    as ours only when ``made`` says this project wrote it. Returns the names of the others;
+    nothing for an empty or missing folder.
+    """
+    names = sorted(p.name for p in _entries(folder) if not p.name.startswith("."))
+    foreign = [n for n in names if n not in ours]
+    if foreign or (folder / mark).is_file():
+        return foreign
+    return [n for n in names if made is None or not made(folder / n)]
+
+
+def sets_only(path: Path) -> bool:
+    """Whether ``path`` is an ``embeddings`` folder of embedding sets (a manifest each).
+
+    Sets written with the library's writers alone (no products catalog around them yet).
+    """
+    sets = [p for p in _entries(path) if not p.name.startswith(".")]
+    done = ("manifest.json", "progress.json")  # files only this library writes there
+    return path.name == "embeddings" and all(any((p / n).is_file() for n in done) for p in sets)
 
 
 def read_mark(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

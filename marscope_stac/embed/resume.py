@@ -25,6 +25,7 @@ from marscope_stac.grid.grids import Grid
 from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.index.table import EmbeddingTable, read_embeddings
 from marscope_stac.models.clip import ClipModel, same_record
+from marscope_stac.stac.catalog import OutputCatalog
 from marscope_stac.stac.raster import SourceAsset
 from marscope_stac.stac.remote import is_remote
 from marscope_stac.tiles.plan import TilePlan
@@ -50,6 +51,7 @@ def _open_set(
     }
     _check_compatible(es.manifest(), expect, es.root)
     _check_compatible(es.run_state(), expect, es.root)  # a stopped run's, too
+    OutputCatalog(out).claim()  # before the first file: a stopped run resumes here
     es.root.mkdir(parents=True, exist_ok=True)
     if not os.access(es.root, os.W_OK):
         raise OutputError(f"cannot write to {es.root}; choose another --out")

@@ -39,9 +39,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from marscope_stac.core.errors import DataError
-from marscope_stac.core.fs import (
-    atomic_write_json,
-)
+from marscope_stac.core.fs import atomic_write_json, read_regular
 from marscope_stac.index.manifest import read_manifest
 from marscope_stac.index.table import (
     EmbeddingTable,
@@ -230,6 +228,33 @@ class EmbeddingSet:
         if self.progress_path.is_file():
             return read_manifest(self.progress_path)
         return self.manifest()
+
+    def stac_item(self) -> dict[str, Any] | None:
+        """The set's STAC item (None when it has none), checked to hold what products take.
+
+        Raises:
+            DataError: if it is damaged: not JSON, not an object, links or properties of
+                another shape.
+        """
+        path = self.root / f"{self.root.name}.json"
+        if not path.exists():
+            return None
+        try:
+            d = json.loads(read_regular(path))
+            links, props = d.get("links", []), d.get("properties", {})
+            ok = isinstance(props, dict) and all(
+                isinstance(lk, dict) and isinstance(lk.get("href"), str) for lk in links
+            )
+        except (OSError, ValueError, RecursionError, AttributeError, TypeError, DataError) as exc:
+            ok, why = False, str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        else:
+            why = "its links or properties are not those of a STAC item"
+        if not ok:
+            raise DataError(
+                f"{path}, the embedding set's STAC item, is damaged ({why}); run marscope "
+                "embed again with the same settings to write it anew"
+            )
+        return {**d, "links": list(links), "properties": props}
 
     def published_item(self) -> str | None:
         """The URL of the set's STAC item when this is a local copy of a published set."""

@@ -129,6 +129,8 @@ def build_basemap(
         check_apart(out, {f"the input catalog {source}": src_folder})
     catalog = OutputCatalog(out)
     sources = load_sources(source)
+    if name is not None and not name.strip():  # "" would silently mean the default
+        raise ConfigError("--name is empty; give a basemap id or leave --name out")
     label = name or Path(str(source).rstrip("/")).resolve().name or "imagery"
     bid = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.")
     if name is not None and not bid:
@@ -141,6 +143,7 @@ def build_basemap(
     # from zoom 0: a map zoomed out to the whole planet still shows the imagery (its tiles
     # below the mosaic's own zooms are few: the extent covers one or two tiles there)
     zoom = (0, raster_zoom_range(transform, image.shape)[1])
+    catalog.claim()
     with staged_directory(folder, overwrite=True, owned=True) as stage:
         meta = tile_metadata(bid, f"Imagery of {label}", sources.body, "baselayer")
         tiles = write_raster_pmtiles(

@@ -78,7 +78,7 @@ def write_class_product(
     """
     catalog, qid = OutputCatalog(out), class_id(es, names, templates)
     folder = Path(out) / "queries" / qid
-    catalog.existing_collection(folder.parent / "collection.json")  # refused before any work
+    catalog.existing_collection(folder.parent / "collection.json", claim=True)  # before work
     label = prob.argmax(axis=1)
     class_map = layout.raster(label.astype(np.float32))
     stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])

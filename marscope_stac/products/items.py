@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,9 +199,9 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
     its URL, and so are the model and sources its item links to.
     """
     emb_item = es.root / f"{es.root.name}.json"
-    if not emb_item.is_file():
+    emb = es.stac_item()
+    if emb is None:
         return []
-    emb = json.loads(emb_item.read_text())
     url = es.published_item()
     links = [
         {
@@ -212,7 +211,7 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
             "title": "embedding set",
         }
     ]
-    for lk in emb.get("links", []):
+    for lk in emb["links"]:
         if lk.get("rel") in ("derived_from", "emb:model"):
             href = str(lk["href"])
             if url is not None:
@@ -231,7 +230,8 @@ def _source_links(es: EmbeddingSet, folder: Path) -> list[dict[str, Any]]:
 
 
 def _embedding_times(es: EmbeddingSet) -> tuple[str, str]:
-    emb_item = es.root / f"{es.root.name}.json"
-    props = json.loads(emb_item.read_text()).get("properties", {}) if emb_item.is_file() else {}
+    d = es.stac_item()
+    props = d["properties"] if d is not None else {}
     now = now_utc()
-    return props.get("start_datetime", now), props.get("end_datetime", now)
+    start, end = props.get("start_datetime", now), props.get("end_datetime", now)
+    return (start if isinstance(start, str) else now), (end if isinstance(end, str) else now)

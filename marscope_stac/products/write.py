@@ -381,7 +381,7 @@ def write_query_product(
     catalog = OutputCatalog(out)
     clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
-    catalog.existing_collection(folder.parent / "collection.json")  # damaged: refused first
+    catalog.existing_collection(folder.parent / "collection.json", claim=True)  # damaged: first
     grid, layout = where.grid, where.layout
     values = clock.timed("raster", layout.raster, result.probability) if raster is None else raster
     meta = _tile_metadata(qid, spec, grid)

@@ -23,6 +23,7 @@ from marscope_stac.core.fs import (
     read_regular,
     sweep_stale,
 )
+from marscope_stac.core.owned import begun_elsewhere, sets_only
 from marscope_stac.stac.build import (
     JSON_MEDIA_TYPE,
     STAC_ITEM_MEDIA_TYPE,
@@ -85,6 +86,12 @@ PROVIDERS = [
 ]
 """The ``providers`` of every products collection."""
 
+LOCK_NAME = ".marscope.lock"
+"""The hidden lock file of a products catalog; it also marks a folder this project began."""
+
+_OUR_TOP_ENTRIES = {"README.md", TERMS_FILE, "embeddings", "queries", "models", "basemaps"}
+"""What a products catalog holds at its top besides ``catalog.json``."""
+
 SUMMARY_FIELDS = ("marscope:model", "marscope:grid", "marscope:scoring", "gsd", "mlm:framework")
 """Item properties whose values a products collection summarises (the set of values seen)."""
 
@@ -98,33 +105,41 @@ class OutputCatalog:
         if self.root.exists() and not self.root.is_dir():
             raise OutputError(f"{self.root} is a file, not a catalog folder; choose another --out")
         if not cat.is_file():
-            entries = (
-                [p for p in self.root.iterdir() if not p.name.startswith(".")]
-                if self.root.is_dir()
-                else []
+            if foreign := begun_elsewhere(self.root, _OUR_TOP_ENTRIES, LOCK_NAME, sets_only):
+                raise OutputError(
+                    f"{self.root} is not a STAC catalog of products (no catalog.json) and holds "
+                    f"{', '.join(foreign[:3])}, which this project did not write; choose an "
+                    "empty folder or an existing products catalog"
+                )
+            return
+        try:
+            d = json.loads(read_regular(cat))
+        except (OSError, ValueError, RecursionError, DataError) as exc:
+            why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+            raise OutputError(f"{cat} is not readable JSON ({why}); fix or remove it") from None
+        kind, cid = (
+            (d.get("type"), d.get("id")) if isinstance(d, dict) else (type(d).__name__, None)
+        )
+        if kind not in ("Catalog", "Collection") or cid != CATALOG_ID:
+            raise OutputError(
+                f"{cat} is not a products catalog (type {kind!r}, id {cid!r}); choose an empty "
+                "folder or an existing products catalog"
             )
-            allowed = {"README.md", TERMS_FILE, "embeddings", "queries", "models"}
-            if any(p.name not in allowed for p in entries):
-                raise OutputError(
-                    f"{self.root} is not a STAC catalog (no catalog.json) and is not empty; "
-                    "choose an empty folder or an existing products catalog"
-                )
-        else:
-            try:
-                d = json.loads(cat.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise OutputError(f"{cat} is not valid JSON; fix or remove it") from exc
-            if d.get("type") not in ("Catalog", "Collection") or d.get("id") != CATALOG_ID:
-                raise OutputError(
-                    f"{cat} is not a products catalog (type {d.get('type')!r}, id "
-                    f"{d.get('id')!r}); choose an empty folder or an existing products catalog"
-                )
+
+    def claim(self) -> None:
+        """Create the folder (when missing) and mark it as one this project began writing.
+
+        Writers call it before their first file, so a run stopped before ``catalog.json``
+        exists can resume in the folder it left.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / LOCK_NAME).touch(exist_ok=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive lock on the catalog for a read-modify-write cycle."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".marscope.lock").open("a") as fh:
+        self.claim()
+        with (self.root / LOCK_NAME).open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -134,16 +149,19 @@ class OutputCatalog:
     def _read(self, path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text(encoding="utf-8")))
 
-    def existing_collection(self, path: Path) -> dict[str, Any] | None:
+    def existing_collection(self, path: Path, claim: bool = False) -> dict[str, Any] | None:
         """The collection at ``path`` as written before, or None when there is none yet.
 
         Checked before a product is written beside it: a damaged one is refused rather than
-        rewritten (its links to the products already there would be lost).
+        rewritten (its links to the products already there would be lost); ``claim``: then
+        :meth:`claim` the folder for the product.
 
         Raises:
             OutputError: if it is not a readable collection with a list of links.
         """
         if not path.is_file():
+            if claim:
+                self.claim()
             return None
         why = ""
         try:
@@ -162,6 +180,8 @@ class OutputCatalog:
                 f"{path} is damaged: {why}; restore it (its item links) or remove the products "
                 "folder's queries to start again"
             )
+        if claim:
+            self.claim()
         return dict(d)
 
     def base_url(self) -> str | None:
@@ -522,7 +542,7 @@ def set_self_links(root: str | Path, base_url: str | None) -> int:
             "folder of a STAC catalog to publish"
         )
     sweep_stale(folder, depth=8)  # what killed runs of this command left
-    lock = folder / ".marscope.lock"
+    lock = folder / LOCK_NAME
     with contextlib.ExitStack() as stack:
         stack.enter_context(folder_lock(folder))  # two publishes of one catalog take turns
         if lock.is_file():  # a products catalog: wait for writers to finish

@@ -198,6 +198,7 @@ def publish_model(cm: ClipModel, out: str | Path, body: Body = MARS) -> Path:
     """
     mid = cm.slug
     target = Path(out) / "models" / mid
+    OutputCatalog(out).claim()
     target.mkdir(parents=True, exist_ok=True)
     weights = cm.weights_file
     if weights is not None:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.core.bodies import get_body
-from marscope_stac.core.errors import ConfigError
+from marscope_stac.core.errors import ConfigError, DataError
+from marscope_stac.core.fs import read_regular
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.engine.request import DEFAULT_WITHIN_KM, QueryRequest
+from marscope_stac.index.store import EmbeddingSet
 from marscope_stac.query.scoring import QuerySpec
 from marscope_stac.web.live import LiveAnswers
 
@@ -169,25 +171,24 @@ def source_items(products: Path, engine: QueryEngine | None) -> dict[str, tuple[
         roots = [p.parent for p in sorted((products / "embeddings").glob("*/manifest.json"))]
     found: dict[str, tuple[Path, list[float]]] = {}
     for root in roots:
-        found.update(_set_sources(root / f"{root.name}.json"))
+        found.update(_set_sources(EmbeddingSet(root)))
     return found
 
 
-def _set_sources(item_path: Path) -> dict[str, tuple[Path, list[float]]]:
-    if not item_path.is_file():
-        return {}
+def _set_sources(es: EmbeddingSet) -> dict[str, tuple[Path, list[float]]]:
+    """The local source items an embedding set's item links to: id -> (file, bbox)."""
+    emb = es.stac_item()
     found: dict[str, tuple[Path, list[float]]] = {}
-    for link in json.loads(item_path.read_text(encoding="utf-8")).get("links", []):
-        href = str(link.get("href", ""))
+    for link in emb["links"] if emb is not None else []:
+        href = link["href"]
         if link.get("rel") != "derived_from" or "://" in href or not href.endswith(".json"):
             continue
-        path = (item_path.parent / href).resolve()
+        path = (es.root / href).resolve()
         try:
-            item = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if item.get("bbox"):
+            item = json.loads(read_regular(path))
             found[str(item["id"])] = (path, [float(v) for v in item["bbox"]])
+        except (OSError, ValueError, RecursionError, DataError, LookupError, TypeError):
+            continue  # a source that cannot be shown on the map is left off it
     return found
 
 
