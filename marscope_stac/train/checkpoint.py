@@ -89,3 +89,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except ModelError as exc:
         raise ModelError(f"checkpoint {path} is damaged ({exc}); delete it") from None
     return state
+
+
+RESUME_SETTINGS = ("steps_per_epoch", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")
+"""Settings a run must resume with as it started (more or fewer epochs are a choice)."""
+
+
+def changed_settings(state: dict[str, Any], config: Any) -> list[str]:
+    """The settings of :data:`RESUME_SETTINGS` and ``lock_text`` that ``config`` changes.
+
+    Each as ``--option SAVED (not NEW)``; checkpoints that do not record one pass it.
+    """
+    saved = state.get("config")
+    changed = []
+    for name in (*RESUME_SETTINGS, "lock_text"):
+        if isinstance(saved, dict) and name in saved and saved[name] != getattr(config, name):
+            changed.append(
+                f"--{name.replace('_', '-')} {saved[name]} (not {getattr(config, name)})"
+            )
+    return changed

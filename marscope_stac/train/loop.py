@@ -63,6 +63,7 @@ from marscope_stac.models.clip import (
 from marscope_stac.models.loading import fast_layout, quiet_model_loading, trained_tile_context
 from marscope_stac.models.parts import TextFeatureCache, init_pretrained_parts
 from marscope_stac.train.checkpoint import (
+    changed_settings,
     checkpoint_context,
     read_checkpoint,
     rng_state,
@@ -397,6 +398,11 @@ def _resume(
         raise ModelError(
             f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
             f"{context:g}; give the same value, another --out, or --no-resume"
+        )
+    if changed := changed_settings(state, cfg):
+        raise ModelError(
+            f"checkpoint {ckpt_path} was trained with {', '.join(changed)}; resume it with "
+            "the settings it started with, or use another --out or --no-resume"
         )
     try:
         cm.model.load_state_dict(state["model"])

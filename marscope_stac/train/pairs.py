@@ -375,8 +375,17 @@ def load_table_pairs(table: str | Path, size: int = 64) -> PairSet:
 
     path = Path(table)
     if not path.is_file():
-        raise DataError(f"caption table {path} does not exist")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        what = "is not a file" if path.exists() else "does not exist"
+        raise DataError(f"caption table {path} {what}; give a CSV or Parquet file")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError) as exc:  # Arrow's, pandas' and decoding errors are ValueErrors
+        why = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        raise DataError(
+            f"caption table {path} is not a readable {kind} table ({why}); give a {kind} file "
+            "with 'image' and 'caption' columns"
+        ) from None
     missing = {"image", "caption"} - set(df.columns)
     if missing:
         raise DataError(

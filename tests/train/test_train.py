@@ -84,6 +84,11 @@ def test_train_writes_model_item_and_resumes(
     cm = load_model(f"local-dir:{out / 'model'}", device="cpu")
     assert cm.encode_queries(["yardangs"]).shape == (1, 256)
 
+    # other settings would go on as another run from this one's weights: refused in one line
+    other = TrainConfig(epochs=3, steps_per_epoch=2, batch_size=4, warmup_steps=1, seed=7)
+    with pytest.raises(ModelError, match=r"--batch-size 8 \(not 4\), --seed 0 \(not 7\);"):
+        train_model(pairs, out, config=other, progress=False, device="cpu")
+
     # a longer run resumes after epoch 2 instead of starting over
     more = TrainConfig(epochs=3, steps_per_epoch=2, batch_size=8, warmup_steps=1)
     second = train_model(pairs, out, config=more, progress=False, device="cpu")
@@ -143,8 +148,9 @@ def test_mismatched_checkpoint_is_refused(demo_root: Path, tmp_path: Path) -> No
         progress=False,
         device="cpu",
     )
+    same = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=4, warmup_steps=1)
     with pytest.raises(ModelError, match="does not match"):
-        train_model(pairs, out, model="RN50", config=TINY, progress=False, device="cpu")
+        train_model(pairs, out, model="RN50", config=same, progress=False, device="cpu")
     # a checkpoint of tiles without context does not go on with tiles with context
     ringed = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=4, warmup_steps=1, tile_context=1)
     ringed_pairs = dataclasses.replace(pairs, context=1.0)
