@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["LOCAL_DIR", "base_model_name", "same_model"]
+from marscope_stac.core.errors import ConfigError
+
+__all__ = ["LOCAL_DIR", "base_model_name", "check_pretrained", "same_model"]
 
 LOCAL_DIR = "local-dir:"
 """Prefix of a model in a local folder (open_clip's own ``local-dir:`` scheme)."""
@@ -35,3 +37,19 @@ def same_model(made_by: str | None, requested: str) -> bool:
         return True
     both_local = made_by.startswith(LOCAL_DIR) and requested.startswith(LOCAL_DIR)
     return both_local and base_model_name(made_by) == base_model_name(requested)
+
+
+def check_pretrained(model: str, pretrained: str | None) -> None:
+    """Refuse weights given for a model that has its own (checked before any work).
+
+    Raises:
+        ConfigError: if ``pretrained`` is given with the bundled, a ``local-dir:`` or an
+            ``hf-hub:`` model.
+    """
+    name = model.strip()
+    if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
+        raise ConfigError(
+            f"pretrained is for an architecture name; {name} already has its weights "
+            "(leave pretrained out)",
+            fields=("pretrained",),
+        )

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from marscope_stac.core.errors import ConfigError, DataError
 from marscope_stac.core.fs import read_regular, sweep_stale
-from marscope_stac.core.naming import same_model
+from marscope_stac.core.naming import check_pretrained, same_model
 from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES, check_phrases
 from marscope_stac.engine.cluster import ClusterScorer
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest, ranked_cells
@@ -162,6 +162,7 @@ class QueryEngine:
             else EmbeddingSet(Path(embedding_set))
         )
         self.out = Path(out)
+        check_pretrained(model, pretrained)  # refused even when no query loads the model
         sweep_stale(self.out, depth=2)  # what killed queries left behind
         sweep_stale(self.set.root)
         self._model = clip_model
@@ -307,8 +308,9 @@ class QueryEngine:
                     f"example image {p} is too large to read; give a tile-sized image (at most "
                     f"{MAX_EXAMPLE_PIXELS:,} pixels, e.g. a crop around the example)"
                 ) from None
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise DataError(f"cannot read example image {p}: {exc}") from exc
+            except (OSError, UnidentifiedImageError, ValueError) as exc:  # PIL's names a buffer
+                why = "not a picture (PNG, JPEG, TIFF, ...)" if "identify" in str(exc) else exc
+                raise DataError(f"cannot read example image {p}: {why}") from None
         return np.asarray(self.model.encode_images(np.stack(imgs)), np.float32)
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from marscope_stac.core.errors import ConfigError
-from marscope_stac.core.naming import same_model
+from marscope_stac.core.naming import check_pretrained, same_model
 from marscope_stac.grid.grids import parse_grid
 from marscope_stac.index.background import write_background_of
 from marscope_stac.index.store import EmbeddingSet
@@ -94,6 +94,7 @@ def upgrade_embedding_set(
             f"{es.root} is a products catalog; upgrade one of its embedding sets: "
             + ", ".join(str(p) for p in sets[:3])
         )
+    check_pretrained(model, pretrained)  # refused even when nothing needs the model
     manifest = usable_manifest(es)
     missing = needs_upgrade(es)
     if not missing:

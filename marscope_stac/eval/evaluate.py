@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,8 +221,8 @@ def split_items(catalog: str | Path, split: str) -> tuple[list[pystac.Item], lis
         cat = pystac.read_file(str(root))
     except (OSError, ValueError, pystac.STACError, pystac.STACTypeError) as exc:
         raise CatalogError(
-            f"{catalog} is not a labelled STAC catalog ({type(exc).__name__}: {exc}); give a "
-            "catalog with label items, or a GeoParquet, GeoJSON or CSV of ground truth"
+            f"{catalog} is not a labelled STAC catalog ({type(exc).__name__}: {exc}); give "
+            "the folder (or catalog.json) of a STAC catalog with label items"
         ) from None
     if not isinstance(cat, pystac.Catalog):  # an item: no tree of labels to read
         raise CatalogError(f"{catalog} is a STAC item, not a labelled catalog")
@@ -303,6 +303,7 @@ def _load_truth(
         outl = pd.concat(
             [gpd.read_parquet(i.assets["labels-parquet"].get_absolute_href()) for i in labels]
         )
+        _check_landform([*pts.get("landform", []), *outl.get("landform", [])], landform, truth)
         if landform:
             pts, outl = pts[pts.landform == landform], outl[outl.landform == landform]
         area = shapely.union_all([shapely.geometry.shape(i.geometry) for i in images])
@@ -314,12 +315,35 @@ def _load_truth(
     if path.suffix.lower() == ".csv":
         return _csv_truth(path, landform), None, None
     gdf = _read_table(path)
+    _check_landform(gdf.get("landform", []), landform, truth)
     if landform and "landform" in gdf:
         gdf = gdf[gdf.landform == landform]
     if (gdf.geom_type == "Point").all():
         return np.column_stack([gdf.geometry.x, gdf.geometry.y]), None, None
     cent = gdf.geometry.representative_point()
     return np.column_stack([cent.x, cent.y]), list(gdf.geometry), None
+
+
+def _check_landform(classes: Iterable[Any], landform: str | None, truth: str | Path) -> None:
+    """Refuse pooled classes and names the truth does not hold: a query asks for one class.
+
+    Ranked against every landform of a labelled catalog (its background plains too) any
+    map scores well, whatever it shows.
+
+    Raises:
+        ConfigError: if the truth holds several landforms and ``landform`` is None.
+        CatalogError: if it holds none called ``landform``.
+    """
+    names = sorted({str(c) for c in classes if isinstance(c, str)})
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    if landform is None and len(names) > 1:
+        raise ConfigError(
+            f"ground truth {truth} holds {len(names)} landforms ({shown}); give --landform "
+            "with the one the query asks for",
+            fields=("landform",),
+        )
+    if landform is not None and names and landform not in names:
+        raise CatalogError(f"no ground truth of {landform!r} in {truth}; its landforms: {shown}")
 
 
 _TRUTH_HINT = "give a STAC catalog, or a GeoParquet / GeoJSON / CSV (lon, lat) table"
@@ -334,6 +358,7 @@ def _csv_truth(path: Path, landform: str | None) -> NDArray[np.float64]:
     cols = {str(c).lower(): c for c in df.columns}
     if "lon" not in cols or "lat" not in cols:
         raise CatalogError(f"{path} needs 'lon' and 'lat' columns")
+    _check_landform(df[cols["landform"]] if "landform" in cols else [], landform, path)
     if landform and "landform" in cols:
         df = df[df[cols["landform"]] == landform]
     xy = df[[cols["lon"], cols["lat"]]].to_numpy()

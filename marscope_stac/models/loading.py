@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from marscope_stac.core.errors import ConfigError, ModelError
+from marscope_stac.core.errors import ModelError
+from marscope_stac.core.naming import check_pretrained
 from marscope_stac.core.platt import same_size
 from marscope_stac.models.clip import (
     ARCH_PREPROCESS,
@@ -32,6 +33,7 @@ from marscope_stac.models.clip import (
 )
 
 __all__ = [
+    "check_model",
     "load_model",
     "model_calibration",
     "model_folder",
@@ -39,6 +41,21 @@ __all__ = [
     "read_model_item",
     "trained_tile_context",
 ]
+
+
+def check_model(model: str, pretrained: str | None = None) -> None:
+    """Refuse a model that :func:`load_model` would refuse by its name, without loading it.
+
+    For commands that do other work first (a world to build, tiles to read).
+
+    Raises:
+        ModelError: for an unknown architecture, a missing folder or checkpoint file.
+        ConfigError: for weights given to a model that has its own.
+    """
+    register_bundled_architectures()
+    name = _model_name(model)
+    check_pretrained(name, pretrained)
+    _resolve(name, pretrained)
 
 
 def _model_name(model: str) -> str:
@@ -83,12 +100,7 @@ def load_model(
     dev = resolve_device(device)
     prec = _precision(precision, dev)
     name = _model_name(model)
-    if pretrained is not None and (name == "bundled" or name.startswith(("local-dir:", "hf-hub:"))):
-        raise ConfigError(
-            f"pretrained is for an architecture name; {name} already has its weights "
-            "(leave pretrained out)",
-            fields=("pretrained",),
-        )
+    check_pretrained(name, pretrained)
     open_name, arch, source, weights = _resolve(name, pretrained)
     norm = ARCH_PREPROCESS.get(str(arch)) if not open_name.startswith("local-dir:") else None
     try:

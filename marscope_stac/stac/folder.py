@@ -51,6 +51,7 @@ from marscope_stac.stac.build import (
     stac_item,
 )
 from marscope_stac.stac.catalog import item_folder, write_static_catalog
+from marscope_stac.stac.raster import open_raster
 from marscope_stac.stac.validation import validate_catalog
 
 __all__ = ["FolderCatalog", "build_folder_catalog"]
@@ -92,9 +93,13 @@ def _tif_item(tif: Path, item_id: str, folder: Path) -> tuple[dict[str, Any], Bo
         DataError: for a file that is not a readable GeoTIFF.
     """
     try:
-        with rasterio.open(tif) as src:
+        with open_raster(str(tif)) as src:
             if src.crs is None:
                 raise CatalogError(f"{tif} has no CRS in its header; georeference it first")
+            if src.transform.is_identity and not src.gcps[0]:  # pixel, not map, coordinates
+                raise DataError(f"{tif} has no geotransform (not georeferenced)")
+            if any(np.dtype(t).kind == "c" for t in src.dtypes):
+                raise DataError(f"{tif} holds complex numbers ({src.dtypes[0]}), not imagery")
             crs = CRS.from_wkt(src.crs.to_wkt())
             shape, transform, bounds = (src.height, src.width), src.transform, src.bounds
             tags = src.tags()

@@ -169,7 +169,8 @@ class _Checker:
             if not self._inside(target):
                 self.problem(where, f"asset {key!r} leaves the catalog's folder: {href}")
             elif not target.is_file():
-                self.problem(where, f"asset {key!r} is missing: {href}")
+                what = "is not a regular file" if target.exists() else "is missing"
+                self.problem(where, f"asset {key!r} {what}: {href}")
             else:
                 self._check_file(where, key, target, asset)
 
@@ -549,7 +550,10 @@ def validate_catalog(
         checker.links(json_path, d)
         checker.assets(json_path, d)
     checker.cycles()
-    checker.structure(root, whole_tree=root.is_dir())
+    # a folder without a root (a model folder: one item) holds objects of no tree to be
+    # orphans of; with a root, every item and collection must be reached from it
+    tops = [root / n for n in ("catalog.json", "collection.json")]
+    checker.structure(root, whole_tree=root.is_dir() and any(p.is_file() for p in tops))
     if root.is_dir():
         checker.text_vectors(root)
     if report.objects == 0 and not report.problems:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import warnings
@@ -393,6 +394,36 @@ def test_catalog_build_skips_what_is_not_a_file_and_leaves_out_a_cut_short_one(
     (folder / "a.tif").write_bytes(data[: len(data) - 20_000])  # none readable: refused, why
     with pytest.raises(CatalogError, match=r"no readable GeoTIFF under .*ctx \(.*\.tif is not"):
         build_folder_catalog(folder, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [("complex", "holds complex numbers (complex64)"), ("pixel grid", "has no geotransform")],
+)
+def test_catalog_build_leaves_out_what_no_command_could_read(
+    tmp_path: Path, kind: str, why: str
+) -> None:
+    """Found by a new user: written as items, then refused by every command (or invalid)."""
+    folder = tmp_path / "ctx"
+    t = Affine(0.05 / 64, 0, 10.0, 0, -0.05 / 64, 0.1)
+    write_geotiff(folder / "a.tif", pattern(64, 64, seed=1), "IAU_2015:49900", t, cog=False)
+    profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 1, "crs": "IAU_2015:49900"}
+    with warnings.catch_warnings():  # writing one without a transform is the test's doing
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if kind == "complex":
+            with rasterio.open(
+                folder / "b.tif", "w", dtype="complex64", transform=t, **profile
+            ) as d:
+                d.write(np.ones((1, 8, 8), np.complex64))
+        else:
+            with rasterio.open(folder / "b.tif", "w", dtype="uint8", **profile) as d:
+                d.write(np.ones((1, 8, 8), np.uint8))
+    with pytest.warns(SkippedInputWarning, match=rf"1 GeoTIFF left out .*b\.tif {re.escape(why)}"):
+        built = build_folder_catalog(folder)
+    assert built.items == 1
+    from marscope_stac import validate_catalog
+
+    assert not validate_catalog(folder / "stac").problems
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,19 @@ def test_a_stac_1_0_0_catalog_of_others_validates_offline(tmp_path: Path) -> Non
     assert any("v1.0.0/catalog-spec" in u for u in validate_dict({**catalog, "links": links}))
     with pytest.raises(CatalogError, match="invalid STAC"):  # the 1.0.0 rules are applied
         validate_dict({**catalog, "links": links, "id": ""})
+
+
+def test_a_model_folder_validates_as_the_folder_of_one_item(tmp_path: Path) -> None:
+    """A folder without a root catalog holds no tree to be an orphan of (found by a user)."""
+    import shutil
+
+    from marscope_stac.models.clip import bundled_model_dir
+    from marscope_stac.stac.validation import InvalidCatalogError, validate_catalog
+
+    assert validate_catalog(bundled_model_dir()).objects == 1
+    folder = tmp_path / "models"  # with a root, an item it does not link is still an orphan
+    shutil.copytree(bundled_model_dir(), folder)
+    root = {"type": "Catalog", "stac_version": "1.1.0", "id": "c", "description": "c"}
+    (folder / "catalog.json").write_text(json.dumps({**root, "links": []}))
+    with pytest.raises(InvalidCatalogError, match="an orphan"):
+        validate_catalog(folder, checksums=False)

@@ -593,6 +593,13 @@ CASES: dict[str, dict[str, Case]] = {
             "luck",
         ],
         "not a product": lambda w: ["evaluate", str(w.junk), "--truth", str(w.cat)],
+        # found by a new user: every class pooled (background plains too) scored any map 0.99
+        "several landforms, none chosen": lambda w: [
+            "evaluate",
+            str(w.product),
+            "--truth",
+            str(w.cat),
+        ],
         "unknown landform": lambda w: [
             "evaluate",
             str(w.product),
@@ -642,6 +649,21 @@ def test_bad_input_is_one_clean_line(world: World, command: str, name: str, make
     assert "Traceback" not in result.output and "this is a bug" not in result.output
     for p in inputs:
         assert _snapshot(p) == before[str(p)], f"{command} ({name}) changed {p}"
+
+
+@pytest.mark.parametrize(
+    ("landform", "expected"),
+    [
+        (None, "holds 9 landforms (alluvial_fan, channel"),
+        ("craters", "its landforms: alluvial_fan"),
+    ],
+)
+def test_evaluate_names_the_landforms_of_the_truth(
+    world: World, landform: str | None, expected: str
+) -> None:
+    args = ["evaluate", str(world.product), "--truth", str(world.cat)]
+    result = CliRunner().invoke(cli, [*args, *(["--landform", landform] if landform else [])])
+    assert result.exit_code == 2 and expected in result.stderr, result.output
 
 
 def test_a_full_disk_is_one_line(

@@ -315,11 +315,65 @@ CASES: dict[str, tuple[Callable[[Inputs, Path], list[str]], str]] = {
         ],
         "--pretrained is for an architecture name",
     ),
+    "an --out whose catalog.json is a list": (
+        lambda i, t: ["embed", str(i.cat), "--out", _out_with(t, "catalog.json", b"[]")],
+        "is not a products catalog (type 'list'",
+    ),
+    "an --out whose catalog.json is not UTF-8": (
+        lambda i, t: ["embed", str(i.cat), "--out", _out_with(t, "catalog.json", b"\xff\xfe{}")],
+        "is not readable JSON",
+    ),
+    "an --out holding a user's embeddings folder": (
+        lambda i, t: ["embed", str(i.cat), "--out", _out_with(t, "embeddings/x/mine.txt", b"x")],
+        "which this project did not write",
+    ),
+    "query --image of a text file": (
+        lambda i, t: [
+            "query",
+            "yardangs",  # its text vector is cached: nothing is written before the image
+            "--out",
+            str(i.products),
+            "--model",
+            f"local-dir:{i.model}",
+            "--image",
+            _out_with(t, "notes.png", b"not a picture\n") + "/notes.png",
+        ],
+        "notes.png: not a picture (PNG, JPEG, TIFF, ...)",
+    ),
+    "demo with an unknown model": (  # refused before the world is built
+        lambda i, t: ["demo", "--workdir", _out_with(t, "notes.txt", b"mine"), "--model", "foo"],
+        "unknown open_clip architecture 'foo'",
+    ),
+    "basemap with an empty name": (
+        lambda i, t: ["basemap", str(i.cat), "--out", str(t / "b"), "--name", ""],
+        "--name is empty",
+    ),
+    "pretrained with the bundled model, in a query": (
+        lambda i, t: ["query", "craters", "--out", str(i.products), "--pretrained", "x.pt"],
+        "--pretrained is for an architecture name",
+    ),
+    "pretrained with the bundled model, in an upgrade": (
+        lambda i, t: [
+            "upgrade",
+            str(next((i.products / "embeddings").iterdir())),
+            "--pretrained",
+            "x.pt",
+        ],
+        "--pretrained is for an architecture name",
+    ),
     "serve --static of a missing products folder": (
         lambda i, t: ["serve", str(t / "nope"), "--static", str(t / "site")],
         "is not a products catalog",
     ),
 }
+
+
+def _out_with(tmp_path: Path, name: str, data: bytes) -> str:
+    """A folder for --out holding one file a user wrote (``name`` may hold folders)."""
+    path = tmp_path / "out" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return str(tmp_path / "out")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -331,9 +385,20 @@ def test_hostile_options_and_files(inputs: Inputs, tmp_path: Path, case: str) ->
     watched = [inputs.cat, inputs.products, inputs.model]
     before = [tree(p) for p in watched]
     make, expected = CASES[case]
-    code, err = _run(make(inputs, tmp_path))
+    args = make(inputs, tmp_path)
+    out = tmp_path / "out"  # a user's --out folder, when the case made one
+    theirs = _contents(out)
+    code, err = _run(args)
     assert code == 2 and expected in err[0], err
     assert [tree(p) for p in watched] == before
+    assert _contents(out) == theirs  # nothing added (a lock neither), nothing replaced
+
+
+def _contents(root: Path) -> dict[str, bytes | None]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in root.rglob("*")
+    }
 
 
 def test_garbage_scheduler_address_in_the_environment(inputs: Inputs, tmp_path: Path) -> None:
@@ -504,3 +569,22 @@ def test_a_scheduler_address_naming_an_unknown_host(inputs: Inputs, tmp_path: Pa
     )
     assert code == 2 and "lonlat:0" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("g.parquet", b"garb\n", "is not a readable Parquet table"),
+        ("e.csv", b"", "is not a readable CSV table"),
+        ("p.csv", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not a readable CSV table"),
+        ("d.csv", None, "is not a file"),
+    ],
+)
+def test_caption_tables_that_are_not_tables(
+    tmp_path: Path, name: str, data: bytes | None, expected: str
+) -> None:
+    table = tmp_path / name
+    table.mkdir() if data is None else table.write_bytes(data)
+    code, err = _run(["train", str(table), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert code == 2 and expected in err[0], err
+    assert not (tmp_path / "run").exists()

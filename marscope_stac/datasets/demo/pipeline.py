@@ -17,6 +17,7 @@ from marscope_stac.datasets.demo.world import DemoCatalog, ensure_demo_catalog
 from marscope_stac.embed.run import EmbedResult, embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.eval.evaluate import ProductEvaluation, evaluate_product
+from marscope_stac.models.loading import check_model
 from marscope_stac.products.basemap import Basemap, build_basemap
 from marscope_stac.products.write import QueryProduct
 from marscope_stac.query.scoring import QuerySpec
@@ -91,6 +92,7 @@ def run_demo(
     An existing demo catalog with the same seed and size is reused (one with other settings
     is rebuilt); an existing embedding set is reused cell by cell.
     """
+    check_model(model)  # before the world is built
     work = Path(workdir)
     root = work / "catalogs" / "demo"
     catalog = ensure_demo_catalog(root, seed=seed, size=size, progress=progress)
