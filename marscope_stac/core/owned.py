@@ -111,7 +111,8 @@ def sets_only(path: Path) -> bool:
     """
     sets = [p for p in _entries(path) if not p.name.startswith(".")]
     done = ("manifest.json", "progress.json")  # files only this library writes there
-    return path.name == "embeddings" and all(any((p / n).is_file() for n in done) for p in sets)
+    ours = all(any((p / n).is_file() for n in done) for p in sets)
+    return path.name == "embeddings" and path.is_dir() and ours
 
 
 def read_mark(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -20,7 +20,6 @@ import io
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from marscope_stac.core.errors import ConfigError, DataError
 from marscope_stac.core.fs import read_regular, sweep_stale
 from marscope_stac.core.naming import check_pretrained, same_model
 from marscope_stac.core.prompts import BACKGROUND_PROMPTS, MARSCOPE_TEMPLATES, check_phrases
+from marscope_stac.core.quiet import quiet_warnings
 from marscope_stac.engine.cluster import ClusterScorer
 from marscope_stac.engine.request import MAX_EXAMPLE_PIXELS, QueryRequest, ranked_cells
 from marscope_stac.engine.upgrade import check_current, usable_manifest
@@ -291,8 +291,7 @@ class QueryEngine:
         imgs = []
         for p in paths:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with quiet_warnings(Image.DecompressionBombWarning):  # refused below anyway
                     im = Image.open(io.BytesIO(read_regular(p)))  # a FIFO would block
                 with im:
                     w, h = im.size

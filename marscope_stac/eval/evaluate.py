@@ -315,7 +315,7 @@ def _load_truth(
     if path.suffix.lower() == ".csv":
         return _csv_truth(path, landform), None, None
     gdf = _read_table(path)
-    _check_landform(gdf.get("landform", []), landform, truth)
+    _check_landform(gdf.get("landform", []), landform, truth, pooled=True)
     if landform and "landform" in gdf:
         gdf = gdf[gdf.landform == landform]
     if (gdf.geom_type == "Point").all():
@@ -324,19 +324,22 @@ def _load_truth(
     return np.column_stack([cent.x, cent.y]), list(gdf.geometry), None
 
 
-def _check_landform(classes: Iterable[Any], landform: str | None, truth: str | Path) -> None:
+def _check_landform(
+    classes: Iterable[Any], landform: str | None, truth: str | Path, pooled: bool = False
+) -> None:
     """Refuse pooled classes and names the truth does not hold: a query asks for one class.
 
     Ranked against every landform of a labelled catalog (its background plains too) any
-    map scores well, whatever it shows.
+    map scores well, whatever it shows. ``pooled``: a table of the user's may pool its
+    classes on purpose (sub-types of one landform), so only unknown names are refused.
 
     Raises:
         ConfigError: if the truth holds several landforms and ``landform`` is None.
         CatalogError: if it holds none called ``landform``.
     """
-    names = sorted({str(c) for c in classes if isinstance(c, str)})
+    names = sorted({str(c) for c in classes if c is not None and c == c})  # NaN: none
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    if landform is None and len(names) > 1:
+    if landform is None and len(names) > 1 and not pooled:
         raise ConfigError(
             f"ground truth {truth} holds {len(names)} landforms ({shown}); give --landform "
             "with the one the query asks for",
@@ -358,7 +361,7 @@ def _csv_truth(path: Path, landform: str | None) -> NDArray[np.float64]:
     cols = {str(c).lower(): c for c in df.columns}
     if "lon" not in cols or "lat" not in cols:
         raise CatalogError(f"{path} needs 'lon' and 'lat' columns")
-    _check_landform(df[cols["landform"]] if "landform" in cols else [], landform, path)
+    _check_landform(df[cols["landform"]] if "landform" in cols else [], landform, path, True)
     if landform and "landform" in cols:
         df = df[df[cols["landform"]] == landform]
     xy = df[[cols["lon"], cols["lat"]]].to_numpy()

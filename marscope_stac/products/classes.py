@@ -79,8 +79,8 @@ def write_class_product(
     catalog, qid = OutputCatalog(out), class_id(es, names, templates)
     folder = Path(out) / "queries" / qid
     catalog.existing_collection(folder.parent / "collection.json", claim=True)  # before work
-    label = prob.argmax(axis=1)
-    class_map = layout.raster(label.astype(np.float32))
+    es.stac_item()  # a damaged set item too
+    class_map = layout.raster((label := prob.argmax(axis=1)).astype(np.float32))
     stack = np.stack([quantize(layout.raster(prob[:, k])) for k in range(prob.shape[1])])
     cmap_u8 = np.where(np.isnan(class_map), PROBABILITY_NODATA, class_map).astype(np.uint8)
     all_names = ["background", *names]

@@ -382,6 +382,7 @@ def write_query_product(
     clock = _Clock(timings if timings is not None else {})
     folder = Path(out) / "queries" / qid
     catalog.existing_collection(folder.parent / "collection.json", claim=True)  # damaged: first
+    where.es.stac_item()  # a damaged set item too, before any file is replaced
     grid, layout = where.grid, where.layout
     values = clock.timed("raster", layout.raster, result.probability) if raster is None else raster
     meta = _tile_metadata(qid, spec, grid)

@@ -108,18 +108,22 @@ class OutputCatalog:
             if foreign := begun_elsewhere(self.root, _OUR_TOP_ENTRIES, LOCK_NAME, sets_only):
                 raise OutputError(
                     f"{self.root} is not a STAC catalog of products (no catalog.json) and holds "
-                    f"{', '.join(foreign[:3])}, which this project did not write; choose an "
-                    "empty folder or an existing products catalog"
+                    f"{', '.join(foreign[:3])} but no {LOCK_NAME} of a run of this project, so "
+                    "they cannot be told from files of yours; choose an empty folder or an "
+                    "existing products catalog"
                 )
             return
         try:
-            d = json.loads(read_regular(cat))
+            d = json.loads(read_regular(cat).decode("utf-8"))  # as every later read takes it
         except (OSError, ValueError, RecursionError, DataError) as exc:
             why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
             raise OutputError(f"{cat} is not readable JSON ({why}); fix or remove it") from None
         kind, cid = (
             (d.get("type"), d.get("id")) if isinstance(d, dict) else (type(d).__name__, None)
         )
+        links = d.get("links") if isinstance(d, dict) else []
+        if not isinstance(links, list) or not all(isinstance(lk, dict) for lk in links):
+            kind = f"{kind} without a list of links"
         if kind not in ("Catalog", "Collection") or cid != CATALOG_ID:
             raise OutputError(
                 f"{cat} is not a products catalog (type {kind!r}, id {cid!r}); choose an empty "
@@ -129,8 +133,7 @@ class OutputCatalog:
     def claim(self) -> None:
         """Create the folder (when missing) and mark it as one this project began writing.
 
-        Writers call it before their first file, so a run stopped before ``catalog.json``
-        exists can resume in the folder it left.
+        Writers call it before their first file: a run stopped before ``catalog.json`` resumes.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / LOCK_NAME).touch(exist_ok=True)

@@ -95,11 +95,12 @@ def _tif_item(tif: Path, item_id: str, folder: Path) -> tuple[dict[str, Any], Bo
     try:
         with open_raster(str(tif)) as src:
             if src.crs is None:
-                raise CatalogError(f"{tif} has no CRS in its header; georeference it first")
+                raise DataError(f"{tif} has no CRS in its header (georeference it first)")
             if src.transform.is_identity and not src.gcps[0]:  # pixel, not map, coordinates
                 raise DataError(f"{tif} has no geotransform (not georeferenced)")
-            if any(np.dtype(t).kind == "c" for t in src.dtypes):
-                raise DataError(f"{tif} holds complex numbers ({src.dtypes[0]}), not imagery")
+            kinds = [t for t in src.dtypes if "complex" in t]  # numpy knows no complex_int16
+            if kinds:
+                raise DataError(f"{tif} holds complex numbers ({kinds[0]}), not imagery")
             crs = CRS.from_wkt(src.crs.to_wkt())
             shape, transform, bounds = (src.height, src.width), src.transform, src.bounds
             tags = src.tags()

@@ -6,18 +6,14 @@ checking a local file before any pixel is read.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import re
 import stat
-import threading
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pystac
 import rasterio
@@ -30,6 +26,7 @@ from shapely.geometry.base import BaseGeometry
 
 from marscope_stac.core.bodies import Body, body_of_crs, normalize_lon
 from marscope_stac.core.errors import CatalogError, DataError
+from marscope_stac.core.quiet import quiet_warnings
 from marscope_stac.stac.cloud import (
     BROKEN_READ_SIGNS,
     forget_cached_bytes,
@@ -256,37 +253,6 @@ def one_band(data: Any, nodata: float | None = None) -> Any:
     return out
 
 
-_QUIET = threading.Lock()
-_QUIET_STATE = {"opens": 0, "added": False}  # opens under way in every thread; filter ours?
-_QUIET_ENTRY = ("ignore", None, NotGeoreferencedWarning, None, 0)
-
-
-@contextlib.contextmanager
-def _not_georeferenced_quiet() -> Iterator[None]:
-    """Rasterio's ``NotGeoreferencedWarning`` ignored while any thread opens a raster here.
-
-    ``warnings.catch_warnings`` saves the process's whole filter list and puts it back, so
-    two threads whose blocks overlap put back each other's lists: the filter outlives both,
-    or a filter another thread added meanwhile is lost. Here the first open adds one filter
-    (unless the same one is there already) and the last one removes that filter alone.
-    """
-    with _QUIET:
-        if not _QUIET_STATE["opens"] and _QUIET_ENTRY not in warnings.filters:
-            warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-            _QUIET_STATE["added"] = True
-        _QUIET_STATE["opens"] += 1
-    try:
-        yield
-    finally:
-        with _QUIET:
-            _QUIET_STATE["opens"] -= 1
-            if not _QUIET_STATE["opens"] and _QUIET_STATE["added"]:
-                _QUIET_STATE["added"] = False
-                with contextlib.suppress(ValueError):  # taken out by someone else meanwhile
-                    cast(list[Any], warnings.filters).remove(_QUIET_ENTRY)  # a list at run time
-                    getattr(warnings, "_filters_mutated", lambda: None)()  # drop cached answers
-
-
 def open_raster(href: str) -> Any:
     """Open a raster, trying a remote one again when it fails or its header came damaged.
 
@@ -299,7 +265,7 @@ def open_raster(href: str) -> Any:
     """
     for attempt in range(1, _HEADER_TRIES + 1):
         try:
-            with _not_georeferenced_quiet(), gdal_messages() as said:
+            with quiet_warnings(NotGeoreferencedWarning), gdal_messages() as said:
                 ds = rasterio.open(href)
             broken = [m for m in said if any(w in m for w in BROKEN_READ_SIGNS)]
             if broken and is_remote(href):

@@ -550,10 +550,12 @@ def validate_catalog(
         checker.links(json_path, d)
         checker.assets(json_path, d)
     checker.cycles()
-    # a folder without a root (a model folder: one item) holds objects of no tree to be
-    # orphans of; with a root, every item and collection must be reached from it
-    tops = [root / n for n in ("catalog.json", "collection.json")]
-    checker.structure(root, whole_tree=root.is_dir() and any(p.is_file() for p in tops))
+    # a folder of standalone items (a model folder) has no tree to be orphans of; with a
+    # root or a collection, every item and collection must be reached from the root
+    tree = any((root / n).is_file() for n in ("catalog.json", "collection.json")) or any(
+        d.get("type") == "Collection" for d in checker.objects.values()
+    )
+    checker.structure(root, whole_tree=root.is_dir() and tree)
     if root.is_dir():
         checker.text_vectors(root)
     if report.objects == 0 and not report.problems:

@@ -98,13 +98,11 @@ RESUME_SETTINGS = ("steps_per_epoch", "batch_size", "lr", "weight_decay", "warmu
 def changed_settings(state: dict[str, Any], config: Any) -> list[str]:
     """The settings of :data:`RESUME_SETTINGS` and ``lock_text`` that ``config`` changes.
 
-    Each as ``--option SAVED (not NEW)``; checkpoints that do not record one pass it.
+    Each as ``setting SAVED (not NEW)``; checkpoints that do not record one pass it.
     """
     saved = state.get("config")
     changed = []
     for name in (*RESUME_SETTINGS, "lock_text"):
         if isinstance(saved, dict) and name in saved and saved[name] != getattr(config, name):
-            changed.append(
-                f"--{name.replace('_', '-')} {saved[name]} (not {getattr(config, name)})"
-            )
+            changed.append(f"{name.replace('_', ' ')} {saved[name]} (not {getattr(config, name)})")
     return changed

@@ -399,7 +399,7 @@ def _resume(
             f"checkpoint {ckpt_path} was trained with --tile-context {before:g}, not "
             f"{context:g}; give the same value, another --out, or --no-resume"
         )
-    if changed := changed_settings(state, cfg):
+    if state.get("arch") in (None, model) and (changed := changed_settings(state, cfg)):
         raise ModelError(
             f"checkpoint {ckpt_path} was trained with {', '.join(changed)}; resume it with "
             "the settings it started with, or use another --out or --no-resume"

@@ -11,13 +11,14 @@ import ipaddress
 import json
 import mimetypes
 import threading
+import warnings
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from marscope_stac.core.bodies import get_body
-from marscope_stac.core.errors import ConfigError, DataError
+from marscope_stac.core.errors import ConfigError, DataError, SkippedInputWarning
 from marscope_stac.core.fs import read_regular
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.engine.request import DEFAULT_WITHIN_KM, QueryRequest
@@ -171,7 +172,10 @@ def source_items(products: Path, engine: QueryEngine | None) -> dict[str, tuple[
         roots = [p.parent for p in sorted((products / "embeddings").glob("*/manifest.json"))]
     found: dict[str, tuple[Path, list[float]]] = {}
     for root in roots:
-        found.update(_set_sources(EmbeddingSet(root)))
+        try:
+            found.update(_set_sources(EmbeddingSet(root)))
+        except DataError as exc:  # a damaged set's sources are left off the map, said
+            warnings.warn(f"{exc}; its imagery is left off the map", SkippedInputWarning, 2)
     return found
 
 
@@ -186,7 +190,8 @@ def _set_sources(es: EmbeddingSet) -> dict[str, tuple[Path, list[float]]]:
         path = (es.root / href).resolve()
         try:
             item = json.loads(read_regular(path))
-            found[str(item["id"])] = (path, [float(v) for v in item["bbox"]])
+            if item.get("bbox"):
+                found[str(item["id"])] = (path, [float(v) for v in item["bbox"]])
         except (OSError, ValueError, RecursionError, DataError, LookupError, TypeError):
             continue  # a source that cannot be shown on the map is left off it
     return found

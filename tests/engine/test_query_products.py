@@ -15,7 +15,7 @@ from _mvt import decode_mvt
 from pmtiles.reader import MmapSource, Reader, all_tiles
 from rio_cogeo.cogeo import cog_validate
 
-from marscope_stac.core.errors import ConfigError, OutputError
+from marscope_stac.core.errors import CatalogError, ConfigError, OutputError
 from marscope_stac.embed.run import embed_catalog
 from marscope_stac.engine.engine import QueryEngine
 from marscope_stac.grid.grids import parse_grid
@@ -295,6 +295,11 @@ def test_evaluations_with_other_settings_keep_their_own_reports(  # type: ignore
     for name in ("a", "b"):  # two truth files of one name in two folders
         (tmp_path / name).mkdir()
         (tmp_path / name / "Truth!.csv").write_text("lon,lat\n10.05,0.05\n")
+    pooled = tmp_path / "dunes.csv"  # a user's table may pool sub-types of one landform
+    pooled.write_text("lon,lat,landform\n10.05,0.05,barchan\n10.1,0.05,linear\n")
+    assert evaluate_product(product, pooled, write=False).points.n_points == 2
+    with pytest.raises(CatalogError, match="its landforms: barchan, linear"):
+        evaluate_product(product, pooled, landform="star", write=False)
     reports = {
         evaluate_product(product, tmp_path / "a" / "Truth!.csv").report_path,
         evaluate_product(product, tmp_path / "b" / "Truth!.csv").report_path,

@@ -398,7 +398,12 @@ def test_catalog_build_skips_what_is_not_a_file_and_leaves_out_a_cut_short_one(
 
 @pytest.mark.parametrize(
     ("kind", "why"),
-    [("complex", "holds complex numbers (complex64)"), ("pixel grid", "has no geotransform")],
+    [
+        ("complex64", "holds complex numbers (complex64)"),
+        ("complex_int16", "holds complex numbers (complex_int16)"),  # radar; numpy knows none
+        ("pixel grid", "has no geotransform"),
+        ("no crs", "has no CRS in its header"),
+    ],
 )
 def test_catalog_build_leaves_out_what_no_command_could_read(
     tmp_path: Path, kind: str, why: str
@@ -410,14 +415,17 @@ def test_catalog_build_leaves_out_what_no_command_could_read(
     profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 1, "crs": "IAU_2015:49900"}
     with warnings.catch_warnings():  # writing one without a transform is the test's doing
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        if kind == "complex":
-            with rasterio.open(
-                folder / "b.tif", "w", dtype="complex64", transform=t, **profile
-            ) as d:
-                d.write(np.ones((1, 8, 8), np.complex64))
-        else:
-            with rasterio.open(folder / "b.tif", "w", dtype="uint8", **profile) as d:
-                d.write(np.ones((1, 8, 8), np.uint8))
+        if kind == "no crs":
+            profile.pop("crs")
+        dtype = kind if kind.startswith("complex") else "uint8"
+        with rasterio.open(
+            folder / "b.tif",
+            "w",
+            dtype=dtype,
+            **profile,
+            **({} if kind == "pixel grid" else {"transform": t}),
+        ) as d:
+            d.write(np.ones((1, 8, 8), np.complex64 if dtype != "uint8" else np.uint8))
     with pytest.warns(SkippedInputWarning, match=rf"1 GeoTIFF left out .*b\.tif {re.escape(why)}"):
         built = build_folder_catalog(folder)
     assert built.items == 1

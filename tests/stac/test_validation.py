@@ -104,3 +104,17 @@ def test_a_model_folder_validates_as_the_folder_of_one_item(tmp_path: Path) -> N
     (folder / "catalog.json").write_text(json.dumps({**root, "links": []}))
     with pytest.raises(InvalidCatalogError, match="an orphan"):
         validate_catalog(folder, checksums=False)
+
+
+def test_a_tree_that_lost_its_root_still_shows_its_orphans(tmp_path: Path) -> None:
+    from marscope_stac.stac.validation import InvalidCatalogError, validate_catalog
+
+    extent = pystac.Extent(
+        pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
+        pystac.TemporalExtent([[dt.datetime(2020, 1, 1, tzinfo=dt.UTC), None]]),
+    )
+    coll = pystac.Collection("c", "a collection", extent)
+    coll.normalize_hrefs(str(tmp_path / "c"))
+    coll.save(pystac.CatalogType.SELF_CONTAINED)  # no catalog.json above it
+    with pytest.raises(InvalidCatalogError, match="an orphan"):
+        validate_catalog(tmp_path)

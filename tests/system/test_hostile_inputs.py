@@ -325,7 +325,7 @@ CASES: dict[str, tuple[Callable[[Inputs, Path], list[str]], str]] = {
     ),
     "an --out holding a user's embeddings folder": (
         lambda i, t: ["embed", str(i.cat), "--out", _out_with(t, "embeddings/x/mine.txt", b"x")],
-        "which this project did not write",
+        "holds embeddings but no .marscope.lock",
     ),
     "query --image of a text file": (
         lambda i, t: [

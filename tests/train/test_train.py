@@ -86,7 +86,7 @@ def test_train_writes_model_item_and_resumes(
 
     # other settings would go on as another run from this one's weights: refused in one line
     other = TrainConfig(epochs=3, steps_per_epoch=2, batch_size=4, warmup_steps=1, seed=7)
-    with pytest.raises(ModelError, match=r"--batch-size 8 \(not 4\), --seed 0 \(not 7\);"):
+    with pytest.raises(ModelError, match=r"batch size 8 \(not 4\), seed 0 \(not 7\);"):
         train_model(pairs, out, config=other, progress=False, device="cpu")
 
     # a longer run resumes after epoch 2 instead of starting over
