@@ -341,14 +341,19 @@ def test_unreadable_source_in_a_batch_is_recorded(demo_root: Path, tmp_path: Pat
     assert len(bad) < len(plan)  # the other scene still reads
 
 
-def test_ungeoreferenced_raster_is_skipped(tmp_path: Path, demo_root: Path) -> None:
-    raw = tmp_path / "raw.tif"
+def _ungeoreferenced(path: Path) -> Path:
+    """An 8 x 8 GeoTIFF without CRS or transform."""
     with warnings.catch_warnings():  # writing one is the test's doing
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(
-            raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8"
+            path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8"
         ) as d:
             d.write(np.ones((1, 8, 8), np.uint8))
+    return path
+
+
+def test_ungeoreferenced_raster_is_skipped(tmp_path: Path, demo_root: Path) -> None:
+    raw = _ungeoreferenced(tmp_path / "raw.tif")
     item = stac_item(
         tmp_path, "raw", {"img": {"href": str(raw), "roles": ["data"], "type": "image/tiff"}}
     )
@@ -465,13 +470,7 @@ def test_a_collection_of_labels_is_named_as_labels_not_missing(demo_root: Path) 
 
 def test_concurrent_opens_keep_the_process_warning_filters(tmp_path: Path) -> None:
     """Opens in several threads silence rasterio's warning and leave every other filter be."""
-    raw = tmp_path / "raw.tif"
-    with warnings.catch_warnings():  # writing one is the test's doing
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(
-            raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8"
-        ) as d:
-            d.write(np.ones((1, 8, 8), np.uint8))
+    raw = _ungeoreferenced(tmp_path / "raw.tif")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         before = list(warnings.filters)
