@@ -59,6 +59,36 @@ _OS_FIXES = {
 """What to do about a system error, where it is not the disk or the permissions."""
 
 
+_LEAF: dict[str, frozenset[str]] = {}
+"""The options of the command this process runs (set as it starts)."""
+
+
+class _Command(click.Command):
+    """A command that records its options, so a shared message names only options it has."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _LEAF["options"] = frozenset(o for p in self.params for o in getattr(p, "opts", ()))
+        return super().invoke(ctx)
+
+
+def _own_options(text: str) -> str:
+    """``text`` with "another --out" made "another folder" for a command without ``--out``.
+
+    Library messages name the option most commands take; ``demo`` (``--workdir``) and
+    ``catalog build`` (a folder argument) have none of that name.
+    """
+    options = _LEAF.get("options")
+    if options is None or "--out" in options:
+        return text
+    return text.replace("another --out", "another folder")
+
+
+class _SubGroup(click.Group):
+    """A group of commands under ``marscope`` (their errors are the top group's to say)."""
+
+    command_class = _Command
+
+
 class _Group(click.Group):
     """Click group that turns library and usage errors into one-line messages and exit codes.
 
@@ -67,6 +97,9 @@ class _Group(click.Group):
     could not be read; running the command again retries only them), 130 interrupted, 1 a
     bug.
     """
+
+    command_class = _Command
+    group_class = _SubGroup
 
     def main(
         self,
@@ -112,7 +145,7 @@ class _Group(click.Group):
         except MarscopeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()  # and still the user error's line and status
-            text = as_options(exc) if isinstance(exc, ConfigError) else str(exc)
+            text = _own_options(as_options(exc) if isinstance(exc, ConfigError) else str(exc))
             click.echo(f"marscope: error: {one_line(text)}{_WARNINGS.drop()}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:

@@ -344,6 +344,10 @@ CASES: dict[str, tuple[Callable[[Inputs, Path], list[str]], str]] = {
         lambda i, t: ["demo", "--workdir", _out_with(t, "notes.txt", b"mine"), "--model", "foo"],
         "unknown open_clip architecture 'foo'",
     ),
+    "demo --workdir of a file": (  # a shared message names only options the command has
+        lambda i, t: ["demo", "--workdir", _out_with(t, "notes.txt", b"mine") + "/notes.txt"],
+        "is not a writable folder; choose another folder",
+    ),
     "basemap with an empty name": (
         lambda i, t: ["basemap", str(i.cat), "--out", str(t / "b"), "--name", ""],
         "--name is empty",
